@@ -1,0 +1,130 @@
+"""The ``page4dgs`` command line.
+
+Every user error is one line on stderr and exit code 2 (``--debug`` shows the traceback); Ctrl-C or SIGTERM stops
+cleanly with exit code 130, and running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pipeline.errors import StageInterrupted, UserError
+
+PATHS = ("input", "spiral", "bullet", "sweep", "spiral-time")
+EXPORT_FORMATS = ("ply", "nerfstudio", "colmap")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit code 2 like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="page4dgs", description="4D reconstruction from casual video: PAGE-4D geometry, "
+                                                   "deformable 4D Gaussians, gsplat rendering.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages on the console")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("reconstruct", help="run the whole pipeline on a scene")
+    p.add_argument("scene", help="a video, a folder of frames, a dataset folder, or 'demo'")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<scene name>)")
+    p.add_argument("--config", default="auto",
+                   help="preset name (configs/NAME.yaml) or path; 'auto' picks the preset of the detected format")
+    p.add_argument("--from", dest="from_stage", help="force this stage and everything after it to run again")
+    p.add_argument("--until", dest="until_stage", help="stop after this stage")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optimize.iterations=500")
+
+    p = sub.add_parser("make-scene", help="generate a synthetic dynamic scene with exact ground truth")
+    p.add_argument("kind", choices=("object", "room"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--res", type=int, default=None, help="image width in pixels")
+
+    p = sub.add_parser("render", help="render a camera path of a finished run to MP4 (and PNG frames)")
+    p.add_argument("run", type=Path)
+    p.add_argument("--path", choices=PATHS, default="spiral-time")
+    p.add_argument("--out", type=Path, help="output MP4 (default: RUN/videos/<path>.mp4)")
+    p.add_argument("--frames", type=int, default=None, help="number of video frames")
+
+    p = sub.add_parser("export", help="export a finished run for viewers and other tools")
+    p.add_argument("run", type=Path)
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+
+    p = sub.add_parser("evaluate", help="(re)compute metrics.json and report.html of a run")
+    p.add_argument("run", type=Path)
+
+    p = sub.add_parser("train-model", help="train the PAGE-4D geometry network")
+    p.add_argument("--config", required=True, help="training config name (configs/train/NAME.yaml) or path")
+    p.add_argument("--resume", type=Path, help="checkpoint to resume from")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    p = sub.add_parser("config", help="print the default or a resolved config")
+    p.add_argument("--defaults", action="store_true", help="print configs/default.yaml as generated from the code")
+    p.add_argument("--config", default="default")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def _dispatch(target: str) -> Callable[[argparse.Namespace], int]:
+    """Import ``module:function`` lazily; a command whose stage is not implemented yet says so."""
+    module_name, func_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            raise UserError(f"this command is not available yet ({module_name} is missing)") from None
+        raise
+    return getattr(module, func_name)
+
+
+COMMANDS = {
+    "reconstruct": "pipeline.commands:reconstruct",
+    "make-scene": "pipeline.synthetic.cli:make_scene_command",
+    "render": "stages.render.cli:render_command",
+    "export": "stages.render.cli:export_command",
+    "evaluate": "stages.evaluate.cli:evaluate_command",
+    "train-model": "stages.geometry.page4d.train:train_command",
+    "config": "pipeline.commands:config_command",
+}
+
+
+def _sigterm(signum, frame):  # pragma: no cover - exercised by the resume test through a subprocess
+    raise StageInterrupted("terminated")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    from pipeline.log import setup_console
+
+    setup_console(verbose="-v" in argv or "--verbose" in argv)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        args = build_parser().parse_args(argv)
+        return int(_dispatch(COMMANDS[args.command])(args) or 0)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"page4dgs: error: {err}", file=sys.stderr)
+        return UserError.exit_code
+    except (KeyboardInterrupt, StageInterrupted):
+        if debug:
+            raise
+        print("page4dgs: interrupted; finished stages are kept, run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

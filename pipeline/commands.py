@@ -1,0 +1,61 @@
+"""Implementations of the ``reconstruct`` and ``config`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from pipeline.config import DEFAULTS_HEADER, CONFIG_DIR, default_config, dump_yaml, load_config
+from pipeline.errors import UserError
+from pipeline.log import get_logger
+
+log = get_logger("cli")
+
+# The preset used with --config auto for each detected format (when configs/<preset>.yaml exists).
+FORMAT_PRESETS = {"dnerf": "dnerf", "nerfies": "nerfies", "dycheck": "dycheck", "n3dv": "n3dv",
+                  "nerfstudio": "nerfstudio", "video": "video", "frames": "video"}
+
+
+def _auto_preset(scene_source: str, fmt: str) -> str:
+    if scene_source == "demo":
+        return "demo" if (CONFIG_DIR / "demo.yaml").exists() else "default"
+    preset = FORMAT_PRESETS.get(fmt)
+    return preset if preset and (CONFIG_DIR / f"{preset}.yaml").exists() else "default"
+
+
+def _default_run_dir(scene_source: str) -> Path:
+    name = "demo" if scene_source == "demo" else Path(scene_source.rstrip("/")).stem or "scene"
+    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def reconstruct(args: argparse.Namespace) -> int:
+    from pipeline.runner import run_pipeline
+    from pipeline.scene import detect_format, load_scene
+
+    source = args.scene
+    preset = args.config
+    if preset == "auto":
+        fmt = "demo" if source == "demo" else detect_format(Path(source).expanduser())
+        preset = _auto_preset(source, fmt)
+    config = load_config(preset, [f"scene.source={source}", *args.overrides])
+    config.scene.source = source  # keep the path as a string even if it looks like a number
+    run_dir = args.out or _default_run_dir(source)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError("run folder is a file", run_dir)
+    scene = load_scene(config.scene)
+    log.info(f"scene '{scene.name}' ({scene.format}): {len(scene.frames)} frames, "
+             f"{len(scene.train_frames)} train / {len(scene.test_frames)} test; preset '{preset}'; run folder {run_dir}")
+    for note in scene.notes:
+        log.debug(f"  {note}")
+    run_pipeline(config, run_dir, scene, from_stage=args.from_stage, until_stage=args.until_stage)
+    log.info(f"finished: {run_dir}")
+    return 0
+
+
+def config_command(args: argparse.Namespace) -> int:
+    if args.defaults:
+        print(dump_yaml(default_config(), header=DEFAULTS_HEADER), end="")
+    else:
+        print(dump_yaml(load_config(args.config, args.overrides)), end="")
+    return 0

@@ -1,0 +1,374 @@
+"""The stage graph and the run folder: caching, atomic stage outputs, resume, manifest.
+
+A stage is a function ``run(ctx: StageContext) -> dict`` (the returned dict is a short summary stored in the
+manifest). It reads upstream artifacts from ``ctx.run_dir`` and writes its own into ``ctx.work_dir``, whose layout
+mirrors the run folder. When the stage returns, each of its declared outputs is moved into the run folder and the
+manifest records the stage's input hash (its config sections, the scene, the upstream output hashes), output hash,
+wall time and peak memory. A later run skips a stage whose input hash and files are unchanged.
+
+If a run is interrupted (Ctrl-C, SIGTERM, a crash), nothing in the run folder is touched: the finished stages stay
+valid and the interrupted stage's work folder (``.work/<stage>``) is kept, so a stage that checkpoints (optimize)
+continues from its last checkpoint when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import platform
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from pipeline import __version__
+from pipeline.config import Config, dump_yaml
+from pipeline.errors import UserError
+from pipeline.io import read_json, sha256_file, sha256_json, write_json, write_text
+from pipeline.log import add_file_log, get_logger
+from pipeline.scene import Scene
+
+log = get_logger("runner")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A node of the stage graph."""
+
+    name: str
+    entry: Any                   # "module:function", or the function itself
+    outputs: tuple[str, ...]     # paths (relative to the run folder) that this stage owns
+    upstream: tuple[str, ...]    # stages whose outputs it reads
+    sections: tuple[str, ...]    # config sections that its input hash covers (besides seed and device)
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("geometry", "stages.geometry:run", ("geometry",), (), ("scene", "geometry")),
+    StageSpec("initialize", "stages.initialize:run", ("initialize",), ("geometry",), ("initialize",)),
+    StageSpec("optimize", "stages.optimize:run", ("optimize",), ("geometry", "initialize"), ("optimize",)),
+    StageSpec("render", "stages.render:run", ("render", "videos"), ("geometry", "optimize"), ("render",)),
+    StageSpec("evaluate", "stages.evaluate:run", ("metrics.json", "report.html"),
+              ("geometry", "initialize", "optimize", "render"), ("evaluate",)),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def stage_function(spec: StageSpec) -> Optional[Callable[["StageContext"], dict]]:
+    """The stage's entry point, or None while that stage is not implemented."""
+    if callable(spec.entry):
+        return spec.entry
+    module_name, func_name = spec.entry.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            return None
+        raise
+    return getattr(module, func_name, None)
+
+
+@dataclass
+class StageContext:
+    """What a stage sees: the config, the scene, where to read upstream artifacts and where to write its own."""
+
+    spec: StageSpec
+    run_dir: Path
+    work_dir: Path
+    config: Config
+    scene: Scene
+    device: str
+    resumed: bool = False
+    log: Any = field(default=None)
+
+    @property
+    def section(self) -> Any:
+        return self.config.sections.get(self.spec.name)
+
+    def out(self, relative: str | Path) -> Path:
+        """Path for one of this stage's artifacts (inside the work folder; parents created)."""
+        path = self.work_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def artifact(self, relative: str | Path) -> Path:
+        """Path of an upstream artifact in the run folder; a missing one is an error naming it."""
+        path = self.run_dir / relative
+        if not path.exists():
+            raise UserError(f"missing upstream artifact '{relative}' (rerun with --from an earlier stage)",
+                            self.run_dir)
+        return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurements
+
+
+class PeakMemory:
+    """Samples this process's resident memory (and CUDA's peak allocation) while a stage runs."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def rss_bytes() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, self.rss_bytes())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak_rss = self.rss_bytes()
+        torch = _torch_if_loaded()
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self.rss_bytes())
+
+    @staticmethod
+    def peak_gpu_bytes() -> int:
+        torch = _torch_if_loaded()
+        if torch is not None and torch.cuda.is_available():
+            return int(torch.cuda.max_memory_allocated())
+        return 0
+
+
+def _torch_if_loaded():
+    import sys
+
+    return sys.modules.get("torch")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda was requested but no CUDA device is available (use device=auto or cpu)")
+    return name
+
+
+def versions() -> dict[str, str]:
+    out = {"page4dgs": __version__, "python": platform.python_version()}
+    for name in ("torch", "gsplat", "numpy"):
+        try:
+            out[name] = importlib.import_module(name).__version__
+        except Exception:
+            out[name] = "missing"
+    torch = _torch_if_loaded()
+    if torch is not None:
+        out["cuda"] = str(torch.version.cuda)
+    return out
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Manifest
+
+
+def tree_files(run_dir: Path, outputs: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(relative path, size) of every file under the given outputs."""
+    files = []
+    for out in outputs:
+        path = run_dir / out
+        if path.is_file():
+            files.append((out, path.stat().st_size))
+        elif path.is_dir():
+            for p in sorted(path.rglob("*")):
+                if p.is_file():
+                    files.append((p.relative_to(run_dir).as_posix(), p.stat().st_size))
+    return files
+
+
+def output_hash(run_dir: Path, files: list[tuple[str, int]]) -> str:
+    return sha256_json([(rel, sha256_file(run_dir / rel)) for rel, _ in files])
+
+
+class Manifest:
+    """``manifest.json``: per stage status, hashes, timing, memory, device and versions."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "manifest.json"
+        self.data: dict[str, Any] = {"page4dgs": __version__, "stages": {}}
+        if self.path.exists():
+            try:
+                self.data = read_json(self.path)
+                self.data.setdefault("stages", {})
+            except UserError:
+                log.warning("manifest.json is unreadable; every stage will run again")
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].get(name, {})
+
+    def update(self, name: str, **entry: Any) -> None:
+        self.data["stages"][name] = entry
+        write_json(self.path, self.data)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runner
+
+
+def input_hash(spec: StageSpec, config: Config, scene_fingerprint: dict, manifest: Manifest) -> tuple[str, dict]:
+    parts = {
+        "stage": spec.name,
+        "seed": config.seed,
+        "device": config.device,
+        "sections": {s: dataclasses.asdict(config.sections[s]) for s in spec.sections},
+        "scene": scene_fingerprint,
+        "upstream": {u: manifest.stage(u).get("output_hash") for u in spec.upstream},
+    }
+    return sha256_json(parts), parts["upstream"]
+
+
+def is_current(spec: StageSpec, run_dir: Path, manifest: Manifest, in_hash: str) -> bool:
+    entry = manifest.stage(spec.name)
+    if entry.get("status") != "done" or entry.get("input_hash") != in_hash:
+        return False
+    expected = [tuple(f) for f in entry.get("files", [])]
+    return expected == tree_files(run_dir, spec.outputs)
+
+
+def commit_outputs(spec: StageSpec, work_dir: Path, run_dir: Path) -> None:
+    """Move the stage's outputs from its work folder into the run folder (each entry by an atomic rename)."""
+    for out in spec.outputs:
+        src, dst = work_dir / out, run_dir / out
+        trash = run_dir / ".work" / f".old-{spec.name}-{Path(out).name}"
+        if trash.exists():
+            shutil.rmtree(trash) if trash.is_dir() else trash.unlink()
+        if dst.exists():
+            os.replace(dst, trash)
+        if src.exists():
+            os.replace(src, dst)
+        if trash.exists():
+            shutil.rmtree(trash) if trash.is_dir() else trash.unlink()
+
+
+def run_pipeline(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str] = None,
+                 until_stage: Optional[str] = None, stages: tuple[StageSpec, ...] = STAGES) -> dict[str, dict]:
+    """Run every stage that is out of date, in order. Returns each stage's manifest entry."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = add_file_log(run_dir / "log.txt")
+    try:
+        return _run(config, run_dir, scene, from_stage, until_stage, stages)
+    finally:
+        get_logger().removeHandler(handler)
+        handler.close()
+
+
+def _run(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str], until_stage: Optional[str],
+         stages: tuple[StageSpec, ...]) -> dict[str, dict]:
+    names = [s.name for s in stages]
+    for option, value in (("--from", from_stage), ("--until", until_stage)):
+        if value is not None and value not in names:
+            raise UserError(f"{option}: unknown stage '{value}' (stages: {', '.join(names)})")
+    device = resolve_device(config.device)
+    write_text(run_dir / "config.yaml", dump_yaml(config, header=f"Resolved config of this run (page4dgs "
+                                                                  f"{__version__}). Rerun with --config this file."))
+    manifest = Manifest(run_dir)
+    fingerprint = scene.fingerprint()
+    forced = False
+    results: dict[str, dict] = {}
+    for spec in stages:
+        forced = forced or spec.name == from_stage
+        func = stage_function(spec)
+        if func is None:
+            log.info(f"[{spec.name}] not implemented yet: stopping here")
+            break
+        in_hash, upstream = input_hash(spec, config, fingerprint, manifest)
+        work_dir = run_dir / ".work" / spec.name
+        if not forced and is_current(spec, run_dir, manifest, in_hash):
+            log.info(f"[{spec.name}] up to date, skipped")
+            results[spec.name] = manifest.stage(spec.name)
+        else:
+            results[spec.name] = _run_stage(spec, func, config, run_dir, work_dir, scene, device, manifest,
+                                            in_hash, upstream, fresh=forced)
+        if spec.name == until_stage:
+            break
+    return results
+
+
+def _run_stage(spec, func, config, run_dir, work_dir, scene, device, manifest, in_hash, upstream,
+               fresh: bool) -> dict:
+    marker = work_dir / ".input_hash"
+    resumed = work_dir.exists() and marker.exists() and marker.read_text() == in_hash and not fresh
+    if not resumed:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True)
+        marker.write_text(in_hash)
+    log.info(f"[{spec.name}] {'resuming' if resumed else 'running'}")
+    previous = manifest.stage(spec.name)
+    manifest.update(spec.name, status="running", input_hash=in_hash,
+                    started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    ctx = StageContext(spec=spec, run_dir=run_dir, work_dir=work_dir, config=config, scene=scene,
+                       device=device, resumed=resumed, log=get_logger(spec.name))
+    start = time.perf_counter()
+    try:
+        with PeakMemory() as mem:
+            summary = func(ctx) or {}
+    except BaseException:
+        # Leave the run folder as it was: finished outputs stay, this stage's work folder is kept for resuming.
+        entry = dict(previous) if previous else {}
+        entry["status"] = "interrupted"
+        entry["input_hash_attempted"] = in_hash
+        manifest.update(spec.name, **entry)
+        raise
+    wall = time.perf_counter() - start
+    commit_outputs(spec, work_dir, run_dir)
+    files = tree_files(run_dir, spec.outputs)
+    entry = {
+        "status": "done",
+        "input_hash": in_hash,
+        "config_hash": sha256_json({s: dataclasses.asdict(config.sections[s]) for s in spec.sections}),
+        "upstream_hashes": upstream,
+        "output_hash": output_hash(run_dir, files),
+        "files": files,
+        "wall_s": round(wall, 3),
+        "peak_rss_mb": round(mem.peak_rss / 2**20, 1),
+        "peak_gpu_mb": round(PeakMemory.peak_gpu_bytes() / 2**20, 1),
+        "device": device_name(device),
+        "versions": versions(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "summary": summary,
+    }
+    manifest.update(spec.name, **entry)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    log.info(f"[{spec.name}] done in {wall:.1f} s" + (f": {_short(summary)}" if summary else ""))
+    return entry
+
+
+def _short(summary: dict) -> str:
+    parts = []
+    for k, v in summary.items():
+        if isinstance(v, float):
+            parts.append(f"{k} {v:.4g}")
+        elif isinstance(v, (int, str)):
+            parts.append(f"{k} {v}")
+    return ", ".join(parts[:6])

@@ -1,0 +1,82 @@
+"""Scenes: the :class:`Scene` model and :func:`load_scene`, which detects the input format from the files present.
+
+Formats (see ``docs/formats.md``): ``demo`` (the embedded synthetic room scene), a video file, a folder of frames,
+D-NeRF, Nerfies/HyperNeRF, DyCheck iPhone, N3DV and nerfstudio ``transforms.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.scene.config import SceneConfig
+from pipeline.scene.model import Camera, Frame, Scene
+
+__all__ = ["Camera", "Frame", "Scene", "SceneConfig", "load_scene", "detect_format"]
+
+# Detection order matters: the most specific layouts first; a plain folder of images last.
+_LOADERS = {
+    "video": "pipeline.scene.loaders.video",
+    "dnerf": "pipeline.scene.loaders.dnerf",
+    "dycheck": "pipeline.scene.loaders.dycheck",
+    "nerfies": "pipeline.scene.loaders.nerfies",
+    "n3dv": "pipeline.scene.loaders.n3dv",
+    "nerfstudio": "pipeline.scene.loaders.nerfstudio",
+    "frames": "pipeline.scene.loaders.frames",
+}
+
+
+def _loader(fmt: str):
+    try:
+        return importlib.import_module(_LOADERS[fmt])
+    except ModuleNotFoundError as err:
+        if err.name == _LOADERS[fmt]:
+            raise UserError(f"the '{fmt}' format is not supported yet") from None
+        raise
+
+
+def detect_format(path: Path) -> str:
+    """The format of ``path``, or a :class:`UserError` that says what was found instead."""
+    if not path.exists():
+        raise UserError("no such file or folder", path)
+    for fmt in _LOADERS:
+        try:
+            module = _loader(fmt)
+        except UserError:
+            continue
+        if module.detect(path):
+            return fmt
+    if path.is_dir():
+        if not any(path.iterdir()):
+            raise UserError("folder is empty", path)
+        raise UserError("unknown scene format: no video, images, transforms*.json, dataset.json or "
+                        "poses_bounds.npy found", path)
+    if path.stat().st_size == 0:
+        raise UserError("file is empty", path)
+    raise UserError(f"unknown scene format: '{path.suffix or path.name}' is not a video "
+                    f"({', '.join(_video_extensions())}) or a folder", path)
+
+
+def _video_extensions() -> tuple[str, ...]:
+    from pipeline.scene.loaders.video import VIDEO_EXTENSIONS
+
+    return VIDEO_EXTENSIONS
+
+
+def load_scene(config: SceneConfig) -> Scene:
+    """Load the scene named by ``config.source`` (a path or 'demo')."""
+    if config.source == "demo" or config.format == "demo":
+        from pipeline.synthetic.demo import demo_scene_path
+
+        path = demo_scene_path()
+        fmt = "dnerf"
+    else:
+        path = Path(config.source).expanduser()
+        fmt = detect_format(path) if config.format == "auto" else config.format
+        if not path.exists():
+            raise UserError("no such file or folder", path)
+    scene = _loader(fmt).load(path, config)
+    if config.source == "demo":
+        scene.name = "demo"
+    return scene

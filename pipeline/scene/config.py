@@ -1,0 +1,25 @@
+"""Config section ``scene``: which input to load and how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import option
+
+FORMATS = ("auto", "demo", "video", "frames", "dnerf", "nerfies", "dycheck", "n3dv", "nerfstudio")
+
+
+@dataclass
+class SceneConfig:
+    """Input scene: a video file, a folder of frames, a dataset folder, or 'demo' (a synthetic room scene)."""
+
+    source: str = option("demo", "The scene: a path, or 'demo' for the embedded synthetic scene (generated on first use).")
+    format: str = option("auto", "Input format; 'auto' detects it from the files present.", choices=FORMATS)
+    stride: int = option(1, "Keep every stride-th frame of a video or frame folder.")
+    max_frames: int = option(0, "Keep at most this many frames after striding (0 = all).")
+    max_size: int = option(0, "Downscale frames so that the longer side is at most this many pixels (0 = keep).")
+    resolution: str = option("auto", "Dataset image resolution: 'auto' (the family's usual protocol), or a factor "
+                             "such as '1x', '2x', '4x' (Nerfies/DyCheck folders; D-NeRF and N3DV are resized).")
+    background: str = option("white", "Colour that RGBA frames are composited on.", choices=("white", "black"))
+    test_every: int = option(8, "Frame folders and videos: hold out every n-th frame for testing (0 = none). "
+                             "Datasets use their own split.")

@@ -1,0 +1,82 @@
+"""Reading and resizing images with one-line errors for unreadable, corrupt or unsupported files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that orders 'frame2' before 'frame10'."""
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", path.name)]
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise UserError("file not found", path) from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"not a readable image ({_reason(err)})", path) from None
+
+
+def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image as float32 (H, W, 3) or (H, W, 4) in [0, 1]; resize (area-averaging) to ``size`` = (W, H)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+            elif im.mode != "RGB":
+                im = im.convert("RGB")
+            if size is not None and im.size != tuple(size):
+                im = im.resize(tuple(size), Image.Resampling.BOX if size[0] < im.size[0] else Image.Resampling.BICUBIC)
+            return np.asarray(im, dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise UserError("file not found", path) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise UserError(f"corrupt or unreadable image ({_reason(err)})", path) from None
+
+
+def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask image as (H, W) bool (any channel > 0.5)."""
+    image = read_image(path, size)
+    return image[..., :3].max(axis=-1) > 0.5
+
+
+def resize_array(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) float array to ``size`` = (W, H)."""
+    from PIL import Image
+
+    if (array.shape[1], array.shape[0]) == tuple(size):
+        return array
+    mode = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    if array.ndim == 2:
+        return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize(size, mode))
+    return np.stack([resize_array(array[..., c], size, nearest) for c in range(array.shape[-1])], axis=-1)
+
+
+def scaled_size(width: int, height: int, factor: float = 1.0, max_size: int = 0) -> tuple[int, int]:
+    """Image size after dividing by ``factor`` and capping the longer side at ``max_size`` (0 = no cap)."""
+    w, h = width / factor, height / factor
+    if max_size and max(w, h) > max_size:
+        s = max_size / max(w, h)
+        w, h = w * s, h * s
+    return max(1, int(round(w))), max(1, int(round(h)))
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:160]

@@ -1,0 +1,1 @@
+"""One module per input format. Each exposes ``detect(path) -> bool`` and ``load(path, config) -> Scene``."""

@@ -1,0 +1,1 @@
+"""Stage 1, geometry: per-frame cameras, depth, point maps and dynamic masks from PAGE-4D."""

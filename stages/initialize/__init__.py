@@ -1,0 +1,1 @@
+"""Stage 2, initialize: static and dynamic Gaussians from the geometry stage's point clouds."""

@@ -1,0 +1,1 @@
+"""Stage 4a, render: test views, camera-path videos, exports."""

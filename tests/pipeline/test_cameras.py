@@ -1,0 +1,58 @@
+import numpy as np
+
+from pipeline.cameras import (Sim3, align_cameras_sim3, intrinsics_from_fov, look_at_w2c, opencv_w2c_to_opengl_c2w,
+                              opengl_c2w_to_opencv_w2c, umeyama_sim3)
+from pipeline.scene.model import Camera
+
+
+def random_rotation(rng):
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def test_opengl_camera_looking_at_origin_sees_it_at_the_centre_in_front():
+    # A Blender camera at (0, -4, 0) looking at the origin: its -z axis points along +y, up is +z.
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]]).T @ np.eye(3)
+    c2w[:3, :3] = np.stack([[1, 0, 0], [0, 0, 1], [0, -1, 0]], axis=1)  # columns: right, up, back
+    c2w[:3, 3] = [0, -4, 0]
+    w2c = opengl_c2w_to_opencv_w2c(c2w)
+    cam = Camera(intrinsics_from_fov(np.radians(60), 200, 100), w2c, 200, 100)
+    uv, z = cam.project(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    assert np.allclose(uv[0], [100, 50]) and np.isclose(z[0], 4.0)
+    assert uv[1, 1] < 50  # world up (+z) is image up (smaller y)
+    assert np.allclose(opencv_w2c_to_opengl_c2w(w2c), c2w)
+
+
+def test_look_at_and_fov():
+    w2c = look_at_w2c([3.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    K = intrinsics_from_fov(np.radians(90), 64, 64)
+    assert np.isclose(K[0, 0], 32.0)
+    uv, z = Camera(K, w2c, 64, 64).project(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    assert np.allclose(uv[0], [32, 32]) and np.isclose(z[0], 3.0) and uv[1, 1] < 32
+
+
+def test_umeyama_recovers_a_known_similarity(rng):
+    src = rng.normal(size=(50, 3))
+    truth = Sim3(2.5, random_rotation(rng), rng.normal(size=3))
+    est = umeyama_sim3(src, truth.apply(src))
+    assert np.isclose(est.scale, 2.5) and np.allclose(est.rotation, truth.rotation) and np.allclose(
+        est.translation, truth.translation)
+    assert np.allclose(est.inverse().apply(truth.apply(src)), src)
+
+
+def test_camera_alignment_recovers_a_known_similarity(rng):
+    truth = Sim3(0.7, random_rotation(rng), rng.normal(size=3))
+    src = np.stack([look_at_w2c(rng.normal(size=3) * 3 + [0, 0, 5], rng.normal(size=3) * 0.1) for _ in range(6)])
+    tgt = np.stack([truth.transform_w2c(w) for w in src])
+    est = align_cameras_sim3(src, tgt)
+    assert np.isclose(est.scale, 0.7) and np.allclose(est.rotation, truth.rotation, atol=1e-9)
+    # A world point seen by camera 0 projects identically before and after the transform.
+    X = rng.normal(size=3)
+    x_src = src[0][:3, :3] @ X + src[0][:3, 3]
+    x_tgt = tgt[0][:3, :3] @ truth.apply(X) + tgt[0][:3, 3]
+    assert np.allclose(x_tgt, 0.7 * x_src)

@@ -1,0 +1,39 @@
+"""The command line: one-line errors with exit code 2 and no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["reconstruct", "/nonexistent/scene"], "no such file or folder"),
+    (["reconstruct", "demo", "optimize.iteratons=3"], "unknown config key"),
+    (["reconstruct", "demo", "--config", "nope"], "unknown config 'nope'"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_errors_are_one_line_with_exit_code_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("page4dgs: error:") and message in err[0]
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "reconstruct", str(tmp_path / "empty")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "folder is empty" in proc.stderr
+
+
+def test_bad_input_does_not_touch_an_existing_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    assert main(["reconstruct", str(tmp_path / "missing"), "--out", str(run)]) == 2
+    assert (run / "metrics.json").read_text() == "{}" and sorted(p.name for p in run.iterdir()) == ["metrics.json"]

@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import DEFAULTS_HEADER, default_config, dump_yaml, load_config
+from pipeline.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_default_yaml_is_generated_from_the_dataclasses():
+    expected = dump_yaml(default_config(), header=DEFAULTS_HEADER)
+    actual = (REPO / "configs" / "default.yaml").read_text()
+    assert actual == expected, "configs/default.yaml is stale: run `make defaults`"
+
+
+def test_overrides_are_typed_and_validated():
+    cfg = load_config("default", ["optimize.iterations=123", "seed=7", "scene.background=black"])
+    assert cfg.optimize.iterations == 123 and cfg.seed == 7 and cfg.scene.background == "black"
+    with pytest.raises(UserError, match="unknown config key 'optimize.iteratons'.*iterations"):
+        load_config("default", ["optimize.iteratons=5"])
+    with pytest.raises(UserError, match="expects int"):
+        load_config("default", ["optimize.iterations=many"])
+    with pytest.raises(UserError, match="must be one of"):
+        load_config("default", ["device=tpu"])
+    with pytest.raises(UserError, match="not of the form"):
+        load_config("default", ["seed"])
+
+
+def test_every_preset_is_valid():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        load_config(str(path))
+
+
+def test_preset_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown config 'nope'"):
+        load_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optimize: {iterations: [1\n")
+    with pytest.raises(UserError, match="malformed YAML"):
+        load_config(str(bad))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("optimise:\n  iterations: 3\n")
+    with pytest.raises(UserError, match="unknown config key 'optimise'"):
+        load_config(str(typo))
+
+
+def test_saved_config_round_trips():
+    import yaml
+
+    from pipeline.config import config_from_dict
+
+    cfg = load_config("default", ["optimize.iterations=9", "render.video_paths=[spiral, bullet]"])
+    again = config_from_dict(yaml.safe_load(dump_yaml(cfg)))
+    assert again.to_dict() == cfg.to_dict()

@@ -1,0 +1,144 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cameras import opencv_w2c_to_opengl_c2w, look_at_w2c
+from pipeline.errors import UserError
+from pipeline.scene import detect_format, load_scene
+from pipeline.scene.config import SceneConfig
+from tests.conftest import LADY_RUNNING, requires
+
+
+def write_png(path, array):
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, array)
+
+
+def make_frames(folder, n=5, size=(32, 24), rng=None):
+    rng = rng or np.random.default_rng(0)
+    for i in range(n):
+        write_png(folder / f"frame{i}.png", rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    return folder
+
+
+def make_dnerf(root, n_train=4, n_test=2, size=32, fov=0.8):
+    """A tiny D-NeRF scene whose cameras look at the origin from a circle of radius 4."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", n_train), ("test", n_test)):
+        frames = []
+        for i in range(n):
+            angle = 2 * np.pi * (i + (0.5 if split == "test" else 0)) / n
+            eye = np.array([4 * np.cos(angle), 4 * np.sin(angle), 1.0])
+            c2w = opencv_w2c_to_opengl_c2w(look_at_w2c(eye, np.zeros(3)))
+            write_png(root / split / f"r_{i:03d}.png", rng.integers(0, 255, (size, size, 4), dtype=np.uint8))
+            frames.append({"file_path": f"./{split}/r_{i:03d}", "time": i / max(n - 1, 1),
+                           "transform_matrix": c2w.tolist()})
+        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": fov, "frames": frames}))
+    return root
+
+
+def test_frame_folder(tmp_path):
+    make_frames(tmp_path / "f", n=10)
+    scene = load_scene(SceneConfig(source=str(tmp_path / "f")))
+    assert scene.format == "frames" and [f.name for f in scene.frames][:3] == ["frame0", "frame1", "frame2"]
+    assert [f.name for f in scene.test_frames] == ["frame4"]
+    assert np.isclose(scene.frames[-1].time, 1.0) and scene.frames[0].time == 0.0
+    assert scene.rgb(scene.frames[0]).shape == (24, 32, 3)
+    strided = load_scene(SceneConfig(source=str(tmp_path / "f"), stride=3, max_frames=3, max_size=16))
+    assert [f.name for f in strided.frames] == ["frame0", "frame3", "frame6"]
+    assert strided.rgb(strided.frames[1]).shape == (12, 16, 3)
+
+
+def test_dnerf_cameras_see_the_origin_at_the_image_centre(tmp_path):
+    make_dnerf(tmp_path / "d")
+    scene = load_scene(SceneConfig(source=str(tmp_path / "d")))
+    assert scene.format == "dnerf" and len(scene.train_frames) == 4 and len(scene.test_frames) == 2
+    for f in scene.frames:
+        uv, z = f.camera.project(np.zeros((1, 3)))
+        assert np.allclose(uv[0], [16, 16], atol=1e-9) and z[0] > 0
+        assert np.isclose(f.camera.K[0, 0], 0.5 * 32 / np.tan(0.4))
+    assert [f.name for f in scene.test_frames] == ["r_000", "r_001"]  # test frames keep their stems
+    assert "train_r_000" in [f.name for f in scene.train_frames]
+    rgb = scene.rgb(scene.frames[0])
+    assert rgb.shape == (32, 32, 3) and rgb.dtype == np.float32
+    half = load_scene(SceneConfig(source=str(tmp_path / "d"), resolution="2x"))
+    assert half.frames[0].width == 16 and np.allclose(half.frames[0].camera.project(np.zeros((1, 3)))[0], 8)
+
+
+@requires(LADY_RUNNING, "the lady-running clip")
+def test_real_clip_loads_as_a_frame_folder():
+    scene = load_scene(SceneConfig(source=str(LADY_RUNNING)))
+    assert scene.format == "frames" and len(scene.frames) == 65
+    assert scene.frames[0].name == "00000" and (scene.frames[0].width, scene.frames[0].height) == (854, 480)
+    assert len(scene.test_frames) == 8
+    image = scene.rgb(scene.frames[10])
+    assert image.shape == (480, 854, 3) and 0.05 < image.mean() < 0.95
+
+
+def test_video(tmp_path):
+    import imageio.v3 as iio
+
+    frames = np.stack([np.full((32, 48, 3), 20 * i, dtype=np.uint8) for i in range(6)])
+    iio.imwrite(tmp_path / "clip.mp4", frames, plugin="FFMPEG", fps=10)
+    scene = load_scene(SceneConfig(source=str(tmp_path / "clip.mp4"), stride=2))
+    assert scene.format == "video" and [f.name for f in scene.frames] == ["00000", "00002", "00004"]
+    assert np.allclose(scene.rgb(scene.frames[2]).mean(), 80 / 255, atol=0.03)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "no such file or folder"),
+    ("empty_dir", "folder is empty"),
+    ("one_frame", "at least 2 frames"),
+    ("mixed_sizes", "differs from"),
+    ("corrupt_image", "not a readable image"),
+    ("unknown_dir", "unknown scene format"),
+    ("unknown_file", "unknown scene format"),
+    ("empty_video", "video file is empty"),
+    ("corrupt_video", "cannot decode video"),
+    ("bad_json", "malformed JSON"),
+    ("incomplete_json", "missing key 'camera_angle_x'"),
+    ("missing_image", "does not exist"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, case, message):
+    path = tmp_path / case
+    if case == "empty_dir":
+        path.mkdir()
+    elif case == "one_frame":
+        make_frames(path, n=1)
+    elif case == "mixed_sizes":
+        make_frames(path, n=3)
+        write_png(path / "frame9.png", np.zeros((10, 10, 3), np.uint8))
+    elif case == "corrupt_image":
+        make_frames(path, n=3)
+        (path / "frame1.png").write_bytes(b"\x89PNG not really")
+    elif case == "unknown_dir":
+        path.mkdir()
+        (path / "notes.txt").write_text("hello")
+    elif case == "unknown_file":
+        path = tmp_path / "scene.txt"
+        path.write_text("hello")
+    elif case == "empty_video":
+        path = tmp_path / "clip.mp4"
+        path.write_bytes(b"")
+    elif case == "corrupt_video":
+        path = tmp_path / "clip.mp4"
+        path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    elif case in ("bad_json", "incomplete_json", "missing_image"):
+        make_dnerf(path)
+        if case == "bad_json":
+            (path / "transforms_train.json").write_text('{"camera_angle_x": 0.8, "frames": [')
+        elif case == "incomplete_json":
+            (path / "transforms_test.json").write_text('{"frames": []}')
+        else:
+            (path / "train" / "r_001.png").unlink()
+    with pytest.raises(UserError, match=message):
+        load_scene(SceneConfig(source=str(path)))
+
+
+def test_detect_format(tmp_path):
+    make_frames(tmp_path / "f", n=2)
+    make_dnerf(tmp_path / "d")
+    assert detect_format(tmp_path / "f") == "frames" and detect_format(tmp_path / "d") == "dnerf"

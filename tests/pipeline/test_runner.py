@@ -1,0 +1,142 @@
+"""The runner: skipping, rerunning on config change, --from, atomic outputs, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.runner import StageSpec, run_pipeline
+from pipeline.scene.config import SceneConfig
+from pipeline.scene import load_scene
+from tests.pipeline.test_loaders import make_frames
+
+CALLS: list[str] = []
+
+
+def first(ctx):
+    CALLS.append("first")
+    ctx.out("first/value.txt").write_text(str(ctx.config.optimize.iterations))
+    return {"value": ctx.config.optimize.iterations}
+
+
+def second(ctx):
+    CALLS.append("second")
+    upstream = int(ctx.artifact("first/value.txt").read_text())
+    ctx.out("second/double.txt").write_text(str(2 * upstream + ctx.config.seed))
+    return {}
+
+
+STAGES = (
+    StageSpec("first", first, ("first",), (), ("optimize",)),
+    StageSpec("second", second, ("second",), ("first",), ()),
+)
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return load_scene(SceneConfig(source=str(make_frames(tmp_path / "frames", n=3))))
+
+
+def test_skip_rerun_and_from(tmp_path, scene):
+    run = tmp_path / "run"
+    CALLS.clear()
+    run_pipeline(load_config("default", ["optimize.iterations=5"]), run, scene, stages=STAGES)
+    assert CALLS == ["first", "second"] and (run / "second/double.txt").read_text() == "10"
+    run_pipeline(load_config("default", ["optimize.iterations=5"]), run, scene, stages=STAGES)
+    assert CALLS == ["first", "second"], "nothing changed: both stages skipped"
+    run_pipeline(load_config("default", ["optimize.iterations=6"]), run, scene, stages=STAGES)
+    assert CALLS[2:] == ["first", "second"] and (run / "second/double.txt").read_text() == "12"
+    run_pipeline(load_config("default", ["optimize.iterations=6", "seed=1"]), run, scene, stages=STAGES)
+    assert CALLS[4:] == ["first", "second"], "seed is part of every stage's inputs"
+    run_pipeline(load_config("default", ["optimize.iterations=6", "seed=1"]), run, scene, stages=STAGES,
+                 from_stage="second")
+    assert CALLS[6:] == ["second"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    entry = manifest["stages"]["second"]
+    assert entry["status"] == "done" and entry["upstream_hashes"]["first"] == manifest["stages"]["first"][
+        "output_hash"]
+    assert entry["wall_s"] >= 0 and entry["peak_rss_mb"] > 10 and "torch" in entry["versions"]
+    assert (run / "config.yaml").read_text().count("iterations: 6") == 1
+
+
+def test_a_deleted_output_is_rebuilt(tmp_path, scene):
+    run = tmp_path / "run"
+    CALLS.clear()
+    cfg = load_config("default")
+    run_pipeline(cfg, run, scene, stages=STAGES)
+    (run / "second/double.txt").unlink()
+    run_pipeline(cfg, run, scene, stages=STAGES)
+    assert CALLS == ["first", "second", "second"]
+
+
+def test_a_failing_stage_leaves_finished_work_alone(tmp_path, scene):
+    run = tmp_path / "run"
+    cfg = load_config("default")
+    run_pipeline(cfg, run, scene, stages=STAGES)
+    before = (run / "second/double.txt").read_text()
+
+    def broken(ctx):
+        ctx.out("second/double.txt").write_text("half-writ")
+        raise KeyboardInterrupt
+
+    stages = (STAGES[0], StageSpec("second", broken, ("second",), ("first",), ("render",)))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, run, scene, stages=stages)
+    assert (run / "second/double.txt").read_text() == before
+    assert json.loads((run / "manifest.json").read_text())["stages"]["second"]["status"] == "interrupted"
+
+
+RESUMABLE = '''
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from pipeline.config import load_config
+from pipeline.runner import StageSpec, run_pipeline
+from pipeline.scene import load_scene
+from pipeline.scene.config import SceneConfig
+
+def slow(ctx):
+    # A checkpointing stage: counts to 6, one step at a time, resuming from its last checkpoint.
+    ckpt = ctx.out("slow/checkpoint.txt")
+    step = int(ckpt.read_text()) if ckpt.exists() else 0
+    log = Path({log!r})
+    with log.open("a") as f:
+        f.write(f"start {{step}}\\n")
+    while step < 6:
+        time.sleep(0.3)
+        step += 1
+        tmp = ckpt.with_suffix(".tmp"); tmp.write_text(str(step)); tmp.replace(ckpt)
+    ctx.out("slow/result.txt").write_text("done after 6 steps")
+    return {{}}
+
+stages = (StageSpec("slow", slow, ("slow",), (), ()),)
+scene = load_scene(SceneConfig(source={frames!r}))
+run_pipeline(load_config("default"), Path({run!r}), scene, stages=stages)
+'''
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path, scene):
+    repo = str(Path(__file__).resolve().parents[2])
+    script = tmp_path / "job.py"
+    log = tmp_path / "starts.txt"
+    script.write_text(RESUMABLE.format(repo=repo, log=str(log), frames=str(tmp_path / "frames"),
+                                       run=str(tmp_path / "run")))
+    proc = subprocess.Popen([sys.executable, str(script)])
+    ckpt = tmp_path / "run/.work/slow/slow/checkpoint.txt"
+    deadline = time.time() + 30
+    while time.time() < deadline and not (ckpt.exists() and int(ckpt.read_text() or 0) >= 2):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run/slow").exists(), "nothing is committed before the stage finishes"
+    subprocess.run([sys.executable, str(script)], check=True)
+    starts = log.read_text().split()
+    assert starts[0:2] == ["start", "0"] and starts[2] == "start" and int(starts[3]) >= 2
+    assert (tmp_path / "run/slow/result.txt").read_text() == "done after 6 steps"
+    assert not (tmp_path / "run/.work/slow").exists()
