@@ -1,0 +1,338 @@
+"""Pure-PyTorch tile rasterizer with gsplat 1.5.3's compositing rules and a hand-written backward pass.
+
+Binning. The image is cut into square tiles (``tile_size`` pixels a side). A visible Gaussian is listed in every tile
+its opacity-aware box (``radii``) overlaps, with gsplat's tile-range formula; each tile's list is sorted front to back
+by camera z. Outside its box a Gaussian's alpha is below 1/255 everywhere, so the lists hold every Gaussian that can
+touch a pixel of the tile, and the work scales with the Gaussians that touch each tile rather than with all of them.
+
+Compositing (spec gsplat.md §3.8). For pixel p (centre (j + 0.5, i + 0.5)) and the tile's Gaussians k in order:
+``sigma = (a dx^2 + c dy^2) / 2 + b dx dy`` with d = mean2d - p; ``alpha = min(0.999, o exp(-sigma))``; skip k if
+sigma < 0 or alpha < 1/255; stop before the first k whose ``T (1 - alpha)`` would be <= 1e-4 (that one is not
+composited); otherwise ``C += c_k alpha T`` and ``T *= 1 - alpha``. Outputs ``C + T bg`` and ``1 - T``.
+
+Vectorisation. Work proceeds in steps of ``chunk`` depth slots for a batch of tiles at once: a step evaluates
+[tiles, tile_size, tile_size, chunk] alphas, and the transmittance along the chunk is one cumulative product seeded
+with each pixel's incoming T, so the float products are the sequential ones of the CUDA kernel. Tiles whose pixels
+are all finished, or whose lists are exhausted, drop out of later steps (gsplat's early exit).
+
+Backward. Autograd through the steps would keep every [tiles, pixels, chunk] intermediate. Instead the forward keeps
+only each step's incoming transmittance, and the backward replays the steps back to front, recomputing alphas and
+using the closed form, for pixel p with output gradient g and composited Gaussians k:
+    dL/dalpha_k = T_k (g . c_k) - (S_k + T_final (g . bg - dL/dalpha_out)) / (1 - alpha_k),
+    S_k = sum over composited j behind k of (g . c_j) alpha_j T_j,
+carried across steps per pixel. Pixel sums of the conic and mean gradients use that dx depends only on the column
+and dy only on the row, so they reduce to small [tiles, tile_size, chunk] contractions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .projection import ALPHA_THRESHOLD
+
+MAX_ALPHA = 0.999           # alpha is clamped here so that T never reaches 0
+TRANSMITTANCE_STOP = 1e-4   # a pixel stops before a Gaussian that would bring T to this or below
+N_GEOMETRY = 6              # per-Gaussian table columns before the colours: mean x, mean y, a, b, c, opacity
+
+
+@dataclass
+class RasterSettings:
+    """Work decomposition of the torch backend; results do not depend on it (up to float summation order)."""
+
+    tile_size: int = 16         # pixels per tile side
+    chunk: int = 32             # depth slots (Gaussians per tile) evaluated per step
+    step_elements: int = 1 << 19  # bound on tiles x pixels x chunk per step (memory and cache locality)
+
+
+@dataclass
+class TileBins:
+    """Per-tile, front-to-back lists of (camera, Gaussian) entries for C images split into square tiles."""
+
+    tile_size: int
+    tiles_x: int
+    tiles_y: int
+    n_images: int
+    offsets: Tensor   # [n_tiles + 1] int64; tile t lists flat_ids[offsets[t]:offsets[t + 1]]
+    flat_ids: Tensor  # [n_isects] int64 indices into the flattened [C * N] (camera-major) arrays
+
+    @property
+    def n_tiles(self) -> int:
+        return self.n_images * self.tiles_y * self.tiles_x
+
+    @property
+    def counts(self) -> Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+
+@torch.no_grad()
+def bin_gaussians(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int,
+                  tile_size: int = 16) -> TileBins:
+    """Tile lists for means2d [C, N, 2], radii [C, N, 2] int (entries with a zero radius are skipped), depths [C, N].
+
+    The tile range of an entry is gsplat's: [floor((m - r) / s), ceil((m + r) / s)) per axis, clipped to the image.
+    Entries are ordered by camera z within each tile; ties keep the Gaussian index order (as gsplat's stable radix
+    sort does).
+    """
+    n_cameras, n_gaussians = radii.shape[:2]
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    device = means2d.device
+
+    camera_ids, gaussian_ids = (radii > 0).all(dim=-1).nonzero(as_tuple=True)          # [M] each
+    order = torch.sort(depths[camera_ids, gaussian_ids], stable=True).indices
+    order = order[torch.sort(camera_ids[order], stable=True).indices]                   # camera-major, then z
+    camera_ids, gaussian_ids = camera_ids[order], gaussian_ids[order]
+
+    centre = means2d[camera_ids, gaussian_ids] / tile_size                              # [M, 2] in tiles
+    half_size = radii[camera_ids, gaussian_ids].to(means2d.dtype) / tile_size           # [M, 2] in tiles
+    tile_limit = torch.tensor([tiles_x, tiles_y], device=device)
+    lo = torch.floor(centre - half_size).long().clamp(min=0).minimum(tile_limit)       # [M, 2] inclusive
+    hi = torch.ceil(centre + half_size).long().clamp(min=0).minimum(tile_limit)        # [M, 2] exclusive
+    span = hi - lo                                                                      # [M, 2]
+    n_per_entry = span[:, 0] * span[:, 1]                                               # [M]
+
+    owner = torch.repeat_interleave(torch.arange(len(n_per_entry), device=device), n_per_entry)  # [n_isects]
+    local = torch.arange(len(owner), device=device) - (torch.cumsum(n_per_entry, 0) - n_per_entry)[owner]
+    tile_col = lo[owner, 0] + local % span[owner, 0]
+    tile_row = lo[owner, 1] + local // span[owner, 0]
+    tile = (camera_ids[owner] * tiles_y + tile_row) * tiles_x + tile_col               # [n_isects] global tile id
+    tile, by_tile = torch.sort(tile, stable=True)                                        # keeps z order per tile
+    flat_ids = (camera_ids * n_gaussians + gaussian_ids)[owner][by_tile]
+
+    n_tiles = n_cameras * tiles_y * tiles_x
+    counts = torch.bincount(tile, minlength=n_tiles)
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    return TileBins(tile_size, tiles_x, tiles_y, n_cameras, offsets, flat_ids)
+
+
+def image_to_tiles(image: Tensor, bins: TileBins) -> Tensor:
+    """[C, H, W, X] -> [n_tiles, tile_size^2, X] (zero-padded at the right and bottom edges)."""
+    s = bins.tile_size
+    n_images, height, width, channels = image.shape
+    padded = image.new_zeros(n_images, bins.tiles_y * s, bins.tiles_x * s, channels)
+    padded[:, :height, :width] = image
+    tiles = padded.view(n_images, bins.tiles_y, s, bins.tiles_x, s, channels).permute(0, 1, 3, 2, 4, 5)
+    return tiles.reshape(bins.n_tiles, s * s, channels)
+
+
+def tiles_to_image(tiles: Tensor, bins: TileBins, width: int, height: int) -> Tensor:
+    """[n_tiles, tile_size^2, X] -> [C, H, W, X]."""
+    s = bins.tile_size
+    channels = tiles.shape[-1]
+    image = tiles.view(bins.n_images, bins.tiles_y, bins.tiles_x, s, s, channels).permute(0, 1, 3, 2, 4, 5)
+    return image.reshape(bins.n_images, bins.tiles_y * s, bins.tiles_x * s, channels)[:, :height, :width]
+
+
+class _Geometry:
+    """One step's Gaussians (rows of the per-intersection table) evaluated over its tiles' pixels."""
+
+    def __init__(self, rows: Tensor, pixel_x: Tensor, pixel_y: Tensor):
+        # rows: [Ta, B, 6 + D]; pixel_x, pixel_y: [Ta, s] pixel-centre coordinates of the tiles' columns / rows.
+        mean_x, mean_y, self.a, self.b, self.c, self.opacity = rows[..., :N_GEOMETRY].unbind(-1)  # [Ta, B] each
+        self.dx = mean_x[:, None, :] - pixel_x[:, :, None]                      # [Ta, s(column), B]
+        self.dy = mean_y[:, None, :] - pixel_y[:, :, None]                      # [Ta, s(row), B]
+        half_a_dx2 = 0.5 * self.a[:, None] * self.dx * self.dx                  # [Ta, s(column), B]
+        half_c_dy2 = 0.5 * self.c[:, None] * self.dy * self.dy                  # [Ta, s(row), B]
+        b_dx = self.b[:, None] * self.dx                                        # [Ta, s(column), B]
+        sigma = half_c_dy2[:, :, None] + half_a_dx2[:, None]                    # [Ta, s(row), s(column), B]
+        sigma.addcmul_(b_dx[:, None], self.dy[:, :, None])
+        self.visibility = torch.exp(-sigma)                                     # exp(-sigma)
+        self.alpha_raw = self.visibility * self.opacity[:, None, None]          # o exp(-sigma), unclamped
+        alpha = self.alpha_raw.clamp(max=MAX_ALPHA)
+        skipped = (sigma < 0) | (alpha < ALPHA_THRESHOLD)
+        self.alpha = alpha.masked_fill_(skipped, 0.0)                           # skipped Gaussians: alpha 0
+
+
+def _transmittance(alpha: Tensor, incoming: Tensor) -> Tensor:
+    """[Ta, P, B + 1]: slot 0 the incoming T [Ta, P], slot k + 1 the T after Gaussian k (sequential products)."""
+    n_tiles, n_pixels = incoming.shape
+    factors = alpha.new_empty(n_tiles, n_pixels, alpha.shape[-1] + 1)
+    factors[..., 0] = incoming
+    torch.sub(1.0, alpha.view(n_tiles, n_pixels, -1), out=factors[..., 1:])
+    return factors.cumprod_(-1)
+
+
+class _Steps:
+    """Iterates the (chunk index, tile batch) steps of a tile-binned image; tiles leave once finished."""
+
+    def __init__(self, bins: TileBins, settings: RasterSettings, device: torch.device, dtype: torch.dtype):
+        s = bins.tile_size
+        self.bins, self.chunk = bins, settings.chunk
+        self.max_tiles = max(1, settings.step_elements // (s * s * settings.chunk))
+        tile_in_image = torch.arange(bins.n_tiles, device=device) % (bins.tiles_x * bins.tiles_y)
+        offset = torch.arange(s, device=device, dtype=dtype) + 0.5
+        self.pixel_x = (tile_in_image % bins.tiles_x * s).to(dtype)[:, None] + offset   # [n_tiles, s]
+        self.pixel_y = (tile_in_image // bins.tiles_x * s).to(dtype)[:, None] + offset  # [n_tiles, s]
+        self.slots = torch.arange(settings.chunk, device=device)
+
+    def rows(self, tiles: Tensor, chunk_index: int, pad_row: int) -> Tensor:
+        """Indices [Ta, B] into the per-intersection table for this step; past a tile's list: pad_row."""
+        rows = self.bins.offsets[tiles, None] + chunk_index * self.chunk + self.slots
+        return torch.where(rows < self.bins.offsets[tiles + 1, None], rows, pad_row)
+
+
+class _CompositeTiles(torch.autograd.Function):
+    """Tile compositing of projected Gaussians; inputs flattened over (camera, Gaussian)."""
+
+    @staticmethod
+    def forward(ctx, means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
+                backgrounds: Tensor | None, bins: TileBins, width: int, height: int, settings: RasterSettings,
+                absgrad_target: list[Tensor] | None):
+        # means2d [M, 2], conics [M, 3], colors [M, D], opacities [M] with M = C * N; backgrounds [C, D] or None.
+        n_pixels, n_channels = bins.tile_size ** 2, colors.shape[-1]
+        dtype, device = colors.dtype, colors.device
+        # Per-intersection table, front to back per tile, plus a final all-zero row (opacity 0: always skipped).
+        table = torch.cat([means2d, conics, opacities[:, None], colors], dim=-1)[bins.flat_ids]
+        table = torch.cat([table, table.new_zeros(1, table.shape[1])])             # [n_isects + 1, 6 + D]
+        pad_row = table.shape[0] - 1
+
+        inside = image_to_tiles(torch.ones(bins.n_images, height, width, 1, device=device), bins)[..., 0] > 0
+        transmittance = torch.ones(bins.n_tiles, n_pixels, dtype=dtype, device=device)
+        finished = ~inside                                                           # [n_tiles, P]
+        accumulated = torch.zeros(bins.n_tiles, n_pixels, n_channels, dtype=dtype, device=device)
+        counts = bins.counts
+        steps = _Steps(bins, settings, device, dtype)
+        saved_steps: list[tuple[Tensor, int, Tensor]] = []
+
+        for chunk_index in range(math.ceil(int(counts.max()) / settings.chunk) if len(counts) else 0):
+            pending = (counts > chunk_index * settings.chunk).nonzero()[:, 0]
+            pending = pending[~finished[pending].all(dim=-1)]
+            for tiles in pending.split(steps.max_tiles):
+                rows = table[steps.rows(tiles, chunk_index, pad_row)]                # [Ta, B, 6 + D]
+                alpha = _Geometry(rows, steps.pixel_x[tiles], steps.pixel_y[tiles]).alpha
+                t_in, finished_in = transmittance[tiles], finished[tiles]
+                t_work = t_in.masked_fill(finished_in, 0.0)                          # finished pixels add nothing
+                trans = _transmittance(alpha, t_work)                                # [Ta, P, B + 1]
+                kept = trans[..., 1:] > TRANSMITTANCE_STOP                           # a prefix along B
+                weights = alpha.view_as(kept) * trans[..., :-1] * kept               # [Ta, P, B]
+                accumulated.index_add_(0, tiles, weights @ rows[..., N_GEOMETRY:])
+                n_kept = kept.sum(dim=-1, keepdim=True)                              # [Ta, P, 1]
+                t_out = trans.gather(-1, n_kept)[..., 0]
+                transmittance[tiles] = torch.where(finished_in, t_in, t_out)
+                finished[tiles] = finished_in | (n_kept[..., 0] < settings.chunk)
+                saved_steps.append((tiles, chunk_index, t_work))
+
+        background_tiles = None
+        if backgrounds is not None:
+            background_tiles = backgrounds.repeat_interleave(bins.tiles_x * bins.tiles_y, dim=0)  # [n_tiles, D]
+            accumulated += transmittance[..., None] * background_tiles[:, None, :]
+        render_colors = tiles_to_image(accumulated, bins, width, height)
+        render_alphas = tiles_to_image(1.0 - transmittance[..., None], bins, width, height)
+
+        ctx.bins, ctx.width, ctx.height, ctx.settings = bins, width, height, settings
+        ctx.absgrad_target, ctx.absgrad = absgrad_target, absgrad_target is not None
+        ctx.saved_steps = saved_steps
+        ctx.save_for_backward(table, transmittance,
+                              background_tiles if background_tiles is not None else torch.empty(0))
+        ctx.has_backgrounds, ctx.n_entries = backgrounds is not None, means2d.shape[0]
+        return render_colors, render_alphas
+
+    @staticmethod
+    def backward(ctx, grad_colors: Tensor | None, grad_alphas: Tensor | None):
+        table, transmittance, background_tiles = ctx.saved_tensors
+        bins, settings = ctx.bins, ctx.settings
+        n_channels = table.shape[1] - N_GEOMETRY
+        dtype, device = table.dtype, table.device
+        pad_row = table.shape[0] - 1
+        if grad_colors is None:
+            grad_colors = torch.zeros(bins.n_images, ctx.height, ctx.width, n_channels, dtype=dtype, device=device)
+        if grad_alphas is None:
+            grad_alphas = torch.zeros(bins.n_images, ctx.height, ctx.width, 1, dtype=dtype, device=device)
+        grad_colors = image_to_tiles(grad_colors.to(dtype), bins)                   # [n_tiles, P, D]
+        grad_alphas = image_to_tiles(grad_alphas.to(dtype), bins)[..., 0]           # [n_tiles, P]
+
+        # Sensitivity of the loss to the final transmittance, and the running suffix sum S (see module docstring).
+        suffix = -grad_alphas * transmittance
+        grad_backgrounds = None
+        if ctx.has_backgrounds:
+            suffix += transmittance * (grad_colors * background_tiles[:, None, :]).sum(dim=-1)
+            per_tile = (grad_colors * transmittance[..., None]).sum(dim=1)          # [n_tiles, D]
+            grad_backgrounds = per_tile.view(bins.n_images, -1, n_channels).sum(dim=1)
+
+        n_table_grads = N_GEOMETRY + n_channels + (2 if ctx.absgrad else 0)
+        table_grads = torch.zeros(table.shape[0], n_table_grads, dtype=dtype, device=device)
+        steps = _Steps(bins, settings, device, dtype)
+        for tiles, chunk_index, t_work in reversed(ctx.saved_steps):
+            row_ids = steps.rows(tiles, chunk_index, pad_row)                        # [Ta, B]
+            rows = table[row_ids]                                                    # [Ta, B, 6 + D]
+            geo = _Geometry(rows, steps.pixel_x[tiles], steps.pixel_y[tiles])
+            n_tiles, s = len(tiles), bins.tile_size
+            alpha = geo.alpha.view(n_tiles, s * s, -1)                               # [Ta, P, B]
+            trans = _transmittance(alpha, t_work)
+            t_before = trans[..., :-1]                                               # T seen by each Gaussian
+            contributes = (trans[..., 1:] > TRANSMITTANCE_STOP) & (alpha > 0)        # composited
+            weights = alpha * t_before * contributes                                 # [Ta, P, B]
+
+            grad_pixel = grad_colors[tiles]                                          # [Ta, P, D]
+            colors = rows[..., N_GEOMETRY:]                                          # [Ta, B, D]
+            grad_dot_color = grad_pixel @ colors.transpose(1, 2)                     # [Ta, P, B]
+            contribution = grad_dot_color * weights
+            behind = contribution.sum(dim=-1, keepdim=True) - contribution.cumsum(dim=-1)  # sum over j > k
+            suffix_in = suffix[tiles]
+            grad_alpha = grad_dot_color * t_before - (suffix_in[..., None] + behind) / (1.0 - alpha)
+            grad_alpha = grad_alpha * contributes
+            suffix[tiles] = suffix_in + contribution.sum(dim=-1)
+
+            grad_color = weights.transpose(1, 2) @ grad_pixel                        # [Ta, B, D]
+            grad_alpha = grad_alpha.view_as(geo.alpha).masked_fill_(geo.alpha_raw > MAX_ALPHA, 0.0)  # clamp
+            grad_opacity = (grad_alpha * geo.visibility).sum(dim=(1, 2))             # [Ta, B]
+            grad_sigma = grad_alpha.mul_(geo.alpha_raw).neg_()                       # [Ta, s(row), s(col), B]
+
+            # Pixel sums of grad_sigma times dx^2, dy^2, dx dy, dx, dy, with dx per column and dy per row.
+            per_column = grad_sigma.sum(dim=1)                                       # [Ta, s(col), B]
+            per_row = grad_sigma.sum(dim=2)                                          # [Ta, s(row), B]
+            dx_weighted_rows = (grad_sigma * geo.dx[:, None]).sum(dim=2)             # [Ta, s(row), B]
+            sum_dx = (per_column * geo.dx).sum(dim=1)                                # [Ta, B]
+            sum_dy = (per_row * geo.dy).sum(dim=1)
+            sum_dx2 = (per_column * geo.dx * geo.dx).sum(dim=1)
+            sum_dy2 = (per_row * geo.dy * geo.dy).sum(dim=1)
+            sum_dxdy = (dx_weighted_rows * geo.dy).sum(dim=1)
+            grads = [geo.a * sum_dx + geo.b * sum_dy,                                # d/d mean x
+                     geo.b * sum_dx + geo.c * sum_dy,                                # d/d mean y
+                     0.5 * sum_dx2, sum_dxdy, 0.5 * sum_dy2,                         # d/d a, b, c
+                     grad_opacity]
+            if ctx.absgrad:                                                          # sum_p |per-pixel d/d mean|
+                a_dx, b_dx = geo.a[:, None] * geo.dx, geo.b[:, None] * geo.dx        # [Ta, s(col), B]
+                b_dy, c_dy = geo.b[:, None] * geo.dy, geo.c[:, None] * geo.dy        # [Ta, s(row), B]
+                grads += [(grad_sigma * (a_dx[:, None] + b_dy[:, :, None])).abs_().sum(dim=(1, 2)),
+                          (grad_sigma * (b_dx[:, None] + c_dy[:, :, None])).abs_().sum(dim=(1, 2))]
+            geometry_grads = torch.stack(grads, dim=-1)                              # [Ta, B, 6 (+2)]
+            step_grads = torch.cat([geometry_grads[..., :N_GEOMETRY], grad_color, geometry_grads[..., N_GEOMETRY:]],
+                                   dim=-1)
+            table_grads[row_ids] = step_grads                                        # each row once (pad: junk)
+
+        per_entry = torch.zeros(ctx.n_entries, n_table_grads, dtype=dtype, device=device)
+        per_entry.index_add_(0, bins.flat_ids, table_grads[:-1])
+        grad_means2d, grad_conics, grad_opacities, grad_colors_out, grad_abs = per_entry.split(
+            [2, 3, 1, n_channels, n_table_grads - N_GEOMETRY - n_channels], dim=-1)
+        if ctx.absgrad:                                                              # read by DefaultStrategy
+            target = ctx.absgrad_target[0]
+            target.absgrad = grad_abs.reshape(target.shape).clone()
+        return (grad_means2d, grad_conics, grad_colors_out, grad_opacities[:, 0], grad_backgrounds,
+                None, None, None, None, None)
+
+
+def rasterize_to_pixels(means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor, radii: Tensor,
+                        depths: Tensor, width: int, height: int, backgrounds: Tensor | None = None,
+                        absgrad: bool = False, settings: RasterSettings | None = None) -> tuple[Tensor, Tensor]:
+    """Composite C images of N projected Gaussians.
+
+    Args:
+        means2d: [C, N, 2] pixel positions. conics: [C, N, 3] (a, b, c). colors: [C, N, D]. opacities: [C, N].
+        radii: [C, N, 2] int; entries with a zero radius are not drawn. depths: [C, N] camera z (sort key).
+        backgrounds: [C, D] or None. absgrad: after backward, means2d.absgrad [C, N, 2] holds per-Gaussian sums
+        over pixels of the absolute per-pixel gradients (AbsGS), as in gsplat.
+    Returns:
+        render_colors [C, H, W, D] (including T_final * background), render_alphas [C, H, W, 1].
+    """
+    settings = settings or RasterSettings()
+    n_cameras, n_gaussians = radii.shape[:2]
+    bins = bin_gaussians(means2d.detach(), radii, depths.detach(), width, height, settings.tile_size)
+    absgrad_target = [means2d] if absgrad else None   # a list, so that autograd does not treat it as an input
+    render_colors, render_alphas = _CompositeTiles.apply(
+        means2d.reshape(-1, 2), conics.reshape(-1, 3), colors.reshape(n_cameras * n_gaussians, -1),
+        opacities.reshape(-1), backgrounds, bins, width, height, settings, absgrad_target)
+    return render_colors, render_alphas
