@@ -12,3 +12,18 @@ class InitializeConfig:
     """Initialize stage: Gaussians from the geometry stage's point clouds."""
 
     max_gaussians: int = option(20000, "Budget: the point cloud is voxel-downsampled to at most this many Gaussians.")
+    dynamic_fraction: float = option(0.5, "At most this fraction of the budget goes to dynamic Gaussians (split "
+                                     "evenly over the training time slices); static points take the rest.")
+    min_confidence: float = option(0.0, "Drop pixels whose depth confidence is below this value (PAGE-4D "
+                                   "confidences are >= 1; oracle geometry has confidence 1).")
+    confidence_percentile: float = option(0.0, "Per frame, also drop the pixels below this percentile of "
+                                          "confidence (0 = keep all; ties at the threshold are kept).")
+    max_depth_edge: float = option(0.05, "Drop 'flying' pixels at depth discontinuities: a pixel whose depth "
+                                   "differs from a 4-neighbour's by more than this fraction of its depth (0 = off).")
+    points_from: str = option("cameras", "Which cameras unproject the depth maps: 'cameras' (geometry/cameras.json, "
+                              "the cameras the optimization uses, so every point lies on its pixel's ray) or "
+                              "'predicted' (geometry/predicted_cameras.json, brought into the cameras.json world "
+                              "by a Sim(3) fitted to the camera centres and rotations).",
+                              choices=("cameras", "predicted"))
+    init_opacity: float = option(0.1, "Initial opacity (post-sigmoid) of every Gaussian.")
+    init_scale: float = option(1.0, "Initial scale = this factor x the RMS distance to the 3 nearest neighbours.")

@@ -1,10 +1,16 @@
-"""Config section ``optimize``."""
+"""Config section ``optimize``.
+
+Defaults follow gsplat 1.5.3's ``simple_trainer.py`` for the per-Gaussian learning rates and densification, scaled to
+the shorter schedules a dynamic scene needs; ``docs/gaussians.md`` explains each group.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from pipeline.config import option
+
+DEFORMATIONS = ("bases", "mlp", "planes", "none")
 
 
 @dataclass
@@ -14,3 +20,80 @@ class OptimizeConfig:
     iterations: int = option(3000, "Optimization steps.")
     backend: str = option("auto", "Rasterizer: 'gsplat' (CUDA), 'torch' (pure PyTorch, any device) or 'auto' "
                           "(gsplat where CUDA is available).", choices=("auto", "gsplat", "torch"))
+    # --- model ---
+    deformation: str = option("bases", "Motion of the dynamic Gaussians: 'bases' (explicit: per-Gaussian "
+                              "coefficients of shared learned B-spline motion bases), 'mlp' (neural field: "
+                              "positional-encoded MLP over (x, t)), 'planes' (neural field: multi-resolution "
+                              "space-time planes + small MLP head), or 'none' (static 3DGS baseline: nothing moves).",
+                              choices=DEFORMATIONS)
+    sh_degree: int = option(3, "Maximum spherical-harmonic degree of the colours (0-3).")
+    sh_degree_interval: int = option(500, "Add one SH band every this many steps (until sh_degree).")
+    temporal_opacity: bool = option(True, "Dynamic Gaussians fade in and out around a learned time centre (a "
+                                    "Gaussian in time, initialised at the time the point was seen).")
+    temporal_opacity_init: float = option(2.0, "Initial temporal standard deviation of dynamic Gaussians, in units "
+                                          "of the median gap between training times.")
+    deform_opacity: bool = option(False, "The deformation also offsets the opacity logit.")
+    bases_count: int = option(12, "bases: number of shared motion bases.")
+    bases_knots: int = option(16, "bases: B-spline control points per basis over t in [0, 1].")
+    mlp_width: int = option(128, "mlp: hidden width.")
+    mlp_depth: int = option(4, "mlp: hidden layers.")
+    mlp_position_frequencies: int = option(8, "mlp: positional-encoding octaves of x (normalised to the dynamic "
+                                           "points' bounding box).")
+    mlp_time_frequencies: int = option(6, "mlp: positional-encoding octaves of t.")
+    planes_resolution: list = option([32, 64], "planes: spatial resolutions of the multi-resolution planes.")
+    planes_time_resolution: int = option(0, "planes: time resolution (0 = half the number of distinct training "
+                                         "times, at least 4).")
+    planes_features: int = option(16, "planes: feature channels per plane.")
+    planes_head_width: int = option(64, "planes: hidden width of the MLP head.")
+    # --- losses ---
+    ssim_lambda: float = option(0.2, "Weight of D-SSIM: loss = (1 - w) L1 + w (1 - SSIM).")
+    depth_lambda: float = option(0.0, "Weight of the scale-and-shift-invariant L1 depth loss against the geometry "
+                                 "stage's depth of the training frames (0 = off).")
+    motion_lambda: float = option(0.01, "Weight of the motion smoothness regulariser (squared acceleration of "
+                                  "dynamic Gaussians, in units of the scene scale per squared frame gap).")
+    scale_lambda: float = option(0.01, "Weight of the scale regulariser (anisotropy beyond max_anisotropy).")
+    max_anisotropy: float = option(10.0, "Largest ratio of a Gaussian's largest to smallest scale before the scale "
+                                   "regulariser applies.")
+    background: str = option("auto", "Render background: 'auto' (the scene's), 'white', 'black', or 'random' "
+                             "(RGBA scenes: a random colour per step, with the ground truth composited on it).",
+                             choices=("auto", "white", "black", "random"))
+    # --- batches ---
+    batch_size: int = option(1, "Training frames rendered per step.")
+    # --- densification (gsplat DefaultStrategy, with the opacity reset actually happening) ---
+    densify: bool = option(True, "Grow (duplicate/split) and prune Gaussians with gsplat's DefaultStrategy.")
+    refine_start: int = option(500, "Densify from this step.")
+    refine_stop: int = option(2000, "Densify and reset opacities until this step.")
+    refine_every: int = option(100, "Densify every this many steps.")
+    reset_every: int = option(1000, "Clamp every opacity to 2 x prune_opacity every this many steps (0 = never).")
+    grow_grad2d: float = option(0.0002, "Grow Gaussians whose mean screen-space gradient exceeds this.")
+    grow_scale3d: float = option(0.01, "Duplicate (below) or split (above) at this scale, x scene scale.")
+    prune_opacity: float = option(0.005, "Prune Gaussians whose opacity falls below this.")
+    prune_scale3d: float = option(0.1, "After the first reset, prune Gaussians larger than this x scene scale.")
+    absgrad: bool = option(False, "Use absolute screen-space gradients (AbsGS); then raise grow_grad2d ~3x.")
+    max_gaussians: int = option(0, "Stop growing once there are this many Gaussians (0 = no cap).")
+    # --- learning rates (Adam) ---
+    lr_means: float = option(1.6e-4, "Learning rate of positions, x scene scale; decays exponentially to "
+                             "lr_final_factor of it.")
+    lr_scales: float = option(5e-3, "Learning rate of log-scales.")
+    lr_opacities: float = option(5e-2, "Learning rate of opacity logits.")
+    lr_quats: float = option(1e-3, "Learning rate of rotations (raw quaternions).")
+    lr_sh0: float = option(2.5e-3, "Learning rate of the SH DC terms.")
+    lr_shN: float = option(1.25e-4, "Learning rate of the higher SH bands.")
+    lr_time: float = option(1e-3, "Learning rate of the temporal-opacity centres and log-widths.")
+    lr_motion: float = option(1.6e-4, "bases: learning rate of the per-Gaussian motion coefficients, x scene "
+                              "scale; decays like the positions.")
+    lr_bases: float = option(1e-3, "bases: learning rate of the shared basis curves.")
+    lr_field: float = option(1e-3, "mlp/planes: learning rate of the network; decays like the positions.")
+    lr_planes: float = option(1e-2, "planes: learning rate of the plane features; decays like the positions.")
+    lr_final_factor: float = option(0.01, "Decayed learning rates end at this fraction of their start.")
+    deform_warmup: int = option(0, "Steps at the start where the deformation is frozen (a static warm-up).")
+    # --- cameras ---
+    refine_cameras: bool = option(False, "Also optimise a pose correction per training camera (for "
+                                  "model-predicted cameras).")
+    lr_cameras: float = option(1e-4, "Learning rate of the camera pose corrections (radians / scene units).")
+    # --- bookkeeping ---
+    checkpoint_every: int = option(1000, "Write a resumable checkpoint every this many steps (0 = only at the end).")
+    keep_checkpoints: int = option(2, "Keep this many most recent checkpoints.")
+    log_every: int = option(20, "Flush the log (and check for NaN or an exploding loss) every this many steps.")
+    explode_factor: float = option(20.0, "A loss above this x its running mean counts as exploding: the last good "
+                                   "state is restored.")

@@ -1,0 +1,107 @@
+"""Point clouds from depth maps: unprojection, per-pixel filters, voxel downsampling to a budget.
+
+Conventions: OpenCV cameras, ``K`` in pixels with pixel (row i, column j) centred at (j + 0.5, i + 0.5),
+``world_to_camera`` 4x4, depth = camera-space z (not ray length).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def unproject_depth(depth: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray) -> np.ndarray:
+    """World points of every pixel centre.
+
+    depth: (H, W) z-depth; K: (3, 3); world_to_camera: (4, 4).  Returns (H, W, 3) float64.
+    """
+    H, W = depth.shape
+    u, v = np.meshgrid(np.arange(W, dtype=np.float64) + 0.5, np.arange(H, dtype=np.float64) + 0.5)  # (H, W)
+    pixels = np.stack([u, v, np.ones_like(u)], axis=-1)                       # (H, W, 3) homogeneous
+    rays = pixels @ np.linalg.inv(np.asarray(K, dtype=np.float64)).T          # (H, W, 3), z = 1
+    points_cam = rays * depth.astype(np.float64)[..., None]                   # (H, W, 3)
+    camera_to_world = np.linalg.inv(np.asarray(world_to_camera, dtype=np.float64))
+    return points_cam @ camera_to_world[:3, :3].T + camera_to_world[:3, 3]
+
+
+def depth_edge_mask(depth: np.ndarray, max_relative_jump: float) -> np.ndarray:
+    """(H, W) bool: True where no 4-neighbour's depth differs by more than ``max_relative_jump`` x depth.
+
+    Pixels next to an invalid (<= 0) neighbour are kept; 0 disables the filter.
+    """
+    keep = np.ones(depth.shape, dtype=bool)
+    if max_relative_jump <= 0:
+        return keep
+    d = depth.astype(np.float64)
+    valid = d > 0
+    for axis in (0, 1):
+        diff = np.abs(np.diff(d, axis=axis))                      # (H-1, W) or (H, W-1)
+        both = np.logical_and(np.take(valid, range(d.shape[axis] - 1), axis), np.take(valid, range(1, d.shape[axis]), axis))
+        jump_first = both & (diff > max_relative_jump * np.take(d, range(d.shape[axis] - 1), axis))
+        jump_second = both & (diff > max_relative_jump * np.take(d, range(1, d.shape[axis]), axis))
+        if axis == 0:
+            keep[:-1] &= ~jump_first
+            keep[1:] &= ~jump_second
+        else:
+            keep[:, :-1] &= ~jump_first
+            keep[:, 1:] &= ~jump_second
+    return keep
+
+
+def confidence_mask(confidence: np.ndarray, min_confidence: float = 0.0, percentile: float = 0.0) -> np.ndarray:
+    """(H, W) bool: confidence >= max(min_confidence, the given percentile of this map)."""
+    threshold = min_confidence
+    if percentile > 0:
+        threshold = max(threshold, float(np.percentile(confidence, percentile)))
+    return confidence >= threshold
+
+
+def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Average the points (N, 3) and colours (N, C) that fall into the same cubic voxel of edge ``voxel_size``.
+
+    Returns (M, 3) and (M, C), one row per occupied voxel (sorted by voxel key).
+    """
+    if len(points) == 0 or voxel_size <= 0:
+        return points, colors
+    keys = np.floor(points / voxel_size).astype(np.int64)          # (N, 3)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    sums = np.zeros((len(counts), points.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, points)
+    color_sums = np.zeros((len(counts), colors.shape[1]), dtype=np.float64)
+    np.add.at(color_sums, inverse, colors)
+    return sums / counts[:, None], color_sums / counts[:, None]
+
+
+def count_voxels(points: np.ndarray, voxel_size: float) -> int:
+    keys = np.floor(points / voxel_size).astype(np.int64)
+    return len(np.unique(keys, axis=0))
+
+
+def voxel_size_for_budget(points: np.ndarray, budget: int, iterations: int = 30) -> float:
+    """The smallest voxel edge (to ~2 %) whose downsampling leaves at most ``budget`` points; 0 if none is needed."""
+    if len(points) <= budget:
+        return 0.0
+    if budget <= 0:
+        raise ValueError("budget must be positive")
+    extent = float(np.max(points.max(0) - points.min(0)))
+    hi = max(extent, 1e-12) * 2.0           # one voxel holds everything: 1 point (or 2^3 at worst) <= budget
+    lo = hi * 1e-6
+    while count_voxels(points, hi) > budget:
+        hi *= 2.0
+    for _ in range(iterations):
+        mid = np.sqrt(lo * hi)              # bisect in log space
+        if count_voxels(points, mid) > budget:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1.02:
+            break
+    return hi
+
+
+def downsample_to_budget(points: np.ndarray, colors: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel-downsample (N, 3) points with their (N, C) colours to at most ``budget`` points."""
+    if budget <= 0 or len(points) == 0:
+        return points[:0], colors[:0]
+    size = voxel_size_for_budget(points, budget)
+    return voxel_downsample(points, colors, size) if size > 0 else (points, colors)

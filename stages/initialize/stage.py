@@ -1,0 +1,178 @@
+"""The initialize stage: static and dynamic Gaussians from the geometry stage's depth maps.
+
+Only training frames contribute (test images never touch optimization). Per training frame: unproject the depth at
+pixel centres, keep pixels with valid depth, enough confidence, no depth discontinuity and (RGBA scenes) alpha >= 0.5,
+take the colour from the frame, and split by the dynamic mask. Static points of all frames are pooled and
+voxel-downsampled to the static budget; dynamic points are downsampled per time slice, so every dynamic Gaussian
+keeps the time it was seen. Scales come from nearest-neighbour distances, colours become SH DC terms.
+
+Writes ``initialize/gaussians.ply`` (standard 3DGS layout, SH degree 0) and ``initialize/labels.npz``
+(``is_dynamic`` bool (N,), ``time`` float32 (N,) = time seen (-1 for static), ``frame_index`` int32 (N,) = index in
+``cameras.json`` of a frame of that time slice (-1 for static)).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.cameras import Sim3, align_cameras_sim3
+from pipeline.errors import UserError
+from pipeline.io import atomic_path
+from pipeline.log import progress
+from stages.initialize.config import InitializeConfig
+from stages.initialize.gaussians import initial_log_scales, logit, rgb_to_sh_dc, write_gaussians_ply
+from stages.initialize.geometry_io import FrameCamera, read_cameras, read_confidence, read_depth, read_dynamic_mask
+from stages.initialize.points import confidence_mask, depth_edge_mask, downsample_to_budget, unproject_depth
+
+
+@dataclass
+class FramePoints:
+    """Filtered points of one training frame, in the world of cameras.json."""
+
+    camera: FrameCamera
+    points: np.ndarray      # (P, 3) float64
+    colors: np.ndarray      # (P, 3) float64 in [0, 1]
+    dynamic: np.ndarray     # (P,) bool
+
+
+@dataclass
+class InitialGaussians:
+    """Initial Gaussians (pre-activation), static first then dynamic slices in time order."""
+
+    means: np.ndarray           # (N, 3)
+    colors: np.ndarray          # (N, 3) in [0, 1]
+    log_scales: np.ndarray      # (N, 3)
+    is_dynamic: np.ndarray      # (N,) bool
+    time: np.ndarray            # (N,) float32, -1 for static
+    frame_index: np.ndarray     # (N,) int32, -1 for static
+
+
+def frame_points(camera: FrameCamera, depth: np.ndarray, rgb: np.ndarray, confidence: np.ndarray,
+                 dynamic_mask: np.ndarray | None, alpha: np.ndarray | None, cfg: InitializeConfig,
+                 unproject_camera: FrameCamera | None = None, to_world: Sim3 | None = None) -> FramePoints:
+    """Filter and unproject one frame. ``unproject_camera``/``to_world``: unproject with another camera (the
+    network's own) and map the points into the cameras.json world by ``to_world``."""
+    keep = (depth > 0) & np.isfinite(depth)
+    keep &= confidence_mask(confidence, cfg.min_confidence, cfg.confidence_percentile)
+    keep &= depth_edge_mask(depth, cfg.max_depth_edge)
+    if alpha is not None:
+        keep &= alpha >= 0.5
+    cam = unproject_camera or camera
+    points = unproject_depth(depth, cam.K, cam.world_to_camera)[keep]          # (P, 3)
+    if to_world is not None:
+        points = to_world.apply(points)
+    dynamic = dynamic_mask[keep] if dynamic_mask is not None else np.zeros(len(points), dtype=bool)
+    return FramePoints(camera, points, rgb[keep].astype(np.float64), dynamic)
+
+
+def build_gaussians(frames: list[FramePoints], cfg: InitializeConfig) -> InitialGaussians:
+    """Pool, downsample to the budget and attribute the points of all training frames."""
+    static_pts = np.concatenate([f.points[~f.dynamic] for f in frames] or [np.zeros((0, 3))])
+    static_rgb = np.concatenate([f.colors[~f.dynamic] for f in frames] or [np.zeros((0, 3))])
+    slices: dict[float, list[FramePoints]] = defaultdict(list)      # time -> frames seen at that time
+    for f in frames:
+        if f.dynamic.any():
+            slices[f.camera.time].append(f)
+
+    dynamic_budget = int(cfg.dynamic_fraction * cfg.max_gaussians) if slices else 0
+    per_slice = dynamic_budget // max(len(slices), 1)
+    if slices and per_slice < 1:
+        raise UserError(f"initialize: a budget of {cfg.max_gaussians} Gaussians leaves none for each of the "
+                        f"{len(slices)} dynamic time slices (raise initialize.max_gaussians)")
+    dyn_means, dyn_rgb, dyn_time, dyn_frame = [], [], [], []
+    for time in sorted(slices):
+        group = slices[time]
+        pts = np.concatenate([f.points[f.dynamic] for f in group])
+        rgb = np.concatenate([f.colors[f.dynamic] for f in group])
+        pts, rgb = downsample_to_budget(pts, rgb, per_slice)
+        dyn_means.append(pts)
+        dyn_rgb.append(rgb)
+        dyn_time.append(np.full(len(pts), time))
+        dyn_frame.append(np.full(len(pts), min(f.camera.index for f in group)))
+    n_dynamic = sum(len(p) for p in dyn_means)
+    static_pts, static_rgb = downsample_to_budget(static_pts, static_rgb, cfg.max_gaussians - n_dynamic)
+    if len(static_pts) + n_dynamic == 0:
+        raise UserError("initialize: no valid depth pixels in any training frame (check geometry/depth and the "
+                        "confidence thresholds)")
+
+    # Scales: static points from their own neighbourhood; each dynamic slice from itself plus the static points.
+    log_scales = [initial_log_scales(static_pts, cfg.init_scale)] if len(static_pts) else []
+    for pts in dyn_means:
+        both = np.concatenate([pts, static_pts])
+        log_scales.append(initial_log_scales(both, cfg.init_scale)[: len(pts)])
+    return InitialGaussians(
+        means=np.concatenate([static_pts, *dyn_means]),
+        colors=np.clip(np.concatenate([static_rgb, *dyn_rgb]), 0.0, 1.0),
+        log_scales=np.concatenate(log_scales) if log_scales else np.zeros((0, 3)),
+        is_dynamic=np.concatenate([np.zeros(len(static_pts), bool), np.ones(n_dynamic, bool)]),
+        time=np.concatenate([np.full(len(static_pts), -1.0), *dyn_time]).astype(np.float32),
+        frame_index=np.concatenate([np.full(len(static_pts), -1), *dyn_frame]).astype(np.int32),
+    )
+
+
+def write_initial_gaussians(gaussians: InitialGaussians, ply_path, labels_path, init_opacity: float) -> None:
+    n = len(gaussians.means)
+    sh = rgb_to_sh_dc(gaussians.colors)[:, None, :]                         # (N, 1, 3)
+    quats = np.tile(np.array([1.0, 0.0, 0.0, 0.0]), (n, 1))
+    write_gaussians_ply(ply_path, gaussians.means, sh, np.full(n, logit(init_opacity)), gaussians.log_scales, quats)
+    with atomic_path(labels_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, is_dynamic=gaussians.is_dynamic, time=gaussians.time, frame_index=gaussians.frame_index)
+
+
+def run(ctx) -> dict:
+    cfg: InitializeConfig = ctx.section
+    if not 0.0 <= cfg.dynamic_fraction <= 1.0:
+        raise UserError(f"initialize.dynamic_fraction must be in [0, 1], got {cfg.dynamic_fraction}")
+    if cfg.max_gaussians < 1 or not 0.0 < cfg.init_opacity < 1.0 or cfg.init_scale <= 0:
+        raise UserError("initialize: max_gaussians must be >= 1, init_opacity in (0, 1), init_scale > 0")
+    geometry_dir = ctx.artifact("geometry")
+    cameras, _ = read_cameras(ctx.artifact("geometry/cameras.json"))
+    train = [c for c in cameras if c.split == "train"]
+    if not train:
+        raise UserError("no training frames in cameras.json", geometry_dir / "cameras.json")
+
+    unproject_cameras: dict[str, FrameCamera] = {}
+    to_world = None
+    if cfg.points_from == "predicted":
+        predicted, _ = read_cameras(ctx.artifact("geometry/predicted_cameras.json"))
+        by_name = {c.name: c for c in predicted}
+        missing = [c.name for c in train if c.name not in by_name]
+        if missing:
+            raise UserError(f"predicted_cameras.json lacks training frame '{missing[0]}'", geometry_dir)
+        unproject_cameras = {c.name: by_name[c.name] for c in train}
+        to_world = align_cameras_sim3(np.stack([by_name[c.name].world_to_camera for c in train]),
+                                      np.stack([c.world_to_camera for c in train]))
+        ctx.log.info(f"points from the predicted cameras, Sim(3) to the cameras.json world: scale "
+                     f"{to_world.scale:.4g}")
+
+    from pipeline.scene.images import resize_array
+
+    frames = []
+    n_masks = 0
+    for cam in progress(train, desc="initialize: unproject", unit="frame"):
+        depth = read_depth(geometry_dir, cam.name)
+        shape = depth.shape
+        frame = ctx.scene.frame(cam.name)
+        rgb = ctx.scene.rgb(frame)
+        alpha = ctx.scene.alpha(frame)
+        if rgb.shape[:2] != shape:
+            rgb = resize_array(rgb, (shape[1], shape[0]))
+            alpha = None if alpha is None else resize_array(alpha, (shape[1], shape[0]))
+        mask = read_dynamic_mask(geometry_dir, cam.name, shape)
+        n_masks += mask is not None
+        frames.append(frame_points(cam, depth, rgb, read_confidence(geometry_dir, cam.name, shape), mask, alpha,
+                                   cfg, unproject_cameras.get(cam.name), to_world))
+    if n_masks == 0:
+        ctx.log.info("no dynamic masks in geometry/: every Gaussian starts static")
+
+    gaussians = build_gaussians(frames, cfg)
+    write_initial_gaussians(gaussians, ctx.out("initialize/gaussians.ply"), ctx.out("initialize/labels.npz"),
+                            cfg.init_opacity)
+    n_dyn = int(gaussians.is_dynamic.sum())
+    return {"gaussians": int(len(gaussians.means)), "static": int(len(gaussians.means) - n_dyn), "dynamic": n_dyn,
+            "time_slices": int(len(np.unique(gaussians.time[gaussians.is_dynamic]))),
+            "points_from": cfg.points_from}

@@ -1,0 +1,218 @@
+"""Initialize stage: unprojection, filters, voxel budget, kNN scales, the 3DGS PLY layout, and the stage on a scene
+with exact geometry (points on the sphere surfaces, dynamic points at the time they were seen, Sim(3) alignment)."""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cameras import Sim3, look_at_w2c
+from pipeline.config import load_config
+from pipeline.io import write_json, write_npy
+from pipeline.log import get_logger
+from pipeline.runner import STAGES, StageContext
+from pipeline.scene import Camera, SceneConfig, load_scene
+from stages.initialize.gaussians import (SH_C0, knn_distances, ply_property_names, read_gaussians_ply,
+                                         rgb_to_sh_dc, write_gaussians_ply)
+from stages.initialize.points import (depth_edge_mask, downsample_to_budget, unproject_depth, voxel_downsample,
+                                      voxel_size_for_budget, count_voxels)
+from tests.initialize.spheres import make_scene, surface_distance, texture, SPHERES
+
+
+def run_stage(name: str, run_dir: Path, scene, overrides=()) -> tuple[dict, Path]:
+    """Run one real stage directly; returns its summary and its work folder (outputs not yet committed)."""
+    spec = next(s for s in STAGES if s.name == name)
+    config = load_config("default", list(overrides))
+    work = run_dir / ".work" / name
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(spec=spec, run_dir=run_dir, work_dir=work, config=config, scene=scene, device="cpu",
+                       log=get_logger(name))
+    from pipeline.runner import stage_function
+
+    return stage_function(spec)(ctx), work
+
+
+@pytest.fixture(scope="module")
+def spheres(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spheres")
+    files = make_scene(root / "scene", root / "run", n_train=12, n_test=4, size=32)
+    return files, load_scene(SceneConfig(source=str(files.root)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# points.py
+
+
+def test_unprojection_inverts_projection_at_pixel_centres(rng):
+    K = np.array([[40.0, 0.3, 17.2], [0.0, 38.0, 11.9], [0.0, 0.0, 1.0]])
+    w2c = look_at_w2c(np.array([2.0, -1.0, 1.5]), np.array([0.1, 0.2, 0.0]))
+    depth = rng.uniform(0.5, 4.0, size=(24, 32))
+    points = unproject_depth(depth, K, w2c)                                   # (24, 32, 3)
+    uv, z = Camera(K, w2c, 32, 24).project(points.reshape(-1, 3))
+    # Camera.project has no skew term: compare with the full pinhole model instead.
+    cam = points.reshape(-1, 3) @ w2c[:3, :3].T + w2c[:3, 3]
+    pix = cam @ K.T
+    pix = pix[:, :2] / pix[:, 2:]
+    jj, ii = np.meshgrid(np.arange(32) + 0.5, np.arange(24) + 0.5)
+    np.testing.assert_allclose(pix, np.stack([jj, ii], -1).reshape(-1, 2), atol=1e-9)
+    np.testing.assert_allclose(z, depth.reshape(-1), rtol=1e-12)
+
+
+def test_voxel_downsample_matches_a_dictionary_grouping(rng):
+    points = rng.normal(size=(500, 3))
+    colors = rng.uniform(size=(500, 3))
+    size = 0.37
+    groups = defaultdict(list)
+    for i, p in enumerate(points):
+        groups[tuple(np.floor(p / size).astype(int))].append(i)
+    expected = sorted((tuple(points[idx].mean(0)), tuple(colors[idx].mean(0))) for idx in groups.values())
+    got_p, got_c = voxel_downsample(points, colors, size)
+    got = sorted(zip(map(tuple, got_p), map(tuple, got_c)))
+    assert len(got) == len(expected)
+    np.testing.assert_allclose(np.array([g[0] + g[1] for g in got]), np.array([e[0] + e[1] for e in expected]),
+                               atol=1e-12)
+
+
+def test_voxel_budget_is_met_and_tight(rng):
+    points = rng.uniform(-1, 1, size=(4000, 3))
+    size = voxel_size_for_budget(points, 300)
+    assert count_voxels(points, size) <= 300
+    assert count_voxels(points, size / 1.05) > 300, "the voxel is within ~2 % of the smallest that fits"
+    p, c = downsample_to_budget(points, points.copy(), 300)
+    assert len(p) <= 300 and np.allclose(p, c)
+    assert len(downsample_to_budget(points, points, 10_000)[0]) == 4000, "under budget: nothing merged"
+
+
+def test_depth_edge_mask_drops_both_sides_of_a_jump_only():
+    depth = np.ones((6, 8))
+    depth[:, 4:] = 3.0
+    depth[0, 0] = 0.0     # invalid pixel: its neighbours are not flagged because of it
+    keep = depth_edge_mask(depth, 0.1)
+    assert not keep[:, 3].any() and not keep[:, 4].any()
+    assert keep[:, [0, 1, 2, 5, 6, 7]].all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gaussians.py
+
+
+def test_knn_distances_match_brute_force(rng):
+    points = rng.normal(size=(200, 3))
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    nearest = np.sort(d, axis=1)[:, :3]
+    np.testing.assert_allclose(knn_distances(points, 3), np.sqrt((nearest**2).mean(1)), rtol=1e-12)
+
+
+def test_ply_layout_is_the_standard_3dgs_one(tmp_path, rng):
+    from plyfile import PlyData
+
+    n, degree = 7, 2
+    K = (degree + 1) ** 2
+    sh = rng.normal(size=(n, K, 3))
+    means, opac, scales = rng.normal(size=(n, 3)), rng.normal(size=n), rng.normal(size=(n, 3))
+    quats = rng.normal(size=(n, 4))
+    write_gaussians_ply(tmp_path / "g.ply", means, sh, opac, scales, quats)
+    ply = PlyData.read(str(tmp_path / "g.ply"))
+    assert ply.elements[0].name == "vertex" and not ply.text and ply.byte_order == "<"
+    names = [p.name for p in ply["vertex"].properties]
+    assert names == ply_property_names(degree)
+    assert names[:9] == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] and names[-8:] == [
+        "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    assert all(p.val_dtype in ("float32", "f4") for p in ply["vertex"].properties)
+    v = ply["vertex"]
+    for c in range(3):                      # f_rest is channel-major: f_rest_{c (K-1) + (k-1)} = sh[:, k, c]
+        for k in range(1, K):
+            np.testing.assert_allclose(v[f"f_rest_{c * (K - 1) + k - 1}"], sh[:, k, c].astype(np.float32))
+    np.testing.assert_allclose(v["rot_0"], quats[:, 0].astype(np.float32))     # w first
+    back = read_gaussians_ply(tmp_path / "g.ply")
+    assert back["sh_degree"] == degree
+    np.testing.assert_allclose(back["sh"], sh.astype(np.float32))
+    np.testing.assert_allclose(back["quats"], quats.astype(np.float32))
+    np.testing.assert_allclose(rgb_to_sh_dc(np.array([0.5, 1.0, 0.0])) * SH_C0 + 0.5, [0.5, 1.0, 0.0])
+
+
+def test_ply_writer_refuses_non_finite_values(tmp_path):
+    sh = np.zeros((2, 1, 3))
+    with pytest.raises(ValueError):
+        write_gaussians_ply(tmp_path / "g.ply", np.array([[0, 0, 0], [np.nan, 0, 0]]), sh, np.zeros(2),
+                            np.zeros((2, 3)), np.tile([1.0, 0, 0, 0], (2, 1)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stage
+
+
+def test_stage_puts_gaussians_on_the_surfaces_seen_at_their_time(spheres, tmp_path):
+    files, scene = spheres
+    summary, work = run_stage("initialize", files.geometry, scene, ["initialize.max_gaussians=1500"])
+    g = read_gaussians_ply(work / "initialize/gaussians.ply")
+    labels = np.load(work / "initialize/labels.npz")
+    n = len(g["means"])
+    assert summary["gaussians"] == n <= 1500
+    dyn = labels["is_dynamic"]
+    assert 0 < dyn.sum() <= 0.5 * 1500 and summary["dynamic"] == dyn.sum()
+    train_times = sorted({f.time for f in scene.train_frames})
+    gap = np.abs(labels["time"][dyn, None] - np.array(train_times)[None]).min(1)
+    assert gap.max() < 1e-6, "dynamic Gaussians come from training frames only"
+    assert (labels["time"][~dyn] == -1).all() and (labels["frame_index"][~dyn] == -1).all()
+    # Every Gaussian lies on a sphere surface at the time it was seen (static sphere: any time). Voxel averaging
+    # on a curved surface pulls points inwards by about voxel^2 / (8 R) (~1e-3 here).
+    dist = surface_distance(g["means"].astype(np.float64), np.where(dyn, labels["time"], 0.0))
+    assert np.quantile(dist, 0.95) < 2e-3 and dist.max() < 1e-2
+    # Dynamic Gaussians are on the moving sphere at their time; static ones on the static sphere.
+    moving, still = SPHERES[1], SPHERES[0]
+    d_moving = np.abs(np.linalg.norm(g["means"][dyn] - (moving.center + labels["time"][dyn, None] * moving.velocity),
+                                     axis=1) - moving.radius)
+    assert np.quantile(d_moving, 0.95) < 2e-3
+    d_still = np.abs(np.linalg.norm(g["means"][~dyn] - still.center, axis=1) - still.radius)
+    assert np.quantile(d_still, 0.95) < 2e-3
+    # Colours: the SH DC of a static Gaussian matches the texture at its position within the blur of averaging.
+    rgb = g["sh"][~dyn, 0] * SH_C0 + 0.5
+    expected = texture(still, g["means"][~dyn].astype(np.float64), 0.0)
+    assert np.median(np.abs(rgb - expected).max(1)) < 0.02
+    # Scales: log of the RMS distance to 3 neighbours, isotropic; opacity = logit(0.1); identity rotations.
+    assert np.allclose(g["log_scales"][:, 0], g["log_scales"][:, 1])
+    assert np.allclose(g["opacity_logits"], np.log(0.1 / 0.9), atol=1e-6)
+    assert np.allclose(g["quats"], [1, 0, 0, 0])
+
+
+def test_predicted_cameras_are_brought_into_the_dataset_world_by_sim3(spheres, tmp_path):
+    """Geometry in another world (network cameras and depth in its own units): the stage recovers the known
+    similarity and produces the same Gaussians as from the dataset cameras."""
+    files, scene = spheres
+    run = tmp_path / "run"
+    shutil.copytree(files.geometry / "geometry", run / "geometry")
+    angle = 0.7
+    R = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    to_dataset = Sim3(2.5, R @ np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]]), np.array([0.3, -1.0, 2.0]))
+    to_model = to_dataset.inverse()
+    import json
+
+    cameras = json.loads((run / "geometry/cameras.json").read_text())
+    predicted = {"convention": "opencv", "source": "model", "frames": []}
+    for entry in cameras["frames"]:
+        w2c_model = to_model.transform_w2c(np.array(entry["world_to_camera"]))
+        predicted["frames"].append({**entry, "world_to_camera": w2c_model.tolist()})
+        depth = np.load(run / "geometry/depth" / f"{entry['name']}.npy")
+        write_npy(run / "geometry/depth" / f"{entry['name']}.npy", depth * np.float32(to_model.scale))
+    write_json(run / "geometry/predicted_cameras.json", predicted)
+
+    from pipeline.cameras import align_cameras_sim3
+
+    train = [e for e in cameras["frames"] if e["split"] == "train"]
+    fit = align_cameras_sim3(np.array([to_model.transform_w2c(np.array(e["world_to_camera"])) for e in train]),
+                             np.array([e["world_to_camera"] for e in train]))
+    assert abs(fit.scale - 2.5) < 1e-9 and np.allclose(fit.rotation, to_dataset.rotation, atol=1e-9)
+    assert np.allclose(fit.translation, to_dataset.translation, atol=1e-9)
+
+    _, work_ref = run_stage("initialize", files.geometry, scene, ["initialize.max_gaussians=800"])
+    _, work = run_stage("initialize", run, scene, ["initialize.max_gaussians=800", "initialize.points_from=predicted"])
+    ref = read_gaussians_ply(work_ref / "initialize/gaussians.ply")
+    got = read_gaussians_ply(work / "initialize/gaussians.ply")
+    assert len(ref["means"]) == len(got["means"])
+    np.testing.assert_allclose(got["means"], ref["means"], atol=1e-4)
