@@ -24,6 +24,15 @@ def opencv_w2c_to_opengl_c2w(world_to_camera: np.ndarray) -> np.ndarray:
     return np.linalg.inv(np.asarray(world_to_camera, dtype=np.float64)) @ OPENGL_TO_OPENCV
 
 
+def llff_c2w_to_opencv_w2c(camera_to_world_llff: np.ndarray) -> np.ndarray:
+    """LLFF camera-to-world (3, 4) or (4, 4), columns [down, right, back | centre] (``poses_bounds.npy``) ->
+    OpenCV world-to-camera (4, 4). In OpenGL axes the same camera is [c1, -c0, c2 | t]."""
+    llff = np.asarray(camera_to_world_llff, dtype=np.float64)[:3, :4]
+    c2w_gl = np.eye(4)
+    c2w_gl[:3, :4] = np.stack([llff[:, 1], -llff[:, 0], llff[:, 2], llff[:, 3]], axis=1)  # (3, 4): right, up, back, t
+    return opengl_c2w_to_opencv_w2c(c2w_gl)
+
+
 def intrinsics_from_fov(fov_x: float, width: int, height: int, fov_y: float | None = None) -> np.ndarray:
     """K (3, 3) for horizontal field of view ``fov_x`` (radians); principal point at the image centre."""
     fx = 0.5 * width / np.tan(0.5 * fov_x)

@@ -14,7 +14,7 @@ log = get_logger("cli")
 
 # The preset used with --config auto for each detected format (when configs/<preset>.yaml exists).
 FORMAT_PRESETS = {"dnerf": "dnerf", "nerfies": "nerfies", "dycheck": "dycheck", "n3dv": "n3dv",
-                  "nerfstudio": "nerfstudio", "video": "video", "frames": "video"}
+                  "nerfstudio": "nerfstudio", "colmap": "colmap", "video": "video", "frames": "video"}
 
 
 def _auto_preset(scene_source: str, fmt: str) -> str:

@@ -1,7 +1,7 @@
 """Scenes: the :class:`Scene` model and :func:`load_scene`, which detects the input format from the files present.
 
 Formats (see ``docs/formats.md``): ``demo`` (the embedded synthetic room scene), a video file, a folder of frames,
-D-NeRF, Nerfies/HyperNeRF, DyCheck iPhone, N3DV and nerfstudio ``transforms.json``.
+D-NeRF, Nerfies/HyperNeRF, DyCheck iPhone, N3DV, nerfstudio ``transforms.json`` and a COLMAP text model.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ _LOADERS = {
     "nerfies": "pipeline.scene.loaders.nerfies",
     "n3dv": "pipeline.scene.loaders.n3dv",
     "nerfstudio": "pipeline.scene.loaders.nerfstudio",
+    "colmap": "pipeline.scene.loaders.colmap",
     "frames": "pipeline.scene.loaders.frames",
 }
 
@@ -50,8 +51,8 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if not any(path.iterdir()):
             raise UserError("folder is empty", path)
-        raise UserError("unknown scene format: no video, images, transforms*.json, dataset.json or "
-                        "poses_bounds.npy found", path)
+        raise UserError("unknown scene format: no video, images, transforms*.json, dataset.json, "
+                        "poses_bounds.npy or sparse/0/cameras.txt found", path)
     if path.stat().st_size == 0:
         raise UserError("file is empty", path)
     raise UserError(f"unknown scene format: '{path.suffix or path.name}' is not a video "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pipeline.config import option
 
-FORMATS = ("auto", "demo", "video", "frames", "dnerf", "nerfies", "dycheck", "n3dv", "nerfstudio")
+FORMATS = ("auto", "demo", "video", "frames", "dnerf", "nerfies", "dycheck", "n3dv", "nerfstudio", "colmap")
 
 
 @dataclass
@@ -15,11 +15,11 @@ class SceneConfig:
 
     source: str = option("demo", "The scene: a path, or 'demo' for the embedded synthetic scene (generated on first use).")
     format: str = option("auto", "Input format; 'auto' detects it from the files present.", choices=FORMATS)
-    stride: int = option(1, "Keep every stride-th frame of a video or frame folder.")
-    max_frames: int = option(0, "Keep at most this many frames after striding (0 = all).")
+    stride: int = option(1, "Keep every stride-th frame of a video, frame folder or N3DV capture.")
+    max_frames: int = option(0, "Keep at most this many frames (time steps for N3DV) after striding (0 = all).")
     max_size: int = option(0, "Downscale frames so that the longer side is at most this many pixels (0 = keep).")
     resolution: str = option("auto", "Dataset image resolution: 'auto' (the family's usual protocol), or a factor "
-                             "such as '1x', '2x', '4x' (Nerfies/DyCheck folders; D-NeRF and N3DV are resized).")
+                             "such as '1x', '2x', '4x' (Nerfies/DyCheck folders; other formats are resized).")
     background: str = option("white", "Colour that RGBA frames are composited on.", choices=("white", "black"))
-    test_every: int = option(8, "Frame folders and videos: hold out every n-th frame for testing (0 = none). "
-                             "Datasets use their own split.")
+    test_every: int = option(8, "Frame folders, videos, COLMAP models and nerfstudio files without split lists: hold "
+                             "out every n-th frame for testing (0 = none). Other datasets use their own split.")

@@ -60,3 +60,98 @@ def normalise_times(times: list[float]) -> list[float]:
     if arr.size and arr.max() > 1.0:
         arr = (arr - arr.min()) / max(arr.max() - arr.min(), 1e-12)
     return arr.tolist()
+
+
+def resolution_factor(resolution: str, auto: float) -> float:
+    """The downscale factor named by ``scene.resolution``: 'auto' -> ``auto`` (the format's usual protocol),
+    '1x' -> 1, '2x' -> 2, ... (a factor > 0; '1.5x' is allowed where the loader resizes)."""
+    if resolution == "auto":
+        return float(auto)
+    text = resolution.strip().lower()
+    try:
+        factor = float(text[:-1] if text.endswith("x") else text)
+    except ValueError:
+        factor = 0.0
+    if not factor > 0:
+        raise UserError(f"scene.resolution must be 'auto' or a factor like '1x', '2x', got {resolution!r}")
+    return factor
+
+
+def background_rgb(name: str) -> tuple[float, float, float]:
+    """``scene.background`` as an RGB triple in [0, 1]."""
+    return (1.0, 1.0, 1.0) if name == "white" else (0.0, 0.0, 0.0)
+
+
+def finish_frames(frames: list[Frame]) -> None:
+    """Order frames by (time step, camera, name), number them, and make their names unique, in place."""
+    frames.sort(key=lambda f: (f.time_index, f.camera_id, f.name))
+    for i, f in enumerate(frames):
+        f.index = i
+    unique_names(frames)
+
+
+def split_counts(frames: list[Frame]) -> str:
+    """'12 train / 0 val / 3 test' for the notes."""
+    return " / ".join(f"{sum(f.split == s for f in frames)} {s}" for s in ("train", "val", "test"))
+
+
+# JSON fields with one-line errors naming the file
+
+
+def json_object(data, path: Path) -> dict:
+    """``data`` if it is a JSON object, else a :class:`UserError` naming ``path``."""
+    if not isinstance(data, dict):
+        raise UserError("expected a JSON object", path)
+    return data
+
+
+MISSING = object()  # "no default": the key is required
+
+
+def json_number(data: dict, key: str, path: Path, default=MISSING) -> float:
+    """``data[key]`` as a finite float (``default`` when absent, if given)."""
+    if key not in data:
+        if default is MISSING:
+            raise UserError(f"missing key '{key}'", path)
+        return float(default)
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise UserError(f"'{key}' must be a finite number, got {value!r}", path)
+    return float(value)
+
+
+def json_array(data: dict, key: str, shape: Optional[tuple[int, ...]], path: Path, default=MISSING) -> np.ndarray:
+    """``data[key]`` as a float64 array of ``shape`` (any shape if None) with finite entries."""
+    if key not in data:
+        if default is MISSING:
+            raise UserError(f"missing key '{key}'", path)
+        return np.asarray(default, dtype=np.float64)
+    try:
+        array = np.asarray(data[key], dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or (shape is not None and array.shape != shape) or not np.all(np.isfinite(array)):
+        want = ("a list of finite numbers" if shape is None else f"{shape[0]} finite numbers" if len(shape) == 1
+                else f"a {'x'.join(map(str, shape))} matrix of finite numbers")
+        raise UserError(f"'{key}' must be {want}, got {data[key]!r}"[:200], path)
+    return array
+
+
+def json_strings(data: dict, key: str, path: Path, default=MISSING) -> list[str]:
+    """``data[key]`` as a list of strings."""
+    if key not in data:
+        if default is MISSING:
+            raise UserError(f"missing key '{key}'", path)
+        return list(default)
+    value = data[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UserError(f"'{key}' must be a list of strings", path)
+    return value
+
+
+def json_int(value, what: str, path: Path) -> int:
+    """``value`` (described as ``what`` in the error) as a non-negative integer."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)
+            or value != int(value) or value < 0):
+        raise UserError(f"{what} must be a non-negative integer, got {value!r}", path)
+    return int(value)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.log import progress
 from pipeline.paths import cache_dir
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import scaled_size
@@ -25,9 +27,9 @@ def detect(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _cache_key(path: Path, config: SceneConfig) -> str:
+def _cache_key(path: Path, stride: int, max_frames: int, factor: float, max_size: int) -> str:
     st = path.stat()
-    text = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{config.stride}|{config.max_frames}|{config.max_size}|v1"
+    text = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{stride}|{max_frames}|{factor:g}|{max_size}|v2"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -41,29 +43,31 @@ def video_fps(path: Path) -> float | None:
         return None
 
 
-def extract_frames(path: Path, out_dir: Path, config: SceneConfig) -> int:
-    """Decode ``path`` into ``out_dir/00000.png ...`` (frame numbers of the video). Returns the count written."""
+def extract_frames(path: Path, out_dir: Path, stride: int = 1, max_frames: int = 0, factor: float = 1.0,
+                   max_size: int = 0) -> int:
+    """Decode ``path`` into ``out_dir/00000.png ...`` (PNG names are the video's frame numbers), keeping every
+    ``stride``-th frame, at most ``max_frames`` of them (0 = all), each downscaled by ``factor`` and then capped at
+    ``max_size`` pixels on the longer side (0 = no cap). Returns the count written."""
     import imageio.v3 as iio
     from PIL import Image
-    from tqdm import tqdm
 
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    stride, limit = max(1, config.stride), config.max_frames
+    stride = max(1, stride)
     written = 0
     try:
-        for index, frame in enumerate(tqdm(iio.imiter(path, plugin="FFMPEG"), desc="decode video", unit="frame",
-                                           leave=False)):
+        for index, frame in enumerate(progress(iio.imiter(path, plugin="FFMPEG"), f"decode {path.name}",
+                                               unit="frame")):
             if index % stride:
                 continue
             image = Image.fromarray(np.asarray(frame)[..., :3])
-            size = scaled_size(*image.size, max_size=config.max_size)
+            size = scaled_size(*image.size, factor=factor, max_size=max_size)
             if size != image.size:
                 image = image.resize(size, Image.Resampling.BOX)
             image.save(tmp / f"{index:05d}.png")
             written += 1
-            if limit and written >= limit:
+            if max_frames and written >= max_frames:
                 break
     except (OSError, RuntimeError, ValueError, StopIteration) as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -74,19 +78,24 @@ def extract_frames(path: Path, out_dir: Path, config: SceneConfig) -> int:
     return written
 
 
-def load(path: Path, config: SceneConfig) -> Scene:
+def decoded_frames(path: Path, stride: int = 1, max_frames: int = 0, factor: float = 1.0, max_size: int = 0) -> Path:
+    """The cache folder holding the frames of video ``path`` as PNGs (see :func:`extract_frames`), decoding it on
+    first use. The cache is keyed by the file's path, size and modification time and by the decoding options."""
     if path.stat().st_size == 0:
         raise UserError("video file is empty", path)
-    out_dir = cache_dir("videos") / f"{path.stem}-{_cache_key(path, config)}"
+    out_dir = cache_dir("videos") / f"{path.stem}-{_cache_key(path, stride, max_frames, factor, max_size)}"
     if not (out_dir / ".complete").exists():
-        count = extract_frames(path, out_dir, config)
+        count = extract_frames(path, out_dir, stride, max_frames, factor, max_size)
         if count == 0:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise UserError("video holds no decodable frames", path)
         (out_dir / ".complete").write_text(str(count))
-    # The cache already applied stride, max-frames and max-size.
-    from dataclasses import replace
+    return out_dir
 
+
+def load(path: Path, config: SceneConfig) -> Scene:
+    out_dir = decoded_frames(path, config.stride, config.max_frames, max_size=config.max_size)
+    # The cache already applied stride, max-frames and max-size.
     scene = frame_folder.load(out_dir, replace(config, stride=1, max_frames=0, max_size=0), fmt="video",
                               fps=video_fps(path))
     scene.name, scene.source = path.stem, path
