@@ -20,3 +20,42 @@ class GeometryConfig:
     cameras: str = option("auto", "Cameras used downstream: 'model' (predicted), 'dataset' (the scene's own, with "
                           "the prediction aligned to them by Sim(3)), or 'auto' (dataset where the scene has "
                           "cameras).", choices=("auto", "model", "dataset"))
+    mask: str = option("auto", "PAGE-4D attention bias from the mask head: 'auto' (on for checkpoint_mask.pt and "
+                       "our checkpoints that record it, off for checkpoint_nomask.pt and VGGT), 'on' or 'off'.",
+                       choices=("auto", "on", "off"))
+    allow_download: bool = option(True, "Download a missing official checkpoint through huggingface_hub where a "
+                                  "network is available (several GB); otherwise only the Hugging Face cache is used.")
+    preprocessing: str = option("crop", "Network input: 'crop' (width = the model's input width, height a multiple "
+                                "of 14, centre-cropped if taller than wide), 'pad' (longer side = input width, "
+                                "padded white to a square) or 'squash' (crop, then resized to a square: the released "
+                                "PAGE-4D evaluation input).", choices=("crop", "pad", "squash"))
+    input_width: int = option(0, "Network input width in pixels, a multiple of 14 (0 = the model's own: 518 for "
+                              "page4d-1b).")
+    window: int = option(100, "Frames per forward pass; longer scenes run in overlapping windows joined by a Sim(3) "
+                         "fit on the overlap.")
+    overlap: int = option(20, "Frames shared by consecutive windows (used for the Sim(3) join).")
+    dpt_chunk: int = option(8, "Frames per pass through the depth/point heads (memory only; results are identical).")
+    head_precision: str = option("float32", "Precision of the depth/point heads on CUDA ('float32' as in the "
+                                 "official inference, or 'bfloat16'). The CPU always uses float32.",
+                                 choices=("float32", "bfloat16"))
+    attention: str = option("auto", "Attention kernel on CUDA: 'auto' (time cuDNN, flash and memory-efficient SDPA "
+                            "once per shape and keep the fastest), 'default' (PyTorch's choice), or one of "
+                            "'cudnn', 'flash', 'efficient', 'math'.",
+                            choices=("auto", "default", "cudnn", "flash", "efficient", "math"))
+    point_maps: bool = option(False, "Also run the point head and write geometry/point_maps/NAME.npy (float16 "
+                              "(H, W, 3) world points at the network resolution) and point_conf/NAME.npy.")
+    fusion_percentile: float = option(50.0, "points.ply keeps, per frame, pixels whose depth confidence is at or "
+                                      "above this percentile of the frame's confidences (0 = all valid pixels).")
+    max_points: int = option(300000, "Most points in points.ply (an even random share per frame).")
+    consistency_neighbours: int = option(4, "Dynamic masks: frames each frame's depth is checked against.")
+    consistency_gap: int = option(2, "Dynamic masks: frame offset between checked neighbours (+-gap, +-2 gap, ...).")
+    consistency_threshold: float = option(0.05, "Dynamic masks: a neighbour votes 'moving' when its observed depth "
+                                          "lies behind the reprojected point by more than this fraction of its "
+                                          "depth (the static point would be seen through).")
+    consistency_vote: float = option(0.5, "Dynamic masks: a pixel is moving when more than this fraction of its "
+                                     "valid neighbours vote so.")
+    consistency_min_confidence: float = option(0.1, "Dynamic masks: pixels below this per-frame confidence "
+                                               "quantile do not vote (0 = all pixels vote).")
+    mask_head_weight: float = option(0.5, "Weight of the mask head's probability in the dynamic masks, used only "
+                                     "when the checkpoint records that its mask head was trained with mask "
+                                     "supervision (the released PAGE-4D heads were not).")

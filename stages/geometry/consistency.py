@@ -1,0 +1,128 @@
+"""Dynamic masks from cross-frame geometric consistency of depth and cameras (optionally fused with a mask head).
+
+A static surface point that frame i sees at depth z must not be *seen through* from another frame j: projected
+into j (at depth z_j), j's observed depth there must not lie clearly behind it. A moving object breaks this: where
+it was at time i, frame j sees what is behind it. So pixel p of frame i votes "moving" in neighbour j when
+
+    d_j(project_j(p)) - z_j > threshold * z_j        (free-space violation, relative to depth)
+
+with d_j eroded (3x3 minimum) so that depth edges never vote. Occlusions (something *in front* in j) are not
+violations, which keeps static pixels near occluding edges static. A pixel is moving when more than
+``vote_fraction`` of its valid neighbours vote so. Neighbours are frames at offsets +-gap, +-2 gap, ...
+(nearest first, inside the sequence).
+
+The PAGE-4D mask head is unsupervised in the released checkpoints, so its score is not a dynamic cue by itself;
+where a checkpoint records that its head was trained with mask supervision, its probability (score + 0.5) is
+blended with the geometric vote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ConsistencyParams:
+    neighbours: int = 4            # frames each frame is checked against
+    gap: int = 2                   # frame offset between neighbours (+-gap, +-2 gap, ...)
+    threshold: float = 0.05        # relative depth excess that counts as a violation
+    vote_fraction: float = 0.5     # moving when more than this fraction of valid neighbours vote so
+    min_confidence_quantile: float = 0.0   # pixels below this per-frame confidence quantile do not vote
+    head_weight: float = 0.5       # weight of a supervised mask head's probability in the fused score
+
+
+def neighbour_offsets(index: int, frames: int, count: int, gap: int) -> list[int]:
+    """Up to ``count`` frame offsets +-gap, +-2 gap, ... (nearest first) that stay inside [0, frames)."""
+    offsets = []
+    step = 1
+    while len(offsets) < count and step * gap < frames:
+        for sign in (1, -1):
+            o = sign * step * gap
+            if 0 <= index + o < frames and len(offsets) < count:
+                offsets.append(o)
+        step += 1
+    return offsets
+
+
+def _pixel_rays(K: Tensor, H: int, W: int) -> Tensor:
+    """(H, W, 3) camera-space rays with z = 1 through the pixel centres (u + 0.5, v + 0.5)."""
+    v, u = torch.meshgrid(torch.arange(H, dtype=K.dtype, device=K.device) + 0.5,
+                          torch.arange(W, dtype=K.dtype, device=K.device) + 0.5, indexing="ij")
+    return torch.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], torch.ones_like(u)], dim=-1)
+
+
+def violation_votes(depth_i: Tensor, K_i: Tensor, w2c_i: Tensor, depth_j: Tensor, K_j: Tensor, w2c_j: Tensor,
+                    threshold: float) -> tuple[Tensor, Tensor]:
+    """(violates (H, W) bool, valid (H, W) bool) for frame i's pixels checked against frame j.
+
+    depth: (H, W) z-depth (<= 0 or non-finite = invalid); K: (3, 3); w2c: (4, 4) OpenCV world-to-camera.
+    """
+    H, W = depth_i.shape
+    points_cam = _pixel_rays(K_i, H, W) * depth_i[..., None]                        # (H, W, 3)
+    i_to_j = w2c_j @ torch.linalg.inv(w2c_i)                                        # (4, 4)
+    in_j = points_cam @ i_to_j[:3, :3].T + i_to_j[:3, 3]                            # (H, W, 3)
+    z = in_j[..., 2]
+    u = K_j[0, 0] * in_j[..., 0] / z + K_j[0, 2]
+    v = K_j[1, 1] * in_j[..., 1] / z + K_j[1, 2]
+    Hj, Wj = depth_j.shape
+    valid = (depth_i > 0) & torch.isfinite(depth_i) & (z > 1e-6) & (u >= 0) & (u < Wj) & (v >= 0) & (v < Hj)
+    clean_j = torch.where((depth_j > 0) & torch.isfinite(depth_j), depth_j, torch.full_like(depth_j, -1.0))
+    eroded = -F.max_pool2d(-clean_j[None, None], 3, stride=1, padding=1)[0, 0]     # 3x3 minimum
+    col = u.clamp(0, Wj - 1).long()
+    row = v.clamp(0, Hj - 1).long()
+    observed = eroded[row, col]
+    valid &= observed > 0
+    violates = valid & (observed - z > threshold * z)
+    return violates, valid
+
+
+def geometric_scores(depth: Tensor, intrinsics: Tensor, world_to_camera: Tensor, params: ConsistencyParams,
+                     confidence: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """(score (S, H, W) fraction of valid neighbours voting "moving", valid_count (S, H, W)).
+
+    depth (S, H, W); intrinsics (S, 3, 3); world_to_camera (S, 4, 4); confidence (S, H, W) optional.
+    """
+    S, H, W = depth.shape
+    depth = depth.double()
+    intrinsics, world_to_camera = intrinsics.double(), world_to_camera.double()
+    if confidence is not None and params.min_confidence_quantile > 0:
+        floor = torch.quantile(confidence.reshape(S, -1).float(), params.min_confidence_quantile, dim=1)
+        depth = torch.where(confidence >= floor[:, None, None].to(confidence.dtype), depth,
+                            torch.zeros_like(depth))
+    votes = torch.zeros(S, H, W, dtype=torch.float32, device=depth.device)
+    counts = torch.zeros(S, H, W, dtype=torch.float32, device=depth.device)
+    for i in range(S):
+        for offset in neighbour_offsets(i, S, params.neighbours, params.gap):
+            j = i + offset
+            violates, valid = violation_votes(depth[i], intrinsics[i], world_to_camera[i], depth[j],
+                                              intrinsics[j], world_to_camera[j], params.threshold)
+            votes[i] += violates.float()
+            counts[i] += valid.float()
+    score = torch.where(counts > 0, votes / counts.clamp(min=1), torch.zeros_like(votes))
+    return score, counts
+
+
+def dynamic_masks(depth: np.ndarray, intrinsics: np.ndarray, world_to_camera: np.ndarray,
+                  params: ConsistencyParams = ConsistencyParams(), confidence: Optional[np.ndarray] = None,
+                  head_probability: Optional[np.ndarray] = None, device: str | torch.device = "cpu") -> np.ndarray:
+    """(S, H, W) bool moving-pixel masks.
+
+    head_probability: (S, H, W) in [0, 1] from a mask head trained with mask supervision, or None. Where it is
+    given it is blended with the geometric score (weight ``params.head_weight``); pixels without a valid neighbour
+    use it alone.
+    """
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
+    score, counts = geometric_scores(as_tensor(depth), as_tensor(intrinsics), as_tensor(world_to_camera), params,
+                                     None if confidence is None else as_tensor(confidence))
+    moving = (score > params.vote_fraction) & (counts > 0)
+    if head_probability is not None:
+        head = as_tensor(head_probability).float()
+        fused = torch.where(counts > 0, (1 - params.head_weight) * score + params.head_weight * head, head)
+        moving = fused > params.vote_fraction
+    return moving.cpu().numpy()

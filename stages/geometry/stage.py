@@ -1,0 +1,257 @@
+"""The geometry stage: cameras, depth, confidence, dynamic masks and a fused point cloud for every scene frame.
+
+Flow (``docs/geometry.md``): frames (scene order, train and test) -> preprocessing -> PAGE-4D (windowed for long
+scenes) -> dynamic masks from cross-frame consistency at the network resolution -> per frame: intrinsics mapped to
+the stored resolution, depth/confidence/mask resampled to it, points unprojected -> optional Sim(3) into the
+dataset's world -> artifacts. ``model: oracle`` takes all of it from the scene's ground truth instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from pipeline.cameras import Sim3, align_cameras_sim3
+from pipeline.errors import UserError
+from pipeline.io import atomic_path, write_json, write_npy, write_png
+from pipeline.log import get_logger, progress
+from pipeline.scene import Scene
+from stages.geometry.config import GeometryConfig
+from stages.geometry.consistency import ConsistencyParams, dynamic_masks
+
+log = get_logger("geometry")
+
+
+@dataclass
+class FrameGeometry:
+    """One frame at its stored resolution: K (3, 3), world_to_camera (4, 4), depth/confidence (H, W) float32,
+    dynamic (H, W) bool."""
+
+    K: np.ndarray
+    world_to_camera: np.ndarray
+    depth: np.ndarray
+    confidence: np.ndarray
+    dynamic: np.ndarray
+    point_map: Optional[np.ndarray] = None       # (h, w, 3) network resolution, when requested
+    point_conf: Optional[np.ndarray] = None
+
+
+@dataclass
+class GeometrySource:
+    """Produces every frame's geometry on demand (so a long scene never holds all stored-resolution maps)."""
+
+    frames: int
+    get: Callable[[int], FrameGeometry]
+    summary: dict = field(default_factory=dict)
+    world_to_camera: Optional[np.ndarray] = None  # (S, 4, 4) all frames' cameras, where known up front
+    colours: Optional[list] = None                # the frames' RGB (H, W, 3) float32, where already read
+
+
+def run(ctx) -> dict:
+    cfg: GeometryConfig = ctx.section
+    scene: Scene = ctx.scene
+    start = time.perf_counter()
+    source = oracle_geometry(scene) if cfg.model == "oracle" else network_geometry(scene, cfg, ctx.device)
+    camera_source = resolve_camera_source(cfg, scene)
+    align = None
+    if cfg.model != "oracle" and camera_source == "dataset":
+        predicted = source.world_to_camera
+        dataset = np.stack([f.camera.world_to_camera for f in scene.frames])
+        align = align_cameras_sim3(predicted, dataset)
+    summary = write_artifacts(ctx, scene, cfg, source, camera_source, align)
+    summary["seconds_total"] = round(time.perf_counter() - start, 3)
+    write_json(ctx.out("geometry/geometry.json"), {**source.summary, **summary})
+    return {"model": cfg.model, "frames": source.frames, "cameras": camera_source,
+            "dynamic_fraction": summary["dynamic_fraction"], "points": summary["points"]}
+
+
+def resolve_camera_source(cfg: GeometryConfig, scene: Scene) -> str:
+    if cfg.model == "oracle":
+        return "dataset"
+    if cfg.cameras == "dataset" and not scene.has_cameras:
+        raise UserError("geometry.cameras=dataset but the scene has no cameras (use cameras=model or auto)",
+                        scene.source)
+    if cfg.cameras == "auto":
+        return "dataset" if scene.has_cameras else "model"
+    return cfg.cameras
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources
+
+
+def oracle_geometry(scene: Scene) -> GeometrySource:
+    """Ground-truth depth, cameras and dynamic masks of a synthetic scene; confidence 1 (0 where depth is invalid)."""
+    lacking = [what for what, ok in (("cameras", scene.has_cameras), ("depth", scene.has_depth),
+                                     ("dynamic masks", scene.has_dynamic_masks)) if not ok]
+    if lacking:
+        raise UserError(f"geometry.model=oracle needs ground-truth {', '.join(lacking)} for every frame, which this "
+                        f"scene lacks (synthetic scenes have them)", scene.source)
+
+    def get(index: int) -> FrameGeometry:
+        frame = scene.frames[index]
+        depth = np.asarray(frame.load_depth(), dtype=np.float32)
+        dynamic = np.asarray(frame.load_dynamic_mask(), dtype=bool)
+        if depth.shape != (frame.height, frame.width) or dynamic.shape != depth.shape:
+            raise UserError(f"ground truth of frame '{frame.name}' is {depth.shape}/{dynamic.shape}, expected "
+                            f"{(frame.height, frame.width)}", scene.source)
+        valid = np.isfinite(depth) & (depth > 0)
+        return FrameGeometry(frame.camera.K, frame.camera.world_to_camera, np.where(valid, depth, 0.0),
+                             valid.astype(np.float32), dynamic)
+
+    return GeometrySource(len(scene.frames), get, {"model": "oracle"})
+
+
+def network_geometry(scene: Scene, cfg: GeometryConfig, device: str) -> GeometrySource:
+    """Run PAGE-4D over all frames; masks from consistency (+ a supervised mask head)."""
+    from stages.geometry.page4d import sdpa
+    from stages.geometry.page4d.checkpoint import load_model
+    from stages.geometry.page4d.inference import Predictor, predict_sequence, prepare_model
+    from stages.geometry.page4d.preprocess import prepare_frames
+
+    timings = {}
+    t = time.perf_counter()
+    model, info = load_model(cfg.model, cfg.checkpoint, cfg.mask, "cpu", cfg.allow_download)
+    head_dtype = torch.bfloat16 if cfg.head_precision == "bfloat16" else torch.float32
+    model = prepare_model(model, device, head_dtype)
+    sdpa.set_policy(cfg.attention)
+    timings["load_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    width = cfg.input_width or model.config.input_width
+    if width % model.config.patch_size:
+        raise UserError(f"geometry.input_width={width} is not a multiple of the patch size {model.config.patch_size}")
+    images = [scene.rgb(f) for f in progress(scene.frames, desc="geometry: reading frames", unit="frame")]
+    prepared = prepare_frames(images, cfg.preprocessing, width, model.config.patch_size)
+    timings["preprocess_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    heads = ("camera", "depth", "point") if cfg.point_maps else ("camera", "depth")
+    predictor = Predictor(model, device, heads, cfg.dpt_chunk, want_mask_score=info.mask_supervised)
+    pred = predict_sequence(predictor, prepared, cfg.window, cfg.overlap)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    timings["inference_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    params = ConsistencyParams(cfg.consistency_neighbours, cfg.consistency_gap, cfg.consistency_threshold,
+                               cfg.consistency_vote, cfg.consistency_min_confidence, cfg.mask_head_weight)
+    head_probability = None
+    if info.mask_supervised and pred.mask_score is not None:
+        h, w = pred.depth.shape[1:]
+        score = torch.from_numpy(pred.mask_score)[:, None] + 0.5                      # (S, 1, h/p, w/p)
+        head_probability = torch.nn.functional.interpolate(score, size=(h, w), mode="bilinear",
+                                                           align_corners=False)[:, 0].numpy()
+    masks = dynamic_masks(pred.depth, pred.intrinsics, pred.world_to_camera, params, pred.depth_conf,
+                          head_probability, device)                                     # (S, h, w) bool
+    timings["masks_s"] = time.perf_counter() - t
+
+    def get(index: int) -> FrameGeometry:
+        mapping = prepared.mappings[index]
+        maps = torch.from_numpy(np.stack([pred.depth[index], pred.depth_conf[index]]))
+        depth, conf = mapping.to_stored(maps).numpy()
+        conf = np.where(mapping.stored_coverage(), conf, 0.0).astype(np.float32)
+        dynamic = mapping.to_stored(torch.from_numpy(masks[index][None].astype(np.float32)), "nearest")[0] > 0.5
+        return FrameGeometry(mapping.intrinsics_to_stored(pred.intrinsics[index]), pred.world_to_camera[index],
+                             depth.astype(np.float32), conf, dynamic.numpy(),
+                             None if pred.world_points is None else pred.world_points[index],
+                             None if pred.world_points_conf is None else pred.world_points_conf[index])
+
+    summary = {
+        "model": cfg.model, "checkpoint": info.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
+        "device": device, "preprocessing": cfg.preprocessing, "network_size": list(prepared.net_size),
+        "attention_kernels": sdpa.chosen_kernels(), "head_precision": cfg.head_precision,
+        "windows": pred.windows, "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return GeometrySource(len(scene.frames), get, summary, pred.world_to_camera, images)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def camera_entry(frame, K: np.ndarray, world_to_camera: np.ndarray) -> dict:
+    return {"name": frame.name, "index": frame.index, "time": frame.time, "time_index": frame.time_index,
+            "split": frame.split, "width": frame.width, "height": frame.height,
+            "K": np.asarray(K).tolist(), "world_to_camera": np.asarray(world_to_camera).tolist()}
+
+
+def unproject_stored(depth: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray) -> np.ndarray:
+    """(H, W) z-depth -> (H, W, 3) world points through the pixel centres (u + 0.5, v + 0.5)."""
+    H, W = depth.shape
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64) + 0.5
+    z = depth.astype(np.float64)
+    cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=-1)
+    return (cam - world_to_camera[:3, 3]) @ world_to_camera[:3, :3]
+
+
+def write_ply(path, points: np.ndarray, colours: np.ndarray) -> None:
+    """Binary PLY with x y z (float32) and red green blue (uchar)."""
+    from plyfile import PlyData, PlyElement
+
+    vertex = np.empty(len(points), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"),
+                                          ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for k, axis in enumerate("xyz"):
+        vertex[axis] = points[:, k]
+    for k, channel in enumerate(("red", "green", "blue")):
+        vertex[channel] = colours[:, k]
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(str(tmp))
+
+
+def write_artifacts(ctx, scene: Scene, cfg: GeometryConfig, source: GeometrySource, camera_source: str,
+                    align: Optional[Sim3]) -> dict:
+    rng = np.random.default_rng(ctx.config.seed)
+    per_frame = max(1, cfg.max_points // max(1, source.frames))
+    cameras, predicted = [], []
+    points, colours = [], []
+    dynamic_pixels = total_pixels = 0
+    for index in progress(range(source.frames), desc="geometry: writing", unit="frame"):
+        frame = scene.frames[index]
+        geo = source.get(index)
+        depth, world_to_camera = geo.depth, geo.world_to_camera
+        world_points = unproject_stored(depth, geo.K, world_to_camera)
+        if align is not None:
+            predicted_w2c = align.transform_w2c(world_to_camera)
+            predicted.append(camera_entry(frame, geo.K, predicted_w2c))
+            cameras.append(camera_entry(frame, frame.camera.K, frame.camera.world_to_camera))
+            depth = depth * np.float32(align.scale)
+            world_points = align.apply(world_points)
+        else:
+            entry = camera_entry(frame, geo.K, world_to_camera)
+            cameras.append(entry)
+            predicted.append(entry)
+        write_npy(ctx.out(f"geometry/depth/{frame.name}.npy"), depth.astype(np.float32))
+        write_npy(ctx.out(f"geometry/confidence/{frame.name}.npy"), geo.confidence.astype(np.float32))
+        write_png(ctx.out(f"geometry/dynamic_mask/{frame.name}.png"), geo.dynamic.astype(np.uint8) * 255)
+        if geo.point_map is not None:
+            point_map = geo.point_map if align is None else align.apply(geo.point_map)
+            write_npy(ctx.out(f"geometry/point_maps/{frame.name}.npy"), point_map.astype(np.float16))
+            write_npy(ctx.out(f"geometry/point_conf/{frame.name}.npy"), geo.point_conf.astype(np.float16))
+        dynamic_pixels += int(geo.dynamic.sum())
+        total_pixels += geo.dynamic.size
+        # Fusion: confident, valid pixels; an even random share per frame.
+        valid = (geo.depth > 0) & np.isfinite(geo.depth) & (geo.confidence > 0)
+        if cfg.fusion_percentile > 0 and valid.any():
+            valid &= geo.confidence >= np.percentile(geo.confidence[valid], cfg.fusion_percentile)
+        index_valid = np.flatnonzero(valid)
+        if len(index_valid) > per_frame:
+            index_valid = rng.choice(index_valid, per_frame, replace=False)
+        image = source.colours[index] if source.colours is not None else scene.rgb(frame)
+        points.append(world_points.reshape(-1, 3)[index_valid].astype(np.float32))
+        colours.append(np.clip(np.round(image.reshape(-1, 3)[index_valid] * 255), 0, 255).astype(np.uint8))
+    cloud = np.concatenate(points) if points else np.zeros((0, 3), np.float32)
+    write_ply(ctx.out("geometry/points.ply"), cloud, np.concatenate(colours) if colours else np.zeros((0, 3)))
+    write_json(ctx.out("geometry/cameras.json"), {"convention": "opencv", "source": camera_source, "frames": cameras})
+    write_json(ctx.out("geometry/predicted_cameras.json"),
+               {"convention": "opencv", "source": camera_source, "frames": predicted})
+    summary = {"frames": source.frames, "cameras": camera_source, "points": int(len(cloud)),
+               "dynamic_fraction": dynamic_pixels / max(1, total_pixels)}
+    if align is not None:
+        summary["alignment_sim3"] = {"scale": align.scale, "rotation": align.rotation.tolist(),
+                                     "translation": align.translation.tolist()}
+    return summary
