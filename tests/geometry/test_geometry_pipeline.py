@@ -1,0 +1,225 @@
+"""Preprocessing maps, dynamic masks from geometric consistency, windowed joins and the geometry stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cameras import Sim3, umeyama_sim3
+from pipeline.config import apply_overrides, default_config
+from pipeline.runner import STAGES, StageContext
+from stages.geometry.consistency import ConsistencyParams, dynamic_masks, neighbour_offsets
+from stages.geometry.page4d.inference import Prediction, predict_sequence, window_starts
+from stages.geometry.page4d.preprocess import prepare_frames
+from tests.geometry import raycast_scene
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread is as fast, and immune to oversubscribed shared CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def rotation(rng) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+@pytest.mark.parametrize("mode, size", [("crop", (80, 60)), ("crop", (50, 90)), ("pad", (50, 90)),
+                                        ("pad", (90, 50)), ("squash", (80, 60))])
+def test_frame_mapping_sends_network_pixels_to_their_stored_position(mode, size):
+    """A horizontal/vertical ramp image survives resizing exactly (away from the borders): the network pixel at
+    (x_n, y_n) must show the ramp value of the stored position that the mapping gives."""
+    W, H = size
+    u = (np.arange(W) + 0.5) / W
+    v = (np.arange(H) + 0.5) / H
+    image = np.stack([np.broadcast_to(u[None], (H, W)), np.broadcast_to(v[:, None], (H, W)),
+                      np.full((H, W), 0.5)], -1).astype(np.float32)
+    prepared = prepare_frames([image], mode, target=42, patch=14)
+    mapping = prepared.mappings[0]
+    net = prepared.batch([0])[0].numpy()                                     # (3, Hn, Wn)
+    Wn, Hn = prepared.net_size
+    assert Wn % 14 == 0 and Hn % 14 == 0 and mapping.net_size == (Wn, Hn)
+    xs, ys = np.meshgrid(np.arange(Wn) + 0.5, np.arange(Hn) + 0.5)
+    x_stored = mapping.scale_x * (xs - mapping.offset_x)
+    y_stored = mapping.scale_y * (ys - mapping.offset_y)
+    inner = (x_stored > 0.2 * W) & (x_stored < 0.8 * W) & (y_stored > 0.2 * H) & (y_stored < 0.8 * H)
+    assert inner.sum() > 20
+    assert np.abs(net[0][inner] - x_stored[inner] / W).max() < 2.5 / 255    # 8-bit rounding of the ramp
+    assert np.abs(net[1][inner] - y_stored[inner] / H).max() < 2.5 / 255
+    # Intrinsics: a point projecting to (x_n, y_n) in the network image projects to the mapped stored position.
+    K_net = np.array([[30.0, 0, Wn / 2], [0, 33.0, Hn / 2], [0, 0, 1]])
+    K = mapping.intrinsics_to_stored(K_net)
+    point = np.array([0.2, -0.1, 1.0])
+    xn, yn = (K_net @ point)[:2]
+    assert np.allclose((K @ point)[:2], [mapping.scale_x * (xn - mapping.offset_x),
+                                         mapping.scale_y * (yn - mapping.offset_y)])
+    # Back to the stored resolution: a network-resolution x ramp becomes the stored x coordinate.
+    ramp = torch.from_numpy(xs[None].astype(np.float32))
+    stored = mapping.to_stored(ramp)[0].numpy()
+    expected = np.broadcast_to((np.arange(W)[None] + 0.5) / mapping.scale_x + mapping.offset_x, (H, W))
+    inside = mapping.stored_coverage() & (expected >= 0.5) & (expected <= Wn - 0.5)   # between pixel centres
+    assert inside.mean() > 0.5
+    assert np.allclose(stored[inside], expected[inside], atol=1e-3)
+
+
+def test_crop_mode_matches_the_vggt_sizes():
+    prepared = prepare_frames([np.zeros((480, 854, 3), np.float32)], "crop", 518)
+    assert prepared.net_size == (518, 294)
+    tall = prepare_frames([np.zeros((900, 500, 3), np.float32)], "crop", 518)
+    assert tall.net_size == (518, 518) and tall.mappings[0].offset_y == -((938 - 518) // 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dynamic masks
+
+
+def test_consistency_masks_find_the_moving_object_from_ground_truth():
+    depth, K, w2c, moving, _ = raycast_scene.render(frames=12)
+    assert 0.02 < moving.mean() < 0.2
+    masks = dynamic_masks(depth, K, w2c, ConsistencyParams(gap=2, threshold=0.05))
+    iou = (masks & moving).sum() / (masks | moving).sum()
+    assert iou >= 0.9
+    # A static scene (the sphere frozen) gives no moving pixels.
+    depth, K, w2c, moving, _ = raycast_scene.render(frames=8, start=(0.5, 0, 0), end=(0.5, 0, 0))
+    assert dynamic_masks(depth, K, w2c).sum() == 0
+
+
+def test_supervised_head_probability_is_blended_in():
+    depth, K, w2c, moving, _ = raycast_scene.render(frames=6)
+    confident_head = moving.astype(np.float32)
+    masks = dynamic_masks(depth, K, w2c, ConsistencyParams(gap=1, threshold=10.0, head_weight=0.6),
+                          head_probability=confident_head)
+    assert np.array_equal(masks, moving)       # geometry sees nothing at this threshold; the head decides
+
+
+def test_neighbour_offsets_stay_inside_the_sequence():
+    assert neighbour_offsets(0, 10, 4, 2) == [2, 4, 6, 8]
+    assert neighbour_offsets(5, 10, 4, 2) == [2, -2, 4, -4]
+    assert neighbour_offsets(0, 2, 4, 2) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Windows
+
+
+def test_window_starts_cover_every_frame():
+    assert window_starts(50, 100, 20) == [0]
+    starts = window_starts(1000, 100, 20)
+    assert starts[:3] == [0, 80, 160] and starts[-1] == 900
+    covered = np.zeros(1000, bool)
+    for s in starts:
+        covered[s:s + 100] = True
+    assert covered.all()
+
+
+class WindowOracle:
+    """A stand-in predictor: ground-truth geometry expressed in each window's own world (its first camera,
+    a random scale), as the network would return it."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, depth, K, w2c, rng):
+        self.depth, self.K, self.w2c, self.rng = depth, K, w2c, rng
+
+    def __call__(self, frames: torch.Tensor) -> Prediction:
+        index = frames[:, 0, 0, 0].round().long().numpy()               # frame indices ride in the pixels
+        scale = self.rng.uniform(0.5, 2.0)
+        # The window's world is its first camera's frame, scaled: x_window = scale * (R0 x + t0).
+        R0, t0 = self.w2c[index[0]][:3, :3], self.w2c[index[0]][:3, 3]
+        to_window = Sim3(scale, R0, scale * t0)
+        return Prediction(world_to_camera=np.stack([to_window.transform_w2c(self.w2c[i]) for i in index]),
+                          intrinsics=self.K[index], depth=self.depth[index] * np.float32(scale),
+                          depth_conf=np.ones_like(self.depth[index]))
+
+
+def test_windowed_prediction_joins_into_one_consistent_trajectory():
+    depth, K, w2c, _, _ = raycast_scene.render(frames=23, width=32, height=24)
+    S = len(depth)
+
+    class Frames:
+        def __len__(self):
+            return S
+
+        def batch(self, indices, device):
+            ids = torch.arange(S)[indices].float()
+            return ids[:, None, None, None].expand(-1, 3, 2, 2).clone()
+
+    pred = predict_sequence(WindowOracle(depth, K, w2c, np.random.default_rng(0)), Frames(), window=8, overlap=3,
+                            show_progress=False)
+    assert [w["start"] for w in pred.windows] == [0, 5, 10, 15]
+    centres = np.stack([-w[:3, :3].T @ w[:3, 3] for w in pred.world_to_camera])
+    true_centres = np.stack([-w[:3, :3].T @ w[:3, 3] for w in w2c])
+    sim = umeyama_sim3(true_centres, centres)
+    assert np.abs(sim.apply(true_centres) - centres).max() < 1e-6 * max(1.0, np.abs(centres).max())
+    # Depth follows the same global scale in every window.
+    assert np.allclose(pred.depth, depth * sim.scale, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def run_stage(tmp_path, scene, overrides):
+    from stages.geometry import run
+
+    config = default_config()
+    apply_overrides(config, overrides)
+    run_dir = tmp_path / "run"
+    work = run_dir / ".work" / "geometry"
+    work.mkdir(parents=True)
+    ctx = StageContext(spec=STAGES[0], run_dir=run_dir, work_dir=work, config=config, scene=scene, device="cpu")
+    return run(ctx), work / "geometry"
+
+
+def test_oracle_geometry_writes_the_ground_truth(tmp_path):
+    scene = raycast_scene.make_scene(frames=6)
+    summary, out = run_stage(tmp_path, scene, ["geometry.model=oracle"])
+    cameras = json.loads((out / "cameras.json").read_text())
+    assert cameras["source"] == "dataset" and [f["name"] for f in cameras["frames"]] == [f.name for f in scene.frames]
+    assert {f["split"] for f in cameras["frames"]} == {"train", "test"}
+    for frame, entry in zip(scene.frames, cameras["frames"]):
+        assert np.allclose(entry["world_to_camera"], frame.camera.world_to_camera)
+        assert np.array_equal(np.load(out / "depth" / f"{frame.name}.npy"), frame.load_depth())
+        import imageio.v3 as iio
+
+        assert np.array_equal(iio.imread(out / "dynamic_mask" / f"{frame.name}.png") > 127, frame.load_dynamic_mask())
+    from plyfile import PlyData
+
+    vertices = PlyData.read(str(out / "points.ply"))["vertex"]
+    xyz = np.stack([vertices["x"], vertices["y"], vertices["z"]], -1)
+    assert len(xyz) == summary["points"] > 0
+    assert np.abs(xyz).max() <= raycast_scene.ROOM_HALF_SIZE + 1e-3     # unprojected GT lies in the room
+
+
+def test_network_geometry_with_dataset_cameras(tmp_path):
+    from stages.geometry.page4d.checkpoint import save_weights
+    from tests.geometry.test_page4d_model import SMALL, random_model
+
+    weights = tmp_path / "small.safetensors"
+    save_weights(random_model(SMALL), weights)
+    scene = raycast_scene.make_scene(frames=5, width=48, height=36)
+    summary, out = run_stage(tmp_path, scene, [f"geometry.checkpoint={weights}", "geometry.window=3",
+                                               "geometry.overlap=1"])
+    report = json.loads((out / "geometry.json").read_text())
+    assert summary["cameras"] == "dataset" and len(report["windows"]) == 2
+    cameras = json.loads((out / "cameras.json").read_text())["frames"]
+    predicted = json.loads((out / "predicted_cameras.json").read_text())["frames"]
+    for frame, cam, pred in zip(scene.frames, cameras, predicted):
+        assert np.allclose(cam["K"], frame.camera.K)
+        assert np.load(out / "depth" / f"{frame.name}.npy").shape == (36, 48)
+        assert np.load(out / "confidence" / f"{frame.name}.npy").min() >= 0
+        R = np.asarray(pred["world_to_camera"])[:3, :3]
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-6)
+    assert report["network_size"][0] == 56
