@@ -14,8 +14,8 @@ Frames are ordered by ``file_path`` (natural order, as nerfstudio sorts by file 
 (normalised to [0, 1] when it exceeds 1) where every frame has one, else the frame order (i / (n - 1)). Split:
 ``train_filenames`` / ``val_filenames`` / ``test_filenames`` when present (unlisted frames are dropped), else every
 ``scene.test_every``-th frame is a test frame (:func:`pipeline.scene.loaders.common.holdout_split`).
-``mask_path`` and ``depth_file_path`` are not read (a note says so). ``scene.resolution``: 'auto' = '1x'; 'Nx'
-downscales by N (K scaled); ``scene.max_size`` caps the longer side.
+``mask_path``, ``depth_file_path`` and ``ply_file_path`` are not read (a note says so). ``scene.resolution``:
+'auto' = '1x'; 'Nx' downscales by N (K scaled); ``scene.max_size`` caps the longer side.
 """
 
 from __future__ import annotations
@@ -163,5 +163,7 @@ def load(path: Path, config: SceneConfig) -> Scene:
         notes.append(f"{n_distorted} frames have non-zero lens distortion: ignored (pinhole model)")
     if n_masks or n_depths:
         notes.append(f"mask_path ({n_masks} frames) and depth_file_path ({n_depths} frames) are not read")
+    if "ply_file_path" in meta:
+        notes.append("ply_file_path is not read (the geometry stage makes its own points)")
     return Scene(name=path.name, format="nerfstudio", source=path, frames=frames,
                  background=background_rgb(config.background), notes=notes)
