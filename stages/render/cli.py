@@ -1,0 +1,50 @@
+"""``page4dgs render RUN --path P`` and ``page4dgs export RUN --format F`` on a finished run folder.
+
+Both read the run's ``config.yaml`` and write only their own files (``videos/<path>*`` and ``export/<format>/``),
+atomically; nothing else in the run folder changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import Config, config_from_dict, read_yaml
+from pipeline.errors import UserError
+from pipeline.log import get_logger
+
+log = get_logger("render")
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The resolved config a run was made with (``RUN/config.yaml``)."""
+    if not run_dir.is_dir():
+        raise UserError("run folder not found", run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError("not a page4dgs run folder (no config.yaml)", run_dir)
+    return config_from_dict(read_yaml(path), str(path))
+
+
+def render_command(args: argparse.Namespace) -> int:
+    from pipeline.runner import resolve_device
+    from stages.render.stage import open_run, render_video
+
+    config = load_run_config(args.run)
+    out = args.out if args.out is not None else args.run / "videos" / f"{args.path}.mp4"
+    if out.suffix.lower() != ".mp4":
+        raise UserError("--out must name an .mp4 file", out)
+    inputs = open_run(args.run, config.render, config.scene.background, resolve_device(config.device))
+    for path in render_video(inputs, args.path, out, args.frames):
+        log.info(f"wrote {path}")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from pipeline.runner import resolve_device
+    from stages.render.export import export_run
+
+    config = load_run_config(args.run)
+    target = export_run(args.run, args.format, config, resolve_device(config.device))
+    log.info(f"wrote {target}")
+    return 0

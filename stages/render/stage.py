@@ -1,0 +1,179 @@
+"""Stage 4a, render: every test view into ``render/test/NAME.png`` (+ ``render/test_depth/NAME.npy``), and the
+videos of ``render.video_paths`` into ``videos/``.
+
+The same pieces serve ``page4dgs render`` on a finished run (:mod:`stages.render.cli`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.io import write_npy, write_png
+from pipeline.log import get_logger, progress
+from stages.render.config import PATHS, RenderConfig
+from stages.render.paths import InputCamera, PathView, SceneLayout, camera_path, resized, scene_layout
+from stages.render.renderer import render_dynamic_weight, render_view
+from stages.render.video import depth_frames, weight_frames, write_frame_folder, write_mp4
+
+log = get_logger("render")
+
+
+@dataclass
+class RunInputs:
+    """What rendering needs from a run folder."""
+
+    run_dir: Path
+    model: Any                    # stages.optimize.model.GaussianModel4D
+    cameras: list                 # stages.initialize.geometry_io.FrameCamera, in cameras.json order
+    camera_source: str            # "model" | "dataset"
+    layout: SceneLayout
+    background: tuple[float, float, float]
+    config: RenderConfig
+
+    @property
+    def input_cameras(self) -> list[InputCamera]:
+        return [InputCamera(c.world_to_camera, c.K, c.width, c.height, c.time) for c in self.cameras]
+
+    def camera(self, name: str):
+        for c in self.cameras:
+            if c.name == name:
+                return c
+        raise UserError(f"frame '{name}' is not in geometry/cameras.json", self.run_dir)
+
+
+def median_depths(geometry_dir: Path, names: Sequence[str]) -> Optional[list[float]]:
+    """Median positive depth of each frame's ``geometry/depth/NAME.npy``; None when there are no depth maps."""
+    values = []
+    for name in names:
+        path = geometry_dir / "depth" / f"{name}.npy"
+        if not path.is_file():
+            values.append(float("nan"))
+            continue
+        depth = np.load(path, allow_pickle=False)
+        valid = depth[np.isfinite(depth) & (depth > 0)]
+        values.append(float(np.median(valid)) if valid.size else float("nan"))
+    return values if np.isfinite(values).any() else None
+
+
+def load_run_model(run_dir: Path, device: str):
+    """The run's 4D model, ``optimize/model.pt`` (read by the optimize stage's documented loader)."""
+    from stages.optimize.model import load_model
+
+    path = run_dir / "optimize" / "model.pt"
+    if not path.is_file():
+        raise UserError("missing 'optimize/model.pt': the run has not finished its optimize stage", run_dir)
+    return load_model(path, device)
+
+
+def open_run(run_dir: Path, config: RenderConfig, background: str, device: str) -> RunInputs:
+    """Load the model and cameras of a run folder (the optimize and geometry stages must have finished)."""
+    from pipeline.scene.loaders.common import background_rgb
+    from stages.initialize.geometry_io import read_cameras
+
+    if not (run_dir / "geometry" / "cameras.json").is_file():
+        raise UserError("missing 'geometry/cameras.json': the run has not finished its geometry stage", run_dir)
+    model = load_run_model(run_dir, device)
+    cameras, source = read_cameras(run_dir / "geometry" / "cameras.json")
+    inputs = [InputCamera(c.world_to_camera, c.K, c.width, c.height, c.time) for c in cameras]
+    layout = scene_layout(inputs, median_depths(run_dir / "geometry", [c.name for c in cameras]))
+    return RunInputs(run_dir=run_dir, model=model, cameras=cameras, camera_source=source, layout=layout,
+                     background=background_rgb(background), config=config)
+
+
+def render_test_views(inputs: RunInputs, names: Sequence[str], out_dir: Path) -> dict:
+    """Render each named frame at its stored resolution: ``out_dir/render/test/NAME.png`` (8-bit) and
+    ``out_dir/render/test_depth/NAME.npy`` (float32 expected z-depth, 0 where nothing was rendered)."""
+    start = time.perf_counter()
+    for name in progress(names, desc="test views", unit="view"):
+        cam = inputs.camera(name)
+        view = PathView(cam.world_to_camera, cam.K, cam.width, cam.height, cam.time)
+        out = render_view(inputs.model, view, inputs.background, inputs.config.backend)
+        write_png(out_dir / "render" / "test" / f"{name}.png", out.rgb)
+        write_npy(out_dir / "render" / "test_depth" / f"{name}.npy", out.depth)
+    seconds = time.perf_counter() - start
+    return {"test_views": len(names), "test_view_s": round(seconds / max(len(names), 1), 4)}
+
+
+def video_outputs(out_mp4: Path) -> dict[str, Path]:
+    """Where one path's files go: the colour MP4 and, beside it, depth / dynamic MP4s and the PNG frame folder."""
+    stem = out_mp4.with_suffix("")
+    return {"color": out_mp4, "depth": stem.with_name(stem.name + "_depth.mp4"),
+            "dynamic": stem.with_name(stem.name + "_dynamic.mp4"), "frames": stem}
+
+
+def render_video(inputs: RunInputs, path_name: str, out_mp4: Path, n_views: Optional[int] = None) -> list[Path]:
+    """Render camera path ``path_name`` into ``out_mp4`` (and its depth / dynamic videos and PNG frames, as
+    configured). Each file is written atomically. Returns the paths written."""
+    cfg = inputs.config
+    if path_name not in PATHS:
+        raise UserError(f"unknown camera path '{path_name}' (choose from {', '.join(PATHS)})")
+    if n_views is not None and n_views < 2:
+        raise UserError(f"a video needs at least 2 frames, got --frames {n_views}")
+    views = camera_path(path_name, inputs.input_cameras, inputs.layout, n_views, cfg.frozen_time,
+                        cfg.bullet_arc_deg, cfg.video_frames)
+    views = [resized(v, cfg.video_max_size) for v in views]
+    # Views of the input path can differ in size (multi-camera datasets): one video needs one size.
+    views = [v if (v.width, v.height) == (views[0].width, views[0].height) else _refit(v, views[0]) for v in views]
+    colors, depths, alphas, dynamic = [], [], [], []
+    for view in progress(views, desc=f"video {path_name}", unit="frame"):
+        out = render_view(inputs.model, view, inputs.background, cfg.backend)
+        colors.append(np.round(out.rgb * 255).astype(np.uint8))
+        depths.append(out.depth)
+        alphas.append(out.alpha)
+        if cfg.video_dynamic:
+            dynamic.append(render_dynamic_weight(inputs.model, view, cfg.backend))
+    files = video_outputs(out_mp4)
+    written = [write_mp4(files["color"], colors, cfg.video_fps)]
+    if cfg.video_depth:
+        written.append(write_mp4(files["depth"], depth_frames(depths, alphas), cfg.video_fps))
+    if cfg.video_dynamic:
+        written.append(write_mp4(files["dynamic"], weight_frames(dynamic), cfg.video_fps))
+    if cfg.video_png_frames:
+        written.append(write_frame_folder(files["frames"], colors))
+    return written
+
+
+def _refit(view: PathView, like: PathView) -> PathView:
+    """``view`` rescaled to ``like``'s size (K scaled per axis)."""
+    K = view.K.copy()
+    K[0, :] *= like.width / view.width
+    K[1, :] *= like.height / view.height
+    return PathView(view.world_to_camera, K, like.width, like.height, view.time)
+
+
+def run(ctx) -> dict:
+    cfg: RenderConfig = ctx.section
+    inputs = open_run(ctx.run_dir, cfg, ctx.config.scene.background, ctx.device)
+    names = [f.name for f in ctx.scene.test_frames]
+    summary = render_test_views(inputs, names, ctx.work_dir)
+    video_dir = ctx.work_dir / "videos"
+    video_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for path_name in cfg.video_paths:
+        render_video(inputs, path_name, video_dir / f"{path_name}.mp4")
+    summary["videos"] = len(cfg.video_paths)
+    summary["video_s"] = round(time.perf_counter() - start, 3)
+    _keep_extra_videos(ctx.run_dir / "videos", video_dir)
+    return summary
+
+
+def _keep_extra_videos(previous: Path, current: Path) -> None:
+    """Carry over what `page4dgs render` added to a run's videos/ (paths this stage does not render), so that a
+    rerun of the stage does not delete them."""
+    if not previous.is_dir():
+        return
+    for item in previous.iterdir():
+        target = current / item.name
+        if target.exists() or item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, target)
+        else:
+            shutil.copy2(item, target)

@@ -1,0 +1,97 @@
+"""The render stage on a finished (fake) run, and the `page4dgs render` / `export` commands."""
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import config_from_dict, read_yaml
+from pipeline.runner import STAGES, StageContext
+from pipeline.scene import load_scene
+from stages.render.paths import PathView
+from stages.render.renderer import render_dynamic_weight
+from tests.render.fake_run import use_tiny_model
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_render_stage_writes_test_views_and_videos(fake_run, monkeypatch):
+    use_tiny_model(monkeypatch, fake_run.model)
+    run_dir = fake_run.run_dir
+    (run_dir / "videos").mkdir()
+    (run_dir / "videos" / "bullet.mp4").write_bytes(b"made by `page4dgs render` earlier")
+    config = config_from_dict(read_yaml(run_dir / "config.yaml"))
+    scene = load_scene(config.scene)
+    spec = next(s for s in STAGES if s.name == "render")
+    ctx = StageContext(spec=spec, run_dir=run_dir, work_dir=run_dir / ".work" / "render", config=config,
+                       scene=scene, device="cpu")
+    from stages.render import run
+
+    summary = run(ctx)
+    assert summary["test_views"] == len(fake_run.test_names) == 2
+    work = ctx.work_dir
+    for name in fake_run.test_names:
+        frame = scene.frame(name)
+        expected = fake_run.model.render(frame.camera.world_to_camera, frame.camera.K, frame.width, frame.height,
+                                         frame.time)
+        png = iio.imread(work / "render" / "test" / f"{name}.png")
+        assert png.shape == (frame.height, frame.width, 3)
+        assert np.array_equal(png, np.round(expected["rgb"].numpy() * 255).astype(np.uint8))
+        depth = np.load(work / "render" / "test_depth" / f"{name}.npy")
+        covered = expected["alpha"].numpy() > 0.5
+        assert np.allclose(depth[covered], expected["depth"].numpy()[covered], rtol=1e-5)
+    videos = sorted(p.name for p in (work / "videos").iterdir())
+    assert videos == ["bullet.mp4", "spiral-time", "spiral-time.mp4", "spiral-time_depth.mp4",
+                      "spiral-time_dynamic.mp4"]
+    assert len(list((work / "videos" / "spiral-time").iterdir())) == config.render.video_frames == 4
+    decoded = list(iio.imiter(work / "videos" / "spiral-time.mp4", extension=".mp4"))
+    assert len(decoded) == 4 and decoded[0].shape == (26, 32, 3)      # 40x32 capped at 32 -> 32x25.6 -> 32x26
+    assert (work / "videos" / "bullet.mp4").read_bytes().startswith(b"made by")
+
+
+def test_dynamic_weight_marks_the_moving_gaussian(fake_run):
+    scene = load_scene(config_from_dict(read_yaml(fake_run.run_dir / "config.yaml")).scene)
+    camera = scene.frames[0].camera
+    view = PathView(camera.world_to_camera, camera.K, camera.width, camera.height, 0.5)
+    weight = render_dynamic_weight(fake_run.model, view, backend="torch")
+    g = fake_run.model.gaussians_at(0.5)
+    uv, _ = camera.project(g["means"].numpy())
+    inside = lambda p: 0 <= p[0] < camera.width and 0 <= p[1] < camera.height
+    dyn = uv[-1]
+    assert inside(dyn) and weight[int(dyn[1]), int(dyn[0])] > 0.5
+    far = [p for p in uv[:-1] if inside(p) and np.linalg.norm(p - dyn) > 12]
+    assert far and all(weight[int(p[1]), int(p[0])] < 0.05 for p in far)
+
+
+def test_render_command_writes_only_its_video(fake_run, monkeypatch):
+    use_tiny_model(monkeypatch, fake_run.model)
+    before = snapshot(fake_run.run_dir)
+    assert main(["render", str(fake_run.run_dir), "--path", "bullet", "--frames", "3"]) == 0
+    after = snapshot(fake_run.run_dir)
+    new = sorted(set(after) - set(before))
+    assert new == ["videos/bullet.mp4", "videos/bullet/00000.png", "videos/bullet/00001.png",
+                   "videos/bullet/00002.png", "videos/bullet_depth.mp4", "videos/bullet_dynamic.mp4"]
+    assert all(after[k] == v for k, v in before.items())
+    out = fake_run.run_dir.parent / "elsewhere" / "clip.mp4"
+    assert main(["render", str(fake_run.run_dir), "--path", "sweep", "--frames", "2", "--out", str(out)]) == 0
+    assert out.is_file() and (out.parent / "clip_depth.mp4").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["render", "{run}/missing", "--path", "input"], "run folder not found"),
+    (["render", "{run}", "--path", "input", "--out", "{run}/clip.gif"], "--out must name an .mp4 file"),
+    (["render", "{run}", "--path", "spiral", "--frames", "1"], "at least 2 frames"),
+    (["export", "{run}/missing", "--format", "ply"], "run folder not found"),
+])
+def test_command_errors_are_one_line(fake_run, monkeypatch, capsys, argv, message):
+    use_tiny_model(monkeypatch, fake_run.model)
+    assert main([a.format(run=fake_run.run_dir) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_export_command(fake_run):
+    assert main(["export", str(fake_run.run_dir), "--format", "nerfstudio"]) == 0
+    assert (fake_run.run_dir / "export" / "nerfstudio" / "transforms.json").is_file()
