@@ -1,0 +1,118 @@
+"""The optimize stage: read the cameras, the initial Gaussians and the training frames, train, write the model.
+
+Reads ``geometry/cameras.json`` (only ``split == "train"`` frames are used; test images never touch optimization),
+``geometry/depth/*.npy`` (for the optional depth loss), ``initialize/gaussians.ply`` and ``initialize/labels.npz``.
+Writes ``optimize/model.pt`` (read it with :func:`stages.optimize.model.load_model`), ``optimize/log.csv`` and
+``optimize/checkpoints/``. An interrupted run resumes from its last checkpoint when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+from pipeline.log import progress
+from stages.initialize.gaussians import read_gaussians_ply
+from stages.initialize.geometry_io import read_cameras, read_depth
+from stages.optimize.config import OptimizeConfig
+from stages.optimize.trainer import InitialGaussians, TrainData, TrainView, train
+
+# Keep training images on the device in float32 up to this many bytes; beyond, float16 on the host, moved per step.
+DEVICE_IMAGE_BUDGET = 2 << 30
+
+
+def check_config(cfg: OptimizeConfig) -> None:
+    problems = []
+    if cfg.iterations < 1:
+        problems.append("iterations must be >= 1")
+    if not 0 <= cfg.sh_degree <= 3:
+        problems.append("sh_degree must be 0..3")
+    if cfg.batch_size < 1:
+        problems.append("batch_size must be >= 1")
+    if not 0.0 <= cfg.ssim_lambda <= 1.0:
+        problems.append("ssim_lambda must be in [0, 1]")
+    if cfg.bases_knots < 4:
+        problems.append("bases_knots must be >= 4")
+    if cfg.temporal_opacity_init <= 0:
+        problems.append("temporal_opacity_init must be > 0")
+    if problems:
+        raise UserError("optimize: " + "; ".join(problems))
+
+
+def load_initial(ctx) -> InitialGaussians:
+    ply = read_gaussians_ply(ctx.artifact("initialize/gaussians.ply"))
+    labels_path = ctx.artifact("initialize/labels.npz")
+    with np.load(labels_path, allow_pickle=False) as labels:
+        is_dynamic, times = labels["is_dynamic"].astype(bool), labels["time"].astype(np.float32)
+    if len(is_dynamic) != len(ply["means"]):
+        raise UserError(f"labels.npz has {len(is_dynamic)} rows, gaussians.ply {len(ply['means'])}", labels_path)
+    return InitialGaussians(means=ply["means"], sh=ply["sh"], opacity_logits=ply["opacity_logits"],
+                            log_scales=ply["log_scales"], quats=ply["quats"], is_dynamic=is_dynamic,
+                            anchor_times=np.where(is_dynamic, times, 0.0).astype(np.float32))
+
+
+def load_views(ctx, cfg: OptimizeConfig, device: torch.device) -> TrainData:
+    from pipeline.scene.images import resize_array
+
+    geometry_dir = ctx.artifact("geometry")
+    cameras, _ = read_cameras(ctx.artifact("geometry/cameras.json"))
+    train_cameras = [c for c in cameras if c.split == "train"]
+    if not train_cameras:
+        raise UserError("no training frames in cameras.json", geometry_dir / "cameras.json")
+    total_bytes = sum(c.width * c.height * 3 * 4 for c in train_cameras)
+    image_device, image_dtype = ((device, torch.float32) if total_bytes <= DEVICE_IMAGE_BUDGET
+                                 else (torch.device("cpu"), torch.float16))
+    views = []
+    for cam in progress(train_cameras, desc="optimize: load frames", unit="frame"):
+        frame = ctx.scene.frame(cam.name)
+        rgb, alpha = ctx.scene.rgb(frame), ctx.scene.alpha(frame)
+        size = (cam.width, cam.height)
+        if rgb.shape[:2] != (cam.height, cam.width):
+            rgb = resize_array(rgb, size)
+            alpha = None if alpha is None else resize_array(alpha, size)
+        depth = valid = None
+        if cfg.depth_lambda > 0:
+            d = read_depth(geometry_dir, cam.name)
+            if d.shape != (cam.height, cam.width):
+                d = resize_array(d, size, nearest=True)
+            depth = torch.from_numpy(d).to(device)
+            valid = depth > 0
+        views.append(TrainView(
+            name=cam.name, time=cam.time,
+            world_to_camera=torch.tensor(cam.world_to_camera, dtype=torch.float32, device=device),
+            K=torch.tensor(cam.K, dtype=torch.float32, device=device), width=cam.width, height=cam.height,
+            image=torch.from_numpy(np.ascontiguousarray(rgb)).to(image_device, image_dtype),
+            alpha=None if alpha is None else torch.from_numpy(np.ascontiguousarray(alpha)).to(image_device, image_dtype),
+            depth=depth, depth_valid=valid))
+    return TrainData(views=views, scene_background=tuple(float(c) for c in ctx.scene.background))
+
+
+def run(ctx) -> dict:
+    cfg: OptimizeConfig = ctx.section
+    check_config(cfg)
+    device = torch.device(ctx.device)
+    initial = load_initial(ctx)
+    data = load_views(ctx, cfg, device)
+    if cfg.background == "random" and all(v.alpha is None for v in data.views):
+        ctx.log.info("optimize.background=random needs RGBA frames; using the scene background")
+    out_dir = ctx.out("optimize/model.pt").parent
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = train(cfg, data, initial, out_dir, device=device, seed=ctx.config.seed, resume=True)
+    result.model.save(out_dir / "model.pt")
+    model = result.model
+    summary = {
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 2),
+        "gaussians": model.num_gaussians(),
+        "dynamic": int(model.splats["is_dynamic"].sum()) if model.deformation is not None else 0,
+        "deformation": cfg.deformation,
+        "train_psnr": round(result.train_psnr, 3),
+        "nan_restores": result.restores,
+    }
+    if result.resumed_from is not None:
+        summary["resumed_from_step"] = result.resumed_from
+    if device.type == "cuda":
+        summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return summary

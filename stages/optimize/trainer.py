@@ -1,0 +1,565 @@
+"""The optimization loop: one readable loop, its setup, checkpoints with exact resume, and a NaN/explosion guard.
+
+Per step: pick training frames (shuffled epochs), render each at its time (the deformation runs inside the model),
+loss = (1 - w) L1 + w (1 - SSIM) [+ depth] [+ motion smoothness] [+ scale], backward, one Adam step per parameter
+group, then gsplat's densification (:mod:`stages.optimize.densify`). Every ``log_every`` steps the per-step values are
+fetched from the device in one transfer, written to ``log.csv``, and checked: a non-finite loss or one above
+``explode_factor`` x its running mean restores the last good state (kept in memory at the previous check) and the
+log says so. Every ``checkpoint_every`` steps a checkpoint holds everything the loop depends on - parameters,
+optimizer moments, densification statistics, deformation, camera corrections, the frame sampler, the guard and all
+random states - so a resumed run continues the same loss sequence.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+from pipeline.io import atomic_path, write_text
+from pipeline.log import get_logger, progress
+from stages.optimize.config import OptimizeConfig
+from stages.optimize.deformation import Box, build_deformation, deformation_spec_from_config
+from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
+from stages.optimize.gaussians import create_splats
+from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, photometric_loss, psnr)
+from stages.optimize.model import GaussianModel4D
+
+log = get_logger("optimize")
+
+LOG_COLUMNS = ("step", "loss", "l1", "ssim", "depth", "motion", "scale", "psnr", "gaussians", "seconds")
+CHECKPOINT_FORMAT = "page4dgs-optimize-checkpoint"
+MAX_CONSECUTIVE_RESTORES = 3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class TrainView:
+    """One training frame. image (H, W, 3) in [0, 1] composited on the scene background; alpha (H, W) for RGBA
+    inputs; depth (H, W) geometry-stage z-depth with depth_valid (H, W) bool, for the depth loss."""
+
+    name: str
+    time: float
+    world_to_camera: torch.Tensor    # (4, 4) OpenCV
+    K: torch.Tensor                  # (3, 3)
+    width: int
+    height: int
+    image: torch.Tensor
+    alpha: Optional[torch.Tensor] = None
+    depth: Optional[torch.Tensor] = None
+    depth_valid: Optional[torch.Tensor] = None
+
+
+@dataclass
+class TrainData:
+    views: list[TrainView]
+    scene_background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass
+class InitialGaussians:
+    """Initial per-Gaussian values (as in ``initialize/gaussians.ply`` + ``labels.npz``), NumPy or torch."""
+
+    means: Any           # (N, 3)
+    sh: Any              # (N, K, 3)
+    opacity_logits: Any  # (N,)
+    log_scales: Any      # (N, 3)
+    quats: Any           # (N, 4) (w, x, y, z)
+    is_dynamic: Any      # (N,) bool
+    anchor_times: Any    # (N,) time each Gaussian was seen (any value for static ones)
+
+
+def scene_scale(views: list[TrainView], means: torch.Tensor) -> float:
+    """1.1 x max(radius of the camera centres around their mean, median distance of the points from that mean).
+
+    The camera radius is gsplat's/3DGS's scene extent; the point term keeps it meaningful for a video whose camera
+    barely moves.
+    """
+    centers = torch.stack([-(v.world_to_camera[:3, :3].T @ v.world_to_camera[:3, 3]) for v in views]).cpu().double()
+    mean = centers.mean(0)
+    radius = float((centers - mean).norm(dim=-1).max())
+    points = float((means.detach().cpu().double() - mean).norm(dim=-1).median()) if len(means) else 0.0
+    return 1.1 * max(radius, points, 1e-6)
+
+
+def median_time_gap(times: list[float]) -> float:
+    """Median gap between distinct training times (1 if there is only one time)."""
+    distinct = np.unique(np.round(np.asarray(times, dtype=np.float64), 9))
+    return float(np.median(np.diff(distinct))) if len(distinct) > 1 else 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Setup
+
+
+def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float, n_times: int,
+                device: torch.device) -> GaussianModel4D:
+    def t(x, dtype=torch.float32):     # always a copy: training must never write into the caller's arrays
+        return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(device, dtype, copy=True)
+
+    means, is_dynamic = t(initial.means), t(initial.is_dynamic, torch.bool)
+    spec = deformation_spec_from_config(cfg, n_times)
+    box = None
+    if spec is not None and spec["kind"] in ("mlp", "planes"):
+        box = Box.around(means[is_dynamic] if bool(is_dynamic.any()) else means).to(device)
+    deformation = build_deformation(spec, box)
+    temporal = cfg.temporal_opacity and deformation is not None
+    splats = create_splats(means, t(initial.sh), t(initial.opacity_logits), t(initial.log_scales), t(initial.quats),
+                           is_dynamic, t(initial.anchor_times), cfg.sh_degree,
+                           temporal_sigma=cfg.temporal_opacity_init * time_gap if temporal else None,
+                           extra=deformation.per_gaussian_shapes() if deformation is not None else None)
+    return GaussianModel4D(splats, deformation, cfg.sh_degree, temporal).to(device)
+
+
+def splat_learning_rates(cfg: OptimizeConfig, scale: float) -> dict[str, float]:
+    """Initial learning rate of every per-Gaussian key."""
+    return {"means": cfg.lr_means * scale, "quats": cfg.lr_quats, "scales": cfg.lr_scales,
+            "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "time_centers": cfg.lr_time,
+            "time_log_scales": cfg.lr_time, "motion_coefs": cfg.lr_motion * scale}
+
+
+DECAYING = {"means", "motion_coefs", "field", "planes"}   # groups whose learning rate decays exponentially
+
+
+def _adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=lr, eps=1e-15, fused=device.type == "cuda")
+
+
+def build_optimizers(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Optional[torch.nn.Parameter],
+                     scale: float) -> tuple[dict[str, torch.optim.Optimizer], dict[str, torch.optim.Optimizer]]:
+    """(per-Gaussian optimizers, one per trainable key of ``model.splats``; the others: deformation, cameras)."""
+    device = model.device
+    rates = splat_learning_rates(cfg, scale)
+    splat_opts = {k: _adam([p], rates[k], device) for k, p in model.splats.items() if p.requires_grad}
+    other: dict[str, torch.optim.Optimizer] = {}
+    deformation = model.deformation
+    if deformation is not None:
+        if deformation.kind == "bases":
+            other["bases"] = _adam([deformation.control], cfg.lr_bases, device)
+        elif deformation.kind == "mlp":
+            other["field"] = _adam(list(deformation.parameters()), cfg.lr_field, device)
+        elif deformation.kind == "planes":
+            other["planes"] = _adam(list(deformation.planes.parameters()), cfg.lr_planes, device)
+            other["field"] = _adam(list(deformation.hidden.parameters()) + list(deformation.out.parameters()),
+                                   cfg.lr_field, device)
+    if cameras is not None:
+        other["cameras"] = _adam([cameras], cfg.lr_cameras, device)
+    return splat_opts, other
+
+
+def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], initial: dict[str, float], step: int,
+                       cfg: OptimizeConfig) -> None:
+    """Exponential decay from the initial rate to ``lr_final_factor`` x it over the run, for :data:`DECAYING`."""
+    progress_fraction = min(step / max(cfg.iterations, 1), 1.0)
+    for name, opt in optimizers.items():
+        lr = initial[name] * (cfg.lr_final_factor ** progress_fraction if name in DECAYING else 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+def refined_world_to_camera(world_to_camera: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Apply a pose correction delta (6,) = (rotation vector, translation) on the camera side:
+    [R | t] -> [R(w) R | R(w) t + v]. world_to_camera (4, 4) -> (4, 4)."""
+    w, v = delta[:3], delta[3:]
+    zero = torch.zeros((), dtype=delta.dtype, device=delta.device)
+    skew = torch.stack([torch.stack([zero, -w[2], w[1]]), torch.stack([w[2], zero, -w[0]]),
+                        torch.stack([-w[1], w[0], zero])])
+    rotation = torch.linalg.matrix_exp(skew)
+    top = torch.cat([rotation @ world_to_camera[:3, :3], (rotation @ world_to_camera[:3, 3] + v)[:, None]], dim=1)
+    return torch.cat([top, world_to_camera[3:]], dim=0)
+
+
+class EpochSampler:
+    """Training frames in shuffled epochs (every frame once per epoch), from its own generator."""
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(n, generator=self.generator)
+        self.cursor = 0
+
+    def next(self, count: int) -> list[int]:
+        out = []
+        for _ in range(count):
+            if self.cursor >= self.n:
+                self.order, self.cursor = torch.randperm(self.n, generator=self.generator), 0
+            out.append(int(self.order[self.cursor]))
+            self.cursor += 1
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": self.order.clone(), "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.cursor = state["order"].clone(), int(state["cursor"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Snapshots and checkpoints
+
+
+def _clone(obj: Any, device: Optional[torch.device] = None) -> Any:
+    """Deep copy of nested dicts/lists of tensors (optionally moved to ``device``)."""
+    if isinstance(obj, torch.Tensor):
+        out = obj.detach().clone()
+        return out.to(device) if device is not None else out
+    if isinstance(obj, dict):
+        return {k: _clone(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v, device) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _rng_state(device: torch.device, generator: Optional[torch.Generator]) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                      "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+            "python": random.getstate(),
+            "device_generator": None if generator is None else generator.get_state()}
+
+
+def _set_rng_state(state: dict[str, Any], generator: Optional[torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if generator is not None and state.get("device_generator") is not None:
+        generator.set_state(state["device_generator"])
+
+
+@dataclass
+class Guard:
+    """Running mean of the loss for the explosion test, and the count of consecutive restores."""
+
+    mean_loss: Optional[float] = None
+    restores: int = 0
+    total_restores: int = 0
+
+
+@dataclass
+class LoopState:
+    """Everything of the loop besides the parameters that a checkpoint must carry."""
+
+    step: int = 0
+    elapsed_s: float = 0.0
+    guard: Guard = field(default_factory=Guard)
+
+
+def capture(model, splat_opts, other_opts, strategy_state, cameras, loop: LoopState, sampler: EpochSampler,
+            device: Optional[torch.device] = None) -> dict[str, Any]:
+    """A self-contained copy of the training state (tensors cloned; moved to ``device`` if given)."""
+    return _clone({
+        "splats": {k: v.data for k, v in model.splats.items()},
+        "deformation": None if model.deformation is None else model.deformation.state_dict(),
+        "cameras": None if cameras is None else cameras.data,
+        "splat_optimizers": {k: o.state_dict() for k, o in splat_opts.items()},
+        "other_optimizers": {k: o.state_dict() for k, o in other_opts.items()},
+        "strategy_state": strategy_state_tensors(strategy_state),
+        "loop": {"step": loop.step, "elapsed_s": loop.elapsed_s, "guard": asdict(loop.guard)},
+        "sampler": sampler.state_dict(),
+    }, device)
+
+
+def restore(snapshot: dict[str, Any], cfg: OptimizeConfig, model: GaussianModel4D, cameras, other_opts,
+            strategy_state: dict[str, Any], loop: LoopState, sampler: Optional[EpochSampler],
+            scale: float) -> dict[str, torch.optim.Optimizer]:
+    """Load a :func:`capture` (or checkpoint) into the live objects; returns fresh per-Gaussian optimizers.
+    ``sampler`` None: keep the sampler where it is (the NaN guard continues with fresh frames)."""
+    device = model.device
+    for key, value in snapshot["splats"].items():
+        model.splats[key] = torch.nn.Parameter(value.to(device).clone(), requires_grad=model.splats[key].requires_grad)
+    if model.deformation is not None:
+        model.deformation.load_state_dict(snapshot["deformation"])
+    if cameras is not None:
+        cameras.data.copy_(snapshot["cameras"].to(device))
+    rates = splat_learning_rates(cfg, scale)
+    splat_opts = {k: _adam([p], rates[k], device) for k, p in model.splats.items() if p.requires_grad}
+    for k, opt in splat_opts.items():
+        opt.load_state_dict(_clone(snapshot["splat_optimizers"][k]))
+    for k, opt in other_opts.items():
+        opt.load_state_dict(_clone(snapshot["other_optimizers"][k]))
+    strategy_state.clear()
+    strategy_state.update(_clone(snapshot["strategy_state"], device))
+    saved = snapshot["loop"]
+    loop.step, loop.elapsed_s = saved["step"], saved["elapsed_s"]
+    loop.guard = Guard(**saved["guard"])
+    if sampler is not None:
+        sampler.load_state_dict(snapshot["sampler"])
+    return splat_opts
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return directory / f"step_{step:07d}.pt"
+
+
+def latest_checkpoint(directory: Path) -> Optional[Path]:
+    files = sorted(directory.glob("step_*.pt")) if directory.is_dir() else []
+    return files[-1] if files else None
+
+
+def write_checkpoint(directory: Path, state: dict[str, Any], keep: int) -> Path:
+    path = checkpoint_path(directory, state["loop"]["step"])
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for old in sorted(directory.glob("step_*.pt"))[:-max(keep, 1)]:
+        old.unlink()
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"unreadable checkpoint ({type(err).__name__}); delete it to start over", path) from None
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError("not an optimize checkpoint", path)
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The CSV log
+
+
+def read_log_rows(path: Path, before_step: int) -> list[list[str]]:
+    """Rows of an existing log.csv with step < before_step (what a resumed run keeps)."""
+    if not path.is_file():
+        return []
+    rows = list(csv.reader(path.read_text().splitlines()))
+    return [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < before_step]
+
+
+def append_log_rows(path: Path, rows: list[list[Any]]) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(LOG_COLUMNS)
+        writer.writerows(rows)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainResult:
+    model: GaussianModel4D
+    steps: int
+    seconds: float
+    train_psnr: float
+    restores: int
+    resumed_from: Optional[int]
+
+
+def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path,
+          device: str | torch.device = "cpu", seed: int = 0, resume: bool = True,
+          stop_after: Optional[int] = None) -> TrainResult:
+    """Optimize a 4D Gaussian model on ``data`` from ``initial``; writes ``out_dir``/log.csv and checkpoints/.
+
+    resume: continue from the latest checkpoint in ``out_dir``/checkpoints if there is one.
+    stop_after: return after this many steps of this call (tests; the state then is as at a checkpoint).
+    """
+    # -------- setup --------
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    log_path = out_dir / "log.csv"
+    views = data.views
+    if not views:
+        raise UserError("optimize: no training frames")
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    random.seed(seed)
+    times = [v.time for v in views]
+    gap = median_time_gap(times)
+    model = build_model(cfg, initial, gap, len(np.unique(np.round(times, 9))), device)
+    scale = scene_scale(views, model.splats["means"])
+    cameras = torch.nn.Parameter(torch.zeros(len(views), 6, device=device)) if cfg.refine_cameras else None
+    splat_opts, other_opts = build_optimizers(cfg, model, cameras, scale)
+    initial_rates = {**splat_learning_rates(cfg, scale), **{k: o.param_groups[0]["lr"] for k, o in other_opts.items()}}
+    strategy = make_strategy(cfg)
+    strategy.check_sanity(model.splats, splat_opts)
+    strategy_state = strategy.initialize_state(scene_scale=scale)
+    sampler = EpochSampler(len(views), seed)
+    generator = torch.Generator(device=device).manual_seed(seed + 1)     # on-device randomness (backgrounds, regs)
+    loop = LoopState()
+
+    resumed_from = None
+    latest = latest_checkpoint(ckpt_dir) if resume else None
+    if latest is not None:
+        state = read_checkpoint(latest)
+        splat_opts = restore(state, cfg, model, cameras, other_opts, strategy_state, loop, sampler, scale)
+        _set_rng_state(state["rng"], generator)
+        resumed_from = loop.step
+        log.info(f"resuming from {latest.name} (step {loop.step})")
+        kept = read_log_rows(log_path, loop.step)
+        write_text(log_path, ",".join(LOG_COLUMNS) + "\n" + "".join(",".join(r) + "\n" for r in kept))
+    elif log_path.exists():
+        log_path.unlink()
+
+    scene_bg = torch.tensor(data.scene_background, dtype=torch.float32, device=device)
+    fixed_color = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}.get(cfg.background)
+    fixed_bg = None if fixed_color is None else torch.tensor(fixed_color, device=device)
+    fixed_differs = fixed_color is not None and tuple(fixed_color) != tuple(map(float, data.scene_background))
+    want_depth = cfg.depth_lambda > 0 and any(v.depth is not None for v in views)
+    render_mode = "RGB+ED" if want_depth else "RGB"
+    n_dynamic_model = model.deformation is not None
+    good = capture(model, splat_opts, other_opts, strategy_state, cameras, loop, sampler)
+    buffer: list[torch.Tensor] = []       # per-step values (device), fetched every log_every steps
+    buffer_meta: list[tuple[int, int]] = []   # (step, gaussians)
+    last_psnr = float("nan")
+    start_step = loop.step
+    end_step = cfg.iterations if stop_after is None else min(cfg.iterations, start_step + stop_after)
+    bar = progress(None, desc="optimize", total=end_step, initial=start_step, unit="step")
+    tick = time.perf_counter()
+
+    # -------- the loop --------
+    while loop.step < end_step:
+        step = loop.step
+        set_learning_rates({**splat_opts, **other_opts}, initial_rates, step, cfg)
+        model.deform_enabled = step >= cfg.deform_warmup
+        sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
+
+        infos, losses, terms = [], [], []
+        for index in sampler.next(cfg.batch_size):
+            view = views[index]
+            image = view.image.to(device, torch.float32, non_blocking=True)
+            if cfg.background == "random" and view.alpha is not None:
+                background, recomposite = torch.rand(3, device=device, generator=generator), True
+            elif fixed_bg is not None:
+                background, recomposite = fixed_bg, view.alpha is not None and fixed_differs
+            else:
+                background, recomposite = scene_bg, False
+            target = image
+            if recomposite:       # RGBA: the ground truth composited on this step's background instead
+                alpha = view.alpha.to(device, torch.float32)[..., None]
+                target = image + (background - scene_bg) * (1.0 - alpha)
+            viewmat = view.world_to_camera if cameras is None else refined_world_to_camera(view.world_to_camera,
+                                                                                           cameras[index])
+            colors, alphas, info = model.rasterize(view.time, viewmat[None], view.K[None], view.width, view.height,
+                                                   backgrounds=background[None], render_mode=render_mode,
+                                                   sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad)
+            strategy.step_pre_backward(model.splats, splat_opts, strategy_state, step, info)
+            infos.append(info)
+            rgb = colors[0, ..., :3]
+            loss, l1, ssim_value = photometric_loss(rgb, target, cfg.ssim_lambda)
+            d_loss = torch.zeros((), device=device)
+            if want_depth and view.depth is not None:
+                valid = view.depth_valid & (alphas[0, ..., 0].detach() > 0.5)
+                d_loss = depth_loss(colors[0, ..., 3], view.depth, valid)
+                loss = loss + cfg.depth_lambda * d_loss
+            losses.append(loss)
+            terms.append(torch.stack([l1.detach(), ssim_value.detach(), d_loss.detach(), psnr(rgb.detach(), target)]))
+        loss = torch.stack(losses).mean()
+
+        motion = torch.zeros((), device=device)
+        if n_dynamic_model and model.deform_enabled and cfg.motion_lambda > 0:
+            index = model.dynamic_index()
+            if index.numel() > 0:
+                count = min(4096, index.numel())
+                pick = index[torch.randperm(index.numel(), device=device, generator=generator)[:count]]
+                h = gap
+                t = torch.rand(count, device=device, generator=generator) * max(1 - 2 * h, 0.0) + min(h, 0.5)
+                positions = model.positions_at(torch.stack([t - h, t, t + h]), pick)      # (3, count, 3)
+                motion = acceleration_loss(positions, scale)
+                field_reg = model.deformation.regularization()
+                if field_reg is not None:
+                    motion = motion + field_reg
+                loss = loss + cfg.motion_lambda * motion
+        scale_reg = torch.zeros((), device=device)
+        if cfg.scale_lambda > 0:
+            scale_reg = anisotropy_loss(model.splats["scales"], cfg.max_anisotropy)
+            loss = loss + cfg.scale_lambda * scale_reg
+
+        loss.backward()
+        for opt in (*splat_opts.values(), *other_opts.values()):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        events: DensifyEvents = strategy.step_post_backward(model.splats, splat_opts, strategy_state, step,
+                                                            infos if len(infos) > 1 else infos[0], packed=False)
+        if events.opacity_reset:
+            loop.guard.mean_loss = None      # the reset raises the loss on purpose: restart the running mean
+
+        mean_terms = torch.stack(terms).mean(0)
+        buffer.append(torch.cat([loss.detach()[None], mean_terms[:3], motion.detach()[None],
+                                 scale_reg.detach()[None], mean_terms[3:]]))
+        buffer_meta.append((step, model.num_gaussians()))
+        loop.step += 1
+        bar.update(1)
+
+        # -------- every log_every steps: fetch, log, guard --------
+        is_checkpoint = cfg.checkpoint_every > 0 and loop.step % cfg.checkpoint_every == 0
+        if loop.step % max(cfg.log_every, 1) == 0 or loop.step == end_step or is_checkpoint:
+            now = time.perf_counter()
+            loop.elapsed_s += now - tick
+            tick = now
+            values = torch.stack(buffer).tolist()      # (steps, 7): the one device->host transfer
+            window = [v[0] for v in values]
+            bad = next((x for x in window if not math.isfinite(x)
+                        or (loop.guard.mean_loss is not None and x > cfg.explode_factor * loop.guard.mean_loss)), None)
+            if bad is not None:
+                loop.guard.restores += 1
+                loop.guard.total_restores += 1
+                if loop.guard.restores > MAX_CONSECUTIVE_RESTORES:
+                    raise UserError(f"optimize: the loss was {bad:.4g} after {MAX_CONSECUTIVE_RESTORES} restores "
+                                    f"(around step {buffer_meta[0][0]}); lower the learning rates")
+                kept_guard = loop.guard
+                splat_opts = restore(good, cfg, model, cameras, other_opts, strategy_state, loop, None, scale)
+                loop.guard = kept_guard          # keep counting restores; the restored mean stays valid
+                log.warning(f"optimize: loss {bad:.4g} at steps {buffer_meta[0][0]}-{buffer_meta[-1][0]} "
+                            f"(NaN or > {cfg.explode_factor:g} x running mean); restored the state of step "
+                            f"{loop.step} and continued with fresh random samples")
+                bar.n = loop.step
+                bar.refresh()
+                buffer.clear()
+                buffer_meta.clear()
+                continue
+            loop.guard.restores = 0
+            mean_window = float(np.mean(window))
+            loop.guard.mean_loss = (mean_window if loop.guard.mean_loss is None
+                                    else 0.8 * loop.guard.mean_loss + 0.2 * mean_window)
+            rows = [[s, *[_format(x) for x in v[:7]], n, f"{loop.elapsed_s:.3f}"]
+                    for (s, n), v in zip(buffer_meta, values)]
+            append_log_rows(log_path, rows)
+            last_psnr = float(np.mean([v[6] for v in values]))
+            bar.set_postfix(loss=f"{values[-1][0]:.4f}", psnr=f"{last_psnr:.2f}", n=buffer_meta[-1][1], refresh=False)
+            buffer.clear()
+            buffer_meta.clear()
+            good = capture(model, splat_opts, other_opts, strategy_state, cameras, loop, sampler)
+            if is_checkpoint or loop.step == end_step:
+                state = capture(model, splat_opts, other_opts, strategy_state, cameras, loop, sampler,
+                                device=torch.device("cpu"))
+                state.update({"format": CHECKPOINT_FORMAT, "rng": _rng_state(device, generator),
+                              "model": model.to_state()})
+                write_checkpoint(ckpt_dir, state, cfg.keep_checkpoints)
+                tick = time.perf_counter()     # checkpoint writing is not training time
+    bar.close()
+    model.deform_enabled = True
+    return TrainResult(model=model, steps=loop.step, seconds=loop.elapsed_s, train_psnr=last_psnr,
+                       restores=loop.guard.total_restores, resumed_from=resumed_from)

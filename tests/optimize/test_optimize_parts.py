@@ -1,0 +1,314 @@
+"""Optimize stage parts: SSIM, depth loss, deformation models, densification (4D attributes, the opacity reset),
+camera corrections, the model's time evaluation and persistence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stages.optimize.config import OptimizeConfig
+from stages.optimize.deformation import Box, MLPField, MotionBases, PlanesField, positional_encoding
+from stages.optimize.densify import DensifyStrategy, make_strategy
+from stages.optimize.gaussians import create_splats
+from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, fit_scale_shift, ssim,
+                                    ssim_map)
+from stages.optimize.model import GaussianModel4D, load_model
+from stages.optimize.trainer import refined_world_to_camera
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# losses
+
+
+def test_ssim_valid_matches_skimage_gaussian_ssim(rng):
+    from skimage.metrics import structural_similarity
+
+    a = rng.uniform(size=(40, 48, 3))
+    b = np.clip(a + rng.normal(scale=0.1, size=a.shape), 0, 1)
+    b[10:20, 5:30] = rng.uniform(size=(10, 25, 3))
+    expected = structural_similarity(a, b, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False)
+    got = ssim(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), padding="valid")
+    assert abs(float(got) - expected) < 1e-6
+
+
+def test_ssim_same_padding_is_the_zero_padded_full_map(rng):
+    a = torch.tensor(rng.uniform(size=(1, 3, 20, 24)))
+    b = torch.tensor(rng.uniform(size=(1, 3, 20, 24)))
+    # Direct 2-D convolution with zero padding, as 3DGS's ssim does.
+    k = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-k**2 / (2 * 1.5**2))
+    g = g / g.sum()
+    w2d = (g[:, None] * g[None, :]).expand(3, 1, 11, 11)
+
+    def f(x):
+        return torch.nn.functional.conv2d(x, w2d, padding=5, groups=3)
+
+    mu_a, mu_b = f(a), f(b)
+    var_a, var_b, cov = f(a * a) - mu_a**2, f(b * b) - mu_b**2, f(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    expected = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    torch.testing.assert_close(ssim_map(a, b, padding="same"), expected, rtol=1e-10, atol=1e-12)
+    assert float(ssim(a, a)) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_depth_loss_is_scale_and_shift_invariant_and_has_a_gradient(rng):
+    target = torch.tensor(rng.uniform(1, 5, size=(16, 16)))
+    rendered = (3.0 * target - 0.7).requires_grad_(True)
+    valid = torch.ones(16, 16, dtype=torch.bool)
+    valid[0] = False
+    assert float(depth_loss(rendered, target, valid).detach()) < 1e-10
+    s, t = fit_scale_shift(target[valid], rendered.detach()[valid])
+    assert float(s) == pytest.approx(3.0, abs=1e-10) and float(t) == pytest.approx(-0.7, abs=1e-9)
+    bent = rendered + 0.3 * torch.tensor(rng.normal(size=(16, 16)))
+    loss = depth_loss(bent, target, valid)
+    assert float(loss.detach()) > 0.01
+    loss.backward()
+    assert rendered.grad.abs().sum() > 0 and rendered.grad[0].abs().sum() == 0, "invalid pixels get no gradient"
+
+
+def test_regularisers_match_their_definitions():
+    log_scales = torch.log(torch.tensor([[1.0, 1.0, 1.0], [1.0, 2.0, 30.0]]))
+    assert float(anisotropy_loss(log_scales, 10.0)) == pytest.approx((0 + 20.0) / 2)
+    t = torch.tensor([0.2, 0.5, 0.8])
+    constant_velocity = torch.stack([torch.stack([t * 3, t, -t], -1) + dt for dt in (-0.1, 0.0, 0.1)])   # (3, M, 3)
+    assert float(acceleration_loss(constant_velocity, 2.0)) == pytest.approx(0.0, abs=1e-12)
+    bump = constant_velocity.clone()
+    bump[1, :, 0] += 0.2           # second difference -0.4 in x
+    assert float(acceleration_loss(bump, 2.0)) == pytest.approx((0.4 / 2.0) ** 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# deformation
+
+
+def test_motion_bases_are_uniform_cubic_bsplines(rng):
+    from scipy.interpolate import BSpline
+
+    bases = MotionBases(count=3, knots=9)
+    control = torch.tensor(rng.normal(size=(3, 9)), dtype=torch.float32)
+    bases.control.data.copy_(control)
+    knots = (np.arange(9 + 4) - 3.0) / (9 - 3)                       # uniform, [0, 1] = the spline's domain
+    t = np.concatenate([rng.uniform(size=50), [0.0, 1.0, 0.5]])
+    expected = np.stack([BSpline(knots, control[b].double().numpy(), 3)(t) for b in range(3)], -1)   # (T, 3)
+    got = bases.basis(torch.tensor(t, dtype=torch.float32)).detach().double().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Initialised as a smoothed DCT basis: close to cos(pi b t).
+    fresh = MotionBases(count=2, knots=32).basis(torch.linspace(0, 1, 11))
+    np.testing.assert_allclose(fresh[:, 0].detach().numpy(), np.cos(np.pi * np.linspace(0, 1, 11)), atol=0.01)
+
+
+@pytest.mark.parametrize("kind", ["bases", "mlp", "planes"])
+def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, rng):
+    torch.manual_seed(0)
+    means = torch.tensor(rng.normal(size=(64, 3)), dtype=torch.float32)
+    box = Box.around(means)
+    model = {"bases": lambda: MotionBases(6, 10), "mlp": lambda: MLPField(box, 32, 3, 4, 3),
+             "planes": lambda: PlanesField(box, (8, 16), 6, 4, 16)}[kind]()
+    coefs = {k: torch.randn(64, *shape) for k, shape in model.per_gaussian_shapes().items()}
+    for p in (model.out.weight, model.out.bias) if kind != "bases" else ():
+        torch.nn.init.normal_(p, std=0.1)   # the networks start at zero motion; give them some
+    if kind == "planes":
+        for plane in model.planes:          # time planes start constant (time-independent features)
+            plane.data.uniform_(0.1, 0.9)
+    anchors = torch.rand(64)
+    at_anchor = model.displacement(means, anchors, anchors, coefs)
+    assert at_anchor.abs().max() < 1e-6
+    elsewhere = model.displacement(means, 0.9, anchors, coefs)
+    assert elsewhere.shape == (64, 10) and elsewhere[:, :3].abs().mean() > 1e-3
+
+
+def test_networks_start_without_motion(rng):
+    means = torch.tensor(rng.normal(size=(10, 3)), dtype=torch.float32)
+    for field in (MLPField(Box.around(means)), PlanesField(Box.around(means), (8,), 4)):
+        assert field.displacement(means, 0.7, torch.zeros(10), {}).abs().max() == 0
+
+
+def test_positional_encoding_layout():
+    x = torch.tensor([[0.25, -0.5]])
+    enc = positional_encoding(x, 2)
+    expected = [0.25, -0.5] + [math.sin(math.pi * f * v) for v in (0.25, -0.5) for f in (1, 2)] + \
+        [math.cos(math.pi * f * v) for v in (0.25, -0.5) for f in (1, 2)]
+    np.testing.assert_allclose(enc[0].numpy(), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# densification
+
+
+def _tagged_splats(n: int, with_optimizers: bool = True):
+    """Splats whose every attribute encodes the Gaussian's id, so that misalignment after ops is visible."""
+    ids = torch.arange(n, dtype=torch.float32)
+    splats = create_splats(means=torch.stack([ids, ids, ids], -1) * 0.01, sh=ids.view(n, 1, 1).expand(n, 1, 3),
+                           opacity_logits=torch.full((n,), 2.0), log_scales=torch.full((n, 3), -3.0),
+                           quats=torch.tensor([1.0, 0, 0, 0]).expand(n, 4), is_dynamic=ids % 2 == 1,
+                           anchor_times=ids / n, sh_degree=1, temporal_sigma=0.1,
+                           extra={"motion_coefs": (2, 10)})
+    splats["motion_coefs"].data[:] = ids.view(n, 1, 1)
+    splats["time_centers"].data[:] = ids / n
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in splats.items() if p.requires_grad}
+    return splats, optimizers
+
+
+def _check_aligned(splats):
+    ids = splats["sh0"][:, 0, 0]
+    assert torch.equal(splats["motion_coefs"][:, 0, 0], ids)
+    assert torch.allclose(splats["time_centers"], splats["anchor_times"])
+    assert torch.equal(splats["motion_coefs"][:, 1, 9], ids)
+    assert torch.equal(splats["is_dynamic"], ids.long() % 2 == 1)
+
+
+def _info(n: int, grads: torch.Tensor, radii: torch.Tensor) -> dict:
+    means2d = torch.zeros(1, n, 2, requires_grad=True)
+    means2d.grad = grads
+    return {"means2d": means2d, "radii": radii, "width": 64, "height": 48, "n_cameras": 1, "gaussian_ids": None}
+
+
+def test_split_duplicate_prune_keep_the_4d_attributes_aligned():
+    torch.manual_seed(0)
+    n = 40
+    splats, optimizers = _tagged_splats(n)
+    anchors = splats["anchor_times"].detach().clone()
+    strategy = DensifyStrategy(refine_start_iter=0, refine_every=1, reset_every=10**9, grow_grad2d=1e-3,
+                               grow_scale3d=0.5, prune_opa=0.05)
+    strategy.check_sanity(splats, optimizers)
+    state = strategy.initialize_state(scene_scale=1.0)
+    grads = torch.zeros(1, n, 2)
+    grads[0, :20, 0] = 1.0                                    # the first 20 grow
+    radii = torch.ones(1, n, 2, dtype=torch.int32)
+    splats["scales"].data[:10] = 0.0                          # 10 large ones split, 10 small ones duplicate
+    splats["opacities"].data[35:] = -10.0                     # 5 pruned
+    events = strategy.step_post_backward(splats, optimizers, state, 1, _info(n, grads, radii))
+    assert (events.duplicated, events.split, events.pruned) == (10, 10, 5)
+    assert len(splats["means"]) == n + 10 + 10 - 5
+    _check_aligned(splats)
+    ids = splats["sh0"][:, 0, 0].long()
+    assert torch.equal(splats["anchor_times"], anchors[ids])
+    assert sorted(ids.tolist()) == sorted(list(range(35)) + list(range(10)) + list(range(10, 20)))
+    for key, opt in optimizers.items():        # optimizer states follow the new rows
+        assert opt.param_groups[0]["params"][0] is splats[key]
+
+
+def test_dense_statistics_equal_gsplat_index_add(rng):
+    from gsplat.strategy import DefaultStrategy
+
+    n = 50
+    grads = torch.tensor(rng.normal(size=(2, n, 2)), dtype=torch.float32)
+    radii = torch.tensor(rng.integers(0, 3, size=(2, n, 2)), dtype=torch.int32)
+    splats, _ = _tagged_splats(n)
+    ours, theirs = DensifyStrategy(), DefaultStrategy()
+    s1, s2 = ours.initialize_state(), theirs.initialize_state()
+    info = _info(n, grads[:1], radii[:1])
+    info["means2d"] = torch.zeros(2, n, 2, requires_grad=True)
+    info["means2d"].grad = grads
+    info["radii"], info["n_cameras"] = radii, 2
+    ours._update_state(splats, s1, info)
+    theirs._update_state(splats, s2, info)
+    torch.testing.assert_close(s1["grad2d"], s2["grad2d"])
+    torch.testing.assert_close(s1["count"], s2["count"])
+
+
+def test_the_opacity_reset_happens_unlike_gsplat_1_5_3():
+    """gsplat 1.5.3's DefaultStrategy never resets opacities (spec section 4.3); ours does, at reset_every."""
+    from gsplat.strategy import DefaultStrategy
+
+    results = {}
+    for cls in (DefaultStrategy, DensifyStrategy):
+        splats, optimizers = _tagged_splats(8)
+        strategy = cls(refine_start_iter=10**9, reset_every=30, refine_stop_iter=100, prune_opa=0.005)
+        state = strategy.initialize_state()
+        info = _info(8, torch.zeros(1, 8, 2), torch.ones(1, 8, 2, dtype=torch.int32))
+        opacities = []
+        for step in range(0, 61):
+            strategy.step_post_backward(splats, optimizers, state, step, info)
+            opacities.append(float(torch.sigmoid(splats["opacities"].detach()).max()))
+        results[cls.__name__] = opacities
+    assert max(results["DefaultStrategy"]) == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
+    ours = results["DensifyStrategy"]
+    assert ours[29] > 0.8 and ours[30] == pytest.approx(0.01, rel=1e-4) and ours[60] == pytest.approx(0.01, rel=1e-4)
+
+
+def test_make_strategy_turns_refinement_off():
+    cfg = OptimizeConfig(densify=False)
+    strategy = make_strategy(cfg)
+    splats, optimizers = _tagged_splats(6)
+    state = strategy.initialize_state()
+    info = _info(6, torch.ones(1, 6, 2), torch.ones(1, 6, 2, dtype=torch.int32))
+    for step in range(0, 3001, 500):
+        assert not strategy.step_post_backward(splats, optimizers, state, step, info).opacity_reset
+    assert len(splats["means"]) == 6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cameras, model
+
+
+def test_camera_correction_is_a_left_rotation_and_translation(rng):
+    from scipy.spatial.transform import Rotation
+
+    w2c = torch.tensor(np.linalg.inv(np.block([[Rotation.random(random_state=1).as_matrix(), rng.normal(size=(3, 1))],
+                                               [np.zeros((1, 3)), np.ones((1, 1))]])), dtype=torch.float64)
+    assert torch.allclose(refined_world_to_camera(w2c, torch.zeros(6, dtype=torch.float64)), w2c)
+    delta = torch.tensor([0.1, -0.2, 0.05, 0.3, 0.0, -0.1], dtype=torch.float64)
+    R = torch.tensor(Rotation.from_rotvec(delta[:3].numpy()).as_matrix())
+    expected = w2c.clone()
+    expected[:3, :3] = R @ w2c[:3, :3]
+    expected[:3, 3] = R @ w2c[:3, 3] + delta[3:]
+    torch.testing.assert_close(refined_world_to_camera(w2c, delta), expected)
+
+
+def _small_model(kind: str = "bases") -> GaussianModel4D:
+    from stages.optimize.deformation import build_deformation
+
+    torch.manual_seed(0)
+    splats, _ = _tagged_splats(12)
+    deformation = build_deformation({"kind": "bases", "count": 2, "knots": 6} if kind == "bases" else
+                                    {"kind": "mlp", "width": 16, "depth": 2, "position_octaves": 2, "time_octaves": 2},
+                                    Box.around(splats["means"].detach()))
+    if kind == "mlp":
+        torch.nn.init.normal_(deformation.out.weight, std=0.1)
+    return GaussianModel4D(splats, deformation, sh_degree=1, temporal_opacity=True)
+
+
+def test_gaussians_at_moves_only_dynamic_gaussians_and_fades_them_in_time():
+    model = _small_model()
+    g = model.gaussians_at(0.9)
+    s = model.splats
+    static = ~s["is_dynamic"]
+    assert torch.equal(g["means"][static], s["means"][static]) and torch.equal(g["quats"][static], s["quats"][static])
+    assert (g["means"][~static] - s["means"][~static]).norm(dim=-1).min() > 0
+    sigma = torch.exp(s["time_log_scales"])
+    expected = torch.sigmoid(s["opacities"]) * torch.where(
+        s["is_dynamic"], torch.exp(-0.5 * ((0.9 - s["time_centers"]) / sigma) ** 2), torch.ones(()))
+    torch.testing.assert_close(g["opacities"], expected)
+    assert g["sh"].shape == (12, 4, 3) and model.gaussians_at(0.1, sh_degree=0)["sh"].shape == (12, 1, 3)
+    # At its anchor time a dynamic Gaussian is exactly its canonical self.
+    i = int(torch.nonzero(s["is_dynamic"])[0])
+    at_anchor = model.gaussians_at(float(s["anchor_times"][i]))
+    torch.testing.assert_close(at_anchor["means"][i], s["means"][i])
+
+
+@pytest.mark.parametrize("kind", ["bases", "mlp"])
+def test_saved_model_loads_and_evaluates_identically(kind, tmp_path):
+    model = _small_model(kind)
+    model.save(tmp_path / "model.pt")
+    back = load_model(tmp_path / "model.pt")
+    assert back.num_gaussians() == 12 and back.sh_degree == 1 and back.deformation.kind == kind
+    for t in (0.0, 0.37, 1.0):
+        a, b = model.gaussians_at(t), back.gaussians_at(t)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key])
+
+
+def test_load_model_rejects_other_files(tmp_path):
+    from pipeline.errors import UserError
+
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a page4dgs"):
+        load_model(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(UserError):
+        load_model(tmp_path / "junk.pt")
