@@ -87,7 +87,7 @@ def ring_cameras(n: int, radius: float = 3.0, height: float = 1.2) -> list[np.nd
 
 
 def make_fake_run(root: Path, n_frames: int = 8, width: int = 40, height: int = 32, test_every: int = 4,
-                  overrides: tuple[str, ...] = ()) -> FakeRun:
+                  overrides: tuple[str, ...] = (), seed: int = 0) -> FakeRun:
     """A D-NeRF scene in ``root/scene`` (every ``test_every``-th frame held out) and a run in ``root/run``."""
     model = TinyModel()
     scene_dir, run_dir = root / "scene", root / "run"
@@ -95,13 +95,15 @@ def make_fake_run(root: Path, n_frames: int = 8, width: int = 40, height: int = 
     K = intrinsics_from_fov(fov_x, width, height)
     w2cs = ring_cameras(n_frames)
     times = np.linspace(0.0, 1.0, n_frames)
+    rng = np.random.default_rng(seed)
     splits = {"train": [], "test": []}
     renders = {}                                          # time -> render (every frame has its own time)
     for i, (w2c, t) in enumerate(zip(w2cs, times)):
         split = "test" if i % test_every == test_every // 2 else "train"
         name = f"r_{len(splits[split]):03d}"
         out = renders[float(t)] = model.render(w2c, K, width, height, float(t))
-        write_png(scene_dir / split / f"{name}.png", out["rgb"].numpy())
+        noise = 0.03 * rng.standard_normal((height, width, 3))          # the model is not a perfect fit
+        write_png(scene_dir / split / f"{name}.png", np.clip(out["rgb"].numpy() + noise, 0, 1))
         splits[split].append({"file_path": f"./{split}/{name}", "time": float(t),
                               "transform_matrix": opencv_w2c_to_opengl_c2w(w2c).tolist(), "_w2c": w2c})
     for split, entries in splits.items():
@@ -117,7 +119,6 @@ def make_fake_run(root: Path, n_frames: int = 8, width: int = 40, height: int = 
     write_text(run_dir / "config.yaml", dump_yaml(config))
     frames_json, predicted = [], []
     sim3 = Sim3(1.5, np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), np.array([0.2, -0.1, 0.3]))
-    rng = np.random.default_rng(1)
     for f in scene.frames:
         cam = f.camera
         entry = {"name": f.name, "index": f.index, "time": f.time, "time_index": f.time_index, "split": f.split,
@@ -139,9 +140,9 @@ def make_fake_run(root: Path, n_frames: int = 8, width: int = 40, height: int = 
                                                                  "frames": predicted})
     _write_points(run_dir / "geometry" / "points.ply", model)
     steps = np.arange(0, 101, 10)
-    lines = ["step,loss,psnr,num_gaussians,wall_s"] + [
-        f"{s},{0.2 * math.exp(-s / 40) + 0.01:.6f},{18 + 10 * (1 - math.exp(-s / 30)):.4f},28,{0.05 * s:.3f}"
-        for s in steps]
+    lines = ["step,loss,l1,ssim,depth,motion,scale,psnr,gaussians,seconds"] + [
+        f"{s},{0.2 * math.exp(-s / 40) + 0.01:.6f},{0.15 * math.exp(-s / 40):.6f},{0.3 * math.exp(-s / 50):.6f},"
+        f"0.0,,0.001,{18 + 10 * (1 - math.exp(-s / 30)):.4f},{28 + s // 10},{0.05 * s:.3f}" for s in steps]
     write_text(run_dir / "optimize" / "log.csv", "\n".join(lines) + "\n")
     write_json(run_dir / "manifest.json", {"page4dgs": "test", "stages": {
         name: {"status": "done", "wall_s": wall, "device": "cpu (test)"}

@@ -1,0 +1,132 @@
+"""The evaluate stage on a tiny finished run: metrics.json against the metric functions applied to the right
+image pairs, geometry metrics where ground truth exists, and `page4dgs evaluate`."""
+
+import json
+
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio
+
+from pipeline.cli import main
+from pipeline.config import config_from_dict, read_yaml
+from pipeline.scene import load_scene
+from pipeline.scene.images import read_image, read_mask
+from stages.evaluate.depth_metrics import depth_errors
+from stages.evaluate.image_metrics import masked_psnr, ssim_3dgs
+from stages.evaluate.pose_metrics import pose_errors
+from stages.initialize.geometry_io import read_cameras
+from stages.evaluate.stage import evaluate_run, write_outputs
+from tests.evaluate.test_lpips import weights_built
+from tests.render.fake_run import use_tiny_model
+
+DESIGN_KEYS = {"protocol", "psnr", "ssim", "lpips_alex", "lpips_vgg", "per_view", "timing", "device"}
+
+
+def rendered_run(fake_run, monkeypatch, with_video=False):
+    """The fake run after its render stage (test views; optionally one video)."""
+    from stages.render.stage import open_run, render_test_views, render_video
+
+    use_tiny_model(monkeypatch, fake_run.model)
+    config = config_from_dict(read_yaml(fake_run.run_dir / "config.yaml"))
+    inputs = open_run(fake_run.run_dir, config.render, config.scene.background, "cpu")
+    render_test_views(inputs, fake_run.test_names, fake_run.run_dir)
+    if with_video:
+        render_video(inputs, "spiral-time", fake_run.run_dir / "videos" / "spiral-time.mp4")
+    return config
+
+
+def with_ground_truth(scene, run_dir):
+    """Attach ground-truth depth (the geometry depth x 2), dynamic masks (the geometry masks shifted by one
+    column) and covisibility masks (left 60 % of each test image) to the scene's frames."""
+    for f in scene.frames:
+        depth = np.load(run_dir / "geometry" / "depth" / f"{f.name}.npy")
+        mask = read_mask(run_dir / "geometry" / "dynamic_mask" / f"{f.name}.png")
+        f.load_depth = lambda d=depth: 2.0 * d
+        f.load_dynamic_mask = lambda m=mask: np.roll(m, 1, axis=1)
+        if f.split == "test":
+            covisible = np.zeros((f.height, f.width), bool)
+            covisible[:, : int(0.6 * f.width)] = True
+            f.load_covisible = lambda c=covisible: c
+    return scene
+
+
+@weights_built
+def test_metrics_json(fake_run, monkeypatch):
+    config = rendered_run(fake_run, monkeypatch)
+    run_dir = fake_run.run_dir
+    scene = with_ground_truth(load_scene(config.scene), run_dir)
+    evaluation = evaluate_run(run_dir, config, scene, "cpu")
+    write_outputs(evaluation, run_dir, run_dir, config, scene)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert DESIGN_KEYS | {"geometry", "extra", "masked"} == set(m)
+    assert [v["name"] for v in m["per_view"]] == fake_run.test_names
+    assert all(set(v) == {"name", "psnr", "ssim", "lpips_alex", "lpips_vgg"} for v in m["per_view"])
+
+    from stages.evaluate.lpips_metric import get_lpips
+
+    for view in m["per_view"]:
+        frame = scene.frame(view["name"])
+        gt = np.round(scene.rgb(frame).astype(np.float64) * 255) / 255
+        render = read_image(run_dir / "render" / "test" / f"{frame.name}.png").astype(np.float64)
+        assert view["psnr"] == pytest.approx(peak_signal_noise_ratio(gt, render, data_range=1.0), abs=1e-6)
+        assert view["ssim"] == pytest.approx(ssim_3dgs(render, gt), abs=1e-9)
+        assert view["lpips_alex"] == pytest.approx(get_lpips("alex")(render, gt), abs=1e-6)
+        assert 20 < view["psnr"] < 45 and 0 < view["lpips_alex"] < 0.5
+    assert m["psnr"] == pytest.approx(np.mean([v["psnr"] for v in m["per_view"]]), abs=1e-12)
+    assert m["lpips_vgg"] == pytest.approx(np.mean([v["lpips_vgg"] for v in m["per_view"]]), abs=1e-12)
+
+    first = scene.frame(fake_run.test_names[0])
+    gt = np.round(scene.rgb(first).astype(np.float64) * 255) / 255
+    render = read_image(run_dir / "render" / "test" / f"{first.name}.png").astype(np.float64)
+    assert m["masked"]["per_view"][0]["mpsnr"] == pytest.approx(masked_psnr(render, gt, first.load_covisible()))
+    assert m["masked"]["per_view"][0]["covisible_fraction"] == pytest.approx(0.6, abs=0.03)
+
+    geometry = m["geometry"]
+    reference = np.stack([f.camera.world_to_camera for f in sorted(scene.frames, key=lambda f: f.index)])
+    predicted = {c.name: c.world_to_camera for c in read_cameras(run_dir / "geometry/predicted_cameras.json")[0]}
+    expected = pose_errors(np.stack([predicted[f.name] for f in sorted(scene.frames, key=lambda f: f.index)]),
+                           reference)
+    assert geometry["ate"] == pytest.approx(expected.ate) and 0.003 < geometry["ate"] < 0.03
+    assert geometry["rpe_rot_deg"] < 1e-6                         # only the centres were perturbed
+    assert geometry["depth_abs_rel"] == pytest.approx(0.0, abs=1e-9) and geometry["depth_delta_1.25"] == 1.0
+    masks = [read_mask(run_dir / "geometry" / "dynamic_mask" / f"{f.name}.png") for f in scene.frames]
+    inter = sum((mk & np.roll(mk, 1, axis=1)).sum() for mk in masks)
+    union = sum((mk | np.roll(mk, 1, axis=1)).sum() for mk in masks)
+    assert geometry["mask_iou"] == pytest.approx(inter / union) and 0.3 < geometry["mask_iou"] < 1
+
+    protocol = m["protocol"]
+    assert protocol["cameras"] == "dataset" and protocol["resolution"] == [40, 32]
+    assert "zero padding" in protocol["ssim"] and "[-1, 1]" in protocol["lpips"]
+    assert protocol["masks"].startswith("covisible") and set(protocol["geometry"]) == {"poses", "depth",
+                                                                                        "dynamic_masks"}
+    assert m["timing"]["optimize_s"] == 12.0 and m["timing"]["total_s"] >= 14.0
+    assert m["device"] == "cpu (test)"
+    assert m["extra"]["lpips_vgg_3dgs"] < m["lpips_vgg"]
+
+
+def test_without_lpips_or_ground_truth(fake_run, monkeypatch):
+    """evaluate.lpips=false: LPIPS is null; a scene without ground truth has no 'geometry' key."""
+    config = rendered_run(fake_run, monkeypatch)
+    config.evaluate.lpips = False
+    (fake_run.run_dir / "geometry" / "predicted_cameras.json").unlink()
+    m = evaluate_run(fake_run.run_dir, config, load_scene(config.scene), "cpu").metrics
+    assert m["lpips_alex"] is None and m["per_view"][0]["lpips_vgg"] is None and m["psnr"] > 20
+    assert "geometry" not in m and "masked" not in m and "not computed" in m["protocol"]["lpips"]
+    json.dumps(m, allow_nan=False)
+
+
+def test_missing_render_is_a_user_error(fake_run, capsys):
+    assert main(["evaluate", str(fake_run.run_dir)]) == 2
+    assert "render/test/r_000.png" in capsys.readouterr().err
+
+
+@weights_built
+def test_evaluate_command_rewrites_metrics_and_report(fake_run, monkeypatch):
+    rendered_run(fake_run, monkeypatch)
+    before = {p: p.read_bytes() for p in fake_run.run_dir.rglob("*") if p.is_file()}
+    assert main(["evaluate", str(fake_run.run_dir)]) == 0
+    after = {p for p in fake_run.run_dir.rglob("*") if p.is_file()}
+    assert after - set(before) == {fake_run.run_dir / "metrics.json", fake_run.run_dir / "report.html"}
+    assert all(p.read_bytes() == data for p, data in before.items())
+    m = json.loads((fake_run.run_dir / "metrics.json").read_text())
+    assert m["psnr"] > 20 and m["lpips_alex"] > 0
