@@ -26,6 +26,7 @@ and dy only on the row, so they reduce to small [tiles, tile_size, chunk] contra
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -43,9 +44,11 @@ N_GEOMETRY = 6              # per-Gaussian table columns before the colours: mea
 class RasterSettings:
     """Work decomposition of the torch backend; results do not depend on it (up to float summation order)."""
 
-    tile_size: int = 16         # pixels per tile side
+    tile_size: int = 8          # pixels per tile side (8 beats 16 on CPU: fewer pixel-Gaussian pairs)
     chunk: int = 32             # depth slots (Gaussians per tile) evaluated per step
-    step_elements: int = 1 << 19  # bound on tiles x pixels x chunk per step (memory and cache locality)
+    step_elements: int | None = None  # bound on tiles x pixels x chunk per step; None: 2^19 on CPU (cache
+                                      # locality), 2^23 on CUDA (fewer kernel launches)
+    cull_tiles_exactly: bool = True  # drop (tile, Gaussian) pairs whose alpha < 1/255 on the whole tile
 
 
 @dataclass
@@ -69,11 +72,13 @@ class TileBins:
 
 
 @torch.no_grad()
-def bin_gaussians(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int,
-                  tile_size: int = 16) -> TileBins:
+def bin_gaussians(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int, tile_size: int = 16,
+                  conics: Tensor | None = None, opacities: Tensor | None = None) -> TileBins:
     """Tile lists for means2d [C, N, 2], radii [C, N, 2] int (entries with a zero radius are skipped), depths [C, N].
 
     The tile range of an entry is gsplat's: [floor((m - r) / s), ceil((m + r) / s)) per axis, clipped to the image.
+    With conics [C, N, 3] and opacities [C, N], (tile, Gaussian) pairs whose alpha is below 1/255 at every pixel
+    centre of the tile are dropped as well (see `_reaches_tile`); the image is unchanged, the work shrinks.
     Entries are ordered by camera z within each tile; ties keep the Gaussian index order (as gsplat's stable radix
     sort does).
     """
@@ -96,8 +101,15 @@ def bin_gaussians(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, he
 
     owner = torch.repeat_interleave(torch.arange(len(n_per_entry), device=device), n_per_entry)  # [n_isects]
     local = torch.arange(len(owner), device=device) - (torch.cumsum(n_per_entry, 0) - n_per_entry)[owner]
-    tile_col = lo[owner, 0] + local % span[owner, 0]
-    tile_row = lo[owner, 1] + local // span[owner, 0]
+    owner_span_x = span[owner, 0]
+    tile_row = local.div(owner_span_x, rounding_mode="floor")
+    tile_col = lo[owner, 0] + (local - tile_row * owner_span_x)
+    tile_row = tile_row + lo[owner, 1]
+    if conics is not None and opacities is not None:
+        reaches = _reaches_tile(means2d[camera_ids, gaussian_ids][owner], conics[camera_ids, gaussian_ids][owner],
+                                opacities[camera_ids, gaussian_ids][owner], tile_col, tile_row, tile_size, width,
+                                height)
+        owner, tile_col, tile_row = owner[reaches], tile_col[reaches], tile_row[reaches]
     tile = (camera_ids[owner] * tiles_y + tile_row) * tiles_x + tile_col               # [n_isects] global tile id
     tile, by_tile = torch.sort(tile, stable=True)                                        # keeps z order per tile
     flat_ids = (camera_ids * n_gaussians + gaussian_ids)[owner][by_tile]
@@ -106,6 +118,44 @@ def bin_gaussians(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, he
     counts = torch.bincount(tile, minlength=n_tiles)
     offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     return TileBins(tile_size, tiles_x, tiles_y, n_cameras, offsets, flat_ids)
+
+
+def _reaches_tile(means2d: Tensor, conics: Tensor, opacities: Tensor, tile_col: Tensor, tile_row: Tensor,
+                  tile_size: int, width: int, height: int) -> Tensor:
+    """[K] bool: may the Gaussian reach alpha >= 1/255 at some pixel centre of the tile? (K (tile, Gaussian) pairs.)
+
+    alpha >= 1/255 needs sigma(p) <= ln(255 o). sigma is a convex quadratic of the pixel p, so its minimum over the
+    tile's rectangle of pixel centres is 0 if the mean is inside, else on one of the four edges, where it is a 1D
+    quadratic minimised in closed form and clamped to the edge. Computed in float64 and kept with a margin larger
+    than the float32 rounding of sigma in the compositor (which grows with the size of its terms), so that no pair
+    that could draw is ever dropped.
+    """
+    dtype = torch.float64
+    mean_x, mean_y = means2d.to(dtype).unbind(-1)
+    a, b, c = conics.to(dtype).unbind(-1)
+    x_lo = (tile_col * tile_size).to(dtype) + 0.5
+    x_hi = torch.clamp(x_lo + (tile_size - 1), max=width - 0.5)
+    y_lo = (tile_row * tile_size).to(dtype) + 0.5
+    y_hi = torch.clamp(y_lo + (tile_size - 1), max=height - 0.5)
+    dx_lo, dx_hi = mean_x - x_hi, mean_x - x_lo                                       # range of dx = mean - p
+    dy_lo, dy_hi = mean_y - y_hi, mean_y - y_lo
+
+    def sigma(dx: Tensor, dy: Tensor) -> Tensor:
+        return 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+
+    edge_minima = []
+    for dx in (dx_lo, dx_hi):                                                          # columns: minimise over dy
+        edge_minima.append(sigma(dx, torch.minimum(torch.maximum(-b * dx / c, dy_lo), dy_hi)))
+    for dy in (dy_lo, dy_hi):                                                          # rows: minimise over dx
+        edge_minima.append(sigma(torch.minimum(torch.maximum(-b * dy / a, dx_lo), dx_hi), dy))
+    inside = (dx_lo <= 0) & (dx_hi >= 0) & (dy_lo <= 0) & (dy_hi >= 0)
+    sigma_min = torch.stack(edge_minima).amin(dim=0) * ~inside
+
+    far_dx = torch.maximum(dx_lo.abs(), dx_hi.abs())
+    far_dy = torch.maximum(dy_lo.abs(), dy_hi.abs())
+    term_size = 0.5 * (a.abs() * far_dx ** 2 + c.abs() * far_dy ** 2) + b.abs() * far_dx * far_dy
+    margin = 1e-3 + 1e-5 * term_size
+    return sigma_min <= torch.log(255.0 * opacities.to(dtype)) + margin
 
 
 def image_to_tiles(image: Tensor, bins: TileBins) -> Tensor:
@@ -126,24 +176,53 @@ def tiles_to_image(tiles: Tensor, bins: TileBins, width: int, height: int) -> Te
     return image.reshape(bins.n_images, bins.tiles_y * s, bins.tiles_x * s, channels)[:, :height, :width]
 
 
-class _Geometry:
-    """One step's Gaussians (rows of the per-intersection table) evaluated over its tiles' pixels."""
+class _StepGeometry:
+    """One step's Gaussians (rows of the per-intersection table) over its tiles' pixels."""
 
     def __init__(self, rows: Tensor, pixel_x: Tensor, pixel_y: Tensor):
         # rows: [Ta, B, 6 + D]; pixel_x, pixel_y: [Ta, s] pixel-centre coordinates of the tiles' columns / rows.
         mean_x, mean_y, self.a, self.b, self.c, self.opacity = rows[..., :N_GEOMETRY].unbind(-1)  # [Ta, B] each
         self.dx = mean_x[:, None, :] - pixel_x[:, :, None]                      # [Ta, s(column), B]
         self.dy = mean_y[:, None, :] - pixel_y[:, :, None]                      # [Ta, s(row), B]
-        half_a_dx2 = 0.5 * self.a[:, None] * self.dx * self.dx                  # [Ta, s(column), B]
-        half_c_dy2 = 0.5 * self.c[:, None] * self.dy * self.dy                  # [Ta, s(row), B]
-        b_dx = self.b[:, None] * self.dx                                        # [Ta, s(column), B]
-        sigma = half_c_dy2[:, :, None] + half_a_dx2[:, None]                    # [Ta, s(row), s(column), B]
+
+    def alpha(self) -> Tensor:
+        """[Ta, s(row), s(column), B] alphas, exactly 0 where the Gaussian is skipped (sigma < 0, alpha < 1/255).
+
+        Built from per-column and per-row factors. The skip rules use `threshold_` (keep x where x > t, else a
+        value) with t the float just below the bound, which is `>=` exactly: ops that take a bool mask (where,
+        masked_fill, multiplying by a mask) cost several times more on CPU.
+        """
+        half_a_dx2 = (0.5 * self.a)[:, None] * self.dx * self.dx                 # [Ta, s(column), B]
+        half_c_dy2 = (0.5 * self.c)[:, None] * self.dy * self.dy                 # [Ta, s(row), B]
+        b_dx = self.b[:, None] * self.dx                                         # [Ta, s(column), B]
+        sigma = half_c_dy2[:, :, None] + half_a_dx2[:, None]                     # [Ta, s(row), s(column), B]
         sigma.addcmul_(b_dx[:, None], self.dy[:, :, None])
-        self.visibility = torch.exp(-sigma)                                     # exp(-sigma)
-        self.alpha_raw = self.visibility * self.opacity[:, None, None]          # o exp(-sigma), unclamped
-        alpha = self.alpha_raw.clamp(max=MAX_ALPHA)
-        skipped = (sigma < 0) | (alpha < ALPHA_THRESHOLD)
-        self.alpha = alpha.masked_fill_(skipped, 0.0)                           # skipped Gaussians: alpha 0
+        limits = _limits(sigma.dtype)
+        torch.nn.functional.threshold_(sigma, limits.below_zero, math.inf)      # sigma < 0: alpha = exp(-inf)
+        alpha = sigma.neg_().exp_().mul_(self.opacity[:, None, None]).clamp_(max=MAX_ALPHA)
+        return torch.nn.functional.threshold_(alpha, limits.below_alpha_threshold, 0.0)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    below_zero: float               # the largest float of the dtype below 0
+    below_alpha_threshold: float    # ... below 1/255 (as rounded to the dtype)
+    below_stop: float               # ... below or at 1e-4: x > this  <=>  x > 1e-4
+
+
+@functools.lru_cache(maxsize=None)
+def _limits(dtype: torch.dtype) -> _Limits:
+    def below(value: float) -> float:
+        as_dtype = torch.tensor(value, dtype=dtype)
+        return torch.nextafter(as_dtype, torch.tensor(-math.inf, dtype=dtype)).item()
+
+    stop = torch.tensor(TRANSMITTANCE_STOP, dtype=dtype).item()
+    return _Limits(below(0.0), below(ALPHA_THRESHOLD), stop)
+
+
+def _kept(trans: Tensor) -> Tensor:
+    """[Ta, P, B] 1.0 where a Gaussian is before the transmittance stop (T after it > 1e-4), else 0.0."""
+    return torch.nn.functional.threshold(trans[..., 1:], _limits(trans.dtype).below_stop, 0.0).sign_()
 
 
 def _transmittance(alpha: Tensor, incoming: Tensor) -> Tensor:
@@ -161,7 +240,8 @@ class _Steps:
     def __init__(self, bins: TileBins, settings: RasterSettings, device: torch.device, dtype: torch.dtype):
         s = bins.tile_size
         self.bins, self.chunk = bins, settings.chunk
-        self.max_tiles = max(1, settings.step_elements // (s * s * settings.chunk))
+        step_elements = settings.step_elements or (1 << 23 if device.type == "cuda" else 1 << 19)
+        self.max_tiles = max(1, step_elements // (s * s * settings.chunk))
         tile_in_image = torch.arange(bins.n_tiles, device=device) % (bins.tiles_x * bins.tiles_y)
         offset = torch.arange(s, device=device, dtype=dtype) + 0.5
         self.pixel_x = (tile_in_image % bins.tiles_x * s).to(dtype)[:, None] + offset   # [n_tiles, s]
@@ -192,7 +272,7 @@ class _CompositeTiles(torch.autograd.Function):
         inside = image_to_tiles(torch.ones(bins.n_images, height, width, 1, device=device), bins)[..., 0] > 0
         transmittance = torch.ones(bins.n_tiles, n_pixels, dtype=dtype, device=device)
         finished = ~inside                                                           # [n_tiles, P]
-        accumulated = torch.zeros(bins.n_tiles, n_pixels, n_channels, dtype=dtype, device=device)
+        accumulated = torch.zeros(bins.n_tiles, n_channels, n_pixels, dtype=dtype, device=device)  # [.., D, P]
         counts = bins.counts
         steps = _Steps(bins, settings, device, dtype)
         saved_steps: list[tuple[Tensor, int, Tensor]] = []
@@ -200,16 +280,18 @@ class _CompositeTiles(torch.autograd.Function):
         for chunk_index in range(math.ceil(int(counts.max()) / settings.chunk) if len(counts) else 0):
             pending = (counts > chunk_index * settings.chunk).nonzero()[:, 0]
             pending = pending[~finished[pending].all(dim=-1)]
+            if len(pending) == 0:                                                    # every tile is done
+                break
             for tiles in pending.split(steps.max_tiles):
                 rows = table[steps.rows(tiles, chunk_index, pad_row)]                # [Ta, B, 6 + D]
-                alpha = _Geometry(rows, steps.pixel_x[tiles], steps.pixel_y[tiles]).alpha
+                alpha = _StepGeometry(rows, steps.pixel_x[tiles], steps.pixel_y[tiles]).alpha()
                 t_in, finished_in = transmittance[tiles], finished[tiles]
-                t_work = t_in.masked_fill(finished_in, 0.0)                          # finished pixels add nothing
+                t_work = t_in * (~finished_in).view(torch.uint8)                     # finished pixels add nothing
                 trans = _transmittance(alpha, t_work)                                # [Ta, P, B + 1]
-                kept = trans[..., 1:] > TRANSMITTANCE_STOP                           # a prefix along B
-                weights = alpha.view_as(kept) * trans[..., :-1] * kept               # [Ta, P, B]
-                accumulated.index_add_(0, tiles, weights @ rows[..., N_GEOMETRY:])
-                n_kept = kept.sum(dim=-1, keepdim=True)                              # [Ta, P, 1]
+                kept = _kept(trans)                                                  # a prefix along B
+                weights = (alpha.view_as(kept) * trans[..., :-1]).mul_(kept)         # [Ta, P, B]
+                accumulated[tiles] += rows[..., N_GEOMETRY:].transpose(1, 2) @ weights.transpose(1, 2)
+                n_kept = kept.sum(dim=-1, keepdim=True).long()                       # [Ta, P, 1]
                 t_out = trans.gather(-1, n_kept)[..., 0]
                 transmittance[tiles] = torch.where(finished_in, t_in, t_out)
                 finished[tiles] = finished_in | (n_kept[..., 0] < settings.chunk)
@@ -218,8 +300,8 @@ class _CompositeTiles(torch.autograd.Function):
         background_tiles = None
         if backgrounds is not None:
             background_tiles = backgrounds.repeat_interleave(bins.tiles_x * bins.tiles_y, dim=0)  # [n_tiles, D]
-            accumulated += transmittance[..., None] * background_tiles[:, None, :]
-        render_colors = tiles_to_image(accumulated, bins, width, height)
+            accumulated += background_tiles[:, :, None] * transmittance[:, None, :]
+        render_colors = tiles_to_image(accumulated.transpose(1, 2), bins, width, height)
         render_alphas = tiles_to_image(1.0 - transmittance[..., None], bins, width, height)
 
         ctx.bins, ctx.width, ctx.height, ctx.settings = bins, width, height, settings
@@ -258,47 +340,50 @@ class _CompositeTiles(torch.autograd.Function):
         for tiles, chunk_index, t_work in reversed(ctx.saved_steps):
             row_ids = steps.rows(tiles, chunk_index, pad_row)                        # [Ta, B]
             rows = table[row_ids]                                                    # [Ta, B, 6 + D]
-            geo = _Geometry(rows, steps.pixel_x[tiles], steps.pixel_y[tiles])
+            geo = _StepGeometry(rows, steps.pixel_x[tiles], steps.pixel_y[tiles])
             n_tiles, s = len(tiles), bins.tile_size
-            alpha = geo.alpha.view(n_tiles, s * s, -1)                               # [Ta, P, B]
+            alpha = geo.alpha().view(n_tiles, s * s, -1)                             # [Ta, P, B]
             trans = _transmittance(alpha, t_work)
             t_before = trans[..., :-1]                                               # T seen by each Gaussian
-            contributes = (trans[..., 1:] > TRANSMITTANCE_STOP) & (alpha > 0)        # composited
-            weights = alpha * t_before * contributes                                 # [Ta, P, B]
+            kept = _kept(trans)                                                      # before the stop
+            weights = (alpha * t_before).mul_(kept)                                  # [Ta, P, B]
 
             grad_pixel = grad_colors[tiles]                                          # [Ta, P, D]
             colors = rows[..., N_GEOMETRY:]                                          # [Ta, B, D]
-            grad_dot_color = grad_pixel @ colors.transpose(1, 2)                     # [Ta, P, B]
-            contribution = grad_dot_color * weights
-            behind = contribution.sum(dim=-1, keepdim=True) - contribution.cumsum(dim=-1)  # sum over j > k
+            grad_dot_color = grad_pixel @ colors.transpose(1, 2)                     # [Ta, P, B]: g . c_k
+            running = (grad_dot_color * weights).cumsum_(dim=-1)                     # [Ta, P, B]
             suffix_in = suffix[tiles]
-            grad_alpha = grad_dot_color * t_before - (suffix_in[..., None] + behind) / (1.0 - alpha)
-            grad_alpha = grad_alpha * contributes
-            suffix[tiles] = suffix_in + contribution.sum(dim=-1)
+            suffix_out = suffix_in + running[..., -1]
+            suffix[tiles] = suffix_out
+            # dL/dalpha_k = T_k (g . c_k) - (everything composited behind k, incl. the background) / (1 - alpha_k)
+            behind = torch.sub(suffix_out[..., None], running).div_(1.0 - alpha)
+            grad_alpha = (grad_dot_color * t_before).sub_(behind)
+            # alpha dL/dalpha = -dL/dsigma (alpha = o exp(-sigma)); dL/do = sum_p alpha dL/dalpha / o. Only
+            # composited (alpha > 0 and before the stop), unclamped (alpha < 0.999) Gaussians pass it on.
+            passes = torch.sub(MAX_ALPHA, alpha).sign_().mul_(kept)
+            alpha_grad_alpha = grad_alpha.mul_(alpha).mul_(passes).view(n_tiles, s, s, -1)
 
-            grad_color = weights.transpose(1, 2) @ grad_pixel                        # [Ta, B, D]
-            grad_alpha = grad_alpha.view_as(geo.alpha).masked_fill_(geo.alpha_raw > MAX_ALPHA, 0.0)  # clamp
-            grad_opacity = (grad_alpha * geo.visibility).sum(dim=(1, 2))             # [Ta, B]
-            grad_sigma = grad_alpha.mul_(geo.alpha_raw).neg_()                       # [Ta, s(row), s(col), B]
-
-            # Pixel sums of grad_sigma times dx^2, dy^2, dx dy, dx, dy, with dx per column and dy per row.
-            per_column = grad_sigma.sum(dim=1)                                       # [Ta, s(col), B]
-            per_row = grad_sigma.sum(dim=2)                                          # [Ta, s(row), B]
-            dx_weighted_rows = (grad_sigma * geo.dx[:, None]).sum(dim=2)             # [Ta, s(row), B]
-            sum_dx = (per_column * geo.dx).sum(dim=1)                                # [Ta, B]
+            grad_color = (grad_pixel.transpose(1, 2) @ weights).transpose(1, 2)      # [Ta, B, D]
+            # Pixel sums of alpha dL/dalpha times dx^2, dy^2, dx dy, dx, dy, with dx per column and dy per row.
+            per_column = alpha_grad_alpha.sum(dim=1)                                 # [Ta, s(col), B]
+            per_row = alpha_grad_alpha.sum(dim=2)                                    # [Ta, s(row), B]
+            dx_weighted_rows = (alpha_grad_alpha * geo.dx[:, None]).sum(dim=2)       # [Ta, s(row), B]
+            total = per_column.sum(dim=1)                                            # [Ta, B]
+            sum_dx = (per_column * geo.dx).sum(dim=1)
             sum_dy = (per_row * geo.dy).sum(dim=1)
             sum_dx2 = (per_column * geo.dx * geo.dx).sum(dim=1)
             sum_dy2 = (per_row * geo.dy * geo.dy).sum(dim=1)
             sum_dxdy = (dx_weighted_rows * geo.dy).sum(dim=1)
-            grads = [geo.a * sum_dx + geo.b * sum_dy,                                # d/d mean x
-                     geo.b * sum_dx + geo.c * sum_dy,                                # d/d mean y
-                     0.5 * sum_dx2, sum_dxdy, 0.5 * sum_dy2,                         # d/d a, b, c
-                     grad_opacity]
+            # sigma = (a dx^2 + c dy^2) / 2 + b dx dy with dx = mean_x - pixel_x; dL/dsigma = -alpha dL/dalpha
+            grads = [-(geo.a * sum_dx + geo.b * sum_dy),                             # d/d mean x
+                     -(geo.b * sum_dx + geo.c * sum_dy),                             # d/d mean y
+                     -0.5 * sum_dx2, -sum_dxdy, -0.5 * sum_dy2,                      # d/d a, b, c
+                     total / geo.opacity]                                            # d/d opacity (pad: junk)
             if ctx.absgrad:                                                          # sum_p |per-pixel d/d mean|
                 a_dx, b_dx = geo.a[:, None] * geo.dx, geo.b[:, None] * geo.dx        # [Ta, s(col), B]
                 b_dy, c_dy = geo.b[:, None] * geo.dy, geo.c[:, None] * geo.dy        # [Ta, s(row), B]
-                grads += [(grad_sigma * (a_dx[:, None] + b_dy[:, :, None])).abs_().sum(dim=(1, 2)),
-                          (grad_sigma * (b_dx[:, None] + c_dy[:, :, None])).abs_().sum(dim=(1, 2))]
+                grads += [(alpha_grad_alpha * (a_dx[:, None] + b_dy[:, :, None])).abs_().sum(dim=(1, 2)),
+                          (alpha_grad_alpha * (b_dx[:, None] + c_dy[:, :, None])).abs_().sum(dim=(1, 2))]
             geometry_grads = torch.stack(grads, dim=-1)                              # [Ta, B, 6 (+2)]
             step_grads = torch.cat([geometry_grads[..., :N_GEOMETRY], grad_color, geometry_grads[..., N_GEOMETRY:]],
                                    dim=-1)
@@ -330,7 +415,9 @@ def rasterize_to_pixels(means2d: Tensor, conics: Tensor, colors: Tensor, opaciti
     """
     settings = settings or RasterSettings()
     n_cameras, n_gaussians = radii.shape[:2]
-    bins = bin_gaussians(means2d.detach(), radii, depths.detach(), width, height, settings.tile_size)
+    bins = bin_gaussians(means2d.detach(), radii, depths.detach(), width, height, settings.tile_size,
+                         conics.detach() if settings.cull_tiles_exactly else None,
+                         opacities.detach() if settings.cull_tiles_exactly else None)
     absgrad_target = [means2d] if absgrad else None   # a list, so that autograd does not treat it as an input
     render_colors, render_alphas = _CompositeTiles.apply(
         means2d.reshape(-1, 2), conics.reshape(-1, 3), colors.reshape(n_cameras * n_gaussians, -1),
