@@ -49,6 +49,7 @@ class RasterSettings:
     step_elements: int | None = None  # bound on tiles x pixels x chunk per step; None: 2^19 on CPU (cache
                                       # locality), 2^23 on CUDA (fewer kernel launches)
     cull_tiles_exactly: bool = True  # drop (tile, Gaussian) pairs whose alpha < 1/255 on the whole tile
+    cache_bytes: int = 1 << 28        # forward results kept for the backward (beyond: recomputed there)
 
 
 @dataclass
@@ -86,13 +87,14 @@ def bin_gaussians(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, he
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     device = means2d.device
 
-    camera_ids, gaussian_ids = (radii > 0).all(dim=-1).nonzero(as_tuple=True)          # [M] each
-    order = torch.sort(depths[camera_ids, gaussian_ids], stable=True).indices
-    order = order[torch.sort(camera_ids[order], stable=True).indices]                   # camera-major, then z
-    camera_ids, gaussian_ids = camera_ids[order], gaussian_ids[order]
+    visible = (radii > 0).all(dim=-1).view(-1).nonzero()[:, 0]                          # [M] flat (camera, Gaussian)
+    camera_ids = visible.div(n_gaussians, rounding_mode="floor")
+    order = torch.sort(depths.reshape(-1).index_select(0, visible), stable=True).indices
+    order = order.index_select(0, torch.sort(camera_ids.index_select(0, order), stable=True).indices)
+    visible, camera_ids = visible.index_select(0, order), camera_ids.index_select(0, order)  # camera-major, then z
 
-    centre = means2d[camera_ids, gaussian_ids] / tile_size                              # [M, 2] in tiles
-    half_size = radii[camera_ids, gaussian_ids].to(means2d.dtype) / tile_size           # [M, 2] in tiles
+    centre = means2d.reshape(-1, 2).index_select(0, visible) / tile_size              # [M, 2] in tiles
+    half_size = radii.reshape(-1, 2).index_select(0, visible).to(means2d.dtype) / tile_size  # [M, 2] in tiles
     tile_limit = torch.tensor([tiles_x, tiles_y], device=device)
     lo = torch.floor(centre - half_size).long().clamp(min=0).minimum(tile_limit)       # [M, 2] inclusive
     hi = torch.ceil(centre + half_size).long().clamp(min=0).minimum(tile_limit)        # [M, 2] exclusive
@@ -100,19 +102,21 @@ def bin_gaussians(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, he
     n_per_entry = span[:, 0] * span[:, 1]                                               # [M]
 
     owner = torch.repeat_interleave(torch.arange(len(n_per_entry), device=device), n_per_entry)  # [n_isects]
-    local = torch.arange(len(owner), device=device) - (torch.cumsum(n_per_entry, 0) - n_per_entry)[owner]
-    owner_span_x = span[owner, 0]
-    tile_row = local.div(owner_span_x, rounding_mode="floor")
-    tile_col = lo[owner, 0] + (local - tile_row * owner_span_x)
-    tile_row = tile_row + lo[owner, 1]
+    local = torch.arange(len(owner), device=device) - (torch.cumsum(n_per_entry, 0) - n_per_entry).index_select(
+        0, owner)
+    owner_span_x = span[:, 0].index_select(0, owner)
+    row_in_box = local.div(owner_span_x, rounding_mode="floor")
+    tile_col = lo[:, 0].index_select(0, owner) + (local - row_in_box * owner_span_x)
+    tile_row = lo[:, 1].index_select(0, owner) + row_in_box
     if conics is not None and opacities is not None:
-        reaches = _reaches_tile(means2d[camera_ids, gaussian_ids][owner], conics[camera_ids, gaussian_ids][owner],
-                                opacities[camera_ids, gaussian_ids][owner], tile_col, tile_row, tile_size, width,
+        shape = torch.cat([means2d.reshape(-1, 2), conics.reshape(-1, 3), opacities.reshape(-1, 1)], dim=-1)
+        shape = shape.index_select(0, visible).index_select(0, owner)                   # [n_isects, 6]
+        reaches = _reaches_tile(shape[:, :2], shape[:, 2:5], shape[:, 5], tile_col, tile_row, tile_size, width,
                                 height)
         owner, tile_col, tile_row = owner[reaches], tile_col[reaches], tile_row[reaches]
-    tile = (camera_ids[owner] * tiles_y + tile_row) * tiles_x + tile_col               # [n_isects] global tile id
+    tile = (camera_ids.index_select(0, owner) * tiles_y + tile_row) * tiles_x + tile_col  # [n_isects] tile id
     tile, by_tile = torch.sort(tile, stable=True)                                        # keeps z order per tile
-    flat_ids = (camera_ids * n_gaussians + gaussian_ids)[owner][by_tile]
+    flat_ids = visible.index_select(0, owner.index_select(0, by_tile))
 
     n_tiles = n_cameras * tiles_y * tiles_x
     counts = torch.bincount(tile, minlength=n_tiles)
@@ -254,6 +258,17 @@ class _Steps:
         return torch.where(rows < self.bins.offsets[tiles + 1, None], rows, pad_row)
 
 
+@dataclass
+class _SavedStep:
+    """What the backward needs to redo one forward step: its tiles, chunk, incoming T (0 for finished pixels) and,
+    within the memory budget, the step's alphas and transmittances so that it need not recompute them."""
+
+    tiles: Tensor                           # [Ta] tile ids
+    chunk_index: int
+    t_work: Tensor                          # [Ta, P]
+    cache: tuple[Tensor, Tensor] | None     # alpha [Ta, s, s, B], transmittance [Ta, P, B + 1]
+
+
 class _CompositeTiles(torch.autograd.Function):
     """Tile compositing of projected Gaussians; inputs flattened over (camera, Gaussian)."""
 
@@ -275,7 +290,8 @@ class _CompositeTiles(torch.autograd.Function):
         accumulated = torch.zeros(bins.n_tiles, n_channels, n_pixels, dtype=dtype, device=device)  # [.., D, P]
         counts = bins.counts
         steps = _Steps(bins, settings, device, dtype)
-        saved_steps: list[tuple[Tensor, int, Tensor]] = []
+        saved_steps: list[_SavedStep] = []
+        cache_budget = settings.cache_bytes if any(ctx.needs_input_grad) else 0
 
         for chunk_index in range(math.ceil(int(counts.max()) / settings.chunk) if len(counts) else 0):
             pending = (counts > chunk_index * settings.chunk).nonzero()[:, 0]
@@ -295,7 +311,11 @@ class _CompositeTiles(torch.autograd.Function):
                 t_out = trans.gather(-1, n_kept)[..., 0]
                 transmittance[tiles] = torch.where(finished_in, t_in, t_out)
                 finished[tiles] = finished_in | (n_kept[..., 0] < settings.chunk)
-                saved_steps.append((tiles, chunk_index, t_work))
+                cache = None
+                if cache_budget >= alpha.nbytes + trans.nbytes:                     # backward need not replay
+                    cache_budget -= alpha.nbytes + trans.nbytes
+                    cache = (alpha, trans)
+                saved_steps.append(_SavedStep(tiles, chunk_index, t_work, cache))
 
         background_tiles = None
         if backgrounds is not None:
@@ -337,13 +357,16 @@ class _CompositeTiles(torch.autograd.Function):
         n_table_grads = N_GEOMETRY + n_channels + (2 if ctx.absgrad else 0)
         table_grads = torch.zeros(table.shape[0], n_table_grads, dtype=dtype, device=device)
         steps = _Steps(bins, settings, device, dtype)
-        for tiles, chunk_index, t_work in reversed(ctx.saved_steps):
-            row_ids = steps.rows(tiles, chunk_index, pad_row)                        # [Ta, B]
+        for saved in reversed(ctx.saved_steps):
+            tiles = saved.tiles
+            row_ids = steps.rows(tiles, saved.chunk_index, pad_row)                  # [Ta, B]
             rows = table[row_ids]                                                    # [Ta, B, 6 + D]
             geo = _StepGeometry(rows, steps.pixel_x[tiles], steps.pixel_y[tiles])
             n_tiles, s = len(tiles), bins.tile_size
-            alpha = geo.alpha().view(n_tiles, s * s, -1)                             # [Ta, P, B]
-            trans = _transmittance(alpha, t_work)
+            alpha, trans = saved.cache if saved.cache is not None else (geo.alpha(), None)
+            alpha = alpha.view(n_tiles, s * s, -1)                                   # [Ta, P, B]
+            if trans is None:
+                trans = _transmittance(alpha, saved.t_work)
             t_before = trans[..., :-1]                                               # T seen by each Gaussian
             kept = _kept(trans)                                                      # before the stop
             weights = (alpha * t_before).mul_(kept)                                  # [Ta, P, B]
