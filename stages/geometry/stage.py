@@ -48,7 +48,6 @@ class GeometrySource:
     get: Callable[[int], FrameGeometry]
     summary: dict = field(default_factory=dict)
     world_to_camera: Optional[np.ndarray] = None  # (S, 4, 4) all frames' cameras, where known up front
-    colours: Optional[list] = None                # the frames' RGB (H, W, 3) float32, where already read
 
 
 def run(ctx) -> dict:
@@ -111,7 +110,7 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str) -> Geometry
     from stages.geometry.page4d import sdpa
     from stages.geometry.page4d.checkpoint import load_model
     from stages.geometry.page4d.inference import Predictor, predict_sequence, prepare_model
-    from stages.geometry.page4d.preprocess import prepare_frames
+    from stages.geometry.page4d.preprocess import prepare_frames, to_uint8
 
     timings = {}
     t = time.perf_counter()
@@ -125,8 +124,9 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str) -> Geometry
     width = cfg.input_width or model.config.input_width
     if width % model.config.patch_size:
         raise UserError(f"geometry.input_width={width} is not a multiple of the patch size {model.config.patch_size}")
-    images = [scene.rgb(f) for f in progress(scene.frames, desc="geometry: reading frames", unit="frame")]
+    images = [to_uint8(scene.rgb(f)) for f in progress(scene.frames, desc="geometry: reading frames", unit="frame")]
     prepared = prepare_frames(images, cfg.preprocessing, width, model.config.patch_size)
+    del images
     timings["preprocess_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -167,7 +167,7 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str) -> Geometry
         "attention_kernels": sdpa.chosen_kernels(), "head_precision": cfg.head_precision,
         "windows": pred.windows, "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    return GeometrySource(len(scene.frames), get, summary, pred.world_to_camera, images)
+    return GeometrySource(len(scene.frames), get, summary, pred.world_to_camera)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def write_artifacts(ctx, scene: Scene, cfg: GeometryConfig, source: GeometrySour
         index_valid = np.flatnonzero(valid)
         if len(index_valid) > per_frame:
             index_valid = rng.choice(index_valid, per_frame, replace=False)
-        image = source.colours[index] if source.colours is not None else scene.rgb(frame)
+        image = scene.rgb(frame)
         points.append(world_points.reshape(-1, 3)[index_valid].astype(np.float32))
         colours.append(np.clip(np.round(image.reshape(-1, 3)[index_valid] * 255), 0, 255).astype(np.uint8))
     cloud = np.concatenate(points) if points else np.zeros((0, 3), np.float32)

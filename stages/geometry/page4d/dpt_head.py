@@ -26,9 +26,10 @@ def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.cat([F.interpolate(chunk, size=size, mode="bilinear", align_corners=True) for chunk in chunks])
 
 
-@lru_cache(maxsize=32)
-def _uv_embedding(channels: int, height: int, width: int, aspect: float) -> Tensor:
-    """(channels, height, width) float32 sinusoidal embedding of a UV grid spanning the image diagonal.
+@lru_cache(maxsize=16)
+def _uv_embedding(channels: int, height: int, width: int, aspect: float, device: torch.device) -> Tensor:
+    """(channels, height, width) float32 sinusoidal embedding of a UV grid spanning the image diagonal, cached
+    per device (computed in float64).
 
     The grid spans [-a, a] x [-b, b] (a = aspect / sqrt(aspect^2 + 1), b = 1 / sqrt(aspect^2 + 1)), shrunk by
     (n - 1) / n per axis; each axis gets channels/2: [sin(u w_d), cos(u w_d)] with w_d = 100^(-d / (channels/4)).
@@ -43,13 +44,13 @@ def _uv_embedding(channels: int, height: int, width: int, aspect: float) -> Tens
     vy = v[:, None] * omega                                                        # (H, C/4)
     emb_x = torch.cat([ux.sin(), ux.cos()], dim=-1)[None].expand(height, -1, -1)   # (H, W, C/2)
     emb_y = torch.cat([vy.sin(), vy.cos()], dim=-1)[:, None].expand(-1, width, -1)  # (H, W, C/2)
-    return torch.cat([emb_x, emb_y], dim=-1).permute(2, 0, 1).float().contiguous()
+    return torch.cat([emb_x, emb_y], dim=-1).permute(2, 0, 1).float().contiguous().to(device)
 
 
 def add_uv_embedding(x: Tensor, image_hw: tuple[int, int], ratio: float = 0.1) -> Tensor:
     """x: (B, C, h, w) + ratio * UV embedding for the image aspect ratio W/H."""
-    emb = _uv_embedding(x.shape[1], x.shape[2], x.shape[3], image_hw[1] / image_hw[0])
-    return x + ratio * emb.to(device=x.device, dtype=x.dtype)
+    emb = _uv_embedding(x.shape[1], x.shape[2], x.shape[3], image_hw[1] / image_hw[0], x.device)
+    return x + ratio * emb.to(x.dtype)
 
 
 class ResidualConvUnit(nn.Module):

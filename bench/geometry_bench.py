@@ -1,0 +1,298 @@
+"""Geometry network speed and memory: our PAGE-4D against the official code, and the windowed long-video path.
+
+    python -m bench.geometry_bench --gpu [--official /path/to/PAGE4D]     # H100: writes bench/results/geometry.json
+    python -m bench.geometry_bench --cpu                                  # writes bench/results/geometry_cpu.json
+
+GPU part (random weights at the page4d-1b dimensions, no network needed):
+- the full model (camera, depth and point heads) and the aggregator alone, on 50/100/200 frames at 518x518 and 100
+  frames at 518x294: median wall time of ``--repeats`` runs after a warm-up, and peak CUDA memory (each model
+  alone on the GPU, weights included);
+- the official model from a copy of ``kaichen-z/PAGE4D`` outside the repository (``--official`` or
+  $PAGE4D_OFFICIAL), built from its classes with random initialisation and run as its demo does (bf16 autocast,
+  no_grad), in the same process on the same GPU; absent, ours runs alone and the JSON says so;
+- 1000 frames at 518x294 through the windowed path (windows of 100, overlap 20, Sim(3) joins), all heads.
+CPU part: page4d-tiny (random weights until the bundled ones exist) on 48 frames of the demo scene, or 48 random
+frames at 256x144 where the demo scene is not available, through preprocessing, the network and the masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from bench.page4d_official import build_official, official_path, set_official_mask
+from stages.geometry.page4d import PAGE4D, ModelConfig, sdpa
+from stages.geometry.page4d.inference import Predictor, predict_sequence, prepare_model
+from stages.geometry.page4d.preprocess import PreparedFrames, prepare_frames
+
+GPU_SIZES = [(50, 518, 518), (100, 518, 518), (200, 518, 518), (100, 294, 518)]
+GiB = 2 ** 30
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": str(torch.version.cuda)}
+    try:
+        out["cudnn"] = str(torch.backends.cudnn.version())
+    except Exception:
+        pass
+    return out
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def measure(fn: Callable[[], object], device: str, repeats: int) -> dict:
+    """Warm-up once, then the median of ``repeats`` timed runs and the peak CUDA memory of one run."""
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    try:
+        fn()
+        sync()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        peak = torch.cuda.max_memory_allocated() / GiB if device == "cuda" else None
+        return {"seconds": round(statistics.median(times), 4), "runs": [round(t, 4) for t in times],
+                "peak_gib": None if peak is None else round(peak, 2)}
+    except torch.cuda.OutOfMemoryError as err:
+        return {"error": f"out of memory: {str(err).splitlines()[0][:160]}"}
+    finally:
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def random_images(frames: int, height: int, width: int, device: str) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(frames * 7 + height)
+    return torch.rand(1, frames, 3, height, width, generator=generator).to(device)
+
+
+def bench_official(root: Path, config: ModelConfig, sizes, device: str, repeats: int) -> tuple[dict, dict]:
+    """Times the official model; returns (results by size, its state dict on the CPU for ours)."""
+    torch.manual_seed(0)
+    model = build_official(root, config, mask_on=False, device=device)
+    set_official_mask(model, False)
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    results = {}
+    for frames, height, width in sizes:
+        images = random_images(frames, height, width, device)
+        key = f"{frames}x{width}x{height}"
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            full = measure(lambda: model(images), device, repeats)
+            aggregator = measure(lambda: model.aggregator(images), device, repeats)
+        results[key] = {"full": full, "aggregator": aggregator}
+        print(f"  official {key}: full {_fmt(full)}, aggregator {_fmt(aggregator)}", flush=True)
+        del images
+    del model
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return results, state
+
+
+def build_ours(config: ModelConfig, state: Optional[dict], device: str, head_dtype: torch.dtype) -> PAGE4D:
+    torch.manual_seed(0)
+    model = PAGE4D(config)
+    if state is not None:
+        model.load_state_dict(state, strict=True)
+    return prepare_model(model, device, head_dtype)
+
+
+def bench_ours(model: PAGE4D, sizes, device: str, repeats: int) -> dict:
+    results = {}
+    autocast = device == "cuda"
+    for frames, height, width in sizes:
+        images = random_images(frames, height, width, device)
+        key = f"{frames}x{width}x{height}"
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            full = measure(lambda: model(images), device, repeats)
+            aggregator = measure(lambda: model.aggregator(images, keep_layers=model.config.dpt_layers), device,
+                                 repeats)
+        results[key] = {"full": full, "aggregator": aggregator}
+        print(f"  ours     {key}: full {_fmt(full)}, aggregator {_fmt(aggregator)}", flush=True)
+        del images
+    return results
+
+
+def bench_windowed(model: PAGE4D, frames: int, height: int, width: int, window: int, overlap: int,
+                   device: str) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    images = (torch.rand(frames, 3, height, width, generator=generator) * 255).to(torch.uint8)
+    prepared = PreparedFrames(images, [None] * frames, "crop")            # mappings are not needed here
+    predictor = Predictor(model, device, ("camera", "depth", "point"))
+    predict_sequence(predictor, PreparedFrames(images[:window], [None] * window, "crop"), window, overlap,
+                     show_progress=False)                                   # warm-up (kernels, autotuning)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    pred = predict_sequence(predictor, prepared, window, overlap, show_progress=False)
+    seconds = time.perf_counter() - start
+    centres = np.stack([-w[:3, :3].T @ w[:3, 3] for w in pred.world_to_camera])
+    return {"frames": frames, "size": [width, height], "window": window, "overlap": overlap,
+            "windows": len(pred.windows), "seconds": round(seconds, 3),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / GiB, 2) if device == "cuda" else None,
+            "finite_trajectory": bool(np.isfinite(centres).all())}
+
+
+def _fmt(result: dict) -> str:
+    if "error" in result:
+        return result["error"][:40]
+    peak = f", {result['peak_gib']:.1f} GiB" if result.get("peak_gib") is not None else ""
+    return f"{result['seconds']:.3f} s{peak}"
+
+
+def run_gpu(args) -> dict:
+    device = args.device or "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("geometry_bench --gpu: no CUDA device")
+    sdpa.set_policy(args.attention)
+    config = ModelConfig.load(args.model)
+    sizes = GPU_SIZES                                                        # (frames, height, width)
+    if args.sizes:                                                           # FRAMESxWIDTHxHEIGHT,...
+        sizes = [(int(f), int(h), int(w)) for f, w, h in (s.split("x") for s in args.sizes.split(","))]
+    record: dict = {"model": config.name, "attention": args.attention, "head_precision": args.head_precision}
+    root = official_path(args.official)
+    state = None
+    if root is None:
+        record["official"] = "not run: the official checkout was not found (pass --official or set $PAGE4D_OFFICIAL)"
+        print(record["official"])
+    else:
+        record["official_path"] = str(root)
+        print(f"official code: {root}")
+        record["official"], state = bench_official(root, config, sizes, device, args.repeats)
+    head_dtype = torch.bfloat16 if args.head_precision == "bfloat16" else torch.float32
+    model = build_ours(config, state, device, head_dtype)
+    del state
+    record["ours"] = bench_ours(model, sizes, device, args.repeats)
+    record["attention_kernels"] = sdpa.chosen_kernels()
+    if isinstance(record.get("official"), dict):
+        record["speedup"] = {}
+        for key, ours in record["ours"].items():
+            theirs = record["official"][key]
+            entry = {}
+            for part in ("full", "aggregator"):
+                if "seconds" in ours[part] and "seconds" in theirs[part]:
+                    entry[f"{part}_time_ratio"] = round(theirs[part]["seconds"] / ours[part]["seconds"], 2)
+                    if ours[part]["peak_gib"]:
+                        entry[f"{part}_memory_ratio"] = round(theirs[part]["peak_gib"] / ours[part]["peak_gib"], 2)
+            record["speedup"][key] = entry
+    if args.long_frames:
+        width, height = (int(v) for v in args.long_size.split("x"))
+        record["windowed"] = bench_windowed(model, args.long_frames, height, width, args.window, args.overlap, device)
+        print(f"  windowed {args.long_frames} frames at {args.long_size}: {record['windowed']['seconds']:.1f} s "
+              f"({record['windowed']['windows']} windows)")
+    return record
+
+
+def demo_frames(count: int) -> tuple[list[np.ndarray], str]:
+    try:
+        from pipeline.scene import load_scene
+        from pipeline.scene.config import SceneConfig
+
+        scene = load_scene(SceneConfig(source="demo"))
+        frames = scene.frames[:count]
+        if len(frames) == count:
+            return [scene.rgb(f) for f in frames], f"demo scene {scene.name} ({frames[0].width}x{frames[0].height})"
+    except Exception as err:  # the demo scene is another stage's work: fall back to random frames
+        print(f"demo scene not available ({type(err).__name__}: {err}); using random frames")
+    rng = np.random.default_rng(0)
+    return [rng.random((144, 256, 3), dtype=np.float32) for _ in range(count)], "48 random frames at 256x144"
+
+
+def run_cpu(args) -> dict:
+    from stages.geometry.consistency import ConsistencyParams, dynamic_masks
+
+    torch.set_num_threads(args.threads)
+    config = ModelConfig.load("page4d-tiny")
+    model = build_ours(config, None, "cpu", torch.float32)
+    images, source = demo_frames(48)
+    timings = {}
+    start = time.perf_counter()
+    prepared = prepare_frames(images, "crop", config.input_width, config.patch_size)
+    timings["preprocess_s"] = time.perf_counter() - start
+    predictor = Predictor(model, "cpu", ("camera", "depth"))
+    predictor(prepared.batch(slice(0, 2)))                                   # warm-up
+    start = time.perf_counter()
+    pred = predict_sequence(predictor, prepared, 100, 20, show_progress=False)
+    timings["network_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    dynamic_masks(pred.depth, pred.intrinsics, pred.world_to_camera, ConsistencyParams(), pred.depth_conf)
+    timings["masks_s"] = time.perf_counter() - start
+    timings["total_s"] = sum(timings.values())
+    print(f"page4d-tiny, {source}, input {prepared.net_size[0]}x{prepared.net_size[1]}, {args.threads} threads: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+    return {"model": "page4d-tiny (random weights)", "frames": len(images), "input": source,
+            "network_size": list(prepared.net_size), "threads": args.threads,
+            "timings": {k: round(v, 3) for k, v in timings.items()}, "target_s": 15.0,
+            "meets_target": timings["total_s"] <= 15.0,
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--gpu", action="store_true", help="the H100 benchmark")
+    group.add_argument("--cpu", action="store_true", help="page4d-tiny on 48 frames on the CPU")
+    parser.add_argument("--official", help="official PAGE4D checkout (default: $PAGE4D_OFFICIAL)")
+    parser.add_argument("--model", default="page4d-1b", help="model config for --gpu (name or path)")
+    parser.add_argument("--sizes", default="", help="FRAMESxWIDTHxHEIGHT,... (default: 50/100/200 at 518x518, "
+                                                    "100 at 518x294)")
+    parser.add_argument("--long-frames", type=int, default=1000, help="frames of the windowed run (0 = skip)")
+    parser.add_argument("--long-size", default="518x294", help="WIDTHxHEIGHT of the windowed run")
+    parser.add_argument("--window", type=int, default=100, help="frames per window of the windowed run")
+    parser.add_argument("--overlap", type=int, default=20, help="overlap of the windowed run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--attention", default="auto", choices=sdpa.POLICIES)
+    parser.add_argument("--head-precision", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--device", default="", help="override the device (smoke tests)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for --cpu")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args(argv)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = run_gpu(args) if args.gpu else run_cpu(args)
+    device = args.device or ("cuda" if args.gpu else "cpu")
+    record = {"benchmark": "geometry", "part": "gpu" if args.gpu else "cpu", "date": started,
+              "command": "python -m bench.geometry_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "device": device_name(device), "versions": versions(), **record}
+    out = Path(args.json or f"bench/results/geometry{'' if args.gpu else '_cpu'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+    if args.gpu and "speedup" in record:
+        def cell(value) -> str:
+            return "-" if value is None else f"{value:g}"
+
+        print(f"\n{'full model':<14} {'official s':>10} {'ours s':>8} {'ratio':>6} {'official GiB':>12} {'ours GiB':>9}")
+        for key, ours in record["ours"].items():
+            theirs = record["official"][key]["full"]
+            print(f"{key:<14} {cell(theirs.get('seconds')):>10} {cell(ours['full'].get('seconds')):>8} "
+                  f"{cell(record['speedup'][key].get('full_time_ratio')):>6} {cell(theirs.get('peak_gib')):>12} "
+                  f"{cell(ours['full'].get('peak_gib')):>9}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
