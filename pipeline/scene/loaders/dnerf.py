@@ -2,6 +2,10 @@
 
 ``camera_angle_x`` is the horizontal field of view; ``transform_matrix`` is camera-to-world in OpenGL/Blender axes
 (converted to OpenCV world-to-camera here); ``time`` is in [0, 1].
+
+Scenes written by ``page4dgs make-scene`` also hold ``ground_truth/depth/<split>/<stem>.npy`` (float32 z-depth, 0 =
+background) and ``ground_truth/dynamic_mask/<split>/<stem>.png`` (255 = moving); where present they are attached as
+``Frame.load_depth`` and ``Frame.load_dynamic_mask`` (nearest-resampled when the frames are resized).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pipeline.cameras import intrinsics_from_fov, opengl_c2w_to_opencv_w2c
 from pipeline.errors import UserError
 from pipeline.io import read_json
 from pipeline.scene.config import SceneConfig
-from pipeline.scene.images import image_size, scaled_size
+from pipeline.scene.images import image_size, read_mask, resize_array, scaled_size
 from pipeline.scene.loaders.common import check_frame_count, image_loader, normalise_times, unique_names
 from pipeline.scene.model import Camera, Frame, Scene
 
@@ -41,6 +45,29 @@ def _image_path(root: Path, file_path: str, json_path: Path) -> Path:
         if c.is_file():
             return c
     raise UserError(f"image '{file_path}' listed there does not exist", json_path)
+
+
+def _ground_truth(root: Path, image: Path, size: tuple[int, int] | None):
+    """Loaders of the ground-truth depth and dynamic mask of ``image`` (None where absent); ``size`` = (W, H) to
+    resample to, or None."""
+    try:
+        relative = image.relative_to(root).with_suffix("")             # e.g. train/r_000
+    except ValueError:                                                  # an image outside the scene folder
+        return None, None
+    depth_path = root / "ground_truth" / "depth" / relative.parent / f"{relative.name}.npy"
+    mask_path = root / "ground_truth" / "dynamic_mask" / relative.parent / f"{relative.name}.png"
+
+    def load_depth() -> np.ndarray:
+        try:
+            depth = np.load(depth_path, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as err:
+            raise UserError(f"unreadable depth map ({err})", depth_path) from None
+        return resize_array(depth, size, nearest=True) if size is not None else depth
+
+    def load_mask() -> np.ndarray:
+        return read_mask(mask_path, size)
+
+    return (load_depth if depth_path.is_file() else None), (load_mask if mask_path.is_file() else None)
 
 
 def _get(mapping: dict, key: str, where: Path, context: str = ""):
@@ -72,6 +99,7 @@ def load(path: Path, config: SceneConfig) -> Scene:
 
     has_time = all("time" in r[1] for r in raw)
     times = normalise_times([float(r[1]["time"]) for r in raw]) if has_time else None
+    has_ground_truth = (path / "ground_truth").is_dir()
     frames: list[Frame] = []
     for k, (split, entry, image, fov_x) in enumerate(raw):
         w0, h0 = image_size(image)
@@ -86,9 +114,11 @@ def load(path: Path, config: SceneConfig) -> Scene:
         if (width, height) != (w0, h0):
             camera = camera.scaled(width, height)
         time = times[k] if times is not None else 0.0
+        resize = (width, height) if (width, height) != (w0, h0) else None
+        load_depth, load_mask = _ground_truth(path, image, resize) if has_ground_truth else (None, None)
         frames.append(Frame(name=image.stem, index=0, time=time, split=split, width=width, height=height,
-                            load_image=image_loader(image, (width, height) if (width, height) != (w0, h0) else None),
-                            camera=camera, source_path=image))
+                            load_image=image_loader(image, resize), camera=camera, source_path=image,
+                            load_depth=load_depth, load_dynamic_mask=load_mask))
     # Order frames by time (then split) so that `index` is temporal, as for videos.
     frames.sort(key=lambda f: (f.time, SPLITS.index(f.split), f.name))
     distinct = sorted({f.time for f in frames})
@@ -99,5 +129,8 @@ def load(path: Path, config: SceneConfig) -> Scene:
     counts = {s: sum(f.split == s for f in frames) for s in SPLITS}
     notes = [f"D-NeRF: {counts['train']} train / {counts['val']} val / {counts['test']} test frames, "
              f"{frames[0].width}x{frames[0].height}" + ("" if has_time else " (no 'time' key: static scene)")]
+    if has_ground_truth:
+        notes.append(f"ground truth: depth for {sum(f.load_depth is not None for f in frames)} frames, dynamic "
+                     f"masks for {sum(f.load_dynamic_mask is not None for f in frames)}")
     bg = (1.0, 1.0, 1.0) if config.background == "white" else (0.0, 0.0, 0.0)
     return Scene(name=path.name, format="dnerf", source=path, frames=frames, background=bg, notes=notes)

@@ -1,0 +1,48 @@
+"""``SCENE=demo``: a small synthetic room scene, generated on first use into the cache.
+
+The demo is the room scene of seed 0 at 48 frames of 256 x 144: small enough for a CPU run of the whole pipeline,
+with exact ground truth for every metric. It is generated once (a few seconds) into
+``pipeline.paths.cache_dir("scenes")/demo-v<generator version>``, atomically: a half-written demo is never visible,
+and two processes generating it at once both end up using one complete copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.log import get_logger
+from pipeline.paths import cache_dir
+from pipeline.synthetic.writer import GENERATOR_VERSION, RoomSceneOptions, make_room_scene
+
+DEMO_SEED = 0
+DEMO_OPTIONS = RoomSceneOptions(frames=48, width=256)
+log = get_logger("synthetic")
+
+
+def _complete(path: Path) -> bool:
+    return (path / "ground_truth" / "scene.json").is_file()
+
+
+def demo_scene_path() -> Path:
+    """The demo scene folder (D-NeRF layout plus ``frames/`` and ``ground_truth/``), generated if missing."""
+    scenes = cache_dir("scenes")
+    path = scenes / f"demo-v{GENERATOR_VERSION}"
+    if _complete(path):
+        return path
+    if path.exists():  # not written by this code (generation is atomic): replace it
+        shutil.rmtree(path)
+    log.info(f"generating the demo scene (first use) into {path}")
+    staging = Path(tempfile.mkdtemp(prefix=".demo.", dir=scenes))
+    try:
+        make_room_scene(staging / "scene", DEMO_SEED, DEMO_OPTIONS)
+        try:
+            os.rename(staging / "scene", path)
+        except OSError:
+            if not _complete(path):  # lost a race to another process, which left a complete copy
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
