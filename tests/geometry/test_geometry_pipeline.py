@@ -12,7 +12,7 @@ from pipeline.cameras import Sim3, umeyama_sim3
 from pipeline.config import apply_overrides, default_config
 from pipeline.runner import STAGES, StageContext
 from stages.geometry.consistency import ConsistencyParams, dynamic_masks, neighbour_offsets
-from stages.geometry.page4d.inference import Prediction, predict_sequence, window_starts
+from stages.geometry.page4d.inference import Prediction, predict_sequence, unproject, window_starts
 from stages.geometry.page4d.preprocess import prepare_frames
 from tests.geometry import raycast_scene
 
@@ -139,9 +139,11 @@ class WindowOracle:
         # The window's world is its first camera's frame, scaled: x_window = scale * (R0 x + t0).
         R0, t0 = self.w2c[index[0]][:3, :3], self.w2c[index[0]][:3, 3]
         to_window = Sim3(scale, R0, scale * t0)
-        return Prediction(world_to_camera=np.stack([to_window.transform_w2c(self.w2c[i]) for i in index]),
-                          intrinsics=self.K[index], depth=self.depth[index] * np.float32(scale),
-                          depth_conf=np.ones_like(self.depth[index]))
+        w2c = np.stack([to_window.transform_w2c(self.w2c[i]) for i in index])
+        depth = self.depth[index] * np.float32(scale)
+        points = np.stack([unproject(d, k, w) for d, k, w in zip(depth, self.K[index], w2c)]).astype(np.float32)
+        return Prediction(world_to_camera=w2c, intrinsics=self.K[index], depth=depth,
+                          depth_conf=np.ones_like(depth), world_points=points, world_points_conf=np.ones_like(depth))
 
 
 def test_windowed_prediction_joins_into_one_consistent_trajectory():
@@ -163,8 +165,11 @@ def test_windowed_prediction_joins_into_one_consistent_trajectory():
     true_centres = np.stack([-w[:3, :3].T @ w[:3, 3] for w in w2c])
     sim = umeyama_sim3(true_centres, centres)
     assert np.abs(sim.apply(true_centres) - centres).max() < 1e-6 * max(1.0, np.abs(centres).max())
-    # Depth follows the same global scale in every window.
+    # Depth follows the same global scale in every window; point maps follow the same world.
     assert np.allclose(pred.depth, depth * sim.scale, rtol=1e-4)
+    for i in range(S):
+        expected = unproject(pred.depth[i], K[i], pred.world_to_camera[i])
+        assert np.abs(pred.world_points[i] - expected).max() < 1e-4 * np.abs(expected).max()
 
 
 # ----------------------------------------------------------------------------------------------------------------

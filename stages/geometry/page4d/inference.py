@@ -148,8 +148,14 @@ def transform_prediction(pred: Prediction, sim: Sim3) -> Prediction:
     return Prediction(
         world_to_camera=np.stack([sim.transform_w2c(w) for w in pred.world_to_camera]),
         intrinsics=pred.intrinsics, depth=pred.depth * np.float32(sim.scale), depth_conf=pred.depth_conf,
-        world_points=None if pred.world_points is None else sim.apply(pred.world_points).astype(np.float32),
+        world_points=None if pred.world_points is None else _apply_float32(sim, pred.world_points),
         world_points_conf=pred.world_points_conf, mask_score=pred.mask_score)
+
+
+def _apply_float32(sim: Sim3, points: np.ndarray) -> np.ndarray:
+    """sim applied to (..., 3) float32 points without a float64 copy of a large array."""
+    linear = (sim.scale * sim.rotation).T.astype(np.float32)
+    return points @ linear + sim.translation.astype(np.float32)
 
 
 def predict_sequence(predictor: Predictor, frames: PreparedFrames, window: int, overlap: int,
