@@ -58,10 +58,11 @@ def _pixel_rays(K: Tensor, H: int, W: int) -> Tensor:
 
 
 def violation_votes(depth_i: Tensor, K_i: Tensor, w2c_i: Tensor, depth_j: Tensor, K_j: Tensor, w2c_j: Tensor,
-                    threshold: float) -> tuple[Tensor, Tensor]:
+                    threshold: float, voting_i: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """(violates (H, W) bool, valid (H, W) bool) for frame i's pixels checked against frame j.
 
     depth: (H, W) z-depth (<= 0 or non-finite = invalid); K: (3, 3); w2c: (4, 4) OpenCV world-to-camera.
+    voting_i: (H, W) bool, the pixels of frame i allowed to vote (all when None).
     """
     H, W = depth_i.shape
     points_cam = _pixel_rays(K_i, H, W) * depth_i[..., None]                        # (H, W, 3)
@@ -72,12 +73,15 @@ def violation_votes(depth_i: Tensor, K_i: Tensor, w2c_i: Tensor, depth_j: Tensor
     v = K_j[1, 1] * in_j[..., 1] / z + K_j[1, 2]
     Hj, Wj = depth_j.shape
     valid = (depth_i > 0) & torch.isfinite(depth_i) & (z > 1e-6) & (u >= 0) & (u < Wj) & (v >= 0) & (v < Hj)
-    clean_j = torch.where((depth_j > 0) & torch.isfinite(depth_j), depth_j, torch.full_like(depth_j, -1.0))
-    eroded = -F.max_pool2d(-clean_j[None, None], 3, stride=1, padding=1)[0, 0]     # 3x3 minimum
-    col = u.clamp(0, Wj - 1).long()
-    row = v.clamp(0, Hj - 1).long()
+    if voting_i is not None:
+        valid &= voting_i
+    # 3x3 minimum over the valid observed depths (invalid ones never win: they are +inf here).
+    clean_j = torch.where((depth_j > 0) & torch.isfinite(depth_j), depth_j, torch.full_like(depth_j, float("inf")))
+    eroded = -F.max_pool2d(-clean_j[None, None], 3, stride=1, padding=1)[0, 0]
+    col = torch.nan_to_num(u, nan=0.0).clamp(0, Wj - 1).long()       # invalid pixels (z <= 0) read anything
+    row = torch.nan_to_num(v, nan=0.0).clamp(0, Hj - 1).long()
     observed = eroded[row, col]
-    valid &= observed > 0
+    valid &= torch.isfinite(observed)
     violates = valid & (observed - z > threshold * z)
     return violates, valid
 
@@ -91,17 +95,20 @@ def geometric_scores(depth: Tensor, intrinsics: Tensor, world_to_camera: Tensor,
     S, H, W = depth.shape
     depth = depth.double()
     intrinsics, world_to_camera = intrinsics.double(), world_to_camera.double()
+    voting = None
     if confidence is not None and params.min_confidence_quantile > 0:
-        floor = torch.quantile(confidence.reshape(S, -1).float(), params.min_confidence_quantile, dim=1)
-        depth = torch.where(confidence >= floor[:, None, None].to(confidence.dtype), depth,
-                            torch.zeros_like(depth))
+        flat = confidence.reshape(S, -1).float()                      # kthvalue: no size limit, unlike quantile
+        k = max(1, int(params.min_confidence_quantile * flat.shape[1]))
+        floor = flat.kthvalue(k, dim=1).values
+        voting = confidence.float() >= floor[:, None, None]          # (S, H, W): low-confidence pixels abstain
     votes = torch.zeros(S, H, W, dtype=torch.float32, device=depth.device)
     counts = torch.zeros(S, H, W, dtype=torch.float32, device=depth.device)
     for i in range(S):
         for offset in neighbour_offsets(i, S, params.neighbours, params.gap):
             j = i + offset
             violates, valid = violation_votes(depth[i], intrinsics[i], world_to_camera[i], depth[j],
-                                              intrinsics[j], world_to_camera[j], params.threshold)
+                                              intrinsics[j], world_to_camera[j], params.threshold,
+                                              None if voting is None else voting[i])
             votes[i] += violates.float()
             counts[i] += valid.float()
     score = torch.where(counts > 0, votes / counts.clamp(min=1), torch.zeros_like(votes))

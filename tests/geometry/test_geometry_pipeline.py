@@ -96,6 +96,18 @@ def test_consistency_masks_find_the_moving_object_from_ground_truth():
     assert dynamic_masks(depth, K, w2c).sum() == 0
 
 
+def test_consistency_masks_tolerate_invalid_depth_and_low_confidence_pixels():
+    depth, K, w2c, moving, _ = raycast_scene.render(frames=8)
+    depth[:, :4] = 0.0                                    # invalid rows
+    depth[:, -4:] = np.nan
+    confidence = np.random.default_rng(0).uniform(1, 2, depth.shape).astype(np.float32)
+    masks = dynamic_masks(depth, K, w2c, ConsistencyParams(gap=2, min_confidence_quantile=0.2), confidence)
+    assert not masks[:, :4].any() and not masks[:, -4:].any()
+    inner = slice(4, -4)
+    hit = (masks[:, inner] & moving[:, inner]).sum() / moving[:, inner].sum()
+    assert hit > 0.6 and (masks & ~moving).sum() == 0     # a fifth of the pixels abstain; no false alarms
+
+
 def test_supervised_head_probability_is_blended_in():
     depth, K, w2c, moving, _ = raycast_scene.render(frames=6)
     confident_head = moving.astype(np.float32)
