@@ -55,26 +55,36 @@ def confidence_mask(confidence: np.ndarray, min_confidence: float = 0.0, percent
     return confidence >= threshold
 
 
+def voxel_keys(points: np.ndarray, voxel_size: float) -> np.ndarray:
+    """(N,) int64 id of the cubic voxel of edge ``voxel_size`` holding each point (N, 3); equal ids = same voxel."""
+    cells = np.floor(points / voxel_size).astype(np.int64)            # (N, 3)
+    cells -= cells.min(axis=0)
+    dims = cells.max(axis=0) + 1                                      # (3,)
+    if float(dims[0]) * float(dims[1]) * float(dims[2]) < 2.0**62:
+        return (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
+    return np.unique(cells, axis=0, return_inverse=True)[1].reshape(-1)   # huge grids: rank the rows instead
+
+
 def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
     """Average the points (N, 3) and colours (N, C) that fall into the same cubic voxel of edge ``voxel_size``.
 
-    Returns (M, 3) and (M, C), one row per occupied voxel (sorted by voxel key).
+    Returns (M, 3) and (M, C), one row per occupied voxel (sorted by voxel id).
     """
     if len(points) == 0 or voxel_size <= 0:
         return points, colors
-    keys = np.floor(points / voxel_size).astype(np.int64)          # (N, 3)
-    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(voxel_keys(points, voxel_size), return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
-    sums = np.zeros((len(counts), points.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, points)
-    color_sums = np.zeros((len(counts), colors.shape[1]), dtype=np.float64)
-    np.add.at(color_sums, inverse, colors)
-    return sums / counts[:, None], color_sums / counts[:, None]
+    m = len(counts)
+
+    def mean(values: np.ndarray) -> np.ndarray:                       # (N, C) -> (M, C) per-voxel means
+        return np.stack([np.bincount(inverse, weights=values[:, c], minlength=m) for c in range(values.shape[1])],
+                        axis=1) / counts[:, None]
+
+    return mean(points.astype(np.float64)), mean(colors.astype(np.float64))
 
 
 def count_voxels(points: np.ndarray, voxel_size: float) -> int:
-    keys = np.floor(points / voxel_size).astype(np.int64)
-    return len(np.unique(keys, axis=0))
+    return len(np.unique(voxel_keys(points, voxel_size)))
 
 
 def voxel_size_for_budget(points: np.ndarray, budget: int, iterations: int = 30) -> float:

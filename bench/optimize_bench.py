@@ -1,0 +1,461 @@
+"""Optimize-stage benchmarks: training speed, time to optimize a scene, render speed, memory, quality.
+
+    python -m bench.optimize_bench --gpu                    # H100: writes bench/results/optimize.json
+    python -m bench.optimize_bench --gpu --only speed,render
+    python -m bench.optimize_bench --gpu --only quality --seeds 0 1 2 --geometry oracle
+    python -m bench.optimize_bench --cpu                    # the CPU demo's optimize stage: bench/results/optimize_cpu.json
+
+GPU sections (each prints a table; a speed figure always sits beside its baseline measured in the same run):
+- speed: optimization iterations per second at 400x400 with 100k Gaussians (all dynamic) for every deformation
+  model, the full training step (render, L1 + D-SSIM, regularisers, Adam, densification statistics); baselines: the
+  static model ('none') and gsplat's rasterization forward + backward alone on the same Gaussians. Peak memory.
+- scene: wall time of the optimize stage on a 100-frame 400x400 synthetic `object` scene (configs/dnerf.yaml, oracle
+  geometry), with its held-out PSNR and peak memory (target: <= 120 s).
+- render: frames per second at 800x800 with 100k Gaussians including the deformation, for every model; baseline:
+  the static model.
+- quality: `object` scenes (D-NeRF-like: 50 monocular training views at random viewpoints, one per time, 20 test
+  views at new viewpoints, 200x200) and `room` scenes (handheld video, every 8th frame held out), several seeds,
+  every deformation model and the static baseline: PSNR (8-bit), SSIM (3DGS and valid conventions), LPIPS-alex
+  (standard, inputs in [-1, 1]) on the test views with dataset cameras; optimize time; Gaussian count.
+  Targets: object >= 25.5 dB within 140 s; each deformation model >= 5 dB above 'none'.
+Scenes come from ``pipeline.synthetic`` (``page4dgs make-scene``); where it is missing, the scene sections say so
+and are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from stages.optimize.config import DEFORMATIONS, OptimizeConfig
+from stages.optimize.trainer import InitialGaussians, TrainData, TrainView, build_model, train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("bases", "mlp", "planes", "none")
+MiB = 2**20
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def environment(device: str) -> dict[str, Any]:
+    import importlib
+
+    out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "bench.optimize_bench", *sys.argv[1:]]),
+           "python": platform.python_version(), "torch": torch.__version__, "cuda": str(torch.version.cuda),
+           "device": torch.cuda.get_device_name(0) if device == "cuda" else
+           f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"}
+    for name in ("gsplat", "numpy"):
+        try:
+            out[name] = importlib.import_module(name).__version__
+        except Exception:
+            out[name] = "missing"
+    return out
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    cells = [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def look_at(eye: np.ndarray) -> np.ndarray:
+    from pipeline.cameras import look_at_w2c
+
+    return look_at_w2c(eye, np.zeros(3))
+
+
+def orbit_views(n: int, size: int, device: str, seed: int = 0, with_images: bool = True) -> list[TrainView]:
+    """n cameras on a sphere of radius 4 looking at the origin (field of view 0.69 rad), times evenly in [0, 1],
+    random target images (their content does not change the cost of a step)."""
+    from pipeline.cameras import intrinsics_from_fov
+
+    rng = np.random.default_rng(seed)
+    K = torch.tensor(intrinsics_from_fov(0.69, size, size), dtype=torch.float32, device=device)
+    views = []
+    for i in range(n):
+        az, el = rng.uniform(0, 2 * np.pi), rng.uniform(-0.2, 1.0)
+        eye = 4.0 * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+        image = torch.rand(size, size, 3, device=device) if with_images else torch.zeros(1, 1, 3, device=device)
+        views.append(TrainView(name=f"v{i}", time=i / max(n - 1, 1),
+                               world_to_camera=torch.tensor(look_at(eye), dtype=torch.float32, device=device),
+                               K=K, width=size, height=size, image=image))
+    return views
+
+
+def random_gaussians(n: int, dynamic_fraction: float = 1.0, seed: int = 0) -> InitialGaussians:
+    """n Gaussians in a ball of radius 1 (the scale of a D-NeRF object), 1 cm to 3 cm, opacity 0.5."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=(n, 3))
+    means = direction / np.linalg.norm(direction, axis=1, keepdims=True) * rng.uniform(0, 1, size=(n, 1)) ** (1 / 3)
+    return InitialGaussians(means=means, sh=rng.normal(scale=0.5, size=(n, 1, 3)),
+                            opacity_logits=np.zeros(n), log_scales=np.log(rng.uniform(0.01, 0.03, size=(n, 3))),
+                            quats=rng.normal(size=(n, 4)), is_dynamic=rng.uniform(size=n) < dynamic_fraction,
+                            anchor_times=rng.uniform(size=n))
+
+
+def perturb_deformation(model) -> None:
+    """Networks start at zero motion; give them random output weights so that timings see real motion."""
+    if model.deformation is None:
+        return
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.deformation.named_parameters():
+            if name.startswith("out"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+        for key in model.deformation.per_gaussian_shapes():
+            model.splats[key].copy_(torch.randn(model.splats[key].shape, generator=gen).to(model.device) * 0.01)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# speed
+
+
+def gsplat_step_rate(gaussians: InitialGaussians, views: list[TrainView], device: str, steps: int) -> float:
+    """Iterations per second of rasterization forward + L1 backward alone (the floor of a training step)."""
+    from stages.optimize.rasterize import rasterization
+
+    t = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device).requires_grad_(True)
+         for k, v in (("means", gaussians.means), ("quats", gaussians.quats), ("opacity_logits", gaussians.opacity_logits),
+                      ("log_scales", gaussians.log_scales), ("sh", gaussians.sh))}
+
+    def step(i: int) -> None:
+        v = views[i % len(views)]
+        colors, _, _ = rasterization(t["means"], t["quats"], t["log_scales"].exp(), torch.sigmoid(t["opacity_logits"]),
+                                     t["sh"], v.world_to_camera[None], v.K[None], v.width, v.height, sh_degree=0,
+                                     backend="auto")
+        (colors[0] - v.image).abs().mean().backward()
+
+    for i in range(10):
+        step(i)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    sync(device)
+    return steps / (time.perf_counter() - start)
+
+
+def training_rate(kind: str, gaussians: InitialGaussians, views: list[TrainView], device: str, warmup: int,
+                  steps: int, workdir: Path, sh_degree: int = 3) -> dict[str, Any]:
+    """Iterations per second of the full training step, from the trainer's own log: the steps after ``warmup``
+    divided by the wall time they took (log.csv 'seconds' is the cumulative training time at each flush)."""
+    cfg = OptimizeConfig(deformation=kind, iterations=warmup + steps, sh_degree=sh_degree, sh_degree_interval=1,
+                         densify=False, checkpoint_every=0, log_every=warmup, backend="auto")
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    out = workdir / f"speed_{kind}"
+    shutil.rmtree(out, ignore_errors=True)
+    result = train(cfg, TrainData(views=views), gaussians, out, device=device, resume=False)
+    import csv
+
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    seconds = {int(r["step"]): float(r["seconds"]) for r in rows}
+    first = seconds[warmup - 1]
+    rate = (cfg.iterations - warmup) / (seconds[cfg.iterations - 1] - first)
+    return {"model": kind, "it_per_s": round(rate, 1), "gaussians": result.model.num_gaussians(),
+            "peak_mib": round(torch.cuda.max_memory_allocated() / MiB) if device == "cuda" else None}
+
+
+def bench_speed(device: str, workdir: Path, quick: bool) -> dict[str, Any]:
+    n, size = 100_000, 400
+    gaussians = random_gaussians(n, dynamic_fraction=1.0)
+    views = orbit_views(100, size, device)
+    steps, warmup = (200, 50) if quick else (1000, 100)
+    rows = [training_rate(kind, gaussians, views, device, warmup, steps, workdir) for kind in MODELS]
+    floor = gsplat_step_rate(gaussians, views, device, steps)
+    base = next(r for r in rows if r["model"] == "none")["it_per_s"]
+    for r in rows:
+        r["vs_static"] = round(r["it_per_s"] / base, 3)
+    table(f"Training speed, {n} Gaussians (all dynamic), {size}x{size}, SH degree 3, batch 1 "
+          f"(rasterization fwd+bwd alone: {floor:.1f} it/s)", ["model", "it/s", "x static", "peak MiB"],
+          [[r["model"], r["it_per_s"], r["vs_static"], r["peak_mib"]] for r in rows])
+    return {"gaussians": n, "resolution": [size, size], "dynamic_fraction": 1.0, "sh_degree": 3,
+            "rasterization_only_it_per_s": round(floor, 1), "models": rows, "target_it_per_s": 150}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# render
+
+
+def bench_render(device: str, quick: bool) -> dict[str, Any]:
+    n, size, frames = 100_000, 800, (100 if quick else 300)
+    gaussians = random_gaussians(n, dynamic_fraction=1.0)
+    views = orbit_views(frames, size, device, with_images=False)
+    rows = []
+    for kind in MODELS:
+        model = build_model(OptimizeConfig(deformation=kind, sh_degree=3), gaussians, 0.01, 100, torch.device(device))
+        perturb_deformation(model)
+        model.eval()
+        with torch.no_grad():
+            for v in views[:10]:
+                model.render(v.world_to_camera, v.K, size, size, v.time)
+            sync(device)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            for v in views:
+                model.render(v.world_to_camera, v.K, size, size, v.time)
+            sync(device)
+            elapsed = time.perf_counter() - start
+        rows.append({"model": kind, "fps": round(frames / elapsed, 1),
+                     "peak_mib": round(torch.cuda.max_memory_allocated() / MiB) if device == "cuda" else None})
+        del model
+    base = next(r for r in rows if r["model"] == "none")["fps"]
+    for r in rows:
+        r["vs_static"] = round(r["fps"] / base, 3)
+    table(f"Rendering {size}x{size}, {n} Gaussians (all dynamic), RGB + depth, SH degree 3",
+          ["model", "fps", "x static", "peak MiB"], [[r["model"], r["fps"], r["vs_static"], r["peak_mib"]] for r in rows])
+    return {"gaussians": n, "resolution": [size, size], "frames": frames, "models": rows, "target_fps": 300}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# scenes
+
+
+def synthetic_available() -> Optional[str]:
+    try:
+        import pipeline.synthetic.writer  # noqa: F401
+    except ImportError as err:
+        return f"pipeline.synthetic is not available ({err}); scene sections skipped"
+    return None
+
+
+def make_object(out: Path, seed: int, frames: int, resolution: int, test_views: int) -> Path:
+    from dataclasses import replace
+
+    from pipeline.synthetic.writer import ObjectSceneOptions, make_object_scene
+
+    if not (out / "transforms_train.json").exists():
+        options = replace(ObjectSceneOptions(), frames=frames, resolution=resolution, test_views=test_views)
+        make_object_scene(out, seed, options)
+    return out
+
+
+def make_room(out: Path, seed: int, frames: int, width: int) -> Path:
+    from dataclasses import replace
+
+    from pipeline.synthetic.writer import RoomSceneOptions, make_room_scene
+
+    if not (out / "transforms_train.json").exists():
+        make_room_scene(out, seed, replace(RoomSceneOptions(), frames=frames, width=width))
+    return out
+
+
+def run_scene(scene_dir: Path, run_dir: Path, preset: str, overrides: list[str]) -> dict[str, Any]:
+    """geometry -> initialize -> optimize through the real runner; then test-view metrics from the model."""
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+    from pipeline.scene import load_scene
+
+    config = load_config(preset, [f"scene.source={scene_dir}", *overrides])
+    config.scene.source = str(scene_dir)
+    scene = load_scene(config.scene)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    results = run_pipeline(config, run_dir, scene, until_stage="optimize")
+    metrics = test_metrics(run_dir, scene, device)
+    optimize = results["optimize"]
+    return {"geometry_s": results["geometry"]["wall_s"], "initialize_s": results["initialize"]["wall_s"],
+            "optimize_s": optimize["wall_s"], "train_s": optimize["summary"].get("train_seconds"),
+            "gaussians": optimize["summary"]["gaussians"], "train_psnr": optimize["summary"]["train_psnr"],
+            "peak_gpu_mib": optimize.get("peak_gpu_mb"), **metrics}
+
+
+def test_metrics(run_dir: Path, scene, device: str) -> dict[str, Any]:
+    """PSNR (8-bit), SSIM (3DGS and valid), LPIPS-alex (standard) over the test views, dataset cameras."""
+    from stages.evaluate.image_metrics import psnr, quantize_8bit, ssim_3dgs, ssim_valid
+    from stages.initialize.geometry_io import read_cameras
+    from stages.optimize.model import load_model
+
+    try:
+        from stages.evaluate.lpips_metric import get_lpips
+
+        lpips = get_lpips("alex", device)
+    except Exception as err:                      # weights missing on an offline host
+        print(f"  (LPIPS unavailable: {type(err).__name__}: {err})")
+        lpips = None
+    model = load_model(run_dir / "optimize/model.pt", device)
+    cameras, source = read_cameras(run_dir / "geometry/cameras.json")
+    per_view = []
+    with torch.no_grad():
+        for cam in (c for c in cameras if c.split == "test"):
+            out = model.render(cam.world_to_camera, cam.K, cam.width, cam.height, cam.time,
+                               background=scene.background)
+            render = quantize_8bit(out["rgb"].cpu().numpy())
+            target = scene.rgb(scene.frame(cam.name))
+            per_view.append({"psnr": psnr(render, target), "ssim_3dgs": ssim_3dgs(render, target),
+                             "ssim_valid": ssim_valid(render, target),
+                             "lpips_alex": lpips(render, target) if lpips is not None else math.nan})
+    mean = {k: float(np.mean([v[k] for v in per_view])) for k in per_view[0]}
+    return {**mean, "test_views": len(per_view), "cameras": source}
+
+
+def bench_scene_time(workdir: Path, geometry: str, quick: bool) -> dict[str, Any]:
+    missing = synthetic_available()
+    if missing:
+        print(f"\n[scene] {missing}")
+        return {"skipped": missing}
+    frames = 30 if quick else 100
+    scene = make_object(workdir / f"object_{frames}x400", seed=0, frames=frames, resolution=400, test_views=20)
+    row = run_scene(scene, workdir / "run_object_400", "dnerf", [f"geometry.model={geometry}"])
+    table(f"Optimize a {frames}-frame 400x400 synthetic object scene (configs/dnerf.yaml, {geometry} geometry)",
+          ["optimize s", "train s", "gaussians", "test PSNR", "peak MiB"],
+          [[row["optimize_s"], row["train_s"], row["gaussians"], row["psnr"], row["peak_gpu_mib"]]])
+    return {"frames": frames, "resolution": 400, "preset": "dnerf", "geometry": geometry, **row, "target_s": 120}
+
+
+def bench_quality(workdir: Path, geometry: str, seeds: list[int], models: list[str], quick: bool) -> dict[str, Any]:
+    missing = synthetic_available()
+    if missing:
+        print(f"\n[quality] {missing}")
+        return {"skipped": missing}
+    runs = []
+    kinds = {"object": lambda s: make_object(workdir / f"object_q{s}", s, 50, 200, 20),
+             "room": lambda s: make_room(workdir / f"room_q{s}", s, 48, 256)}
+    presets = {"object": ("dnerf", []), "room": ("default", [])}
+    for kind, make in kinds.items():
+        for seed in seeds:
+            try:
+                scene = make(seed)
+            except Exception as err:
+                print(f"[quality] could not make the {kind} scene (seed {seed}): {err}")
+                continue
+            for model in models:
+                preset, extra = presets[kind]
+                overrides = [f"geometry.model={geometry}", f"optimize.deformation={model}", *extra]
+                if quick:
+                    overrides.append("optimize.iterations=500")
+                try:
+                    row = run_scene(scene, workdir / f"run_{kind}_{seed}_{model}", preset, overrides)
+                except Exception:
+                    traceback.print_exc()
+                    row = {"error": traceback.format_exc(limit=3).splitlines()[-1]}
+                runs.append({"scene": kind, "seed": seed, "model": model, **row})
+                print(f"  {kind} seed {seed} {model}: " + ", ".join(
+                    f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+    summary = []
+    for kind in kinds:
+        for model in models:
+            rows = [r for r in runs if r["scene"] == kind and r["model"] == model and "psnr" in r]
+            if rows:
+                summary.append({"scene": kind, "model": model, "runs": len(rows),
+                                **{k: round(statistics.mean(r[k] for r in rows), 4)
+                                   for k in ("psnr", "ssim_3dgs", "ssim_valid", "lpips_alex", "optimize_s",
+                                             "gaussians")}})
+    for s in summary:
+        base = next((b for b in summary if b["scene"] == s["scene"] and b["model"] == "none"), None)
+        s["psnr_over_static"] = round(s["psnr"] - base["psnr"], 3) if base else None
+    table(f"Quality on held-out views ({geometry} geometry, dataset cameras, seeds {seeds}); "
+          "targets: object >= 25.5 dB within 140 s, each model >= +5 dB over 'none'",
+          ["scene", "model", "runs", "PSNR", "dB vs none", "SSIM 3dgs", "SSIM valid", "LPIPS alex", "optimize s",
+           "gaussians"],
+          [[s["scene"], s["model"], s["runs"], s["psnr"], s["psnr_over_static"], s["ssim_3dgs"], s["ssim_valid"],
+            s["lpips_alex"], s["optimize_s"], s["gaussians"]] for s in summary])
+    protocol = {"object": "50 monocular training views at random viewpoints (one per time), 20 test views at new "
+                          "viewpoints and times, 200x200, white background, configs/dnerf.yaml",
+                "room": "48-frame 256x144 handheld video, every 8th frame held out, default config",
+                "psnr": "8-bit quantised render vs the stored image, per view then mean",
+                "ssim": "3DGS (zero padding, full map) and valid (skimage gaussian) conventions",
+                "lpips": "alex, inputs in [-1, 1]", "cameras": "dataset"}
+    return {"protocol": protocol, "geometry": geometry, "seeds": seeds, "summary": summary, "runs": runs}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CPU: the demo's optimize stage
+
+
+def bench_cpu_demo(workdir: Path) -> dict[str, Any]:
+    """The optimize stage of the CPU demo (configs/demo.yaml on the demo scene, oracle geometry): wall time."""
+    try:
+        from pipeline.synthetic.demo import demo_scene_path
+    except ImportError as err:
+        return {"skipped": f"pipeline.synthetic is not available ({err})"}
+    preset = "demo" if (Path(__file__).resolve().parents[1] / "configs/demo.yaml").exists() else "default"
+    row = run_scene(demo_scene_path(), workdir / "run_demo", preset, ["geometry.model=oracle", "device=cpu"])
+    table(f"CPU demo, optimize stage ({preset} preset, oracle geometry, {torch.get_num_threads()} threads)",
+          ["initialize s", "optimize s", "gaussians", "test PSNR"],
+          [[row["initialize_s"], row["optimize_s"], row["gaussians"], row["psnr"]]])
+    return {"preset": preset, **row}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--gpu", action="store_true")
+    mode.add_argument("--cpu", action="store_true")
+    parser.add_argument("--only", default="speed,render,scene,quality",
+                        help="comma-separated sections (GPU): speed, render, scene, quality")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=DEFORMATIONS)
+    parser.add_argument("--geometry", default="oracle", choices=("oracle", "page4d-tiny", "page4d-1b"),
+                        help="geometry stage model for the scene sections")
+    parser.add_argument("--quick", action="store_true", help="fewer steps/frames (smoke test of the script)")
+    parser.add_argument("--workdir", type=Path, default=None, help="scenes and runs (default: a temporary folder)")
+    args = parser.parse_args(argv)
+
+    device = "cuda" if args.gpu else "cpu"
+    if args.gpu and not torch.cuda.is_available():
+        print("optimize_bench: --gpu needs CUDA", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="optimize_bench_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"environment": environment(device)}
+    print(json.dumps(result["environment"], indent=1))
+    sections: dict[str, Callable[[], dict]] = {
+        "speed": lambda: bench_speed(device, workdir, args.quick),
+        "render": lambda: bench_render(device, args.quick),
+        "scene": lambda: bench_scene_time(workdir, args.geometry, args.quick),
+        "quality": lambda: bench_quality(workdir, args.geometry, args.seeds, args.models, args.quick),
+    } if args.gpu else {"cpu_demo": lambda: bench_cpu_demo(workdir)}
+    wanted = [s.strip() for s in args.only.split(",")] if args.gpu else list(sections)
+    for name in wanted:
+        if name not in sections:
+            print(f"optimize_bench: unknown section '{name}' (sections: {', '.join(sections)})", file=sys.stderr)
+            return 2
+        start = time.perf_counter()
+        try:
+            result[name] = sections[name]()
+        except Exception:
+            traceback.print_exc()
+            result[name] = {"error": traceback.format_exc(limit=4)}
+        result[name]["section_seconds"] = round(time.perf_counter() - start, 1)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / ("optimize.json" if args.gpu else "optimize_cpu.json")
+        out.write_text(json.dumps(result, indent=1, default=float) + "\n")      # after every section
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
