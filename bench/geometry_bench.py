@@ -104,8 +104,7 @@ def bench_official(root: Path, config: ModelConfig, sizes, device: str, repeats:
             aggregator = measure(lambda: model.aggregator(images), device, repeats)
         results[key] = {"full": full, "aggregator": aggregator}
         print(f"  official {key}: full {_fmt(full)}, aggregator {_fmt(aggregator)}", flush=True)
-        del images
-    del model
+    model = images = None                                                    # free the GPU for ours
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -132,7 +131,6 @@ def bench_ours(model: PAGE4D, sizes, device: str, repeats: int) -> dict:
                                  repeats)
         results[key] = {"full": full, "aggregator": aggregator}
         print(f"  ours     {key}: full {_fmt(full)}, aggregator {_fmt(aggregator)}", flush=True)
-        del images
     return results
 
 
@@ -285,7 +283,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         def cell(value) -> str:
             return "-" if value is None else f"{value:g}"
 
-        print(f"\n{'full model':<14} {'official s':>10} {'ours s':>8} {'ratio':>6} {'official GiB':>12} {'ours GiB':>9}")
+        print(f"\n{'full model':<14} {'official s':>10} {'ours s':>8} {'ratio':>6} {'official GiB':>12} "
+              f"{'ours GiB':>9}")
         for key, ours in record["ours"].items():
             theirs = record["official"][key]["full"]
             print(f"{key:<14} {cell(theirs.get('seconds')):>10} {cell(ours['full'].get('seconds')):>8} "

@@ -26,7 +26,7 @@ MODES = ("crop", "pad", "squash")
 
 @dataclass(frozen=True)
 class FrameMapping:
-    """Network-input pixels -> stored-frame pixels: x_s = scale_x * (x_n - offset_x), y_s = scale_y * (y_n - offset_y)."""
+    """Network-input pixels -> stored pixels: x_s = scale_x * (x_n - offset_x), y_s = scale_y * (y_n - offset_y)."""
 
     stored_size: tuple[int, int]     # (width, height) of the stored frame
     net_size: tuple[int, int]        # (width, height) of the network input
