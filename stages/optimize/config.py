@@ -91,6 +91,9 @@ class OptimizeConfig:
     refine_cameras: bool = option(False, "Also optimise a pose correction per training camera (for "
                                   "model-predicted cameras).")
     lr_cameras: float = option(1e-4, "Learning rate of the camera pose corrections (radians / scene units).")
+    cpu_threads: int = option(1, "Torch threads while training on a CPU (0 = leave torch's setting). One thread: a "
+                              "step is many small kernels, and on a 2-core machine shared with other work two "
+                              "OpenMP threads were measured up to 10x slower than one.")
     # --- bookkeeping ---
     checkpoint_every: int = option(1000, "Write a resumable checkpoint every this many steps (0 = only at the end).")
     keep_checkpoints: int = option(2, "Keep this many most recent checkpoints.")

@@ -12,9 +12,9 @@ random states - so a resumed run continues the same loss sequence.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
-import io
 import math
 import random
 import time
@@ -376,6 +376,18 @@ class TrainResult:
     resumed_from: Optional[int]
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Temporarily use ``count`` intra-op threads (0: unchanged)."""
+    previous = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path,
           device: str | torch.device = "cpu", seed: int = 0, resume: bool = True,
           stop_after: Optional[int] = None) -> TrainResult:
@@ -383,9 +395,16 @@ def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_d
 
     resume: continue from the latest checkpoint in ``out_dir``/checkpoints if there is one.
     stop_after: return after this many steps of this call (tests; the state then is as at a checkpoint).
+    On a CPU, training runs with ``cfg.cpu_threads`` torch threads.
     """
-    # -------- setup --------
     device = torch.device(device)
+    with torch_threads(cfg.cpu_threads if device.type == "cpu" else 0):
+        return _train(cfg, data, initial, out_dir, device, seed, resume, stop_after)
+
+
+def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path, device: torch.device,
+           seed: int, resume: bool, stop_after: Optional[int]) -> TrainResult:
+    # -------- setup --------
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
