@@ -47,12 +47,13 @@ class GeometryConfig:
     fusion_percentile: float = option(50.0, "points.ply keeps, per frame, pixels whose depth confidence is at or "
                                       "above this percentile of the frame's confidences (0 = all valid pixels).")
     max_points: int = option(300000, "Most points in points.ply (an even random share per frame).")
-    consistency_neighbours: int = option(4, "Dynamic masks: frames each frame's depth is checked against.")
-    consistency_gap: int = option(2, "Dynamic masks: frame offset between checked neighbours (+-gap, +-2 gap, ...).")
-    consistency_threshold: float = option(0.05, "Dynamic masks: a neighbour votes 'moving' when its observed depth "
+    consistency_neighbours: int = option(8, "Dynamic masks: frames each frame's depth is checked against.")
+    consistency_gap: int = option(2, "Dynamic masks: offset of the nearest checked neighbours; further ones double it "
+                                  "(+-gap, +-2 gap, +-4 gap, ...).")
+    consistency_threshold: float = option(0.03, "Dynamic masks: a neighbour votes 'moving' when its observed depth "
                                           "lies behind the reprojected point by more than this fraction of its "
                                           "depth (the static point would be seen through).")
-    consistency_vote: float = option(0.5, "Dynamic masks: a pixel is moving when more than this fraction of its "
+    consistency_vote: float = option(0.2, "Dynamic masks: a pixel is moving when more than this fraction of its "
                                      "valid neighbours vote so.")
     consistency_min_confidence: float = option(0.1, "Dynamic masks: pixels below this per-frame confidence "
                                                "quantile do not vote (0 = all pixels vote).")

@@ -8,8 +8,8 @@ it was at time i, frame j sees what is behind it. So pixel p of frame i votes "m
 
 with d_j eroded (3x3 minimum) so that depth edges never vote. Occlusions (something *in front* in j) are not
 violations, which keeps static pixels near occluding edges static. A pixel is moving when more than
-``vote_fraction`` of its valid neighbours vote so. Neighbours are frames at offsets +-gap, +-2 gap, ...
-(nearest first, inside the sequence).
+``vote_fraction`` of its valid neighbours, and at least ``min_violations`` of them, vote so. Neighbours are frames at offsets +-gap, +-2 gap, +-4 gap, ...
+(doubling, nearest first, inside the sequence).
 
 The PAGE-4D mask head is unsupervised in the released checkpoints, so its score is not a dynamic cue by itself;
 where a checkpoint records that its head was trained with mask supervision, its probability (score + 0.5) is
@@ -29,24 +29,27 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class ConsistencyParams:
-    neighbours: int = 4            # frames each frame is checked against
-    gap: int = 2                   # frame offset between neighbours (+-gap, +-2 gap, ...)
-    threshold: float = 0.05        # relative depth excess that counts as a violation
-    vote_fraction: float = 0.5     # moving when more than this fraction of valid neighbours vote so
+    neighbours: int = 8            # frames each frame is checked against
+    gap: int = 2                   # nearest neighbour offset; further ones double it (+-gap, +-2 gap, +-4 gap, ...)
+    threshold: float = 0.03        # relative depth excess that counts as a violation
+    vote_fraction: float = 0.2     # moving when more than this fraction of valid neighbours vote so
+    min_violations: int = 2        # ... and at least this many of them (pixels with few valid neighbours)
     min_confidence_quantile: float = 0.0   # pixels below this per-frame confidence quantile do not vote
     head_weight: float = 0.5       # weight of a supervised mask head's probability in the fused score
 
 
 def neighbour_offsets(index: int, frames: int, count: int, gap: int) -> list[int]:
-    """Up to ``count`` frame offsets +-gap, +-2 gap, ... (nearest first) that stay inside [0, frames)."""
+    """Up to ``count`` frame offsets +-gap, +-2 gap, +-4 gap, ... (doubling, nearest first) inside [0, frames).
+
+    Doubling baselines catch fast movers at short range and slow movers at long range with few neighbours.
+    """
     offsets = []
-    step = 1
-    while len(offsets) < count and step * gap < frames:
+    step = gap
+    while len(offsets) < count and step < frames:
         for sign in (1, -1):
-            o = sign * step * gap
-            if 0 <= index + o < frames and len(offsets) < count:
-                offsets.append(o)
-        step += 1
+            if 0 <= index + sign * step < frames and len(offsets) < count:
+                offsets.append(sign * step)
+        step *= 2
     return offsets
 
 
@@ -75,13 +78,13 @@ def violation_votes(depth_i: Tensor, K_i: Tensor, w2c_i: Tensor, depth_j: Tensor
     valid = (depth_i > 0) & torch.isfinite(depth_i) & (z > 1e-6) & (u >= 0) & (u < Wj) & (v >= 0) & (v < Hj)
     if voting_i is not None:
         valid &= voting_i
-    # 3x3 minimum over the valid observed depths (invalid ones never win: they are +inf here).
-    clean_j = torch.where((depth_j > 0) & torch.isfinite(depth_j), depth_j, torch.full_like(depth_j, float("inf")))
+    # 3x3 minimum of the observed depth; a neighbourhood that touches invalid depth (-1 here) cannot vote.
+    clean_j = torch.where((depth_j > 0) & torch.isfinite(depth_j), depth_j, torch.full_like(depth_j, -1.0))
     eroded = -F.max_pool2d(-clean_j[None, None], 3, stride=1, padding=1)[0, 0]
     col = torch.nan_to_num(u, nan=0.0).clamp(0, Wj - 1).long()       # invalid pixels (z <= 0) read anything
     row = torch.nan_to_num(v, nan=0.0).clamp(0, Hj - 1).long()
     observed = eroded[row, col]
-    valid &= torch.isfinite(observed)
+    valid &= observed > 0
     violates = valid & (observed - z > threshold * z)
     return violates, valid
 
@@ -127,7 +130,7 @@ def dynamic_masks(depth: np.ndarray, intrinsics: np.ndarray, world_to_camera: np
     as_tensor = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
     score, counts = geometric_scores(as_tensor(depth), as_tensor(intrinsics), as_tensor(world_to_camera), params,
                                      None if confidence is None else as_tensor(confidence))
-    moving = (score > params.vote_fraction) & (counts > 0)
+    moving = (score > params.vote_fraction) & (score * counts >= params.min_violations - 0.5)
     if head_probability is not None:
         head = as_tensor(head_probability).float()
         fused = torch.where(counts > 0, (1 - params.head_weight) * score + params.head_weight * head, head)

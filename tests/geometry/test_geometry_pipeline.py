@@ -117,8 +117,8 @@ def test_supervised_head_probability_is_blended_in():
 
 
 def test_neighbour_offsets_stay_inside_the_sequence():
-    assert neighbour_offsets(0, 10, 4, 2) == [2, 4, 6, 8]
-    assert neighbour_offsets(5, 10, 4, 2) == [2, -2, 4, -4]
+    assert neighbour_offsets(0, 20, 4, 2) == [2, 4, 8, 16]
+    assert neighbour_offsets(9, 20, 6, 2) == [2, -2, 4, -4, 8, -8]
     assert neighbour_offsets(0, 2, 4, 2) == []
 
 
