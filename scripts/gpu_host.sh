@@ -34,4 +34,4 @@ if [ -n "${OUT:-}" ] && [ "$(( $(date +%s) - start ))" -gt 20 ]; then
   so=$(find .gsplat_ext -name 'gsplat_cuda.so' | head -n 1)
   [ -n "$so" ] && mkdir -p "$OUT/gsplat_ext" && cp "$so" "$OUT/gsplat_ext/" && echo "$so" > "$OUT/gsplat_ext/path.txt"
 fi
-[ "$#" -gt 0 ] && python3 -m bench.run "$@"
+if [ "$#" -gt 0 ]; then python3 -m bench.run "$@"; fi
