@@ -30,6 +30,7 @@ th { background: #f4f4f4; } td.key, th.key { text-align: left; } td.text { text-
 .views figure, .inputs figure { display: inline-block; margin: 4px; text-align: center; font-size: 12px; }
 .views img, .inputs img { display: block; image-rendering: auto; }
 .row { display: flex; gap: 6px; align-items: flex-start; flex-wrap: wrap; }
+.label { color: #666; font-size: 11px; }
 .plots { display: flex; gap: 16px; flex-wrap: wrap; } video { max-width: 380px; display: block; }
 .videos figure { display: inline-block; margin: 6px; font-size: 12px; }
 """
@@ -137,10 +138,12 @@ def _views_section(evaluation, max_size: int) -> str:
         caption = f"{escape(view.name)}: PSNR {_fmt(m['psnr'], 2)} dB, SSIM {_fmt(m['ssim'], 3)}"
         if m.get("lpips_alex") is not None:
             caption += f", LPIPS {_fmt(m['lpips_alex'], 3)}"
-        images = [(image_data_uri(view.ground_truth, max_size), f"{view.name} ground truth"),
-                  (image_data_uri(view.render, max_size), f"{view.name} render"),
-                  (image_data_uri(error_map(view.render, view.ground_truth), max_size), f"{view.name} error")]
-        parts.append('<figure><div class="row">' + "".join(_img(u, a) for u, a in images)
+        images = [(image_data_uri(view.ground_truth, max_size), "ground truth"),
+                  (image_data_uri(view.render, max_size), "render"),
+                  (image_data_uri(error_map(view.render, view.ground_truth), max_size), "|error|")]
+        parts.append('<figure><div class="row">'
+                     + "".join(f'<div>{_img(u, f"{view.name} {label}")}<span class="label">{label}</span></div>'
+                               for u, label in images)
                      + f"</div><figcaption>{caption}</figcaption></figure>")
     return "".join(parts) + "</div></section>"
 

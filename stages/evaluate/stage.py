@@ -141,7 +141,7 @@ def pose_metrics(scene, run_dir: Path) -> tuple[dict, Optional[str], dict]:
     cameras, source = read_cameras(geometry / "cameras.json")
     if (geometry / "predicted_cameras.json").is_file():
         estimated, _ = read_cameras(geometry / "predicted_cameras.json")
-        what = "geometry/predicted_cameras.json (the network's cameras)"
+        what = "geometry/predicted_cameras.json (the geometry stage's own estimate)"
     elif source == "model":
         estimated, what = cameras, "geometry/cameras.json (model cameras)"
     else:

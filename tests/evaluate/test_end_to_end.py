@@ -1,0 +1,55 @@
+"""`page4dgs reconstruct` end to end on a reduced demo (the demo's room generator at 12 frames of 96 px, oracle
+geometry, 20 optimization steps): metrics.json, test renders, videos and report.html come out, and the render /
+export commands work on the real 4D model. About a minute of CPU."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main
+from tests.evaluate.test_lpips import weights_built
+from tests.evaluate.test_report import browser_check
+from tests.render.test_export import read_back
+
+pytest.importorskip("pipeline.synthetic.cli", reason="the synthetic scene generator is not in this checkout")
+pytest.importorskip("stages.optimize.model", reason="the optimize stage is not in this checkout")
+
+REDUCED = ["geometry.model=oracle", "initialize.max_gaussians=3000", "optimize.iterations=20",
+           "optimize.densify=false", "optimize.sh_degree=1", "render.video_frames=4", "render.video_max_size=96"]
+
+
+@pytest.mark.slow
+@weights_built
+def test_reconstruct_render_export_evaluate(tmp_path):
+    scene, run = tmp_path / "scene", tmp_path / "run"
+    assert main(["make-scene", "room", "--out", str(scene), "--frames", "12", "--res", "96"]) == 0
+    assert main(["reconstruct", str(scene), *REDUCED, "--out", str(run)]) == 0
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"protocol", "psnr", "ssim", "lpips_alex", "lpips_vgg", "per_view", "timing", "device"} <= set(metrics)
+    test_names = [v["name"] for v in metrics["per_view"]]
+    assert test_names and all((run / "render" / "test" / f"{n}.png").is_file() for n in test_names)
+    assert 10 < metrics["psnr"] < 60 and 0 < metrics["lpips_alex"] < 1
+    assert metrics["geometry"]["ate"] < 1e-6                  # oracle geometry: the dataset's own cameras
+    assert sorted(p.name for p in (run / "videos").glob("*.mp4")) == [
+        "spiral-time.mp4", "spiral-time_depth.mp4", "spiral-time_dynamic.mp4"]
+    result = browser_check(run / "report.html")
+    assert all(item["ok"] for kind in ("images", "svgs", "videos") for item in result[kind])
+
+    assert main(["render", str(run), "--path", "bullet", "--frames", "3"]) == 0
+    assert (run / "videos" / "bullet.mp4").is_file()
+    assert main(["export", str(run), "--format", "ply"]) == 0
+    from stages.optimize.model import load_model
+
+    model = load_model(run / "optimize" / "model.pt")
+    index = json.loads((run / "export" / "ply" / "index.json").read_text())
+    entry = index["files"][len(index["files"]) // 2]
+    _, back = read_back(run / "export" / "ply" / entry["file"])
+    with torch.no_grad():
+        expected = model.gaussians_at(entry["time"])
+    finite = np.isfinite(expected["means"].numpy()).all(1)
+    assert entry["dropped_non_finite"] == int((~finite).sum())
+    assert np.allclose(back["means"], expected["means"].numpy()[finite], atol=1e-5)
+    assert np.allclose(back["opacities"], expected["opacities"].numpy()[finite].clip(1e-6, 1 - 1e-6), atol=1e-5)
