@@ -309,15 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true", help="GPU parity with gsplat and GPU speed (needs CUDA)")
     parser.add_argument("--repeats", type=int, default=9, help="timed repeats per CPU row (min and median kept)")
     parser.add_argument("--quick", action="store_true", help="CPU: only the 256x144 / 20k case")
+    parser.add_argument("--name", default="rasterizer", help="result file prefix: NAME_cpu.json / NAME_gpu.json")
     args = parser.parse_args(argv)
     if not (args.cpu or args.gpu):
         parser.error("choose --cpu and/or --gpu")
     if args.cpu:
         threads_before = torch.get_num_threads()
-        write("rasterizer_cpu", {**environment("cpu"), **bench_cpu(args.repeats, args.quick)})
+        write(f"{args.name}_cpu", {**environment("cpu"), **bench_cpu(args.repeats, args.quick)})
         torch.set_num_threads(threads_before)
     if args.gpu:
-        write("rasterizer_gpu", {**environment("cuda"), **bench_gpu()})
+        write(f"{args.name}_gpu", {**environment("cuda"), **bench_gpu()})
     return 0
 
 

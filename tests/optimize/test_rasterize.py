@@ -3,6 +3,7 @@ pure-torch helpers (which run on CPU). No gsplat CUDA op is ever called here."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -316,3 +317,29 @@ def test_auto_backend_on_cpu_never_calls_gsplat(monkeypatch):
         assert meta["backend"] == "torch"
     with pytest.raises(ValueError, match="backend"):
         rasterization(*scene, 16, 16, backend="cuda")
+
+
+def test_a_gsplat_extension_failure_on_the_first_call_falls_back_to_torch(monkeypatch, caplog):
+    import stages.optimize.rasterize as rasterize
+
+    calls = []
+
+    def broken_extension(*args, **kwargs):
+        calls.append(1)
+        raise OSError("CUDA_HOME environment variable is not set")
+
+    monkeypatch.setattr(rasterize, "_wants_gsplat", lambda backend, means: rasterize._gsplat_first_call_ok is not False)
+    monkeypatch.setattr(rasterize, "rasterize_gsplat", broken_extension)
+    monkeypatch.setattr(rasterize, "_gsplat_first_call_ok", None)
+    scene = random_scene(10, 16, 16, dtype=torch.float32)
+    logger = logging.getLogger("page4dgs")          # may not propagate to the root logger once a CLI ran
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="page4dgs"):
+            for _ in range(2):
+                _, _, meta = rasterization(*scene, 16, 16, backend="auto")
+                assert meta["backend"] == "torch"
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert len(calls) == 1 and rasterize._gsplat_first_call_ok is False
+    assert "CUDA_HOME" in caplog.text
