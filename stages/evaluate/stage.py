@@ -103,8 +103,8 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tup
 
     frames = scene.test_frames
     keep = {f.name for f in evenly_spaced(frames, cfg.report_views)}
-    alex = get_lpips("alex", device) if cfg.lpips else None
-    vgg = get_lpips("vgg", device) if cfg.lpips else None
+    alex = get_lpips("alex", device) if cfg.lpips and frames else None
+    vgg = get_lpips("vgg", device) if cfg.lpips and frames else None
     per_view, extra, masked, kept = [], [], [], []
     for frame in progress(frames, desc="metrics", unit="view"):
         gt = quantize_8bit(scene.rgb(frame))
@@ -123,7 +123,8 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tup
                            "covisible_fraction": float(mask.mean())})
         if frame.name in keep:
             kept.append(ViewImages(frame.name, gt, render, row))
-    source = alex.source if alex else "not computed (evaluate.lpips = false)"
+    source = (alex.source if alex else "not computed (no test views)" if cfg.lpips
+              else "not computed (evaluate.lpips = false)")
     return per_view, extra, masked, kept, source
 
 
@@ -251,7 +252,7 @@ def evaluate_run(run_dir: Path, config, scene, device: str = "cpu") -> Evaluatio
         "psnr": "per view: -10 log10(MSE over H x W x 3), then the mean over views",
         "quantisation": "8-bit: renders read back from PNG; ground truth composited on the background, then "
                         "rounded to 8 bit",
-        "resolution": list(sizes[0]) if len(sizes) == 1 else [list(s) for s in sizes],
+        "resolution": list(sizes[0]) if len(sizes) == 1 else [list(s) for s in sizes],   # [] without test views
         "background": (f"{'white' if scene.background == (1.0, 1.0, 1.0) else 'black'}: RGBA ground truth "
                        f"composited as rgb * a + bg * (1 - a); renders composited on the same colour"),
         "masks": masks,

@@ -115,6 +115,20 @@ def test_without_lpips_or_ground_truth(fake_run, monkeypatch):
     json.dumps(m, allow_nan=False)
 
 
+def test_a_scene_without_test_views(fake_run, monkeypatch):
+    """No test frames (a video with scene.test_every=0): null image metrics, an empty per_view, a report."""
+    config = rendered_run(fake_run, monkeypatch)
+    scene = load_scene(config.scene)
+    for f in scene.frames:
+        f.split = "train"
+    evaluation = evaluate_run(fake_run.run_dir, config, scene, "cpu")
+    m = evaluation.metrics
+    assert m["per_view"] == [] and m["psnr"] is None and m["lpips_alex"] is None and m["protocol"]["resolution"] == []
+    assert m["protocol"]["test_split"].startswith("none")
+    write_outputs(evaluation, fake_run.run_dir, fake_run.run_dir, config, scene)
+    assert "No test views" in (fake_run.run_dir / "report.html").read_text()
+
+
 def test_missing_render_is_a_user_error(fake_run, capsys):
     assert main(["evaluate", str(fake_run.run_dir)]) == 2
     assert "render/test/r_000.png" in capsys.readouterr().err
