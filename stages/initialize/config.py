@@ -12,9 +12,10 @@ class InitializeConfig:
     """Initialize stage: Gaussians from the geometry stage's point clouds."""
 
     max_gaussians: int = option(20000, "Budget: the point cloud is voxel-downsampled to at most this many Gaussians.")
-    dynamic_fraction: float = option(0.3, "This fraction of the budget goes to dynamic Gaussians, split evenly over "
-                                     "the training time slices (more when the static points need less than the "
-                                     "rest); static points take the rest.")
+    dynamic_fraction: float = option(0.7, "Largest share of the budget that dynamic Gaussians (every time slice "
+                                     "together) take while static points need the rest. Below it, static points "
+                                     "and each time slice are downsampled with one voxel size: the same density "
+                                     "everywhere.")
     min_confidence: float = option(0.0, "Drop pixels whose depth confidence is below this value (PAGE-4D "
                                    "confidences are >= 1; oracle geometry has confidence 1).")
     confidence_percentile: float = option(0.0, "Per frame, also drop the pixels below this percentile of "

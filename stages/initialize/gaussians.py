@@ -46,15 +46,18 @@ def knn_distances(points: np.ndarray, k: int = 3) -> np.ndarray:
     return np.sqrt(np.mean(distances**2, axis=1))
 
 
-def initial_log_scales(points: np.ndarray, factor: float = 1.0, k: int = 3) -> np.ndarray:
+def initial_log_scales(points: np.ndarray, factor: float = 1.0, k: int = 3, max_over_median: float = 3.0) -> np.ndarray:
     """(N, 3) isotropic log standard deviations: log(factor x RMS distance to the k nearest neighbours).
 
-    Coincident points (distance 0) get the smallest positive distance of the cloud.
+    Coincident points (distance 0) get the smallest positive distance of the cloud; isolated points are capped at
+    ``max_over_median`` x the median distance (a lone point would otherwise start as a blob over the scene).
     """
     dist = knn_distances(points, k)
     positive = dist[dist > 0]
     floor = positive.min() if positive.size else 1.0
     dist = np.maximum(dist, floor)
+    if len(dist):
+        dist = np.minimum(dist, max_over_median * np.median(dist))
     return np.repeat(np.log(factor * dist)[:, None], 3, axis=1)
 
 

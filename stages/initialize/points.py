@@ -6,6 +6,8 @@ Conventions: OpenCV cameras, ``K`` in pixels with pixel (row i, column j) centre
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 
@@ -87,20 +89,28 @@ def count_voxels(points: np.ndarray, voxel_size: float) -> int:
     return len(np.unique(voxel_keys(points, voxel_size)))
 
 
-def voxel_size_for_budget(points: np.ndarray, budget: int, iterations: int = 30) -> float:
-    """The smallest voxel edge (to ~2 %) whose downsampling leaves at most ``budget`` points; 0 if none is needed."""
-    if len(points) <= budget:
+def voxel_size_for_budget(groups: np.ndarray | Sequence[np.ndarray], budget: int, iterations: int = 40) -> float:
+    """The smallest voxel edge (to ~2 %) at which downsampling every group of points (each (N_g, 3), downsampled
+    on its own) leaves at most ``budget`` points in total; 0 if the groups already fit."""
+    groups = [groups] if isinstance(groups, np.ndarray) else [g for g in groups if len(g)]
+    if sum(len(g) for g in groups) <= budget:
         return 0.0
-    if budget <= 0:
-        raise ValueError("budget must be positive")
-    extent = float(np.max(points.max(0) - points.min(0)))
-    hi = max(extent, 1e-12) * 2.0           # one voxel holds everything: 1 point (or 2^3 at worst) <= budget
-    lo = hi * 1e-6
-    while count_voxels(points, hi) > budget:
+    if budget < len(groups):
+        raise ValueError(f"a budget of {budget} cannot hold one point for each of {len(groups)} groups")
+
+    def total(size: float) -> int:
+        return sum(count_voxels(g, size) for g in groups)
+
+    extent = max(float(np.max(g.max(0) - g.min(0))) for g in groups)
+    hi = max(extent, 1e-12) * 2.0           # about one voxel per group
+    for _ in range(64):
+        if total(hi) <= budget:
+            break
         hi *= 2.0
+    lo = hi * 1e-6
     for _ in range(iterations):
         mid = np.sqrt(lo * hi)              # bisect in log space
-        if count_voxels(points, mid) > budget:
+        if total(mid) > budget:
             lo = mid
         else:
             hi = mid
@@ -113,5 +123,4 @@ def downsample_to_budget(points: np.ndarray, colors: np.ndarray, budget: int) ->
     """Voxel-downsample (N, 3) points with their (N, C) colours to at most ``budget`` points."""
     if budget <= 0 or len(points) == 0:
         return points[:0], colors[:0]
-    size = voxel_size_for_budget(points, budget)
-    return voxel_downsample(points, colors, size) if size > 0 else (points, colors)
+    return voxel_downsample(points, colors, voxel_size_for_budget(points, budget))

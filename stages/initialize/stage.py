@@ -3,8 +3,9 @@
 Only training frames contribute (test images never touch optimization). Per training frame: unproject the depth at
 pixel centres, keep pixels with valid depth, enough confidence, no depth discontinuity and (RGBA scenes) alpha >= 0.5,
 take the colour from the frame, and split by the dynamic mask. Static points of all frames are pooled and
-voxel-downsampled to the static budget; dynamic points are downsampled per time slice, so every dynamic Gaussian
-keeps the time it was seen. Scales come from nearest-neighbour distances, colours become SH DC terms.
+voxel-downsampled; dynamic points are downsampled per time slice, so every dynamic Gaussian keeps the time it was
+seen. One voxel size serves both (the same density everywhere) unless the dynamic slices would then take more than
+their share of the budget (:func:`allocate_voxels`). Scales come from nearest-neighbour distances, colours become SH DC terms.
 
 Writes ``initialize/gaussians.ply`` (standard 3DGS layout, SH degree 0) and ``initialize/labels.npz``
 (``is_dynamic`` bool (N,), ``time`` float32 (N,) = time seen (-1 for static), ``frame_index`` int32 (N,) = index in
@@ -25,7 +26,8 @@ from pipeline.log import progress
 from stages.initialize.config import InitializeConfig
 from stages.initialize.gaussians import initial_log_scales, logit, rgb_to_sh_dc, write_gaussians_ply
 from stages.initialize.geometry_io import FrameCamera, read_cameras, read_confidence, read_depth, read_dynamic_mask
-from stages.initialize.points import confidence_mask, depth_edge_mask, downsample_to_budget, unproject_depth
+from stages.initialize.points import (confidence_mask, count_voxels, depth_edge_mask, unproject_depth,
+                                      voxel_downsample, voxel_size_for_budget)
 
 
 @dataclass
@@ -68,6 +70,22 @@ def frame_points(camera: FrameCamera, depth: np.ndarray, rgb: np.ndarray, confid
     return FramePoints(camera, points, rgb[keep].astype(np.float64), dynamic)
 
 
+def allocate_voxels(static_pts: np.ndarray, slice_pts: list[np.ndarray], budget: int,
+                    dynamic_fraction: float) -> tuple[float, float]:
+    """Voxel sizes (static, dynamic) for the budget: one size for everything (the same density on static surfaces
+    and on each time slice of the moving ones) unless the dynamic slices would then take more than
+    max(dynamic_fraction x budget, what the static points cannot use); then the dynamic slices get exactly that
+    share at one common size and the static points the rest. 0 = no downsampling."""
+    common = voxel_size_for_budget([static_pts, *slice_pts], budget)
+    n_dynamic = sum(count_voxels(p, common) if common > 0 else len(p) for p in slice_pts)
+    cap = max(int(dynamic_fraction * budget), budget - len(static_pts))
+    if n_dynamic <= cap:
+        return common, common
+    dynamic = voxel_size_for_budget(slice_pts, cap)
+    n_dynamic = sum(count_voxels(p, dynamic) if dynamic > 0 else len(p) for p in slice_pts)
+    return voxel_size_for_budget(static_pts, budget - n_dynamic), dynamic
+
+
 def build_gaussians(frames: list[FramePoints], cfg: InitializeConfig) -> InitialGaussians:
     """Pool, downsample to the budget and attribute the points of all training frames."""
     static_pts = np.concatenate([f.points[~f.dynamic] for f in frames] or [np.zeros((0, 3))])
@@ -76,27 +94,23 @@ def build_gaussians(frames: list[FramePoints], cfg: InitializeConfig) -> Initial
     for f in frames:
         if f.dynamic.any():
             slices[f.camera.time].append(f)
+    times = sorted(slices)
+    slice_pts = [np.concatenate([f.points[f.dynamic] for f in slices[t]]) for t in times]
+    slice_rgb = [np.concatenate([f.colors[f.dynamic] for f in slices[t]]) for t in times]
+    if len(slices) + (len(static_pts) > 0) > cfg.max_gaussians:
+        raise UserError(f"initialize: a budget of {cfg.max_gaussians} Gaussians cannot hold the {len(slices)} "
+                        f"dynamic time slices (raise initialize.max_gaussians)")
+    static_voxel, dynamic_voxel = allocate_voxels(static_pts, slice_pts, cfg.max_gaussians, cfg.dynamic_fraction)
 
-    # Dynamic points get their share of the budget, and whatever the static points cannot use (a scene where
-    # everything moves gives them all of it).
-    dynamic_budget = max(int(cfg.dynamic_fraction * cfg.max_gaussians), cfg.max_gaussians - len(static_pts)) \
-        if slices else 0
-    per_slice = dynamic_budget // max(len(slices), 1)
-    if slices and per_slice < 1:
-        raise UserError(f"initialize: a budget of {cfg.max_gaussians} Gaussians leaves none for each of the "
-                        f"{len(slices)} dynamic time slices (raise initialize.max_gaussians)")
     dyn_means, dyn_rgb, dyn_time, dyn_frame = [], [], [], []
-    for time in sorted(slices):
-        group = slices[time]
-        pts = np.concatenate([f.points[f.dynamic] for f in group])
-        rgb = np.concatenate([f.colors[f.dynamic] for f in group])
-        pts, rgb = downsample_to_budget(pts, rgb, per_slice)
+    for t, pts, rgb in zip(times, slice_pts, slice_rgb):
+        pts, rgb = voxel_downsample(pts, rgb, dynamic_voxel)
         dyn_means.append(pts)
         dyn_rgb.append(rgb)
-        dyn_time.append(np.full(len(pts), time))
-        dyn_frame.append(np.full(len(pts), min(f.camera.index for f in group)))
+        dyn_time.append(np.full(len(pts), t))
+        dyn_frame.append(np.full(len(pts), min(f.camera.index for f in slices[t])))
     n_dynamic = sum(len(p) for p in dyn_means)
-    static_pts, static_rgb = downsample_to_budget(static_pts, static_rgb, cfg.max_gaussians - n_dynamic)
+    static_pts, static_rgb = voxel_downsample(static_pts, static_rgb, static_voxel)
     if len(static_pts) + n_dynamic == 0:
         raise UserError("initialize: no valid depth pixels in any training frame (check geometry/depth and the "
                         "confidence thresholds)")

@@ -216,3 +216,24 @@ def test_predicted_cameras_are_brought_into_the_dataset_world_by_sim3(spheres, t
     got = read_gaussians_ply(work / "initialize/gaussians.ply")
     assert len(ref["means"]) == len(got["means"])
     np.testing.assert_allclose(got["means"], ref["means"], atol=1e-4)
+
+
+def test_budget_gives_one_density_unless_the_dynamic_share_is_exceeded(rng):
+    from stages.initialize.stage import allocate_voxels
+
+    static = rng.uniform(-1, 1, size=(6000, 3))
+    static[:, 2] = 0.0                                                   # a floor
+    slices = [rng.normal(scale=0.05, size=(200, 3)) + [0, 0, 0.5] for _ in range(10)]
+    # Small moving object: one voxel size for everything, total within budget and tight.
+    s_voxel, d_voxel = allocate_voxels(static, slices, 2000, dynamic_fraction=0.7)
+    assert s_voxel == d_voxel > 0
+    total = count_voxels(static, s_voxel) + sum(count_voxels(p, d_voxel) for p in slices)
+    assert total <= 2000 < count_voxels(static, s_voxel / 1.05) + sum(count_voxels(p, d_voxel / 1.05) for p in slices)
+    # Many slices of a large moving surface: dynamic capped at 30 % of the budget, static gets the rest.
+    floor = rng.uniform(-1, 1, size=(40000, 3))
+    floor[:, 2] = 0.0
+    big = [rng.uniform(-1, 1, size=(3000, 3)) for _ in range(20)]
+    s_voxel, d_voxel = allocate_voxels(floor, big, 20000, dynamic_fraction=0.3)
+    n_dyn = sum(count_voxels(p, d_voxel) for p in big)
+    assert d_voxel > s_voxel and 0.27 * 20000 < n_dyn <= 0.3 * 20000
+    assert 0.9 * 20000 < n_dyn + count_voxels(floor, s_voxel) <= 20000
