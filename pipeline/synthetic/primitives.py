@@ -128,8 +128,10 @@ def inside(kind: str, point: Tensor, size: Tensor) -> Tensor:
 
 def _face(point: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
     """The face of a box that local points (3, ...) lie on: its axis (...) long and side (...) +-1."""
-    axis = (point / size).abs().argmax(dim=0)
-    side = torch.where(torch.gather(point, 0, axis[None])[0] > 0, 1.0, -1.0).to(point.dtype)
+    ratio = (point / size).abs()
+    axis = torch.where((ratio[0] >= ratio[1]) & (ratio[0] >= ratio[2]), 0, torch.where(ratio[1] >= ratio[2], 1, 2))
+    coordinate = torch.where(axis == 0, point[0], torch.where(axis == 1, point[1], point[2]))
+    side = torch.where(coordinate > 0, 1.0, -1.0).to(point.dtype)
     return axis, side
 
 

@@ -110,19 +110,23 @@ class FrameBatch:
         candidate = ((x >= rect[..., 0]) & (x <= rect[..., 2]) & (y >= rect[..., 1]) & (y <= rect[..., 3])
                      & self.traced[..., None])                                        # (F, P, N)
         frame, slot, ray = candidate.nonzero(as_tuple=True)
+        P = self.P
+        primitive_id, ray_id = frame * P + slot, frame * N + ray                     # into (F*P) and (F*N) tables
         kind = self.kind_of_slot[slot]
-        t = torch.full_like(frame, 0, dtype=direction.dtype)
+        t = torch.zeros(frame.shape, dtype=direction.dtype, device=direction.device)
+        rotation = self.rotation.reshape(F * P, 3, 3)
+        size = self.size.reshape(F * P, 3)
         origin_local = _transpose_apply(self.rotation, (self.origin[:, None] - self.translation).permute(2, 0, 1))
+        origin_local = origin_local.reshape(3, F * P)
+        rays = direction.reshape(3, F * N)
         for name in TRACED_KINDS:
             select = (kind == KIND_ID[name]).nonzero(as_tuple=True)[0]
             if select.numel() == 0:
                 continue
-            f, s, r = frame[select], slot[select], ray[select]
-            R = self.rotation[f, s]                                                   # (n, 3, 3)
-            d = _transpose_apply(R, direction[:, f, r])                               # (3, n)
-            o = origin_local[:, f, s]
-            t[select] = INTERSECT[name](o, d, self.size[f, s].T, NEAR)
-        ray_id = frame * N + ray
+            p, r = primitive_id[select], ray_id[select]
+            d = _transpose_apply(rotation.index_select(0, p), rays.index_select(1, r))   # (3, n) local
+            o = origin_local.index_select(1, p)
+            t[select] = INTERSECT[name](o, d, size.index_select(0, p).T, NEAR)
         nearest = torch.full((F * N,), math.inf, dtype=t.dtype, device=t.device)
         nearest.scatter_reduce_(0, ray_id, t, "amin")
         # Ties (touching primitives) go to the highest slot index, which does not depend on the work order.
@@ -143,8 +147,11 @@ class FrameBatch:
         slot_hit = slot.clamp_min(0)
         point = self.origin.T[:, :, None] + depth * direction                        # (3, F, N) world
 
+        F, N = slot.shape
+        row = (torch.arange(F, device=slot.device)[:, None] * P + slot_hit).reshape(-1)   # into (F*P) tables
+
         def per_ray(table: Tensor) -> Tensor:                                        # (F, P, ...) -> (F, N, ...)
-            return table[torch.arange(table.shape[0], device=slot.device)[:, None], slot_hit]
+            return table.reshape(F * P, -1).index_select(0, row).reshape(F, N, *table.shape[2:])
 
         rotation = per_ray(self.rotation)                                            # (F, N, 3, 3)
         size = per_ray(self.size).permute(2, 0, 1)                                   # (3, F, N)
@@ -171,10 +178,10 @@ class FrameBatch:
 
         lod = None
         if mipmaps:
-            # Pixel footprint on the surface (metres): distance / focal length, widened at grazing angles.
-            ray_length = torch.sqrt(_dot3(direction, direction))
-            cosine = (_dot3(normal, direction) / ray_length).abs().clamp_min(0.15)
-            footprint = depth * ray_length / self.K[:, 0, 0, None] / cosine * footprint_scale
+            # Pixel footprint on the surface (metres): a pixel spans z / f across the ray at z-depth z, widened by
+            # 1 / cos at oblique incidence (capped at grazing angles).
+            cosine = (_dot3(normal, direction) / torch.sqrt(_dot3(direction, direction))).abs().clamp_min(0.15)
+            footprint = depth / self.K[:, 0, 0, None] / cosine * footprint_scale
             lod = torch.log2((footprint * tiles * bank.size).clamp_min(1e-6))
         texture = posed.texture.reshape(-1)[material]
         albedo = bank.sample(texture, uv[0], uv[1], lod) * posed.tint.reshape(-1, 3)[material]   # (F, N, 3)

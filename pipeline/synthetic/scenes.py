@@ -20,12 +20,12 @@ determines the scene.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
-from pipeline.synthetic.cameras import HandheldPath
+from pipeline.synthetic.cameras import HandheldPath, fov_x_from_longer_side
 from pipeline.synthetic.primitives import KINDS, MATERIAL_GROUPS
 
 WAVES = 3  # sinusoids per motion term
@@ -98,7 +98,6 @@ class SceneSpec:
     ambient: Tensor           # (B,) fraction of light that does not depend on the light direction
     camera_path: HandheldPath | None = None  # rooms: the handheld path the scene was sampled with
     fov_x: Tensor | None = None               # (B,) horizontal field of view of that path, radians
-    extras: dict = field(default_factory=dict)
 
     @classmethod
     def empty(cls, layout: Layout, batch: int, device="cpu", dtype=torch.float32) -> "SceneSpec":
@@ -287,8 +286,9 @@ def _rot_y(angle: Tensor) -> Tensor:
 
 def _wander(spec: SceneSpec, draw: _Draw, slot: int, amplitude: Tensor, min_frequency: float = 0.4,
             max_frequency: float = 1.5) -> None:
-    """A smooth random curve for ``slot``: WAVES sinusoids per axis with amplitudes up to ``amplitude`` (B, 3)."""
-    spec.wave_amplitude[:, slot] = amplitude[:, None] * draw.uniform(0.3, 1.0, WAVES, 3) / WAVES * 1.6
+    """A smooth random curve for ``slot``: per axis, WAVES sinusoids with amplitudes of 0.2-0.5 times
+    ``amplitude`` (B, 3) each, so the curve stays within 1.5 ``amplitude`` of ``offset``."""
+    spec.wave_amplitude[:, slot] = amplitude[:, None] * draw.uniform(0.2, 0.5, WAVES, 3)
     spec.wave_frequency[:, slot] = draw.uniform(min_frequency, max_frequency, WAVES)
     spec.wave_phase[:, slot] = draw.uniform(0, 2 * math.pi, WAVES, 3)
 
@@ -315,8 +315,9 @@ WORM_SEGMENTS = 4
 def room_layout() -> Layout:
     slots = [Slot("room", "room", group="room")]
     slots += [Slot(f"cabinet{i}", "box", group=f"cabinet{i}") for i in range(FURNITURE)]
-    slots += [Slot("vase0", "ellipsoid", parent=1 + 0, group="vase0"),   # on cabinet0 (left wall)
-              Slot("vase1", "ellipsoid", parent=1 + 4, group="vase1")]   # on cabinet4 (back wall)
+    cabinet = {i: 1 + i for i in range(FURNITURE)}                      # slot indices of the cabinets
+    slots += [Slot("vase0", "ellipsoid", parent=cabinet[0], group="vase0"),   # on the left wall's first cabinet
+              Slot("vase1", "ellipsoid", parent=cabinet[4], group="vase1")]   # on the back wall's first cabinet
     slots += [Slot(f"pillar{i}", "capsule", group=f"pillar{i}") for i in range(2)]
     slots += [Slot("flyer", "ellipsoid", group="flyer"), Slot("tumbler", "box", group="tumbler")]
     arm = len(slots)
@@ -538,8 +539,6 @@ def sample_room(generator: torch.Generator, batch: int, bank_size: int, width: i
         shake_frequency=draw.uniform(2.0, 6.0, 3), shake_phase=draw.uniform(0, 2 * math.pi, 3, 3),
         roll_amplitude=draw.uniform(0.0, math.radians(1.5)), roll_frequency=draw.uniform(0.5, 2.0),
         roll_phase=draw.uniform(0, 2 * math.pi))
-    from pipeline.synthetic.cameras import fov_x_from_longer_side
-
     fov = torch.deg2rad(draw.uniform(*options.fov_deg))
     spec.fov_x = fov_x_from_longer_side(fov, width, height)
     return spec
