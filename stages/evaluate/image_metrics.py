@@ -21,7 +21,7 @@ from typing import Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy import ndimage
 
 Image = Union[np.ndarray, torch.Tensor]
 
@@ -57,52 +57,51 @@ def masked_psnr(prediction: Image, target: Image, mask: Image) -> float:
     return math.inf if mse == 0.0 else -10.0 * math.log10(mse)
 
 
-def gaussian_window_1d(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA) -> torch.Tensor:
+def gaussian_window_1d(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA) -> np.ndarray:
     """(size,) float64 normalised Gaussian g_k ~ exp(-(k - size // 2)^2 / (2 sigma^2))."""
-    k = torch.arange(size, dtype=torch.float64) - size // 2
-    g = torch.exp(-(k**2) / (2.0 * sigma**2))
+    k = np.arange(size, dtype=np.float64) - size // 2
+    g = np.exp(-(k**2) / (2.0 * sigma**2))
     return g / g.sum()
 
 
-def _blur(x: torch.Tensor, padding: int) -> torch.Tensor:
-    """Separable Gaussian filter of x [B, C, H, W] per channel; zero ``padding`` on every side.
+def _blur(x: np.ndarray) -> np.ndarray:
+    """Gaussian filter of x (H, W, C) per channel with zero padding ("same" size), float64.
 
-    The 11x11 window is the outer product of the 1-D one, so two 1-D passes equal the 2-D convolution exactly (also
-    at zero-padded borders)."""
-    channels = x.shape[1]
-    g = gaussian_window_1d().to(x)
-    horizontal = g.view(1, 1, 1, -1).expand(channels, 1, 1, WINDOW_SIZE)
-    vertical = g.view(1, 1, -1, 1).expand(channels, 1, WINDOW_SIZE, 1)
-    x = F.conv2d(x, horizontal, padding=(0, padding), groups=channels)
-    return F.conv2d(x, vertical, padding=(padding, 0), groups=channels)
+    The 11x11 window is the outer product of the 1-D one, so two 1-D passes equal the 2-D correlation exactly, also
+    at zero-padded borders; the "valid" map is this one with the 5-pixel border cropped."""
+    g = gaussian_window_1d()
+    x = ndimage.correlate1d(x, g, axis=0, mode="constant", cval=0.0)
+    return ndimage.correlate1d(x, g, axis=1, mode="constant", cval=0.0)
 
 
-def ssim_map(prediction: torch.Tensor, target: torch.Tensor, padding: int) -> torch.Tensor:
-    """Per-pixel, per-channel SSIM of x, y [B, C, H, W] in [0, 1]; returns [B, C, H', W'].
+def ssim_map(prediction: np.ndarray, target: np.ndarray, valid: bool) -> np.ndarray:
+    """Per-pixel, per-channel SSIM of two (H, W, C) float64 images in [0, 1].
 
-    padding = WINDOW_SIZE // 2 gives the 3DGS map (H' = H), padding = 0 the "valid" map (H' = H - 10)."""
+    valid=False: the 3DGS map (H, W) with zero padding; valid=True: windows inside the image only (H-10, W-10)."""
     x, y = prediction, target
-    mu_x, mu_y = _blur(x, padding), _blur(y, padding)
-    var_x = _blur(x * x, padding) - mu_x**2
-    var_y = _blur(y * y, padding) - mu_y**2
-    cov_xy = _blur(x * y, padding) - mu_x * mu_y
+    mu_x, mu_y = _blur(x), _blur(y)
+    var_x = _blur(x * x) - mu_x**2
+    var_y = _blur(y * y) - mu_y**2
+    cov_xy = _blur(x * y) - mu_x * mu_y
     numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * cov_xy + SSIM_C2)
     denominator = (mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2)
-    return numerator / denominator
+    ssim = numerator / denominator
+    border = WINDOW_SIZE // 2
+    return ssim[border:-border, border:-border] if valid else ssim
 
 
 def ssim_3dgs(prediction: Image, target: Image) -> float:
     """SSIM, 3DGS convention: zero padding 5, mean over the full (H, W) map and the channels."""
-    x, y = _nchw_pair(prediction, target)
-    return float(ssim_map(x, y, padding=WINDOW_SIZE // 2).mean())
+    x, y = _pair(prediction, target)
+    return float(ssim_map(x, y, valid=False).mean())
 
 
 def ssim_valid(prediction: Image, target: Image) -> float:
     """SSIM over the windows that lie inside the image (scikit-image Gaussian convention)."""
-    x, y = _nchw_pair(prediction, target)
-    if min(x.shape[-2:]) < WINDOW_SIZE:
+    x, y = _pair(prediction, target)
+    if min(x.shape[:2]) < WINDOW_SIZE:
         raise ValueError(f"ssim_valid needs images of at least {WINDOW_SIZE}x{WINDOW_SIZE}")
-    return float(ssim_map(x, y, padding=0).mean())
+    return float(ssim_map(x, y, valid=True).mean())
 
 
 def masked_ssim(prediction: Image, target: Image, mask: Image) -> float:
@@ -112,30 +111,31 @@ def masked_ssim(prediction: Image, target: Image, mask: Image) -> float:
     pixel, else 0; first along x, then along y with the first pass's "window has a valid pixel" mask. Variances are
     clipped at 0 and the covariance to +-sqrt(var_x var_y). As in DyCheck, the result is the plain mean of the SSIM map
     over all output pixels (windows without valid pixels have mu = sigma = 0 and count as SSIM 1)."""
-    x, y = _nchw_pair(prediction, target)           # [1, C, H, W] float64
-    m = torch.from_numpy(_mask(mask, _numpy(prediction))).to(x)[None, None]  # [1, 1, H, W]
-    g = gaussian_window_1d().to(x)
+    x, y = _pair(prediction, target)                      # (H, W, C) float64
+    m = _mask(mask, x)[..., None]                         # (H, W, 1)
+    g = gaussian_window_1d()
+    border = WINDOW_SIZE // 2
 
-    def partial_filter(z: torch.Tensor, valid: torch.Tensor, kernel_shape: tuple[int, int]):
-        """One 1-D pass; z [1, C, H, W], valid [1, 1, H, W] in {0, 1} -> (filtered z, window-has-valid mask)."""
-        channels = z.shape[1]
-        weights = g.view(1, 1, *kernel_shape)
-        filtered = F.conv2d(z * valid, weights.expand(channels, 1, *kernel_shape), groups=channels)
-        count = F.conv2d(valid, torch.ones_like(weights))
-        has_valid = count != 0
-        out = torch.where(has_valid, filtered * WINDOW_SIZE / count.clamp_min(1e-12), torch.zeros_like(filtered))
-        return out, has_valid.to(z)
+    def partial_filter(z: np.ndarray, valid: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """One "valid" 1-D pass along ``axis``: (filtered z, window-has-a-valid-pixel mask)."""
+        crop = [slice(None)] * 3
+        crop[axis] = slice(border, z.shape[axis] - border)
+        filtered = ndimage.correlate1d(z * valid, g, axis=axis, mode="constant")[tuple(crop)]
+        count = ndimage.correlate1d(valid, np.ones(WINDOW_SIZE), axis=axis, mode="constant")[tuple(crop)]
+        has_valid = count > 0.5                                       # counts are sums of 0/1 values
+        out = np.where(has_valid, filtered * WINDOW_SIZE / np.maximum(count, 1.0), 0.0)
+        return out, has_valid.astype(np.float64)
 
-    def blur(z: torch.Tensor) -> torch.Tensor:
-        z, valid = partial_filter(z, m, (1, WINDOW_SIZE))        # along x
-        z, _ = partial_filter(z, valid, (WINDOW_SIZE, 1))        # along y
+    def blur(z: np.ndarray) -> np.ndarray:
+        z, valid = partial_filter(z, m, axis=1)           # along x
+        z, _ = partial_filter(z, valid, axis=0)           # along y
         return z
 
     mu_x, mu_y = blur(x), blur(y)
-    var_x = (blur(x * x) - mu_x**2).clamp_min(0.0)
-    var_y = (blur(y * y) - mu_y**2).clamp_min(0.0)
+    var_x = np.maximum(blur(x * x) - mu_x**2, 0.0)
+    var_y = np.maximum(blur(y * y) - mu_y**2, 0.0)
     cov_xy = blur(x * y) - mu_x * mu_y
-    cov_xy = torch.sign(cov_xy) * torch.minimum(torch.sqrt(var_x * var_y), cov_xy.abs())
+    cov_xy = np.sign(cov_xy) * np.minimum(np.sqrt(var_x * var_y), np.abs(cov_xy))
     numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * cov_xy + SSIM_C2)
     denominator = (mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2)
     return float((numerator / denominator).mean())
@@ -166,11 +166,8 @@ def _mask(mask: Image, like: np.ndarray) -> np.ndarray:
     return (m > 0.5).astype(np.float64)
 
 
-def _nchw_pair(prediction: Image, target: Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two (H, W, C) images -> two [1, C, H, W] float64 tensors."""
+def _pair(prediction: Image, target: Image) -> tuple[np.ndarray, np.ndarray]:
+    """Two images -> two (H, W, C) float64 arrays of the same shape."""
     a, b = _numpy(prediction), _numpy(target)
     _check_pair(a, b)
-    if a.ndim == 2:
-        a, b = a[..., None], b[..., None]
-    to_nchw = lambda v: torch.from_numpy(np.ascontiguousarray(v)).permute(2, 0, 1)[None]  # (H,W,C) -> [1,C,H,W]
-    return to_nchw(a), to_nchw(b)
+    return (a[..., None], b[..., None]) if a.ndim == 2 else (a, b)
