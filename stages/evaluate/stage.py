@@ -103,8 +103,14 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tup
 
     frames = scene.test_frames
     keep = {f.name for f in evenly_spaced(frames, cfg.report_views)}
-    alex = get_lpips("alex", device) if cfg.lpips and frames else None
-    vgg = get_lpips("vgg", device) if cfg.lpips and frames else None
+    alex = vgg = None
+    unavailable = ""
+    if cfg.lpips and frames:
+        try:
+            alex, vgg = get_lpips("alex", device), get_lpips("vgg", device)
+        except UserError as err:   # no weights and no registry (an offline host): the other metrics still count
+            unavailable = str(err)
+            log.warning(f"LPIPS skipped: {err}; rerun `page4dgs evaluate RUN` once the weights are in place")
     per_view, extra, masked, kept = [], [], [], []
     for frame in progress(frames, desc="metrics", unit="view"):
         gt = quantize_8bit(scene.rgb(frame))
@@ -123,8 +129,8 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tup
                            "covisible_fraction": float(mask.mean())})
         if frame.name in keep:
             kept.append(ViewImages(frame.name, gt, render, row))
-    source = (alex.source if alex else "not computed (no test views)" if cfg.lpips
-              else "not computed (evaluate.lpips = false)")
+    source = (alex.source if alex else f"not computed ({unavailable})" if unavailable
+              else "not computed (no test views)" if cfg.lpips else "not computed (evaluate.lpips = false)")
     return per_view, extra, masked, kept, source
 
 

