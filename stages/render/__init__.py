@@ -1,5 +1,8 @@
-"""Stage 4a, render: test views, camera-path videos, exports."""
+"""Stage 4a, render: test views, camera-path videos, exports (see :mod:`stages.render.stage`)."""
 
-from stages.render.stage import run
 
-__all__ = ["run"]
+def run(ctx) -> dict:
+    # Imported on use, so that importing the config section (stages.render.config) stays light.
+    from stages.render.stage import run as run_stage
+
+    return run_stage(ctx)
