@@ -74,7 +74,7 @@ def build_official(root: Path, config, mask_on: bool, device: str = "cpu") -> to
             model.aggregator = Aggregator(img_size=config.image_size, patch_size=config.patch_size,
                                           embed_dim=config.embed_dim, num_heads=config.num_heads,
                                           patch_embed=dino, mask_hold_start=hold, mask_hold_end=hold)
-    return model.eval()
+    return model.to(device).eval()   # legacy FloatTensor buffers ignore the device context
 
 
 def set_official_mask(model: torch.nn.Module, mask_on: bool) -> None:
