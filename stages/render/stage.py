@@ -16,13 +16,11 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.io import write_npy, write_png
-from pipeline.log import get_logger, progress
+from pipeline.log import progress
 from stages.render.config import PATHS, RenderConfig
 from stages.render.paths import InputCamera, PathView, SceneLayout, camera_path, resized, scene_layout
 from stages.render.renderer import render_dynamic_weight, render_view
 from stages.render.video import depth_frames, weight_frames, write_frame_folder, write_mp4
-
-log = get_logger("render")
 
 
 @dataclass

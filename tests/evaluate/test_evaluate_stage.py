@@ -11,7 +11,6 @@ from pipeline.cli import main
 from pipeline.config import config_from_dict, read_yaml
 from pipeline.scene import load_scene
 from pipeline.scene.images import read_image, read_mask
-from stages.evaluate.depth_metrics import depth_errors
 from stages.evaluate.image_metrics import masked_psnr, ssim_3dgs
 from stages.evaluate.pose_metrics import pose_errors
 from stages.initialize.geometry_io import read_cameras

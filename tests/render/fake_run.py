@@ -10,7 +10,6 @@ dynamic masks, ``points.ply``, ``optimize/log.csv`` and a ``manifest.json`` with
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
