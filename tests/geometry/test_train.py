@@ -1,0 +1,256 @@
+"""PAGE-4D training loop (CPU, tiny dimensions): loss goes down, freezing recipe, exact resume, schedules, data."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from stages.geometry.page4d import train as training
+from stages.geometry.page4d.config import ModelConfig
+from stages.geometry.page4d.model import PAGE4D
+from stages.geometry.page4d.train import (ParamGroupConfig, TrainConfig, apply_trainable, build_optimizer,
+                                          load_train_config, scheduled_lr, split_batch)
+from stages.geometry.page4d.train_data import (EVAL_SEED_BASE, color_jitter, step_seed, targets_from_batch,
+                                               unproject_depth)
+
+MICRO = dict(name="page4d-micro", patch_size=14, image_size=56, input_width=56, embed_dim=32, num_heads=2,
+             mlp_ratio=2.0, num_register_tokens=4, dino_depth=1, dino_num_heads=2, depth=4, mask_head=True,
+             mask_head_hidden=8, mask_head_after=0, mask_bias_blocks=[1, 2], mask_hold_start=0, mask_hold_end=0,
+             camera_num_heads=2, camera_trunk_depth=1, camera_iterations=4, dpt_layers=[0, 1, 2, 3],
+             dpt_features=8, dpt_out_channels=[8, 8, 16, 16])
+
+
+class PlaneScenes:
+    """Analytic training batches: a tilted textured plane with a moving disc, seen by S cameras that translate and
+    pan. Exact depth, world points, masks and cameras; deterministic in (seed, step)."""
+
+    def __init__(self, height=28, width=56, frames=3, sequences=2, seed=0, fixed=False):
+        self.H, self.W, self.S, self.B, self.seed, self.fixed = height, width, frames, sequences, seed, fixed
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + (0 if self.fixed else step))
+        B, S, H, W = self.B, self.S, self.H, self.W
+
+        def u(*shape, low=0.0, high=1.0):
+            return low + (high - low) * torch.rand(*shape, generator=g)
+
+        f = W / (2 * math.tan(math.radians(30)))
+        K = torch.tensor([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]]).expand(B, S, 3, 3).clone()
+        pan = u(B, 1, low=-0.05, high=0.05) * torch.arange(S)                           # (B, S) radians
+        R = torch.zeros(B, S, 3, 3)
+        R[..., 0, 0], R[..., 0, 2], R[..., 1, 1] = torch.cos(pan), torch.sin(pan), 1.0
+        R[..., 2, 0], R[..., 2, 2] = -torch.sin(pan), torch.cos(pan)
+        centres = u(B, 1, 3, low=-0.2, high=0.2) * torch.arange(S)[:, None]             # (B, S, 3)
+        w2c = torch.eye(4).expand(B, S, 4, 4).clone()
+        w2c[..., :3, :3] = R
+        w2c[..., :3, 3] = -torch.einsum("bsij,bsj->bsi", R, centres)
+        normal = torch.nn.functional.normalize(torch.cat([u(B, 2, low=-0.3, high=0.3), torch.ones(B, 1)], -1), dim=-1)
+        offset = u(B, low=2.0, high=4.0)                                                 # plane n.X = offset
+        ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+        rays_cam = torch.stack([(xs - W / 2) / f, (ys - H / 2) / f, torch.ones(H, W)], -1)  # (H, W, 3), z = 1
+        rays_world = torch.einsum("bsji,hwj->bshwi", R, rays_cam)
+        n = normal[:, None, None, None]
+        along_normal = (normal[:, None] * centres).sum(-1)                              # (B, S) n.C
+        depth = (offset[:, None, None, None] - along_normal[..., None, None]) / (n * rays_world).sum(-1)
+        points = centres[:, :, None, None] + depth[..., None] * rays_world
+        freq = u(B, 3, low=2.0, high=6.0)[:, None, None, None]
+        phase = u(B, 3, low=0.0, high=6.0)[:, None, None, None]
+        texture = 0.5 + 0.4 * torch.sin(freq * points[..., :1] + phase) * torch.cos(freq * points[..., 1:2])
+        disc_centre = u(B, 1, 2, low=-0.3, high=0.3) + 0.1 * torch.arange(S)[:, None]    # moves along x over time
+        moving = (points[..., :2] - disc_centre[:, :, None, None]).norm(dim=-1) < 0.35
+        images = torch.where(moving[..., None], torch.tensor([0.9, 0.1, 0.1]), texture).permute(0, 1, 4, 2, 3)
+        valid = depth > 0
+        return {"images": images.clamp(0, 1).contiguous(), "depth": depth, "world_points": points, "valid": valid,
+                "dynamic_mask": moving, "world_to_camera": w2c, "K": K}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster than two on a shared machine, and timings stay predictable."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def micro_model(tmp_path):
+    path = tmp_path / "page4d-micro.yaml"
+    path.write_text(yaml.safe_dump(MICRO))
+    return str(path)
+
+
+def _config(tmp_path, model, **changes) -> TrainConfig:
+    config = TrainConfig(model=model, out_dir=str(tmp_path / "run"), device="cpu", steps=4, lr=1e-3, lr_start=1e-3,
+                         lr_end=1e-4, warmup=0.0, log_every=1, checkpoint_every=100, frames_max=3, max_images=6)
+    config.loss.mask_weight = 0.5
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def test_a_few_steps_of_page4d_tiny_lower_the_loss(tmp_path):
+    # One fixed batch (2 frames of 28 x 28), 12 steps of the real page4d-tiny network (short warm-up, then a
+    # constant learning rate): the loss must fall clearly below its starting value.
+    config = _config(tmp_path, "page4d-tiny", steps=12, lr=1e-3, lr_start=1e-5, lr_end=1e-3, warmup=0.3,
+                     weight_decay=0.0)
+    result = training.train(config, data=PlaneScenes(height=28, width=28, frames=2, sequences=1, fixed=True))
+    losses = result.losses
+    assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-3:]) < 0.75 * losses[0], losses
+
+
+def test_resume_continues_bit_for_bit(tmp_path, micro_model):
+    data = PlaneScenes(height=28, width=28, frames=2, seed=3)
+    straight = training.train(_config(tmp_path / "a", micro_model), data=data)
+    first = training.train(_config(tmp_path / "b", micro_model, stop_after=2), data=data)
+    assert first.state.step == 2 and not first.finished
+    second = training.train(_config(tmp_path / "b", micro_model), resume=first.out_dir / "checkpoint.pt", data=data)
+    assert second.finished and second.state.step == 4
+    assert first.losses + second.losses == straight.losses                   # exact float equality
+    a = torch.load(straight.out_dir / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(second.out_dir / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The CSV log of the resumed run has each step once, in order.
+    with open(second.out_dir / "train_log.csv", newline="") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_time_budget_stops_cleanly_and_weights_only_resume_restores_the_step(tmp_path, micro_model):
+    data = PlaneScenes(height=28, width=28, frames=2, seed=5)
+    stopped = training.train(_config(tmp_path, micro_model, max_minutes=1e-6), data=data)
+    assert stopped.state.step == 0 and "time budget" in stopped.stop_reason
+    assert (stopped.out_dir / "checkpoint.pt").is_file()
+    run = training.train(_config(tmp_path, micro_model, stop_after=2), resume=stopped.out_dir, data=data)
+    assert run.state.step == 2
+    exported = run.out_dir / "export" / "page4d-micro.safetensors"
+    resumed = training.train(_config(tmp_path, micro_model, stop_after=1, rewarmup_steps=4), resume=exported,
+                             data=data)
+    assert resumed.state.step == 3 and resumed.state.weights_only_resumes == 1 and resumed.state.rewarmup_from == 2
+    with open(resumed.out_dir / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # Step 3 ran at 1/4 of its scheduled learning rate (first step of the re-warm-up).
+    group = ParamGroupConfig("default", ["*"], 1e-3, 1e-3, 1e-4, 0.0, 0.0)
+    assert float(rows[-1]["lr_default"]) == pytest.approx(scheduled_lr(group, 2 / 4) / 4, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Freezing, parameter groups, schedules
+
+
+def test_official_recipe_trains_exactly_blocks_10_to_19_and_the_mask_head():
+    config = load_train_config("page4d-1b-finetune")
+    with torch.device("meta"):
+        model = PAGE4D(ModelConfig.load("page4d-1b"))
+    trainable = set(apply_trainable(model, config.trainable))
+    expected = {name for name, _ in model.named_parameters()
+                if name.startswith("aggregator.spatial_mask_head.")
+                or any(name.startswith(f"aggregator.{kind}_blocks.{i}.") for kind in ("frame", "global")
+                       for i in range(10, 20))}
+    assert trainable == expected
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert count == 20 * 12_598_528 + 272_897 == 252_243_457
+    optimizer, groups = build_optimizer(model, config)
+    sizes = {g.name: sum(p.numel() for p in pg["params"]) for g, pg in zip(groups, optimizer.param_groups)}
+    assert sizes == {"mask_head": 272_897, "blocks_10_19": 20 * 12_598_528}
+    assert [pg["weight_decay"] for pg in optimizer.param_groups] == [0.02, 0.01]
+
+
+def test_scheduled_lr_warmup_then_cosine():
+    group = ParamGroupConfig("g", ["*"], lr=1e-5, lr_start=1e-8, lr_end=1e-8, warmup=0.05)
+    assert scheduled_lr(group, 0.0) == pytest.approx(1e-8)
+    assert scheduled_lr(group, 0.025) == pytest.approx(1e-8 + 0.5 * (1e-5 - 1e-8))      # half-way up
+    assert scheduled_lr(group, 0.05) == pytest.approx(1e-5)
+    # Half-way through the cosine (progress 0.05 + 0.95 / 2): the mean of peak and end.
+    assert scheduled_lr(group, 0.525) == pytest.approx(0.5 * (1e-5 + 1e-8))
+    assert scheduled_lr(group, 1.0) == pytest.approx(1e-8)
+
+
+def test_split_batch_into_accumulation_chunks():
+    batch = {"images": torch.arange(3)[:, None], "depth": torch.arange(3)[:, None] * 10}
+    chunks = split_batch(batch, 2)
+    assert [c["images"].flatten().tolist() for c in chunks] == [[0, 1], [2]]
+    assert [c["depth"].flatten().tolist() for c in chunks] == [[0, 10], [20]]
+    assert len(split_batch(batch, 8)) == 3
+
+
+def test_overrides_and_unknown_keys():
+    config = load_train_config("page4d-tiny", ["steps=7", "loss.mask_weight=0.25"])
+    assert config.steps == 7 and config.loss.mask_weight == 0.25 and config.out_dir == "runs/train/page4d-tiny"
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="unknown config key 'stepz'"):
+        load_train_config("page4d-tiny", ["stepz=7"])
+    with pytest.raises(UserError, match="unknown training config"):
+        load_train_config("nope")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def test_step_seeds_avoid_the_evaluation_range_and_are_deterministic():
+    seeds = [step_seed(0, s) for s in range(2000)]
+    assert all(0 <= s < EVAL_SEED_BASE for s in seeds)
+    assert seeds == [step_seed(0, s) for s in range(2000)] and len(set(seeds)) > 1990
+    assert step_seed(1, 0) != step_seed(0, 0)
+
+
+def test_training_stream_is_a_function_of_the_step():
+    config = TrainConfig(max_images=4, frames_min=2, frames_max=2, input_width=28, aspect_min=1.0, object_fraction=0.0)
+    from stages.geometry.page4d.train_data import TrainingData
+
+    data = TrainingData(config, ModelConfig.load("page4d-tiny"), torch.device("cpu"))
+    first, again = data.batch(3), data.batch(3)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert first["images"].shape == (2, 2, 3, 28, 28) and first["valid"].any()
+    targets = targets_from_batch(first)
+    assert torch.allclose(targets["pose_enc"][:, 0, :3], torch.zeros(2, 3), atol=1e-5)
+
+
+def test_unproject_depth_inverts_projection():
+    batch = PlaneScenes().batch(0)
+    points = unproject_depth(batch["depth"], batch["K"], batch["world_to_camera"])
+    assert torch.allclose(points, batch["world_points"], atol=1e-4)
+
+
+def test_targets_from_batch_frame0_is_identity_and_fov_matches_K():
+    batch = PlaneScenes().batch(1)
+    targets = targets_from_batch(batch)
+    H, W = batch["images"].shape[-2:]
+    enc = targets["pose_enc"]
+    assert torch.allclose(enc[:, 0, :7], torch.tensor([0, 0, 0, 0, 0, 0, 1.0]).expand(2, 7), atol=1e-6)
+    f = batch["K"][0, 0, 0, 0]
+    assert enc[0, 1, 7].item() == pytest.approx(2 * math.atan(H / 2 / f.item()), rel=1e-6)
+    assert enc[0, 1, 8].item() == pytest.approx(2 * math.atan(W / 2 / f.item()), rel=1e-6)
+    # Mean distance of the valid normalised points from the frame-0 camera is 1.
+    distance = targets["world_points"].norm(dim=-1)[targets["valid"]]
+    per_sequence = [targets["world_points"][b].norm(dim=-1)[targets["valid"][b]].mean().item() for b in range(2)]
+    assert per_sequence == pytest.approx([1.0, 1.0], rel=1e-4) and distance.numel() > 0
+
+
+def test_color_jitter_identity_brightness_and_grayscale():
+    images = torch.rand(2, 3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
+    g = torch.Generator().manual_seed(1)
+    assert torch.equal(color_jitter(images, g, 0.5, 0.1, prob=0.0, grayscale_prob=0.0), images)
+    same = color_jitter(images, g, 0.0, 0.0, prob=1.0, grayscale_prob=0.0)
+    assert torch.allclose(same, images, atol=1e-6)
+    gray = color_jitter(images, g, 0.0, 0.0, prob=0.0, grayscale_prob=1.0)
+    luma = 0.299 * images[:, :, 0] + 0.587 * images[:, :, 1] + 0.114 * images[:, :, 2]
+    assert torch.allclose(gray, luma[:, :, None].expand_as(images), atol=1e-6)
+    # A hue rotation keeps the luma (no clamping happens for these mid-range colours).
+    from stages.geometry.page4d.train_data import rotate_hue
+
+    rotated = rotate_hue(images + 0.25, torch.tensor([0.1, -0.07]))
+    luma_rot = 0.299 * rotated[:, :, 0] + 0.587 * rotated[:, :, 1] + 0.114 * rotated[:, :, 2]
+    assert torch.allclose(luma_rot, luma + 0.25, atol=1e-5)
