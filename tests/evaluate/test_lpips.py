@@ -51,12 +51,9 @@ def test_lpips_vgg_standard_and_3dgs_convention():
     from stages.evaluate.lpips_metric import LPIPS
 
     vgg = LPIPS("vgg", prefer_torchvision=False)
-    refs = reference_values()
-    for name in ("I04", "I19"):
-        dist, ref = fixture_pair(name)
-        assert vgg(dist, ref) == pytest.approx(float(refs[name]["lpips_vgg_reproduced"]), abs=1e-4), name
+    dist, ref = fixture_pair("I04")          # one pair: VGG16 at 512x384 takes seconds on a small CPU
+    assert vgg(dist, ref) == pytest.approx(float(reference_values()["I04"]["lpips_vgg_reproduced"]), abs=1e-4)
     # 3DGS / 4DGaussians feed [0, 1] images straight in (spec table: I04 0.1424).
-    dist, ref = fixture_pair("I04")
     assert vgg(dist, ref, inputs_in_minus1_1=False) == pytest.approx(0.1424, abs=1e-4)
 
 
