@@ -168,23 +168,23 @@ def test_point_loss_hand_computed():
 
 def test_mask_loss_hand_computed():
     logit = 0.7
-    static_logits = torch.full((1, 1, 1, 1), logit, dtype=f64)               # upsampled to a constant 2 x 2 map
+    logits = torch.full((1, 1, 1, 1), logit, dtype=f64)                      # upsampled to a constant 2 x 2 map
     gt = torch.tensor([[[[True, False], [False, False]]]])
-    # p(moving) = sigmoid(-logit); BCE averaged over the 4 pixels, moving pixels weighted by 2.
-    p = 1.0 / (1.0 + math.exp(logit))
+    # p(moving) = sigmoid(logit); BCE averaged over the 4 pixels, moving pixels weighted by 2.
+    p = 1.0 / (1.0 + math.exp(-logit))
     expected = (-2.0 * math.log(p) - 3.0 * math.log(1.0 - p)) / 4
-    assert losses.mask_loss(static_logits, gt, pos_weight=2.0).item() == pytest.approx(expected, rel=1e-12)
+    assert losses.mask_loss(logits, gt, pos_weight=2.0).item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_mask_loss_upsamples_bilinearly():
-    static_logits = torch.tensor([[[[-4.0, 4.0]]]], dtype=f64)               # (1, 1, 1, 2) -> (1, 1, 1, 4)
+    logits = torch.tensor([[[[-4.0, 4.0]]]], dtype=f64)                      # (1, 1, 1, 2) -> (1, 1, 1, 4)
     gt = torch.tensor([[[[True, True, False, False]]]])
     # align_corners=False, 2 -> 4: output x samples input at (x + 0.5)/2 - 0.5 = -0.25, 0.25, 0.75, 1.25, i.e.
     # -4, -2, 2, 4 after edge clamping and linear interpolation.
     up = torch.tensor([-4.0, -2.0, 2.0, 4.0], dtype=f64)
-    p = 1.0 / (1.0 + torch.exp(up))                                           # sigmoid(-logit)
+    p = 1.0 / (1.0 + torch.exp(-up))                                          # sigmoid(logit)
     expected = -(torch.log(p[:2]).sum() + torch.log(1 - p[2:]).sum()) / 4
-    assert losses.mask_loss(static_logits, gt).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert losses.mask_loss(logits, gt).item() == pytest.approx(expected.item(), rel=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------------------

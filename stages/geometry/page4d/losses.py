@@ -234,25 +234,27 @@ def point_loss(points: Tensor, points_conf: Tensor, gt_points: Tensor, valid: Te
 # Dynamic mask (our addition; not in the official recipe)
 
 
-def mask_loss(static_logits: Tensor, gt_dynamic: Tensor, pos_weight: float = 1.0) -> Tensor:
+def mask_loss(mask_logits: Tensor, gt_dynamic: Tensor, pos_weight: float = 1.0) -> Tensor:
     """Supervised dynamic-mask loss on the spatial mask head.
 
-    static_logits: (B, S, h, w) pre-sigmoid logits of the mask head, at patch resolution; the head's score is
-    m = sigmoid(logit) - 0.5, and a **high m means static** (camera and register tokens attend to the patch),
-    so the probability that a pixel moves is p = sigmoid(-logit) = 0.5 - m.
-    gt_dynamic: (B, S, H, W) bool, 1 = moving. pos_weight: weight of the (rarer) moving pixels.
+    mask_logits: (B, S, h, w) pre-sigmoid logits of the mask head, at patch resolution. The head's score is
+    m = sigmoid(logit) - 0.5 and we read p = m + 0.5 = sigmoid(logit) as the probability that the pixel moves (the
+    geometry stage's reading, ``stages/geometry/stage.py``). The official head is unsupervised and its sign has no
+    established meaning; with this convention, switching the attention bias on would make the camera tokens favour
+    moving patches, so a supervised tiny model keeps the bias off.
+    gt_dynamic: (B, S, H, W) bool, True = moving. pos_weight: weight of the (rarer) moving pixels.
 
     The logits are upsampled bilinearly (align_corners=False) to (H, W) and the loss is the per-pixel binary cross
     entropy of p against the ground truth, averaged over all pixels. Upsampling the logits (rather than pooling the
-    masks to patches) trains exactly what inference produces: the geometry stage upsamples the same way and
-    thresholds p at 0.5 for the full-resolution masks whose IoU we evaluate.
+    masks to patches) trains the full-resolution masks whose IoU we evaluate; the geometry stage upsamples the score
+    the same way (bilinear), and the evaluation thresholds p at 0.5.
     """
-    B, S, h, w = static_logits.shape
+    B, S, h, w = mask_logits.shape
     H, W = gt_dynamic.shape[-2:]
-    logits = F.interpolate(static_logits.reshape(B * S, 1, h, w), size=(H, W), mode="bilinear",
+    logits = F.interpolate(mask_logits.reshape(B * S, 1, h, w), size=(H, W), mode="bilinear",
                            align_corners=False).reshape(B, S, H, W)
     weight = torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
-    return F.binary_cross_entropy_with_logits(-logits, gt_dynamic.to(logits.dtype), pos_weight=weight)
+    return F.binary_cross_entropy_with_logits(logits, gt_dynamic.to(logits.dtype), pos_weight=weight)
 
 
 # ----------------------------------------------------------------------------------------------------------------
