@@ -6,6 +6,7 @@ The same pieces serve ``page4dgs render`` on a finished run (:mod:`stages.render
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from pipeline.log import progress
 from stages.render.config import PATHS, RenderConfig
 from stages.render.paths import InputCamera, PathView, SceneLayout, camera_path, resized, scene_layout
 from stages.render.renderer import render_dynamic_weight, render_view
-from stages.render.video import depth_frames, weight_frames, write_frame_folder, write_mp4
+from stages.render.video import (FrameFolderWriter, Mp4Writer, depth_frame, depth_range, inverse_depth,
+                                 weight_frame)
 
 
 @dataclass
@@ -119,23 +121,31 @@ def render_video(inputs: RunInputs, path_name: str, out_mp4: Path, n_views: Opti
     views = [resized(v, cfg.video_max_size) for v in views]
     # Views of the input path can differ in size (multi-camera datasets): one video needs one size.
     views = [v if (v.width, v.height) == (views[0].width, views[0].height) else _refit(v, views[0]) for v in views]
-    colors, depths, alphas, dynamic = [], [], [], []
-    for view in progress(views, desc=f"video {path_name}", unit="frame"):
-        out = render_view(inputs.model, view, inputs.background, cfg.backend)
-        colors.append(np.round(out.rgb * 255).astype(np.uint8))
-        depths.append(out.depth)
-        alphas.append(out.alpha)
-        if cfg.video_dynamic:
-            dynamic.append(render_dynamic_weight(inputs.model, view, cfg.backend))
     files = video_outputs(out_mp4)
-    written = [write_mp4(files["color"], colors, cfg.video_fps)]
-    if cfg.video_depth:
-        written.append(write_mp4(files["depth"], depth_frames(depths, alphas), cfg.video_fps))
-    if cfg.video_dynamic:
-        written.append(write_mp4(files["dynamic"], weight_frames(dynamic), cfg.video_fps))
-    if cfg.video_png_frames:
-        written.append(write_frame_folder(files["frames"], colors))
-    return written
+    width, height = views[0].width, views[0].height
+    inverse_depths, alphas = [], []       # the depth video's colour range needs every frame: float16 / uint8
+    with contextlib.ExitStack() as stack:
+        color = stack.enter_context(Mp4Writer(files["color"], width, height, cfg.video_fps))
+        dynamic = (stack.enter_context(Mp4Writer(files["dynamic"], width, height, cfg.video_fps))
+                   if cfg.video_dynamic else None)
+        frames = stack.enter_context(FrameFolderWriter(files["frames"])) if cfg.video_png_frames else None
+        for view in progress(views, desc=f"video {path_name}", unit="frame"):
+            out = render_view(inputs.model, view, inputs.background, cfg.backend)
+            rgb = np.round(out.rgb * 255).astype(np.uint8)
+            color.write(rgb)
+            if frames is not None:
+                frames.write(rgb)
+            if dynamic is not None:
+                dynamic.write(weight_frame(render_dynamic_weight(inputs.model, view, cfg.backend)))
+            inverse_depths.append(inverse_depth(out.depth).astype(np.float16))
+            alphas.append(np.round(out.alpha * 255).astype(np.uint8))
+        if cfg.video_depth:   # inside the block: a failure here discards the other files too
+            lo, hi = depth_range(inverse_depths, [a / 255.0 for a in alphas])
+            with Mp4Writer(files["depth"], width, height, cfg.video_fps) as depth:
+                for inv, a in zip(inverse_depths, alphas):
+                    depth.write(depth_frame(inv, a / 255.0, lo, hi))
+    return [files[k] for k, on in (("color", True), ("depth", cfg.video_depth), ("dynamic", cfg.video_dynamic),
+                                   ("frames", cfg.video_png_frames)) if on]
 
 
 def _refit(view: PathView, like: PathView) -> PathView:

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.io import atomic_path, write_png
+from pipeline.io import write_png
 
 # Anchor colours of a perceptually ordered dark-blue -> green -> yellow map (viridis' end and quarter points),
 # interpolated linearly in RGB. Near = bright.
@@ -28,63 +28,130 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return np.round(rgb * 255).astype(np.uint8)
 
 
-def depth_frames(depths: Sequence[np.ndarray], alphas: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Colour z-depth maps (H, W) for display with one range for the whole sequence.
+def inverse_depth(depth: np.ndarray) -> np.ndarray:
+    """(H, W) z-depth -> inverse depth, 0 where depth is 0 (nothing rendered)."""
+    return np.where(depth > 1e-6, 1.0 / np.maximum(depth, 1e-6), 0.0)
 
-    Inverse depth is mapped linearly between its 2nd and 98th percentiles over covered pixels (alpha > 0.5) of all
-    frames, so colours mean the same depth in every frame; uncovered pixels fade to black with alpha."""
-    inverse = [np.where(d > 1e-6, 1.0 / np.maximum(d, 1e-6), 0.0) for d in depths]
-    covered = np.concatenate([inv[a > 0.5] for inv, a in zip(inverse, alphas)]) if inverse else np.zeros(0)
-    lo, hi = (np.percentile(covered, [2, 98]) if covered.size else (0.0, 1.0))
-    span = max(hi - lo, 1e-12)
-    return [np.round(colormap((inv - lo) / span) * np.clip(a, 0, 1)[..., None]).astype(np.uint8)
-            for inv, a in zip(inverse, alphas)]
+
+def depth_range(inverse_depths: Sequence[np.ndarray], alphas: Sequence[np.ndarray]) -> tuple[float, float]:
+    """2nd and 98th percentiles of inverse depth over covered pixels (alpha > 0.5) of all frames."""
+    covered = [np.asarray(inv, np.float64)[np.asarray(a, np.float64) > 0.5] for inv, a in zip(inverse_depths, alphas)]
+    values = np.concatenate(covered) if covered else np.zeros(0)
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, [2, 98])
+    return float(lo), float(hi)
+
+
+def depth_frame(inverse: np.ndarray, alpha: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """One inverse-depth map coloured with the sequence's range; uncovered pixels fade to black with alpha."""
+    values = (np.asarray(inverse, np.float64) - lo) / max(hi - lo, 1e-12)
+    return np.round(colormap(values) * np.clip(np.asarray(alpha, np.float64), 0, 1)[..., None]).astype(np.uint8)
+
+
+def depth_frames(depths: Sequence[np.ndarray], alphas: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Colour z-depth maps (H, W) for display with one range for the whole sequence (:func:`depth_range`), so colours
+    mean the same depth in every frame."""
+    inverse = [inverse_depth(d) for d in depths]
+    lo, hi = depth_range(inverse, alphas)
+    return [depth_frame(inv, a, lo, hi) for inv, a in zip(inverse, alphas)]
+
+
+def weight_frame(weight: np.ndarray) -> np.ndarray:
+    """(H, W) weight in [0, 1] (e.g. how much of a pixel is dynamic Gaussians) -> grey (H, W, 3) uint8."""
+    return np.repeat(np.round(np.clip(weight, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def weight_frames(weights: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """(H, W) weights in [0, 1] (e.g. how much of a pixel is dynamic Gaussians) -> grey (H, W, 3) uint8."""
-    return [np.repeat(np.round(np.clip(w, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1) for w in weights]
+    return [weight_frame(w) for w in weights]
+
+
+class Mp4Writer:
+    """Streams (H, W, 3) uint8 frames into an H.264 MP4 (yuv420p, so even sizes); the file appears at ``path`` only
+    when the ``with`` block ends without an error, else the partial file is deleted."""
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float = 24.0, crf: int = 18):
+        if width % 2 or height % 2:
+            raise ValueError(f"H.264 (4:2:0) needs even frame sizes, got {width}x{height}")
+        self.path, self.shape = Path(path), (height, width, 3)
+        self.fps, self.crf = fps, crf
+        self.frames = 0
+
+    def __enter__(self) -> "Mp4Writer":
+        import imageio_ffmpeg
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.mp4", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._writer = imageio_ffmpeg.write_frames(
+            str(self._tmp), (self.shape[1], self.shape[0]), fps=self.fps, codec="libx264", quality=None,
+            macro_block_size=2, ffmpeg_log_level="error", output_params=["-crf", str(self.crf), "-movflags",
+                                                                          "+faststart"])
+        self._writer.send(None)  # start ffmpeg
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.shape != self.shape or frame.dtype != np.uint8:
+            raise ValueError(f"frames must all be {self.shape} uint8, got {frame.shape} {frame.dtype}")
+        self._writer.send(np.ascontiguousarray(frame))
+        self.frames += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._writer.close()
+            if exc_type is None:
+                if self.frames == 0:
+                    raise ValueError("no frames to write")
+                os.replace(self._tmp, self.path)
+        finally:
+            if self._tmp.exists():
+                self._tmp.unlink()
+
+
+class FrameFolderWriter:
+    """Writes frames as ``folder/00000.png ...`` into a temporary folder that replaces ``folder`` as a whole when the
+    ``with`` block ends without an error."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.frames = 0
+
+    def __enter__(self) -> "FrameFolderWriter":
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".tmp", dir=self.folder.parent))
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        write_png(self._tmp / f"{self.frames:05d}.png", frame)
+        self.frames += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                replace_tree(self._tmp, self.folder)
+        finally:
+            if self._tmp.exists():
+                shutil.rmtree(self._tmp)
 
 
 def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: float = 24.0, crf: int = 18) -> Path:
-    """Encode (H, W, 3) uint8 frames as H.264 (yuv420p, even sizes required) into ``path``, atomically."""
-    import imageio_ffmpeg
-
-    if not frames:
+    """Encode (H, W, 3) uint8 frames as H.264 into ``path``, atomically."""
+    if not len(frames):
         raise ValueError("no frames to write")
     height, width = frames[0].shape[:2]
-    if width % 2 or height % 2:
-        raise ValueError(f"H.264 (4:2:0) needs even frame sizes, got {width}x{height}")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        writer = imageio_ffmpeg.write_frames(str(tmp), (width, height), fps=fps, codec="libx264", quality=None,
-                                             macro_block_size=2, ffmpeg_log_level="error",
-                                             output_params=["-crf", str(crf), "-movflags", "+faststart"])
-        writer.send(None)  # start ffmpeg
-        try:
-            for frame in frames:
-                if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
-                    raise ValueError(f"frames must all be ({height}, {width}, 3) uint8, got {frame.shape} "
-                                     f"{frame.dtype}")
-                writer.send(np.ascontiguousarray(frame))
-        finally:
-            writer.close()
-    return path
+    with Mp4Writer(path, width, height, fps, crf) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return Path(path)
 
 
 def write_frame_folder(folder: str | Path, frames: Sequence[np.ndarray]) -> Path:
     """Write frames as ``folder/00000.png ...``, replacing ``folder`` as a whole only once every frame is written."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        for k, frame in enumerate(frames):
-            write_png(tmp / f"{k:05d}.png", frame)
-        replace_tree(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return folder
+    with FrameFolderWriter(folder) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return Path(folder)
 
 
 def replace_tree(source: Path, destination: Path) -> None:

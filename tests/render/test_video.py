@@ -51,3 +51,18 @@ def test_colour_maps():
     assert np.array_equal(colored[1, 1], [0, 0, 0])                         # nothing rendered: black
     assert colored[0, 0].sum() > colored[1, 0].sum()                       # near is brighter than far
     assert np.array_equal(weight_frames([np.array([[0.0, 1.0]])])[0], [[[0, 0, 0], [255, 255, 255]]])
+
+
+def test_an_interrupted_writer_leaves_nothing(tmp_path):
+    from stages.render.video import FrameFolderWriter, Mp4Writer
+
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "00000.png").write_bytes(b"previous")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with Mp4Writer(tmp_path / "v.mp4", 32, 24) as video, FrameFolderWriter(tmp_path / "keep") as folder:
+            for frame in frames(2):
+                video.write(frame)
+                folder.write(frame)
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+    assert (tmp_path / "keep" / "00000.png").read_bytes() == b"previous"
