@@ -4,6 +4,7 @@ Binning. The image is cut into square tiles (``tile_size`` pixels a side). A vis
 its opacity-aware box (``radii``) overlaps, with gsplat's tile-range formula; each tile's list is sorted front to back
 by camera z. Outside its box a Gaussian's alpha is below 1/255 everywhere, so the lists hold every Gaussian that can
 touch a pixel of the tile, and the work scales with the Gaussians that touch each tile rather than with all of them.
+Pairs whose alpha is below 1/255 on every pixel centre of the tile are dropped too (`_reaches_tile`).
 
 Compositing (spec gsplat.md §3.8). For pixel p (centre (j + 0.5, i + 0.5)) and the tile's Gaussians k in order:
 ``sigma = (a dx^2 + c dy^2) / 2 + b dx dy`` with d = mean2d - p; ``alpha = min(0.999, o exp(-sigma))``; skip k if
@@ -12,12 +13,14 @@ composited); otherwise ``C += c_k alpha T`` and ``T *= 1 - alpha``. Outputs ``C 
 
 Vectorisation. Work proceeds in steps of ``chunk`` depth slots for a batch of tiles at once: a step evaluates
 [tiles, tile_size, tile_size, chunk] alphas, and the transmittance along the chunk is one cumulative product seeded
-with each pixel's incoming T, so the float products are the sequential ones of the CUDA kernel. Tiles whose pixels
-are all finished, or whose lists are exhausted, drop out of later steps (gsplat's early exit).
+with each pixel's incoming T, in the kernel's sequential order (torch on CPU accumulates it in double, so T can
+differ from the kernel's float32 products in the last bit). Tiles whose pixels are all finished, or whose lists are
+exhausted, drop out of later steps (gsplat's early exit).
 
 Backward. Autograd through the steps would keep every [tiles, pixels, chunk] intermediate. Instead the forward keeps
-only each step's incoming transmittance, and the backward replays the steps back to front, recomputing alphas and
-using the closed form, for pixel p with output gradient g and composited Gaussians k:
+each step's incoming transmittance and, within a memory budget, its alphas and transmittances; the backward visits
+the steps back to front (recomputing what was not kept) and uses the closed form, for pixel p with output gradient
+g and composited Gaussians k:
     dL/dalpha_k = T_k (g . c_k) - (S_k + T_final (g . bg - dL/dalpha_out)) / (1 - alpha_k),
     S_k = sum over composited j behind k of (g . c_j) alpha_j T_j,
 carried across steps per pixel. Pixel sums of the conic and mean gradients use that dx depends only on the column
