@@ -147,34 +147,40 @@ class FrameBatch:
         slot_hit = slot.clamp_min(0)
         point = self.origin.T[:, :, None] + depth * direction                        # (3, F, N) world
 
+        # Surface quantities, per primitive kind on the rays that hit that kind: local point, normal, material
+        # (box faces have their own), texture coordinates. Rays are flattened to (F*N,), primitives to (F*P,).
         F, N = slot.shape
-        row = (torch.arange(F, device=slot.device)[:, None] * P + slot_hit).reshape(-1)   # into (F*P) tables
-
-        def per_ray(table: Tensor) -> Tensor:                                        # (F, P, ...) -> (F, N, ...)
-            return table.reshape(F * P, -1).index_select(0, row).reshape(F, N, *table.shape[2:])
-
-        rotation = per_ray(self.rotation)                                            # (F, N, 3, 3)
-        size = per_ray(self.size).permute(2, 0, 1)                                   # (3, F, N)
-        rest = per_ray(posed.rest_size[self.batch_index]).permute(2, 0, 1)
-        kind = self.kind_of_slot[slot_hit]
-        local = _transpose_apply(rotation, point - per_ray(self.translation).permute(2, 0, 1))
-
-        group = torch.zeros_like(slot_hit)
-        for name in ("room", "box"):
-            group = torch.where(kind == KIND_ID[name], material_group(name, local, size), group)
-        material = (self.batch_index[:, None] * P + slot_hit) * MATERIAL_GROUPS + group  # (F, N)
-        tiles = posed.tiles_per_meter.reshape(-1)[material]
-        normal = torch.zeros_like(local)
-        uv = torch.zeros_like(local[:2])
+        flat_point = point.reshape(3, F * N)
+        primitive = (torch.arange(F, device=slot.device)[:, None] * P + slot_hit).reshape(-1)
+        material_of_primitive = (self.batch_index[:, None] * P
+                                 + torch.arange(P, device=slot.device)).reshape(-1) * MATERIAL_GROUPS
+        rotation = self.rotation.reshape(F * P, 3, 3)
+        translation = self.translation.reshape(F * P, 3)
+        size = self.size.reshape(F * P, 3)
+        rest = posed.rest_size[self.batch_index].reshape(F * P, 3)
+        kind = torch.where(hit, self.kind_of_slot[slot_hit], KIND_ID["none"]).reshape(-1)
+        normal = torch.zeros_like(flat_point)
+        uv = torch.zeros_like(flat_point[:2])
+        material = torch.zeros_like(kind)
         for name in TRACED_KINDS:
-            if posed.layout.indices(name):
-                n_kind, uv_kind = surface_frame(name, local, size, rest, tiles)
-                mask = kind == KIND_ID[name]
-                normal = torch.where(mask, n_kind, normal)
-                uv = torch.where(mask, uv_kind, uv)
-        normal = _apply(rotation, normal)
+            rays = (kind == KIND_ID[name]).nonzero(as_tuple=True)[0]
+            if rays.numel() == 0:
+                continue
+            prim = primitive.index_select(0, rays)
+            R = rotation.index_select(0, prim)                                           # (n, 3, 3)
+            local = _transpose_apply(R, flat_point.index_select(1, rays) - translation.index_select(0, prim).T)
+            extent = size.index_select(0, prim).T
+            m = material_of_primitive.index_select(0, prim) + material_group(name, local, extent)
+            n_local, uv_kind = surface_frame(name, local, extent, rest.index_select(0, prim).T,
+                                             posed.tiles_per_meter.reshape(-1).index_select(0, m))
+            normal[:, rays] = _apply(R, n_local)
+            uv[:, rays] = uv_kind
+            material[rays] = m
+        normal = normal.reshape(3, F, N)
         normal = normal / torch.sqrt(_dot3(normal, normal)).clamp_min(1e-12)
-        uv = uv + posed.uv_offset.reshape(-1, 2)[material].permute(2, 0, 1)
+        material = material.reshape(F, N)
+        tiles = posed.tiles_per_meter.reshape(-1)[material]
+        uv = uv.reshape(2, F, N) + posed.uv_offset.reshape(-1, 2)[material].permute(2, 0, 1)
 
         lod = None
         if mipmaps:
@@ -208,7 +214,7 @@ def _edges(slot: Tensor, normal: Tensor) -> Tensor:
                 continue
             other_slot = s[:, dy:dy + H, dx:dx + W]
             other_normal = n[:, dy:dy + H, dx:dx + W]
-            edge |= (other_slot != slot) | ((other_normal * normal).sum(-1) < CREASE_COSINE)
+            edge |= (other_slot != slot) | ((slot >= 0) & ((other_normal * normal).sum(-1) < CREASE_COSINE))
     return edge
 
 
@@ -240,7 +246,7 @@ def render(posed: PosedScene, K: Tensor, world_to_camera: Tensor, width: int, he
         centres = pixels.to(dtype).reshape(B * S, -1, 2)
     n_rays = centres.shape[1]
     if max_rays is None:
-        max_rays = (1 << 23) if device.type == "cuda" else (1 << 16)
+        max_rays = (1 << 24) if device.type == "cuda" else (1 << 16)
     chunk = max(1, max_rays // n_rays)
     outputs: dict[str, list[Tensor]] = {}
     for start in range(0, B * S, chunk):

@@ -251,11 +251,11 @@ class _Draw:
         self.generator, self.batch, self.dtype = generator, batch, dtype
         self.device = generator.device
 
-    def uniform(self, lo, hi, *shape) -> Tensor:
+    def uniform(self, lo: float | Tensor, hi: float | Tensor, *shape) -> Tensor:
+        """Uniform in [lo, hi) (numbers or tensors broadcastable to (B, *shape)). Numbers stay Python scalars, so
+        no tiny host-to-device copies are made on a GPU."""
         u = torch.rand(self.batch, *shape, generator=self.generator, device=self.device, dtype=self.dtype)
-        lo = torch.as_tensor(lo, dtype=self.dtype, device=self.device)
-        hi = torch.as_tensor(hi, dtype=self.dtype, device=self.device)
-        return lo + (hi - lo) * u
+        return u * (hi - lo) + lo
 
     def sign(self, *shape) -> Tensor:
         return torch.where(self.uniform(0, 1, *shape) < 0.5, -1.0, 1.0).to(self.dtype)

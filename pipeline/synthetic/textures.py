@@ -31,7 +31,7 @@ class TextureBank:
     """``count`` textures of ``size`` x ``size`` texels with all mip levels down to 1 x 1.
 
     table: (M, 3) float texels of every level, level-major: level l holds count * s_l^2 texels, s_l = size >> l,
-    texture-major then row-major. offsets: (L,) long first row of each level; sizes: (L,) long s_l.
+    texture-major then row-major. offsets: (L,) int32 first row of each level; sizes: (L,) int32 s_l.
     """
 
     table: Tensor
@@ -46,19 +46,23 @@ class TextureBank:
         return int(self.sizes.numel())
 
     def _bilinear(self, texture: Tensor, u: Tensor, v: Tensor, level: Tensor) -> Tensor:
+        """Bilinear samples (..., 3) of level ``level`` (...) int32; texture (...) int32. Index arithmetic in int32
+        (the table has fewer than 2^31 texels): on a GPU this is most of the renderer's memory traffic."""
         s = self.sizes[level]
-        sf = s.to(u.dtype)
-        x = (u - torch.floor(u)) * sf - 0.5          # texel coordinates of the sample, wrapped to one period
-        y = (v - torch.floor(v)) * sf - 0.5
+        x = (u - torch.floor(u)) * s - 0.5          # texel coordinates of the sample, wrapped to one period
+        y = (v - torch.floor(v)) * s - 0.5
         x0, y0 = torch.floor(x), torch.floor(y)
         fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-        x0, y0 = x0.long(), y0.long()
-        x0, x1 = torch.remainder(x0, s), torch.remainder(x0 + 1, s)
-        y0, y1 = torch.remainder(y0, s), torch.remainder(y0 + 1, s)
-        row0 = self.offsets[level] + (texture * s + y0) * s
-        row1 = self.offsets[level] + (texture * s + y1) * s
-        top = self.table[row0 + x0] * (1 - fx) + self.table[row0 + x1] * fx
-        bottom = self.table[row1 + x0] * (1 - fx) + self.table[row1 + x1] * fx
+        x0, y0 = x0.int(), y0.int()                  # in [-1, s - 1]
+        x0, y0 = torch.where(x0 < 0, x0 + s, x0), torch.where(y0 < 0, y0 + s, y0)
+        x1, y1 = x0 + 1, y0 + 1
+        x1, y1 = torch.where(x1 == s, 0, x1), torch.where(y1 == s, 0, y1)
+        base = self.offsets[level] + texture * s * s
+        row0, row1 = base + y0 * s, base + y1 * s
+        corners = torch.stack([row0 + x0, row0 + x1, row1 + x0, row1 + x1])           # (4, ...) texel indices
+        texels = self.table.index_select(0, corners.reshape(-1)).reshape(*corners.shape, 3)
+        top = texels[0] * (1 - fx) + texels[1] * fx
+        bottom = texels[2] * (1 - fx) + texels[3] * fx
         return top * (1 - fy) + bottom * fy
 
     def sample(self, texture: Tensor, u: Tensor, v: Tensor, lod: Tensor | None = None) -> Tensor:
@@ -66,13 +70,13 @@ class TextureBank:
 
         lod: (...) level of detail (log2 of texels per pixel); None samples the full-resolution level only.
         """
-        level0 = torch.zeros_like(texture)
+        texture = texture.int()
         if lod is None:
-            return self._bilinear(texture, u, v, level0)
+            return self._bilinear(texture, u, v, torch.zeros_like(texture))
         lod = lod.clamp(0.0, self.levels - 1.0)
         low = torch.floor(lod)
         weight = (lod - low)[..., None]
-        low = low.long()
+        low = low.int()
         high = torch.clamp(low + 1, max=self.levels - 1)
         return self._bilinear(texture, u, v, low) * (1 - weight) + self._bilinear(texture, u, v, high) * weight
 
@@ -89,10 +93,12 @@ def build_bank(images: Tensor, names: tuple[str, ...]) -> TextureBank:
             break
         s = level.shape[1] // 2
         level = level.reshape(count, s, 2, s, 2, 3).mean(dim=(2, 4))  # 2x2 box filter keeps periodicity
-    sizes = torch.tensor([lv.shape[1] for lv in levels], dtype=torch.long, device=images.device)
-    counts = torch.tensor([lv[..., 0].numel() for lv in levels], dtype=torch.long, device=images.device)
-    offsets = torch.cumsum(counts, 0) - counts
+    sizes = torch.tensor([lv.shape[1] for lv in levels], dtype=torch.int32, device=images.device)
+    counts = torch.tensor([lv[..., 0].numel() for lv in levels], dtype=torch.int64, device=images.device)
+    offsets = (torch.cumsum(counts, 0) - counts).int()
     table = torch.cat([lv.reshape(-1, 3) for lv in levels]).contiguous()
+    if table.shape[0] >= 2**31:
+        raise ValueError("texture bank too large for int32 indices")
     return TextureBank(table, offsets, sizes, count, size, tuple(names))
 
 
