@@ -3,7 +3,7 @@
     python -m bench.optimize_bench --gpu                    # H100: writes bench/results/optimize.json
     python -m bench.optimize_bench --gpu --only speed,render
     python -m bench.optimize_bench --gpu --only quality --seeds 0 1 2 --geometry oracle
-    python -m bench.optimize_bench --cpu                    # the CPU demo's optimize stage: bench/results/optimize_cpu.json
+    python -m bench.optimize_bench --cpu                    # the CPU demo: bench/results/optimize_cpu.json
 
 GPU sections (each prints a table; a speed figure always sits beside its baseline measured in the same run):
 - speed: optimization iterations per second at 400x400 with 100k Gaussians (all dynamic) for every deformation
@@ -140,9 +140,8 @@ def gsplat_step_rate(gaussians: InitialGaussians, views: list[TrainView], device
     """Iterations per second of rasterization forward + L1 backward alone (the floor of a training step)."""
     from stages.optimize.rasterize import rasterization
 
-    t = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device).requires_grad_(True)
-         for k, v in (("means", gaussians.means), ("quats", gaussians.quats), ("opacity_logits", gaussians.opacity_logits),
-                      ("log_scales", gaussians.log_scales), ("sh", gaussians.sh))}
+    t = {k: torch.as_tensor(np.asarray(getattr(gaussians, k)), dtype=torch.float32, device=device).requires_grad_(True)
+         for k in ("means", "quats", "opacity_logits", "log_scales", "sh")}
 
     def step(i: int) -> None:
         v = views[i % len(views)]
@@ -230,7 +229,8 @@ def bench_render(device: str, quick: bool) -> dict[str, Any]:
     for r in rows:
         r["vs_static"] = round(r["fps"] / base, 3)
     table(f"Rendering {size}x{size}, {n} Gaussians (all dynamic), RGB + depth, SH degree 3",
-          ["model", "fps", "x static", "peak MiB"], [[r["model"], r["fps"], r["vs_static"], r["peak_mib"]] for r in rows])
+          ["model", "fps", "x static", "peak MiB"],
+          [[r["model"], r["fps"], r["vs_static"], r["peak_mib"]] for r in rows])
     return {"gaussians": n, "resolution": [size, size], "frames": frames, "models": rows, "target_fps": 300}
 
 

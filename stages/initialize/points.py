@@ -34,18 +34,13 @@ def depth_edge_mask(depth: np.ndarray, max_relative_jump: float) -> np.ndarray:
     if max_relative_jump <= 0:
         return keep
     d = depth.astype(np.float64)
-    valid = d > 0
-    for axis in (0, 1):
-        diff = np.abs(np.diff(d, axis=axis))                      # (H-1, W) or (H, W-1)
-        both = np.logical_and(np.take(valid, range(d.shape[axis] - 1), axis), np.take(valid, range(1, d.shape[axis]), axis))
-        jump_first = both & (diff > max_relative_jump * np.take(d, range(d.shape[axis] - 1), axis))
-        jump_second = both & (diff > max_relative_jump * np.take(d, range(1, d.shape[axis]), axis))
-        if axis == 0:
-            keep[:-1] &= ~jump_first
-            keep[1:] &= ~jump_second
-        else:
-            keep[:, :-1] &= ~jump_first
-            keep[:, 1:] &= ~jump_second
+    for a, b, a_index, b_index in (
+            (d[:-1, :], d[1:, :], np.s_[:-1, :], np.s_[1:, :]),       # vertical neighbours
+            (d[:, :-1], d[:, 1:], np.s_[:, :-1], np.s_[:, 1:])):      # horizontal neighbours
+        both_valid = (a > 0) & (b > 0)
+        jump = np.abs(a - b)
+        keep[a_index] &= ~(both_valid & (jump > max_relative_jump * a))
+        keep[b_index] &= ~(both_valid & (jump > max_relative_jump * b))
     return keep
 
 

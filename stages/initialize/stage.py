@@ -5,7 +5,8 @@ pixel centres, keep pixels with valid depth, enough confidence, no depth discont
 take the colour from the frame, and split by the dynamic mask. Static points of all frames are pooled and
 voxel-downsampled; dynamic points are downsampled per time slice, so every dynamic Gaussian keeps the time it was
 seen. One voxel size serves both (the same density everywhere) unless the dynamic slices would then take more than
-their share of the budget (:func:`allocate_voxels`). Scales come from nearest-neighbour distances, colours become SH DC terms.
+their share of the budget (:func:`allocate_voxels`). Scales come from nearest-neighbour distances, colours become SH
+DC terms.
 
 Writes ``initialize/gaussians.ply`` (standard 3DGS layout, SH degree 0) and ``initialize/labels.npz``
 (``is_dynamic`` bool (N,), ``time`` float32 (N,) = time seen (-1 for static), ``frame_index`` int32 (N,) = index in

@@ -51,6 +51,10 @@ class OptimizeConfig:
                                  "stage's depth of the training frames (0 = off).")
     motion_lambda: float = option(0.01, "Weight of the motion smoothness regulariser (squared acceleration of "
                                   "dynamic Gaussians, in units of the scene scale per squared frame gap).")
+    rigidity_lambda: float = option(0.0, "Weight of the local rigidity regulariser: distances between a dynamic "
+                                    "Gaussian and its rigidity_neighbors nearest neighbours of the same time slice "
+                                    "keep their canonical values at other times (relative squared stretch).")
+    rigidity_neighbors: int = option(6, "Neighbours per dynamic Gaussian for the rigidity regulariser.")
     scale_lambda: float = option(0.01, "Weight of the scale regulariser (anisotropy beyond max_anisotropy).")
     max_anisotropy: float = option(10.0, "Largest ratio of a Gaussian's largest to smallest scale before the scale "
                                    "regulariser applies.")

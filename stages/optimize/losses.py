@@ -109,3 +109,15 @@ def acceleration_loss(positions: torch.Tensor, scene_scale: float) -> torch.Tens
     """
     acceleration = positions[0] - 2 * positions[1] + positions[2]          # (M, 3)
     return (acceleration / scene_scale).pow(2).sum(dim=-1).mean()
+
+
+def rigidity_loss(deformed: torch.Tensor, deformed_neighbors: torch.Tensor, canonical: torch.Tensor,
+                  canonical_neighbors: torch.Tensor) -> torch.Tensor:
+    """Local isometry: sum of squared changes of the distances between each Gaussian and its neighbours, relative
+    to the sum of the squared canonical distances (a scale-free relative stretch; 0 for any rigid motion).
+
+    deformed (M, 3), deformed_neighbors (M, k, 3) at one time; canonical, canonical_neighbors at the anchor time.
+    """
+    d_t = (deformed[:, None] - deformed_neighbors).norm(dim=-1)          # (M, k)
+    d_0 = (canonical[:, None] - canonical_neighbors).norm(dim=-1)
+    return (d_t - d_0).pow(2).sum() / d_0.pow(2).sum().clamp_min(1e-20)

@@ -77,6 +77,36 @@ class GaussianModel4D(nn.Module):
                                               {k: repeat(v) for k, v in self.deformation_inputs(index).items()})
         return means + shift[:, POSITION].view(steps, m, 3)
 
+    def same_time_neighbors(self, k: int) -> torch.Tensor:
+        """(N, k) int64: for each dynamic Gaussian, its k nearest dynamic Gaussians of the same anchor time (its
+        own index where the slice has fewer); rows of static Gaussians are unused. Computed on the CPU (cKDTree)."""
+        from scipy.spatial import cKDTree
+        import numpy as np
+
+        index = self.dynamic_index().cpu().numpy()
+        out = torch.arange(self.num_gaussians()).unsqueeze(1).repeat(1, k)
+        if len(index) > 1:
+            means = self.splats["means"].detach()[index].cpu().double().numpy()
+            times = self.splats["anchor_times"].detach()[index].cpu().double().numpy()
+            extent = float(np.ptp(means, axis=0).max()) + 1.0
+            points = np.concatenate([means, times[:, None] * 1e6 * extent], axis=1)   # slices far apart in 4-D
+            k_eff = min(k, len(index) - 1)
+            _, nearest = cKDTree(points).query(points, k=k_eff + 1)                   # (M, k + 1), self first
+            nearest = index[nearest[:, 1:]]                                            # global indices
+            same = np.isclose(times[:, None], self.splats["anchor_times"].detach().cpu().double().numpy()[nearest])
+            nearest = np.where(same, nearest, index[:, None])
+            out[index, :k_eff] = torch.from_numpy(nearest)
+            out[index, k_eff:] = torch.from_numpy(index)[:, None]
+        return out.to(self.device)
+
+    def positions_at_time(self, time: float, index: torch.Tensor) -> torch.Tensor:
+        """Positions (..., 3) of the dynamic Gaussians ``index`` (any shape, repeats allowed) at one ``time``."""
+        flat = index.reshape(-1)
+        means = self.splats["means"][flat]
+        shift = self.deformation.displacement(means, time, self.splats["anchor_times"][flat],
+                                              self.deformation_inputs(flat))
+        return (means + shift[:, POSITION]).view(*index.shape, 3)
+
     def gaussians_at(self, time: float, sh_degree: Optional[int] = None) -> dict[str, torch.Tensor]:
         """The Gaussians at ``time``: means (N, 3), quats (N, 4) raw (w, x, y, z), scales (N, 3) post-activation,
         opacities (N,) post-sigmoid (temporal opacity included), sh (N, K, 3) with K = (d + 1)^2 for

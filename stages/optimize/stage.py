@@ -83,7 +83,8 @@ def load_views(ctx, cfg: OptimizeConfig, device: torch.device) -> TrainData:
             world_to_camera=torch.tensor(cam.world_to_camera, dtype=torch.float32, device=device),
             K=torch.tensor(cam.K, dtype=torch.float32, device=device), width=cam.width, height=cam.height,
             image=torch.from_numpy(np.ascontiguousarray(rgb)).to(image_device, image_dtype),
-            alpha=None if alpha is None else torch.from_numpy(np.ascontiguousarray(alpha)).to(image_device, image_dtype),
+            alpha=None if alpha is None
+            else torch.from_numpy(np.ascontiguousarray(alpha)).to(image_device, image_dtype),
             depth=depth, depth_valid=valid))
     return TrainData(views=views, scene_background=tuple(float(c) for c in ctx.scene.background))
 

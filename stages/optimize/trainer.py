@@ -32,12 +32,13 @@ from stages.optimize.config import OptimizeConfig
 from stages.optimize.deformation import Box, build_deformation, deformation_spec_from_config
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.gaussians import create_splats
-from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, photometric_loss, psnr)
+from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, photometric_loss, psnr,
+                                    rigidity_loss)
 from stages.optimize.model import GaussianModel4D
 
 log = get_logger("optimize")
 
-LOG_COLUMNS = ("step", "loss", "l1", "ssim", "depth", "motion", "scale", "psnr", "gaussians", "seconds")
+LOG_COLUMNS = ("step", "loss", "l1", "ssim", "depth", "motion", "rigidity", "scale", "psnr", "gaussians", "seconds")
 CHECKPOINT_FORMAT = "page4dgs-optimize-checkpoint"
 MAX_CONSECUTIVE_RESTORES = 3
 
@@ -449,6 +450,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     want_depth = cfg.depth_lambda > 0 and any(v.depth is not None for v in views)
     render_mode = "RGB+ED" if want_depth else "RGB"
     n_dynamic_model = model.deformation is not None
+    use_rigidity = n_dynamic_model and cfg.rigidity_lambda > 0
+    neighbors: Optional[torch.Tensor] = None      # (N, k) same-slice neighbours, recomputed when the rows change
     good = capture(model, splat_opts, other_opts, strategy_state, cameras, loop, sampler)
     buffer: list[torch.Tensor] = []       # per-step values (device), fetched every log_every steps
     buffer_meta: list[tuple[int, int]] = []   # (step, gaussians)
@@ -511,6 +514,19 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 if field_reg is not None:
                     motion = motion + field_reg
                 loss = loss + cfg.motion_lambda * motion
+        rigidity = torch.zeros((), device=device)
+        if use_rigidity and model.deform_enabled and model.dynamic_index().numel() > 1:
+            if neighbors is None:
+                neighbors = model.same_time_neighbors(cfg.rigidity_neighbors)
+            index = model.dynamic_index()
+            count = min(2048, index.numel())
+            pick = index[torch.randperm(index.numel(), device=device, generator=generator)[:count]]
+            group = torch.cat([pick[:, None], neighbors[pick]], dim=1)                 # (count, 1 + k)
+            when = float(torch.rand((), generator=sampler.generator))                 # host-side: no sync
+            deformed = model.positions_at_time(when, group)                            # (count, 1 + k, 3)
+            canonical = model.splats["means"][group]
+            rigidity = rigidity_loss(deformed[:, 0], deformed[:, 1:], canonical[:, 0], canonical[:, 1:])
+            loss = loss + cfg.rigidity_lambda * rigidity
         scale_reg = torch.zeros((), device=device)
         if cfg.scale_lambda > 0:
             scale_reg = anisotropy_loss(model.splats["scales"], cfg.max_anisotropy)
@@ -524,9 +540,11 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                                                             infos if len(infos) > 1 else infos[0], packed=False)
         if events.opacity_reset:
             loop.guard.mean_loss = None      # the reset raises the loss on purpose: restart the running mean
+        if events.changed:
+            neighbors = None
 
         mean_terms = torch.stack(terms).mean(0)
-        buffer.append(torch.cat([loss.detach()[None], mean_terms[:3], motion.detach()[None],
+        buffer.append(torch.cat([loss.detach()[None], mean_terms[:3], motion.detach()[None], rigidity.detach()[None],
                                  scale_reg.detach()[None], mean_terms[3:]]))
         buffer_meta.append((step, model.num_gaussians()))
         loop.step += 1
@@ -538,7 +556,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             now = time.perf_counter()
             loop.elapsed_s += now - tick
             tick = now
-            values = torch.stack(buffer).tolist()      # (steps, 7): the one device->host transfer
+            values = torch.stack(buffer).tolist()      # (steps, 8): the one device->host transfer
             window = [v[0] for v in values]
             bad = next((x for x in window if not math.isfinite(x)
                         or (loop.guard.mean_loss is not None and x > cfg.explode_factor * loop.guard.mean_loss)), None)
@@ -550,6 +568,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                                     f"(around step {buffer_meta[0][0]}); lower the learning rates")
                 kept_guard = loop.guard
                 splat_opts = restore(good, cfg, model, cameras, other_opts, strategy_state, loop, None, scale)
+                neighbors = None
                 loop.guard = kept_guard          # keep counting restores; the restored mean stays valid
                 log.warning(f"optimize: loss {bad:.4g} at steps {buffer_meta[0][0]}-{buffer_meta[-1][0]} "
                             f"(NaN or > {cfg.explode_factor:g} x running mean); restored the state of step "
@@ -563,10 +582,10 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             mean_window = float(np.mean(window))
             loop.guard.mean_loss = (mean_window if loop.guard.mean_loss is None
                                     else 0.8 * loop.guard.mean_loss + 0.2 * mean_window)
-            rows = [[s, *[_format(x) for x in v[:7]], n, f"{loop.elapsed_s:.3f}"]
+            rows = [[s, *[_format(x) for x in v[:8]], n, f"{loop.elapsed_s:.3f}"]
                     for (s, n), v in zip(buffer_meta, values)]
             append_log_rows(log_path, rows)
-            last_psnr = float(np.mean([v[6] for v in values]))
+            last_psnr = float(np.mean([v[7] for v in values]))
             bar.set_postfix(loss=f"{values[-1][0]:.4f}", psnr=f"{last_psnr:.2f}", n=buffer_meta[-1][1], refresh=False)
             buffer.clear()
             buffer_meta.clear()

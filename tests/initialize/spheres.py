@@ -39,7 +39,8 @@ class Sphere:
 
 SPHERES = (
     Sphere(np.array([0.0, 0.0, 0.0]), 0.55, np.zeros(3), 0.0, ((0.9, 0.3, 0.2), (0.95, 0.85, 0.3)), False),
-    Sphere(np.array([-0.5, 0.75, 0.25]), 0.3, np.array([1.0, -0.3, 0.2]), 3.0, ((0.2, 0.4, 0.9), (0.3, 0.9, 0.5)), True),
+    Sphere(np.array([-0.5, 0.75, 0.25]), 0.3, np.array([1.0, -0.3, 0.2]), 3.0, ((0.2, 0.4, 0.9), (0.3, 0.9, 0.5)),
+           True),
 )
 
 
@@ -102,7 +103,8 @@ def render(world_to_camera: np.ndarray, K: np.ndarray, width: int, height: int, 
 def hemisphere_camera(rng: np.random.Generator, radius: float = 3.2) -> np.ndarray:
     azimuth = rng.uniform(0, 2 * np.pi)
     elevation = rng.uniform(0.15, 0.9)
-    eye = radius * np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
+    eye = radius * np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                             np.sin(elevation)])
     return look_at_w2c(eye, np.zeros(3))
 
 

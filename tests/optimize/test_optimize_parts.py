@@ -312,3 +312,32 @@ def test_load_model_rejects_other_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(UserError):
         load_model(tmp_path / "junk.pt")
+
+
+def test_rigidity_is_zero_for_rigid_motion_and_measures_stretch(rng):
+    from scipy.spatial.transform import Rotation
+
+    from stages.optimize.losses import rigidity_loss
+
+    canonical = torch.tensor(rng.normal(size=(30, 3)))
+    neighbors = canonical[torch.tensor(rng.integers(0, 30, size=(30, 4)))]
+    R = torch.tensor(Rotation.random(random_state=2).as_matrix())
+    moved, moved_n = canonical @ R.T + 1.0, neighbors @ R.T + 1.0
+    assert float(rigidity_loss(moved, moved_n, canonical, neighbors)) < 1e-20
+    stretched = rigidity_loss(1.1 * moved, 1.1 * moved_n, canonical, neighbors)
+    assert float(stretched) == pytest.approx(0.01, rel=1e-9)          # every distance 10 % longer
+
+
+def test_same_time_neighbors_are_the_nearest_of_the_same_slice(rng):
+    model = _small_model()
+    n = model.num_gaussians()
+    means = torch.tensor(rng.normal(size=(n, 3)), dtype=torch.float32)
+    model.splats["means"].data.copy_(means)
+    model.splats["is_dynamic"].data.copy_(torch.arange(n) < 10)
+    model.splats["anchor_times"].data.copy_(torch.tensor([0.0] * 6 + [0.5] * 4 + [0.0] * (n - 10)))
+    nbr = model.same_time_neighbors(3)
+    for i in range(10):
+        same = [j for j in range(10) if j != i and model.splats["anchor_times"][j] == model.splats["anchor_times"][i]]
+        expected = sorted(same, key=lambda j: float((means[i] - means[j]).norm()))[:3]
+        got = [j for j in nbr[i].tolist() if j != i]
+        assert got == expected[: len(got)] and len(got) == min(3, len(same))

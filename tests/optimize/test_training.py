@@ -66,7 +66,8 @@ def heldout_psnr(model, files, scene) -> float:
 
 def small_config(**overrides) -> OptimizeConfig:
     base = dict(iterations=8, sh_degree=1, sh_degree_interval=3, refine_start=1, refine_every=2, refine_stop=8,
-                reset_every=6, grow_grad2d=1e-5, checkpoint_every=4, log_every=2, backend="torch")
+                reset_every=6, grow_grad2d=1e-5, checkpoint_every=4, log_every=2, backend="torch",
+                rigidity_lambda=0.1)
     base.update(overrides)
     return OptimizeConfig(**base)
 
@@ -87,7 +88,7 @@ def test_resume_after_a_checkpoint_continues_the_same_loss_sequence(tiny, tmp_pa
     assert second.resumed_from == 4 and second.steps == 8
     a, b = _log(tmp_path / "straight/log.csv"), _log(tmp_path / "resumed/log.csv")
     assert [r["step"] for r in b] == [str(i) for i in range(8)]
-    for key in ("loss", "l1", "ssim", "psnr", "gaussians"):
+    for key in ("loss", "l1", "ssim", "rigidity", "psnr", "gaussians"):
         assert [r[key] for r in a] == [r[key] for r in b], key
     assert int(a[-1]["gaussians"]) != int(a[0]["gaussians"]), "densification happened inside the window"
     for key, value in straight.model.splats.items():
