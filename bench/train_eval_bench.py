@@ -1,0 +1,456 @@
+"""page4d-tiny: held-out evaluation against the targets, training throughput, and the lady-running picture.
+
+    python -m bench.train_eval_bench [--weights PATH] [--rooms 2 --objects 2 --frames 16]   # the evaluation
+    python -m bench.train_eval_bench --fixed-only        # only the small fixed scene the bundled-weights test redoes
+    python -m bench.train_eval_bench --throughput [--steps 40]                                # GPU training speed
+    python -m bench.train_eval_bench --lady-running [--weights PATH]     # docs/images/page4d-tiny-lady-running.png
+    (or through the runner: scripts/gpu_host.sh train_eval [ARGS])
+
+Evaluation (bench/results/page4d_tiny_eval.json). Scenes come from :mod:`pipeline.synthetic.writer` exactly as
+``make-scene`` writes them, rendered in memory, from seeds never used in training: training batches draw seeds in
+[0, 10^6) (:func:`stages.geometry.page4d.train_data.step_seed`); rooms here use 1,000,000 + i and objects 1,000,100 + i.
+Each scene is cut into windows of ``--frames`` consecutive training frames (time order); one window is one forward
+pass and one sequence of the metrics:
+- depth: Abs Rel and delta < 1.25 after one **median** scale per sequence (metrics-and-data §7), at the stored
+  resolution (predictions mapped back exactly as the geometry stage does), pooled over sequences by valid pixels;
+- cameras: ATE after Sim(3) Umeyama alignment, divided by the sequence's normalisation scale (the mean distance of
+  its valid ground-truth points from the first camera, as in training), and RPE-rot (degrees, consecutive frames),
+  each averaged over sequences (metrics-and-data §6);
+- dynamic masks: IoU pooled over all frames of a kind; a pixel is moving where the upsampled mask-head probability
+  (score + 0.5) exceeds 0.5.
+Beside the model: two baselines in the same run, identity cameras with constant depth (and no moving pixel), and the
+untrained network (page4d-tiny at its seed-0 initialisation).
+
+Throughput (bench/results/page4d_tiny_throughput.json): a few dozen training steps of the page4d-tiny recipe on the
+device, bf16 autocast beside fp32 (the baseline), frames and sequences per second after warm-up, peak GPU memory.
+
+Picture: runs the pipeline's geometry stage on ../shared/data/lady-running with the given weights (windows of 16
+frames, the longest sequence page4d-tiny trained on), then draws the fused point cloud and the camera trajectory
+from two viewpoints with a small numpy point rasterizer, beside the first input frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+LADY_RUNNING = REPO.parent / "shared" / "data" / "lady-running"
+PICTURE = REPO / "docs" / "images" / "page4d-tiny-lady-running.png"
+ROOM_SEED_BASE, OBJECT_SEED_BASE = 1_000_000, 1_000_100
+TARGETS = {"depth_abs_rel": ("<=", 0.12), "depth_delta_1.25": (">=", 0.85), "rpe_rot_deg": ("<=", 1.0),
+           "ate_normalized": ("<=", 0.05), "mask_iou": (">=", 0.5)}
+FIXED_SCENE = {"kind": "room", "seed": ROOM_SEED_BASE, "frames": 8}   # what tests/geometry/test_bundled_weights redoes
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": str(torch.version.cuda)}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Held-out sequences
+
+
+@dataclass
+class Sequence:
+    kind: str
+    seed: int
+    window: int
+    images: list[np.ndarray]          # S x (H, W, 3) float32 in [0, 1], as the loaders give them
+    depth: np.ndarray                 # (S, H, W) z-depth, 0 = background
+    dynamic: np.ndarray               # (S, H, W) bool
+    world_to_camera: np.ndarray       # (S, 4, 4) float64 OpenCV
+    points: np.ndarray                # (S, H, W, 3) world points (0 = background)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.seed}-w{self.window}"
+
+    def normalisation_scale(self) -> float:
+        """Mean distance of the valid ground-truth points from the first camera (the training normalisation)."""
+        from stages.geometry.page4d.normalize import normalize_targets
+
+        valid = torch.from_numpy(self.depth > 0)[None]
+        out = normalize_targets(torch.from_numpy(self.world_to_camera)[None], torch.from_numpy(self.points)[None],
+                                torch.from_numpy(self.depth)[None], valid)
+        return float(out.scale[0])
+
+
+def scene_sequences(kind: str, seed: int, frames: int, max_windows: int = 0) -> list[Sequence]:
+    """The training frames of a held-out scene, in time order, cut into windows of ``frames``."""
+    from pipeline.synthetic.writer import object_scene, render_scene, room_scene
+
+    scene = room_scene(seed) if kind == "room" else object_scene(seed)
+    order = sorted((i for i, r in enumerate(scene.records) if r.split == "train"), key=lambda i: scene.records[i].time)
+    windows = len(order) // frames
+    if max_windows:
+        windows = min(windows, max_windows)
+    out = []
+    for w in range(windows):
+        index = order[w * frames:(w + 1) * frames]
+        rendered = [render_scene(scene, slice(i, i + 1)) for i in index]
+        rgb = torch.cat([r["rgb"] for r in rendered]).numpy()
+        alpha = torch.cat([r["alpha"] for r in rendered]).numpy()[..., None]
+        if scene.transparent:   # on white, as the D-NeRF loader composites RGBA frames
+            rgb = rgb * alpha + (1.0 - alpha)
+        out.append(Sequence(kind, seed, w, [np.ascontiguousarray(x, dtype=np.float32) for x in rgb],
+                            torch.cat([r["depth"] for r in rendered]).numpy().astype(np.float64),
+                            torch.cat([r["dynamic"] for r in rendered]).numpy().astype(bool),
+                            scene.world_to_camera[index].double().numpy(),
+                            torch.cat([r["points"] for r in rendered]).numpy().astype(np.float64)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Methods
+
+
+@dataclass
+class Output:
+    world_to_camera: np.ndarray       # (S, 4, 4)
+    depth: list[np.ndarray]           # S x (H, W) at the stored resolution
+    dynamic: list[np.ndarray]         # S x (H, W) bool
+
+
+class IdentityConstant:
+    """Baseline: every camera at the identity, depth 1 everywhere, no moving pixel."""
+
+    name = "identity cameras + constant depth"
+
+    def __call__(self, seq: Sequence) -> Output:
+        S, H, W = seq.depth.shape
+        return Output(np.tile(np.eye(4), (S, 1, 1)), [np.ones((H, W)) for _ in range(S)],
+                      [np.zeros((H, W), bool) for _ in range(S)])
+
+
+class Network:
+    """page4d-tiny through the geometry stage's preprocessing, precision policy and resampling to stored pixels."""
+
+    def __init__(self, name: str, model, device: torch.device):
+        from stages.geometry.page4d.inference import Predictor, prepare_model
+
+        self.name = name
+        self.model = prepare_model(model, device)
+        self.device = device
+        self.predictor = Predictor(self.model, device, ("camera", "depth"), want_mask_score=True)
+
+    def __call__(self, seq: Sequence) -> Output:
+        import torch.nn.functional as F
+
+        from stages.geometry.page4d.preprocess import prepare_frames
+
+        prepared = prepare_frames(seq.images, "crop", self.model.config.input_width, self.model.config.patch_size)
+        pred = self.predictor(prepared.batch(slice(None), self.device))
+        h, w = pred.depth.shape[1:]
+        probability = F.interpolate(torch.from_numpy(pred.mask_score)[:, None] + 0.5, size=(h, w), mode="bilinear",
+                                    align_corners=False)[:, 0]
+        depth, dynamic = [], []
+        for i, mapping in enumerate(prepared.mappings):
+            depth.append(mapping.to_stored(torch.from_numpy(pred.depth[i][None]))[0].numpy())
+            dynamic.append(mapping.to_stored(probability[i][None])[0].numpy() > 0.5)
+        return Output(pred.world_to_camera, depth, dynamic)
+
+
+def trained_network(weights: str, device: torch.device) -> Network:
+    from stages.geometry.page4d.checkpoint import load_model
+
+    model, info = load_model("page4d-tiny", weights, "auto", "cpu", allow_download=False)
+    return Network(f"page4d-tiny ({Path(info.path).name})", model, device)
+
+
+def untrained_network(device: torch.device) -> Network:
+    from stages.geometry.page4d.config import ModelConfig
+    from stages.geometry.page4d.model import PAGE4D
+
+    torch.manual_seed(0)
+    return Network("untrained page4d-tiny (seed-0 init)", PAGE4D(ModelConfig.load("page4d-tiny")), device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def sequence_metrics(seq: Sequence, out: Output) -> dict:
+    from stages.evaluate.depth_metrics import depth_errors
+    from stages.evaluate.pose_metrics import pose_errors
+
+    depth = depth_errors(out.depth, list(seq.depth), method="median")
+    pose = pose_errors(out.world_to_camera, seq.world_to_camera)
+    scale = seq.normalisation_scale()
+    intersection = sum(int(np.count_nonzero(p & g)) for p, g in zip(out.dynamic, seq.dynamic))
+    union = sum(int(np.count_nonzero(p | g)) for p, g in zip(out.dynamic, seq.dynamic))
+    return {"sequence": seq.name, "frames": len(seq.images), "depth_abs_rel": depth["abs_rel"],
+            "depth_delta_1.25": depth["delta_1.25"], "valid_pixels": depth["valid_pixels"],
+            "ate_normalized": pose.ate / scale, "rpe_rot_deg": pose.rpe_rot_deg, "gt_scale": scale,
+            "mask_intersection": intersection, "mask_union": union}
+
+
+def pool(rows: list[dict]) -> dict:
+    """Depth weighted by valid pixels, pose averaged over sequences, IoU pooled over frames."""
+    weights = np.array([r["valid_pixels"] for r in rows], dtype=np.float64)
+    union = sum(r["mask_union"] for r in rows)
+    return {"depth_abs_rel": float(np.average([r["depth_abs_rel"] for r in rows], weights=weights)),
+            "depth_delta_1.25": float(np.average([r["depth_delta_1.25"] for r in rows], weights=weights)),
+            "ate_normalized": float(np.mean([r["ate_normalized"] for r in rows])),
+            "rpe_rot_deg": float(np.mean([r["rpe_rot_deg"] for r in rows])),
+            "mask_iou": sum(r["mask_intersection"] for r in rows) / union if union else float("nan"),
+            "sequences": len(rows), "frames": int(sum(r["frames"] for r in rows))}
+
+
+def meets(metric: str, value: float) -> bool:
+    op, bound = TARGETS[metric]
+    return bool(value <= bound) if op == "<=" else bool(value >= bound)
+
+
+def evaluate(methods: list, sequences: list[Sequence]) -> dict:
+    results = {}
+    for method in methods:
+        rows = []
+        t = time.perf_counter()
+        for seq in sequences:
+            rows.append(sequence_metrics(seq, method(seq)))
+        per_kind = {kind: pool([r for r, s in zip(rows, sequences) if s.kind == kind])
+                    for kind in sorted({s.kind for s in sequences})}
+        results[method.name] = {"per_kind": per_kind, "sequences": rows,
+                                "seconds": round(time.perf_counter() - t, 2)}
+    return results
+
+
+def print_table(results: dict) -> None:
+    metrics = list(TARGETS)
+    print(f"{'method':44s} {'kind':7s} " + " ".join(f"{m:>16s}" for m in metrics))
+    print(f"{'target':44s} {'':7s} " + " ".join(f"{op + ' ' + str(b):>16s}" for op, b in TARGETS.values()))
+    for name, result in results.items():
+        for kind, values in result["per_kind"].items():
+            cells = [f"{values[m]:.4f}{'' if meets(m, values[m]) else ' x':2s}".rjust(16) for m in metrics]
+            print(f"{name[:44]:44s} {kind:7s} " + " ".join(cells))
+    print("(x: target missed)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Throughput
+
+
+def throughput(device: torch.device, steps: int, warmup: int) -> dict:
+    """Training speed of the page4d-tiny recipe for ``steps`` steps, bf16 autocast and fp32 (baseline)."""
+    import csv
+
+    from stages.geometry.page4d.train import load_train_config, train
+
+    out = {}
+    for precision in ("bf16", "none"):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = load_train_config("page4d-tiny", [f"out_dir={tmp}", f"autocast={precision}", "log_every=1",
+                                                       f"stop_after={steps}", "checkpoint_every=1000000",
+                                                       f"device={device.type}"])
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            train(config)
+            wall = time.perf_counter() - t
+            with open(Path(tmp) / "train_log.csv", newline="") as f:
+                rows = list(csv.DictReader(f))[warmup:]
+        seconds = sum(float(r["B"]) * float(r["S"]) / float(r["frames_per_s"]) for r in rows)  # one row per step
+        frames = sum(float(r["B"]) * float(r["S"]) for r in rows)
+        sequences = sum(float(r["B"]) for r in rows)
+        out[precision] = {"steps_timed": len(rows), "frames_per_s": frames / seconds,
+                          "sequences_per_s": sequences / seconds, "seconds_per_step": seconds / len(rows),
+                          "peak_gpu_mem_gb": float(rows[-1]["gpu_mem_gb"]), "wall_s_with_setup": round(wall, 1)}
+        print(f"{precision:5s}: {out[precision]['frames_per_s']:.1f} frames/s, "
+              f"{out[precision]['sequences_per_s']:.2f} sequences/s, {out[precision]['seconds_per_step']:.3f} s/step, "
+              f"peak {out[precision]['peak_gpu_mem_gb']:.1f} GiB")
+    out["bf16_speedup_vs_fp32"] = out["bf16"]["frames_per_s"] / out["none"]["frames_per_s"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Picture of a real clip
+
+
+def _rotation_look(forward: np.ndarray, up_hint: np.ndarray) -> np.ndarray:
+    """Rows (right, down, forward) of an OpenCV camera looking along ``forward`` with ``up_hint`` up."""
+    forward = forward / np.linalg.norm(forward)
+    right = np.cross(forward, up_hint)
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    return np.stack([right, down, forward])
+
+
+def rasterize(points: np.ndarray, colours: np.ndarray, R: np.ndarray, eye: np.ndarray, focal: float, size: tuple,
+              radius: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Splat (N, 3) points with (N, 3) colours in [0, 1] through a pinhole camera (rows of R, centre ``eye``) into a
+    white (H, W, 3) image with a z-buffer (nearest point wins), squares of side 2 * radius + 1 pixels."""
+    H, W = size
+    cam = (points - eye) @ R.T
+    keep = cam[:, 2] > 1e-3
+    cam, colours = cam[keep], colours[keep]
+    u = np.round(focal * cam[:, 0] / cam[:, 2] + W / 2).astype(np.int64)
+    v = np.round(focal * cam[:, 1] / cam[:, 2] + H / 2).astype(np.int64)
+    image = np.ones((H, W, 3))
+    zbuffer = np.full((H, W), np.inf)
+    order = np.argsort(-cam[:, 2])                          # far to near: nearer points overwrite
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            x, y = u[order] + dx, v[order] + dy
+            ok = (x >= 0) & (x < W) & (y >= 0) & (y < H)
+            image[y[ok], x[ok]] = colours[order][ok]
+            zbuffer[y[ok], x[ok]] = np.minimum(zbuffer[y[ok], x[ok]], cam[order][ok, 2])
+    return image, zbuffer
+
+
+def draw_polyline(image: np.ndarray, uv: np.ndarray, colour, width: int = 1) -> None:
+    """Line segments through (N, 2) pixel positions, drawn in place (dense sampling of each segment)."""
+    H, W = image.shape[:2]
+    for a, b in zip(uv[:-1], uv[1:]):
+        n = int(max(abs(b - a).max(), 1)) * 2
+        for t in np.linspace(0.0, 1.0, n + 1):
+            x, y = np.round(a + t * (b - a)).astype(int)
+            image[max(0, y - width):min(H, y + width + 1), max(0, x - width):min(W, x + width + 1)] = colour
+
+
+def trajectory_view(points, colours, centres, forwards, eye, target, up, size=(300, 400), fov_deg=60.0):
+    R = _rotation_look(target - eye, up)
+    focal = 0.5 * size[1] / math.tan(math.radians(fov_deg) / 2)
+    image, _ = rasterize(points, colours, R, eye, focal, size)
+    cam = (centres - eye) @ R.T
+    uv = np.stack([focal * cam[:, 0] / cam[:, 2] + size[1] / 2, focal * cam[:, 1] / cam[:, 2] + size[0] / 2], -1)
+    draw_polyline(image, uv, (0.85, 0.1, 0.1), width=1)
+    tips = centres + 0.15 * np.linalg.norm(np.ptp(centres, 0) + 1e-9) * forwards
+    for c, tip in zip(centres[::4], tips[::4]):                # viewing directions of every 4th camera
+        ends = np.stack([c, tip]) - eye
+        ends = ends @ R.T
+        draw_polyline(image, np.stack([focal * ends[:, 0] / ends[:, 2] + size[1] / 2,
+                                       focal * ends[:, 1] / ends[:, 2] + size[0] / 2], -1), (0.1, 0.3, 0.9))
+    for i, colour in ((0, (0.0, 0.7, 0.0)), (-1, (0.85, 0.1, 0.1))):
+        x, y = np.round(uv[i]).astype(int)
+        image[max(0, y - 3):y + 4, max(0, x - 3):x + 4] = colour
+    return image
+
+
+def lady_running_picture(weights: str, out_png: Path, device: torch.device) -> dict:
+    """Geometry stage on the clip -> fused points + cameras -> PNG (first frame | behind-above view | top view)."""
+    from plyfile import PlyData
+
+    from pipeline.io import write_png
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pipeline.cli", "reconstruct", str(LADY_RUNNING), "geometry.model=page4d-tiny",
+               f"geometry.checkpoint={weights}", "geometry.cameras=model", "geometry.window=16",
+               "geometry.overlap=4", f"device={device.type}", "--out", f"{tmp}/run", "--until", "geometry"]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=REPO)
+        seconds = time.perf_counter() - t
+        cameras = json.loads((Path(tmp) / "run" / "geometry" / "cameras.json").read_text())["frames"]
+        ply = PlyData.read(str(Path(tmp) / "run" / "geometry" / "points.ply"))["vertex"]
+        points = np.stack([ply["x"], ply["y"], ply["z"]], -1).astype(np.float64)
+        colours = np.stack([ply["red"], ply["green"], ply["blue"]], -1) / 255.0
+    w2c = np.array([c["world_to_camera"] for c in cameras])
+    centres = np.stack([-w[:3, :3].T @ w[:3, 3] for w in w2c])
+    forwards = w2c[:, 2, :3]
+    ups = -w2c[:, 1, :3]
+    up = ups.mean(0) / np.linalg.norm(ups.mean(0))
+    target = np.median(points, axis=0)
+    extent = np.percentile(np.linalg.norm(points - target, axis=1), 80)
+    behind = centres[0] - forwards[0] * 1.2 * extent + up * 0.6 * extent
+    above = target + up * 2.5 * extent - forwards[0] * 0.3 * extent
+    view_a = trajectory_view(points, colours, centres, forwards, behind, target, up)
+    view_b = trajectory_view(points, colours, centres, forwards, above, target, forwards[0])
+    from PIL import Image
+
+    first = np.asarray(Image.open(sorted(LADY_RUNNING.glob("*.jpg"))[0]).convert("RGB"), dtype=np.float64) / 255.0
+    h = view_a.shape[0]
+    w = int(round(first.shape[1] * h / first.shape[0]))
+    first = np.asarray(Image.fromarray((first * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)) / 255.0
+    gap = np.ones((h, 6, 3))
+    write_png(out_png, np.concatenate([first, gap, view_a, gap, view_b], axis=1))
+    return {"png": str(out_png.relative_to(REPO)), "frames": len(cameras), "points": int(len(points)),
+            "geometry_stage_s": round(seconds, 1), "command": " ".join(cmd[2:])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default="", help="weights file ('' = the bundled page4d-tiny)")
+    parser.add_argument("--rooms", type=int, default=2)
+    parser.add_argument("--objects", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=16, help="frames per sequence (one forward pass)")
+    parser.add_argument("--max-windows", type=int, default=0, help="windows per scene (0 = all)")
+    parser.add_argument("--fixed-only", action="store_true", help="only the fixed scene of the bundled-weights test")
+    parser.add_argument("--throughput", action="store_true")
+    parser.add_argument("--steps", type=int, default=40, help="throughput: steps per precision")
+    parser.add_argument("--lady-running", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="require CUDA")
+    parser.add_argument("--cpu", action="store_true", help="force the CPU")
+    args = parser.parse_args(argv)
+    if args.gpu and not torch.cuda.is_available():
+        print("train_eval: --gpu given but CUDA is not available", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    record = {"benchmark": "page4d_tiny_eval", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": "python -m bench.train_eval_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "device": device_name(device), "versions": versions()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    if args.throughput:
+        record.update(benchmark="page4d_tiny_throughput", throughput=throughput(device, args.steps, warmup=5))
+        (RESULTS / "page4d_tiny_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
+        return 0
+    weights = args.weights
+    if not weights:
+        from stages.geometry.page4d.checkpoint import BUNDLED
+
+        weights = str(BUNDLED["page4d-tiny"])
+    if args.lady_running:
+        record.update(benchmark="page4d_tiny_lady_running", weights=weights,
+                      picture=lady_running_picture(weights, PICTURE, device))
+        (RESULTS / "page4d_tiny_lady_running.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(json.dumps(record["picture"], indent=2))
+        return 0
+
+    methods = [trained_network(weights, device), untrained_network(device), IdentityConstant()]
+    fixed = scene_sequences(FIXED_SCENE["kind"], FIXED_SCENE["seed"], FIXED_SCENE["frames"], max_windows=1)
+    from pipeline.synthetic.writer import GENERATOR_VERSION
+
+    record["fixed_scene"] = {**FIXED_SCENE, "generator_version": GENERATOR_VERSION,
+                             "metrics": sequence_metrics(fixed[0], methods[0](fixed[0]))}
+    if not args.fixed_only:
+        sequences = []
+        for kind, base, count in (("room", ROOM_SEED_BASE, args.rooms), ("object", OBJECT_SEED_BASE, args.objects)):
+            for seed in range(base, base + count):
+                sequences += scene_sequences(kind, seed, args.frames, args.max_windows)
+        record.update(weights=weights, frames_per_sequence=args.frames,
+                      targets={k: list(v) for k, v in TARGETS.items()},
+                      seeds={"room": [ROOM_SEED_BASE, ROOM_SEED_BASE + args.rooms - 1],
+                             "object": [OBJECT_SEED_BASE, OBJECT_SEED_BASE + args.objects - 1]},
+                      results=evaluate(methods, sequences))
+        print_table(record["results"])
+    print("fixed scene:", json.dumps(record["fixed_scene"]["metrics"]))
+    name = "page4d_tiny_eval.json" if not args.fixed_only else "page4d_tiny_eval_fixed.json"
+    (RESULTS / name).write_text(json.dumps(record, indent=2, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
