@@ -3,7 +3,8 @@
 For every frame (b, s) of a :class:`~pipeline.synthetic.scenes.PosedScene`, rays leave the camera centre through
 pixel positions; each ray's direction has camera-z component 1, so the hit parameter ``t`` is the z-depth. The first
 hit over all primitives is exact (analytic intersection, ``primitives.py``); its surface point gives the normal,
-texture coordinates and material, shaded with Lambert's law under a point light plus an ambient term.
+texture coordinates and material, shaded with Lambert's law under a point light plus an ambient term, times a
+per-scene exposure, clipped at 1.
 
 How the work stays proportional to what is on screen:
 
@@ -195,7 +196,8 @@ class FrameBatch:
         light = self.light.T[:, :, None] - point                                     # (3, F, N)
         cos_light = _dot3(normal, light) / torch.sqrt(_dot3(light, light)).clamp_min(1e-12)
         ambient = posed.ambient[self.batch_index][:, None]
-        shade = ambient + (1.0 - ambient) * cos_light.clamp_min(0.0)
+        exposure = posed.exposure[self.batch_index][:, None]
+        shade = (ambient + (1.0 - ambient) * cos_light.clamp_min(0.0)) * exposure
         colour = (albedo * shade[..., None]).clamp(0.0, 1.0) * hit[..., None]
         return {"colour": colour, "hit": hit, "depth": depth, "slot": slot, "point": point.permute(1, 2, 0),
                 "normal": normal.permute(1, 2, 0), "albedo": albedo}

@@ -96,6 +96,7 @@ class SceneSpec:
     light_frequency: Tensor   # (B,)
     light_phase: Tensor       # (B, 3)
     ambient: Tensor           # (B,) fraction of light that does not depend on the light direction
+    exposure: Tensor          # (B,) multiplier of the shaded colour (clipped at 1), constant over the scene
     camera_path: HandheldPath | None = None  # rooms: the handheld path the scene was sampled with
     fov_x: Tensor | None = None               # (B,) horizontal field of view of that path, radians
 
@@ -118,7 +119,7 @@ class SceneSpec:
                    active=torch.ones(batch, P, dtype=torch.bool, device=device),
                    texture=torch.zeros(batch, P, G, dtype=torch.long, device=device), tiles_per_meter=z(P, G) + 1.0,
                    tint=z(P, G, 3) + 1.0, uv_offset=z(P, G, 2), light_position=z(3), light_amplitude=z(3),
-                   light_frequency=z(), light_phase=z(3), ambient=z() + 0.3)
+                   light_frequency=z(), light_phase=z(3), ambient=z() + 0.3, exposure=z() + 1.0)
 
     @property
     def batch(self) -> int:
@@ -205,6 +206,7 @@ class PosedScene:
     dynamic: Tensor       # (B, P) bool
     light: Tensor         # (B, S, 3) light position
     ambient: Tensor       # (B,)
+    exposure: Tensor      # (B,)
     texture: Tensor       # (B, P, G) long
     tiles_per_meter: Tensor  # (B, P, G)
     tint: Tensor          # (B, P, G, 3)
@@ -237,7 +239,7 @@ def pose(spec: SceneSpec, times: Tensor) -> PosedScene:
     light = spec.light_position[:, None] + spec.light_amplitude[:, None] * torch.sin(
         2 * math.pi * spec.light_frequency[:, None, None] * times[..., None] + spec.light_phase[:, None])
     return PosedScene(spec.layout, rotation, centre, size, spec.size, spec.active, spec.dynamic(), light,
-                      spec.ambient, spec.texture, spec.tiles_per_meter, spec.tint, spec.uv_offset)
+                      spec.ambient, spec.exposure, spec.texture, spec.tiles_per_meter, spec.tint, spec.uv_offset)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -522,7 +524,8 @@ def sample_room(generator: torch.Generator, batch: int, bank_size: int, width: i
         [draw.uniform(0.3, 1.0) * half_w, draw.uniform(0.2, 0.6) * half_d, torch.zeros_like(half_h)], -1) * 0.6
     spec.light_frequency = draw.uniform(0.3, 0.8)
     spec.light_phase = draw.uniform(0, 2 * math.pi, 3)
-    spec.ambient = draw.uniform(0.25, 0.45)
+    spec.ambient = draw.uniform(0.3, 0.5)
+    spec.exposure = draw.uniform(1.1, 1.5)
 
     # The camera: forward-facing towards the moving objects, dolly forward, pan, shake and roll.
     weight = moving.to(dtype) / moving.sum(1, keepdim=True)

@@ -32,7 +32,7 @@ from pipeline.synthetic.render import render
 from pipeline.synthetic.scenes import RoomOptions, SceneSpec, pose, sample_object, sample_room
 from pipeline.synthetic.textures import TextureBank, make_texture_bank
 
-GENERATOR_VERSION = 1            # bump when the same seed would give different scenes
+GENERATOR_VERSION = 2            # bump when the same seed would give different scenes
 PNG_COMPRESS_LEVEL = 6
 POINTS_TARGET = 150_000          # about this many surface points in ground_truth/points.npz
 log = get_logger("synthetic")
@@ -368,8 +368,8 @@ the same command reproduces these files byte for byte.
 
 | path | content |
 |---|---|
-| `transforms_{{train,val,test}}.json` | D-NeRF format: `camera_angle_x` (horizontal field of view, radians), per frame `file_path`, `time` in [0, 1], `transform_matrix` (camera-to-world, OpenGL/Blender axes) |
-| `train/`, `val/`, `test/` `r_XXX.png` | 8-bit {"RGBA (straight alpha = pixel coverage)" if kind == "object" else "RGB"} images |
+| `transforms_{{{"train,val,test" if kind == "object" else "train,test"}}}.json` | D-NeRF format: `camera_angle_x` (horizontal field of view, radians), per frame `file_path`, `time` in [0, 1], `transform_matrix` (camera-to-world, OpenGL/Blender axes) |
+| {"`train/`, `val/`, `test/`" if kind == "object" else "`train/`, `test/`"} `r_XXX.png` | 8-bit {"RGBA (straight alpha = pixel coverage)" if kind == "object" else "RGB"} images |
 {"| `frames/NNNNN.png` | the whole video in time order |" + chr(10) if kind == "room" else ""}| `ground_truth/cameras.json` | per frame: `file_path`, `split`, `stem`, `time`, `frame_index` (time order), `width`, `height`, `K` (3 x 3), `world_to_camera` (4 x 4, OpenCV){", `frame_file`" if kind == "room" else ""} |
 | `ground_truth/depth/<split>/<stem>.npy` | float32 (H, W) z-depth along the camera's optical axis, metres; 0 = background |
 | `ground_truth/dynamic_mask/<split>/<stem>.png` | uint8 (H, W), 255 where the pixel centre sees a moving object |
