@@ -73,6 +73,17 @@ def test_loader_reads_back_the_cameras_times_and_ground_truth(which, request):
         assert (alpha[depth > 0] > 0).all() and (alpha[depth == 0] < 1).all()
 
 
+def test_resized_frames_get_resized_ground_truth(room):
+    scene = load_scene(SceneConfig(source=str(room), max_size=48))
+    frame = scene.frames[3]
+    full = np.load(room / "ground_truth" / "depth" / frame.split / f"{frame.source_path.stem}.npy")
+    depth, mask = frame.load_depth(), frame.load_dynamic_mask()
+    assert depth.shape == mask.shape == (frame.height, frame.width) == (27, 48)
+    assert np.isin(depth, full).all()                                   # nearest samples, no blended depths
+    # The rescaled camera keeps the field of view: f = (W / 2) / tan(fov / 2) = cx / tan(fov / 2).
+    assert frame.camera.K[0, 0] == pytest.approx(frame.camera.K[0, 2] / np.tan(np.radians(ROOM.fov_deg) / 2))
+
+
 @pytest.mark.parametrize("which", ["room", "obj"])
 def test_depth_files_reproject_into_other_frames(which, request):
     """Unproject a frame's depth file with the loader's camera, project into every other frame and re-render that
