@@ -506,6 +506,23 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
         save_checkpoint(checkpoint_path, model, optimizer, state, config)
         checkpoint_seconds = max(checkpoint_seconds, time.perf_counter() - t)
 
+    last: dict[str, Any] = {}
+
+    def write_row() -> None:
+        """One CSV row: the averages of the steps since the previous row (window), then a fresh window."""
+        nonlocal window
+        n = max(window["count"], 1)
+        row = {"step": state.step, "elapsed_s": state.train_seconds, **last,
+               "seq_per_s": window["sequences"] / max(window["seconds"], 1e-9),
+               "frames_per_s": window["frames"] / max(window["seconds"], 1e-9),
+               "gpu_mem_gb": (torch.cuda.max_memory_allocated() / 2**30) if device.type == "cuda" else 0.0,
+               "skipped": state.skipped_steps, **{k: v / n for k, v in window["terms"].items()}}
+        csv_log.write(row)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", fps=f"{row['frames_per_s']:.0f}")
+        log.debug(f"step {state.step}: loss {row.get('loss', float('nan')):.4f}, {row['frames_per_s']:.1f} frames/s")
+        window = {"seconds": 0.0, "sequences": 0, "frames": 0, "terms": {}, "count": 0}
+
     bar = progress(range(state.step, last_step), desc=f"train {model.config.name}", total=last_step - state.step,
                    unit="step")
     try:
@@ -566,21 +583,9 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
             for key, value in step_terms.items():
                 window["terms"][key] = window["terms"].get(key, 0.0) + value
 
+            last = {"S": S, "B": B, **lrs, **{f"grad_{k}": v for k, v in grad_norms.items()}}
             if state.step % config.log_every == 0 or state.step == last_step:
-                n = max(window["count"], 1)
-                row = {"step": state.step, "elapsed_s": state.train_seconds, "S": S, "B": B,
-                       "seq_per_s": window["sequences"] / max(window["seconds"], 1e-9),
-                       "frames_per_s": window["frames"] / max(window["seconds"], 1e-9),
-                       "gpu_mem_gb": (torch.cuda.max_memory_allocated() / 2**30) if device.type == "cuda" else 0.0,
-                       "skipped": state.skipped_steps, **lrs,
-                       **{k: v / n for k, v in window["terms"].items()},
-                       **{f"grad_{k}": v for k, v in grad_norms.items()}}
-                csv_log.write(row)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", fps=f"{row['frames_per_s']:.0f}")
-                log.debug(f"step {state.step}: loss {row.get('loss', float('nan')):.4f}, "
-                          f"{row['frames_per_s']:.1f} frames/s")
-                window = {"seconds": 0.0, "sequences": 0, "frames": 0, "terms": {}, "count": 0}
+                write_row()
             if state.step % config.checkpoint_every == 0 and state.step < last_step:
                 checkpoint()
     except (KeyboardInterrupt, StageInterrupted):
@@ -591,6 +596,8 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
         if hasattr(bar, "close"):
             bar.close()
 
+    if window["count"]:
+        write_row()                    # the steps since the last row (a run stopped by its time budget)
     checkpoint()
     finished = state.step >= config.steps
     stop_reason = stop_reason or ("schedule complete" if finished else f"stop_after: {config.stop_after} steps")

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One resumable training chunk of page4d-tiny (or another configs/train/ recipe) on a GPU host, under 10 minutes.
+#
+#   scripts/train_chunk.sh [CONFIG=page4d-tiny] [MINUTES=8] [key=value ...]
+#
+# Where it continues from, in this order:
+#   1. runs/train/CONFIG/checkpoint.pt  - left by the previous chunk on the same (still warm) machine: an exact resume
+#                                         (fp32 weights, AdamW state, RNG states);
+#   2. runs/carry/CONFIG-weights.safetensors.part00 (+ .part01 ..., .parts.json) - the parts a previous chunk
+#                                         returned, carried back in: a weights-only resume (fp16 weights, the step and
+#                                         the data stream restored; AdamW moments restart with a short learning-rate
+#                                         re-warm-up);
+#   3. nothing: a fresh start.
+# The chunk trains for MINUTES minutes of wall time (the loop stops cleanly before that with a checkpoint), then
+# writes to $OUT (files of at most 16 MiB, at most 8 of them):
+#   CONFIG-weights.safetensors.part00, .part01  the fp16 weights with the training state (split at 15 MiB)
+#   CONFIG-weights.safetensors.parts.json        sizes and SHA-256 of the parts
+#   train_log.csv, summary.json, chunk.json      the loss/throughput log, the run summary, this chunk's timing
+# To continue in a later session: copy those parts into runs/carry/ here and carry runs/carry to the next call.
+# When the schedule is complete the final weights are also written to the config's `export` path (for page4d-tiny,
+# stages/geometry/page4d/weights/page4d-tiny.safetensors); join the parts here to get the same file:
+#   python -m stages.geometry.page4d.export_weights --join runs/carry/page4d-tiny-weights.safetensors.part00 \
+#       --out stages/geometry/page4d/weights/page4d-tiny.safetensors
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG="${1:-page4d-tiny}"
+MINUTES="${2:-8}"
+shift $(( $# > 2 ? 2 : $# ))
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"   # the host's python (with torch); PYTHON=.venv/bin/python elsewhere
+start=$(date +%s)
+
+# Our pure-Python dependencies the host may lack, carried as wheels in .whl/ (see scripts/gpu_host.sh).
+SITE=/tmp/page4dgs-site
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+fi
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+
+RUN="runs/train/$CONFIG"
+CARRY="runs/carry/$CONFIG-weights.safetensors"
+RESUME=()
+if [ -f "$RUN/checkpoint.pt" ]; then
+  echo "resuming exactly from $RUN/checkpoint.pt"
+  RESUME=(--resume "$RUN/checkpoint.pt")
+elif [ -f "$CARRY.part00" ]; then
+  "$PY" -m stages.geometry.page4d.export_weights --join "$CARRY.part00" --out "$RUN/carried.safetensors"
+  echo "resuming (weights only) from the carried $CARRY parts"
+  RESUME=(--resume "$RUN/carried.safetensors")
+else
+  echo "no checkpoint: starting $CONFIG from scratch"
+fi
+
+# The budget covers the whole loop; setup and the copy below take well under a minute.
+"$PY" -m pipeline.cli train-model --config "$CONFIG" "${RESUME[@]}" "max_minutes=$MINUTES" "$@"
+
+if [ -n "${OUT:-}" ]; then
+  NAME=$("$PY" -c "import yaml,sys; print(yaml.safe_load(open('configs/train/$CONFIG.yaml')).get('model','page4d-tiny'))")
+  cp "$RUN/export/$NAME.safetensors" "$RUN/$CONFIG-weights.safetensors"
+  "$PY" -m stages.geometry.page4d.export_weights --split "$RUN/$CONFIG-weights.safetensors" --part-mib 15 --to "$OUT"
+  cp "$RUN/train_log.csv" "$RUN/summary.json" "$OUT/"
+fi
+end=$(date +%s)
+"$PY" - "$start" "$end" "$CONFIG" "${OUT:-}" <<'PY'
+import json, sys, torch
+start, end, config, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+summary = json.load(open(f"runs/train/{config}/summary.json"))
+record = {"config": config, "chunk_wall_s": end - start, "train_s_this_chunk": summary["run_wall_s"],
+          "step": summary["state"]["step"], "finished": summary["finished"], "stop_reason": summary["stop_reason"],
+          "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+print(json.dumps(record))
+if out:
+    json.dump(record, open(f"{out}/chunk.json", "w"), indent=2)
+PY
