@@ -24,8 +24,7 @@ import torch
 
 from pipeline.cameras import opencv_w2c_to_opengl_c2w
 from pipeline.errors import UserError
-from pipeline.io import atomic_path
-from pipeline.log import get_logger, progress
+from pipeline.log import progress
 from pipeline.scene.loaders.common import holdout_split
 from pipeline.synthetic.cameras import intrinsics, sphere_viewpoints
 from pipeline.synthetic.render import render
@@ -35,7 +34,6 @@ from pipeline.synthetic.textures import TextureBank, make_texture_bank
 GENERATOR_VERSION = 2            # bump when the same seed would give different scenes
 PNG_COMPRESS_LEVEL = 6
 POINTS_TARGET = 150_000          # about this many surface points in ground_truth/points.npz
-log = get_logger("synthetic")
 
 
 @dataclass
