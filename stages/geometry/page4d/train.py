@@ -109,6 +109,10 @@ class TrainConfig:
                                    "head; <= 0 disables clipping.")
     autocast: str = option("bf16", "Mixed precision of the forward pass on CUDA ('bf16' or 'none'); the CPU always "
                            "runs float32.", choices=("bf16", "none"))
+    attention: str = option("default", "Attention kernel policy (stages.geometry.page4d.sdpa): 'default' lets "
+                            "PyTorch choose per call (training sees many shapes and needs backward kernels), 'auto' "
+                            "times the kernels per shape class.", choices=("default", "auto", "cudnn", "flash",
+                                                                            "efficient", "math"))
     rewarmup_steps: int = option(200, "After a weights-only resume (fresh AdamW moments), learning rates ramp up "
                                  "linearly over this many steps.")
     # --- data ---
@@ -467,6 +471,9 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    from stages.geometry.page4d import sdpa
+
+    sdpa.set_policy(config.attention)
 
     model = build_model(config, device)
     trainable = apply_trainable(model, config.trainable)
