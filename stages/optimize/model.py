@@ -77,27 +77,34 @@ class GaussianModel4D(nn.Module):
                                               {k: repeat(v) for k, v in self.deformation_inputs(index).items()})
         return means + shift[:, POSITION].view(steps, m, 3)
 
-    def same_time_neighbors(self, k: int) -> torch.Tensor:
-        """(N, k) int64: for each dynamic Gaussian, its k nearest dynamic Gaussians of the same anchor time (its
-        own index where the slice has fewer); rows of static Gaussians are unused. Computed on the CPU (cKDTree)."""
-        from scipy.spatial import cKDTree
-        import numpy as np
-
-        index = self.dynamic_index().cpu().numpy()
-        out = torch.arange(self.num_gaussians()).unsqueeze(1).repeat(1, k)
-        if len(index) > 1:
-            means = self.splats["means"].detach()[index].cpu().double().numpy()
-            times = self.splats["anchor_times"].detach()[index].cpu().double().numpy()
-            extent = float(np.ptp(means, axis=0).max()) + 1.0
-            points = np.concatenate([means, times[:, None] * 1e6 * extent], axis=1)   # slices far apart in 4-D
-            k_eff = min(k, len(index) - 1)
-            _, nearest = cKDTree(points).query(points, k=k_eff + 1)                   # (M, k + 1), self first
-            nearest = index[nearest[:, 1:]]                                            # global indices
-            same = np.isclose(times[:, None], self.splats["anchor_times"].detach().cpu().double().numpy()[nearest])
-            nearest = np.where(same, nearest, index[:, None])
-            out[index, :k_eff] = torch.from_numpy(nearest)
-            out[index, k_eff:] = torch.from_numpy(index)[:, None]
-        return out.to(self.device)
+    @torch.no_grad()
+    def same_time_neighbors(self, k: int, chunk: int = 4096) -> torch.Tensor:
+        """(N, k) int64: for each dynamic Gaussian, its k nearest dynamic Gaussians of the same anchor time (its own
+        index where the slice has fewer); rows of static Gaussians hold their own index. Brute force per time slice
+        on the model's device (one host synchronisation for the slice sizes)."""
+        n = self.num_gaussians()
+        out = torch.arange(n, device=self.device).unsqueeze(1).repeat(1, k)
+        index = self.dynamic_index()
+        times = self.splats["anchor_times"][index]
+        order = torch.argsort(times, stable=True)
+        index, times = index[order], times[order]
+        _, counts = torch.unique_consecutive(times, return_counts=True)
+        means = self.splats["means"]
+        start = 0
+        for count in counts.tolist():
+            members = index[start:start + count]                                   # one time slice
+            start += count
+            kk = min(k, count - 1)
+            if kk < 1:
+                continue
+            points = means[members]
+            for lo in range(0, count, chunk):
+                rows = torch.arange(lo, min(lo + chunk, count), device=self.device)
+                distance = torch.cdist(points[rows], points)                       # (b, count)
+                distance[torch.arange(len(rows), device=self.device), rows] = float("inf")   # not itself
+                nearest = distance.topk(kk, dim=1, largest=False).indices          # (b, kk), nearest first
+                out[members[rows], :kk] = members[nearest]
+        return out
 
     def positions_at_time(self, time: float, index: torch.Tensor) -> torch.Tensor:
         """Positions (..., 3) of the dynamic Gaussians ``index`` (any shape, repeats allowed) at one ``time``."""
