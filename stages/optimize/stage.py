@@ -18,7 +18,7 @@ from stages.initialize.geometry_io import read_cameras, read_depth
 from stages.optimize.config import OptimizeConfig
 from stages.optimize.trainer import InitialGaussians, TrainData, TrainView, train
 
-# Keep training images on the device in float32 up to this many bytes; beyond, float16 on the host, moved per step.
+# Keep training images on the device in float32 up to this many bytes; beyond, decode each frame when it is used.
 DEVICE_IMAGE_BUDGET = 2 << 30
 
 
@@ -53,6 +53,8 @@ def load_initial(ctx) -> InitialGaussians:
 
 
 def load_views(ctx, cfg: OptimizeConfig, device: torch.device) -> TrainData:
+    """The training frames: cameras from cameras.json, images from the scene (on ``device`` while they fit in
+    :data:`DEVICE_IMAGE_BUDGET`, else decoded at every use), depth for the depth loss."""
     from pipeline.scene.images import resize_array
 
     geometry_dir = ctx.artifact("geometry")
@@ -60,32 +62,38 @@ def load_views(ctx, cfg: OptimizeConfig, device: torch.device) -> TrainData:
     train_cameras = [c for c in cameras if c.split == "train"]
     if not train_cameras:
         raise UserError("no training frames in cameras.json", geometry_dir / "cameras.json")
-    total_bytes = sum(c.width * c.height * 3 * 4 for c in train_cameras)
-    image_device, image_dtype = ((device, torch.float32) if total_bytes <= DEVICE_IMAGE_BUDGET
-                                 else (torch.device("cpu"), torch.float16))
-    views = []
-    for cam in progress(train_cameras, desc="optimize: load frames", unit="frame"):
+    eager = sum(c.width * c.height * 4 * 4 for c in train_cameras) <= DEVICE_IMAGE_BUDGET
+    rgba = ctx.scene.alpha(ctx.scene.frame(train_cameras[0].name)) is not None     # one format per scene
+
+    def decode(cam) -> tuple[torch.Tensor, torch.Tensor | None]:
         frame = ctx.scene.frame(cam.name)
         rgb, alpha = ctx.scene.rgb(frame), ctx.scene.alpha(frame)
-        size = (cam.width, cam.height)
         if rgb.shape[:2] != (cam.height, cam.width):
-            rgb = resize_array(rgb, size)
-            alpha = None if alpha is None else resize_array(alpha, size)
+            rgb = resize_array(rgb, (cam.width, cam.height))
+            alpha = None if alpha is None else resize_array(alpha, (cam.width, cam.height))
+        return (torch.from_numpy(np.ascontiguousarray(rgb)),
+                None if alpha is None else torch.from_numpy(np.ascontiguousarray(alpha)))
+
+    views = []
+    for cam in progress(train_cameras, desc="optimize: load frames", unit="frame"):
         depth = valid = None
         if cfg.depth_lambda > 0:
             d = read_depth(geometry_dir, cam.name)
             if d.shape != (cam.height, cam.width):
-                d = resize_array(d, size, nearest=True)
+                d = resize_array(d, (cam.width, cam.height), nearest=True)
             depth = torch.from_numpy(d).to(device)
             valid = depth > 0
+        image = alpha = None
+        if eager:
+            image, alpha = decode(cam)
+            image, alpha = image.to(device), None if alpha is None else alpha.to(device)
         views.append(TrainView(
             name=cam.name, time=cam.time,
             world_to_camera=torch.tensor(cam.world_to_camera, dtype=torch.float32, device=device),
             K=torch.tensor(cam.K, dtype=torch.float32, device=device), width=cam.width, height=cam.height,
-            image=torch.from_numpy(np.ascontiguousarray(rgb)).to(image_device, image_dtype),
-            alpha=None if alpha is None
-            else torch.from_numpy(np.ascontiguousarray(alpha)).to(image_device, image_dtype),
-            depth=depth, depth_valid=valid))
+            image=image, alpha=alpha, depth=depth, depth_valid=valid,
+            load=None if eager else (lambda cam=cam: decode(cam)),
+            has_alpha=rgba))
     return TrainData(views=views, scene_background=tuple(float(c) for c in ctx.scene.background))
 
 

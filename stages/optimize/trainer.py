@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -50,7 +50,11 @@ MAX_CONSECUTIVE_RESTORES = 3
 @dataclass
 class TrainView:
     """One training frame. image (H, W, 3) in [0, 1] composited on the scene background; alpha (H, W) for RGBA
-    inputs; depth (H, W) geometry-stage z-depth with depth_valid (H, W) bool, for the depth loss."""
+    inputs; depth (H, W) geometry-stage z-depth with depth_valid (H, W) bool, for the depth loss.
+
+    Frames too many to keep in memory have ``image`` None and a ``load`` callable returning (image, alpha),
+    decoded at every use; ``has_alpha`` says whether alpha exists without decoding.
+    """
 
     name: str
     time: float
@@ -58,10 +62,22 @@ class TrainView:
     K: torch.Tensor                  # (3, 3)
     width: int
     height: int
-    image: torch.Tensor
+    image: Optional[torch.Tensor]
     alpha: Optional[torch.Tensor] = None
     depth: Optional[torch.Tensor] = None
     depth_valid: Optional[torch.Tensor] = None
+    load: Optional[Callable[[], tuple[torch.Tensor, Optional[torch.Tensor]]]] = None
+    has_alpha: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        if self.has_alpha is None:
+            self.has_alpha = self.alpha is not None
+
+    def pixels(self, device: torch.device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(image (H, W, 3), alpha (H, W) or None) as float32 on ``device``."""
+        image, alpha = (self.image, self.alpha) if self.image is not None else self.load()
+        image = image.to(device, torch.float32, non_blocking=True)
+        return image, None if alpha is None else alpha.to(device, torch.float32, non_blocking=True)
 
 
 @dataclass
@@ -471,17 +487,16 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         infos, losses, terms = [], [], []
         for index in sampler.next(cfg.batch_size):
             view = views[index]
-            image = view.image.to(device, torch.float32, non_blocking=True)
-            if cfg.background == "random" and view.alpha is not None:
+            image, alpha = view.pixels(device)
+            if cfg.background == "random" and view.has_alpha:
                 background, recomposite = torch.rand(3, device=device, generator=generator), True
             elif fixed_bg is not None:
-                background, recomposite = fixed_bg, view.alpha is not None and fixed_differs
+                background, recomposite = fixed_bg, view.has_alpha and fixed_differs
             else:
                 background, recomposite = scene_bg, False
             target = image
             if recomposite:       # RGBA: the ground truth composited on this step's background instead
-                alpha = view.alpha.to(device, torch.float32)[..., None]
-                target = image + (background - scene_bg) * (1.0 - alpha)
+                target = image + (background - scene_bg) * (1.0 - alpha[..., None])
             viewmat = view.world_to_camera if cameras is None else refined_world_to_camera(view.world_to_camera,
                                                                                            cameras[index])
             colors, alphas, info = model.rasterize(view.time, viewmat[None], view.K[None], view.width, view.height,

@@ -160,3 +160,19 @@ def test_stages_run_through_the_runner_and_write_their_artifacts(tiny, tmp_path)
     assert sorted(p.name for p in (run / "optimize/checkpoints").iterdir()) == ["step_0000002.pt", "step_0000004.pt"]
     again = run_pipeline(config, tmp_path / "run", scene, stages=stages)
     assert again["optimize"]["finished_at"] == results["optimize"]["finished_at"], "unchanged: skipped"
+
+
+def test_frames_decoded_at_every_use_train_identically(tiny, tmp_path, monkeypatch):
+    """Scenes too large for memory decode each frame when used; the result is the same as keeping them."""
+    from stages.optimize import stage as stage_module
+
+    files, scene = tiny
+    cfg = small_config(iterations=4, densify=False, background="random")
+    eager_data, initial = _inputs(files, scene, cfg)
+    monkeypatch.setattr(stage_module, "DEVICE_IMAGE_BUDGET", 0)
+    lazy_data, _ = _inputs(files, scene, cfg)
+    assert lazy_data.views[0].image is None and lazy_data.views[0].has_alpha
+    eager = train(cfg, eager_data, initial, tmp_path / "eager", seed=0)
+    lazy = train(cfg, lazy_data, initial, tmp_path / "lazy", seed=0)
+    assert [r["loss"] for r in _log(tmp_path / "eager/log.csv")] == [r["loss"] for r in _log(tmp_path / "lazy/log.csv")]
+    assert torch.equal(eager.model.splats["means"], lazy.model.splats["means"])
