@@ -97,9 +97,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """softmax(q k^T * scale) v. q: (B, H, Lq, D), k, v: (B, H, Lk, D) -> (B, H, Lq, D)."""
     if not q.is_cuda or _policy == "default" or not _backends():
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    if _policy != "auto":
-        return _run(_policy, q, k, v, scale)
     dtype = _autocast_dtype() or q.dtype
+    if _policy != "auto":
+        if _policy in ("cudnn", "flash") and dtype not in (torch.float16, torch.bfloat16):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)  # these kernels take 16-bit inputs only
+        return _run(_policy, q, k, v, scale)
     key = (q.device.index, str(dtype).replace("torch.", ""), q.shape[-1], q.shape[0] * q.shape[1],
            _bucket(q.shape[2]), _bucket(k.shape[2]))
     if key not in _chosen:

@@ -123,6 +123,11 @@ class TrainConfig:
     input_width: int = option(0, "Image width in pixels (multiple of the patch size); 0 = the model's input_width.")
     aspect_min: float = option(0.33, "Smallest height/width ratio; the height is rounded down to whole patches.")
     aspect_max: float = option(1.0, "Largest height/width ratio.")
+    frame_choices: list[int] = option([], "If set, S is drawn from these values instead of [frames_min, frames_max] "
+                                      "(e.g. [2, 4, 8, 16] with max_images 32 keeps B*S constant).")
+    aspect_buckets: int = option(0, "If > 0, the aspect ratio is drawn from this many evenly spaced values in "
+                                 "[aspect_min, aspect_max]. Few distinct shapes let cuDNN reuse its plans: on an "
+                                 "H100 its per-shape planning cost more CPU time than the whole step's GPU work.")
     fov_min_deg: float = option(40.0, "Smallest horizontal field of view of synthetic cameras, degrees.")
     fov_max_deg: float = option(90.0, "Largest horizontal field of view of synthetic cameras, degrees.")
     color_jitter: float = option(0.5, "Brightness, contrast and saturation jitter strength (factors in "

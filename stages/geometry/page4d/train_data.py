@@ -42,10 +42,16 @@ class BatchShape:
 
 
 def draw_shape(rng: np.random.Generator, config, patch_size: int, width: int) -> BatchShape:
-    """S uniform in [frames_min, frames_max], B = floor(max_images / S), H = floor(W * aspect / p) * p."""
-    S = int(rng.integers(config.frames_min, config.frames_max + 1))
+    """S uniform in [frames_min, frames_max] (or from ``frame_choices``), B = floor(max_images / S),
+    H = floor(W * aspect / p) * p with the aspect uniform (or from ``aspect_buckets`` evenly spaced values)."""
+    choices = getattr(config, "frame_choices", [])
+    S = int(rng.choice(choices)) if choices else int(rng.integers(config.frames_min, config.frames_max + 1))
     B = max(1, config.max_images // S)
-    aspect = float(rng.uniform(config.aspect_min, config.aspect_max))
+    buckets = getattr(config, "aspect_buckets", 0)
+    if buckets > 0:
+        aspect = float(np.linspace(config.aspect_min, config.aspect_max, buckets)[rng.integers(buckets)])
+    else:
+        aspect = float(rng.uniform(config.aspect_min, config.aspect_max))
     H = max(patch_size, int(width * aspect / patch_size) * patch_size)
     return BatchShape(S, B, H, width)
 
