@@ -109,7 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_console(verbose="-v" in argv or "--verbose" in argv)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides may come after options (`reconstruct demo --out runs/x key=value`), which argparse
+        # does not gather into the positional list by itself.
+        if hasattr(args, "overrides"):
+            args.overrides = list(args.overrides or []) + [a for a in extra if "=" in a and not a.startswith("-")]
+            extra = [a for a in extra if not ("=" in a and not a.startswith("-"))]
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return int(_dispatch(COMMANDS[args.command])(args) or 0)
     except UserError as err:
         if debug:

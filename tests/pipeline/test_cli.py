@@ -37,3 +37,14 @@ def test_bad_input_does_not_touch_an_existing_run_folder(tmp_path, capsys):
     (run / "metrics.json").write_text("{}")
     assert main(["reconstruct", str(tmp_path / "missing"), "--out", str(run)]) == 2
     assert (run / "metrics.json").read_text() == "{}" and sorted(p.name for p in run.iterdir()) == ["metrics.json"]
+
+
+def test_overrides_may_follow_options(monkeypatch):
+    """`make reconstruct OUT=... ARGS="k=v"` puts the overrides after --out."""
+    import pipeline.commands as commands
+
+    seen = {}
+    monkeypatch.setattr(commands, "reconstruct", lambda args: seen.update(vars(args)) or 0)
+    assert main(["reconstruct", "demo", "--out", "runs/x", "optimize.iterations=5", "--config", "demo", "seed=2"]) == 0
+    assert seen["overrides"] == ["optimize.iterations=5", "seed=2"] and str(seen["out"]) == "runs/x"
+    assert main(["reconstruct", "demo", "--bogus"]) == 2
