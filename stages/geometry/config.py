@@ -31,9 +31,11 @@ class GeometryConfig:
                                 "PAGE-4D evaluation input).", choices=("crop", "pad", "squash"))
     input_width: int = option(0, "Network input width in pixels, a multiple of 14 (0 = the model's own: 518 for "
                               "page4d-1b).")
-    window: int = option(100, "Frames per forward pass; longer scenes run in overlapping windows joined by a Sim(3) "
-                         "fit on the overlap.")
-    overlap: int = option(20, "Frames shared by consecutive windows (used for the Sim(3) join).")
+    window: int = option(0, "Frames per forward pass; longer scenes run in overlapping windows joined by a Sim(3) "
+                         "fit on the overlap. 0 = the model's own (100 for page4d-1b; 16 for page4d-tiny, the "
+                         "longest sequences it was trained on).")
+    overlap: int = option(0, "Frames shared by consecutive windows (used for the Sim(3) join); 0 = a fifth of the "
+                          "window (20 of 100, 3 of 16).")
     dpt_chunk: int = option(8, "Frames per pass through the depth/point heads (memory only; results are identical).")
     head_precision: str = option("float32", "Precision of the depth/point heads on CUDA ('float32' as in the "
                                  "official inference, or 'bfloat16'). The CPU always uses float32.",

@@ -132,7 +132,9 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str) -> Geometry
     t = time.perf_counter()
     heads = ("camera", "depth", "point") if cfg.point_maps else ("camera", "depth")
     predictor = Predictor(model, device, heads, cfg.dpt_chunk, want_mask_score=info.mask_supervised)
-    pred = predict_sequence(predictor, prepared, cfg.window, cfg.overlap)
+    window = cfg.window or model.config.window
+    overlap = (cfg.overlap or max(2, window // 5)) if window < len(scene.frames) else 0
+    pred = predict_sequence(predictor, prepared, window, overlap)
     if device == "cuda":
         torch.cuda.synchronize()
     timings["inference_s"] = time.perf_counter() - t

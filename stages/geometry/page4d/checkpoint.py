@@ -14,6 +14,8 @@ and skipped (the track head is not built). Any other missing, unexpected or mis-
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -234,7 +236,9 @@ def load_model(model_name: str, checkpoint: str = "", mask: str = "auto", device
     state, fmt, metadata = read_checkpoint(path)
     config = ModelConfig.load(model_name)
     if fmt == "page4dgs" and isinstance(metadata.get("model_config"), dict):
-        config = ModelConfig(**metadata["model_config"])
+        # The file's architecture wins; fields it predates (inference preferences such as `window`) keep the
+        # values of the named config.
+        config = dataclasses.replace(config, **metadata["model_config"])
     has_mask_head = any(k.startswith(MASK_HEAD_PREFIX) for k in state)
     config = replace(config, mask_head=has_mask_head)
     with torch.device("meta"):

@@ -21,6 +21,7 @@ class ModelConfig:
     patch_size: int = 14              # pixels per patch side; input H and W must be multiples of it
     image_size: int = 518             # side of the square the DINO position table was trained at
     input_width: int = 518            # preprocessing width (crop mode) / longest side (pad mode)
+    window: int = 100                 # frames per forward pass the model is meant for (longer: overlapping windows)
     embed_dim: int = 1024             # C; the heads read 2C (frame and global outputs concatenated)
     num_heads: int = 16               # aggregator heads (head dim C / heads; RoPE needs it divisible by 4)
     mlp_ratio: float = 4.0
