@@ -30,3 +30,19 @@ def rng():
 
 def requires(path: Path, what: str):
     return pytest.mark.skipif(not path.exists(), reason=f"{what} not found at {path}")
+
+
+@pytest.fixture(scope="session")
+def fake_run_template(tmp_path_factory):
+    """A small finished run folder (tests/render/fake_run.py), built once per session."""
+    from tests.render.fake_run import make_fake_run
+
+    return make_fake_run(tmp_path_factory.mktemp("fake-run"))
+
+
+@pytest.fixture
+def fake_run(fake_run_template, tmp_path):
+    """A private copy of the fake run for one test."""
+    from tests.render.fake_run import copy_fake_run
+
+    return copy_fake_run(fake_run_template, tmp_path)

@@ -20,17 +20,3 @@ REAL_LPIPS_DIR = Path(os.environ.get("PAGE4DGS_LPIPS_DIR") or cache_root() / "lp
 @pytest.fixture(autouse=True)
 def _real_lpips_cache(_isolated_cache, monkeypatch):
     monkeypatch.setenv("PAGE4DGS_LPIPS_DIR", str(REAL_LPIPS_DIR))
-
-
-@pytest.fixture(scope="session")
-def fake_run_template(tmp_path_factory):
-    from tests.render.fake_run import make_fake_run
-
-    return make_fake_run(tmp_path_factory.mktemp("fake-run"))
-
-
-@pytest.fixture
-def fake_run(fake_run_template, tmp_path):
-    from tests.render.fake_run import copy_fake_run
-
-    return copy_fake_run(fake_run_template, tmp_path)

@@ -12,14 +12,6 @@ from stages.geometry.page4d.checkpoint import load_model, save_weights
 from tests.geometry.spec_keys import Dims, official_shapes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and immune to oversubscribed shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TINY = "page4d-tiny"
 

@@ -17,14 +17,6 @@ from stages.geometry.page4d.preprocess import prepare_frames
 from tests.geometry import raycast_scene
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and immune to oversubscribed shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 
 def rotation(rng) -> np.ndarray:

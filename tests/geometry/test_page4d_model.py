@@ -17,14 +17,6 @@ from stages.geometry.page4d.pose import mat_to_quat, quat_to_mat
 from tests.geometry.spec_keys import Dims, official_shapes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and immune to oversubscribed shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # A small config on the same code path: 4 pairs, mask head after frame block 1, bias on global blocks 2..3.
 SMALL = ModelConfig(name="test-small", image_size=56, input_width=56, embed_dim=64, num_heads=2, dino_depth=1,

@@ -69,14 +69,6 @@ class PlaneScenes:
                 "dynamic_mask": moving, "world_to_camera": w2c, "K": K}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than two on a shared machine, and timings stay predictable."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture
 def micro_model(tmp_path):
