@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import common
 from stages.evaluate.image_metrics import psnr, ssim_3dgs
 from stages.evaluate.lpips_metric import LPIPS
 from stages.render.video import write_mp4
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> int:
                                                                  f"{os.cpu_count()} cores)",
         "cpu_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
         "versions": {"torch": torch.__version__, "cuda": str(torch.version.cuda), "python": platform.python_version()},
-        "images": source, "rows": rows,
+        "images": source, "rows": rows, "environment": common.environment("cuda" if args.gpu else "cpu"),
     }
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"evaluate_{'gpu' if args.gpu else 'cpu'}.json"

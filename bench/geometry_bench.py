@@ -11,8 +11,11 @@ GPU part (random weights at the page4d-1b dimensions, no network needed):
   $PAGE4D_OFFICIAL), built from its classes with random initialisation and run as its demo does (bf16 autocast,
   no_grad), in the same process on the same GPU; absent, ours runs alone and the JSON says so;
 - 1000 frames at 518x294 through the windowed path (windows of 100, overlap 20, Sim(3) joins), all heads.
-CPU part: page4d-tiny (random weights until the bundled ones exist) on 48 frames of the demo scene, or 48 random
-frames at 256x144 where the demo scene is not available, through preprocessing, the network and the masks.
+CPU part: page4d-tiny (the bundled trained weights; random ones where the file is absent) on 48 frames of the demo
+scene, or 48 random frames at 256x144 where the demo scene is not available, through preprocessing, the network (the
+model's own windows) and the masks; then the network alone on 16 to 96 frames (cost against the number of frames).
+The JSON is rewritten after every measured size (``"complete": false`` until the end), so a run cut short by a
+timeout keeps what finished.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from bench.common import environment
 from bench.page4d_official import build_official, official_path, set_official_mask
 from stages.geometry.page4d import PAGE4D, ModelConfig, sdpa
 from stages.geometry.page4d.inference import Predictor, predict_sequence, prepare_model
@@ -89,8 +93,10 @@ def random_images(frames: int, height: int, width: int, device: str) -> torch.Te
     return torch.rand(1, frames, 3, height, width, generator=generator).to(device)
 
 
-def bench_official(root: Path, config: ModelConfig, sizes, device: str, repeats: int) -> tuple[dict, dict]:
-    """Times the official model; returns (results by size, its state dict on the CPU for ours)."""
+def bench_official(root: Path, config: ModelConfig, sizes, device: str, repeats: int,
+                   saved: Callable[[dict], None] = lambda results: None) -> tuple[dict, dict]:
+    """Times the official model; returns (results by size, its state dict on the CPU for ours). ``saved`` is called
+    with the results so far after every size."""
     torch.manual_seed(0)
     model = build_official(root, config, mask_on=False, device=device)
     set_official_mask(model, False)
@@ -104,6 +110,7 @@ def bench_official(root: Path, config: ModelConfig, sizes, device: str, repeats:
             aggregator = measure(lambda: model.aggregator(images), device, repeats)
         results[key] = {"full": full, "aggregator": aggregator}
         print(f"  official {key}: full {_fmt(full)}, aggregator {_fmt(aggregator)}", flush=True)
+        saved(results)
     model = images = None                                                    # free the GPU for ours
     gc.collect()
     if device == "cuda":
@@ -119,7 +126,8 @@ def build_ours(config: ModelConfig, state: Optional[dict], device: str, head_dty
     return prepare_model(model, device, head_dtype)
 
 
-def bench_ours(model: PAGE4D, sizes, device: str, repeats: int) -> dict:
+def bench_ours(model: PAGE4D, sizes, device: str, repeats: int,
+               saved: Callable[[dict], None] = lambda results: None) -> dict:
     results = {}
     autocast = device == "cuda"
     for frames, height, width in sizes:
@@ -131,6 +139,7 @@ def bench_ours(model: PAGE4D, sizes, device: str, repeats: int) -> dict:
                                  repeats)
         results[key] = {"full": full, "aggregator": aggregator}
         print(f"  ours     {key}: full {_fmt(full)}, aggregator {_fmt(aggregator)}", flush=True)
+        saved(results)
     return results
 
 
@@ -162,7 +171,8 @@ def _fmt(result: dict) -> str:
     return f"{result['seconds']:.3f} s{peak}"
 
 
-def run_gpu(args) -> dict:
+def run_gpu(args, save: Callable[[dict], None] = lambda record: None) -> dict:
+    """The GPU part; ``save(record)`` is called with the partial record after every measured size."""
     device = args.device or "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("geometry_bench --gpu: no CUDA device")
@@ -180,11 +190,12 @@ def run_gpu(args) -> dict:
     else:
         record["official_path"] = str(root)
         print(f"official code: {root}")
-        record["official"], state = bench_official(root, config, sizes, device, args.repeats)
+        record["official"], state = bench_official(root, config, sizes, device, args.repeats,
+                                                   lambda results: save({**record, "official": results}))
     head_dtype = torch.bfloat16 if args.head_precision == "bfloat16" else torch.float32
     model = build_ours(config, state, device, head_dtype)
     del state
-    record["ours"] = bench_ours(model, sizes, device, args.repeats)
+    record["ours"] = bench_ours(model, sizes, device, args.repeats, lambda results: save({**record, "ours": results}))
     record["attention_kernels"] = sdpa.chosen_kernels()
     if isinstance(record.get("official"), dict):
         record["speedup"] = {}
@@ -197,6 +208,7 @@ def run_gpu(args) -> dict:
                     if ours[part]["peak_gib"]:
                         entry[f"{part}_memory_ratio"] = round(theirs[part]["peak_gib"] / ours[part]["peak_gib"], 2)
             record["speedup"][key] = entry
+    save(record)
     if args.long_frames:
         width, height = (int(v) for v in args.long_size.split("x"))
         record["windowed"] = bench_windowed(model, args.long_frames, height, width, args.window, args.overlap, device)
@@ -220,32 +232,65 @@ def demo_frames(count: int) -> tuple[list[np.ndarray], str]:
     return [rng.random((144, 256, 3), dtype=np.float32) for _ in range(count)], "48 random frames at 256x144"
 
 
+def load_tiny() -> tuple[PAGE4D, str, bool]:
+    """page4d-tiny with the bundled weights: (model, description, mask head trained); random weights where absent."""
+    from stages.geometry.page4d.checkpoint import BUNDLED, load_model
+
+    if BUNDLED["page4d-tiny"].is_file():
+        model, info = load_model("page4d-tiny", "", "auto", "cpu", allow_download=False)
+        return model, f"page4d-tiny ({Path(info.path).name})", info.mask_supervised
+    return build_ours(ModelConfig.load("page4d-tiny"), None, "cpu", torch.float32), "page4d-tiny (random weights)", \
+        False
+
+
 def run_cpu(args) -> dict:
+    """page4d-tiny on 48 demo frames as the geometry stage runs it (the model's own windows, masks from consistency
+    and the mask head), then the network alone against the number of frames."""
     from stages.geometry.consistency import ConsistencyParams, dynamic_masks
 
     torch.set_num_threads(args.threads)
-    config = ModelConfig.load("page4d-tiny")
-    model = build_ours(config, None, "cpu", torch.float32)
+    model, described, mask_head = load_tiny()
+    model = prepare_model(model, "cpu", torch.float32)
+    config = model.config
     images, source = demo_frames(48)
     timings = {}
     start = time.perf_counter()
     prepared = prepare_frames(images, "crop", config.input_width, config.patch_size)
     timings["preprocess_s"] = time.perf_counter() - start
-    predictor = Predictor(model, "cpu", ("camera", "depth"))
+    predictor = Predictor(model, "cpu", ("camera", "depth"), want_mask_score=mask_head)
     predictor(prepared.batch(slice(0, 2)))                                   # warm-up
+    window = config.window
+    overlap = max(2, window // 5) if window < len(images) else 0           # as the geometry stage chooses
     start = time.perf_counter()
-    pred = predict_sequence(predictor, prepared, 100, 20, show_progress=False)
+    pred = predict_sequence(predictor, prepared, window, overlap, show_progress=False)
     timings["network_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    dynamic_masks(pred.depth, pred.intrinsics, pred.world_to_camera, ConsistencyParams(), pred.depth_conf)
+    head_probability = None
+    if mask_head and pred.mask_score is not None:
+        score = torch.from_numpy(pred.mask_score)[:, None] + 0.5             # (S, 1, h/p, w/p)
+        head_probability = torch.nn.functional.interpolate(score, size=pred.depth.shape[1:], mode="bilinear",
+                                                           align_corners=False)[:, 0].numpy()
+    dynamic_masks(pred.depth, pred.intrinsics, pred.world_to_camera, ConsistencyParams(), pred.depth_conf,
+                  head_probability)
     timings["masks_s"] = time.perf_counter() - start
     timings["total_s"] = sum(timings.values())
-    print(f"page4d-tiny, {source}, input {prepared.net_size[0]}x{prepared.net_size[1]}, {args.threads} threads: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
-    return {"model": "page4d-tiny (random weights)", "frames": len(images), "input": source,
-            "network_size": list(prepared.net_size), "threads": args.threads,
+    print(f"{described}, {source}, input {prepared.net_size[0]}x{prepared.net_size[1]}, windows of {window}, "
+          f"{args.threads} threads: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()), flush=True)
+    sweep = []
+    for frames in args.cpu_sweep:                                            # cost against the number of frames
+        order = [i % (2 * len(images)) for i in range(frames)]               # 0..47, 47..0, 0.. (back and forth)
+        order = [i if i < len(images) else 2 * len(images) - 1 - i for i in order]
+        subset = PreparedFrames(prepared.images[order], [prepared.mappings[i] for i in order], prepared.mode,
+                                prepared.squash_to)
+        start = time.perf_counter()
+        predict_sequence(predictor, subset, window, max(2, window // 5) if window < frames else 0,
+                         show_progress=False)
+        sweep.append({"frames": frames, "network_s": round(time.perf_counter() - start, 3)})
+        print(f"  network on {frames} frames: {sweep[-1]['network_s']:.2f} s", flush=True)
+    return {"model": described, "frames": len(images), "input": source,
+            "network_size": list(prepared.net_size), "threads": args.threads, "window": window, "overlap": overlap,
             "timings": {k: round(v, 3) for k, v in timings.items()}, "target_s": 15.0,
-            "meets_target": timings["total_s"] <= 15.0,
+            "meets_target": timings["total_s"] <= 15.0, "frames_sweep": sweep,
             "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
@@ -268,16 +313,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", default="", help="override the device (smoke tests)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for --cpu")
     parser.add_argument("--json", default="")
+    parser.add_argument("--cpu-sweep", type=lambda text: [int(v) for v in text.split(",") if v], default="16,32,48,96",
+                        help="--cpu: frame counts of the network-only sweep (comma-separated; '' = none)")
     args = parser.parse_args(argv)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    record = run_gpu(args) if args.gpu else run_cpu(args)
     device = args.device or ("cuda" if args.gpu else "cpu")
-    record = {"benchmark": "geometry", "part": "gpu" if args.gpu else "cpu", "date": started,
-              "command": "python -m bench.geometry_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "device": device_name(device), "versions": versions(), **record}
     out = Path(args.json or f"bench/results/geometry{'' if args.gpu else '_cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    header = {"benchmark": "geometry", "part": "gpu" if args.gpu else "cpu",
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": "python -m bench.geometry_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "device": device_name(device), "versions": versions(), "environment": environment(device)}
+
+    def save(record: dict, complete: bool = False) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({**header, **record, "complete": complete}, indent=2) + "\n")
+        tmp.replace(out)                                                     # a reader never sees half a file
+
+    record = run_gpu(args, save) if args.gpu else run_cpu(args)
+    save(record, complete=True)
+    record = {**header, **record}
     print(f"wrote {out}")
     if args.gpu and "speedup" in record:
         def cell(value) -> str:

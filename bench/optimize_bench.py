@@ -57,7 +57,10 @@ MiB = 2**20
 def environment(device: str) -> dict[str, Any]:
     import importlib
 
-    out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    from bench import common
+
+    out = {**common.environment(device),                # driver, git commit, host (bench/common.py)
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "bench.optimize_bench", *sys.argv[1:]]),
            "python": platform.python_version(), "torch": torch.__version__, "cuda": str(torch.version.cuda),
            "device": torch.cuda.get_device_name(0) if device == "cuda" else

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bench.common import environment
 from bench.page4d_official import build_official, official_path, set_official_mask
 from stages.geometry.page4d import PAGE4D, ModelConfig
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "page4d_parity", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "python -m bench.page4d_parity " + " ".join(argv if argv is not None else sys.argv[1:]),
               "device": f"cpu ({platform.machine()}), float32", "torch": torch.__version__,
-              "tolerance": args.tolerance, "pass": ok, "results": results}
+              "tolerance": args.tolerance, "pass": ok, "results": results, "environment": environment("cpu")}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return 0 if ok else 1

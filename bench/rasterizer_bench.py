@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from bench import common
 from stages.optimize.rasterize import RasterSettings, gsplat_available, rasterization
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -289,6 +290,7 @@ def environment(device: str) -> dict:
         info["cuda"] = torch.version.cuda
     else:
         info["device"] = _cpu_name()
+    info["environment"] = common.environment(device)            # driver, versions, exact command (bench/common.py)
     return info
 
 

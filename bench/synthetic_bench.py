@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from bench import common
+
 RESULTS = Path(__file__).resolve().parent / "results" / "synthetic.json"
 
 
@@ -51,6 +53,7 @@ def _environment(device: str) -> dict:
         env["device"] = torch.cuda.get_device_name(0)
         env["cuda"] = torch.version.cuda
     env["host_cpu"] = _cpu_name()
+    env["environment"] = common.environment(device)             # driver, versions, exact command (bench/common.py)
     return env
 
 

@@ -47,6 +47,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from bench.common import environment
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 LADY_RUNNING = REPO.parent / "shared" / "data" / "lady-running"
@@ -412,7 +414,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     record = {"benchmark": "page4d_tiny_eval", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "python -m bench.train_eval_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "device": device_name(device), "versions": versions()}
+              "device": device_name(device), "versions": versions(), "environment": environment(device.type)}
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     if args.throughput:
