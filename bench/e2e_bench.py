@@ -1,0 +1,229 @@
+"""End to end: `page4dgs reconstruct` on named scenes, per-stage wall time and peak memory, held-out quality.
+
+    python -m bench.e2e_bench demo [--models bases none] [--device cpu]             # -> bench/results/e2e_demo.json
+    python -m bench.e2e_bench synthetic [--kinds object room] [--seeds 0 1] [--models bases mlp planes none]
+    python -m bench.e2e_bench lady-running [--models bases none]          # -> bench/results/e2e_lady_running.json
+
+Suites:
+- ``demo``: the embedded demo scene (48-frame 256x144 synthetic room) with its own preset, as ``make reconstruct``
+  runs it; the default deformation model beside the static one ('none').
+- ``synthetic``: scenes written by ``page4dgs make-scene {object,room} --seed N`` (their default sizes: object 100
+  training + 20 test views at 200x200, room a 48-frame 256x144 video with every 8th frame held out), each
+  deformation model and the static baseline, ``--config auto`` (the preset of the detected format).
+- ``lady-running``: the real clip in ``../shared/data/lady-running`` (a frame folder: the network's cameras), every
+  8th frame held out (``scene.test_every=8``).
+
+Every reconstruction is a separate ``python -m pipeline.cli reconstruct`` process (the command is recorded exactly).
+From its run folder: ``manifest.json`` (per stage: wall time, peak resident memory, peak CUDA memory, summary) and
+``metrics.json`` (PSNR / SSIM / LPIPS on the held-out views, geometry errors where ground truth exists, timings).
+The JSON is rewritten after every run; a later invocation with the same suite skips the runs already recorded
+(``--fresh`` starts over), so a suite cut short by a time limit continues where it stopped. Scenes and run folders
+live in ``--workdir`` (default /tmp/page4dgs-e2e/SUITE); finished run folders are deleted unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from bench.common import REPO, RESULTS, environment, git_state, utc_now
+
+LADY_RUNNING = REPO.parent / "shared" / "data" / "lady-running"
+DEFORMATIONS = ("bases", "mlp", "planes", "none")
+SUITE_DEFAULTS = {  # suite: (kinds, seeds, deformation models)
+    "demo": ((), (), ("bases", "none")),
+    "synthetic": (("object", "room"), (0, 1), DEFORMATIONS),
+    "lady-running": ((), (), ("bases", "none")),
+}
+
+
+@dataclass
+class Run:
+    """One reconstruction: the scene, the deformation model and the extra overrides."""
+
+    id: str
+    kind: str                               # demo | object | room | lady-running
+    deformation: str
+    source: str = ""                        # scene path or 'demo'; set once the scene exists
+    seed: Optional[int] = None
+    overrides: list[str] = field(default_factory=list)
+
+
+def plan(suite: str, kinds: list[str], seeds: list[int], models: list[str]) -> list[Run]:
+    if suite == "synthetic":
+        return [Run(f"{kind}-s{seed}-{model}", kind, model, seed=seed)
+                for kind in kinds for seed in seeds for model in models]
+    if suite == "lady-running":
+        return [Run(f"lady-running-{model}", "lady-running", model, str(LADY_RUNNING), overrides=["scene.test_every=8"])
+                for model in models]
+    return [Run(f"demo-{model}", "demo", model, "demo") for model in models]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def make_scene(kind: str, seed: int, scenes_dir: Path) -> tuple[Path, dict]:
+    """``page4dgs make-scene KIND --seed SEED`` into scenes_dir (reused when already there)."""
+    out = scenes_dir / f"{kind}-s{seed}"
+    info = {"command": shlex.join(cli("make-scene", kind, "--out", str(out), "--seed", str(seed)))}
+    if (out / "transforms_train.json").is_file():
+        return out, {**info, "reused": True}
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run(cli("make-scene", kind, "--out", str(out), "--seed", str(seed)), check=True, cwd=REPO)
+    return out, {**info, "make_scene_s": round(time.perf_counter() - start, 2)}
+
+
+def stage_table(manifest: dict) -> dict[str, dict]:
+    """Per stage: wall time (s), peak resident memory (MiB), peak CUDA memory (MiB), the stage's summary."""
+    stages = {}
+    for name, entry in manifest.get("stages", {}).items():
+        stages[name] = {"status": entry.get("status"), "wall_s": entry.get("wall_s"),
+                        "peak_rss_mib": entry.get("peak_rss_mb"), "peak_gpu_mib": entry.get("peak_gpu_mb"),
+                        "summary": entry.get("summary", {})}
+    return stages
+
+
+def collect(run_dir: Path) -> dict[str, Any]:
+    """What a finished (or failed) run folder says about itself."""
+    out: dict[str, Any] = {}
+    manifest_path, metrics_path = run_dir / "manifest.json", run_dir / "metrics.json"
+    if manifest_path.is_file():
+        out["stages"] = stage_table(json.loads(manifest_path.read_text()))
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        out["metrics"] = {k: metrics.get(k) for k in ("psnr", "ssim", "lpips_alex", "lpips_vgg", "geometry",
+                                                       "timing", "device")}
+        out["metrics"]["test_views"] = len(metrics.get("per_view") or [])
+        out["metrics"]["ssim_valid"] = (metrics.get("extra") or {}).get("ssim_valid")
+    if (run_dir / "config.yaml").is_file():
+        import yaml
+
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        out["preset"] = config.get("preset")
+    return out
+
+
+def reconstruct(run: Run, runs_dir: Path, extra: list[str], timeout: Optional[float], keep: bool) -> dict[str, Any]:
+    run_dir = runs_dir / run.id
+    argv = cli("reconstruct", run.source, "--out", str(run_dir), "--config", "auto",
+               f"optimize.deformation={run.deformation}", *run.overrides, *extra)
+    entry: dict[str, Any] = {"id": run.id, "kind": run.kind, "seed": run.seed, "deformation": run.deformation,
+                             "source": run.source, "command": shlex.join(argv), "date": utc_now(),
+                             "git_commit": git_state()["git_commit"]}
+    print(f"\n$ {entry['command']}", flush=True)
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(argv, cwd=REPO, timeout=timeout)
+        entry["returncode"] = done.returncode
+    except subprocess.TimeoutExpired:
+        entry["returncode"] = None
+        entry["error"] = f"timed out after {timeout} s"
+    entry["wall_s"] = round(time.perf_counter() - start, 2)
+    entry.update(collect(run_dir))
+    if entry["returncode"] != 0 and "error" not in entry:
+        entry["error"] = f"exit code {entry['returncode']}"
+    if entry["returncode"] == 0 and not keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return entry
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per (kind, deformation): means over seeds, and the PSNR gain over the static model on the same scenes."""
+    done = [r for r in runs if r.get("returncode") == 0 and (r.get("metrics") or {}).get("psnr") is not None]
+    rows = []
+    for kind in dict.fromkeys(r["kind"] for r in done):
+        for model in dict.fromkeys(r["deformation"] for r in done if r["kind"] == kind):
+            mine = [r for r in done if r["kind"] == kind and r["deformation"] == model]
+            row = {"kind": kind, "deformation": model, "runs": len(mine), "seeds": [r["seed"] for r in mine]}
+            for key in ("psnr", "ssim", "lpips_alex"):
+                values = [r["metrics"][key] for r in mine if r["metrics"].get(key) is not None]
+                row[key] = statistics.mean(values) if values else None
+            row["wall_s"] = statistics.mean(r["wall_s"] for r in mine)
+            row["optimize_s"] = statistics.mean(r["stages"]["optimize"]["wall_s"] for r in mine)
+            static = {r["seed"]: r["metrics"]["psnr"] for r in done if r["kind"] == kind and r["deformation"] == "none"}
+            gains = [r["metrics"]["psnr"] - static[r["seed"]] for r in mine if r["seed"] in static]
+            row["psnr_over_static"] = statistics.mean(gains) if gains and model != "none" else None
+            rows.append(row)
+    return rows
+
+
+def print_table(runs: list[dict]) -> None:
+    print(f"\n{'run':<26} {'exit':>4} {'wall s':>7} {'geometry':>8} {'init':>6} {'optimize':>8} {'render':>6} "
+          f"{'eval':>6} {'peak MiB':>8} {'PSNR':>6} {'SSIM':>6} {'LPIPS':>6}")
+    for r in runs:
+        stages, metrics = r.get("stages", {}), r.get("metrics") or {}
+        wall = [stages.get(s, {}).get("wall_s") for s in ("geometry", "initialize", "optimize", "render", "evaluate")]
+        peak = max((s.get("peak_rss_mib") or 0 for s in stages.values()), default=0)
+        cells = [f"{v:.1f}" if isinstance(v, (int, float)) else "-" for v in wall]
+        quality = [metrics.get(k) for k in ("psnr", "ssim", "lpips_alex")]
+        print(f"{r['id']:<26} {str(r.get('returncode')):>4} {r['wall_s']:>7.1f} {cells[0]:>8} {cells[1]:>6} "
+              f"{cells[2]:>8} {cells[3]:>6} {cells[4]:>6} {peak:>8.0f} "
+              + " ".join(f"{q:>6.3f}" if isinstance(q, (int, float)) else f"{'-':>6}" for q in quality))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", choices=list(SUITE_DEFAULTS))
+    parser.add_argument("--kinds", nargs="+", choices=("object", "room"), help="synthetic: scene kinds")
+    parser.add_argument("--seeds", nargs="+", type=int, help="synthetic: make-scene seeds")
+    parser.add_argument("--models", nargs="+", choices=DEFORMATIONS, help="deformation models ('none' = static)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="the runs' device= override (auto: CUDA where available)")
+    parser.add_argument("--workdir", type=Path, help="scenes and run folders (default /tmp/page4dgs-e2e/SUITE)")
+    parser.add_argument("--name", help="result name (default e2e_SUITE): bench/results/NAME.json")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per reconstruction (default: none)")
+    parser.add_argument("--fresh", action="store_true", help="forget the runs already recorded in the results file")
+    parser.add_argument("--keep", action="store_true", help="keep finished run folders")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    args = parser.parse_intermixed_args(argv)              # key=value may follow the options
+    kinds, seeds, models = SUITE_DEFAULTS[args.suite]
+    runs = plan(args.suite, list(args.kinds or kinds), list(args.seeds if args.seeds is not None else seeds),
+                list(args.models or models))
+    extra = list(args.overrides) + ([f"device={args.device}"] if args.device != "auto" else [])
+    workdir = args.workdir or Path("/tmp/page4dgs-e2e") / args.suite
+    out = RESULTS / f"{args.name or 'e2e_' + args.suite.replace('-', '_')}.json"
+    previous = json.loads(out.read_text()) if out.is_file() and not args.fresh else {}
+    recorded = {r["id"]: r for r in previous.get("runs", []) if r.get("returncode") == 0}
+    scenes: dict[str, dict] = previous.get("scenes", {}) if not args.fresh else {}
+    record = {"benchmark": "e2e", "suite": args.suite, "environment": environment(args.device),
+              "overrides": extra, "scenes": scenes, "runs": list(recorded.values())}
+
+    def save() -> None:
+        record["summary"] = summarize(record["runs"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(out)
+
+    failures = 0
+    for run in runs:
+        if run.id in recorded:
+            print(f"{run.id}: recorded in {out.name} (pass --fresh to run it again)")
+            continue
+        if run.kind in ("object", "room"):
+            scene_dir, info = make_scene(run.kind, run.seed, workdir / "scenes")
+            scenes.setdefault(scene_dir.name, info)
+            run.source = str(scene_dir)
+        entry = reconstruct(run, workdir / "runs", extra, args.timeout, args.keep)
+        failures += entry["returncode"] != 0
+        record["runs"] = [r for r in record["runs"] if r["id"] != run.id] + [entry]
+        save()
+    save()
+    print_table(record["runs"])
+    print(f"wrote {out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
