@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Prepare a bare GPU host that has no network, then run one named benchmark (or any python module).
+# Prepare a bare GPU host that has no network, then run one benchmark step, a group, or one bench script.
 #
-#   scripts/gpu_host.sh BENCH [ARGS...]      e.g. scripts/gpu_host.sh rasterizer --gpu
+#   scripts/gpu_host.sh gpu --only geometry          one step of the GPU suite (python -m bench.run --list)
+#   scripts/gpu_host.sh gpu                          the whole GPU suite (make bench)
+#   scripts/gpu_host.sh e2e synthetic --seeds 0      one bench script with its own arguments
+#   scripts/gpu_host.sh                              only the set-up
 #
-# - Installs the wheels carried in .whl/ (our dependencies the host lacks: gsplat, plyfile, lpips) into a private
-#   site folder; the host's own torch/numpy/scikit-image are used as they are.
-# - Builds gsplat's CUDA extension once into .gsplat_ext/ (TORCH_EXTENSIONS_DIR) and reuses it when that folder is
-#   carried back to the next host; with $OUT set, the built extension is copied there so it can be carried.
-# - Runs `python3 -m bench.run BENCH ARGS...` (see bench/run.py for the names).
+# - Installs the wheels carried in .whl/ (our dependencies the host lacks: gsplat, plyfile, lpips, ...) into a
+#   private site folder; the host's own torch/numpy/scikit-image are used as they are.
+# - gsplat's CUDA extension: a build carried in .gsplat_ext/prebuilt/ (gsplat_cuda.so + build.json) is loaded
+#   directly when it was built for the same gsplat/torch/CUDA/Python/architecture (scripts/gsplat_prebuilt.py says
+#   why and how); otherwise gsplat compiles it once (about a minute), and the new build is stored in
+#   .gsplat_ext/prebuilt/ and, with $OUT set, copied to $OUT/gsplat_ext_prebuilt/. Carry it to the next host:
+#   copy those two files into .gsplat_ext/prebuilt/ here and pass `.gsplat_ext/prebuilt` (and `.whl`) as carry.
+# - Runs `python3 -m bench.run ARGS...`; results land in bench/results/ and, with $OUT set, are copied there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -21,17 +27,14 @@ export TORCH_EXTENSIONS_DIR="$PWD/.gsplat_ext"
 export MAX_JOBS="${MAX_JOBS:-16}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 
-start=$(date +%s)
-python3 - <<'PY'
-import time, torch
-t = time.time()
-from gsplat.cuda._backend import _C
-assert _C is not None, "gsplat CUDA extension failed to build"
-print(f"gsplat extension ready in {time.time() - t:.1f} s (torch {torch.__version__}, cuda {torch.version.cuda})")
-PY
-if [ -n "${OUT:-}" ] && [ "$(( $(date +%s) - start ))" -gt 20 ]; then
-  # Freshly built: send it back so the next call can carry it (.gsplat_ext/ is git-ignored).
-  so=$(find .gsplat_ext -name 'gsplat_cuda.so' | head -n 1)
-  [ -n "$so" ] && mkdir -p "$OUT/gsplat_ext" && cp "$so" "$OUT/gsplat_ext/" && echo "$so" > "$OUT/gsplat_ext/path.txt"
+python3 scripts/gsplat_prebuilt.py ensure .gsplat_ext/prebuilt --site "$SITE" | tee /tmp/gsplat_prebuilt.log
+if [ -n "${OUT:-}" ] && grep -q "(compiled)" /tmp/gsplat_prebuilt.log; then
+  mkdir -p "$OUT/gsplat_ext_prebuilt" && cp .gsplat_ext/prebuilt/gsplat_cuda.so .gsplat_ext/prebuilt/build.json \
+    "$OUT/gsplat_ext_prebuilt/"
 fi
-if [ "$#" -gt 0 ]; then python3 -m bench.run "$@"; fi
+status=0
+if [ "$#" -gt 0 ]; then python3 -m bench.run "$@" || status=$?; fi
+if [ -n "${OUT:-}" ] && [ -d bench/results ]; then
+  mkdir -p "$OUT/results" && cp -r bench/results/. "$OUT/results/"
+fi
+exit "$status"
