@@ -12,11 +12,11 @@ OUT ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install reconstruct test bench bench-cpu defaults clean help
+.PHONY: install reconstruct test bench bench-cpu bench-summary defaults clean help
 
 help:
 	@echo "make reconstruct [SCENE=demo] [OUT=runs/<name>] [CONFIG=auto] [ARGS=\"key=value ...\"]"
-	@echo "make test | make bench | make bench-cpu | make defaults | make clean"
+	@echo "make test | make bench | make bench-cpu | make bench-summary | make defaults | make clean"
 
 install: $(VENV)/.installed
 
@@ -34,11 +34,15 @@ reconstruct: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The benchmark suites (bench/run.py); each ends by regenerating bench/README.md from bench/results/.
 bench: install
-	$(PY) -m bench.run gpu
+	$(PY) -m bench.run gpu; status=$$?; $(PY) -m bench.summarize; exit $$status
 
 bench-cpu: install
-	$(PY) -m bench.run cpu
+	$(PY) -m bench.run cpu; status=$$?; $(PY) -m bench.summarize; exit $$status
+
+bench-summary: install
+	$(PY) -m bench.summarize
 
 # Regenerate configs/default.yaml from the config dataclasses (a test checks that it is current).
 defaults: install

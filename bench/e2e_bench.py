@@ -10,8 +10,8 @@ Suites:
 - ``synthetic``: scenes written by ``page4dgs make-scene {object,room} --seed N`` (their default sizes: object 100
   training + 20 test views at 200x200, room a 48-frame 256x144 video with every 8th frame held out), each
   deformation model and the static baseline, ``--config auto`` (the preset of the detected format).
-- ``lady-running``: the real clip in ``../shared/data/lady-running`` (a frame folder: the network's cameras), every
-  8th frame held out (``scene.test_every=8``).
+- ``lady-running``: the real clip in ``../shared/data/lady-running`` (or ``--source`` / $PAGE4DGS_LADY_RUNNING: a
+  frame folder, so the network's cameras), every 8th frame held out (``scene.test_every=8``).
 
 Every reconstruction is a separate ``python -m pipeline.cli reconstruct`` process (the command is recorded exactly).
 From its run folder: ``manifest.json`` (per stage: wall time, peak resident memory, peak CUDA memory, summary) and
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -37,7 +38,8 @@ from typing import Any, Optional
 
 from bench.common import REPO, RESULTS, environment, git_state, utc_now
 
-LADY_RUNNING = REPO.parent / "shared" / "data" / "lady-running"
+# The real clip: $PAGE4DGS_LADY_RUNNING (e.g. a copy carried to a GPU host), else the shared data beside the checkout.
+LADY_RUNNING = Path(os.environ.get("PAGE4DGS_LADY_RUNNING") or REPO.parent / "shared" / "data" / "lady-running")
 DEFORMATIONS = ("bases", "mlp", "planes", "none")
 SUITE_DEFAULTS = {  # suite: (kinds, seeds, deformation models)
     "demo": ((), (), ("bases", "none")),
@@ -58,13 +60,13 @@ class Run:
     overrides: list[str] = field(default_factory=list)
 
 
-def plan(suite: str, kinds: list[str], seeds: list[int], models: list[str]) -> list[Run]:
+def plan(suite: str, kinds: list[str], seeds: list[int], models: list[str], clip: Path = LADY_RUNNING) -> list[Run]:
     if suite == "synthetic":
         return [Run(f"{kind}-s{seed}-{model}", kind, model, seed=seed)
                 for kind in kinds for seed in seeds for model in models]
     if suite == "lady-running":
-        return [Run(f"lady-running-{model}", "lady-running", model, str(LADY_RUNNING), overrides=["scene.test_every=8"])
-                for model in models]
+        return [Run(f"lady-running-{model}", "lady-running", model, str(clip.resolve()),
+                    overrides=["scene.test_every=8"]) for model in models]
     return [Run(f"demo-{model}", "demo", model, "demo") for model in models]
 
 
@@ -120,7 +122,10 @@ def reconstruct(run: Run, runs_dir: Path, extra: list[str], timeout: Optional[fl
                f"optimize.deformation={run.deformation}", *run.overrides, *extra)
     entry: dict[str, Any] = {"id": run.id, "kind": run.kind, "seed": run.seed, "deformation": run.deformation,
                              "source": run.source, "command": shlex.join(argv), "date": utc_now(),
-                             "git_commit": git_state()["git_commit"]}
+                             "git_commit": git_state()["git_commit"],
+                             # an interrupted earlier attempt left finished stages, which the pipeline keeps: the
+                             # command's wall time then covers only the rest (the manifest keeps every stage's own)
+                             "resumed": (run_dir / "manifest.json").is_file()}
     print(f"\n$ {entry['command']}", flush=True)
     start = time.perf_counter()
     try:
@@ -178,6 +183,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--kinds", nargs="+", choices=("object", "room"), help="synthetic: scene kinds")
     parser.add_argument("--seeds", nargs="+", type=int, help="synthetic: make-scene seeds")
     parser.add_argument("--models", nargs="+", choices=DEFORMATIONS, help="deformation models ('none' = static)")
+    parser.add_argument("--source", type=Path, default=LADY_RUNNING,
+                        help="lady-running: the clip's folder (default $PAGE4DGS_LADY_RUNNING or ../shared/data/...)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="the runs' device= override (auto: CUDA where available)")
     parser.add_argument("--workdir", type=Path, help="scenes and run folders (default /tmp/page4dgs-e2e/SUITE)")
@@ -188,8 +195,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_intermixed_args(argv)              # key=value may follow the options
     kinds, seeds, models = SUITE_DEFAULTS[args.suite]
+    if args.suite == "lady-running" and not args.source.is_dir():
+        print(f"e2e_bench: the clip is not at {args.source} (pass --source or set $PAGE4DGS_LADY_RUNNING)",
+              file=sys.stderr)
+        return 2
     runs = plan(args.suite, list(args.kinds or kinds), list(args.seeds if args.seeds is not None else seeds),
-                list(args.models or models))
+                list(args.models or models), args.source)
     extra = list(args.overrides) + ([f"device={args.device}"] if args.device != "auto" else [])
     workdir = args.workdir or Path("/tmp/page4dgs-e2e") / args.suite
     out = RESULTS / f"{args.name or 'e2e_' + args.suite.replace('-', '_')}.json"
@@ -206,7 +217,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         tmp.replace(out)
 
-    failures = 0
+    failures = ran = 0
     for run in runs:
         if run.id in recorded:
             print(f"{run.id}: recorded in {out.name} (pass --fresh to run it again)")
@@ -217,11 +228,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             run.source = str(scene_dir)
         entry = reconstruct(run, workdir / "runs", extra, args.timeout, args.keep)
         failures += entry["returncode"] != 0
+        ran += 1
         record["runs"] = [r for r in record["runs"] if r["id"] != run.id] + [entry]
         save()
-    save()
     print_table(record["runs"])
-    print(f"wrote {out}")
+    print(f"wrote {out}" if ran else f"nothing new to run: {out} is unchanged")
     return 1 if failures else 0
 
 

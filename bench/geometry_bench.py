@@ -15,7 +15,7 @@ CPU part: page4d-tiny (the bundled trained weights; random ones where the file i
 scene, or 48 random frames at 256x144 where the demo scene is not available, through preprocessing, the network (the
 model's own windows) and the masks; then the network alone on 16 to 96 frames (cost against the number of frames).
 The JSON is rewritten after every measured size (``"complete": false`` until the end), so a run cut short by a
-timeout keeps what finished.
+timeout keeps what finished; ``--merge`` adds this run's sizes to the file's, so a sweep can be split over calls.
 """
 
 from __future__ import annotations
@@ -315,6 +315,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", default="")
     parser.add_argument("--cpu-sweep", type=lambda text: [int(v) for v in text.split(",") if v], default="16,32,48,96",
                         help="--cpu: frame counts of the network-only sweep (comma-separated; '' = none)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the sizes an earlier run wrote to the same JSON (a sweep split over several calls)")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if args.gpu else "cpu")
     out = Path(args.json or f"bench/results/geometry{'' if args.gpu else '_cpu'}.json")
@@ -323,10 +325,19 @@ def main(argv: Optional[list[str]] = None) -> int:
               "command": "python -m bench.geometry_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "device": device_name(device), "versions": versions(), "environment": environment(device)}
 
+    previous = json.loads(out.read_text()) if args.merge and out.is_file() else {}
+
     def save(record: dict, complete: bool = False) -> None:
+        merged = {**header, **record, "complete": complete}
+        for part in ("official", "ours", "speedup", "windowed"):            # --merge: earlier sizes stay
+            if isinstance(previous.get(part), dict):
+                merged[part] = {**previous[part], **record[part]} if isinstance(record.get(part), dict) and \
+                    part != "windowed" else record.get(part, previous[part])
+        if previous:
+            merged["merged_with"] = previous.get("merged_with", []) + [previous.get("command")]
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({**header, **record, "complete": complete}, indent=2) + "\n")
+        tmp.write_text(json.dumps(merged, indent=2) + "\n")
         tmp.replace(out)                                                     # a reader never sees half a file
 
     record = run_gpu(args, save) if args.gpu else run_cpu(args)

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: ours {ours:.5f}  official {official:.5f}  |diff| {abs(ours - official):.1e}")
     vgg = LPIPS("vgg", args.device, prefer_torchvision=False)
     dist, ref = fixture_pair("I04")
-    vgg_row = {"image": "I04", "lpips_vgg": vgg(dist, ref), "reproduced": float(references["I04"]["lpips_vgg_reproduced"])}
+    vgg_row = {"image": "I04", "lpips_vgg": vgg(dist, ref),
+               "reproduced": float(references["I04"]["lpips_vgg_reproduced"])}
     vgg_row["abs_diff"] = abs(vgg_row["lpips_vgg"] - vgg_row["reproduced"])
     worst = max(p["abs_diff"] for p in pairs)
     record = {"benchmark": "lpips_parity", "environment": environment(args.device),

@@ -1,4 +1,4 @@
-"""The benchmark suite: ``python -m bench.run gpu`` (``make bench``) and ``python -m bench.run cpu`` (``make bench-cpu``).
+"""The benchmark suite: ``python -m bench.run gpu`` (``make bench``), ``python -m bench.run cpu`` (``make bench-cpu``).
 
     python -m bench.run gpu [--only STEP,...] [--skip STEP,...]     # every GPU step, in order
     python -m bench.run cpu [--only STEP,...] [--skip STEP,...]     # what fits on a CPU
@@ -13,9 +13,11 @@ each step's command, exit code and wall time. ``python -m bench.summarize`` then
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ class Step:
     module: str                     # bench.<module>
     args: tuple[str, ...]
     about: str
+    results: str                    # the results file it writes (FILE:SECTION where it updates one section)
     needs_env: Optional[str] = None  # an environment variable that must name an existing path
 
     def argv(self) -> list[str]:
@@ -51,29 +54,41 @@ GROUPS: dict[str, tuple[Step, ...]] = {
     "gpu": (
         Step("geometry", "geometry_bench", ("--gpu",),
              "PAGE-4D 50/100/200 frames at 518x518 and 100 at 518x294 (ours beside the official code when "
-             "$PAGE4D_OFFICIAL names its checkout), 1000 frames windowed"),
-        Step("rasterizer", "rasterizer_bench", ("--gpu",), "parity with gsplat and speed of both backends"),
+             "$PAGE4D_OFFICIAL names its checkout), 1000 frames windowed", results="geometry.json"),
+        Step("rasterizer", "rasterizer_bench", ("--gpu",), "parity with gsplat and speed of both backends",
+             results="rasterizer_gpu.json"),
         Step("e2e-synthetic", "e2e_bench", ("synthetic",),
-             "make-scene object/room seeds 0 1, every deformation model and the static one, end to end"),
-        Step("e2e-lady-running", "e2e_bench", ("lady-running",),
-             "the real clip, every 8th frame held out, end to end"),
+             "make-scene object/room seeds 0 1, every deformation model and the static one, end to end",
+             results="e2e_synthetic.json"),
+        Step("e2e-lady-running", "e2e_bench", ("lady-running",), "the real clip, every 8th frame held out, end to end",
+             results="e2e_lady_running.json"),
         Step("optimize", "optimize_bench", ("--gpu", "--only", "speed,render,scene"),
-             "training it/s and render fps at 100k Gaussians per deformation model, 100-frame 400x400 scene time"),
-        Step("optimize-scaling", "optimize_scaling_bench", ("--gpu",), "training step cost against Gaussian count"),
-        Step("synthetic", "synthetic_bench", ("--gpu",), "training-batch generator throughput"),
-        Step("page4d-tiny", "train_eval_bench", ("--gpu",), "page4d-tiny held-out evaluation beside two baselines"),
-        Step("evaluate", "evaluate_bench", ("--gpu",), "evaluation cost per view (LPIPS on CUDA and CPU)"),
+             "training it/s and render fps at 100k Gaussians per deformation model, 100-frame 400x400 scene time",
+             results="optimize.json"),
+        Step("optimize-scaling", "optimize_scaling_bench", ("--gpu",), "training step cost against Gaussian count",
+             results="optimize_scaling_gpu.json"),
+        Step("synthetic", "synthetic_bench", ("--gpu",), "training-batch generator throughput",
+             results="synthetic.json:gpu"),
+        Step("page4d-tiny", "train_eval_bench", ("--gpu",), "page4d-tiny held-out evaluation beside two baselines",
+             results="page4d_tiny_eval.json"),
+        Step("evaluate", "evaluate_bench", ("--gpu",), "evaluation cost per view (LPIPS on CUDA and CPU)",
+             results="evaluate_gpu.json"),
     ),
     "cpu": (
         Step("e2e-demo", "e2e_bench", ("demo", "--device", "cpu"),
-             "make reconstruct on the demo scene (default model and static), per-stage time and memory"),
-        Step("rasterizer", "rasterizer_bench", ("--cpu",), "the PyTorch rasterizer, 1 and 2 threads"),
-        Step("geometry", "geometry_bench", ("--cpu",), "page4d-tiny (bundled weights) on 48 demo frames"),
-        Step("synthetic", "synthetic_bench", ("--cpu",), "demo scene generation time"),
-        Step("optimize-scaling", "optimize_scaling_bench", ("--cpu",), "training step cost against Gaussian count"),
-        Step("lpips-parity", "lpips_parity_bench", (), "LPIPS-alex against the official values, 5 fixture pairs"),
+             "make reconstruct on the demo scene (default model and static), per-stage time and memory",
+             results="e2e_demo.json"),
+        Step("rasterizer", "rasterizer_bench", ("--cpu",), "the PyTorch rasterizer, 1 and 2 threads",
+             results="rasterizer_cpu.json"),
+        Step("geometry", "geometry_bench", ("--cpu",), "page4d-tiny (bundled weights) on 48 demo frames",
+             results="geometry_cpu.json"),
+        Step("synthetic", "synthetic_bench", ("--cpu",), "demo scene generation time", results="synthetic.json:cpu"),
+        Step("optimize-scaling", "optimize_scaling_bench", ("--cpu",), "training step cost against Gaussian count",
+             results="optimize_scaling_cpu.json"),
+        Step("lpips-parity", "lpips_parity_bench", (), "LPIPS-alex against the official values, 5 fixture pairs",
+             results="lpips_parity.json"),
         Step("page4d-parity", "page4d_parity", (), "our PAGE-4D against the official code, float32",
-             needs_env="PAGE4D_OFFICIAL"),
+             results="page4d_parity.json", needs_env="PAGE4D_OFFICIAL"),
     ),
 }
 
@@ -96,6 +111,25 @@ def run_script(name: str, args: list[str]) -> int:
     return subprocess.call(cmd, cwd=REPO)
 
 
+def call_step(argv: list[str], grace_s: float = 10.0) -> Optional[int]:
+    """Run one step in its own process group; returns its exit code, or None when this process is interrupted
+    (Ctrl-C, or SIGINT from a time budget): the whole group then gets SIGINT (a step's own children too, e.g. the
+    reconstructions of an end-to-end suite), and whatever is left after ``grace_s`` seconds is killed."""
+    process = subprocess.Popen(argv, cwd=REPO, start_new_session=True)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return None
+
+
 def run_group(group: str, only: list[str], skip: list[str]) -> int:
     steps = [s for s in GROUPS[group] if (not only or s.name in only) and s.name not in skip]
     unknown = set(only + skip) - {s.name for s in GROUPS[group]}
@@ -113,14 +147,17 @@ def run_group(group: str, only: list[str], skip: list[str]) -> int:
         else:
             print(f"\n=== {step.name}: {step.about}\n$ {entry['command']}", flush=True)
             start = time.perf_counter()
-            code = subprocess.call(step.argv(), cwd=REPO)
-            entry.update(status="ok" if code == 0 else "failed", returncode=code,
+            code = call_step(step.argv())
+            entry.update(status={0: "ok", None: "interrupted"}.get(code, "failed"), returncode=code,
                          seconds=round(time.perf_counter() - start, 1))
             if code:
                 print(f"=== {step.name} failed with exit code {code}; going on", flush=True)
         record["steps"].append(entry)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"suite_{group}.json").write_text(json.dumps(record, indent=2) + "\n")
+        if entry["status"] == "interrupted":
+            print(f"=== {step.name} interrupted; the suite stops here (what it wrote so far is kept)", flush=True)
+            return 130
     print(f"\n{'step':<18} {'status':<8} {'seconds':>8}")
     for e in record["steps"]:
         print(f"{e['name']:<18} {e['status']:<8} {e.get('seconds', ''):>8}")

@@ -13,10 +13,16 @@
 #   why and how); otherwise gsplat compiles it once (about a minute), and the new build is stored in
 #   .gsplat_ext/prebuilt/ and, with $OUT set, copied to $OUT/gsplat_ext_prebuilt/. Carry it to the next host:
 #   copy those two files into .gsplat_ext/prebuilt/ here and pass `.gsplat_ext/prebuilt` (and `.whl`) as carry.
-# - Runs `python3 -m bench.run ARGS...`; results land in bench/results/ and, with $OUT set, are copied there.
+# - Runs `python3 -m bench.run ARGS...`; results land in bench/results/ and, with $OUT set, the files this call
+#   wrote are copied to $OUT/results/ (a few files: what comes back from $OUT is limited in number and size).
+#   The benchmark is stopped (SIGINT) when $GPU_HOST_BUDGET_S seconds (default 570) have passed since this script
+#   started, so that the copy still happens inside a 10-minute call; benchmarks write their JSON as they go, so a
+#   stopped one keeps what finished (the end-to-end suites continue from there when the same command runs again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
+started=$(mktemp /tmp/gpu_host_started.XXXXXX)   # results newer than this file were written by this call
+start_s=$(date +%s)
 SITE=/tmp/page4dgs-site
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
@@ -33,8 +39,11 @@ if [ -n "${OUT:-}" ] && grep -q "(compiled)" /tmp/gsplat_prebuilt.log; then
     "$OUT/gsplat_ext_prebuilt/"
 fi
 status=0
-if [ "$#" -gt 0 ]; then python3 -m bench.run "$@" || status=$?; fi
+if [ "$#" -gt 0 ]; then
+  left=$(( ${GPU_HOST_BUDGET_S:-570} - ($(date +%s) - start_s) ))
+  timeout --signal=INT --kill-after=30 "$(( left > 30 ? left : 30 ))" python3 -m bench.run "$@" || status=$?
+fi
 if [ -n "${OUT:-}" ] && [ -d bench/results ]; then
-  mkdir -p "$OUT/results" && cp -r bench/results/. "$OUT/results/"
+  (cd bench && find results -type f -newer "$started" -exec cp --parents {} "$OUT/" \;)
 fi
 exit "$status"

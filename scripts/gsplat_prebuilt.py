@@ -37,8 +37,9 @@ from typing import Optional
 
 SO_NAME = "gsplat_cuda.so"         # torch's JIT names the library after the extension (gsplat_cuda)
 SHIM = "csrc.py"                   # gsplat/csrc.py: what `from gsplat import csrc` finds first
-SHIM_TEXT = '''"""Written by scripts/gsplat_prebuilt.py: gsplat's CUDA extension built earlier on a host with the same versions
-(see that script). Loads {so} as gsplat.csrc; a failure here is an ImportError, after which gsplat compiles."""
+SHIM_TEXT = '''"""Written by scripts/gsplat_prebuilt.py: gsplat's CUDA extension, built earlier on a host with the same
+versions (see that script). Loads {so} as gsplat.csrc; a failure here is an ImportError, after which gsplat
+compiles."""
 import importlib.util
 import sys
 
@@ -52,7 +53,8 @@ sys.modules[__name__] = _module
 
 
 def fingerprint() -> dict[str, Optional[str]]:
-    """What a compiled gsplat extension depends on. Reads versions without importing gsplat (its import may compile)."""
+    """What a compiled gsplat extension depends on. Reads versions without importing gsplat (whose import may start
+    a build)."""
     import torch
 
     return {"gsplat": importlib.metadata.version("gsplat"), "torch": torch.__version__,

@@ -1,0 +1,47 @@
+"""geometry_bench keeps what finished: the JSON after every size, and sweeps split over calls (--merge).
+
+Runs the GPU part's code path on the CPU with page4d-tiny at a few small sizes (seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import geometry_bench
+
+SMALL = ["--gpu", "--device", "cpu", "--model", "page4d-tiny", "--repeats", "1", "--long-frames", "0"]
+
+
+def test_a_run_cut_short_keeps_the_sizes_that_finished(tmp_path, monkeypatch):
+    out = tmp_path / "geometry.json"
+    real = geometry_bench.measure
+    calls = []
+
+    def measure_then_stop(fn, device, repeats):
+        calls.append(1)
+        if len(calls) == 3:                       # size 1: full + aggregator; size 2: the run is killed here
+            raise KeyboardInterrupt("timeout")
+        return real(fn, device, repeats)
+
+    monkeypatch.setattr(geometry_bench, "measure", measure_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        geometry_bench.main(SMALL + ["--sizes", "2x28x28,2x56x28", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert record["complete"] is False
+    assert list(record["ours"]) == ["2x28x28"]
+    assert record["ours"]["2x28x28"]["full"]["seconds"] > 0
+    assert record["environment"]["command"] and record["device"].startswith("cpu")
+
+
+def test_merge_adds_sizes_of_a_later_call(tmp_path):
+    out = tmp_path / "geometry.json"
+    geometry_bench.main(SMALL + ["--sizes", "2x28x28", "--json", str(out)])
+    first = json.loads(out.read_text())["ours"]["2x28x28"]
+    geometry_bench.main(SMALL + ["--sizes", "3x28x28", "--json", str(out), "--merge"])
+    record = json.loads(out.read_text())
+    assert record["complete"] is True
+    assert record["ours"]["2x28x28"] == first and "seconds" in record["ours"]["3x28x28"]["full"]
+    assert record["merged_with"][0].endswith(f"--sizes 2x28x28 --json {out}")
+    geometry_bench.main(SMALL + ["--sizes", "3x28x28", "--json", str(out)])          # without --merge: replaced
+    assert list(json.loads(out.read_text())["ours"]) == ["3x28x28"]

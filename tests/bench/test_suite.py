@@ -1,0 +1,65 @@
+"""The benchmark suite runner and the end-to-end benchmark's bookkeeping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import e2e_bench, run
+from bench.run import Step
+
+
+def test_a_failing_step_is_reported_and_the_suite_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    monkeypatch.delenv("BENCH_TEST_ABSENT", raising=False)
+    monkeypatch.setitem(run.GROUPS, "test", (
+        Step("broken", "no_such_module", (), "a module that does not exist", results="x.json"),
+        Step("needs", "run", ("--list",), "needs a path the host lacks", results="y.json",
+             needs_env="BENCH_TEST_ABSENT"),
+        Step("fine", "run", ("--list",), "prints the steps", results="z.json"),
+    ))
+    assert run.main(["test"]) == 1
+    record = json.loads((tmp_path / "suite_test.json").read_text())
+    assert [(s["name"], s["status"]) for s in record["steps"]] == [("broken", "failed"), ("needs", "skipped"),
+                                                                   ("fine", "ok")]
+    assert record["steps"][0]["returncode"] != 0 and record["steps"][2]["returncode"] == 0
+    assert record["steps"][2]["command"].endswith("-m bench.run --list")
+    assert record["environment"]["command"] and record["environment"]["device"]
+    assert run.main(["test", "--only", "fine"]) == 0
+    assert run.main(["test", "--only", "nonexistent"]) == 2
+
+
+def test_every_step_names_a_script_that_exists():
+    for group in ("gpu", "cpu"):
+        for step in run.GROUPS[group]:
+            assert (run.BENCH_DIR / f"{step.module}.py").is_file(), step
+            assert step.results.split(":")[0].endswith(".json"), step
+
+
+def test_e2e_plan_covers_every_scene_and_model():
+    runs = e2e_bench.plan("synthetic", ["object", "room"], [0, 1], ["bases", "none"])
+    assert [r.id for r in runs] == ["object-s0-bases", "object-s0-none", "object-s1-bases", "object-s1-none",
+                                    "room-s0-bases", "room-s0-none", "room-s1-bases", "room-s1-none"]
+    lady = e2e_bench.plan("lady-running", [], [], ["bases"])
+    assert lady[0].overrides == ["scene.test_every=8"] and lady[0].source.endswith("lady-running")
+
+
+def run_entry(kind, seed, model, psnr, optimize_s=10.0, code=0):
+    return {"id": f"{kind}-s{seed}-{model}", "kind": kind, "seed": seed, "deformation": model, "returncode": code,
+            "wall_s": optimize_s + 5.0, "metrics": {"psnr": psnr, "ssim": 0.8, "lpips_alex": 0.2},
+            "stages": {"optimize": {"wall_s": optimize_s}}}
+
+
+def test_e2e_summary_pairs_each_model_with_the_static_run_of_the_same_scene():
+    runs = [run_entry("object", 0, "bases", 30.0), run_entry("object", 0, "none", 24.0),
+            run_entry("object", 1, "bases", 28.0, optimize_s=20.0), run_entry("object", 1, "none", 27.0),
+            run_entry("object", 2, "bases", 40.0),                       # no static run: no gain for this seed
+            run_entry("room", 0, "bases", 99.0, code=1)]                 # failed: left out
+    rows = {(r["kind"], r["deformation"]): r for r in e2e_bench.summarize(runs)}
+    assert set(rows) == {("object", "bases"), ("object", "none")}
+    bases = rows[("object", "bases")]
+    assert bases["runs"] == 3 and bases["psnr"] == pytest.approx((30 + 28 + 40) / 3)
+    assert bases["psnr_over_static"] == pytest.approx(((30 - 24) + (28 - 27)) / 2)
+    assert bases["optimize_s"] == pytest.approx((10 + 20 + 10) / 3)
+    assert rows[("object", "none")]["psnr_over_static"] is None
