@@ -1,0 +1,163 @@
+"""bench/README.md is what the results files give, and every number in it comes from one of them.
+
+- Regenerating the summary from the committed results gives exactly the committed README.md and plots.
+- Every figure is recomputed here from the file and key path(s) it names (read with ``json`` directly; the raw log of
+  an interrupted geometry run through its parser) and must read exactly as printed, at the place it is printed.
+- Every number in the README lies in a figure or in text typed on purpose (a target from the issues, a condition, a
+  command), and measured columns hold figures only: a hand-typed measurement cannot pass.
+The checks are also run on tampered copies, to show that they catch a changed figure and a typed-in number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bench import summarize
+from bench.summarize import CONDITION_COLUMNS, NUMBER, OPS, Fig, Lit
+
+RESULTS = summarize.RESULTS
+
+
+@pytest.fixture(scope="module")
+def built():
+    return summarize.build()
+
+
+def read_source(name: str):
+    path = RESULTS / name
+    if name.endswith(".json"):
+        return json.loads(path.read_text())
+    return summarize.parse_geometry_log(path.read_text())
+
+
+def walk(node, path):
+    for key in path:
+        node = node[key]
+    return node
+
+
+def figure_problems(text: str, spans) -> list[str]:
+    """Figures that do not read as their sources give, or are not where they claim to be."""
+    problems = []
+    for start, end, piece in spans:
+        if not isinstance(piece, Fig):
+            continue
+        if text[start:end] != piece.text:
+            problems.append(f"figure {piece.text!r} is not at {start}:{end}")
+        values = [walk(read_source(name), path) for name, path in piece.sources]
+        if piece.op in ("max", "min", "mean") and len(values) == 1 and isinstance(values[0], list):
+            values = values[0]
+        again = piece.fmt.format(OPS[piece.op](values))
+        if again != piece.text:
+            problems.append(f"{piece.text!r} from {piece.sources} ({piece.op}) reads {again!r} from the files")
+    return problems
+
+
+def table_cells(text: str):
+    """(header, cell start, cell end) for every cell of every markdown table, as character offsets in ``text``."""
+    offset, header = 0, None
+    for line in text.splitlines(keepends=True):
+        stripped = line.rstrip("\n")
+        if stripped.startswith("| ") and stripped.endswith(" |"):
+            cells, position = [], offset + 2
+            for cell in stripped[2:-2].split(" | "):
+                cells.append((position, position + len(cell)))
+                position += len(cell) + 3
+            if header is None:
+                header = [stripped[2:-2].split(" | ")[i] for i in range(len(cells))]
+            else:
+                yield from ((header[i], a, b) for i, (a, b) in enumerate(cells))
+        elif not stripped.startswith("|---"):
+            header = None
+        offset += len(line)
+
+
+def number_problems(text: str, spans) -> list[str]:
+    """Numbers that are neither a figure nor typed on purpose; typed numbers in measured columns."""
+    covered = [(a, b, p) for a, b, p in spans]
+    problems = []
+
+    def cover(start: int, end: int):
+        return next((p for a, b, p in covered if a <= start and end <= b), None)
+
+    for match in NUMBER.finditer(text):
+        if cover(match.start(), match.end()) is None:
+            line = text.count("\n", 0, match.start()) + 1
+            problems.append(f"line {line}: number {match.group()!r} is neither a figure nor typed text")
+    for column, start, end in table_cells(text):
+        if column in CONDITION_COLUMNS:
+            continue
+        for match in NUMBER.finditer(text, start, end):
+            piece = cover(match.start(), match.end())
+            if not isinstance(piece, Fig):
+                line = text.count("\n", 0, match.start()) + 1
+                problems.append(f"line {line}: {match.group()!r} in the measured column {column!r} is not a figure")
+    return problems
+
+
+def test_readme_and_plots_regenerate_exactly(built):
+    text, _, svgs = built
+    assert text == summarize.README.read_text(), "bench/README.md is stale: run `python -m bench.summarize`"
+    on_disk = {p.name: p.read_text() for p in summarize.PLOTS.glob("*.svg")}
+    assert on_disk == svgs, "bench/plots/ is stale: run `python -m bench.summarize`"
+
+
+def test_every_figure_comes_from_its_results_file(built):
+    text, spans, _ = built
+    assert sum(isinstance(p, Fig) for _, _, p in spans) > 100
+    assert figure_problems(text, spans) == []
+
+
+def test_every_number_is_a_figure_or_typed_on_purpose(built):
+    text, spans, _ = built
+    assert number_problems(text, spans) == []
+
+
+def test_the_checks_catch_a_changed_figure_and_a_typed_number(built):
+    text, spans, _ = built
+    # A figure edited by hand: same place, another value.
+    start, end, fig = next((a, b, p) for a, b, p in spans if isinstance(p, Fig) and re.fullmatch(r"[\d.]+", p.text))
+    edited = fig.text[:-1] + ("1" if fig.text[-1] != "1" else "2")
+    tampered = [(a, b, Fig(edited, p.op, p.fmt, p.sources) if p is fig else p) for a, b, p in spans]
+    assert figure_problems(text[:start] + edited + text[end:], tampered)
+    # A measurement typed in as text: the targets table's "not measured" replaced by a number.
+    cell = text.index("| not measured |")
+    typed = text[:cell] + "| 42.0 s |" + text[cell + len("| not measured |"):]
+    shift = len("| 42.0 s |") - len("| not measured |")
+    moved = [(a + shift if a > cell else a, b + shift if a > cell else b, p) for a, b, p in spans]
+    assert any("42.0" in problem for problem in number_problems(typed, moved))
+    # ... and the same number declared as typed text is still refused in a measured column.
+    declared = moved + [(cell + 2, cell + 6, Lit("42.0"))]
+    assert any("measured column" in problem for problem in number_problems(typed, declared))
+
+
+def test_the_interrupted_geometry_log_is_read_line_for_line():
+    log = next(RESULTS.glob("logs/geometry_gpu_*.txt"), None)
+    if log is None:
+        pytest.skip("no interrupted geometry log")
+    text = log.read_text()
+    parsed = summarize.parse_geometry_log(text)
+    rows = [line for line in text.splitlines() if re.match(r"\s*(official|ours)\s+\d+x\d+x\d+: full", line)]
+    assert sum(len(parsed[who]) for who in ("official", "ours")) == len(rows) > 0
+    for line in rows:
+        who, key = line.split()[:2]
+        entry = parsed[who][key.rstrip(":")]
+        numbers = [float(x) for x in re.findall(r"(\d+\.\d+) (?:s|GiB)", line)]
+        assert numbers == [entry["full"]["seconds"], entry["full"]["peak_gib"], entry["aggregator"]["seconds"],
+                           entry["aggregator"]["peak_gib"]]
+    assert parsed["device"].startswith("NVIDIA") and parsed["command"]
+
+
+def test_plot_axes_map_values_to_pixels():
+    from bench.plots import Axis
+
+    linear = Axis(0.0, 10.0, 100.0, 200.0, log=False)               # 4 % padding on each side
+    assert linear(5.0) == pytest.approx(150.0)
+    assert linear(0.0) == pytest.approx(100.0 + 100.0 * 0.4 / 10.8)
+    logarithmic = Axis(1.0, 100.0, 0.0, 100.0, log=True)
+    assert logarithmic(10.0) == pytest.approx(50.0)
+    assert [t for t in logarithmic.ticks()] == [1, 2, 5, 10, 20, 50, 100]
