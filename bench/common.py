@@ -100,8 +100,8 @@ def environment(device: str = "auto") -> dict[str, Any]:
     """Where and how this measurement ran. device: 'cuda', 'cpu' or 'auto' (CUDA when available)."""
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto" or (device.startswith("cuda") and not torch.cuda.is_available()):
+        device = "cuda" if torch.cuda.is_available() else "cpu"        # what this process can actually use
     return {
         "date": utc_now(),
         "command": command_line(),

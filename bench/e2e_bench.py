@@ -24,6 +24,7 @@ live in ``--workdir`` (default /tmp/page4dgs-e2e/SUITE); finished run folders ar
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -202,13 +203,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = plan(args.suite, list(args.kinds or kinds), list(args.seeds if args.seeds is not None else seeds),
                 list(args.models or models), args.source)
     extra = list(args.overrides) + ([f"device={args.device}"] if args.device != "auto" else [])
+    notes = []
+    if importlib.util.find_spec("imageio_ffmpeg") is None and not any(o.startswith("render.video") for o in extra):
+        extra.append("render.video_paths=[]")          # no ffmpeg binary on this host: test views only, no videos
+        notes.append("imageio-ffmpeg is not installed here: render.video_paths=[] (no camera-path videos)")
     workdir = args.workdir or Path("/tmp/page4dgs-e2e") / args.suite
     out = RESULTS / f"{args.name or 'e2e_' + args.suite.replace('-', '_')}.json"
     previous = json.loads(out.read_text()) if out.is_file() and not args.fresh else {}
     recorded = {r["id"]: r for r in previous.get("runs", []) if r.get("returncode") == 0}
     scenes: dict[str, dict] = previous.get("scenes", {}) if not args.fresh else {}
     record = {"benchmark": "e2e", "suite": args.suite, "environment": environment(args.device),
-              "overrides": extra, "scenes": scenes, "runs": list(recorded.values())}
+              "overrides": extra, "notes": notes, "scenes": scenes, "runs": list(recorded.values())}
 
     def save() -> None:
         record["summary"] = summarize(record["runs"])

@@ -329,10 +329,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def save(record: dict, complete: bool = False) -> None:
         merged = {**header, **record, "complete": complete}
-        for part in ("official", "ours", "speedup", "windowed"):            # --merge: earlier sizes stay
-            if isinstance(previous.get(part), dict):
-                merged[part] = {**previous[part], **record[part]} if isinstance(record.get(part), dict) and \
-                    part != "windowed" else record.get(part, previous[part])
+        for part in ("official", "ours", "speedup"):                         # --merge: earlier sizes stay
+            old, new = previous.get(part), record.get(part)
+            if isinstance(old, dict):
+                merged[part] = {**old, **new} if isinstance(new, dict) else old
+        if "windowed" in previous and "windowed" not in record:
+            merged["windowed"] = previous["windowed"]
         if previous:
             merged["merged_with"] = previous.get("merged_with", []) + [previous.get("command")]
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,9 +38,15 @@ class Step:
     about: str
     results: str                    # the results file it writes (FILE:SECTION where it updates one section)
     needs_env: Optional[str] = None  # an environment variable that must name an existing path
+    # Commands for a GPU host reached through calls of at most 10 minutes (scripts/gpu_host.sh), where the step
+    # needs more than `scripts/gpu_host.sh gpu --only NAME`: split over calls, or data carried along.
+    host_calls: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", f"bench.{self.module}", *self.args]
+
+    def gpu_host_commands(self) -> tuple[str, ...]:
+        return self.host_calls or (f"scripts/gpu_host.sh gpu --only {self.name}",)
 
     def missing(self) -> Optional[str]:
         if self.needs_env and not Path(os.environ.get(self.needs_env, "") or "/nonexistent").exists():
@@ -54,14 +60,19 @@ GROUPS: dict[str, tuple[Step, ...]] = {
     "gpu": (
         Step("geometry", "geometry_bench", ("--gpu",),
              "PAGE-4D 50/100/200 frames at 518x518 and 100 at 518x294 (ours beside the official code when "
-             "$PAGE4D_OFFICIAL names its checkout), 1000 frames windowed", results="geometry.json"),
+             "$PAGE4D_OFFICIAL names its checkout), 1000 frames windowed", results="geometry.json",
+             host_calls=tuple(f"PAGE4D_OFFICIAL=.official/PAGE4D scripts/gpu_host.sh geometry --gpu {sizes}"
+                              for sizes in ("--sizes 50x518x518,100x518x518,100x518x294 --long-frames 0",
+                                            "--merge --sizes 200x518x518 --long-frames 0",
+                                            "--merge --sizes 50x518x518 --long-frames 1000"))),
         Step("rasterizer", "rasterizer_bench", ("--gpu",), "parity with gsplat and speed of both backends",
              results="rasterizer_gpu.json"),
         Step("e2e-synthetic", "e2e_bench", ("synthetic",),
              "make-scene object/room seeds 0 1, every deformation model and the static one, end to end",
              results="e2e_synthetic.json"),
         Step("e2e-lady-running", "e2e_bench", ("lady-running",), "the real clip, every 8th frame held out, end to end",
-             results="e2e_lady_running.json"),
+             results="e2e_lady_running.json",
+             host_calls=("PAGE4DGS_LADY_RUNNING=.cache/lady-running scripts/gpu_host.sh gpu --only e2e-lady-running",)),
         Step("optimize", "optimize_bench", ("--gpu", "--only", "speed,render,scene"),
              "training it/s and render fps at 100k Gaussians per deformation model, 100-frame 400x400 scene time",
              results="optimize.json"),

@@ -764,7 +764,9 @@ def section_suite(doc: Doc, R: Results) -> None:
             "time on the rasterizer's parity and speed, the generator's throughput, the partial geometry sweep and "
             "training page4d-tiny; a step without its results file has not run on a GPU yet. On a GPU host, with "
             "the wheels our dependencies need in `.whl/` (and a carried gsplat build in `.gsplat_ext/prebuilt/`, see "
-            "`scripts/gsplat_prebuilt.py`), each step is one short command:")
+            "`scripts/gsplat_prebuilt.py`), each step is one or a few calls of at most ten minutes; the geometry "
+            "calls also carry the official checkout `.official/PAGE4D`, the real clip's a copy of "
+            "`../shared/data/lady-running` in `.cache/lady-running`:")
     doc.blank()
     rows = []
     for step in GROUPS["gpu"]:
@@ -773,7 +775,7 @@ def section_suite(doc: Doc, R: Results) -> None:
         state = "measured" if present else "not run"
         if step.name == "geometry" and not present and R.files("logs/geometry_gpu_*.txt"):
             state = "partial (log of an interrupted run)"
-        rows.append([Lit(step.name), state, Lit(f"`scripts/gpu_host.sh gpu --only {step.name}`"),
+        rows.append([Lit(step.name), state, Lit("<br>".join(f"`{c}`" for c in step.gpu_host_commands())),
                      Lit(step.results)])
     doc.table(["step", "status", "run it with", "source"], rows)
     doc.add("The end-to-end suites record each finished run and skip it when the same command runs again, so a "

@@ -38,8 +38,7 @@ from typing import Optional
 SO_NAME = "gsplat_cuda.so"         # torch's JIT names the library after the extension (gsplat_cuda)
 SHIM = "csrc.py"                   # gsplat/csrc.py: what `from gsplat import csrc` finds first
 SHIM_TEXT = '''"""Written by scripts/gsplat_prebuilt.py: gsplat's CUDA extension, built earlier on a host with the same
-versions (see that script). Loads {so} as gsplat.csrc; a failure here is an ImportError, after which gsplat
-compiles."""
+versions (see that script), loaded as gsplat.csrc; a failure here is an ImportError, after which gsplat compiles."""
 import importlib.util
 import sys
 

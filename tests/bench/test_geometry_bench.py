@@ -43,5 +43,14 @@ def test_merge_adds_sizes_of_a_later_call(tmp_path):
     assert record["complete"] is True
     assert record["ours"]["2x28x28"] == first and "seconds" in record["ours"]["3x28x28"]["full"]
     assert record["merged_with"][0].endswith(f"--sizes 2x28x28 --json {out}")
+    # An earlier call's official timings stay when a later call runs ours alone (no official checkout).
+    record["official"] = {"2x28x28": {"full": {"seconds": 1.0}}}
+    out.write_text(json.dumps(record))
+    geometry_bench.main(SMALL + ["--sizes", "4x28x28", "--json", str(out), "--merge", "--long-frames", "6",
+                                 "--long-size", "28x28", "--window", "4", "--overlap", "2"])
+    record = json.loads(out.read_text())
+    assert record["official"] == {"2x28x28": {"full": {"seconds": 1.0}}}
+    assert list(record["ours"]) == ["2x28x28", "3x28x28", "4x28x28"] and record["windowed"]["frames"] == 6
     geometry_bench.main(SMALL + ["--sizes", "3x28x28", "--json", str(out)])          # without --merge: replaced
-    assert list(json.loads(out.read_text())["ours"]) == ["3x28x28"]
+    record = json.loads(out.read_text())
+    assert list(record["ours"]) == ["3x28x28"] and "windowed" not in record
