@@ -120,6 +120,7 @@ OPS: dict[str, Callable[[list], Any]] = {
     "gib": lambda v: v[0] / 1024.0,              # MiB -> GiB
     "len": lambda v: len(v[0]),
     "oneline": lambda v: " ".join(str(v[0]).split()),
+    "join": lambda v: ", ".join(str(x) for x in v[0]),
 }
 
 
@@ -247,9 +248,6 @@ def env_path(results: Results, name: str, key: str, section: Optional[str] = Non
         "cuda": [("environment", "versions", "cuda"), ("versions", "cuda"), ("cuda",)],
         "gsplat": [("environment", "versions", "gsplat"), ("versions", "gsplat"), ("gsplat",)],
     }[key]
-    if name.startswith("optimize") and not name.startswith("optimize_scaling"):
-        candidates = [("environment",) + c[1:] if c[0] == "environment" else ("environment",) + c
-                      for c in candidates]
     for path in candidates:
         if results.get(name, prefix + path) not in (MISSING, None):
             return prefix + path
@@ -366,13 +364,15 @@ def section_geometry(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
                              [ours_s, " s"], at_most(3.5), ["official ", *unit(theirs_s, " s")], dev, label))
         rows.append(Measured("100 frames 518×518, full model: ≤ 16 GiB on an H100 (official: 35.9 GiB)", ours_m,
                              [ours_m, " GiB"], at_most(16.0), ["official ", *unit(theirs_m, " GiB")], dev, label))
-        big = R.get(name, ("ours", "200x518x518", "full"))
         big_s = figure(R, name, ("ours", "200x518x518", "full", "seconds"), "{:.2f}")
         big_m = figure(R, name, ("ours", "200x518x518", "full", "peak_gib"), "{:.1f}")
+        error = figure(R, name, ("ours", "200x518x518", "full", "error"), "{}")      # e.g. out of memory
+        official = ["official ", *unit(figure(R, name, ("official", "200x518x518", "full", "seconds"), "{:.2f}"),
+                                       " s")]
         rows.append(Measured("200 frames 518×518 must run (H100)", big_s, [big_s, " s, ", big_m, " GiB"], None,
-                             ["official ", *unit(figure(R, name, ("official", "200x518x518", "full", "seconds"),
-                                                        "{:.2f}"), " s")], dev, label,
-                             status="missed" if isinstance(big, dict) and "error" in big else None))
+                             official, dev, label) if error is None else
+                    Measured("200 frames 518×518 must run (H100)", error, ["failed: ", error], None, official, dev,
+                             label, status="missed"))
         long_s = figure(R, name, ("windowed", "seconds"), "{:.1f}")
         rows.append(Measured("1000 frames 518×294, windowed: ≤ 60 s (H100)", long_s,
                              [long_s, " s, ", figure(R, name, ("windowed", "windows"), "{}"), " windows"],
@@ -556,9 +556,9 @@ def quality_rows(R: Results) -> list[Measured]:
     psnr = figure(R, synthetic, ("summary", i, "psnr"), "{:.2f}") if i is not None else None
     seconds = figure(R, synthetic, ("summary", i, "optimize_s"), "{:.0f}") if i is not None else None
     rows.append(Measured("held-out PSNR ≥ 25.5 dB within 140 s of optimization on a 200×200 object scene (H100)",
-                         psnr, [psnr, " dB after ", seconds, " s (mean of ",
-                                figure(R, synthetic, ("summary", i, "runs"), "{}") if i is not None else None,
-                                " scenes)"], None, None, device(R, synthetic), synthetic,
+                         psnr, [psnr, " dB after ", seconds, " s (mean over seeds ",
+                                figure(R, synthetic, ("summary", i, "seeds"), "{}", "join") if i is not None
+                                else None, ")"], None, None, device(R, synthetic), synthetic,
                          status=None if psnr is None or seconds is None else
                          ("met" if psnr.value >= 25.5 and seconds.value <= 140 else "missed")))
     for name, kind, label in ((synthetic, "object", "object scenes (H100)"), (synthetic, "room", "room scenes (H100)"),
