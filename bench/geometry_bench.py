@@ -171,6 +171,28 @@ def _fmt(result: dict) -> str:
     return f"{result['seconds']:.3f} s{peak}"
 
 
+def kernel_report() -> dict:
+    """The attention kernels ``auto`` chose per shape class, and those it could not use with the reason."""
+    return {"attention_kernels": sdpa.chosen_kernels(), "attention_refused": sdpa.refused_kernels()}
+
+
+def ratios(official: dict, ours: dict) -> dict:
+    """Official time (memory) over ours for every size both measured: {size: {full_time_ratio: .., ...}}."""
+    out = {}
+    for key, mine in ours.items():
+        theirs = official.get(key)
+        if not isinstance(theirs, dict):
+            continue
+        entry = {}
+        for part in ("full", "aggregator"):
+            if "seconds" in mine.get(part, {}) and "seconds" in theirs.get(part, {}):
+                entry[f"{part}_time_ratio"] = round(theirs[part]["seconds"] / mine[part]["seconds"], 2)
+                if mine[part].get("peak_gib"):
+                    entry[f"{part}_memory_ratio"] = round(theirs[part]["peak_gib"] / mine[part]["peak_gib"], 2)
+        out[key] = entry
+    return out
+
+
 def run_gpu(args, save: Callable[[dict], None] = lambda record: None) -> dict:
     """The GPU part; ``save(record)`` is called with the partial record after every measured size."""
     device = args.device or "cuda"
@@ -195,19 +217,9 @@ def run_gpu(args, save: Callable[[dict], None] = lambda record: None) -> dict:
     head_dtype = torch.bfloat16 if args.head_precision == "bfloat16" else torch.float32
     model = build_ours(config, state, device, head_dtype)
     del state
-    record["ours"] = bench_ours(model, sizes, device, args.repeats, lambda results: save({**record, "ours": results}))
-    record["attention_kernels"] = sdpa.chosen_kernels()
-    if isinstance(record.get("official"), dict):
-        record["speedup"] = {}
-        for key, ours in record["ours"].items():
-            theirs = record["official"][key]
-            entry = {}
-            for part in ("full", "aggregator"):
-                if "seconds" in ours[part] and "seconds" in theirs[part]:
-                    entry[f"{part}_time_ratio"] = round(theirs[part]["seconds"] / ours[part]["seconds"], 2)
-                    if ours[part]["peak_gib"]:
-                        entry[f"{part}_memory_ratio"] = round(theirs[part]["peak_gib"] / ours[part]["peak_gib"], 2)
-            record["speedup"][key] = entry
+    record["ours"] = bench_ours(model, sizes, device, args.repeats,
+                               lambda results: save({**record, "ours": results, **kernel_report()}))
+    record.update(kernel_report())
     save(record)
     if args.long_frames:
         width, height = (int(v) for v in args.long_size.split("x"))
@@ -329,10 +341,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def save(record: dict, complete: bool = False) -> None:
         merged = {**header, **record, "complete": complete}
-        for part in ("official", "ours", "speedup"):                         # --merge: earlier sizes stay
+        for part in ("official", "ours"):                                    # --merge: earlier sizes stay
             old, new = previous.get(part), record.get(part)
             if isinstance(old, dict):
                 merged[part] = {**old, **new} if isinstance(new, dict) else old
+        if isinstance(merged.get("official"), dict) and isinstance(merged.get("ours"), dict):
+            merged["speedup"] = ratios(merged["official"], merged["ours"])   # every size measured by both
         if "windowed" in previous and "windowed" not in record:
             merged["windowed"] = previous["windowed"]
         if previous:
@@ -344,7 +358,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     record = run_gpu(args, save) if args.gpu else run_cpu(args)
     save(record, complete=True)
-    record = {**header, **record}
+    record = json.loads(out.read_text())                                     # with the sizes of earlier calls
     print(f"wrote {out}")
     if args.gpu and "speedup" in record:
         def cell(value) -> str:
@@ -353,9 +367,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"\n{'full model':<14} {'official s':>10} {'ours s':>8} {'ratio':>6} {'official GiB':>12} "
               f"{'ours GiB':>9}")
         for key, ours in record["ours"].items():
-            theirs = record["official"][key]["full"]
+            theirs = record["official"].get(key, {}).get("full", {}) if isinstance(record["official"], dict) else {}
             print(f"{key:<14} {cell(theirs.get('seconds')):>10} {cell(ours['full'].get('seconds')):>8} "
-                  f"{cell(record['speedup'][key].get('full_time_ratio')):>6} {cell(theirs.get('peak_gib')):>12} "
+                  f"{cell(record['speedup'].get(key, {}).get('full_time_ratio')):>6} {cell(theirs.get('peak_gib')):>12} "
                   f"{cell(ours['full'].get('peak_gib')):>9}")
     return 0
 

@@ -21,6 +21,7 @@ log = logging.getLogger("page4dgs.geometry.sdpa")
 POLICIES = ("auto", "default", "cudnn", "flash", "efficient", "math")
 _policy = "auto"
 _chosen: dict[tuple, Optional[str]] = {}
+_refused: dict[tuple, dict[str, str]] = {}
 
 
 def set_policy(name: str) -> None:
@@ -34,6 +35,11 @@ def set_policy(name: str) -> None:
 def chosen_kernels() -> dict[str, Optional[str]]:
     """What ``auto`` picked so far, for reports: {'dtype/D/batch*heads/Lq/Lk': kernel}."""
     return {"/".join(str(p) for p in key[1:]): value for key, value in _chosen.items()}
+
+
+def refused_kernels() -> dict[str, dict[str, str]]:
+    """Kernels ``auto`` could not use, with the first line of the reason: {'dtype/D/...': {kernel: reason}}."""
+    return {"/".join(str(p) for p in key[1:]): value for key, value in _refused.items()}
 
 
 def _backends() -> dict[str, object]:
@@ -80,6 +86,7 @@ def _autotune(key: tuple, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Opti
             end.synchronize()
             timings[kernel] = start.elapsed_time(end) / 2
         except RuntimeError as err:  # the kernel does not accept this shape, dtype or GPU
+            _refused.setdefault(key, {})[kernel] = str(err).strip().splitlines()[0][:200] if str(err) else "refused"
             log.debug(f"attention kernel {kernel} unavailable for {key}: {err}")
     best = min(timings, key=timings.get) if timings else None
     log.debug(f"attention kernels for {key}: {timings} -> {best}")
@@ -98,6 +105,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     if not q.is_cuda or _policy == "default" or not _backends():
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     dtype = _autocast_dtype() or q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        # One dtype and a dense layout for all three: under autocast q and k arrive in float32 (qk-norm, RoPE) and v
+        # as a strided view of the fused qkv projection; cuDNN's kernels refuse such mixed strides.
+        q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
     if _policy != "auto":
         if _policy in ("cudnn", "flash") and dtype not in (torch.float16, torch.bfloat16):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)  # these kernels take 16-bit inputs only
