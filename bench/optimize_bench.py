@@ -335,7 +335,11 @@ def bench_scene_time(workdir: Path, geometry: str, quick: bool) -> dict[str, Any
     return {"frames": frames, "resolution": 400, "preset": "dnerf", "geometry": geometry, **row, "target_s": 120}
 
 
-def bench_quality(workdir: Path, geometry: str, seeds: list[int], models: list[str], quick: bool) -> dict[str, Any]:
+def bench_quality(workdir: Path, geometry: str, seeds: list[int], models: list[str], quick: bool,
+                  save: Callable[[dict], None] = lambda partial: None, kinds_wanted: tuple[str, ...] = ("object", "room"),
+                  extra_overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Held-out quality per scene kind, seed and model; ``save`` gets the finished runs after each one (a cut run
+    keeps them)."""
     missing = synthetic_available()
     if missing:
         print(f"\n[quality] {missing}")
@@ -343,6 +347,7 @@ def bench_quality(workdir: Path, geometry: str, seeds: list[int], models: list[s
     runs = []
     kinds = {"object": lambda s: make_object(workdir / f"object_q{s}", s, 50, 200, 20),
              "room": lambda s: make_room(workdir / f"room_q{s}", s, 48, 256)}
+    kinds = {k: v for k, v in kinds.items() if k in kinds_wanted}
     presets = {"object": ("dnerf", []), "room": ("default", [])}
     for kind, make in kinds.items():
         for seed in seeds:
@@ -353,7 +358,8 @@ def bench_quality(workdir: Path, geometry: str, seeds: list[int], models: list[s
                 continue
             for model in models:
                 preset, extra = presets[kind]
-                overrides = [f"geometry.model={geometry}", f"optimize.deformation={model}", *extra]
+                overrides = [f"geometry.model={geometry}", f"optimize.deformation={model}", *extra,
+                             *extra_overrides]
                 if quick:
                     overrides.append("optimize.iterations=500")
                 try:
@@ -362,6 +368,7 @@ def bench_quality(workdir: Path, geometry: str, seeds: list[int], models: list[s
                     traceback.print_exc()
                     row = {"error": traceback.format_exc(limit=3).splitlines()[-1]}
                 runs.append({"scene": kind, "seed": seed, "model": model, **row})
+                save({"geometry": geometry, "seeds": seeds, "runs": runs, "complete": False})
                 print(f"  {kind} seed {seed} {model}: " + ", ".join(
                     f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
     summary = []
@@ -388,7 +395,8 @@ def bench_quality(workdir: Path, geometry: str, seeds: list[int], models: list[s
                 "psnr": "8-bit quantised render vs the stored image, per view then mean",
                 "ssim": "3DGS (zero padding, full map) and valid (skimage gaussian) conventions",
                 "lpips": "alex, inputs in [-1, 1]", "cameras": "dataset"}
-    return {"protocol": protocol, "geometry": geometry, "seeds": seeds, "summary": summary, "runs": runs}
+    return {"protocol": protocol, "geometry": geometry, "seeds": seeds, "overrides": list(extra_overrides),
+            "summary": summary, "runs": runs}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -424,6 +432,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--geometry", default="oracle", choices=("oracle", "page4d-tiny", "page4d-1b"),
                         help="geometry stage model for the scene sections")
     parser.add_argument("--quick", action="store_true", help="fewer steps/frames (smoke test of the script)")
+    parser.add_argument("--kinds", nargs="+", default=["object", "room"], choices=("object", "room"),
+                        help="quality: scene kinds")
+    parser.add_argument("--json", default="", help="results file name in bench/results (default optimize.json)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="quality: a config override for every run, repeatable (a sweep: one call per setting, "
+                             "each with its own --json)")
     parser.add_argument("--workdir", type=Path, default=None, help="scenes and runs (default: a temporary folder)")
     args = parser.parse_args(argv)
 
@@ -435,11 +449,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"environment": environment(device)}
     print(json.dumps(result["environment"], indent=1))
+    out = RESULTS / (args.json or ("optimize.json" if args.gpu else "optimize_cpu.json"))
+
+    def write(record: dict) -> None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1, default=float) + "\n")
+
     sections: dict[str, Callable[[], dict]] = {
         "speed": lambda: bench_speed(device, workdir, args.quick),
         "render": lambda: bench_render(device, args.quick),
         "scene": lambda: bench_scene_time(workdir, args.geometry, args.quick),
-        "quality": lambda: bench_quality(workdir, args.geometry, args.seeds, args.models, args.quick),
+        "quality": lambda: bench_quality(workdir, args.geometry, args.seeds, args.models, args.quick,
+                                         lambda partial: write({**result, "quality": partial}),
+                                         tuple(args.kinds), tuple(args.overrides)),
     } if args.gpu else {"cpu_demo": lambda: bench_cpu_demo(workdir)}
     wanted = [s.strip() for s in args.only.split(",")] if args.gpu else list(sections)
     for name in wanted:
@@ -453,9 +475,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             traceback.print_exc()
             result[name] = {"error": traceback.format_exc(limit=4)}
         result[name]["section_seconds"] = round(time.perf_counter() - start, 1)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / ("optimize.json" if args.gpu else "optimize_cpu.json")
-        out.write_text(json.dumps(result, indent=1, default=float) + "\n")      # after every section
+        write(result)                                                           # after every section
     print(f"\nwrote {out}")
     return 0
 

@@ -113,8 +113,10 @@ class MotionBases(Deformation):
         segment = u.floor().clamp(max=self.knots - 4)                      # (M,)
         weights = cubic_bspline_weights(u - segment)                       # (M, 4)
         index = segment.long()[:, None] + torch.arange(4, device=times.device)   # (M, 4)
-        ctrl = self.control[:, index]                                      # (B, M, 4)
-        return torch.einsum("bmk,mk->mb", ctrl, weights)
+        # The weights as a dense (M, knots) matrix, so that phi and its gradient for the control points are matrix
+        # products (a gather of control[:, index] would scatter-add M * 4 gradients into B * knots entries).
+        dense = weights.new_zeros(times.shape[0], self.knots).scatter(1, index, weights)   # (M, knots)
+        return dense @ self.control.t()                                    # (M, B)
 
     def offsets(self, means, times, coefs):
         return torch.einsum("mbd,mb->md", coefs["motion_coefs"], self.basis(times))
@@ -248,16 +250,21 @@ class PlanesField(Deformation):
 
     def offsets(self, means, times, coefs):
         coords = torch.cat([self.box.normalize(means), times[:, None] * 2 - 1], dim=-1).clamp(-1, 1)   # (M, 4)
+        axes = coords.unbind(-1)                                                        # x, y, z, t: (M,) each
+        # One grid_sample for the three spatial planes of a level and one for its three time planes: the planes of
+        # a kind share a shape, so they go as a batch of 3 with one grid each.
+        grids = [torch.stack([torch.stack((axes[a], axes[b]), dim=-1) for a, b in pairs])[:, :, None]
+                 for pairs in (PLANE_AXES[:3], PLANE_AXES[3:])]                         # 2 x (3, M, 1, 2)
         per_resolution = []
         for level in range(len(self.resolutions)):
+            first = level * len(PLANE_AXES)
             product = None
-            for p, (a, b) in enumerate(PLANE_AXES):
-                plane = self.planes[level * len(PLANE_AXES) + p]                       # (1, F, H, W)
-                grid = coords[:, (a, b)].view(1, -1, 1, 2)                             # x -> W, y -> H
-                sample = F.grid_sample(plane, grid, mode="bilinear", align_corners=True)   # (1, F, M, 1)
-                sample = sample[0, :, :, 0].t()                                        # (M, F)
-                product = sample if product is None else product * sample
-            per_resolution.append(product)
+            for kind, grid in enumerate(grids):
+                planes = torch.cat(list(self.planes[first + 3 * kind:first + 3 * kind + 3]), dim=0)   # (3, F, H, W)
+                sample = F.grid_sample(planes, grid, mode="bilinear", align_corners=True)   # (3, F, M, 1)
+                part = sample[0] * sample[1] * sample[2]                                # (F, M, 1)
+                product = part if product is None else product * part
+            per_resolution.append(product[:, :, 0].t())                                 # (M, F)
         features = torch.cat(per_resolution, dim=-1)                                   # (M, F L)
         return _to_offsets(self.out(F.relu(self.hidden(features))), self.box)
 

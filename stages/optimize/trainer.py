@@ -405,6 +405,17 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def cuda_tf32(enabled: bool):
+    """Temporarily allow (or forbid) TF32 in CUDA float32 matrix products; the previous setting comes back."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path,
           device: str | torch.device = "cpu", seed: int = 0, resume: bool = True,
           stop_after: Optional[int] = None) -> TrainResult:
@@ -415,7 +426,7 @@ def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_d
     On a CPU, training runs with ``cfg.cpu_threads`` torch threads.
     """
     device = torch.device(device)
-    with torch_threads(cfg.cpu_threads if device.type == "cpu" else 0):
+    with torch_threads(cfg.cpu_threads if device.type == "cpu" else 0), cuda_tf32(cfg.tf32 and device.type == "cuda"):
         return _train(cfg, data, initial, out_dir, device, seed, resume, stop_after)
 
 
