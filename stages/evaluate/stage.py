@@ -103,14 +103,17 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tup
 
     frames = scene.test_frames
     keep = {f.name for f in evenly_spaced(frames, cfg.report_views)}
-    alex = vgg = None
+    nets: dict[str, object] = {"alex": None, "vgg": None}
     unavailable = ""
     if cfg.lpips and frames:
-        try:
-            alex, vgg = get_lpips("alex", device), get_lpips("vgg", device)
-        except UserError as err:   # no weights and no registry (an offline host): the other metrics still count
-            unavailable = str(err)
-            log.warning(f"LPIPS skipped: {err}; rerun `page4dgs evaluate RUN` once the weights are in place")
+        for name in nets:          # each backbone on its own: an offline host may hold AlexNet's weights only
+            try:
+                nets[name] = get_lpips(name, device)
+            except UserError as err:   # no weights and no registry: the other metrics still count
+                unavailable = unavailable or str(err)
+                log.warning(f"LPIPS-{name} skipped: {err}; rerun `page4dgs evaluate RUN` once the weights are in "
+                            "place")
+    alex, vgg = nets["alex"], nets["vgg"]
     per_view, extra, masked, kept = [], [], [], []
     for frame in progress(frames, desc="metrics", unit="view"):
         gt = quantize_8bit(scene.rgb(frame))

@@ -157,3 +157,24 @@ def test_evaluate_command_rewrites_metrics_and_report(fake_run, monkeypatch):
     assert all(p.read_bytes() == data for p, data in before.items())
     m = json.loads((fake_run.run_dir / "metrics.json").read_text())
     assert m["psnr"] > 20 and m["lpips_alex"] > 0
+
+
+def test_lpips_alex_without_vgg_weights(fake_run, monkeypatch):
+    """A host that holds AlexNet's weights but not VGG's (the GPU host carries alex only): LPIPS-alex is reported,
+    LPIPS-vgg is null, and the result equals the LPIPS-alex of a run with both."""
+    import stages.evaluate.lpips_metric as lpips_metric
+    from pipeline.errors import UserError
+
+    real = lpips_metric.get_lpips
+    config = rendered_run(fake_run, monkeypatch)
+    both = evaluate_run(fake_run.run_dir, config, load_scene(config.scene), "cpu").metrics
+
+    def alex_only(net, device):
+        if net == "vgg":
+            raise UserError("vgg weights missing (offline)")
+        return real(net, device)
+
+    monkeypatch.setattr(lpips_metric, "get_lpips", alex_only)
+    m = evaluate_run(fake_run.run_dir, config, load_scene(config.scene), "cpu").metrics
+    assert m["lpips_vgg"] is None and m["lpips_alex"] == pytest.approx(both["lpips_alex"], abs=1e-7)
+    assert both["lpips_vgg"] is not None
