@@ -13,6 +13,7 @@
 #   why and how); otherwise gsplat compiles it once (about a minute), and the new build is stored in
 #   .gsplat_ext/prebuilt/ and, with $OUT set, copied to $OUT/gsplat_ext_prebuilt/. Carry it to the next host:
 #   copy those two files into .gsplat_ext/prebuilt/ here and pass `.gsplat_ext/prebuilt` (and `.whl`) as carry.
+# - LPIPS: .cache/lpips/alex.safetensors, when carried, is used as the LPIPS backbone (no download there).
 # - Runs `python3 -m bench.run ARGS...`; results land in bench/results/ and, with $OUT set, the files this call
 #   wrote are copied to $OUT/results/ (a few files: what comes back from $OUT is limited in number and size).
 #   The benchmark is stopped (SIGINT) when $GPU_HOST_BUDGET_S seconds (default 570) have passed since this script
@@ -29,6 +30,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+# LPIPS backbone weights (stages/evaluate/lpips_weights.py): the host cannot fetch them; carry .cache/lpips
+# (alex.safetensors from `make install`'s cache, ~10 MB) and evaluation computes LPIPS-alex there too.
+if [ -d .cache/lpips ]; then export PAGE4DGS_LPIPS_DIR="$PWD/.cache/lpips"; fi
 export TORCH_EXTENSIONS_DIR="$PWD/.gsplat_ext"
 export MAX_JOBS="${MAX_JOBS:-16}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
