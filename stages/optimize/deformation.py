@@ -122,10 +122,11 @@ class MotionBases(Deformation):
         return torch.einsum("mbd,mb->md", coefs["motion_coefs"], self.basis(times))
 
     def displacement(self, means, time, anchor_times, coefs):
-        m = means.shape[0]
-        times = torch.as_tensor(time, dtype=means.dtype, device=means.device).expand(m)
-        phi = self.basis(torch.cat([times, anchor_times]))                 # (2M, B)
-        return torch.einsum("mbd,mb->md", coefs["motion_coefs"], phi[:m] - phi[m:])
+        times = torch.as_tensor(time, dtype=means.dtype, device=means.device)
+        if times.dim() == 0:          # one time for every Gaussian (rendering): phi(t) once, broadcast
+            times = times.reshape(1)
+        phi = self.basis(times) - self.basis(anchor_times)                 # (M, B)
+        return torch.einsum("mbd,mb->md", coefs["motion_coefs"], phi)
 
 
 # ----------------------------------------------------------------------------------------------------------------
