@@ -54,3 +54,20 @@ def test_merge_adds_sizes_of_a_later_call(tmp_path):
     geometry_bench.main(SMALL + ["--sizes", "3x28x28", "--json", str(out)])          # without --merge: replaced
     record = json.loads(out.read_text())
     assert list(record["ours"]) == ["3x28x28"] and "windowed" not in record
+
+
+def test_ratios_cover_every_size_both_measured():
+    from bench.geometry_bench import ratios
+
+    official = {"100x518x518": {"full": {"seconds": 6.0, "peak_gib": 36.0}, "aggregator": {"seconds": 5.0,
+                                                                                          "peak_gib": 35.0}},
+                "50x518x518": {"full": {"error": "out of memory"}, "aggregator": {"error": "out of memory"}}}
+    ours = {"100x518x518": {"full": {"seconds": 3.0, "peak_gib": 12.0}, "aggregator": {"seconds": 2.5,
+                                                                                      "peak_gib": 7.0}},
+            "50x518x518": {"full": {"seconds": 1.0, "peak_gib": 6.0}, "aggregator": {"seconds": 0.9, "peak_gib": 5.0}},
+            "200x518x518": {"full": {"seconds": 9.0, "peak_gib": 20.0}, "aggregator": {"seconds": 8.0,
+                                                                                      "peak_gib": 19.0}}}
+    out = ratios(official, ours)
+    assert out["100x518x518"] == {"full_time_ratio": 2.0, "full_memory_ratio": 3.0, "aggregator_time_ratio": 2.0,
+                                  "aggregator_memory_ratio": 5.0}
+    assert out["50x518x518"] == {} and "200x518x518" not in out
