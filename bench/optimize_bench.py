@@ -452,7 +452,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = RESULTS / (args.json or ("optimize.json" if args.gpu else "optimize_cpu.json"))
 
     def write(record: dict) -> None:
-        RESULTS.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=1, default=float) + "\n")
 
     sections: dict[str, Callable[[], dict]] = {
