@@ -338,6 +338,11 @@ def main(argv: Optional[list[str]] = None) -> int:
               "device": device_name(device), "versions": versions(), "environment": environment(device)}
 
     previous = json.loads(out.read_text()) if args.merge and out.is_file() else {}
+    if previous and previous.get("device") != header["device"]:
+        # Sizes measured on another GPU kind are not comparable with this call's: start a fresh file instead.
+        print(f"--merge: {out} was measured on {previous.get('device')}, this call runs on {header['device']}; "
+              "its sizes are not kept", file=sys.stderr)
+        previous = {}
 
     def save(record: dict, complete: bool = False) -> None:
         merged = {**header, **record, "complete": complete}
@@ -347,6 +352,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 merged[part] = {**old, **new} if isinstance(new, dict) else old
         if isinstance(merged.get("official"), dict) and isinstance(merged.get("ours"), dict):
             merged["speedup"] = ratios(merged["official"], merged["ours"])   # every size measured by both
+        for part in ("attention_kernels", "attention_refused"):              # kernels chosen by every call
+            if isinstance(previous.get(part), dict):
+                merged[part] = {**previous[part], **record.get(part, {})}
         if "windowed" in previous and "windowed" not in record:
             merged["windowed"] = previous["windowed"]
         if previous:

@@ -368,7 +368,8 @@ def bench_quality(workdir: Path, geometry: str, seeds: list[int], models: list[s
                     traceback.print_exc()
                     row = {"error": traceback.format_exc(limit=3).splitlines()[-1]}
                 runs.append({"scene": kind, "seed": seed, "model": model, **row})
-                save({"geometry": geometry, "seeds": seeds, "runs": runs, "complete": False})
+                save({"geometry": geometry, "seeds": seeds, "overrides": list(extra_overrides), "runs": runs,
+                      "complete": False})
                 print(f"  {kind} seed {seed} {model}: " + ", ".join(
                     f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
     summary = []

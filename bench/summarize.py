@@ -576,7 +576,14 @@ def optimize_quality_rows(R: Results) -> list[Measured]:
             if summary is not MISSING else None
         least = figure(R, name, ("quality", "summary", gains[0], "psnr_over_static"), "{:+.2f}", "min",
                        [(name, ("quality", "summary", j, "psnr_over_static")) for j in gains[1:]]) if gains else None
-        rows.append(Measured(f"each deformation model ≥ 5 dB above static: {kind} seed 0, 12 bases, optimize_bench",
+        seeds = R.get(name, ("quality", "seeds"))
+        overrides = R.get(name, ("quality", "overrides"))
+        commit = R.get(name, ("environment", "git_commit"))
+        setting = ", ".join(
+            ([f"seeds {' '.join(map(str, seeds))}"] if seeds is not MISSING else [])
+            + ([" ".join(overrides)] if overrides is not MISSING and overrides else [])
+            + ([f"configs as of {str(commit)[:7]}"] if commit is not MISSING else []))
+        rows.append(Measured(f"each deformation model ≥ 5 dB above static: {kind} scenes, optimize_bench ({setting})",
                              least, [least, " dB (smallest over the models run)"], at_least(5.0),
                              ["static ", *unit(figure(R, name, ("quality", "summary", static, "psnr"), "{:.2f}"),
                                                " dB")] if static is not None else None, device(R, name), name))

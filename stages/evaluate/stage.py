@@ -104,16 +104,17 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tup
     frames = scene.test_frames
     keep = {f.name for f in evenly_spaced(frames, cfg.report_views)}
     nets: dict[str, object] = {"alex": None, "vgg": None}
-    unavailable = ""
+    missing: dict[str, str] = {}
     if cfg.lpips and frames:
         for name in nets:          # each backbone on its own: an offline host may hold AlexNet's weights only
             try:
                 nets[name] = get_lpips(name, device)
             except UserError as err:   # no weights and no registry: the other metrics still count
-                unavailable = unavailable or str(err)
+                missing[name] = str(err)
                 log.warning(f"LPIPS-{name} skipped: {err}; rerun `page4dgs evaluate RUN` once the weights are in "
                             "place")
     alex, vgg = nets["alex"], nets["vgg"]
+    unavailable = missing.get("alex", "")
     per_view, extra, masked, kept = [], [], [], []
     for frame in progress(frames, desc="metrics", unit="view"):
         gt = quantize_8bit(scene.rgb(frame))
@@ -134,6 +135,8 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tup
             kept.append(ViewImages(frame.name, gt, render, row))
     source = (alex.source if alex else f"not computed ({unavailable})" if unavailable
               else "not computed (no test views)" if cfg.lpips else "not computed (evaluate.lpips = false)")
+    if "vgg" in missing and alex:
+        source += f"; lpips_vgg not computed ({missing['vgg']})"
     return per_view, extra, masked, kept, source
 
 

@@ -60,9 +60,9 @@ def voxel_keys(points: np.ndarray, voxel_size: float,
     them instead of two column reductions over all points per size; floor is monotonic, so the cells are the same).
     """
     lo, hi = bounds if bounds is not None else (points.min(axis=0), points.max(axis=0))
-    origin = np.floor(lo / voxel_size)                                # (3,) the cell of the lowest corner
-    cells = (np.floor(points / voxel_size) - origin).astype(np.int64)  # (N, 3), >= 0
-    dims = (np.floor(hi / voxel_size) - origin).astype(np.int64) + 1  # (3,)
+    origin = np.floor(lo / voxel_size).astype(np.int64)              # (3,) the cell of the lowest corner
+    cells = np.floor(points / voxel_size).astype(np.int64) - origin   # (N, 3), >= 0 (in int64: exact)
+    dims = np.floor(hi / voxel_size).astype(np.int64) - origin + 1    # (3,)
     if float(dims[0]) * float(dims[1]) * float(dims[2]) < 2.0**62:
         return (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
     return np.unique(cells, axis=0, return_inverse=True)[1].reshape(-1)   # huge grids: rank the rows instead

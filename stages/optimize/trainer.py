@@ -407,13 +407,19 @@ def torch_threads(count: int):
 
 @contextlib.contextmanager
 def cuda_tf32(enabled: bool):
-    """Temporarily allow (or forbid) TF32 in CUDA float32 matrix products; the previous setting comes back."""
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
+    """Temporarily allow (or forbid) TF32 in CUDA float32 matrix products; the previous setting comes back.
+
+    Newer torch keeps this as ``torch.backends.cuda.matmul.fp32_precision`` ('tf32' / 'ieee' / 'none'); setting the
+    legacy ``allow_tf32`` there would mix the two APIs, so the new one is used where it exists.
+    """
+    matmul = torch.backends.cuda.matmul
+    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    previous = getattr(matmul, name)
+    setattr(matmul, name, ("tf32" if enabled else "ieee") if name == "fp32_precision" else enabled)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+        setattr(matmul, name, previous)
 
 
 def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path,
@@ -426,7 +432,8 @@ def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_d
     On a CPU, training runs with ``cfg.cpu_threads`` torch threads.
     """
     device = torch.device(device)
-    with torch_threads(cfg.cpu_threads if device.type == "cpu" else 0), cuda_tf32(cfg.tf32 and device.type == "cuda"):
+    precision = cuda_tf32(cfg.tf32) if device.type == "cuda" else contextlib.nullcontext()
+    with torch_threads(cfg.cpu_threads if device.type == "cpu" else 0), precision:
         return _train(cfg, data, initial, out_dir, device, seed, resume, stop_after)
 
 

@@ -178,3 +178,4 @@ def test_lpips_alex_without_vgg_weights(fake_run, monkeypatch):
     m = evaluate_run(fake_run.run_dir, config, load_scene(config.scene), "cpu").metrics
     assert m["lpips_vgg"] is None and m["lpips_alex"] == pytest.approx(both["lpips_alex"], abs=1e-7)
     assert both["lpips_vgg"] is not None
+    assert "vgg weights missing" in m["protocol"]["lpips"], "the protocol says why lpips_vgg is null"

@@ -237,3 +237,11 @@ def test_budget_gives_one_density_unless_the_dynamic_share_is_exceeded(rng):
     n_dyn = sum(count_voxels(p, d_voxel) for p in big)
     assert d_voxel > s_voxel and 0.27 * 20000 < n_dyn <= 0.3 * 20000
     assert 0.9 * 20000 < n_dyn + count_voxels(floor, s_voxel) <= 20000
+
+
+def test_voxel_ids_are_exact_for_float32_points_far_apart():
+    """Cell indices are offset in int64, so float32 coordinates spanning more than 2**24 cells stay distinct."""
+    points = np.array([[-3e7, 0, 0], [29999998, 0, 0], [3e7, 0, 0]], dtype=np.float32)
+    assert count_voxels(points, 1.0) == 3
+    assert count_voxels(points.astype(np.float64), 1.0) == 3
+    assert count_voxels(points[:0], 1.0) == 0

@@ -77,6 +77,7 @@ def _autotune(key: tuple, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Opti
                 error = (out.float() - reference).abs().max().item()
                 if not error <= 2e-2 * max(reference.abs().max().item(), 1.0):
                     log.warning(f"attention kernel {kernel} disagrees with the reference ({error:.3g}); skipped")
+                    _refused.setdefault(key, {})[kernel] = f"disagrees with the first kernel by {error:.3g}"
                     continue
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -86,7 +87,8 @@ def _autotune(key: tuple, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Opti
             end.synchronize()
             timings[kernel] = start.elapsed_time(end) / 2
         except RuntimeError as err:  # the kernel does not accept this shape, dtype or GPU
-            _refused.setdefault(key, {})[kernel] = str(err).strip().splitlines()[0][:200] if str(err) else "refused"
+            message = str(err).strip()
+            _refused.setdefault(key, {})[kernel] = message.splitlines()[0][:200] if message else "refused"
             log.debug(f"attention kernel {kernel} unavailable for {key}: {err}")
     best = min(timings, key=timings.get) if timings else None
     log.debug(f"attention kernels for {key}: {timings} -> {best}")
@@ -108,7 +110,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     if dtype in (torch.float16, torch.bfloat16):
         # One dtype and a dense layout for all three: under autocast q and k arrive in float32 (qk-norm, RoPE) and v
         # as a strided view of the fused qkv projection; cuDNN's kernels refuse such mixed strides.
-        q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
+        q, k, v = (t.to(dtype).contiguous() if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else t
+                   for t in (q, k, v))                                # autocast never casts float64 either
     if _policy != "auto":
         if _policy in ("cudnn", "flash") and dtype not in (torch.float16, torch.bfloat16):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)  # these kernels take 16-bit inputs only
