@@ -289,19 +289,9 @@ def environment(device: str) -> dict:
         info["device"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     else:
-        info["device"] = _cpu_name()
+        info["device"] = common.cpu_name()
     info["environment"] = common.environment(device)            # driver, versions, exact command (bench/common.py)
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def write(name: str, result: dict) -> None:

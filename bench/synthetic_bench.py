@@ -34,16 +34,6 @@ from bench import common
 RESULTS = Path(__file__).resolve().parent / "results" / "synthetic.json"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _environment(device: str) -> dict:
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": "python -m bench.synthetic_bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -52,7 +42,7 @@ def _environment(device: str) -> dict:
     if device == "cuda":
         env["device"] = torch.cuda.get_device_name(0)
         env["cuda"] = torch.version.cuda
-    env["host_cpu"] = _cpu_name()
+    env["host_cpu"] = common.cpu_name()
     env["environment"] = common.environment(device)             # driver, versions, exact command (bench/common.py)
     return env
 
