@@ -17,9 +17,10 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -115,3 +116,20 @@ def environment(device: str = "auto") -> dict[str, Any]:
                  "platform": platform.platform()},
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
+
+
+def wall_times(fn: Callable[[], object], repeats: int, sync: Callable[[], object] = lambda: None,
+               after_warmup: Callable[[], object] = lambda: None) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after one warm-up call; ``sync`` runs after every call (e.g.
+    ``torch.cuda.synchronize``) and ``after_warmup`` once between the warm-up and the timed calls (e.g. resetting
+    peak-memory statistics)."""
+    fn()
+    sync()
+    after_warmup()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times

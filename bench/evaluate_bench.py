@@ -21,7 +21,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +50,7 @@ def image_pair(size: int = 800) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def timed(fn, repeats: int, sync=lambda: None) -> dict:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
+    times = common.wall_times(fn, repeats, sync)
     return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "repeats": repeats}
 
 

@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bench.common import environment
+from bench.common import environment, wall_times
 from bench.page4d_official import build_official, official_path, set_official_mask
 from stages.geometry.page4d import PAGE4D, ModelConfig, sdpa
 from stages.geometry.page4d.inference import Predictor, predict_sequence, prepare_model
@@ -67,16 +67,8 @@ def measure(fn: Callable[[], object], device: str, repeats: int) -> dict:
             torch.cuda.synchronize()
 
     try:
-        fn()
-        sync()
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
+        times = wall_times(fn, repeats, sync,
+                           after_warmup=torch.cuda.reset_peak_memory_stats if device == "cuda" else lambda: None)
         peak = torch.cuda.max_memory_allocated() / GiB if device == "cuda" else None
         return {"seconds": round(statistics.median(times), 4), "runs": [round(t, 4) for t in times],
                 "peak_gib": None if peak is None else round(peak, 2)}

@@ -28,7 +28,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -74,18 +73,6 @@ def random_scene(n: int, width: int, height: int, *, seed: int = 0, size_px: flo
     return [t.to(device) for t in tensors]
 
 
-def timed(fn, repeats: int, sync=lambda: None) -> list[float]:
-    fn()                                                   # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def summary(times: list[float]) -> dict:
     return {"min_s": min(times), "median_s": statistics.median(times), "repeats": len(times)}
 
@@ -119,8 +106,8 @@ def bench_cpu(repeats: int, quick: bool) -> dict:
                 reps = max(3, repeats // 3) if n >= 100_000 else repeats
                 row = {"width": width, "height": height, "n_gaussians": n, "size_px": size_px,
                        "threads": threads, "config": name,
-                       "forward": summary(timed(forward, reps)),
-                       "forward_backward": summary(timed(forward_backward, reps)),
+                       "forward": summary(common.wall_times(forward, reps)),
+                       "forward_backward": summary(common.wall_times(forward_backward, reps)),
                        "load_average_1min": os.getloadavg()[0]}
                 rows.append(row)
                 print(f"{width}x{height} N={n:>6} threads={threads} {name:<30} "
@@ -241,7 +228,7 @@ def speed_case(name: str, width: int, height: int, n: int, size_px: float, what:
                 (image.sum() + alpha.sum()).backward()
 
         repeats = 50 if backend == "gsplat" else 5
-        times = timed(step, repeats, sync=torch.cuda.synchronize)
+        times = common.wall_times(step, repeats, sync=torch.cuda.synchronize)
         row[backend] = {**summary(times), "per_second_at_median": 1.0 / statistics.median(times)}
     row["gsplat_speedup_over_torch_median"] = row["torch"]["median_s"] / row["gsplat"]["median_s"]
     unit = "fps" if what == "forward" else "it/s"
