@@ -4,7 +4,9 @@ Formats (detected from the file):
 - ``vggt``: facebook/VGGT-1B ``model.pt`` (a raw state dict) or ``model.safetensors``.
 - ``page4d``: PAGE-4D ``checkpoint_nomask.pt`` / ``checkpoint_mask.pt`` (the trainer's dict, state dict under
   ``"model"``). The mask is on at inference for the mask variant and off for nomask.
-- ``page4dgs``: our own safetensors, with the model config and flags in the header metadata.
+- ``page4dgs``: our own safetensors, with the model config and flags in the header metadata; its weights are
+  float16 (or float32), or 8-bit (``weights_format`` ``int8-per-channel-symmetric``, see :func:`encode_state`), which
+  :func:`read_checkpoint` dequantizes, so every loader gets float tensors under the model's own names.
 
 Where a file comes from: a path; an alias (``vggt-1b``, ``page4d-nomask``, ``page4d-mask``) looked up in the
 Hugging Face cache, or downloaded through ``huggingface_hub`` where a network is allowed; or, for ``page4d-tiny``,
@@ -140,6 +142,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str,
                 state = {key: f.get_tensor(key) for key in f.keys()}
             fmt = "page4dgs" if "page4dgs" in header else "vggt"
             metadata = _decode_metadata(header)
+            if fmt == "page4dgs":
+                state = decode_state(state, metadata.get("weights_format"), path)
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
             if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -252,20 +256,146 @@ def load_model(model_name: str, checkpoint: str = "", mask: str = "auto", device
     model.mask_enabled = enabled
     info = CheckpointInfo(str(path), fmt, "page4d" if has_mask_head else "vggt", enabled,
                           bool(metadata.get("mask_supervised", False)) and has_mask_head, ignored, metadata)
+    stored = f", {metadata['weights_format']} weights" if "weights_format" in metadata else ""
+    bundled = "bundled " if path == BUNDLED.get(model_name) else ""
+    log.info(f"{config.name}: {bundled}weights {path} ({fmt}{stored})")
     return model.to(device).eval(), info
 
 
-def save_weights(model: PAGE4D, path: str | Path, mask_enabled: bool = False, mask_supervised: bool = False,
-                 dtype: torch.dtype = torch.float16, **extra: Any) -> None:
-    """Our safetensors format: weights (``dtype``) + metadata {page4dgs, model_config, mask flags, extra}."""
+# ----------------------------------------------------------------------------------------------------------------
+# Our format: float16 or 8-bit weights
+
+
+INT8_FORMAT = "int8-per-channel-symmetric"
+INT8_VALUES = ".int8"              # "<name>.int8": int8 values, the tensor's own shape
+INT8_SCALE = ".int8_scale"         # "<name>.int8_scale": float32 (shape[0],), one scale per slice of dim 0
+INT8_MIN_ELEMENTS = 4096
+INT8_MAX = 127                     # symmetric range [-127, 127]; -128 is never written
+FLOAT_FORMATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def is_int8_candidate(tensor: torch.Tensor, min_elements: int = INT8_MIN_ELEMENTS) -> bool:
+    """Linear / conv / embedding matrices: floating, >= 2 dims, >= ``min_elements`` values and more than one slice
+    along dim 0 (a leading broadcast axis of 1, as in ``pos_embed`` (1, N, C), has no channels to scale)."""
+    return (tensor.is_floating_point() and tensor.dim() >= 2 and tensor.numel() >= min_elements
+            and tensor.shape[0] > 1)
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-channel 8-bit quantization, round to nearest.
+
+    weight (R, ...) floating -> (values int8 (R, ...) in [-127, 127], scale float32 (R,) = max|w| over the slice
+    / 127). ``values * scale`` is within ``scale / 2`` of ``weight`` per element (plus float32 rounding). For Linear
+    and Conv weights dim 0 is the output channel (for ConvTranspose it is the input channel: the bound is the same).
+    An all-zero slice gets scale 0 and values 0.
+    """
+    w = weight.detach().to("cpu", torch.float32)
+    scale = w.abs().amax(dim=tuple(range(1, w.dim()))) / INT8_MAX           # (R,); NaN/inf where w has one
+    if not torch.isfinite(scale).all():
+        raise ValueError("cannot quantize non-finite weights")
+    per_row = scale.view(-1, *([1] * (w.dim() - 1)))                       # (R, 1, ...) broadcast over the slice
+    values = torch.round(w / torch.where(per_row > 0, per_row, 1.0)).clamp_(-INT8_MAX, INT8_MAX)
+    return values.to(torch.int8), scale
+
+
+def dequantize_int8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """values int8 (R, ...), scale (R,) -> float32 (R, ...) = values * scale per slice of dim 0."""
+    return values.to(torch.float32) * scale.to(torch.float32).view(-1, *([1] * (values.dim() - 1)))
+
+
+def encode_state(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float16, int8: bool = False,
+                 min_elements: int = INT8_MIN_ELEMENTS) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A state dict -> (tensors to store, header entries describing them).
+
+    Floating tensors are stored in ``dtype``. With ``int8``, each :func:`is_int8_candidate` tensor ``name`` is
+    stored instead as ``name.int8`` (int8 values) and ``name.int8_scale`` (float32 scales), quantized from the given
+    values (pass float32 master weights where they exist). Non-floating tensors are stored as they are.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    quantized = 0
+    for name, tensor in state.items():
+        tensor = tensor.detach().to("cpu")
+        if int8 and is_int8_candidate(tensor, min_elements):
+            try:
+                values, scale = quantize_int8(tensor)
+            except ValueError as err:
+                raise UserError(f"weights cannot be exported in 8 bits: {name}: {err}") from None
+            tensors[name + INT8_VALUES], tensors[name + INT8_SCALE] = values.contiguous(), scale.contiguous()
+            quantized += 1
+        else:
+            tensors[name] = (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
+    other = str(dtype).removeprefix("torch.")
+    if not int8:
+        return tensors, {"weights_format": other}
+    return tensors, {"weights_format": INT8_FORMAT,
+                     "quantization": {"values": f"<name>{INT8_VALUES} int8 in [-{INT8_MAX}, {INT8_MAX}]",
+                                      "scale": f"<name>{INT8_SCALE} float32 (shape[0],) = max|w| per slice of dim 0"
+                                               f" / {INT8_MAX}",
+                                      "weight": f"<name>{INT8_VALUES} * <name>{INT8_SCALE} (per slice of dim 0)",
+                                      "rounding": "nearest", "min_elements": min_elements,
+                                      "quantized_tensors": quantized, "other_tensors": other}}
+
+
+def decode_state(stored: dict[str, torch.Tensor], weights_format: Optional[str],
+                 source: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
+    """Stored tensors of our format -> the state dict under the model's names (8-bit ones dequantized to float32).
+
+    ``weights_format`` is the header's entry (None in files older than it: float weights). A file whose tensors do
+    not fit its declared format is a UserError naming the first problem.
+    """
+    packed = sorted(k for k in stored if k.endswith((INT8_VALUES, INT8_SCALE)))
+    if weights_format is None or weights_format in FLOAT_FORMATS:
+        if packed:
+            raise UserError(f"8-bit tensors ({packed[0]}) in a file whose weights_format is "
+                            f"{weights_format or 'unset'} (expected {INT8_FORMAT})", source)
+        return stored
+    if weights_format != INT8_FORMAT:
+        raise UserError(f"unknown weights_format {weights_format!r} (this version reads "
+                        f"{', '.join(FLOAT_FORMATS)} and {INT8_FORMAT})", source)
+    state = {k: v for k, v in stored.items() if k not in packed}
+    problems = []
+    for key in packed:
+        base = key.removesuffix(INT8_VALUES) if key.endswith(INT8_VALUES) else key.removesuffix(INT8_SCALE)
+        values, scale = stored.get(base + INT8_VALUES), stored.get(base + INT8_SCALE)
+        if key != base + INT8_VALUES and values is not None:
+            continue                                    # the pair is checked from its values entry
+        if values is None or scale is None:
+            problems.append(f"{key} has no {INT8_SCALE if values is not None else INT8_VALUES} partner")
+        elif base in stored:
+            problems.append(f"{base} is stored both as float and as 8 bits")
+        elif values.dtype != torch.int8 or values.dim() < 2:
+            problems.append(f"{key} is {values.dtype} {tuple(values.shape)}, expected int8 with >= 2 dims")
+        elif not scale.is_floating_point() or tuple(scale.shape) != (values.shape[0],):
+            problems.append(f"{base}{INT8_SCALE} is {scale.dtype} {tuple(scale.shape)}, expected float "
+                            f"({values.shape[0]},)")
+        elif not (torch.isfinite(scale).all() and (scale >= 0).all()):
+            problems.append(f"{base}{INT8_SCALE} has negative or non-finite scales")
+        else:
+            state[base] = dequantize_int8(values, scale)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"inconsistent 8-bit weights: {problems[0]}{more}", source)
+    return state
+
+
+def write_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any],
+                  dtype: torch.dtype = torch.float16, int8: bool = False) -> None:
+    """Write ``state`` in our safetensors format with ``metadata`` (JSON-encoded values) and the format entries."""
     from safetensors.torch import save_file
 
     from pipeline.io import atomic_path
 
-    metadata = {"page4dgs": "1", "model_config": json.dumps(model.config.to_dict()),
-                "mask_enabled": json.dumps(bool(mask_enabled)), "mask_supervised": json.dumps(bool(mask_supervised))}
-    metadata.update({k: json.dumps(v) for k, v in extra.items()})
-    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in model.state_dict().items()}
+    tensors, format_entries = encode_state(state, dtype, int8)
+    kept = {k: v for k, v in metadata.items() if k not in ("weights_format", "quantization")}  # a re-encoded file's
+    header = {k: json.dumps(v) for k, v in {**kept, **format_entries}.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata=header)
+
+
+def save_weights(model: PAGE4D, path: str | Path, mask_enabled: bool = False, mask_supervised: bool = False,
+                 dtype: torch.dtype = torch.float16, int8: bool = False, **extra: Any) -> None:
+    """Our safetensors format: weights (``dtype``, or 8-bit matrices with ``int8``, see :func:`encode_state`) +
+    metadata {page4dgs, model_config, mask flags, weights_format[, quantization], extra}."""
+    metadata = {"page4dgs": 1, "model_config": model.config.to_dict(), "mask_enabled": bool(mask_enabled),
+                "mask_supervised": bool(mask_supervised), **extra}
+    write_weights(model.state_dict(), path, metadata, dtype, int8)

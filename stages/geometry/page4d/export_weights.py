@@ -1,12 +1,17 @@
 """Turn a training checkpoint into the weights file the geometry stage loads, and move large files in parts.
 
     python -m stages.geometry.page4d.export_weights runs/train/page4d-tiny/checkpoint.pt \\
-        [--out stages/geometry/page4d/weights/page4d-tiny.safetensors]
+        [--out stages/geometry/page4d/weights/page4d-tiny.safetensors] [--int8]
+    python -m stages.geometry.page4d.export_weights WEIGHTS.safetensors --int8 --out W8.safetensors  # re-encode
     python -m stages.geometry.page4d.export_weights --split FILE --part-mib 15 --to DIR   # FILE -> DIR/FILE.partNN
     python -m stages.geometry.page4d.export_weights --join DIR/FILE.part00 --out FILE      # parts -> FILE, verified
 
 The weights file is fp16 safetensors with metadata (model config, mask flags, training config and state, data,
 device); it loads with :func:`stages.geometry.page4d.checkpoint.load_model` and also resumes training (weights only).
+``--int8`` stores every Linear/Conv matrix (>= 2 dims, >= 4096 values) as int8 with one float32 scale per slice of
+dim 0 and the rest in fp16 (``weights_format`` ``int8-per-channel-symmetric``; half the size); the readers
+dequantize it transparently. Quantize from the training checkpoint (float32 masters) where it exists; a weights
+file given instead is re-encoded from its stored values (its metadata is kept).
 Splitting exists because the GPU host returns files of at most 16 MiB: the parts carry a SHA-256 manifest and the
 join checks it.
 """
@@ -25,8 +30,9 @@ from pipeline.io import atomic_path, write_json
 DEFAULT_OUT = Path(__file__).resolve().parent / "weights" / "page4d-tiny.safetensors"
 
 
-def export_checkpoint(checkpoint: Path, out: Path) -> dict:
-    """Write the fp16 weights of a training checkpoint (``checkpoint.pt``) to ``out``; returns its metadata."""
+def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False) -> dict:
+    """Write the fp16 (``int8``: 8-bit matrices + fp16) weights of a training checkpoint (``checkpoint.pt``) to
+    ``out``; returns its step, schedule length and path."""
     from stages.geometry.page4d.config import ModelConfig
     from stages.geometry.page4d.model import PAGE4D
     from stages.geometry.page4d.train import TrainConfig, TrainState, _update, export_weights, load_checkpoint
@@ -39,8 +45,20 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict:
     model.load_state_dict(payload["model"])
     model.aggregator.mask_step = payload["mask_step"]
     state = TrainState(**payload["state"])
-    export_weights(model, Path(out), config, state, {"finished": state.step >= config.steps})
-    return {"step": state.step, "steps": config.steps, "out": str(out)}
+    export_weights(model, Path(out), config, state, {"finished": state.step >= config.steps}, int8=int8)
+    return {"step": state.step, "steps": config.steps, "out": str(out), "bytes": Path(out).stat().st_size}
+
+
+def convert_weights(weights: Path, out: Path, int8: bool = True) -> dict:
+    """Re-encode one of our weights files (float or 8-bit) as 8-bit (``int8``) or fp16, keeping its metadata."""
+    from stages.geometry.page4d.checkpoint import INT8_FORMAT, read_checkpoint, write_weights
+
+    state, fmt, metadata = read_checkpoint(Path(weights))
+    if fmt != "page4dgs":
+        raise UserError("not a page4dgs weights file (give a training checkpoint.pt or our .safetensors)", weights)
+    write_weights(state, out, metadata, int8=int8)
+    return {"source": str(weights), "out": str(out), "bytes": Path(out).stat().st_size,
+            "weights_format": INT8_FORMAT if int8 else "float16"}
 
 
 def split_file(path: Path, part_mib: float, to: Path) -> list[Path]:
@@ -79,8 +97,11 @@ def join_parts(first_part: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.geometry.page4d.export_weights", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?", type=Path, help="training checkpoint (checkpoint.pt)")
+    parser.add_argument("checkpoint", nargs="?", type=Path,
+                        help="training checkpoint (checkpoint.pt), or a weights file (.safetensors) to re-encode")
     parser.add_argument("--out", type=Path, default=None, help=f"output file (default {DEFAULT_OUT})")
+    parser.add_argument("--int8", action="store_true",
+                        help="8-bit matrices (int8, one float32 scale per output channel) + fp16 for the rest")
     parser.add_argument("--split", type=Path, help="split this file into parts")
     parser.add_argument("--part-mib", type=float, default=15.0)
     parser.add_argument("--to", type=Path, default=Path("."))
@@ -92,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(part)
         elif args.join:
             print(join_parts(args.join, args.out or Path(args.join.name.rsplit(".part", 1)[0])))
+        elif args.checkpoint and args.checkpoint.suffix == ".safetensors":
+            if args.out is None or args.out.resolve() == args.checkpoint.resolve():
+                parser.error("re-encoding a weights file needs --out (another file)")
+            print(json.dumps(convert_weights(args.checkpoint, args.out, args.int8)))
         elif args.checkpoint:
-            print(json.dumps(export_checkpoint(args.checkpoint, args.out or DEFAULT_OUT)))
+            print(json.dumps(export_checkpoint(args.checkpoint, args.out or DEFAULT_OUT, args.int8)))
         else:
             parser.error("give a checkpoint, --split FILE or --join PART")
     except UserError as err:

@@ -386,9 +386,11 @@ def compare_configs(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     return sorted(k for k in current if k not in BOOKKEEPING_FIELDS and saved.get(k) != current[k])
 
 
-def export_weights(model, path: Path, config: TrainConfig, state: TrainState, extra: Optional[dict] = None) -> None:
-    """fp16 safetensors in the format of :func:`stages.geometry.page4d.checkpoint.save_weights` plus training
-    metadata (config, steps, data, time); :func:`train` can also resume from it (weights only)."""
+def export_weights(model, path: Path, config: TrainConfig, state: TrainState, extra: Optional[dict] = None,
+                   int8: bool = False) -> None:
+    """fp16 (or, with ``int8``, 8-bit matrices + fp16) safetensors in the format of
+    :func:`stages.geometry.page4d.checkpoint.save_weights` plus training metadata (config, steps, data, time);
+    :func:`train` can also resume from it (weights only)."""
     from stages.geometry.page4d.checkpoint import save_weights
     from stages.geometry.page4d.mask_head import mask_alpha_factor
 
@@ -398,7 +400,7 @@ def export_weights(model, path: Path, config: TrainConfig, state: TrainState, ex
     bias_on = mc.mask_head and mask_alpha_factor(model.aggregator.mask_step, mc.mask_hold_start,
                                                  mc.mask_hold_end) > 0
     save_weights(model, path, mask_enabled=bias_on, mask_supervised=config.loss.mask_weight > 0,
-                 dtype=torch.float16, train_config=config.to_dict(), train_state=dataclasses.asdict(state),
+                 dtype=torch.float16, int8=int8, train_config=config.to_dict(), train_state=dataclasses.asdict(state),
                  mask_step=float(model.aggregator.mask_step), data=describe_data(config), **(extra or {}))
 
 
@@ -677,8 +679,8 @@ def _resume_weights_only(path: Path, model, state: TrainState, config: TrainConf
     differing = compare_configs(metadata.get("train_config", {}), config)
     if differing:
         log.warning(f"resuming with a different config ({', '.join(differing)})")
-    log.info(f"resumed weights only from {path} at step {state.step}: fp16 weights, fresh AdamW moments, learning "
-             f"rates ramped up again over {config.rewarmup_steps} steps")
+    log.info(f"resumed weights only from {path} at step {state.step}: {metadata.get('weights_format', 'float16')} "
+             f"weights, fresh AdamW moments, learning rates ramped up again over {config.rewarmup_steps} steps")
     return state.step
 
 
