@@ -10,16 +10,23 @@
 #                                         returned, carried back in: a weights-only resume (fp16 weights, the step and
 #                                         the data stream restored; AdamW moments restart with a short learning-rate
 #                                         re-warm-up);
-#   3. nothing: a fresh start.
+#   3. $RESUME_FROM - exported weights with their training state (e.g. the bundled
+#                                         stages/geometry/page4d/weights/page4d-tiny.safetensors, which travels with
+#                                         the checkout): weights only, as in 2; with a larger `steps=` this continues
+#                                         training on a longer schedule;
+#   4. nothing: a fresh start.
 # The chunk trains for MINUTES minutes of wall time (the loop stops cleanly before that with a checkpoint), then
 # writes to $OUT (files of at most 16 MiB, at most 8 of them):
 #   CONFIG-weights.safetensors.part00, .part01  the fp16 weights with the training state (split at 15 MiB)
 #   CONFIG-weights.safetensors.parts.json        sizes and SHA-256 of the parts
 #   train_log.csv, summary.json, chunk.json      the loss/throughput log, the run summary, this chunk's timing
 # To continue in a later session: copy those parts into runs/carry/ here and carry runs/carry to the next call.
-# When the schedule is complete the final weights are also written to the config's `export` path (for page4d-tiny,
-# stages/geometry/page4d/weights/page4d-tiny.safetensors); join the parts here to get the same file:
+# When the schedule is complete the final weights are also written to the config's `export` path in its
+# `export_format` (for page4d-tiny: 8-bit, stages/geometry/page4d/weights/page4d-tiny.safetensors) and copied to $OUT;
+# joining the fp16 parts and re-encoding them gives nearly the same file (8-bit steps of the fp16-rounded weights):
 #   python -m stages.geometry.page4d.export_weights --join runs/carry/page4d-tiny-weights.safetensors.part00 \
+#       --out /tmp/page4d-tiny-fp16.safetensors
+#   python -m stages.geometry.page4d.export_weights /tmp/page4d-tiny-fp16.safetensors --int8 \
 #       --out stages/geometry/page4d/weights/page4d-tiny.safetensors
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +55,9 @@ elif [ -f "$CARRY.part00" ]; then
   "$PY" -m stages.geometry.page4d.export_weights --join "$CARRY.part00" --out "$RUN/carried.safetensors"
   echo "resuming (weights only) from the carried $CARRY parts"
   RESUME=(--resume "$RUN/carried.safetensors")
+elif [ -n "${RESUME_FROM:-}" ]; then
+  echo "resuming (weights only) from $RESUME_FROM"
+  RESUME=(--resume "$RESUME_FROM")
 else
   echo "no checkpoint: starting $CONFIG from scratch"
 fi
@@ -60,6 +70,11 @@ if [ -n "${OUT:-}" ]; then
   cp "$RUN/export/$NAME.safetensors" "$RUN/$CONFIG-weights.safetensors"
   "$PY" -m stages.geometry.page4d.export_weights --split "$RUN/$CONFIG-weights.safetensors" --part-mib 15 --to "$OUT"
   cp "$RUN/train_log.csv" "$RUN/summary.json" "$OUT/"
+  # A finished schedule also returns the shipped file (for page4d-tiny 8-bit, 15 MB: one file under 16 MiB).
+  EXPORT=$("$PY" -c "import yaml; print(yaml.safe_load(open('configs/train/$CONFIG.yaml')).get('export', ''))")
+  if [ -n "$EXPORT" ] && [ -f "$EXPORT" ] && "$PY" -c "import json,sys; sys.exit(0 if json.load(open('$RUN/summary.json'))['finished'] else 1)"; then
+    cp "$EXPORT" "$OUT/"
+  fi
 fi
 end=$(date +%s)
 "$PY" - "$start" "$end" "$CONFIG" "${OUT:-}" <<'PY'

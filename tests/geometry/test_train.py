@@ -275,3 +275,17 @@ def test_exported_weights_load_in_the_geometry_stage_and_match_the_trained_model
     assert len(parts) > 1 and all(p.stat().st_size <= 0.05 * 2**20 for p in parts)
     joined = join_parts(parts[0], tmp_path / "joined.safetensors")
     assert joined.read_bytes() == out.read_bytes()
+
+
+def test_final_export_is_written_in_the_configured_format(tmp_path, micro_model):
+    from stages.geometry.page4d.checkpoint import read_checkpoint
+
+    data = PlaneScenes(height=28, width=28, frames=2, seed=9)
+    final = tmp_path / "shipped" / "micro.safetensors"
+    run = training.train(_config(tmp_path, micro_model, steps=2, export=str(final), export_format="int8"), data=data)
+    assert run.finished and final.is_file()
+    _, _, shipped = read_checkpoint(final)
+    _, _, resumable = read_checkpoint(run.out_dir / "export" / "page4d-micro.safetensors")
+    assert shipped["weights_format"] == "int8-per-channel-symmetric"
+    assert resumable["weights_format"] == "float16"                    # what a weights-only resume reads
+    assert shipped["train_state"] == resumable["train_state"]

@@ -54,8 +54,8 @@ CHECKPOINT_VERSION = 1
 # recipe clips the aggregator and each head separately).
 CLIP_GROUPS = ("aggregator", "camera_head", "depth_head", "point_head")
 # Fields that change nothing of what is computed: they may differ between a checkpoint and the resuming config.
-BOOKKEEPING_FIELDS = ("out_dir", "checkpoint_every", "log_every", "max_minutes", "stop_after", "export", "device",
-                      "description")
+BOOKKEEPING_FIELDS = ("out_dir", "checkpoint_every", "log_every", "max_minutes", "stop_after", "export",
+                      "export_format", "device", "description")
 LOSS_COLUMNS = ("loss", "loss_camera", "loss_T", "loss_R", "loss_FoV", "loss_depth", "loss_conf_depth",
                 "loss_reg_depth", "loss_grad_depth", "loss_point", "loss_conf_point", "loss_reg_point",
                 "loss_grad_point", "loss_mask")
@@ -149,6 +149,10 @@ class TrainConfig:
     stop_after: int = option(0, "Stop this run after this many steps (0 = run to the end of the schedule).")
     export: str = option("", "Also write the final weights here when the schedule completes ('' = only "
                          "out_dir/export/).")
+    export_format: str = option("float16", "Format of the final weights written to ``export``: 'float16', or 'int8' "
+                                "(8-bit matrices with per-slice scales + fp16 rest: half the size; the accuracy "
+                                "change is measured by bench/quantization_bench.py). out_dir/export/ is always "
+                                "float16.", choices=("float16", "int8"))
     device: str = option("auto", "'auto' (CUDA if available), 'cpu' or 'cuda'.", choices=("auto", "cpu", "cuda"))
     loss: LossConfig = field(default_factory=LossConfig, metadata={"doc": "Loss weights (see losses.LossConfig)."})
 
@@ -620,8 +624,8 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     extra = {"device": device_name, "finished": finished}
     export_weights(model, export_path, config, state, extra)
     if finished and config.export:
-        export_weights(model, Path(config.export), config, state, extra)
-        log.info(f"exported the final weights to {config.export}")
+        export_weights(model, Path(config.export), config, state, extra, int8=config.export_format == "int8")
+        log.info(f"exported the final weights ({config.export_format}) to {config.export}")
     summary = {"stop_reason": stop_reason, "finished": finished, "state": dataclasses.asdict(state),
                "run_wall_s": time.perf_counter() - wall_start, "device": device_name,
                "torch": torch.__version__, "parameters": n_total, "trainable_parameters": n_trainable,
