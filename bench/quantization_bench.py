@@ -1,10 +1,11 @@
 """page4d-tiny in 8 bits: file size, per-tensor quantization error and the accuracy change on held-out scenes.
 
-    python -m bench.quantization_bench                 # CPU: 2 rooms + 2 objects, windows of 8 frames (~1-2 min)
-    python -m bench.quantization_bench --gpu           # CUDA, bench.train_eval_bench's full size (windows of 16)
-    python -m bench.quantization_bench --weights PATH [--rooms N --objects N --frames S --max-windows W]
+    python -m bench.quantization_bench --weights FP16      # CPU: 2 rooms + 2 objects, windows of 8 frames (~3-6 min)
+    python -m bench.quantization_bench --weights FP16 --gpu  # CUDA, bench.train_eval_bench's full size (16 frames)
+    python -m bench.quantization_bench --weights FP16 [--rooms N --objects N --frames S --max-windows W]
 
-The fp16 weights (default: the bundled file) are re-encoded as 8-bit (``weights_format`` int8-per-channel-symmetric,
+FP16 is a float weights file, e.g. a training run's runs/train/page4d-tiny/export/page4d-tiny.safetensors (the bundled
+file is itself 8-bit, so it cannot be the reference). It is re-encoded as 8-bit (``weights_format`` int8-per-channel-symmetric,
 exactly what ``python -m stages.geometry.page4d.export_weights WEIGHTS --int8 --out FILE`` writes) into a temporary
 file, and both files are loaded through the geometry stage's loader and evaluated on the same held-out synthetic
 sequences with :mod:`bench.train_eval_bench`'s scenes, network wrapper and metrics (depth Abs Rel and delta < 1.25
@@ -169,7 +170,7 @@ def print_report(weights: dict, evaluation: dict) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, default=None, help="fp16 weights file (default: the bundled one)")
+    parser.add_argument("--weights", type=Path, required=True, help="float (fp16/fp32) weights file to compare with")
     parser.add_argument("--rooms", type=int, default=2)
     parser.add_argument("--objects", type=int, default=2)
     parser.add_argument("--frames", type=int, default=None,
@@ -183,9 +184,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     device = torch.device("cuda" if args.gpu else "cpu")
     frames = args.frames or (16 if args.gpu else 8)
-    from stages.geometry.page4d.checkpoint import BUNDLED
+    from stages.geometry.page4d.checkpoint import read_checkpoint
 
-    weights_path = args.weights or BUNDLED["page4d-tiny"]
+    weights_path = args.weights
+    if not weights_path.is_file():
+        print(f"quantization_bench: weights file not found: {weights_path}", file=sys.stderr)
+        return 2
+    if read_checkpoint(weights_path)[2].get("weights_format", "float16").startswith("int8"):
+        print(f"quantization_bench: {weights_path} is already 8-bit: give the float weights it was made from",
+              file=sys.stderr)
+        return 2
     record = {"benchmark": "page4d_tiny_int8", **environment(device.type), "weights": str(weights_path),
               "frames_per_sequence": frames, "max_windows": args.max_windows,
               "seeds": {"room": [ROOM_SEED_BASE, ROOM_SEED_BASE + args.rooms - 1],

@@ -31,11 +31,17 @@ def test_rotation_change_between_camera_stacks():
     assert np.allclose(quantization_bench._rotation_deg(a, b), [0.0, 90.0], atol=1e-6)
 
 
-@pytest.mark.skipif(not BUNDLED["page4d-tiny"].is_file(), reason="bundled weights not found")
 def test_cpu_run_on_one_short_room_window(tmp_path):
+    from stages.geometry.page4d.checkpoint import save_weights
+    from stages.geometry.page4d.config import ModelConfig
+    from stages.geometry.page4d.model import PAGE4D
+
+    torch.manual_seed(0)
+    fp16 = tmp_path / "page4d-tiny-fp16.safetensors"               # a seeded, untrained page4d-tiny in fp16
+    save_weights(PAGE4D(ModelConfig.load("page4d-tiny")), fp16, mask_supervised=True)
     out = tmp_path / "int8.json"
-    assert quantization_bench.main(["--rooms", "1", "--objects", "0", "--frames", "3", "--max-windows", "1",
-                                    "--out", str(out)]) == 0
+    assert quantization_bench.main(["--weights", str(fp16), "--rooms", "1", "--objects", "0", "--frames", "3",
+                                    "--max-windows", "1", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     weights = record["weights_8bit"]
     assert weights["int8_bytes"] < 0.52 * weights["fp16_bytes"]
@@ -49,3 +55,11 @@ def test_cpu_run_on_one_short_room_window(tmp_path):
         assert value == pytest.approx(evaluation["per_kind"]["8-bit"]["room"][metric]
                                       - evaluation["per_kind"]["fp16"]["room"][metric])
     assert record["command"] and record["device"] and record["date"] and record["versions"]["torch"]
+
+
+def test_an_8bit_file_is_refused_as_the_reference(tmp_path, capsys):
+    assert quantization_bench.main(["--weights", str(tmp_path / "missing.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err
+    if BUNDLED["page4d-tiny"].is_file():                             # the bundled file ships 8-bit
+        assert quantization_bench.main(["--weights", str(BUNDLED["page4d-tiny"])]) == 2
+        assert "already 8-bit" in capsys.readouterr().err
