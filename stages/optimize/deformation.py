@@ -60,12 +60,26 @@ class Deformation(nn.Module):
 
     def displacement(self, means: torch.Tensor, time: float | torch.Tensor, anchor_times: torch.Tensor,
                      coefs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(M, D): offsets at ``time`` (scalar or (M,)) minus offsets at each Gaussian's anchor time (M,)."""
+        """(M, D): offsets at ``time`` (a float, or a tensor () or (M,)) minus offsets at each Gaussian's anchor time
+        (M,)."""
         m = means.shape[0]
-        times = torch.as_tensor(time, dtype=means.dtype, device=means.device).expand(m)
+        times = _times_like(time, anchor_times)
         both = self.offsets(torch.cat([means, means]), torch.cat([times, anchor_times]),
                             {k: torch.cat([v, v]) for k, v in coefs.items()})   # (2M, D)
         return both[:m] - both[m:]
+
+    def second_difference(self, means: torch.Tensor, times: torch.Tensor, step: float,
+                          coefs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(M, D): offsets(x, t - h) - 2 offsets(x, t) + offsets(x, t + h) at per-Gaussian times t (M,), h = ``step``.
+
+        This is the second difference in time of the displacement, and so of each Gaussian's trajectory: its
+        canonical state and its anchor-time offsets cancel, so neither is evaluated.
+        """
+        m = means.shape[0]
+        three = self.offsets(means.repeat(3, 1), torch.cat([times - step, times, times + step]),
+                             {k: v.repeat(3, *[1] * (v.dim() - 1)) for k, v in coefs.items()})   # (3M, D)
+        before, now, after = three.view(3, m, -1).unbind(0)
+        return before - 2 * now + after
 
     def regularization(self) -> torch.Tensor | None:
         """Model-specific regulariser (None if the model has none)."""
@@ -76,10 +90,22 @@ class Deformation(nn.Module):
 # Explicit: shared motion bases
 
 
-def cubic_bspline_weights(s: torch.Tensor) -> torch.Tensor:
-    """Uniform cubic B-spline blending weights (..., 4) for local coordinates s in [0, 1]."""
-    s2, s3 = s * s, s * s * s
-    return torch.stack([(1 - s) ** 3, 3 * s3 - 6 * s2 + 4, -3 * s3 + 3 * s2 + 3 * s + 1, s3], dim=-1) / 6.0
+def _times_like(time: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``time`` as an (M,) tensor like ``like`` (M,). A float is filled in on the device (``torch.full``), not copied
+    from the host: making a CUDA tensor from Python data is a blocking copy that waits for the GPU."""
+    if isinstance(time, torch.Tensor):
+        return time.to(like.dtype).expand(like.shape[0])
+    return torch.full(like.shape, float(time), dtype=like.dtype, device=like.device)
+
+
+def cubic_bspline(x: torch.Tensor) -> torch.Tensor:
+    """The uniform cubic B-spline centred at 0, elementwise: ((2 - |x|)+^3 - 4 (1 - |x|)+^3) / 6, support (-2, 2).
+
+    Its integer shifts sum to 1; on [0, 1] the four non-zero shifts B(s + 1), B(s), B(s - 1), B(s - 2) are the
+    blending weights (1 - s)^3 / 6, (3 s^3 - 6 s^2 + 4) / 6, (-3 s^3 + 3 s^2 + 3 s + 1) / 6, s^3 / 6.
+    """
+    a = x.abs()
+    return ((2 - a).clamp_min(0) ** 3 - 4 * (1 - a).clamp_min(0) ** 3) / 6
 
 
 class MotionBases(Deformation):
@@ -88,9 +114,15 @@ class MotionBases(Deformation):
     phi (B curves) are uniform cubic B-splines with ``knots`` control points over t in [0, 1], initialised to the
     cosines cos(pi b t), b = 1..B (a DCT basis), and learned. Positions are in world units (the coefficients carry
     them); anchoring cancels any constant part of phi.
+
+    phi(t) = W(t) control^T with W(t) (M, knots) the control points' B-spline weights: a dense matrix, so that phi
+    and its gradient for the control points are matrix products (a gather of control[:, index] would scatter-add
+    4M gradients into B x knots entries). W does not depend on learned values, so W of the anchor times and of each
+    render time are kept until their inputs change.
     """
 
     kind = "bases"
+    _CACHED_TIMES = 4096         # render times whose weights are kept (training uses one per training frame)
 
     def __init__(self, count: int = 12, knots: int = 16, with_opacity: bool = False):
         super().__init__(with_opacity)
@@ -100,6 +132,10 @@ class MotionBases(Deformation):
         tau = (torch.arange(knots, dtype=torch.float32) - 1.0) / (knots - 3)       # control-point times
         b = torch.arange(1, count + 1, dtype=torch.float32)[:, None]
         self.control = nn.Parameter(torch.cos(math.pi * b * tau[None, :]))         # (B, knots)
+        # Control point j sits at u = j - 1 in the knot coordinate u = t (knots - 3).
+        self.register_buffer("knot_positions", torch.arange(knots, dtype=torch.float32) - 1.0, persistent=False)
+        self._time_weights: dict[tuple, torch.Tensor] = {}            # (time, device, dtype) -> (1, knots)
+        self._anchor_weights: tuple[torch.Tensor, int, torch.Tensor] | None = None   # (anchors, version, (M, knots))
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "count": self.count, "knots": self.knots, "with_opacity": self.with_opacity}
@@ -107,26 +143,58 @@ class MotionBases(Deformation):
     def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"motion_coefs": (self.count, self.channels)}
 
+    def basis_weights(self, times: torch.Tensor) -> torch.Tensor:
+        """W (M, knots) at times (M,) in [0, 1] (clamped): phi(t) = W control^T."""
+        u = times.clamp(0.0, 1.0) * (self.knots - 3)
+        return cubic_bspline(u[:, None] - self.knot_positions)
+
     def basis(self, times: torch.Tensor) -> torch.Tensor:
         """phi at times (M,) -> (M, B)."""
-        u = times.clamp(0.0, 1.0) * (self.knots - 3)
-        segment = u.floor().clamp(max=self.knots - 4)                      # (M,)
-        weights = cubic_bspline_weights(u - segment)                       # (M, 4)
-        index = segment.long()[:, None] + torch.arange(4, device=times.device)   # (M, 4)
-        # The weights as a dense (M, knots) matrix, so that phi and its gradient for the control points are matrix
-        # products (a gather of control[:, index] would scatter-add M * 4 gradients into B * knots entries).
-        dense = weights.new_zeros(times.shape[0], self.knots).scatter(1, index, weights)   # (M, knots)
-        return dense @ self.control.t()                                    # (M, B)
+        return self.basis_weights(times) @ self.control.t()
 
     def offsets(self, means, times, coefs):
-        return torch.einsum("mbd,mb->md", coefs["motion_coefs"], self.basis(times))
+        return _combine(coefs["motion_coefs"], self.basis(times))
 
     def displacement(self, means, time, anchor_times, coefs):
-        times = torch.as_tensor(time, dtype=means.dtype, device=means.device)
-        if times.dim() == 0:          # one time for every Gaussian (rendering): phi(t) once, broadcast
-            times = times.reshape(1)
-        phi = self.basis(times) - self.basis(anchor_times)                 # (M, B)
-        return torch.einsum("mbd,mb->md", coefs["motion_coefs"], phi)
+        if isinstance(time, torch.Tensor):                # per-Gaussian times (M,), or one () for all
+            at = self.basis_weights(time.to(anchor_times.dtype).reshape(-1))      # (M or 1, knots)
+        else:                                             # a render time: (1, knots), kept per time
+            at = self._weights_at_time(float(time), anchor_times)
+        phi = (at - self._weights_at_anchors(anchor_times)) @ self.control.t()     # (M, B)
+        return _combine(coefs["motion_coefs"], phi)
+
+    def second_difference(self, means, times, step, coefs):
+        m = times.shape[0]
+        weights = self.basis_weights(torch.cat([times - step, times, times + step])).view(3, m, self.knots)
+        curvature = weights[0] - 2 * weights[1] + weights[2]                       # (M, knots)
+        return _combine(coefs["motion_coefs"], curvature @ self.control.t())
+
+    def _weights_at_time(self, time: float, like: torch.Tensor) -> torch.Tensor:
+        key = (time, like.device, like.dtype)
+        weights = self._time_weights.get(key)
+        if weights is None:
+            weights = self.basis_weights(torch.full((1,), time, dtype=like.dtype, device=like.device))
+            if not torch.is_inference_mode_enabled():
+                if len(self._time_weights) >= self._CACHED_TIMES:
+                    self._time_weights.clear()
+                self._time_weights[key] = weights
+        return weights
+
+    def _weights_at_anchors(self, anchor_times: torch.Tensor) -> torch.Tensor:
+        """W of the anchor times, recomputed only for another tensor (or one changed in place): the model passes the
+        same tensor until densification changes the Gaussians."""
+        cached = self._anchor_weights
+        if cached is not None and cached[0] is anchor_times and cached[1] == anchor_times._version:
+            return cached[2]
+        weights = self.basis_weights(anchor_times)
+        if not torch.is_inference_mode_enabled():
+            self._anchor_weights = (anchor_times, anchor_times._version, weights)
+        return weights
+
+
+def _combine(coefs: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """sum_b coefs[m, b, :] phi[m, b]: coefs (M, B, D), phi (M, B) or (1, B) -> (M, D), as one batched product."""
+    return torch.bmm(phi.expand(coefs.shape[0], -1).unsqueeze(1), coefs).squeeze(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -156,11 +224,18 @@ class Box(nn.Module):
         return self.half_size.max()
 
 
-def positional_encoding(x: torch.Tensor, octaves: int) -> torch.Tensor:
-    """(M, C) -> (M, C (1 + 2 octaves)): x, sin(2^k pi x), cos(2^k pi x), k < octaves."""
+def encoding_frequencies(octaves: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """(L,) = pi 2^k, k < octaves."""
+    return math.pi * 2.0 ** torch.arange(octaves, dtype=dtype, device=device)
+
+
+def positional_encoding(x: torch.Tensor, octaves: int, frequencies: torch.Tensor | None = None) -> torch.Tensor:
+    """(M, C) -> (M, C (1 + 2 octaves)): x, sin(2^k pi x), cos(2^k pi x), k < octaves. ``frequencies``: those of
+    :func:`encoding_frequencies` in float64, when the caller keeps them (cast to x's dtype here)."""
     if octaves == 0:
         return x
-    freqs = math.pi * 2.0 ** torch.arange(octaves, dtype=x.dtype, device=x.device)   # (L,)
+    freqs = (encoding_frequencies(octaves, x.dtype, x.device) if frequencies is None
+             else frequencies.to(x.dtype))                                           # (L,)
     angles = (x[..., None] * freqs).flatten(-2)                                      # (M, C L)
     return torch.cat([x, torch.sin(angles), torch.cos(angles)], dim=-1)
 
@@ -173,7 +248,8 @@ def _zero_last(layer: nn.Linear) -> nn.Linear:
 
 def _to_offsets(raw: torch.Tensor, box: Box) -> torch.Tensor:
     """A network's raw output (M, D) -> offsets: positions scaled from normalised to world units."""
-    return torch.cat([raw[:, POSITION] * box.scale, raw[:, 3:]], dim=1)
+    channel_scale = torch.cat([box.scale.expand(3), raw.new_ones(raw.shape[1] - 3)])   # (D,): scale, scale, scale, 1...
+    return raw * channel_scale
 
 
 class MLPField(Deformation):
@@ -196,6 +272,8 @@ class MLPField(Deformation):
             layers.append(nn.Linear(fan_in, width))
         self.layers = nn.ModuleList(layers)
         self.out = _zero_last(nn.Linear(width, self.channels))
+        for name, octaves in (("position_frequencies", position_octaves), ("time_frequencies", time_octaves)):
+            self.register_buffer(name, encoding_frequencies(octaves, torch.float64), persistent=False)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "width": self.width, "depth": self.depth,
@@ -203,8 +281,9 @@ class MLPField(Deformation):
                 "with_opacity": self.with_opacity}
 
     def offsets(self, means, times, coefs):
-        encoded = torch.cat([positional_encoding(self.box.normalize(means), self.position_octaves),
-                             positional_encoding(times[:, None] * 2 - 1, self.time_octaves)], dim=-1)
+        encoded = torch.cat([
+            positional_encoding(self.box.normalize(means), self.position_octaves, self.position_frequencies),
+            positional_encoding(times[:, None] * 2 - 1, self.time_octaves, self.time_frequencies)], dim=-1)
         h = encoded
         for i, layer in enumerate(self.layers):
             if i == self.skip and i > 0:
@@ -223,6 +302,10 @@ class PlanesField(Deformation):
     (x, t), (y, t), (z, t) at r x T. Bilinear samples are multiplied across the six planes; the products of all
     resolutions are concatenated and decoded by Linear-ReLU-Linear (last layer zero: no motion at the start).
     Spatial planes start uniform in [0.1, 0.5], time planes at 1 (time-independent features).
+
+    ``planes[2 l]`` holds the three spatial planes of level l as one (3, F, r, r) tensor and ``planes[2 l + 1]`` its
+    three time planes (3, F, T, r), in :data:`PLANE_AXES` order: each kind is sampled by one ``grid_sample``.
+    (Models saved with one (1, F, H, W) parameter per plane load unchanged.)
     """
 
     kind = "planes"
@@ -235,48 +318,49 @@ class PlanesField(Deformation):
         self.features, self.head_width = features, head_width
         planes = []
         for r in self.resolutions:
-            for a, b in PLANE_AXES:
-                h = self.time_resolution if b == 3 else r              # rows index the second axis
-                if b == 3:
-                    planes.append(nn.Parameter(torch.ones(1, features, h, r)))
-                else:
-                    planes.append(nn.Parameter(torch.empty(1, features, h, r).uniform_(0.1, 0.5)))
+            planes.append(nn.Parameter(torch.empty(3, features, r, r).uniform_(0.1, 0.5)))    # xy, xz, yz
+            planes.append(nn.Parameter(torch.ones(3, features, self.time_resolution, r)))    # xt, yt, zt
         self.planes = nn.ParameterList(planes)
         self.hidden = nn.Linear(features * len(self.resolutions), head_width)
         self.out = _zero_last(nn.Linear(head_width, self.channels))
+        self.register_buffer("plane_axes", torch.tensor(PLANE_AXES), persistent=False)      # (6, 2)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "resolutions": list(self.resolutions), "time_resolution": self.time_resolution,
                 "features": self.features, "head_width": self.head_width, "with_opacity": self.with_opacity}
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        separate = [f"{prefix}planes.{i}" for i in range(len(PLANE_AXES) * len(self.resolutions))]
+        if all(k in state_dict for k in separate) and state_dict[separate[0]].shape[0] == 1:   # one plane each
+            planes = [state_dict.pop(k) for k in separate]
+            for i in range(0, len(planes), 3):
+                state_dict[f"{prefix}planes.{i // 3}"] = torch.cat(planes[i:i + 3])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def offsets(self, means, times, coefs):
         coords = torch.cat([self.box.normalize(means), times[:, None] * 2 - 1], dim=-1).clamp(-1, 1)   # (M, 4)
-        axes = coords.unbind(-1)                                                        # x, y, z, t: (M,) each
-        # One grid_sample for the three spatial planes of a level and one for its three time planes: the planes of
-        # a kind share a shape, so they go as a batch of 3 with one grid each.
-        grids = [torch.stack([torch.stack((axes[a], axes[b]), dim=-1) for a, b in pairs])[:, :, None]
-                 for pairs in (PLANE_AXES[:3], PLANE_AXES[3:])]                         # 2 x (3, M, 1, 2)
+        grids = coords[:, self.plane_axes].transpose(0, 1).unsqueeze(2).contiguous()    # (6, M, 1, 2): (a, b)
+        grids = grids[:3], grids[3:]                                                    # spatial, time
         per_resolution = []
         for level in range(len(self.resolutions)):
-            first = level * len(PLANE_AXES)
             product = None
             for kind, grid in enumerate(grids):
-                planes = torch.cat(list(self.planes[first + 3 * kind:first + 3 * kind + 3]), dim=0)   # (3, F, H, W)
-                sample = F.grid_sample(planes, grid, mode="bilinear", align_corners=True)   # (3, F, M, 1)
-                part = sample[0] * sample[1] * sample[2]                                # (F, M, 1)
+                first, second, third = F.grid_sample(self.planes[2 * level + kind], grid, mode="bilinear",
+                                                     align_corners=True).unbind(0)     # 3 x (F, M, 1)
+                part = first * second * third
                 product = part if product is None else product * part
-            per_resolution.append(product[:, :, 0].t())                                 # (M, F)
+            per_resolution.append(product.squeeze(2).t())                               # (M, F)
         features = torch.cat(per_resolution, dim=-1)                                   # (M, F L)
         return _to_offsets(self.out(F.relu(self.hidden(features))), self.box)
 
     def regularization(self) -> torch.Tensor:
-        """Total variation of the spatial planes (mean squared neighbour difference)."""
+        """Total variation of the spatial planes: mean squared neighbour difference along each axis, averaged over
+        the planes."""
         terms = []
         for level in range(len(self.resolutions)):
-            for p, (a, b) in enumerate(PLANE_AXES[:3]):
-                plane = self.planes[level * len(PLANE_AXES) + p]
-                terms.append((plane[..., 1:, :] - plane[..., :-1, :]).pow(2).mean()
-                             + (plane[..., :, 1:] - plane[..., :, :-1]).pow(2).mean())
+            planes = self.planes[2 * level]                                             # (3, F, r, r)
+            terms.append((planes[..., 1:, :] - planes[..., :-1, :]).pow(2).mean()
+                         + (planes[..., 1:] - planes[..., :-1]).pow(2).mean())
         return torch.stack(terms).mean()
 
 

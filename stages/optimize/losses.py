@@ -8,6 +8,8 @@ sigma=1.5, use_sample_covariance=False, data_range=1)``); ``padding="same"`` zer
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -34,33 +36,92 @@ def _filter(x: torch.Tensor, window: torch.Tensor, padding: int) -> torch.Tensor
     return F.conv2d(x, wy, padding=(padding, 0), groups=c)
 
 
+def _filter_adjoint(x: torch.Tensor, window: torch.Tensor, padding: int) -> torch.Tensor:
+    """The adjoint (transpose) of :func:`_filter`: maps a gradient of its output to one of its input."""
+    c = x.shape[1]
+    size = window.numel()
+    wx = window.view(1, 1, 1, size).expand(c, 1, 1, size)
+    wy = window.view(1, 1, size, 1).expand(c, 1, size, 1)
+    x = F.conv_transpose2d(x, wy, padding=(padding, 0), groups=c)
+    return F.conv_transpose2d(x, wx, padding=(0, padding), groups=c)
+
+
+C1, C2 = 0.01**2, 0.03**2
+
+
+def _ssim_parts(a: torch.Tensor, b: torch.Tensor, window: torch.Tensor, pad: int) -> tuple[torch.Tensor, ...]:
+    """(mu_a, mu_b, numerator factors (2 mu_a mu_b + C1, 2 cov + C2), denominator factors (mu_a^2 + mu_b^2 + C1,
+    var_a + var_b + C2)), each (B, C, H', W'); SSIM = n1 n2 / (d1 d2)."""
+    stacked = torch.cat([a, b, a * a, b * b, a * b], dim=1)               # (B, 5C, H, W): one filtering pass
+    mu_a, mu_b, e_aa, e_bb, e_ab = _filter(stacked, window, pad).chunk(5, dim=1)
+    mu_aa, mu_bb, mu_ab = mu_a**2, mu_b**2, mu_a * mu_b
+    var_a, var_b, cov = e_aa - mu_aa, e_bb - mu_bb, e_ab - mu_ab
+    return mu_a, mu_b, 2 * mu_ab + C1, 2 * cov + C2, mu_aa + mu_bb + C1, var_a + var_b + C2
+
+
+def _window_and_pad(a: torch.Tensor, padding: str, size: int = 11, sigma: float = 1.5) -> tuple[torch.Tensor, int]:
+    if padding not in ("same", "valid"):
+        raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+    return gaussian_window(size, sigma, a.device, a.dtype), size // 2 if padding == "same" else 0
+
+
 def ssim_map(a: torch.Tensor, b: torch.Tensor, padding: str = "valid", size: int = 11,
              sigma: float = 1.5) -> torch.Tensor:
     """SSIM map of images a, b (B, C, H, W) in [0, 1]: (B, C, H', W')."""
-    window = gaussian_window(size, sigma, a.device, a.dtype)
-    pad = size // 2 if padding == "same" else 0
-    if padding not in ("same", "valid"):
-        raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
-    c1, c2 = 0.01**2, 0.03**2
-    stacked = torch.cat([a, b, a * a, b * b, a * b], dim=1)               # (B, 5C, H, W): one filtering pass
-    mu_a, mu_b, e_aa, e_bb, e_ab = _filter(stacked, window, pad).chunk(5, dim=1)
-    var_a, var_b, cov = e_aa - mu_a**2, e_bb - mu_b**2, e_ab - mu_a * mu_b
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    window, pad = _window_and_pad(a, padding, size, sigma)
+    _, _, n1, n2, d1, d2 = _ssim_parts(a, b, window, pad)
+    return (n1 * n2) / (d1 * d2)
+
+
+class _MeanSSIM(torch.autograd.Function):
+    """Mean of :func:`ssim_map`, with its gradient written out: about half the operators of autograd's, which
+    matters for a training step whose cost is the number of operators it launches.
+
+    With S = n1 n2 / (d1 d2) per window and the filtered maps mu_a, E[a^2], E[ab] (mu_b, E[b^2] alike):
+    dS/dmu_a = 2 S (mu_b / n1 - mu_b / n2 - mu_a / d1 + mu_a / d2), dS/dE[a^2] = -S / d2, dS/dE[ab] = 2 S / n2;
+    the filter is linear, so dL/da = F^T(dL/dmu_a) + 2 a F^T(dL/dE[a^2]) + b F^T(dL/dE[ab]) with F^T its adjoint.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, window, pad: int):
+        mu_a, mu_b, n1, n2, d1, d2 = _ssim_parts(a, b, window, pad)
+        s = (n1 * n2) / (d1 * d2)
+        ctx.pad = pad
+        ctx.save_for_backward(a, b, window, mu_a, mu_b, n1, n2, d1, d2, s)
+        return s.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, window, mu_a, mu_b, n1, n2, d1, d2, s = ctx.saved_tensors
+        g = grad * (2.0 / s.numel()) * s                                  # 2 dL/dS
+        d_e_ab = g / n2                                                    # dL/dE[ab]
+        d_e_sq = -0.5 * g / d2                                             # dL/dE[a^2] = dL/dE[b^2]
+        inv_n, inv_d = 1 / n1 - 1 / n2, 1 / d2 - 1 / d1
+        maps = [g * (mu_b * inv_n + mu_a * inv_d), d_e_sq, d_e_ab]         # dL/dmu_a, dL/dE[a^2], dL/dE[ab]
+        want_b = ctx.needs_input_grad[1]
+        if want_b:
+            maps.append(g * (mu_a * inv_n + mu_b * inv_d))                 # dL/dmu_b
+        back = _filter_adjoint(torch.cat(maps, dim=1), window, ctx.pad).chunk(len(maps), dim=1)
+        grad_a = torch.addcmul(torch.addcmul(back[0], a, back[1], value=2), b, back[2])
+        grad_b = torch.addcmul(torch.addcmul(back[3], b, back[1], value=2), a, back[2]) if want_b else None
+        return grad_a, grad_b, None, None
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, padding: str = "valid") -> torch.Tensor:
     """Mean SSIM of (B, C, H, W) or (H, W, C) images (scalar)."""
     if a.dim() == 3:
         a, b = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
-    return ssim_map(a, b, padding).mean()
+    window, pad = _window_and_pad(a, padding)
+    return _MeanSSIM.apply(a, b, window, pad)
 
 
 def photometric_loss(render: torch.Tensor, target: torch.Tensor, ssim_lambda: float) -> tuple[torch.Tensor, ...]:
-    """(1 - w) L1 + w (1 - SSIM_valid) for (H, W, 3) images. Returns (loss, l1, ssim)."""
+    """(1 - w) L1 + w (1 - SSIM_valid) for (H, W, 3) images. Returns (loss, l1, ssim); ssim is NaN for w = 0."""
     l1 = (render - target).abs().mean()
-    s = ssim(render, target) if ssim_lambda > 0 else l1.new_tensor(float("nan"))
-    loss = (1 - ssim_lambda) * l1 + (ssim_lambda * (1 - s) if ssim_lambda > 0 else 0.0)
-    return loss, l1, s
+    if ssim_lambda == 0:
+        return l1, l1, torch.full_like(l1, float("nan"))     # filled on the device: no host-to-device copy
+    s = ssim(render, target)
+    return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - s), l1, s
 
 
 def fit_scale_shift(source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +151,31 @@ def depth_loss(rendered: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     return (r - (s * d + t)).abs().mean() / r.detach().abs().mean().clamp_min(1e-8)
 
 
+class _Anisotropy(torch.autograd.Function):
+    """:func:`anisotropy_loss` as one autograd node with its gradient written out (the same values: +g to each
+    Gaussian's largest log-scale, -g to its smallest, g = dL/dratio x ratio)."""
+
+    @staticmethod
+    def forward(ctx, log_scales, max_ratio: float):
+        largest, hi = log_scales.max(dim=-1)
+        smallest, lo = log_scales.min(dim=-1)
+        ratio = torch.exp(largest - smallest)
+        excess = F.relu(ratio - max_ratio)
+        ctx.save_for_backward(hi, lo, ratio, excess)
+        ctx.shape = log_scales.shape
+        return excess.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        hi, lo, ratio, excess = ctx.saved_tensors
+        g = (grad / excess.numel() * ratio * (excess > 0))[:, None]                       # (N, 1)
+        grad_log_scales = g.new_zeros(ctx.shape).scatter_(-1, hi[:, None], g)
+        return grad_log_scales.scatter_add_(-1, lo[:, None], -g), None
+
+
 def anisotropy_loss(log_scales: torch.Tensor, max_ratio: float) -> torch.Tensor:
     """mean(relu(max scale / min scale - max_ratio)) over Gaussians; log_scales (N, 3)."""
-    ratio = torch.exp(log_scales.max(dim=-1).values - log_scales.min(dim=-1).values)
-    return F.relu(ratio - max_ratio).mean()
+    return _Anisotropy.apply(log_scales, max_ratio)
 
 
 def psnr(render: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -102,13 +184,15 @@ def psnr(render: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-20))
 
 
-def acceleration_loss(positions: torch.Tensor, scene_scale: float) -> torch.Tensor:
-    """Motion smoothness: mean squared second difference of trajectories sampled at t - h, t, t + h.
+def psnr_from_mse(mse: float) -> float:
+    """PSNR (dB) of images in [0, 1] from their mean squared error, on the host (NaN stays NaN)."""
+    return -10.0 * math.log10(max(mse, 1e-20)) if mse == mse else float("nan")
 
-    positions (3, M, 3); the result is in units of scene_scale^2 per (time step h)^2.
-    """
-    acceleration = positions[0] - 2 * positions[1] + positions[2]          # (M, 3)
-    return (acceleration / scene_scale).pow(2).sum(dim=-1).mean()
+
+def acceleration_loss(acceleration: torch.Tensor, scene_scale: float) -> torch.Tensor:
+    """Motion smoothness: mean squared second difference x(t - h) - 2 x(t) + x(t + h) of trajectories (M, 3) (see
+    ``GaussianModel4D.accelerations``), in units of scene_scale^2 per (time step h)^2."""
+    return acceleration.pow(2).sum() / (scene_scale**2 * len(acceleration))
 
 
 def rigidity_loss(deformed: torch.Tensor, deformed_neighbors: torch.Tensor, canonical: torch.Tensor,

@@ -19,7 +19,7 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
-from stages.optimize.deformation import OPACITY, POSITION, QUAT, SCALE, Box, Deformation, build_deformation
+from stages.optimize.deformation import POSITION, Box, Deformation, build_deformation
 from stages.optimize.gaussians import sh_coefficients, splats_from_state
 
 MODEL_FORMAT = "page4dgs-gaussians-4d"
@@ -37,8 +37,7 @@ class GaussianModel4D(nn.Module):
         self.sh_degree = int(sh_degree)
         self.temporal_opacity = bool(temporal_opacity and deformation is not None)
         self.deform_enabled = True          # the trainer switches it off during a static warm-up
-        self._dynamic_source: Optional[torch.Tensor] = None
-        self._dynamic_index: Optional[torch.Tensor] = None
+        self._dynamic: Optional[tuple] = None   # (is_dynamic, anchor_times, their state, index, anchor times)
 
     # -- queries -----------------------------------------------------------------------------------------------
 
@@ -49,33 +48,37 @@ class GaussianModel4D(nn.Module):
     def device(self) -> torch.device:
         return self.splats["means"].device
 
+    def dynamic_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index (M,) int64, anchor_times (M,)) of the dynamic Gaussians.
+
+        Cached until ``is_dynamic`` or ``anchor_times`` is replaced (densification, a restore), moved or changed in
+        place, so the host synchronisation that finding them costs happens once per change, not per render; the same
+        anchor tensor also lets a deformation keep what it derives from it (the bases' weights).
+        """
+        flags, anchors = self.splats["is_dynamic"], self.splats["anchor_times"]
+        state = (flags.device, anchors.dtype, flags._version, anchors._version)
+        cached = self._dynamic
+        if cached is None or cached[0] is not flags or cached[1] is not anchors or cached[2] != state:
+            index = torch.nonzero(flags, as_tuple=False).reshape(-1)
+            cached = (flags, anchors, state, index, anchors[index])
+            if not torch.is_inference_mode_enabled():
+                self._dynamic = cached
+        return cached[3], cached[4]
+
     def dynamic_index(self) -> torch.Tensor:
-        """(M,) int64 indices of the dynamic Gaussians (cached until densification replaces ``is_dynamic``)."""
-        flags = self.splats["is_dynamic"]
-        if self._dynamic_source is not flags:
-            self._dynamic_index = torch.nonzero(flags, as_tuple=False).reshape(-1)
-            self._dynamic_source = flags
-        return self._dynamic_index
+        """(M,) int64 indices of the dynamic Gaussians (see :meth:`dynamic_set`)."""
+        return self.dynamic_set()[0]
 
     def deformation_inputs(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: self.splats[k][index] for k in self.deformation.per_gaussian_shapes()}
 
-    def positions_at(self, times: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Positions (T, M, 3) of the dynamic Gaussians ``index`` (M,) (distinct) at per-Gaussian times (T, M).
-
-        Each Gaussian's inputs are gathered once and repeated, so the backward pass only sums over T (deterministic)
-        instead of scatter-adding into repeated indices.
-        """
-        steps, m = times.shape
-        means = self.splats["means"][index]
-
-        def repeat(x: torch.Tensor) -> torch.Tensor:       # (M, ...) -> (T M, ...)
-            return x.expand(steps, *x.shape).reshape(steps * m, *x.shape[1:])
-
-        shift = self.deformation.displacement(repeat(means), times.reshape(-1),
-                                              repeat(self.splats["anchor_times"][index]),
-                                              {k: repeat(v) for k, v in self.deformation_inputs(index).items()})
-        return means + shift[:, POSITION].view(steps, m, 3)
+    def accelerations(self, times: torch.Tensor, step: float, index: torch.Tensor) -> torch.Tensor:
+        """Second differences x(t - h) - 2 x(t) + x(t + h) (M, 3), world units, of the positions of the dynamic
+        Gaussians ``index`` (M,) at per-Gaussian times t (M,), h = ``step``: the deformation's offsets at the three
+        times only, since canonical positions and anchor offsets cancel."""
+        second = self.deformation.second_difference(self.splats["means"][index], times, step,
+                                                    self.deformation_inputs(index))             # (M, D)
+        return second[:, POSITION]
 
     @torch.no_grad()
     def same_time_neighbors(self, k: int, chunk: int = 4096) -> torch.Tensor:
@@ -122,20 +125,20 @@ class GaussianModel4D(nn.Module):
         means, quats, log_scales, logits = s["means"], s["quats"], s["scales"], s["opacities"]
         dynamic = self.deformation is not None
         if dynamic and self.deform_enabled:
-            index = self.dynamic_index()
+            index, anchor_times = self.dynamic_set()
             if index.numel() > 0:
-                shift = self.deformation.displacement(means[index], float(time), s["anchor_times"][index],
+                shift = self.deformation.displacement(means[index], float(time), anchor_times,
                                                       self.deformation_inputs(index))        # (M, D)
-                means = means.index_add(0, index, shift[:, POSITION])
-                quats = quats.index_add(0, index, shift[:, QUAT])
-                log_scales = log_scales.index_add(0, index, shift[:, SCALE])
+                # All channels scattered at once into (N, D), zero for static Gaussians, then plain additions.
+                shift = shift.new_zeros(len(means), shift.shape[1]).index_add_(0, index, shift)
+                d_means, d_quats, d_scales, d_logits = shift.split([3, 4, 3, shift.shape[1] - 10], dim=1)
+                means, quats, log_scales = means + d_means, quats + d_quats, log_scales + d_scales
                 if self.deformation.with_opacity:
-                    logits = logits.index_add(0, index, shift[:, OPACITY].reshape(-1))
+                    logits = logits + d_logits[:, 0]
         opacities = torch.sigmoid(logits)
         if self.temporal_opacity:
-            sigma = torch.exp(s["time_log_scales"])
-            window = torch.exp(-0.5 * ((float(time) - s["time_centers"]) / sigma) ** 2)
-            opacities = torch.where(s["is_dynamic"], opacities * window, opacities)
+            opacities = temporal_opacity(opacities, float(time), s["time_centers"], s["time_log_scales"],
+                                         s["is_dynamic"])
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
         sh = sh_coefficients(s)[:, : (degree + 1) ** 2]
         return {"means": means, "quats": quats, "scales": torch.exp(log_scales), "opacities": opacities,
@@ -194,6 +197,34 @@ class GaussianModel4D(nn.Module):
         """Write the model (atomically) in the format :func:`load_model` reads."""
         with atomic_path(path) as tmp:
             torch.save(self.to_state(), tmp)
+
+
+class _TemporalOpacity(torch.autograd.Function):
+    """:func:`temporal_opacity` as one autograd node with its gradient written out (autograd would record ten)."""
+
+    @staticmethod
+    def forward(ctx, opacities, time: float, centers, log_scales, is_dynamic):
+        sigma = torch.exp(log_scales)
+        z = (time - centers) / sigma
+        window = torch.exp(-0.5 * z**2)
+        ctx.save_for_backward(opacities, z, sigma, window, is_dynamic)
+        return torch.where(is_dynamic, opacities * window, opacities)
+
+    @staticmethod
+    def backward(ctx, grad):
+        opacities, z, sigma, window, is_dynamic = ctx.saved_tensors
+        grad_window = grad * window
+        grad_opacities = torch.where(is_dynamic, grad_window, grad)
+        # d(o w)/dz = -o w z, dz/dmu = -1 / sigma, dz/dlog_sigma = -z
+        grad_z = torch.where(is_dynamic, grad_window * opacities * z, 0.0)           # -dL/dz
+        return grad_opacities, None, grad_z / sigma, grad_z * z, None
+
+
+def temporal_opacity(opacities: torch.Tensor, time: float, centers: torch.Tensor, log_scales: torch.Tensor,
+                     is_dynamic: torch.Tensor) -> torch.Tensor:
+    """Opacities (N,) at ``time``: o exp(-((t - mu) / sigma)^2 / 2), sigma = exp(log_scales), for the dynamic
+    Gaussians; o for static ones. centers, log_scales (N,); is_dynamic (N,) bool."""
+    return _TemporalOpacity.apply(opacities, time, centers, log_scales, is_dynamic)
 
 
 def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> GaussianModel4D:

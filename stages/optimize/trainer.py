@@ -32,14 +32,15 @@ from stages.optimize.config import OptimizeConfig
 from stages.optimize.deformation import Box, build_deformation, deformation_spec_from_config
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.gaussians import create_splats
-from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, photometric_loss, psnr,
-                                    rigidity_loss)
+from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, photometric_loss,
+                                    psnr_from_mse, rigidity_loss)
 from stages.optimize.model import GaussianModel4D
 
 log = get_logger("optimize")
 
 LOG_COLUMNS = ("step", "loss", "l1", "ssim", "depth", "motion", "rigidity", "scale", "psnr", "gaussians", "seconds")
 CHECKPOINT_FORMAT = "page4dgs-optimize-checkpoint"
+CHECKPOINT_VERSION = 2        # 2: one optimizer with a parameter group per name (1: an optimizer per name)
 MAX_CONSECUTIVE_RESTORES = 3
 
 
@@ -151,40 +152,48 @@ def splat_learning_rates(cfg: OptimizeConfig, scale: float) -> dict[str, float]:
 DECAYING = {"means", "motion_coefs", "field", "planes"}   # groups whose learning rate decays exponentially
 
 
-def _adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=lr, eps=1e-15, fused=device.type == "cuda")
+class GroupOptimizer:
+    """One parameter group of a shared optimizer, seen as an optimizer of its own: what gsplat's strategy edits when
+    densification replaces a parameter (``param_groups`` - this group only - and ``state``, the shared one)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, group: dict[str, Any]):
+        self.param_groups = [group]
+        self.state = optimizer.state
 
 
-def build_optimizers(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Optional[torch.nn.Parameter],
-                     scale: float) -> tuple[dict[str, torch.optim.Optimizer], dict[str, torch.optim.Optimizer]]:
-    """(per-Gaussian optimizers, one per trainable key of ``model.splats``; the others: deformation, cameras)."""
-    device = model.device
+def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Optional[torch.nn.Parameter],
+                    scale: float) -> torch.optim.Adam:
+    """One Adam over every trainable tensor, a parameter group per name: each trainable key of ``model.splats``,
+    then the deformation ('bases', 'field', 'planes') and 'cameras'. Fused on CUDA: a step is two kernels per group
+    and one Python call in all (per-key optimizers cost a call each)."""
     rates = splat_learning_rates(cfg, scale)
-    splat_opts = {k: _adam([p], rates[k], device) for k, p in model.splats.items() if p.requires_grad}
-    other: dict[str, torch.optim.Optimizer] = {}
+    groups = [{"name": k, "params": [p], "lr": rates[k]} for k, p in model.splats.items() if p.requires_grad]
     deformation = model.deformation
     if deformation is not None:
         if deformation.kind == "bases":
-            other["bases"] = _adam([deformation.control], cfg.lr_bases, device)
+            groups.append({"name": "bases", "params": [deformation.control], "lr": cfg.lr_bases})
         elif deformation.kind == "mlp":
-            other["field"] = _adam(list(deformation.parameters()), cfg.lr_field, device)
+            groups.append({"name": "field", "params": list(deformation.parameters()), "lr": cfg.lr_field})
         elif deformation.kind == "planes":
-            other["planes"] = _adam(list(deformation.planes.parameters()), cfg.lr_planes, device)
-            other["field"] = _adam(list(deformation.hidden.parameters()) + list(deformation.out.parameters()),
-                                   cfg.lr_field, device)
+            groups.append({"name": "planes", "params": list(deformation.planes.parameters()), "lr": cfg.lr_planes})
+            groups.append({"name": "field", "params": [*deformation.hidden.parameters(), *deformation.out.parameters()],
+                           "lr": cfg.lr_field})
     if cameras is not None:
-        other["cameras"] = _adam([cameras], cfg.lr_cameras, device)
-    return splat_opts, other
+        groups.append({"name": "cameras", "params": [cameras], "lr": cfg.lr_cameras})
+    return torch.optim.Adam(groups, eps=1e-15, fused=model.device.type == "cuda")
 
 
-def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], initial: dict[str, float], step: int,
+def splat_optimizers(optimizer: torch.optim.Optimizer, model: GaussianModel4D) -> dict[str, GroupOptimizer]:
+    """The per-key optimizers gsplat's strategy expects: the groups of ``optimizer`` named after ``model.splats``."""
+    return {g["name"]: GroupOptimizer(optimizer, g) for g in optimizer.param_groups if g["name"] in model.splats}
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, initial: dict[str, float], step: int,
                        cfg: OptimizeConfig) -> None:
     """Exponential decay from the initial rate to ``lr_final_factor`` x it over the run, for :data:`DECAYING`."""
-    progress_fraction = min(step / max(cfg.iterations, 1), 1.0)
-    for name, opt in optimizers.items():
-        lr = initial[name] * (cfg.lr_final_factor ** progress_fraction if name in DECAYING else 1.0)
-        for group in opt.param_groups:
-            group["lr"] = lr
+    decay = cfg.lr_final_factor ** min(step / max(cfg.iterations, 1), 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = initial[group["name"]] * (decay if group["name"] in DECAYING else 1.0)
 
 
 def refined_world_to_camera(world_to_camera: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -205,15 +214,17 @@ class EpochSampler:
     def __init__(self, n: int, seed: int):
         self.n = n
         self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.randperm(n, generator=self.generator)
-        self.cursor = 0
+        self._shuffle(torch.randperm(n, generator=self.generator))
+
+    def _shuffle(self, order: torch.Tensor) -> None:
+        self.order, self._indices, self.cursor = order, order.tolist(), 0     # a list: no tensor op per step
 
     def next(self, count: int) -> list[int]:
         out = []
         for _ in range(count):
             if self.cursor >= self.n:
-                self.order, self.cursor = torch.randperm(self.n, generator=self.generator), 0
-            out.append(int(self.order[self.cursor]))
+                self._shuffle(torch.randperm(self.n, generator=self.generator))
+            out.append(self._indices[self.cursor])
             self.cursor += 1
         return out
 
@@ -222,7 +233,8 @@ class EpochSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-        self.order, self.cursor = state["order"].clone(), int(state["cursor"])
+        self._shuffle(state["order"].clone())
+        self.cursor = int(state["cursor"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -281,26 +293,25 @@ class LoopState:
     guard: Guard = field(default_factory=Guard)
 
 
-def capture(model, splat_opts, other_opts, strategy_state, cameras, loop: LoopState, sampler: EpochSampler,
+def capture(model, optimizer, strategy_state, cameras, loop: LoopState, sampler: EpochSampler,
             device: Optional[torch.device] = None) -> dict[str, Any]:
     """A self-contained copy of the training state (tensors cloned; moved to ``device`` if given)."""
     return _clone({
         "splats": {k: v.data for k, v in model.splats.items()},
         "deformation": None if model.deformation is None else model.deformation.state_dict(),
         "cameras": None if cameras is None else cameras.data,
-        "splat_optimizers": {k: o.state_dict() for k, o in splat_opts.items()},
-        "other_optimizers": {k: o.state_dict() for k, o in other_opts.items()},
+        "optimizer": optimizer.state_dict(),
         "strategy_state": strategy_state_tensors(strategy_state),
         "loop": {"step": loop.step, "elapsed_s": loop.elapsed_s, "guard": asdict(loop.guard)},
         "sampler": sampler.state_dict(),
     }, device)
 
 
-def restore(snapshot: dict[str, Any], cfg: OptimizeConfig, model: GaussianModel4D, cameras, other_opts,
+def restore(snapshot: dict[str, Any], cfg: OptimizeConfig, model: GaussianModel4D, cameras,
             strategy_state: dict[str, Any], loop: LoopState, sampler: Optional[EpochSampler],
-            scale: float) -> dict[str, torch.optim.Optimizer]:
-    """Load a :func:`capture` (or checkpoint) into the live objects; returns fresh per-Gaussian optimizers.
-    ``sampler`` None: keep the sampler where it is (the NaN guard continues with fresh frames)."""
+            scale: float) -> torch.optim.Adam:
+    """Load a :func:`capture` (or checkpoint) into the live objects; returns a fresh optimizer over the restored
+    parameters. ``sampler`` None: keep the sampler where it is (the NaN guard continues with fresh frames)."""
     device = model.device
     for key, value in snapshot["splats"].items():
         model.splats[key] = torch.nn.Parameter(value.to(device).clone(), requires_grad=model.splats[key].requires_grad)
@@ -308,12 +319,8 @@ def restore(snapshot: dict[str, Any], cfg: OptimizeConfig, model: GaussianModel4
         model.deformation.load_state_dict(snapshot["deformation"])
     if cameras is not None:
         cameras.data.copy_(snapshot["cameras"].to(device))
-    rates = splat_learning_rates(cfg, scale)
-    splat_opts = {k: _adam([p], rates[k], device) for k, p in model.splats.items() if p.requires_grad}
-    for k, opt in splat_opts.items():
-        opt.load_state_dict(_clone(snapshot["splat_optimizers"][k]))
-    for k, opt in other_opts.items():
-        opt.load_state_dict(_clone(snapshot["other_optimizers"][k]))
+    optimizer = build_optimizer(cfg, model, cameras, scale)
+    optimizer.load_state_dict(_clone(snapshot["optimizer"]))
     strategy_state.clear()
     strategy_state.update(_clone(snapshot["strategy_state"], device))
     saved = snapshot["loop"]
@@ -321,7 +328,7 @@ def restore(snapshot: dict[str, Any], cfg: OptimizeConfig, model: GaussianModel4
     loop.guard = Guard(**saved["guard"])
     if sampler is not None:
         sampler.load_state_dict(snapshot["sampler"])
-    return splat_opts
+    return optimizer
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -349,6 +356,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"unreadable checkpoint ({type(err).__name__}); delete it to start over", path) from None
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError("not an optimize checkpoint", path)
+    if state.get("version", 1) != CHECKPOINT_VERSION:
+        raise UserError(f"checkpoint version {state.get('version', 1)}, this page4dgs resumes version "
+                        f"{CHECKPOINT_VERSION}; delete it to start over", path)
     return state
 
 
@@ -455,8 +465,9 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     model = build_model(cfg, initial, gap, len(np.unique(np.round(times, 9))), device)
     scale = scene_scale(views, model.splats["means"])
     cameras = torch.nn.Parameter(torch.zeros(len(views), 6, device=device)) if cfg.refine_cameras else None
-    splat_opts, other_opts = build_optimizers(cfg, model, cameras, scale)
-    initial_rates = {**splat_learning_rates(cfg, scale), **{k: o.param_groups[0]["lr"] for k, o in other_opts.items()}}
+    optimizer = build_optimizer(cfg, model, cameras, scale)
+    initial_rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    splat_opts = splat_optimizers(optimizer, model)
     strategy = make_strategy(cfg)
     strategy.check_sanity(model.splats, splat_opts)
     strategy_state = strategy.initialize_state(scene_scale=scale)
@@ -468,7 +479,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     latest = latest_checkpoint(ckpt_dir) if resume else None
     if latest is not None:
         state = read_checkpoint(latest)
-        splat_opts = restore(state, cfg, model, cameras, other_opts, strategy_state, loop, sampler, scale)
+        optimizer = restore(state, cfg, model, cameras, strategy_state, loop, sampler, scale)
+        splat_opts = splat_optimizers(optimizer, model)
         _set_rng_state(state["rng"], generator)
         resumed_from = loop.step
         log.info(f"resuming from {latest.name} (step {loop.step})")
@@ -486,8 +498,9 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     n_dynamic_model = model.deformation is not None
     use_rigidity = n_dynamic_model and cfg.rigidity_lambda > 0
     neighbors: Optional[torch.Tensor] = None      # (N, k) same-slice neighbours, recomputed when the rows change
-    good = capture(model, splat_opts, other_opts, strategy_state, cameras, loop, sampler)
-    buffer: list[torch.Tensor] = []       # per-step values (device), fetched every log_every steps
+    zero = torch.zeros((), device=device)     # the value of a loss term that is off (made once, not per step)
+    good = capture(model, optimizer, strategy_state, cameras, loop, sampler)
+    buffer: list[torch.Tensor] = []       # per-step values (8,) on the device, fetched every log_every steps
     buffer_meta: list[tuple[int, int]] = []   # (step, gaussians)
     last_psnr = float("nan")
     start_step = loop.step
@@ -498,11 +511,11 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     # -------- the loop --------
     while loop.step < end_step:
         step = loop.step
-        set_learning_rates({**splat_opts, **other_opts}, initial_rates, step, cfg)
+        set_learning_rates(optimizer, initial_rates, step, cfg)
         model.deform_enabled = step >= cfg.deform_warmup
         sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
 
-        infos, losses, terms = [], [], []
+        infos, losses, view_terms = [], [], []
         for index in sampler.next(cfg.batch_size):
             view = views[index]
             image, alpha = view.pixels(device)
@@ -524,16 +537,17 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             infos.append(info)
             rgb = colors[0, ..., :3]
             loss, l1, ssim_value = photometric_loss(rgb, target, cfg.ssim_lambda)
-            d_loss = torch.zeros((), device=device)
+            d_loss = zero
             if want_depth and view.depth is not None:
                 valid = view.depth_valid & (alphas[0, ..., 0].detach() > 0.5)
                 d_loss = depth_loss(colors[0, ..., 3], view.depth, valid)
                 loss = loss + cfg.depth_lambda * d_loss
             losses.append(loss)
-            terms.append(torch.stack([l1.detach(), ssim_value.detach(), d_loss.detach(), psnr(rgb.detach(), target)]))
-        loss = torch.stack(losses).mean()
+            with torch.no_grad():       # for the log: l1, ssim, depth, mean squared error (-> PSNR at the flush)
+                view_terms.append([l1, ssim_value, d_loss, (rgb - target).square().mean()])
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
-        motion = torch.zeros((), device=device)
+        motion = zero
         if n_dynamic_model and model.deform_enabled and cfg.motion_lambda > 0:
             index = model.dynamic_index()
             if index.numel() > 0:
@@ -541,13 +555,12 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 pick = index[torch.randperm(index.numel(), device=device, generator=generator)[:count]]
                 h = gap
                 t = torch.rand(count, device=device, generator=generator) * max(1 - 2 * h, 0.0) + min(h, 0.5)
-                positions = model.positions_at(torch.stack([t - h, t, t + h]), pick)      # (3, count, 3)
-                motion = acceleration_loss(positions, scale)
+                motion = acceleration_loss(model.accelerations(t, h, pick), scale)
                 field_reg = model.deformation.regularization()
                 if field_reg is not None:
                     motion = motion + field_reg
                 loss = loss + cfg.motion_lambda * motion
-        rigidity = torch.zeros((), device=device)
+        rigidity = zero
         if use_rigidity and model.deform_enabled and model.dynamic_index().numel() > 1:
             if neighbors is None:
                 neighbors = model.same_time_neighbors(cfg.rigidity_neighbors)
@@ -560,15 +573,14 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             canonical = model.splats["means"][group]
             rigidity = rigidity_loss(deformed[:, 0], deformed[:, 1:], canonical[:, 0], canonical[:, 1:])
             loss = loss + cfg.rigidity_lambda * rigidity
-        scale_reg = torch.zeros((), device=device)
+        scale_reg = zero
         if cfg.scale_lambda > 0:
             scale_reg = anisotropy_loss(model.splats["scales"], cfg.max_anisotropy)
             loss = loss + cfg.scale_lambda * scale_reg
 
         loss.backward()
-        for opt in (*splat_opts.values(), *other_opts.values()):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         events: DensifyEvents = strategy.step_post_backward(model.splats, splat_opts, strategy_state, step,
                                                             infos if len(infos) > 1 else infos[0], packed=False)
         if events.opacity_reset:
@@ -576,9 +588,10 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         if events.changed:
             neighbors = None
 
-        mean_terms = torch.stack(terms).mean(0)
-        buffer.append(torch.cat([loss.detach()[None], mean_terms[:3], motion.detach()[None], rigidity.detach()[None],
-                                 scale_reg.detach()[None], mean_terms[3:]]))
+        with torch.no_grad():
+            l1, ssim_value, d_loss, mse = (view_terms[0] if len(view_terms) == 1 else
+                                          torch.stack([torch.stack(t) for t in view_terms]).mean(0))
+            buffer.append(torch.stack([loss, l1, ssim_value, d_loss, motion, rigidity, scale_reg, mse]))
         buffer_meta.append((step, model.num_gaussians()))
         loop.step += 1
         bar.update(1)
@@ -600,7 +613,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                     raise UserError(f"optimize: the loss was {bad:.4g} after {MAX_CONSECUTIVE_RESTORES} restores "
                                     f"(around step {buffer_meta[0][0]}); lower the learning rates")
                 kept_guard = loop.guard
-                splat_opts = restore(good, cfg, model, cameras, other_opts, strategy_state, loop, None, scale)
+                optimizer = restore(good, cfg, model, cameras, strategy_state, loop, None, scale)
+                splat_opts = splat_optimizers(optimizer, model)
                 neighbors = None
                 loop.guard = kept_guard          # keep counting restores; the restored mean stays valid
                 log.warning(f"optimize: loss {bad:.4g} at steps {buffer_meta[0][0]}-{buffer_meta[-1][0]} "
@@ -615,18 +629,19 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             mean_window = float(np.mean(window))
             loop.guard.mean_loss = (mean_window if loop.guard.mean_loss is None
                                     else 0.8 * loop.guard.mean_loss + 0.2 * mean_window)
-            rows = [[s, *[_format(x) for x in v[:8]], n, f"{loop.elapsed_s:.3f}"]
-                    for (s, n), v in zip(buffer_meta, values)]
+            psnrs = [psnr_from_mse(v[7]) for v in values]
+            rows = [[s, *[_format(x) for x in v[:7]], _format(p), n, f"{loop.elapsed_s:.3f}"]
+                    for (s, n), v, p in zip(buffer_meta, values, psnrs)]
             append_log_rows(log_path, rows)
-            last_psnr = float(np.mean([v[7] for v in values]))
+            last_psnr = float(np.mean(psnrs))
             bar.set_postfix(loss=f"{values[-1][0]:.4f}", psnr=f"{last_psnr:.2f}", n=buffer_meta[-1][1], refresh=False)
             buffer.clear()
             buffer_meta.clear()
-            good = capture(model, splat_opts, other_opts, strategy_state, cameras, loop, sampler)
+            good = capture(model, optimizer, strategy_state, cameras, loop, sampler)
             if is_checkpoint or loop.step == end_step:
-                state = capture(model, splat_opts, other_opts, strategy_state, cameras, loop, sampler,
-                                device=torch.device("cpu"))
-                state.update({"format": CHECKPOINT_FORMAT, "rng": _rng_state(device, generator),
+                state = capture(model, optimizer, strategy_state, cameras, loop, sampler, device=torch.device("cpu"))
+                state.update({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                              "rng": _rng_state(device, generator),
                               "model": model.to_state()})
                 write_checkpoint(ckpt_dir, state, cfg.keep_checkpoints)
                 tick = time.perf_counter()     # checkpoint writing is not training time

@@ -1,0 +1,247 @@
+"""The training step's cheaper formulations against slow, obviously correct references (float64): B-spline weights,
+cached anchor and time weights, motion second differences, the per-channel scatter of the deformation, the planes'
+stacked layout, the written-out gradients (SSIM, temporal opacity, anisotropy), and one Adam with a group per key.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.optimize.deformation import Box, MLPField, MotionBases, PlanesField, build_deformation
+from stages.optimize.gaussians import create_splats
+from stages.optimize.losses import anisotropy_loss, ssim, ssim_map
+from stages.optimize.model import GaussianModel4D, temporal_opacity
+
+F64 = torch.float64
+
+
+def _polynomial_bspline_basis(bases: MotionBases, times: torch.Tensor) -> torch.Tensor:
+    """phi (M, B) from the four blending polynomials of the local segment (the textbook form)."""
+    knots = bases.knots
+    u = times.clamp(0.0, 1.0) * (knots - 3)
+    segment = u.floor().clamp(max=knots - 4)
+    s = u - segment
+    weights = torch.stack([(1 - s) ** 3, 3 * s**3 - 6 * s**2 + 4, -3 * s**3 + 3 * s**2 + 3 * s + 1, s**3], -1) / 6
+    control = bases.control[:, segment.long()[:, None] + torch.arange(4)]            # (B, M, 4)
+    return torch.einsum("bmk,mk->mb", control, weights)
+
+
+def _model(kind: str, n: int = 40, with_opacity: bool = False, seed: int = 0) -> GaussianModel4D:
+    """A float64 model with random motion, some Gaussians static, anchor times on a few slices."""
+    torch.manual_seed(seed)                                         # the networks' initialisation
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(n, 3, generator=gen, dtype=F64)
+    spec = {"bases": {"kind": "bases", "count": 3, "knots": 7, "with_opacity": with_opacity},
+            "mlp": {"kind": "mlp", "width": 16, "depth": 3, "position_octaves": 2, "time_octaves": 2,
+                    "with_opacity": with_opacity},
+            "planes": {"kind": "planes", "resolutions": [4, 8], "time_resolution": 5, "features": 3,
+                       "head_width": 8, "with_opacity": with_opacity}}[kind]
+    deformation = build_deformation(spec, Box.around(means))
+    splats = create_splats(means, torch.randn(n, 4, 3, generator=gen, dtype=F64), torch.randn(n, generator=gen),
+                           torch.randn(n, 3, generator=gen) * 0.3 - 3, torch.randn(n, 4, generator=gen),
+                           torch.rand(n, generator=gen) < 0.7, torch.randint(0, 5, (n,), generator=gen) / 4.0,
+                           sh_degree=1, temporal_sigma=0.2, extra=deformation.per_gaussian_shapes())
+    model = GaussianModel4D(splats, deformation, sh_degree=1, temporal_opacity=True).double()
+    with torch.no_grad():
+        for p in model.deformation.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=F64) * 0.2)
+        for key in model.deformation.per_gaussian_shapes():
+            model.splats[key].normal_(0, 0.2, generator=gen)
+        model.splats["time_log_scales"].add_(torch.randn(n, generator=gen, dtype=F64) * 0.3)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bases
+
+
+def test_dense_bspline_weights_equal_the_blending_polynomials():
+    bases = MotionBases(count=4, knots=9).double()
+    bases.control.data.normal_()
+    t = torch.cat([torch.rand(200, dtype=F64), torch.linspace(0, 1, 7, dtype=F64), torch.tensor([-0.1, 1.2], dtype=F64)])
+    torch.testing.assert_close(bases.basis(t), _polynomial_bspline_basis(bases, t), rtol=0, atol=1e-14)
+    assert torch.allclose(bases.basis_weights(t).sum(-1), torch.ones_like(t))          # partition of unity
+
+
+def test_bases_displacement_keeps_weights_until_the_anchors_change():
+    bases = MotionBases(count=3, knots=8).double()
+    bases.control.data.normal_()
+    anchors = torch.rand(30, dtype=F64)
+    coefs = {"motion_coefs": torch.randn(30, 3, 10, dtype=F64)}
+
+    def reference(time, anchor_times):
+        phi = _polynomial_bspline_basis(bases, torch.full_like(anchor_times, time)) - \
+            _polynomial_bspline_basis(bases, anchor_times)
+        return torch.einsum("mbd,mb->md", coefs["motion_coefs"], phi)
+
+    for time in (0.3, 0.3, 0.85):                                   # the second 0.3 comes from the cache
+        torch.testing.assert_close(bases.displacement(None, time, anchors, coefs), reference(time, anchors))
+    anchors.add_(0.05)                                              # in place: the cached weights are stale
+    torch.testing.assert_close(bases.displacement(None, 0.85, anchors, coefs), reference(0.85, anchors))
+    per_gaussian = torch.rand(30, dtype=F64)
+    expected = torch.stack([reference(float(t), anchors)[i] for i, t in enumerate(per_gaussian)])
+    torch.testing.assert_close(bases.displacement(None, per_gaussian, anchors, coefs), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the model
+
+
+@pytest.mark.parametrize("kind", ["bases", "mlp", "planes"])
+def test_accelerations_are_second_differences_of_positions(kind):
+    model = _model(kind)
+    index = model.dynamic_index()[:12]
+    times = torch.rand(12, dtype=F64) * 0.8 + 0.1
+    h = 0.07
+    got = model.accelerations(times, h, index)
+    expected = torch.stack([model.positions_at_time(float(t) - h, i[None])[0]
+                            - 2 * model.positions_at_time(float(t), i[None])[0]
+                            + model.positions_at_time(float(t) + h, i[None])[0] for t, i in zip(times, index)])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert got.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kind,with_opacity", [("bases", True), ("mlp", True), ("planes", False)])
+def test_gaussians_at_equals_index_adding_each_channel(kind, with_opacity):
+    model = _model(kind, with_opacity=with_opacity)
+    s = model.splats
+    index = torch.nonzero(s["is_dynamic"]).reshape(-1)
+    for time in (0.0, 0.4, 1.0):
+        shift = model.deformation.displacement(s["means"][index], time, s["anchor_times"][index],
+                                               model.deformation_inputs(index))
+        logits = s["opacities"].index_add(0, index, shift[:, 10]) if with_opacity else s["opacities"]
+        window = torch.exp(-0.5 * ((time - s["time_centers"]) / torch.exp(s["time_log_scales"])) ** 2)
+        expected = {"means": s["means"].index_add(0, index, shift[:, :3]),
+                    "quats": s["quats"].index_add(0, index, shift[:, 3:7]),
+                    "scales": torch.exp(s["scales"].index_add(0, index, shift[:, 7:10])),
+                    "opacities": torch.where(s["is_dynamic"], torch.sigmoid(logits) * window, torch.sigmoid(logits))}
+        got = model.gaussians_at(time)
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value, rtol=0, atol=1e-13)
+
+
+def test_the_dynamic_set_is_found_again_when_densification_replaces_the_flags():
+    model = _model("bases")
+    first = model.dynamic_index()
+    assert model.dynamic_index() is first                            # cached: no host synchronisation
+    flags = model.splats["is_dynamic"].detach().clone()
+    flags[first[0]] = False
+    model.splats["is_dynamic"] = torch.nn.Parameter(flags, requires_grad=False)
+    assert torch.equal(model.dynamic_index(), first[1:])
+
+
+def test_planes_load_models_saved_with_one_parameter_per_plane():
+    field = PlanesField(Box(), (4, 8), 5, 3, 8).double()
+    torch.nn.init.normal_(field.out.weight)
+    old = {k: v for k, v in field.state_dict().items() if not k.startswith("planes.")}
+    for level in range(2):                                          # the layout before: xy xz yz xt yt zt per level
+        for kind in range(2):
+            for i, plane in enumerate(field.planes[2 * level + kind].detach().unbind(0)):
+                old[f"planes.{6 * level + 3 * kind + i}"] = plane[None].clone()
+    back = PlanesField(Box(), (4, 8), 5, 3, 8).double()
+    back.load_state_dict(old)
+    x, t = torch.rand(20, 3, dtype=F64) * 2 - 1, torch.rand(20, dtype=F64)
+    torch.testing.assert_close(back.offsets(x, t, {}), field.offsets(x, t, {}), rtol=0, atol=0)
+    per_plane = [(p[:, 1:, :] - p[:, :-1, :]).pow(2).mean() + (p[:, :, 1:] - p[:, :, :-1]).pow(2).mean()
+                 for level in range(2) for p in field.planes[2 * level].unbind(0)]            # p: (F, r, r)
+    torch.testing.assert_close(field.regularization(), torch.stack(per_plane).mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# written-out gradients
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_ssim_gradient_equals_autograd_of_the_map(padding):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 3, 19, 23, generator=gen, dtype=F64, requires_grad=True)
+    b = (a.detach() + 0.2 * torch.randn(a.shape, generator=gen, dtype=F64)).clamp(0, 1).requires_grad_(True)
+    value = ssim(a, b, padding)
+    reference = ssim_map(a, b, padding).mean()
+    assert float(value.detach()) == float(reference.detach())
+    expected = torch.autograd.grad(reference, (a, b))
+    for got, want in zip(torch.autograd.grad(value, (a, b)), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+    only_a = torch.autograd.grad(ssim(a, b.detach(), padding), a)[0]         # the training case: target fixed
+    torch.testing.assert_close(only_a, expected[0], rtol=0, atol=1e-14)
+
+
+def test_temporal_opacity_and_anisotropy_gradients_equal_autograd():
+    gen = torch.Generator().manual_seed(1)
+    o, mu = torch.rand(50, generator=gen, dtype=F64), torch.rand(50, generator=gen, dtype=F64)
+    log_sigma = torch.randn(50, generator=gen, dtype=F64) - 1
+    dynamic = torch.rand(50, generator=gen) < 0.6
+    inputs = [x.requires_grad_(True) for x in (o, mu, log_sigma)]
+    assert torch.autograd.gradcheck(lambda *x: temporal_opacity(x[0], 0.37, x[1], x[2], dynamic), inputs)
+    reference = torch.where(dynamic, o * torch.exp(-0.5 * ((0.37 - mu) / torch.exp(log_sigma)) ** 2), o)
+    assert torch.equal(temporal_opacity(o, 0.37, mu, log_sigma, dynamic), reference)
+
+    log_scales = torch.randn(60, 3, generator=gen, dtype=F64) * 2
+    log_scales[:5, 1] = log_scales[:5, 0]                             # ties: the gradient goes where max/min say
+    log_scales.requires_grad_(True)
+    ratio = torch.exp(log_scales.max(-1).values - log_scales.min(-1).values)
+    expected = torch.autograd.grad(torch.relu(ratio - 3.0).mean(), log_scales)[0]
+    assert torch.equal(torch.autograd.grad(anisotropy_loss(log_scales, 3.0), log_scales)[0], expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the optimizer
+
+
+def test_one_adam_with_a_group_per_key_steps_like_one_adam_per_key():
+    from stages.optimize.config import OptimizeConfig
+    from stages.optimize.trainer import build_optimizer, splat_learning_rates
+
+    cfg = OptimizeConfig(deformation="planes")
+    models = [_model("planes", seed=3) for _ in range(2)]
+    shared = build_optimizer(cfg, models[0], None, scale=2.0)
+    rates = {**splat_learning_rates(cfg, 2.0), "planes": cfg.lr_planes, "field": cfg.lr_field}
+    deformation = models[1].deformation
+    params = {**{k: [p] for k, p in models[1].splats.items() if p.requires_grad},
+              "planes": list(deformation.planes.parameters()),
+              "field": [*deformation.hidden.parameters(), *deformation.out.parameters()]}
+    separate = [torch.optim.Adam(ps, lr=rates[k], eps=1e-15) for k, ps in params.items()]
+    assert [g["name"] for g in shared.param_groups] == list(params)
+    for step in range(3):
+        for model in models:
+            loss = sum((v * v).sum() for v in model.gaussians_at(0.3 * step).values() if v.is_floating_point())
+            (loss + model.deformation.regularization()).backward()
+        shared.step()
+        for opt in separate:
+            opt.step()
+        for model, opt in zip(models, [shared, *separate]):
+            model.zero_grad(set_to_none=True)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_gsplat_strategy_replaces_parameters_inside_the_shared_optimizer():
+    from stages.optimize.config import OptimizeConfig
+    from stages.optimize.densify import DensifyStrategy
+    from stages.optimize.trainer import build_optimizer, splat_optimizers
+
+    model = _model("bases", n=30).float()
+    optimizer = build_optimizer(OptimizeConfig(), model, None, scale=1.0)
+    model.gaussians_at(0.5)["means"].sum().backward()
+    optimizer.step()
+    per_key = splat_optimizers(optimizer, model)
+    strategy = DensifyStrategy(refine_start_iter=0, refine_every=1, reset_every=10**9, grow_grad2d=1e-3,
+                               grow_scale3d=10.0, prune_opa=0.0)
+    strategy.check_sanity(model.splats, per_key)
+    state = strategy.initialize_state(scene_scale=1.0)
+    means2d = torch.zeros(1, 30, 2, requires_grad=True)
+    means2d.grad = torch.zeros(1, 30, 2)
+    means2d.grad[0, :4, 0] = 1.0                                    # four Gaussians are duplicated
+    info = {"means2d": means2d, "radii": torch.ones(1, 30, 2, dtype=torch.int32), "width": 8, "height": 8,
+            "n_cameras": 1, "gaussian_ids": None}
+    moments = optimizer.state[model.splats["motion_coefs"]]["exp_avg"].clone()
+    assert strategy.step_post_backward(model.splats, per_key, state, 1, info).duplicated == 4
+    for group in optimizer.param_groups:
+        if group["name"] in model.splats:
+            assert group["params"] == [model.splats[group["name"]]]
+    assert len(optimizer.state) == len(optimizer.param_groups)      # no state left behind for the old tensors
+    torch.testing.assert_close(optimizer.state[model.splats["motion_coefs"]]["exp_avg"][:30], moments)
+    model.gaussians_at(0.5)["means"].sum().backward()
+    optimizer.step()                                                # steps the new, larger tensors
+    assert model.num_gaussians() == 34
