@@ -1,69 +1,78 @@
-"""Where an optimize-stage training step spends its time: torch.profiler over short runs of each deformation model,
-on the speed benchmark's setting (100k Gaussians, all dynamic, 400x400, SH degree 3).
+"""Where an optimize-stage training step spends its time: torch.profiler over runs of each deformation model, on the
+speed benchmark's setting exactly (100k Gaussians, all dynamic, 100 orbit views at 400x400, SH degree 3, the model's
+own renders as targets: ``bench.optimize_bench.training_rate``).
 
-    python -m bench.profile_optimize [--models bases mlp planes none] [--steps 40] [--gaussians 100000]
+    python -m bench.profile_optimize [--models bases mlp planes none] [--steps 200] [--gaussians 100000]
 
-For each model: steps per second without the profiler, then the GPU kernel time per step beside the wall time per
-step (a step whose kernels take far less than its wall time is bound by the host: launches, Python or a host sync),
-and the top operators by self CUDA time and by self CPU time.
+For each model: steps per second (unprofiled, from the trainer's log over ``--steps`` steps after a warm-up, as the
+speed benchmark measures them), the device kernels launched per step (the difference of two profiled runs, so the
+set-up cancels), the GPU kernel time per step beside the wall time per step (a step whose kernels take far less
+than its wall time is bound by the host: launches, Python or a host sync), and the top operators by self CUDA time
+and by self CPU time. ``python -m bench.optimize_ops`` counts the operators of a step without a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import time
+import tempfile
 from pathlib import Path
 
 import torch
 
-from bench.optimize_bench import orbit_views, random_gaussians
-from stages.optimize.config import OptimizeConfig
+from bench.optimize_bench import orbit_views, own_render_views, random_gaussians, speed_config, training_rate
 from stages.optimize.trainer import TrainData, train
 
 
-def run(kind: str, gaussians, views, device: str, steps: int, out: Path) -> float:
-    cfg = OptimizeConfig(deformation=kind, iterations=steps, sh_degree=3, sh_degree_interval=1, densify=False,
-                         checkpoint_every=0, log_every=steps, backend="auto", deform_warmup=0)
+def profiled_run(kind: str, gaussians, views, device: str, steps: int, out: Path) -> torch.profiler.profile:
+    """A training run of ``steps`` steps on ``views`` (set-up and the final checkpoint included) under
+    torch.profiler."""
+    cfg = speed_config(kind, steps, log_every=steps)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
     shutil.rmtree(out, ignore_errors=True)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    train(cfg, TrainData(views=views), gaussians, out, device=device, resume=False)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    with torch.profiler.profile(activities=activities) as prof:
+        train(cfg, TrainData(views=views), gaussians, out, device=device, resume=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return prof
+
+
+def device_launches(prof: torch.profiler.profile) -> int:
+    """Kernels, copies and memsets the profiled run put on the GPU."""
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["bases", "mlp", "planes", "none"])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=200, help="timed steps (after 50 warm-up steps)")
+    parser.add_argument("--profile-steps", type=int, default=40, help="steps of the profiled runs")
     parser.add_argument("--gaussians", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=400)
     parser.add_argument("--rows", type=int, default=18)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gaussians = random_gaussians(args.gaussians)
-    views = orbit_views(20, args.size, device)
-    out = Path("/tmp/profile-optimize")
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    views = orbit_views(100, args.size, device)
+    workdir = Path(tempfile.mkdtemp(prefix="profile_optimize_"))
     for kind in args.models:
-        run(kind, gaussians, views, device, 5, out)                           # warm-up: kernels, allocator
-        short, long = run(kind, gaussians, views, device, args.steps, out), \
-            run(kind, gaussians, views, device, 2 * args.steps, out)
-        per_step = (long - short) / args.steps                                # set-up cost cancels
-        with torch.profiler.profile(activities=activities) as prof:
-            run(kind, gaussians, views, device, args.steps, out)
+        rate = training_rate(kind, gaussians, views, device, 50, args.steps, workdir, window=50)
+        targets = own_render_views(speed_config(kind, 1), gaussians, views, device)     # as training_rate's
+        short = profiled_run(kind, gaussians, targets, device, args.profile_steps, workdir / "short")
+        prof = profiled_run(kind, gaussians, targets, device, 2 * args.profile_steps, workdir / "long")
         table = prof.key_averages()
-        gpu_total = sum(e.self_device_time_total for e in table) / 1e3 if device == "cuda" else 0.0   # ms
-        print(f"\n=== {kind}: {1 / per_step:.1f} it/s, {per_step * 1e3:.2f} ms per step (unprofiled); "
-              f"GPU kernels {gpu_total / args.steps:.2f} ms per step (profiled run, set-up included)")
+        print(f"\n=== {kind}: {rate['it_per_s']:.1f} it/s ({1000 / rate['it_per_s']:.2f} ms per step; windows of 50 "
+              f"steps {rate['window_it_per_s']}), {rate['visible_per_view']} Gaussians visible per view")
         if device == "cuda":
+            per_step = (device_launches(prof) - device_launches(short)) / args.profile_steps
+            gpu_ms = sum(e.self_device_time_total for e in table) / 1e3 / (2 * args.profile_steps)
+            print(f"    {per_step:.0f} device launches per step; GPU busy {gpu_ms:.2f} ms per step (profiled run, "
+                  f"set-up included)")
             print(table.table(sort_by="self_device_time_total", row_limit=args.rows, max_name_column_width=60))
         print(table.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,237 @@
+"""Operators per optimize-stage training step, counted on the CPU: the host-side cost a GPU step pays.
+
+    python -m bench.optimize_ops [--models bases mlp planes none] [--densify] [--json optimize_ops_cpu.json]
+
+On an H100/H200 a training step at 400x400 with 100k Gaussians is bound by the host (Python and ~400 kernel
+launches), so what a change to the trainer buys shows in the number of operators a step dispatches and the host
+synchronisations among them. Both are counted here, without a GPU, with a ``TorchDispatchMode`` over steady-state
+training steps of the speed benchmark's setting (``bench.optimize_bench.speed_config``) at a small size:
+
+- ``ops``: every aten operator the step dispatches (forward, backward, optimizer, bookkeeping), rasterizer excluded;
+- ``kernels``: those that run a kernel (views - ``view``, ``expand``, ``slice``, ... - only make tensor metadata);
+- ``syncs``: operators that wait for the GPU on CUDA (``item``, ``nonzero``, boolean-mask indexing, ...).
+
+The rasterizer is the same for every model and is gsplat's on the GPU, so it is replaced by two opaque stand-ins
+(projection, and colour + compositing; the torch backend inside, not counted) mirroring gsplat's structure:
+``meta["means2d"]`` is an intermediate with a gradient, so densification statistics work unchanged. Counts do not
+depend on the number of Gaussians or the resolution; optimizer steps take the CUDA path (fused Adam) even on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+from unittest import mock
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# Operators that make the host wait for the device when their inputs live on a GPU. ``lift_fresh`` is a tensor made
+# from Python data (``torch.tensor``, ``as_tensor``): on CUDA it is then a blocking host-to-device copy.
+SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim",
+           "unique_consecutive", "repeat_interleave", "masked_scatter", "lift_fresh"}
+# Profiler markers (``record_function`` in optimizer.step and zero_grad): host work, no kernel.
+MARKERS = {"_record_function_enter_new", "_record_function_exit"}
+
+
+def _is_view(func) -> bool:
+    """True for operators whose result aliases an input without writing to it (no kernel on any device)."""
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts dispatched aten operators by name (``counts``), skipping whatever runs inside :meth:`paused`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.views: set[str] = set()            # names of the operators seen that only make views
+        self._pause_depth = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self._pause_depth == 0:
+            name = func._schema.name.split("::")[-1]
+            self.counts[name] += 1
+            if _is_view(func):
+                self.views.add(name)
+        return func(*args, **(kwargs or {}))
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self._pause_depth += 1
+        try:
+            yield
+        finally:
+            self._pause_depth -= 1
+
+    def summary(self, counts: Optional[dict[str, float]] = None) -> dict[str, Any]:
+        """ops, kernels (ops less views and profiler markers), syncs and the syncing operators, of ``counts``
+        (default: everything counted so far)."""
+        counts = self.counts if counts is None else counts
+        total = sum(counts.values())
+        no_kernel = sum(v for k, v in counts.items() if k in self.views or k in MARKERS)
+        syncs = {k: v for k, v in counts.items() if k in SYNCING and v}
+        return {"ops": round(total, 1), "kernels": round(total - no_kernel, 1), "syncs": round(sum(syncs.values()), 1),
+                "sync_ops": syncs}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The opaque rasterizer stand-in
+
+
+class _Opaque(torch.autograd.Function):
+    """``fn(*inputs)`` as one autograd node whose forward and backward (by recomputation) are not counted."""
+
+    @staticmethod
+    def forward(ctx, counter: OpCounter, fn: Callable, *inputs):
+        with counter.paused():
+            outputs = tuple(fn(*inputs))
+        ctx.counter, ctx.fn = counter, fn
+        ctx.save_for_backward(*inputs)
+        ctx.mark_non_differentiable(*[o for o in outputs if not o.is_floating_point()])
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        needs = ctx.needs_input_grad[2:]
+        with ctx.counter.paused(), torch.enable_grad():
+            inputs = [x.detach().requires_grad_(need) for x, need in zip(ctx.saved_tensors, needs)]
+            outputs = ctx.fn(*inputs)
+            pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
+            wanted = [x for x in inputs if x.requires_grad]
+            found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
+        return (None, None, *[next(found) if need else None for need in needs])
+
+
+def opaque_rasterization(counter: OpCounter) -> Callable:
+    """A drop-in ``rasterization`` (RGB / RGB+ED, SH colours, one camera batch) that counts as two operators in the
+    forward and two in the backward, like gsplat's projection and rasterization kernels."""
+    from stages.optimize.rasterize.projection import camera_centers, project_gaussians
+    from stages.optimize.rasterize.sh import sh_to_color
+    from stages.optimize.rasterize.torch_backend import rasterize_to_pixels
+
+    def rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, *, near_plane=0.01,
+                      far_plane=1e10, eps2d=0.3, sh_degree=None, backgrounds=None, render_mode="RGB",
+                      rasterize_mode="classic", absgrad=False, backend="auto"):
+        assert render_mode in ("RGB", "RGB+ED") and sh_degree is not None and rasterize_mode == "classic"
+
+        def project(means, quats, scales, opacities, viewmats, Ks):
+            p = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane,
+                                  far_plane, eps2d)
+            return p.means2d, p.conics, p.depths, p.opacities, p.radii
+
+        def render(means2d, conics, depths, opacities2d, means, sh, viewmats, background, radii):
+            directions = means[None] - camera_centers(viewmats)[:, None]                   # [C, N, 3]
+            rgb = sh_to_color(sh_degree, directions, sh.expand(len(viewmats), *sh.shape))  # [C, N, 3]
+            pixels, alphas = rasterize_to_pixels(means2d, conics, torch.cat([rgb, depths[..., None]], -1),
+                                                 opacities2d, radii, depths, width, height,
+                                                 backgrounds=torch.cat([background, background[:, :1] * 0], -1))
+            return pixels, alphas
+
+        background = backgrounds if backgrounds is not None else colors.new_zeros(len(viewmats), 3)
+        means2d, conics, depths, opacities2d, radii = _Opaque.apply(counter, project, means, quats, scales,
+                                                                    opacities, viewmats, Ks)
+        pixels, alphas = _Opaque.apply(counter, render, means2d, conics, depths, opacities2d, means, colors,
+                                       viewmats, background, radii)
+        if render_mode == "RGB":
+            pixels = pixels[..., :3]
+        meta = {"means2d": means2d, "radii": radii, "depths": depths, "conics": conics, "opacities": opacities2d,
+                "width": width, "height": height, "n_cameras": len(viewmats), "n_batches": 1, "gaussian_ids": None,
+                "camera_ids": None, "batch_ids": None, "backend": "opaque"}
+        return pixels, alphas, meta
+
+    return rasterization
+
+
+class _FusedAdam(torch.optim.Adam):
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **{**kwargs, "fused": True, "foreach": None})
+
+
+@contextlib.contextmanager
+def cuda_optimizer_path() -> Iterator[None]:
+    """Adam optimizers built meanwhile take the CUDA path, ``fused=True`` (torch has a fused CPU Adam too)."""
+    with mock.patch.object(torch.optim, "Adam", _FusedAdam):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def count_step_ops(kind: str, *, gaussians: int = 2000, size: int = 48, densify: bool = False,
+                   log_every: int = 10, **overrides) -> dict[str, Any]:
+    """Operators per training step of ``kind``: the ops of a run of 3 x ``log_every`` steps minus those of a run of
+    2 x ``log_every`` steps, divided by ``log_every`` (set-up cancels; one log flush is included, as in training).
+    The counted steps come after the first epoch over the 20 views (``log_every`` >= 10), so that what is computed
+    once per view time is not counted.
+
+    densify: count steps inside the densification window (statistics every step; no growth or pruning falls in
+    the counted steps, whose count depends on the data)."""
+    from bench.optimize_bench import orbit_views, random_gaussians, speed_config
+    from stages.optimize import rasterize as rasterize_module
+    from stages.optimize.trainer import TrainData, train
+
+    if log_every < 10:
+        raise ValueError("log_every must be at least 10: the counted steps must follow the first epoch")
+    initial = random_gaussians(gaussians)
+    views = orbit_views(20, size, "cpu")
+    counter = OpCounter()
+    runs: list[dict[str, int]] = []
+    workdir = Path(tempfile.mkdtemp(prefix="optimize_ops_"))
+    try:
+        with cuda_optimizer_path():       # fills process-wide caches (the SSIM window) before counting
+            train(speed_config(kind, 2), TrainData(views=views), initial, workdir / "warm-up", device="cpu",
+                  resume=False)
+        for iterations in (2 * log_every, 3 * log_every):
+            cfg = speed_config(kind, iterations, log_every=log_every, **overrides)
+            if densify:      # statistics every step from step 0, refinement only after the counted steps
+                cfg.densify, cfg.refine_start, cfg.refine_stop, cfg.reset_every = True, 10**6 - 1, 10**6, 0
+            counter.counts.clear()
+            with cuda_optimizer_path(), \
+                    mock.patch.object(rasterize_module, "rasterization", opaque_rasterization(counter)), counter:
+                train(cfg, TrainData(views=views), initial, workdir / f"run{iterations}", device="cpu",
+                      resume=False)
+            runs.append(dict(counter.counts))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    short, long = runs
+    per_step = {k: (long.get(k, 0) - short.get(k, 0)) / log_every for k in set(short) | set(long)}
+    per_step = {k: v for k, v in sorted(per_step.items(), key=lambda kv: (-kv[1], kv[0])) if v}
+    return {"model": kind, **counter.summary(per_step), "by_op": per_step}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["bases", "mlp", "planes", "none"])
+    parser.add_argument("--densify", action="store_true", help="count steps inside the densification window")
+    parser.add_argument("--top", type=int, default=12, help="operators listed per model")
+    parser.add_argument("--json", default="", help="also write bench/results/<name>")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = [count_step_ops(kind, densify=args.densify) for kind in args.models]
+    print(f"\nOperators per training step (speed setting{', densification statistics on' if args.densify else ''}; "
+          "rasterizer = 2 forward + 2 backward stand-ins, not counted)")
+    print(f"{'model':8s} {'ops':>7s} {'kernels':>8s} {'syncs':>6s}")
+    for r in rows:
+        print(f"{r['model']:8s} {r['ops']:7.1f} {r['kernels']:8.1f} {r['syncs']:6.1f}  "
+              + ", ".join(f"{k} {v:g}" for k, v in r["sync_ops"].items()))
+    for r in rows:
+        print(f"\n{r['model']}: " + ", ".join(f"{k} {v:g}" for k, v in list(r["by_op"].items())[:args.top]))
+    if args.json:
+        from bench.common import RESULTS, environment
+
+        out = RESULTS / args.json
+        out.write_text(json.dumps({"environment": environment("cpu"), "densify": args.densify, "models": rows},
+                                  indent=1) + "\n")
+        print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
