@@ -51,7 +51,14 @@ def nvidia_driver() -> Optional[str]:
 
 
 def git_state() -> dict[str, Any]:
-    """The commit of the checkout and whether tracked files differ from it (None outside a git checkout)."""
+    """The commit of the checkout and whether tracked files differ from it (None outside a git checkout).
+
+    ``PAGE4DGS_GIT_COMMIT`` (set by whoever sends the tree to a GPU host, e.g. ``PAGE4DGS_GIT_COMMIT=$(git rev-parse
+    HEAD)`` written into the command) wins: a host's copy of the checkout may carry a stale ``.git``; the tree is then
+    reported as that commit with ``git_dirty`` None (unknown)."""
+    given = os.environ.get("PAGE4DGS_GIT_COMMIT", "").strip()
+    if given:
+        return {"git_commit": given, "git_dirty": None, "git_commit_source": "PAGE4DGS_GIT_COMMIT"}
     commit = _run(["git", "rev-parse", "HEAD"], cwd=REPO)
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO) if commit else None
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}

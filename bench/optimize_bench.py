@@ -397,6 +397,63 @@ def bench_scene_time(workdir: Path, geometry: str, quick: bool) -> dict[str, Any
     return {"frames": frames, "resolution": 400, "preset": "dnerf", "geometry": geometry, **row, "target_s": 120}
 
 
+QUALITY_PROTOCOL = {"object": "50 monocular training views at random viewpoints (one per time), 20 test views at new "
+                              "viewpoints and times, 200x200, white background, configs/dnerf.yaml",
+                    "room": "48-frame 256x144 handheld video, every 8th frame held out, default config",
+                    "psnr": "8-bit quantised render vs the stored image, per view then mean",
+                    "ssim": "3DGS (zero padding, full map) and valid (skimage gaussian) conventions",
+                    "lpips": "alex, inputs in [-1, 1]", "cameras": "dataset"}
+
+
+def summarize_quality(runs: list[dict]) -> list[dict]:
+    """Mean figures per (scene kind, model) over the runs that finished, in the order the runs came. The gain over
+    the static baseline is paired: the mean over the seeds that both the model and ``none`` ran of their PSNR
+    difference (``static_pair_seeds`` names them), so a model that ran on fewer seeds is not compared with another
+    seed's baseline."""
+    done = [r for r in runs if "psnr" in r]
+    summary = []
+    for kind, model in dict.fromkeys((r["scene"], r["model"]) for r in done):
+        rows = [r for r in done if r["scene"] == kind and r["model"] == model]
+        row = {"scene": kind, "model": model, "runs": len(rows),
+               **{k: round(statistics.mean(r[k] for r in rows), 4)
+                  for k in ("psnr", "ssim_3dgs", "ssim_valid", "lpips_alex", "optimize_s", "gaussians")}}
+        static = {r["seed"]: r["psnr"] for r in done if r["scene"] == kind and r["model"] == "none"}
+        pairs = [(r["psnr"] - static[r["seed"]], r["seed"]) for r in rows if r["seed"] in static]
+        row["psnr_over_static"] = round(statistics.mean(d for d, _ in pairs), 3) if pairs else None
+        row["static_pair_seeds"] = sorted(seed for _, seed in pairs)
+        summary.append(row)
+    return summary
+
+
+def print_quality(summary: list[dict], what: str) -> None:
+    table(f"Quality on held-out views ({what}); targets: object >= 25.5 dB within 140 s, each model >= +5 dB over "
+          "'none' (paired by seed)",
+          ["scene", "model", "runs", "PSNR", "dB vs none", "SSIM 3dgs", "SSIM valid", "LPIPS alex", "optimize s",
+           "gaussians"],
+          [[s["scene"], s["model"], s["runs"], s["psnr"], s["psnr_over_static"], s["ssim_3dgs"], s["ssim_valid"],
+            s["lpips_alex"], s["optimize_s"], s["gaussians"]] for s in summary])
+
+
+def merge_quality(parts: list[Path], note: str) -> dict[str, Any]:
+    """One quality record from several results files of this script (e.g. one process per model, side by side on
+    one GPU): their runs, finished or not, re-summarized; each part's environment is kept."""
+    runs, sources, geometries = [], [], set()
+    for path in parts:
+        record = json.loads(path.read_text())
+        quality = record.get("quality", {})
+        runs += quality.get("runs", [])
+        geometries.add(quality.get("geometry", ""))
+        sources.append({"file": path.name, "command": record.get("environment", {}).get("command"),
+                        "complete": quality.get("complete", True), "overrides": quality.get("overrides", [])})
+    if not runs:
+        raise ValueError("no quality runs in " + ", ".join(str(p) for p in parts))
+    summary = summarize_quality(runs)
+    print_quality(summary, f"merged from {len(parts)} files")
+    return {"protocol": QUALITY_PROTOCOL, "geometry": "/".join(sorted(geometries)),
+            "seeds": sorted({r["seed"] for r in runs}), "note": note, "sources": sources, "summary": summary,
+            "runs": runs}
+
+
 def bench_quality(workdir: Path, geometry: str, seeds: list[int], models: list[str], quick: bool,
                   save: Callable[[dict], None] = lambda partial: None, kinds_wanted: tuple[str, ...] = ("object", "room"),
                   extra_overrides: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -434,31 +491,9 @@ def bench_quality(workdir: Path, geometry: str, seeds: list[int], models: list[s
                       "complete": False})
                 print(f"  {kind} seed {seed} {model}: " + ", ".join(
                     f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
-    summary = []
-    for kind in kinds:
-        for model in models:
-            rows = [r for r in runs if r["scene"] == kind and r["model"] == model and "psnr" in r]
-            if rows:
-                summary.append({"scene": kind, "model": model, "runs": len(rows),
-                                **{k: round(statistics.mean(r[k] for r in rows), 4)
-                                   for k in ("psnr", "ssim_3dgs", "ssim_valid", "lpips_alex", "optimize_s",
-                                             "gaussians")}})
-    for s in summary:
-        base = next((b for b in summary if b["scene"] == s["scene"] and b["model"] == "none"), None)
-        s["psnr_over_static"] = round(s["psnr"] - base["psnr"], 3) if base else None
-    table(f"Quality on held-out views ({geometry} geometry, dataset cameras, seeds {seeds}); "
-          "targets: object >= 25.5 dB within 140 s, each model >= +5 dB over 'none'",
-          ["scene", "model", "runs", "PSNR", "dB vs none", "SSIM 3dgs", "SSIM valid", "LPIPS alex", "optimize s",
-           "gaussians"],
-          [[s["scene"], s["model"], s["runs"], s["psnr"], s["psnr_over_static"], s["ssim_3dgs"], s["ssim_valid"],
-            s["lpips_alex"], s["optimize_s"], s["gaussians"]] for s in summary])
-    protocol = {"object": "50 monocular training views at random viewpoints (one per time), 20 test views at new "
-                          "viewpoints and times, 200x200, white background, configs/dnerf.yaml",
-                "room": "48-frame 256x144 handheld video, every 8th frame held out, default config",
-                "psnr": "8-bit quantised render vs the stored image, per view then mean",
-                "ssim": "3DGS (zero padding, full map) and valid (skimage gaussian) conventions",
-                "lpips": "alex, inputs in [-1, 1]", "cameras": "dataset"}
-    return {"protocol": protocol, "geometry": geometry, "seeds": seeds, "overrides": list(extra_overrides),
+    summary = summarize_quality(runs)
+    print_quality(summary, f"{geometry} geometry, dataset cameras, seeds {seeds}")
+    return {"protocol": QUALITY_PROTOCOL, "geometry": geometry, "seeds": seeds, "overrides": list(extra_overrides),
             "summary": summary, "runs": runs}
 
 
@@ -485,7 +520,7 @@ def bench_cpu_demo(workdir: Path) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
+    mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--gpu", action="store_true")
     mode.add_argument("--cpu", action="store_true")
     parser.add_argument("--only", default="speed,render,scene,quality",
@@ -497,12 +532,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer steps/frames (smoke test of the script)")
     parser.add_argument("--kinds", nargs="+", default=["object", "room"], choices=("object", "room"),
                         help="quality: scene kinds")
+    parser.add_argument("--merge-quality", nargs="+", type=Path, default=[], metavar="FILE",
+                        help="no benchmark: merge the quality runs of these results files (bench/results/ names or "
+                             "paths) into the quality section of --json (default optimize.json), keeping its other "
+                             "sections")
+    parser.add_argument("--note", default="", help="with --merge-quality: how the merged runs were made")
     parser.add_argument("--json", default="", help="results file name in bench/results (default optimize.json)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="quality: a config override for every run, repeatable (a sweep: one call per setting, "
                              "each with its own --json)")
     parser.add_argument("--workdir", type=Path, default=None, help="scenes and runs (default: a temporary folder)")
     args = parser.parse_args(argv)
+    if args.merge_quality:
+        return merge_command(args)
+    if not (args.gpu or args.cpu):
+        parser.error("one of the arguments --gpu --cpu is required (or --merge-quality)")
 
     device = "cuda" if args.gpu else "cpu"
     if args.gpu and not torch.cuda.is_available():
@@ -540,6 +584,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         result[name]["section_seconds"] = round(time.perf_counter() - start, 1)
         write(result)                                                           # after every section
     print(f"\nwrote {out}")
+    return 0
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    parts = [p if p.is_file() else RESULTS / p for p in args.merge_quality]
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        print(f"optimize_bench: results file not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    out = RESULTS / (args.json or "optimize.json")
+    record = json.loads(out.read_text()) if out.is_file() else {}
+    try:
+        record["quality"] = merge_quality(parts, args.note)
+    except (ValueError, KeyError, json.JSONDecodeError) as err:
+        print(f"optimize_bench: cannot merge: {err}", file=sys.stderr)
+        return 2
+    out.write_text(json.dumps(record, indent=1, default=float) + "\n")
+    print(f"\nwrote the quality section of {out}")
     return 0
 
 

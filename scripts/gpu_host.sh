@@ -14,6 +14,8 @@
 #   .gsplat_ext/prebuilt/ and, with $OUT set, copied to $OUT/gsplat_ext_prebuilt/. Carry it to the next host:
 #   copy those two files into .gsplat_ext/prebuilt/ here and pass `.gsplat_ext/prebuilt` (and `.whl`) as carry.
 # - LPIPS: .cache/lpips/alex.safetensors, when carried, is used as the LPIPS backbone (no download there).
+# - The host's copy of the checkout may carry a stale .git: write the local commit into the command, e.g.
+#   `PAGE4DGS_GIT_COMMIT=<git rev-parse HEAD here> scripts/gpu_host.sh ...`, and results record that commit.
 # - Runs `python3 -m bench.run ARGS...`; results land in bench/results/ and, with $OUT set, the files this call
 #   wrote are copied to $OUT/results/ (a few files: what comes back from $OUT is limited in number and size).
 #   The benchmark is stopped (SIGINT) when $GPU_HOST_BUDGET_S seconds (default 570) have passed since this script

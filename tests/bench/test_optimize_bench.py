@@ -48,3 +48,44 @@ def test_the_speed_section_runs_on_a_cpu_and_times_windows_on_self_rendered_targ
     residual = torch.stack([t.image - c.image for t, c in zip(targets, clean)])
     assert abs(float(residual.std()) - 0.02) < 0.002 and abs(float(residual.mean())) < 0.002
     assert float(clean[0].image.min()) < 0.9                         # the Gaussians are in the picture
+
+
+def _run(scene, seed, model, psnr):
+    return {"scene": scene, "seed": seed, "model": model, "psnr": psnr, "ssim_3dgs": 0.9, "ssim_valid": 0.9,
+            "lpips_alex": 0.1, "optimize_s": 10.0, "gaussians": 100}
+
+
+def test_quality_gain_over_static_is_paired_by_seed_and_merged_files_keep_every_run(tmp_path):
+    import json
+
+    from bench.optimize_bench import merge_quality, summarize_quality
+
+    runs = [_run("object", 0, "bases", 23.0), _run("object", 1, "bases", 24.0), _run("object", 0, "planes", 22.0),
+            _run("object", 0, "none", 18.0), _run("object", 1, "none", 20.0), _run("room", 0, "mlp", 30.0),
+            {"scene": "object", "seed": 1, "model": "planes", "error": "cut"}]
+    rows = {(s["scene"], s["model"]): s for s in summarize_quality(runs)}
+    assert rows[("object", "bases")]["psnr"] == 23.5 and rows[("object", "bases")]["psnr_over_static"] == 4.5
+    # planes ran seed 0 only: compared with seed 0's baseline (18), not with the two-seed mean (19)
+    assert rows[("object", "planes")]["psnr_over_static"] == 4.0
+    assert rows[("object", "planes")]["static_pair_seeds"] == [0] and rows[("object", "planes")]["runs"] == 1
+    assert rows[("room", "mlp")]["psnr_over_static"] is None and ("object", "none") in rows
+
+    parts = []
+    for i, chunk in enumerate((runs[:3], runs[3:])):
+        path = tmp_path / f"part{i}.json"
+        path.write_text(json.dumps({"environment": {"command": f"cmd {i}"},
+                                    "quality": {"geometry": "oracle", "runs": chunk, "complete": i == 0}}))
+        parts.append(path)
+    merged = merge_quality(parts, "side by side")
+    assert merged["runs"] == runs and merged["summary"] == summarize_quality(runs)
+    assert [s["complete"] for s in merged["sources"]] == [True, False] and merged["geometry"] == "oracle"
+
+
+def test_results_name_the_commit_given_by_whoever_sent_the_tree(monkeypatch):
+    from bench.common import git_state
+
+    monkeypatch.setenv("PAGE4DGS_GIT_COMMIT", "0123456789abcdef")
+    assert git_state() == {"git_commit": "0123456789abcdef", "git_dirty": None,
+                           "git_commit_source": "PAGE4DGS_GIT_COMMIT"}
+    monkeypatch.delenv("PAGE4DGS_GIT_COMMIT")
+    assert "git_commit_source" not in git_state()
