@@ -182,7 +182,10 @@ class MotionBases(Deformation):
 
     def _weights_at_anchors(self, anchor_times: torch.Tensor) -> torch.Tensor:
         """W of the anchor times, recomputed only for another tensor (or one changed in place): the model passes the
-        same tensor until densification changes the Gaussians."""
+        same tensor until densification changes the Gaussians. An inference tensor (no version counter) is not
+        kept."""
+        if anchor_times.is_inference():
+            return self.basis_weights(anchor_times)
         cached = self._anchor_weights
         if cached is not None and cached[0] is anchor_times and cached[1] == anchor_times._version:
             return cached[2]

@@ -53,9 +53,13 @@ class GaussianModel4D(nn.Module):
 
         Cached until ``is_dynamic`` or ``anchor_times`` is replaced (densification, a restore), moved or changed in
         place, so the host synchronisation that finding them costs happens once per change, not per render; the same
-        anchor tensor also lets a deformation keep what it derives from it (the bases' weights).
+        anchor tensor also lets a deformation keep what it derives from it (the bases' weights). Tensors made under
+        ``torch.inference_mode`` have no version counter to tell a change by, so for them nothing is cached.
         """
         flags, anchors = self.splats["is_dynamic"], self.splats["anchor_times"]
+        if flags.is_inference() or anchors.is_inference():
+            index = torch.nonzero(flags, as_tuple=False).reshape(-1)
+            return index, anchors[index]
         state = (flags.device, anchors.dtype, flags._version, anchors._version)
         cached = self._dynamic
         if cached is None or cached[0] is not flags or cached[1] is not anchors or cached[2] != state:

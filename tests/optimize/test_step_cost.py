@@ -131,6 +131,27 @@ def test_the_dynamic_set_is_found_again_when_densification_replaces_the_flags():
     assert torch.equal(model.dynamic_index(), first[1:])
 
 
+@pytest.mark.parametrize("kind", ["bases", "mlp"])
+def test_a_model_loaded_under_inference_mode_renders_as_the_trained_one(kind, tmp_path):
+    """Inference tensors have no version counter: the caches must not need one (load_model under
+    ``torch.inference_mode``, rendered inside it and after it)."""
+    from stages.optimize.model import load_model
+
+    model = _model(kind).float()                                    # the saved format's dtype
+    model.save(tmp_path / "model.pt")
+    with torch.no_grad():
+        expected = [model.gaussians_at(t) for t in (0.3, 0.3, 0.8)]
+    with torch.inference_mode():
+        loaded = load_model(tmp_path / "model.pt")
+        inside = [loaded.gaussians_at(t) for t in (0.3, 0.3, 0.8)]
+    with torch.no_grad():
+        after = [loaded.gaussians_at(t) for t in (0.3, 0.3, 0.8)]
+    for got in (inside, after):
+        for want, have in zip(expected, got):
+            for key, value in want.items():
+                torch.testing.assert_close(have[key], value, rtol=0, atol=0)
+
+
 def test_planes_load_models_saved_with_one_parameter_per_plane():
     field = PlanesField(Box(), (4, 8), 5, 3, 8).double()
     torch.nn.init.normal_(field.out.weight)
