@@ -91,10 +91,13 @@ def encode_int8(weights: Path, out: Path) -> dict:
 
 
 def _rotation_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Angles (degrees) between the rotations of two (S, 4, 4) world-to-camera stacks."""
+    """Angles (degrees) between the rotations of two (S, 4, 4) world-to-camera stacks, in float64 and through
+    :func:`rotation_angle_rad` (arccos of the trace cannot resolve the small angles 8 bits change)."""
+    from stages.evaluate.pose_metrics import rotation_angle_rad
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     relative = np.einsum("sij,skj->sik", a[:, :3, :3], b[:, :3, :3])            # R_a R_b^T per frame
-    cos = np.clip((np.trace(relative, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
-    return np.degrees(np.arccos(cos))
+    return np.degrees(rotation_angle_rad(relative))
 
 
 def prediction_change(seq, fp16, int8) -> dict:

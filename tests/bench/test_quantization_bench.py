@@ -29,6 +29,10 @@ def test_rotation_change_between_camera_stacks():
     a = np.stack([about_z(10.0), about_z(-40.0)])
     b = np.stack([about_z(10.0), about_z(50.0)])
     assert np.allclose(quantization_bench._rotation_deg(a, b), [0.0, 90.0], atol=1e-6)
+    # float32 stacks 1e-4 degrees apart: cos rounds to 1 in float32, the angle must still come out
+    tiny = quantization_bench._rotation_deg(about_z(0.0)[None].astype(np.float32),
+                                            about_z(1e-4)[None].astype(np.float32))
+    assert tiny[0] == pytest.approx(1e-4, rel=1e-5)
 
 
 def test_cpu_run_on_one_short_room_window(tmp_path):
