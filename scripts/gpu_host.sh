@@ -28,12 +28,16 @@ started=$(mktemp /tmp/gpu_host_started.XXXXXX)   # results newer than this file 
 start_s=$(date +%s)
 SITE=/tmp/page4dgs-site
 if compgen -G ".whl/*.whl" >/dev/null; then
-  # Once per host and set of wheels: several benchmarks may then start side by side on one GPU.
-  wheels=$(ls .whl/*.whl | sha256sum | cut -c1-16)
-  if [ "$(cat "$SITE/.wheels" 2>/dev/null)" != "$wheels" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-    echo "$wheels" > "$SITE/.wheels"
-  fi
+  # Once per host and set of wheels (by content), under a lock: several benchmarks may start side by side.
+  wheels=$(sha256sum .whl/*.whl | sha256sum | cut -c1-16)
+  mkdir -p "$SITE"
+  (
+    flock 9
+    if [ "$(cat "$SITE/.wheels" 2>/dev/null)" != "$wheels" ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+      echo "$wheels" > "$SITE/.wheels"
+    fi
+  ) 9>"$SITE.lock"
 fi
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"

@@ -13,7 +13,8 @@
 #   3. $RESUME_FROM - exported weights with their training state (e.g. the bundled
 #                                         stages/geometry/page4d/weights/page4d-tiny.safetensors, which travels with
 #                                         the checkout): weights only, as in 2; with a larger `steps=` this continues
-#                                         training on a longer schedule;
+#                                         training on a longer schedule. The bundled file is 8-bit: training then
+#                                         starts from its dequantized weights (the log warns); prefer fp16 parts;
 #   4. nothing: a fresh start.
 # The chunk trains for MINUTES minutes of wall time (the loop stops cleanly before that with a checkpoint), then
 # writes to $OUT (files of at most 16 MiB, at most 8 of them):
@@ -70,10 +71,11 @@ if [ -n "${OUT:-}" ]; then
   cp "$RUN/export/$NAME.safetensors" "$RUN/$CONFIG-weights.safetensors"
   "$PY" -m stages.geometry.page4d.export_weights --split "$RUN/$CONFIG-weights.safetensors" --part-mib 15 --to "$OUT"
   cp "$RUN/train_log.csv" "$RUN/summary.json" "$OUT/"
-  # A finished schedule also returns the shipped file (for page4d-tiny 8-bit, 15 MB: one file under 16 MiB).
-  EXPORT=$("$PY" -c "import yaml; print(yaml.safe_load(open('configs/train/$CONFIG.yaml')).get('export', ''))")
-  if [ -n "$EXPORT" ] && [ -f "$EXPORT" ] && "$PY" -c "import json,sys; sys.exit(0 if json.load(open('$RUN/summary.json'))['finished'] else 1)"; then
-    cp "$EXPORT" "$OUT/"
+  # A finished schedule also returns the shipped file (for page4d-tiny 8-bit, 15 MB: one file under 16 MiB), as
+  # the run wrote it (summary.json's final_export: overrides included).
+  FINAL=$("$PY" -c "import json; print(json.load(open('$RUN/summary.json')).get('final_export') or '')")
+  if [ -n "$FINAL" ] && [ -f "$FINAL" ]; then
+    cp "$FINAL" "$OUT/"
   fi
 fi
 end=$(date +%s)

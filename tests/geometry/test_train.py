@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -289,3 +290,5 @@ def test_final_export_is_written_in_the_configured_format(tmp_path, micro_model)
     assert shipped["weights_format"] == "int8-per-channel-symmetric"
     assert resumable["weights_format"] == "float16"                    # what a weights-only resume reads
     assert shipped["train_state"] == resumable["train_state"]
+    summary = json.loads((run.out_dir / "summary.json").read_text())
+    assert summary["final_export"] == str(final) and summary["final_export_format"] == "int8"

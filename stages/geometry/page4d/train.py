@@ -623,13 +623,15 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     extra = {"device": device_name, "finished": finished}
     export_weights(model, export_path, config, state, extra)
-    if finished and config.export:
-        export_weights(model, Path(config.export), config, state, extra, int8=config.export_format == "int8")
-        log.info(f"exported the final weights ({config.export_format}) to {config.export}")
+    final_export = config.export if finished and config.export else None
+    if final_export:
+        export_weights(model, Path(final_export), config, state, extra, int8=config.export_format == "int8")
+        log.info(f"exported the final weights ({config.export_format}) to {final_export}")
     summary = {"stop_reason": stop_reason, "finished": finished, "state": dataclasses.asdict(state),
                "run_wall_s": time.perf_counter() - wall_start, "device": device_name,
                "torch": torch.__version__, "parameters": n_total, "trainable_parameters": n_trainable,
                "checkpoint": str(checkpoint_path), "export": str(export_path),
+               "final_export": final_export, "final_export_format": config.export_format if final_export else None,
                "resumed_from": str(resume) if resume else None}
     write_json(out_dir / "summary.json", summary)
     log.info(f"{stop_reason}: step {state.step}/{config.steps}, {state.train_seconds / 60:.1f} min of training in "
@@ -680,6 +682,9 @@ def _resume_weights_only(path: Path, model, state: TrainState, config: TrainConf
     state.weights_only_resumes += 1
     state.rewarmup_from = state.step
     model.aggregator.mask_step = float(metadata.get("mask_step", 0.0))
+    if str(metadata.get("weights_format", "float16")).startswith("int8"):
+        log.warning(f"{path} holds 8-bit weights: training continues from their dequantized values (each within "
+                    f"half an 8-bit step of the trained ones), not from the float weights they were made from")
     differing = compare_configs(metadata.get("train_config", {}), config)
     if differing:
         log.warning(f"resuming with a different config ({', '.join(differing)})")
