@@ -117,8 +117,10 @@ class GaussianModel4D(nn.Module):
         """Positions (..., 3) of the dynamic Gaussians ``index`` (any shape, repeats allowed) at one ``time``."""
         flat = index.reshape(-1)
         means = self.splats["means"][flat]
-        shift = self.deformation.displacement(means, time, self.splats["anchor_times"][flat],
-                                              self.deformation_inputs(flat))
+        anchor_times = self.splats["anchor_times"][flat]
+        # A 0-dim tensor, not a float: these times are random (rigidity), so they must not fill the render-time cache.
+        when = torch.full((), float(time), dtype=anchor_times.dtype, device=anchor_times.device)
+        shift = self.deformation.displacement(means, when, anchor_times, self.deformation_inputs(flat))
         return (means + shift[:, POSITION]).view(*index.shape, 3)
 
     def gaussians_at(self, time: float, sh_degree: Optional[int] = None) -> dict[str, torch.Tensor]:

@@ -121,6 +121,18 @@ def test_gaussians_at_equals_index_adding_each_channel(kind, with_opacity):
             torch.testing.assert_close(got[key], value, rtol=0, atol=1e-13)
 
 
+def test_positions_at_random_times_match_the_render_and_leave_the_render_time_cache_alone():
+    model = _model("bases")
+    index, _ = model.dynamic_set()
+    rendered = model.gaussians_at(0.4)["means"][index]                  # caches the render time 0.4
+    cached = dict(model.deformation._time_weights)
+    for time in (0.4, 0.123, 0.777):                                    # the rigidity regulariser's random times
+        got = model.positions_at_time(time, index.view(2, -1) if index.numel() % 2 == 0 else index)
+        if time == 0.4:
+            torch.testing.assert_close(got.reshape(-1, 3), rendered, rtol=0, atol=1e-14)
+    assert model.deformation._time_weights.keys() == cached.keys()
+
+
 def test_the_dynamic_set_is_found_again_when_densification_replaces_the_flags():
     model = _model("bases")
     first = model.dynamic_index()
@@ -231,7 +243,7 @@ def test_one_adam_with_a_group_per_key_steps_like_one_adam_per_key():
         shared.step()
         for opt in separate:
             opt.step()
-        for model, opt in zip(models, [shared, *separate]):
+        for model in models:
             model.zero_grad(set_to_none=True)
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         assert torch.equal(a, b)

@@ -352,7 +352,7 @@ def decode_state(stored: dict[str, torch.Tensor], weights_format: Optional[str],
     if weights_format != INT8_FORMAT:
         raise UserError(f"unknown weights_format {weights_format!r} (this version reads "
                         f"{', '.join(FLOAT_FORMATS)} and {INT8_FORMAT})", source)
-    state = {k: v for k, v in stored.items() if k not in packed}
+    state = {k: v for k, v in stored.items() if not k.endswith((INT8_VALUES, INT8_SCALE))}
     problems = []
     for key in packed:
         base = key.removesuffix(INT8_VALUES) if key.endswith(INT8_VALUES) else key.removesuffix(INT8_SCALE)
