@@ -125,6 +125,12 @@ def align_cameras_sim3(source_w2c: np.ndarray, target_w2c: np.ndarray) -> Sim3:
     Scale and translation come from the camera centres (Umeyama). The rotation is the chordal mean of the per-camera
     rotation offsets, which also works when the centres are (nearly) collinear or few, and is refined jointly with
     the centres by re-solving scale and translation for that rotation.
+
+    The least-squares scale for that rotation is the ratio of the centres' spreads times their correlation, so it
+    shrinks towards 0 (and turns negative) when the source trajectory disagrees with the target's, e.g. a network's
+    poses for a camera that barely moves. Where the correlation is below 0.5 the ratio of spreads (RMS distances
+    from the mean centre) is used instead: a depth scale from it is right when the trajectories differ in shape but
+    not in extent, where the least-squares one would shrink the geometry towards a point.
     """
     src = np.asarray(source_w2c, dtype=np.float64)
     tgt = np.asarray(target_w2c, dtype=np.float64)
@@ -140,9 +146,12 @@ def align_cameras_sim3(source_w2c: np.ndarray, target_w2c: np.ndarray) -> Sim3:
     if len(src) >= 3 and np.linalg.matrix_rank(c_src - c_src.mean(0), tol=1e-9) >= 1:
         rc_src = (c_src - c_src.mean(0)) @ R.T
         ct = c_tgt - c_tgt.mean(0)
-        denom = (rc_src**2).sum()
-        scale = float((rc_src * ct).sum() / denom) if denom > 1e-18 else 1.0
-        scale = max(scale, 1e-12)
+        spread_src, spread_tgt = float(np.sqrt((rc_src**2).sum())), float(np.sqrt((ct**2).sum()))
+        if spread_src > 1e-9 and spread_tgt > 1e-9:
+            correlation = float((rc_src * ct).sum()) / (spread_src * spread_tgt)
+            scale = spread_tgt / spread_src * (correlation if correlation >= 0.5 else 1.0)
+        else:
+            scale = 1.0
     else:
         scale = 1.0
     t = c_tgt.mean(0) - scale * R @ c_src.mean(0)

@@ -56,3 +56,20 @@ def test_camera_alignment_recovers_a_known_similarity(rng):
     x_src = src[0][:3, :3] @ X + src[0][:3, 3]
     x_tgt = tgt[0][:3, :3] @ truth.apply(X) + tgt[0][:3, 3]
     assert np.allclose(x_tgt, 0.7 * x_src)
+
+
+
+def test_camera_alignment_keeps_a_positive_scale_when_the_trajectories_disagree(rng):
+    # Same orientations, but the source's centres run the other way along the path (a network's poses for a camera
+    # that barely moved): least squares would give a negative scale, and the geometry would collapse to a point.
+    path = np.linspace(-1.0, 1.0, 8)[:, None] * np.array([1.0, 0.2, 0.0])
+    target = np.stack([look_at_w2c(c + [0, 0, 5], np.zeros(3)) for c in path])
+    source = target.copy()
+    for w, c in zip(source, path):
+        w[:3, 3] = -w[:3, :3] @ (-0.5 * c + [0, 0, 5])                      # centres mirrored, half the extent
+    est = align_cameras_sim3(source, target)
+    assert np.isclose(est.scale, 2.0)                                          # the ratio of the spreads
+    assert np.allclose(est.rotation, np.eye(3), atol=1e-9)
+    # Where they agree up to noise, the least-squares scale (spread ratio x correlation) is kept.
+    noisy = np.stack([look_at_w2c(0.5 * c + [0, 0, 5] + rng.normal(size=3) * 0.01, np.zeros(3)) for c in path])
+    assert 1.9 < align_cameras_sim3(noisy, target).scale < 2.01
