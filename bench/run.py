@@ -147,10 +147,26 @@ def run_group(group: str, only: list[str], skip: list[str]) -> int:
     if unknown:
         print(f"bench: group '{group}' has no step {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    record = {"benchmark": "suite", "group": group, "environment": environment("cuda" if group == "gpu" else "cpu"),
-              "steps": []}
+    path = RESULTS / f"suite_{group}.json"
+    env = environment("cuda" if group == "gpu" else "cpu")
+    # A partial run (--only / --skip) updates its steps in the group's record and keeps the others' entries.
+    kept = {}
+    if (only or skip) and path.is_file():
+        try:
+            kept = {e["name"]: e for e in json.loads(path.read_text()).get("steps", [])}
+        except (ValueError, KeyError, TypeError):
+            kept = {}
+    record = {"benchmark": "suite", "group": group, "environment": env, "steps": []}
+
+    def write() -> None:
+        ran = {e["name"]: e for e in record["steps"]}
+        steps_now = [ran.get(s.name) or kept[s.name] for s in GROUPS[group] if s.name in ran or s.name in kept]
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**record, "steps": steps_now}, indent=2) + "\n")
+
     for step in steps:
-        entry = {"name": step.name, "command": shlex.join(step.argv()), "about": step.about}
+        entry = {"name": step.name, "command": shlex.join(step.argv()), "about": step.about, "date": env["date"],
+                 "git_commit": env.get("git_commit")}
         reason = step.missing()
         if reason:
             entry.update(status="skipped", reason=reason)
@@ -164,8 +180,7 @@ def run_group(group: str, only: list[str], skip: list[str]) -> int:
             if code:
                 print(f"=== {step.name} failed with exit code {code}; going on", flush=True)
         record["steps"].append(entry)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"suite_{group}.json").write_text(json.dumps(record, indent=2) + "\n")
+        write()
         if entry["status"] == "interrupted":
             print(f"=== {step.name} interrupted; the suite stops here (what it wrote so far is kept)", flush=True)
             return 130

@@ -26,8 +26,16 @@ def test_a_failing_step_is_reported_and_the_suite_goes_on(tmp_path, monkeypatch)
     assert record["steps"][0]["returncode"] != 0 and record["steps"][2]["returncode"] == 0
     assert record["steps"][2]["command"].endswith("-m bench.run --list")
     assert record["environment"]["command"] and record["environment"]["device"]
+    marked = {**record, "steps": [{**record["steps"][0], "returncode": 99}, record["steps"][1],
+                                  {**record["steps"][2], "status": "stale"}]}
+    (tmp_path / "suite_test.json").write_text(json.dumps(marked))
     assert run.main(["test", "--only", "fine"]) == 0
     assert run.main(["test", "--only", "nonexistent"]) == 2
+    # The partial run replaced its own step and kept the others' entries, in the group's order.
+    after = json.loads((tmp_path / "suite_test.json").read_text())
+    assert [(s["name"], s["status"]) for s in after["steps"]] == [("broken", "failed"), ("needs", "skipped"),
+                                                                  ("fine", "ok")]
+    assert after["steps"][0]["returncode"] == 99
 
 
 def test_every_step_names_a_script_that_exists():
