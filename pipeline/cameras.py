@@ -143,16 +143,12 @@ def align_cameras_sim3(source_w2c: np.ndarray, target_w2c: np.ndarray) -> Sim3:
     R = U @ S @ Vt
     c_src = np.stack([-w[:3, :3].T @ w[:3, 3] for w in src])
     c_tgt = np.stack([-w[:3, :3].T @ w[:3, 3] for w in tgt])
-    if len(src) >= 3 and np.linalg.matrix_rank(c_src - c_src.mean(0), tol=1e-9) >= 1:
-        rc_src = (c_src - c_src.mean(0)) @ R.T
-        ct = c_tgt - c_tgt.mean(0)
-        spread_src, spread_tgt = float(np.sqrt((rc_src**2).sum())), float(np.sqrt((ct**2).sum()))
-        if spread_src > 1e-9 and spread_tgt > 1e-9:
-            correlation = float((rc_src * ct).sum()) / (spread_src * spread_tgt)
-            scale = spread_tgt / spread_src * (correlation if correlation >= 0.5 else 1.0)
-        else:
-            scale = 1.0
-    else:
-        scale = 1.0
+    rc_src = (c_src - c_src.mean(0)) @ R.T
+    ct = c_tgt - c_tgt.mean(0)
+    spread_src, spread_tgt = float(np.sqrt((rc_src**2).sum())), float(np.sqrt((ct**2).sum()))
+    scale = 1.0                                   # fewer than 3 cameras, or one of the two sets does not move
+    if len(src) >= 3 and spread_src > 1e-9 and spread_tgt > 1e-9:
+        correlation = float((rc_src * ct).sum()) / (spread_src * spread_tgt)
+        scale = spread_tgt / spread_src * (correlation if correlation >= 0.5 else 1.0)
     t = c_tgt.mean(0) - scale * R @ c_src.mean(0)
     return Sim3(scale, R, t)
