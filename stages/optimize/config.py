@@ -32,6 +32,13 @@ class OptimizeConfig:
                                     "Gaussian in time, initialised at the time the point was seen).")
     temporal_opacity_init: float = option(2.0, "Initial temporal standard deviation of dynamic Gaussians, in units "
                                           "of the median gap between training times.")
+    temporal_width_floor: float = option(0.0, "Lower bound on the temporal-opacity width of dynamic Gaussians, in "
+                                         "median gaps between training times, reached at temporal_widen_until and "
+                                         "raised linearly from temporal_opacity_init after temporal_widen_from (a "
+                                         "coarse-to-fine widening: each Gaussian must then follow the motion, and is "
+                                         "seen from more training views, over a longer span); 0 = off.")
+    temporal_widen_from: int = option(1000, "Step where the temporal width floor starts to rise.")
+    temporal_widen_until: int = option(5000, "Step where the temporal width floor reaches temporal_width_floor.")
     deform_opacity: bool = option(False, "The deformation also offsets the opacity logit.")
     bases_count: int = option(12, "bases: number of shared motion bases.")
     bases_knots: int = option(16, "bases: B-spline control points per basis over t in [0, 1].")

@@ -331,6 +331,19 @@ def restore(snapshot: dict[str, Any], cfg: OptimizeConfig, model: GaussianModel4
     return optimizer
 
 
+def temporal_width_floor(cfg: OptimizeConfig, step: int, gap: float) -> float:
+    """The lower bound (in time units) on the temporal-opacity width of dynamic Gaussians at ``step``: 0 when
+    ``cfg.temporal_width_floor`` is off; else rising linearly from ``temporal_opacity_init`` to
+    ``temporal_width_floor`` median gaps ``gap`` between steps ``temporal_widen_from`` and ``temporal_widen_until``
+    (0 before the first)."""
+    if cfg.temporal_width_floor <= 0 or step < cfg.temporal_widen_from:
+        return 0.0
+    span = max(cfg.temporal_widen_until - cfg.temporal_widen_from, 1)
+    progress_ = min((step - cfg.temporal_widen_from) / span, 1.0)
+    start = min(cfg.temporal_opacity_init, cfg.temporal_width_floor)
+    return gap * (start + progress_ * (cfg.temporal_width_floor - start))
+
+
 def checkpoint_path(directory: Path, step: int) -> Path:
     return directory / f"step_{step:07d}.pt"
 
@@ -581,6 +594,10 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        width_floor = temporal_width_floor(cfg, step, gap) if model.temporal_opacity else 0.0
+        if width_floor > 0:
+            with torch.no_grad():
+                model.splats["time_log_scales"].clamp_(min=math.log(width_floor))
         events: DensifyEvents = strategy.step_post_backward(model.splats, splat_opts, strategy_state, step,
                                                             infos if len(infos) > 1 else infos[0], packed=False)
         if events.opacity_reset:

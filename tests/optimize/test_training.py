@@ -176,3 +176,21 @@ def test_frames_decoded_at_every_use_train_identically(tiny, tmp_path, monkeypat
     lazy = train(cfg, lazy_data, initial, tmp_path / "lazy", seed=0)
     assert [r["loss"] for r in _log(tmp_path / "eager/log.csv")] == [r["loss"] for r in _log(tmp_path / "lazy/log.csv")]
     assert torch.equal(eager.model.splats["means"], lazy.model.splats["means"])
+
+
+def test_the_temporal_width_floor_rises_linearly_and_holds_every_dynamic_gaussian_above_it(tiny, tmp_path):
+    from stages.optimize.trainer import temporal_width_floor
+
+    cfg = small_config(temporal_opacity_init=2.0, temporal_width_floor=6.0, temporal_widen_from=2,
+                       temporal_widen_until=6, iterations=8, densify=False, rigidity_lambda=0.0)
+    gap = 0.1
+    assert [round(temporal_width_floor(cfg, s, gap), 12) for s in (0, 1, 2, 3, 4, 6, 7)] == [
+        0.0, 0.0, 0.2, 0.3, 0.4, 0.6, 0.6]
+    assert temporal_width_floor(small_config(), 100, gap) == 0.0          # off by default
+    files, scene = tiny
+    data, initial = _inputs(files, scene, cfg)
+    result = train(cfg, data, initial, tmp_path / "run", seed=0)
+    widths = result.model.splats["time_log_scales"].exp()
+    dynamic = result.model.splats["is_dynamic"]
+    floor = 6.0 * median_time_gap([v.time for v in data.views])
+    assert dynamic.any() and torch.all(widths[dynamic] >= floor * (1 - 1e-6))

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Run several benchmark calls side by side on one GPU host (sweeps of the quality section, which are bound by the
+# host, not the GPU: running them together changes their times, not their results).
+#
+#   scripts/gpu_parallel.sh SWEEP_FILE
+#
+# Each non-empty line of SWEEP_FILE that does not start with '#' is the argument list of one `scripts/gpu_host.sh`
+# call, for example
+#
+#   optimize --gpu --only quality --kinds object --seeds 0 --models bases --json sweep_depth01.json --set optimize.depth_lambda=0.1
+#
+# (gpu_host.sh sets the host up once, under a lock, and copies each call's results to $OUT/results/). Give every
+# line its own --json name; each line gets its own --workdir (/tmp/parallel.N) unless it names one. Prints the last
+# lines of each call's output; exits non-zero if any call failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ "$#" -ne 1 ] || [ ! -f "$1" ]; then
+  echo "usage: scripts/gpu_parallel.sh SWEEP_FILE (one gpu_host.sh argument list per line)" >&2
+  exit 2
+fi
+scripts/gpu_host.sh >/dev/null || exit $?        # the set-up once, before the calls race for it
+pids=() logs=()
+n=0
+while IFS= read -r line || [ -n "$line" ]; do
+  case "$line" in ''|'#'*) continue ;; esac
+  n=$((n + 1))
+  log=$(mktemp "/tmp/parallel.$n.XXXXXX.log")
+  read -r -a args <<<"$line"
+  case " $line " in *" --workdir "*) ;; *) args+=(--workdir "/tmp/parallel.$n") ;; esac
+  scripts/gpu_host.sh "${args[@]}" >"$log" 2>&1 &
+  pids+=($!) logs+=("$log")
+  echo "[$n] pid $! : $line"
+done <"$1"
+status=0
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}"; code=$?
+  [ "$code" -eq 0 ] || status=1
+  echo "===== [$((i + 1))] exit $code ====="
+  grep -v '^\s*$' "${logs[$i]}" | grep -v 'it/s\]\|step/s\]' | tail -n 12
+done
+exit "$status"
