@@ -18,6 +18,7 @@ blended with the geometric vote.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -136,3 +137,94 @@ def dynamic_masks(depth: np.ndarray, intrinsics: np.ndarray, world_to_camera: np
         fused = torch.where(counts > 0, (1 - params.head_weight) * score + params.head_weight * head, head)
         moving = fused > params.vote_fraction
     return moving.cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The depth scale under known cameras
+
+
+@dataclass(frozen=True)
+class ScaleFit:
+    """A depth scale chosen by multi-view agreement under fixed cameras (see :func:`consistency_scale`)."""
+
+    scale: float              # the best candidate
+    score: float              # its agreement: the share of sampled pixels that another frame sees at their depth
+    edge_score: float         # the better of the two ends of the searched range
+    well_posed: bool          # the agreement peaks inside the range, clearly above its ends
+    scales: list[float]       # the coarse candidates (for the record)
+    scores: list[float]
+
+
+def consistency_scale(depth: Tensor, intrinsics: Tensor, world_to_camera: Tensor, initial: float,
+                      confidence: Optional[Tensor] = None, span: float = 32.0, steps: int = 81,
+                      tolerance: float = 0.02, stride: int = 4, max_pairs: int = 48,
+                      min_peak_over_edge: float = 1.5, offsets: tuple[int, ...] = (1, 2, 4, 8)) -> ScaleFit:
+    """The factor s that makes s x ``depth`` agree across frames under the given cameras.
+
+    depth (S, H, W) z-depth in arbitrary units (<= 0 = invalid); intrinsics (S, 3, 3) for those pixels;
+    world_to_camera (S, 4, 4) OpenCV, in the units wanted; confidence (S, H, W) optional (pixels below their frame's
+    median are not sampled). Pairs: each frame with the frames ``offsets`` after it (at most ``max_pairs``, spread
+    over the sequence).
+
+    For each candidate s (``steps`` log-spaced over [initial / span, initial x span], then a finer pass around the
+    best), pixel p of frame i is placed at s d_i(p) on its ray and projected into frame j; it agrees when j's own
+    depth there, s d_j, is within ``tolerance`` of the projected depth. The score is the share of i's sampled
+    pixels that agree, averaged over pairs. Moving content and occlusions lower every candidate alike.
+
+    With wide baselines (object captures from many sides) a wrong scale moves the projections off the surface and
+    the score peaks sharply at the right one. With a small baseline (a camera that barely moves) parallax vanishes
+    as s grows, the score keeps rising to the end of the range, and ``well_posed`` is False: the caller then keeps
+    its own estimate. Well posed = the peak is inside the range and ``min_peak_over_edge`` x the better end.
+    """
+    S, H, W = depth.shape
+    depth = depth.double()
+    K, w2c = intrinsics.double(), world_to_camera.double()
+    pairs = [(i, i + k) for i in range(S) for k in offsets if i + k < S]
+    if len(pairs) > max_pairs:
+        pairs = [pairs[k] for k in np.linspace(0, len(pairs) - 1, max_pairs).round().astype(int)]
+    rows = torch.arange(0, H, stride, device=depth.device)
+    cols = torch.arange(0, W, stride, device=depth.device)
+    prepared = []                      # per pair: A (P, 3), B (3,), the target depth map, sample count
+    for i, j in pairs:
+        d = depth[i][rows][:, cols]                                               # (h, w)
+        keep = (d > 0) & torch.isfinite(d)
+        if confidence is not None:
+            c = confidence[i].double()[rows][:, cols]
+            keep &= c >= c[keep].median() if keep.any() else keep
+        rays = _pixel_rays(K[i], H, W)[rows][:, cols]                             # (h, w, 3)
+        points_i = (rays * d[..., None])[keep]                                    # (P, 3) camera i, unit scale
+        i_to_j = w2c[j] @ torch.linalg.inv(w2c[i])
+        # In camera j at scale s: s R points_i + t, with R, t of i_to_j (the cameras are not scaled).
+        prepared.append((points_i @ i_to_j[:3, :3].T, i_to_j[:3, 3], j, int(keep.sum())))
+
+    def scores_of(candidates: Tensor) -> Tensor:
+        total = torch.zeros(len(candidates), dtype=torch.float64, device=depth.device)
+        for A, B, j, count in prepared:
+            if count == 0:
+                continue
+            X = candidates[:, None, None] * A[None] + B                            # (C, P, 3)
+            z = X[..., 2]
+            u = K[j, 0, 0] * X[..., 0] / z + K[j, 0, 2]
+            v = K[j, 1, 1] * X[..., 1] / z + K[j, 1, 2]
+            inside = (z > 1e-9) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+            observed = depth[j][torch.nan_to_num(v, nan=0.0).clamp(0, H - 1).long(),
+                                torch.nan_to_num(u, nan=0.0).clamp(0, W - 1).long()] * candidates[:, None]
+            agree = inside & (observed > 0) & ((observed - z).abs() <= tolerance * z)
+            total += agree.double().sum(1) / count
+        return total / max(1, len(prepared))
+
+    coarse = float(initial) * torch.logspace(-math.log10(span), math.log10(span), steps, dtype=torch.float64,
+                                             device=depth.device)
+    scores = scores_of(coarse)
+    best = int(scores.argmax())
+    edge = float(max(scores[0], scores[-1]))
+    peak = float(scores[best])
+    well_posed = 0 < best < steps - 1 and peak >= min_peak_over_edge * edge and peak > 0
+    scale = float(coarse[best])
+    if 0 < best < steps - 1:
+        fine = torch.logspace(math.log10(float(coarse[best - 1])), math.log10(float(coarse[best + 1])), 21,
+                              dtype=torch.float64, device=depth.device)
+        fine_scores = scores_of(fine)
+        k = int(fine_scores.argmax())
+        scale, peak = float(fine[k]), max(peak, float(fine_scores[k]))
+    return ScaleFit(scale, peak, edge, bool(well_posed), coarse.tolist(), scores.tolist())

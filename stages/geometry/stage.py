@@ -21,7 +21,7 @@ from pipeline.io import atomic_path, write_json, write_npy, write_png
 from pipeline.log import get_logger, progress
 from pipeline.scene import Scene
 from stages.geometry.config import GeometryConfig
-from stages.geometry.consistency import ConsistencyParams, dynamic_masks
+from stages.geometry.consistency import ConsistencyParams, consistency_scale, dynamic_masks
 
 log = get_logger("geometry")
 
@@ -48,20 +48,27 @@ class GeometrySource:
     get: Callable[[int], FrameGeometry]
     summary: dict = field(default_factory=dict)
     world_to_camera: Optional[np.ndarray] = None  # (S, 4, 4) all frames' cameras, where known up front
+    alignment: Optional[Sim3] = None             # network world -> dataset world, with dataset cameras
 
 
 def run(ctx) -> dict:
     cfg: GeometryConfig = ctx.section
     scene: Scene = ctx.scene
     start = time.perf_counter()
-    source = oracle_geometry(scene) if cfg.model == "oracle" else network_geometry(scene, cfg, ctx.device)
     camera_source = resolve_camera_source(cfg, scene)
-    align = None
-    if cfg.model != "oracle" and camera_source == "dataset":
-        predicted = source.world_to_camera
-        dataset = np.stack([f.camera.world_to_camera for f in scene.frames])
-        align = align_cameras_sim3(predicted, dataset)
-    summary = write_artifacts(ctx, scene, cfg, source, camera_source, align)
+    if cfg.model == "oracle":
+        source = oracle_geometry(scene)
+    else:
+        dataset = None
+        if camera_source == "dataset":
+            dataset = (np.stack([f.camera.world_to_camera for f in scene.frames]),
+                       np.stack([f.camera.K for f in scene.frames]))
+        source = network_geometry(scene, cfg, ctx.device, dataset)
+        if source.alignment is not None:
+            record = source.summary["dataset_alignment"]
+            log.info(f"network depth to the dataset cameras' units: x {record['scale']:.4g} "
+                         f"({record['method']})")
+    summary = write_artifacts(ctx, scene, cfg, source, camera_source, source.alignment)
     summary["seconds_total"] = round(time.perf_counter() - start, 3)
     write_json(ctx.out("geometry/geometry.json"), {**source.summary, **summary})
     return {"model": cfg.model, "frames": source.frames, "cameras": camera_source,
@@ -105,8 +112,14 @@ def oracle_geometry(scene: Scene) -> GeometrySource:
     return GeometrySource(len(scene.frames), get, {"model": "oracle"})
 
 
-def network_geometry(scene: Scene, cfg: GeometryConfig, device: str) -> GeometrySource:
-    """Run PAGE-4D over all frames; masks from consistency (+ a supervised mask head)."""
+def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
+                     dataset: Optional[tuple[np.ndarray, np.ndarray]] = None) -> GeometrySource:
+    """Run PAGE-4D over all frames; masks from consistency (+ a supervised mask head).
+
+    dataset: the scene's cameras (world_to_camera (S, 4, 4), K (S, 3, 3) in stored pixels) when they are used: the
+    network's world is then aligned to theirs (:func:`align_to_dataset`) and the masks' consistency check runs
+    under them, with the depth in their units.
+    """
     from stages.geometry.page4d import sdpa
     from stages.geometry.page4d.checkpoint import load_model
     from stages.geometry.page4d.inference import Predictor, predict_sequence, prepare_model
@@ -148,7 +161,15 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str) -> Geometry
         score = torch.from_numpy(pred.mask_score)[:, None] + 0.5                      # (S, 1, h/p, w/p)
         head_probability = torch.nn.functional.interpolate(score, size=(h, w), mode="bilinear",
                                                            align_corners=False)[:, 0].numpy()
-    masks = dynamic_masks(pred.depth, pred.intrinsics, pred.world_to_camera, params, pred.depth_conf,
+    alignment, alignment_record = None, None
+    mask_depth, mask_K, mask_w2c = pred.depth, pred.intrinsics, pred.world_to_camera
+    if dataset is not None:
+        dataset_w2c = dataset[0]
+        dataset_K = np.stack([m.intrinsics_to_network(K) for m, K in zip(prepared.mappings, dataset[1])])
+        alignment, alignment_record = align_to_dataset(pred.depth, pred.depth_conf, pred.world_to_camera,
+                                                       dataset_K, dataset_w2c, device)
+        mask_depth, mask_K, mask_w2c = pred.depth * np.float32(alignment.scale), dataset_K, dataset_w2c
+    masks = dynamic_masks(mask_depth, mask_K, mask_w2c, params, pred.depth_conf,
                           head_probability, device)                                     # (S, h, w) bool
     timings["masks_s"] = time.perf_counter() - t
 
@@ -169,7 +190,41 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str) -> Geometry
         "attention_kernels": sdpa.chosen_kernels(), "head_precision": cfg.head_precision,
         "windows": pred.windows, "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    return GeometrySource(len(scene.frames), get, summary, pred.world_to_camera)
+    if alignment_record is not None:
+        summary["dataset_alignment"] = alignment_record
+    return GeometrySource(len(scene.frames), get, summary, pred.world_to_camera, alignment)
+
+
+def camera_centres(world_to_camera: np.ndarray) -> np.ndarray:
+    """(S, 3) centres -R^T t of (S, 4, 4) world-to-camera matrices."""
+    return -np.einsum("sji,sj->si", world_to_camera[:, :3, :3], world_to_camera[:, :3, 3])
+
+
+def align_to_dataset(depth: np.ndarray, confidence: np.ndarray, predicted_w2c: np.ndarray, dataset_K: np.ndarray,
+                     dataset_w2c: np.ndarray, device: str = "cpu") -> tuple[Sim3, dict]:
+    """The Sim(3) from the network's world to the dataset cameras' world, and a record of how it was found.
+
+    depth, confidence (S, h, w) network resolution; predicted_w2c (S, 4, 4); dataset_K (S, 3, 3) in network pixels;
+    dataset_w2c (S, 4, 4). Rotation (and a first scale) from the cameras (:func:`align_cameras_sim3`). The scale
+    is then the one under which the depth maps agree across frames seen through the dataset cameras
+    (:func:`consistency_scale`), where that is well posed (wide baselines: object captures); a camera that barely
+    moves keeps the cameras' scale. The translation matches the camera centres for the chosen scale.
+    """
+    cameras = align_cameras_sim3(predicted_w2c, dataset_w2c)
+    to = torch.device(device)
+    fit = consistency_scale(torch.from_numpy(np.asarray(depth)).to(to), torch.from_numpy(dataset_K).to(to),
+                            torch.from_numpy(np.asarray(dataset_w2c, dtype=np.float64)).to(to), cameras.scale,
+                            torch.from_numpy(np.asarray(confidence)).to(to))
+    scale = fit.scale if fit.well_posed else cameras.scale
+    source_mean, target_mean = (camera_centres(np.asarray(w, dtype=np.float64)).mean(0)
+                                for w in (predicted_w2c, dataset_w2c))
+    alignment = Sim3(scale, cameras.rotation, target_mean - scale * cameras.rotation @ source_mean)
+    record = {"scale": scale,
+              "method": ("depth agreement across frames under the dataset cameras" if fit.well_posed else
+                         "camera centres (depth agreement not well posed: small baselines)"),
+              "camera_scale": cameras.scale, "agreement_scale": fit.scale,
+              "agreement": round(fit.score, 4), "agreement_at_range_ends": round(fit.edge_score, 4)}
+    return alignment, record
 
 
 # ----------------------------------------------------------------------------------------------------------------

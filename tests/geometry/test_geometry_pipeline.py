@@ -134,8 +134,9 @@ class WindowOracle:
 
     device = torch.device("cpu")
 
-    def __init__(self, depth, K, w2c, rng):
+    def __init__(self, depth, K, w2c, rng, scrambled_cameras: bool = False):
         self.depth, self.K, self.w2c, self.rng = depth, K, w2c, rng
+        self.scrambled_cameras = scrambled_cameras    # cameras unrelated to the images (a network's bad poses)
 
     def __call__(self, frames: torch.Tensor) -> Prediction:
         index = frames[:, 0, 0, 0].round().long().numpy()               # frame indices ride in the pixels
@@ -144,6 +145,11 @@ class WindowOracle:
         R0, t0 = self.w2c[index[0]][:3, :3], self.w2c[index[0]][:3, 3]
         to_window = Sim3(scale, R0, scale * t0)
         w2c = np.stack([to_window.transform_w2c(self.w2c[i]) for i in index])
+        if self.scrambled_cameras:
+            for w in w2c:
+                rotation = np.linalg.qr(self.rng.normal(size=(3, 3)))[0]
+                w[:3, :3] = rotation * np.sign(np.linalg.det(rotation))
+                w[:3, 3] = self.rng.normal(size=3)
         depth = self.depth[index] * np.float32(scale)
         points = np.stack([unproject(d, k, w) for d, k, w in zip(depth, self.K[index], w2c)]).astype(np.float32)
         return Prediction(world_to_camera=w2c, intrinsics=self.K[index], depth=depth,
@@ -174,6 +180,27 @@ def test_windowed_prediction_joins_into_one_consistent_trajectory():
     for i in range(S):
         expected = unproject(pred.depth[i], K[i], pred.world_to_camera[i])
         assert np.abs(pred.world_points[i] - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_windows_keep_one_depth_scale_when_the_predicted_cameras_are_wrong():
+    """The scale between windows comes from the shared frames' depths, not from their (here random) cameras: the
+    joined depth is the ground truth times one scale in every window (a camera-fitted scale shrank each window)."""
+    depth, K, w2c, _, _ = raycast_scene.render(frames=23, width=32, height=24)
+    S = len(depth)
+
+    class Frames:
+        def __len__(self):
+            return S
+
+        def batch(self, indices, device):
+            ids = torch.arange(S)[indices].float()
+            return ids[:, None, None, None].expand(-1, 3, 2, 2).clone()
+
+    oracle = WindowOracle(depth, K, w2c, np.random.default_rng(1), scrambled_cameras=True)
+    pred = predict_sequence(oracle, Frames(), window=8, overlap=3, show_progress=False)
+    valid = depth > 0
+    ratio = pred.depth[valid] / depth[valid]
+    assert len(pred.windows) == 4 and np.allclose(ratio, ratio[0], rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -232,3 +259,36 @@ def test_network_geometry_with_dataset_cameras(tmp_path):
         R = np.asarray(pred["world_to_camera"])[:3, :3]
         assert np.allclose(R @ R.T, np.eye(3), atol=1e-6)
     assert report["network_size"][0] == 56
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Depth scale under dataset cameras
+
+
+def test_consistency_scale_recovers_a_known_depth_scale_and_the_alignment_uses_it():
+    from stages.geometry.consistency import consistency_scale
+    from stages.geometry.stage import align_to_dataset
+
+    depth, K, w2c, _, _ = raycast_scene.render(frames=10)
+    network_depth = depth * np.float32(0.37)                 # the network's units: 0.37 x the dataset's
+    fit = consistency_scale(torch.from_numpy(network_depth), torch.from_numpy(K), torch.from_numpy(w2c), 1.0)
+    assert fit.well_posed and abs(fit.scale * 0.37 - 1) < 0.02 and fit.score > 0.5
+    # Predicted cameras unrelated to the images: their centres give a wrong scale, the depths the right one.
+    rng = np.random.default_rng(0)
+    scrambled = w2c.copy()
+    scrambled[:, :3, 3] = rng.normal(size=(10, 3)) * 0.05
+    alignment, record = align_to_dataset(network_depth, np.ones_like(network_depth), scrambled, K, w2c)
+    assert abs(alignment.scale * 0.37 - 1) < 0.02 and record["method"].startswith("depth agreement")
+    assert abs(record["camera_scale"] * 0.37 - 1) > 0.5
+
+
+def test_consistency_scale_is_not_well_posed_for_a_camera_that_barely_moves():
+    from stages.geometry.consistency import consistency_scale
+
+    depth, K, w2c, _, _ = raycast_scene.render(frames=1)
+    frames = 6
+    still = np.repeat(w2c, frames, axis=0)
+    still[:, 0, 3] += np.linspace(0, 1e-4, frames)             # a tenth of a millimetre in a 8 m room
+    fit = consistency_scale(torch.from_numpy(np.repeat(depth, frames, axis=0)), torch.from_numpy(np.repeat(K, frames, 0)),
+                            torch.from_numpy(still), 1.0)
+    assert not fit.well_posed

@@ -55,6 +55,15 @@ class FrameMapping:
         K[1, 2] = self.scale_y * (K[1, 2] - self.offset_y)
         return K
 
+    def intrinsics_to_network(self, K_stored: np.ndarray) -> np.ndarray:
+        """(3, 3) intrinsics in stored-frame pixels -> in network pixels (the inverse of intrinsics_to_stored)."""
+        K = np.array(K_stored, dtype=np.float64)
+        K[0, 0] /= self.scale_x
+        K[0, 2] = K[0, 2] / self.scale_x + self.offset_x
+        K[1, 1] /= self.scale_y
+        K[1, 2] = K[1, 2] / self.scale_y + self.offset_y
+        return K
+
     def stored_sample_grid(self, device: torch.device | str = "cpu") -> Tensor:
         """(1, H_s, W_s, 2) grid_sample coordinates (align_corners=False) of each stored pixel in the network image."""
         W_s, H_s = self.stored_size
