@@ -549,9 +549,11 @@ def e2e_summary_index(R: Results, name: str, kind: str, model: str) -> Optional[
     return next((i for i, r in enumerate(rows) if r["kind"] == kind and r["deformation"] == model), None)
 
 
-# optimize_bench's quality section (oracle geometry, dataset cameras): configs/dnerf.yaml with 4 motion bases on
-# object seeds 0 and 1 (the sweep that chose them), and the 12-base / static comparison of optimize.json.
-DNERF_PRESET_RUNS = ("sweeps/sweep_bases4.json", "sweeps/sweep_bases4s1.json")
+# optimize_bench's quality section (oracle geometry, dataset cameras): configs/dnerf.yaml as committed (widening
+# floor of 6 gaps, 4 motion bases) on object seeds 0 and 1, run side by side (their times are not a lone run's),
+# the time from a lone run of seed 0; and the comparison with the static model of optimize.json.
+DNERF_PRESET_RUNS = ("quality_parts/object_bases_s0.json", "quality_parts/object_bases_s1.json")
+DNERF_PRESET_LONE_RUN = "sweeps/sweep_preset_lone_s0.json"
 
 
 def optimize_quality_rows(R: Results) -> list[Measured]:
@@ -559,12 +561,16 @@ def optimize_quality_rows(R: Results) -> list[Measured]:
     runs = [n for n in DNERF_PRESET_RUNS if R.has(n, "quality", "summary")]
     psnr = figure(R, runs[0], ("quality", "summary", 0, "psnr"), "{:.2f}", "mean",
                   [(n, ("quality", "summary", 0, "psnr")) for n in runs[1:]]) if runs else None
-    seconds = figure(R, runs[0], ("quality", "summary", 0, "optimize_s"), "{:.0f}", "max",
-                     [(n, ("quality", "summary", 0, "optimize_s")) for n in runs[1:]]) if runs else None
+    lone = DNERF_PRESET_LONE_RUN
+    seconds = figure(R, lone, ("quality", "summary", 0, "optimize_s"), "{:.0f}") \
+        if R.has(lone, "quality", "summary") else None
+    lone_psnr = figure(R, lone, ("quality", "summary", 0, "psnr"), "{:.2f}") \
+        if R.has(lone, "quality", "summary") else None
     rows.append(Measured("held-out PSNR ≥ 25.5 dB within 140 s on a 200×200 object scene (H100): configs/dnerf.yaml "
-                         "(4 bases), oracle geometry, mean of seeds 0 and 1", psnr,
-                         [psnr, " dB, ", seconds, " s at most"], None, None,
-                         device(R, runs[0]) if runs else None, ", ".join(runs) or DNERF_PRESET_RUNS[0],
+                         "(widening floor, 4 bases), oracle geometry, mean of seeds 0 and 1 (side by side); time "
+                         "of a lone run", psnr,
+                         [psnr, " dB; lone run of the first seed: ", seconds, " s, ", lone_psnr, " dB"], None, None,
+                         device(R, runs[0]) if runs else None, ", ".join([*runs, lone]) or DNERF_PRESET_RUNS[0],
                          status=None if psnr is None or seconds is None else
                          ("met" if psnr.value >= 25.5 and seconds.value <= 140 else "missed")))
     name = "optimize.json"
@@ -582,7 +588,8 @@ def optimize_quality_rows(R: Results) -> list[Measured]:
         setting = ", ".join(
             ([f"seeds {' '.join(map(str, seeds))}"] if seeds is not MISSING else [])
             + ([" ".join(overrides)] if overrides is not MISSING and overrides else [])
-            + ([f"configs as of {str(commit)[:7]}"] if commit is not MISSING else []))
+            + (["merged runs: see the quality note"] if R.has(name, "quality", "note")
+               else [f"configs as of {str(commit)[:7]}"] if commit is not MISSING else []))
         rows.append(Measured(f"each deformation model ≥ 5 dB above static: {kind} scenes, optimize_bench ({setting})",
                              least, [least, " dB (smallest over the models run)"], at_least(5.0),
                              ["static ", *unit(figure(R, name, ("quality", "summary", static, "psnr"), "{:.2f}"),
