@@ -271,14 +271,16 @@ def write_artifacts(ctx, scene: Scene, cfg: GeometryConfig, source: GeometrySour
         frame = scene.frames[index]
         geo = source.get(index)
         depth, world_to_camera = geo.depth, geo.world_to_camera
-        world_points = unproject_stored(depth, geo.K, world_to_camera)
         if align is not None:
             predicted_w2c = align.transform_w2c(world_to_camera)
             predicted.append(camera_entry(frame, geo.K, predicted_w2c))
             cameras.append(camera_entry(frame, frame.camera.K, frame.camera.world_to_camera))
             depth = depth * np.float32(align.scale)
-            world_points = align.apply(world_points)
+            # The fused cloud lies on the rays of cameras.json (what export pairs it with, and what the optimization
+            # uses): the scaled depth through the dataset camera, not the network's camera moved by the Sim(3).
+            world_points = unproject_stored(depth, frame.camera.K, frame.camera.world_to_camera)
         else:
+            world_points = unproject_stored(depth, geo.K, world_to_camera)
             entry = camera_entry(frame, geo.K, world_to_camera)
             cameras.append(entry)
             predicted.append(entry)

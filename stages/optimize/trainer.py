@@ -335,11 +335,11 @@ def temporal_width_floor(cfg: OptimizeConfig, step: int, gap: float) -> float:
     """The lower bound (in time units) on the temporal-opacity width of dynamic Gaussians at ``step``: 0 when
     ``cfg.temporal_width_floor`` is off; else rising linearly from ``temporal_opacity_init`` to
     ``temporal_width_floor`` median gaps ``gap`` between steps ``temporal_widen_from`` and ``temporal_widen_until``
-    (0 before the first)."""
+    (0 before the first; the full floor from ``temporal_widen_until`` on, also when the two steps are equal)."""
     if cfg.temporal_width_floor <= 0 or step < cfg.temporal_widen_from:
         return 0.0
-    span = max(cfg.temporal_widen_until - cfg.temporal_widen_from, 1)
-    progress_ = min((step - cfg.temporal_widen_from) / span, 1.0)
+    span = cfg.temporal_widen_until - cfg.temporal_widen_from
+    progress_ = min((step - cfg.temporal_widen_from) / span, 1.0) if span > 0 else 1.0
     start = min(cfg.temporal_opacity_init, cfg.temporal_width_floor)
     return gap * (start + progress_ * (cfg.temporal_width_floor - start))
 

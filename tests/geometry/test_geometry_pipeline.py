@@ -57,6 +57,7 @@ def test_frame_mapping_sends_network_pixels_to_their_stored_position(mode, size)
     xn, yn = (K_net @ point)[:2]
     assert np.allclose((K @ point)[:2], [mapping.scale_x * (xn - mapping.offset_x),
                                          mapping.scale_y * (yn - mapping.offset_y)])
+    assert np.allclose(mapping.intrinsics_to_network(K), K_net)            # and back (dataset cameras)
     # Back to the stored resolution: a network-resolution x ramp becomes the stored x coordinate.
     ramp = torch.from_numpy(xs[None].astype(np.float32))
     stored = mapping.to_stored(ramp)[0].numpy()
@@ -156,19 +157,25 @@ class WindowOracle:
                           depth_conf=np.ones_like(depth), world_points=points, world_points_conf=np.ones_like(depth))
 
 
+class IndexFrames:
+    """Stand-in prepared frames of ``count`` frames whose pixels carry their frame index (for WindowOracle)."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __len__(self):
+        return self.count
+
+    def batch(self, indices, device):
+        ids = torch.arange(self.count)[indices].float()
+        return ids[:, None, None, None].expand(-1, 3, 2, 2).clone()
+
+
 def test_windowed_prediction_joins_into_one_consistent_trajectory():
     depth, K, w2c, _, _ = raycast_scene.render(frames=23, width=32, height=24)
     S = len(depth)
 
-    class Frames:
-        def __len__(self):
-            return S
-
-        def batch(self, indices, device):
-            ids = torch.arange(S)[indices].float()
-            return ids[:, None, None, None].expand(-1, 3, 2, 2).clone()
-
-    pred = predict_sequence(WindowOracle(depth, K, w2c, np.random.default_rng(0)), Frames(), window=8, overlap=3,
+    pred = predict_sequence(WindowOracle(depth, K, w2c, np.random.default_rng(0)), IndexFrames(S), window=8, overlap=3,
                             show_progress=False)
     assert [w["start"] for w in pred.windows] == [0, 5, 10, 15]
     centres = np.stack([-w[:3, :3].T @ w[:3, 3] for w in pred.world_to_camera])
@@ -188,19 +195,20 @@ def test_windows_keep_one_depth_scale_when_the_predicted_cameras_are_wrong():
     depth, K, w2c, _, _ = raycast_scene.render(frames=23, width=32, height=24)
     S = len(depth)
 
-    class Frames:
-        def __len__(self):
-            return S
-
-        def batch(self, indices, device):
-            ids = torch.arange(S)[indices].float()
-            return ids[:, None, None, None].expand(-1, 3, 2, 2).clone()
-
     oracle = WindowOracle(depth, K, w2c, np.random.default_rng(1), scrambled_cameras=True)
-    pred = predict_sequence(oracle, Frames(), window=8, overlap=3, show_progress=False)
+    pred = predict_sequence(oracle, IndexFrames(S), window=8, overlap=3, show_progress=False)
     valid = depth > 0
     ratio = pred.depth[valid] / depth[valid]
     assert len(pred.windows) == 4 and np.allclose(ratio, ratio[0], rtol=1e-5)
+
+
+def test_windows_without_valid_depth_in_their_overlap_give_a_one_line_error():
+    from pipeline.errors import UserError
+
+    depth, K, w2c, _, _ = raycast_scene.render(frames=10, width=32, height=24)
+    oracle = WindowOracle(np.zeros_like(depth), K, w2c, np.random.default_rng(2))
+    with pytest.raises(UserError, match="raise geometry.overlap"):
+        predict_sequence(oracle, IndexFrames(len(depth)), window=6, overlap=2, show_progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -250,6 +258,7 @@ def test_network_geometry_with_dataset_cameras(tmp_path):
                                                "geometry.overlap=1"])
     report = json.loads((out / "geometry.json").read_text())
     assert summary["cameras"] == "dataset" and len(report["windows"]) == 2
+    assert report["dataset_alignment"]["scale"] == report["alignment_sim3"]["scale"] > 0
     cameras = json.loads((out / "cameras.json").read_text())["frames"]
     predicted = json.loads((out / "predicted_cameras.json").read_text())["frames"]
     for frame, cam, pred in zip(scene.frames, cameras, predicted):
@@ -259,6 +268,23 @@ def test_network_geometry_with_dataset_cameras(tmp_path):
         R = np.asarray(pred["world_to_camera"])[:3, :3]
         assert np.allclose(R @ R.T, np.eye(3), atol=1e-6)
     assert report["network_size"][0] == 56
+    # The fused cloud lies on the dataset cameras' rays at the stored depth: every point lands on a pixel centre of
+    # some frame at that pixel's depth.
+    from plyfile import PlyData
+
+    vertex = PlyData.read(str(out / "points.ply"))["vertex"]
+    points = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)      # (P, 3)
+    best = np.full(len(points), np.inf)
+    for cam in cameras:
+        K, w2c = np.asarray(cam["K"]), np.asarray(cam["world_to_camera"])
+        depth = np.load(out / "depth" / f"{cam['name']}.npy")
+        in_cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+        u, v = K[0, 0] * in_cam[:, 0] / in_cam[:, 2] + K[0, 2], K[1, 1] * in_cam[:, 1] / in_cam[:, 2] + K[1, 2]
+        centred = (np.abs(u - np.floor(u) - 0.5) < 1e-3) & (np.abs(v - np.floor(v) - 0.5) < 1e-3)
+        col, row = np.clip(u.astype(int), 0, 47), np.clip(v.astype(int), 0, 35)
+        error = np.abs(depth[row, col] - in_cam[:, 2]) / np.maximum(in_cam[:, 2], 1e-9)
+        best = np.minimum(best, np.where(centred, error, np.inf))
+    assert len(points) > 0 and np.all(best < 1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------------

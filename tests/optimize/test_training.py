@@ -187,10 +187,33 @@ def test_the_temporal_width_floor_rises_linearly_and_holds_every_dynamic_gaussia
     assert [round(temporal_width_floor(cfg, s, gap), 12) for s in (0, 1, 2, 3, 4, 6, 7)] == [
         0.0, 0.0, 0.2, 0.3, 0.4, 0.6, 0.6]
     assert temporal_width_floor(small_config(), 100, gap) == 0.0          # off by default
+    at_once = small_config(temporal_width_floor=6.0, temporal_widen_from=3, temporal_widen_until=3)
+    assert [round(temporal_width_floor(at_once, s, gap), 12) for s in (2, 3, 4)] == [0.0, 0.6, 0.6]
     files, scene = tiny
     data, initial = _inputs(files, scene, cfg)
     result = train(cfg, data, initial, tmp_path / "run", seed=0)
     widths = result.model.splats["time_log_scales"].exp()
     dynamic = result.model.splats["is_dynamic"]
+    floor = 6.0 * median_time_gap([v.time for v in data.views])
+    assert dynamic.any() and torch.all(widths[dynamic] >= floor * (1 - 1e-6))
+
+
+def test_the_temporal_width_floor_keeps_resume_exact_and_holds_through_densification(tiny, tmp_path):
+    """The floor is a function of the step applied after each optimizer step, so a checkpoint in the middle of the
+    widening resumes to the same run; Gaussians added by densification start at or above it."""
+    cfg = small_config(temporal_width_floor=6.0, temporal_widen_from=2, temporal_widen_until=6)
+    files, scene = tiny
+    data, initial = _inputs(files, scene, cfg)
+    straight = train(cfg, data, initial, tmp_path / "straight", seed=3)
+    train(cfg, data, initial, tmp_path / "resumed", seed=3, stop_after=4)
+    second = train(cfg, data, initial, tmp_path / "resumed", seed=3)
+    assert second.resumed_from == 4
+    a, b = _log(tmp_path / "straight/log.csv"), _log(tmp_path / "resumed/log.csv")
+    assert int(a[-1]["gaussians"]) != int(a[0]["gaussians"]), "densification happened"
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    for key, value in straight.model.splats.items():
+        assert torch.equal(value, second.model.splats[key]), key
+    widths = straight.model.splats["time_log_scales"].exp()
+    dynamic = straight.model.splats["is_dynamic"]
     floor = 6.0 * median_time_gap([v.time for v in data.views])
     assert dynamic.any() and torch.all(widths[dynamic] >= floor * (1 - 1e-6))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pipeline.cameras import Sim3, umeyama_sim3
+from pipeline.errors import UserError
 from pipeline.log import progress
 from stages.geometry.page4d.model import HEADS, PAGE4D
 from stages.geometry.page4d.pose import pose_encoding_to_extri_intri
@@ -151,7 +152,10 @@ def fit_overlap_sim3(window: Prediction, window_frames: Sequence[int], placed: P
         targets.append(dst[keep])
         ratios.append(depth_b[keep] / depth_a[keep])
     ratio = np.concatenate(ratios)
-    scale = float(np.median(ratio)) if len(ratio) else 1.0
+    if len(ratio) < 3:
+        raise UserError(f"geometry: consecutive windows share {len(window_frames)} frame(s) with fewer than 3 "
+                        f"confident pixels of valid depth, too few to join them; raise geometry.overlap")
+    scale = float(np.median(ratio))
     rigid = umeyama_sim3(scale * np.concatenate(sources), np.concatenate(targets), with_scale=False)
     return Sim3(scale, rigid.rotation, rigid.translation)
 
