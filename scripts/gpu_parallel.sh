@@ -10,8 +10,9 @@
 #   optimize --gpu --only quality --kinds object --seeds 0 --models bases --json sweep_depth01.json --set optimize.depth_lambda=0.1
 #
 # (gpu_host.sh sets the host up once, under a lock, and copies each call's results to $OUT/results/). Give every
-# line its own --json name; each line gets its own --workdir (/tmp/parallel.N) unless it names one. Prints the last
-# lines of each call's output; exits non-zero if any call failed.
+# line its own --json name; each line gets its own --workdir (/tmp/parallel.N) unless it names one as
+# `--workdir DIR`. Lines are split on spaces (no quoting). Prints the last lines of each call's output; exits
+# non-zero if any call failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "$#" -ne 1 ] || [ ! -f "$1" ]; then

@@ -166,8 +166,9 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
     if dataset is not None:
         dataset_w2c = dataset[0]
         dataset_K = np.stack([m.intrinsics_to_network(K) for m, K in zip(prepared.mappings, dataset[1])])
-        alignment, alignment_record = align_to_dataset(pred.depth, pred.depth_conf, pred.world_to_camera,
-                                                       dataset_K, dataset_w2c, device)
+        shown = np.stack([m.network_coverage() for m in prepared.mappings])           # (S, h, w): not padding
+        alignment, alignment_record = align_to_dataset(np.where(shown, pred.depth, 0.0), pred.depth_conf,
+                                                       pred.world_to_camera, dataset_K, dataset_w2c, device)
         mask_depth, mask_K, mask_w2c = pred.depth * np.float32(alignment.scale), dataset_K, dataset_w2c
     masks = dynamic_masks(mask_depth, mask_K, mask_w2c, params, pred.depth_conf,
                           head_probability, device)                                     # (S, h, w) bool

@@ -48,6 +48,9 @@ def test_frame_mapping_sends_network_pixels_to_their_stored_position(mode, size)
     y_stored = mapping.scale_y * (ys - mapping.offset_y)
     inner = (x_stored > 0.2 * W) & (x_stored < 0.8 * W) & (y_stored > 0.2 * H) & (y_stored < 0.8 * H)
     assert inner.sum() > 20
+    shown = (x_stored >= 0) & (x_stored <= W) & (y_stored >= 0) & (y_stored <= H)
+    assert np.array_equal(mapping.network_coverage(), shown)                  # False exactly on padding
+    assert shown.all() == (mode != "pad")                                      # pad mode pads
     assert np.abs(net[0][inner] - x_stored[inner] / W).max() < 2.5 / 255    # 8-bit rounding of the ramp
     assert np.abs(net[1][inner] - y_stored[inner] / H).max() < 2.5 / 255
     # Intrinsics: a point projecting to (x_n, y_n) in the network image projects to the mapped stored position.

@@ -87,6 +87,14 @@ class FrameMapping:
         ys = (np.arange(H_s) + 0.5) / self.scale_y + self.offset_y
         return ((ys >= 0) & (ys <= H_n))[:, None] & ((xs >= 0) & (xs <= W_n))[None, :]
 
+    def network_coverage(self) -> np.ndarray:
+        """(H_n, W_n) bool: network pixels whose centre shows the stored frame (False on padding)."""
+        W_s, H_s = self.stored_size
+        W_n, H_n = self.net_size
+        xs = self.scale_x * (np.arange(W_n) + 0.5 - self.offset_x)
+        ys = self.scale_y * (np.arange(H_n) + 0.5 - self.offset_y)
+        return ((ys >= 0) & (ys <= H_s))[:, None] & ((xs >= 0) & (xs <= W_s))[None, :]
+
 
 @dataclass
 class PreparedFrames:
