@@ -24,8 +24,9 @@ class InitializeConfig:
                                    "differs from a 4-neighbour's by more than this fraction of its depth (0 = off).")
     points_from: str = option("cameras", "Which cameras unproject the depth maps: 'cameras' (geometry/cameras.json, "
                               "the cameras the optimization uses, so every point lies on its pixel's ray) or "
-                              "'predicted' (geometry/predicted_cameras.json, brought into the cameras.json world "
-                              "by a Sim(3) fitted to the camera centres and rotations).",
+                              "'predicted' (geometry/predicted_cameras.json; predictions in another world than "
+                              "cameras.json are brought over by a Sim(3) fitted to the camera centres and "
+                              "rotations).",
                               choices=("cameras", "predicted"))
     init_opacity: float = option(0.1, "Initial opacity (post-sigmoid) of every Gaussian.")
     init_scale: float = option(1.0, "Initial scale = this factor x the RMS distance to the 3 nearest neighbours.")

@@ -148,7 +148,7 @@ def run(ctx) -> dict:
     if cfg.max_gaussians < 1 or not 0.0 < cfg.init_opacity < 1.0 or cfg.init_scale <= 0:
         raise UserError("initialize: max_gaussians must be >= 1, init_opacity in (0, 1), init_scale > 0")
     geometry_dir = ctx.artifact("geometry")
-    cameras, _ = read_cameras(ctx.artifact("geometry/cameras.json"))
+    cameras, camera_source = read_cameras(ctx.artifact("geometry/cameras.json"))
     train = [c for c in cameras if c.split == "train"]
     if not train:
         raise UserError("no training frames in cameras.json", geometry_dir / "cameras.json")
@@ -156,16 +156,22 @@ def run(ctx) -> dict:
     unproject_cameras: dict[str, FrameCamera] = {}
     to_world = None
     if cfg.points_from == "predicted":
-        predicted, _ = read_cameras(ctx.artifact("geometry/predicted_cameras.json"))
+        predicted, predicted_source = read_cameras(ctx.artifact("geometry/predicted_cameras.json"))
         by_name = {c.name: c for c in predicted}
         missing = [c.name for c in train if c.name not in by_name]
         if missing:
             raise UserError(f"predicted_cameras.json lacks training frame '{missing[0]}'", geometry_dir)
         unproject_cameras = {c.name: by_name[c.name] for c in train}
-        to_world = align_cameras_sim3(np.stack([by_name[c.name].world_to_camera for c in train]),
-                                      np.stack([c.world_to_camera for c in train]))
-        ctx.log.info(f"points from the predicted cameras, Sim(3) to the cameras.json world: scale "
-                     f"{to_world.scale:.4g}")
+        if predicted_source == camera_source:
+            # The geometry stage writes its predictions already in the cameras.json world (aligned, with the depth
+            # in its units): a second, camera-centre Sim(3) would undo the depth-agreement scale.
+            ctx.log.info("points from the predicted cameras (already in the cameras.json world)")
+        else:
+            # Predictions in the network's own world beside dataset cameras: bring them over.
+            to_world = align_cameras_sim3(np.stack([by_name[c.name].world_to_camera for c in train]),
+                                          np.stack([c.world_to_camera for c in train]))
+            ctx.log.info(f"points from the predicted cameras ({predicted_source} world), Sim(3) to the cameras.json "
+                         f"world: scale {to_world.scale:.4g}")
 
     from pipeline.scene.images import resize_array
 

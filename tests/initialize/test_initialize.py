@@ -245,3 +245,39 @@ def test_voxel_ids_are_exact_for_float32_points_far_apart():
     assert count_voxels(points, 1.0) == 3
     assert count_voxels(points.astype(np.float64), 1.0) == 3
     assert count_voxels(points[:0], 1.0) == 0
+
+
+def test_predicted_cameras_already_in_the_cameras_world_are_used_as_they_are(spheres, tmp_path, monkeypatch):
+    """The geometry stage writes predicted_cameras.json aligned to the cameras.json world (same source): no second
+    Sim(3) is fitted (it would replace a depth-agreement scale by the camera centres' one): predictions whose centres
+    are spread 1.3x wider than the dataset's give the points their own rays put at the stored depth."""
+    import json
+
+    import stages.initialize.stage as stage_module
+
+    files, scene = spheres
+    run = tmp_path / "run"
+    shutil.copytree(files.geometry / "geometry", run / "geometry")
+    cameras = json.loads((run / "geometry/cameras.json").read_text())
+    predicted = json.loads(json.dumps(cameras))
+    for entry in predicted["frames"]:
+        w2c = np.array(entry["world_to_camera"])
+        centre = -w2c[:3, :3].T @ w2c[:3, 3]
+        w2c[:3, 3] = -w2c[:3, :3] @ (1.3 * centre)               # same rotation, centre 1.3x further out
+        entry["world_to_camera"] = w2c.tolist()
+    assert predicted["source"] == cameras["source"]
+    write_json(run / "geometry/predicted_cameras.json", predicted)
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("a Sim(3) was fitted to cameras already in the cameras.json world")
+
+    monkeypatch.setattr(stage_module, "align_cameras_sim3", no_refit)
+    _, work = run_stage("initialize", run, scene, ["initialize.max_gaussians=800", "initialize.points_from=predicted"])
+    got = read_gaussians_ply(work / "initialize/gaussians.ply")
+    # The same as unprojecting with those cameras written as cameras.json.
+    run_same = tmp_path / "same"
+    shutil.copytree(run / "geometry", run_same / "geometry")
+    write_json(run_same / "geometry/cameras.json", predicted)
+    _, work_same = run_stage("initialize", run_same, scene, ["initialize.max_gaussians=800"])
+    same = read_gaussians_ply(work_same / "initialize/gaussians.ply")
+    np.testing.assert_allclose(got["means"], same["means"], atol=1e-6)
