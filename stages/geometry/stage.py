@@ -66,8 +66,7 @@ def run(ctx) -> dict:
         source = network_geometry(scene, cfg, ctx.device, dataset)
         if source.alignment is not None:
             record = source.summary["dataset_alignment"]
-            log.info(f"network depth to the dataset cameras' units: x {record['scale']:.4g} "
-                         f"({record['method']})")
+            log.info(f"network depth to the dataset cameras' units: x {record['scale']:.4g} ({record['method']})")
     summary = write_artifacts(ctx, scene, cfg, source, camera_source, source.alignment)
     summary["seconds_total"] = round(time.perf_counter() - start, 3)
     write_json(ctx.out("geometry/geometry.json"), {**source.summary, **summary})
@@ -164,12 +163,15 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
     alignment, alignment_record = None, None
     mask_depth, mask_K, mask_w2c = pred.depth, pred.intrinsics, pred.world_to_camera
     if dataset is not None:
+        begin = time.perf_counter()
         dataset_w2c = dataset[0]
         dataset_K = np.stack([m.intrinsics_to_network(K) for m, K in zip(prepared.mappings, dataset[1])])
         shown = np.stack([m.network_coverage() for m in prepared.mappings])           # (S, h, w): not padding
         alignment, alignment_record = align_to_dataset(np.where(shown, pred.depth, 0.0), pred.depth_conf,
                                                        pred.world_to_camera, dataset_K, dataset_w2c, device)
         mask_depth, mask_K, mask_w2c = pred.depth * np.float32(alignment.scale), dataset_K, dataset_w2c
+        timings["dataset_alignment_s"] = time.perf_counter() - begin
+        t += timings["dataset_alignment_s"]                                 # masks_s: the masks alone
     masks = dynamic_masks(mask_depth, mask_K, mask_w2c, params, pred.depth_conf,
                           head_probability, device)                                     # (S, h, w) bool
     timings["masks_s"] = time.perf_counter() - t
