@@ -37,6 +37,7 @@ import torch
 
 from bench.common import environment, wall_times
 from bench.page4d_official import build_official, official_path, set_official_mask
+from pipeline.cameras import camera_centres
 from stages.geometry.page4d import PAGE4D, ModelConfig, sdpa
 from stages.geometry.page4d.inference import Predictor, predict_sequence, prepare_model
 from stages.geometry.page4d.preprocess import PreparedFrames, prepare_frames
@@ -149,7 +150,7 @@ def bench_windowed(model: PAGE4D, frames: int, height: int, width: int, window: 
     start = time.perf_counter()
     pred = predict_sequence(predictor, prepared, window, overlap, show_progress=False)
     seconds = time.perf_counter() - start
-    centres = np.stack([-w[:3, :3].T @ w[:3, 3] for w in pred.world_to_camera])
+    centres = camera_centres(pred.world_to_camera)
     return {"frames": frames, "size": [width, height], "window": window, "overlap": overlap,
             "windows": len(pred.windows), "seconds": round(seconds, 3),
             "peak_gib": round(torch.cuda.max_memory_allocated() / GiB, 2) if device == "cuda" else None,

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from bench.common import environment
+from pipeline.cameras import camera_centres
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -367,7 +368,7 @@ def lady_running_picture(weights: str, out_png: Path, device: torch.device) -> d
         points = np.stack([ply["x"], ply["y"], ply["z"]], -1).astype(np.float64)
         colours = np.stack([ply["red"], ply["green"], ply["blue"]], -1) / 255.0
     w2c = np.array([c["world_to_camera"] for c in cameras])
-    centres = np.stack([-w[:3, :3].T @ w[:3, 3] for w in w2c])
+    centres = camera_centres(w2c)
     forwards = w2c[:, 2, :3]
     ups = -w2c[:, 1, :3]
     up = ups.mean(0) / np.linalg.norm(ups.mean(0))

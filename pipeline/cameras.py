@@ -119,7 +119,13 @@ def umeyama_sim3(source: np.ndarray, target: np.ndarray, with_scale: bool = True
     return Sim3(scale, R, t)
 
 
-def align_cameras_sim3(source_w2c: np.ndarray, target_w2c: np.ndarray) -> Sim3:
+def camera_centres(world_to_camera: np.ndarray) -> np.ndarray:
+    """(N, 3) camera centres -R^T t of (N, 4, 4) world-to-camera matrices."""
+    w2c = np.asarray(world_to_camera, dtype=np.float64)
+    return -np.einsum("nji,nj->ni", w2c[:, :3, :3], w2c[:, :3, 3])
+
+
+def align_cameras_sim3(source_w2c: np.ndarray, target_w2c: np.ndarray, scale: float | None = None) -> Sim3:
     """Sim(3) taking the world of ``source_w2c`` (N, 4, 4) to the world of ``target_w2c`` (N, 4, 4).
 
     Scale and translation come from the camera centres (Umeyama). The rotation is the chordal mean of the per-camera
@@ -131,6 +137,9 @@ def align_cameras_sim3(source_w2c: np.ndarray, target_w2c: np.ndarray) -> Sim3:
     poses for a camera that barely moves. Where the correlation is below 0.5 the ratio of spreads (RMS distances
     from the mean centre) is used instead: a depth scale from it is right when the trajectories differ in shape but
     not in extent, where the least-squares one would shrink the geometry towards a point.
+
+    scale: use this scale (found some other way, e.g. from depth) instead; the translation then matches the mean
+    centres for it.
     """
     src = np.asarray(source_w2c, dtype=np.float64)
     tgt = np.asarray(target_w2c, dtype=np.float64)
@@ -141,14 +150,14 @@ def align_cameras_sim3(source_w2c: np.ndarray, target_w2c: np.ndarray) -> Sim3:
     if np.linalg.det(U @ Vt) < 0:
         S[2, 2] = -1.0
     R = U @ S @ Vt
-    c_src = np.stack([-w[:3, :3].T @ w[:3, 3] for w in src])
-    c_tgt = np.stack([-w[:3, :3].T @ w[:3, 3] for w in tgt])
-    rc_src = (c_src - c_src.mean(0)) @ R.T
-    ct = c_tgt - c_tgt.mean(0)
-    spread_src, spread_tgt = float(np.sqrt((rc_src**2).sum())), float(np.sqrt((ct**2).sum()))
-    scale = 1.0                                   # fewer than 3 cameras, or one of the two sets does not move
-    if len(src) >= 3 and spread_src > 1e-9 and spread_tgt > 1e-9:
-        correlation = float((rc_src * ct).sum()) / (spread_src * spread_tgt)
-        scale = spread_tgt / spread_src * (correlation if correlation >= 0.5 else 1.0)
+    c_src, c_tgt = camera_centres(src), camera_centres(tgt)
+    if scale is None:
+        rc_src = (c_src - c_src.mean(0)) @ R.T
+        ct = c_tgt - c_tgt.mean(0)
+        spread_src, spread_tgt = float(np.sqrt((rc_src**2).sum())), float(np.sqrt((ct**2).sum()))
+        scale = 1.0                               # fewer than 3 cameras, or one of the two sets does not move
+        if len(src) >= 3 and spread_src > 1e-9 and spread_tgt > 1e-9:
+            correlation = float((rc_src * ct).sum()) / (spread_src * spread_tgt)
+            scale = spread_tgt / spread_src * (correlation if correlation >= 0.5 else 1.0)
     t = c_tgt.mean(0) - scale * R @ c_src.mean(0)
     return Sim3(scale, R, t)

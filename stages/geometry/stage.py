@@ -198,11 +198,6 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
     return GeometrySource(len(scene.frames), get, summary, pred.world_to_camera, alignment)
 
 
-def camera_centres(world_to_camera: np.ndarray) -> np.ndarray:
-    """(S, 3) centres -R^T t of (S, 4, 4) world-to-camera matrices."""
-    return -np.einsum("sji,sj->si", world_to_camera[:, :3, :3], world_to_camera[:, :3, 3])
-
-
 def align_to_dataset(depth: np.ndarray, confidence: np.ndarray, predicted_w2c: np.ndarray, dataset_K: np.ndarray,
                      dataset_w2c: np.ndarray, device: str = "cpu") -> tuple[Sim3, dict]:
     """The Sim(3) from the network's world to the dataset cameras' world, and a record of how it was found.
@@ -219,9 +214,7 @@ def align_to_dataset(depth: np.ndarray, confidence: np.ndarray, predicted_w2c: n
                             torch.from_numpy(np.asarray(dataset_w2c, dtype=np.float64)).to(to), cameras.scale,
                             torch.from_numpy(np.asarray(confidence)).to(to))
     scale = fit.scale if fit.well_posed else cameras.scale
-    source_mean, target_mean = (camera_centres(np.asarray(w, dtype=np.float64)).mean(0)
-                                for w in (predicted_w2c, dataset_w2c))
-    alignment = Sim3(scale, cameras.rotation, target_mean - scale * cameras.rotation @ source_mean)
+    alignment = align_cameras_sim3(predicted_w2c, dataset_w2c, scale=scale) if fit.well_posed else cameras
     record = {"scale": scale,
               "method": ("depth agreement across frames under the dataset cameras" if fit.well_posed else
                          "camera centres (depth agreement not well posed: small baselines)"),

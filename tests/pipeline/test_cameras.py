@@ -73,3 +73,20 @@ def test_camera_alignment_keeps_a_positive_scale_when_the_trajectories_disagree(
     # Where they agree up to noise, the least-squares scale (spread ratio x correlation) is kept.
     noisy = np.stack([look_at_w2c(0.5 * c + [0, 0, 5] + rng.normal(size=3) * 0.01, np.zeros(3)) for c in path])
     assert 1.9 < align_cameras_sim3(noisy, target).scale < 2.01
+
+def test_align_cameras_sim3_with_a_given_scale_keeps_the_rotation_and_matches_the_mean_centres():
+    from pipeline.cameras import align_cameras_sim3, camera_centres
+
+    rng = np.random.default_rng(4)
+    target = np.tile(np.eye(4), (6, 1, 1))
+    for w in target:
+        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        w[:3, :3] = q * np.sign(np.linalg.det(q))
+        w[:3, 3] = rng.normal(size=3)
+    free = align_cameras_sim3(target, target)
+    fixed = align_cameras_sim3(target, target, scale=2.5)
+    assert abs(free.scale - 1) < 1e-9 and fixed.scale == 2.5
+    assert np.allclose(fixed.rotation, free.rotation)
+    centres = camera_centres(target)
+    assert np.allclose(fixed.apply(centres).mean(0), centres.mean(0))
+    assert np.allclose(centres[0], -target[0, :3, :3].T @ target[0, :3, 3])
