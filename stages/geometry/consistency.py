@@ -151,8 +151,6 @@ class ScaleFit:
     score: float              # its agreement: the share of sampled pixels that another frame sees at their depth
     edge_score: float         # the better of the two ends of the searched range
     well_posed: bool          # the agreement peaks inside the range, clearly above its ends
-    scales: list[float]       # the coarse candidates (for the record)
-    scores: list[float]
 
 
 def consistency_scale(depth: Tensor, intrinsics: Tensor, world_to_camera: Tensor, initial: float,
@@ -238,4 +236,4 @@ def consistency_scale(depth: Tensor, intrinsics: Tensor, world_to_camera: Tensor
         fine_scores = scores_of(fine)
         k = int(fine_scores.argmax())
         scale, peak = float(fine[k]), max(peak, float(fine_scores[k]))
-    return ScaleFit(scale, peak, edge, bool(well_posed), coarse.tolist(), scores.tolist())
+    return ScaleFit(scale, peak, edge, bool(well_posed))
