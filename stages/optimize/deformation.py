@@ -59,9 +59,10 @@ class Deformation(nn.Module):
         raise NotImplementedError
 
     def displacement(self, means: torch.Tensor, time: float | torch.Tensor, anchor_times: torch.Tensor,
-                     coefs: dict[str, torch.Tensor]) -> torch.Tensor:
+                     coefs: dict[str, torch.Tensor], cache: bool = True) -> torch.Tensor:
         """(M, D): offsets at ``time`` (a float, or a tensor () or (M,)) minus offsets at each Gaussian's anchor time
-        (M,)."""
+        (M,). cache: the model may keep what it derives from the times between calls (False under torch.compile,
+        whose graphs must not depend on Python-side state)."""
         m = means.shape[0]
         times = _times_like(time, anchor_times)
         both = self.offsets(torch.cat([means, means]), torch.cat([times, anchor_times]),
@@ -155,12 +156,13 @@ class MotionBases(Deformation):
     def offsets(self, means, times, coefs):
         return _combine(coefs["motion_coefs"], self.basis(times))
 
-    def displacement(self, means, time, anchor_times, coefs):
+    def displacement(self, means, time, anchor_times, coefs, cache=True):
         if isinstance(time, torch.Tensor):                # per-Gaussian times (M,), or one () for all
             at = self.basis_weights(time.to(anchor_times.dtype).reshape(-1))      # (M or 1, knots)
         else:                                             # a render time: (1, knots), kept per time
             at = self._weights_at_time(float(time), anchor_times)
-        phi = (at - self._weights_at_anchors(anchor_times)) @ self.control.t()     # (M, B)
+        anchors = self._weights_at_anchors(anchor_times) if cache else self.basis_weights(anchor_times)
+        phi = (at - anchors) @ self.control.t()                                    # (M, B)
         return _combine(coefs["motion_coefs"], phi)
 
     def second_difference(self, means, times, step, coefs):

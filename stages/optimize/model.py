@@ -38,6 +38,7 @@ class GaussianModel4D(nn.Module):
         self.temporal_opacity = bool(temporal_opacity and deformation is not None)
         self.deform_enabled = True          # the trainer switches it off during a static warm-up
         self._dynamic: Optional[tuple] = None   # (is_dynamic, anchor_times, their state, index, anchor times)
+        self.compiled_state_at = None       # state_at through torch.compile (see :meth:`compile`), or None
 
     # -- queries -----------------------------------------------------------------------------------------------
 
@@ -74,13 +75,16 @@ class GaussianModel4D(nn.Module):
         return self.dynamic_set()[0]
 
     def deformation_inputs(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: self.splats[k][index] for k in self.deformation.per_gaussian_shapes()}
+        """The deformation's per-Gaussian parameters of the rows ``index`` (M,): entries (M, ...).
+        ``index_select``, not ``[index]``: its gradient is one ``index_add`` (indexing's sorts before accumulating,
+        a few kernels more per step on CUDA)."""
+        return {k: self.splats[k].index_select(0, index) for k in self.deformation.per_gaussian_shapes()}
 
     def accelerations(self, times: torch.Tensor, step: float, index: torch.Tensor) -> torch.Tensor:
         """Second differences x(t - h) - 2 x(t) + x(t + h) (M, 3), world units, of the positions of the dynamic
         Gaussians ``index`` (M,) at per-Gaussian times t (M,), h = ``step``: the deformation's offsets at the three
         times only, since canonical positions and anchor offsets cancel."""
-        second = self.deformation.second_difference(self.splats["means"][index], times, step,
+        second = self.deformation.second_difference(self.splats["means"].index_select(0, index), times, step,
                                                     self.deformation_inputs(index))             # (M, D)
         return second[:, POSITION]
 
@@ -128,27 +132,31 @@ class GaussianModel4D(nn.Module):
         opacities (N,) post-sigmoid (temporal opacity included), sh (N, K, 3) with K = (d + 1)^2 for
         d = ``sh_degree`` (default: the model's), is_dynamic (N,) bool."""
         s = self.splats
-        means, quats, log_scales, logits = s["means"], s["quats"], s["scales"], s["opacities"]
         dynamic = self.deformation is not None
-        if dynamic and self.deform_enabled:
-            index, anchor_times = self.dynamic_set()
-            if index.numel() > 0:
-                shift = self.deformation.displacement(means[index], float(time), anchor_times,
-                                                      self.deformation_inputs(index))        # (M, D)
-                # All channels scattered at once into (N, D), zero for static Gaussians, then plain additions.
-                shift = shift.new_zeros(len(means), shift.shape[1]).index_add_(0, index, shift)
-                d_means, d_quats, d_scales, d_logits = shift.split([3, 4, 3, shift.shape[1] - 10], dim=1)
-                means, quats, log_scales = means + d_means, quats + d_quats, log_scales + d_scales
-                if self.deformation.with_opacity:
-                    logits = logits + d_logits[:, 0]
-        opacities = torch.sigmoid(logits)
-        if self.temporal_opacity:
-            opacities = temporal_opacity(opacities, float(time), s["time_centers"], s["time_log_scales"],
-                                         s["is_dynamic"])
+        index, anchor_times = self.dynamic_set() if dynamic and self.deform_enabled else (None, None)
+        if index is not None and index.numel() == 0:
+            index = None
+        state = (s["means"], s["quats"], s["scales"], s["opacities"])
+        temporal = (s["time_centers"], s["time_log_scales"], s["is_dynamic"]) if self.temporal_opacity else None
+        per_gaussian = {k: s[k] for k in self.deformation.per_gaussian_shapes()} if index is not None else {}
+        if self.compiled_state_at is not None and torch.is_grad_enabled():
+            # A tensor time: a float would be a constant of the compiled graph (one compilation per time).
+            when = torch.full((), float(time), dtype=s["means"].dtype, device=s["means"].device)
+            means, quats, scales, opacities = self.compiled_state_at(self.deformation, state, temporal, index,
+                                                                     anchor_times, per_gaussian, when, False)
+        else:
+            means, quats, scales, opacities = state_at(self.deformation, state, temporal, index, anchor_times,
+                                                       per_gaussian, float(time), True)
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
         sh = sh_coefficients(s)[:, : (degree + 1) ** 2]
-        return {"means": means, "quats": quats, "scales": torch.exp(log_scales), "opacities": opacities,
+        return {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
                 "sh": sh, "is_dynamic": s["is_dynamic"] if dynamic else torch.zeros_like(s["is_dynamic"])}
+
+    def compile(self, backend: str = "inductor") -> None:
+        """Let training renders (``gaussians_at`` with gradients on) run :func:`state_at` through ``torch.compile``;
+        renders without gradients (evaluation, exports) stay eager. The compiled graph is specialised at first, then
+        made dynamic in the Gaussian count by its first change (torch.compile's automatic dynamic shapes)."""
+        self.compiled_state_at = torch.compile(state_at, backend=backend)
 
     # -- rendering ---------------------------------------------------------------------------------------------
 
@@ -205,11 +213,40 @@ class GaussianModel4D(nn.Module):
             torch.save(self.to_state(), tmp)
 
 
+def state_at(deformation: Optional[Deformation], state: tuple[torch.Tensor, ...],
+             temporal: Optional[tuple[torch.Tensor, ...]], index: Optional[torch.Tensor],
+             anchor_times: Optional[torch.Tensor], per_gaussian: dict[str, torch.Tensor], time: float | torch.Tensor,
+             cache: bool) -> tuple[torch.Tensor, ...]:
+    """The activated Gaussians at ``time``: the core of :meth:`GaussianModel4D.gaussians_at`, a pure function of
+    tensors (what ``torch.compile`` traces).
+
+    state: canonical (means (N, 3), quats (N, 4), log-scales (N, 3), opacity logits (N,)); temporal: (time centres
+    (N,), time log-scales (N,), is_dynamic (N,) bool) or None without temporal opacity; index (M,) int64 with
+    anchor_times (M,): the dynamic Gaussians, or None for no deformation; per_gaussian: the deformation's
+    per-Gaussian parameters, all N rows; time: a float, or a () tensor; cache: let the deformation keep what it
+    derives from times (eager only). Returns means (N, 3), quats (N, 4), scales (N, 3), opacities (N,).
+    """
+    means, quats, log_scales, logits = state
+    if index is not None:
+        coefs = {k: v.index_select(0, index) for k, v in per_gaussian.items()}
+        shift = deformation.displacement(means.index_select(0, index), time, anchor_times, coefs, cache)   # (M, D)
+        # All channels scattered at once into (N, D), zero for static Gaussians, then plain additions.
+        shift = shift.new_zeros(len(means), shift.shape[1]).index_add_(0, index, shift)
+        d_means, d_quats, d_scales, d_logits = shift.split([3, 4, 3, shift.shape[1] - 10], dim=1)
+        means, quats, log_scales = means + d_means, quats + d_quats, log_scales + d_scales
+        if deformation.with_opacity:
+            logits = logits + d_logits[:, 0]
+    opacities = torch.sigmoid(logits)
+    if temporal is not None:
+        opacities = temporal_opacity(opacities, time, *temporal)
+    return means, quats, torch.exp(log_scales), opacities
+
+
 class _TemporalOpacity(torch.autograd.Function):
     """:func:`temporal_opacity` as one autograd node with its gradient written out (autograd would record ten)."""
 
     @staticmethod
-    def forward(ctx, opacities, time: float, centers, log_scales, is_dynamic):
+    def forward(ctx, opacities, time: float | torch.Tensor, centers, log_scales, is_dynamic):
         sigma = torch.exp(log_scales)
         z = (time - centers) / sigma
         window = torch.exp(-0.5 * z**2)
@@ -226,9 +263,9 @@ class _TemporalOpacity(torch.autograd.Function):
         return grad_opacities, None, grad_z / sigma, grad_z * z, None
 
 
-def temporal_opacity(opacities: torch.Tensor, time: float, centers: torch.Tensor, log_scales: torch.Tensor,
+def temporal_opacity(opacities: torch.Tensor, time: float | torch.Tensor, centers: torch.Tensor, log_scales: torch.Tensor,
                      is_dynamic: torch.Tensor) -> torch.Tensor:
-    """Opacities (N,) at ``time``: o exp(-((t - mu) / sigma)^2 / 2), sigma = exp(log_scales), for the dynamic
+    """Opacities (N,) at ``time`` (a float or a () tensor): o exp(-((t - mu) / sigma)^2 / 2), sigma = exp(log_scales), for the dynamic
     Gaussians; o for static ones. centers, log_scales (N,); is_dynamic (N,) bool."""
     return _TemporalOpacity.apply(opacities, time, centers, log_scales, is_dynamic)
 

@@ -29,7 +29,7 @@ from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_text
 from pipeline.log import get_logger, progress
 from stages.optimize.config import OptimizeConfig
-from stages.optimize.deformation import Box, build_deformation, deformation_spec_from_config
+from stages.optimize.deformation import POSITION, Box, build_deformation, deformation_spec_from_config
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, photometric_loss,
@@ -445,6 +445,38 @@ def cuda_tf32(enabled: bool):
         setattr(matmul, name, previous)
 
 
+def motion_penalty(deformation, means: torch.Tensor, per_gaussian: dict[str, torch.Tensor], pick: torch.Tensor,
+                   times: torch.Tensor, step: float, scene_scale: float) -> torch.Tensor:
+    """The motion regulariser: :func:`acceleration_loss` of the Gaussians ``pick`` (M,) at times (M,) with time
+    step ``step``, plus the deformation's own regulariser (planes: total variation). means (N, 3); per_gaussian:
+    the deformation's per-Gaussian parameters, all N rows. A pure function of tensors (what torch.compile traces)."""
+    coefs = {k: v.index_select(0, pick) for k, v in per_gaussian.items()}
+    second = deformation.second_difference(means.index_select(0, pick), times, step, coefs)     # (M, D)
+    penalty = acceleration_loss(second[:, POSITION], scene_scale)
+    field = deformation.regularization()
+    return penalty if field is None else penalty + field
+
+
+@dataclass
+class StepFunctions:
+    """The parts of a training step that may run through torch.compile (``optimize.compile``): the model's
+    ``state_at`` (set on the model), the photometric loss and the motion regulariser."""
+
+    photometric: Callable
+    motion: Callable
+    compiled: bool = False
+
+
+def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.device) -> StepFunctions:
+    """Eager functions, or compiled ones when ``cfg.compile`` asks for it on this device (then also
+    :meth:`GaussianModel4D.compile`)."""
+    if not (cfg.compile == "on" or (cfg.compile == "cuda" and device.type == "cuda")):
+        return StepFunctions(photometric=photometric_loss, motion=motion_penalty)
+    model.compile(cfg.compile_backend)
+    return StepFunctions(photometric=torch.compile(photometric_loss, backend=cfg.compile_backend),
+                         motion=torch.compile(motion_penalty, backend=cfg.compile_backend), compiled=True)
+
+
 def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path,
           device: str | torch.device = "cpu", seed: int = 0, resume: bool = True,
           stop_after: Optional[int] = None) -> TrainResult:
@@ -481,6 +513,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     optimizer = build_optimizer(cfg, model, cameras, scale)
     initial_rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
     splat_opts = splat_optimizers(optimizer, model)
+    functions = step_functions(cfg, model, device)
     strategy = make_strategy(cfg)
     strategy.check_sanity(model.splats, splat_opts)
     strategy_state = strategy.initialize_state(scene_scale=scale)
@@ -549,7 +582,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             strategy.step_pre_backward(model.splats, splat_opts, strategy_state, step, info)
             infos.append(info)
             rgb = colors[0, ..., :3]
-            loss, l1, ssim_value = photometric_loss(rgb, target, cfg.ssim_lambda)
+            loss, l1, ssim_value = functions.photometric(rgb, target, cfg.ssim_lambda)
             d_loss = zero
             if want_depth and view.depth is not None:
                 valid = view.depth_valid & (alphas[0, ..., 0].detach() > 0.5)
@@ -568,10 +601,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 pick = index[torch.randperm(index.numel(), device=device, generator=generator)[:count]]
                 h = gap
                 t = torch.rand(count, device=device, generator=generator) * max(1 - 2 * h, 0.0) + min(h, 0.5)
-                motion = acceleration_loss(model.accelerations(t, h, pick), scale)
-                field_reg = model.deformation.regularization()
-                if field_reg is not None:
-                    motion = motion + field_reg
+                per_gaussian = {k: model.splats[k] for k in model.deformation.per_gaussian_shapes()}
+                motion = functions.motion(model.deformation, model.splats["means"], per_gaussian, pick, t, h, scale)
                 loss = loss + cfg.motion_lambda * motion
         rigidity = zero
         if use_rigidity and model.deform_enabled and model.dynamic_index().numel() > 1:
