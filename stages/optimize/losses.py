@@ -17,16 +17,18 @@ _WINDOWS: dict[tuple, torch.Tensor] = {}
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(size,) normalised 1-D Gaussian taps."""
-    key = (size, sigma, str(device), dtype)
-    if torch.compiler.is_compiling():        # inside a compiled graph: a constant of it, not the cache
+    """(size,) normalised 1-D Gaussian taps (kept per size, sigma, device and dtype; inside a torch.compile graph,
+    a constant of the graph instead)."""
+    def taps() -> torch.Tensor:
         k = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
         g = torch.exp(-(k**2) / (2 * sigma**2))
         return (g / g.sum()).to(device=device, dtype=dtype)
+
+    if torch.compiler.is_compiling():
+        return taps()
+    key = (size, sigma, str(device), dtype)
     if key not in _WINDOWS:
-        k = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-        g = torch.exp(-(k**2) / (2 * sigma**2))
-        _WINDOWS[key] = (g / g.sum()).to(device=device, dtype=dtype)
+        _WINDOWS[key] = taps()
     return _WINDOWS[key]
 
 

@@ -217,3 +217,27 @@ def test_the_temporal_width_floor_keeps_resume_exact_and_holds_through_densifica
     dynamic = straight.model.splats["is_dynamic"]
     floor = 6.0 * median_time_gap([v.time for v in data.views])
     assert dynamic.any() and torch.all(widths[dynamic] >= floor * (1 - 1e-6))
+
+
+@pytest.mark.parametrize("kind", ["bases", "planes"])
+def test_compiled_steps_follow_the_eager_loss_sequence(tiny, tmp_path, kind):
+    """optimize.compile traces the deformation and the losses (backend aot_eager here: dynamo and AOT autograd, no
+    code generation, so the test is quick; the GPU uses inductor): the same losses as eager, step for step, through
+    a densification that changes the Gaussian count (a dynamic shape)."""
+    import torch._dynamo
+
+    files, scene = tiny
+    runs = {}
+    for mode in ("off", "on"):
+        torch._dynamo.reset()
+        cfg = small_config(deformation=kind, iterations=12, checkpoint_every=0, log_every=4, refine_start=3,
+                           refine_every=4, compile=mode, compile_backend="aot_eager")
+        data, initial = _inputs(files, scene, cfg)
+        runs[mode] = train(cfg, data, initial, tmp_path / mode, seed=5)
+    eager, compiled = (_log(tmp_path / m / "log.csv") for m in ("off", "on"))
+    assert [r["gaussians"] for r in compiled] == [r["gaussians"] for r in eager]
+    assert eager[-1]["gaussians"] != eager[0]["gaussians"], "the count changed inside the run"
+    for a, b in zip(eager, compiled):
+        for key in ("loss", "l1", "ssim", "motion"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-7), (a["step"], key)
+    assert runs["on"].model.compiled_state_at is not None and runs["off"].model.compiled_state_at is None
