@@ -211,18 +211,27 @@ def visible_per_view(model, views: list[TrainView], backend: str) -> dict[str, f
             "tile_intersections_per_view": round(statistics.mean(isects)) if isects else None}
 
 
+# Training-step variants the speed section times side by side: the optimize config each one sets.
+SPEED_VARIANTS = {
+    "eager": {"compile": "never", "skip_invisible": True},                 # the default configuration
+    "eager-deform-all": {"compile": "never", "skip_invisible": False},     # every dynamic Gaussian deformed
+    "compiled": {"compile": "always", "skip_invisible": True},             # torch.compile (inductor)
+}
+
+
 def training_rate(kind: str, gaussians: InitialGaussians, views: list[TrainView], device: str, warmup: int,
                   steps: int, workdir: Path, sh_degree: int = 3, window: Optional[int] = None,
-                  compile: str = "off") -> dict[str, Any]:
+                  variant: str = "eager") -> dict[str, Any]:
     """Iterations per second of the full training step, from the trainer's own log: the ``steps`` after ``warmup``
     divided by the wall time they took (log.csv 'seconds' is the cumulative training time at each flush, which
     excludes set-up and checkpoint writing). The targets are the model's own renders (:func:`own_render_views`).
 
     Also the rate of each ``window`` steps (default ``warmup``) of the timed part, so that a drift shows, the
     rasterizer's work per view at the end (:func:`visible_per_view`), and ``warmup_s``, the training seconds of the
-    warm-up steps (with ``compile`` "on", they include torch.compile's compilation)."""
+    warm-up steps (for the "compiled" variant they include torch.compile's compilation). ``variant``: a key of
+    :data:`SPEED_VARIANTS`."""
     window = window or warmup
-    cfg = speed_config(kind, warmup + steps, sh_degree=sh_degree, log_every=window, compile=compile)
+    cfg = speed_config(kind, warmup + steps, sh_degree=sh_degree, log_every=window, **SPEED_VARIANTS[variant])
     views = own_render_views(cfg, gaussians, views, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -236,7 +245,8 @@ def training_rate(kind: str, gaussians: InitialGaussians, views: list[TrainView]
     marks = [m for m in sorted(seconds) if m >= warmup and (m % window == 0 or m == cfg.iterations)]   # flushes
     rate = (marks[-1] - marks[0]) / (seconds[marks[-1]] - seconds[marks[0]])
     windows = [(b - a) / (seconds[b] - seconds[a]) for a, b in zip(marks, marks[1:])]
-    return {"model": kind, "compile": compile, "it_per_s": round(rate, 1), "warmup_s": round(seconds[marks[0]], 2),
+    return {"model": kind, "variant": variant, **SPEED_VARIANTS[variant], "it_per_s": round(rate, 1),
+            "warmup_s": round(seconds[marks[0]], 2),
             "gaussians": result.model.num_gaussians(),
             "window_it_per_s": [round(w, 1) for w in windows],
             **visible_per_view(result.model, views[:: max(1, len(views) // 8)], cfg.backend),
@@ -244,24 +254,24 @@ def training_rate(kind: str, gaussians: InitialGaussians, views: list[TrainView]
 
 
 def bench_speed(device: str, workdir: Path, quick: bool, n: int = 100_000, size: int = 400, n_views: int = 100,
-                steps: Optional[tuple[int, int]] = None, compile_modes: tuple[str, ...] = ("off", "on"),
+                steps: Optional[tuple[int, int]] = None, variants: tuple[str, ...] = tuple(SPEED_VARIANTS),
                 models: tuple[str, ...] = MODELS) -> dict[str, Any]:
-    """Training it/s of every model, eager and through torch.compile (``optimize.compile``), and the rasterization
-    floor; ``steps`` (warm-up, timed) overrides the defaults (1000 timed after 100, ``quick``: 200 after 50), e.g.
-    for a small CPU run of the section. "x static" compares with the static model in the same compile mode."""
+    """Training it/s of every model in each of ``variants`` (:data:`SPEED_VARIANTS`), and the rasterization floor;
+    ``steps`` (warm-up, timed) overrides the defaults (1000 timed after 100, ``quick``: 200 after 50), e.g. for a
+    small CPU run of the section. "x static" compares with the static model of the same variant."""
     gaussians = random_gaussians(n, dynamic_fraction=1.0)
     views = orbit_views(n_views, size, device)
     warmup, timed = steps or ((50, 200) if quick else (100, 1000))
-    rows = [training_rate(kind, gaussians, views, device, warmup, timed, workdir, compile=mode)
-            for mode in compile_modes for kind in models]
+    rows = [training_rate(kind, gaussians, views, device, warmup, timed, workdir, variant=variant)
+            for variant in variants for kind in models]
     floor = gsplat_step_rate(gaussians, views, device, timed)
     for r in rows:
-        base = next((b for b in rows if b["model"] == "none" and b["compile"] == r["compile"]), None)
+        base = next((b for b in rows if b["model"] == "none" and b["variant"] == r["variant"]), None)
         r["vs_static"] = round(r["it_per_s"] / base["it_per_s"], 3) if base else None
     table(f"Training speed, {n} Gaussians (all dynamic), {size}x{size}, SH degree 3, batch 1, targets: each model's "
           f"own render + noise (rasterization fwd+bwd alone: {floor:.1f} it/s)",
-          ["model", "compile", "it/s", "x static", "warm-up s", "slowest/fastest window", "visible/view", "peak MiB"],
-          [[r["model"], r["compile"], r["it_per_s"], r["vs_static"], r["warmup_s"],
+          ["model", "variant", "it/s", "x static", "warm-up s", "slowest/fastest window", "visible/view", "peak MiB"],
+          [[r["model"], r["variant"], r["it_per_s"], r["vs_static"], r["warmup_s"],
             f"{min(r['window_it_per_s']):.1f}/{max(r['window_it_per_s']):.1f}" if r["window_it_per_s"] else "-",
             r["visible_per_view"], r["peak_mib"]] for r in rows])
     return {"gaussians": n, "resolution": [size, size], "dynamic_fraction": 1.0, "sh_degree": 3,
@@ -543,8 +553,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "paths) into the quality section of --json (default optimize.json), keeping its other "
                              "sections")
     parser.add_argument("--note", default="", help="with --merge-quality: how the merged runs were made")
-    parser.add_argument("--compile", nargs="+", default=["off", "on"], choices=("off", "on"),
-                        help="speed section: optimize.compile modes timed, side by side (default both)")
+    parser.add_argument("--variants", nargs="+", default=list(SPEED_VARIANTS), choices=list(SPEED_VARIANTS),
+                        help="speed section: training-step variants timed side by side (default all)")
     parser.add_argument("--json", default="", help="results file name in bench/results (default optimize.json)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="quality: a config override for every run, repeatable (a sweep: one call per setting, "
@@ -571,7 +581,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         out.write_text(json.dumps(record, indent=1, default=float) + "\n")
 
     sections: dict[str, Callable[[], dict]] = {
-        "speed": lambda: bench_speed(device, workdir, args.quick, compile_modes=tuple(args.compile),
+        "speed": lambda: bench_speed(device, workdir, args.quick, variants=tuple(args.variants),
                                      models=tuple(m for m in MODELS if m in args.models or m == "none")),
         "render": lambda: bench_render(device, args.quick),
         "scene": lambda: bench_scene_time(workdir, args.geometry, args.quick),

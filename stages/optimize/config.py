@@ -107,12 +107,17 @@ class OptimizeConfig:
                               "OpenMP threads were measured up to 10x slower than one.")
     tf32: bool = option(True, "On CUDA, let float32 matrix products (the mlp/planes deformation networks) use TF32 "
                         "tensor cores: 10-bit mantissa, about 2x faster mlp steps on an H100/H200.")
-    compile: str = option("off", "torch.compile the deformation and the losses during training: 'on', 'off', or "
-                          "'cuda' (on when training on a GPU). Fewer, fused kernels and less Python per step (a "
-                          "step at 100k Gaussians is bound by the host on an H100/H200: see docs/gaussians.md); "
-                          "costs a one-off compilation at the first steps (and after the first change of the "
-                          "Gaussian count). Same losses and gradients as eager up to float rounding.",
-                          choices=("off", "on", "cuda"))
+    compile: str = option("never", "torch.compile the deformation and the losses during training: 'always', "
+                          "'never', or 'cuda' (when training on a GPU). Fewer, fused kernels and less Python per "
+                          "step (a step at 100k Gaussians is bound by the host on an H100/H200: see "
+                          "docs/gaussians.md); costs a one-off compilation at the first steps (and after the first "
+                          "change of the Gaussian count). Same losses and gradients as eager up to float rounding.",
+                          choices=("never", "always", "cuda"))
+    skip_invisible: bool = option(True, "Deform only the dynamic Gaussians whose opacity at the render time is at "
+                                  "least 1/255: the rasterizer culls the others wherever they are, so renders and "
+                                  "gradients are the same for less work (one host synchronisation per render). "
+                                  "Needs temporal opacity and no opacity deformation; off: deform all (for "
+                                  "comparison).")
     compile_backend: str = option("inductor", "torch.compile backend for `compile` ('inductor'; the tests use "
                                   "'aot_eager', which checks the traced graphs without generating code).")
     # --- bookkeeping ---

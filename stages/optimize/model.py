@@ -179,13 +179,15 @@ class GaussianModel4D(nn.Module):
 
     def rasterize(self, time: float, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int, *,
                   backgrounds: Optional[torch.Tensor] = None, render_mode: str = "RGB",
-                  sh_degree: Optional[int] = None, backend: str = "auto", absgrad: bool = False):
+                  sh_degree: Optional[int] = None, backend: str = "auto", absgrad: bool = False,
+                  skip_invisible: bool = True):
         """Render C cameras at one time. viewmats (C, 4, 4) world-to-camera, Ks (C, 3, 3), backgrounds (C, 3).
-        Returns (colors (C, H, W, X), alphas (C, H, W, 1), meta) as :func:`stages.optimize.rasterize.rasterization`."""
+        Returns (colors (C, H, W, X), alphas (C, H, W, 1), meta) as :func:`stages.optimize.rasterize.rasterization`.
+        skip_invisible: see :meth:`gaussians_at` (the same render either way)."""
         from stages.optimize.rasterize import rasterization
 
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
-        g = self.gaussians_at(time, degree, skip_invisible=True)
+        g = self.gaussians_at(time, degree, skip_invisible=skip_invisible)
         return rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"], viewmats, Ks,
                              int(width), int(height), sh_degree=degree, backgrounds=backgrounds,
                              render_mode=render_mode, absgrad=absgrad, backend=backend)

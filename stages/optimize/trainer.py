@@ -470,7 +470,7 @@ class StepFunctions:
 def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.device) -> StepFunctions:
     """Eager functions, or compiled ones when ``cfg.compile`` asks for it on this device (then also
     :meth:`GaussianModel4D.compile`)."""
-    if not (cfg.compile == "on" or (cfg.compile == "cuda" and device.type == "cuda")):
+    if not (cfg.compile == "always" or (cfg.compile == "cuda" and device.type == "cuda")):
         return StepFunctions(photometric=photometric_loss, motion=motion_penalty)
     model.compile(cfg.compile_backend)
     return StepFunctions(photometric=torch.compile(photometric_loss, backend=cfg.compile_backend),
@@ -578,7 +578,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                                                                                            cameras[index])
             colors, alphas, info = model.rasterize(view.time, viewmat[None], view.K[None], view.width, view.height,
                                                    backgrounds=background[None], render_mode=render_mode,
-                                                   sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad)
+                                                   sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad,
+                                                   skip_invisible=cfg.skip_invisible)
             strategy.step_pre_backward(model.splats, splat_opts, strategy_state, step, info)
             infos.append(info)
             rgb = colors[0, ..., :3]

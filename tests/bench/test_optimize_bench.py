@@ -35,7 +35,8 @@ def test_the_speed_section_runs_on_a_cpu_and_times_windows_on_self_rendered_targ
     from bench.optimize_bench import bench_speed, orbit_views, own_render_views, random_gaussians, speed_config
 
     torch.manual_seed(0)
-    result = bench_speed("cpu", tmp_path, quick=True, n=150, size=16, n_views=8, steps=(2, 4), compile_modes=("off",))
+    result = bench_speed("cpu", tmp_path, quick=True, n=150, size=16, n_views=8, steps=(2, 4),
+                         variants=("eager",))
     assert [r["model"] for r in result["models"]] == ["bases", "mlp", "planes", "none"]
     for row in result["models"]:
         assert row["it_per_s"] > 0 and len(row["window_it_per_s"]) == 2 and row["gaussians"] == 150

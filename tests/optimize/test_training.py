@@ -228,16 +228,16 @@ def test_compiled_steps_follow_the_eager_loss_sequence(tiny, tmp_path, kind):
 
     files, scene = tiny
     runs = {}
-    for mode in ("off", "on"):
+    for mode in ("never", "always"):
         torch._dynamo.reset()
         cfg = small_config(deformation=kind, iterations=12, checkpoint_every=0, log_every=4, refine_start=3,
                            refine_every=4, compile=mode, compile_backend="aot_eager")
         data, initial = _inputs(files, scene, cfg)
         runs[mode] = train(cfg, data, initial, tmp_path / mode, seed=5)
-    eager, compiled = (_log(tmp_path / m / "log.csv") for m in ("off", "on"))
+    eager, compiled = (_log(tmp_path / m / "log.csv") for m in ("never", "always"))
     assert [r["gaussians"] for r in compiled] == [r["gaussians"] for r in eager]
     assert eager[-1]["gaussians"] != eager[0]["gaussians"], "the count changed inside the run"
     for a, b in zip(eager, compiled):
         for key in ("loss", "l1", "ssim", "motion"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-7), (a["step"], key)
-    assert runs["on"].model.compiled_state_at is not None and runs["off"].model.compiled_state_at is None
+    assert runs["always"].model.compiled_state_at is not None and runs["never"].model.compiled_state_at is None
