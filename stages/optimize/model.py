@@ -11,6 +11,7 @@ change. With no deformation model (``none``), every Gaussian is static.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Optional
 
@@ -170,10 +171,9 @@ class GaussianModel4D(nn.Module):
                 "sh": sh, "is_dynamic": s["is_dynamic"] if dynamic else torch.zeros_like(s["is_dynamic"])}
 
     def compile(self, backend: str = "inductor") -> None:
-        """Let training renders (``gaussians_at`` with gradients on) run :func:`state_at` through ``torch.compile``;
-        renders without gradients (evaluation, exports) stay eager. The compiled graph is specialised at first, then
-        made dynamic in the Gaussian count by its first change (torch.compile's automatic dynamic shapes)."""
-        self.compiled_state_at = torch.compile(state_at, backend=backend)
+        """Let training renders (``gaussians_at`` with gradients on) run :func:`state_at` through ``torch.compile``
+        (:func:`compile_function`); renders without gradients (evaluation, exports) stay eager."""
+        self.compiled_state_at = compile_function(state_at, backend)
 
     # -- rendering ---------------------------------------------------------------------------------------------
 
@@ -230,6 +230,20 @@ class GaussianModel4D(nn.Module):
         """Write the model (atomically) in the format :func:`load_model` reads."""
         with atomic_path(path) as tmp:
             torch.save(self.to_state(), tmp)
+
+
+def compile_function(function, backend: str = "inductor"):
+    """``torch.compile(function)`` whose graphs become dynamic in the sizes that change between calls, parameters
+    included: densification changes the Gaussian count every few hundred steps, and with parameters kept static
+    (torch's default) each change was a recompilation, until torch gave up and ran the function eagerly."""
+    compiled = torch.compile(function, backend=backend)
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 def state_at(deformation: Optional[Deformation], state: tuple[torch.Tensor, ...],

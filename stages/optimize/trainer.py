@@ -34,7 +34,7 @@ from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, photometric_loss,
                                     psnr_from_mse, rigidity_loss)
-from stages.optimize.model import GaussianModel4D
+from stages.optimize.model import GaussianModel4D, compile_function
 
 log = get_logger("optimize")
 
@@ -473,8 +473,8 @@ def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.de
     if not (cfg.compile == "always" or (cfg.compile == "cuda" and device.type == "cuda")):
         return StepFunctions(photometric=photometric_loss, motion=motion_penalty)
     model.compile(cfg.compile_backend)
-    return StepFunctions(photometric=torch.compile(photometric_loss, backend=cfg.compile_backend),
-                         motion=torch.compile(motion_penalty, backend=cfg.compile_backend), compiled=True)
+    return StepFunctions(photometric=compile_function(photometric_loss, cfg.compile_backend),
+                         motion=compile_function(motion_penalty, cfg.compile_backend), compiled=True)
 
 
 def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path,
