@@ -86,9 +86,8 @@ class GaussianModel4D(nn.Module):
         """Second differences x(t - h) - 2 x(t) + x(t + h) (M, 3), world units, of the positions of the dynamic
         Gaussians ``index`` (M,) at per-Gaussian times t (M,), h = ``step``: the deformation's offsets at the three
         times only, since canonical positions and anchor offsets cancel."""
-        second = self.deformation.second_difference(self.splats["means"].index_select(0, index), times, step,
-                                                    self.deformation_inputs(index))             # (M, D)
-        return second[:, POSITION]
+        per_gaussian = {k: self.splats[k] for k in self.deformation.per_gaussian_shapes()}
+        return accelerations(self.deformation, self.splats["means"], per_gaussian, index, times, step)
 
     @torch.no_grad()
     def same_time_neighbors(self, k: int, chunk: int = 4096) -> torch.Tensor:
@@ -244,6 +243,16 @@ def compile_function(function, backend: str = "inductor"):
             return compiled(*args, **kwargs)
 
     return call
+
+
+def accelerations(deformation: Deformation, means: torch.Tensor, per_gaussian: dict[str, torch.Tensor],
+                  index: torch.Tensor, times: torch.Tensor, step: float) -> torch.Tensor:
+    """:meth:`GaussianModel4D.accelerations` as a pure function of tensors (what torch.compile traces): the second
+    differences (M, 3) of the Gaussians ``index`` (M,) at times (M,). means (N, 3); per_gaussian: the deformation's
+    per-Gaussian parameters, all N rows."""
+    coefs = {k: v.index_select(0, index) for k, v in per_gaussian.items()}
+    second = deformation.second_difference(means.index_select(0, index), times, step, coefs)     # (M, D)
+    return second[:, POSITION]
 
 
 def state_at(deformation: Optional[Deformation], state: tuple[torch.Tensor, ...],

@@ -29,12 +29,12 @@ from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_text
 from pipeline.log import get_logger, progress
 from stages.optimize.config import OptimizeConfig
-from stages.optimize.deformation import POSITION, Box, build_deformation, deformation_spec_from_config
+from stages.optimize.deformation import Box, build_deformation, deformation_spec_from_config
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, photometric_loss,
                                     psnr_from_mse, rigidity_loss)
-from stages.optimize.model import GaussianModel4D, compile_function
+from stages.optimize.model import GaussianModel4D, accelerations, compile_function
 
 log = get_logger("optimize")
 
@@ -450,9 +450,7 @@ def motion_penalty(deformation, means: torch.Tensor, per_gaussian: dict[str, tor
     """The motion regulariser: :func:`acceleration_loss` of the Gaussians ``pick`` (M,) at times (M,) with time
     step ``step``, plus the deformation's own regulariser (planes: total variation). means (N, 3); per_gaussian:
     the deformation's per-Gaussian parameters, all N rows. A pure function of tensors (what torch.compile traces)."""
-    coefs = {k: v.index_select(0, pick) for k, v in per_gaussian.items()}
-    second = deformation.second_difference(means.index_select(0, pick), times, step, coefs)     # (M, D)
-    penalty = acceleration_loss(second[:, POSITION], scene_scale)
+    penalty = acceleration_loss(accelerations(deformation, means, per_gaussian, pick, times, step), scene_scale)
     field = deformation.regularization()
     return penalty if field is None else penalty + field
 
