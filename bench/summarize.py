@@ -520,7 +520,7 @@ def optimize_rows(R: Results) -> list[Measured]:
     models = R.get(name, ("speed", "models")) if R.has(name, "speed", "models") else []
     speed_dev = device(R, name, "speed") or dev
     # One row per training-step variant (older files have one, unnamed: the eager default).
-    for variant in dict.fromkeys(m.get("variant", "eager") for m in models):
+    for variant in list(dict.fromkeys(m.get("variant", "eager") for m in models)) or ["eager"]:
         mine = [i for i, m in enumerate(models) if m.get("variant", "eager") == variant]
         moving = [i for i in mine if models[i]["model"] != "none"]
         static = next((i for i in mine if models[i]["model"] == "none"), None)

@@ -110,8 +110,9 @@ class OptimizeConfig:
     compile: str = option("never", "torch.compile the deformation and the losses during training: 'always', "
                           "'never', or 'cuda' (when training on a GPU). Fewer, fused kernels and less Python per "
                           "step (a step at 100k Gaussians is bound by the host on an H100/H200: see "
-                          "docs/gaussians.md); costs a one-off compilation at the first steps (and after the first "
-                          "change of the Gaussian count). Same losses and gradients as eager up to float rounding.",
+                          "docs/gaussians.md); costs a one-off compilation at the first steps and a second one when "
+                          "sizes first change (the Gaussian count, the visible set), after which the graphs are "
+                          "dynamic in them. Same losses and gradients as eager up to float rounding.",
                           choices=("never", "always", "cuda"))
     skip_invisible: bool = option(True, "Deform only the dynamic Gaussians whose opacity at the render time is at "
                                   "least 1/255: the rasterizer culls the others wherever they are, so renders and "

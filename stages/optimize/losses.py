@@ -19,8 +19,8 @@ _WINDOWS: dict[tuple, torch.Tensor] = {}
 def gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:
     """(size,) normalised 1-D Gaussian taps (kept per size, sigma, device and dtype; inside a torch.compile graph,
     a constant of the graph instead)."""
-    def taps() -> torch.Tensor:
-        k = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    def taps() -> torch.Tensor:       # made on the device: inside a compiled graph, no host-to-device copy
+        k = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
         g = torch.exp(-(k**2) / (2 * sigma**2))
         return (g / g.sum()).to(device=device, dtype=dtype)
 

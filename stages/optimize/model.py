@@ -121,8 +121,8 @@ class GaussianModel4D(nn.Module):
     def positions_at_time(self, time: float, index: torch.Tensor) -> torch.Tensor:
         """Positions (..., 3) of the dynamic Gaussians ``index`` (any shape, repeats allowed) at one ``time``."""
         flat = index.reshape(-1)
-        means = self.splats["means"][flat]
-        anchor_times = self.splats["anchor_times"][flat]
+        means = self.splats["means"].index_select(0, flat)
+        anchor_times = self.splats["anchor_times"].index_select(0, flat)
         # A 0-dim tensor, not a float: these times are random (rigidity), so they must not fill the render-time cache.
         when = torch.full((), float(time), dtype=anchor_times.dtype, device=anchor_times.device)
         shift = self.deformation.displacement(means, when, anchor_times, self.deformation_inputs(flat))
@@ -143,14 +143,20 @@ class GaussianModel4D(nn.Module):
         """
         s = self.splats
         dynamic = self.deformation is not None
-        index, anchor_times = self.dynamic_set() if dynamic and self.deform_enabled else (None, None)
-        cache = True
-        if index is not None and skip_invisible and self.temporal_opacity and not self.deformation.with_opacity:
-            with torch.no_grad():
-                opacities = temporal_opacity(torch.sigmoid(s["opacities"]), float(time), s["time_centers"],
-                                             s["time_log_scales"], s["is_dynamic"])
-                visible = torch.nonzero(s["is_dynamic"] & (opacities >= ALPHA_THRESHOLD)).reshape(-1)   # (M',)
-            index, anchor_times, cache = visible, s["anchor_times"].index_select(0, visible).detach(), False
+        deform = dynamic and self.deform_enabled
+        opacities, cache = None, True
+        if deform and skip_invisible and self.temporal_opacity and not self.deformation.with_opacity:
+            # The opacities are final before the deformation: computed here, once, and handed to state_at, so the
+            # Gaussians left undeformed are exactly those the rasterizer gets below 1/255 (compiled or not).
+            opacities = temporal_opacity(torch.sigmoid(s["opacities"]), float(time), s["time_centers"],
+                                         s["time_log_scales"], s["is_dynamic"])
+            visible = s["is_dynamic"] & (opacities.detach() >= ALPHA_THRESHOLD)
+            index = torch.nonzero(visible).reshape(-1)                                   # (M',): one sync
+            anchor_times, cache = s["anchor_times"].index_select(0, index).detach(), False
+        elif deform:
+            index, anchor_times = self.dynamic_set()
+        else:
+            index, anchor_times = None, None
         if index is not None and index.numel() == 0:
             index = None
         state = (s["means"], s["quats"], s["scales"], s["opacities"])
@@ -160,10 +166,11 @@ class GaussianModel4D(nn.Module):
             # A tensor time: a float would be a constant of the compiled graph (one compilation per time).
             when = torch.full((), float(time), dtype=s["means"].dtype, device=s["means"].device)
             means, quats, scales, opacities = self.compiled_state_at(self.deformation, state, temporal, index,
-                                                                     anchor_times, per_gaussian, when, False)
+                                                                     anchor_times, per_gaussian, when, False,
+                                                                     opacities)
         else:
             means, quats, scales, opacities = state_at(self.deformation, state, temporal, index, anchor_times,
-                                                       per_gaussian, float(time), cache)
+                                                       per_gaussian, float(time), cache, opacities)
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
         sh = sh_coefficients(s)[:, : (degree + 1) ** 2]
         return {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
@@ -182,7 +189,8 @@ class GaussianModel4D(nn.Module):
                   skip_invisible: bool = True):
         """Render C cameras at one time. viewmats (C, 4, 4) world-to-camera, Ks (C, 3, 3), backgrounds (C, 3).
         Returns (colors (C, H, W, X), alphas (C, H, W, 1), meta) as :func:`stages.optimize.rasterize.rasterization`.
-        skip_invisible: see :meth:`gaussians_at` (the same render either way)."""
+        skip_invisible: see :meth:`gaussians_at` (the same render either way, for one host synchronisation). On by
+        default here, off there: the other callers of ``gaussians_at`` (exports) want every Gaussian deformed."""
         from stages.optimize.rasterize import rasterization
 
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
@@ -258,7 +266,7 @@ def accelerations(deformation: Deformation, means: torch.Tensor, per_gaussian: d
 def state_at(deformation: Optional[Deformation], state: tuple[torch.Tensor, ...],
              temporal: Optional[tuple[torch.Tensor, ...]], index: Optional[torch.Tensor],
              anchor_times: Optional[torch.Tensor], per_gaussian: dict[str, torch.Tensor], time: float | torch.Tensor,
-             cache: bool) -> tuple[torch.Tensor, ...]:
+             cache: bool, opacities: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
     """The activated Gaussians at ``time``: the core of :meth:`GaussianModel4D.gaussians_at`, a pure function of
     tensors (what ``torch.compile`` traces).
 
@@ -266,7 +274,9 @@ def state_at(deformation: Optional[Deformation], state: tuple[torch.Tensor, ...]
     (N,), time log-scales (N,), is_dynamic (N,) bool) or None without temporal opacity; index (M,) int64 with
     anchor_times (M,): the dynamic Gaussians, or None for no deformation; per_gaussian: the deformation's
     per-Gaussian parameters, all N rows; time: a float, or a () tensor; cache: let the deformation keep what it
-    derives from times (eager only). Returns means (N, 3), quats (N, 4), scales (N, 3), opacities (N,).
+    derives from times (eager only); opacities: the activated opacities (N,) at ``time`` when the caller has them
+    (only without an opacity deformation), else computed here. Returns means (N, 3), quats (N, 4), scales (N, 3),
+    opacities (N,).
     """
     means, quats, log_scales, logits = state
     if index is not None:
@@ -278,9 +288,10 @@ def state_at(deformation: Optional[Deformation], state: tuple[torch.Tensor, ...]
         means, quats, log_scales = means + d_means, quats + d_quats, log_scales + d_scales
         if deformation.with_opacity:
             logits = logits + d_logits[:, 0]
-    opacities = torch.sigmoid(logits)
-    if temporal is not None:
-        opacities = temporal_opacity(opacities, time, *temporal)
+    if opacities is None:
+        opacities = torch.sigmoid(logits)
+        if temporal is not None:
+            opacities = temporal_opacity(opacities, time, *temporal)
     return means, quats, torch.exp(log_scales), opacities
 
 

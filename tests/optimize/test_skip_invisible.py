@@ -25,11 +25,15 @@ def _render_and_grads(model, time: float, skip: bool):
     g = model.gaussians_at(time, skip_invisible=skip)
     world_to_camera, K = _camera()
     colors, alphas, meta = rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"],
-                                         world_to_camera[None], K[None], 48, 40, sh_degree=1, backend="torch")
+                                         world_to_camera[None], K[None], 48, 40, sh_degree=1, backend="torch",
+                                         absgrad=True)
+    meta["means2d"].retain_grad()                                  # what densification reads
     weights = torch.linspace(0.5, 1.5, colors.numel(), dtype=colors.dtype).view_as(colors)
     ((colors * weights).sum() + alphas.sum()).backward()
     grads = {name: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
              for name, p in model.named_parameters()}
+    grads["means2d"] = meta["means2d"].grad.clone()
+    grads["means2d_absgrad"] = meta["means2d"].absgrad.clone()
     return colors.detach(), meta["radii"].clone(), grads, g
 
 
