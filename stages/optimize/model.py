@@ -40,7 +40,7 @@ class GaussianModel4D(nn.Module):
         self.temporal_opacity = bool(temporal_opacity and deformation is not None)
         self.deform_enabled = True          # the trainer switches it off during a static warm-up
         self._dynamic: Optional[tuple] = None   # (is_dynamic, anchor_times, their state, index, anchor times)
-        self.compiled_state_at = None       # state_at through torch.compile (see :meth:`compile`), or None
+        self.compiled_state_at = None       # state_at through torch.compile (see :meth:`compile_deformation`), or None
 
     # -- queries -----------------------------------------------------------------------------------------------
 
@@ -176,9 +176,10 @@ class GaussianModel4D(nn.Module):
         return {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
                 "sh": sh, "is_dynamic": s["is_dynamic"] if dynamic else torch.zeros_like(s["is_dynamic"])}
 
-    def compile(self, backend: str = "inductor") -> None:
+    def compile_deformation(self, backend: str = "inductor") -> None:
         """Let training renders (``gaussians_at`` with gradients on) run :func:`state_at` through ``torch.compile``
-        (:func:`compile_function`); renders without gradients (evaluation, exports) stay eager."""
+        (:func:`compile_function`); renders without gradients (evaluation, exports) stay eager. (Not
+        ``nn.Module.compile``, which compiles a ``forward``; this model has none.)"""
         self.compiled_state_at = compile_function(state_at, backend)
 
     # -- rendering ---------------------------------------------------------------------------------------------

@@ -462,21 +462,20 @@ class StepFunctions:
 
     photometric: Callable
     motion: Callable
-    compiled: bool = False
 
 
 def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.device) -> StepFunctions:
     """Eager functions, or compiled ones when ``cfg.compile`` asks for it on this device (then also
-    :meth:`GaussianModel4D.compile`)."""
+    :meth:`GaussianModel4D.compile_deformation`)."""
     if not (cfg.compile == "always" or (cfg.compile == "cuda" and device.type == "cuda")):
         return StepFunctions(photometric=photometric_loss, motion=motion_penalty)
     known = torch._dynamo.list_backends(exclude_tags=())
     if cfg.compile_backend not in known:
         raise UserError(f"optimize.compile_backend: unknown torch.compile backend {cfg.compile_backend!r} "
                         f"(known: {', '.join(known)})")
-    model.compile(cfg.compile_backend)
+    model.compile_deformation(cfg.compile_backend)
     return StepFunctions(photometric=compile_function(photometric_loss, cfg.compile_backend),
-                         motion=compile_function(motion_penalty, cfg.compile_backend), compiled=True)
+                         motion=compile_function(motion_penalty, cfg.compile_backend))
 
 
 def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path,
