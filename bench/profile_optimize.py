@@ -3,6 +3,7 @@ speed benchmark's setting exactly (100k Gaussians, all dynamic, 100 orbit views 
 own renders as targets: ``bench.optimize_bench.training_rate``).
 
     python -m bench.profile_optimize [--models bases mlp planes none] [--steps 200] [--gaussians 100000]
+                                     [--variant eager|eager-deform-all|compiled]
 
 For each model: steps per second (unprofiled, from the trainer's log over ``--steps`` steps after a warm-up, as the
 speed benchmark measures them), the device kernels launched per step (the difference of two profiled runs, so the
@@ -20,14 +21,16 @@ from pathlib import Path
 
 import torch
 
-from bench.optimize_bench import orbit_views, own_render_views, random_gaussians, speed_config, training_rate
+from bench.optimize_bench import (SPEED_VARIANTS, orbit_views, own_render_views, random_gaussians, speed_config,
+                                  training_rate)
 from stages.optimize.trainer import TrainData, train
 
 
-def profiled_run(kind: str, gaussians, views, device: str, steps: int, out: Path) -> torch.profiler.profile:
+def profiled_run(kind: str, gaussians, views, device: str, steps: int, out: Path,
+                 variant: str = "eager") -> torch.profiler.profile:
     """A training run of ``steps`` steps on ``views`` (set-up and the final checkpoint included) under
-    torch.profiler."""
-    cfg = speed_config(kind, steps, log_every=steps)
+    torch.profiler, in the training-step ``variant`` of the speed benchmark (``SPEED_VARIANTS``)."""
+    cfg = speed_config(kind, steps, log_every=steps, **SPEED_VARIANTS[variant])
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -52,19 +55,22 @@ def main() -> None:
     parser.add_argument("--gaussians", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=400)
     parser.add_argument("--rows", type=int, default=18)
+    parser.add_argument("--variant", default="eager", choices=list(SPEED_VARIANTS),
+                        help="training-step variant (optimize_bench's speed section)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gaussians = random_gaussians(args.gaussians)
     views = orbit_views(100, args.size, device)
     workdir = Path(tempfile.mkdtemp(prefix="profile_optimize_"))
     for kind in args.models:
-        rate = training_rate(kind, gaussians, views, device, 50, args.steps, workdir, window=50)
+        rate = training_rate(kind, gaussians, views, device, 50, args.steps, workdir, window=50, variant=args.variant)
         targets = own_render_views(speed_config(kind, 1), gaussians, views, device)     # as training_rate's
-        short = profiled_run(kind, gaussians, targets, device, args.profile_steps, workdir / "short")
-        prof = profiled_run(kind, gaussians, targets, device, 2 * args.profile_steps, workdir / "long")
+        short = profiled_run(kind, gaussians, targets, device, args.profile_steps, workdir / "short", args.variant)
+        prof = profiled_run(kind, gaussians, targets, device, 2 * args.profile_steps, workdir / "long", args.variant)
         table = prof.key_averages()
-        print(f"\n=== {kind}: {rate['it_per_s']:.1f} it/s ({1000 / rate['it_per_s']:.2f} ms per step; windows of 50 "
-              f"steps {rate['window_it_per_s']}), {rate['visible_per_view']} Gaussians visible per view")
+        print(f"\n=== {kind} ({args.variant}): {rate['it_per_s']:.1f} it/s ({1000 / rate['it_per_s']:.2f} ms per "
+              f"step; windows of 50 steps {rate['window_it_per_s']}), {rate['visible_per_view']} Gaussians visible "
+              "per view")
         if device == "cuda":
             per_step = (device_launches(prof) - device_launches(short)) / args.profile_steps
             gpu_ms = sum(e.self_device_time_total for e in table) / 1e3 / (2 * args.profile_steps)
