@@ -160,3 +160,13 @@ def test_plot_axes_map_values_to_pixels():
     logarithmic = Axis(1.0, 100.0, 0.0, 100.0, log=True)
     assert logarithmic(10.0) == pytest.approx(50.0)
     assert [t for t in logarithmic.ticks()] == [1, 2, 5, 10, 20, 50, 100]
+
+
+def test_the_speed_target_is_listed_as_not_measured_when_a_file_has_no_speed_section(tmp_path):
+    (tmp_path / "optimize.json").write_text(json.dumps({
+        "environment": {"device": "NVIDIA H200"},
+        "scene": {"optimize_s": 80.0, "psnr": 27.0}}))
+    rows = summarize.optimize_rows(summarize.Results(tmp_path))
+    speed = [r for r in rows if r.target.startswith("≥ 150 optimization it/s")]
+    assert len(speed) == 1 and speed[0].value is None
+    assert any(r.target.startswith("100-frame") and r.value is not None for r in rows)
