@@ -243,13 +243,22 @@ class GaussianModel4D(nn.Module):
 def compile_function(function, backend: str = "inductor"):
     """``torch.compile(function)`` whose graphs become dynamic in the sizes that change between calls, parameters
     included: densification changes the Gaussian count every few hundred steps, and with parameters kept static
-    (torch's default) each change was a recompilation, until torch gave up and ran the function eagerly."""
+    (torch's default) each change was a recompilation, until torch gave up and ran the function eagerly.
+
+    A backend that cannot compile here (e.g. inductor on a CPU machine without a C++ compiler) is a one-line
+    :class:`UserError` that names the way out, not a traceback."""
     compiled = torch.compile(function, backend=backend)
 
     @functools.wraps(function)
     def call(*args, **kwargs):
-        with torch._dynamo.config.patch(force_parameter_static_shapes=False):
-            return compiled(*args, **kwargs)
+        try:
+            with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+                return compiled(*args, **kwargs)
+        except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.TritonUnavailableError) as err:
+            cause = getattr(err, "inner_exception", None) or err
+            first = (str(cause).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"optimize.compile: torch.compile ({backend}) failed on {function.__name__}: "
+                            f"{type(cause).__name__}: {first}; set optimize.compile=never") from err
 
     return call
 

@@ -268,3 +268,24 @@ def test_skipping_invisible_gaussians_leaves_training_unchanged(tiny, tmp_path):
     for a, b in zip(logs[False], logs[True]):
         for key in ("loss", "l1", "ssim", "motion", "rigidity"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-8), (a["step"], key)
+
+
+def test_a_backend_that_cannot_compile_is_a_one_line_error(tiny, tmp_path):
+    import torch._dynamo
+    from torch._dynamo.backends.registry import register_backend
+
+    from pipeline.errors import UserError
+
+    @register_backend(name="page4dgs_test_no_compiler")
+    def _no_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    torch._dynamo.reset()
+    files, scene = tiny
+    cfg = small_config(iterations=2, checkpoint_every=0, compile="always", compile_backend="page4dgs_test_no_compiler")
+    data, initial = _inputs(files, scene, cfg)
+    with pytest.raises(UserError, match=r"RuntimeError: no C\+\+ compiler found; set optimize.compile=never"):
+        train(cfg, data, initial, tmp_path / "run", seed=0)
+    cfg = small_config(iterations=2, compile="always", compile_backend="no_such_backend")
+    with pytest.raises(UserError, match="unknown torch.compile backend 'no_such_backend'"):
+        train(cfg, data, initial, tmp_path / "other", seed=0)
