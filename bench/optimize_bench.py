@@ -216,6 +216,7 @@ SPEED_VARIANTS = {
     "eager": {"compile": "never", "skip_invisible": True},                 # the default configuration
     "eager-deform-all": {"compile": "never", "skip_invisible": False},     # every dynamic Gaussian deformed
     "compiled": {"compile": "always", "skip_invisible": True},             # torch.compile (inductor)
+    "compiled-deform-all": {"compile": "always", "skip_invisible": False},
 }
 
 
