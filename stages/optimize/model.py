@@ -76,18 +76,22 @@ class GaussianModel4D(nn.Module):
         """(M,) int64 indices of the dynamic Gaussians (see :meth:`dynamic_set`)."""
         return self.dynamic_set()[0]
 
+    def deformation_parameters(self) -> dict[str, torch.Tensor]:
+        """The deformation's per-Gaussian parameters, all N rows: entries (N, ...)."""
+        return {k: self.splats[k] for k in self.deformation.per_gaussian_shapes()}
+
     def deformation_inputs(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The deformation's per-Gaussian parameters of the rows ``index`` (M,): entries (M, ...).
         ``index_select``, not ``[index]``: its gradient is one ``index_add`` (indexing's sorts before accumulating,
         a few kernels more per step on CUDA)."""
-        return {k: self.splats[k].index_select(0, index) for k in self.deformation.per_gaussian_shapes()}
+        return {k: v.index_select(0, index) for k, v in self.deformation_parameters().items()}
 
     def accelerations(self, times: torch.Tensor, step: float, index: torch.Tensor) -> torch.Tensor:
         """Second differences x(t - h) - 2 x(t) + x(t + h) (M, 3), world units, of the positions of the dynamic
         Gaussians ``index`` (M,) at per-Gaussian times t (M,), h = ``step``: the deformation's offsets at the three
         times only, since canonical positions and anchor offsets cancel."""
-        per_gaussian = {k: self.splats[k] for k in self.deformation.per_gaussian_shapes()}
-        return accelerations(self.deformation, self.splats["means"], per_gaussian, index, times, step)
+        return accelerations(self.deformation, self.splats["means"], self.deformation_parameters(), index, times,
+                             step)
 
     @torch.no_grad()
     def same_time_neighbors(self, k: int, chunk: int = 4096) -> torch.Tensor:
@@ -161,7 +165,7 @@ class GaussianModel4D(nn.Module):
             index = None
         state = (s["means"], s["quats"], s["scales"], s["opacities"])
         temporal = (s["time_centers"], s["time_log_scales"], s["is_dynamic"]) if self.temporal_opacity else None
-        per_gaussian = {k: s[k] for k in self.deformation.per_gaussian_shapes()} if index is not None else {}
+        per_gaussian = self.deformation_parameters() if index is not None else {}
         if self.compiled_state_at is not None and torch.is_grad_enabled():
             # A tensor time: a float would be a constant of the compiled graph (one compilation per time).
             when = torch.full((), float(time), dtype=s["means"].dtype, device=s["means"].device)

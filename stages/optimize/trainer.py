@@ -603,8 +603,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 pick = index[torch.randperm(index.numel(), device=device, generator=generator)[:count]]
                 h = gap
                 t = torch.rand(count, device=device, generator=generator) * max(1 - 2 * h, 0.0) + min(h, 0.5)
-                per_gaussian = {k: model.splats[k] for k in model.deformation.per_gaussian_shapes()}
-                motion = functions.motion(model.deformation, model.splats["means"], per_gaussian, pick, t, h, scale)
+                motion = functions.motion(model.deformation, model.splats["means"], model.deformation_parameters(),
+                                          pick, t, h, scale)
                 loss = loss + cfg.motion_lambda * motion
         rigidity = zero
         if use_rigidity and model.deform_enabled and model.dynamic_index().numel() > 1:
