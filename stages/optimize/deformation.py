@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.optimize.plane_sampler import PlaneLayout, sample_plane_products
+
 POSITION, QUAT, SCALE, OPACITY = slice(0, 3), slice(3, 7), slice(7, 10), slice(10, 11)
 
 
@@ -304,13 +306,15 @@ class PlanesField(Deformation):
     """Multi-resolution space-time planes (HexPlane / K-planes layout) and a small MLP head.
 
     For each spatial resolution r: six feature planes (F channels) over (x, y), (x, z), (y, z) at r x r and
-    (x, t), (y, t), (z, t) at r x T. Bilinear samples are multiplied across the six planes; the products of all
-    resolutions are concatenated and decoded by Linear-ReLU-Linear (last layer zero: no motion at the start).
-    Spatial planes start uniform in [0.1, 0.5], time planes at 1 (time-independent features).
+    (x, t), (y, t), (z, t) at r x T (T cells along time). Bilinear samples are multiplied across the six planes; the
+    products of all resolutions are concatenated and decoded by Linear-ReLU-Linear (last layer zero: no motion at
+    the start). Spatial planes start uniform in [0.1, 0.5], time planes at 1 (time-independent features).
 
-    ``planes[2 l]`` holds the three spatial planes of level l as one (3, F, r, r) tensor and ``planes[2 l + 1]`` its
-    three time planes (3, F, T, r), in :data:`PLANE_AXES` order: each kind is sampled by one ``grid_sample``.
-    (Models saved with one (1, F, H, W) parameter per plane load unchanged.)
+    All planes live in one channel-last parameter ``table`` (C, F), level by level, each level's planes in
+    :data:`PLANE_AXES` order; :meth:`plane` shows level l's three spatial or three time planes as a (3, F, H, W)
+    view. Sampling is :func:`~stages.optimize.plane_sampler.sample_plane_products` (one autograd node; the same
+    values as ``F.grid_sample`` with ``align_corners=True``). Models saved with the earlier layouts (one (3, F, H, W)
+    parameter per level and kind, or one (1, F, H, W) per plane) load unchanged.
     """
 
     kind = "planes"
@@ -321,52 +325,93 @@ class PlanesField(Deformation):
         self.box = box or Box()
         self.resolutions, self.time_resolution = tuple(int(r) for r in resolutions), int(time_resolution)
         self.features, self.head_width = features, head_width
-        planes = []
+        blocks, shapes = [], []
         for r in self.resolutions:
-            planes.append(nn.Parameter(torch.empty(3, features, r, r).uniform_(0.1, 0.5)))    # xy, xz, yz
-            planes.append(nn.Parameter(torch.ones(3, features, self.time_resolution, r)))    # xt, yt, zt
-        self.planes = nn.ParameterList(planes)
+            spatial = torch.empty(3, features, r, r).uniform_(0.1, 0.5)                 # xy, xz, yz
+            temporal = torch.ones(3, features, self.time_resolution, r)                   # xt, yt, zt
+            for block in (spatial, temporal):
+                blocks.append(block.permute(0, 2, 3, 1).reshape(-1, features))            # (3 H W, F)
+                shapes += [tuple(block.shape[2:])] * 3
+        self.table = nn.Parameter(torch.cat(blocks))                                       # (C, F)
+        layout = PlaneLayout.build(shapes, list(PLANE_AXES) * len(self.resolutions), len(self.resolutions))
+        for name in ("axes", "half_extent", "last", "stride", "offset", "corner_steps"):
+            self.register_buffer(f"layout_{name}", getattr(layout, name), persistent=False)
+        self._register_total_variation_pairs()
         self.hidden = nn.Linear(features * len(self.resolutions), head_width)
         self.out = _zero_last(nn.Linear(head_width, self.channels))
-        self.register_buffer("plane_axes", torch.tensor(PLANE_AXES), persistent=False)      # (6, 2)
+
+    @property
+    def layout(self) -> PlaneLayout:
+        return PlaneLayout(self.layout_axes, self.layout_half_extent, self.layout_last, self.layout_stride,
+                           self.layout_offset, self.layout_corner_steps, len(self.resolutions))
+
+    def plane(self, level: int, kind: int) -> torch.Tensor:
+        """Level ``level``'s three spatial (kind 0: (3, F, r, r)) or time (kind 1: (3, F, T, r)) planes, a view of
+        the table."""
+        r = self.resolutions[level]
+        height, width = (r, r) if kind == 0 else (self.time_resolution, r)
+        start = sum(3 * q * (q + self.time_resolution) for q in self.resolutions[:level]) + kind * 3 * r * r
+        block = self.table[start:start + 3 * height * width]                               # (3 H W, F)
+        return block.view(3, height, width, self.features).permute(0, 3, 1, 2)            # (3, F, H, W)
+
+    def _register_total_variation_pairs(self) -> None:
+        """Table rows of every pair of neighbouring cells of the spatial planes, along either axis, and each pair's
+        weight 1 / (levels x 3 F r (r - 1)): the mean over a level's planes of the mean squared neighbour
+        difference along each axis, summed over the two axes, averaged over levels (:meth:`regularization`)."""
+        first, second, weight = [], [], []
+        for level, r in enumerate(self.resolutions):
+            start = int(self.layout_offset[6 * level])
+            cells = torch.arange(3 * r * r).view(3, r, r) + start                          # (3, v, u) -> row
+            for a, b in ((cells[:, :-1, :], cells[:, 1:, :]), (cells[:, :, :-1], cells[:, :, 1:])):
+                first.append(a.reshape(-1))
+                second.append(b.reshape(-1))
+                weight.append(torch.full((a.numel(),), 1.0 / (len(self.resolutions) * 3 * self.features
+                                                               * r * max(r - 1, 1))))
+        self.register_buffer("tv_first", torch.cat(first), persistent=False)
+        self.register_buffer("tv_second", torch.cat(second), persistent=False)
+        self.register_buffer("tv_weight", torch.cat(weight), persistent=False)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "resolutions": list(self.resolutions), "time_resolution": self.time_resolution,
                 "features": self.features, "head_width": self.head_width, "with_opacity": self.with_opacity}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        separate = [f"{prefix}planes.{i}" for i in range(len(PLANE_AXES) * len(self.resolutions))]
-        if all(k in state_dict for k in separate) and state_dict[separate[0]].shape[0] == 1:   # one plane each
-            planes = [state_dict.pop(k) for k in separate]
-            for i in range(0, len(planes), 3):
-                state_dict[f"{prefix}planes.{i // 3}"] = torch.cat(planes[i:i + 3])
+        """Earlier layouts: ``planes.{i}`` (3, F, H, W) per level and kind, or (1, F, H, W) per plane."""
+        old = sorted((k for k in state_dict if k.startswith(f"{prefix}planes.")),
+                     key=lambda k: int(k[len(prefix) + len("planes."):]))
+        if old and f"{prefix}table" not in state_dict:
+            blocks = [state_dict.pop(k) for k in old]                                     # (1 or 3, F, H, W) each
+            state_dict[f"{prefix}table"] = torch.cat([b.permute(0, 2, 3, 1).reshape(-1, b.shape[1]) for b in blocks])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def offsets(self, means, times, coefs):
         coords = torch.cat([self.box.normalize(means), times[:, None] * 2 - 1], dim=-1).clamp(-1, 1)   # (M, 4)
-        grids = coords[:, self.plane_axes].transpose(0, 1).unsqueeze(2).contiguous()    # (6, M, 1, 2): (a, b)
-        grids = grids[:3], grids[3:]                                                    # spatial, time
-        per_resolution = []
-        for level in range(len(self.resolutions)):
-            product = None
-            for kind, grid in enumerate(grids):
-                first, second, third = F.grid_sample(self.planes[2 * level + kind], grid, mode="bilinear",
-                                                     align_corners=True).unbind(0)     # 3 x (F, M, 1)
-                part = first * second * third
-                product = part if product is None else product * part
-            per_resolution.append(product.squeeze(2).t())                               # (M, F)
-        features = torch.cat(per_resolution, dim=-1)                                   # (M, F L)
-        return _to_offsets(self.out(F.relu(self.hidden(features))), self.box)
+        features = sample_plane_products(self.table, coords, self.layout)                 # (M, L, F)
+        return _to_offsets(self.out(F.relu(self.hidden(features.flatten(1)))), self.box)  # (M, D)
 
     def regularization(self) -> torch.Tensor:
-        """Total variation of the spatial planes: mean squared neighbour difference along each axis, averaged over
-        the planes."""
-        terms = []
-        for level in range(len(self.resolutions)):
-            planes = self.planes[2 * level]                                             # (3, F, r, r)
-            terms.append((planes[..., 1:, :] - planes[..., :-1, :]).pow(2).mean()
-                         + (planes[..., 1:] - planes[..., :-1]).pow(2).mean())
-        return torch.stack(terms).mean()
+        """Total variation of the spatial planes: mean squared neighbour difference along each axis (summed over
+        the two axes), averaged over the planes and levels."""
+        difference = self.table.index_select(0, self.tv_first) - self.table.index_select(0, self.tv_second)
+        return (difference.square().sum(1) * self.tv_weight).sum()
+
+
+def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """:meth:`PlanesField.offsets` through ``F.grid_sample`` (two calls per level; products and gradients by
+    autograd): the reference the sampler is tested against, and the speed benchmark's comparison."""
+    coords = torch.cat([field.box.normalize(means), times[:, None] * 2 - 1], dim=-1).clamp(-1, 1)    # (M, 4)
+    axes = torch.tensor(PLANE_AXES, device=coords.device)                                 # (6, 2)
+    grids = coords[:, axes].transpose(0, 1).unsqueeze(2).contiguous()                     # (6, M, 1, 2): (a, b)
+    per_level = []
+    for level in range(len(field.resolutions)):
+        product = None
+        for kind, grid in enumerate((grids[:3], grids[3:])):                              # spatial, time
+            samples = F.grid_sample(field.plane(level, kind), grid, mode="bilinear", align_corners=True)   # (3, F, M, 1)
+            part = samples[0] * samples[1] * samples[2]
+            product = part if product is None else product * part
+        per_level.append(product.squeeze(2).t())                                          # (M, F)
+    features = torch.cat(per_level, dim=-1)                                               # (M, F L)
+    return _to_offsets(field.out(F.relu(field.hidden(features))), field.box)
 
 
 # ----------------------------------------------------------------------------------------------------------------

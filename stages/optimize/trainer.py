@@ -40,7 +40,9 @@ log = get_logger("optimize")
 
 LOG_COLUMNS = ("step", "loss", "l1", "ssim", "depth", "motion", "rigidity", "scale", "psnr", "gaussians", "seconds")
 CHECKPOINT_FORMAT = "page4dgs-optimize-checkpoint"
-CHECKPOINT_VERSION = 2        # 2: one optimizer with a parameter group per name (1: an optimizer per name)
+CHECKPOINT_VERSION = 3        # 3: the planes field's planes as one table parameter (2: a parameter per level and
+                              # kind; version 2 checkpoints of the other models resume unchanged); 2: one optimizer
+                              # with a parameter group per name (1: an optimizer per name)
 MAX_CONSECUTIVE_RESTORES = 3
 
 
@@ -175,7 +177,7 @@ def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Option
         elif deformation.kind == "mlp":
             groups.append({"name": "field", "params": list(deformation.parameters()), "lr": cfg.lr_field})
         elif deformation.kind == "planes":
-            groups.append({"name": "planes", "params": list(deformation.planes.parameters()), "lr": cfg.lr_planes})
+            groups.append({"name": "planes", "params": [deformation.table], "lr": cfg.lr_planes})
             groups.append({"name": "field", "params": [*deformation.hidden.parameters(), *deformation.out.parameters()],
                            "lr": cfg.lr_field})
     if cameras is not None:
@@ -369,7 +371,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"unreadable checkpoint ({type(err).__name__}); delete it to start over", path) from None
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError("not an optimize checkpoint", path)
-    if state.get("version", 1) != CHECKPOINT_VERSION:
+    version = state.get("version", 1)
+    planes_before_table = any(k.startswith("planes.") for k in (state.get("deformation") or {}))
+    if version != CHECKPOINT_VERSION and not (version == 2 and not planes_before_table):
         raise UserError(f"checkpoint version {state.get('version', 1)}, this page4dgs resumes version "
                         f"{CHECKPOINT_VERSION}; delete it to start over", path)
     return state

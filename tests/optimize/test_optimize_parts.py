@@ -108,8 +108,7 @@ def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, 
     for p in (model.out.weight, model.out.bias) if kind != "bases" else ():
         torch.nn.init.normal_(p, std=0.1)   # the networks start at zero motion; give them some
     if kind == "planes":
-        for plane in model.planes:          # time planes start constant (time-independent features)
-            plane.data.uniform_(0.1, 0.9)
+        model.table.data.uniform_(0.1, 0.9)   # time planes start constant (time-independent features)
     anchors = torch.rand(64)
     at_anchor = model.displacement(means, anchors, anchors, coefs)
     assert at_anchor.abs().max() < 1e-6

@@ -164,21 +164,26 @@ def test_a_model_loaded_under_inference_mode_renders_as_the_trained_one(kind, tm
                 torch.testing.assert_close(have[key], value, rtol=0, atol=0)
 
 
-def test_planes_load_models_saved_with_one_parameter_per_plane():
+def test_planes_load_models_saved_with_earlier_layouts():
     field = PlanesField(Box(), (4, 8), 5, 3, 8).double()
     torch.nn.init.normal_(field.out.weight)
-    old = {k: v for k, v in field.state_dict().items() if not k.startswith("planes.")}
-    for level in range(2):                                          # the layout before: xy xz yz xt yt zt per level
+    base = {k: v for k, v in field.state_dict().items() if k != "table"}
+    per_plane, per_kind = dict(base), dict(base)     # the layouts before: xy xz yz xt yt zt per level
+    for level in range(2):
         for kind in range(2):
-            for i, plane in enumerate(field.planes[2 * level + kind].detach().unbind(0)):
-                old[f"planes.{6 * level + 3 * kind + i}"] = plane[None].clone()
-    back = PlanesField(Box(), (4, 8), 5, 3, 8).double()
-    back.load_state_dict(old)
+            per_kind[f"planes.{2 * level + kind}"] = field.plane(level, kind).detach().clone()    # (3, F, H, W)
+            for i, plane in enumerate(field.plane(level, kind).detach().unbind(0)):
+                per_plane[f"planes.{6 * level + 3 * kind + i}"] = plane[None].clone()            # (1, F, H, W)
     x, t = torch.rand(20, 3, dtype=F64) * 2 - 1, torch.rand(20, dtype=F64)
-    torch.testing.assert_close(back.offsets(x, t, {}), field.offsets(x, t, {}), rtol=0, atol=0)
-    per_plane = [(p[:, 1:, :] - p[:, :-1, :]).pow(2).mean() + (p[:, :, 1:] - p[:, :, :-1]).pow(2).mean()
-                 for level in range(2) for p in field.planes[2 * level].unbind(0)]            # p: (F, r, r)
-    torch.testing.assert_close(field.regularization(), torch.stack(per_plane).mean())
+    for old in (per_plane, per_kind):
+        back = PlanesField(Box(), (4, 8), 5, 3, 8).double()
+        back.load_state_dict(old)
+        torch.testing.assert_close(back.table, field.table, rtol=0, atol=0)
+        torch.testing.assert_close(back.offsets(x, t, {}), field.offsets(x, t, {}), rtol=0, atol=0)
+    spatial = [p for level in range(2) for p in field.plane(level, 0).unbind(0)]                # p: (F, r, r)
+    per_plane_tv = [(p[:, 1:, :] - p[:, :-1, :]).pow(2).mean() + (p[:, :, 1:] - p[:, :, :-1]).pow(2).mean()
+                    for p in spatial]
+    torch.testing.assert_close(field.regularization(), torch.stack(per_plane_tv).mean())   # float32 weights
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,7 +237,7 @@ def test_one_adam_with_a_group_per_key_steps_like_one_adam_per_key():
     rates = {**splat_learning_rates(cfg, 2.0), "planes": cfg.lr_planes, "field": cfg.lr_field}
     deformation = models[1].deformation
     params = {**{k: [p] for k, p in models[1].splats.items() if p.requires_grad},
-              "planes": list(deformation.planes.parameters()),
+              "planes": [deformation.table],
               "field": [*deformation.hidden.parameters(), *deformation.out.parameters()]}
     separate = [torch.optim.Adam(ps, lr=rates[k], eps=1e-15) for k, ps in params.items()]
     assert [g["name"] for g in shared.param_groups] == list(params)

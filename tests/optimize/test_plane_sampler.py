@@ -1,0 +1,132 @@
+"""The planes field's one-node sampler against ``F.grid_sample`` (float64): values, the table's and the coordinates'
+gradients, plane edges and clamped points, and a whole field (offsets and their gradients) against the grid_sample
+formulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stages.optimize.deformation import PLANE_AXES, Box, PlanesField, planes_offsets_grid_sample
+from stages.optimize.plane_sampler import PlaneLayout, sample_plane_products
+
+F64 = torch.float64
+
+
+def _planes(gen: torch.Generator, shapes: list[tuple[int, int]], features: int) -> list[torch.Tensor]:
+    return [torch.randn(1, features, h, w, generator=gen, dtype=F64) for h, w in shapes]
+
+
+def _grid_sample_products(planes: list[torch.Tensor], coords: torch.Tensor, axes, levels: int) -> torch.Tensor:
+    """(M, L, F): per level, the product of grid_sample's samples of its planes (one plane per call)."""
+    samples = [F.grid_sample(plane, coords[:, list(ab)][None, :, None, :], mode="bilinear", align_corners=True)
+               [0, :, :, 0].t() for plane, ab in zip(planes, axes)]                      # P x (M, F)
+    per = len(planes) // levels
+    return torch.stack([torch.stack(samples[l * per:(l + 1) * per]).prod(0) for l in range(levels)], dim=1)
+
+
+def _table(planes: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p[0].permute(1, 2, 0).reshape(-1, p.shape[1]) for p in planes])    # channel last
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_samples_and_gradients_equal_grid_sample(seed):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(5, 5), (5, 5), (5, 5), (3, 5), (3, 5), (3, 5), (9, 9), (9, 9), (9, 9), (3, 9), (3, 9), (3, 9)]
+    axes = list(PLANE_AXES) * 2
+    planes = [p.requires_grad_(True) for p in _planes(gen, shapes, 4)]
+    coords = (torch.rand(300, 4, generator=gen, dtype=F64) * 1.98 - 0.99).requires_grad_(True)   # inside
+    upstream = torch.randn(300, 2, 4, generator=gen, dtype=F64)
+
+    expected = _grid_sample_products(planes, coords, axes, levels=2)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), [coords, *planes])
+
+    table = _table([p.detach() for p in planes]).requires_grad_(True)
+    layout = PlaneLayout.build(shapes, axes, levels=2)
+    got = sample_plane_products(table, coords, layout)
+    grad_coords, grad_table = torch.autograd.grad((got * upstream).sum(), [coords, table])
+
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_coords, expected_grads[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad_table, _table(list(expected_grads[1:])), rtol=1e-10, atol=1e-10)
+
+
+def test_edges_corners_and_clamped_points():
+    """Points on cell boundaries, on the last row/column and clamped from outside: the same values; coordinate
+    gradients agree wherever grid_sample's do not read its zero padding (the clamp passes none from outside)."""
+    gen = torch.Generator().manual_seed(2)
+    shapes = [(4, 6)]
+    planes = _planes(gen, shapes, 3)
+    table = _table(planes).requires_grad_(True)
+    raw = torch.tensor([[-1.0, -1.0, 0, 0], [1.0, 1.0, 0, 0], [-0.6, 1 / 3, 0, 0], [0.2, -1 / 3, 0, 0],
+                        [1.7, 0.3, 0, 0], [-2.0, -5.0, 0, 0], [0.999, 0.2, 0, 0]], dtype=F64, requires_grad=True)
+    coords = raw.clamp(-1, 1)
+    got = sample_plane_products(table, coords, PlaneLayout.build(shapes, [(0, 1)], levels=1))[:, 0]   # (M, F)
+    want = _grid_sample_products(planes, coords.detach(), [(0, 1)], levels=1)[:, 0]
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    (grad_raw,) = torch.autograd.grad(got.sum(), raw)
+    assert grad_raw[4, 0] == 0 and grad_raw[5, :2].abs().max() == 0            # clamped from outside: no gradient
+    inside = raw.detach()[[2, 3, 6]].requires_grad_(True)
+    ref = _grid_sample_products(planes, inside, [(0, 1)], levels=1)[:, 0]
+    (want_grad,) = torch.autograd.grad(ref.sum(), inside)
+    torch.testing.assert_close(grad_raw[[2, 3, 6]], want_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_a_zero_sample_keeps_the_other_planes_gradient():
+    """The product's gradient is formed without division: a plane sampled at exactly zero still passes gradient
+    to itself (the product of the others)."""
+    shapes = [(2, 2), (2, 2)]
+    table = torch.tensor([[0.0], [0.0], [0.0], [0.0], [2.0], [2.0], [2.0], [2.0]], dtype=F64, requires_grad=True)
+    coords = torch.zeros(1, 4, dtype=F64)
+    out = sample_plane_products(table, coords, PlaneLayout.build(shapes, [(0, 1), (0, 2)], levels=1))
+    assert float(out.detach()) == 0.0
+    (grad,) = torch.autograd.grad(out.sum(), table)
+    torch.testing.assert_close(grad[:4, 0], torch.full((4,), 0.5, dtype=F64))        # 2 x bilinear weight 1/4
+    torch.testing.assert_close(grad[4:, 0], torch.zeros(4, dtype=F64))
+
+
+def test_field_offsets_and_gradients_equal_the_grid_sample_formulation():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    field = PlanesField(Box(), (4, 8), 5, 3, 8).double()
+    with torch.no_grad():
+        for p in field.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=F64) * 0.3)
+    means = (torch.rand(64, 3, generator=gen, dtype=F64) * 2.4 - 1.2).requires_grad_(True)    # some outside
+    times = torch.rand(64, generator=gen, dtype=F64)
+    upstream = torch.randn(64, 10, generator=gen, dtype=F64)
+    params = [means, *field.parameters()]
+    got = field.offsets(means, times, {})
+    want = planes_offsets_grid_sample(field, means, times)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad((got * upstream).sum(), params),
+                    torch.autograd.grad((want * upstream).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_plane_views_are_the_table():
+    field = PlanesField(Box(), (4,), 6, 2, 8)
+    spatial, temporal = field.plane(0, 0), field.plane(0, 1)
+    assert spatial.shape == (3, 2, 4, 4) and temporal.shape == (3, 2, 6, 4)
+    assert torch.all(temporal == 1) and spatial.min() >= 0.1 and spatial.max() <= 0.5
+    with torch.no_grad():
+        field.table[field.layout.offset[1] + 2 * 4 + 3, 1] = 7.0     # plane xz (second), row v = 2, column u = 3
+    assert float(field.plane(0, 0)[1, 1, 2, 3].detach()) == 7.0
+
+
+def test_checkpoints_before_the_table_resume_except_for_planes(tmp_path):
+    from pipeline.errors import UserError
+    from stages.optimize.trainer import CHECKPOINT_FORMAT, read_checkpoint
+
+    def saved(name, deformation, version=2):
+        path = tmp_path / name
+        torch.save({"format": CHECKPOINT_FORMAT, "version": version, "deformation": deformation}, path)
+        return path
+
+    assert read_checkpoint(saved("bases.pt", {"control": torch.zeros(2)}))["version"] == 2
+    assert read_checkpoint(saved("none.pt", None))["version"] == 2
+    with pytest.raises(UserError, match="checkpoint version 2"):
+        read_checkpoint(saved("planes.pt", {"planes.0": torch.zeros(3, 2, 4, 4)}))
+    with pytest.raises(UserError, match="checkpoint version 1"):
+        read_checkpoint(saved("old.pt", None, version=1))
