@@ -7,10 +7,10 @@ height - with ``F.grid_sample``'s rules for ``align_corners=True``: u = (a + 1) 
 the four surrounding cells. The samples of the planes of one level are multiplied (K-planes' Hadamard product).
 
 :func:`sample_plane_products` does this as one autograd node with its gradient written out: a gather of the four
-corners of every plane, one batched product for the weights, a product over the planes; backward one
-``index_add`` into the table and the coordinates' gradient from the corner differences. The same field through
-``grid_sample`` (two calls per level, the products and their gradients by autograd) was about 250 operators per
-training step on the GPU, where the step is bound by the host's work per operator (docs/gaussians.md).
+corners of every plane, their weighted sum, a product over the planes; backward one ``index_add`` into the table
+and the coordinates' gradient from the corner differences. Weighted sums are elementwise products and sums: as
+batched matrix products of (1, 4) by (4, F) they became ~140k tiny cuBLAS products per call, 1.9 ms of GPU time
+per training step on an H200 (`bench.profile_optimize`, docs/gaussians.md).
 
 Exactness: values equal ``grid_sample``'s to rounding (float64 tests to 1e-12). Gradients also, except exactly on
 a plane's last row or column, where ``grid_sample`` reads a zero-padded cell beyond the edge and this sampler does
@@ -100,9 +100,9 @@ class _PlaneProducts(torch.autograd.Function):
         layout = PlaneLayout(axes, half_extent, last, stride, offset, corner_steps, levels)
         M, P, F = coords.shape[0], offset.shape[0], table.shape[1]
         rows, sides = _corners(coords, layout)                                        # (M, P, 4), (M, P, 2, 2)
-        weights = (sides[:, :, 1, :, None] * sides[:, :, 0, None, :]).view(M * P, 1, 4)   # v side x u side
-        corners = table.index_select(0, rows.view(-1)).view(M * P, 4, F)
-        samples = torch.bmm(weights, corners).view(M, levels, P // levels, F)         # (M, L, Q, F)
+        weights = (sides[:, :, 1, :, None] * sides[:, :, 0, None, :]).view(M, P, 4, 1)   # v side x u side
+        corners = table.index_select(0, rows.view(-1)).view(M, P, 4, F)
+        samples = (weights * corners).sum(2).view(M, levels, P // levels, F)          # (M, L, Q, F)
         ctx.rows_count = table.shape[0]
         ctx.save_for_backward(table, rows, weights, sides, samples, axes, half_extent)
         return samples.prod(2)                                                         # (M, L, F)
@@ -111,14 +111,14 @@ class _PlaneProducts(torch.autograd.Function):
     def backward(ctx, grad_products: Tensor):
         table, rows, weights, sides, samples, axes, half_extent = ctx.saved_tensors
         M, L, Q, F = samples.shape
-        grad_samples = (grad_products.unsqueeze(2) * _exclusive_products(samples)).view(M * L * Q, 1, F)
+        grad_samples = (grad_products.unsqueeze(2) * _exclusive_products(samples)).view(M, L * Q, 1, F)
         grad_table = grad_coords = None
         if ctx.needs_input_grad[0]:
-            per_corner = torch.bmm(weights.transpose(1, 2), grad_samples)               # (M P, 4, F)
+            per_corner = weights * grad_samples                                         # (M, P, 4, F)
             grad_table = table.new_zeros(ctx.rows_count, F).index_add_(0, rows.view(-1), per_corner.view(-1, F))
         if ctx.needs_input_grad[1]:
-            corners = table.index_select(0, rows.view(-1)).view(M * L * Q, 4, F)
-            dots = torch.bmm(corners, grad_samples.transpose(1, 2)).view(M, L * Q, 2, 2)  # [v side][u side]
+            corners = table.index_select(0, rows.view(-1)).view(M, L * Q, 4, F)
+            dots = (corners * grad_samples).sum(-1).view(M, L * Q, 2, 2)               # [v side][u side]
             grad_u = ((dots[..., 1] - dots[..., 0]) * sides[:, :, 1]).sum(-1)            # (M, P): d/du
             grad_v = ((dots[:, :, 1] - dots[:, :, 0]) * sides[:, :, 0]).sum(-1)          # d/dv
             grad_uv = torch.stack([grad_u, grad_v], dim=-1) * half_extent                # (M, P, 2): d/d(a, b)
