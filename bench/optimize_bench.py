@@ -213,10 +213,11 @@ def visible_per_view(model, views: list[TrainView], backend: str) -> dict[str, f
 
 # Training-step variants the speed section times side by side: the optimize config each one sets.
 SPEED_VARIANTS = {
-    "eager": {"compile": "never", "skip_invisible": True},                 # the default configuration
-    "eager-deform-all": {"compile": "never", "skip_invisible": False},     # every dynamic Gaussian deformed
-    "compiled": {"compile": "always", "skip_invisible": True},             # torch.compile (inductor)
-    "compiled-deform-all": {"compile": "always", "skip_invisible": False},
+    "eager": {"compile": "never", "skip_invisible": True, "cuda_graphs": False},   # the default configuration
+    "eager-deform-all": {"compile": "never", "skip_invisible": False, "cuda_graphs": False},   # deform all
+    "compiled": {"compile": "always", "skip_invisible": True, "cuda_graphs": False},   # torch.compile (inductor)
+    "compiled-deform-all": {"compile": "always", "skip_invisible": False, "cuda_graphs": False},
+    "compiled-graphs": {"compile": "always", "skip_invisible": False, "cuda_graphs": True},   # CUDA graphs replayed
 }
 
 

@@ -180,11 +180,11 @@ class GaussianModel4D(nn.Module):
         return {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
                 "sh": sh, "is_dynamic": s["is_dynamic"] if dynamic else torch.zeros_like(s["is_dynamic"])}
 
-    def compile_deformation(self, backend: str = "inductor") -> None:
+    def compile_deformation(self, backend: str = "inductor", mode: Optional[str] = None) -> None:
         """Let training renders (``gaussians_at`` with gradients on) run :func:`state_at` through ``torch.compile``
-        (:func:`compile_function`); renders without gradients (evaluation, exports) stay eager. (Not
-        ``nn.Module.compile``, which compiles a ``forward``; this model has none.)"""
-        self.compiled_state_at = compile_function(state_at, backend)
+        (:func:`compile_function`, ``mode`` as there); renders without gradients (evaluation, exports) stay eager.
+        (Not ``nn.Module.compile``, which compiles a ``forward``; this model has none.)"""
+        self.compiled_state_at = compile_function(state_at, backend, mode)
 
     # -- rendering ---------------------------------------------------------------------------------------------
 
@@ -244,14 +244,16 @@ class GaussianModel4D(nn.Module):
             torch.save(self.to_state(), tmp)
 
 
-def compile_function(function, backend: str = "inductor"):
+def compile_function(function, backend: str = "inductor", mode: Optional[str] = None):
     """``torch.compile(function)`` whose graphs become dynamic in the sizes that change between calls, parameters
     included: densification changes the Gaussian count every few hundred steps, and with parameters kept static
     (torch's default) each change was a recompilation, until torch gave up and ran the function eagerly.
 
-    A backend that cannot compile here (e.g. inductor on a CPU machine without a C++ compiler) is a one-line
-    :class:`UserError` that names the way out, not a traceback."""
-    compiled = torch.compile(function, backend=backend)
+    ``mode``: torch.compile's (``"reduce-overhead"``: replayed as CUDA graphs on a GPU; the caller marks each
+    training step with ``torch.compiler.cudagraph_mark_step_begin``). A backend that cannot compile here (e.g.
+    inductor on a CPU machine without a C++ compiler) is a one-line :class:`UserError` that names the way out, not
+    a traceback."""
+    compiled = torch.compile(function, backend=backend, mode=mode)
 
     @functools.wraps(function)
     def call(*args, **kwargs):

@@ -462,24 +462,32 @@ def motion_penalty(deformation, means: torch.Tensor, per_gaussian: dict[str, tor
 @dataclass
 class StepFunctions:
     """The parts of a training step that may run through torch.compile (``optimize.compile``): the model's
-    ``state_at`` (set on the model), the photometric loss and the motion regulariser."""
+    ``state_at`` (set on the model), the photometric loss and the motion regulariser. ``cuda_graphs``: they replay
+    as CUDA graphs (``optimize.cuda_graphs`` on a GPU), so each step is marked and deforms every dynamic Gaussian."""
 
     photometric: Callable
     motion: Callable
+    cuda_graphs: bool = False
 
 
 def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.device) -> StepFunctions:
     """Eager functions, or compiled ones when ``cfg.compile`` asks for it on this device (then also
     :meth:`GaussianModel4D.compile_deformation`)."""
+    if cfg.cuda_graphs and (cfg.compile == "never" or cfg.compile_backend != "inductor"):
+        raise UserError("optimize.cuda_graphs needs optimize.compile=always or cuda and "
+                        f"optimize.compile_backend=inductor (not compile={cfg.compile}, "
+                        f"compile_backend={cfg.compile_backend})")
     if not (cfg.compile == "always" or (cfg.compile == "cuda" and device.type == "cuda")):
         return StepFunctions(photometric=photometric_loss, motion=motion_penalty)
     known = torch._dynamo.list_backends(exclude_tags=())
     if cfg.compile_backend not in known:
         raise UserError(f"optimize.compile_backend: unknown torch.compile backend {cfg.compile_backend!r} "
                         f"(known: {', '.join(known)})")
-    model.compile_deformation(cfg.compile_backend)
-    return StepFunctions(photometric=compile_function(photometric_loss, cfg.compile_backend),
-                         motion=compile_function(motion_penalty, cfg.compile_backend))
+    graphs = cfg.cuda_graphs and device.type == "cuda"
+    mode = "reduce-overhead" if graphs else None
+    model.compile_deformation(cfg.compile_backend, mode)
+    return StepFunctions(photometric=compile_function(photometric_loss, cfg.compile_backend, mode),
+                         motion=compile_function(motion_penalty, cfg.compile_backend, mode), cuda_graphs=graphs)
 
 
 def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path,
@@ -519,6 +527,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     initial_rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
     splat_opts = splat_optimizers(optimizer, model)
     functions = step_functions(cfg, model, device)
+    skip_invisible = cfg.skip_invisible and not functions.cuda_graphs       # graphs replay fixed sizes
     strategy = make_strategy(cfg)
     strategy.check_sanity(model.splats, splat_opts)
     strategy_state = strategy.initialize_state(scene_scale=scale)
@@ -562,6 +571,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     # -------- the loop --------
     while loop.step < end_step:
         step = loop.step
+        if functions.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()      # the graphs' outputs of the last step may be reused
         set_learning_rates(optimizer, initial_rates, step, cfg)
         model.deform_enabled = step >= cfg.deform_warmup
         sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
@@ -584,7 +595,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             colors, alphas, info = model.rasterize(view.time, viewmat[None], view.K[None], view.width, view.height,
                                                    backgrounds=background[None], render_mode=render_mode,
                                                    sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad,
-                                                   skip_invisible=cfg.skip_invisible)
+                                                   skip_invisible=skip_invisible)
             strategy.step_pre_backward(model.splats, splat_opts, strategy_state, step, info)
             infos.append(info)
             rgb = colors[0, ..., :3]

@@ -289,3 +289,41 @@ def test_a_backend_that_cannot_compile_is_a_one_line_error(tiny, tmp_path):
     cfg = small_config(iterations=2, compile="always", compile_backend="no_such_backend")
     with pytest.raises(UserError, match="unknown torch.compile backend 'no_such_backend'"):
         train(cfg, data, initial, tmp_path / "other", seed=0)
+
+
+def test_cuda_graphs_need_compile_with_inductor(tiny, tmp_path):
+    from pipeline.errors import UserError
+    from stages.optimize.trainer import step_functions
+
+    files, scene = tiny
+    for settings in ({"compile": "never"}, {"compile": "always", "compile_backend": "aot_eager"}):
+        cfg = small_config(iterations=2, checkpoint_every=0, cuda_graphs=True, **settings)
+        data, initial = _inputs(files, scene, cfg)
+        with pytest.raises(UserError, match="optimize.cuda_graphs needs optimize.compile=always or cuda"):
+            train(cfg, data, initial, tmp_path / settings["compile"], seed=0)
+    cfg = small_config(compile="cuda", cuda_graphs=True)           # on a CPU: eager, no graphs, no error
+    functions = step_functions(cfg, None, torch.device("cpu"))
+    assert not functions.cuda_graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("kind", ["bases", "planes"])
+def test_cuda_graph_steps_follow_the_eager_loss_sequence(tiny, tmp_path, kind):
+    """optimize.cuda_graphs (inductor, mode reduce-overhead, every dynamic Gaussian deformed) against eager on the
+    GPU: the same losses step for step, through densifications that change the Gaussian count (new graphs)."""
+    import torch._dynamo
+
+    files, scene = tiny
+    for name, settings in (("eager", {"compile": "never", "skip_invisible": False}),
+                           ("graphs", {"compile": "always", "cuda_graphs": True})):
+        torch._dynamo.reset()
+        cfg = small_config(deformation=kind, iterations=16, checkpoint_every=0, log_every=4, refine_start=2,
+                           refine_every=3, refine_stop=16, backend="auto", **settings)
+        data, initial = _inputs(files, scene, cfg)
+        train(cfg, data, initial, tmp_path / name, device="cuda", seed=5)
+    eager, graphs = (_log(tmp_path / m / "log.csv") for m in ("eager", "graphs"))
+    assert [r["gaussians"] for r in graphs] == [r["gaussians"] for r in eager]
+    assert len({r["gaussians"] for r in eager}) >= 4, "the count changed several times inside the run"
+    for a, b in zip(eager, graphs):
+        for key in ("loss", "l1", "ssim", "motion"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3, abs=1e-6), (a["step"], key)
