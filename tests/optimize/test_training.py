@@ -46,9 +46,9 @@ class _Ctx:
         return self.run_dir / relative
 
 
-def _inputs(files, scene, cfg):
+def _inputs(files, scene, cfg, device: str = "cpu"):
     ctx = _Ctx(files.geometry, scene)
-    return load_views(ctx, cfg, torch.device("cpu")), load_initial(ctx)
+    return load_views(ctx, cfg, torch.device(device)), load_initial(ctx)
 
 
 def heldout_psnr(model, files, scene) -> float:
@@ -319,7 +319,7 @@ def test_cuda_graph_steps_follow_the_eager_loss_sequence(tiny, tmp_path, kind):
         torch._dynamo.reset()
         cfg = small_config(deformation=kind, iterations=16, checkpoint_every=0, log_every=4, refine_start=2,
                            refine_every=3, refine_stop=16, backend="auto", **settings)
-        data, initial = _inputs(files, scene, cfg)
+        data, initial = _inputs(files, scene, cfg, "cuda")
         train(cfg, data, initial, tmp_path / name, device="cuda", seed=5)
     eager, graphs = (_log(tmp_path / m / "log.csv") for m in ("eager", "graphs"))
     assert [r["gaussians"] for r in graphs] == [r["gaussians"] for r in eager]
