@@ -308,22 +308,24 @@ def test_cuda_graphs_need_compile_with_inductor(tiny, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("kind", ["bases", "planes"])
-def test_cuda_graph_steps_follow_the_eager_loss_sequence(tiny, tmp_path, kind):
-    """optimize.cuda_graphs (inductor, mode reduce-overhead, every dynamic Gaussian deformed) against eager on the
-    GPU: the same losses step for step, through densifications that change the Gaussian count (new graphs)."""
+def test_cuda_graph_steps_follow_the_compiled_loss_sequence(tiny, tmp_path, kind):
+    """optimize.cuda_graphs replays the kernels torch.compile generates: against the same compiled functions run
+    without graphs (every dynamic Gaussian deformed in both) on the GPU, the same Gaussian counts and losses step for
+    step, through densifications that change the count (new graphs). What is left is the float noise of gsplat's
+    atomic adds; stale inputs or overwritten outputs would be far off. (Compiled against eager: the CPU test above.)"""
     import torch._dynamo
 
     files, scene = tiny
-    for name, settings in (("eager", {"compile": "never", "skip_invisible": False}),
+    for name, settings in (("compiled", {"compile": "always", "skip_invisible": False}),
                            ("graphs", {"compile": "always", "cuda_graphs": True})):
         torch._dynamo.reset()
         cfg = small_config(deformation=kind, iterations=16, checkpoint_every=0, log_every=4, refine_start=2,
                            refine_every=3, refine_stop=16, backend="auto", **settings)
         data, initial = _inputs(files, scene, cfg, "cuda")
         train(cfg, data, initial, tmp_path / name, device="cuda", seed=5)
-    eager, graphs = (_log(tmp_path / m / "log.csv") for m in ("eager", "graphs"))
-    assert [r["gaussians"] for r in graphs] == [r["gaussians"] for r in eager]
-    assert len({r["gaussians"] for r in eager}) >= 4, "the count changed several times inside the run"
-    for a, b in zip(eager, graphs):
-        for key in ("loss", "l1", "ssim", "motion"):
-            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3, abs=1e-6), (a["step"], key)
+    compiled, graphs = (_log(tmp_path / m / "log.csv") for m in ("compiled", "graphs"))
+    assert [r["gaussians"] for r in graphs] == [r["gaussians"] for r in compiled]
+    assert len({r["gaussians"] for r in compiled}) >= 4, "the count changed several times inside the run"
+    worst = max(abs(float(b[k]) - float(a[k])) / max(abs(float(a[k])), 1e-6)
+                for a, b in zip(compiled, graphs) for k in ("loss", "l1", "ssim", "motion"))
+    assert worst <= 1e-3, f"largest relative difference {worst:.2e}"
