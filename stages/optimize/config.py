@@ -121,11 +121,11 @@ class OptimizeConfig:
                                   "comparison).")
     cuda_graphs: bool = option(False, "With `compile` on a GPU, replay the compiled parts of a step as CUDA graphs "
                                "(torch.compile mode 'reduce-overhead'): launches without Python, which is what "
-                               "bounds a step at 100k Gaussians on an H100/H200 (docs/gaussians.md). Graphs replay "
+                               "bounds a step at 100k Gaussians on an H200 (docs/gaussians.md). Graphs replay "
                                "fixed sizes, so every dynamic Gaussian is deformed (`skip_invisible` does not apply); "
                                "a new graph is recorded whenever the Gaussian count changes (densification). Needs "
-                               "`compile` 'always' or 'cuda' and the 'inductor' backend; on a CPU it changes "
-                               "nothing.")
+                               "`compile` 'always' or 'cuda' and the 'inductor' backend; training on a CPU runs "
+                               "without graphs.")
     compile_backend: str = option("inductor", "torch.compile backend for `compile` ('inductor'; the tests use "
                                   "'aot_eager', which checks the traced graphs without generating code).")
     # --- bookkeeping ---

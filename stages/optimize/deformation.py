@@ -398,7 +398,7 @@ class PlanesField(Deformation):
 
 def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
     """:meth:`PlanesField.offsets` through ``F.grid_sample`` (two calls per level; products and gradients by
-    autograd): the reference the sampler is tested against, and the speed benchmark's comparison."""
+    autograd): the reference the one-node sampler is tested against."""
     coords = torch.cat([field.box.normalize(means), times[:, None] * 2 - 1], dim=-1).clamp(-1, 1)    # (M, 4)
     axes = torch.tensor(PLANE_AXES, device=coords.device)                                 # (6, 2)
     grids = coords[:, axes].transpose(0, 1).unsqueeze(2).contiguous()                     # (6, M, 1, 2): (a, b)

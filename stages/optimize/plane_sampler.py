@@ -12,10 +12,12 @@ and the coordinates' gradient from the corner differences. Weighted sums are ele
 batched matrix products of (1, 4) by (4, F) they became ~140k tiny cuBLAS products per call, 1.9 ms of GPU time
 per training step on an H200 (`bench.profile_optimize`, docs/gaussians.md).
 
-Exactness: values equal ``grid_sample``'s to rounding (float64 tests to 1e-12). Gradients also, except exactly on
-a plane's last row or column, where ``grid_sample`` reads a zero-padded cell beyond the edge and this sampler does
-not: there the coordinate gradient is taken from the inside (zero for a point clamped onto the box's boundary,
-whose clamp passes no gradient anyway).
+Exactness: values equal ``grid_sample``'s to rounding (float64 tests to 1e-12), and so do the gradients, except
+for the coordinate gradient exactly on a plane's last row or column: ``grid_sample`` takes it against a
+zero-padded cell beyond the edge, this sampler has no cell there and gives zero (the clamp in front passes no
+gradient for points beyond the box anyway). Memory: backward keeps the corner rows (M, P, 4) int64, the per-axis
+weights and the samples (M, P, F): more than autograd kept for ``grid_sample`` (planes' peak in the speed
+benchmark 772 -> 907 MiB eager, one call).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,6 @@ class PlaneLayout:
                            offset=torch.cumsum(cells, 0) - cells,
                            corner_steps=torch.tensor(CORNER_STEPS, dtype=torch.long), levels=levels)
 
-    @property
-    def rows(self) -> int:
-        """Table rows C."""
-        return int((self.last + 1).prod(1).sum())
-
 
 # the four corners (v0 u0, v0 u1, v1 u0, v1 u1) as steps (u, v) from the lower corner
 CORNER_STEPS = ((0, 0), (1, 0), (0, 1), (1, 1))
@@ -76,8 +74,8 @@ def _corners(coords: Tensor, layout: PlaneLayout) -> tuple[Tensor, Tensor]:
     uv = torch.addcmul(layout.half_extent, coords.index_select(1, layout.axes).view(M, P, 2),
                        layout.half_extent)                                          # (M, P, 2) in [0, (W-1, H-1)]
     low = uv.floor()
-    frac = uv - low
-    low = low.long()
+    frac = uv - low                                                                  # NaN stays NaN (-> the output)
+    low = torch.minimum(torch.nan_to_num(low).long().clamp_min(0), layout.last)     # a valid cell, even for NaN
     step = (torch.minimum(low + 1, layout.last) - low) * layout.stride              # (M, P, 2): 0 at the last cell
     base = (low * layout.stride).sum(-1) + layout.offset                            # (M, P) row of (v0, u0)
     rows = base.unsqueeze(-1) + (step.unsqueeze(-2) * layout.corner_steps).sum(-1)  # (M, P, 4)
@@ -108,10 +106,11 @@ class _PlaneProducts(torch.autograd.Function):
         return samples.prod(2)                                                         # (M, L, F)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_products: Tensor):
         table, rows, weights, sides, samples, axes, half_extent = ctx.saved_tensors
         M, L, Q, F = samples.shape
-        grad_samples = (grad_products.unsqueeze(2) * _exclusive_products(samples)).view(M, L * Q, 1, F)
+        grad_samples = (grad_products.unsqueeze(2) * _exclusive_products(samples)).reshape(M, L * Q, 1, F)
         grad_table = grad_coords = None
         if ctx.needs_input_grad[0]:
             per_corner = weights * grad_samples                                         # (M, P, 4, F)
@@ -122,7 +121,7 @@ class _PlaneProducts(torch.autograd.Function):
             grad_u = ((dots[..., 1] - dots[..., 0]) * sides[:, :, 1]).sum(-1)            # (M, P): d/du
             grad_v = ((dots[:, :, 1] - dots[:, :, 0]) * sides[:, :, 0]).sum(-1)          # d/dv
             grad_uv = torch.stack([grad_u, grad_v], dim=-1) * half_extent                # (M, P, 2): d/d(a, b)
-            grad_coords = table.new_zeros(M, 4).index_add_(1, axes, grad_uv.view(M, -1))
+            grad_coords = grad_uv.new_zeros(M, 4).index_add_(1, axes, grad_uv.view(M, 2 * L * Q))
         return grad_table, grad_coords, None, None, None, None, None, None, None
 
 
@@ -130,7 +129,8 @@ def sample_plane_products(table: Tensor, coords: Tensor, layout: PlaneLayout) ->
     """Per level, the product of the bilinear samples of its planes.
 
     table (C, F): every plane's cells, channel last (:class:`PlaneLayout` says where); coords (M, 4) in [-1, 1]
-    (clamp first: outside, the edge cells are read but the gradient is that of the inside). Returns (M, L, F),
-    differentiable with respect to the table and the coordinates."""
+    (clamp first: outside, the nearest cells are read but the weights are not those of a clamped point; a NaN
+    coordinate gives NaN samples, as ``grid_sample`` does, so that a training step's NaN guard sees it). Returns
+    (M, L, F), differentiable once with respect to the table and the coordinates."""
     return _PlaneProducts.apply(table, coords, layout.axes, layout.half_extent, layout.last, layout.stride,
                                 layout.offset, layout.corner_steps, layout.levels)

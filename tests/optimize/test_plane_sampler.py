@@ -73,6 +73,55 @@ def test_edges_corners_and_clamped_points():
     torch.testing.assert_close(grad_raw[[2, 3, 6]], want_grad, rtol=1e-12, atol=1e-12)
 
 
+def test_gradient_on_the_first_and_last_cell_edges():
+    """Unclamped coordinates exactly at -1 and 1: at -1 the gradient is grid_sample's (the cell inside); at 1 it is
+    zero by design (grid_sample's is taken against its zero padding)."""
+    gen = torch.Generator().manual_seed(3)
+    planes = _planes(gen, [(4, 6)], 2)
+    table = _table(planes)
+    coords = torch.tensor([[-1.0, 0.3, 0, 0], [0.3, -1.0, 0, 0], [1.0, 0.3, 0, 0], [0.3, 1.0, 0, 0]], dtype=F64,
+                          requires_grad=True)
+    got = sample_plane_products(table, coords, PlaneLayout.build([(4, 6)], [(0, 1)], levels=1))[:, 0]
+    (grad,) = torch.autograd.grad(got.sum(), coords)
+    first = coords.detach()[:2].requires_grad_(True)
+    (want,) = torch.autograd.grad(_grid_sample_products(planes, first, [(0, 1)], levels=1).sum(), first)
+    torch.testing.assert_close(grad[:2], want, rtol=1e-12, atol=1e-12)
+    assert grad[2, 0] == 0 and grad[3, 1] == 0                 # along the axis that sits on the last cell
+    assert grad[2, 1] != 0 and grad[3, 0] != 0                 # the other axis still has its gradient
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (1, 5), (2, 2)])
+def test_planes_of_one_or_two_cells(shape):
+    gen = torch.Generator().manual_seed(4)
+    planes = [p.requires_grad_(True) for p in _planes(gen, [shape], 3)]
+    coords = (torch.rand(40, 4, generator=gen, dtype=F64) * 1.98 - 0.99).requires_grad_(True)
+    want = _grid_sample_products(planes, coords, [(0, 1)], levels=1)
+    want_grads = torch.autograd.grad(want.sum(), [coords, planes[0]])
+    table = _table([p.detach() for p in planes]).requires_grad_(True)
+    got = sample_plane_products(table, coords, PlaneLayout.build([shape], [(0, 1)], levels=1))
+    got_grads = torch.autograd.grad(got.sum(), [coords, table])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_grads[1], _table([want_grads[1]]), rtol=1e-12, atol=1e-12)
+
+
+def test_nan_and_far_outside_coordinates_neither_raise_nor_leave_their_plane():
+    """A NaN coordinate (a training step gone bad) gives NaN samples, as grid_sample does, so the NaN guard sees it;
+    coordinates far outside [-1, 1] read only their own plane's cells."""
+    shapes = [(3, 3), (3, 3)]
+    table = torch.cat([torch.full((9, 1), 2.0), torch.full((9, 1), 5.0)]).double().requires_grad_(True)
+    layout = PlaneLayout.build(shapes, [(0, 1), (2, 3)], levels=2)
+    coords = torch.tensor([[float("nan"), 0.0, 0.0, 0.0], [-50.0, 50.0, 50.0, -50.0], [0.5, -7.0, 3.0, 0.2]],
+                          dtype=F64)
+    out = sample_plane_products(table, coords, layout)[:, :, 0]                      # (3, L = 2)
+    assert torch.isnan(out[0, 0]) and out[0, 1] == 5.0
+    torch.autograd.grad(out.sum(), table)                                            # runs (NaN where NaN was read)
+    outside = sample_plane_products(table, coords[1:], layout)[:, :, 0]
+    assert torch.isfinite(outside).all()
+    (grad,) = torch.autograd.grad(outside.sum(), table)
+    assert torch.isfinite(grad).all()
+
+
 def test_a_zero_sample_keeps_the_other_planes_gradient():
     """The product's gradient is formed without division: a plane sampled at exactly zero still passes gradient
     to itself (the product of the others)."""

@@ -183,7 +183,7 @@ def test_planes_load_models_saved_with_earlier_layouts():
     spatial = [p for level in range(2) for p in field.plane(level, 0).unbind(0)]                # p: (F, r, r)
     per_plane_tv = [(p[:, 1:, :] - p[:, :-1, :]).pow(2).mean() + (p[:, :, 1:] - p[:, :, :-1]).pow(2).mean()
                     for p in spatial]
-    torch.testing.assert_close(field.regularization(), torch.stack(per_plane_tv).mean())   # float32 weights
+    torch.testing.assert_close(field.regularization(), torch.stack(per_plane_tv).mean())   # weights from float32
 
 
 # ---------------------------------------------------------------------------------------------------------------
