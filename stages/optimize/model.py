@@ -253,16 +253,17 @@ def compile_function(function, backend: str = "inductor", mode: Optional[str] = 
     training step with ``torch.compiler.cudagraph_mark_step_begin``). A backend that cannot compile here (e.g.
     inductor on a CPU machine without a C++ compiler) is a one-line :class:`UserError` that names the way out, not
     a traceback."""
-    import torch._inductor.config  # noqa: F401  (patched below; not imported by `import torch`)
+    import torch._inductor.config  # (not imported by `import torch`)
 
     compiled = torch.compile(function, backend=backend, mode=mode)
+    # each new Gaussian count records a CUDA graph (mode reduce-overhead): expected, not worth inductor's warning
+    quiet = ({"triton.cudagraph_dynamic_shape_warn_limit": None}
+             if hasattr(torch._inductor.config.triton, "cudagraph_dynamic_shape_warn_limit") else {})
 
     @functools.wraps(function)
     def call(*args, **kwargs):
         try:
-            # each new Gaussian count records a CUDA graph (mode reduce-overhead): expected, not worth a warning
-            with torch._dynamo.config.patch(force_parameter_static_shapes=False), \
-                    torch._inductor.config.patch({"triton.cudagraph_dynamic_shape_warn_limit": None}):
+            with torch._dynamo.config.patch(force_parameter_static_shapes=False), torch._inductor.config.patch(quiet):
                 return compiled(*args, **kwargs)
         except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.TritonUnavailableError) as err:
             cause = getattr(err, "inner_exception", None) or err
