@@ -257,28 +257,43 @@ def training_rate(kind: str, gaussians: InitialGaussians, views: list[TrainView]
 
 def bench_speed(device: str, workdir: Path, quick: bool, n: int = 100_000, size: int = 400, n_views: int = 100,
                 steps: Optional[tuple[int, int]] = None, variants: tuple[str, ...] = tuple(SPEED_VARIANTS),
-                models: tuple[str, ...] = MODELS) -> dict[str, Any]:
+                models: tuple[str, ...] = MODELS, repeats: int = 1) -> dict[str, Any]:
     """Training it/s of every model in each of ``variants`` (:data:`SPEED_VARIANTS`), and the rasterization floor;
     ``steps`` (warm-up, timed) overrides the defaults (1000 timed after 100, ``quick``: 200 after 50), e.g. for a
-    small CPU run of the section. "x static" compares with the static model of the same variant."""
+    small CPU run of the section. "x static" compares with the static model of the same variant.
+
+    ``repeats`` > 1 runs the whole sweep (every variant, every model) that many times in turn, so that a drift of
+    the host over the call spreads over all rows instead of favouring the first ones; a row's it/s is then the
+    median of its runs (``it_per_s_runs`` lists them all, in order)."""
     gaussians = random_gaussians(n, dynamic_fraction=1.0)
     views = orbit_views(n_views, size, device)
     warmup, timed = steps or ((50, 200) if quick else (100, 1000))
-    rows = [training_rate(kind, gaussians, views, device, warmup, timed, workdir, variant=variant)
-            for variant in variants for kind in models]
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for _ in range(max(1, repeats)):
+        for variant in variants:
+            for kind in models:
+                runs.setdefault((variant, kind), []).append(
+                    training_rate(kind, gaussians, views, device, warmup, timed, workdir, variant=variant))
+    rows = []
+    for samples in runs.values():
+        rates = [r["it_per_s"] for r in samples]
+        rows.append({**samples[0], "it_per_s": round(statistics.median(rates), 1), "it_per_s_runs": rates})
     floor = gsplat_step_rate(gaussians, views, device, timed)
     for r in rows:
         base = next((b for b in rows if b["model"] == "none" and b["variant"] == r["variant"]), None)
         r["vs_static"] = round(r["it_per_s"] / base["it_per_s"], 3) if base else None
     table(f"Training speed, {n} Gaussians (all dynamic), {size}x{size}, SH degree 3, batch 1, targets: each model's "
           f"own render + noise (rasterization fwd+bwd alone: {floor:.1f} it/s)",
-          ["model", "variant", "it/s", "x static", "warm-up s", "slowest/fastest window", "visible/view", "peak MiB"],
-          [[r["model"], r["variant"], r["it_per_s"], r["vs_static"], r["warmup_s"],
+          ["model", "variant", "it/s" if repeats <= 1 else "it/s (median)", "runs", "x static", "warm-up s (first)",
+           "slowest/fastest window (first)", "visible/view", "peak MiB"],
+          [[r["model"], r["variant"], r["it_per_s"], "/".join(f"{x:g}" for x in r["it_per_s_runs"]), r["vs_static"],
+            r["warmup_s"],
             f"{min(r['window_it_per_s']):.1f}/{max(r['window_it_per_s']):.1f}" if r["window_it_per_s"] else "-",
             r["visible_per_view"], r["peak_mib"]] for r in rows])
     return {"gaussians": n, "resolution": [size, size], "dynamic_fraction": 1.0, "sh_degree": 3,
             "warmup_steps": warmup, "timed_steps": timed, "targets": "own render + N(0, 0.02) noise",
-            "rasterization_only_it_per_s": round(floor, 1), "models": rows, "target_it_per_s": 150}
+            "rasterization_only_it_per_s": round(floor, 1), "repeats": max(1, repeats), "models": rows,
+            "target_it_per_s": 150}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -557,6 +572,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--note", default="", help="with --merge-quality: how the merged runs were made")
     parser.add_argument("--variants", nargs="+", default=list(SPEED_VARIANTS), choices=list(SPEED_VARIANTS),
                         help="speed section: training-step variants timed side by side (default all)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="speed section: run the whole sweep this many times in turn; each row's it/s is the "
+                             "median (a host's drift over the call then spreads over every row)")
     parser.add_argument("--json", default="", help="results file name in bench/results (default optimize.json)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="quality: a config override for every run, repeatable (a sweep: one call per setting, "
@@ -584,7 +602,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     sections: dict[str, Callable[[], dict]] = {
         "speed": lambda: bench_speed(device, workdir, args.quick, variants=tuple(args.variants),
-                                     models=tuple(m for m in MODELS if m in args.models or m == "none")),
+                                     models=tuple(m for m in MODELS if m in args.models or m == "none"),
+                                     repeats=args.repeats),
         "render": lambda: bench_render(device, args.quick),
         "scene": lambda: bench_scene_time(workdir, args.geometry, args.quick),
         "quality": lambda: bench_quality(workdir, args.geometry, args.seeds, args.models, args.quick,

@@ -53,6 +53,28 @@ def test_the_speed_section_runs_on_a_cpu_and_times_windows_on_self_rendered_targ
     assert float(clean[0].image.min()) < 0.9                         # the Gaussians are in the picture
 
 
+def test_repeated_speed_sweeps_report_the_median_of_runs_taken_in_turn(tmp_path, monkeypatch):
+    import bench.optimize_bench as ob
+
+    calls = []
+
+    def fake_rate(kind, gaussians, views, device, warmup, steps, workdir, variant="eager", **_):
+        calls.append((variant, kind))
+        return {"model": kind, "variant": variant, "it_per_s": float(10 * len(calls)), "warmup_s": 1.0,
+                "window_it_per_s": [1.0], "visible_per_view": 1, "peak_mib": None}
+
+    monkeypatch.setattr(ob, "training_rate", fake_rate)
+    monkeypatch.setattr(ob, "gsplat_step_rate", lambda *a, **k: 1.0)
+    result = ob.bench_speed("cpu", tmp_path, quick=True, n=10, size=8, n_views=2, steps=(1, 1),
+                            variants=("eager", "compiled"), models=("bases", "none"), repeats=3)
+    sweep = [(v, k) for v in ("eager", "compiled") for k in ("bases", "none")]
+    assert calls == sweep * 3                                   # whole sweeps in turn, not one row three times
+    rows = {(r["variant"], r["model"]): r for r in result["models"]}
+    assert rows[("eager", "bases")]["it_per_s_runs"] == [10.0, 50.0, 90.0]
+    assert rows[("eager", "bases")]["it_per_s"] == 50.0 and rows[("compiled", "none")]["it_per_s"] == 80.0
+    assert rows[("eager", "bases")]["vs_static"] == round(50.0 / 60.0, 3) and result["repeats"] == 3
+
+
 def _run(scene, seed, model, psnr):
     return {"scene": scene, "seed": seed, "model": model, "psnr": psnr, "ssim_3dgs": 0.9, "ssim_valid": 0.9,
             "lpips_alex": 0.1, "optimize_s": 10.0, "gaussians": 100}
