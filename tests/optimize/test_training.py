@@ -309,12 +309,13 @@ def test_cuda_graphs_need_compile_with_inductor(tiny, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("kind", ["bases", "planes"])
-def test_cuda_graph_steps_follow_the_compiled_loss_sequence(tiny, tmp_path, kind):
+@pytest.mark.parametrize("kind,batch_size", [("bases", 1), ("planes", 1), ("bases", 2)])
+def test_cuda_graph_steps_follow_the_compiled_loss_sequence(tiny, tmp_path, kind, batch_size):
     """optimize.cuda_graphs replays the kernels torch.compile generates: against the same compiled functions run
     without graphs (every dynamic Gaussian deformed in both) on the GPU, the same Gaussian counts and losses step for
-    step, through densifications that change the count (new graphs). What is left is the float noise of gsplat's
-    atomic adds; stale inputs or overwritten outputs would be far off. (Compiled against eager: the CPU test above.)"""
+    step, through densifications that change the count (new graphs), also with two views per step (each compiled
+    function replayed twice per step). What is left is the float noise of gsplat's atomic adds; stale inputs or
+    overwritten outputs would be far off. (Compiled against eager: the CPU test above.)"""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -324,7 +325,7 @@ def test_cuda_graph_steps_follow_the_compiled_loss_sequence(tiny, tmp_path, kind
         torch._dynamo.reset()
         counters.clear()
         cfg = small_config(deformation=kind, iterations=16, checkpoint_every=0, log_every=4, refine_start=2,
-                           refine_every=3, refine_stop=16, backend="auto", **settings)
+                           refine_every=3, refine_stop=16, backend="auto", batch_size=batch_size, **settings)
         data, initial = _inputs(files, scene, cfg, "cuda")
         train(cfg, data, initial, tmp_path / name, device="cuda", seed=5)
     compiled, graphs = (_log(tmp_path / m / "log.csv") for m in ("compiled", "graphs"))
