@@ -16,8 +16,8 @@ Exactness: values equal ``grid_sample``'s to rounding (float64 tests to 1e-12), 
 for the coordinate gradient exactly on a plane's last row or column: ``grid_sample`` takes it against a
 zero-padded cell beyond the edge, this sampler has no cell there and gives zero (the clamp in front passes no
 gradient for points beyond the box anyway). Memory: backward keeps the corner rows (M, P, 4) int64, the per-axis
-weights and the samples (M, P, F): more than autograd kept for ``grid_sample`` (planes' peak in the speed
-benchmark 772 -> 907 MiB eager, one call).
+weights (M, P, 2, 2) and the samples (M, P, F): more than autograd kept for ``grid_sample`` (planes' peak in the speed
+benchmark 772 -> 907 MiB eager, one call, at 499a300, which also kept the corner weights).
 """
 
 from __future__ import annotations
@@ -83,6 +83,12 @@ def _corners(coords: Tensor, layout: PlaneLayout) -> tuple[Tensor, Tensor]:
     return rows, sides
 
 
+def _bilinear_weights(sides: Tensor) -> Tensor:
+    """(M, P, 2, 2) per-axis weights -> (M, P, 4, 1) corner weights in :data:`CORNER_STEPS` order (v side x u side)."""
+    M, P = sides.shape[:2]
+    return (sides[:, :, 1, :, None] * sides[:, :, 0, None, :]).view(M, P, 4, 1)
+
+
 def _exclusive_products(samples: Tensor) -> Tensor:
     """(M, L, Q, F) -> (M, L, Q, F): the product over dim 2 of all factors but the q-th (no division)."""
     ones = samples.new_ones(samples[:, :, :1].shape)
@@ -98,22 +104,21 @@ class _PlaneProducts(torch.autograd.Function):
         layout = PlaneLayout(axes, half_extent, last, stride, offset, corner_steps, levels)
         M, P, F = coords.shape[0], offset.shape[0], table.shape[1]
         rows, sides = _corners(coords, layout)                                        # (M, P, 4), (M, P, 2, 2)
-        weights = (sides[:, :, 1, :, None] * sides[:, :, 0, None, :]).view(M, P, 4, 1)   # v side x u side
         corners = table.index_select(0, rows.view(-1)).view(M, P, 4, F)
-        samples = (weights * corners).sum(2).view(M, levels, P // levels, F)          # (M, L, Q, F)
+        samples = (_bilinear_weights(sides) * corners).sum(2).view(M, levels, P // levels, F)   # (M, L, Q, F)
         ctx.rows_count = table.shape[0]
-        ctx.save_for_backward(table, rows, weights, sides, samples, axes, half_extent)
+        ctx.save_for_backward(table, rows, sides, samples, axes, half_extent)
         return samples.prod(2)                                                         # (M, L, F)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_products: Tensor):
-        table, rows, weights, sides, samples, axes, half_extent = ctx.saved_tensors
+        table, rows, sides, samples, axes, half_extent = ctx.saved_tensors
         M, L, Q, F = samples.shape
         grad_samples = (grad_products.unsqueeze(2) * _exclusive_products(samples)).reshape(M, L * Q, 1, F)
         grad_table = grad_coords = None
         if ctx.needs_input_grad[0]:
-            per_corner = weights * grad_samples                                         # (M, P, 4, F)
+            per_corner = _bilinear_weights(sides) * grad_samples                        # (M, P, 4, F)
             grad_table = table.new_zeros(ctx.rows_count, F).index_add_(0, rows.view(-1), per_corner.view(-1, F))
         if ctx.needs_input_grad[1]:
             corners = table.index_select(0, rows.view(-1)).view(M, L * Q, 4, F)
