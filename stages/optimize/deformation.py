@@ -326,10 +326,12 @@ class PlanesField(Deformation):
         self.resolutions, self.time_resolution = tuple(int(r) for r in resolutions), int(time_resolution)
         self.features, self.head_width = features, head_width
         blocks, shapes = [], []
+        self._block_rows: list[tuple[int, int, int]] = []   # (first row, H, W) of each level's spatial, time block
         for r in self.resolutions:
             spatial = torch.empty(3, features, r, r).uniform_(0.1, 0.5)                 # xy, xz, yz
             temporal = torch.ones(3, features, self.time_resolution, r)                   # xt, yt, zt
             for block in (spatial, temporal):
+                self._block_rows.append((sum(b.shape[0] for b in blocks), *block.shape[2:]))
                 blocks.append(block.permute(0, 2, 3, 1).reshape(-1, features))            # (3 H W, F)
                 shapes += [tuple(block.shape[2:])] * 3
         self.table = nn.Parameter(torch.cat(blocks))                                       # (C, F)
@@ -348,9 +350,7 @@ class PlanesField(Deformation):
     def plane(self, level: int, kind: int) -> torch.Tensor:
         """Level ``level``'s three spatial (kind 0: (3, F, r, r)) or time (kind 1: (3, F, T, r)) planes, a view of
         the table."""
-        r = self.resolutions[level]
-        height, width = (r, r) if kind == 0 else (self.time_resolution, r)
-        start = sum(3 * q * (q + self.time_resolution) for q in self.resolutions[:level]) + kind * 3 * r * r
+        start, height, width = self._block_rows[2 * level + kind]
         block = self.table[start:start + 3 * height * width]                               # (3 H W, F)
         return block.view(3, height, width, self.features).permute(0, 3, 1, 2)            # (3, F, H, W)
 
@@ -360,8 +360,7 @@ class PlanesField(Deformation):
         difference along each axis, summed over the two axes, averaged over levels (:meth:`regularization`)."""
         first, second, weight = [], [], []
         for level, r in enumerate(self.resolutions):
-            start = int(self.layout_offset[6 * level])
-            cells = torch.arange(3 * r * r).view(3, r, r) + start                          # (3, v, u) -> row
+            cells = torch.arange(3 * r * r).view(3, r, r) + self._block_rows[2 * level][0]  # (3, v, u) -> row
             for a, b in ((cells[:, :-1, :], cells[:, 1:, :]), (cells[:, :, :-1], cells[:, :, 1:])):
                 first.append(a.reshape(-1))
                 second.append(b.reshape(-1))
