@@ -235,6 +235,11 @@ def training_rate(kind: str, gaussians: InitialGaussians, views: list[TrainView]
     window = window or warmup
     cfg = speed_config(kind, warmup + steps, sh_degree=sh_degree, log_every=window, **SPEED_VARIANTS[variant])
     views = own_render_views(cfg, gaussians, views, device)
+    if cfg.compile != "never":
+        # Every run compiles afresh: dynamo's cache of a function is shared by all runs of the process, and after
+        # torch._dynamo.config.recompile_limit (8) guards on one function (a sweep of compiled variants x models
+        # reaches it) the function silently runs eager, which would time later rows on another code path.
+        torch._dynamo.reset()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     out = workdir / f"speed_{kind}"
@@ -247,8 +252,10 @@ def training_rate(kind: str, gaussians: InitialGaussians, views: list[TrainView]
     marks = [m for m in sorted(seconds) if m >= warmup and (m % window == 0 or m == cfg.iterations)]   # flushes
     rate = (marks[-1] - marks[0]) / (seconds[marks[-1]] - seconds[marks[0]])
     windows = [(b - a) / (seconds[b] - seconds[a]) for a, b in zip(marks, marks[1:])]
+    print(f"speed: {kind:6s} {variant:20s} {rate:7.1f} it/s  (warm-up {seconds[marks[0]]:.1f} s, "
+          f"{result.restores} restores)", flush=True)
     return {"model": kind, "variant": variant, **SPEED_VARIANTS[variant], "it_per_s": round(rate, 1),
-            "warmup_s": round(seconds[marks[0]], 2),
+            "warmup_s": round(seconds[marks[0]], 2), "restores": result.restores,
             "gaussians": result.model.num_gaussians(),
             "window_it_per_s": [round(w, 1) for w in windows],
             **visible_per_view(result.model, views[:: max(1, len(views) // 8)], cfg.backend),
@@ -277,7 +284,8 @@ def bench_speed(device: str, workdir: Path, quick: bool, n: int = 100_000, size:
     rows = []
     for samples in runs.values():
         rates = [r["it_per_s"] for r in samples]
-        rows.append({**samples[0], "it_per_s": round(statistics.median(rates), 1), "it_per_s_runs": rates})
+        rows.append({**samples[0], "it_per_s": round(statistics.median(rates), 1), "it_per_s_runs": rates,
+                     "restores": sum(r["restores"] for r in samples)})
     floor = gsplat_step_rate(gaussians, views, device, timed)
     for r in rows:
         base = next((b for b in rows if b["model"] == "none" and b["variant"] == r["variant"]), None)
@@ -285,11 +293,11 @@ def bench_speed(device: str, workdir: Path, quick: bool, n: int = 100_000, size:
     table(f"Training speed, {n} Gaussians (all dynamic), {size}x{size}, SH degree 3, batch 1, targets: each model's "
           f"own render + noise (rasterization fwd+bwd alone: {floor:.1f} it/s)",
           ["model", "variant", "it/s" if repeats <= 1 else "it/s (median)", "runs", "x static", "warm-up s (first)",
-           "slowest/fastest window (first)", "visible/view", "peak MiB"],
+           "slowest/fastest window (first)", "visible/view", "peak MiB", "NaN restores"],
           [[r["model"], r["variant"], r["it_per_s"], "/".join(f"{x:g}" for x in r["it_per_s_runs"]), r["vs_static"],
             r["warmup_s"],
             f"{min(r['window_it_per_s']):.1f}/{max(r['window_it_per_s']):.1f}" if r["window_it_per_s"] else "-",
-            r["visible_per_view"], r["peak_mib"]] for r in rows])
+            r["visible_per_view"], r["peak_mib"], r["restores"]] for r in rows])
     return {"gaussians": n, "resolution": [size, size], "dynamic_fraction": 1.0, "sh_degree": 3,
             "warmup_steps": warmup, "timed_steps": timed, "targets": "own render + N(0, 0.02) noise",
             "rasterization_only_it_per_s": round(floor, 1), "repeats": max(1, repeats), "models": rows,

@@ -61,7 +61,8 @@ def test_repeated_speed_sweeps_report_the_median_of_runs_taken_in_turn(tmp_path,
     def fake_rate(kind, gaussians, views, device, warmup, steps, workdir, variant="eager", **_):
         calls.append((variant, kind))
         return {"model": kind, "variant": variant, "it_per_s": float(10 * len(calls)), "warmup_s": 1.0,
-                "window_it_per_s": [1.0], "visible_per_view": 1, "peak_mib": None}
+                "window_it_per_s": [1.0], "visible_per_view": 1, "peak_mib": None,
+                "restores": int(len(calls) == 8)}                  # the 2nd sweep's (compiled, none) restored once
 
     monkeypatch.setattr(ob, "training_rate", fake_rate)
     monkeypatch.setattr(ob, "gsplat_step_rate", lambda *a, **k: 1.0)
@@ -73,6 +74,7 @@ def test_repeated_speed_sweeps_report_the_median_of_runs_taken_in_turn(tmp_path,
     assert rows[("eager", "bases")]["it_per_s_runs"] == [10.0, 50.0, 90.0]
     assert rows[("eager", "bases")]["it_per_s"] == 50.0 and rows[("compiled", "none")]["it_per_s"] == 80.0
     assert rows[("eager", "bases")]["vs_static"] == round(50.0 / 60.0, 3) and result["repeats"] == 3
+    assert rows[("compiled", "none")]["restores"] == 1 and rows[("eager", "bases")]["restores"] == 0
 
 
 def _run(scene, seed, model, psnr):
