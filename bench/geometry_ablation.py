@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import sys
 import tempfile
@@ -31,9 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.optimize_bench import environment, make_object, table, test_metrics
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.common import RESULTS, environment
+from bench.optimize_bench import make_object, table, test_metrics
 
 # name -> (where the depth comes from, where the dynamic masks come from)
 VARIANTS = {"oracle": ("oracle", "oracle"), "network": ("network", "network"),
@@ -120,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         extra += ["optimize.iterations=300", "optimize.refine_start=50", "optimize.refine_stop=250",
                   "initialize.max_gaussians=4000"]
-    env = environment(device)
-    env["command"] = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "bench.geometry_ablation", *sys.argv[1:]])
-    record: dict[str, Any] = {"environment": env,
+    record: dict[str, Any] = {"environment": environment(device),
                               "protocol": f"make-scene object, {frames} monocular training views at random viewpoints "
                                           f"(one per time), {tests} test views at new viewpoints and times, "
                                           f"{size}x{size}, configs/dnerf.yaml, dataset cameras; PSNR of the 8-bit "
