@@ -486,9 +486,11 @@ def section_tiny(doc: Doc, R: Results) -> None:
     if R.has(summary):
         doc.add("Training: ", figure(R, summary, ("state", "step"), "{}"), " steps, ",
                 figure(R, summary, ("state", "frames"), "{:,}"), " frames, ",
-                figure(R, summary, ("state", "train_seconds"), "{:.0f}"), " s of training on ",
+                figure(R, summary, ("state", "train_seconds"), "{:.0f}"), " s of training in ",
+                figure(R, summary, ("state", "runs"), "{}"), " chunks, the last on ",
                 figure(R, summary, ("device",), "{}"), " (", figure(R, summary, ("parameters",), "{:,}"),
-                " parameters; ", Lit("source: " + summary), ").")
+                " parameters; ", Lit("source: " + summary + "; each chunk's device: training/page4d-tiny-chunks.json"),
+                ").")
         doc.blank()
 
 
