@@ -12,6 +12,7 @@ type is a :class:`~pipeline.errors.UserError`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -100,6 +101,10 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+# A float in exponent form that YAML 1.1 (PyYAML) leaves as a string: `1e-4`, `3E5`, `-2.5e+3`.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against the type hint ``hint``; return it (ints are accepted where floats are expected)."""
     origin = typing.get_origin(hint)
@@ -134,6 +139,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)      # YAML 1.1 reads `1e-4` (no dot) as a string; users mean the number
     elif hint is str:
         if isinstance(value, str):
             return value

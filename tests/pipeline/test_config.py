@@ -27,6 +27,19 @@ def test_overrides_are_typed_and_validated():
         load_config("default", ["seed"])
 
 
+def test_floats_in_exponent_form_without_a_dot(tmp_path):
+    # PyYAML (YAML 1.1) reads `1e-4` as a string; where a float is expected it is the number the user meant.
+    cfg = load_config("default", ["optimize.lr_means=1e-4", "optimize.lr_opacities=5E-2", "optimize.lr_scales=+2.5e-3"])
+    assert (cfg.optimize.lr_means, cfg.optimize.lr_opacities, cfg.optimize.lr_scales) == (1e-4, 5e-2, 2.5e-3)
+    preset = tmp_path / "sci.yaml"
+    preset.write_text("optimize:\n  lr_means: 3e-5\n")
+    assert load_config(str(preset)).optimize.lr_means == 3e-5
+    with pytest.raises(UserError, match="expects float"):
+        load_config("default", ["optimize.lr_means=1e-4x"])
+    with pytest.raises(UserError, match="expects int"):        # an int key keeps refusing a float in any form
+        load_config("default", ["optimize.iterations=1e3"])
+
+
 def test_every_preset_is_valid():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         load_config(str(path))
