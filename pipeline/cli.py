@@ -101,6 +101,15 @@ def _sigterm(signum, frame):  # pragma: no cover - exercised by the resume test 
     raise StageInterrupted("terminated")
 
 
+def _os_error_line(err: BaseException) -> str:
+    """One line for an OSError or UnicodeDecodeError: what failed and on which path."""
+    if isinstance(err, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({err.reason} at byte {err.start})"
+    text = err.strerror or str(err)
+    paths = [p for p in (getattr(err, "filename", None), getattr(err, "filename2", None)) if p]
+    return f"{text}: {' -> '.join(str(p) for p in paths)}" if paths else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -123,6 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"page4dgs: error: {err}", file=sys.stderr)
+        return UserError.exit_code
+    except (OSError, UnicodeDecodeError) as err:
+        # A path the user named that cannot be read or written (a file where a folder is needed, no permission, a
+        # disk full, a text file that is not UTF-8): the system's own message names the path; no traceback.
+        if debug:
+            raise
+        print(f"page4dgs: error: {_os_error_line(err)}", file=sys.stderr)
         return UserError.exit_code
     except (KeyboardInterrupt, StageInterrupted):
         if debug:

@@ -233,6 +233,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"malformed YAML{where}", path) from None
+    except UnicodeDecodeError:
+        raise UserError("not a UTF-8 text file (expected YAML)", path) from None
     return data or {}
 
 

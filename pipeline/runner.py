@@ -290,8 +290,10 @@ def _run(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str],
         if value is not None and value not in names:
             raise UserError(f"{option}: unknown stage '{value}' (stages: {', '.join(names)})")
     device = resolve_device(config.device)
-    write_text(run_dir / "config.yaml", dump_yaml(config, header=f"Resolved config of this run (page4dgs "
-                                                                  f"{__version__}). Rerun with --config this file."))
+    # config.yaml describes the run's outputs: a new run writes it at once; an existing run's copy is replaced only
+    # once a stage has finished with the new config, so a failed attempt leaves the old description in place.
+    if not (run_dir / "config.yaml").exists():
+        _write_run_config(config, run_dir)
     manifest = Manifest(run_dir)
     fingerprint = scene.fingerprint()
     forced = False
@@ -310,9 +312,15 @@ def _run(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str],
         else:
             results[spec.name] = _run_stage(spec, func, config, run_dir, work_dir, scene, device, manifest,
                                             in_hash, upstream, fresh=forced)
+            _write_run_config(config, run_dir)
         if spec.name == until_stage:
             break
     return results
+
+
+def _write_run_config(config: Config, run_dir: Path) -> None:
+    write_text(run_dir / "config.yaml", dump_yaml(config, header=f"Resolved config of this run (page4dgs "
+                                                                  f"{__version__}). Rerun with --config this file."))
 
 
 def _run_stage(spec, func, config, run_dir, work_dir, scene, device, manifest, in_hash, upstream,
@@ -335,8 +343,11 @@ def _run_stage(spec, func, config, run_dir, work_dir, scene, device, manifest, i
             summary = func(ctx) or {}
     except BaseException:
         # Leave the run folder as it was: finished outputs stay, this stage's work folder is kept for resuming.
+        # A stage that had finished before keeps its "done" entry (its outputs are untouched and still match its
+        # recorded inputs); the failed attempt is recorded beside it.
         entry = dict(previous) if previous else {}
-        entry["status"] = "interrupted"
+        if entry.get("status") != "done":
+            entry["status"] = "interrupted"
         entry["input_hash_attempted"] = in_hash
         manifest.update(spec.name, **entry)
         raise

@@ -23,7 +23,10 @@ def load_run_config(run_dir: Path) -> Config:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError("not a page4dgs run folder (no config.yaml)", run_dir)
-    return config_from_dict(read_yaml(path), str(path))
+    data = read_yaml(path)
+    if not data:
+        raise UserError("the run's config.yaml is empty: it no longer says how the run was made", path)
+    return config_from_dict(data, str(path))
 
 
 def render_command(args: argparse.Namespace) -> int:

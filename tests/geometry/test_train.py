@@ -188,6 +188,35 @@ def test_overrides_and_unknown_keys():
         load_train_config("nope")
 
 
+@pytest.mark.parametrize("override, message", [
+    ("frame_choices=[0]", "frame_choices"), ("log_every=0", "log_every"), ("checkpoint_every=0", "log_every"),
+    ("lr=.nan", "lr must be"), ("lr=-1", "lr must be"), ("warmup=2", "warmup"), ("stop_after=-1", "stop_after"),
+    ("fov_min_deg=100", "fov_min_deg"), ("fov_max_deg=200", "fov_min_deg"), ("input_width=-14", "input_width")])
+def test_bad_training_values_are_refused(override, message):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        load_train_config("page4d-tiny", [override])
+
+
+def test_a_finished_schedule_or_an_existing_run_is_not_overwritten(tmp_path, micro_model):
+    from pipeline.errors import UserError
+
+    data = PlaneScenes(height=28, width=28, frames=2, seed=4)
+    export = tmp_path / "final.safetensors"
+    done = training.train(_config(tmp_path, micro_model, steps=2, export=str(export)), data=data)
+    assert done.finished and export.is_file()
+    files = {p: p.read_bytes() for p in [export, *done.out_dir.rglob("*")] if p.is_file()}
+    # Resuming a finished schedule (from its checkpoint or its export) has nothing to train: refused, no rewrite.
+    for resume in (done.out_dir / "checkpoint.pt", done.out_dir / "export" / "page4d-micro.safetensors"):
+        with pytest.raises(UserError, match="nothing to train"):
+            training.train(_config(tmp_path, micro_model, steps=2, export=str(export)), resume=resume, data=data)
+    # Starting over in a folder that holds a run, without --resume, would wipe its log: refused.
+    with pytest.raises(UserError, match="already holds a training run"):
+        training.train(_config(tmp_path, micro_model, steps=2, export=str(export)), data=data)
+    assert {p: p.read_bytes() for p in files} == files
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Data
 

@@ -39,6 +39,18 @@ def test_bad_input_does_not_touch_an_existing_run_folder(tmp_path, capsys):
     assert (run / "metrics.json").read_text() == "{}" and sorted(p.name for p in run.iterdir()) == ["metrics.json"]
 
 
+def test_unwritable_or_unreadable_paths_are_one_line_errors(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    for argv, message in ((["make-scene", "room", "--out", str(a_file / "sub")], str(a_file)),
+                          (["reconstruct", "demo", "--config", str(binary)], "not a UTF-8 text file")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("page4dgs: error:") and message in err[0], err
+
+
 def test_overrides_may_follow_options(monkeypatch):
     """`make reconstruct OUT=... ARGS="k=v"` puts the overrides after --out."""
     import pipeline.commands as commands

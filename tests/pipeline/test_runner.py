@@ -89,7 +89,28 @@ def test_a_failing_stage_leaves_finished_work_alone(tmp_path, scene):
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, run, scene, stages=stages)
     assert (run / "second/double.txt").read_text() == before
-    assert json.loads((run / "manifest.json").read_text())["stages"]["second"]["status"] == "interrupted"
+    entry = json.loads((run / "manifest.json").read_text())["stages"]["second"]
+    # The finished outputs still match their recorded inputs: the stage stays done, the failed attempt beside it.
+    assert entry["status"] == "done" and entry["input_hash_attempted"] != entry["input_hash"]
+
+
+def test_a_failed_attempt_with_a_new_config_keeps_the_run_as_it_was(tmp_path, scene):
+    run = tmp_path / "run"
+    CALLS.clear()
+    run_pipeline(load_config("default", ["optimize.iterations=5"]), run, scene, stages=STAGES)
+    config_before = (run / "config.yaml").read_text()
+
+    def failing_first(ctx):
+        raise RuntimeError("bad value")
+
+    stages = (StageSpec("first", failing_first, ("first",), (), ("optimize",)), STAGES[1])
+    with pytest.raises(RuntimeError):
+        run_pipeline(load_config("default", ["optimize.iterations=7"]), run, scene, stages=stages)
+    assert (run / "config.yaml").read_text() == config_before, "config.yaml still describes the outputs"
+    run_pipeline(load_config("default", ["optimize.iterations=5"]), run, scene, stages=STAGES)
+    assert CALLS == ["first", "second"], "the original command finds every stage up to date"
+    run_pipeline(load_config("default", ["optimize.iterations=7"]), run, scene, stages=STAGES)
+    assert CALLS[2:] == ["first", "second"] and "iterations: 7" in (run / "config.yaml").read_text()
 
 
 RESUMABLE = '''

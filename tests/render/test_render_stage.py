@@ -92,6 +92,24 @@ def test_command_errors_are_one_line(fake_run, monkeypatch, capsys, argv, messag
     assert message in err and "\n" not in err
 
 
+def test_render_never_replaces_a_folder_it_did_not_write(fake_run, monkeypatch, capsys):
+    use_tiny_model(monkeypatch, fake_run.model)
+    photos = fake_run.run_dir.parent / "photos"
+    photos.mkdir()
+    (photos / "notes.txt").write_text("mine")
+    assert main(["render", str(fake_run.run_dir), "--path", "sweep", "--frames", "2",
+                 "--out", str(photos.parent / "photos.mp4")]) == 2
+    assert "holds other files" in capsys.readouterr().err
+    assert sorted(p.name for p in photos.iterdir()) == ["notes.txt"] and not (photos.parent / "photos.mp4").exists()
+
+
+def test_an_empty_run_config_is_refused(fake_run, capsys):
+    config = fake_run.run_dir / "config.yaml"
+    config.write_text("")
+    assert main(["export", str(fake_run.run_dir), "--format", "nerfstudio"]) == 2
+    assert "config.yaml is empty" in capsys.readouterr().err
+
+
 def test_export_command(fake_run):
     assert main(["export", str(fake_run.run_dir), "--format", "nerfstudio"]) == 0
     assert (fake_run.run_dir / "export" / "nerfstudio" / "transforms.json").is_file()

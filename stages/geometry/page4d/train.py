@@ -237,6 +237,22 @@ def validate(config: TrainConfig) -> None:
         problems.append("scene_fraction > 0 needs scenes")
     if len(config.adam_betas) != 2:
         problems.append("adam_betas needs two values")
+    if any(not 1 <= s <= config.max_images for s in config.frame_choices):
+        problems.append("frame_choices must lie in [1, max_images]")
+    if config.checkpoint_every < 1 or config.log_every < 1:
+        problems.append("checkpoint_every and log_every must be >= 1")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        problems.append("lr must be a positive number")
+    if not all(math.isfinite(v) and v >= 0 for v in (config.lr_start, config.lr_end)):
+        problems.append("lr_start and lr_end must be numbers >= 0")
+    if not 0.0 <= config.warmup < 1.0:
+        problems.append("warmup must lie in [0, 1)")
+    if config.stop_after < 0 or config.max_minutes < 0:
+        problems.append("stop_after and max_minutes must be >= 0")
+    if config.input_width < 0:
+        problems.append("input_width must be >= 0")
+    if not 0.0 < config.fov_min_deg <= config.fov_max_deg < 180.0:
+        problems.append("need 0 < fov_min_deg <= fov_max_deg < 180")
     config.groups()  # validates the group mappings
     if problems:
         raise UserError("training config: " + "; ".join(problems))
@@ -478,6 +494,9 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     wall_start = time.perf_counter()
     device = _device(config.device)
     out_dir = Path(config.out_dir)
+    if resume is None and (out_dir / CHECKPOINT_NAME).exists():
+        raise UserError(f"already holds a training run ({CHECKPOINT_NAME}): continue it with --resume "
+                        f"{out_dir / CHECKPOINT_NAME}, or choose another out_dir", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -493,6 +512,9 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     resumed_at: Optional[int] = None
     if resume is not None:
         resumed_at = _resume(Path(resume), model, optimizer, state, config, device)
+        if state.step >= config.steps:
+            raise UserError(f"is at step {state.step}, the end of a {config.steps}-step schedule: nothing to train "
+                            f"(pass steps=N with N > {state.step} to continue it)", resume)
     state.runs += 1
     model.train()
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
