@@ -219,10 +219,15 @@ class Manifest:
         self.data: dict[str, Any] = {"page4dgs": __version__, "stages": {}}
         if self.path.exists():
             try:
-                self.data = read_json(self.path)
-                self.data.setdefault("stages", {})
+                data = read_json(self.path)
             except UserError:
                 log.warning("manifest.json is unreadable; every stage will run again")
+            else:
+                stages = data.get("stages", {}) if isinstance(data, dict) else None
+                if isinstance(stages, dict) and all(isinstance(v, dict) for v in stages.values()):
+                    self.data = {**data, "stages": stages}
+                else:
+                    log.warning("manifest.json is not a page4dgs manifest; every stage will run again")
 
     def stage(self, name: str) -> dict[str, Any]:
         return self.data["stages"].get(name, {})

@@ -65,8 +65,27 @@ def _video_extensions() -> tuple[str, ...]:
     return VIDEO_EXTENSIONS
 
 
+# Smallest longer side that scene.max_size may ask for: below it no network patch grid or rasterizer tile fits.
+MIN_MAX_SIZE = 16
+
+
+def _check_options(config: SceneConfig) -> None:
+    problems = []
+    if config.stride < 1:
+        problems.append(f"scene.stride must be >= 1 (got {config.stride})")
+    if config.max_frames < 0:
+        problems.append(f"scene.max_frames must be >= 0, 0 = all (got {config.max_frames})")
+    if config.max_size != 0 and config.max_size < MIN_MAX_SIZE:
+        problems.append(f"scene.max_size must be 0 (keep) or >= {MIN_MAX_SIZE} pixels (got {config.max_size})")
+    if config.test_every < 0:
+        problems.append(f"scene.test_every must be >= 0, 0 = no test frames (got {config.test_every})")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
 def load_scene(config: SceneConfig) -> Scene:
     """Load the scene named by ``config.source`` (a path or 'demo')."""
+    _check_options(config)
     if config.source == "demo" or config.format == "demo":
         from pipeline.synthetic.demo import demo_scene_path
 

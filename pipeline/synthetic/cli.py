@@ -21,6 +21,8 @@ def make_scene_command(args: argparse.Namespace) -> int:
         raise UserError(f"--frames must be at least 2, got {args.frames}")
     if args.res is not None and args.res < 8:
         raise UserError(f"--res must be at least 8 pixels, got {args.res}")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must lie in [0, 2^63), got {args.seed}")
     start = time.perf_counter()
     if args.kind == "room":
         options = RoomSceneOptions()

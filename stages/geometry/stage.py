@@ -145,7 +145,12 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
     heads = ("camera", "depth", "point") if cfg.point_maps else ("camera", "depth")
     predictor = Predictor(model, device, heads, cfg.dpt_chunk, want_mask_score=info.mask_supervised)
     window = cfg.window or model.config.window
+    if window < 0 or cfg.overlap < 0 or cfg.dpt_chunk < 0:
+        raise UserError("geometry.window, geometry.overlap and geometry.dpt_chunk must be >= 0")
     overlap = (cfg.overlap or max(2, window // 5)) if window < len(scene.frames) else 0
+    if window and window < len(scene.frames) and not 0 <= overlap < window:
+        raise UserError(f"geometry.window={window} needs an overlap in [0, window) between windows "
+                        f"(geometry.overlap={overlap}); use a window of 3 frames or more")
     pred = predict_sequence(predictor, prepared, window, overlap)
     if device == "cuda":
         torch.cuda.synchronize()

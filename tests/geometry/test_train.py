@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +216,38 @@ def test_a_finished_schedule_or_an_existing_run_is_not_overwritten(tmp_path, mic
     with pytest.raises(UserError, match="already holds a training run"):
         training.train(_config(tmp_path, micro_model, steps=2, export=str(export)), data=data)
     assert {p: p.read_bytes() for p in files} == files
+
+
+def test_resuming_into_a_different_model_or_trainable_set_is_a_clear_error(tmp_path, micro_model):
+    from pipeline.errors import UserError
+
+    data = PlaneScenes(height=28, width=28, frames=2, seed=6)
+    first = training.train(_config(tmp_path / "a", micro_model, stop_after=1), data=data)
+    checkpoint = first.out_dir / "checkpoint.pt"
+    with pytest.raises(UserError, match="optimizer state does not fit"):
+        training.train(_config(tmp_path / "b", micro_model, trainable=["camera_head.*"]), resume=checkpoint,
+                       data=data)
+    wider = yaml.safe_load(Path(micro_model).read_text())
+    wider["embed_dim"] *= 2
+    other = tmp_path / "wider.yaml"
+    other.write_text(yaml.safe_dump(wider))
+    with pytest.raises(UserError, match="does not fit the configured model"):
+        training.train(_config(tmp_path / "c", str(other)), resume=checkpoint, data=data)
+
+
+def test_model_config_values_are_typed(tmp_path, micro_model):
+    from pipeline.errors import UserError
+
+    values = yaml.safe_load(Path(micro_model).read_text())
+    path = tmp_path / "typed.yaml"
+    path.write_text(yaml.safe_dump({**values, "layerscale_init": "1e-5"}))
+    assert ModelConfig.load(path).layerscale_init == 1e-5
+    path.write_text(yaml.safe_dump({**values, "embed_dim": "abc"}))
+    with pytest.raises(UserError, match="'embed_dim' expects int"):
+        ModelConfig.load(path)
+    path.write_text("- a list\n")
+    with pytest.raises(UserError, match="must be a mapping"):
+        ModelConfig.load(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

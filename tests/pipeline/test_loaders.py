@@ -138,6 +138,34 @@ def test_bad_input_is_one_clear_error(tmp_path, case, message):
         load_scene(SceneConfig(source=str(path)))
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("camera_angle_x", "wide", "camera_angle_x must be a number"),
+    ("camera_angle_x", 4.0, "camera_angle_x must be a field of view"),
+    ("time", "noon", "must be a number"),
+    ("transform_matrix", [[float("nan")] * 4] * 4, "non-finite"),
+])
+def test_bad_dnerf_values_are_one_clear_error(tmp_path, field, value, message):
+    path = make_dnerf(tmp_path / "scene")
+    meta = json.loads((path / "transforms_train.json").read_text())
+    if field == "camera_angle_x":
+        meta[field] = value
+    else:
+        meta["frames"][1][field] = value
+    (path / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=message):
+        load_scene(SceneConfig(source=str(path)))
+
+
+@pytest.mark.parametrize("option, message", [
+    ("stride=0", "scene.stride must be >= 1"), ("max_frames=-1", "scene.max_frames"),
+    ("max_size=-5", "scene.max_size must be 0"), ("max_size=4", "scene.max_size must be 0"),
+    ("test_every=-2", "scene.test_every")])
+def test_bad_scene_options_are_refused(tmp_path, option, message):
+    key, value = option.split("=")
+    with pytest.raises(UserError, match=message):
+        load_scene(SceneConfig(source=str(make_frames(tmp_path / "f", n=3)), **{key: int(value)}))
+
+
 def test_detect_format(tmp_path):
     make_frames(tmp_path / "f", n=2)
     make_dnerf(tmp_path / "d")

@@ -65,6 +65,17 @@ def test_skip_rerun_and_from(tmp_path, scene):
     assert (run / "config.yaml").read_text().count("iterations: 6") == 1
 
 
+@pytest.mark.parametrize("text", ["[]", '{"stages": 5}', '{"stages": {"first": 3}}'])
+def test_a_manifest_of_the_wrong_shape_reruns_every_stage(tmp_path, scene, text):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(text)
+    CALLS.clear()
+    run_pipeline(load_config("default"), run, scene, stages=STAGES)
+    assert CALLS == ["first", "second"]
+    assert json.loads((run / "manifest.json").read_text())["stages"]["second"]["status"] == "done"
+
+
 def test_a_deleted_output_is_rebuilt(tmp_path, scene):
     run = tmp_path / "run"
     CALLS.clear()

@@ -76,6 +76,17 @@ def _get(mapping: dict, key: str, where: Path, context: str = ""):
     return mapping[key]
 
 
+def _number(value, what: str, where: Path) -> float:
+    """A finite float from a JSON value, or a one-line error naming the field."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number, got {value!r}", where) from None
+    if not np.isfinite(number):
+        raise UserError(f"{what} must be finite, got {value!r}", where)
+    return number
+
+
 def load(path: Path, config: SceneConfig) -> Scene:
     factor = _resolution_factor(config)
     raw: list[tuple[str, dict, Path, float]] = []  # (split, frame json, image path, fov_x)
@@ -86,7 +97,9 @@ def load(path: Path, config: SceneConfig) -> Scene:
         meta = read_json(json_path)
         if not isinstance(meta, dict):
             raise UserError("expected a JSON object", json_path)
-        fov_x = float(_get(meta, "camera_angle_x", json_path))
+        fov_x = _number(_get(meta, "camera_angle_x", json_path), "camera_angle_x", json_path)
+        if not 0.0 < fov_x < np.pi:
+            raise UserError(f"camera_angle_x must be a field of view in radians in (0, pi), got {fov_x}", json_path)
         entries = _get(meta, "frames", json_path)
         if not isinstance(entries, list):
             raise UserError("'frames' must be a list", json_path)
@@ -98,7 +111,8 @@ def load(path: Path, config: SceneConfig) -> Scene:
     check_frame_count([r for r in raw if r[0] == "train"], path, "training frames")
 
     has_time = all("time" in r[1] for r in raw)
-    times = normalise_times([float(r[1]["time"]) for r in raw]) if has_time else None
+    times = (normalise_times([_number(r[1]["time"], f"time of '{r[1].get('file_path')}'", path) for r in raw])
+             if has_time else None)
     has_ground_truth = (path / "ground_truth").is_dir()
     frames: list[Frame] = []
     for k, (split, entry, image, fov_x) in enumerate(raw):
@@ -110,6 +124,9 @@ def load(path: Path, config: SceneConfig) -> Scene:
         except (ValueError, TypeError, AssertionError):
             raise UserError(f"transform_matrix of '{entry['file_path']}' is not a 4x4 matrix",
                             path / f"transforms_{split}.json") from None
+        if not np.isfinite(c2w).all():
+            raise UserError(f"transform_matrix of '{entry['file_path']}' has non-finite values",
+                            path / f"transforms_{split}.json")
         camera = Camera(intrinsics_from_fov(fov_x, w0, h0), opengl_c2w_to_opencv_w2c(c2w), w0, h0)
         if (width, height) != (w0, h0):
             camera = camera.scaled(width, height)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 from pipeline.errors import UserError
 
@@ -83,11 +82,20 @@ class ModelConfig:
         if not path.is_file():
             known = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
             raise UserError(f"unknown model config (known: {', '.join(known)})", path)
-        data = yaml.safe_load(path.read_text()) or {}
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
+        from pipeline.config import _coerce, read_yaml
+
+        data = read_yaml(path)
+        if not isinstance(data, dict):
+            raise UserError("a model config must be a mapping of keys to values", path)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
         if unknown:
             raise UserError(f"unknown model config keys: {', '.join(unknown)}", path)
+        hints = typing.get_type_hints(cls)
+        try:                                    # the YAML values must have the fields' types
+            data = {key: _coerce(value, hints[key], key) for key, value in data.items()}
+        except UserError as err:
+            raise UserError(f"model {err}", path) from None
         return cls(**data)
 
     def to_dict(self) -> dict:

@@ -397,6 +397,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"not a readable training checkpoint ({type(err).__name__})", path) from None
     if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
         raise UserError("not a training checkpoint of this version", path)
+    missing = [k for k in ("config", "model", "optimizer", "state", "rng", "mask_step") if k not in payload]
+    if missing:
+        raise UserError(f"incomplete training checkpoint (no {', '.join(missing)})", path)
     return payload
 
 
@@ -680,8 +683,18 @@ def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig
     if differing:
         log.warning(f"resuming with a different config ({', '.join(differing)}): the run is not an exact "
                     f"continuation")
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[1:2] or [str(err)[:200]]
+        raise UserError(f"checkpoint does not fit the configured model ({first[0].strip().rstrip('.')}); a "
+                        "different model= than the run that wrote it?", path) from None
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except ValueError:
+        raise UserError("checkpoint's optimizer state does not fit this config's trainable parameters or "
+                        "parameter groups (changed trainable= or param_groups=?); resume from the run's exported "
+                        "weights instead (weights only)", path) from None
     model.aggregator.mask_step = payload["mask_step"]
     restored = TrainState(**payload["state"])
     for f in dataclasses.fields(TrainState):
