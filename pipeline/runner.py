@@ -279,6 +279,10 @@ def commit_outputs(spec: StageSpec, work_dir: Path, run_dir: Path) -> None:
 def run_pipeline(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str] = None,
                  until_stage: Optional[str] = None, stages: tuple[StageSpec, ...] = STAGES) -> dict[str, dict]:
     """Run every stage that is out of date, in order. Returns each stage's manifest entry."""
+    names = [s.name for s in stages]
+    for option, value in (("--from", from_stage), ("--until", until_stage)):
+        if value is not None and value not in names:
+            raise UserError(f"{option}: unknown stage '{value}' (stages: {', '.join(names)})")
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = add_file_log(run_dir / "log.txt")
     try:
@@ -290,10 +294,6 @@ def run_pipeline(config: Config, run_dir: Path, scene: Scene, from_stage: Option
 
 def _run(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str], until_stage: Optional[str],
          stages: tuple[StageSpec, ...]) -> dict[str, dict]:
-    names = [s.name for s in stages]
-    for option, value in (("--from", from_stage), ("--until", until_stage)):
-        if value is not None and value not in names:
-            raise UserError(f"{option}: unknown stage '{value}' (stages: {', '.join(names)})")
     device = resolve_device(config.device)
     # config.yaml describes the run's outputs: a new run writes it at once; an existing run's copy is replaced only
     # once a stage has finished with the new config, so a failed attempt leaves the old description in place.

@@ -87,10 +87,15 @@ def write_gaussian_ply(path: str | Path, gaussians: dict) -> int:
 
 def read_points_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The fused point cloud (``geometry/points.ply``): xyz (N, 3) float64, rgb (N, 3) uint8."""
-    from plyfile import PlyData
+    from plyfile import PlyData, PlyParseError
 
-    vertex = PlyData.read(str(path))["vertex"]
-    xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)
+    from pipeline.errors import UserError
+
+    try:
+        vertex = PlyData.read(str(path))["vertex"]
+        xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)
+    except (PlyParseError, OSError, ValueError, KeyError, IndexError) as err:
+        raise UserError(f"not a readable point cloud PLY with x, y, z ({type(err).__name__})", path) from None
     names = vertex.data.dtype.names
     if all(c in names for c in ("red", "green", "blue")):
         rgb = np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1).astype(np.uint8)

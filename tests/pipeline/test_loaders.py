@@ -88,6 +88,16 @@ def test_video(tmp_path):
     assert np.allclose(scene.rgb(scene.frames[2]).mean(), 80 / 255, atol=0.03)
 
 
+def test_a_one_frame_video_error_names_the_video(tmp_path):
+    import imageio.v3 as iio
+
+    clip = tmp_path / "one.mp4"
+    iio.imwrite(clip, np.zeros((1, 32, 48, 3), np.uint8), plugin="FFMPEG", fps=10)
+    with pytest.raises(UserError, match="needs at least 2") as err:
+        load_scene(SceneConfig(source=str(clip)))
+    assert str(err.value).startswith(f"{clip}: ") and "cache" not in str(err.value)
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing", "no such file or folder"),
     ("empty_dir", "folder is empty"),

@@ -76,6 +76,14 @@ def test_a_manifest_of_the_wrong_shape_reruns_every_stage(tmp_path, scene, text)
     assert json.loads((run / "manifest.json").read_text())["stages"]["second"]["status"] == "done"
 
 
+def test_an_unknown_stage_name_writes_nothing(tmp_path, scene):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="unknown stage 'bogus'"):
+        run_pipeline(load_config("default"), tmp_path / "run", scene, stages=STAGES, until_stage="bogus")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_deleted_output_is_rebuilt(tmp_path, scene):
     run = tmp_path / "run"
     CALLS.clear()

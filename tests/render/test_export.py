@@ -158,3 +158,14 @@ def test_colmap_quaternions_are_normalised_with_non_negative_w():
     text = colmap_text_model([f], ["a.png"])["images.txt"]
     qw, qx, qy, qz = map(float, [l for l in text.splitlines() if l and l[0] != "#"][0].split()[1:5])
     assert qw >= 0 and math.isclose(qw**2 + qx**2 + qy**2 + qz**2, 1.0) and abs(qz) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\n"])
+def test_a_corrupt_point_cloud_is_a_one_line_error(tmp_path, content):
+    from pipeline.errors import UserError
+    from stages.render.export import read_points_ply
+
+    path = tmp_path / "points.ply"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="not a readable point cloud PLY"):
+        read_points_ply(path)
