@@ -87,8 +87,7 @@ class ModelConfig:
         data = read_yaml(path)
         if not isinstance(data, dict):
             raise UserError("a model config must be a mapping of keys to values", path)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise UserError(f"unknown model config keys: {', '.join(unknown)}", path)
         hints = typing.get_type_hints(cls)
