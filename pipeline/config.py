@@ -105,7 +105,7 @@ def _type_name(hint: Any) -> str:
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
+def coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against the type hint ``hint``; return it (ints are accepted where floats are expected)."""
     origin = typing.get_origin(hint)
     if hint is Any:
@@ -113,7 +113,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(hint):
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except UserError:
                 continue
         raise UserError(f"config key '{key}' expects {_type_name(hint)}, got {value!r}")
@@ -125,7 +125,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         (item,) = typing.get_args(hint) or (Any,)
         if not isinstance(value, list):
             raise UserError(f"config key '{key}' expects a list, got {value!r}")
-        return [_coerce(v, item, key) for v in value]
+        return [coerce(v, item, key) for v in value]
     if hint is type(None):
         if value is None:
             return None
@@ -161,7 +161,7 @@ def _apply(target: Any, updates: dict[str, Any], prefix: str, source: str) -> No
             close = _close_matches(key, list(known))
             hint = f" (did you mean {close}?)" if close else ""
             raise UserError(f"{source}: unknown config key '{full}'{hint}")
-        value = _coerce(value, hints[key], full)
+        value = coerce(value, hints[key], full)
         choices = known[key].metadata.get("choices")
         if choices is not None and value not in choices:
             raise UserError(f"{source}: config key '{full}' must be one of {', '.join(map(str, choices))}; got {value!r}")

@@ -108,19 +108,6 @@ def video_outputs(out_mp4: Path) -> dict[str, Path]:
             "dynamic": stem.with_name(stem.name + "_dynamic.mp4"), "frames": stem}
 
 
-def _check_replaceable_frames(folder: Path) -> None:
-    """The PNG frame folder beside a video replaces an older one as a whole: refuse to replace anything else (a file,
-    or a folder holding more than ``NNNNN.png`` frames), so that ``--out photos.mp4`` never empties ``photos/``."""
-    if not folder.exists() and not folder.is_symlink():
-        return
-    if folder.is_dir() and not folder.is_symlink():
-        if all(p.is_file() and len(p.stem) == 5 and p.stem.isdigit() and p.suffix == ".png" for p in folder.iterdir()):
-            return
-        raise UserError("the video's PNG frames would replace this folder, which holds other files; choose another "
-                        "--out or move the folder", folder)
-    raise UserError("the video's PNG frame folder would replace this file; choose another --out", folder)
-
-
 def render_video(inputs: RunInputs, path_name: str, out_mp4: Path, n_views: Optional[int] = None) -> list[Path]:
     """Render camera path ``path_name`` into ``out_mp4`` (and its depth / dynamic videos and PNG frames, as
     configured). Each file is written atomically. Returns the paths written."""
@@ -135,8 +122,6 @@ def render_video(inputs: RunInputs, path_name: str, out_mp4: Path, n_views: Opti
     # Views of the input path can differ in size (multi-camera datasets): one video needs one size.
     views = [v if (v.width, v.height) == (views[0].width, views[0].height) else _refit(v, views[0]) for v in views]
     files = video_outputs(out_mp4)
-    if cfg.video_png_frames:
-        _check_replaceable_frames(files["frames"])
     width, height = views[0].width, views[0].height
     inverse_depths, alphas = [], []       # the depth video's colour range needs every frame: float16 / uint8
     with contextlib.ExitStack() as stack:

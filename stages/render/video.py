@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.errors import UserError
 from pipeline.io import write_png
 
 # Anchor colours of a perceptually ordered dark-blue -> green -> yellow map (viridis' end and quarter points),
@@ -118,12 +119,30 @@ class FrameFolderWriter:
         self.frames = 0
 
     def __enter__(self) -> "FrameFolderWriter":
+        self._check_replaceable()
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".tmp", dir=self.folder.parent))
         return self
 
+    @staticmethod
+    def frame_name(index: int) -> str:
+        return f"{index:05d}.png"
+
+    def _check_replaceable(self) -> None:
+        """Replace only an older frame folder: never a file, nor a folder holding anything but frames (so that
+        ``render --out photos.mp4`` does not empty an unrelated ``photos/``)."""
+        if not self.folder.exists() and not self.folder.is_symlink():
+            return
+        if self.folder.is_dir() and not self.folder.is_symlink():
+            if all(p.is_file() and p.stem.isdigit() and p.name == self.frame_name(int(p.stem))
+                   for p in self.folder.iterdir()):
+                return
+            raise UserError("the video's PNG frames would replace this folder, which holds other files; choose "
+                            "another --out or move the folder", self.folder)
+        raise UserError("the video's PNG frame folder would replace this file; choose another --out", self.folder)
+
     def write(self, frame: np.ndarray) -> None:
-        write_png(self._tmp / f"{self.frames:05d}.png", frame)
+        write_png(self._tmp / self.frame_name(self.frames), frame)
         self.frames += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -101,6 +101,11 @@ def test_render_never_replaces_a_folder_it_did_not_write(fake_run, monkeypatch, 
                  "--out", str(photos.parent / "photos.mp4")]) == 2
     assert "holds other files" in capsys.readouterr().err
     assert sorted(p.name for p in photos.iterdir()) == ["notes.txt"] and not (photos.parent / "photos.mp4").exists()
+    # Its own older frame folder is replaced as before.
+    clip = photos.parent / "clip.mp4"
+    for frames in ("3", "2"):
+        assert main(["render", str(fake_run.run_dir), "--path", "sweep", "--frames", frames, "--out", str(clip)]) == 0
+    assert sorted(p.name for p in (photos.parent / "clip").iterdir()) == ["00000.png", "00001.png"]
 
 
 def test_an_empty_run_config_is_refused(fake_run, capsys):

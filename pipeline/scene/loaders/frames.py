@@ -20,14 +20,16 @@ def detect(path: Path) -> bool:
     return path.is_dir() and bool(list_images(path))
 
 
-def load(path: Path, config: SceneConfig, fmt: str = "frames", fps: float | None = None) -> Scene:
+def load(path: Path, config: SceneConfig, fmt: str = "frames", fps: float | None = None,
+         source: Path | None = None) -> Scene:
+    """``source``: what the user named, if not ``path`` (a video whose frames were decoded into ``path``)."""
     images = list_images(path)
     if not images:
         raise UserError("folder holds no images (" + ", ".join(IMAGE_EXTENSIONS) + ")", path)
     kept = images[:: max(1, config.stride)]
     if config.max_frames > 0:
         kept = kept[: config.max_frames]
-    check_frame_count(kept, path)
+    check_frame_count(kept, source or path)
 
     first_size = image_size(kept[0])
     for p in kept[1:]:

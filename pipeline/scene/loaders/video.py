@@ -96,11 +96,8 @@ def decoded_frames(path: Path, stride: int = 1, max_frames: int = 0, factor: flo
 def load(path: Path, config: SceneConfig) -> Scene:
     out_dir = decoded_frames(path, config.stride, config.max_frames, max_size=config.max_size)
     # The cache already applied stride, max-frames and max-size.
-    try:
-        scene = frame_folder.load(out_dir, replace(config, stride=1, max_frames=0, max_size=0), fmt="video",
-                                  fps=video_fps(path))
-    except UserError as err:     # name the user's video, not the cache folder its frames were decoded into
-        raise UserError(str(err).replace(str(out_dir), str(path)).replace(f"{path}: ", "", 1), path) from None
+    scene = frame_folder.load(out_dir, replace(config, stride=1, max_frames=0, max_size=0), fmt="video",
+                              fps=video_fps(path), source=path)
     scene.name, scene.source = path.stem, path
     scene.notes.insert(0, f"decoded video frames cached in {out_dir}")
     return scene

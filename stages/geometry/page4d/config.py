@@ -82,7 +82,7 @@ class ModelConfig:
         if not path.is_file():
             known = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
             raise UserError(f"unknown model config (known: {', '.join(known)})", path)
-        from pipeline.config import _coerce, read_yaml
+        from pipeline.config import coerce, read_yaml
 
         data = read_yaml(path)
         if not isinstance(data, dict):
@@ -92,7 +92,7 @@ class ModelConfig:
             raise UserError(f"unknown model config keys: {', '.join(unknown)}", path)
         hints = typing.get_type_hints(cls)
         try:                                    # the YAML values must have the fields' types
-            data = {key: _coerce(value, hints[key], key) for key, value in data.items()}
+            data = {key: coerce(value, hints[key], key) for key, value in data.items()}
         except UserError as err:
             raise UserError(f"model {err}", path) from None
         return cls(**data)
