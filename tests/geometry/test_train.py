@@ -192,12 +192,35 @@ def test_overrides_and_unknown_keys():
 @pytest.mark.parametrize("override, message", [
     ("frame_choices=[0]", "frame_choices"), ("log_every=0", "log_every"), ("checkpoint_every=0", "log_every"),
     ("lr=.nan", "lr must be"), ("lr=-1", "lr must be"), ("warmup=2", "warmup"), ("stop_after=-1", "stop_after"),
-    ("fov_min_deg=100", "fov_min_deg"), ("fov_max_deg=200", "fov_min_deg"), ("input_width=-14", "input_width")])
+    ("fov_min_deg=100", "fov_min_deg"), ("fov_max_deg=200", "fov_min_deg"), ("input_width=-14", "input_width"),
+    ("loss.mask_weight=0 mask_head_backprop=true", "mask_head_backprop needs")])
 def test_bad_training_values_are_refused(override, message):
     from pipeline.errors import UserError
 
     with pytest.raises(UserError, match=message):
-        load_train_config("page4d-tiny", [override])
+        load_train_config("page4d-tiny", override.split())
+
+
+@pytest.mark.parametrize("backprop", [False, True])
+def test_mask_loss_reaches_the_backbone_only_with_mask_head_backprop(tmp_path, micro_model, backprop):
+    # The official head reads detached tokens: the mask loss then trains the head alone. With mask_head_backprop
+    # the frame block it reads after (and the patch embedding) get a gradient from the mask loss too.
+    from stages.geometry.page4d.losses import mask_loss
+    from stages.geometry.page4d.train import build_model
+
+    config = _config(tmp_path, micro_model, mask_head_backprop=backprop)
+    model = build_model(config, torch.device("cpu")).train()
+    batch = PlaneScenes(height=28, width=56, frames=2, sequences=1).batch(0)
+    score = model(batch["images"], heads=("camera",), want_mask_score=True)["mask_score"]
+    logits = torch.logit(score + 0.5)
+    mask_loss(logits, batch["dynamic_mask"], 2.0).backward()
+    head = model.aggregator.spatial_mask_head.head0[0].weight.grad
+    block = model.aggregator.frame_blocks[0].attn.qkv.weight.grad
+    assert head is not None and head.abs().sum() > 0
+    if backprop:
+        assert block is not None and block.abs().sum() > 0
+    else:
+        assert block is None or block.abs().sum() == 0
 
 
 def test_a_finished_schedule_or_an_existing_run_is_not_overwritten(tmp_path, micro_model):

@@ -59,6 +59,8 @@ class Aggregator(nn.Module):
         self.mask_enabled = False        # inference: bias on (alpha = mask_alpha) or off (alpha = 0, plain VGGT)
         self.mask_step = 0.0             # training forwards seen (the alpha schedule's clock; not saved)
         self.gradient_checkpointing = False
+        self.mask_head_detached = True   # the official head reads detached tokens; False lets a supervised mask
+                                         # loss train the backbone too (stages.geometry.page4d.train)
 
     def mask_alpha(self, mask: Optional[bool] = None) -> float:
         """The bias row value for this forward (advances the schedule in training mode)."""
@@ -109,7 +111,8 @@ class Aggregator(nn.Module):
             tokens = self._block(self.frame_blocks[i], tokens.view(B * S, N, C), rope)
             frame_out = tokens.view(B, S, N, C)
             if i == c.mask_head_after and self.spatial_mask_head is not None and (alpha != 0.0 or want_mask_score):
-                score = self.spatial_mask_head(tokens.detach()[:, c.patch_start:], grid_h, grid_w)  # (B*S, h, w)
+                head_input = tokens.detach() if self.mask_head_detached else tokens
+                score = self.spatial_mask_head(head_input[:, c.patch_start:], grid_h, grid_w)    # (B*S, h, w)
                 mask_score = score.view(B, S, grid_h, grid_w)
                 key_bias = score.new_zeros(B, S, N, dtype=torch.promote_types(score.dtype, tokens.dtype))
                 key_bias[:, :, c.patch_start:] = score.view(B, S, grid_h * grid_w)

@@ -92,6 +92,10 @@ class TrainConfig:
                                   "frozen (requires_grad False, never given to the optimizer).")
     gradient_checkpointing: bool = option(False, "Recompute aggregator activations in the backward pass (memory "
                                           "for compute; needed for the 1B model).")
+    mask_head_backprop: bool = option(False, "Let the supervised mask loss reach the backbone: the mask head reads "
+                                      "the tokens after frame block mask_head_after without the official detach, "
+                                      "so the blocks below it learn motion cues too (a training choice; the "
+                                      "network and its keys are unchanged). Needs loss.mask_weight > 0.")
     # --- optimisation ---
     steps: int = option(20000, "Optimizer steps of the whole schedule (the learning-rate schedules span them).")
     accum_steps: int = option(1, "Gradient accumulation: each step's batch is split into this many chunks, one "
@@ -253,6 +257,8 @@ def validate(config: TrainConfig) -> None:
         problems.append("input_width must be >= 0")
     if not 0.0 < config.fov_min_deg <= config.fov_max_deg < 180.0:
         problems.append("need 0 < fov_min_deg <= fov_max_deg < 180")
+    if config.mask_head_backprop and not config.loss.mask_weight > 0:
+        problems.append("mask_head_backprop needs loss.mask_weight > 0 (without a mask loss nothing flows back)")
     config.groups()  # validates the group mappings
     if problems:
         raise UserError("training config: " + "; ".join(problems))
@@ -272,6 +278,7 @@ def build_model(config: TrainConfig, device: torch.device):
     if config.init_weights:
         load_initial_weights(model, config.init_weights, config.model)
     model.aggregator.gradient_checkpointing = config.gradient_checkpointing
+    model.aggregator.mask_head_detached = not config.mask_head_backprop
     return model.to(device)
 
 
