@@ -36,6 +36,8 @@ class BatchOptions:
     dynamic_objects: tuple[int, int] = (1, 3)       # moving objects per room (inclusive)
     moving_light: float = 0.3                       # probability that a room's light moves
     time_span: tuple[float, float] = (0.1, 1.0)     # fraction of the scene's time a sequence covers
+    pan_scale: float = 1.0                          # multiplies the camera's pan amplitude, i.e. how far it
+                                                    # turns (1 = the rooms make-scene writes)
     supersample: int = 1                            # colour rays per side at silhouettes (1 = none)
     textures: int = 40                              # procedural textures per bank (plus 8 photographs)
     texture_refresh: int = 64                       # SyntheticBatches: new procedural textures every n batches
@@ -110,7 +112,7 @@ def random_batch(batch_size: int, frames: int, height: int, width: int, seed: in
     bank = _shared_bank(str(device), 1_000_003 + seed % max(1, options.texture_banks), options.textures)
     generator = torch.Generator(device=device).manual_seed(seed)
     room = RoomOptions(fov_deg=options.fov_deg, dynamic_objects=options.dynamic_objects,
-                       moving_light=options.moving_light)
+                       moving_light=options.moving_light, pan_m=options.pan_scale)
     spec = sample_room(generator, batch_size, bank.count, width, height, room)
     times = random_times(generator, batch_size, frames, options.time_span)
     return render_batch(spec, times, height, width, bank, options.supersample)
@@ -132,7 +134,8 @@ class SyntheticBatches:
         if self.batches and o.texture_refresh and self.batches % o.texture_refresh == 0:
             self.bank = make_texture_bank(self.generator, o.textures)
         self.batches += 1
-        room = RoomOptions(fov_deg=o.fov_deg, dynamic_objects=o.dynamic_objects, moving_light=o.moving_light)
+        room = RoomOptions(fov_deg=o.fov_deg, dynamic_objects=o.dynamic_objects, moving_light=o.moving_light,
+                           pan_m=o.pan_scale)
         spec = sample_room(self.generator, batch_size, self.bank.count, width, height, room)
         return spec, random_times(self.generator, batch_size, num_frames, o.time_span)
 

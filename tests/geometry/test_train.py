@@ -193,7 +193,8 @@ def test_overrides_and_unknown_keys():
     ("frame_choices=[0]", "frame_choices"), ("log_every=0", "log_every"), ("checkpoint_every=0", "log_every"),
     ("lr=.nan", "lr must be"), ("lr=-1", "lr must be"), ("warmup=2", "warmup"), ("stop_after=-1", "stop_after"),
     ("fov_min_deg=100", "fov_min_deg"), ("fov_max_deg=200", "fov_min_deg"), ("input_width=-14", "input_width"),
-    ("loss.mask_weight=0 mask_head_backprop=true", "mask_head_backprop needs")])
+    ("loss.mask_weight=0 mask_head_backprop=true", "mask_head_backprop needs"),
+    ("room_pan_scale=[2,1]", "room_pan_scale"), ("room_pan_scale=[0,1]", "room_pan_scale")])
 def test_bad_training_values_are_refused(override, message):
     from pipeline.errors import UserError
 
@@ -377,3 +378,23 @@ def test_final_export_is_written_in_the_configured_format(tmp_path, micro_model)
     assert shipped["train_state"] == resumable["train_state"]
     summary = json.loads((run.out_dir / "summary.json").read_text())
     assert summary["final_export"] == str(final) and summary["final_export_format"] == "int8"
+
+
+def test_room_pan_scale_turns_room_cameras_further_and_defaults_to_make_scene_rooms():
+    # The multiplier scales the pan amplitude of the same random rooms: the camera turns about 3x further with 3,
+    # and [1, 1] (the default) draws nothing extra, so the stream stays that of make-scene's rooms.
+    from stages.geometry.page4d.pose import mat_to_quat
+    from stages.geometry.page4d.train_data import BatchShape, SyntheticSource
+
+    def turn_deg(batch):
+        relative = batch["world_to_camera"][:, 1:, :3, :3] @ batch["world_to_camera"][:, :1, :3, :3].transpose(-1, -2)
+        w = mat_to_quat(relative)[..., 3].clamp(max=1.0)
+        return torch.rad2deg(2 * torch.acos(w)).mean().item()
+
+    config = load_train_config("page4d-tiny")
+    source = SyntheticSource(config, torch.device("cpu"))
+    shape = BatchShape(frames=4, sequences=2, height=14, width=28)
+    plain, wide = (source.batch(shape, 12345, "room", pan_scale=s) for s in (1.0, 3.0))
+    assert 2.0 < turn_deg(wide) / turn_deg(plain) < 4.0
+    assert torch.equal(source.batch(shape, 12345, "room")["images"], plain["images"])
+    assert load_train_config("page4d-tiny", ["room_pan_scale=[1, 4]"]).room_pan_scale == [1, 4]

@@ -141,6 +141,10 @@ class TrainConfig:
     grayscale_prob: float = option(0.05, "Probability that a sequence is turned grey.")
     object_fraction: float = option(0.3, "Fraction of synthetic steps that draw 'object' scenes (a figure seen from "
                                     "random viewpoints) instead of 'room' scenes (a handheld video of a room).")
+    room_pan_scale: list[float] = option([1.0, 1.0], "Range [low, high] of a multiplier of how far room cameras "
+                                         "turn (their pan amplitude), drawn uniformly per room step; [1, 1] = the "
+                                         "rooms make-scene writes (and the evaluation uses). Larger turns give the "
+                                         "camera and point losses more to learn from across frames.")
     scenes: list[str] = option([], "Scene folders with ground-truth depth and cameras mixed into the synthetic "
                                "stream (any format the loaders read).")
     scene_fraction: float = option(0.0, "Fraction of steps that draw their batch from ``scenes``.")
@@ -257,6 +261,8 @@ def validate(config: TrainConfig) -> None:
         problems.append("input_width must be >= 0")
     if not 0.0 < config.fov_min_deg <= config.fov_max_deg < 180.0:
         problems.append("need 0 < fov_min_deg <= fov_max_deg < 180")
+    if len(config.room_pan_scale) != 2 or not 0 < config.room_pan_scale[0] <= config.room_pan_scale[1]:
+        problems.append("room_pan_scale needs two numbers 0 < low <= high")
     if config.mask_head_backprop and not config.loss.mask_weight > 0:
         problems.append("mask_head_backprop needs loss.mask_weight > 0 (without a mask loss nothing flows back)")
     config.groups()  # validates the group mappings

@@ -130,13 +130,15 @@ class SyntheticSource:
         self.device = device
         self._banks: dict[int, object] = {}
 
-    def batch(self, shape: BatchShape, seed: int, kind: str) -> dict[str, Tensor]:
-        from pipeline.synthetic.batch import random_batch
+    def batch(self, shape: BatchShape, seed: int, kind: str, pan_scale: float = 1.0) -> dict[str, Tensor]:
+        """One batch of ``kind``; ``pan_scale`` multiplies how far a room's camera turns (1 = make-scene's)."""
+        from pipeline.synthetic.batch import BatchOptions, random_batch
 
         c = self.config
         if kind == "room":
             out = random_batch(shape.sequences, shape.frames, shape.height, shape.width, seed=seed,
-                               device=self.device, fov_deg=(c.fov_min_deg, c.fov_max_deg))
+                               device=self.device, fov_deg=(c.fov_min_deg, c.fov_max_deg),
+                               options=BatchOptions(pan_scale=pan_scale))
         else:
             out = self.object_batch(shape, seed)
         return {k: v for k, v in out.items() if k != "times"}
@@ -281,7 +283,9 @@ class TrainingData:
             batch = self.scenes.batch(rng, shape.frames, shape.sequences, self.device)
         else:
             kind = "object" if rng.random() < c.object_fraction else "room"
-            batch = self.synthetic.batch(shape, seed, kind)
+            low, high = c.room_pan_scale
+            pan_scale = float(rng.uniform(low, high)) if kind == "room" and high > low else low
+            batch = self.synthetic.batch(shape, seed, kind, pan_scale)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         batch["images"] = color_jitter(batch["images"], generator, c.color_jitter, c.hue_jitter, c.jitter_prob,
                                        c.grayscale_prob)
