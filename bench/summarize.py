@@ -492,6 +492,21 @@ def section_tiny(doc: Doc, R: Results) -> None:
                 " parameters; ", Lit("source: " + summary + "; each chunk's device: training/page4d-tiny-chunks.json"),
                 ").")
         doc.blank()
+    probe = "page4d_tiny_pose_probe.json"
+    rows = R.get(probe, ("rows",)) or [] if R.has(probe, "rows") else []
+    if rows:
+        doc.add("Does the network relate frames? Rotation of each frame relative to the first (mean geodesic "
+                "error, degrees) from the camera head and from the point maps, beside identity (its error is the "
+                "true rotation's size); training-style sequences from unused seeds (", Lit("bench/pose_probe.py"),
+                "); ", device(R, probe), ", ",
+                meta(R, probe, "date", op="day"), ", ", Lit("source: " + probe), ".")
+        doc.blank()
+        doc.table(["weights (step)", "kind", "room pan ×", "camera head", "point maps", "identity"],
+                  [[figure(R, probe, ("rows", i, "step"), "{}"), figure(R, probe, ("rows", i, "kind"), "{}"),
+                    figure(R, probe, ("rows", i, "pan_scale"), "{:g}") if rows[i]["pan_scale"] else Lit("—"),
+                    figure(R, probe, ("rows", i, "head_error_deg"), "{:.2f}"),
+                    figure(R, probe, ("rows", i, "points_error_deg"), "{:.2f}"),
+                    figure(R, probe, ("rows", i, "identity_error_deg"), "{:.2f}")] for i in range(len(rows))])
 
 
 def rasterizer_cpu_row(R: Results, name: str) -> Measured:

@@ -1,0 +1,158 @@
+"""Does page4d-tiny relate frames to each other? Camera rotation from its camera head and from its point maps.
+
+    python -m bench.pose_probe --weights W1 [W2 ...]          # CPU, ~1 min per weights file
+    python -m bench.pose_probe --weights W1 --pan-scales 1 4 --sequences 6
+
+Training-style sequences (``stages.geometry.page4d.train_data.SyntheticSource``: 8 frames of 252 x 168, the data
+the network was trained on) from seeds outside the training range (``EVAL_SEED_BASE`` + 200 + i), for rooms at each
+``--pan-scale`` (how far the handheld camera turns; 1 = the rooms make-scene writes and the evaluation uses) and for
+objects (a random viewpoint per frame). For every frame after the first, the rotation of its camera relative to
+frame 0 (geodesic angle, degrees) is compared with the ground truth, from three sources:
+
+- ``head``: the camera head's world-to-camera rotation;
+- ``points``: the rotation that best maps the frame's depth, unprojected with the head's intrinsics, onto its point
+  map (which the network predicts in frame 0's camera): weighted Procrustes over the pixels above the median point
+  confidence. A network that reasons across frames puts camera motion into its point maps too;
+- ``identity``: no rotation (the baseline; its error is the true rotation's size).
+
+A network that has learned relative pose has head and points errors well below identity. Writes
+bench/results/page4d_tiny_pose_probe.json (device, versions, date, exact command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.common import RESULTS, command_line, device_name, environment, utc_now, versions
+
+RESULT = RESULTS / "page4d_tiny_pose_probe.json"
+SEED_OFFSET = 200            # seeds EVAL_SEED_BASE + 200 + i: outside training, apart from the evaluation's
+FRAMES, SEQUENCES, HEIGHT, WIDTH = 8, 2, 168, 252
+
+
+def rotation_angle_deg(a: Tensor, b: Tensor) -> Tensor:
+    """Geodesic angle between rotations (..., 3, 3) -> (...,) degrees."""
+    relative = a.transpose(-1, -2) @ b
+    cosine = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cosine))
+
+
+def procrustes_rotation(source: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Rotation R (3, 3) of the weighted similarity target ~ s R source + t; source, target (N, 3), weight (N,)."""
+    weight = weight / weight.sum()
+    source_mean, target_mean = weight @ source, weight @ target
+    covariance = ((target - target_mean) * weight[:, None]).T @ (source - source_mean)     # (3, 3)
+    u, _, vt = torch.linalg.svd(covariance)
+    fix = torch.eye(3, dtype=source.dtype)
+    fix[2, 2] = torch.sign(torch.det(u @ vt))
+    return u @ fix @ vt
+
+
+def camera_points(depth: Tensor, K: Tensor) -> Tensor:
+    """z-depth (H, W) and intrinsics (3, 3) -> camera-space points (H*W, 3), pixel centres at +0.5."""
+    H, W = depth.shape
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=depth.dtype) + 0.5, torch.arange(W, dtype=depth.dtype) + 0.5,
+                            indexing="ij")
+    x = (xs - K[0, 2]) / K[0, 0] * depth
+    y = (ys - K[1, 2]) / K[1, 1] * depth
+    return torch.stack([x, y, depth], -1).reshape(-1, 3)
+
+
+def probe_batch(model, batch: dict[str, Tensor]) -> dict[str, list[float]]:
+    """Per frame s >= 1 of every sequence: rotation errors (degrees) of head, points and identity vs the truth."""
+    from stages.geometry.page4d.pose import pose_encoding_to_extri_intri, quat_to_mat
+    from stages.geometry.page4d.train_data import targets_from_batch
+
+    targets = targets_from_batch(batch)
+    with torch.no_grad():
+        out = model(batch["images"])
+    H, W = batch["images"].shape[-2:]
+    extrinsics, intrinsics = pose_encoding_to_extri_intri(out["pose_enc"], (H, W))
+    truth = quat_to_mat(targets["pose_enc"][..., 3:7])                                  # (B, S, 3, 3)
+    errors: dict[str, list[float]] = {"head": [], "points": [], "identity": []}
+    B, S = truth.shape[:2]
+    for b in range(B):
+        for s in range(1, S):
+            cam = camera_points(out["depth"][b, s, ..., 0], intrinsics[b, s])
+            world = out["world_points"][b, s].reshape(-1, 3)
+            confidence = out["world_points_conf"][b, s].reshape(-1)
+            keep = confidence > confidence.median()
+            camera_to_world = procrustes_rotation(cam[keep], world[keep], confidence[keep])
+            errors["head"].append(float(rotation_angle_deg(extrinsics[b, s, :3, :3], truth[b, s])))
+            errors["points"].append(float(rotation_angle_deg(camera_to_world.T, truth[b, s])))
+            errors["identity"].append(float(rotation_angle_deg(torch.eye(3), truth[b, s])))
+    return errors
+
+
+def sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def probe(weights: str, cases: list[tuple[str, float]], sequences: int) -> list[dict]:
+    from stages.geometry.page4d.checkpoint import load_model
+    from stages.geometry.page4d.train import load_train_config
+    from stages.geometry.page4d.train_data import EVAL_SEED_BASE, BatchShape, SyntheticSource
+
+    model, info = load_model("page4d-tiny", weights, "auto", "cpu", allow_download=False)
+    model.eval()
+    source = SyntheticSource(load_train_config("page4d-tiny"), torch.device("cpu"))
+    shape = BatchShape(FRAMES, SEQUENCES, HEIGHT, WIDTH)
+    rows = []
+    for kind, pan_scale in cases:
+        errors: dict[str, list[float]] = {"head": [], "points": [], "identity": []}
+        for i in range(max(1, sequences // SEQUENCES)):
+            batch = source.batch(shape, EVAL_SEED_BASE + SEED_OFFSET + i, kind, pan_scale)
+            for key, values in probe_batch(model, batch).items():
+                errors[key] += values
+        rows.append({"weights": weights, "sha256": sha256(weights), "step": (info.metadata.get("train_state") or {}).get("step"),
+                     "kind": kind, "pan_scale": pan_scale if kind == "room" else None, "frames_compared": len(errors["head"]),
+                     **{f"{key}_error_deg": float(np.mean(v)) for key, v in errors.items()}})
+        r = rows[-1]
+        print(f"{Path(weights).name:32s} {kind:6s} pan x{pan_scale:<4g} head {r['head_error_deg']:7.2f}  "
+              f"points {r['points_error_deg']:7.2f}  identity {r['identity_error_deg']:7.2f}  (degrees, "
+              f"{r['frames_compared']} frames)", flush=True)
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", nargs="+", required=True, help="page4d-tiny weights files")
+    parser.add_argument("--pan-scales", nargs="+", type=float, default=[1.0, 4.0], help="room pan multipliers")
+    parser.add_argument("--sequences", type=int, default=6, help="sequences per case (pairs of 2)")
+    parser.add_argument("--out", default=str(RESULT))
+    args = parser.parse_args(argv)
+    for path in args.weights:
+        if not Path(path).is_file():
+            print(f"pose_probe: weights file not found: {path}", file=sys.stderr)
+            return 2
+    torch.manual_seed(0)
+    cases = [("room", s) for s in args.pan_scales] + [("object", 1.0)]
+    rows = [row for weights in args.weights for row in probe(weights, cases, args.sequences)]
+    record = {"benchmark": "page4d_tiny_pose_probe", "date": utc_now(), "command": command_line(),
+              "device": device_name("cpu"), "versions": versions(), "environment": environment("cpu"),
+              "protocol": (f"{FRAMES}-frame training-style sequences ({WIDTH}x{HEIGHT}, seeds EVAL_SEED_BASE + "
+                           f"{SEED_OFFSET} + i); per frame after the first, the geodesic angle (degrees) between "
+                           "the predicted and the true rotation relative to frame 0, averaged; head = camera head, "
+                           "points = Procrustes of the unprojected depth onto the point map (pixels above the median "
+                           "point confidence), identity = no rotation"),
+              "rows": rows}
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
