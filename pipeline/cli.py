@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("reconstruct", help="run the whole pipeline on a scene")
-    p.add_argument("scene", help="a video, a folder of frames, a dataset folder, or 'demo'")
+    # nargs="?" and a check in main(): argparse would also name the optional key=value list as "required".
+    p.add_argument("scene", nargs="?", help="a video, a folder of frames, a dataset folder, or 'demo'")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<scene name>)")
     p.add_argument("--config", default="auto",
                    help="preset name (configs/NAME.yaml) or path; 'auto' picks the preset of the detected format")
@@ -127,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = [a for a in extra if not ("=" in a and not a.startswith("-"))]
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "reconstruct" and args.scene and "=" in args.scene and not Path(args.scene).exists():
+            args.overrides, args.scene = [args.scene] + args.overrides, None     # `reconstruct key=value`
+        if args.command == "reconstruct" and not args.scene:
+            raise UserError("page4dgs reconstruct: the scene is required (a video, a folder of frames, a dataset "
+                            "folder, or 'demo')")
         return int(_dispatch(COMMANDS[args.command])(args) or 0)
     except UserError as err:
         if debug:

@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
     (["frobnicate"], "invalid choice"),
     (["make-scene", "room", "--out", "/nonexistent/never-written", "--seed", "-1"], "--seed must lie in"),
     (["reconstruct", "demo", "scene.stride=0", "--out", "/nonexistent/never-written"], "scene.stride must be"),
+    (["reconstruct"], "reconstruct: the scene is required"),
+    (["reconstruct", "--out", "/nonexistent/never-written", "seed=2"], "reconstruct: the scene is required"),
 ])
 def test_errors_are_one_line_with_exit_code_2(argv, message, capsys):
     assert main(argv) == 2
