@@ -11,8 +11,8 @@ frame 0 (geodesic angle, degrees) is compared with the ground truth, from three 
 
 - ``head``: the camera head's world-to-camera rotation;
 - ``points``: the rotation that best maps the frame's depth, unprojected with the head's intrinsics, onto its point
-  map (which the network predicts in frame 0's camera): weighted Procrustes over the pixels above the median point
-  confidence. A network that reasons across frames puts camera motion into its point maps too;
+  map (which the network predicts in frame 0's camera): the least-squares similarity (Umeyama,
+  ``pipeline.cameras.umeyama_sim3``) over the pixels above the median point confidence. A network that reasons across frames puts camera motion into its point maps too;
 - ``identity``: no rotation (the baseline; its error is the true rotation's size).
 
 A network that has learned relative pose has head and points errors well below identity. Writes
@@ -38,22 +38,11 @@ SEED_OFFSET = 200            # seeds EVAL_SEED_BASE + 200 + i: outside training,
 FRAMES, SEQUENCES, HEIGHT, WIDTH = 8, 2, 168, 252
 
 
-def rotation_angle_deg(a: Tensor, b: Tensor) -> Tensor:
-    """Geodesic angle between rotations (..., 3, 3) -> (...,) degrees."""
-    relative = a.transpose(-1, -2) @ b
-    cosine = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
-    return torch.rad2deg(torch.acos(cosine))
+def rotation_error_deg(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Geodesic angle (degrees) between two rotations (3, 3)."""
+    from stages.evaluate.pose_metrics import rotation_angle_rad
 
-
-def procrustes_rotation(source: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Rotation R (3, 3) of the weighted similarity target ~ s R source + t; source, target (N, 3), weight (N,)."""
-    weight = weight / weight.sum()
-    source_mean, target_mean = weight @ source, weight @ target
-    covariance = ((target - target_mean) * weight[:, None]).T @ (source - source_mean)     # (3, 3)
-    u, _, vt = torch.linalg.svd(covariance)
-    fix = torch.eye(3, dtype=source.dtype)
-    fix[2, 2] = torch.sign(torch.det(u @ vt))
-    return u @ fix @ vt
+    return float(np.degrees(rotation_angle_rad(np.asarray(predicted, np.float64).T @ truth)))
 
 
 def camera_points(depth: Tensor, K: Tensor) -> Tensor:
@@ -68,6 +57,7 @@ def camera_points(depth: Tensor, K: Tensor) -> Tensor:
 
 def probe_batch(model, batch: dict[str, Tensor]) -> dict[str, list[float]]:
     """Per frame s >= 1 of every sequence: rotation errors (degrees) of head, points and identity vs the truth."""
+    from pipeline.cameras import umeyama_sim3
     from stages.geometry.page4d.pose import pose_encoding_to_extri_intri, quat_to_mat
     from stages.geometry.page4d.train_data import targets_from_batch
 
@@ -85,24 +75,17 @@ def probe_batch(model, batch: dict[str, Tensor]) -> dict[str, list[float]]:
             world = out["world_points"][b, s].reshape(-1, 3)
             confidence = out["world_points_conf"][b, s].reshape(-1)
             keep = confidence > confidence.median()
-            camera_to_world = procrustes_rotation(cam[keep], world[keep], confidence[keep])
-            errors["head"].append(float(rotation_angle_deg(extrinsics[b, s, :3, :3], truth[b, s])))
-            errors["points"].append(float(rotation_angle_deg(camera_to_world.T, truth[b, s])))
-            errors["identity"].append(float(rotation_angle_deg(torch.eye(3), truth[b, s])))
+            # world ~ s R cam + t: R is camera-to-world, its transpose the predicted world-to-camera rotation.
+            camera_to_world = umeyama_sim3(cam[keep].double().numpy(), world[keep].double().numpy()).rotation
+            true_rotation = truth[b, s].double().numpy()
+            errors["head"].append(rotation_error_deg(extrinsics[b, s, :3, :3].double().numpy(), true_rotation))
+            errors["points"].append(rotation_error_deg(camera_to_world.T, true_rotation))
+            errors["identity"].append(rotation_error_deg(np.eye(3), true_rotation))
     return errors
 
 
-def sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def probe(weights: str, cases: list[tuple[str, float]], sequences: int) -> list[dict]:
+    from pipeline.io import sha256_file
     from stages.geometry.page4d.checkpoint import load_model
     from stages.geometry.page4d.train import load_train_config
     from stages.geometry.page4d.train_data import EVAL_SEED_BASE, BatchShape, SyntheticSource
@@ -118,8 +101,9 @@ def probe(weights: str, cases: list[tuple[str, float]], sequences: int) -> list[
             batch = source.batch(shape, EVAL_SEED_BASE + SEED_OFFSET + i, kind, pan_scale)
             for key, values in probe_batch(model, batch).items():
                 errors[key] += values
-        rows.append({"weights": weights, "sha256": sha256(weights), "step": (info.metadata.get("train_state") or {}).get("step"),
-                     "kind": kind, "pan_scale": pan_scale if kind == "room" else None, "frames_compared": len(errors["head"]),
+        step = (info.metadata.get("train_state") or {}).get("step")
+        rows.append({"weights": weights, "sha256": sha256_file(weights), "step": step, "kind": kind,
+                     "pan_scale": pan_scale if kind == "room" else None, "frames_compared": len(errors["head"]),
                      **{f"{key}_error_deg": float(np.mean(v)) for key, v in errors.items()}})
         r = rows[-1]
         print(f"{Path(weights).name:32s} {kind:6s} pan x{pan_scale:<4g} head {r['head_error_deg']:7.2f}  "
@@ -147,8 +131,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               "protocol": (f"{FRAMES}-frame training-style sequences ({WIDTH}x{HEIGHT}, seeds EVAL_SEED_BASE + "
                            f"{SEED_OFFSET} + i); per frame after the first, the geodesic angle (degrees) between "
                            "the predicted and the true rotation relative to frame 0, averaged; head = camera head, "
-                           "points = Procrustes of the unprojected depth onto the point map (pixels above the median "
-                           "point confidence), identity = no rotation"),
+                           "points = Umeyama similarity of the unprojected depth onto the point map (pixels above the "
+                           "median point confidence), identity = no rotation"),
               "rows": rows}
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     return 0

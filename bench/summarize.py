@@ -493,7 +493,7 @@ def section_tiny(doc: Doc, R: Results) -> None:
                 ").")
         doc.blank()
     probe = "page4d_tiny_pose_probe.json"
-    rows = R.get(probe, ("rows",)) or [] if R.has(probe, "rows") else []
+    rows = (R.get(probe, ("rows",)) or []) if R.has(probe, "rows") else []
     if rows:
         doc.add("Does the network relate frames? Rotation of each frame relative to the first (mean geodesic "
                 "error, degrees) from the camera head and from the point maps, beside identity (its error is the "
