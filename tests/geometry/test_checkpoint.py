@@ -108,6 +108,14 @@ def test_wrong_files_are_one_line_errors(tmp_path, capsys):
         load_model(TINY, str(exploit))
     assert "not a readable checkpoint" in single_line(err)
     assert "pickled code ran" not in capsys.readouterr().out
+    whole = tmp_path / "whole.pt"
+    torch.save({"a": torch.zeros(10_000)}, whole)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(whole.read_bytes()[:3000])
+    with pytest.raises(UserError) as err:
+        load_model(TINY, str(truncated))
+    # torch's zip error, up to its first sentence (it goes on with advice about its zip library)
+    assert single_line(err).endswith("failed finding central directory)"), single_line(err)
     numbers = tmp_path / "numbers.pt"
     torch.save({"epoch": 3}, numbers)
     with pytest.raises(UserError) as err:

@@ -154,8 +154,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str,
     except UserError:
         raise
     except Exception as err:  # unpickling refused, truncated file, not a checkpoint at all
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"not a readable checkpoint ({type(err).__name__}: {reason[:160]})", path) from None
+        # The library's first sentence (torch's zip errors go on with advice about miniz), never cut mid-word.
+        text = str(err).strip()
+        reason = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
+        raise UserError(f"not a readable checkpoint ({type(err).__name__}: {reason})", path) from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError("not a model checkpoint (expected a state dict of tensors, or one under 'model')", path)
     if all(k.startswith("module.") for k in state):
