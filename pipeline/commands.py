@@ -57,5 +57,9 @@ def config_command(args: argparse.Namespace) -> int:
     if args.defaults:
         print(dump_yaml(default_config(), header=DEFAULTS_HEADER), end="")
     else:
-        print(dump_yaml(load_config(args.config, args.overrides)), end="")
+        from pipeline.runner import check_stage_configs
+
+        config = load_config(args.config, args.overrides)
+        check_stage_configs(config)
+        print(dump_yaml(config), end="")
     return 0

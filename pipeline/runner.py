@@ -44,12 +44,15 @@ class StageSpec:
     outputs: tuple[str, ...]     # paths (relative to the run folder) that this stage owns
     upstream: tuple[str, ...]    # stages whose outputs it reads
     sections: tuple[str, ...]    # config sections that its input hash covers (besides seed and device)
+    check: str = ""              # "module:function" refusing bad values of its config section, run up front
 
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("geometry", "stages.geometry:run", ("geometry",), (), ("scene", "geometry")),
-    StageSpec("initialize", "stages.initialize:run", ("initialize",), ("geometry",), ("initialize",)),
-    StageSpec("optimize", "stages.optimize:run", ("optimize",), ("geometry", "initialize"), ("optimize",)),
+    StageSpec("initialize", "stages.initialize:run", ("initialize",), ("geometry",), ("initialize",),
+              "stages.initialize.stage:check_config"),
+    StageSpec("optimize", "stages.optimize:run", ("optimize",), ("geometry", "initialize"), ("optimize",),
+              "stages.optimize.stage:check_config"),
     StageSpec("render", "stages.render:run", ("render", "videos"), ("geometry", "optimize"), ("render",)),
     StageSpec("evaluate", "stages.evaluate:run", ("metrics.json", "report.html"),
               ("geometry", "initialize", "optimize", "render"), ("evaluate",)),
@@ -276,6 +279,14 @@ def commit_outputs(spec: StageSpec, work_dir: Path, run_dir: Path) -> None:
             shutil.rmtree(trash) if trash.is_dir() else trash.unlink()
 
 
+def check_stage_configs(config: Config, stages: tuple[StageSpec, ...] = STAGES) -> None:
+    """Every stage's check of its own config section, so that a bad value fails before hours of earlier stages."""
+    for spec in stages:
+        if spec.check:
+            module_name, func_name = spec.check.split(":")
+            getattr(importlib.import_module(module_name), func_name)(getattr(config, spec.name))
+
+
 def run_pipeline(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str] = None,
                  until_stage: Optional[str] = None, stages: tuple[StageSpec, ...] = STAGES) -> dict[str, dict]:
     """Run every stage that is out of date, in order. Returns each stage's manifest entry."""
@@ -283,6 +294,7 @@ def run_pipeline(config: Config, run_dir: Path, scene: Scene, from_stage: Option
     for option, value in (("--from", from_stage), ("--until", until_stage)):
         if value is not None and value not in names:
             raise UserError(f"{option}: unknown stage '{value}' (stages: {', '.join(names)})")
+    check_stage_configs(config, stages)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = add_file_log(run_dir / "log.txt")
     try:

@@ -141,12 +141,17 @@ def write_initial_gaussians(gaussians: InitialGaussians, ply_path, labels_path, 
             np.savez(f, is_dynamic=gaussians.is_dynamic, time=gaussians.time, frame_index=gaussians.frame_index)
 
 
-def run(ctx) -> dict:
-    cfg: InitializeConfig = ctx.section
+def check_config(cfg: InitializeConfig) -> None:
+    """Refuse values this stage cannot run with (the runner calls it before any stage runs)."""
     if not 0.0 <= cfg.dynamic_fraction <= 1.0:
         raise UserError(f"initialize.dynamic_fraction must be in [0, 1], got {cfg.dynamic_fraction}")
     if cfg.max_gaussians < 1 or not 0.0 < cfg.init_opacity < 1.0 or cfg.init_scale <= 0:
         raise UserError("initialize: max_gaussians must be >= 1, init_opacity in (0, 1), init_scale > 0")
+
+
+def run(ctx) -> dict:
+    cfg: InitializeConfig = ctx.section
+    check_config(cfg)
     geometry_dir = ctx.artifact("geometry")
     cameras, camera_source = read_cameras(ctx.artifact("geometry/cameras.json"))
     train = [c for c in cameras if c.split == "train"]

@@ -23,6 +23,7 @@ DEVICE_IMAGE_BUDGET = 2 << 30
 
 
 def check_config(cfg: OptimizeConfig) -> None:
+    """Refuse values this stage cannot run with (the runner calls it before any stage runs)."""
     problems = []
     if cfg.iterations < 1:
         problems.append("iterations must be >= 1")

@@ -19,12 +19,21 @@ REPO = Path(__file__).resolve().parents[2]
     (["make-scene", "room", "--out", "/nonexistent/never-written", "--seed", "-1"], "--seed must lie in"),
     (["reconstruct", "demo", "scene.stride=0", "--out", "/nonexistent/never-written"], "scene.stride must be"),
     (["reconstruct"], "reconstruct: the scene is required"),
+    (["config", "initialize.init_opacity=2"], "init_opacity in (0, 1)"),
     (["reconstruct", "--out", "/nonexistent/never-written", "seed=2"], "reconstruct: the scene is required"),
 ])
 def test_errors_are_one_line_with_exit_code_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("page4dgs: error:") and message in err[0]
+
+
+def test_a_later_stage_config_error_fails_before_any_stage_runs(tmp_path, capsys):
+    # optimize's own check runs up front: nothing is computed or written for a config that cannot finish.
+    run = tmp_path / "run"
+    assert main(["reconstruct", "demo", "optimize.iterations=-5", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "page4dgs: error: optimize: iterations must be >= 1" and not run.exists()
 
 
 def test_console_script_error_has_no_traceback(tmp_path):
