@@ -53,7 +53,8 @@ STAGES: tuple[StageSpec, ...] = (
               "stages.initialize.stage:check_config"),
     StageSpec("optimize", "stages.optimize:run", ("optimize",), ("geometry", "initialize"), ("optimize",),
               "stages.optimize.stage:check_config"),
-    StageSpec("render", "stages.render:run", ("render", "videos"), ("geometry", "optimize"), ("render",)),
+    StageSpec("render", "stages.render:run", ("render", "videos"), ("geometry", "optimize"), ("render",),
+              "stages.render.stage:check_config"),
     StageSpec("evaluate", "stages.evaluate:run", ("metrics.json", "report.html"),
               ("geometry", "initialize", "optimize", "render"), ("evaluate",)),
 )

@@ -156,8 +156,27 @@ def _refit(view: PathView, like: PathView) -> PathView:
     return PathView(view.world_to_camera, K, like.width, like.height, view.time)
 
 
+def check_config(cfg: RenderConfig) -> None:
+    """Refuse values this stage cannot run with (the runner calls it before any stage runs)."""
+    problems = [f"unknown camera path '{p}' in video_paths (choose from {', '.join(PATHS)})"
+                for p in cfg.video_paths if p not in PATHS]
+    if cfg.video_frames < 2:
+        problems.append("video_frames must be >= 2")
+    if not cfg.video_fps > 0:
+        problems.append("video_fps must be > 0")
+    if cfg.video_max_size < 0:
+        problems.append("video_max_size must be >= 0")
+    if not 0.0 <= cfg.frozen_time <= 1.0:
+        problems.append("frozen_time must lie in [0, 1]")
+    if cfg.export_timestamps < 0:
+        problems.append("export_timestamps must be >= 0")
+    if problems:
+        raise UserError("render: " + "; ".join(problems))
+
+
 def run(ctx) -> dict:
     cfg: RenderConfig = ctx.section
+    check_config(cfg)
     inputs = open_run(ctx.run_dir, cfg, ctx.config.scene.background, ctx.device)
     names = [f.name for f in ctx.scene.test_frames]
     summary = render_test_views(inputs, names, ctx.work_dir)

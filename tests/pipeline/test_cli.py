@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
     (["reconstruct", "demo", "scene.stride=0", "--out", "/nonexistent/never-written"], "scene.stride must be"),
     (["reconstruct"], "reconstruct: the scene is required"),
     (["config", "initialize.init_opacity=2"], "init_opacity in (0, 1)"),
+    (["config", "render.video_paths=[spiral,nope]", "render.video_fps=0"], "render: unknown camera path 'nope'"),
     (["reconstruct", "--out", "/nonexistent/never-written", "seed=2"], "reconstruct: the scene is required"),
 ])
 def test_errors_are_one_line_with_exit_code_2(argv, message, capsys):
