@@ -45,21 +45,11 @@ def rotation_error_deg(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float(np.degrees(rotation_angle_rad(np.asarray(predicted, np.float64).T @ truth)))
 
 
-def camera_points(depth: Tensor, K: Tensor) -> Tensor:
-    """z-depth (H, W) and intrinsics (3, 3) -> camera-space points (H*W, 3), pixel centres at +0.5."""
-    H, W = depth.shape
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=depth.dtype) + 0.5, torch.arange(W, dtype=depth.dtype) + 0.5,
-                            indexing="ij")
-    x = (xs - K[0, 2]) / K[0, 0] * depth
-    y = (ys - K[1, 2]) / K[1, 1] * depth
-    return torch.stack([x, y, depth], -1).reshape(-1, 3)
-
-
 def probe_batch(model, batch: dict[str, Tensor]) -> dict[str, list[float]]:
     """Per frame s >= 1 of every sequence: rotation errors (degrees) of head, points and identity vs the truth."""
     from pipeline.cameras import umeyama_sim3
     from stages.geometry.page4d.pose import pose_encoding_to_extri_intri, quat_to_mat
-    from stages.geometry.page4d.train_data import targets_from_batch
+    from stages.geometry.page4d.train_data import targets_from_batch, unproject_depth
 
     targets = targets_from_batch(batch)
     with torch.no_grad():
@@ -67,11 +57,14 @@ def probe_batch(model, batch: dict[str, Tensor]) -> dict[str, list[float]]:
     H, W = batch["images"].shape[-2:]
     extrinsics, intrinsics = pose_encoding_to_extri_intri(out["pose_enc"], (H, W))
     truth = quat_to_mat(targets["pose_enc"][..., 3:7])                                  # (B, S, 3, 3)
+    # Each frame's depth in its own camera: unprojected with an identity world-to-camera.
+    identity = torch.eye(4, dtype=out["depth"].dtype).expand(*truth.shape[:2], 4, 4)
+    camera_points = unproject_depth(out["depth"][..., 0], intrinsics, identity)          # (B, S, H, W, 3)
     errors: dict[str, list[float]] = {"head": [], "points": [], "identity": []}
     B, S = truth.shape[:2]
     for b in range(B):
         for s in range(1, S):
-            cam = camera_points(out["depth"][b, s, ..., 0], intrinsics[b, s])
+            cam = camera_points[b, s].reshape(-1, 3)
             world = out["world_points"][b, s].reshape(-1, 3)
             confidence = out["world_points_conf"][b, s].reshape(-1)
             keep = confidence > confidence.median()
