@@ -136,6 +136,15 @@ def test_time_budget_stops_cleanly_and_weights_only_resume_restores_the_step(tmp
     # Step 3 ran at 1/4 of its scheduled learning rate (first step of the re-warm-up).
     group = ParamGroupConfig("default", ["*"], 1e-3, 1e-3, 1e-4, 0.0, 0.0)
     assert float(rows[-1]["lr_default"]) == pytest.approx(scheduled_lr(group, 2 / 4) / 4, rel=1e-5)
+    # A longer schedule from the export (now at step 3) with schedule_start=2: its cosine spans steps 2-6, so step
+    # 3 runs at a quarter of it, not at 3/6 of the 6-step one (what schedule_start=0 gives).
+    longer = training.train(_config(tmp_path, micro_model, steps=6, schedule_start=2, stop_after=1,
+                                    rewarmup_steps=1), resume=exported, data=data)
+    with open(longer.out_dir / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert int(rows[-1]["step"]) == 4
+    assert float(rows[-1]["lr_default"]) == pytest.approx(1e-4 + 0.45e-3 * (1 + math.cos(math.pi / 4)), rel=1e-6)
+    assert scheduled_lr(group, 3 / 6) == pytest.approx(5.5e-4)           # schedule_start=0 would give this
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,6 +167,35 @@ def test_official_recipe_trains_exactly_blocks_10_to_19_and_the_mask_head():
     sizes = {g.name: sum(p.numel() for p in pg["params"]) for g, pg in zip(groups, optimizer.param_groups)}
     assert sizes == {"mask_head": 272_897, "blocks_10_19": 20 * 12_598_528}
     assert [pg["weight_decay"] for pg in optimizer.param_groups] == [0.02, 0.01]
+
+
+def test_decay_matrices_only_leaves_vectors_undecayed():
+    config = load_train_config("page4d-1b-finetune", ["decay_matrices_only=true"])
+    with torch.device("meta"):
+        model = PAGE4D(ModelConfig.load("page4d-1b"))
+    apply_trainable(model, config.trainable)
+    optimizer, groups = build_optimizer(model, config)
+    assert [g.name for g in groups] == ["mask_head", "mask_head_nodecay", "blocks_10_19", "blocks_10_19_nodecay"]
+    assert [pg["weight_decay"] for pg in optimizer.param_groups] == [0.02, 0.0, 0.01, 0.0]
+    assert [g.lr for g in groups[0:2]] == [groups[0].lr] * 2          # a twin keeps its group's schedule
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g, pg in zip(groups, optimizer.param_groups):
+        dims = {p.dim() >= 2 for p in pg["params"]}
+        assert dims == ({False} if g.name.endswith("_nodecay") else {True}), g.name
+    nodecay = {names[id(p)].split(".")[-1] for p in optimizer.param_groups[3]["params"]}
+    assert nodecay == {"bias", "weight", "gamma"}            # biases, norm weights, LayerScale gammas
+    # One AdamW step with zero gradients: only decay moves anything, and only the matrices.
+    torch.manual_seed(0)
+    tiny = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    config = TrainConfig(lr=0.1, lr_start=0.1, weight_decay=0.5, decay_matrices_only=True)
+    optimizer, _ = build_optimizer(tiny, config)
+    before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
+    for p in tiny.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for n, p in tiny.named_parameters():
+        expected = before[n] * (1 - 0.1 * 0.5) if p.dim() >= 2 else before[n]
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7)
 
 
 def test_scheduled_lr_warmup_then_cosine():
@@ -194,7 +232,8 @@ def test_overrides_and_unknown_keys():
     ("lr=.nan", "lr must be"), ("lr=-1", "lr must be"), ("warmup=2", "warmup"), ("stop_after=-1", "stop_after"),
     ("fov_min_deg=100", "fov_min_deg"), ("fov_max_deg=200", "fov_min_deg"), ("input_width=-14", "input_width"),
     ("loss.mask_weight=0 mask_head_backprop=true", "mask_head_backprop needs"),
-    ("room_pan_scale=[2,1]", "room_pan_scale"), ("room_pan_scale=[0,1]", "room_pan_scale")])
+    ("room_pan_scale=[2,1]", "room_pan_scale"), ("room_pan_scale=[0,1]", "room_pan_scale"),
+    ("schedule_start=-1", "schedule_start"), ("steps=10 schedule_start=10", "schedule_start")])
 def test_bad_training_values_are_refused(override, message):
     from pipeline.errors import UserError
 

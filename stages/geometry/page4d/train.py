@@ -98,6 +98,10 @@ class TrainConfig:
                                       "network and its keys are unchanged). Needs loss.mask_weight > 0.")
     # --- optimisation ---
     steps: int = option(20000, "Optimizer steps of the whole schedule (the learning-rate schedules span them).")
+    schedule_start: int = option(0, "Step at which the learning-rate schedules begin: warm-up and cosine span "
+                                 "[schedule_start, steps]. 0 for a fresh run; the step of the weights a longer "
+                                 "schedule continues from gives that continuation a whole schedule of its own "
+                                 "(with 0 it would run on the old cosine's tail).")
     accum_steps: int = option(1, "Gradient accumulation: each step's batch is split into this many chunks, one "
                               "forward/backward each.")
     lr: float = option(3e-4, "Peak learning rate of trainable parameters that no param_group matches.")
@@ -105,6 +109,12 @@ class TrainConfig:
     lr_end: float = option(3e-6, "Their learning rate at the last step.")
     warmup: float = option(0.03, "Their warm-up fraction (linear), followed by a cosine decay.")
     weight_decay: float = option(0.05, "Their AdamW weight decay.")
+    decay_matrices_only: bool = option(False, "Apply each group's weight decay to matrices only (parameters of 2 "
+                                       "or more dimensions): biases, norm weights and LayerScale gammas (1-D) "
+                                       "then get none, as in nanoGPT. Off, decay pulls them to 0 too: the "
+                                       "attention's q/k-norm weights (its sharpness) and the blocks' LayerScale "
+                                       "gammas (their share of the residual stream). Each group gets a twin "
+                                       "'<name>_nodecay' in the optimizer and the log.")
     param_groups: list[dict] = option([], "Parameter groups with their own schedule: a list of mappings with the "
                                       "keys of ParamGroupConfig (name, params, lr, lr_start, lr_end, warmup, "
                                       "weight_decay); the first group whose patterns match a parameter takes it.")
@@ -229,6 +239,8 @@ def validate(config: TrainConfig) -> None:
     problems = []
     if config.steps < 1:
         problems.append("steps must be >= 1")
+    if not 0 <= config.schedule_start < config.steps:
+        problems.append("schedule_start must lie in [0, steps)")
     if config.accum_steps < 1:
         problems.append("accum_steps must be >= 1")
     if not 1 <= config.frames_min <= config.frames_max:
@@ -322,11 +334,16 @@ def apply_trainable(model: torch.nn.Module, patterns: list[str]) -> list[str]:
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.AdamW, list[ParamGroupConfig]]:
     """AdamW over the trainable parameters, one optimizer group per non-empty ParamGroupConfig (in order)."""
     groups = config.groups()
+    if config.decay_matrices_only:       # each group, then its 1-D twin without decay (same schedule)
+        groups = [twin for g in groups
+                  for twin in (g, dataclasses.replace(g, name=f"{g.name}_nodecay", weight_decay=0.0))]
     members: list[list[torch.nn.Parameter]] = [[] for _ in groups]
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         index = next(i for i, g in enumerate(groups) if any(fnmatch.fnmatchcase(name, p) for p in g.params))
+        if config.decay_matrices_only and param.dim() < 2:
+            index += 1
         members[index].append(param)
     used = [(g, params) for g, params in zip(groups, members) if params]
     optimizer = torch.optim.AdamW([{"params": params, "lr": g.lr_start, "weight_decay": g.weight_decay,
@@ -592,7 +609,8 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
             B, S = batch["images"].shape[:2]
             lrs = {}
             for param_group, group in zip(optimizer.param_groups, groups):
-                lr = scheduled_lr(group, state.step / config.steps)
+                lr = scheduled_lr(group, (state.step - config.schedule_start)
+                                  / (config.steps - config.schedule_start))
                 if state.rewarmup_from >= 0 and config.rewarmup_steps > 0:
                     lr *= min(1.0, (state.step - state.rewarmup_from + 1) / config.rewarmup_steps)
                 param_group["lr"] = lrs[f"lr_{group.name}"] = lr
@@ -706,7 +724,7 @@ def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig
         optimizer.load_state_dict(payload["optimizer"])
     except ValueError:
         raise UserError("checkpoint's optimizer state does not fit this config's trainable parameters or "
-                        "parameter groups (changed trainable= or param_groups=?); resume from the run's exported "
+                        "parameter groups (changed trainable=, param_groups= or decay_matrices_only=?); resume from the run's exported "
                         "weights instead (weights only)", path) from None
     model.aggregator.mask_step = payload["mask_step"]
     restored = TrainState(**payload["state"])
