@@ -15,8 +15,15 @@ frame 0 (geodesic angle, degrees) is compared with the ground truth, from three 
   ``pipeline.cameras.umeyama_sim3``) over the pixels above the median point confidence. A network that reasons across frames puts camera motion into its point maps too;
 - ``identity``: no rotation (the baseline; its error is the true rotation's size).
 
-A network that has learned relative pose has head and points errors well below identity. Writes
-bench/results/page4d_tiny_pose_probe.json (device, versions, date, exact command).
+A network that has learned relative pose has head and points errors well below identity.
+
+Beside the rotations, per weights file, what the aggregator does with its attention (``attention_statistics``, on
+one 8-frame room sequence): for each frame and global block the mean entropy of its attention rows as a fraction
+of log(keys) (1 = uniform), for global blocks also the attention mass a query puts on its own frame (1/S when it
+ignores which frame a key is in), and the mean absolute LayerScale gamma and q/k-norm weight per kind of block (the
+vectors that set a block's share of the residual stream and its attention's sharpness).
+
+Writes bench/results/page4d_tiny_pose_probe.json (device, versions, date, exact command).
 """
 
 from __future__ import annotations
@@ -77,7 +84,62 @@ def probe_batch(model, batch: dict[str, Tensor]) -> dict[str, list[float]]:
     return errors
 
 
-def probe(weights: str, cases: list[tuple[str, float]], sequences: int) -> list[dict]:
+def attention_statistics(model, images: Tensor) -> dict:
+    """Attention of the aggregator's frame and global blocks on ``images`` (1, S, 3, H, W); see the module doc."""
+    from unittest import mock
+
+    from stages.geometry.page4d import sdpa
+
+    aggregator = model.aggregator
+    S = images.shape[1]
+    current: list[tuple[str, int]] = []              # the block whose attention is running
+    found: dict[tuple[str, int], dict] = {}
+    plain = sdpa.attention
+
+    def recording(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        if current and current[-1] not in found:      # the block's own attention (not the mask bias's re-run)
+            kind, _ = current[-1]
+            weights = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * scale, dim=-1)   # (B, H, L, L)
+            L = weights.shape[-1]
+            entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1).mean() / np.log(L)
+            record = {"entropy_fraction": float(entropy)}
+            if kind == "global":
+                frame = torch.arange(L) // (L // S)                                              # key -> frame
+                same = (frame[:, None] == frame[None, :]).to(weights.dtype)                     # (L, L)
+                record["own_frame_mass"] = float((weights * same).sum(-1).mean())
+            found[current[-1]] = record
+        return plain(q, k, v, scale=scale)
+
+    def enter(kind: str, index: int):
+        return lambda module, args: current.append((kind, index))
+
+    def leave(module, args, output) -> None:        # returns None: the block's output stays as it is
+        current.pop()
+
+    handles = []
+    for kind in ("frame", "global"):
+        for i, block in enumerate(getattr(aggregator, f"{kind}_blocks")):
+            handles.append(block.register_forward_pre_hook(enter(kind, i)))
+            handles.append(block.register_forward_hook(leave))
+    try:
+        with mock.patch.object(sdpa, "attention", recording), torch.no_grad():
+            model(images, heads=("camera",))
+    finally:
+        for handle in handles:
+            handle.remove()
+    out: dict = {"frames": S, "uniform_own_frame_mass": 1.0 / S}
+    for kind in ("frame", "global"):
+        blocks = getattr(aggregator, f"{kind}_blocks")
+        out[f"{kind}_blocks"] = [{"block": i, **found[(kind, i)]} for i in range(len(blocks))]
+        out[f"{kind}_layerscale_abs_mean"] = float(torch.cat([b.ls1.gamma.detach().abs() for b in blocks]
+                                                             + [b.ls2.gamma.detach().abs() for b in blocks]).mean())
+        norms = [n.weight.detach().abs() for b in blocks for n in (b.attn.q_norm, b.attn.k_norm)
+                 if isinstance(n, torch.nn.LayerNorm)]
+        out[f"{kind}_qk_norm_weight_abs_mean"] = float(torch.cat(norms).mean()) if norms else None
+    return out
+
+
+def probe(weights: str, cases: list[tuple[str, float]], sequences: int) -> tuple[list[dict], dict]:
     from pipeline.io import sha256_file
     from stages.geometry.page4d.checkpoint import load_model
     from stages.geometry.page4d.train import load_train_config
@@ -102,7 +164,15 @@ def probe(weights: str, cases: list[tuple[str, float]], sequences: int) -> list[
         print(f"{Path(weights).name:32s} {kind:6s} pan x{pan_scale:<4g} head {r['head_error_deg']:7.2f}  "
               f"points {r['points_error_deg']:7.2f}  identity {r['identity_error_deg']:7.2f}  (degrees, "
               f"{r['frames_compared']} frames)", flush=True)
-    return rows
+    room = source.batch(shape, EVAL_SEED_BASE + SEED_OFFSET, "room", 1.0)
+    attention = {"weights": weights, "step": rows[0]["step"], **attention_statistics(model, room["images"][:1])}
+    g = attention["global_blocks"]
+    print(f"{Path(weights).name:32s} global attention entropy / log L "
+          f"{min(b['entropy_fraction'] for b in g):.2f}-{max(b['entropy_fraction'] for b in g):.2f}, own-frame mass "
+          f"{min(b['own_frame_mass'] for b in g):.3f}-{max(b['own_frame_mass'] for b in g):.3f} (uniform "
+          f"{attention['uniform_own_frame_mass']:.3f}); LayerScale |gamma| {attention['global_layerscale_abs_mean']:.4f}, "
+          f"q/k-norm |w| {attention['global_qk_norm_weight_abs_mean']:.3f}", flush=True)
+    return rows, attention
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -118,7 +188,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
     torch.manual_seed(0)
     cases = [("room", s) for s in args.pan_scales] + [("object", 1.0)]
-    rows = [row for weights in args.weights for row in probe(weights, cases, args.sequences)]
+    results = [probe(weights, cases, args.sequences) for weights in args.weights]
+    rows = [row for case_rows, _ in results for row in case_rows]
     record = {"benchmark": "page4d_tiny_pose_probe", "date": utc_now(), "command": command_line(),
               "device": device_name("cpu"), "versions": versions(), "environment": environment("cpu"),
               "protocol": (f"{FRAMES}-frame training-style sequences ({WIDTH}x{HEIGHT}, seeds EVAL_SEED_BASE + "
@@ -126,7 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                            "the predicted and the true rotation relative to frame 0, averaged; head = camera head, "
                            "points = Umeyama similarity of the unprojected depth onto the point map (pixels above the "
                            "median point confidence), identity = no rotation"),
-              "rows": rows}
+              "rows": rows, "attention": [attention for _, attention in results]}
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     return 0
 

@@ -507,6 +507,30 @@ def section_tiny(doc: Doc, R: Results) -> None:
                     figure(R, probe, ("rows", i, "head_error_deg"), "{:.2f}"),
                     figure(R, probe, ("rows", i, "points_error_deg"), "{:.2f}"),
                     figure(R, probe, ("rows", i, "identity_error_deg"), "{:.2f}")] for i in range(len(rows))])
+    attention = (R.get(probe, ("attention",)) or []) if R.has(probe, "attention") else []
+    if attention:
+        doc.blank()
+        doc.add("What the aggregator's attention does (same file; one ", Lit("8"), "-frame room sequence): per "
+                "global block the entropy of its attention rows as a fraction of log(keys) (", Lit("1"),
+                " = uniform) and the attention mass a query puts on its own frame (", Lit("1/S = 0.125"),
+                " when frames make no difference to it), smallest and largest over the blocks; the mean absolute "
+                "LayerScale gamma and q/k-norm weight of the global blocks (initialised at ", Lit("0.01"), " and ",
+                Lit("1"), ").")
+        doc.blank()
+
+        def spread(i: int, key: str, fmt: str) -> list:
+            blocks = len(attention[i]["global_blocks"])
+            paths = [(probe, ("attention", i, "global_blocks", b, key)) for b in range(blocks)]
+            return [figure(R, probe, paths[0][1], fmt, "min", paths[1:]), "-",
+                    figure(R, probe, paths[0][1], fmt, "max", paths[1:])]
+
+        doc.table(["weights (step)", "attention entropy / log L", "own-frame mass", "LayerScale abs(gamma)",
+                   "q/k-norm abs(w)"],
+                  [[figure(R, probe, ("attention", i, "step"), "{}"), spread(i, "entropy_fraction", "{:.2f}"),
+                    spread(i, "own_frame_mass", "{:.3f}"),
+                    figure(R, probe, ("attention", i, "global_layerscale_abs_mean"), "{:.4f}"),
+                    figure(R, probe, ("attention", i, "global_qk_norm_weight_abs_mean"), "{:.3f}")]
+                   for i in range(len(attention))])
 
 
 def rasterizer_cpu_row(R: Results, name: str) -> Measured:
