@@ -45,10 +45,14 @@ class StageSpec:
     upstream: tuple[str, ...]    # stages whose outputs it reads
     sections: tuple[str, ...]    # config sections that its input hash covers (besides seed and device)
     check: str = ""              # "module:function" refusing bad values of its config section, run up front
+    reads: Any = ""              # "module:function" or a function (config -> dict) naming the files outside the run folder and
+                                 # the scene that the stage reads (e.g. network weights), with their content
+                                 # digests: part of its input hash, so a changed file reruns the stage
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("geometry", "stages.geometry:run", ("geometry",), (), ("scene", "geometry")),
+    StageSpec("geometry", "stages.geometry:run", ("geometry",), (), ("scene", "geometry"),
+              reads="stages.geometry.stage:external_inputs"),
     StageSpec("initialize", "stages.initialize:run", ("initialize",), ("geometry",), ("initialize",),
               "stages.initialize.stage:check_config"),
     StageSpec("optimize", "stages.optimize:run", ("optimize",), ("geometry", "initialize"), ("optimize",),
@@ -254,6 +258,9 @@ def input_hash(spec: StageSpec, config: Config, scene_fingerprint: dict, manifes
         "scene": scene_fingerprint,
         "upstream": {u: manifest.stage(u).get("output_hash") for u in spec.upstream},
     }
+    if spec.reads:
+        reads = spec.reads if callable(spec.reads) else _function(spec.reads)
+        parts["reads"] = reads(config)
     return sha256_json(parts), parts["upstream"]
 
 
@@ -280,12 +287,17 @@ def commit_outputs(spec: StageSpec, work_dir: Path, run_dir: Path) -> None:
             shutil.rmtree(trash) if trash.is_dir() else trash.unlink()
 
 
+def _function(name: str) -> Callable:
+    """The function a "module:function" string names."""
+    module_name, func_name = name.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
 def check_stage_configs(config: Config, stages: tuple[StageSpec, ...] = STAGES) -> None:
     """Every stage's check of its own config section, so that a bad value fails before hours of earlier stages."""
     for spec in stages:
         if spec.check:
-            module_name, func_name = spec.check.split(":")
-            getattr(importlib.import_module(module_name), func_name)(getattr(config, spec.name))
+            _function(spec.check)(getattr(config, spec.name))
 
 
 def run_pipeline(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str] = None,

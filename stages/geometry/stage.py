@@ -74,6 +74,34 @@ def run(ctx) -> dict:
             "dynamic_fraction": summary["dynamic_fraction"], "points": summary["points"]}
 
 
+DIGEST_LIMIT_BYTES = 256 * 2**20     # larger weights files are identified by size and modification time
+
+
+def external_inputs(config) -> dict:
+    """What the stage reads besides the scene and its config, for the runner's input hash: the network's weights
+    file with its SHA-256 (size and modification time above 256 MiB, e.g. the official 1B checkpoints), so that
+    replacing the file (retrained bundled weights, a new file at the same ``geometry.checkpoint`` path) reruns
+    the stage. A checkpoint alias (a Hugging Face file of a fixed revision) is named only; a missing file is
+    named as configured (the stage itself reports it)."""
+    from pipeline.io import sha256_file
+    from stages.geometry.page4d.checkpoint import ALIASES, DEFAULT_CHECKPOINT, resolve_checkpoint
+
+    cfg: GeometryConfig = config.geometry
+    if cfg.model == "oracle":
+        return {}
+    alias = cfg.checkpoint or DEFAULT_CHECKPOINT.get(cfg.model, "")
+    if alias in ALIASES:
+        return {"checkpoint": alias}
+    try:
+        path = resolve_checkpoint(cfg.checkpoint, cfg.model, allow_download=False)
+    except UserError:
+        return {"checkpoint": cfg.checkpoint or f"bundled {cfg.model}", "missing": True}
+    size = path.stat().st_size
+    identity = ({"sha256": sha256_file(path)} if size <= DIGEST_LIMIT_BYTES
+                else {"mtime_ns": path.stat().st_mtime_ns})
+    return {"checkpoint": str(path.resolve()), "bytes": size, **identity}
+
+
 def resolve_camera_source(cfg: GeometryConfig, scene: Scene) -> str:
     if cfg.model == "oracle":
         return "dataset"

@@ -180,3 +180,43 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, scene):
     assert starts[0:2] == ["start", "0"] and starts[2] == "start" and int(starts[3]) >= 2
     assert (tmp_path / "run/slow/result.txt").read_text() == "done after 6 steps"
     assert not (tmp_path / "run/.work/slow").exists()
+
+
+def test_a_changed_file_that_a_stage_reads_reruns_it(tmp_path, scene):
+    """StageSpec.reads names files outside the run (the geometry stage: its weights file): same content -> the
+    stage is skipped; new content at the same path -> it runs again, and so does what depends on it."""
+    from pipeline.io import sha256_file
+
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"first")
+
+    def reads(config):
+        return {"weights": str(weights), "sha256": sha256_file(weights)}
+
+    stages = (StageSpec("first", first, ("first",), (), ("optimize",), reads=reads), STAGES[1])
+    run = tmp_path / "run"
+    CALLS.clear()
+    run_pipeline(load_config("default"), run, scene, stages=stages)
+    weights.write_bytes(b"first")                 # rewritten, same content: still up to date
+    run_pipeline(load_config("default"), run, scene, stages=stages)
+    assert CALLS == ["first", "second"]
+    weights.write_bytes(b"second")
+    run_pipeline(load_config("default"), run, scene, stages=stages)
+    assert CALLS == ["first", "second", "first"], "the output of 'first' is unchanged, so 'second' is skipped"
+
+
+def test_the_geometry_stage_reads_its_weights_file(tmp_path):
+    from stages.geometry.page4d.checkpoint import BUNDLED
+    from stages.geometry.stage import external_inputs
+    from pipeline.io import sha256_file
+
+    bundled = external_inputs(load_config("default"))
+    assert bundled == {"checkpoint": str(BUNDLED["page4d-tiny"].resolve()),
+                       "bytes": BUNDLED["page4d-tiny"].stat().st_size, "sha256": sha256_file(BUNDLED["page4d-tiny"])}
+    own = tmp_path / "mine.safetensors"
+    own.write_bytes(b"not really weights")
+    assert external_inputs(load_config("default", [f"geometry.checkpoint={own}"]))["sha256"] == sha256_file(own)
+    assert external_inputs(load_config("default", ["geometry.model=oracle"])) == {}
+    assert external_inputs(load_config("default", ["geometry.model=page4d-1b"])) == {"checkpoint": "page4d-nomask"}
+    missing = external_inputs(load_config("default", [f"geometry.checkpoint={tmp_path / 'nope.pt'}"]))
+    assert missing["missing"] is True
