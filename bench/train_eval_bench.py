@@ -4,6 +4,7 @@
     python -m bench.train_eval_bench --fixed-only        # only the small fixed scene the bundled-weights test redoes
     python -m bench.train_eval_bench --throughput [--steps 40]                                # GPU training speed
     python -m bench.train_eval_bench --lady-running [--weights PATH]     # docs/images/page4d-tiny-lady-running.png
+    python -m bench.train_eval_bench --lady-running --weights W --picture P.png --out R.json   # other weights
     (or through the runner: scripts/gpu_host.sh train_eval [ARGS])
 
 Evaluation (bench/results/page4d_tiny_eval.json). Scenes come from :mod:`pipeline.synthetic.writer` exactly as
@@ -26,7 +27,9 @@ device, bf16 autocast beside fp32 (the baseline), frames and sequences per secon
 
 Picture: runs the pipeline's geometry stage on ../shared/data/lady-running with the given weights (windows of 16
 frames, the longest sequence page4d-tiny trained on), then draws the fused point cloud and the camera trajectory
-from two viewpoints with a small numpy point rasterizer, beside the first input frame.
+from two viewpoints with a small numpy point rasterizer, beside the first input frame. The JSON also describes the
+camera path, which has no ground truth (:func:`trajectory_statistics`: rotations from the first frame and between
+consecutive frames, steps of the camera centre).
 """
 
 from __future__ import annotations
@@ -350,6 +353,25 @@ def trajectory_view(points, colours, centres, forwards, eye, target, up, size=(3
     return image
 
 
+def trajectory_statistics(world_to_camera: np.ndarray) -> dict:
+    """How a camera path without ground truth behaves: (S, 4, 4) world-to-camera -> the rotation of each frame
+    relative to the first (largest, last; degrees), the rotation between consecutive frames (largest, mean, and
+    the three frames where it is largest: a window join of the geometry stage shows up there) and the steps of
+    the camera centre between consecutive frames (largest, median; the run's units)."""
+    from stages.evaluate.pose_metrics import rotation_angle_rad
+
+    R = world_to_camera[:, :3, :3]
+    from_first = np.degrees(rotation_angle_rad(R @ np.swapaxes(R[:1], -1, -2)))                    # (S,)
+    consecutive = np.degrees(rotation_angle_rad(R[1:] @ np.swapaxes(R[:-1], -1, -2)))             # (S-1,)
+    steps = np.linalg.norm(np.diff(camera_centres(world_to_camera), axis=0), axis=1)               # (S-1,)
+    largest = np.argsort(consecutive)[::-1][:3] + 1
+    return {"rotation_from_first_max_deg": float(from_first.max()), "rotation_last_deg": float(from_first[-1]),
+            "consecutive_rotation_max_deg": float(consecutive.max()),
+            "consecutive_rotation_mean_deg": float(consecutive.mean()),
+            "largest_consecutive_rotation_at_frames": [int(i) for i in largest],
+            "centre_step_max": float(steps.max()), "centre_step_median": float(np.median(steps))}
+
+
 def lady_running_picture(weights: str, out_png: Path, device: torch.device) -> dict:
     """Geometry stage on the clip -> fused points + cameras -> PNG (first frame | behind-above view | top view)."""
     from plyfile import PlyData
@@ -386,8 +408,9 @@ def lady_running_picture(weights: str, out_png: Path, device: torch.device) -> d
     first = np.asarray(Image.fromarray((first * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)) / 255.0
     gap = np.ones((h, 6, 3))
     write_png(out_png, np.concatenate([first, gap, view_a, gap, view_b], axis=1))
-    return {"png": str(out_png.relative_to(REPO)), "frames": len(cameras), "points": int(len(points)),
-            "geometry_stage_s": round(seconds, 1), "command": " ".join(cmd[2:])}
+    return {"png": str(out_png.resolve().relative_to(REPO)), "frames": len(cameras), "points": int(len(points)),
+            "geometry_stage_s": round(seconds, 1), "command": " ".join(cmd[2:]),
+            "trajectory": trajectory_statistics(w2c)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -406,6 +429,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--train-overrides", nargs="*", default=[], metavar="key=value",
                         help="throughput: changes to the page4d-tiny training config")
     parser.add_argument("--lady-running", action="store_true")
+    parser.add_argument("--picture", type=Path, default=PICTURE, help="lady-running: the PNG to write")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="lady-running: the JSON to write (default bench/results/page4d_tiny_lady_running.json)")
     parser.add_argument("--gpu", action="store_true", help="require CUDA")
     parser.add_argument("--cpu", action="store_true", help="force the CPU")
     args = parser.parse_args(argv)
@@ -431,8 +457,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         weights = str(BUNDLED["page4d-tiny"])
     if args.lady_running:
         record.update(benchmark="page4d_tiny_lady_running", weights=weights,
-                      picture=lady_running_picture(weights, PICTURE, device))
-        (RESULTS / "page4d_tiny_lady_running.json").write_text(json.dumps(record, indent=2) + "\n")
+                      picture=lady_running_picture(weights, args.picture, device))
+        (args.out or RESULTS / "page4d_tiny_lady_running.json").write_text(json.dumps(record, indent=2) + "\n")
         print(json.dumps(record["picture"], indent=2))
         return 0
 

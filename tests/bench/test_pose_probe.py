@@ -1,4 +1,4 @@
-"""bench.pose_probe: its rotation error against known rotations."""
+"""bench.pose_probe and the trajectory statistics of bench.train_eval_bench: against known rotations."""
 
 from __future__ import annotations
 
@@ -57,3 +57,22 @@ def test_attention_statistics_of_a_network_whose_attention_is_uniform(tmp_path):
     assert all(abs(b["own_frame_mass"] - 1 / frames) < 1e-5 for b in stats["global_blocks"])
     assert stats["frame_layerscale_abs_mean"] == 0.25 and stats["global_layerscale_abs_mean"] == 0.5
     assert stats["uniform_own_frame_mass"] == 1 / frames
+
+
+def test_trajectory_statistics_of_a_known_camera_path():
+    """A camera turning 1 degree per frame about y for 5 frames, then jumping 10 degrees, moving 0.1 per frame."""
+    from bench.train_eval_bench import trajectory_statistics
+
+    angles = [0, 1, 2, 3, 4, 14, 15]
+    w2c = np.tile(np.eye(4), (len(angles), 1, 1))
+    for i, a in enumerate(angles):
+        camera_to_world = np.eye(4)
+        camera_to_world[:3, :3] = _rotation([0, 1, 0], a)
+        camera_to_world[:3, 3] = [0.1 * i, 0, 0]
+        w2c[i] = np.linalg.inv(camera_to_world)
+    stats = trajectory_statistics(w2c)
+    assert abs(stats["rotation_from_first_max_deg"] - 15) < 1e-6 and abs(stats["rotation_last_deg"] - 15) < 1e-6
+    assert abs(stats["consecutive_rotation_max_deg"] - 10) < 1e-6
+    assert abs(stats["consecutive_rotation_mean_deg"] - 15 / 6) < 1e-6
+    assert stats["largest_consecutive_rotation_at_frames"][0] == 5
+    assert abs(stats["centre_step_max"] - 0.1) < 1e-9 and abs(stats["centre_step_median"] - 0.1) < 1e-9
