@@ -36,6 +36,12 @@ class GeometryConfig:
                          "longest sequences it was trained on).")
     overlap: int = option(0, "Frames shared by consecutive windows (used for the Sim(3) join); 0 = a fifth of the "
                           "window (20 of 100, 3 of 16).")
+    blend_window_cameras: bool = option(True, "Windows: the frames a window shares with the one before take "
+                                        "cameras that move from the earlier window's estimate to the new one's "
+                                        "across the overlap (slerp), instead of switching at its middle; where "
+                                        "windows disagree the trajectory then turns gradually rather than "
+                                        "jumping at one frame. Depth, points and masks still come from the "
+                                        "window where a frame is most central.")
     dpt_chunk: int = option(8, "Frames per pass through the depth/point heads (memory only; results are identical).")
     head_precision: str = option("float32", "Precision of the depth/point heads on CUDA ('float32' as in the "
                                  "official inference, or 'bfloat16'). The CPU always uses float32.",

@@ -179,7 +179,7 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
     if window and window < len(scene.frames) and not 0 <= overlap < window:
         raise UserError(f"geometry.window={window} needs an overlap in [0, window) between windows "
                         f"(geometry.overlap={overlap}); use a window of 3 frames or more")
-    pred = predict_sequence(predictor, prepared, window, overlap)
+    pred = predict_sequence(predictor, prepared, window, overlap, blend_cameras=cfg.blend_window_cameras)
     if device == "cuda":
         torch.cuda.synchronize()
     timings["inference_s"] = time.perf_counter() - t

@@ -326,3 +326,78 @@ def test_consistency_scale_is_not_well_posed_for_a_camera_that_barely_moves():
     fit = consistency_scale(torch.from_numpy(np.repeat(depth, frames, axis=0)), torch.from_numpy(np.repeat(K, frames, 0)),
                             torch.from_numpy(still), 1.0)
     assert not fit.well_posed
+
+
+def _yaw(degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+
+
+def test_blend_world_to_camera_slerps_the_orientation_and_interpolates_the_centre():
+    from stages.geometry.page4d.inference import blend_world_to_camera
+
+    first, second = np.eye(4), np.eye(4)
+    second[:3, :3] = _yaw(20.0).T                          # the camera turned 20 degrees about y ...
+    second[:3, 3] = -second[:3, :3] @ np.array([1.0, 0.0, 2.0])   # ... and moved to (1, 0, 2)
+    assert np.allclose(blend_world_to_camera(first, second, 0.0), first, atol=1e-12)
+    assert np.allclose(blend_world_to_camera(first, second, 1.0), second, atol=1e-12)
+    half = blend_world_to_camera(first, second, 0.25)
+    assert np.allclose(half[:3, :3], _yaw(5.0).T, atol=1e-12)
+    assert np.allclose(-half[:3, :3].T @ half[:3, 3], [0.25, 0.0, 0.5], atol=1e-12)
+
+
+class DriftingOracle(WindowOracle):
+    """Each window's cameras drift, every other window the other way: its j-th camera turns j * 3 degrees too far
+    left or right, so windows disagree where they overlap. Records each window's cameras as returned."""
+
+    def __call__(self, frames):
+        pred = super().__call__(frames)
+        drift = 3.0 * (1 if len(self.seen) % 2 == 0 else -1)
+        for j, w in enumerate(pred.world_to_camera):
+            centre = -w[:3, :3].T @ w[:3, 3]
+            w[:3, :3] = _yaw(drift * j) @ w[:3, :3]
+            w[:3, 3] = -w[:3, :3] @ centre
+        self.seen.append(pred.world_to_camera.copy())
+        return pred
+
+
+def test_shared_frames_move_from_the_earlier_window_to_the_next_along_the_geodesic():
+    """Where windows disagree, the k-th of the n frames a window shares with the one before gets the camera
+    k/(n+1) of the way (rotation angle and centre) from the earlier window's estimate to the new one's; every
+    other frame keeps its window's camera, as without blending."""
+    from pipeline.cameras import Sim3
+    from stages.evaluate.pose_metrics import rotation_angle_rad
+    from stages.geometry.page4d.inference import blend_world_to_camera
+
+    depth, K, w2c, _, _ = raycast_scene.render(frames=23, width=32, height=24)
+    S = len(depth)
+    runs = {}
+    for blend in (False, True):
+        oracle = DriftingOracle(depth, K, w2c, np.random.default_rng(3))
+        oracle.seen = []
+        runs[blend] = predict_sequence(oracle, IndexFrames(S), window=8, overlap=3, show_progress=False,
+                                       blend_cameras=blend)
+    windows, blended = runs[True].windows, runs[True].world_to_camera
+
+    def estimate(w: int, frame: int) -> np.ndarray:        # window w's camera of a frame, in the joined world
+        sim = windows[w]["sim3"]
+        joined = Sim3(sim["scale"], np.array(sim["rotation"]), np.array(sim["translation"]))
+        return joined.transform_w2c(oracle.seen[w][frame - windows[w]["start"]])
+
+    shared, totals = set(), []
+    for w in range(1, len(windows)):
+        frames = range(windows[w]["start"], windows[w - 1]["stop"])
+        for k, i in enumerate(frames, start=1):
+            shared.add(i)
+            weight = k / (len(frames) + 1)
+            earlier, later = estimate(w - 1, i), estimate(w, i)
+            assert np.allclose(blended[i], blend_world_to_camera(earlier, later, weight), atol=1e-6)
+            angle = lambda a, b: np.degrees(rotation_angle_rad((a[:3, :3] @ b[:3, :3].T)[None]))[0]
+            total = angle(later, earlier)
+            totals.append(total)
+            assert abs(angle(blended[i], earlier) - weight * total) < 1e-4
+            assert abs(angle(later, blended[i]) - (1 - weight) * total) < 1e-4
+    assert sorted(shared) == [5, 6, 7, 10, 11, 12, 15, 16, 17]
+    assert max(totals) > 5.0                                              # the windows do disagree
+    for i in set(range(S)) - shared:
+        assert np.allclose(blended[i], runs[False].world_to_camera[i], atol=1e-6)

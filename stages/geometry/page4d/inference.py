@@ -13,6 +13,7 @@ global world (the first window's). Each frame keeps the prediction of the window
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -21,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.cameras import Sim3, umeyama_sim3
+from pipeline.cameras import Sim3, camera_centres, umeyama_sim3
 from pipeline.errors import UserError
 from pipeline.log import progress
 from stages.geometry.page4d.model import HEADS, PAGE4D
-from stages.geometry.page4d.pose import pose_encoding_to_extri_intri
+from stages.geometry.page4d.pose import mat_to_quat, pose_encoding_to_extri_intri, quat_to_mat
 from stages.geometry.page4d.preprocess import PreparedFrames
 
 
@@ -175,9 +176,35 @@ def _apply_float32(sim: Sim3, points: np.ndarray) -> np.ndarray:
     return points @ linear + sim.translation.astype(np.float32)
 
 
+def blend_world_to_camera(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
+    """The pose ``weight`` of the way from ``first`` to ``second`` (both (4, 4) world-to-camera): the camera's
+    orientation by quaternion slerp, its centre linearly. weight 0 -> first, 1 -> second."""
+    rotations = torch.from_numpy(np.stack([first[:3, :3], second[:3, :3]]).astype(np.float64))
+    qa, qb = mat_to_quat(rotations).unbind(0)                                        # (4,) each
+    dot = float(torch.dot(qa, qb))
+    if dot < 0:                                                                      # the shorter way round
+        qb, dot = -qb, -dot
+    angle = math.acos(min(dot, 1.0))
+    if angle < 1e-8:
+        q = qa
+    else:
+        q = (math.sin((1 - weight) * angle) * qa + math.sin(weight * angle) * qb) / math.sin(angle)
+    rotation = quat_to_mat(q / q.norm()).numpy()
+    centre = (1 - weight) * camera_centres(first[None])[0] + weight * camera_centres(second[None])[0]
+    out = np.eye(4)
+    out[:3, :3] = rotation
+    out[:3, 3] = -rotation @ centre
+    return out.astype(first.dtype)
+
+
 def predict_sequence(predictor: Predictor, frames: PreparedFrames, window: int, overlap: int,
-                     show_progress: bool = True) -> Prediction:
-    """Predict every frame; longer sequences than ``window`` go through overlapping windows joined by Sim(3)."""
+                     show_progress: bool = True, blend_cameras: bool = True) -> Prediction:
+    """Predict every frame; longer sequences than ``window`` go through overlapping windows joined by Sim(3).
+
+    Each frame's depth, confidence, points and mask come from the window where it lies most centrally. Its camera
+    too when ``blend_cameras`` is off; on, the frames that a window shares with the ones before it take a camera
+    that moves from the earlier windows' estimate to this window's across the shared frames (weights 1/(n+1) ..
+    n/(n+1)), so that where two windows disagree the trajectory turns gradually instead of jumping at one frame."""
     S = len(frames)
     starts = window_starts(S, window, overlap)
     result: Optional[Prediction] = None
@@ -199,11 +226,17 @@ def predict_sequence(predictor: Predictor, frames: PreparedFrames, window: int, 
             pred = transform_prediction(pred, sim)
         info["sim3"] = {"scale": sim.scale, "rotation": sim.rotation.tolist(), "translation": sim.translation.tolist()}
         windows.append(info)
+        earlier = result.world_to_camera.copy()
+        shared = [i for i in range(start, stop) if centrality[i] >= 0]
         for i in range(start, stop):
             c = min(i - start, stop - 1 - i)
             if c > centrality[i]:
                 centrality[i] = c
                 _assign(result, i, pred, i - start)
+        if blend_cameras:
+            for k, i in enumerate(shared):
+                result.world_to_camera[i] = blend_world_to_camera(earlier[i], pred.world_to_camera[i - start],
+                                                                  (k + 1) / (len(shared) + 1))
     result.windows = windows
     return result
 
