@@ -325,6 +325,9 @@ def _run(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str],
     if not (run_dir / "config.yaml").exists():
         _write_run_config(config, run_dir)
     manifest = Manifest(run_dir)
+    # Where the run was made from: a relative scene.source in config.yaml is relative to it (render, export and
+    # evaluate resolve it from there when they run elsewhere). Not part of any hash.
+    manifest.data["working_directory"] = os.getcwd()
     fingerprint = scene.fingerprint()
     forced = False
     results: dict[str, dict] = {}

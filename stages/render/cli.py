@@ -7,6 +7,7 @@ atomically; nothing else in the run folder changes.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from pipeline.config import Config, config_from_dict, read_yaml
@@ -26,7 +27,24 @@ def load_run_config(run_dir: Path) -> Config:
     data = read_yaml(path)
     if not data:
         raise UserError("the run's config.yaml is empty: it no longer says how the run was made", path)
-    return config_from_dict(data, str(path))
+    config = config_from_dict(data, str(path))
+    config.scene.source = scene_source_for(run_dir, config.scene.source)
+    return config
+
+
+def scene_source_for(run_dir: Path, source: str) -> str:
+    """A run's ``scene.source`` as a path from here: a relative path is taken from the folder the run was made in
+    (``working_directory`` in its manifest) when it does not exist from the current one."""
+    path = Path(source).expanduser()
+    if source == "demo" or path.is_absolute() or path.exists():
+        return source
+    try:
+        made_in = json.loads((run_dir / "manifest.json").read_text()).get("working_directory")
+    except (OSError, ValueError, AttributeError):
+        return source
+    if isinstance(made_in, str) and (Path(made_in) / path).exists():
+        return str(Path(made_in) / path)
+    return source
 
 
 def render_command(args: argparse.Namespace) -> int:

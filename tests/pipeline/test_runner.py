@@ -63,6 +63,7 @@ def test_skip_rerun_and_from(tmp_path, scene):
         "output_hash"]
     assert entry["wall_s"] >= 0 and entry["peak_rss_mb"] > 10 and "torch" in entry["versions"]
     assert (run / "config.yaml").read_text().count("iterations: 6") == 1
+    assert manifest["working_directory"] == os.getcwd()     # a relative scene.source is relative to it
 
 
 @pytest.mark.parametrize("text", ["[]", '{"stages": 5}', '{"stages": {"first": 3}}'])

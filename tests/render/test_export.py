@@ -169,3 +169,27 @@ def test_a_corrupt_point_cloud_is_a_one_line_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(UserError, match="not a readable point cloud PLY"):
         read_points_ply(path)
+
+
+def test_a_relative_scene_source_is_found_from_the_folder_the_run_was_made_in(tmp_path, monkeypatch):
+    """export / render / evaluate run from another folder: a relative scene.source that does not exist from there
+    is taken from the manifest's working_directory; an absolute one, 'demo' and one that exists stay as they are."""
+    from stages.render.cli import scene_source_for
+
+    made_in = tmp_path / "project"
+    (made_in / "data" / "clip").mkdir(parents=True)
+    run = made_in / "runs" / "clip"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"stages": {}, "working_directory": str(made_in)}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert scene_source_for(run, "data/clip") == str(made_in / "data" / "clip")
+    assert scene_source_for(run, "data/missing") == "data/missing"          # load_scene then names it
+    assert scene_source_for(run, "demo") == "demo"
+    assert scene_source_for(run, str(made_in / "data" / "clip")) == str(made_in / "data" / "clip")
+    (elsewhere / "data" / "clip").mkdir(parents=True)
+    assert scene_source_for(run, "data/clip") == "data/clip"                # it exists from here: as typed
+    (run / "manifest.json").write_text("[]")                                # an odd manifest: as typed
+    monkeypatch.chdir(tmp_path)
+    assert scene_source_for(run, "data/clip") == "data/clip"
