@@ -102,6 +102,9 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tup
     from stages.evaluate.lpips_metric import get_lpips
 
     frames = scene.test_frames
+    if not frames:
+        log.warning("the scene holds no test views (for videos and frame folders: scene.test_every=0), so PSNR, "
+                    "SSIM and LPIPS are not computed (null in metrics.json); geometry metrics still are")
     keep = {f.name for f in evenly_spaced(frames, cfg.report_views)}
     nets: dict[str, object] = {"alex": None, "vgg": None}
     missing: dict[str, str] = {}

@@ -128,13 +128,16 @@ def test_lpips_weights_unavailable_leave_the_other_metrics(fake_run, monkeypatch
     assert m["lpips_alex"] is None and m["psnr"] > 20 and "no network" in m["protocol"]["lpips"]
 
 
-def test_a_scene_without_test_views(fake_run, monkeypatch):
-    """No test frames (a video with scene.test_every=0): null image metrics, an empty per_view, a report."""
+def test_a_scene_without_test_views(fake_run, monkeypatch, caplog):
+    """No test frames (a video with scene.test_every=0): null image metrics (and a warning saying why), an empty
+    per_view, a report."""
     config = rendered_run(fake_run, monkeypatch)
     scene = load_scene(config.scene)
     for f in scene.frames:
         f.split = "train"
-    evaluation = evaluate_run(fake_run.run_dir, config, scene, "cpu")
+    with caplog.at_level("WARNING"):
+        evaluation = evaluate_run(fake_run.run_dir, config, scene, "cpu")
+    assert "no test views" in caplog.text and "scene.test_every=0" in caplog.text
     m = evaluation.metrics
     assert m["per_view"] == [] and m["psnr"] is None and m["lpips_alex"] is None and m["protocol"]["resolution"] == []
     assert m["protocol"]["test_split"].startswith("none")
