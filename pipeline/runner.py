@@ -45,14 +45,15 @@ class StageSpec:
     upstream: tuple[str, ...]    # stages whose outputs it reads
     sections: tuple[str, ...]    # config sections that its input hash covers (besides seed and device)
     check: str = ""              # "module:function" refusing bad values of its config section, run up front
-    reads: Any = ""              # "module:function" or a function (config -> dict) naming the files outside the run folder and
-                                 # the scene that the stage reads (e.g. network weights), with their content
-                                 # digests: part of its input hash, so a changed file reruns the stage
+    reads: Any = ""              # "module:function" or a function (config -> dict) naming the files outside
+                                 # the run folder and the scene that the stage reads (e.g. network weights),
+                                 # with their content digests: part of its input hash, so a changed file reruns
+                                 # the stage
 
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("geometry", "stages.geometry:run", ("geometry",), (), ("scene", "geometry"),
-              reads="stages.geometry.stage:external_inputs"),
+              "stages.geometry.stage:check_config", reads="stages.geometry.stage:external_inputs"),
     StageSpec("initialize", "stages.initialize:run", ("initialize",), ("geometry",), ("initialize",),
               "stages.initialize.stage:check_config"),
     StageSpec("optimize", "stages.optimize:run", ("optimize",), ("geometry", "initialize"), ("optimize",),
@@ -60,7 +61,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("render", "stages.render:run", ("render", "videos"), ("geometry", "optimize"), ("render",),
               "stages.render.stage:check_config"),
     StageSpec("evaluate", "stages.evaluate:run", ("metrics.json", "report.html"),
-              ("geometry", "initialize", "optimize", "render"), ("evaluate",)),
+              ("geometry", "initialize", "optimize", "render"), ("evaluate",), "stages.evaluate.stage:check_config"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

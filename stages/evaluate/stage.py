@@ -318,7 +318,21 @@ def write_outputs(evaluation: Evaluation, out_dir: Path, run_dir: Path, config, 
     write_text(out_dir / "report.html", build_report(evaluation, run_dir, config, scene))
 
 
+def check_config(cfg: EvaluateConfig) -> None:
+    """Refuse values this stage cannot run with (the runner calls it before any stage runs)."""
+    problems = []
+    if cfg.report_views < 0 or cfg.report_inputs < 0:
+        problems.append("report_views and report_inputs must be >= 0")
+    if cfg.report_image_size < 16:
+        problems.append(f"report_image_size must be >= 16 pixels (got {cfg.report_image_size})")
+    if not (math.isfinite(cfg.depth_max) and cfg.depth_max >= 0):
+        problems.append(f"depth_max must be a number >= 0 (0 = no cap; got {cfg.depth_max:g})")
+    if problems:
+        raise UserError("evaluate: " + "; ".join(problems))
+
+
 def run(ctx) -> dict:
+    check_config(ctx.config.evaluate)
     evaluation = evaluate_run(ctx.run_dir, ctx.config, ctx.scene, ctx.device)
     write_outputs(evaluation, ctx.work_dir, ctx.run_dir, ctx.config, ctx.scene)
     m = evaluation.metrics

@@ -53,6 +53,7 @@ class GeometrySource:
 
 def run(ctx) -> dict:
     cfg: GeometryConfig = ctx.section
+    check_config(cfg)
     scene: Scene = ctx.scene
     start = time.perf_counter()
     camera_source = resolve_camera_source(cfg, scene)
@@ -72,6 +73,30 @@ def run(ctx) -> dict:
     write_json(ctx.out("geometry/geometry.json"), {**source.summary, **summary})
     return {"model": cfg.model, "frames": source.frames, "cameras": camera_source,
             "dynamic_fraction": summary["dynamic_fraction"], "points": summary["points"]}
+
+
+def check_config(cfg: GeometryConfig) -> None:
+    """Refuse values this stage cannot run with (the runner calls it before any stage runs)."""
+    problems = []
+    if cfg.input_width < 0 or cfg.input_width % 14:
+        problems.append(f"input_width must be 0 or a positive multiple of the patch size 14 (got {cfg.input_width})")
+    if min(cfg.window, cfg.overlap, cfg.dpt_chunk) < 0:
+        problems.append("window, overlap and dpt_chunk must be >= 0")
+    elif cfg.window and cfg.overlap and cfg.overlap >= cfg.window:
+        problems.append(f"overlap ({cfg.overlap}) must be smaller than window ({cfg.window})")
+    if not 0.0 <= cfg.fusion_percentile <= 100.0:
+        problems.append(f"fusion_percentile must be in [0, 100] (got {cfg.fusion_percentile:g})")
+    if cfg.max_points < 1:
+        problems.append("max_points must be >= 1")
+    if cfg.consistency_neighbours < 0 or cfg.consistency_gap < 1:
+        problems.append("consistency_neighbours must be >= 0 and consistency_gap >= 1")
+    if not cfg.consistency_threshold > 0:
+        problems.append("consistency_threshold must be > 0")
+    for name in ("consistency_vote", "consistency_min_confidence", "mask_head_weight"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            problems.append(f"{name} must be in [0, 1] (got {getattr(cfg, name):g})")
+    if problems:
+        raise UserError("geometry: " + "; ".join(problems))
 
 
 DIGEST_LIMIT_BYTES = 256 * 2**20     # larger weights files are identified by size and modification time
@@ -173,8 +198,6 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
     heads = ("camera", "depth", "point") if cfg.point_maps else ("camera", "depth")
     predictor = Predictor(model, device, heads, cfg.dpt_chunk, want_mask_score=info.mask_supervised)
     window = cfg.window or model.config.window
-    if window < 0 or cfg.overlap < 0 or cfg.dpt_chunk < 0:
-        raise UserError("geometry.window, geometry.overlap and geometry.dpt_chunk must be >= 0")
     overlap = (cfg.overlap or max(2, window // 5)) if window < len(scene.frames) else 0
     if window and window < len(scene.frames) and not 0 <= overlap < window:
         raise UserError(f"geometry.window={window} needs an overlap in [0, window) between windows "

@@ -37,6 +37,25 @@ def test_a_later_stage_config_error_fails_before_any_stage_runs(tmp_path, capsys
     assert err[-1] == "page4dgs: error: optimize: iterations must be >= 1" and not run.exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("geometry.fusion_percentile=150", "fusion_percentile must be in [0, 100]"),    # was a numpy traceback
+    ("geometry.max_points=0", "max_points must be >= 1"),
+    ("geometry.consistency_gap=0", "consistency_gap >= 1"),
+    ("geometry.consistency_vote=2", "consistency_vote must be in [0, 1]"),
+    ("geometry.mask_head_weight=-1", "mask_head_weight must be in [0, 1]"),
+    ("geometry.input_width=15", "multiple of the patch size 14"),
+    ("geometry.window=8 geometry.overlap=8", "overlap (8) must be smaller than window (8)"),
+    ("evaluate.report_image_size=0", "report_image_size must be >= 16"),
+    ("evaluate.report_views=-1", "report_views and report_inputs must be >= 0"),
+    ("evaluate.depth_max=-1", "depth_max must be a number >= 0"),
+])
+def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override, message, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["reconstruct", "demo", *override.split(), "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("page4dgs: error:") and not run.exists()
+
+
 def test_console_script_error_has_no_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "reconstruct", str(tmp_path / "empty")],
