@@ -8,7 +8,9 @@ float32. The heads run in float32 (official) or bfloat16. On the CPU everything 
 Long videos: windows of ``window`` frames overlapping by ``overlap`` frames. Window k predicts in its own world
 (its first frame's camera, its own scale); a Sim(3) fitted (Umeyama, float64) between the depth-unprojected points
 of the overlap frames in window k and the same pixels already placed in the global world maps window k into the
-global world (the first window's). Each frame keeps the prediction of the window where it is most central.
+global world (the first window's). Each frame keeps the prediction of the window where it is most central; its
+camera, by default, moves from the earlier window's estimate to the next one's across the overlap
+(:func:`blend_world_to_camera`).
 """
 
 from __future__ import annotations
@@ -217,17 +219,16 @@ def predict_sequence(predictor: Predictor, frames: PreparedFrames, window: int, 
         begin = time.perf_counter()
         pred = predictor(frames.batch(slice(start, stop), predictor.device))
         info = {"start": start, "stop": stop, "seconds": round(time.perf_counter() - begin, 3)}
+        shared = [i for i in range(start, stop) if centrality[i] >= 0]      # placed by earlier windows
         if result is None:
             result = _allocate(pred, S)
             sim = Sim3(1.0, np.eye(3), np.zeros(3))
         else:
-            shared = [i for i in range(start, stop) if centrality[i] >= 0]
             sim = fit_overlap_sim3(pred, [i - start for i in shared], result, shared)
             pred = transform_prediction(pred, sim)
         info["sim3"] = {"scale": sim.scale, "rotation": sim.rotation.tolist(), "translation": sim.translation.tolist()}
         windows.append(info)
-        earlier = result.world_to_camera.copy()
-        shared = [i for i in range(start, stop) if centrality[i] >= 0]
+        earlier = {i: result.world_to_camera[i].copy() for i in shared}       # before this window replaces any
         for i in range(start, stop):
             c = min(i - start, stop - 1 - i)
             if c > centrality[i]:
