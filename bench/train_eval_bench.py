@@ -1,6 +1,7 @@
 """page4d-tiny: held-out evaluation against the targets, training throughput, and the lady-running picture.
 
     python -m bench.train_eval_bench [--weights PATH] [--rooms 2 --objects 2 --frames 16]   # the evaluation
+    python -m bench.train_eval_bench --weights W --rooms 6 --objects 6 --out R.json   # more scenes, elsewhere
     python -m bench.train_eval_bench --fixed-only        # only the small fixed scene the bundled-weights test redoes
     python -m bench.train_eval_bench --throughput [--steps 40]                                # GPU training speed
     python -m bench.train_eval_bench --lady-running [--weights PATH]     # docs/images/page4d-tiny-lady-running.png
@@ -431,7 +432,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--lady-running", action="store_true")
     parser.add_argument("--picture", type=Path, default=PICTURE, help="lady-running: the PNG to write")
     parser.add_argument("--out", type=Path, default=None,
-                        help="lady-running: the JSON to write (default bench/results/page4d_tiny_lady_running.json)")
+                        help="the JSON to write (default bench/results/page4d_tiny_eval.json, or "
+                             "page4d_tiny_lady_running.json with --lady-running)")
     parser.add_argument("--gpu", action="store_true", help="require CUDA")
     parser.add_argument("--cpu", action="store_true", help="force the CPU")
     args = parser.parse_args(argv)
@@ -473,7 +475,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         for kind, base, count in (("room", ROOM_SEED_BASE, args.rooms), ("object", OBJECT_SEED_BASE, args.objects)):
             for seed in range(base, base + count):
                 sequences += scene_sequences(kind, seed, args.frames, args.max_windows)
-        record.update(weights=weights, frames_per_sequence=args.frames,
+        from pipeline.io import sha256_file
+
+        record.update(weights=weights, weights_sha256=sha256_file(weights), frames_per_sequence=args.frames,
                       targets={k: list(v) for k, v in TARGETS.items()},
                       seeds={"room": [ROOM_SEED_BASE, ROOM_SEED_BASE + args.rooms - 1],
                              "object": [OBJECT_SEED_BASE, OBJECT_SEED_BASE + args.objects - 1]},
@@ -481,7 +485,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print_table(record["results"])
     print("fixed scene:", json.dumps(record["fixed_scene"]["metrics"]))
     name = "page4d_tiny_eval.json" if not args.fixed_only else "page4d_tiny_eval_fixed.json"
-    (RESULTS / name).write_text(json.dumps(record, indent=2, default=float) + "\n")
+    (args.out or RESULTS / name).write_text(json.dumps(record, indent=2, default=float) + "\n")
     return 0
 
 
