@@ -12,7 +12,8 @@ frame 0 (geodesic angle, degrees) is compared with the ground truth, from three 
 - ``head``: the camera head's world-to-camera rotation;
 - ``points``: the rotation that best maps the frame's depth, unprojected with the head's intrinsics, onto its point
   map (which the network predicts in frame 0's camera): the least-squares similarity (Umeyama,
-  ``pipeline.cameras.umeyama_sim3``) over the pixels above the median point confidence. A network that reasons across frames puts camera motion into its point maps too;
+  ``pipeline.cameras.umeyama_sim3``) over the pixels above the median point confidence. A network that reasons
+  across frames puts camera motion into its point maps too;
 - ``identity``: no rotation (the baseline; its error is the true rotation's size).
 
 A network that has learned relative pose has head and points errors well below identity.
@@ -170,7 +171,8 @@ def probe(weights: str, cases: list[tuple[str, float]], sequences: int) -> tuple
     print(f"{Path(weights).name:32s} global attention entropy / log L "
           f"{min(b['entropy_fraction'] for b in g):.2f}-{max(b['entropy_fraction'] for b in g):.2f}, own-frame mass "
           f"{min(b['own_frame_mass'] for b in g):.3f}-{max(b['own_frame_mass'] for b in g):.3f} (uniform "
-          f"{attention['uniform_own_frame_mass']:.3f}); LayerScale |gamma| {attention['global_layerscale_abs_mean']:.4f}, "
+          f"{attention['uniform_own_frame_mass']:.3f}); "
+          f"LayerScale |gamma| {attention['global_layerscale_abs_mean']:.4f}, "
           f"q/k-norm |w| {attention['global_qk_norm_weight_abs_mean']:.3f}", flush=True)
     return rows, attention
 

@@ -332,7 +332,7 @@ def check_config(cfg: EvaluateConfig) -> None:
 
 
 def run(ctx) -> dict:
-    check_config(ctx.config.evaluate)
+    check_config(ctx.section)
     evaluation = evaluate_run(ctx.run_dir, ctx.config, ctx.scene, ctx.device)
     write_outputs(evaluation, ctx.work_dir, ctx.run_dir, ctx.config, ctx.scene)
     m = evaluation.metrics

@@ -323,8 +323,8 @@ def test_consistency_scale_is_not_well_posed_for_a_camera_that_barely_moves():
     frames = 6
     still = np.repeat(w2c, frames, axis=0)
     still[:, 0, 3] += np.linspace(0, 1e-4, frames)             # a tenth of a millimetre in a 8 m room
-    fit = consistency_scale(torch.from_numpy(np.repeat(depth, frames, axis=0)), torch.from_numpy(np.repeat(K, frames, 0)),
-                            torch.from_numpy(still), 1.0)
+    fit = consistency_scale(torch.from_numpy(np.repeat(depth, frames, axis=0)),
+                            torch.from_numpy(np.repeat(K, frames, 0)), torch.from_numpy(still), 1.0)
     assert not fit.well_posed
 
 

@@ -724,8 +724,8 @@ def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig
         optimizer.load_state_dict(payload["optimizer"])
     except ValueError:
         raise UserError("checkpoint's optimizer state does not fit this config's trainable parameters or "
-                        "parameter groups (changed trainable=, param_groups= or decay_matrices_only=?); resume from the run's exported "
-                        "weights instead (weights only)", path) from None
+                        "parameter groups (changed trainable=, param_groups= or decay_matrices_only=?); resume "
+                        "from the run's exported weights instead (weights only)", path) from None
     model.aggregator.mask_step = payload["mask_step"]
     restored = TrainState(**payload["state"])
     for f in dataclasses.fields(TrainState):
