@@ -87,6 +87,16 @@ def test_voxel_budget_is_met_and_tight(rng):
     assert len(downsample_to_budget(points, points, 10_000)[0]) == 4000, "under budget: nothing merged"
 
 
+def test_voxel_budget_from_a_subsample_bracket_is_met_and_tight(rng):
+    """Many points per budgeted voxel (a video's frames): the search starts from a strided subsample's answer."""
+    surface = np.c_[rng.uniform(0, 4, size=(200_000, 2)), rng.normal(0, 0.01, size=200_000)]   # 200 per voxel
+    groups = [surface[:120_000], surface[120_000:] + [0.0, 0.0, 1.0]]
+    size = voxel_size_for_budget(groups, 1000)
+    counts = [count_voxels(g, size) for g in groups]
+    assert sum(counts) <= 1000
+    assert sum(count_voxels(g, size / 1.05) for g in groups) > 1000, "within ~2 % of the smallest that fits"
+
+
 def test_depth_edge_mask_drops_both_sides_of_a_jump_only():
     depth = np.ones((6, 8))
     depth[:, 4:] = 3.0
