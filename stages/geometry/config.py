@@ -65,6 +65,12 @@ class GeometryConfig:
                                      "valid neighbours vote so.")
     consistency_min_confidence: float = option(0.1, "Dynamic masks: pixels below this per-frame confidence "
                                                "quantile do not vote (0 = all pixels vote).")
+    mask_source: str = option("fused", "Dynamic masks from: 'fused' (a supervised mask head's probability blended "
+                              "with the depth-consistency votes, weight mask_head_weight, moving above "
+                              "consistency_vote), 'head' (the head's probability above 0.5 alone) or 'consistency' "
+                              "(the votes alone). 'head' needs a checkpoint whose mask head was trained with mask "
+                              "supervision; without one every choice uses the votes.",
+                              choices=("fused", "head", "consistency"))
     mask_head_weight: float = option(0.5, "Weight of the mask head's probability in the dynamic masks, used only "
                                      "when the checkpoint records that its mask head was trained with mask "
                                      "supervision (the released PAGE-4D heads were not).")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConsistencyParams:
     neighbours: int = 8            # frames each frame is checked against
     gap: int = 2                   # nearest neighbour offset; further ones double it (+-gap, +-2 gap, +-4 gap, ...)
@@ -37,6 +37,7 @@ class ConsistencyParams:
     min_violations: int = 2        # ... and at least this many of them (pixels with few valid neighbours)
     min_confidence_quantile: float = 0.0   # pixels below this per-frame confidence quantile do not vote
     head_weight: float = 0.5       # weight of a supervised mask head's probability in the fused score
+    source: str = "fused"          # 'fused', 'head' (probability > 0.5 alone) or 'consistency' (votes alone)
 
 
 def neighbour_offsets(index: int, frames: int, count: int, gap: int) -> list[int]:
@@ -124,15 +125,18 @@ def dynamic_masks(depth: np.ndarray, intrinsics: np.ndarray, world_to_camera: np
                   head_probability: Optional[np.ndarray] = None, device: str | torch.device = "cpu") -> np.ndarray:
     """(S, H, W) bool moving-pixel masks.
 
-    head_probability: (S, H, W) in [0, 1] from a mask head trained with mask supervision, or None. Where it is
-    given it is blended with the geometric score (weight ``params.head_weight``); pixels without a valid neighbour
-    use it alone.
+    head_probability: (S, H, W) in [0, 1] from a mask head trained with mask supervision, or None. ``params.source``
+    says how it is used: 'fused' blends it with the geometric score (weight ``params.head_weight``; pixels without
+    a valid neighbour use it alone) and thresholds the blend at ``params.vote_fraction``; 'head' thresholds it
+    alone at 0.5 (the depth is not checked); 'consistency' ignores it. Without it every source gives the votes.
     """
     as_tensor = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
+    if head_probability is not None and params.source == "head":
+        return (as_tensor(head_probability) > 0.5).cpu().numpy()
     score, counts = geometric_scores(as_tensor(depth), as_tensor(intrinsics), as_tensor(world_to_camera), params,
                                      None if confidence is None else as_tensor(confidence))
     moving = (score > params.vote_fraction) & (score * counts >= params.min_violations - 0.5)
-    if head_probability is not None:
+    if head_probability is not None and params.source == "fused":
         head = as_tensor(head_probability).float()
         fused = torch.where(counts > 0, (1 - params.head_weight) * score + params.head_weight * head, head)
         moving = fused > params.vote_fraction

@@ -75,6 +75,14 @@ def run(ctx) -> dict:
             "dynamic_fraction": summary["dynamic_fraction"], "points": summary["points"]}
 
 
+def consistency_params(cfg: GeometryConfig) -> ConsistencyParams:
+    """The dynamic-mask rule of the ``geometry`` config section."""
+    return ConsistencyParams(neighbours=cfg.consistency_neighbours, gap=cfg.consistency_gap,
+                             threshold=cfg.consistency_threshold, vote_fraction=cfg.consistency_vote,
+                             min_confidence_quantile=cfg.consistency_min_confidence,
+                             head_weight=cfg.mask_head_weight, source=cfg.mask_source)
+
+
 def check_config(cfg: GeometryConfig) -> None:
     """Refuse values this stage cannot run with (the runner calls it before any stage runs)."""
     problems = []
@@ -208,8 +216,7 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
     timings["inference_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    params = ConsistencyParams(cfg.consistency_neighbours, cfg.consistency_gap, cfg.consistency_threshold,
-                               cfg.consistency_vote, cfg.consistency_min_confidence, cfg.mask_head_weight)
+    params = consistency_params(cfg)
     head_probability = None
     if info.mask_supervised and pred.mask_score is not None:
         h, w = pred.depth.shape[1:]

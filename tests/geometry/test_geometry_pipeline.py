@@ -112,6 +112,31 @@ def test_supervised_head_probability_is_blended_in():
     assert np.array_equal(masks, moving)       # geometry sees nothing at this threshold; the head decides
 
 
+def test_mask_sources_head_alone_and_votes_alone():
+    depth, K, w2c, moving, _ = raycast_scene.render(frames=6)
+    lukewarm = np.where(moving, 0.7, 0.3).astype(np.float32)      # the head: right everywhere at 0.5
+    params = dict(gap=1, threshold=0.05)
+    head = dynamic_masks(depth, K, w2c, ConsistencyParams(**params, source="head"), head_probability=lukewarm)
+    assert np.array_equal(head, moving)
+    votes = dynamic_masks(depth, K, w2c, ConsistencyParams(**params, source="consistency"),
+                          head_probability=lukewarm)
+    assert votes.any() and np.array_equal(votes, dynamic_masks(depth, K, w2c, ConsistencyParams(**params)))
+
+
+def test_stage_passes_each_mask_option_to_its_parameter():
+    """Every geometry.consistency_* / mask_* option reaches its own field (they were once passed by position and
+    landed one field off: min_confidence as min_violations, mask_head_weight as the confidence quantile)."""
+    from stages.geometry.config import GeometryConfig
+    from stages.geometry.stage import consistency_params
+    cfg = GeometryConfig(consistency_neighbours=5, consistency_gap=3, consistency_threshold=0.07,
+                         consistency_vote=0.3, consistency_min_confidence=0.15, mask_head_weight=0.8,
+                         mask_source="head")
+    assert consistency_params(cfg) == ConsistencyParams(neighbours=5, gap=3, threshold=0.07, vote_fraction=0.3,
+                                                        min_confidence_quantile=0.15, head_weight=0.8,
+                                                        source="head")
+    assert consistency_params(cfg).min_violations == ConsistencyParams().min_violations
+
+
 def test_neighbour_offsets_stay_inside_the_sequence():
     assert neighbour_offsets(0, 20, 4, 2) == [2, 4, 8, 16]
     assert neighbour_offsets(9, 20, 6, 2) == [2, -2, 4, -4, 8, -8]
