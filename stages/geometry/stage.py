@@ -8,6 +8,7 @@ dataset's world -> artifacts. ``model: oracle`` takes all of it from the scene's
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -211,6 +212,8 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
         raise UserError(f"geometry.window={window} needs an overlap in [0, window) between windows "
                         f"(geometry.overlap={overlap}); use a window of 3 frames or more")
     pred = predict_sequence(predictor, prepared, window, overlap, blend_cameras=cfg.blend_window_cameras)
+    if cfg.shared_focal and len(set(prepared.mappings)) == 1:
+        pred = dataclasses.replace(pred, intrinsics=shared_focal_length(pred.intrinsics))
     if device == "cuda":
         torch.cuda.synchronize()
     timings["inference_s"] = time.perf_counter() - t
@@ -259,6 +262,15 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
     if alignment_record is not None:
         summary["dataset_alignment"] = alignment_record
     return GeometrySource(len(scene.frames), get, summary, pred.world_to_camera, alignment)
+
+
+def shared_focal_length(intrinsics: np.ndarray) -> np.ndarray:
+    """(S, 3, 3) -> (S, 3, 3): every frame takes the median fx and the median fy over the frames; principal points
+    and everything else are kept. The median, not the mean: a few misjudged frames do not move it."""
+    shared = np.array(intrinsics, dtype=np.float64, copy=True)
+    shared[:, 0, 0] = np.median(shared[:, 0, 0])
+    shared[:, 1, 1] = np.median(shared[:, 1, 1])
+    return shared
 
 
 def align_to_dataset(depth: np.ndarray, confidence: np.ndarray, predicted_w2c: np.ndarray, dataset_K: np.ndarray,

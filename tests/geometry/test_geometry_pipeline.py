@@ -315,6 +315,35 @@ def test_network_geometry_with_dataset_cameras(tmp_path):
     assert len(points) > 0 and np.all(best < 1e-4)
 
 
+def test_shared_focal_length_takes_the_median_and_keeps_the_rest():
+    from stages.geometry.stage import shared_focal_length
+
+    K = np.tile(np.eye(3), (5, 1, 1))
+    K[:, 0, 0] = [500.0, 520.0, 900.0, 480.0, 510.0]      # one misjudged frame
+    K[:, 1, 1] = [505.0, 515.0, 880.0, 470.0, 512.0]
+    K[:, 0, 2], K[:, 1, 2] = np.arange(5.0) + 100, 60.0
+    shared = shared_focal_length(K)
+    assert np.all(shared[:, 0, 0] == 510.0) and np.all(shared[:, 1, 1] == 512.0)
+    assert np.array_equal(shared[:, :2, 2], K[:, :2, 2]) and K[2, 0, 0] == 900.0     # principal points; input kept
+
+
+def test_network_geometry_with_a_shared_focal_length(tmp_path):
+    from stages.geometry.page4d.checkpoint import save_weights
+    from tests.geometry.test_page4d_model import SMALL, random_model
+
+    weights = tmp_path / "small.safetensors"
+    save_weights(random_model(SMALL), weights)
+    scene = raycast_scene.make_scene(frames=4, width=48, height=36)
+    focal = {}
+    for shared in (False, True):
+        _, out = run_stage(tmp_path / str(shared), scene, [f"geometry.checkpoint={weights}", "geometry.cameras=model",
+                                                           f"geometry.shared_focal={str(shared).lower()}"])
+        frames = json.loads((out / "cameras.json").read_text())["frames"]
+        focal[shared] = np.array([[f["K"][0][0], f["K"][1][1]] for f in frames])     # (S, 2) stored pixels
+    assert len(np.unique(focal[False][:, 0])) > 1, "the random network predicts a focal length per frame"
+    assert np.allclose(focal[True], np.median(focal[False], axis=0))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Depth scale under dataset cameras
 
