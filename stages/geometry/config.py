@@ -36,10 +36,11 @@ class GeometryConfig:
                          "longest sequences it was trained on).")
     overlap: int = option(0, "Frames shared by consecutive windows (used for the Sim(3) join); 0 = a fifth of the "
                           "window (20 of 100, 3 of 16).")
-    shared_focal: bool = option(False, "Give every frame the median of the predicted focal lengths (fx and fy "
+    shared_focal: bool = option(True, "Give every frame the median of the predicted focal lengths (fx and fy "
                                 "separately; principal points kept): one camera whose zoom does not change, as in "
                                 "a video. Applies when all frames have the same size; the network otherwise "
-                                "predicts a focal length per frame.")
+                                "predicts a focal length per frame (set false for frames from several cameras of "
+                                "one size, or a zooming video). Scenes with their own cameras use theirs.")
     blend_window_cameras: bool = option(True, "Windows: the frames a window shares with the one before take "
                                         "cameras that move from the earlier window's estimate to the new one's "
                                         "across the overlap (slerp), instead of switching at its middle; where "
