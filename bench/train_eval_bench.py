@@ -2,6 +2,7 @@
 
     python -m bench.train_eval_bench [--weights PATH] [--rooms 2 --objects 2 --frames 16]   # the evaluation
     python -m bench.train_eval_bench --weights W --rooms 6 --objects 6 --out R.json   # more scenes, elsewhere
+    python -m bench.train_eval_bench --validation --weights W --out R.json    # the validation scenes instead
     python -m bench.train_eval_bench --fixed-only        # only the small fixed scene the bundled-weights test redoes
     python -m bench.train_eval_bench --throughput [--steps 40]                                # GPU training speed
     python -m bench.train_eval_bench --lady-running [--weights PATH]     # docs/images/page4d-tiny-lady-running.png
@@ -59,6 +60,8 @@ RESULTS = REPO / "bench" / "results"
 LADY_RUNNING = REPO.parent / "shared" / "data" / "lady-running"
 PICTURE = REPO / "docs" / "images" / "page4d-tiny-lady-running.png"
 ROOM_SEED_BASE, OBJECT_SEED_BASE = 1_000_000, 1_000_100
+# Validation scenes (--validation): what chooses between weights, never the evaluation's figures.
+VALIDATION_ROOM_SEED_BASE, VALIDATION_OBJECT_SEED_BASE = 1_000_050, 1_000_150
 TARGETS = {"depth_abs_rel": ("<=", 0.12), "depth_delta_1.25": (">=", 0.85), "rpe_rot_deg": ("<=", 1.0),
            "ate_normalized": ("<=", 0.05), "mask_iou": (">=", 0.5)}
 FIXED_SCENE = {"kind": "room", "seed": ROOM_SEED_BASE, "frames": 8}   # what tests/geometry/test_bundled_weights redoes
@@ -424,6 +427,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--objects", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16, help="frames per sequence (one forward pass)")
     parser.add_argument("--max-windows", type=int, default=0, help="windows per scene (0 = all)")
+    parser.add_argument("--validation", action="store_true",
+                        help="the validation scenes (rooms from 1,000,050, objects from 1,000,150) that choose between "
+                             "weights, instead of the evaluation's; needs --out")
     parser.add_argument("--fixed-only", action="store_true", help="only the fixed scene of the bundled-weights test")
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--steps", type=int, default=40, help="throughput: steps per precision")
@@ -439,6 +445,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.gpu and not torch.cuda.is_available():
         print("train_eval: --gpu given but CUDA is not available", file=sys.stderr)
+        return 2
+    if args.validation and args.out is None:
+        print("train_eval: --validation writes elsewhere than the evaluation's file: give --out", file=sys.stderr)
         return 2
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     record = {"benchmark": "page4d_tiny_eval", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -472,15 +481,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "metrics": sequence_metrics(fixed[0], methods[0](fixed[0]))}
     if not args.fixed_only:
         sequences = []
-        for kind, base, count in (("room", ROOM_SEED_BASE, args.rooms), ("object", OBJECT_SEED_BASE, args.objects)):
+        room_base, object_base = ((VALIDATION_ROOM_SEED_BASE, VALIDATION_OBJECT_SEED_BASE) if args.validation else
+                                  (ROOM_SEED_BASE, OBJECT_SEED_BASE))
+        for kind, base, count in (("room", room_base, args.rooms), ("object", object_base, args.objects)):
             for seed in range(base, base + count):
                 sequences += scene_sequences(kind, seed, args.frames, args.max_windows)
         from pipeline.io import sha256_file
 
         record.update(weights=weights, weights_sha256=sha256_file(weights), frames_per_sequence=args.frames,
                       targets={k: list(v) for k, v in TARGETS.items()},
-                      seeds={"room": [ROOM_SEED_BASE, ROOM_SEED_BASE + args.rooms - 1],
-                             "object": [OBJECT_SEED_BASE, OBJECT_SEED_BASE + args.objects - 1]},
+                      seeds={"room": [room_base, room_base + args.rooms - 1],
+                             "object": [object_base, object_base + args.objects - 1]},
+                      scenes="validation" if args.validation else "evaluation",
                       results=evaluate(methods, sequences))
         print_table(record["results"])
     print("fixed scene:", json.dumps(record["fixed_scene"]["metrics"]))
