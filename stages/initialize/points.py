@@ -97,30 +97,41 @@ def count_voxels(points: np.ndarray, voxel_size: float,
     return 1 + int(np.count_nonzero(keys[1:] != keys[:-1]))
 
 
-def voxel_size_for_budget(groups: np.ndarray | Sequence[np.ndarray], budget: int, tolerance: float = 1.02) -> float:
+def point_bounds(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis (min (3,), max (3,)) of (N, 3) points, N > 0: what :func:`voxel_keys` takes as ``bounds``."""
+    return points.min(axis=0), points.max(axis=0)
+
+
+def voxel_size_for_budget(groups: np.ndarray | Sequence[np.ndarray], budget: int, tolerance: float = 1.02,
+                          bounds: Optional[Sequence[tuple[np.ndarray, np.ndarray]]] = None) -> float:
     """The smallest voxel edge (to within a factor ``tolerance``) at which downsampling every group of points (each
     (N_g, 3), downsampled on its own) leaves at most ``budget`` points in total; 0 if the groups already fit.
+    bounds: each group's :func:`point_bounds` when the caller has them (one pair per group, empty groups included).
 
     A bisection over log(size); each trial size is a pass over all points. With many points per voxel (a video's
     frames give tens of millions for a budget of tens of thousands) a strided subsample of about 32 points per
     budgeted voxel is searched first: it occupies nearly the same voxels, and never more, so its answer is a lower
     bound, a few per cent low, that brackets the full search to a few trials.
     """
-    groups = [groups] if isinstance(groups, np.ndarray) else [g for g in groups if len(g)]
+    groups = [groups] if isinstance(groups, np.ndarray) else list(groups)
+    if bounds is not None:
+        bounds = [b for g, b in zip(groups, bounds) if len(g)]
+    groups = [g for g in groups if len(g)]
     n_points = sum(len(g) for g in groups)
     if n_points <= budget:
         return 0.0
     if budget < len(groups):
         raise ValueError(f"a budget of {budget} cannot hold one point for each of {len(groups)} groups")
-
-    bounds = [(g.min(axis=0), g.max(axis=0)) for g in groups]
+    if bounds is None:
+        bounds = [point_bounds(g) for g in groups]
 
     def fits(size: float) -> bool:
         return sum(count_voxels(g, size, b) for g, b in zip(groups, bounds)) <= budget
 
     stride = n_points // (32 * budget)
     if stride >= 4:
-        lo = voxel_size_for_budget([g[::stride] for g in groups], budget, tolerance) / tolerance
+        # a subsample's points lie inside its group's bounds: the same cells, fewer of them occupied
+        lo = voxel_size_for_budget([g[::stride] for g in groups], budget, tolerance, bounds) / tolerance
         hi = lo * 1.1
         while not fits(hi):
             lo, hi = hi, hi * 1.5

@@ -27,7 +27,7 @@ from pipeline.log import progress
 from stages.initialize.config import InitializeConfig
 from stages.initialize.gaussians import initial_log_scales, logit, rgb_to_sh_dc, write_gaussians_ply
 from stages.initialize.geometry_io import FrameCamera, read_cameras, read_confidence, read_depth, read_dynamic_mask
-from stages.initialize.points import (confidence_mask, count_voxels, depth_edge_mask, unproject_depth,
+from stages.initialize.points import (confidence_mask, count_voxels, depth_edge_mask, point_bounds, unproject_depth,
                                       voxel_downsample, voxel_size_for_budget)
 
 
@@ -77,14 +77,18 @@ def allocate_voxels(static_pts: np.ndarray, slice_pts: list[np.ndarray], budget:
     and on each time slice of the moving ones) unless the dynamic slices would then take more than
     max(dynamic_fraction x budget, what the static points cannot use); then the dynamic slices get exactly that
     share at one common size and the static points the rest. 0 = no downsampling."""
-    common = voxel_size_for_budget([static_pts, *slice_pts], budget)
-    n_dynamic = sum(count_voxels(p, common) if common > 0 else len(p) for p in slice_pts)
+    static_bounds = point_bounds(static_pts) if len(static_pts) else None
+    slice_bounds = [point_bounds(p) if len(p) else None for p in slice_pts]   # each group's, once for all searches
+
+    def n_voxels(size: float) -> int:
+        return sum(count_voxels(p, size, b) if size > 0 else len(p) for p, b in zip(slice_pts, slice_bounds))
+
+    common = voxel_size_for_budget([static_pts, *slice_pts], budget, bounds=[static_bounds, *slice_bounds])
     cap = max(int(dynamic_fraction * budget), budget - len(static_pts))
-    if n_dynamic <= cap:
+    if n_voxels(common) <= cap:
         return common, common
-    dynamic = voxel_size_for_budget(slice_pts, cap)
-    n_dynamic = sum(count_voxels(p, dynamic) if dynamic > 0 else len(p) for p in slice_pts)
-    return voxel_size_for_budget(static_pts, budget - n_dynamic), dynamic
+    dynamic = voxel_size_for_budget(slice_pts, cap, bounds=slice_bounds)
+    return voxel_size_for_budget([static_pts], budget - n_voxels(dynamic), bounds=[static_bounds]), dynamic
 
 
 def build_gaussians(frames: list[FramePoints], cfg: InitializeConfig) -> InitialGaussians:

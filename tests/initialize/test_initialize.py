@@ -18,8 +18,8 @@ from pipeline.runner import STAGES, StageContext
 from pipeline.scene import Camera, SceneConfig, load_scene
 from stages.initialize.gaussians import (SH_C0, knn_distances, ply_property_names, read_gaussians_ply,
                                          rgb_to_sh_dc, write_gaussians_ply)
-from stages.initialize.points import (depth_edge_mask, downsample_to_budget, unproject_depth, voxel_downsample,
-                                      voxel_size_for_budget, count_voxels)
+from stages.initialize.points import (depth_edge_mask, downsample_to_budget, point_bounds, unproject_depth,
+                                      voxel_downsample, voxel_size_for_budget, count_voxels)
 from tests.initialize.spheres import make_scene, surface_distance, texture, SPHERES
 
 
@@ -95,6 +95,8 @@ def test_voxel_budget_from_a_subsample_bracket_is_met_and_tight(rng):
     counts = [count_voxels(g, size) for g in groups]
     assert sum(counts) <= 1000
     assert sum(count_voxels(g, size / 1.05) for g in groups) > 1000, "within ~2 % of the smallest that fits"
+    bounds = [point_bounds(g) for g in groups]
+    assert voxel_size_for_budget([*groups, surface[:0]], 1000, bounds=[*bounds, None]) == size, "bounds given"
 
 
 def test_depth_edge_mask_drops_both_sides_of_a_jump_only():
