@@ -18,7 +18,8 @@ pass and one sequence of the metrics:
   resolution (predictions mapped back exactly as the geometry stage does), pooled over sequences by valid pixels;
 - cameras: ATE after Sim(3) Umeyama alignment, divided by the sequence's normalisation scale (the mean distance of
   its valid ground-truth points from the first camera, as in training), and RPE-rot (degrees, consecutive frames),
-  each averaged over sequences (metrics-and-data §6);
+  each averaged over sequences (metrics-and-data §6); also, without a target, the field-of-view error (mean absolute
+  difference of the horizontal field of view per frame, degrees; nan for a method without intrinsics);
 - dynamic masks: IoU pooled over all frames of a kind; a pixel is moving where the upsampled mask-head probability
   (score + 0.5) exceeds 0.5.
 Beside the model: two baselines in the same run, identity cameras with constant depth (and no moving pixel), and the
@@ -91,6 +92,7 @@ class Sequence:
     dynamic: np.ndarray               # (S, H, W) bool
     world_to_camera: np.ndarray       # (S, 4, 4) float64 OpenCV
     points: np.ndarray                # (S, H, W, 3) world points (0 = background)
+    K: np.ndarray                     # (S, 3, 3) float64 intrinsics in stored pixels
 
     @property
     def name(self) -> str:
@@ -127,7 +129,8 @@ def scene_sequences(kind: str, seed: int, frames: int, max_windows: int = 0) -> 
                             torch.cat([r["depth"] for r in rendered]).numpy().astype(np.float64),
                             torch.cat([r["dynamic"] for r in rendered]).numpy().astype(bool),
                             scene.world_to_camera[index].double().numpy(),
-                            torch.cat([r["points"] for r in rendered]).numpy().astype(np.float64)))
+                            torch.cat([r["points"] for r in rendered]).numpy().astype(np.float64),
+                            scene.K[index].double().numpy()))
     return out
 
 
@@ -140,6 +143,7 @@ class Output:
     world_to_camera: np.ndarray       # (S, 4, 4)
     depth: list[np.ndarray]           # S x (H, W) at the stored resolution
     dynamic: list[np.ndarray]         # S x (H, W) bool
+    K: Optional[np.ndarray] = None    # (S, 3, 3) in stored pixels; None: the method predicts no intrinsics
 
 
 class IdentityConstant:
@@ -178,7 +182,8 @@ class Network:
         for i, mapping in enumerate(prepared.mappings):
             depth.append(mapping.to_stored(torch.from_numpy(pred.depth[i][None]))[0].numpy())
             dynamic.append(mapping.to_stored(probability[i][None])[0].numpy() > 0.5)
-        return Output(pred.world_to_camera, depth, dynamic)
+        K = np.stack([m.intrinsics_to_stored(k) for m, k in zip(prepared.mappings, pred.intrinsics)])
+        return Output(pred.world_to_camera, depth, dynamic, K)
 
 
 def trained_network(weights: str, device: torch.device) -> Network:
@@ -209,10 +214,18 @@ def sequence_metrics(seq: Sequence, out: Output) -> dict:
     scale = seq.normalisation_scale()
     intersection = sum(int(np.count_nonzero(p & g)) for p, g in zip(out.dynamic, seq.dynamic))
     union = sum(int(np.count_nonzero(p | g)) for p, g in zip(out.dynamic, seq.dynamic))
+    width = seq.depth.shape[2]
+    fov_error = (float(np.mean(np.abs(horizontal_fov_deg(out.K, width) - horizontal_fov_deg(seq.K, width))))
+                 if out.K is not None else float("nan"))
     return {"sequence": seq.name, "frames": len(seq.images), "depth_abs_rel": depth["abs_rel"],
             "depth_delta_1.25": depth["delta_1.25"], "valid_pixels": depth["valid_pixels"],
             "ate_normalized": pose.ate / scale, "rpe_rot_deg": pose.rpe_rot_deg, "gt_scale": scale,
-            "mask_intersection": intersection, "mask_union": union}
+            "mask_intersection": intersection, "mask_union": union, "fov_error_deg": fov_error}
+
+
+def horizontal_fov_deg(K: np.ndarray, width: int) -> np.ndarray:
+    """(S, 3, 3) intrinsics in pixels of images ``width`` wide -> (S,) horizontal field of view, degrees."""
+    return np.degrees(2.0 * np.arctan(0.5 * width / np.asarray(K)[:, 0, 0]))
 
 
 def pool(rows: list[dict]) -> dict:
@@ -224,6 +237,7 @@ def pool(rows: list[dict]) -> dict:
             "ate_normalized": float(np.mean([r["ate_normalized"] for r in rows])),
             "rpe_rot_deg": float(np.mean([r["rpe_rot_deg"] for r in rows])),
             "mask_iou": sum(r["mask_intersection"] for r in rows) / union if union else float("nan"),
+            "fov_error_deg": float(np.mean([r["fov_error_deg"] for r in rows])),
             "sequences": len(rows), "frames": int(sum(r["frames"] for r in rows))}
 
 
@@ -253,8 +267,8 @@ def print_table(results: dict) -> None:
     for name, result in results.items():
         for kind, values in result["per_kind"].items():
             cells = [f"{values[m]:.4f}{'' if meets(m, values[m]) else ' x':2s}".rjust(16) for m in metrics]
-            print(f"{name[:44]:44s} {kind:7s} " + " ".join(cells))
-    print("(x: target missed)")
+            print(f"{name[:44]:44s} {kind:7s} " + " ".join(cells) + f"   FoV error {values['fov_error_deg']:.2f} deg")
+    print("(x: target missed; FoV error: no target)")
 
 
 # ----------------------------------------------------------------------------------------------------------------

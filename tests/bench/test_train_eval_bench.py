@@ -18,3 +18,10 @@ def test_validation_evaluation_and_training_seeds_are_disjoint():
 def test_validation_refuses_to_write_over_the_evaluation(capsys):
     assert bench.main(["--validation", "--cpu"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_horizontal_field_of_view_from_intrinsics():
+    import numpy as np
+
+    K = np.array([[[128.0, 0, 128], [0, 128, 72], [0, 0, 1]], [[221.7025033688163, 0, 128], [0, 1, 72], [0, 0, 1]]])
+    assert np.allclose(bench.horizontal_fov_deg(K, 256), [90.0, 60.0])     # tan(45) = 128/128, tan(30) = 128/221.7
