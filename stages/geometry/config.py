@@ -36,6 +36,10 @@ class GeometryConfig:
                          "longest sequences it was trained on).")
     overlap: int = option(0, "Frames shared by consecutive windows (used for the Sim(3) join); 0 = a fifth of the "
                           "window (20 of 100, 3 of 16).")
+    fov_x_deg: float = option(0.0, "Horizontal field of view of the frames in degrees, where it is known (a phone's "
+                              "main camera films about 65-75 in landscape); every frame's focal length follows from "
+                              "it instead of the network's (which can be far off: docs/geometry.md). 0 = predicted. "
+                              "Scenes with their own cameras use theirs.")
     shared_focal: bool = option(True, "Give every frame the median of the predicted focal lengths (fx and fy "
                                 "separately; principal points kept): one camera whose zoom does not change, as in "
                                 "a video. Applies when all frames have the same size; the network otherwise "

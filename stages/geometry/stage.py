@@ -101,6 +101,8 @@ def check_config(cfg: GeometryConfig) -> None:
         problems.append("consistency_neighbours must be >= 0 and consistency_gap >= 1")
     if not cfg.consistency_threshold > 0:
         problems.append("consistency_threshold must be > 0")
+    if not 0.0 <= cfg.fov_x_deg < 180.0:
+        problems.append(f"fov_x_deg must be in [0, 180) (0 = predicted; got {cfg.fov_x_deg:g})")
     for name in ("consistency_vote", "consistency_min_confidence", "mask_head_weight"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"{name} must be in [0, 1] (got {getattr(cfg, name):g})")
@@ -212,7 +214,10 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
         raise UserError(f"geometry.window={window} needs an overlap in [0, window) between windows "
                         f"(geometry.overlap={overlap}); use a window of 3 frames or more")
     pred = predict_sequence(predictor, prepared, window, overlap, blend_cameras=cfg.blend_window_cameras)
-    if cfg.shared_focal and len(set(prepared.mappings)) == 1:
+    if cfg.fov_x_deg > 0:
+        pred = dataclasses.replace(pred, intrinsics=focal_from_field_of_view(pred.intrinsics, prepared.mappings,
+                                                                             cfg.fov_x_deg))
+    elif cfg.shared_focal and len(set(prepared.mappings)) == 1:
         pred = dataclasses.replace(pred, intrinsics=shared_focal_length(pred.intrinsics))
     if device == "cuda":
         torch.cuda.synchronize()
@@ -271,6 +276,17 @@ def shared_focal_length(intrinsics: np.ndarray) -> np.ndarray:
     shared[:, 0, 0] = np.median(shared[:, 0, 0])
     shared[:, 1, 1] = np.median(shared[:, 1, 1])
     return shared
+
+
+def focal_from_field_of_view(intrinsics: np.ndarray, mappings: list, fov_x_deg: float) -> np.ndarray:
+    """(S, 3, 3) network-pixel intrinsics with every frame's focal length set from a known horizontal field of view of
+    its stored frame (square stored pixels: fx = fy = width / (2 tan(fov / 2)) there), principal points kept.
+    mappings: each frame's :class:`~stages.geometry.page4d.preprocess.FrameMapping`."""
+    known = np.array(intrinsics, dtype=np.float64, copy=True)
+    for K, mapping in zip(known, mappings):
+        focal = mapping.stored_size[0] / (2.0 * np.tan(np.radians(fov_x_deg) / 2.0))   # stored pixels
+        K[0, 0], K[1, 1] = focal / mapping.scale_x, focal / mapping.scale_y
+    return known
 
 
 def align_to_dataset(depth: np.ndarray, confidence: np.ndarray, predicted_w2c: np.ndarray, dataset_K: np.ndarray,

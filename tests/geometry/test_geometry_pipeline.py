@@ -344,6 +344,26 @@ def test_network_geometry_with_a_shared_focal_length(tmp_path):
     assert np.allclose(focal[True], np.median(focal[False], axis=0))
 
 
+def test_network_geometry_with_a_known_field_of_view(tmp_path):
+    from pipeline.errors import UserError
+    from stages.geometry.page4d.checkpoint import save_weights
+    from stages.geometry.stage import check_config
+    from tests.geometry.test_page4d_model import SMALL, random_model
+
+    weights = tmp_path / "small.safetensors"
+    save_weights(random_model(SMALL), weights)
+    scene = raycast_scene.make_scene(frames=3, width=48, height=36)
+    _, out = run_stage(tmp_path, scene, [f"geometry.checkpoint={weights}", "geometry.cameras=model",
+                                         "geometry.fov_x_deg=60"])
+    for frame in json.loads((out / "cameras.json").read_text())["frames"]:
+        K = np.asarray(frame["K"])
+        assert np.allclose([K[0, 0], K[1, 1]], 24.0 / np.tan(np.radians(30.0)))     # 48 px wide, 60 degrees
+    config = default_config()
+    apply_overrides(config, ["geometry.fov_x_deg=180"])
+    with pytest.raises(UserError, match="fov_x_deg"):
+        check_config(config.geometry)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Depth scale under dataset cameras
 
