@@ -275,14 +275,20 @@ def test_oracle_geometry_writes_the_ground_truth(tmp_path):
     assert np.abs(xyz).max() <= raycast_scene.ROOM_HALF_SIZE + 1e-3     # unprojected GT lies in the room
 
 
-def test_network_geometry_with_dataset_cameras(tmp_path):
+@pytest.fixture
+def small_weights(tmp_path):
+    """A random small PAGE-4D (tests/geometry/test_page4d_model.SMALL) saved as a checkpoint file."""
     from stages.geometry.page4d.checkpoint import save_weights
     from tests.geometry.test_page4d_model import SMALL, random_model
 
     weights = tmp_path / "small.safetensors"
     save_weights(random_model(SMALL), weights)
+    return weights
+
+
+def test_network_geometry_with_dataset_cameras(tmp_path, small_weights):
     scene = raycast_scene.make_scene(frames=5, width=48, height=36)
-    summary, out = run_stage(tmp_path, scene, [f"geometry.checkpoint={weights}", "geometry.window=3",
+    summary, out = run_stage(tmp_path, scene, [f"geometry.checkpoint={small_weights}", "geometry.window=3",
                                                "geometry.overlap=1"])
     report = json.loads((out / "geometry.json").read_text())
     assert summary["cameras"] == "dataset" and len(report["windows"]) == 2
@@ -327,16 +333,11 @@ def test_shared_focal_length_takes_the_median_and_keeps_the_rest():
     assert np.array_equal(shared[:, :2, 2], K[:, :2, 2]) and K[2, 0, 0] == 900.0     # principal points; input kept
 
 
-def test_network_geometry_with_a_shared_focal_length(tmp_path):
-    from stages.geometry.page4d.checkpoint import save_weights
-    from tests.geometry.test_page4d_model import SMALL, random_model
-
-    weights = tmp_path / "small.safetensors"
-    save_weights(random_model(SMALL), weights)
+def test_network_geometry_with_a_shared_focal_length(tmp_path, small_weights):
     scene = raycast_scene.make_scene(frames=4, width=48, height=36)
     focal = {}
     for shared in (False, True):
-        _, out = run_stage(tmp_path / str(shared), scene, [f"geometry.checkpoint={weights}", "geometry.cameras=model",
+        _, out = run_stage(tmp_path / str(shared), scene, [f"geometry.checkpoint={small_weights}", "geometry.cameras=model",
                                                            f"geometry.shared_focal={str(shared).lower()}"])
         frames = json.loads((out / "cameras.json").read_text())["frames"]
         focal[shared] = np.array([[f["K"][0][0], f["K"][1][1]] for f in frames])     # (S, 2) stored pixels
@@ -344,16 +345,12 @@ def test_network_geometry_with_a_shared_focal_length(tmp_path):
     assert np.allclose(focal[True], np.median(focal[False], axis=0))
 
 
-def test_network_geometry_with_a_known_field_of_view(tmp_path):
+def test_network_geometry_with_a_known_field_of_view(tmp_path, small_weights):
     from pipeline.errors import UserError
-    from stages.geometry.page4d.checkpoint import save_weights
     from stages.geometry.stage import check_config
-    from tests.geometry.test_page4d_model import SMALL, random_model
 
-    weights = tmp_path / "small.safetensors"
-    save_weights(random_model(SMALL), weights)
     scene = raycast_scene.make_scene(frames=3, width=48, height=36)
-    _, out = run_stage(tmp_path, scene, [f"geometry.checkpoint={weights}", "geometry.cameras=model",
+    _, out = run_stage(tmp_path, scene, [f"geometry.checkpoint={small_weights}", "geometry.cameras=model",
                                          "geometry.fov_x_deg=60"])
     for frame in json.loads((out / "cameras.json").read_text())["frames"]:
         K = np.asarray(frame["K"])
