@@ -404,6 +404,7 @@ def lady_running_picture(weights: str, out_png: Path, device: torch.device) -> d
         subprocess.run(cmd, check=True, cwd=REPO)
         seconds = time.perf_counter() - t
         cameras = json.loads((Path(tmp) / "run" / "geometry" / "cameras.json").read_text())["frames"]
+        predicted_fx = json.loads((Path(tmp) / "run" / "geometry" / "geometry.json").read_text())["predicted_fx_px"]
         ply = PlyData.read(str(Path(tmp) / "run" / "geometry" / "points.ply"))["vertex"]
         points = np.stack([ply["x"], ply["y"], ply["z"]], -1).astype(np.float64)
         colours = np.stack([ply["red"], ply["green"], ply["blue"]], -1) / 255.0
@@ -428,7 +429,8 @@ def lady_running_picture(weights: str, out_png: Path, device: torch.device) -> d
     write_png(out_png, np.concatenate([first, gap, view_a, gap, view_b], axis=1))
     return {"png": str(out_png.resolve().relative_to(REPO)), "frames": len(cameras), "points": int(len(points)),
             "geometry_stage_s": round(seconds, 1), "command": " ".join(cmd[2:]),
-            "trajectory": trajectory_statistics(w2c)}
+            "trajectory": trajectory_statistics(w2c), "predicted_fx_px": predicted_fx,
+            "fx_px_used": sorted({round(c["K"][0][0], 3) for c in cameras})}
 
 
 # ----------------------------------------------------------------------------------------------------------------

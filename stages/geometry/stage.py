@@ -214,6 +214,7 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
         raise UserError(f"geometry.window={window} needs an overlap in [0, window) between windows "
                         f"(geometry.overlap={overlap}); use a window of 3 frames or more")
     pred = predict_sequence(predictor, prepared, window, overlap, blend_cameras=cfg.blend_window_cameras)
+    predicted_fx = [float(m.intrinsics_to_stored(K)[0, 0]) for m, K in zip(prepared.mappings, pred.intrinsics)]
     if cfg.fov_x_deg > 0:
         pred = dataclasses.replace(pred, intrinsics=focal_from_field_of_view(pred.intrinsics, prepared.mappings,
                                                                              cfg.fov_x_deg))
@@ -263,6 +264,9 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
         "device": device, "preprocessing": cfg.preprocessing, "network_size": list(prepared.net_size),
         "attention_kernels": sdpa.chosen_kernels(), "head_precision": cfg.head_precision,
         "windows": pred.windows, "timings": {k: round(v, 3) for k, v in timings.items()},
+        # the network's per-frame focal lengths (stored pixels) before shared_focal / fov_x_deg
+        "predicted_fx_px": {"min": min(predicted_fx), "median": float(np.median(predicted_fx)),
+                            "max": max(predicted_fx)},
     }
     if alignment_record is not None:
         summary["dataset_alignment"] = alignment_record

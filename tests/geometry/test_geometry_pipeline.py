@@ -343,6 +343,9 @@ def test_network_geometry_with_a_shared_focal_length(tmp_path, small_weights):
         focal[shared] = np.array([[f["K"][0][0], f["K"][1][1]] for f in frames])     # (S, 2) stored pixels
     assert len(np.unique(focal[False][:, 0])) > 1, "the random network predicts a focal length per frame"
     assert np.allclose(focal[True], np.median(focal[False], axis=0))
+    predicted = json.loads((out / "geometry.json").read_text())["predicted_fx_px"]     # recorded before sharing
+    assert np.allclose([predicted["min"], predicted["median"], predicted["max"]],
+                       [focal[False][:, 0].min(), np.median(focal[False][:, 0]), focal[False][:, 0].max()])
 
 
 def test_network_geometry_with_a_known_field_of_view(tmp_path, small_weights):
