@@ -39,6 +39,12 @@ class OptimizeConfig:
                                          "seen from more training views, over a longer span); 0 = off.")
     temporal_widen_from: int = option(1000, "Step where the temporal width floor starts to rise.")
     temporal_widen_until: int = option(5000, "Step where the temporal width floor reaches temporal_width_floor.")
+    time_jitter: float = option(0.0, "Standard deviation of a random offset added to each training view's render "
+                                "time, in median gaps between training times, falling linearly to 0 at "
+                                "time_jitter_until (annealed smooth training, as in Deformable-3DGS: a view must "
+                                "also be drawn a little before and after its time, which smooths the motion between "
+                                "training times); 0 = off. Render times stay within the training times' range.")
+    time_jitter_until: int = option(0, "Step where the time jitter reaches 0 (0 = the last step).")
     deform_opacity: bool = option(False, "The deformation also offsets the opacity logit.")
     bases_count: int = option(12, "bases: number of shared motion bases.")
     bases_knots: int = option(16, "bases: B-spline control points per basis over t in [0, 1].")

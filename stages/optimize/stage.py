@@ -37,6 +37,10 @@ def check_config(cfg: OptimizeConfig) -> None:
         problems.append("bases_knots must be >= 4")
     if cfg.temporal_opacity_init <= 0:
         problems.append("temporal_opacity_init must be > 0")
+    if cfg.time_jitter < 0:
+        problems.append("time_jitter must be >= 0")
+    if cfg.time_jitter_until < 0:
+        problems.append("time_jitter_until must be >= 0")
     if cfg.temporal_width_floor < 0:
         problems.append("temporal_width_floor must be >= 0")
     if cfg.temporal_width_floor > 0 and cfg.temporal_widen_until < cfg.temporal_widen_from:

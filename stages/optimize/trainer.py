@@ -333,6 +333,22 @@ def restore(snapshot: dict[str, Any], cfg: OptimizeConfig, model: GaussianModel4
     return optimizer
 
 
+def time_jitter_std(cfg: OptimizeConfig, step: int, gap: float) -> float:
+    """Standard deviation of the render-time offset at ``step`` (units of time): ``cfg.time_jitter`` median gaps
+    ``gap``, falling linearly to 0 at ``time_jitter_until`` (0: the last step, ``iterations``); 0 when off."""
+    until = cfg.time_jitter_until or cfg.iterations
+    if cfg.time_jitter <= 0 or step >= until:
+        return 0.0
+    return cfg.time_jitter * gap * (1.0 - step / until)
+
+
+def jittered_time(time: float, std: float, generator: torch.Generator, low: float, high: float) -> float:
+    """``time`` plus N(0, std^2) drawn host-side from ``generator`` (no device sync), clamped to [low, high]."""
+    if std <= 0:
+        return time
+    return min(max(time + std * float(torch.randn((), generator=generator)), low), high)
+
+
 def temporal_width_floor(cfg: OptimizeConfig, step: int, gap: float) -> float:
     """The lower bound (in time units) on the temporal-opacity width of dynamic Gaussians at ``step``: 0 when
     ``cfg.temporal_width_floor`` is off; else rising linearly from ``temporal_opacity_init`` to
@@ -520,6 +536,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     random.seed(seed)
     times = [v.time for v in views]
     gap = median_time_gap(times)
+    time_range = (min(times), max(times))
     model = build_model(cfg, initial, gap, len(np.unique(np.round(times, 9))), device)
     scale = scene_scale(views, model.splats["means"])
     cameras = torch.nn.Parameter(torch.zeros(len(views), 6, device=device)) if cfg.refine_cameras else None
@@ -576,6 +593,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         set_learning_rates(optimizer, initial_rates, step, cfg)
         model.deform_enabled = step >= cfg.deform_warmup
         sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
+        jitter_std = time_jitter_std(cfg, step, gap) if n_dynamic_model else 0.0
 
         infos, losses, view_terms = [], [], []
         for index in sampler.next(cfg.batch_size):
@@ -592,7 +610,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 target = image + (background - scene_bg) * (1.0 - alpha[..., None])
             viewmat = view.world_to_camera if cameras is None else refined_world_to_camera(view.world_to_camera,
                                                                                            cameras[index])
-            colors, alphas, info = model.rasterize(view.time, viewmat[None], view.K[None], view.width, view.height,
+            when = jittered_time(view.time, jitter_std, sampler.generator, time_range[0], time_range[1])
+            colors, alphas, info = model.rasterize(when, viewmat[None], view.K[None], view.width, view.height,
                                                    backgrounds=background[None], render_mode=render_mode,
                                                    sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad,
                                                    skip_invisible=skip_invisible)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,59 @@ def test_the_temporal_width_floor_keeps_resume_exact_and_holds_through_densifica
     dynamic = straight.model.splats["is_dynamic"]
     floor = 6.0 * median_time_gap([v.time for v in data.views])
     assert dynamic.any() and torch.all(widths[dynamic] >= floor * (1 - 1e-6))
+
+
+def test_time_jitter_falls_linearly_and_stays_within_the_training_times():
+    from stages.optimize.trainer import jittered_time, time_jitter_std
+
+    gap = 0.1
+    cfg = small_config(time_jitter=0.5, time_jitter_until=4, iterations=10)
+    assert [round(time_jitter_std(cfg, s, gap), 12) for s in (0, 1, 2, 4, 9)] == [0.05, 0.0375, 0.025, 0.0, 0.0]
+    to_the_end = small_config(time_jitter=1.0, iterations=10)                  # until 0: the last step
+    assert [round(time_jitter_std(to_the_end, s, gap), 12) for s in (0, 5, 10)] == [0.1, 0.05, 0.0]
+    assert time_jitter_std(small_config(), 0, gap) == 0.0                      # off by default
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.Generator().manual_seed(0)
+    expected = [min(max(0.5 + 0.05 * float(torch.randn((), generator=reference)), 0.4), 0.6) for _ in range(1000)]
+    drawn = [jittered_time(0.5, 0.05, generator, 0.4, 0.6) for _ in range(1000)]
+    assert drawn == expected
+    assert abs(statistics.pstdev(d for d in drawn if 0.4 < d < 0.6) - 0.05) < 0.01
+    assert min(drawn) == 0.4 and max(drawn) == 0.6                            # clamped to the training times
+    assert jittered_time(0.3, 0.0, generator, 0.0, 1.0) == 0.3                 # off: the view's own time
+
+
+def test_time_jitter_renders_near_each_view_and_resumes_exactly(tiny, tmp_path, monkeypatch):
+    """With the jitter on, training renders at times around the views' own (none outside their range) and still
+    resumes to the same run; off, every render is at a view's time."""
+    from stages.optimize.model import GaussianModel4D
+
+    seen: list[float] = []
+    original = GaussianModel4D.rasterize
+
+    def spy(self, time, *args, **kwargs):
+        if torch.is_grad_enabled():
+            seen.append(float(time))
+        return original(self, time, *args, **kwargs)
+
+    monkeypatch.setattr(GaussianModel4D, "rasterize", spy)
+    files, scene = tiny
+    cfg = small_config(time_jitter=1.0, iterations=8)
+    data, initial = _inputs(files, scene, cfg)
+    times = sorted(v.time for v in data.views)
+    straight = train(cfg, data, initial, tmp_path / "straight", seed=3)
+    jittered = seen[:8]
+    assert all(times[0] <= t <= times[-1] for t in jittered)
+    assert sum(t not in times for t in jittered) >= 6, "render times moved off the views' times"
+    train(cfg, data, initial, tmp_path / "resumed", seed=3, stop_after=4)
+    second = train(cfg, data, initial, tmp_path / "resumed", seed=3)
+    assert second.resumed_from == 4
+    a, b = _log(tmp_path / "straight/log.csv"), _log(tmp_path / "resumed/log.csv")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    for key, value in straight.model.splats.items():
+        assert torch.equal(value, second.model.splats[key]), key
+    seen.clear()
+    train(small_config(iterations=4), data, initial, tmp_path / "off", seed=3)
+    assert seen and all(t in times for t in seen)
 
 
 @pytest.mark.parametrize("kind", ["bases", "planes"])
