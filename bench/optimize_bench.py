@@ -217,9 +217,7 @@ SPEED_VARIANTS = {
     "eager-deform-all": {"compile": "never", "skip_invisible": False, "cuda_graphs": False},   # deform all
     "compiled": {"compile": "always", "skip_invisible": True, "cuda_graphs": False},   # torch.compile (inductor)
     "compiled-deform-all": {"compile": "always", "skip_invisible": False, "cuda_graphs": False},
-    "compiled-graphs": {"compile": "always", "skip_invisible": True, "cuda_graphs": True},   # CUDA graphs replayed
-    # (the visible set padded to a few sizes)
-    "compiled-graphs-deform-all": {"compile": "always", "skip_invisible": False, "cuda_graphs": True},
+    "compiled-graphs": {"compile": "always", "skip_invisible": False, "cuda_graphs": True},   # CUDA graphs replayed
 }
 
 

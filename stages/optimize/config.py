@@ -128,9 +128,8 @@ class OptimizeConfig:
     cuda_graphs: bool = option(False, "With `compile` on a GPU, replay the compiled parts of a step as CUDA graphs "
                                "(torch.compile mode 'reduce-overhead'): launches without Python, which is what "
                                "bounds a step at 100k Gaussians on an H200 (docs/gaussians.md). Graphs replay "
-                               "fixed sizes, so with `skip_invisible` the deformed set is padded with invisible "
-                               "Gaussians to one of a few sizes (at most 1/8 more; the render is the same), and a "
-                               "graph is recorded per size and Gaussian count (densification changes the count). Needs "
+                               "fixed sizes, so every dynamic Gaussian is deformed (`skip_invisible` does not apply); "
+                               "a new graph is recorded whenever the Gaussian count changes (densification). Needs "
                                "`compile` 'always' or 'cuda' and the 'inductor' backend; training on a CPU runs "
                                "without graphs.")
     compile_backend: str = option("inductor", "torch.compile backend for `compile` ('inductor'; the tests use "

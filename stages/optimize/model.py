@@ -132,8 +132,8 @@ class GaussianModel4D(nn.Module):
         shift = self.deformation.displacement(means, when, anchor_times, self.deformation_inputs(flat))
         return (means + shift[:, POSITION]).view(*index.shape, 3)
 
-    def gaussians_at(self, time: float, sh_degree: Optional[int] = None, skip_invisible: bool = False,
-                     padded: bool = False) -> dict[str, torch.Tensor]:
+    def gaussians_at(self, time: float, sh_degree: Optional[int] = None,
+                     skip_invisible: bool = False) -> dict[str, torch.Tensor]:
         """The Gaussians at ``time``: means (N, 3), quats (N, 4) raw (w, x, y, z), scales (N, 3) post-activation,
         opacities (N,) post-sigmoid (temporal opacity included), sh (N, K, 3) with K = (d + 1)^2 for
         d = ``sh_degree`` (default: the model's), is_dynamic (N,) bool.
@@ -144,11 +144,6 @@ class GaussianModel4D(nn.Module):
         the same, for a fraction of the deformation's work: with temporal opacity, most dynamic Gaussians are
         invisible at any one time (~88 % in the speed benchmark). Costs one host synchronisation (the count).
         Only with temporal opacity and without an opacity deformation (else the opacity depends on the deformation).
-
-        padded (with ``skip_invisible``): the deformed set is the visible dynamic Gaussians followed by invisible
-        ones, up to one of a few sizes (:func:`padded_size`: at most 1/8 more than the visible count, or 255). CUDA
-        graphs replay fixed sizes, so they record one graph per size instead of one per visible count; the extra
-        Gaussians are culled like any invisible one, so the render is still the same.
         """
         s = self.splats
         dynamic = self.deformation is not None
@@ -160,14 +155,7 @@ class GaussianModel4D(nn.Module):
             opacities = temporal_opacity(torch.sigmoid(s["opacities"]), float(time), s["time_centers"],
                                          s["time_log_scales"], s["is_dynamic"])
             visible = s["is_dynamic"] & (opacities.detach() >= ALPHA_THRESHOLD)
-            if padded:
-                count = int(visible.sum())                                                # one sync
-                size = padded_size(count, int(self.dynamic_index().numel()))
-                # visible dynamic first, then invisible dynamic, then static: a stable sort of a 2-bit key
-                rank = visible.to(torch.int8) * 2 + s["is_dynamic"].to(torch.int8)       # (N,)
-                index = torch.argsort(rank, descending=True, stable=True)[:size]          # (size,)
-            else:
-                index = torch.nonzero(visible).reshape(-1)                               # (M',): one sync
+            index = torch.nonzero(visible).reshape(-1)                                   # (M',): one sync
             anchor_times, cache = s["anchor_times"].index_select(0, index).detach(), False
         elif deform:
             index, anchor_times = self.dynamic_set()
@@ -203,7 +191,7 @@ class GaussianModel4D(nn.Module):
     def rasterize(self, time: float, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int, *,
                   backgrounds: Optional[torch.Tensor] = None, render_mode: str = "RGB",
                   sh_degree: Optional[int] = None, backend: str = "auto", absgrad: bool = False,
-                  skip_invisible: bool = True, padded: bool = False):
+                  skip_invisible: bool = True):
         """Render C cameras at one time. viewmats (C, 4, 4) world-to-camera, Ks (C, 3, 3), backgrounds (C, 3).
         Returns (colors (C, H, W, X), alphas (C, H, W, 1), meta) as :func:`stages.optimize.rasterize.rasterization`.
         skip_invisible: see :meth:`gaussians_at` (the same render either way, for one host synchronisation). On by
@@ -211,7 +199,7 @@ class GaussianModel4D(nn.Module):
         from stages.optimize.rasterize import rasterization
 
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
-        g = self.gaussians_at(time, degree, skip_invisible=skip_invisible, padded=padded)
+        g = self.gaussians_at(time, degree, skip_invisible=skip_invisible)
         return rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"], viewmats, Ks,
                              int(width), int(height), sh_degree=degree, backgrounds=backgrounds,
                              render_mode=render_mode, absgrad=absgrad, backend=backend)
@@ -294,14 +282,6 @@ def accelerations(deformation: Deformation, means: torch.Tensor, per_gaussian: d
     coefs = {k: v.index_select(0, index) for k, v in per_gaussian.items()}
     second = deformation.second_difference(means.index_select(0, index), times, step, coefs)     # (M, D)
     return second[:, POSITION]
-
-
-def padded_size(count: int, total: int) -> int:
-    """``count`` rounded up to a multiple of 1/8 of its power of two, or of 256 if that is more, and at most
-    ``total``: less than max(256, count / 8) above ``count``, 8 sizes per doubling beyond 4096. At least 1 (when
-    ``total`` is)."""
-    step = max(256, 1 << max(max(count, 1).bit_length() - 4, 0))
-    return min(total, -(-max(count, 1) // step) * step)
 
 
 def state_at(deformation: Optional[Deformation], state: tuple[torch.Tensor, ...],

@@ -479,8 +479,7 @@ def motion_penalty(deformation, means: torch.Tensor, per_gaussian: dict[str, tor
 class StepFunctions:
     """The parts of a training step that may run through torch.compile (``optimize.compile``): the model's
     ``state_at`` (set on the model), the photometric loss and the motion regulariser. ``cuda_graphs``: they replay
-    as CUDA graphs (``optimize.cuda_graphs`` on a GPU), so each step is marked and the deformed set is padded to a
-    few sizes (:func:`stages.optimize.model.padded_size`)."""
+    as CUDA graphs (``optimize.cuda_graphs`` on a GPU), so each step is marked and deforms every dynamic Gaussian."""
 
     photometric: Callable
     motion: Callable
@@ -545,8 +544,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     initial_rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
     splat_opts = splat_optimizers(optimizer, model)
     functions = step_functions(cfg, model, device)
-    skip_invisible = cfg.skip_invisible
-    padded = functions.cuda_graphs          # graphs replay fixed sizes: the deformed set is padded to a few sizes
+    skip_invisible = cfg.skip_invisible and not functions.cuda_graphs       # graphs replay fixed sizes
     strategy = make_strategy(cfg)
     strategy.check_sanity(model.splats, splat_opts)
     strategy_state = strategy.initialize_state(scene_scale=scale)
@@ -616,7 +614,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             colors, alphas, info = model.rasterize(when, viewmat[None], view.K[None], view.width, view.height,
                                                    backgrounds=background[None], render_mode=render_mode,
                                                    sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad,
-                                                   skip_invisible=skip_invisible, padded=padded)
+                                                   skip_invisible=skip_invisible)
             strategy.step_pre_backward(model.splats, splat_opts, strategy_state, step, info)
             infos.append(info)
             rgb = colors[0, ..., :3]
