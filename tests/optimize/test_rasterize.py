@@ -267,6 +267,50 @@ def test_projection_matches_gsplat_pure_torch_reference():
     assert (ours.radii[both] <= radii_g[both]).all()
 
 
+def test_fused_multiply_add_rounds_once_and_the_fma_products_are_matrix_products():
+    from stages.optimize.rasterize.projection import fused_multiply_add, matmul_fma
+
+    a = torch.tensor([1 + 2.0**-12], dtype=torch.float32)
+    minus_one = torch.tensor([-1.0])
+    # a*a = 1 + 2^-11 + 2^-24: rounded to float32 first, the 2^-24 is lost (a tie, to even); fused, it is kept
+    assert float(a * a + minus_one) == 2.0**-11
+    assert float(fused_multiply_add(a, a, minus_one)) == 2.0**-11 + 2.0**-24
+    assert float(fused_multiply_add(a, a, minus_one, exact=False)) in (2.0**-11, 2.0**-11 + 2.0**-24)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 2, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(5, 3, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(matmul_fma(x, y), x @ y, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(matmul_fma(x.float(), y.float()), (x @ y).float(), rtol=1e-6, atol=1e-6)
+
+
+def test_projection_in_gsplat_order_agrees_with_the_plain_one_and_float64():
+    """gsplat_order (the CUDA default) computes the same quantities with other roundings: within float32 noise of
+    the plain path and of float64, gradients included (autograd through the float64 FMAs)."""
+    width, height = 64, 48
+    inputs = random_scene(300, width, height, n_cameras=2, seed=4)
+    results = {}
+    for name, dtype, order in (("float64", torch.float64, False), ("plain", torch.float32, False),
+                               ("gsplat", torch.float32, True)):
+        params = [t.detach().to(dtype, copy=True).requires_grad_() for t in inputs[:4]]
+        p = project_gaussians(*params, inputs[5].to(dtype), inputs[6].to(dtype), width, height, antialiased=True,
+                              gsplat_order=order)
+        weights = torch.linspace(0.5, 1.5, 6 * 600, dtype=dtype).view(2, 300, 6)
+        (torch.cat([p.means2d, p.conics, p.opacities[..., None]], -1) * weights).sum().backward()
+        results[name] = (p, [t.grad for t in params])
+    reference, reference_grads = results["float64"]
+    visible = (reference.radii > 0).all(-1)
+    assert visible.sum() > 200
+    for name in ("plain", "gsplat"):
+        p, grads = results[name]
+        assert torch.equal(p.radii, reference.radii), name
+        for got, want in ((p.means2d, reference.means2d), (p.conics, reference.conics), (p.depths, reference.depths),
+                          (p.opacities, reference.opacities)):
+            torch.testing.assert_close(got[visible].double(), want[visible], rtol=2e-5, atol=1e-5, msg=name)
+        for got, want in zip(grads, reference_grads):
+            torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-4, msg=name)
+    assert not torch.equal(results["plain"][0].conics, results["gsplat"][0].conics), "two roundings, not one path"
+
+
 def test_spherical_harmonics_match_gsplat_pure_torch_reference():
     from gsplat.cuda._torch_impl import _spherical_harmonics
 

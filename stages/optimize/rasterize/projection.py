@@ -29,21 +29,49 @@ class Projection:
     compensations: Tensor | None  # [C, N] sqrt(det Sigma2d / det(Sigma2d + eps2d I)); None unless antialiased
 
 
-def quat_to_rotation(quats: Tensor) -> Tensor:
-    """Rotation matrices [..., 3, 3] from quaternions [..., 4] in (w, x, y, z) order, normalised here."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+def fused_multiply_add(a: Tensor, b: Tensor, c: Tensor, exact: bool = True) -> Tensor:
+    """a * b + c (broadcast). exact: with one rounding, as the FMA instructions of gsplat's CUDA code (float32
+    inputs are combined in float64 and rounded once); else torch.addcmul in the inputs' dtype (cheaper)."""
+    if not exact or a.dtype == torch.float64:
+        return torch.addcmul(c, a, b)
+    return torch.addcmul(c.double(), a.double(), b.double()).to(a.dtype)
+
+
+def matmul_fma(a: Tensor, b: Tensor, exact: bool = True) -> Tensor:
+    """a @ b for [..., R, 3] @ [..., 3, K]. exact: each entry summed as gsplat's compiled glm code does,
+    fma(a2, b2, fma(a0, b0, a1 * b1)) (:func:`fused_multiply_add`); else torch's matrix product."""
+    if not exact:
+        return a @ b
+
+    def term(k: int) -> tuple[Tensor, Tensor]:
+        return a[..., :, k:k + 1], b[..., k:k + 1, :]                          # [..., R, 1], [..., 1, K]
+
+    (a0, b0), (a1, b1), (a2, b2) = term(0), term(1), term(2)
+    return fused_multiply_add(a2, b2, fused_multiply_add(a0, b0, a1 * b1))   # [..., R, K]
+
+
+def quat_to_rotation(quats: Tensor, exact: bool = True) -> Tensor:
+    """Rotation matrices [..., 3, 3] from quaternions [..., 4] in (w, x, y, z) order, normalised here (by
+    rsqrt(x^2 + y^2 + z^2 + w^2), in gsplat's order of operations; exact: as :func:`fused_multiply_add`)."""
+    def fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+        return fused_multiply_add(a, b, c, exact)
+
+    w, x, y, z = quats.unbind(-1)
+    inv_norm = torch.rsqrt(fma(w, w, fma(z, z, fma(x, x, y * y))))
+    w, x, y, z = w * inv_norm, x * inv_norm, y * inv_norm, z * inv_norm
     rows = (
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        1 - 2 * fma(y, y, z * z), 2 * fma(x, y, -(w * z)), 2 * fma(x, z, w * y),
+        2 * fma(x, y, w * z), 1 - 2 * fma(x, x, z * z), 2 * fma(y, z, -(w * x)),
+        2 * fma(x, z, -(w * y)), 2 * fma(y, z, w * x), 1 - 2 * fma(x, x, y * y),
     )
     return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
 
 
-def covariance_from_quat_scale(quats: Tensor, scales: Tensor) -> Tensor:
-    """3D covariances [..., 3, 3] = R S S^T R^T from quaternions [..., 4] (wxyz) and standard deviations [..., 3]."""
-    rotation_scale = quat_to_rotation(quats) * scales[..., None, :]  # R diag(s): column j scaled by s_j
-    return rotation_scale @ rotation_scale.transpose(-1, -2)
+def covariance_from_quat_scale(quats: Tensor, scales: Tensor, exact: bool = True) -> Tensor:
+    """3D covariances [..., 3, 3] = R S S^T R^T from quaternions [..., 4] (wxyz) and standard deviations [..., 3];
+    exact: in gsplat's order of operations (:func:`matmul_fma`)."""
+    rotation_scale = quat_to_rotation(quats, exact) * scales[..., None, :]  # R diag(s): column j scaled by s_j
+    return matmul_fma(rotation_scale, rotation_scale.transpose(-1, -2), exact)
 
 
 def project_gaussians(
@@ -59,6 +87,7 @@ def project_gaussians(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     antialiased: bool = False,
+    gsplat_order: bool | None = None,
 ) -> Projection:
     """Project N Gaussians into C pinhole cameras.
 
@@ -68,40 +97,58 @@ def project_gaussians(
         width, height: image size in pixels. near_plane, far_plane: depth culling range (camera z).
         eps2d: screen-space blur added to the 2D covariance diagonal (pixels^2).
         antialiased: multiply opacities by the blur compensation (gsplat's rasterize_mode="antialiased").
+        gsplat_order: float32 products and sums in gsplat's order, FMAs emulated (below); None: on CUDA in float32.
     """
+    # On CUDA (where gsplat runs) every float32 product and sum follows gsplat's kernel, FMAs included. Compositing
+    # decides per pixel whether a Gaussian passes alpha >= 1/255 and the transmittance stop, so a last-bit
+    # difference in a conic or a mean can add or drop a Gaussian there: with matrix products such decisions
+    # differed from gsplat's at a few pixels of the parity scenes (docs/rasterizer.md). Elsewhere the same
+    # formulas with plain products and addcmul: about 3x cheaper on a CPU, where there is no gsplat to agree with.
+    exact = (means.device.type == "cuda" and means.dtype == torch.float32) if gsplat_order is None else gsplat_order
+
+    def fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+        return fused_multiply_add(a, b, c, exact)
+
+    def matmul(a: Tensor, b: Tensor) -> Tensor:
+        return matmul_fma(a, b, exact)
+
     rotation = world_to_camera[:, None, :3, :3]                                 # [C, 1, 3, 3]
     translation = world_to_camera[:, None, :3, 3]                               # [C, 1, 3]
-    means_cam = (rotation @ means[None, :, :, None])[..., 0] + translation      # [C, N, 3]
-    covars_cam = rotation @ covariance_from_quat_scale(quats, scales)[None] @ rotation.transpose(-1, -2)  # [C,N,3,3]
+    means_cam = matmul(rotation, means[None, :, :, None])[..., 0] + translation   # [C, N, 3]
+    covars_world = covariance_from_quat_scale(quats, scales, exact)[None]     # [1, N, 3, 3]
+    covars_cam = matmul(matmul(rotation, covars_world), rotation.transpose(-1, -2))   # [C, N, 3, 3]
 
     x, y, z = means_cam.unbind(-1)                                              # [C, N] each
     in_depth_range = (z >= near_plane) & (z <= far_plane)
     z = torch.where(in_depth_range, z, torch.ones_like(z))                      # culled: any finite z will do
 
     fx, fy, cx, cy = (Ks[:, None, 0, 0], Ks[:, None, 1, 1], Ks[:, None, 0, 2], Ks[:, None, 1, 2])  # [C, 1] each
-    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)           # [C, N, 2]
+    inv_z = 1.0 / z
+    means2d = torch.stack([fma(fx * x, inv_z, cx), fma(fy * y, inv_z, cy)], dim=-1)   # [C, N, 2]
 
     # Jacobian of the projection at the mean; x/z and y/z are clamped to the image plus a margin (gsplat's
     # persp_proj), so Gaussians far outside the view do not get absurdly stretched footprints.
     half_tan_fov_x, half_tan_fov_y = 0.5 * width / fx, 0.5 * height / fy
-    lim_x_pos = (width - cx) / fx + FOV_MARGIN * half_tan_fov_x
-    lim_x_neg = cx / fx + FOV_MARGIN * half_tan_fov_x
-    lim_y_pos = (height - cy) / fy + FOV_MARGIN * half_tan_fov_y
-    lim_y_neg = cy / fy + FOV_MARGIN * half_tan_fov_y
-    tx = z * torch.clamp(x / z, min=-lim_x_neg, max=lim_x_pos)
-    ty = z * torch.clamp(y / z, min=-lim_y_neg, max=lim_y_pos)
+    margin = torch.full_like(fx, FOV_MARGIN)
+    lim_x_pos = fma(margin, half_tan_fov_x, (width - cx) / fx)
+    lim_x_neg = fma(margin, half_tan_fov_x, cx / fx)
+    lim_y_pos = fma(margin, half_tan_fov_y, (height - cy) / fy)
+    lim_y_neg = fma(margin, half_tan_fov_y, cy / fy)
+    tx = z * torch.clamp(x * inv_z, min=-lim_x_neg, max=lim_x_pos)
+    ty = z * torch.clamp(y * inv_z, min=-lim_y_neg, max=lim_y_pos)
+    inv_z2 = inv_z * inv_z
     zeros = torch.zeros_like(z)
-    jacobian = torch.stack([fx / z, zeros, -fx * tx / (z * z),
-                            zeros, fy / z, -fy * ty / (z * z)], dim=-1).unflatten(-1, (2, 3))  # [C, N, 2, 3]
-    covars2d = jacobian @ covars_cam @ jacobian.transpose(-1, -2)              # [C, N, 2, 2]
+    jacobian = torch.stack([fx * inv_z, zeros, -fx * tx * inv_z2,
+                            zeros, fy * inv_z, -fy * ty * inv_z2], dim=-1).unflatten(-1, (2, 3))  # [C, N, 2, 3]
+    covars2d = matmul(matmul(jacobian, covars_cam), jacobian.transpose(-1, -2))   # [C, N, 2, 2]
 
     c00, c01, c10, c11 = covars2d.flatten(-2).unbind(-1)                       # [C, N] each
-    det_unblurred = c00 * c11 - c01 * c10
+    det_unblurred = fma(c00, c11, -(c01 * c10))
     c00, c11 = c00 + eps2d, c11 + eps2d
-    det = c00 * c11 - c01 * c10
+    det = fma(c00, c11, -(c01 * c10))
     positive_det = det > 0
-    det = torch.where(positive_det, det, torch.ones_like(det))
-    conics = torch.stack([c11 / det, -c01 / det, c00 / det], dim=-1)           # [C, N, 3]
+    inv_det = 1.0 / torch.where(positive_det, det, torch.ones_like(det))
+    conics = torch.stack([c11 * inv_det, -c10 * inv_det, c00 * inv_det], dim=-1)   # [C, N, 3]
 
     opacities = opacities[None].expand_as(z)                                   # [C, N]
     compensations = None
@@ -146,5 +193,5 @@ def camera_centers(world_to_camera: Tensor) -> Tensor:
     return torch.linalg.inv(world_to_camera)[:, :3, 3]
 
 
-__all__ = ["ALPHA_THRESHOLD", "Projection", "camera_centers", "covariance_from_quat_scale", "project_gaussians",
-           "quat_to_rotation"]
+__all__ = ["ALPHA_THRESHOLD", "Projection", "camera_centers", "covariance_from_quat_scale", "fused_multiply_add",
+           "matmul_fma", "project_gaussians", "quat_to_rotation"]
