@@ -26,7 +26,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -179,8 +178,8 @@ def parity_case(name: str, kwargs: dict, scene: dict) -> dict:
            "image_max_abs_diff": float(image_diff.max()),
            "image_mean_abs_diff": float(image_diff.mean()),
            "image_pixels_above_1e-4": int((image_diff > 1e-4).any(-1).sum()),
-           # a few pairs at a threshold (alpha = 1/255, T = 1e-4) may flip under gsplat's fast-math exp; the
-           # percentiles show whether the rest agrees
+           # a few pairs at a threshold (alpha = 1/255, T = 1e-4) may flip under last-bit differences of the
+           # projection (projection_agreement); the percentiles show whether the rest agrees
            "image_abs_diff_quantiles": quantiles(image_diff.amax(-1), (0.5, 0.999, 0.9999)),
            "image_pixels": int(image_diff[..., 0].numel()),
            "alpha_max_abs_diff": float((ours["alpha"] - ref["alpha"]).abs().max()),
@@ -191,12 +190,60 @@ def parity_case(name: str, kwargs: dict, scene: dict) -> dict:
         b = ref["means2d_grad"] if key == "means2d" else ref["grads"][key]
         row["grad_relative_error"][key] = float((a - b).norm() / b.norm().clamp_min(1e-30))
         row["grad_max_abs_diff_over_max_abs"][key] = float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+    row["projection_vs_gsplat"] = projection_agreement(inputs, width, height, kwargs, ref["image"])
     row["meets_targets"] = (row["image_max_abs_diff"] <= 1e-4
                             and max(row["grad_relative_error"].values()) <= 1e-3)
     print(f"{name:<22} image max {row['image_max_abs_diff']:.2e} (px>1e-4: {row['image_pixels_above_1e-4']}) "
           f"alpha max {row['alpha_max_abs_diff']:.2e}  grad rel " +
           " ".join(f"{k} {v:.1e}" for k, v in row["grad_relative_error"].items()), flush=True)
+    agreement = row["projection_vs_gsplat"]
+    print(f"{'':<22} bit-equal to gsplat's projection: " +
+          " ".join(f"{k} {v:.3f}" for k, v in agreement["bit_equal_share"].items()) +
+          f"; with gsplat's means2d and conics: image max "
+          f"{agreement['image_max_abs_diff_with_gsplat_means_and_conics']:.2e}", flush=True)
     return row
+
+
+@torch.no_grad()
+def projection_agreement(inputs: list, width: int, height: int, kwargs: dict, gsplat_image: torch.Tensor) -> dict:
+    """Where image differences come from: the share of projected quantities bit-equal to gsplat's own projection
+    (Gaussians both keep), and our compositing's image difference when it is given gsplat's projected means and
+    conics instead of ours (everything else ours). Threshold decisions (alpha >= 1/255, the transmittance stop) turn
+    last-bit differences of the projection into pixel differences."""
+    import dataclasses
+    from unittest import mock
+
+    import gsplat
+
+    import stages.optimize.rasterize as rasterize_module
+
+    means, quats, scales, opacities = inputs[:4]
+    viewmats, Ks = inputs[5], inputs[6]
+    antialiased = kwargs.get("rasterize_mode") == "antialiased"
+    ours = rasterize_module.project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height,
+                                              antialiased=antialiased)
+    radii, means2d, depths, conics, _ = gsplat.fully_fused_projection(
+        means, None, quats, scales, viewmats, Ks, width, height, calc_compensations=antialiased,
+        opacities=opacities)
+    both = (radii > 0).all(-1) & (ours.radii > 0).all(-1)                     # [C, N]
+
+    def equal(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a == b)[both].float().mean())
+
+    original = rasterize_module.project_gaussians
+
+    def with_gsplat_means_and_conics(*args, **kw):
+        projection = original(*args, **kw)
+        return dataclasses.replace(projection, means2d=means2d, conics=conics)
+
+    with mock.patch.object(rasterize_module, "project_gaussians", with_gsplat_means_and_conics):
+        image, _, _ = rasterization(*inputs, width, height, backend="torch", **kwargs)
+    diff = (image - gsplat_image).abs()
+    return {"bit_equal_share": {"depths": equal(ours.depths, depths), "means2d": equal(ours.means2d, means2d),
+                                "conics": equal(ours.conics, conics)},
+            "compared": int(both.sum()),
+            "image_max_abs_diff_with_gsplat_means_and_conics": float(diff.max()),
+            "image_pixels_above_1e-4_with_gsplat_means_and_conics": int((diff > 1e-4).any(-1).sum())}
 
 
 def quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> dict[str, float]:
@@ -267,11 +314,7 @@ def environment(device: str) -> dict:
             "command": " ".join([Path(sys.executable).name, "-m", "bench.rasterizer_bench", *sys.argv[1:]]),
             "python": platform.python_version(), "torch": torch.__version__, "gsplat": gsplat.__version__,
             "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                            cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["git_commit"] = None
+    info["git_commit"] = common.git_state()["git_commit"]       # PAGE4DGS_GIT_COMMIT first (a GPU host's stale .git)
     if device == "cuda":
         info["device"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
