@@ -1,7 +1,7 @@
 """page4d-tiny: held-out evaluation against the targets, training throughput, and the lady-running picture.
 
-    python -m bench.train_eval_bench [--weights PATH] [--rooms 2 --objects 2 --frames 16]   # the evaluation
-    python -m bench.train_eval_bench --weights W --rooms 6 --objects 6 --out R.json   # more scenes, elsewhere
+    python -m bench.train_eval_bench [--weights PATH] [--rooms 6 --objects 6 --frames 16]   # the evaluation
+    python -m bench.train_eval_bench --weights W --rooms 12 --objects 12 --out R.json   # more scenes, elsewhere
     python -m bench.train_eval_bench --validation --weights W --out R.json    # the validation scenes instead
     python -m bench.train_eval_bench --fixed-only        # only the small fixed scene the bundled-weights test redoes
     python -m bench.train_eval_bench --throughput [--steps 40]                                # GPU training speed
@@ -439,8 +439,8 @@ def lady_running_picture(weights: str, out_png: Path, device: torch.device) -> d
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="", help="weights file ('' = the bundled page4d-tiny)")
-    parser.add_argument("--rooms", type=int, default=2)
-    parser.add_argument("--objects", type=int, default=2)
+    parser.add_argument("--rooms", type=int, default=6, help="room scenes (six since the tenth session; two before)")
+    parser.add_argument("--objects", type=int, default=6, help="object scenes (six since the tenth session; two before)")
     parser.add_argument("--frames", type=int, default=16, help="frames per sequence (one forward pass)")
     parser.add_argument("--max-windows", type=int, default=0, help="windows per scene (0 = all)")
     parser.add_argument("--validation", action="store_true",
