@@ -103,7 +103,7 @@ def project_gaussians(
     # decides per pixel whether a Gaussian passes alpha >= 1/255 and the transmittance stop, so a last-bit
     # difference in a conic or a mean can add or drop a Gaussian there: with matrix products such decisions
     # differed from gsplat's at a few pixels of the parity scenes (docs/rasterizer.md). Elsewhere the same
-    # formulas with plain products and addcmul: about 3x cheaper on a CPU, where there is no gsplat to agree with.
+    # formulas with plain products and addcmul: several times cheaper on a CPU, where there is no gsplat to match.
     exact = (means.device.type == "cuda" and means.dtype == torch.float32) if gsplat_order is None else gsplat_order
 
     def fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
