@@ -275,7 +275,6 @@ def test_fused_multiply_add_rounds_once_and_the_fma_products_are_matrix_products
     # a*a = 1 + 2^-11 + 2^-24: rounded to float32 first, the 2^-24 is lost (a tie, to even); fused, it is kept
     assert float(a * a + minus_one) == 2.0**-11
     assert float(fused_multiply_add(a, a, minus_one)) == 2.0**-11 + 2.0**-24
-    assert float(fused_multiply_add(a, a, minus_one, exact=False)) in (2.0**-11, 2.0**-11 + 2.0**-24)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 2, 3, generator=g, dtype=torch.float64)
     y = torch.randn(5, 3, 4, generator=g, dtype=torch.float64)
