@@ -287,7 +287,12 @@ def speed_case(name: str, width: int, height: int, n: int, size_px: float, what:
 def bench_gpu() -> dict:
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs CUDA")
-    out: dict = {"gsplat_available": gsplat_available(), "parity": [], "speed": [], "errors": []}
+    from stages.optimize.rasterize.fast_math import approximate_math_available
+
+    out: dict = {"gsplat_available": gsplat_available(), "parity": [], "speed": [], "errors": [],
+                 # whether our projection ran gsplat's approximate instructions (rasterize/fast_math.py)
+                 "approximate_math": approximate_math_available()}
+    print(f"approximate reciprocals/square roots as gsplat's fast-math build: {out['approximate_math']}", flush=True)
     if not out["gsplat_available"]:
         out["errors"].append("gsplat's CUDA extension did not load; only the torch backend can run")
         return out

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .fast_math import approx_divide, approx_log2, approx_reciprocal, approx_sqrt
+
 ALPHA_THRESHOLD = 1.0 / 255.0   # a Gaussian contributes to a pixel only where alpha >= 1/255
 MAX_EXTEND = 3.33               # upper bound on the box half-size, in standard deviations
 FOV_MARGIN = 0.3                # the Jacobian clamps x/z, y/z to the image plus 30% of the half field of view
+LN2 = 0.6931471805599453
 
 
 @dataclass
@@ -97,14 +100,22 @@ def project_gaussians(
         width, height: image size in pixels. near_plane, far_plane: depth culling range (camera z).
         eps2d: screen-space blur added to the 2D covariance diagonal (pixels^2).
         antialiased: multiply opacities by the blur compensation (gsplat's rasterize_mode="antialiased").
-        gsplat_order: float32 products and sums in gsplat's order, FMAs emulated (below); None: on CUDA in float32.
+        gsplat_order: float32 products and sums in gsplat's order, FMAs emulated, and on CUDA its approximate
+            reciprocals, quotients and square roots (:mod:`.fast_math`); None: on CUDA in float32.
     """
     # On CUDA (where gsplat runs) every float32 product and sum follows gsplat's kernel, FMAs included. Compositing
     # decides per pixel whether a Gaussian passes alpha >= 1/255 and the transmittance stop, so a last-bit
     # difference in a conic or a mean can add or drop a Gaussian there: with matrix products such decisions
     # differed from gsplat's at a few pixels of the parity scenes (docs/rasterizer.md). Elsewhere the same
     # formulas with plain products and addcmul: several times cheaper on a CPU, where there is no gsplat to match.
+    # gsplat's fast-math build also takes every reciprocal, quotient and square root from the special-function
+    # unit (fast_math.py); on CUDA the same instructions run here, elsewhere their exact counterparts.
     exact = (means.device.type == "cuda" and means.dtype == torch.float32) if gsplat_order is None else gsplat_order
+    reciprocal = approx_reciprocal if exact else (lambda t: 1.0 / t)
+    sqrt = approx_sqrt if exact else torch.sqrt
+
+    def divide(numerator: Tensor | float, denominator: Tensor) -> Tensor:
+        return approx_divide(numerator, denominator) if exact else numerator / denominator
 
     def fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
         return fused_multiply_add(a, b, c, exact)
@@ -123,17 +134,17 @@ def project_gaussians(
     z = torch.where(in_depth_range, z, torch.ones_like(z))                      # culled: any finite z will do
 
     fx, fy, cx, cy = (Ks[:, None, 0, 0], Ks[:, None, 1, 1], Ks[:, None, 0, 2], Ks[:, None, 1, 2])  # [C, 1] each
-    inv_z = 1.0 / z
+    inv_z = reciprocal(z)
     means2d = torch.stack([fma(fx * x, inv_z, cx), fma(fy * y, inv_z, cy)], dim=-1)   # [C, N, 2]
 
     # Jacobian of the projection at the mean; x/z and y/z are clamped to the image plus a margin (gsplat's
     # persp_proj), so Gaussians far outside the view do not get absurdly stretched footprints.
-    half_tan_fov_x, half_tan_fov_y = 0.5 * width / fx, 0.5 * height / fy
+    half_tan_fov_x, half_tan_fov_y = divide(0.5 * width, fx), divide(0.5 * height, fy)
     margin = torch.full_like(fx, FOV_MARGIN)
-    lim_x_pos = fma(margin, half_tan_fov_x, (width - cx) / fx)
-    lim_x_neg = fma(margin, half_tan_fov_x, cx / fx)
-    lim_y_pos = fma(margin, half_tan_fov_y, (height - cy) / fy)
-    lim_y_neg = fma(margin, half_tan_fov_y, cy / fy)
+    lim_x_pos = fma(margin, half_tan_fov_x, divide(width - cx, fx))
+    lim_x_neg = fma(margin, half_tan_fov_x, divide(cx, fx))
+    lim_y_pos = fma(margin, half_tan_fov_y, divide(height - cy, fy))
+    lim_y_neg = fma(margin, half_tan_fov_y, divide(cy, fy))
     tx = z * torch.clamp(x * inv_z, min=-lim_x_neg, max=lim_x_pos)
     ty = z * torch.clamp(y * inv_z, min=-lim_y_neg, max=lim_y_pos)
     inv_z2 = inv_z * inv_z
@@ -147,38 +158,48 @@ def project_gaussians(
     c00, c11 = c00 + eps2d, c11 + eps2d
     det = fma(c00, c11, -(c01 * c10))
     positive_det = det > 0
-    inv_det = 1.0 / torch.where(positive_det, det, torch.ones_like(det))
+    inv_det = reciprocal(torch.where(positive_det, det, torch.ones_like(det)))
     conics = torch.stack([c11 * inv_det, -c10 * inv_det, c00 * inv_det], dim=-1)   # [C, N, 3]
 
     opacities = opacities[None].expand_as(z)                                   # [C, N]
     compensations = None
     if antialiased:
-        ratio = det_unblurred / det
+        ratio = det_unblurred * inv_det if exact else det_unblurred / det   # gsplat: det_orig * (1 / det)
         positive = ratio > 0
-        compensations = torch.where(positive, torch.where(positive, ratio, torch.ones_like(ratio)).sqrt(),
+        compensations = torch.where(positive, sqrt(torch.where(positive, ratio, torch.ones_like(ratio))),
                                     torch.zeros_like(ratio))
         opacities = opacities * compensations
 
     radii = _radii(means2d.detach(), c00.detach(), c11.detach(), opacities.detach(), width, height,
-                   in_depth_range & positive_det)
+                   in_depth_range & positive_det, exact)
     return Projection(means2d=means2d, conics=conics, depths=means_cam[..., 2], radii=radii,
                       opacities=opacities, compensations=compensations)
 
 
 @torch.no_grad()
 def _radii(means2d: Tensor, var_x: Tensor, var_y: Tensor, opacities: Tensor, width: int, height: int,
-           valid: Tensor) -> Tensor:
+           valid: Tensor, gsplat_order: bool = False) -> Tensor:
     """Opacity-aware box half-sizes [C, N, 2] int32; zero for culled entries (spec §3.6).
 
     var_x, var_y: [C, N] blurred 2D variances; opacities: [C, N] effective opacities; valid: [C, N] bool, the
-    entries that survived depth and determinant culling.
+    entries that survived depth and determinant culling. gsplat_order: as gsplat's fast-math build evaluates
+    2 ln(o / (1/255)): lg2(o * (1 / (1/255))) * ln 2 doubled by an FMA, approximate square roots (on CUDA).
     """
     visible = valid & (opacities >= ALPHA_THRESHOLD)
     # extend = min(3.33, sqrt(2 ln(o / (1/255)))): the box holds exactly the ellipse where alpha >= 1/255.
-    log_ratio = torch.log(torch.where(visible, opacities, torch.ones_like(opacities)) / ALPHA_THRESHOLD)
-    extend = torch.sqrt(2.0 * log_ratio).clamp(max=MAX_EXTEND)
-    radius_x = torch.ceil(extend * torch.sqrt(var_x.clamp(min=0)))
-    radius_y = torch.ceil(extend * torch.sqrt(var_y.clamp(min=0)))
+    safe_opacities = torch.where(visible, opacities, torch.ones_like(opacities))
+    if gsplat_order:
+        inv_threshold = torch.tensor(ALPHA_THRESHOLD, dtype=opacities.dtype).reciprocal().item()
+        ln2 = torch.tensor(LN2, dtype=opacities.dtype).item()
+        log2_ratio = approx_log2(safe_opacities * inv_threshold)
+        extend = approx_sqrt(fused_multiply_add(log2_ratio, torch.full_like(log2_ratio, ln2), log2_ratio * ln2))
+        sqrt = approx_sqrt
+    else:
+        extend = torch.sqrt(2.0 * torch.log(safe_opacities / ALPHA_THRESHOLD))
+        sqrt = torch.sqrt
+    extend = extend.clamp(max=MAX_EXTEND)
+    radius_x = torch.ceil(extend * sqrt(var_x.clamp(min=0)))
+    radius_y = torch.ceil(extend * sqrt(var_y.clamp(min=0)))
     mean_x, mean_y = means2d.unbind(-1)
     visible &= (radius_x > 0) | (radius_y > 0)                                 # gsplat's radius_clip = 0
     visible &= (mean_x + radius_x > 0) & (mean_x - radius_x < width)
