@@ -218,6 +218,8 @@ SPEED_VARIANTS = {
     "compiled": {"compile": "always", "skip_invisible": True, "cuda_graphs": False},   # torch.compile (inductor)
     "compiled-deform-all": {"compile": "always", "skip_invisible": False, "cuda_graphs": False},
     "compiled-graphs": {"compile": "always", "skip_invisible": False, "cuda_graphs": True},   # CUDA graphs replayed
+    "compiled-graphs-bf16": {"compile": "always", "skip_invisible": False, "cuda_graphs": True,   # + mlp in bf16
+                             "mlp_bf16": True},
 }
 
 

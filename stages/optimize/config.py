@@ -53,6 +53,10 @@ class OptimizeConfig:
     mlp_position_frequencies: int = option(8, "mlp: positional-encoding octaves of x (normalised to the dynamic "
                                            "points' bounding box).")
     mlp_time_frequencies: int = option(6, "mlp: positional-encoding octaves of t.")
+    mlp_bf16: bool = option(False, "mlp: on CUDA, run the hidden layers in bfloat16 (autocast; float32 "
+                            "accumulation), the encoding and the output layer in float32. Halves the memory "
+                            "traffic of the network's activations; a training-time setting, not saved with the "
+                            "model (renders after training evaluate it in float32).")
     planes_resolution: list = option([32, 64], "planes: spatial resolutions of the multi-resolution planes.")
     planes_time_resolution: int = option(0, "planes: time resolution (0 = half the number of distinct training "
                                          "times, at least 4).")

@@ -279,6 +279,7 @@ class MLPField(Deformation):
             layers.append(nn.Linear(fan_in, width))
         self.layers = nn.ModuleList(layers)
         self.out = _zero_last(nn.Linear(width, self.channels))
+        self.bf16 = False       # hidden layers in bfloat16: a training-time setting (OptimizeConfig.mlp_bf16, CUDA)
         for name, octaves in (("position_frequencies", position_octaves), ("time_frequencies", time_octaves)):
             self.register_buffer(name, encoding_frequencies(octaves, torch.float64), persistent=False)
 
@@ -291,12 +292,15 @@ class MLPField(Deformation):
         encoded = torch.cat([
             positional_encoding(self.box.normalize(means), self.position_octaves, self.position_frequencies),
             positional_encoding(times[:, None] * 2 - 1, self.time_octaves, self.time_frequencies)], dim=-1)
-        h = encoded
-        for i, layer in enumerate(self.layers):
-            if i == self.skip and i > 0:
-                h = torch.cat([h, encoded], dim=-1)
-            h = F.relu(layer(h))
-        return _to_offsets(self.out(h), self.box)
+        # bf16: the hidden layers under autocast (training on CUDA, `optimize.mlp_bf16`); the output layer stays in
+        # float32, since displacements are differences of two offsets and would lose bits to cancellation.
+        with torch.autocast(means.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            h = encoded
+            for i, layer in enumerate(self.layers):
+                if i == self.skip and i > 0:
+                    h = torch.cat([h, encoded], dim=-1)
+                h = F.relu(layer(h))
+        return _to_offsets(self.out(h.float()), self.box)
 
 
 PLANE_AXES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))   # xy xz yz xt yt zt (axis 3 = time)

@@ -136,6 +136,8 @@ def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float,
     if spec is not None and spec["kind"] in ("mlp", "planes"):
         box = Box.around(means[is_dynamic] if bool(is_dynamic.any()) else means).to(device)
     deformation = build_deformation(spec, box)
+    if deformation is not None and deformation.kind == "mlp":
+        deformation.bf16 = cfg.mlp_bf16 and device.type == "cuda"    # bf16 on a CPU: slower, not faster
     temporal = cfg.temporal_opacity and deformation is not None
     splats = create_splats(means, t(initial.sh), t(initial.opacity_logits), t(initial.log_scales), t(initial.quats),
                            is_dynamic, t(initial.anchor_times), cfg.sh_degree,

@@ -122,6 +122,35 @@ def test_networks_start_without_motion(rng):
         assert field.displacement(means, 0.7, torch.zeros(10), {}).abs().max() == 0
 
 
+def test_mlp_in_bf16_keeps_float32_offsets_within_bf16_rounding(rng):
+    """`optimize.mlp_bf16`: hidden layers under bfloat16 autocast, output layer in float32. Offsets stay float32,
+    within a few bf16 roundings of the float32 network, differ from it (the setting acts), and get gradients."""
+    torch.manual_seed(0)
+    means = torch.tensor(rng.normal(size=(256, 3)), dtype=torch.float32)
+    field = MLPField(Box.around(means), 64, 4, 6, 4)
+    torch.nn.init.normal_(field.out.weight, std=0.1)
+    times = torch.rand(256)
+    full = field.offsets(means, times, {})
+    field.bf16 = True
+    half = field.offsets(means, times, {})
+    assert half.dtype == torch.float32
+    scale = full.abs().max()
+    assert 0 < (half - full).abs().max() < 0.05 * scale
+    half.square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in field.parameters())
+
+
+def test_mlp_bf16_is_set_for_cuda_training_only(rng):
+    from stages.optimize.trainer import InitialGaussians, build_model
+
+    n = 20
+    initial = InitialGaussians(means=rng.normal(size=(n, 3)), sh=np.zeros((n, 1, 3)), opacity_logits=np.zeros(n),
+                               log_scales=np.full((n, 3), -3.0), quats=np.tile([1.0, 0, 0, 0], (n, 1)),
+                               is_dynamic=np.arange(n) % 2 == 0, anchor_times=np.linspace(0, 1, n))
+    model = build_model(OptimizeConfig(deformation="mlp", mlp_bf16=True), initial, 0.1, 5, torch.device("cpu"))
+    assert model.deformation.bf16 is False
+
+
 def test_positional_encoding_layout():
     x = torch.tensor([[0.25, -0.5]])
     enc = positional_encoding(x, 2)
