@@ -300,7 +300,7 @@ class MLPField(Deformation):
                 if i == self.skip and i > 0:
                     h = torch.cat([h, encoded], dim=-1)
                 h = F.relu(layer(h))
-        return _to_offsets(self.out(h.float()), self.box)
+        return _to_offsets(self.out(h.to(encoded.dtype)), self.box)
 
 
 PLANE_AXES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))   # xy xz yz xt yt zt (axis 3 = time)
