@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=None)
     p.add_argument("--res", type=int, default=None, help="image width in pixels")
+    p.add_argument("--test-views", type=int, default=None,
+                   help="object: held-out views at new viewpoints (default 20, fewer below 100 frames)")
 
     p = sub.add_parser("render", help="render a camera path of a finished run to MP4 (and PNG frames)")
     p.add_argument("run", type=Path)

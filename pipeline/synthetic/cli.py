@@ -1,4 +1,4 @@
-"""``page4dgs make-scene {object,room} --out DIR [--seed N] [--frames F] [--res R]``."""
+"""``page4dgs make-scene {object,room} --out DIR [--seed N] [--frames F] [--res R] [--test-views V]``."""
 
 from __future__ import annotations
 
@@ -16,11 +16,15 @@ log = get_logger("synthetic")
 def make_scene_command(args: argparse.Namespace) -> int:
     """Generate a scene. ``--frames``: room video frames (default 48) or object training frames (default 100, with
     20 test and 10 validation views; fewer for fewer frames); ``--res``: image width (rooms: 16:9; objects: square;
-    defaults 256 and 200)."""
+    defaults 256 and 200); ``--test-views``: objects' held-out views (issue #6's protocol: 50 frames, 20 views)."""
     if args.frames is not None and args.frames < 2:
         raise UserError(f"--frames must be at least 2, got {args.frames}")
     if args.res is not None and args.res < 8:
         raise UserError(f"--res must be at least 8 pixels, got {args.res}")
+    test_views = getattr(args, "test_views", None)
+    if test_views is not None and (args.kind != "object" or test_views < 1):
+        raise UserError("--test-views is for object scenes and must be at least 1" if args.kind == "object"
+                        else "--test-views is for object scenes (a room holds out every 8th frame instead)")
     if not 0 <= args.seed < 2**63:
         raise UserError(f"--seed must lie in [0, 2^63), got {args.seed}")
     start = time.perf_counter()
@@ -33,7 +37,7 @@ def make_scene_command(args: argparse.Namespace) -> int:
         frames = args.frames or options.frames
         # D-NeRF's 20 test and 10 validation views for 100+ training frames; proportionally fewer below.
         options = replace(options, frames=frames, resolution=args.res or options.resolution,
-                          test_views=min(options.test_views, max(2, frames // 5)),
+                          test_views=test_views or min(options.test_views, max(2, frames // 5)),
                           val_views=min(options.val_views, max(1, frames // 10)))
         make_object_scene(args.out, args.seed, options)
     log.info(f"wrote the {args.kind} scene (seed {args.seed}) to {args.out} in {time.perf_counter() - start:.1f} s; "

@@ -177,6 +177,14 @@ def test_make_scene_command(tmp_path, capsys):
     assert "not an empty folder" in capsys.readouterr().err
     assert main(["make-scene", "room", "--out", str(tmp_path / "r"), "--frames", "1"]) == 2
     assert not (tmp_path / "r").exists()
+    # --test-views: the held-out views of an object scene (issue #6's protocol: 50 training frames, 20 test views)
+    assert main(["make-scene", "object", "--out", str(tmp_path / "t"), "--frames", "3", "--res", "16",
+                 "--test-views", "4"]) == 0
+    assert len(load_scene(SceneConfig(source=str(tmp_path / "t"))).test_frames) == 4
+    for bad in (["room", "--test-views", "3"], ["object", "--test-views", "0"]):
+        assert main(["make-scene", bad[0], "--out", str(tmp_path / "bad"), *bad[1:]]) == 2
+        assert "--test-views" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_demo_is_generated_once_deterministically_and_loads_as_demo(tmp_path, monkeypatch):
