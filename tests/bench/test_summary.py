@@ -123,14 +123,15 @@ def test_the_checks_catch_a_changed_figure_and_a_typed_number(built):
     edited = fig.text[:-1] + ("1" if fig.text[-1] != "1" else "2")
     tampered = [(a, b, Fig(edited, p.op, p.fmt, p.sources) if p is fig else p) for a, b, p in spans]
     assert figure_problems(text[:start] + edited + text[end:], tampered)
-    # A measurement typed in as text: the targets table's "not measured" replaced by a number.
-    cell = text.index("| not measured |")
-    typed = text[:cell] + "| 42.0 s |" + text[cell + len("| not measured |"):]
-    shift = len("| 42.0 s |") - len("| not measured |")
-    moved = [(a + shift if a > cell else a, b + shift if a > cell else b, p) for a, b, p in spans]
+    # A measurement typed in as text: a cell of the targets table's "measured" column replaced by a number.
+    cell, cell_end = next((a, b) for column, a, b in table_cells(text) if column == "measured")
+    typed = text[:cell] + "42.0 s" + text[cell_end:]
+    shift = len("42.0 s") - (cell_end - cell)
+    moved = [(a + shift if a >= cell_end else a, b + shift if a >= cell_end else b, p) for a, b, p in spans
+             if not (cell <= a and b <= cell_end)]
     assert any("42.0" in problem for problem in number_problems(typed, moved))
     # ... and the same number declared as typed text is still refused in a measured column.
-    declared = moved + [(cell + 2, cell + 6, Lit("42.0"))]
+    declared = moved + [(cell, cell + 4, Lit("42.0"))]
     assert any("measured column" in problem for problem in number_problems(typed, declared))
 
 
