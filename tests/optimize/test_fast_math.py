@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from stages.optimize.rasterize import fast_math
@@ -50,3 +51,34 @@ def test_radii_in_gsplat_order_give_the_opacity_aware_extent():
                 for o, v in zip(opacities[0].double().tolist(), variances[0].double().tolist())]
     assert plain[0, :, 0].tolist() == expected
     assert plain[0, -1].tolist() == [0, 0]                                     # below 1/255: culled
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the approximate instructions need a GPU")
+def test_on_cuda_the_projection_is_bit_equal_to_gsplats():
+    """On a GPU: the one-instruction kernels stay within 2 ulp of the exact functions and differ from them somewhere
+    (so they ran), and the projection's means2d and depths equal gsplat's own bit for bit (conics nearly all)."""
+    assert fast_math.approximate_math_available()
+    x = torch.linspace(0.5, 4.0, 100_001, device="cuda")
+    for approx, exact in ((fast_math.approx_reciprocal, torch.reciprocal), (fast_math.approx_sqrt, torch.sqrt)):
+        got, want = approx(x), exact(x)
+        ulps = (got.view(torch.int32) - want.view(torch.int32)).abs()
+        assert int(ulps.max()) <= 2 and bool((ulps > 0).any())
+    from bench.rasterizer_bench import random_scene
+    from stages.optimize.rasterize.gsplat_backend import gsplat_available
+    from stages.optimize.rasterize.projection import project_gaussians
+
+    if not gsplat_available():
+        pytest.skip("gsplat's CUDA extension did not load")
+    import gsplat
+
+    width, height = 256, 192
+    means, quats, scales, opacities, _, viewmats, Ks = random_scene(5000, width, height, device="cuda", seed=3,
+                                                                    n_cameras=2)[:7]
+    ours = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height)
+    radii, means2d, depths, conics, _ = gsplat.fully_fused_projection(means, None, quats, scales, viewmats, Ks,
+                                                                       width, height, opacities=opacities)
+    both = (radii > 0).all(-1) & (ours.radii > 0).all(-1)
+    assert both.sum() > 1000
+    assert torch.equal(ours.means2d[both], means2d[both]) and torch.equal(ours.depths[both], depths[both])
+    assert float((ours.conics == conics)[both].float().mean()) > 0.8
+    assert float((ours.radii == radii).all(-1).float().mean()) > 0.999
