@@ -33,7 +33,7 @@ def test_the_hardware_path_has_the_exact_gradients(monkeypatch):
     x = torch.tensor([0.4, 1.7, 3.2, 11.0], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(fast_math.approx_reciprocal, (x,))
     assert torch.autograd.gradcheck(fast_math.approx_sqrt, (x,))
-    assert fast_math.approx_reciprocal(x).grad_fn.name().endswith("_ApproxReciprocalBackward")
+    assert fast_math.approx_reciprocal(x).grad_fn.name().endswith("_ApproxUnaryBackward")
     assert not fast_math.approx_log2(x).requires_grad
 
 

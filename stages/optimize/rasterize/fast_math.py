@@ -50,35 +50,29 @@ def _use_hardware(x: Tensor) -> bool:
     return x.is_cuda and x.dtype == torch.float32 and approximate_math_available()
 
 
-class _ApproxReciprocal(torch.autograd.Function):
+# d f / d x from f's output y: 1/x -> -1/x^2 = -y^2; sqrt(x) -> 1 / (2 sqrt(x)) = 0.5 / y.
+_DERIVATIVE_FROM_OUTPUT = {"reciprocal": lambda y: -y * y, "sqrt": lambda y: 0.5 / y}
+
+
+class _ApproxUnary(torch.autograd.Function):
+    """f(x) from the one-instruction kernel ``name``; the exact f's derivative, evaluated at the output."""
+
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        y = _kernel("reciprocal")(x)
+    def forward(ctx, x: Tensor, name: str) -> Tensor:
+        y = _kernel(name)(x)
         ctx.save_for_backward(y)
+        ctx.kernel_name = name
         return y
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (y,) = ctx.saved_tensors
-        return -grad * y * y                                                    # d(1/x)/dx = -1/x^2
-
-
-class _ApproxSqrt(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        y = _kernel("sqrt")(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
-        return grad * 0.5 / y                                                   # d sqrt(x)/dx = 1 / (2 sqrt(x))
+        return grad * _DERIVATIVE_FROM_OUTPUT[ctx.kernel_name](y), None
 
 
 def approx_reciprocal(x: Tensor) -> Tensor:
     """1 / x, elementwise: ``rcp.approx.ftz.f32`` on CUDA float32 (as gsplat's ``1.f / x``), else exact."""
-    return _ApproxReciprocal.apply(x) if _use_hardware(x) else torch.reciprocal(x)
+    return _ApproxUnary.apply(x, "reciprocal") if _use_hardware(x) else torch.reciprocal(x)
 
 
 def approx_divide(numerator: Tensor | float, denominator: Tensor) -> Tensor:
@@ -89,7 +83,7 @@ def approx_divide(numerator: Tensor | float, denominator: Tensor) -> Tensor:
 
 def approx_sqrt(x: Tensor) -> Tensor:
     """sqrt(x), elementwise: ``sqrt.approx.ftz.f32`` on CUDA float32 (as gsplat's ``sqrtf``), else exact."""
-    return _ApproxSqrt.apply(x) if _use_hardware(x) else torch.sqrt(x)
+    return _ApproxUnary.apply(x, "sqrt") if _use_hardware(x) else torch.sqrt(x)
 
 
 def approx_log2(x: Tensor) -> Tensor:
