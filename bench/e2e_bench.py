@@ -7,10 +7,10 @@
 Suites:
 - ``demo``: the embedded demo scene (48-frame 256x144 synthetic room) with its own preset, as ``make reconstruct``
   runs it; the default deformation model beside the static one ('none').
-- ``synthetic``: scenes written by ``page4dgs make-scene {object,room} --seed N``: objects with ``--frames 50`` (issue
-  #6's quality protocol: 50 monocular training + 20 test views at 200x200), rooms at their default size (a 48-frame
-  256x144 video with every 8th frame held out); each
-  deformation model and the static baseline, ``--config auto`` (the preset of the detected format).
+- ``synthetic``: scenes written by ``page4dgs make-scene {object,room} --seed N``: objects with ``--frames 50
+  --test-views 20`` (issue #6's quality protocol: 50 monocular training + 20 test views at 200x200), rooms at their
+  default size (a 48-frame 256x144 video with every 8th frame held out); each deformation model and the static
+  baseline, ``--config auto`` (the preset of the detected format).
 - ``lady-running``: the real clip in ``../shared/data/lady-running`` (or ``--source`` / $PAGE4DGS_LADY_RUNNING: a
   frame folder, so the network's cameras), every 8th frame held out (``scene.test_every=8``).
 

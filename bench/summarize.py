@@ -652,7 +652,8 @@ def quality_rows(R: Results) -> list[Measured]:
     i = e2e_summary_index(R, synthetic, "object", "bases")
     psnr = figure(R, synthetic, ("summary", i, "psnr"), "{:.2f}") if i is not None else None
     seconds = figure(R, synthetic, ("summary", i, "optimize_s"), "{:.0f}") if i is not None else None
-    rows.append(Measured("held-out PSNR ≥ 25.5 dB within 140 s of optimization on a 200×200 object scene (H100; 50 training views, page4d-tiny geometry, whole pipeline)",
+    rows.append(Measured("held-out PSNR ≥ 25.5 dB within 140 s of optimization on a 200×200 object scene "
+                         "(H100; 50 training views, page4d-tiny geometry, whole pipeline)",
                          psnr, [psnr, " dB after ", seconds, " s (mean over seeds ",
                                 figure(R, synthetic, ("summary", i, "seeds"), "{}", "join") if i is not None
                                 else None, ")"], None, None, device(R, synthetic), synthetic,
