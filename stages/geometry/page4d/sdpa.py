@@ -10,6 +10,7 @@ the process. Elsewhere (CPU, float64) the call is plain ``F.scaled_dot_product_a
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Optional
 
 import torch
@@ -64,6 +65,15 @@ def _bucket(n: int) -> int:
 
 
 def _autotune(key: tuple, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Optional[str]:
+    """The fastest kernel that accepts this shape class and agrees with the first one that ran (None: none did).
+    PyTorch warns about every kernel that refuses the inputs (say cuDNN and FlashAttention for float32); those
+    warnings are this probe's own business, not the user's: the reasons are kept in :func:`refused_kernels`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return _time_kernels(key, q, k, v, scale)
+
+
+def _time_kernels(key: tuple, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Optional[str]:
     reference: Optional[Tensor] = None
     timings: dict[str, float] = {}
     for kernel in ("cudnn", "flash", "efficient"):
