@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,28 @@ def test_e2e_plan_covers_every_scene_and_model():
                                     "room-s0-bases", "room-s0-none", "room-s1-bases", "room-s1-none"]
     lady = e2e_bench.plan("lady-running", [], [], ["bases"])
     assert lady[0].overrides == ["scene.test_every=8"] and lady[0].source.endswith("lady-running")
+
+
+def test_e2e_object_scenes_follow_the_issue_protocol(tmp_path, monkeypatch):
+    """Synthetic objects are made with 50 training and 20 test views (issue #6's quality protocol), rooms with
+    make-scene's defaults; a scene already there is reused, and the command is recorded either way."""
+    calls = []
+
+    def fake_run(command, check, cwd):
+        calls.append(command)
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "transforms_train.json").write_text("{}")
+
+    monkeypatch.setattr(e2e_bench.subprocess, "run", fake_run)
+    path, info = e2e_bench.make_scene("object", 3, tmp_path)
+    assert calls[0][-10:] == ["make-scene", "object", "--out", str(path), "--seed", "3", "--frames", "50",
+                              "--test-views", "20"]
+    assert "--test-views 20" in info["command"] and "make_scene_s" in info
+    again, info = e2e_bench.make_scene("object", 3, tmp_path)
+    assert again == path and info["reused"] and len(calls) == 1
+    room, _ = e2e_bench.make_scene("room", 3, tmp_path)
+    assert calls[1][-4:] == ["--out", str(room), "--seed", "3"] and room != path
 
 
 def run_entry(kind, seed, model, psnr, optimize_s=10.0, code=0):
