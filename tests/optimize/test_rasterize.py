@@ -244,6 +244,23 @@ def test_culling_rules():
     assert torch.isfinite(projection.means2d).all() and torch.isfinite(projection.conics).all()
 
 
+@pytest.mark.parametrize("gsplat_order", [False, True])
+def test_a_degenerate_gaussian_is_culled_with_zero_not_nan_gradients(gsplat_order):
+    """Zero scales and no blur: the 2D covariance has det = 0, so the Gaussian is culled; antialiased, its
+    compensation is 0 and every gradient stays finite (no division by that det, in either order of operations)."""
+    params = [torch.tensor([[0.0, 0.0, 3.0], [0.2, 0.1, 4.0]]), torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]]),
+              torch.tensor([[0.0, 0, 0], [0.1, 0.1, 0.1]]), torch.tensor([0.5, 0.5])]
+    params = [p.requires_grad_() for p in params]
+    K = torch.tensor([[[50.0, 0, 32], [0, 50, 32], [0, 0, 1]]])
+    p = project_gaussians(*params, torch.eye(4)[None], K, 64, 64, eps2d=0.0, antialiased=True,
+                          gsplat_order=gsplat_order)
+    assert p.radii[0, 0].tolist() == [0, 0] and (p.radii[0, 1] > 0).all()
+    assert p.compensations[0, 0] == 0 and p.compensations[0, 1] == 1
+    (p.opacities.sum() + p.conics.sum() + p.means2d.sum()).backward()
+    assert all(torch.isfinite(t.grad).all() for t in params)
+    assert params[3].grad[0] == 0                                              # the culled one's opacity
+
+
 def test_projection_matches_gsplat_pure_torch_reference():
     from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci  # pure torch (CPU)
 

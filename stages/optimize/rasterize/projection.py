@@ -158,7 +158,8 @@ def project_gaussians(
     c00, c11 = c00 + eps2d, c11 + eps2d
     det = fma(c00, c11, -(c01 * c10))
     positive_det = det > 0
-    inv_det = reciprocal(torch.where(positive_det, det, torch.ones_like(det)))
+    det = torch.where(positive_det, det, torch.ones_like(det))                 # culled: no division by det <= 0
+    inv_det = reciprocal(det)
     conics = torch.stack([c11 * inv_det, -c10 * inv_det, c00 * inv_det], dim=-1)   # [C, N, 3]
 
     opacities = opacities[None].expand_as(z)                                   # [C, N]
