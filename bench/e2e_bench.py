@@ -85,7 +85,7 @@ SCENE_ARGS = {"object": ["--frames", "50", "--test-views", "20"], "room": []}
 def make_scene(kind: str, seed: int, scenes_dir: Path) -> tuple[Path, dict]:
     """``page4dgs make-scene KIND --seed SEED`` with :data:`SCENE_ARGS` into scenes_dir (reused when there)."""
     extra = SCENE_ARGS.get(kind, [])
-    out = scenes_dir / (f"{kind}-s{seed}" + ("-50x20" if extra else ""))
+    out = scenes_dir / (f"{kind}-s{seed}" + "".join(extra).replace("--", "-"))     # e.g. object-s0-frames50-...
     command = cli("make-scene", kind, "--out", str(out), "--seed", str(seed), *extra)
     info = {"command": shlex.join(command)}
     if (out / "transforms_train.json").is_file():
