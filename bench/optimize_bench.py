@@ -220,6 +220,8 @@ SPEED_VARIANTS = {
     "compiled-graphs": {"compile": "always", "skip_invisible": False, "cuda_graphs": True},   # CUDA graphs replayed
     "compiled-graphs-bf16": {"compile": "always", "skip_invisible": False, "cuda_graphs": True,   # + mlp in bf16
                              "mlp_bf16": True},
+    "compiled-graphs-torch-adam": {"compile": "always", "skip_invisible": False, "cuda_graphs": True,   # baseline:
+                                   "lean_adam": False},                      # torch.optim.Adam(fused=True)
 }
 
 

@@ -32,6 +32,8 @@ from unittest import mock
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from stages.optimize.fused_adam import LeanFusedAdam   # imported before any patching of torch.optim.Adam
+
 # Operators that make the host wait for the device when their inputs live on a GPU. ``lift_fresh`` is a tensor made
 # from Python data (``torch.tensor``, ``as_tensor``): on CUDA it is then a blocking host-to-device copy.
 SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim",
@@ -149,15 +151,17 @@ def opaque_rasterization(counter: OpCounter) -> Callable:
     return rasterization
 
 
-class _FusedAdam(torch.optim.Adam):
-    def __init__(self, params, **kwargs):
-        super().__init__(params, **{**kwargs, "fused": True, "foreach": None})
+def _cuda_adam(params, **kwargs):
+    """What build_optimizer makes on CUDA (LeanFusedAdam, its default), for a trainer running on the CPU."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("fused", "foreach")}
+    return LeanFusedAdam(params, **kwargs)
 
 
 @contextlib.contextmanager
 def cuda_optimizer_path() -> Iterator[None]:
-    """Adam optimizers built meanwhile take the CUDA path, ``fused=True`` (torch has a fused CPU Adam too)."""
-    with mock.patch.object(torch.optim, "Adam", _FusedAdam):
+    """Adam optimizers built meanwhile take the CUDA path: LeanFusedAdam's fused kernels (torch has a fused CPU Adam
+    too)."""
+    with mock.patch.object(torch.optim, "Adam", _cuda_adam):
         yield
 
 

@@ -136,6 +136,9 @@ class OptimizeConfig:
                                "a new graph is recorded whenever the Gaussian count changes (densification). Needs "
                                "`compile` 'always' or 'cuda' and the 'inductor' backend; training on a CPU runs "
                                "without graphs.")
+    lean_adam: bool = option(True, "On CUDA, step Adam through stages.optimize.fused_adam.LeanFusedAdam: the same "
+                             "fused kernels and updates, bit for bit, as torch.optim.Adam(fused=True), without its "
+                             "per-group Python (the step is bound by the host); off: torch's (for comparison).")
     compile_backend: str = option("inductor", "torch.compile backend for `compile` ('inductor'; the tests use "
                                   "'aot_eager', which checks the traced graphs without generating code).")
     # --- bookkeeping ---

@@ -31,6 +31,7 @@ from pipeline.log import get_logger, progress
 from stages.optimize.config import OptimizeConfig
 from stages.optimize.deformation import Box, build_deformation, deformation_spec_from_config
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
+from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, photometric_loss,
                                     psnr_from_mse, rigidity_loss)
@@ -168,8 +169,8 @@ class GroupOptimizer:
 def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Optional[torch.nn.Parameter],
                     scale: float) -> torch.optim.Adam:
     """One Adam over every trainable tensor, a parameter group per name: each trainable key of ``model.splats``,
-    then the deformation ('bases', 'field', 'planes') and 'cameras'. Fused on CUDA: a step is two kernels per group
-    and one Python call in all (per-key optimizers cost a call each)."""
+    then the deformation ('bases', 'field', 'planes') and 'cameras'. Fused on CUDA: a step is one kernel per group
+    and one for all step counts (:class:`LeanFusedAdam`, ``cfg.lean_adam``; per-key optimizers cost a call each)."""
     rates = splat_learning_rates(cfg, scale)
     groups = [{"name": k, "params": [p], "lr": rates[k]} for k, p in model.splats.items() if p.requires_grad]
     deformation = model.deformation
@@ -184,7 +185,9 @@ def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Option
                            "lr": cfg.lr_field})
     if cameras is not None:
         groups.append({"name": "cameras", "params": [cameras], "lr": cfg.lr_cameras})
-    return torch.optim.Adam(groups, eps=1e-15, fused=model.device.type == "cuda")
+    if model.device.type != "cuda":
+        return torch.optim.Adam(groups, eps=1e-15)
+    return LeanFusedAdam(groups, eps=1e-15) if cfg.lean_adam else torch.optim.Adam(groups, eps=1e-15, fused=True)
 
 
 def splat_optimizers(optimizer: torch.optim.Optimizer, model: GaussianModel4D) -> dict[str, GroupOptimizer]:

@@ -1,0 +1,67 @@
+"""Adam with a lean step for the optimize stage's many small parameter groups.
+
+A training step at 100k Gaussians is bound by the host (docs/gaussians.md, "The cost of a training step"), and
+``torch.optim.Adam(fused=True).step()`` spends most of its time in Python: per group it builds its lists through
+``_init_group``, sorts tensors by device and dtype, and runs the profiler and hook machinery around the call, for
+two kernels per group. :class:`LeanFusedAdam` issues the same kernels - one ``_foreach_add_`` of the step counts (for
+every group at once) and one ``_fused_adam_`` per group - with nothing else, so its updates are bit-identical to
+``torch.optim.Adam(fused=True)`` (tested). It keeps Adam's state layout (``step``, ``exp_avg``, ``exp_avg_sq``), so
+checkpoints, gsplat's strategy (which edits ``param_groups`` and ``state`` when it densifies) and ``load_state_dict``
+work unchanged.
+
+Only the plain case takes the lean path: fused, no amsgrad, no maximize, no closure, and every parameter of a group
+of one device and dtype; anything else falls back to ``torch.optim.Adam.step``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LeanFusedAdam(torch.optim.Adam):
+    """``torch.optim.Adam(params, fused=True, ...)`` whose ``step()`` skips torch.optim's per-step Python."""
+
+    def __init__(self, params, **kwargs):
+        kwargs["fused"] = True
+        super().__init__(params, **kwargs)
+
+    def _lean(self) -> bool:
+        return all(not g["amsgrad"] and not g["maximize"] and not g["differentiable"]
+                   and not g.get("decoupled_weight_decay", False) and not isinstance(g["lr"], torch.Tensor)
+                   for g in self.param_groups)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None or not self._lean():
+            return super().step(closure)
+        batches = []                        # per group: (group, params, grads, exp_avgs, exp_avg_sqs, steps)
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            first = params[0]
+            if any(p.device != first.device or p.dtype != first.dtype or p.grad.is_sparse for p in params):
+                return super().step()
+            states = []
+            for p in params:
+                state = self.state[p]
+                if len(state) == 0:        # as Adam._init_group does for fused: a float32 step on the device
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                states.append(state)
+            batches.append((group, params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                            [s["exp_avg_sq"] for s in states], [s["step"] for s in states]))
+        if not batches:
+            return None
+        steps_by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for batch in batches:
+            steps_by_device.setdefault(batch[1][0].device, []).extend(batch[5])
+        for steps in steps_by_device.values():
+            torch._foreach_add_(steps, 1)
+        for group, params, grads, exp_avgs, exp_avg_sqs, steps in batches:
+            beta1, beta2 = group["betas"]
+            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                               beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"],
+                               eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+        return None
