@@ -169,6 +169,37 @@ def test_official_recipe_trains_exactly_blocks_10_to_19_and_the_mask_head():
     assert [pg["weight_decay"] for pg in optimizer.param_groups] == [0.02, 0.01]
 
 
+def test_mask_head_recipe_trains_only_the_head_on_the_mask_loss_alone():
+    config = load_train_config("page4d-tiny-mask")
+    model = PAGE4D(ModelConfig.load("page4d-tiny"))
+    trainable = set(apply_trainable(model, config.trainable))
+    head = {name for name, _ in model.named_parameters() if name.startswith("aggregator.spatial_mask_head.")}
+    assert trainable == head and len(head) == 6
+    # depthwise 3x3 (192 x 9 + 192) + 1x1 192 -> 64 (+ bias) + 1x1 64 -> 1 (+ bias)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 1920 + 12_352 + 65 == 14_337
+    assert not config.mask_head_backprop        # the head reads detached tokens: no gradient reaches the trunk
+    assert (config.loss.camera_weight, config.loss.depth_weight, config.loss.point_weight) == (0.0, 0.0, 0.0)
+    assert config.loss.mask_weight > 0
+    assert Path(config.init_weights).is_file()  # the bundled first stage, in the repository
+
+
+def test_mask_head_recipe_changes_only_the_head_of_the_shipped_file(tmp_path):
+    # Two real steps of the recipe (small frames on the CPU), exported in 8 bits as the shipped file is: every
+    # tensor but the head's is byte for byte the first stage's, so depth and points are exactly as before.
+    from safetensors.torch import load_file
+
+    final = tmp_path / "page4d-tiny.safetensors"
+    config = load_train_config("page4d-tiny-mask", [
+        "device=cpu", "steps=2", "max_images=2", "frames_max=2", "frame_choices=[2]", "input_width=56",
+        "aspect_buckets=0", "attention=default", f"out_dir={tmp_path / 'run'}", f"export={final}"])
+    run = training.train(config)
+    assert run.finished
+    before, after = load_file(config.init_weights), load_file(final)
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("aggregator.spatial_mask_head.") for k in changed)
+
+
 def test_decay_matrices_only_leaves_vectors_undecayed():
     config = load_train_config("page4d-1b-finetune", ["decay_matrices_only=true"])
     with torch.device("meta"):
