@@ -218,8 +218,6 @@ SPEED_VARIANTS = {
     "compiled": {"compile": "always", "skip_invisible": True, "cuda_graphs": False},   # torch.compile (inductor)
     "compiled-deform-all": {"compile": "always", "skip_invisible": False, "cuda_graphs": False},
     "compiled-graphs": {"compile": "always", "skip_invisible": False, "cuda_graphs": True},   # CUDA graphs replayed
-    "compiled-graphs-padded": {"compile": "always", "skip_invisible": True, "cuda_graphs": True},   # graphs of the
-                                                          # visible Gaussians padded to multiples of graph_pad_to
     "compiled-graphs-bf16": {"compile": "always", "skip_invisible": False, "cuda_graphs": True,   # + mlp in bf16
                              "mlp_bf16": True},
     "compiled-graphs-torch-adam": {"compile": "always", "skip_invisible": False, "cuda_graphs": True,   # baseline:

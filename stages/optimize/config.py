@@ -132,18 +132,13 @@ class OptimizeConfig:
     cuda_graphs: bool = option(False, "With `compile` on a GPU, replay the compiled parts of a step as CUDA graphs "
                                "(torch.compile mode 'reduce-overhead'): launches without Python, which is what "
                                "bounds a step at 100k Gaussians on an H200 (docs/gaussians.md). Graphs replay "
-                               "fixed sizes: with `skip_invisible` the visible dynamic Gaussians are padded with "
-                               "invisible ones to a multiple of `graph_pad_to` (a few sizes, a graph each), without "
-                               "it every dynamic Gaussian is deformed; "
+                               "fixed sizes, so every dynamic Gaussian is deformed (`skip_invisible` does not apply); "
                                "a new graph is recorded whenever the Gaussian count changes (densification). Needs "
                                "`compile` 'always' or 'cuda' and the 'inductor' backend; training on a CPU runs "
                                "without graphs.")
     lean_adam: bool = option(True, "On CUDA, step Adam through stages.optimize.fused_adam.LeanFusedAdam: the same "
                              "fused kernels and updates, bit for bit, as torch.optim.Adam(fused=True), without its "
                              "per-group Python (the step is bound by the host); off: torch's (for comparison).")
-    graph_pad_to: int = option(4096, "With `cuda_graphs` and `skip_invisible`: the number of deformed Gaussians is "
-                               "rounded up to a multiple of this (padded with invisible dynamic ones, culled like "
-                               "the rest: the same render), so graphs are recorded for a few sizes only.")
     compile_backend: str = option("inductor", "torch.compile backend for `compile` ('inductor'; the tests use "
                                   "'aot_eager', which checks the traced graphs without generating code).")
     # --- bookkeeping ---

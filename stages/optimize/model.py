@@ -133,7 +133,7 @@ class GaussianModel4D(nn.Module):
         return (means + shift[:, POSITION]).view(*index.shape, 3)
 
     def gaussians_at(self, time: float, sh_degree: Optional[int] = None,
-                     skip_invisible: bool = False, pad_to: int = 0) -> dict[str, torch.Tensor]:
+                     skip_invisible: bool = False) -> dict[str, torch.Tensor]:
         """The Gaussians at ``time``: means (N, 3), quats (N, 4) raw (w, x, y, z), scales (N, 3) post-activation,
         opacities (N,) post-sigmoid (temporal opacity included), sh (N, K, 3) with K = (d + 1)^2 for
         d = ``sh_degree`` (default: the model's), is_dynamic (N,) bool.
@@ -144,9 +144,6 @@ class GaussianModel4D(nn.Module):
         the same, for a fraction of the deformation's work: with temporal opacity, most dynamic Gaussians are
         invisible at any one time (~88 % in the speed benchmark). Costs one host synchronisation (the count).
         Only with temporal opacity and without an opacity deformation (else the opacity depends on the deformation).
-        pad_to (> 0, with skip_invisible): the visible dynamic Gaussians, then invisible dynamic ones up to a multiple
-        of ``pad_to`` (or all dynamic ones), so a CUDA graph replays one of a few sizes; the padding is deformed
-        too, and culled like every invisible Gaussian, so the render is still the same (:func:`padded_visible`).
         """
         s = self.splats
         dynamic = self.deformation is not None
@@ -158,10 +155,7 @@ class GaussianModel4D(nn.Module):
             opacities = temporal_opacity(torch.sigmoid(s["opacities"]), float(time), s["time_centers"],
                                          s["time_log_scales"], s["is_dynamic"])
             visible = s["is_dynamic"] & (opacities.detach() >= ALPHA_THRESHOLD)
-            if pad_to > 0:
-                index = padded_visible(visible, s["is_dynamic"], pad_to)                   # (M'',): one sync
-            else:
-                index = torch.nonzero(visible).reshape(-1)                               # (M',): one sync
+            index = torch.nonzero(visible).reshape(-1)                                   # (M',): one sync
             anchor_times, cache = s["anchor_times"].index_select(0, index).detach(), False
         elif deform:
             index, anchor_times = self.dynamic_set()
@@ -197,16 +191,15 @@ class GaussianModel4D(nn.Module):
     def rasterize(self, time: float, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int, *,
                   backgrounds: Optional[torch.Tensor] = None, render_mode: str = "RGB",
                   sh_degree: Optional[int] = None, backend: str = "auto", absgrad: bool = False,
-                  skip_invisible: bool = True, pad_to: int = 0):
+                  skip_invisible: bool = True):
         """Render C cameras at one time. viewmats (C, 4, 4) world-to-camera, Ks (C, 3, 3), backgrounds (C, 3).
         Returns (colors (C, H, W, X), alphas (C, H, W, 1), meta) as :func:`stages.optimize.rasterize.rasterization`.
-        skip_invisible, pad_to: see :meth:`gaussians_at` (the same render either way, for one host
-        synchronisation). On by default here, off there: the other callers of ``gaussians_at`` (exports) want every
-        Gaussian deformed."""
+        skip_invisible: see :meth:`gaussians_at` (the same render either way, for one host synchronisation). On by
+        default here, off there: the other callers of ``gaussians_at`` (exports) want every Gaussian deformed."""
         from stages.optimize.rasterize import rasterization
 
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
-        g = self.gaussians_at(time, degree, skip_invisible=skip_invisible, pad_to=pad_to)
+        g = self.gaussians_at(time, degree, skip_invisible=skip_invisible)
         return rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"], viewmats, Ks,
                              int(width), int(height), sh_degree=degree, backgrounds=backgrounds,
                              render_mode=render_mode, absgrad=absgrad, backend=backend)
@@ -249,18 +242,6 @@ class GaussianModel4D(nn.Module):
         """Write the model (atomically) in the format :func:`load_model` reads."""
         with atomic_path(path) as tmp:
             torch.save(self.to_state(), tmp)
-
-
-def padded_visible(visible: torch.Tensor, is_dynamic: torch.Tensor, pad_to: int) -> torch.Tensor:
-    """Indices of the Gaussians to deform when the count must come from a few sizes (CUDA graphs): every visible
-    one (``visible`` (N,) bool, a subset of ``is_dynamic`` (N,) bool), in index order, then invisible dynamic ones,
-    in index order, up to the next multiple of ``pad_to`` (at most every dynamic Gaussian). Static Gaussians are
-    never included. One host synchronisation (the counts); returns (M,) int64."""
-    counts = torch.stack([visible.sum(), is_dynamic.sum()]).tolist()                     # one sync
-    count, dynamic = int(counts[0]), int(counts[1])
-    size = min(dynamic, -(-max(count, 1) // pad_to) * pad_to)
-    rank = visible.to(torch.uint8) + is_dynamic.to(torch.uint8)     # 2 visible, 1 invisible dynamic, 0 static
-    return torch.sort(rank, descending=True, stable=True).indices[:size]
 
 
 def compile_function(function, backend: str = "inductor", mode: Optional[str] = None):

@@ -43,8 +43,6 @@ def check_config(cfg: OptimizeConfig) -> None:
         problems.append("time_jitter_until must be >= 0")
     if cfg.temporal_width_floor < 0:
         problems.append("temporal_width_floor must be >= 0")
-    if cfg.graph_pad_to < 1:
-        problems.append("graph_pad_to must be >= 1")
     if cfg.temporal_width_floor > 0 and cfg.temporal_widen_until < cfg.temporal_widen_from:
         problems.append("temporal_widen_until must be >= temporal_widen_from")
     if problems:

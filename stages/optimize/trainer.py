@@ -549,8 +549,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     initial_rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
     splat_opts = splat_optimizers(optimizer, model)
     functions = step_functions(cfg, model, device)
-    skip_invisible = cfg.skip_invisible
-    pad_to = cfg.graph_pad_to if functions.cuda_graphs else 0        # graphs replay fixed sizes: a few of them
+    skip_invisible = cfg.skip_invisible and not functions.cuda_graphs       # graphs replay fixed sizes
     strategy = make_strategy(cfg)
     strategy.check_sanity(model.splats, splat_opts)
     strategy_state = strategy.initialize_state(scene_scale=scale)
@@ -620,7 +619,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             colors, alphas, info = model.rasterize(when, viewmat[None], view.K[None], view.width, view.height,
                                                    backgrounds=background[None], render_mode=render_mode,
                                                    sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad,
-                                                   skip_invisible=skip_invisible, pad_to=pad_to)
+                                                   skip_invisible=skip_invisible)
             strategy.step_pre_backward(model.splats, splat_opts, strategy_state, step, info)
             infos.append(info)
             rgb = colors[0, ..., :3]

@@ -20,9 +20,9 @@ def _camera(width: int = 48, height: int = 40) -> tuple[torch.Tensor, torch.Tens
     return world_to_camera, K
 
 
-def _render_and_grads(model, time: float, skip: bool, pad_to: int = 0):
+def _render_and_grads(model, time: float, skip: bool):
     model.zero_grad(set_to_none=True)
-    g = model.gaussians_at(time, skip_invisible=skip, pad_to=pad_to)
+    g = model.gaussians_at(time, skip_invisible=skip)
     world_to_camera, K = _camera()
     colors, alphas, meta = rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"],
                                          world_to_camera[None], K[None], 48, 40, sh_degree=1, backend="torch",
@@ -58,30 +58,6 @@ def test_skipping_invisible_gaussians_changes_neither_the_render_nor_its_gradien
     for name, grad in grads_full.items():
         torch.testing.assert_close(grads_part[name], grad, rtol=1e-10, atol=1e-12, msg=name)
     assert any(float(grads_full[k].abs().sum()) > 0 for k in grads_full if k.startswith("deformation"))
-
-    # Padded to a few sizes (what CUDA graphs replay): some invisible dynamic Gaussians are deformed too, the
-    # render and its gradients are still the same.
-    pad_to = 64
-    padded, radii_padded, grads_padded, g_padded = _render_and_grads(model, time, skip=True, pad_to=pad_to)
-    moved = (g_padded["means"] != g_part["means"]).any(-1)
-    assert moved.any() and not (moved & (visible | ~dynamic)).any()        # only invisible dynamic ones
-    deformed = int((dynamic & visible).sum()) + int(moved.sum())
-    assert deformed <= -(-int((dynamic & visible).sum()) // pad_to) * pad_to
-    torch.testing.assert_close(padded, full, rtol=0, atol=1e-12)
-    assert torch.equal(radii_padded, radii_full)
-    for name, grad in grads_full.items():
-        torch.testing.assert_close(grads_padded[name], grad, rtol=1e-10, atol=1e-12, msg=name)
-
-
-def test_padded_visible_lists_visible_then_invisible_dynamic_gaussians_never_static_ones():
-    from stages.optimize.model import padded_visible
-
-    is_dynamic = torch.tensor([1, 1, 0, 1, 1, 0, 1, 1, 1, 1], dtype=torch.bool)
-    visible = torch.tensor([0, 1, 0, 0, 1, 0, 0, 0, 1, 0], dtype=torch.bool)
-    assert padded_visible(visible, is_dynamic, 4).tolist() == [1, 4, 8, 0]          # 3 visible -> 4
-    assert padded_visible(visible, is_dynamic, 3).tolist() == [1, 4, 8]             # already a multiple
-    assert padded_visible(visible, is_dynamic, 100).tolist() == [1, 4, 8, 0, 3, 6, 7, 9]   # at most every dynamic
-    assert padded_visible(torch.zeros(10, dtype=torch.bool), is_dynamic, 2).tolist() == [0, 1]   # none visible
 
 
 def test_with_an_opacity_deformation_every_dynamic_gaussian_is_deformed():
