@@ -221,7 +221,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     previous = json.loads(out.read_text()) if out.is_file() and not args.fresh else {}
     recorded = {r["id"]: r for r in previous.get("runs", []) if r.get("returncode") == 0}
     scenes: dict[str, dict] = previous.get("scenes", {}) if not args.fresh else {}
-    record = {"benchmark": "e2e", "suite": args.suite, "environment": environment(args.device),
+    here = environment(args.device)
+    # The environment is this call's; calls continue one file on different hosts, so each run keeps its own device
+    # (runs recorded before runs had one get their file's environment device).
+    for r in recorded.values():
+        r.setdefault("device", previous.get("environment", {}).get("device"))
+    record = {"benchmark": "e2e", "suite": args.suite, "environment": here,
               "overrides": extra, "notes": notes, "scenes": scenes, "runs": list(recorded.values())}
 
     def save() -> None:
@@ -241,6 +246,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             scenes.setdefault(scene_dir.name, info)
             run.source = str(scene_dir)
         entry = reconstruct(run, workdir / "runs", extra, args.timeout, args.keep)
+        entry["device"] = here.get("device")
         failures += entry["returncode"] != 0
         ran += 1
         record["runs"] = [r for r in record["runs"] if r["id"] != run.id] + [entry]

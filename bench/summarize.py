@@ -121,6 +121,7 @@ OPS: dict[str, Callable[[list], Any]] = {
     "len": lambda v: len(v[0]),
     "oneline": lambda v: " ".join(str(v[0]).split()),
     "join": lambda v: ", ".join(str(x) for x in v[0]),
+    "distinct": lambda v: " / ".join(dict.fromkeys(str(x) for x in v)),   # several sources, each value once
 }
 
 
@@ -261,6 +262,19 @@ def meta(results: Results, name: str, key: str, section: Optional[str] = None, o
 
 def device(results: Results, name: str, section: Optional[str] = None) -> Optional[Fig]:
     return meta(results, name, "device", section)
+
+
+def runs_device(results: Results, name: str, kind: Optional[str] = None,
+                model: Optional[str] = None) -> Optional[Fig]:
+    """The devices of an end-to-end file's runs (of ``kind`` and ``model`` where given), each once: calls continue
+    one file on different hosts, and each run records its own device. Files older than that: the file's device."""
+    runs = results.get(name, ("runs",))
+    runs = runs if runs is not MISSING else []
+    paths = [("runs", i, "device") for i, r in enumerate(runs) if r.get("device")
+             and (kind is None or r.get("kind") == kind) and (model is None or r.get("deformation") == model)]
+    if not paths:
+        return device(results, name)
+    return figure(results, name, paths[0], "{}", "distinct", [(name, p) for p in paths[1:]])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -656,7 +670,7 @@ def quality_rows(R: Results) -> list[Measured]:
                          "(H100; 50 training views, page4d-tiny geometry, whole pipeline)",
                          psnr, [psnr, " dB after ", seconds, " s (mean over seeds ",
                                 figure(R, synthetic, ("summary", i, "seeds"), "{}", "join") if i is not None
-                                else None, ")"], None, None, device(R, synthetic), synthetic,
+                                else None, ")"], None, None, runs_device(R, synthetic, "object", "bases"), synthetic,
                          status=None if psnr is None or seconds is None else
                          ("met" if psnr.value >= 25.5 and seconds.value <= 140 else "missed")))
     rows += optimize_quality_rows(R)
@@ -671,7 +685,7 @@ def quality_rows(R: Results) -> list[Measured]:
         rows.append(Measured(f"each deformation model ≥ 5 dB above static: {label}", least,
                              [least, " dB (smallest over models)"], at_least(5.0),
                              ["static ", *unit(figure(R, name, ("summary", static, "psnr"), "{:.2f}"), " dB")]
-                             if static is not None else None, device(R, name), name))
+                             if static is not None else None, runs_device(R, name, kind), name))
     return rows
 
 
@@ -785,7 +799,7 @@ def section_e2e(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
         runs = R.get(name, ("runs",))
         doc.add("### ", figure(R, name, ("suite",), "{}"), " (", Lit(name), ")")
         doc.blank()
-        doc.add(device(R, name), ", ", meta(R, name, "date", op="day"),
+        doc.add(runs_device(R, name), ", ", meta(R, name, "date", op="day"),
                 "; wall time of the whole command, per-stage wall time and peak resident memory from the run's "
                 "manifest, held-out image metrics from its metrics.json.")
         doc.blank()
@@ -795,14 +809,14 @@ def section_e2e(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
             stages = run.get("stages", {})
             rss = [(name, ("runs", i, "stages", s, "peak_rss_mib")) for s in stages]
             gpu = [(name, ("runs", i, "stages", s, "peak_gpu_mib")) for s in stages]
-            table.append([f("id", fmt="{}"), f("returncode", fmt="{}"), f("wall_s")]
+            table.append([f("id", fmt="{}"), f("device", fmt="{}") or device(R, name), f("returncode", fmt="{}"), f("wall_s")]
                          + [f("stages", s, "wall_s") for s in STAGES]
                          + [figure(R, name, rss[0][1], "{:.0f}", "max", rss[1:]) if rss else None,
                             figure(R, name, gpu[0][1], "{:.0f}", "max", gpu[1:]) if gpu else None,
                             f("stages", "optimize", "summary", "gaussians", fmt="{:,}"),
                             f("metrics", "psnr", fmt="{:.2f}"), f("metrics", "ssim", fmt="{:.3f}"),
                             f("metrics", "lpips_alex", fmt="{:.3f}")])
-        doc.table(["run", "exit", "total s", *[f"{s} s" for s in STAGES], "peak RSS MiB", "peak GPU MiB", "Gaussians",
+        doc.table(["run", "device", "exit", "total s", *[f"{s} s" for s in STAGES], "peak RSS MiB", "peak GPU MiB", "Gaussians",
                    "PSNR", "SSIM", "LPIPS-alex"], table)
         summary = R.get(name, ("summary",))
         if summary is not MISSING and summary:

@@ -94,3 +94,17 @@ def test_e2e_summary_pairs_each_model_with_the_static_run_of_the_same_scene():
     assert bases["psnr_over_static"] == pytest.approx(((30 - 24) + (28 - 27)) / 2)
     assert bases["optimize_s"] == pytest.approx((10 + 20 + 10) / 3)
     assert rows[("object", "none")]["psnr_over_static"] is None
+
+
+def test_e2e_runs_keep_the_device_they_ran_on_when_a_later_call_continues_the_file(tmp_path, monkeypatch):
+    old = run_entry("object", 0, "bases", 30.0)                        # recorded before runs had a device
+    (tmp_path / "e2e_synthetic.json").write_text(json.dumps({"environment": {"device": "GPU A"}, "runs": [old]}))
+    monkeypatch.setattr(e2e_bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(e2e_bench, "environment", lambda device: {"device": "GPU B"})
+    monkeypatch.setattr(e2e_bench, "make_scene", lambda kind, seed, where: (tmp_path / f"{kind}{seed}", {}))
+    monkeypatch.setattr(e2e_bench, "reconstruct",
+                        lambda run, where, extra, timeout, keep: run_entry(run.kind, run.seed, run.deformation, 20.0))
+    assert e2e_bench.main(["synthetic", "--kinds", "object", "--seeds", "0", "--models", "bases", "none"]) == 0
+    record = json.loads((tmp_path / "e2e_synthetic.json").read_text())
+    assert {r["id"]: r["device"] for r in record["runs"]} == {"object-s0-bases": "GPU A", "object-s0-none": "GPU B"}
+    assert record["environment"]["device"] == "GPU B"

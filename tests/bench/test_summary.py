@@ -171,3 +171,20 @@ def test_the_speed_target_is_listed_as_not_measured_when_a_file_has_no_speed_sec
     speed = [r for r in rows if r.target.startswith("≥ 150 optimization it/s")]
     assert len(speed) == 1 and speed[0].value is None
     assert any(r.target.startswith("100-frame") and r.value is not None for r in rows)
+
+
+def test_an_e2e_file_continued_on_other_hosts_names_each_runs_device(tmp_path):
+    # Calls continue one results file on different hosts: rows name the devices of the runs they use, each once;
+    # a file whose runs carry no device falls back to the file's.
+    runs = [{"id": "object-s0-bases", "kind": "object", "deformation": "bases", "device": "NVIDIA H200"},
+            {"id": "object-s0-none", "kind": "object", "deformation": "none", "device": "NVIDIA H200"},
+            {"id": "object-s0-mlp", "kind": "object", "deformation": "mlp", "device": "NVIDIA H100 80GB HBM3"},
+            {"id": "room-s0-bases", "kind": "room", "deformation": "bases", "device": "NVIDIA H200"}]
+    (tmp_path / "e2e_synthetic.json").write_text(json.dumps({"environment": {"device": "NVIDIA H100 80GB HBM3"},
+                                                             "runs": runs}))
+    (tmp_path / "e2e_demo.json").write_text(json.dumps({"environment": {"device": "cpu"}, "runs": [{"id": "d"}]}))
+    R = summarize.Results(tmp_path)
+    assert summarize.runs_device(R, "e2e_synthetic.json", "object").text == "NVIDIA H200 / NVIDIA H100 80GB HBM3"
+    assert summarize.runs_device(R, "e2e_synthetic.json", "object", "bases").text == "NVIDIA H200"
+    assert summarize.runs_device(R, "e2e_synthetic.json", "room").text == "NVIDIA H200"
+    assert summarize.runs_device(R, "e2e_demo.json").text == "cpu"
