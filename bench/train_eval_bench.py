@@ -157,6 +157,32 @@ class IdentityConstant:
                       [np.zeros((H, W), bool) for _ in range(S)])
 
 
+class PatchMaskBound:
+    """Not a method: how far a mask predicted per patch can go. The true masks, prepared as the network's frames are
+    (resized and cropped to its input), averaged over each patch (the mask head's resolution), then upsampled and
+    thresholded as the network's probabilities are. Cameras and depth as the identity baseline's."""
+
+    name = "true masks at patch resolution (mask bound)"
+
+    def __init__(self, input_width: int, patch_size: int):
+        self.input_width, self.patch_size = input_width, patch_size
+
+    def __call__(self, seq: Sequence) -> Output:
+        import torch.nn.functional as F
+
+        from stages.geometry.page4d.preprocess import prepare_frames
+
+        masks = [np.repeat(m[..., None].astype(np.float32), 3, axis=2) for m in seq.dynamic]
+        prepared = prepare_frames(masks, "crop", self.input_width, self.patch_size)
+        frames = prepared.batch(slice(None))[:, :1]                                    # (S, 1, h*p, w*p) in [0, 1]
+        per_patch = F.avg_pool2d(frames, self.patch_size)                              # (S, 1, h, w)
+        probability = F.interpolate(per_patch, size=frames.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+        dynamic = [mapping.to_stored(probability[i][None])[0].numpy() > 0.5
+                   for i, mapping in enumerate(prepared.mappings)]
+        S, H, W = seq.depth.shape
+        return Output(np.tile(np.eye(4), (S, 1, 1)), [np.ones((H, W)) for _ in range(S)], dynamic)
+
+
 class Network:
     """page4d-tiny through the geometry stage's preprocessing, precision policy and resampling to stored pixels."""
 
@@ -214,13 +240,16 @@ def sequence_metrics(seq: Sequence, out: Output) -> dict:
     scale = seq.normalisation_scale()
     intersection = sum(int(np.count_nonzero(p & g)) for p, g in zip(out.dynamic, seq.dynamic))
     union = sum(int(np.count_nonzero(p | g)) for p, g in zip(out.dynamic, seq.dynamic))
+    predicted = sum(int(np.count_nonzero(p)) for p in out.dynamic)
+    truth = int(np.count_nonzero(seq.dynamic))
     width = seq.depth.shape[2]
     fov_error = (float(np.mean(np.abs(horizontal_fov_deg(out.K, width) - horizontal_fov_deg(seq.K, width))))
                  if out.K is not None else float("nan"))
     return {"sequence": seq.name, "frames": len(seq.images), "depth_abs_rel": depth["abs_rel"],
             "depth_delta_1.25": depth["delta_1.25"], "valid_pixels": depth["valid_pixels"],
             "ate_normalized": pose.ate / scale, "rpe_rot_deg": pose.rpe_rot_deg, "gt_scale": scale,
-            "mask_intersection": intersection, "mask_union": union, "fov_error_deg": fov_error}
+            "mask_intersection": intersection, "mask_union": union, "mask_predicted": predicted,
+            "mask_truth": truth, "fov_error_deg": fov_error}
 
 
 def horizontal_fov_deg(K: np.ndarray, width: int) -> np.ndarray:
@@ -229,14 +258,19 @@ def horizontal_fov_deg(K: np.ndarray, width: int) -> np.ndarray:
 
 
 def pool(rows: list[dict]) -> dict:
-    """Depth weighted by valid pixels, pose averaged over sequences, IoU pooled over frames."""
+    """Depth weighted by valid pixels, pose averaged over sequences, IoU (and the masks' precision and recall)
+    pooled over frames."""
     weights = np.array([r["valid_pixels"] for r in rows], dtype=np.float64)
     union = sum(r["mask_union"] for r in rows)
+    inter = sum(r["mask_intersection"] for r in rows)
+    predicted, truth = sum(r["mask_predicted"] for r in rows), sum(r["mask_truth"] for r in rows)
     return {"depth_abs_rel": float(np.average([r["depth_abs_rel"] for r in rows], weights=weights)),
             "depth_delta_1.25": float(np.average([r["depth_delta_1.25"] for r in rows], weights=weights)),
             "ate_normalized": float(np.mean([r["ate_normalized"] for r in rows])),
             "rpe_rot_deg": float(np.mean([r["rpe_rot_deg"] for r in rows])),
-            "mask_iou": sum(r["mask_intersection"] for r in rows) / union if union else float("nan"),
+            "mask_iou": inter / union if union else float("nan"),
+            "mask_precision": inter / predicted if predicted else float("nan"),
+            "mask_recall": inter / truth if truth else float("nan"),
             "fov_error_deg": float(np.mean([r["fov_error_deg"] for r in rows])),
             "sequences": len(rows), "frames": int(sum(r["frames"] for r in rows))}
 
@@ -267,7 +301,8 @@ def print_table(results: dict) -> None:
     for name, result in results.items():
         for kind, values in result["per_kind"].items():
             cells = [f"{values[m]:.4f}{'' if meets(m, values[m]) else ' x':2s}".rjust(16) for m in metrics]
-            print(f"{name[:44]:44s} {kind:7s} " + " ".join(cells) + f"   FoV error {values['fov_error_deg']:.2f} deg")
+            print(f"{name[:44]:44s} {kind:7s} " + " ".join(cells) + f"   FoV error {values['fov_error_deg']:.2f} deg"
+                  f", masks precision {values['mask_precision']:.3f} recall {values['mask_recall']:.3f}")
     print("(x: target missed; FoV error: no target)")
 
 
@@ -446,6 +481,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--validation", action="store_true",
                         help="the validation scenes (rooms from 1,000,050, objects from 1,000,150) that choose between "
                              "weights, instead of the evaluation's; needs --out")
+    parser.add_argument("--mask-bound", action="store_true",
+                        help="also the true masks at the mask head's patch resolution: the IoU a head could reach")
     parser.add_argument("--fixed-only", action="store_true", help="only the fixed scene of the bundled-weights test")
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--steps", type=int, default=40, help="throughput: steps per precision")
@@ -490,6 +527,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
     methods = [trained_network(weights, device), untrained_network(device), IdentityConstant()]
+    if args.mask_bound:
+        config = methods[0].model.config
+        methods.append(PatchMaskBound(config.input_width, config.patch_size))
     fixed = scene_sequences(FIXED_SCENE["kind"], FIXED_SCENE["seed"], FIXED_SCENE["frames"], max_windows=1)
     from pipeline.synthetic.writer import GENERATOR_VERSION
 

@@ -25,3 +25,32 @@ def test_horizontal_field_of_view_from_intrinsics():
 
     K = np.array([[[128.0, 0, 128], [0, 128, 72], [0, 0, 1]], [[221.7025033688163, 0, 128], [0, 1, 72], [0, 0, 1]]])
     assert np.allclose(bench.horizontal_fov_deg(K, 256), [90.0, 60.0])     # tan(45) = 128/128, tan(30) = 128/221.7
+
+
+
+def _row(intersection, union, predicted, truth):
+    return {"mask_intersection": intersection, "mask_union": union, "mask_predicted": predicted,
+            "mask_truth": truth, "valid_pixels": 1, "depth_abs_rel": 0.0, "depth_delta_1.25": 1.0,
+            "ate_normalized": 0.0, "rpe_rot_deg": 0.0, "fov_error_deg": 0.0, "frames": 1}
+
+
+def test_masks_pool_iou_precision_and_recall_over_frames():
+    # sequence 1: 8 predicted, 6 true, 4 right (union 10); sequence 2: 8 predicted, 4 true, 4 right (union 8)
+    pooled = bench.pool([_row(4, 10, 8, 6), _row(4, 8, 8, 4)])
+    assert pooled["mask_iou"] == 8 / 18 and pooled["mask_precision"] == 8 / 16 and pooled["mask_recall"] == 8 / 10
+
+
+def test_the_mask_bound_keeps_a_patch_aligned_mask_and_loses_a_thin_one():
+    import numpy as np
+
+    dynamic = np.zeros((2, 56, 112), bool)      # at the network's width 112 with patches of 14: no resizing
+    dynamic[0, 14:42, 28:56] = True             # 2 x 2 whole patches
+    dynamic[1, 20, :] = True                    # one row: 1/14 of each patch it crosses
+    seq = bench.Sequence("room", 0, 0, [np.zeros((56, 112, 3), np.float32)] * 2, np.ones((2, 56, 112)), dynamic,
+                         np.tile(np.eye(4), (2, 1, 1)), np.zeros((2, 56, 112, 3)), np.tile(np.eye(3), (2, 1, 1)))
+    out = bench.PatchMaskBound(112, 14)(seq)
+    rows, cols = np.nonzero(out.dynamic[0])
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (14, 41, 28, 55)    # the block's own extent
+    assert out.dynamic[0][20:36, 34:50].all()                                       # bilinear: corners rounded
+    assert 0.85 < (out.dynamic[0] & dynamic[0]).sum() / (out.dynamic[0] | dynamic[0]).sum() < 1.0
+    assert not out.dynamic[1].any()
