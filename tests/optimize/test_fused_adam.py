@@ -23,9 +23,17 @@ def _replace_rows(optimizer: torch.optim.Adam, group: dict, keep: torch.Tensor) 
     group["params"][0] = new
 
 
-def test_lean_step_matches_torch_fused_adam_bit_for_bit():
+def test_lean_step_matches_torch_fused_adam_bit_for_bit(monkeypatch):
     reference = torch.optim.Adam(_groups(0), eps=1e-15, fused=True)
     lean = LeanFusedAdam(_groups(0), eps=1e-15)
+    torch_step, fallbacks = torch.optim.Adam.step, []
+
+    def counted(self, *args, **kwargs):           # the lean path must not hand the step to torch's
+        if self is lean:
+            fallbacks.append(1)
+        return torch_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counted)
     keep = torch.arange(50) % 3 != 0
     for step in range(12):
         generator = torch.Generator().manual_seed(100 + step)
@@ -48,6 +56,7 @@ def test_lean_step_matches_torch_fused_adam_bit_for_bit():
             for key in ("step", "exp_avg", "exp_avg_sq"):
                 assert torch.equal(reference.state[pa][key], lean.state[pb][key]), (step, a["name"], key)
     assert lean.state_dict()["state"].keys() == reference.state_dict()["state"].keys()
+    assert not fallbacks
 
 
 def test_unusual_settings_fall_back_to_torch():
