@@ -16,6 +16,10 @@ class InitializeConfig:
                                      "together) take while static points need the rest. Below it, static points "
                                      "and each time slice are downsampled with one voxel size: the same density "
                                      "everywhere.")
+    dynamic_time_stride: int = option(1, "Keep the moving points of every this-many-th training time only (1 = every "
+                                      "time keeps its copy of the moving surfaces; the static points of every "
+                                      "frame are kept). Fewer, longer-lived copies; pair it with a wider "
+                                      "optimize.temporal_opacity_init.")
     min_confidence: float = option(0.0, "Drop pixels whose depth confidence is below this value (PAGE-4D "
                                    "confidences are >= 1; oracle geometry has confidence 1).")
     confidence_percentile: float = option(0.0, "Per frame, also drop the pixels below this percentile of "

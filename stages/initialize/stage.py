@@ -95,9 +95,10 @@ def build_gaussians(frames: list[FramePoints], cfg: InitializeConfig) -> Initial
     """Pool, downsample to the budget and attribute the points of all training frames."""
     static_pts = np.concatenate([f.points[~f.dynamic] for f in frames] or [np.zeros((0, 3))])
     static_rgb = np.concatenate([f.colors[~f.dynamic] for f in frames] or [np.zeros((0, 3))])
+    kept_times = set(sorted({f.camera.time for f in frames})[:: cfg.dynamic_time_stride])  # the first, every k-th
     slices: dict[float, list[FramePoints]] = defaultdict(list)      # time -> frames seen at that time
     for f in frames:
-        if f.dynamic.any():
+        if f.dynamic.any() and f.camera.time in kept_times:
             slices[f.camera.time].append(f)
     times = sorted(slices)
     slice_pts = [np.concatenate([f.points[f.dynamic] for f in slices[t]]) for t in times]
@@ -149,6 +150,8 @@ def check_config(cfg: InitializeConfig) -> None:
     """Refuse values this stage cannot run with (the runner calls it before any stage runs)."""
     if not 0.0 <= cfg.dynamic_fraction <= 1.0:
         raise UserError(f"initialize.dynamic_fraction must be in [0, 1], got {cfg.dynamic_fraction}")
+    if cfg.dynamic_time_stride < 1:
+        raise UserError(f"initialize.dynamic_time_stride must be >= 1, got {cfg.dynamic_time_stride}")
     if cfg.max_gaussians < 1 or not 0.0 < cfg.init_opacity < 1.0 or cfg.init_scale <= 0:
         raise UserError("initialize: max_gaussians must be >= 1, init_opacity in (0, 1), init_scale > 0")
 

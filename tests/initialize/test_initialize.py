@@ -193,6 +193,29 @@ def test_stage_puts_gaussians_on_the_surfaces_seen_at_their_time(spheres, tmp_pa
     assert np.allclose(g["quats"], [1, 0, 0, 0])
 
 
+def test_dynamic_time_stride_keeps_every_kth_slice_and_every_static_point(spheres, tmp_path):
+    files, scene = spheres
+    train_times = sorted({f.time for f in scene.train_frames})
+    runs = {}
+    for stride in (1, 3):
+        summary, work = run_stage("initialize", files.geometry, scene,
+                                  ["initialize.max_gaussians=100000", f"initialize.dynamic_time_stride={stride}"])
+        runs[stride] = summary, np.load(work / "initialize/labels.npz"), read_gaussians_ply(work / "initialize/gaussians.ply")
+    (one, labels_one, g_one), (three, labels_three, g_three) = runs[1], runs[3]
+    kept = sorted(set(labels_three["time"][labels_three["is_dynamic"]].tolist()))
+    seen = sorted(set(labels_one["time"][labels_one["is_dynamic"]].tolist()))
+    # The training times with moving points among the first and every third training time.
+    expected = [t for t in seen if np.isclose(t, train_times[::3]).any()]
+    assert len(expected) >= 2 and np.allclose(kept, expected)
+    assert three["time_slices"] == len(kept) < one["time_slices"] == len(seen)
+    # A budget this large downsamples nothing: the static points are the same, and each kept slice has as many
+    # Gaussians as with stride 1.
+    assert three["static"] == one["static"]
+    assert np.array_equal(g_three["means"][~labels_three["is_dynamic"]], g_one["means"][~labels_one["is_dynamic"]])
+    for t in kept:
+        assert (labels_three["time"] == t).sum() == (labels_one["time"] == t).sum() > 0
+
+
 def test_predicted_cameras_are_brought_into_the_dataset_world_by_sim3(spheres, tmp_path):
     """Geometry in another world (network cameras and depth in its own units): the stage recovers the known
     similarity and produces the same Gaussians as from the dataset cameras."""
