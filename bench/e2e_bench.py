@@ -187,6 +187,32 @@ def print_table(runs: list[dict]) -> None:
               + " ".join(f"{q:>6.3f}" if isinstance(q, (int, float)) else f"{'-':>6}" for q in quality))
 
 
+def merge(record: dict, names: list[str], note: str, save, out: Path) -> int:
+    """Put the successful runs of the named result files into ``record`` (same ids replaced) and save it."""
+    merged = []
+    for name in names:
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            print(f"e2e_bench: no results file {path}", file=sys.stderr)
+            return 2
+        part = json.loads(path.read_text())
+        if part.get("suite") != record["suite"]:
+            print(f"e2e_bench: {path.name} is suite '{part.get('suite')}', not '{record['suite']}'", file=sys.stderr)
+            return 2
+        for run in part.get("runs", []):
+            if run.get("returncode") == 0:
+                run.setdefault("device", part.get("environment", {}).get("device"))
+                record["runs"] = [r for r in record["runs"] if r["id"] != run["id"]] + [run]
+                merged.append(run["id"])
+        record["scenes"].update(part.get("scenes", {}))
+    record["notes"].append(f"{', '.join(merged)} merged from {', '.join(n + '.json' for n in names)}"
+                           + (f": {note}" if note else ""))
+    save()
+    print_table(record["runs"])
+    print(f"merged {len(merged)} runs into {out}")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=list(SUITE_DEFAULTS))
@@ -202,6 +228,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per reconstruction (default: none)")
     parser.add_argument("--fresh", action="store_true", help="forget the runs already recorded in the results file")
     parser.add_argument("--keep", action="store_true", help="keep finished run folders")
+    parser.add_argument("--merge", nargs="+", metavar="NAME", default=[],
+                        help="run nothing: put the successful runs of these result files (bench/results/NAME.json, "
+                             "the same suite, e.g. calls run side by side with their own --name) into this suite's "
+                             "file, replacing runs of the same id")
+    parser.add_argument("--note", default="", help="with --merge: a note recorded in the file (how the runs ran)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_intermixed_args(argv)              # key=value may follow the options
     kinds, seeds, models = SUITE_DEFAULTS[args.suite]
@@ -236,6 +267,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         tmp.replace(out)
 
+    if args.merge:     # nothing runs here: the file keeps its environment and notes
+        record.update(environment=previous.get("environment", here), notes=previous.get("notes", []),
+                      overrides=previous.get("overrides", extra))
+        return merge(record, args.merge, args.note, save, out)
     failures = ran = 0
     for run in runs:
         if run.id in recorded:

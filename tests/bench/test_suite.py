@@ -108,3 +108,28 @@ def test_e2e_runs_keep_the_device_they_ran_on_when_a_later_call_continues_the_fi
     record = json.loads((tmp_path / "e2e_synthetic.json").read_text())
     assert {r["id"]: r["device"] for r in record["runs"]} == {"object-s0-bases": "GPU A", "object-s0-none": "GPU B"}
     assert record["environment"]["device"] == "GPU B"
+
+
+def test_e2e_merge_puts_the_runs_of_side_by_side_calls_into_the_suite_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(e2e_bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(e2e_bench, "environment", lambda device: {"device": "here"})
+    main = {"suite": "synthetic", "environment": {"device": "GPU A"}, "notes": ["earlier"],
+            "runs": [run_entry("object", 0, "bases", 20.0), run_entry("room", 0, "bases", 30.0)]}
+    (tmp_path / "e2e_synthetic.json").write_text(json.dumps(main))
+    part = {"suite": "synthetic", "environment": {"device": "GPU B"}, "scenes": {"object-s0": {"command": "x"}},
+            "runs": [run_entry("object", 0, "bases", 23.0), run_entry("object", 0, "none", 18.0),
+                     run_entry("object", 1, "bases", 99.0, code=1)]}          # failed: not merged
+    (tmp_path / "e2e_part.json").write_text(json.dumps(part))
+    assert e2e_bench.main(["synthetic", "--merge", "e2e_part", "--note", "side by side"]) == 0
+    record = json.loads((tmp_path / "e2e_synthetic.json").read_text())
+    psnr = {r["id"]: (r["metrics"]["psnr"], r["device"]) for r in record["runs"]}
+    assert psnr == {"object-s0-bases": (23.0, "GPU B"), "object-s0-none": (18.0, "GPU B"),
+                    "room-s0-bases": (30.0, "GPU A")}
+    assert record["notes"] == ["earlier", "object-s0-bases, object-s0-none merged from e2e_part.json: side by side"]
+    assert record["environment"] == {"device": "GPU A"}              # the file's, not this machine's
+    assert "object-s0" in record["scenes"]
+    gains = {(r["kind"], r["deformation"]): r["psnr_over_static"] for r in record["summary"]}
+    assert gains[("object", "bases")] == pytest.approx(5.0)
+    (tmp_path / "e2e_lady.json").write_text(json.dumps({"suite": "lady-running", "runs": []}))
+    assert e2e_bench.main(["synthetic", "--merge", "e2e_lady"]) == 2               # another suite: refused
+    assert e2e_bench.main(["synthetic", "--merge", "e2e_missing"]) == 2
