@@ -73,6 +73,9 @@ class OptimizeConfig:
                                     "keep their canonical values at other times (relative squared stretch).")
     rigidity_neighbors: int = option(6, "Neighbours per dynamic Gaussian for the rigidity regulariser.")
     scale_lambda: float = option(0.01, "Weight of the scale regulariser (anisotropy beyond max_anisotropy).")
+    opacity_lambda: float = option(0.0, "Weight of the opacity regulariser: the mean opacity (post-sigmoid) of all "
+                                   "Gaussians (3DGS-MCMC's L1 on opacity): Gaussians that no view needs fade and "
+                                   "are pruned. Added to the loss; not a column of log.csv.")
     max_anisotropy: float = option(10.0, "Largest ratio of a Gaussian's largest to smallest scale before the scale "
                                    "regulariser applies.")
     background: str = option("auto", "Render background: 'auto' (the scene's), 'white', 'black', or 'random' "

@@ -184,6 +184,12 @@ def anisotropy_loss(log_scales: torch.Tensor, max_ratio: float) -> torch.Tensor:
     return _Anisotropy.apply(log_scales, max_ratio)
 
 
+def opacity_loss(opacity_logits: torch.Tensor) -> torch.Tensor:
+    """Mean opacity, sigmoid(logit), over Gaussians; opacity_logits (N,). Its gradient pulls every opacity down by
+    the same amount per Gaussian, so only Gaussians whose rendering needs them keep theirs."""
+    return torch.sigmoid(opacity_logits).mean()
+
+
 def psnr(render: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """PSNR (dB) of images in [0, 1] (scalar tensor)."""
     mse = (render - target).pow(2).mean()

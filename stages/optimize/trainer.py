@@ -33,7 +33,7 @@ from stages.optimize.deformation import Box, build_deformation, deformation_spec
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
-from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, photometric_loss,
+from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, opacity_loss, photometric_loss,
                                     psnr_from_mse, rigidity_loss)
 from stages.optimize.model import GaussianModel4D, accelerations, compile_function
 
@@ -662,6 +662,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         if cfg.scale_lambda > 0:
             scale_reg = anisotropy_loss(model.splats["scales"], cfg.max_anisotropy)
             loss = loss + cfg.scale_lambda * scale_reg
+        if cfg.opacity_lambda > 0:
+            loss = loss + cfg.opacity_lambda * opacity_loss(model.splats["opacities"])
 
         loss.backward()
         optimizer.step()

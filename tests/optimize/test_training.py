@@ -4,6 +4,7 @@ restores, and the stages run through the real runner."""
 from __future__ import annotations
 
 import csv
+import math
 import logging
 import shutil
 import statistics
@@ -199,6 +200,29 @@ def test_the_temporal_width_floor_rises_linearly_and_holds_every_dynamic_gaussia
     dynamic = result.model.splats["is_dynamic"]
     floor = 6.0 * median_time_gap([v.time for v in data.views])
     assert dynamic.any() and torch.all(widths[dynamic] >= floor * (1 - 1e-6))
+
+
+def test_the_opacity_regulariser_adds_the_weighted_mean_opacity_and_lowers_opacities(tiny, tmp_path):
+    from stages.optimize.losses import opacity_loss
+
+    logits = torch.tensor([0.0, math.log(3.0), -math.log(3.0)], requires_grad=True)
+    value = opacity_loss(logits)                                   # (0.5 + 0.75 + 0.25) / 3
+    value.backward()
+    assert float(value.detach()) == pytest.approx(0.5)
+    assert torch.allclose(logits.grad, torch.tensor([0.25, 0.1875, 0.1875]) / 3)     # s (1 - s) / N
+    files, scene = tiny
+    runs = {}
+    for weight in (0.0, 1.0):
+        cfg = small_config(iterations=6, densify=False, rigidity_lambda=0.0, opacity_lambda=weight)
+        data, initial = _inputs(files, scene, cfg)
+        result = train(cfg, data, initial, tmp_path / f"w{weight}", seed=0)
+        runs[weight] = torch.sigmoid(result.model.splats["opacities"]).detach(), _log(tmp_path / f"w{weight}" / "log.csv")
+    (plain, plain_log), (pulled, pulled_log) = runs[0.0], runs[1.0]
+    assert float(pulled.mean()) < float(plain.mean()) - 0.01
+    # The first step renders the same Gaussians in both runs: its logged loss differs by the weighted mean opacity
+    # of the initialization (0.1 for every Gaussian).
+    assert pulled_log[0]["step"] == plain_log[0]["step"] == "0"
+    assert float(pulled_log[0]["loss"]) - float(plain_log[0]["loss"]) == pytest.approx(0.1, abs=1e-5)
 
 
 def test_the_temporal_width_floor_keeps_resume_exact_and_holds_through_densification(tiny, tmp_path):
