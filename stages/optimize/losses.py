@@ -185,8 +185,8 @@ def anisotropy_loss(log_scales: torch.Tensor, max_ratio: float) -> torch.Tensor:
 
 
 def opacity_loss(opacity_logits: torch.Tensor) -> torch.Tensor:
-    """Mean opacity, sigmoid(logit), over Gaussians; opacity_logits (N,). Its gradient pulls every opacity down by
-    the same amount per Gaussian, so only Gaussians whose rendering needs them keep theirs."""
+    """Mean opacity, sigmoid(logit), over Gaussians; opacity_logits (N,). Its gradient is 1/N in every Gaussian's
+    opacity: a steady pull towards transparency that only Gaussians the renders need resist."""
     return torch.sigmoid(opacity_logits).mean()
 
 

@@ -110,7 +110,7 @@ def test_e2e_runs_keep_the_device_they_ran_on_when_a_later_call_continues_the_fi
     assert record["environment"]["device"] == "GPU B"
 
 
-def test_e2e_merge_puts_the_runs_of_side_by_side_calls_into_the_suite_file(tmp_path, monkeypatch, capsys):
+def test_e2e_merge_puts_the_runs_of_side_by_side_calls_into_the_suite_file(tmp_path, monkeypatch):
     monkeypatch.setattr(e2e_bench, "RESULTS", tmp_path)
     monkeypatch.setattr(e2e_bench, "environment", lambda device: {"device": "here"})
     main = {"suite": "synthetic", "environment": {"device": "GPU A"}, "notes": ["earlier"],

@@ -200,7 +200,8 @@ def test_dynamic_time_stride_keeps_every_kth_slice_and_every_static_point(sphere
     for stride in (1, 3):
         summary, work = run_stage("initialize", files.geometry, scene,
                                   ["initialize.max_gaussians=100000", f"initialize.dynamic_time_stride={stride}"])
-        runs[stride] = summary, np.load(work / "initialize/labels.npz"), read_gaussians_ply(work / "initialize/gaussians.ply")
+        labels = np.load(work / "initialize/labels.npz")
+        runs[stride] = summary, labels, read_gaussians_ply(work / "initialize/gaussians.ply")
     (one, labels_one, g_one), (three, labels_three, g_three) = runs[1], runs[3]
     kept = sorted(set(labels_three["time"][labels_three["is_dynamic"]].tolist()))
     seen = sorted(set(labels_one["time"][labels_one["is_dynamic"]].tolist()))

@@ -216,7 +216,8 @@ def test_the_opacity_regulariser_adds_the_weighted_mean_opacity_and_lowers_opaci
         cfg = small_config(iterations=6, densify=False, rigidity_lambda=0.0, opacity_lambda=weight)
         data, initial = _inputs(files, scene, cfg)
         result = train(cfg, data, initial, tmp_path / f"w{weight}", seed=0)
-        runs[weight] = torch.sigmoid(result.model.splats["opacities"]).detach(), _log(tmp_path / f"w{weight}" / "log.csv")
+        opacities = torch.sigmoid(result.model.splats["opacities"]).detach()
+        runs[weight] = opacities, _log(tmp_path / f"w{weight}" / "log.csv")
     (plain, plain_log), (pulled, pulled_log) = runs[0.0], runs[1.0]
     assert float(pulled.mean()) < float(plain.mean()) - 0.01
     # The first step renders the same Gaussians in both runs: its logged loss differs by the weighted mean opacity
