@@ -166,6 +166,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                 row[key] = statistics.mean(values) if values else None
             row["wall_s"] = statistics.mean(r["wall_s"] for r in mine)
             row["optimize_s"] = statistics.mean(r["stages"]["optimize"]["wall_s"] for r in mine)
+            row["side_by_side"] = max(r.get("side_by_side", 1) for r in mine)    # > 1: times are not lone times
             static = {r["seed"]: r["metrics"]["psnr"] for r in done if r["kind"] == kind and r["deformation"] == "none"}
             gains = [r["metrics"]["psnr"] - static[r["seed"]] for r in mine if r["seed"] in static]
             row["psnr_over_static"] = statistics.mean(gains) if gains and model != "none" else None
@@ -187,8 +188,10 @@ def print_table(runs: list[dict]) -> None:
               + " ".join(f"{q:>6.3f}" if isinstance(q, (int, float)) else f"{'-':>6}" for q in quality))
 
 
-def merge(record: dict, names: list[str], note: str, save, out: Path) -> int:
-    """Put the successful runs of the named result files into ``record`` (same ids replaced) and save it."""
+def merge(record: dict, names: list[str], note: str, save, out: Path, side_by_side: int = 1) -> int:
+    """Put the successful runs of the named result files into ``record`` (same ids replaced) and save it.
+    side_by_side: how many runs shared the GPU host, recorded with each merged run (above 1 its times are not a lone
+    run's; the summary and bench/README.md say so)."""
     merged = []
     for name in names:
         path = RESULTS / f"{name}.json"
@@ -202,6 +205,8 @@ def merge(record: dict, names: list[str], note: str, save, out: Path) -> int:
         for run in part.get("runs", []):
             if run.get("returncode") == 0:
                 run.setdefault("device", part.get("environment", {}).get("device"))
+                if side_by_side > 1:
+                    run["side_by_side"] = side_by_side
                 record["runs"] = [r for r in record["runs"] if r["id"] != run["id"]] + [run]
                 merged.append(run["id"])
         record["scenes"].update(part.get("scenes", {}))
@@ -233,6 +238,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "the same suite, e.g. calls run side by side with their own --name) into this suite's "
                              "file, replacing runs of the same id")
     parser.add_argument("--note", default="", help="with --merge: a note recorded in the file (how the runs ran)")
+    parser.add_argument("--side-by-side", type=int, default=1, metavar="N",
+                        help="with --merge: the runs ran N at a time on one host; recorded with each run, so that "
+                             "their times are not read as lone times")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_intermixed_args(argv)              # key=value may follow the options
     kinds, seeds, models = SUITE_DEFAULTS[args.suite]
@@ -270,7 +278,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.merge:     # nothing runs here: the file keeps its environment and notes
         record.update(environment=previous.get("environment", here), notes=previous.get("notes", []),
                       overrides=previous.get("overrides", extra))
-        return merge(record, args.merge, args.note, save, out)
+        return merge(record, args.merge, args.note, save, out, args.side_by_side)
     failures = ran = 0
     for run in runs:
         if run.id in recorded:

@@ -666,12 +666,17 @@ def quality_rows(R: Results) -> list[Measured]:
     i = e2e_summary_index(R, synthetic, "object", "bases")
     psnr = figure(R, synthetic, ("summary", i, "psnr"), "{:.2f}") if i is not None else None
     seconds = figure(R, synthetic, ("summary", i, "optimize_s"), "{:.0f}") if i is not None else None
+    together = R.get(synthetic, ("summary", i, "side_by_side")) if i is not None else MISSING
+    shared = together is not MISSING and together > 1         # runs sharing a host: not a lone run's time
     rows.append(Measured("held-out PSNR ≥ 25.5 dB within 140 s of optimization on a 200×200 object scene "
                          "(H100; 50 training views, page4d-tiny geometry, whole pipeline)",
                          psnr, [psnr, " dB after ", seconds, " s (mean over seeds ",
                                 figure(R, synthetic, ("summary", i, "seeds"), "{}", "join") if i is not None
-                                else None, ")"], None, None, runs_device(R, synthetic, "object", "bases"), synthetic,
-                         status=None if psnr is None or seconds is None else
+                                else None,
+                                *([", ", figure(R, synthetic, ("summary", i, "side_by_side"), "{}"),
+                                   " runs side by side: not a lone run's time"] if shared else []), ")"],
+                         None, None, runs_device(R, synthetic, "object", "bases"), synthetic,
+                         status=None if psnr is None or seconds is None or (shared and psnr.value >= 25.5) else
                          ("met" if psnr.value >= 25.5 and seconds.value <= 140 else "missed")))
     rows += optimize_quality_rows(R)
     for name, kind, label in ((synthetic, "object", "object scenes (H100)"), (synthetic, "room", "room scenes (H100)"),
@@ -822,11 +827,17 @@ def section_e2e(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
         summary = R.get(name, ("summary",))
         if summary is not MISSING and summary:
             f = lambda i, key, fmt: figure(R, name, ("summary", i, key), fmt)
+            together = any("side_by_side" in row for row in summary)       # files since the column exists
             doc.table(["scene", "deformation model", "runs", "PSNR", "dB over static", "SSIM", "LPIPS-alex",
-                       "optimize s", "total s"],
+                       "optimize s", "total s"] + (["runs side by side"] if together else []),
                       [[f(i, "kind", "{}"), f(i, "deformation", "{}"), f(i, "runs", "{}"), f(i, "psnr", "{:.2f}"),
                         f(i, "psnr_over_static", "{:+.2f}"), f(i, "ssim", "{:.3f}"), f(i, "lpips_alex", "{:.3f}"),
-                        f(i, "optimize_s", "{:.1f}"), f(i, "wall_s", "{:.1f}")] for i in range(len(summary))])
+                        f(i, "optimize_s", "{:.1f}"), f(i, "wall_s", "{:.1f}")]
+                       + ([f(i, "side_by_side", "{}")] if together else []) for i in range(len(summary))])
+            if any(row.get("side_by_side", 1) > 1 for row in summary):
+                doc.add("Where more than one run shared the GPU host (the last column), the times are not lone "
+                        "times; the quality figures are unaffected.")
+                doc.blank()
         stem = name.removesuffix(".json")
         labels = [r["id"] for r in runs]
         stage = lambda s, key: [r.get("stages", {}).get(s, {}).get(key) for r in runs]

@@ -120,8 +120,10 @@ def test_e2e_merge_puts_the_runs_of_side_by_side_calls_into_the_suite_file(tmp_p
             "runs": [run_entry("object", 0, "bases", 23.0), run_entry("object", 0, "none", 18.0),
                      run_entry("object", 1, "bases", 99.0, code=1)]}          # failed: not merged
     (tmp_path / "e2e_part.json").write_text(json.dumps(part))
-    assert e2e_bench.main(["synthetic", "--merge", "e2e_part", "--note", "side by side"]) == 0
+    assert e2e_bench.main(["synthetic", "--merge", "e2e_part", "--note", "side by side", "--side-by-side", "8"]) == 0
     record = json.loads((tmp_path / "e2e_synthetic.json").read_text())
+    assert {r["id"]: r.get("side_by_side") for r in record["runs"]} == {
+        "object-s0-bases": 8, "object-s0-none": 8, "room-s0-bases": None}
     psnr = {r["id"]: (r["metrics"]["psnr"], r["device"]) for r in record["runs"]}
     assert psnr == {"object-s0-bases": (23.0, "GPU B"), "object-s0-none": (18.0, "GPU B"),
                     "room-s0-bases": (30.0, "GPU A")}
@@ -130,6 +132,7 @@ def test_e2e_merge_puts_the_runs_of_side_by_side_calls_into_the_suite_file(tmp_p
     assert "object-s0" in record["scenes"]
     gains = {(r["kind"], r["deformation"]): r["psnr_over_static"] for r in record["summary"]}
     assert gains[("object", "bases")] == pytest.approx(5.0)
+    assert {(r["kind"], r["side_by_side"]) for r in record["summary"]} == {("object", 8), ("room", 1)}
     (tmp_path / "e2e_lady.json").write_text(json.dumps({"suite": "lady-running", "runs": []}))
     assert e2e_bench.main(["synthetic", "--merge", "e2e_lady"]) == 2               # another suite: refused
     assert e2e_bench.main(["synthetic", "--merge", "e2e_missing"]) == 2
