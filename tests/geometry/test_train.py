@@ -120,6 +120,43 @@ def test_resume_continues_bit_for_bit(tmp_path, micro_model):
     assert steps == [1, 2, 3, 4]
 
 
+def test_the_same_command_continues_an_interrupted_run_of_the_same_recipe(tmp_path, micro_model):
+    from pipeline.errors import UserError
+
+    data = PlaneScenes(height=28, width=28, frames=2, seed=3)
+    straight = training.train(_config(tmp_path / "a", micro_model), data=data)
+    first = training.train(_config(tmp_path / "b", micro_model, stop_after=2), data=data)   # as if interrupted
+    again = training.train(_config(tmp_path / "b", micro_model), data=data)                # no --resume
+    assert again.finished and again.state.step == 4
+    assert first.losses + again.losses == straight.losses                                  # exact float equality
+    # Another recipe in that folder is refused, not continued.
+    other = training.train(_config(tmp_path / "c", micro_model, stop_after=1), data=data)
+    with pytest.raises(UserError, match="another recipe .differs in lr"):
+        training.train(_config(tmp_path / "c", micro_model, lr=5e-4), data=data)
+    assert other.state.step == 1
+
+
+def test_the_final_export_does_not_replace_weights_of_another_recipe(tmp_path, micro_model):
+    data = PlaneScenes(height=28, width=28, frames=2, seed=8)
+    shipped = tmp_path / "shipped.safetensors"
+    first = training.train(_config(tmp_path / "a", micro_model, steps=2, export=str(shipped)), data=data)
+    assert first.finished and shipped.is_file()
+    before = shipped.read_bytes()
+    # A longer schedule of the same recipe from scratch (the audit's case was steps=2 of the page4d-tiny recipe
+    # over the bundled file): its weights stay in its own export folder.
+    other = training.train(_config(tmp_path / "b", micro_model, steps=3, export=str(shipped)), data=data)
+    assert other.finished and shipped.read_bytes() == before
+    assert (other.out_dir / "export" / "page4d-micro.safetensors").is_file()
+    assert json.loads((other.out_dir / "summary.json").read_text())["final_export"] is None
+    # A file this project did not write is not replaced either; the same recipe may rewrite its own file.
+    foreign = tmp_path / "foreign.safetensors"
+    foreign.write_bytes(b"not ours")
+    training.train(_config(tmp_path / "c", micro_model, steps=2, export=str(foreign)), data=data)
+    assert foreign.read_bytes() == b"not ours"
+    again = training.train(_config(tmp_path / "d", micro_model, steps=2, export=str(shipped)), data=data)
+    assert json.loads((again.out_dir / "summary.json").read_text())["final_export"] == str(shipped)
+
+
 def test_time_budget_stops_cleanly_and_weights_only_resume_restores_the_step(tmp_path, micro_model):
     data = PlaneScenes(height=28, width=28, frames=2, seed=5)
     stopped = training.train(_config(tmp_path, micro_model, max_minutes=1e-6), data=data)

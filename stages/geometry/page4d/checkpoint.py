@@ -165,6 +165,18 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str,
     return state, fmt, metadata
 
 
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The header metadata of one of our safetensors files (JSON values decoded), without reading its tensors; {}
+    for any other file or one that cannot be read."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return _decode_metadata(f.metadata() or {})
+    except Exception:       # not safetensors, truncated, unreadable: no metadata of ours
+        return {}
+
+
 def _is_zip(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"

@@ -434,9 +434,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def compare_configs(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    """Keys whose values differ between a checkpoint's config and the resuming one (bookkeeping ignored)."""
-    current = config.to_dict()
-    return sorted(k for k in current if k not in BOOKKEEPING_FIELDS and saved.get(k) != current[k])
+    """Keys whose values differ between a checkpoint's config and the resuming one (bookkeeping ignored). A key the
+    saved config lacks (an option added since) counts as its default, which keeps the earlier behaviour."""
+    current, defaults = config.to_dict(), TrainConfig().to_dict()
+    return sorted(k for k in current if k not in BOOKKEEPING_FIELDS and saved.get(k, defaults[k]) != current[k])
 
 
 def export_weights(model, path: Path, config: TrainConfig, state: TrainState, extra: Optional[dict] = None,
@@ -528,8 +529,7 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     device = _device(config.device)
     out_dir = Path(config.out_dir)
     if resume is None and (out_dir / CHECKPOINT_NAME).exists():
-        raise UserError(f"already holds a training run ({CHECKPOINT_NAME}): continue it with --resume "
-                        f"{out_dir / CHECKPOINT_NAME}, or choose another out_dir", out_dir)
+        resume = _interrupted_run(out_dir, config)         # the same command again continues an unfinished run
     out_dir.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -680,6 +680,12 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     extra = {"device": device_name, "finished": finished}
     export_weights(model, export_path, config, state, extra)
     final_export = config.export if finished and config.export else None
+    if final_export and not _may_replace(Path(final_export), config):
+        # Weights of another recipe (e.g. the bundled file that the page4d-tiny recipe names, under a changed
+        # steps= or data setting) are not replaced: this run's weights stay in out_dir/export/.
+        log.warning(f"not overwriting {final_export}: it holds weights of another recipe (or none this project "
+                    f"wrote); this run's weights are in {export_path} (copy them there to replace the file)")
+        final_export = None
     if final_export:
         export_weights(model, Path(final_export), config, state, extra, int8=config.export_format == "int8")
         log.info(f"exported the final weights ({config.export_format}) to {final_export}")
@@ -699,6 +705,33 @@ def score_to_logit(score: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """The mask head's score m = sigmoid(logit) - 0.5 back to its logit: log((0.5 + m) / (0.5 - m))."""
     p = (score.float() + 0.5).clamp(eps, 1.0 - eps)
     return torch.log(p) - torch.log1p(-p)
+
+
+def _may_replace(path: Path, config: TrainConfig) -> bool:
+    """Whether the final export may write ``path``: it does not exist, or it holds weights that this recipe wrote
+    (its ``train_config`` metadata agrees with ``config`` but for bookkeeping fields)."""
+    if not path.exists():
+        return True
+    from stages.geometry.page4d.checkpoint import read_metadata
+
+    saved = read_metadata(path).get("train_config")
+    return isinstance(saved, dict) and not compare_configs(saved, config)
+
+
+def _interrupted_run(out_dir: Path, config: TrainConfig) -> Path:
+    """The checkpoint of ``out_dir``, when the same command may continue it: an unfinished run of the same recipe
+    (bookkeeping fields aside). Anything else there is refused rather than overwritten."""
+    checkpoint = out_dir / CHECKPOINT_NAME
+    payload = load_checkpoint(checkpoint)
+    differing = compare_configs(payload["config"], config)
+    step = int(payload["state"].get("step", 0))
+    if differing or step >= config.steps:
+        why = (f"a run of another recipe (differs in {', '.join(differing)})" if differing
+               else f"a finished {config.steps}-step schedule")
+        raise UserError(f"already holds a training run ({CHECKPOINT_NAME}, {why}): continue it with --resume "
+                        f"{checkpoint} and steps=N, or choose another out_dir", out_dir)
+    log.info(f"{out_dir} holds an unfinished run of this recipe (step {step}/{config.steps}): continuing it")
+    return checkpoint
 
 
 def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig, device: torch.device) -> int:
