@@ -29,6 +29,52 @@ def _default_run_dir(scene_source: str) -> Path:
     return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+# What a run folder holds before its manifest exists (a run stopped in its first stage): a folder without a
+# manifest.json that holds anything else is not a run, and the stages would replace parts of it.
+FIRST_RUN_ENTRIES = {"config.yaml", "log.txt", ".work"}
+
+
+def _scene_of_run(run_dir: Path) -> str | None:
+    """The scene an existing run folder was made from (absolute where it was a path), or None if unknown."""
+    import json
+
+    from stages.render.cli import scene_source_for
+
+    try:
+        import yaml
+
+        source = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})["scene"]["source"]
+        json.loads((run_dir / "manifest.json").read_text())
+    except Exception:        # no config or manifest yet, or unreadable: the runner decides what to redo
+        return None
+    if not isinstance(source, str):
+        return None
+    source = scene_source_for(run_dir, source)
+    return source if source == "demo" else str(Path(source).expanduser().resolve())
+
+
+def check_run_folder(run_dir: Path, source: str, chosen: bool) -> None:
+    """Refuse a run folder whose files the stages would replace without being ours: a file, a folder holding other
+    things and no manifest, or (``chosen`` False: the default runs/<name>) a run of another scene, since two scenes
+    with the same name share a default folder. ``chosen``: the user named the folder with --out (then another
+    scene's run there is replaced, with a warning, as asked)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError("run folder is a file", run_dir)
+    if not run_dir.is_dir():
+        return
+    entries = {p.name for p in run_dir.iterdir()}
+    if not (run_dir / "manifest.json").exists() and entries - FIRST_RUN_ENTRIES:
+        raise UserError("is not a page4dgs run folder and is not empty (the stages would replace parts of it); "
+                        "choose a new or empty folder with --out", run_dir)
+    previous = _scene_of_run(run_dir)
+    here = source if source == "demo" else str(Path(source).expanduser().resolve())
+    if previous is not None and previous != here:
+        if not chosen:
+            raise UserError(f"holds the run of another scene ({previous}); choose a run folder for this one with "
+                            "--out", run_dir)
+        log.warning(f"{run_dir} holds the run of another scene ({previous}): its outputs are replaced")
+
+
 def reconstruct(args: argparse.Namespace) -> int:
     from pipeline.runner import run_pipeline
     from pipeline.scene import detect_format, load_scene
@@ -41,8 +87,7 @@ def reconstruct(args: argparse.Namespace) -> int:
     config = load_config(preset, [f"scene.source={source}", *args.overrides])
     config.scene.source = source  # keep the path as a string even if it looks like a number
     run_dir = args.out or _default_run_dir(source)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError("run folder is a file", run_dir)
+    check_run_folder(run_dir, source, chosen=args.out is not None)
     scene = load_scene(config.scene)
     log.info(f"scene '{scene.name}' ({scene.format}): {len(scene.frames)} frames, "
              f"{len(scene.train_frames)} train / {len(scene.test_frames)} test; preset '{preset}'; run folder {run_dir}")

@@ -93,3 +93,26 @@ def test_overrides_may_follow_options(monkeypatch):
     assert main(["reconstruct", "demo", "--out", "runs/x", "optimize.iterations=5", "--config", "demo", "seed=2"]) == 0
     assert seen["overrides"] == ["optimize.iterations=5", "seed=2"] and str(seen["out"]) == "runs/x"
     assert main(["reconstruct", "demo", "--bogus"]) == 2
+
+
+def test_a_folder_that_is_not_a_run_or_holds_another_scene_is_refused(tmp_path, capsys, monkeypatch):
+    # The stages replace geometry/, render/, metrics.json ... of their run folder: a folder of the user's is not
+    # used as one, and two scenes with the same name (whose default folder is the same runs/<name>) do not share it.
+    for where in ("a", "b"):
+        assert main(["make-scene", "object", "--out", str(tmp_path / where / "S"), "--frames", "6", "--res", "32"]) == 0
+    quick = ["--until", "geometry", "device=cpu", "geometry.model=oracle"]
+    mine = tmp_path / "mine"
+    (mine / "render").mkdir(parents=True)
+    (mine / "render" / "notes.txt").write_text("keep")
+    capsys.readouterr()
+    assert main(["reconstruct", str(tmp_path / "a" / "S"), "--out", str(mine), *quick]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a page4dgs run folder and is not empty" in err[0]
+    assert sorted(p.name for p in mine.rglob("*")) == ["notes.txt", "render"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["reconstruct", str(tmp_path / "a" / "S"), *quick]) == 0
+    assert main(["reconstruct", str(tmp_path / "b" / "S"), *quick]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"holds the run of another scene ({tmp_path / 'a' / 'S'})" in err[-1]
+    assert main(["reconstruct", str(tmp_path / "a" / "S"), *quick]) == 0              # its own scene: fine
+    assert main(["reconstruct", str(tmp_path / "b" / "S"), "--out", "runs/S", *quick]) == 0   # named: replaced
