@@ -371,9 +371,24 @@ def checkpoint_path(directory: Path, step: int) -> Path:
     return directory / f"step_{step:07d}.pt"
 
 
-def latest_checkpoint(directory: Path) -> Optional[Path]:
-    files = sorted(directory.glob("step_*.pt")) if directory.is_dir() else []
-    return files[-1] if files else None
+def read_latest_checkpoint(directory: Path) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+    """The newest checkpoint of ``directory`` that can be read, and its state; (None, None) without one. An
+    unreadable newer one (a truncated file: checkpoints are written atomically, so only damage from outside) is
+    passed over with a warning, so the run resumes from the one before; with none readable, the error names the
+    newest."""
+    files = sorted(directory.glob("step_*.pt"), reverse=True) if directory.is_dir() else []
+    first_error: Optional[UserError] = None
+    for path in files:
+        try:
+            return path, read_checkpoint(path)
+        except UserError as err:
+            if "unreadable checkpoint" not in str(err):
+                raise
+            first_error = first_error or err
+            log.warning(f"{err}: trying the checkpoint before it")
+    if first_error is not None:
+        raise first_error
+    return None, None
 
 
 def write_checkpoint(directory: Path, state: dict[str, Any], keep: int) -> Path:
@@ -558,9 +573,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     loop = LoopState()
 
     resumed_from = None
-    latest = latest_checkpoint(ckpt_dir) if resume else None
+    latest, state = read_latest_checkpoint(ckpt_dir) if resume else (None, None)
     if latest is not None:
-        state = read_checkpoint(latest)
         optimizer = restore(state, cfg, model, cameras, strategy_state, loop, sampler, scale)
         splat_opts = splat_optimizers(optimizer, model)
         _set_rng_state(state["rng"], generator)

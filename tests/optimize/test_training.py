@@ -99,6 +99,30 @@ def test_resume_after_a_checkpoint_continues_the_same_loss_sequence(tiny, tmp_pa
         assert torch.equal(value, second.model.deformation.state_dict()[key]), key
 
 
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tiny, tmp_path, caplog):
+    from pipeline.errors import UserError
+
+    files, scene = tiny
+    cfg = small_config(iterations=8, checkpoint_every=2, keep_checkpoints=2)
+    data, initial = _inputs(files, scene, cfg)
+    straight = train(cfg, data, initial, tmp_path / "straight", seed=3)
+    first = train(cfg, data, initial, tmp_path / "resumed", seed=3, stop_after=6)
+    checkpoints = sorted((tmp_path / "resumed/checkpoints").glob("step_*.pt"))
+    assert [p.name for p in checkpoints] == ["step_0000004.pt", "step_0000006.pt"] and first.steps == 6
+    checkpoints[-1].write_bytes(checkpoints[-1].read_bytes()[:1000])          # truncated from outside
+    with caplog.at_level("WARNING"):
+        second = train(cfg, data, initial, tmp_path / "resumed", seed=3)
+    assert second.resumed_from == 4 and second.steps == 8
+    assert "step_0000006.pt: unreadable checkpoint" in caplog.text
+    a, b = _log(tmp_path / "straight/log.csv"), _log(tmp_path / "resumed/log.csv")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    # With no readable checkpoint left, the error names the newest.
+    for path in (tmp_path / "resumed/checkpoints").glob("step_*.pt"):
+        path.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="step_0000008.pt: unreadable checkpoint"):
+        train(cfg, data, initial, tmp_path / "resumed", seed=3)
+
+
 @pytest.mark.parametrize("kind", ["bases", "planes"])
 def test_a_nan_or_exploding_loss_restores_the_last_good_state(tiny, tmp_path, monkeypatch, caplog, kind):
     """(planes: the NaN parameters reach the plane sampler's coordinates, which must give NaN, not an error.)"""
