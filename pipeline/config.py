@@ -125,7 +125,10 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         (item,) = typing.get_args(hint) or (Any,)
         if not isinstance(value, list):
             raise UserError(f"config key '{key}' expects a list, got {value!r}")
-        return [coerce(v, item, key) for v in value]
+        try:
+            return [coerce(v, item, key) for v in value]
+        except UserError:
+            raise UserError(f"config key '{key}' expects {_type_name(hint)}, got {value!r}") from None
     if hint is type(None):
         if value is None:
             return None

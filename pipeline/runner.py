@@ -269,7 +269,11 @@ def is_current(spec: StageSpec, run_dir: Path, manifest: Manifest, in_hash: str)
     entry = manifest.stage(spec.name)
     if entry.get("status") != "done" or entry.get("input_hash") != in_hash:
         return False
-    expected = [tuple(f) for f in entry.get("files", [])]
+    files = entry.get("files", [])
+    if not (isinstance(files, list) and all(isinstance(f, list) and len(f) == 2 for f in files)):
+        log.warning(f"manifest.json: the '{spec.name}' entry is malformed; the stage will run again")
+        return False
+    expected = [tuple(f) for f in files]
     return expected == tree_files(run_dir, spec.outputs)
 
 

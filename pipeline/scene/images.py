@@ -26,7 +26,7 @@ def image_size(path: Path) -> tuple[int, int]:
             return im.size
     except FileNotFoundError:
         raise UserError("file not found", path) from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise UserError(f"not a readable image ({_reason(err)})", path) from None
 
 
@@ -46,7 +46,7 @@ def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
             return np.asarray(im, dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise UserError("file not found", path) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UserError(f"corrupt or unreadable image ({_reason(err)})", path) from None
 
 

@@ -15,6 +15,7 @@ Writes ``initialize/gaussians.ply`` (standard 3DGS layout, SH degree 0) and ``in
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -152,8 +153,10 @@ def check_config(cfg: InitializeConfig) -> None:
         raise UserError(f"initialize.dynamic_fraction must be in [0, 1], got {cfg.dynamic_fraction}")
     if cfg.dynamic_time_stride < 1:
         raise UserError(f"initialize.dynamic_time_stride must be >= 1, got {cfg.dynamic_time_stride}")
-    if cfg.max_gaussians < 1 or not 0.0 < cfg.init_opacity < 1.0 or cfg.init_scale <= 0:
-        raise UserError("initialize: max_gaussians must be >= 1, init_opacity in (0, 1), init_scale > 0")
+    if cfg.max_gaussians < 1 or not 0.0 < cfg.init_opacity < 1.0:
+        raise UserError("initialize: max_gaussians must be >= 1, init_opacity in (0, 1)")
+    if not (math.isfinite(cfg.init_scale) and cfg.init_scale > 0):
+        raise UserError(f"initialize.init_scale must be a finite number > 0, got {cfg.init_scale:g}")
 
 
 def run(ctx) -> dict:

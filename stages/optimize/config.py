@@ -57,7 +57,7 @@ class OptimizeConfig:
                             "accumulation), the encoding and the output layer in float32. Halves the memory "
                             "traffic of the network's activations; a training-time setting, not saved with the "
                             "model (renders after training evaluate it in float32).")
-    planes_resolution: list = option([32, 64], "planes: spatial resolutions of the multi-resolution planes.")
+    planes_resolution: list[int] = option([32, 64], "planes: spatial resolutions of the multi-resolution planes.")
     planes_time_resolution: int = option(0, "planes: time resolution (0 = half the number of distinct training "
                                          "times, at least 4).")
     planes_features: int = option(16, "planes: feature channels per plane.")

@@ -8,6 +8,9 @@ Writes ``optimize/model.pt`` (read it with :func:`stages.optimize.model.load_mod
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import torch
 
@@ -23,25 +26,41 @@ DEVICE_IMAGE_BUDGET = 2 << 30
 
 
 def check_config(cfg: OptimizeConfig) -> None:
-    """Refuse values this stage cannot run with (the runner calls it before any stage runs)."""
+    """Refuse values this stage cannot run with (the runner calls it before any stage runs). Comparisons are
+    written so that NaN fails them."""
     problems = []
     if cfg.iterations < 1:
         problems.append("iterations must be >= 1")
     if not 0 <= cfg.sh_degree <= 3:
         problems.append("sh_degree must be 0..3")
-    if cfg.batch_size < 1:
-        problems.append("batch_size must be >= 1")
     if not 0.0 <= cfg.ssim_lambda <= 1.0:
         problems.append("ssim_lambda must be in [0, 1]")
     if cfg.bases_knots < 4:
         problems.append("bases_knots must be >= 4")
-    if cfg.temporal_opacity_init <= 0:
+    for name in ("batch_size", "sh_degree_interval", "bases_count", "mlp_width", "mlp_depth", "planes_features",
+                 "planes_head_width", "refine_every", "keep_checkpoints", "log_every"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name} must be >= 1 (got {getattr(cfg, name)})")
+    for name in ("checkpoint_every", "reset_every"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{name} must be >= 0 (got {getattr(cfg, name)})")
+    if not cfg.planes_resolution or min(cfg.planes_resolution) < 1:
+        problems.append(f"planes_resolution must be a non-empty list of integers >= 1 "
+                        f"(got {cfg.planes_resolution})")
+    for name in [f.name for f in dataclasses.fields(cfg) if f.name.startswith("lr_") and f.name != "lr_final_factor"]:
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
+            problems.append(f"{name} must be a finite number >= 0 (got {getattr(cfg, name):g})")
+    if not (math.isfinite(cfg.lr_final_factor) and cfg.lr_final_factor > 0):
+        problems.append(f"lr_final_factor must be a finite number > 0 (got {cfg.lr_final_factor:g})")
+    if not (math.isfinite(cfg.max_anisotropy) and cfg.max_anisotropy > 1):
+        problems.append(f"max_anisotropy must be a finite number > 1 (got {cfg.max_anisotropy:g})")
+    if not (math.isfinite(cfg.temporal_opacity_init) and cfg.temporal_opacity_init > 0):
         problems.append("temporal_opacity_init must be > 0")
-    if cfg.time_jitter < 0:
+    if not cfg.time_jitter >= 0:
         problems.append("time_jitter must be >= 0")
     if cfg.time_jitter_until < 0:
         problems.append("time_jitter_until must be >= 0")
-    if cfg.temporal_width_floor < 0:
+    if not cfg.temporal_width_floor >= 0:
         problems.append("temporal_width_floor must be >= 0")
     if cfg.temporal_width_floor > 0 and cfg.temporal_widen_until < cfg.temporal_widen_from:
         problems.append("temporal_widen_until must be >= temporal_widen_from")

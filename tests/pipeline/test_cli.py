@@ -56,6 +56,41 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     assert message in err[-1] and err[-1].startswith("page4dgs: error:") and not run.exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    # Each was a traceback once training started (or was accepted and trained nonsense).
+    ("optimize.planes_resolution=[a,b]", "config key 'optimize.planes_resolution' expects list of int"),
+    ("optimize.planes_resolution=[]", "planes_resolution must be a non-empty list of integers >= 1"),
+    ("optimize.planes_resolution=[32,0]", "planes_resolution must be a non-empty list of integers >= 1"),
+    ("optimize.mlp_depth=0", "mlp_depth must be >= 1 (got 0)"),
+    ("initialize.init_scale=.nan", "initialize.init_scale must be a finite number > 0, got nan"),
+    ("initialize.init_scale=0", "initialize.init_scale must be a finite number > 0, got 0"),
+    ("optimize.lr_means=-1", "lr_means must be a finite number >= 0 (got -1)"),
+    ("optimize.lr_planes=.nan", "lr_planes must be a finite number >= 0 (got nan)"),
+    ("optimize.lr_cameras=.inf", "lr_cameras must be a finite number >= 0 (got inf)"),
+    ("optimize.lr_final_factor=0", "lr_final_factor must be a finite number > 0 (got 0)"),
+    ("optimize.refine_every=0", "refine_every must be >= 1 (got 0)"),
+    ("optimize.log_every=0", "log_every must be >= 1 (got 0)"),
+    ("optimize.sh_degree_interval=0", "sh_degree_interval must be >= 1 (got 0)"),
+    ("optimize.bases_count=0", "bases_count must be >= 1 (got 0)"),
+    ("optimize.bases_knots=3", "bases_knots must be >= 4"),
+    ("optimize.checkpoint_every=-1", "checkpoint_every must be >= 0 (got -1)"),
+    ("optimize.keep_checkpoints=0", "keep_checkpoints must be >= 1 (got 0)"),
+    ("optimize.reset_every=-1", "reset_every must be >= 0 (got -1)"),
+    ("optimize.max_anisotropy=1", "max_anisotropy must be a finite number > 1 (got 1)"),
+    ("optimize.max_anisotropy=.nan", "max_anisotropy must be a finite number > 1 (got nan)"),
+    ("optimize.batch_size=0", "batch_size must be >= 1 (got 0)"),
+    ("optimize.temporal_opacity_init=.nan", "temporal_opacity_init must be > 0"),
+])
+def test_optimize_and_initialize_values_are_checked_when_the_config_is_read(override, message, capsys):
+    assert main(["config", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("page4dgs: error:") and message in err[0]
+
+
+def test_the_default_values_pass_every_check(capsys):
+    assert main(["config"]) == 0
+
+
 def test_console_script_error_has_no_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "reconstruct", str(tmp_path / "empty")],

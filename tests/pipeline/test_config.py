@@ -25,6 +25,10 @@ def test_overrides_are_typed_and_validated():
         load_config("default", ["device=tpu"])
     with pytest.raises(UserError, match="not of the form"):
         load_config("default", ["seed"])
+    # A list option checks its items when read (`[a,b]` was accepted, then failed in int() during training).
+    assert load_config("default", ["optimize.planes_resolution=[16,48]"]).optimize.planes_resolution == [16, 48]
+    with pytest.raises(UserError, match=r"'optimize.planes_resolution' expects list of int, got \['a', 'b'\]"):
+        load_config("default", ["optimize.planes_resolution=[a,b]"])
 
 
 def test_floats_in_exponent_form_without_a_dot(tmp_path):

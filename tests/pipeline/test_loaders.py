@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -148,22 +149,69 @@ def test_bad_input_is_one_clear_error(tmp_path, case, message):
         load_scene(SceneConfig(source=str(path)))
 
 
+NOT_RIGID = r"transforms_train.json: transform_matrix of './train/r_001' is not a rigid camera-to-world matrix"
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("camera_angle_x", "wide", "camera_angle_x must be a number"),
     ("camera_angle_x", 4.0, "camera_angle_x must be a field of view"),
     ("time", "noon", "must be a number"),
     ("transform_matrix", [[float("nan")] * 4] * 4, "non-finite"),
+    # Each of these was a traceback (TypeError, numpy's LinAlgError).
+    ("frame", 5, r"transforms_train.json: frames\[1\] must be a JSON object, got 5"),
+    ("frame", None, r"transforms_train.json: frames\[1\] must be a JSON object, got null"),
+    ("transform_matrix", [[0.0] * 4] * 4, NOT_RIGID),
+    ("transform_matrix", np.eye(4)[:3].tolist() + [[0.0] * 4], NOT_RIGID),              # last row 0 0 0 0
+    ("transform_matrix", (2 * np.eye(4)).tolist(), NOT_RIGID),                           # scaled
 ])
 def test_bad_dnerf_values_are_one_clear_error(tmp_path, field, value, message):
     path = make_dnerf(tmp_path / "scene")
     meta = json.loads((path / "transforms_train.json").read_text())
     if field == "camera_angle_x":
         meta[field] = value
+    elif field == "frame":
+        meta["frames"][1] = value
     else:
         meta["frames"][1][field] = value
     (path / "transforms_train.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match=message):
         load_scene(SceneConfig(source=str(path)))
+
+
+@pytest.mark.parametrize("resolution", ["0x", "nanx", "-2x", "infx", "x", "big"])
+def test_a_bad_dnerf_resolution_is_refused(tmp_path, resolution):
+    # D-NeRF once parsed the factor itself: 0x divided by zero, nanx failed in int(), -2x loaded 1x1 frames.
+    path = make_dnerf(tmp_path / "scene")
+    with pytest.raises(UserError, match=f"scene.resolution must be 'auto' or a positive factor.*got '{resolution}'"):
+        load_scene(SceneConfig(source=str(path), resolution=resolution))
+    assert load_scene(SceneConfig(source=str(path), resolution="2x")).frames[0].width == 16
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels (and holds no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_an_image_claiming_a_huge_size_is_a_one_line_error(tmp_path):
+    # PIL refuses it with DecompressionBombError, which is not an OSError: it used to escape as a traceback.
+    from pipeline.scene.images import image_size, read_image
+
+    path = make_dnerf(tmp_path / "scene")
+    bomb = path / "train" / "r_001.png"
+    bomb.write_bytes(_png_header(30000, 30000))
+    with pytest.raises(UserError, match=f"^{re.escape(str(bomb))}: not a readable image .*exceeds limit"):
+        load_scene(SceneConfig(source=str(path)))
+    with pytest.raises(UserError, match=f"^{re.escape(str(bomb))}: not a readable image"):
+        image_size(bomb)
+    with pytest.raises(UserError, match=f"^{re.escape(str(bomb))}: corrupt or unreadable image"):
+        read_image(bomb)
 
 
 @pytest.mark.parametrize("option, message", [

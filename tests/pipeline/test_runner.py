@@ -77,6 +77,22 @@ def test_a_manifest_of_the_wrong_shape_reruns_every_stage(tmp_path, scene, text)
     assert json.loads((run / "manifest.json").read_text())["stages"]["second"]["status"] == "done"
 
 
+@pytest.mark.parametrize("files", [5, "first/value.txt", [5], [["first/value.txt"]], {"a": 1}])
+def test_a_malformed_stage_entry_reruns_that_stage(tmp_path, scene, files):
+    # "files": 5 was a TypeError traceback in is_current; like a manifest of the wrong shape, it means "run again".
+    run = tmp_path / "run"
+    run_pipeline(load_config("default"), run, scene, stages=STAGES)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["first"]["files"] = files
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    CALLS.clear()
+    run_pipeline(load_config("default"), run, scene, stages=STAGES)
+    assert CALLS == ["first"], "first reruns; its output is unchanged, so second is still current"
+    entry = json.loads((run / "manifest.json").read_text())["stages"]["first"]
+    assert entry["status"] == "done" and entry["files"] == [["first/value.txt", 4]]
+    assert "manifest.json: the 'first' entry is malformed; the stage will run again" in (run / "log.txt").read_text()
+
+
 def test_an_unknown_stage_name_writes_nothing(tmp_path, scene):
     from pipeline.errors import UserError
 

@@ -72,9 +72,20 @@ def resolution_factor(resolution: str, auto: float) -> float:
         factor = float(text[:-1] if text.endswith("x") else text)
     except ValueError:
         factor = 0.0
-    if not factor > 0:
-        raise UserError(f"scene.resolution must be 'auto' or a factor like '1x', '2x', got {resolution!r}")
+    if not (factor > 0 and np.isfinite(factor)):
+        raise UserError(f"scene.resolution must be 'auto' or a positive factor like '1x', '2x', got {resolution!r}")
     return factor
+
+
+def is_rigid_c2w(c2w: np.ndarray, atol: float = 1e-4) -> bool:
+    """Whether ``c2w`` is a 4x4 rigid camera-to-world matrix: a rotation (orthonormal, determinant +1) and a
+    translation over the last row 0 0 0 1. Anything else (a singular or scaled matrix) would give wrong cameras."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if c2w.shape != (4, 4) or not np.all(np.isfinite(c2w)):
+        return False
+    rotation = c2w[:3, :3]
+    return bool(np.allclose(c2w[3], [0.0, 0.0, 0.0, 1.0], atol=atol)
+                and np.allclose(rotation @ rotation.T, np.eye(3), atol=atol) and np.linalg.det(rotation) > 0)
 
 
 def background_rgb(name: str) -> tuple[float, float, float]:

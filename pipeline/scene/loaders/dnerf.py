@@ -10,6 +10,7 @@ background) and ``ground_truth/dynamic_mask/<split>/<stem>.png`` (255 = moving);
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from pipeline.errors import UserError
 from pipeline.io import read_json
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, read_mask, resize_array, scaled_size
-from pipeline.scene.loaders.common import check_frame_count, image_loader, normalise_times, unique_names
+from pipeline.scene.loaders.common import (check_frame_count, image_loader, is_rigid_c2w, normalise_times,
+                                           resolution_factor, unique_names)
 from pipeline.scene.model import Camera, Frame, Scene
 
 SPLITS = ("train", "val", "test")
@@ -27,15 +29,6 @@ SPLITS = ("train", "val", "test")
 
 def detect(path: Path) -> bool:
     return path.is_dir() and (path / "transforms_train.json").is_file()
-
-
-def _resolution_factor(config: SceneConfig) -> float:
-    if config.resolution in ("auto", "1x"):
-        return 1.0
-    try:
-        return float(config.resolution.rstrip("x"))
-    except ValueError:
-        raise UserError(f"scene.resolution must be 'auto' or like '2x', got {config.resolution!r}") from None
 
 
 def _image_path(root: Path, file_path: str, json_path: Path) -> Path:
@@ -88,7 +81,7 @@ def _number(value, what: str, where: Path) -> float:
 
 
 def load(path: Path, config: SceneConfig) -> Scene:
-    factor = _resolution_factor(config)
+    factor = resolution_factor(config.resolution, 1.0)
     raw: list[tuple[str, dict, Path, float]] = []  # (split, frame json, image path, fov_x)
     for split in SPLITS:
         json_path = path / f"transforms_{split}.json"
@@ -105,6 +98,8 @@ def load(path: Path, config: SceneConfig) -> Scene:
             raise UserError("'frames' must be a list", json_path)
         for k, entry in enumerate(entries):
             ctx = f" in frames[{k}]"
+            if not isinstance(entry, dict):
+                raise UserError(f"frames[{k}] must be a JSON object, got {json.dumps(entry)[:80]}", json_path)
             _get(entry, "transform_matrix", json_path, ctx)
             image = _image_path(path, str(_get(entry, "file_path", json_path, ctx)), json_path)
             raw.append((split, entry, image, fov_x))
@@ -127,6 +122,9 @@ def load(path: Path, config: SceneConfig) -> Scene:
         if not np.isfinite(c2w).all():
             raise UserError(f"transform_matrix of '{entry['file_path']}' has non-finite values",
                             path / f"transforms_{split}.json")
+        if not is_rigid_c2w(c2w):
+            raise UserError(f"transform_matrix of '{entry['file_path']}' is not a rigid camera-to-world matrix "
+                            "(rotation, translation, last row 0 0 0 1)", path / f"transforms_{split}.json")
         camera = Camera(intrinsics_from_fov(fov_x, w0, h0), opengl_c2w_to_opencv_w2c(c2w), w0, h0)
         if (width, height) != (w0, h0):
             camera = camera.scaled(width, height)

@@ -31,7 +31,7 @@ from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, natural_key, scaled_size
 from pipeline.scene.loaders.common import (MISSING, background_rgb, check_frame_count, finish_frames, holdout_split,
                                            image_loader, json_array, json_number, json_object, json_strings,
-                                           normalise_times, resolution_factor, split_counts)
+                                           is_rigid_c2w, normalise_times, resolution_factor, split_counts)
 from pipeline.scene.model import Camera, Frame, Scene
 
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "OPENCV", "SIMPLE_RADIAL", "RADIAL")
@@ -81,9 +81,7 @@ def frame_camera(meta: dict, entry: dict, image_wh: tuple[int, int], json_path: 
     c2w = json_array(entry, "transform_matrix", None, json_path)
     if c2w.shape == (3, 4):
         c2w = np.vstack([c2w, [0.0, 0.0, 0.0, 1.0]])
-    rotation = c2w[:3, :3] if c2w.shape == (4, 4) else None
-    if (rotation is None or not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4)
-            or np.linalg.det(rotation) <= 0):
+    if not is_rigid_c2w(c2w):
         raise UserError(f"transform_matrix of {where} is not a 4x4 rigid camera-to-world matrix", json_path)
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     camera = Camera(K, opengl_c2w_to_opencv_w2c(c2w), int(round(width)), int(round(height)))
