@@ -34,23 +34,24 @@ def _default_run_dir(scene_source: str) -> Path:
 FIRST_RUN_ENTRIES = {"config.yaml", "log.txt", ".work"}
 
 
-def _scene_of_run(run_dir: Path) -> str | None:
-    """The scene an existing run folder was made from (absolute where it was a path), or None if unknown."""
-    import json
+def _scene_key(source: str) -> str:
+    """A scene source as compared between runs: 'demo', or the absolute path."""
+    return source if source == "demo" else str(Path(source).expanduser().resolve())
 
+
+def _scene_of_run(run_dir: Path) -> str | None:
+    """The scene an existing run folder was made from (:func:`_scene_key`), or None if it has no readable
+    config.yaml and manifest.json yet (the runner then decides what to redo)."""
+    from pipeline.config import read_yaml
     from stages.render.cli import scene_source_for
 
+    if not (run_dir / "manifest.json").is_file():
+        return None
     try:
-        import yaml
-
-        source = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})["scene"]["source"]
-        json.loads((run_dir / "manifest.json").read_text())
-    except Exception:        # no config or manifest yet, or unreadable: the runner decides what to redo
+        source = read_yaml(run_dir / "config.yaml")["scene"]["source"]
+    except (UserError, OSError, KeyError, TypeError):
         return None
-    if not isinstance(source, str):
-        return None
-    source = scene_source_for(run_dir, source)
-    return source if source == "demo" else str(Path(source).expanduser().resolve())
+    return _scene_key(scene_source_for(run_dir, source)) if isinstance(source, str) else None
 
 
 def check_run_folder(run_dir: Path, source: str, chosen: bool) -> None:
@@ -67,8 +68,7 @@ def check_run_folder(run_dir: Path, source: str, chosen: bool) -> None:
         raise UserError("is not a page4dgs run folder and is not empty (the stages would replace parts of it); "
                         "choose a new or empty folder with --out", run_dir)
     previous = _scene_of_run(run_dir)
-    here = source if source == "demo" else str(Path(source).expanduser().resolve())
-    if previous is not None and previous != here:
+    if previous is not None and previous != _scene_key(source):
         if not chosen:
             raise UserError(f"holds the run of another scene ({previous}); choose a run folder for this one with "
                             "--out", run_dir)
