@@ -62,6 +62,9 @@ class OptimizeConfig:
                                          "times, at least 4).")
     planes_features: int = option(16, "planes: feature channels per plane.")
     planes_head_width: int = option(64, "planes: hidden width of the MLP head.")
+    field_embedding: int = option(0, "mlp/planes: channels of a learned per-Gaussian latent code that the field "
+                                  "reads beside (x, t) (per-Gaussian embeddings, as in E-D3DGS), so that nearby "
+                                  "Gaussians may move differently; zero-initialised; 0 = off.")
     # --- losses ---
     ssim_lambda: float = option(0.2, "Weight of D-SSIM: loss = (1 - w) L1 + w (1 - SSIM).")
     depth_lambda: float = option(0.0, "Weight of the scale-and-shift-invariant L1 depth loss against the geometry "
@@ -108,6 +111,8 @@ class OptimizeConfig:
                               "scale; decays like the positions (CPU object scene: 8e-4 beat 1.6e-4 and 4e-3).")
     lr_bases: float = option(1e-3, "bases: learning rate of the shared basis curves.")
     lr_field: float = option(1e-3, "mlp/planes: learning rate of the network; decays like the positions.")
+    lr_field_embedding: float = option(1e-3, "mlp/planes: learning rate of the per-Gaussian latent codes "
+                                       "(field_embedding); decays like the positions.")
     lr_planes: float = option(1e-2, "planes: learning rate of the plane features; decays like the positions.")
     lr_final_factor: float = option(0.01, "Decayed learning rates end at this fraction of their start.")
     deform_warmup: int = option(0, "Steps at the start where the deformation is frozen (a static warm-up).")

@@ -18,6 +18,10 @@ Models:
 * :class:`MLPField` (``mlp``): positional-encoded MLP over (x normalised to the dynamic points' box, t).
 * :class:`PlanesField` (``planes``): multi-resolution space-time planes (xy, xz, yz, xt, yt, zt; features multiplied
   across planes, concatenated across resolutions, K-planes style) and a small MLP head.
+
+Both fields can also read a per-Gaussian latent code ``field_embedding`` (N, E) beside (x, t) (``embedding`` > 0;
+per-Gaussian embeddings as in E-D3DGS): Gaussians at nearby positions may then move differently, as with the
+explicit model, while the network still shares what they have in common.
 """
 
 from __future__ import annotations
@@ -259,19 +263,38 @@ def _to_offsets(raw: torch.Tensor, box: Box) -> torch.Tensor:
     return raw * channel_scale
 
 
+def _embedding_spec(embedding: int) -> dict[str, int]:
+    """The spec entry of a field's latent codes: none without them, so specs saved before they existed compare
+    equal."""
+    return {"embedding": int(embedding)} if embedding > 0 else {}
+
+
+def _embedding_shapes(embedding: int) -> dict[str, tuple[int, ...]]:
+    return {"field_embedding": (embedding,)} if embedding > 0 else {}
+
+
+def _with_embedding(features: torch.Tensor, coefs: dict[str, torch.Tensor], embedding: int) -> torch.Tensor:
+    """features (M, C) -> (M, C + E): the Gaussians' latent codes appended when the field has them."""
+    if embedding == 0:
+        return features
+    return torch.cat([features, coefs["field_embedding"].to(features.dtype)], dim=-1)
+
+
 class MLPField(Deformation):
-    """offsets(x, t) = MLP([PE(x_normalised), PE(2t - 1)]), ReLU, one skip connection into the middle layer; the
-    last layer starts at zero (no motion)."""
+    """offsets(x, t) = MLP([PE(x_normalised), PE(2t - 1)(, e)]), ReLU, one skip connection into the middle layer;
+    the last layer starts at zero (no motion). e: the Gaussian's latent code (E,) when ``embedding`` > 0 (its
+    per-Gaussian entry ``field_embedding``, zero-initialised)."""
 
     kind = "mlp"
 
     def __init__(self, box: Box | None = None, width: int = 128, depth: int = 4, position_octaves: int = 8,
-                 time_octaves: int = 6, with_opacity: bool = False):
+                 time_octaves: int = 6, with_opacity: bool = False, embedding: int = 0):
         super().__init__(with_opacity)
         self.box = box or Box()
         self.width, self.depth = width, depth
         self.position_octaves, self.time_octaves = position_octaves, time_octaves
-        in_dim = 3 * (1 + 2 * position_octaves) + (1 + 2 * time_octaves)
+        self.embedding = int(embedding)
+        in_dim = 3 * (1 + 2 * position_octaves) + (1 + 2 * time_octaves) + self.embedding
         self.skip = depth // 2
         layers = []
         for i in range(depth):
@@ -286,12 +309,16 @@ class MLPField(Deformation):
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "width": self.width, "depth": self.depth,
                 "position_octaves": self.position_octaves, "time_octaves": self.time_octaves,
-                "with_opacity": self.with_opacity}
+                "with_opacity": self.with_opacity, **_embedding_spec(self.embedding)}
+
+    def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
+        return _embedding_shapes(self.embedding)
 
     def offsets(self, means, times, coefs):
         encoded = torch.cat([
             positional_encoding(self.box.normalize(means), self.position_octaves, self.position_frequencies),
             positional_encoding(times[:, None] * 2 - 1, self.time_octaves, self.time_frequencies)], dim=-1)
+        encoded = _with_embedding(encoded, coefs, self.embedding)                          # (M, in_dim)
         # bf16: the hidden layers under autocast (training on CUDA, `optimize.mlp_bf16`); the output layer stays in
         # float32, since displacements are differences of two offsets and would lose bits to cancellation.
         with torch.autocast(means.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -311,8 +338,9 @@ class PlanesField(Deformation):
 
     For each spatial resolution r: six feature planes (F channels) over (x, y), (x, z), (y, z) at r x r and
     (x, t), (y, t), (z, t) at r x T (T cells along time). Bilinear samples are multiplied across the six planes; the
-    products of all resolutions are concatenated and decoded by Linear-ReLU-Linear (last layer zero: no motion at
-    the start). Spatial planes start uniform in [0.1, 0.5], time planes at 1 (time-independent features).
+    products of all resolutions are concatenated (with the Gaussian's latent code ``field_embedding`` (E,) when
+    ``embedding`` > 0) and decoded by Linear-ReLU-Linear (last layer zero: no motion at the start). Spatial planes
+    start uniform in [0.1, 0.5], time planes at 1 (time-independent features).
 
     All planes live in one channel-last parameter ``table`` (C, F), level by level, each level's planes in
     :data:`PLANE_AXES` order; :meth:`plane` shows level l's three spatial or three time planes as a (3, F, H, W)
@@ -324,11 +352,12 @@ class PlanesField(Deformation):
     kind = "planes"
 
     def __init__(self, box: Box | None = None, resolutions: tuple[int, ...] = (32, 64), time_resolution: int = 16,
-                 features: int = 16, head_width: int = 64, with_opacity: bool = False):
+                 features: int = 16, head_width: int = 64, with_opacity: bool = False, embedding: int = 0):
         super().__init__(with_opacity)
         self.box = box or Box()
         self.resolutions, self.time_resolution = tuple(int(r) for r in resolutions), int(time_resolution)
         self.features, self.head_width = features, head_width
+        self.embedding = int(embedding)
         blocks, shapes = [], []
         self._block_rows: list[tuple[int, int, int]] = []   # (first row, H, W) of each level's spatial, time block
         for r in self.resolutions:
@@ -343,7 +372,7 @@ class PlanesField(Deformation):
         for name in ("axes", "half_extent", "last", "stride", "offset", "corner_steps"):
             self.register_buffer(f"layout_{name}", getattr(layout, name), persistent=False)
         self._register_total_variation_pairs()
-        self.hidden = nn.Linear(features * len(self.resolutions), head_width)
+        self.hidden = nn.Linear(features * len(self.resolutions) + self.embedding, head_width)
         self.out = _zero_last(nn.Linear(head_width, self.channels))
 
     @property
@@ -376,7 +405,11 @@ class PlanesField(Deformation):
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "resolutions": list(self.resolutions), "time_resolution": self.time_resolution,
-                "features": self.features, "head_width": self.head_width, "with_opacity": self.with_opacity}
+                "features": self.features, "head_width": self.head_width, "with_opacity": self.with_opacity,
+                **_embedding_spec(self.embedding)}
+
+    def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
+        return _embedding_shapes(self.embedding)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Earlier layouts: ``planes.{i}`` (3, F, H, W) per level and kind, or (1, F, H, W) per plane."""
@@ -390,7 +423,8 @@ class PlanesField(Deformation):
     def offsets(self, means, times, coefs):
         coords = torch.cat([self.box.normalize(means), times[:, None] * 2 - 1], dim=-1).clamp(-1, 1)   # (M, 4)
         features = sample_plane_products(self.table, coords, self.layout)                 # (M, L, F)
-        return _to_offsets(self.out(F.relu(self.hidden(features.flatten(1)))), self.box)  # (M, D)
+        features = _with_embedding(features.flatten(1), coefs, self.embedding)            # (M, L F + E)
+        return _to_offsets(self.out(F.relu(self.hidden(features))), self.box)             # (M, D)
 
     def regularization(self) -> torch.Tensor:
         """Total variation of the spatial planes: mean squared neighbour difference along each axis (summed over
@@ -414,6 +448,8 @@ def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: t
             product = part if product is None else product * part
         per_level.append(product.squeeze(2).t())                                          # (M, F)
     features = torch.cat(per_level, dim=-1)                                               # (M, F L)
+    if field.embedding:
+        raise ValueError("planes_offsets_grid_sample: the reference has no latent codes")
     return _to_offsets(field.out(F.relu(field.hidden(features))), field.box)
 
 
@@ -446,10 +482,10 @@ def deformation_spec_from_config(cfg, n_times: int) -> dict[str, Any] | None:
     if kind == "mlp":
         return {"kind": "mlp", "width": cfg.mlp_width, "depth": cfg.mlp_depth,
                 "position_octaves": cfg.mlp_position_frequencies, "time_octaves": cfg.mlp_time_frequencies,
-                "with_opacity": cfg.deform_opacity}
+                "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding)}
     if kind == "planes":
         time_res = cfg.planes_time_resolution or max(4, n_times // 2)
         return {"kind": "planes", "resolutions": list(cfg.planes_resolution), "time_resolution": time_res,
                 "features": cfg.planes_features, "head_width": cfg.planes_head_width,
-                "with_opacity": cfg.deform_opacity}
+                "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding)}
     raise ValueError(f"unknown deformation {kind!r}")

@@ -151,10 +151,11 @@ def splat_learning_rates(cfg: OptimizeConfig, scale: float) -> dict[str, float]:
     """Initial learning rate of every per-Gaussian key."""
     return {"means": cfg.lr_means * scale, "quats": cfg.lr_quats, "scales": cfg.lr_scales,
             "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "time_centers": cfg.lr_time,
-            "time_log_scales": cfg.lr_time, "motion_coefs": cfg.lr_motion * scale}
+            "time_log_scales": cfg.lr_time, "motion_coefs": cfg.lr_motion * scale,
+            "field_embedding": cfg.lr_field_embedding}
 
 
-DECAYING = {"means", "motion_coefs", "field", "planes"}   # groups whose learning rate decays exponentially
+DECAYING = {"means", "motion_coefs", "field_embedding", "field", "planes"}   # groups whose learning rate decays exponentially
 
 
 class GroupOptimizer:

@@ -97,23 +97,57 @@ def test_motion_bases_are_uniform_cubic_bsplines(rng):
     np.testing.assert_allclose(fresh[:, 0].detach().numpy(), np.cos(np.pi * np.linspace(0, 1, 11)), atol=0.01)
 
 
-@pytest.mark.parametrize("kind", ["bases", "mlp", "planes"])
+@pytest.mark.parametrize("kind", ["bases", "mlp", "planes", "mlp-embedding", "planes-embedding"])
 def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, rng):
     torch.manual_seed(0)
     means = torch.tensor(rng.normal(size=(64, 3)), dtype=torch.float32)
     box = Box.around(means)
     model = {"bases": lambda: MotionBases(6, 10), "mlp": lambda: MLPField(box, 32, 3, 4, 3),
-             "planes": lambda: PlanesField(box, (8, 16), 6, 4, 16)}[kind]()
+             "planes": lambda: PlanesField(box, (8, 16), 6, 4, 16),
+             "mlp-embedding": lambda: MLPField(box, 32, 3, 4, 3, embedding=5),
+             "planes-embedding": lambda: PlanesField(box, (8, 16), 6, 4, 16, embedding=5)}[kind]()
     coefs = {k: torch.randn(64, *shape) for k, shape in model.per_gaussian_shapes().items()}
+    assert sorted(coefs) == (["field_embedding"] if "embedding" in kind else ["motion_coefs"] if kind == "bases"
+                             else [])
     for p in (model.out.weight, model.out.bias) if kind != "bases" else ():
         torch.nn.init.normal_(p, std=0.1)   # the networks start at zero motion; give them some
-    if kind == "planes":
+    if kind.startswith("planes"):
         model.table.data.uniform_(0.1, 0.9)   # time planes start constant (time-independent features)
     anchors = torch.rand(64)
     at_anchor = model.displacement(means, anchors, anchors, coefs)
     assert at_anchor.abs().max() < 1e-6
     elsewhere = model.displacement(means, 0.9, anchors, coefs)
     assert elsewhere.shape == (64, 10) and elsewhere[:, :3].abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["mlp", "planes"])
+def test_field_latent_codes_let_gaussians_at_one_position_move_differently(kind, rng):
+    """With ``embedding`` E the fields read a per-Gaussian code (N, E): Gaussians at the same position and anchor
+    time move alike when their codes are equal and differently when they are not; the code is an input of the
+    network's first layer (its weight gets the extra E columns). Without codes the spec has no ``embedding`` entry,
+    so specs saved before the option existed compare equal."""
+    from stages.optimize.deformation import build_deformation
+
+    torch.manual_seed(0)
+    point = torch.tensor(rng.normal(size=(1, 3)), dtype=torch.float32)
+    means = point.repeat(3, 1)                                                  # three Gaussians, one position
+    box = Box(torch.zeros(3), torch.full((3,), 4.0))
+    field = (MLPField(box, 16, 2, 2, 2, embedding=4) if kind == "mlp"
+             else PlanesField(box, (4,), 4, 4, 16, embedding=4))
+    first = field.layers[0] if kind == "mlp" else field.hidden
+    assert first.in_features == (3 * 5 + 5 + 4 if kind == "mlp" else 4 + 4)
+    torch.nn.init.normal_(field.out.weight, std=0.1)
+    if kind == "planes":
+        field.table.data.uniform_(0.1, 0.9)   # time planes start constant: no motion at all to differ in
+    codes = torch.randn(3, 4)
+    codes[1] = codes[0]
+    moved = field.displacement(means, 0.8, torch.full((3,), 0.2), {"field_embedding": codes})   # (3, 10)
+    torch.testing.assert_close(moved[0], moved[1])
+    assert (moved[0] - moved[2]).abs().max() > 1e-4
+    assert field.spec()["embedding"] == 4
+    assert build_deformation(field.spec(), box).per_gaussian_shapes() == {"field_embedding": (4,)}
+    plain = MLPField(box, 16, 2, 2, 2) if kind == "mlp" else PlanesField(box, (4,), 4, 4, 16)
+    assert "embedding" not in plain.spec() and plain.per_gaussian_shapes() == {}
 
 
 def test_networks_start_without_motion(rng):

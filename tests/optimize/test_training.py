@@ -250,6 +250,33 @@ def test_the_opacity_regulariser_adds_the_weighted_mean_opacity_and_lowers_opaci
     assert float(pulled_log[0]["loss"]) - float(plain_log[0]["loss"]) == pytest.approx(0.1, abs=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "planes"])
+def test_field_latent_codes_train_follow_densification_and_load_back(tiny, tmp_path, kind):
+    """``field_embedding`` E: every Gaussian has a code (N, E) that starts at zero, is trained at its own rate (a
+    decaying group), stays row-aligned with the Gaussians through densification, and is saved with the model, which
+    loads back and renders the same."""
+    files, scene = tiny
+    cfg = small_config(iterations=8, deformation=kind, field_embedding=3, lr_field_embedding=0.01,
+                       planes_resolution=[4], mlp_width=16, mlp_depth=2, rigidity_lambda=0.0)
+    data, initial = _inputs(files, scene, cfg)
+    result = train(cfg, data, initial, tmp_path / "run", seed=0)
+    splats = result.model.splats
+    codes = splats["field_embedding"].detach()
+    assert codes.shape == (len(splats["means"]), 3) and len(splats["means"]) != len(initial.means)   # densified
+    dynamic = splats["is_dynamic"]
+    # Trained away from zero (planes: only once its time planes vary, since a code acts through the difference of
+    # the offsets at the render time and the anchor time).
+    assert float(codes[dynamic].abs().max()) > 1e-4
+    assert float(codes[~dynamic].abs().max()) == 0.0                                # static ones: no gradient
+    assert trainer_module.DECAYING >= {"field_embedding"}
+    result.model.save(tmp_path / "model.pt")                                       # as the stage writes it
+    back = load_model(tmp_path / "model.pt")
+    assert back.deformation.spec() == result.model.deformation.spec()
+    a, b = result.model.gaussians_at(0.6), back.gaussians_at(0.6)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
 def test_the_temporal_width_floor_keeps_resume_exact_and_holds_through_densification(tiny, tmp_path):
     """The floor is a function of the step applied after each optimizer step, so a checkpoint in the middle of the
     widening resumes to the same run; Gaussians added by densification start at or above it."""
