@@ -436,6 +436,8 @@ class PlanesField(Deformation):
 def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
     """:meth:`PlanesField.offsets` through ``F.grid_sample`` (two calls per level; products and gradients by
     autograd): the reference the one-node sampler is tested against."""
+    if field.embedding:
+        raise ValueError("planes_offsets_grid_sample: the reference has no latent codes")
     coords = torch.cat([field.box.normalize(means), times[:, None] * 2 - 1], dim=-1).clamp(-1, 1)    # (M, 4)
     axes = torch.tensor(PLANE_AXES, device=coords.device)                                 # (6, 2)
     grids = coords[:, axes].transpose(0, 1).unsqueeze(2).contiguous()                     # (6, M, 1, 2): (a, b)
@@ -448,8 +450,6 @@ def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: t
             product = part if product is None else product * part
         per_level.append(product.squeeze(2).t())                                          # (M, F)
     features = torch.cat(per_level, dim=-1)                                               # (M, F L)
-    if field.embedding:
-        raise ValueError("planes_offsets_grid_sample: the reference has no latent codes")
     return _to_offsets(field.out(F.relu(field.hidden(features))), field.box)
 
 
