@@ -250,12 +250,21 @@ class Manifest:
 # Runner
 
 
+def _hashed_section(config: Config, name: str) -> dict:
+    """A config section as it enters a stage's input hash. The scene's source path is taken absolute (symlinks
+    resolved), so the same folder named relatively or absolutely reuses the stages already run."""
+    values = dataclasses.asdict(config.sections[name])
+    if name == "scene" and values.get("source"):
+        values["source"] = str(Path(values["source"]).expanduser().resolve())
+    return values
+
+
 def input_hash(spec: StageSpec, config: Config, scene_fingerprint: dict, manifest: Manifest) -> tuple[str, dict]:
     parts = {
         "stage": spec.name,
         "seed": config.seed,
         "device": config.device,
-        "sections": {s: dataclasses.asdict(config.sections[s]) for s in spec.sections},
+        "sections": {s: _hashed_section(config, s) for s in spec.sections},
         "scene": scene_fingerprint,
         "upstream": {u: manifest.stage(u).get("output_hash") for u in spec.upstream},
     }

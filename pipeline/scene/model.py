@@ -148,4 +148,5 @@ class Scene:
             if f.camera is not None:
                 entry += [np.round(f.camera.K, 9).tolist(), np.round(f.camera.world_to_camera, 9).tolist()]
             entries.append(entry)
-        return {"format": self.format, "source": str(self.source), "frames": entries, "background": self.background}
+        return {"format": self.format, "source": str(Path(self.source).expanduser().resolve()), "frames": entries,
+                "background": self.background}

@@ -66,6 +66,25 @@ def test_skip_rerun_and_from(tmp_path, scene):
     assert manifest["working_directory"] == os.getcwd()     # a relative scene.source is relative to it
 
 
+def test_the_same_scene_named_relatively_or_absolutely_reuses_the_stages(tmp_path, monkeypatch):
+    """The scene's source enters every stage's input hash as an absolute path: `reconstruct frames` and
+    `reconstruct /abs/frames` (or through a symlink) find the same run up to date; another folder does not."""
+    make_frames(tmp_path / "frames", n=3)
+    (tmp_path / "link").symlink_to(tmp_path / "frames")
+    monkeypatch.chdir(tmp_path)
+    stages = (StageSpec("first", first, ("first",), (), ("scene", "optimize")),)
+    run = tmp_path / "run"
+    CALLS.clear()
+    for source in ("frames", str(tmp_path / "frames"), "./link"):
+        config = load_config("default", [f"scene.source={source}"])
+        run_pipeline(config, run, load_scene(config.scene), stages=stages)
+    assert CALLS == ["first"]
+    make_frames(tmp_path / "other", n=3)
+    config = load_config("default", ["scene.source=other"])
+    run_pipeline(config, run, load_scene(config.scene), stages=stages)
+    assert CALLS == ["first", "first"]
+
+
 @pytest.mark.parametrize("text", ["[]", '{"stages": 5}', '{"stages": {"first": 3}}'])
 def test_a_manifest_of_the_wrong_shape_reruns_every_stage(tmp_path, scene, text):
     run = tmp_path / "run"
