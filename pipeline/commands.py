@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.config import DEFAULTS_HEADER, CONFIG_DIR, default_config, dump_yaml, load_config
 from pipeline.errors import UserError
 from pipeline.log import get_logger
+from pipeline.scene.config import canonical_source
 
 log = get_logger("cli")
 
@@ -34,14 +35,9 @@ def _default_run_dir(scene_source: str) -> Path:
 FIRST_RUN_ENTRIES = {"config.yaml", "log.txt", ".work"}
 
 
-def _scene_key(source: str) -> str:
-    """A scene source as compared between runs: 'demo', or the absolute path."""
-    return source if source == "demo" else str(Path(source).expanduser().resolve())
-
-
 def _scene_of_run(run_dir: Path) -> str | None:
-    """The scene an existing run folder was made from (:func:`_scene_key`), or None if it has no readable
-    config.yaml and manifest.json yet (the runner then decides what to redo)."""
+    """The scene an existing run folder was made from (as :func:`~pipeline.scene.config.canonical_source` gives it),
+    or None if it has no readable config.yaml and manifest.json yet (the runner then decides what to redo)."""
     from pipeline.config import read_yaml
     from stages.render.cli import scene_source_for
 
@@ -51,7 +47,7 @@ def _scene_of_run(run_dir: Path) -> str | None:
         source = read_yaml(run_dir / "config.yaml")["scene"]["source"]
     except (UserError, OSError, KeyError, TypeError):
         return None
-    return _scene_key(scene_source_for(run_dir, source)) if isinstance(source, str) else None
+    return canonical_source(scene_source_for(run_dir, source)) if isinstance(source, str) else None
 
 
 def check_run_folder(run_dir: Path, source: str, chosen: bool) -> None:
@@ -68,7 +64,7 @@ def check_run_folder(run_dir: Path, source: str, chosen: bool) -> None:
         raise UserError("is not a page4dgs run folder and is not empty (the stages would replace parts of it); "
                         "choose a new or empty folder with --out", run_dir)
     previous = _scene_of_run(run_dir)
-    if previous is not None and previous != _scene_key(source):
+    if previous is not None and previous != canonical_source(source):
         if not chosen:
             raise UserError(f"holds the run of another scene ({previous}); choose a run folder for this one with "
                             "--out", run_dir)

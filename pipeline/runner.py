@@ -31,6 +31,7 @@ from pipeline.errors import UserError
 from pipeline.io import read_json, sha256_file, sha256_json, write_json, write_text
 from pipeline.log import add_file_log, get_logger
 from pipeline.scene import Scene
+from pipeline.scene.config import canonical_source
 
 log = get_logger("runner")
 
@@ -251,11 +252,12 @@ class Manifest:
 
 
 def _hashed_section(config: Config, name: str) -> dict:
-    """A config section as it enters a stage's input hash. The scene's source path is taken absolute (symlinks
-    resolved), so the same folder named relatively or absolutely reuses the stages already run."""
+    """A config section as it enters a stage's input hash; the scene's source as
+    :func:`~pipeline.scene.config.canonical_source` gives it, so the same folder named relatively or absolutely
+    reuses the stages already run."""
     values = dataclasses.asdict(config.sections[name])
     if name == "scene" and values.get("source"):
-        values["source"] = str(Path(values["source"]).expanduser().resolve())
+        values["source"] = canonical_source(values["source"])
     return values
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.config import option
 
@@ -23,3 +24,9 @@ class SceneConfig:
     background: str = option("white", "Colour that RGBA frames are composited on.", choices=("white", "black"))
     test_every: int = option(8, "Frame folders, videos, COLMAP models and nerfstudio files without split lists: hold "
                              "out every n-th frame for testing (0 = none). Other datasets use their own split.")
+
+
+def canonical_source(source: str) -> str:
+    """``scene.source`` as runs compare it: 'demo' as is, a path absolute with symlinks resolved (the same folder
+    named relatively, absolutely or through a link is one scene)."""
+    return source if source == "demo" else str(Path(source).expanduser().resolve())
