@@ -13,6 +13,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from pipeline.scene.config import canonical_source
+
 ImageLoader = Callable[[], np.ndarray]
 """Returns an image as float32 (H, W, 3) or (H, W, 4) in [0, 1]."""
 ArrayLoader = Callable[[], np.ndarray]
@@ -148,5 +150,5 @@ class Scene:
             if f.camera is not None:
                 entry += [np.round(f.camera.K, 9).tolist(), np.round(f.camera.world_to_camera, 9).tolist()]
             entries.append(entry)
-        return {"format": self.format, "source": str(Path(self.source).expanduser().resolve()), "frames": entries,
+        return {"format": self.format, "source": canonical_source(str(self.source)), "frames": entries,
                 "background": self.background}

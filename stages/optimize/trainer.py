@@ -155,7 +155,8 @@ def splat_learning_rates(cfg: OptimizeConfig, scale: float) -> dict[str, float]:
             "field_embedding": cfg.lr_field_embedding}
 
 
-DECAYING = {"means", "motion_coefs", "field_embedding", "field", "planes"}   # groups whose learning rate decays exponentially
+# Groups whose learning rate decays exponentially (to lr_final_factor of its start).
+DECAYING = {"means", "motion_coefs", "field_embedding", "field", "planes"}
 
 
 class GroupOptimizer:
@@ -378,13 +379,11 @@ def read_latest_checkpoint(directory: Path) -> tuple[Optional[Path], Optional[di
     passed over with a warning, so the run resumes from the one before; with none readable, the error names the
     newest."""
     files = sorted(directory.glob("step_*.pt"), reverse=True) if directory.is_dir() else []
-    first_error: Optional[UserError] = None
+    first_error: Optional[UnreadableCheckpoint] = None
     for path in files:
         try:
             return path, read_checkpoint(path)
-        except UserError as err:
-            if "unreadable checkpoint" not in str(err):
-                raise
+        except UnreadableCheckpoint as err:
             first_error = first_error or err
             log.warning(f"{err}: trying the checkpoint before it")
     if first_error is not None:
@@ -401,11 +400,17 @@ def write_checkpoint(directory: Path, state: dict[str, Any], keep: int) -> Path:
     return path
 
 
+class UnreadableCheckpoint(UserError):
+    """A checkpoint file that torch cannot load (truncated or damaged); :func:`read_latest_checkpoint` passes over
+    it to the one before."""
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise UserError(f"unreadable checkpoint ({type(err).__name__}); delete it to start over", path) from None
+        raise UnreadableCheckpoint(f"unreadable checkpoint ({type(err).__name__}); delete it to start over",
+                                   path) from None
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError("not an optimize checkpoint", path)
     version = state.get("version", 1)
