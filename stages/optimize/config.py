@@ -79,6 +79,9 @@ class OptimizeConfig:
     opacity_lambda: float = option(0.0, "Weight of the opacity regulariser: the mean opacity (post-sigmoid) of all "
                                    "Gaussians (3DGS-MCMC's L1 on opacity): Gaussians that no view needs fade and "
                                    "are pruned. Added to the loss; not a column of log.csv.")
+    alpha_lambda: float = option(0.0, "Weight of the mask loss on RGBA scenes: the mean absolute difference of the "
+                                 "rendered alpha and the dataset's alpha (object masks). Views without alpha skip "
+                                 "it. Added to the loss; not a column of log.csv.")
     max_anisotropy: float = option(10.0, "Largest ratio of a Gaussian's largest to smallest scale before the scale "
                                    "regulariser applies.")
     background: str = option("auto", "Render background: 'auto' (the scene's), 'white', 'black', or 'random' "

@@ -190,6 +190,13 @@ def opacity_loss(opacity_logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(opacity_logits).mean()
 
 
+def alpha_loss(rendered_alpha: torch.Tensor, target_alpha: torch.Tensor) -> torch.Tensor:
+    """Mask loss: mean absolute difference of the rendered alpha and the dataset's alpha, both (H, W) in [0, 1].
+    Penalises semi-transparent floaters over the background (target 0) and holes in the object (target 1)
+    directly, where a random background only does so through the colours."""
+    return (rendered_alpha - target_alpha).abs().mean()
+
+
 def psnr(render: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """PSNR (dB) of images in [0, 1] (scalar tensor)."""
     mse = (render - target).pow(2).mean()

@@ -33,8 +33,8 @@ from stages.optimize.deformation import Box, build_deformation, deformation_spec
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
-from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, opacity_loss, photometric_loss,
-                                    psnr_from_mse, rigidity_loss)
+from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_loss, depth_loss, opacity_loss,
+                                    photometric_loss, psnr_from_mse, rigidity_loss)
 from stages.optimize.model import GaussianModel4D, accelerations, compile_function
 
 log = get_logger("optimize")
@@ -649,6 +649,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 valid = view.depth_valid & (alphas[0, ..., 0].detach() > 0.5)
                 d_loss = depth_loss(colors[0, ..., 3], view.depth, valid)
                 loss = loss + cfg.depth_lambda * d_loss
+            if cfg.alpha_lambda > 0 and alpha is not None:
+                loss = loss + cfg.alpha_lambda * alpha_loss(alphas[0, ..., 0], alpha)
             losses.append(loss)
             with torch.no_grad():       # for the log: l1, ssim, depth, mean squared error (-> PSNR at the flush)
                 view_terms.append([l1, ssim_value, d_loss, (rgb - target).square().mean()])
