@@ -65,6 +65,12 @@ class OptimizeConfig:
     field_embedding: int = option(0, "mlp/planes: channels of a learned per-Gaussian latent code that the field "
                                   "reads beside (x, t) (per-Gaussian embeddings, as in E-D3DGS), so that nearby "
                                   "Gaussians may move differently; zero-initialised; 0 = off.")
+    field_anchor_time: bool = option(False, "mlp/planes: the field also reads each Gaussian's anchor time t_a (the "
+                                     "time it was seen), so that its displacement g(x, t_a, t) - g(x, t_a, t_a) is "
+                                     "a flow map from t_a (Lagrangian) rather than the time integral of one "
+                                     "velocity field at a fixed point (Eulerian; exact to first order only). "
+                                     "mlp: PE(t_a) is an input; planes: four more planes per level, (x, t_a), "
+                                     "(y, t_a), (z, t_a) and (t, t_a), starting at one.")
     # --- losses ---
     ssim_lambda: float = option(0.2, "Weight of D-SSIM: loss = (1 - w) L1 + w (1 - SSIM).")
     depth_lambda: float = option(0.0, "Weight of the scale-and-shift-invariant L1 depth loss against the geometry "

@@ -22,6 +22,12 @@ Models:
 Both fields can also read a per-Gaussian latent code ``field_embedding`` (N, E) beside (x, t) (``embedding`` > 0;
 per-Gaussian embeddings as in E-D3DGS): Gaussians at nearby positions may then move differently, as with the
 explicit model, while the network still shares what they have in common.
+
+Both fields can also read each Gaussian's anchor time (``anchor_time``; its per-Gaussian input ``anchor_times``,
+:meth:`Deformation.per_gaussian_inputs`): offsets(x, t | t_a) = g(x, t_a, t), so the displacement
+g(x, t_a, t) - g(x, t_a, t_a) is a flow map from the anchor time, exact for any motion, as the explicit model's
+trajectories are. Without it, two Gaussians at one place seen at different times (a moving part and what it left
+behind) share one velocity field there.
 """
 
 from __future__ import annotations
@@ -55,6 +61,12 @@ class Deformation(nn.Module):
     def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-Gaussian parameters this model needs in the parameter dict (trailing shapes)."""
         return {}
+
+    def per_gaussian_inputs(self) -> tuple[str, ...]:
+        """Per-Gaussian entries of the parameter dict that the model reads but does not own (not learned by it):
+        ``anchor_times`` for an anchor-conditioned field. They reach :meth:`offsets` in ``coefs`` like the
+        parameters."""
+        return ()
 
     def spec(self) -> dict[str, Any]:
         """Constructor arguments, saved with the model (see :func:`build_deformation`)."""
@@ -280,21 +292,29 @@ def _with_embedding(features: torch.Tensor, coefs: dict[str, torch.Tensor], embe
     return torch.cat([features, coefs["field_embedding"].to(features.dtype)], dim=-1)
 
 
+def _anchor_spec(anchor_time: bool) -> dict[str, bool]:
+    """The spec entry of anchor-time conditioning: none without it (specs saved before it existed compare equal)."""
+    return {"anchor_time": True} if anchor_time else {}
+
+
 class MLPField(Deformation):
-    """offsets(x, t) = MLP([PE(x_normalised), PE(2t - 1)(, e)]), ReLU, one skip connection into the middle layer;
-    the last layer starts at zero (no motion). e: the Gaussian's latent code (E,) when ``embedding`` > 0 (its
+    """offsets(x, t) = MLP([PE(x_normalised), PE(2t - 1)(, PE(2 t_a - 1))(, e)]), ReLU, one skip connection into the
+    middle layer; the last layer starts at zero (no motion). t_a: the Gaussian's anchor time when ``anchor_time``
+    (its per-Gaussian input ``anchor_times``, encoded like t); e: its latent code (E,) when ``embedding`` > 0 (its
     per-Gaussian entry ``field_embedding``, zero-initialised)."""
 
     kind = "mlp"
 
     def __init__(self, box: Box | None = None, width: int = 128, depth: int = 4, position_octaves: int = 8,
-                 time_octaves: int = 6, with_opacity: bool = False, embedding: int = 0):
+                 time_octaves: int = 6, with_opacity: bool = False, embedding: int = 0, anchor_time: bool = False):
         super().__init__(with_opacity)
         self.box = box or Box()
         self.width, self.depth = width, depth
         self.position_octaves, self.time_octaves = position_octaves, time_octaves
         self.embedding = int(embedding)
-        in_dim = 3 * (1 + 2 * position_octaves) + (1 + 2 * time_octaves) + self.embedding
+        self.anchor_time = bool(anchor_time)
+        in_dim = 3 * (1 + 2 * position_octaves) + (1 + 2 * time_octaves) * (2 if self.anchor_time else 1) \
+            + self.embedding
         self.skip = depth // 2
         layers = []
         for i in range(depth):
@@ -309,16 +329,21 @@ class MLPField(Deformation):
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "width": self.width, "depth": self.depth,
                 "position_octaves": self.position_octaves, "time_octaves": self.time_octaves,
-                "with_opacity": self.with_opacity, **_embedding_spec(self.embedding)}
+                "with_opacity": self.with_opacity, **_embedding_spec(self.embedding), **_anchor_spec(self.anchor_time)}
 
     def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
         return _embedding_shapes(self.embedding)
 
+    def per_gaussian_inputs(self) -> tuple[str, ...]:
+        return ("anchor_times",) if self.anchor_time else ()
+
     def offsets(self, means, times, coefs):
-        encoded = torch.cat([
-            positional_encoding(self.box.normalize(means), self.position_octaves, self.position_frequencies),
-            positional_encoding(times[:, None] * 2 - 1, self.time_octaves, self.time_frequencies)], dim=-1)
-        encoded = _with_embedding(encoded, coefs, self.embedding)                          # (M, in_dim)
+        parts = [positional_encoding(self.box.normalize(means), self.position_octaves, self.position_frequencies),
+                 positional_encoding(times[:, None] * 2 - 1, self.time_octaves, self.time_frequencies)]
+        if self.anchor_time:
+            anchors = coefs["anchor_times"].to(times.dtype)                                 # (M,)
+            parts.append(positional_encoding(anchors[:, None] * 2 - 1, self.time_octaves, self.time_frequencies))
+        encoded = _with_embedding(torch.cat(parts, dim=-1), coefs, self.embedding)       # (M, in_dim)
         # bf16: the hidden layers under autocast (training on CUDA, `optimize.mlp_bf16`); the output layer stays in
         # float32, since displacements are differences of two offsets and would lose bits to cancellation.
         with torch.autocast(means.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -331,6 +356,7 @@ class MLPField(Deformation):
 
 
 PLANE_AXES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))   # xy xz yz xt yt zt (axis 3 = time)
+ANCHOR_PLANE_AXES = ((0, 4), (1, 4), (2, 4), (3, 4))           # x t_a, y t_a, z t_a, t t_a (axis 4 = anchor time)
 
 
 class PlanesField(Deformation):
@@ -340,11 +366,13 @@ class PlanesField(Deformation):
     (x, t), (y, t), (z, t) at r x T (T cells along time). Bilinear samples are multiplied across the six planes; the
     products of all resolutions are concatenated (with the Gaussian's latent code ``field_embedding`` (E,) when
     ``embedding`` > 0) and decoded by Linear-ReLU-Linear (last layer zero: no motion at the start). Spatial planes
-    start uniform in [0.1, 0.5], time planes at 1 (time-independent features).
+    start uniform in [0.1, 0.5], time planes at 1 (time-independent features). With ``anchor_time`` each level has
+    four more planes over the Gaussian's anchor time t_a (its per-Gaussian input ``anchor_times``): (x, t_a),
+    (y, t_a), (z, t_a) at T x r and (t, t_a) at T x T, starting at 1, multiplied in like the others.
 
     All planes live in one channel-last parameter ``table`` (C, F), level by level, each level's planes in
-    :data:`PLANE_AXES` order; :meth:`plane` shows level l's three spatial or three time planes as a (3, F, H, W)
-    view. Sampling is :func:`~stages.optimize.plane_sampler.sample_plane_products` (one autograd node; the same
+    :data:`PLANE_AXES` (then :data:`ANCHOR_PLANE_AXES`) order; :meth:`plane` shows level l's three spatial, three
+    time, three anchor-time planes or its (t, t_a) plane (kinds 0-3) as a (planes, F, H, W) view. Sampling is :func:`~stages.optimize.plane_sampler.sample_plane_products` (one autograd node; the same
     values as ``F.grid_sample`` with ``align_corners=True``). Models saved with the earlier layouts (one (3, F, H, W)
     parameter per level and kind, or one (1, F, H, W) per plane) load unchanged.
     """
@@ -352,23 +380,29 @@ class PlanesField(Deformation):
     kind = "planes"
 
     def __init__(self, box: Box | None = None, resolutions: tuple[int, ...] = (32, 64), time_resolution: int = 16,
-                 features: int = 16, head_width: int = 64, with_opacity: bool = False, embedding: int = 0):
+                 features: int = 16, head_width: int = 64, with_opacity: bool = False, embedding: int = 0,
+                 anchor_time: bool = False):
         super().__init__(with_opacity)
         self.box = box or Box()
         self.resolutions, self.time_resolution = tuple(int(r) for r in resolutions), int(time_resolution)
         self.features, self.head_width = features, head_width
         self.embedding = int(embedding)
+        self.anchor_time = bool(anchor_time)
+        T = self.time_resolution
         blocks, shapes = [], []
-        self._block_rows: list[tuple[int, int, int]] = []   # (first row, H, W) of each level's spatial, time block
+        self._block_rows: list[tuple[int, int, int, int]] = []   # (first row, planes, H, W) of each level's blocks
         for r in self.resolutions:
-            spatial = torch.empty(3, features, r, r).uniform_(0.1, 0.5)                 # xy, xz, yz
-            temporal = torch.ones(3, features, self.time_resolution, r)                   # xt, yt, zt
-            for block in (spatial, temporal):
-                self._block_rows.append((sum(b.shape[0] for b in blocks), *block.shape[2:]))
-                blocks.append(block.permute(0, 2, 3, 1).reshape(-1, features))            # (3 H W, F)
-                shapes += [tuple(block.shape[2:])] * 3
+            level = [torch.empty(3, features, r, r).uniform_(0.1, 0.5),                  # xy, xz, yz
+                     torch.ones(3, features, T, r)]                                        # xt, yt, zt
+            if self.anchor_time:
+                level += [torch.ones(3, features, T, r), torch.ones(1, features, T, T)]   # x/y/z t_a; t t_a
+            for block in level:
+                self._block_rows.append((sum(b.shape[0] for b in blocks), *block.shape[:1], *block.shape[2:]))
+                blocks.append(block.permute(0, 2, 3, 1).reshape(-1, features))            # (planes H W, F)
+                shapes += [tuple(block.shape[2:])] * block.shape[0]
         self.table = nn.Parameter(torch.cat(blocks))                                       # (C, F)
-        layout = PlaneLayout.build(shapes, list(PLANE_AXES) * len(self.resolutions), len(self.resolutions))
+        axes = PLANE_AXES + (ANCHOR_PLANE_AXES if self.anchor_time else ())
+        layout = PlaneLayout.build(shapes, list(axes) * len(self.resolutions), len(self.resolutions))
         for name in ("axes", "half_extent", "last", "stride", "offset", "corner_steps"):
             self.register_buffer(f"layout_{name}", getattr(layout, name), persistent=False)
         self._register_total_variation_pairs()
@@ -380,12 +414,17 @@ class PlanesField(Deformation):
         return PlaneLayout(self.layout_axes, self.layout_half_extent, self.layout_last, self.layout_stride,
                            self.layout_offset, self.layout_corner_steps, len(self.resolutions))
 
+    @property
+    def kinds(self) -> int:
+        """Blocks of planes per level: spatial, time (and anchor time, time x anchor time)."""
+        return 4 if self.anchor_time else 2
+
     def plane(self, level: int, kind: int) -> torch.Tensor:
-        """Level ``level``'s three spatial (kind 0: (3, F, r, r)) or time (kind 1: (3, F, T, r)) planes, a view of
-        the table."""
-        start, height, width = self._block_rows[2 * level + kind]
-        block = self.table[start:start + 3 * height * width]                               # (3 H W, F)
-        return block.view(3, height, width, self.features).permute(0, 3, 1, 2)            # (3, F, H, W)
+        """Level ``level``'s three spatial (kind 0: (3, F, r, r)), time (kind 1: (3, F, T, r)), anchor-time (kind 2:
+        (3, F, T, r)) planes or its (t, t_a) plane (kind 3: (1, F, T, T)), a view of the table."""
+        start, count, height, width = self._block_rows[self.kinds * level + kind]
+        block = self.table[start:start + count * height * width]                          # (count H W, F)
+        return block.view(count, height, width, self.features).permute(0, 3, 1, 2)       # (count, F, H, W)
 
     def _register_total_variation_pairs(self) -> None:
         """Table rows of every pair of neighbouring cells of the spatial planes, along either axis, and each pair's
@@ -393,7 +432,7 @@ class PlanesField(Deformation):
         difference along each axis, summed over the two axes, averaged over levels (:meth:`regularization`)."""
         first, second, weight = [], [], []
         for level, r in enumerate(self.resolutions):
-            cells = torch.arange(3 * r * r).view(3, r, r) + self._block_rows[2 * level][0]  # (3, v, u) -> row
+            cells = torch.arange(3 * r * r).view(3, r, r) + self._block_rows[self.kinds * level][0]  # (3, v, u)
             for a, b in ((cells[:, :-1, :], cells[:, 1:, :]), (cells[:, :, :-1], cells[:, :, 1:])):
                 first.append(a.reshape(-1))
                 second.append(b.reshape(-1))
@@ -406,10 +445,21 @@ class PlanesField(Deformation):
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "resolutions": list(self.resolutions), "time_resolution": self.time_resolution,
                 "features": self.features, "head_width": self.head_width, "with_opacity": self.with_opacity,
-                **_embedding_spec(self.embedding)}
+                **_embedding_spec(self.embedding), **_anchor_spec(self.anchor_time)}
 
     def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
         return _embedding_shapes(self.embedding)
+
+    def per_gaussian_inputs(self) -> tuple[str, ...]:
+        return ("anchor_times",) if self.anchor_time else ()
+
+    def coordinates(self, means: torch.Tensor, times: torch.Tensor, coefs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(M, 4) or, with ``anchor_time``, (M, 5): x, y, z normalised to the box, 2t - 1 (, 2 t_a - 1), clamped to
+        [-1, 1]."""
+        columns = [self.box.normalize(means), times[:, None] * 2 - 1]
+        if self.anchor_time:
+            columns.append(coefs["anchor_times"].to(times.dtype)[:, None] * 2 - 1)
+        return torch.cat(columns, dim=-1).clamp(-1, 1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Earlier layouts: ``planes.{i}`` (3, F, H, W) per level and kind, or (1, F, H, W) per plane."""
@@ -421,7 +471,7 @@ class PlanesField(Deformation):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def offsets(self, means, times, coefs):
-        coords = torch.cat([self.box.normalize(means), times[:, None] * 2 - 1], dim=-1).clamp(-1, 1)   # (M, 4)
+        coords = self.coordinates(means, times, coefs)                                    # (M, 4 or 5)
         features = sample_plane_products(self.table, coords, self.layout)                 # (M, L, F)
         features = _with_embedding(features.flatten(1), coefs, self.embedding)            # (M, L F + E)
         return _to_offsets(self.out(F.relu(self.hidden(features))), self.box)             # (M, D)
@@ -433,20 +483,24 @@ class PlanesField(Deformation):
         return (difference.square().sum(1) * self.tv_weight).sum()
 
 
-def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-    """:meth:`PlanesField.offsets` through ``F.grid_sample`` (two calls per level; products and gradients by
-    autograd): the reference the one-node sampler is tested against."""
+def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: torch.Tensor,
+                               anchor_times: torch.Tensor | None = None) -> torch.Tensor:
+    """:meth:`PlanesField.offsets` through ``F.grid_sample`` (one call per level and kind of plane; products and
+    gradients by autograd): the reference the one-node sampler is tested against. anchor_times (M,): needed when
+    the field has ``anchor_time``."""
     if field.embedding:
         raise ValueError("planes_offsets_grid_sample: the reference has no latent codes")
-    coords = torch.cat([field.box.normalize(means), times[:, None] * 2 - 1], dim=-1).clamp(-1, 1)    # (M, 4)
-    axes = torch.tensor(PLANE_AXES, device=coords.device)                                 # (6, 2)
-    grids = coords[:, axes].transpose(0, 1).unsqueeze(2).contiguous()                     # (6, M, 1, 2): (a, b)
+    coefs = {"anchor_times": anchor_times} if field.anchor_time else {}
+    coords = field.coordinates(means, times, coefs)                                       # (M, 4 or 5)
+    axes = torch.tensor(PLANE_AXES + (ANCHOR_PLANE_AXES if field.anchor_time else ()), device=coords.device)
+    grids = coords[:, axes].transpose(0, 1).unsqueeze(2).contiguous()                     # (6 or 10, M, 1, 2): (a, b)
+    kinds = (grids[:3], grids[3:6], grids[6:9], grids[9:]) if field.anchor_time else (grids[:3], grids[3:])
     per_level = []
     for level in range(len(field.resolutions)):
         product = None
-        for kind, grid in enumerate((grids[:3], grids[3:])):                              # spatial, time
-            samples = F.grid_sample(field.plane(level, kind), grid, mode="bilinear", align_corners=True)   # (3, F, M, 1)
-            part = samples[0] * samples[1] * samples[2]
+        for kind, grid in enumerate(kinds):                                               # spatial, time, ...
+            samples = F.grid_sample(field.plane(level, kind), grid, mode="bilinear", align_corners=True)   # (n, F, M, 1)
+            part = samples.prod(0)
             product = part if product is None else product * part
         per_level.append(product.squeeze(2).t())                                          # (M, F)
     features = torch.cat(per_level, dim=-1)                                               # (M, F L)
@@ -482,10 +536,12 @@ def deformation_spec_from_config(cfg, n_times: int) -> dict[str, Any] | None:
     if kind == "mlp":
         return {"kind": "mlp", "width": cfg.mlp_width, "depth": cfg.mlp_depth,
                 "position_octaves": cfg.mlp_position_frequencies, "time_octaves": cfg.mlp_time_frequencies,
-                "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding)}
+                "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
+                **_anchor_spec(cfg.field_anchor_time)}
     if kind == "planes":
         time_res = cfg.planes_time_resolution or max(4, n_times // 2)
         return {"kind": "planes", "resolutions": list(cfg.planes_resolution), "time_resolution": time_res,
                 "features": cfg.planes_features, "head_width": cfg.planes_head_width,
-                "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding)}
+                "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
+                **_anchor_spec(cfg.field_anchor_time)}
     raise ValueError(f"unknown deformation {kind!r}")

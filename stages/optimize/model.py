@@ -77,8 +77,10 @@ class GaussianModel4D(nn.Module):
         return self.dynamic_set()[0]
 
     def deformation_parameters(self) -> dict[str, torch.Tensor]:
-        """The deformation's per-Gaussian parameters, all N rows: entries (N, ...)."""
-        return {k: self.splats[k] for k in self.deformation.per_gaussian_shapes()}
+        """The deformation's per-Gaussian parameters and inputs (:meth:`Deformation.per_gaussian_inputs`, such as
+        ``anchor_times``), all N rows: entries (N, ...)."""
+        keys = (*self.deformation.per_gaussian_shapes(), *self.deformation.per_gaussian_inputs())
+        return {k: self.splats[k] for k in keys}
 
     def deformation_inputs(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The deformation's per-Gaussian parameters of the rows ``index`` (M,): entries (M, ...).

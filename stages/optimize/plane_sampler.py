@@ -1,8 +1,8 @@
 """Bilinear sampling of many feature planes at once, multiplied per level: the core of the ``planes`` field.
 
 The field (:class:`~stages.optimize.deformation.PlanesField`) keeps all its planes in one channel-last table
-(C, F): plane p of H_p x W_p cells occupies rows ``offset_p + v W_p + u`` (v < H_p, u < W_p). A point (M, 4)
-(x, y, z in [-1, 1], time in [-1, 1]) reads plane p at its coordinates (a_p, b_p) - a along the width, b along the
+(C, F): plane p of H_p x W_p cells occupies rows ``offset_p + v W_p + u`` (v < H_p, u < W_p). A point (M, K)
+(x, y, z in [-1, 1], time in [-1, 1], and any further coordinate a field adds) reads plane p at its coordinates (a_p, b_p) - a along the width, b along the
 height - with ``F.grid_sample``'s rules for ``align_corners=True``: u = (a + 1) / 2 (W_p - 1), bilinear between
 the four surrounding cells. The samples of the planes of one level are multiplied (K-planes' Hadamard product).
 
@@ -68,7 +68,7 @@ CORNER_STEPS = ((0, 0), (1, 0), (0, 1), (1, 1))
 def _corners(coords: Tensor, layout: PlaneLayout) -> tuple[Tensor, Tensor]:
     """Corner rows and bilinear weights of every plane at every point.
 
-    coords (M, 4) -> rows (M, P, 4) long, corners in :data:`CORNER_STEPS` order, and the per-axis weights
+    coords (M, K) -> rows (M, P, 4) long, corners in :data:`CORNER_STEPS` order, and the per-axis weights
     (M, P, 2, 2): [axis u | v][lower | upper side] (the bilinear weight of a corner is the product of its sides)."""
     M, P = coords.shape[0], layout.offset.shape[0]
     uv = torch.addcmul(layout.half_extent, coords.index_select(1, layout.axes).view(M, P, 2),
@@ -107,6 +107,7 @@ class _PlaneProducts(torch.autograd.Function):
         corners = table.index_select(0, rows.view(-1)).view(M, P, 4, F)
         samples = (_bilinear_weights(sides) * corners).sum(2).view(M, levels, P // levels, F)   # (M, L, Q, F)
         ctx.rows_count = table.shape[0]
+        ctx.coord_columns = coords.shape[1]
         ctx.save_for_backward(table, rows, sides, samples, axes, half_extent)
         return samples.prod(2)                                                         # (M, L, F)
 
@@ -126,14 +127,15 @@ class _PlaneProducts(torch.autograd.Function):
             grad_u = ((dots[..., 1] - dots[..., 0]) * sides[:, :, 1]).sum(-1)            # (M, P): d/du
             grad_v = ((dots[:, :, 1] - dots[:, :, 0]) * sides[:, :, 0]).sum(-1)          # d/dv
             grad_uv = torch.stack([grad_u, grad_v], dim=-1) * half_extent                # (M, P, 2): d/d(a, b)
-            grad_coords = grad_uv.new_zeros(M, 4).index_add_(1, axes, grad_uv.view(M, 2 * L * Q))
+            grad_coords = grad_uv.new_zeros(M, ctx.coord_columns).index_add_(1, axes, grad_uv.view(M, 2 * L * Q))
         return grad_table, grad_coords, None, None, None, None, None, None, None
 
 
 def sample_plane_products(table: Tensor, coords: Tensor, layout: PlaneLayout) -> Tensor:
     """Per level, the product of the bilinear samples of its planes.
 
-    table (C, F): every plane's cells, channel last (:class:`PlaneLayout` says where); coords (M, 4) in [-1, 1]
+    table (C, F): every plane's cells, channel last (:class:`PlaneLayout` says where); coords (M, K) in [-1, 1]
+    (K = 4: x, y, z, t; a field may add columns, such as an anchor time, that its planes' axes name)
     (clamp first: outside, the nearest cells are read but the weights are not those of a clamped point; a NaN
     coordinate gives NaN samples, as ``grid_sample`` does, so that a training step's NaN guard sees it). Returns
     (M, L, F), differentiable once with respect to the table and the coordinates."""

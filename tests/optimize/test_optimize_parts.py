@@ -97,7 +97,8 @@ def test_motion_bases_are_uniform_cubic_bsplines(rng):
     np.testing.assert_allclose(fresh[:, 0].detach().numpy(), np.cos(np.pi * np.linspace(0, 1, 11)), atol=0.01)
 
 
-@pytest.mark.parametrize("kind", ["bases", "mlp", "planes", "mlp-embedding", "planes-embedding"])
+@pytest.mark.parametrize("kind", ["bases", "mlp", "planes", "mlp-embedding", "planes-embedding", "mlp-anchor",
+                                  "planes-anchor"])
 def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, rng):
     torch.manual_seed(0)
     means = torch.tensor(rng.normal(size=(64, 3)), dtype=torch.float32)
@@ -105,15 +106,20 @@ def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, 
     model = {"bases": lambda: MotionBases(6, 10), "mlp": lambda: MLPField(box, 32, 3, 4, 3),
              "planes": lambda: PlanesField(box, (8, 16), 6, 4, 16),
              "mlp-embedding": lambda: MLPField(box, 32, 3, 4, 3, embedding=5),
-             "planes-embedding": lambda: PlanesField(box, (8, 16), 6, 4, 16, embedding=5)}[kind]()
+             "planes-embedding": lambda: PlanesField(box, (8, 16), 6, 4, 16, embedding=5),
+             "mlp-anchor": lambda: MLPField(box, 32, 3, 4, 3, anchor_time=True),
+             "planes-anchor": lambda: PlanesField(box, (8, 16), 6, 4, 16, anchor_time=True)}[kind]()
     coefs = {k: torch.randn(64, *shape) for k, shape in model.per_gaussian_shapes().items()}
     assert sorted(coefs) == (["field_embedding"] if "embedding" in kind else ["motion_coefs"] if kind == "bases"
                              else [])
+    assert model.per_gaussian_inputs() == (("anchor_times",) if "anchor" in kind else ())
     for p in (model.out.weight, model.out.bias) if kind != "bases" else ():
         torch.nn.init.normal_(p, std=0.1)   # the networks start at zero motion; give them some
     if kind.startswith("planes"):
-        model.table.data.uniform_(0.1, 0.9)   # time planes start constant (time-independent features)
+        model.table.data.uniform_(0.5, 1.5)   # time planes start constant (time-independent features)
     anchors = torch.rand(64)
+    if "anchor" in kind:
+        coefs["anchor_times"] = anchors
     at_anchor = model.displacement(means, anchors, anchors, coefs)
     assert at_anchor.abs().max() < 1e-6
     elsewhere = model.displacement(means, 0.9, anchors, coefs)
@@ -148,6 +154,70 @@ def test_field_latent_codes_let_gaussians_at_one_position_move_differently(kind,
     assert build_deformation(field.spec(), box).per_gaussian_shapes() == {"field_embedding": (4,)}
     plain = MLPField(box, 16, 2, 2, 2) if kind == "mlp" else PlanesField(box, (4,), 4, 4, 16)
     assert "embedding" not in plain.spec() and plain.per_gaussian_shapes() == {}
+
+
+@pytest.mark.parametrize("kind", ["mlp", "planes"])
+def test_anchor_time_lets_a_field_move_what_passes_through_a_static_place(kind):
+    """Two Gaussians at one place: a static one seen at t_a = 0.2, and a moving part seen there at t_a = 0.6 that
+    moves on at velocity 1 along x. Their displacements to other times t, 0 and t - 0.6, contradict each other for
+    an Eulerian field (g(t) - g(t_a) with one g = offsets(x, .) at that place). At times t other than 0.2 and 0.6
+    the best g(t) leaves half the squared difference of the two targets, (d + t - 0.6)^2 / 2 with d = g(0.6) -
+    g(0.2), and the best d = 0.6 - mean(t) leaves a mean squared misfit of var(t) / 4 over the 2T displacements: a
+    floor no Eulerian field goes below. The anchor-conditioned field (``anchor_time``: a flow map from t_a) fits
+    both to a small fraction of it."""
+    times = (torch.arange(10) + 0.5) / 10                                       # (T,) 0.05 ... 0.95
+    means = torch.tensor([[0.1, -0.2, 0.3]]).repeat(2 * len(times), 1)         # (2T, 3), one place
+    anchors = torch.tensor([0.2, 0.6]).repeat_interleave(len(times))           # (2T,)
+    target = torch.cat([torch.zeros_like(times), times - 0.6])                 # (2T,): x-displacement
+    box = Box(torch.zeros(3), torch.ones(3))
+
+    def misfit(anchor_time: bool) -> float:
+        torch.manual_seed(0)
+        field = (MLPField(box, 32, 2, 2, 3, anchor_time=anchor_time) if kind == "mlp"
+                 else PlanesField(box, (4,), 10, 8, 32, anchor_time=anchor_time))
+        torch.nn.init.normal_(field.out.weight, std=0.01)
+        optimizer = torch.optim.Adam(field.parameters(), lr=1e-2)
+        coefs = {"anchor_times": anchors} if anchor_time else {}
+        for _ in range(400):
+            loss = (field.displacement(means, times.repeat(2), anchors, coefs)[:, 0] - target).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return float(loss.detach())
+
+    floor = float(times.var(unbiased=False)) / 4                               # 0.020625
+    eulerian, anchored = misfit(False), misfit(True)
+    assert eulerian >= floor * (1 - 1e-4)
+    assert anchored < 0.05 * floor, (eulerian, anchored, floor)
+
+
+def test_anchor_time_spec_and_planes():
+    """The spec names anchor conditioning only when on (specs saved before it compare equal); it survives a
+    rebuild; the planes field gains four anchor planes per level, (x, y, z) x t_a at T x r and t x t_a at T x T,
+    starting at 1, so that at the start it computes what the field without them does."""
+    from stages.optimize.deformation import build_deformation
+
+    box = Box(torch.zeros(3), torch.ones(3))
+    for plain, anchored in ((MLPField(box, 16, 2, 2, 2), MLPField(box, 16, 2, 2, 2, anchor_time=True)),
+                            (PlanesField(box, (4, 8), 5, 3, 8), PlanesField(box, (4, 8), 5, 3, 8, anchor_time=True))):
+        assert "anchor_time" not in plain.spec() and anchored.spec()["anchor_time"] is True
+        assert build_deformation(anchored.spec(), box).per_gaussian_inputs() == ("anchor_times",)
+    planes = PlanesField(box, (4, 8), 5, 3, 8, anchor_time=True)
+    assert planes.plane(1, 2).shape == (3, 3, 5, 8) and planes.plane(1, 3).shape == (1, 3, 5, 5)
+    assert torch.all(planes.plane(0, 2) == 1) and torch.all(planes.plane(1, 3) == 1)
+    torch.manual_seed(1)
+    twin = PlanesField(box, (4, 8), 5, 3, 8)
+    torch.manual_seed(1)
+    planes = PlanesField(box, (4, 8), 5, 3, 8, anchor_time=True)
+    for level in range(2):
+        for kind in range(2):
+            torch.testing.assert_close(planes.plane(level, kind), twin.plane(level, kind))
+    planes.hidden.load_state_dict(twin.hidden.state_dict())
+    torch.nn.init.normal_(twin.out.weight, std=0.1)
+    planes.out.load_state_dict(twin.out.state_dict())
+    means, times = torch.rand(32, 3) * 2 - 1, torch.rand(32)
+    torch.testing.assert_close(planes.offsets(means, times, {"anchor_times": torch.rand(32)}),
+                               twin.offsets(means, times, {}))
 
 
 def test_networks_start_without_motion(rng):

@@ -135,19 +135,22 @@ def test_a_zero_sample_keeps_the_other_planes_gradient():
     torch.testing.assert_close(grad[4:, 0], torch.zeros(4, dtype=F64))
 
 
-def test_field_offsets_and_gradients_equal_the_grid_sample_formulation():
+@pytest.mark.parametrize("anchor_time", [False, True])
+def test_field_offsets_and_gradients_equal_the_grid_sample_formulation(anchor_time):
+    """Also with the anchor-time planes (ten planes per level over five coordinates)."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    field = PlanesField(Box(), (4, 8), 5, 3, 8).double()
+    field = PlanesField(Box(), (4, 8), 5, 3, 8, anchor_time=anchor_time).double()
     with torch.no_grad():
         for p in field.parameters():
             p.add_(torch.randn(p.shape, generator=gen, dtype=F64) * 0.3)
     means = (torch.rand(64, 3, generator=gen, dtype=F64) * 2.4 - 1.2).requires_grad_(True)    # some outside
     times = torch.rand(64, generator=gen, dtype=F64)
+    anchors = torch.rand(64, generator=gen, dtype=F64)
     upstream = torch.randn(64, 10, generator=gen, dtype=F64)
     params = [means, *field.parameters()]
-    got = field.offsets(means, times, {})
-    want = planes_offsets_grid_sample(field, means, times)
+    got = field.offsets(means, times, {"anchor_times": anchors} if anchor_time else {})
+    want = planes_offsets_grid_sample(field, means, times, anchors if anchor_time else None)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for a, b in zip(torch.autograd.grad((got * upstream).sum(), params),
                     torch.autograd.grad((want * upstream).sum(), params)):
