@@ -372,9 +372,10 @@ class PlanesField(Deformation):
 
     All planes live in one channel-last parameter ``table`` (C, F), level by level, each level's planes in
     :data:`PLANE_AXES` (then :data:`ANCHOR_PLANE_AXES`) order; :meth:`plane` shows level l's three spatial, three
-    time, three anchor-time planes or its (t, t_a) plane (kinds 0-3) as a (planes, F, H, W) view. Sampling is :func:`~stages.optimize.plane_sampler.sample_plane_products` (one autograd node; the same
-    values as ``F.grid_sample`` with ``align_corners=True``). Models saved with the earlier layouts (one (3, F, H, W)
-    parameter per level and kind, or one (1, F, H, W) per plane) load unchanged.
+    time, three anchor-time planes or its (t, t_a) plane (kinds 0-3) as a (planes, F, H, W) view. Sampling is
+    :func:`~stages.optimize.plane_sampler.sample_plane_products` (one autograd node; the same values as
+    ``F.grid_sample`` with ``align_corners=True``). Models saved with the earlier layouts (one (3, F, H, W) parameter
+    per level and kind, or one (1, F, H, W) per plane) load unchanged.
     """
 
     kind = "planes"
@@ -499,7 +500,8 @@ def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: t
     for level in range(len(field.resolutions)):
         product = None
         for kind, grid in enumerate(kinds):                                               # spatial, time, ...
-            samples = F.grid_sample(field.plane(level, kind), grid, mode="bilinear", align_corners=True)   # (n, F, M, 1)
+            samples = F.grid_sample(field.plane(level, kind), grid, mode="bilinear",
+                                    align_corners=True)                                   # (n, F, M, 1)
             part = samples.prod(0)
             product = part if product is None else product * part
         per_level.append(product.squeeze(2).t())                                          # (M, F)

@@ -2,9 +2,10 @@
 
 The field (:class:`~stages.optimize.deformation.PlanesField`) keeps all its planes in one channel-last table
 (C, F): plane p of H_p x W_p cells occupies rows ``offset_p + v W_p + u`` (v < H_p, u < W_p). A point (M, K)
-(x, y, z in [-1, 1], time in [-1, 1], and any further coordinate a field adds) reads plane p at its coordinates (a_p, b_p) - a along the width, b along the
-height - with ``F.grid_sample``'s rules for ``align_corners=True``: u = (a + 1) / 2 (W_p - 1), bilinear between
-the four surrounding cells. The samples of the planes of one level are multiplied (K-planes' Hadamard product).
+(x, y, z in [-1, 1], time in [-1, 1], and any further coordinate a field adds) reads plane p at its coordinates
+(a_p, b_p) - a along the width, b along the height - with ``F.grid_sample``'s rules for ``align_corners=True``:
+u = (a + 1) / 2 (W_p - 1), bilinear between the four surrounding cells. The samples of the planes of one level are
+multiplied (K-planes' Hadamard product).
 
 :func:`sample_plane_products` does this as one autograd node with its gradient written out: a gather of the four
 corners of every plane, their weighted sum, a product over the planes; backward one ``index_add`` into the table

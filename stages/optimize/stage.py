@@ -41,7 +41,8 @@ def check_config(cfg: OptimizeConfig) -> None:
                  "planes_head_width", "refine_every", "keep_checkpoints", "log_every"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be >= 1 (got {getattr(cfg, name)})")
-    for name in ("checkpoint_every", "reset_every", "field_embedding"):
+    for name in ("checkpoint_every", "reset_every", "field_embedding", "planes_time_resolution",
+                 "mlp_position_frequencies", "mlp_time_frequencies"):
         if getattr(cfg, name) < 0:
             problems.append(f"{name} must be >= 0 (got {getattr(cfg, name)})")
     if not cfg.planes_resolution or min(cfg.planes_resolution) < 1:
