@@ -402,8 +402,7 @@ class PlanesField(Deformation):
                 blocks.append(block.permute(0, 2, 3, 1).reshape(-1, features))            # (planes H W, F)
                 shapes += [tuple(block.shape[2:])] * block.shape[0]
         self.table = nn.Parameter(torch.cat(blocks))                                       # (C, F)
-        axes = PLANE_AXES + (ANCHOR_PLANE_AXES if self.anchor_time else ())
-        layout = PlaneLayout.build(shapes, list(axes) * len(self.resolutions), len(self.resolutions))
+        layout = PlaneLayout.build(shapes, list(self.plane_axes) * len(self.resolutions), len(self.resolutions))
         for name in ("axes", "half_extent", "last", "stride", "offset", "corner_steps"):
             self.register_buffer(f"layout_{name}", getattr(layout, name), persistent=False)
         self._register_total_variation_pairs()
@@ -414,6 +413,11 @@ class PlanesField(Deformation):
     def layout(self) -> PlaneLayout:
         return PlaneLayout(self.layout_axes, self.layout_half_extent, self.layout_last, self.layout_stride,
                            self.layout_offset, self.layout_corner_steps, len(self.resolutions))
+
+    @property
+    def plane_axes(self) -> tuple[tuple[int, int], ...]:
+        """(a, b) coordinate columns of each plane of a level, in table order."""
+        return PLANE_AXES + (ANCHOR_PLANE_AXES if self.anchor_time else ())
 
     @property
     def kinds(self) -> int:
@@ -493,7 +497,7 @@ def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: t
         raise ValueError("planes_offsets_grid_sample: the reference has no latent codes")
     coefs = {"anchor_times": anchor_times} if field.anchor_time else {}
     coords = field.coordinates(means, times, coefs)                                       # (M, 4 or 5)
-    axes = torch.tensor(PLANE_AXES + (ANCHOR_PLANE_AXES if field.anchor_time else ()), device=coords.device)
+    axes = torch.tensor(field.plane_axes, device=coords.device)
     grids = coords[:, axes].transpose(0, 1).unsqueeze(2).contiguous()                     # (6 or 10, M, 1, 2): (a, b)
     kinds = (grids[:3], grids[3:6], grids[6:9], grids[9:]) if field.anchor_time else (grids[:3], grids[3:])
     per_level = []
