@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pipeline.config import option
 
-DEFORMATIONS = ("bases", "mlp", "planes", "none")
+DEFORMATIONS = ("bases", "mlp", "planes", "planes_bases", "none")
 
 
 @dataclass
@@ -24,7 +24,9 @@ class OptimizeConfig:
     deformation: str = option("bases", "Motion of the dynamic Gaussians: 'bases' (explicit: per-Gaussian "
                               "coefficients of shared learned B-spline motion bases), 'mlp' (neural field: "
                               "positional-encoded MLP over (x, t)), 'planes' (neural field: multi-resolution "
-                              "space-time planes + small MLP head), or 'none' (static 3DGS baseline: nothing moves).",
+                              "space-time planes + small MLP head), 'planes_bases' (both summed: the planes "
+                              "field shared by all Gaussians plus per-Gaussian motion-bases coefficients, held "
+                              "small by residual_lambda), or 'none' (static 3DGS baseline: nothing moves).",
                               choices=DEFORMATIONS)
     sh_degree: int = option(3, "Maximum spherical-harmonic degree of the colours (0-3).")
     sh_degree_interval: int = option(500, "Add one SH band every this many steps (until sh_degree).")
@@ -83,6 +85,10 @@ class OptimizeConfig:
                                     "keep their canonical values at other times (relative squared stretch).")
     rigidity_neighbors: int = option(6, "Neighbours per dynamic Gaussian for the rigidity regulariser.")
     scale_lambda: float = option(0.01, "Weight of the scale regulariser (anisotropy beyond max_anisotropy).")
+    residual_lambda: float = option(0.0, "planes_bases: weight of the mean squared motion-bases coefficient of the "
+                                    "dynamic Gaussians, in units of the scene scale, so that the shared field "
+                                    "carries the motion it can and each Gaussian's own coefficients only the rest; "
+                                    "0 = off. Added to the loss; not a column of log.csv.")
     opacity_lambda: float = option(0.0, "Weight of the opacity regulariser: the mean opacity (post-sigmoid) of all "
                                    "Gaussians (3DGS-MCMC's L1 on opacity): Gaussians that no view needs fade and "
                                    "are pruned. Added to the loss; not a column of log.csv.")

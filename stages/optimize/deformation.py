@@ -18,6 +18,8 @@ Models:
 * :class:`MLPField` (``mlp``): positional-encoded MLP over (x normalised to the dynamic points' box, t).
 * :class:`PlanesField` (``planes``): multi-resolution space-time planes (xy, xz, yz, xt, yt, zt; features multiplied
   across planes, concatenated across resolutions, K-planes style) and a small MLP head.
+* :class:`PlanesWithBases` (``planes_bases``): the sum of the two, a shared planes field and per-Gaussian motion
+  bases (a hybrid: the field for the bulk of the motion, the coefficients for what it cannot follow).
 
 Both fields can also read a per-Gaussian latent code ``field_embedding`` (N, E) beside (x, t) (``embedding`` > 0;
 per-Gaussian embeddings as in E-D3DGS): Gaussians at nearby positions may then move differently, as with the
@@ -516,6 +518,65 @@ def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: t
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Hybrid: a shared field plus per-Gaussian motion bases
+
+
+class PlanesWithBases(Deformation):
+    """offsets(x, t) = planes(x, t) + sum_b c_b phi_b(t): the space-time planes field, shared by every Gaussian,
+    for the smooth bulk of the motion, plus the explicit model's per-Gaussian coefficients on shared B-spline
+    bases for what a field coarse in time cannot follow (small parts moving fast). Each part keeps its own
+    per-Gaussian entries (``motion_coefs``; the field's embedding / anchor times if asked for), its own anchoring
+    and caches; the trainer can hold the coefficients small (``optimize.residual_lambda``) so that the field, which
+    every copy of a moving surface shares, carries what it can.
+    """
+
+    kind = "planes_bases"
+
+    def __init__(self, planes: dict[str, Any], bases: dict[str, Any], box: Box | None = None):
+        super().__init__(bool(planes.get("with_opacity", False)))
+        if bool(bases.get("with_opacity", False)) != self.with_opacity:
+            raise ValueError("planes_bases: both parts must agree on with_opacity")
+        self.planes = build_deformation({"kind": "planes", **planes}, box)
+        self.bases = build_deformation({"kind": "bases", **bases})
+
+    @property
+    def box(self) -> Box:
+        return self.planes.box
+
+    def spec(self) -> dict[str, Any]:
+        part = lambda d: {k: v for k, v in d.spec().items() if k != "kind"}
+        return {"kind": self.kind, "planes": part(self.planes), "bases": part(self.bases)}
+
+    def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**self.planes.per_gaussian_shapes(), **self.bases.per_gaussian_shapes()}
+
+    def per_gaussian_inputs(self) -> tuple[str, ...]:
+        return self.planes.per_gaussian_inputs()
+
+    def _split(self, coefs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The entries each part reads: (the field's, the bases')."""
+        field_keys = (*self.planes.per_gaussian_shapes(), *self.planes.per_gaussian_inputs())
+        return {k: coefs[k] for k in field_keys}, {"motion_coefs": coefs["motion_coefs"]}
+
+    def offsets(self, means, times, coefs):
+        field, bases = self._split(coefs)
+        return self.planes.offsets(means, times, field) + self.bases.offsets(means, times, bases)
+
+    def displacement(self, means, time, anchor_times, coefs, cache=True):
+        field, bases = self._split(coefs)
+        return (self.planes.displacement(means, time, anchor_times, field, cache)
+                + self.bases.displacement(means, time, anchor_times, bases, cache))
+
+    def second_difference(self, means, times, step, coefs):
+        field, bases = self._split(coefs)
+        return (self.planes.second_difference(means, times, step, field)
+                + self.bases.second_difference(means, times, step, bases))
+
+    def regularization(self) -> torch.Tensor | None:
+        return self.planes.regularization()
+
+
 def build_deformation(spec: dict[str, Any] | None, box: Box | None = None) -> Deformation | None:
     """A deformation model from its :meth:`Deformation.spec` (None or kind 'none' = static)."""
     if spec is None or spec.get("kind") in (None, "none"):
@@ -529,6 +590,8 @@ def build_deformation(spec: dict[str, Any] | None, box: Box | None = None) -> De
     if kind == "planes":
         args["resolutions"] = tuple(args.get("resolutions", (32, 64)))
         return PlanesField(box=box, **args)
+    if kind == "planes_bases":
+        return PlanesWithBases(box=box, **args)
     raise ValueError(f"unknown deformation kind {kind!r}")
 
 
@@ -544,10 +607,14 @@ def deformation_spec_from_config(cfg, n_times: int) -> dict[str, Any] | None:
                 "position_octaves": cfg.mlp_position_frequencies, "time_octaves": cfg.mlp_time_frequencies,
                 "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
                 **_anchor_spec(cfg.field_anchor_time)}
-    if kind == "planes":
+    if kind in ("planes", "planes_bases"):
         time_res = cfg.planes_time_resolution or max(4, n_times // 2)
-        return {"kind": "planes", "resolutions": list(cfg.planes_resolution), "time_resolution": time_res,
-                "features": cfg.planes_features, "head_width": cfg.planes_head_width,
-                "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
-                **_anchor_spec(cfg.field_anchor_time)}
+        planes = {"kind": "planes", "resolutions": list(cfg.planes_resolution), "time_resolution": time_res,
+                  "features": cfg.planes_features, "head_width": cfg.planes_head_width,
+                  "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
+                  **_anchor_spec(cfg.field_anchor_time)}
+        if kind == "planes":
+            return planes
+        return {"kind": kind, "planes": {k: v for k, v in planes.items() if k != "kind"},
+                "bases": {"count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}}
     raise ValueError(f"unknown deformation {kind!r}")

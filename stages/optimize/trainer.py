@@ -34,7 +34,7 @@ from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state
 from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_loss, depth_loss, opacity_loss,
-                                    photometric_loss, psnr_from_mse, rigidity_loss)
+                                    photometric_loss, psnr_from_mse, residual_loss, rigidity_loss)
 from stages.optimize.model import GaussianModel4D, accelerations, compile_function
 
 log = get_logger("optimize")
@@ -134,7 +134,7 @@ def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float,
     means, is_dynamic = t(initial.means), t(initial.is_dynamic, torch.bool)
     spec = deformation_spec_from_config(cfg, n_times)
     box = None
-    if spec is not None and spec["kind"] in ("mlp", "planes"):
+    if spec is not None and spec["kind"] in ("mlp", "planes", "planes_bases"):
         box = Box.around(means[is_dynamic] if bool(is_dynamic.any()) else means).to(device)
     deformation = build_deformation(spec, box)
     if deformation is not None and deformation.kind == "mlp":
@@ -181,10 +181,13 @@ def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Option
             groups.append({"name": "bases", "params": [deformation.control], "lr": cfg.lr_bases})
         elif deformation.kind == "mlp":
             groups.append({"name": "field", "params": list(deformation.parameters()), "lr": cfg.lr_field})
-        elif deformation.kind == "planes":
-            groups.append({"name": "planes", "params": [deformation.table], "lr": cfg.lr_planes})
-            groups.append({"name": "field", "params": [*deformation.hidden.parameters(), *deformation.out.parameters()],
+        elif deformation.kind in ("planes", "planes_bases"):
+            planes = deformation.planes if deformation.kind == "planes_bases" else deformation
+            groups.append({"name": "planes", "params": [planes.table], "lr": cfg.lr_planes})
+            groups.append({"name": "field", "params": [*planes.hidden.parameters(), *planes.out.parameters()],
                            "lr": cfg.lr_field})
+            if deformation.kind == "planes_bases":
+                groups.append({"name": "bases", "params": [deformation.bases.control], "lr": cfg.lr_bases})
     if cameras is not None:
         groups.append({"name": "cameras", "params": [cameras], "lr": cfg.lr_cameras})
     if model.device.type != "cuda":
@@ -599,6 +602,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     render_mode = "RGB+ED" if want_depth else "RGB"
     n_dynamic_model = model.deformation is not None
     use_rigidity = n_dynamic_model and cfg.rigidity_lambda > 0
+    use_residual = n_dynamic_model and cfg.residual_lambda > 0 and model.deformation.kind == "planes_bases"
     neighbors: Optional[torch.Tensor] = None      # (N, k) same-slice neighbours, recomputed when the rows change
     zero = torch.zeros((), device=device)     # the value of a loss term that is off (made once, not per step)
     good = capture(model, optimizer, strategy_state, cameras, loop, sampler)
@@ -680,6 +684,9 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             canonical = model.splats["means"].index_select(0, group.reshape(-1)).view(*group.shape, 3)
             rigidity = rigidity_loss(deformed[:, 0], deformed[:, 1:], canonical[:, 0], canonical[:, 1:])
             loss = loss + cfg.rigidity_lambda * rigidity
+        if use_residual and model.deform_enabled:
+            coefs = model.splats["motion_coefs"].index_select(0, model.dynamic_index())
+            loss = loss + cfg.residual_lambda * residual_loss(coefs, scale)
         scale_reg = zero
         if cfg.scale_lambda > 0:
             scale_reg = anisotropy_loss(model.splats["scales"], cfg.max_anisotropy)

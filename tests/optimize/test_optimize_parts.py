@@ -127,6 +127,36 @@ def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, 
     assert elsewhere.shape == (64, 10) and elsewhere[:, :3].abs().mean() > 1e-3
 
 
+def test_planes_with_bases_is_the_sum_of_its_parts_and_rebuilds_from_its_spec(rng):
+    from stages.optimize.deformation import PlanesWithBases, build_deformation
+
+    torch.manual_seed(0)
+    means = torch.tensor(rng.normal(size=(32, 3)), dtype=torch.float32)
+    box = Box.around(means)
+    model = PlanesWithBases({"resolutions": [8, 16], "time_resolution": 6, "features": 4, "head_width": 16},
+                            {"count": 3, "knots": 10}, box)
+    torch.nn.init.normal_(model.planes.out.weight, std=0.1)         # the field starts at zero motion; give it some
+    model.planes.table.data.uniform_(0.1, 0.9)
+    assert model.per_gaussian_shapes() == {"motion_coefs": (3, 10)} and model.box is model.planes.box
+    coefs = {"motion_coefs": torch.randn(32, 3, 10)}
+    anchors = torch.rand(32)
+    whole = model.displacement(means, 0.9, anchors, coefs)
+    parts = model.planes.displacement(means, 0.9, anchors, {}) + model.bases.displacement(means, 0.9, anchors, coefs)
+    torch.testing.assert_close(whole, parts)
+    assert model.planes.displacement(means, 0.9, anchors, {})[:, :3].abs().mean() > 1e-3     # both parts move
+    assert model.bases.displacement(means, 0.9, anchors, coefs)[:, :3].abs().mean() > 1e-3
+    assert model.displacement(means, anchors, anchors, coefs).abs().max() < 1e-6
+    second = model.second_difference(means, torch.full((32,), 0.5), 0.1, coefs)
+    torch.testing.assert_close(second, model.planes.second_difference(means, torch.full((32,), 0.5), 0.1, {})
+                               + model.bases.second_difference(means, torch.full((32,), 0.5), 0.1, coefs))
+    assert model.regularization() is not None
+    rebuilt = build_deformation(model.spec(), box)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.displacement(means, 0.9, anchors, coefs), whole)
+    with pytest.raises(ValueError, match="with_opacity"):
+        PlanesWithBases({"with_opacity": True}, {"with_opacity": False}, box)
+
+
 @pytest.mark.parametrize("kind", ["mlp", "planes"])
 def test_field_latent_codes_let_gaussians_at_one_position_move_differently(kind, rng):
     """With ``embedding`` E the fields read a per-Gaussian code (N, E): Gaussians at the same position and anchor

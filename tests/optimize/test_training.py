@@ -497,3 +497,44 @@ def test_cuda_graph_steps_follow_the_compiled_loss_sequence(tiny, tmp_path, kind
     worst = max(abs(float(b[k]) - float(a[k])) / max(abs(float(a[k])), 1e-6)
                 for a, b in zip(compiled, graphs) for k in ("loss", "l1", "ssim", "motion"))
     assert worst <= 1e-3, f"largest relative difference {worst:.2e}"
+
+
+def test_the_residual_loss_is_the_scaled_mean_squared_coefficient():
+    from stages.optimize.losses import residual_loss
+
+    coefs = torch.zeros(2, 2, 10)
+    coefs[0, 0, :3] = torch.tensor([2.0, 0.0, 0.0])    # position: (2 / scale)^2 = 1 with scale 2
+    coefs[0, 1, 3] = 3.0                               # a quaternion offset: 9
+    coefs[1, 1, 7:10] = 1.0                            # log-scale offsets: 3
+    assert float(residual_loss(coefs, 2.0)) == pytest.approx((1 + 9 + 3) / 2)
+    assert float(residual_loss(coefs[:0], 2.0)) == 0.0
+
+
+def test_planes_with_bases_trains_holds_its_coefficients_resumes_and_loads_back(tiny, tmp_path):
+    """The hybrid model: its optimizer has a group per part, residual_lambda pulls the per-Gaussian coefficients
+    towards zero (a smaller norm than without it), a checkpoint resumes to the same loss sequence through
+    densification, and the saved model loads back and renders the same."""
+    files, scene = tiny
+    norms = {}
+    for weight in (0.0, 100.0):
+        cfg = small_config(iterations=8, deformation="planes_bases", planes_resolution=[4], bases_count=3,
+                           lr_motion=0.05, residual_lambda=weight, rigidity_lambda=0.0)
+        data, initial = _inputs(files, scene, cfg)
+        result = train(cfg, data, initial, tmp_path / f"w{weight}", seed=0)
+        dynamic = result.model.splats["is_dynamic"]
+        norms[weight] = float(result.model.splats["motion_coefs"].detach()[dynamic].norm())
+    assert norms[0.0] > 0 and norms[100.0] < 0.5 * norms[0.0]
+    names = {g["name"] for g in trainer_module.build_optimizer(cfg, result.model, None, 1.0).param_groups}
+    assert {"planes", "field", "bases", "motion_coefs"} <= names
+    train(cfg, data, initial, tmp_path / "resumed", seed=0, stop_after=4)
+    second = train(cfg, data, initial, tmp_path / "resumed", seed=0)
+    assert second.resumed_from == 4
+    a, b = _log(tmp_path / "w100.0/log.csv"), _log(tmp_path / "resumed/log.csv")
+    assert int(a[-1]["gaussians"]) != int(a[0]["gaussians"]), "densification happened"
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    result.model.save(tmp_path / "model.pt")
+    back = load_model(tmp_path / "model.pt")
+    assert back.deformation.spec() == result.model.deformation.spec()
+    x, y = result.model.gaussians_at(0.6), back.gaussians_at(0.6)
+    for key in x:
+        torch.testing.assert_close(x[key], y[key])

@@ -83,6 +83,8 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     ("optimize.max_anisotropy=.nan", "max_anisotropy must be a finite number > 1 (got nan)"),
     ("optimize.batch_size=0", "batch_size must be >= 1 (got 0)"),
     ("optimize.temporal_opacity_init=.nan", "temporal_opacity_init must be > 0"),
+    ("optimize.residual_lambda=-1", "residual_lambda must be a finite number >= 0 (got -1)"),
+    ("optimize.opacity_lambda=.nan", "opacity_lambda must be a finite number >= 0 (got nan)"),
 ])
 def test_optimize_and_initialize_values_are_checked_when_the_config_is_read(override, message, capsys):
     assert main(["config", override]) == 2
