@@ -129,7 +129,7 @@ def perturb_deformation(model) -> None:
     gen = torch.Generator(device="cpu").manual_seed(0)
     with torch.no_grad():
         for name, p in model.deformation.named_parameters():
-            if name.startswith("out"):
+            if name.split(".")[-2] == "out":           # the networks' output layer (planes_bases: planes.out.*)
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
         for key in model.deformation.per_gaussian_shapes():
             model.splats[key].copy_(torch.randn(model.splats[key].shape, generator=gen).to(model.device) * 0.01)
@@ -614,7 +614,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     sections: dict[str, Callable[[], dict]] = {
         "speed": lambda: bench_speed(device, workdir, args.quick, variants=tuple(args.variants),
-                                     models=tuple(m for m in MODELS if m in args.models or m == "none"),
+                                     models=tuple(dict.fromkeys([*args.models, "none"])),
                                      repeats=args.repeats),
         "render": lambda: bench_render(device, args.quick),
         "scene": lambda: bench_scene_time(workdir, args.geometry, args.quick),

@@ -85,10 +85,11 @@ class OptimizeConfig:
                                     "keep their canonical values at other times (relative squared stretch).")
     rigidity_neighbors: int = option(6, "Neighbours per dynamic Gaussian for the rigidity regulariser.")
     scale_lambda: float = option(0.01, "Weight of the scale regulariser (anisotropy beyond max_anisotropy).")
-    residual_lambda: float = option(0.0, "planes_bases: weight of the mean squared motion-bases coefficient of the "
-                                    "dynamic Gaussians, in units of the scene scale, so that the shared field "
-                                    "carries the motion it can and each Gaussian's own coefficients only the rest; "
-                                    "0 = off. Added to the loss; not a column of log.csv.")
+    residual_lambda: float = option(0.0, "planes_bases: weight of the mean squared displacement that the dynamic "
+                                    "Gaussians get from their own motion-bases coefficients (up to 4096 of them "
+                                    "per step, at random times; positions in units of the scene scale), so that "
+                                    "the shared field carries the motion it can and the coefficients only the "
+                                    "rest; 0 = off. Added to the loss; not a column of log.csv.")
     opacity_lambda: float = option(0.0, "Weight of the opacity regulariser: the mean opacity (post-sigmoid) of all "
                                    "Gaussians (3DGS-MCMC's L1 on opacity): Gaussians that no view needs fade and "
                                    "are pruned. Added to the loss; not a column of log.csv.")

@@ -54,6 +54,8 @@ def check_config(cfg: OptimizeConfig) -> None:
     for name in [f.name for f in dataclasses.fields(cfg) if f.name.endswith("_lambda") and f.name != "ssim_lambda"]:
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
             problems.append(f"{name} must be a finite number >= 0 (got {getattr(cfg, name):g})")
+    if cfg.residual_lambda > 0 and cfg.deformation != "planes_bases":
+        problems.append(f"residual_lambda applies to deformation=planes_bases only (deformation={cfg.deformation})")
     if not (math.isfinite(cfg.lr_final_factor) and cfg.lr_final_factor > 0):
         problems.append(f"lr_final_factor must be a finite number > 0 (got {cfg.lr_final_factor:g})")
     if not (math.isfinite(cfg.max_anisotropy) and cfg.max_anisotropy > 1):

@@ -17,6 +17,7 @@ import copy
 import csv
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -417,7 +418,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError("not an optimize checkpoint", path)
     version = state.get("version", 1)
-    planes_before_table = any(k.startswith("planes.") for k in (state.get("deformation") or {}))
+    planes_before_table = any(re.match(r"planes\.\d", k) for k in (state.get("deformation") or {}))
     if version != CHECKPOINT_VERSION and not (version == 2 and not planes_before_table):
         raise UserError(f"checkpoint version {state.get('version', 1)}, this page4dgs resumes version "
                         f"{CHECKPOINT_VERSION}; delete it to start over", path)
@@ -502,6 +503,16 @@ def motion_penalty(deformation, means: torch.Tensor, per_gaussian: dict[str, tor
     penalty = acceleration_loss(accelerations(deformation, means, per_gaussian, pick, times, step), scene_scale)
     field = deformation.regularization()
     return penalty if field is None else penalty + field
+
+
+def residual_penalty(model: GaussianModel4D, pick: torch.Tensor, times: torch.Tensor, scene_scale: float) -> torch.Tensor:
+    """planes_bases: :func:`residual_loss` of the displacement that the Gaussians ``pick`` (M,) get from their own
+    motion-bases coefficients alone, between their anchor times and ``times`` (M,)."""
+    splats = model.splats
+    moved = model.deformation.bases.displacement(
+        splats["means"].index_select(0, pick), times, splats["anchor_times"].index_select(0, pick),
+        {"motion_coefs": splats["motion_coefs"].index_select(0, pick)}, cache=False)           # (M, D)
+    return residual_loss(moved, scene_scale)
 
 
 @dataclass
@@ -685,8 +696,12 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             rigidity = rigidity_loss(deformed[:, 0], deformed[:, 1:], canonical[:, 0], canonical[:, 1:])
             loss = loss + cfg.rigidity_lambda * rigidity
         if use_residual and model.deform_enabled:
-            coefs = model.splats["motion_coefs"].index_select(0, model.dynamic_index())
-            loss = loss + cfg.residual_lambda * residual_loss(coefs, scale)
+            index = model.dynamic_index()
+            if index.numel() > 0:
+                count = min(4096, index.numel())
+                pick = index[torch.randperm(index.numel(), device=device, generator=generator)[:count]]
+                t = torch.rand(count, device=device, generator=generator)
+                loss = loss + cfg.residual_lambda * residual_penalty(model, pick, t, scale)
         scale_reg = zero
         if cfg.scale_lambda > 0:
             scale_reg = anisotropy_loss(model.splats["scales"], cfg.max_anisotropy)

@@ -84,6 +84,7 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     ("optimize.batch_size=0", "batch_size must be >= 1 (got 0)"),
     ("optimize.temporal_opacity_init=.nan", "temporal_opacity_init must be > 0"),
     ("optimize.residual_lambda=-1", "residual_lambda must be a finite number >= 0 (got -1)"),
+    ("optimize.residual_lambda=0.5", "residual_lambda applies to deformation=planes_bases only (deformation=bases)"),
     ("optimize.opacity_lambda=.nan", "opacity_lambda must be a finite number >= 0 (got nan)"),
 ])
 def test_optimize_and_initialize_values_are_checked_when_the_config_is_read(override, message, capsys):
