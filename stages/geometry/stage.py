@@ -351,6 +351,17 @@ def write_ply(path, points: np.ndarray, colours: np.ndarray) -> None:
         PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(str(tmp))
 
 
+def surface_pixels(scene: Scene, frame, shape: tuple[int, int]) -> np.ndarray | None:
+    """(H, W) bool at the stored ``shape``: where the frame's alpha is at least one half (RGBA inputs), the pixels
+    that show a surface, as the initialize stage keeps them; None for a frame without alpha."""
+    from pipeline.scene.images import resize_array
+
+    alpha = scene.alpha(frame)
+    if alpha is None:
+        return None
+    return resize_array(alpha, (shape[1], shape[0])) >= 0.5
+
+
 def write_artifacts(ctx, scene: Scene, cfg: GeometryConfig, source: GeometrySource, camera_source: str,
                     align: Optional[Sim3]) -> dict:
     rng = np.random.default_rng(ctx.config.seed)
@@ -358,10 +369,15 @@ def write_artifacts(ctx, scene: Scene, cfg: GeometryConfig, source: GeometrySour
     cameras, predicted = [], []
     points, colours = [], []
     dynamic_pixels = total_pixels = 0
+    rgba = bool(scene.frames) and scene.alpha(scene.frames[0]) is not None
     for index in progress(range(source.frames), desc="geometry: writing", unit="frame"):
         frame = scene.frames[index]
         geo = source.get(index)
         depth, world_to_camera = geo.depth, geo.world_to_camera
+        # RGBA inputs: where the dataset's alpha is below one half there is no surface, so nothing there moves and
+        # nothing there joins the fused cloud (the network still predicts a depth for the empty background).
+        covered = surface_pixels(scene, frame, depth.shape) if rgba else None
+        dynamic = geo.dynamic if covered is None else geo.dynamic & covered
         if align is not None:
             predicted_w2c = align.transform_w2c(world_to_camera)
             predicted.append(camera_entry(frame, geo.K, predicted_w2c))
@@ -377,15 +393,17 @@ def write_artifacts(ctx, scene: Scene, cfg: GeometryConfig, source: GeometrySour
             predicted.append(entry)
         write_npy(ctx.out(f"geometry/depth/{frame.name}.npy"), depth.astype(np.float32))
         write_npy(ctx.out(f"geometry/confidence/{frame.name}.npy"), geo.confidence.astype(np.float32))
-        write_png(ctx.out(f"geometry/dynamic_mask/{frame.name}.png"), geo.dynamic.astype(np.uint8) * 255)
+        write_png(ctx.out(f"geometry/dynamic_mask/{frame.name}.png"), dynamic.astype(np.uint8) * 255)
         if geo.point_map is not None:
             point_map = geo.point_map if align is None else align.apply(geo.point_map)
             write_npy(ctx.out(f"geometry/point_maps/{frame.name}.npy"), point_map.astype(np.float16))
             write_npy(ctx.out(f"geometry/point_conf/{frame.name}.npy"), geo.point_conf.astype(np.float16))
-        dynamic_pixels += int(geo.dynamic.sum())
-        total_pixels += geo.dynamic.size
-        # Fusion: confident, valid pixels; an even random share per frame.
+        dynamic_pixels += int(dynamic.sum())
+        total_pixels += dynamic.size
+        # Fusion: confident, valid pixels (with a surface); an even random share per frame.
         valid = (geo.depth > 0) & np.isfinite(geo.depth) & (geo.confidence > 0)
+        if covered is not None:
+            valid &= covered
         if cfg.fusion_percentile > 0 and valid.any():
             valid &= geo.confidence >= np.percentile(geo.confidence[valid], cfg.fusion_percentile)
         index_valid = np.flatnonzero(valid)

@@ -321,6 +321,51 @@ def test_network_geometry_with_dataset_cameras(tmp_path, small_weights):
     assert len(points) > 0 and np.all(best < 1e-4)
 
 
+def test_rgba_frames_have_no_moving_or_fused_pixels_where_alpha_is_low(tmp_path, small_weights, monkeypatch):
+    """An RGBA scene (a D-NeRF object on an empty background): the network predicts depth everywhere, but where the
+    dataset's alpha is below one half there is no surface, so the written dynamic masks are False there and no
+    point of the fused cloud comes from there (as the initialize stage keeps pixels)."""
+    import dataclasses
+
+    import imageio.v3 as iio
+
+    scene = raycast_scene.make_scene(frames=4, width=48, height=36)
+    alpha = np.ones((36, 48), np.float32)
+    alpha[:, :20] = 0.0                                        # the left columns are empty background
+    frames = [dataclasses.replace(f, load_image=lambda f=f: np.concatenate([f.load_image(), alpha[..., None]], -1))
+              for f in scene.frames]
+    scene = dataclasses.replace(scene, frames=frames)
+    # Every pixel moving, as the masks of the network's prediction, so that only alpha can clear them.
+    import stages.geometry.stage as geometry_stage
+
+    monkeypatch.setattr(geometry_stage, "dynamic_masks", lambda depth, *args: np.ones(depth.shape, bool))
+    settings = [f"geometry.checkpoint={small_weights}"]
+    _, plain_out = run_stage(tmp_path / "plain", raycast_scene.make_scene(frames=4, width=48, height=36), settings)
+    summary, out = run_stage(tmp_path, scene, settings)
+    assert all((iio.imread(plain_out / "dynamic_mask" / f"{f.name}.png") > 127).all() for f in frames)
+    for frame in frames:
+        mask = iio.imread(out / "dynamic_mask" / f"{frame.name}.png") > 127
+        assert not mask[:, :20].any() and mask[:, 20:].all()
+    from plyfile import PlyData
+
+    vertex = PlyData.read(str(out / "points.ply"))["vertex"]
+    points = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)
+    assert len(points) == summary["points"] > 0
+    cameras = json.loads((out / "cameras.json").read_text())["frames"]
+    from_frame = np.zeros(len(points), bool)          # each point lies on a pixel centre of a frame at its depth
+    for cam in cameras:
+        K, w2c = np.asarray(cam["K"]), np.asarray(cam["world_to_camera"])
+        depth = np.load(out / "depth" / f"{cam['name']}.npy")
+        in_cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+        u, v = K[0, 0] * in_cam[:, 0] / in_cam[:, 2] + K[0, 2], K[1, 1] * in_cam[:, 1] / in_cam[:, 2] + K[1, 2]
+        centred = (np.abs(u - np.floor(u) - 0.5) < 1e-3) & (np.abs(v - np.floor(v) - 0.5) < 1e-3)
+        col, row = np.clip(u.astype(int), 0, 47), np.clip(v.astype(int), 0, 35)
+        on_ray = centred & (np.abs(depth[row, col] - in_cam[:, 2]) < 1e-4 * np.maximum(in_cam[:, 2], 1e-9))
+        assert not (on_ray & (col < 20)).any(), "a fused point from an empty pixel"
+        from_frame |= on_ray
+    assert from_frame.all()
+
+
 def test_shared_focal_length_takes_the_median_and_keeps_the_rest():
     from stages.geometry.stage import shared_focal_length
 
