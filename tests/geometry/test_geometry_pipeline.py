@@ -286,6 +286,26 @@ def small_weights(tmp_path):
     return weights
 
 
+def fused_points_on_frames(out, width: int, height: int):
+    """The fused cloud of a geometry stage's output folder (P, 3), and per frame of its cameras.json the column and
+    row (P,) each point projects to, whether it lands on that pixel's centre, and its relative depth error there."""
+    from plyfile import PlyData
+
+    vertex = PlyData.read(str(out / "points.ply"))["vertex"]
+    points = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)      # (P, 3)
+    per_frame = []
+    for cam in json.loads((out / "cameras.json").read_text())["frames"]:
+        K, w2c = np.asarray(cam["K"]), np.asarray(cam["world_to_camera"])
+        depth = np.load(out / "depth" / f"{cam['name']}.npy")
+        in_cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+        u, v = K[0, 0] * in_cam[:, 0] / in_cam[:, 2] + K[0, 2], K[1, 1] * in_cam[:, 1] / in_cam[:, 2] + K[1, 2]
+        centred = (np.abs(u - np.floor(u) - 0.5) < 1e-3) & (np.abs(v - np.floor(v) - 0.5) < 1e-3)
+        col, row = np.clip(u.astype(int), 0, width - 1), np.clip(v.astype(int), 0, height - 1)
+        error = np.abs(depth[row, col] - in_cam[:, 2]) / np.maximum(in_cam[:, 2], 1e-9)
+        per_frame.append((col, row, centred, error))
+    return points, per_frame
+
+
 def test_network_geometry_with_dataset_cameras(tmp_path, small_weights):
     scene = raycast_scene.make_scene(frames=5, width=48, height=36)
     summary, out = run_stage(tmp_path, scene, [f"geometry.checkpoint={small_weights}", "geometry.window=3",
@@ -304,19 +324,9 @@ def test_network_geometry_with_dataset_cameras(tmp_path, small_weights):
     assert report["network_size"][0] == 56
     # The fused cloud lies on the dataset cameras' rays at the stored depth: every point lands on a pixel centre of
     # some frame at that pixel's depth.
-    from plyfile import PlyData
-
-    vertex = PlyData.read(str(out / "points.ply"))["vertex"]
-    points = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)      # (P, 3)
+    points, per_frame = fused_points_on_frames(out, 48, 36)
     best = np.full(len(points), np.inf)
-    for cam in cameras:
-        K, w2c = np.asarray(cam["K"]), np.asarray(cam["world_to_camera"])
-        depth = np.load(out / "depth" / f"{cam['name']}.npy")
-        in_cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-        u, v = K[0, 0] * in_cam[:, 0] / in_cam[:, 2] + K[0, 2], K[1, 1] * in_cam[:, 1] / in_cam[:, 2] + K[1, 2]
-        centred = (np.abs(u - np.floor(u) - 0.5) < 1e-3) & (np.abs(v - np.floor(v) - 0.5) < 1e-3)
-        col, row = np.clip(u.astype(int), 0, 47), np.clip(v.astype(int), 0, 35)
-        error = np.abs(depth[row, col] - in_cam[:, 2]) / np.maximum(in_cam[:, 2], 1e-9)
+    for _, _, centred, error in per_frame:
         best = np.minimum(best, np.where(centred, error, np.inf))
     assert len(points) > 0 and np.all(best < 1e-4)
 
@@ -346,21 +356,11 @@ def test_rgba_frames_have_no_moving_or_fused_pixels_where_alpha_is_low(tmp_path,
     for frame in frames:
         mask = iio.imread(out / "dynamic_mask" / f"{frame.name}.png") > 127
         assert not mask[:, :20].any() and mask[:, 20:].all()
-    from plyfile import PlyData
-
-    vertex = PlyData.read(str(out / "points.ply"))["vertex"]
-    points = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)
+    points, per_frame = fused_points_on_frames(out, 48, 36)
     assert len(points) == summary["points"] > 0
-    cameras = json.loads((out / "cameras.json").read_text())["frames"]
     from_frame = np.zeros(len(points), bool)          # each point lies on a pixel centre of a frame at its depth
-    for cam in cameras:
-        K, w2c = np.asarray(cam["K"]), np.asarray(cam["world_to_camera"])
-        depth = np.load(out / "depth" / f"{cam['name']}.npy")
-        in_cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-        u, v = K[0, 0] * in_cam[:, 0] / in_cam[:, 2] + K[0, 2], K[1, 1] * in_cam[:, 1] / in_cam[:, 2] + K[1, 2]
-        centred = (np.abs(u - np.floor(u) - 0.5) < 1e-3) & (np.abs(v - np.floor(v) - 0.5) < 1e-3)
-        col, row = np.clip(u.astype(int), 0, 47), np.clip(v.astype(int), 0, 35)
-        on_ray = centred & (np.abs(depth[row, col] - in_cam[:, 2]) < 1e-4 * np.maximum(in_cam[:, 2], 1e-9))
+    for col, _, centred, error in per_frame:
+        on_ray = centred & (error < 1e-4)
         assert not (on_ray & (col < 20)).any(), "a fused point from an empty pixel"
         from_frame |= on_ray
     assert from_frame.all()

@@ -79,6 +79,19 @@ def _log(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def resumed_run_matches(cfg, data, initial, tmp_path, straight, straight_dir: str, seed: int):
+    """Train ``cfg`` for 4 steps into tmp_path/resumed, stop, resume to the end: the same loss sequence as the run
+    ``straight`` (its folder tmp_path/straight_dir) and the same final parameters. Returns the two logs."""
+    train(cfg, data, initial, tmp_path / "resumed", seed=seed, stop_after=4)
+    second = train(cfg, data, initial, tmp_path / "resumed", seed=seed)
+    assert second.resumed_from == 4
+    a, b = _log(tmp_path / straight_dir / "log.csv"), _log(tmp_path / "resumed/log.csv")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    for key, value in straight.model.splats.items():
+        assert torch.equal(value, second.model.splats[key]), key
+    return a, b
+
+
 def test_resume_after_a_checkpoint_continues_the_same_loss_sequence(tiny, tmp_path):
     files, scene = tiny
     cfg = small_config()
@@ -316,14 +329,8 @@ def test_the_temporal_width_floor_keeps_resume_exact_and_holds_through_densifica
     files, scene = tiny
     data, initial = _inputs(files, scene, cfg)
     straight = train(cfg, data, initial, tmp_path / "straight", seed=3)
-    train(cfg, data, initial, tmp_path / "resumed", seed=3, stop_after=4)
-    second = train(cfg, data, initial, tmp_path / "resumed", seed=3)
-    assert second.resumed_from == 4
-    a, b = _log(tmp_path / "straight/log.csv"), _log(tmp_path / "resumed/log.csv")
+    a, _ = resumed_run_matches(cfg, data, initial, tmp_path, straight, "straight", seed=3)
     assert int(a[-1]["gaussians"]) != int(a[0]["gaussians"]), "densification happened"
-    assert [r["loss"] for r in a] == [r["loss"] for r in b]
-    for key, value in straight.model.splats.items():
-        assert torch.equal(value, second.model.splats[key]), key
     widths = straight.model.splats["time_log_scales"].exp()
     dynamic = straight.model.splats["is_dynamic"]
     floor = 6.0 * median_time_gap([v.time for v in data.views])
@@ -371,13 +378,7 @@ def test_time_jitter_renders_near_each_view_and_resumes_exactly(tiny, tmp_path, 
     jittered = seen[:8]
     assert all(times[0] <= t <= times[-1] for t in jittered)
     assert sum(t not in times for t in jittered) >= 6, "render times moved off the views' times"
-    train(cfg, data, initial, tmp_path / "resumed", seed=3, stop_after=4)
-    second = train(cfg, data, initial, tmp_path / "resumed", seed=3)
-    assert second.resumed_from == 4
-    a, b = _log(tmp_path / "straight/log.csv"), _log(tmp_path / "resumed/log.csv")
-    assert [r["loss"] for r in a] == [r["loss"] for r in b]
-    for key, value in straight.model.splats.items():
-        assert torch.equal(value, second.model.splats[key]), key
+    resumed_run_matches(cfg, data, initial, tmp_path, straight, "straight", seed=3)
     seen.clear()
     train(small_config(iterations=4), data, initial, tmp_path / "off", seed=3)
     assert seen and all(t in times for t in seen)
@@ -528,12 +529,8 @@ def test_planes_with_bases_trains_holds_its_coefficients_resumes_and_loads_back(
     assert moved[0.0] > 0 and moved[100.0] < 0.5 * moved[0.0]
     names = {g["name"] for g in trainer_module.build_optimizer(cfg, result.model, None, 1.0).param_groups}
     assert {"planes", "field", "bases", "motion_coefs"} <= names
-    train(cfg, data, initial, tmp_path / "resumed", seed=0, stop_after=4)
-    second = train(cfg, data, initial, tmp_path / "resumed", seed=0)
-    assert second.resumed_from == 4
-    a, b = _log(tmp_path / "w100.0/log.csv"), _log(tmp_path / "resumed/log.csv")
+    a, _ = resumed_run_matches(cfg, data, initial, tmp_path, result, "w100.0", seed=0)
     assert int(a[-1]["gaussians"]) != int(a[0]["gaussians"]), "densification happened"
-    assert [r["loss"] for r in a] == [r["loss"] for r in b]
     result.model.save(tmp_path / "model.pt")
     back = load_model(tmp_path / "model.pt")
     assert back.deformation.spec() == result.model.deformation.spec()
