@@ -505,7 +505,13 @@ def motion_penalty(deformation, means: torch.Tensor, per_gaussian: dict[str, tor
     return penalty if field is None else penalty + field
 
 
-def residual_penalty(model: GaussianModel4D, pick: torch.Tensor, times: torch.Tensor, scene_scale: float) -> torch.Tensor:
+def random_rows(index: torch.Tensor, limit: int, generator: torch.Generator) -> torch.Tensor:
+    """Up to ``limit`` entries of ``index`` (M,), drawn without replacement in a random order."""
+    return index[torch.randperm(index.numel(), device=index.device, generator=generator)[:limit]]
+
+
+def residual_penalty(model: GaussianModel4D, pick: torch.Tensor, times: torch.Tensor,
+                     scene_scale: float) -> torch.Tensor:
     """planes_bases: :func:`residual_loss` of the displacement that the Gaussians ``pick`` (M,) get from their own
     motion-bases coefficients alone, between their anchor times and ``times`` (M,)."""
     splats = model.splats
@@ -675,10 +681,9 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         if n_dynamic_model and model.deform_enabled and cfg.motion_lambda > 0:
             index = model.dynamic_index()
             if index.numel() > 0:
-                count = min(4096, index.numel())
-                pick = index[torch.randperm(index.numel(), device=device, generator=generator)[:count]]
+                pick = random_rows(index, 4096, generator)
                 h = gap
-                t = torch.rand(count, device=device, generator=generator) * max(1 - 2 * h, 0.0) + min(h, 0.5)
+                t = torch.rand(len(pick), device=device, generator=generator) * max(1 - 2 * h, 0.0) + min(h, 0.5)
                 motion = functions.motion(model.deformation, model.splats["means"], model.deformation_parameters(),
                                           pick, t, h, scale)
                 loss = loss + cfg.motion_lambda * motion
@@ -686,10 +691,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         if use_rigidity and model.deform_enabled and model.dynamic_index().numel() > 1:
             if neighbors is None:
                 neighbors = model.same_time_neighbors(cfg.rigidity_neighbors)
-            index = model.dynamic_index()
-            count = min(2048, index.numel())
-            pick = index[torch.randperm(index.numel(), device=device, generator=generator)[:count]]
-            group = torch.cat([pick[:, None], neighbors[pick]], dim=1)                 # (count, 1 + k)
+            pick = random_rows(model.dynamic_index(), 2048, generator)
+            group = torch.cat([pick[:, None], neighbors[pick]], dim=1)                 # (M, 1 + k)
             when = float(torch.rand((), generator=sampler.generator))                 # host-side: no sync
             deformed = model.positions_at_time(when, group)                            # (count, 1 + k, 3)
             canonical = model.splats["means"].index_select(0, group.reshape(-1)).view(*group.shape, 3)
@@ -698,9 +701,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         if use_residual and model.deform_enabled:
             index = model.dynamic_index()
             if index.numel() > 0:
-                count = min(4096, index.numel())
-                pick = index[torch.randperm(index.numel(), device=device, generator=generator)[:count]]
-                t = torch.rand(count, device=device, generator=generator)
+                pick = random_rows(index, 4096, generator)
+                t = torch.rand(len(pick), device=device, generator=generator)
                 loss = loss + cfg.residual_lambda * residual_penalty(model, pick, t, scale)
         scale_reg = zero
         if cfg.scale_lambda > 0:
