@@ -818,15 +818,15 @@ def section_e2e(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
             stages = run.get("stages", {})
             rss = [(name, ("runs", i, "stages", s, "peak_rss_mib")) for s in stages]
             gpu = [(name, ("runs", i, "stages", s, "peak_gpu_mib")) for s in stages]
-            table.append([f("id", fmt="{}"), f("device", fmt="{}") or device(R, name), f("returncode", fmt="{}"),
-                          f("wall_s")]
+            table.append([f("id", fmt="{}"), f("preset", fmt="{}"), f("device", fmt="{}") or device(R, name),
+                          f("returncode", fmt="{}"), f("wall_s")]
                          + [f("stages", s, "wall_s") for s in STAGES]
                          + [figure(R, name, rss[0][1], "{:.0f}", "max", rss[1:]) if rss else None,
                             figure(R, name, gpu[0][1], "{:.0f}", "max", gpu[1:]) if gpu else None,
                             f("stages", "optimize", "summary", "gaussians", fmt="{:,}"),
                             f("metrics", "psnr", fmt="{:.2f}"), f("metrics", "ssim", fmt="{:.3f}"),
                             f("metrics", "lpips_alex", fmt="{:.3f}")])
-        doc.table(["run", "device", "exit", "total s", *[f"{s} s" for s in STAGES], "peak RSS MiB", "peak GPU MiB",
+        doc.table(["run", "preset", "device", "exit", "total s", *[f"{s} s" for s in STAGES], "peak RSS MiB", "peak GPU MiB",
                    "Gaussians", "PSNR", "SSIM", "LPIPS-alex"], table)
         summary = R.get(name, ("summary",))
         if summary is not MISSING and summary:
