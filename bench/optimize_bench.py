@@ -312,12 +312,13 @@ def bench_speed(device: str, workdir: Path, quick: bool, n: int = 100_000, size:
 # render
 
 
-def bench_render(device: str, quick: bool) -> dict[str, Any]:
+def bench_render(device: str, quick: bool, models: tuple[str, ...] = MODELS) -> dict[str, Any]:
+    """Rendering fps at 800x800 of each deformation model in ``models`` (the static one always, as the baseline)."""
     n, size, frames = 100_000, 800, (100 if quick else 300)
     gaussians = random_gaussians(n, dynamic_fraction=1.0)
     views = orbit_views(frames, size, device, with_images=False)
     rows = []
-    for kind in MODELS:
+    for kind in dict.fromkeys([*models, "none"]):
         model = build_model(OptimizeConfig(deformation=kind, sh_degree=3), gaussians, 0.01, 100, torch.device(device))
         perturb_deformation(model)
         model.eval()
@@ -616,7 +617,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "speed": lambda: bench_speed(device, workdir, args.quick, variants=tuple(args.variants),
                                      models=tuple(dict.fromkeys([*args.models, "none"])),
                                      repeats=args.repeats),
-        "render": lambda: bench_render(device, args.quick),
+        "render": lambda: bench_render(device, args.quick, tuple(args.models)),
         "scene": lambda: bench_scene_time(workdir, args.geometry, args.quick),
         "quality": lambda: bench_quality(workdir, args.geometry, args.seeds, args.models, args.quick,
                                          lambda partial: write({**result, "quality": partial}),
