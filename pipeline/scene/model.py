@@ -126,18 +126,23 @@ class Scene:
                 return f
         raise KeyError(name)
 
+    def rgb_alpha(self, frame: Frame) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """The frame's image, read once: float32 (H, W, 3) with RGBA composited on the scene background, and its
+        (H, W) float32 alpha for RGBA inputs, else None."""
+        image = frame.load_image()
+        if image.shape[-1] != 4:
+            return np.ascontiguousarray(image[..., :3], dtype=np.float32), None
+        alpha = image[..., 3:4]
+        rgb = image[..., :3] * alpha + np.asarray(self.background, np.float32) * (1.0 - alpha)
+        return np.ascontiguousarray(rgb, dtype=np.float32), alpha[..., 0].astype(np.float32)
+
     def rgb(self, frame: Frame) -> np.ndarray:
         """The frame's image as float32 (H, W, 3), RGBA composited on the scene background."""
-        image = frame.load_image()
-        if image.shape[-1] == 4:
-            alpha = image[..., 3:4]
-            image = image[..., :3] * alpha + np.asarray(self.background, np.float32) * (1.0 - alpha)
-        return np.ascontiguousarray(image[..., :3], dtype=np.float32)
+        return self.rgb_alpha(frame)[0]
 
     def alpha(self, frame: Frame) -> Optional[np.ndarray]:
         """(H, W) float32 alpha for RGBA inputs, else None."""
-        image = frame.load_image()
-        return image[..., 3].astype(np.float32) if image.shape[-1] == 4 else None
+        return self.rgb_alpha(frame)[1]
 
     def fingerprint(self) -> dict:
         """What identifies this scene's content for caching: names, sizes, times, splits and cameras."""

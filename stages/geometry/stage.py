@@ -351,15 +351,12 @@ def write_ply(path, points: np.ndarray, colours: np.ndarray) -> None:
         PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(str(tmp))
 
 
-def surface_pixels(scene: Scene, frame, shape: tuple[int, int]) -> np.ndarray | None:
-    """(H, W) bool at the stored ``shape``: where the frame's alpha is at least one half (RGBA inputs), the pixels
-    that show a surface, as the initialize stage keeps them; None for a frame without alpha."""
+def surface_pixels(alpha: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """(H, W) bool at the stored ``shape``: where a frame's alpha (RGBA inputs) is at least one half, the pixels that
+    show a surface, as the initialize stage keeps them; None without alpha."""
     from pipeline.scene.images import resize_array
 
-    alpha = scene.alpha(frame)
-    if alpha is None:
-        return None
-    return resize_array(alpha, (shape[1], shape[0])) >= 0.5
+    return None if alpha is None else resize_array(alpha, (shape[1], shape[0])) >= 0.5
 
 
 def write_artifacts(ctx, scene: Scene, cfg: GeometryConfig, source: GeometrySource, camera_source: str,
@@ -369,14 +366,14 @@ def write_artifacts(ctx, scene: Scene, cfg: GeometryConfig, source: GeometrySour
     cameras, predicted = [], []
     points, colours = [], []
     dynamic_pixels = total_pixels = 0
-    rgba = bool(scene.frames) and scene.alpha(scene.frames[0]) is not None
     for index in progress(range(source.frames), desc="geometry: writing", unit="frame"):
         frame = scene.frames[index]
         geo = source.get(index)
         depth, world_to_camera = geo.depth, geo.world_to_camera
         # RGBA inputs: where the dataset's alpha is below one half there is no surface, so nothing there moves and
         # nothing there joins the fused cloud (the network still predicts a depth for the empty background).
-        covered = surface_pixels(scene, frame, depth.shape) if rgba else None
+        image, alpha = scene.rgb_alpha(frame)
+        covered = surface_pixels(alpha, depth.shape)
         dynamic = geo.dynamic if covered is None else geo.dynamic & covered
         if align is not None:
             predicted_w2c = align.transform_w2c(world_to_camera)
@@ -409,7 +406,6 @@ def write_artifacts(ctx, scene: Scene, cfg: GeometryConfig, source: GeometrySour
         index_valid = np.flatnonzero(valid)
         if len(index_valid) > per_frame:
             index_valid = rng.choice(index_valid, per_frame, replace=False)
-        image = scene.rgb(frame)
         points.append(world_points.reshape(-1, 3)[index_valid].astype(np.float32))
         colours.append(np.clip(np.round(image.reshape(-1, 3)[index_valid] * 255), 0, 255).astype(np.uint8))
     cloud = np.concatenate(points) if points else np.zeros((0, 3), np.float32)

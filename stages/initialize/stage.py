@@ -196,8 +196,7 @@ def run(ctx) -> dict:
         depth = read_depth(geometry_dir, cam.name)
         shape = depth.shape
         frame = ctx.scene.frame(cam.name)
-        rgb = ctx.scene.rgb(frame)
-        alpha = ctx.scene.alpha(frame)
+        rgb, alpha = ctx.scene.rgb_alpha(frame)
         if rgb.shape[:2] != shape:
             rgb = resize_array(rgb, (shape[1], shape[0]))
             alpha = None if alpha is None else resize_array(alpha, (shape[1], shape[0]))

@@ -101,7 +101,7 @@ def load_views(ctx, cfg: OptimizeConfig, device: torch.device) -> TrainData:
 
     def decode(cam) -> tuple[torch.Tensor, torch.Tensor | None]:
         frame = ctx.scene.frame(cam.name)
-        rgb, alpha = ctx.scene.rgb(frame), ctx.scene.alpha(frame)
+        rgb, alpha = ctx.scene.rgb_alpha(frame)
         if rgb.shape[:2] != (cam.height, cam.width):
             rgb = resize_array(rgb, (cam.width, cam.height))
             alpha = None if alpha is None else resize_array(alpha, (cam.width, cam.height))
