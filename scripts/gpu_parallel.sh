@@ -13,6 +13,11 @@
 # line its own --json name; each line gets its own --workdir (/tmp/parallel.N) unless it names one as
 # `--workdir DIR`. Lines are split on spaces (no quoting). Prints the last lines of each call's output; exits
 # non-zero if any call failed.
+#
+# On a host with several GPUs the lines are dealt out round robin (line n on GPU (n-1) mod count, through
+# CUDA_VISIBLE_DEVICES), so 16 lines on four GPUs run four to a GPU. Unless CUDA_VISIBLE_DEVICES is set already.
+# At most 8 files come back from $OUT: when the calls wrote more than 7 result files, they come back as one archive,
+# $OUT/results.tar.gz (unpack it with `tar xzf results.tar.gz`: results/NAME.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "$#" -ne 1 ] || [ ! -f "$1" ]; then
@@ -20,6 +25,11 @@ if [ "$#" -ne 1 ] || [ ! -f "$1" ]; then
   exit 2
 fi
 scripts/gpu_host.sh >/dev/null || exit $?        # the set-up once, before the calls race for it
+gpus=1
+if [ -z "${CUDA_VISIBLE_DEVICES:-}" ] && command -v nvidia-smi >/dev/null; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  [ "$gpus" -ge 1 ] 2>/dev/null || gpus=1
+fi
 pids=() logs=()
 n=0
 while IFS= read -r line || [ -n "$line" ]; do
@@ -28,9 +38,13 @@ while IFS= read -r line || [ -n "$line" ]; do
   log=$(mktemp "/tmp/parallel.$n.XXXXXX.log")
   read -r -a args <<<"$line"
   case " $line " in *" --workdir "*) ;; *) args+=(--workdir "/tmp/parallel.$n") ;; esac
-  scripts/gpu_host.sh "${args[@]}" >"$log" 2>&1 &
+  if [ "$gpus" -gt 1 ]; then
+    CUDA_VISIBLE_DEVICES=$(( (n - 1) % gpus )) scripts/gpu_host.sh "${args[@]}" >"$log" 2>&1 &
+  else
+    scripts/gpu_host.sh "${args[@]}" >"$log" 2>&1 &
+  fi
   pids+=($!) logs+=("$log")
-  echo "[$n] pid $! : $line"
+  echo "[$n] pid $! (GPU $(( (n - 1) % gpus )) of $gpus) : $line"
 done <"$1"
 status=0
 for i in "${!pids[@]}"; do
@@ -39,4 +53,7 @@ for i in "${!pids[@]}"; do
   echo "===== [$((i + 1))] exit $code ====="
   grep -v '^\s*$' "${logs[$i]}" | grep -v 'it/s\]\|step/s\]' | tail -n 12
 done
+if [ -n "${OUT:-}" ] && [ -d "$OUT/results" ] && [ "$(find "$OUT/results" -type f | wc -l)" -gt 7 ]; then
+  tar czf "$OUT/results.tar.gz" -C "$OUT" results && rm -rf "$OUT/results" && echo "results: \$OUT/results.tar.gz"
+fi
 exit "$status"
