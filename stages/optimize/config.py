@@ -20,6 +20,11 @@ class OptimizeConfig:
     iterations: int = option(3000, "Optimization steps.")
     backend: str = option("auto", "Rasterizer: 'gsplat' (CUDA), 'torch' (pure PyTorch, any device) or 'auto' "
                           "(gsplat where CUDA is available).", choices=("auto", "gsplat", "torch"))
+    rasterize_mode: str = option("classic", "'classic' (3DGS) or 'antialiased' (Mip-Splatting's 2D filter: each "
+                                 "Gaussian's opacity times sqrt(det S / det(S + 0.3 I)) of its screen covariance "
+                                 "S, gsplat's rasterize_mode). The model keeps it: its test views, videos and "
+                                 "metrics use it too. The exported PLYs hold the raw opacities, which 3DGS viewers "
+                                 "draw classic.", choices=("classic", "antialiased"))
     # --- model ---
     deformation: str = option("bases", "Motion of the dynamic Gaussians: 'bases' (explicit: per-Gaussian "
                               "coefficients of shared learned B-spline motion bases), 'mlp' (neural field: "

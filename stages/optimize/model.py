@@ -32,12 +32,13 @@ class GaussianModel4D(nn.Module):
     """Per-Gaussian parameters (``splats``, see :mod:`stages.optimize.gaussians`) and an optional deformation."""
 
     def __init__(self, splats: nn.ParameterDict, deformation: Optional[Deformation], sh_degree: int,
-                 temporal_opacity: bool):
+                 temporal_opacity: bool, rasterize_mode: str = "classic"):
         super().__init__()
         self.splats = splats
         self.deformation = deformation
         self.sh_degree = int(sh_degree)
         self.temporal_opacity = bool(temporal_opacity and deformation is not None)
+        self.rasterize_mode = rasterize_mode    # every render of this model: "classic" or "antialiased"
         self.deform_enabled = True          # the trainer switches it off during a static warm-up
         self._dynamic: Optional[tuple] = None   # (is_dynamic, anchor_times, their state, index, anchor times)
         self.compiled_state_at = None       # state_at through torch.compile (see :meth:`compile_deformation`), or None
@@ -204,7 +205,8 @@ class GaussianModel4D(nn.Module):
         g = self.gaussians_at(time, degree, skip_invisible=skip_invisible)
         return rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"], viewmats, Ks,
                              int(width), int(height), sh_degree=degree, backgrounds=backgrounds,
-                             render_mode=render_mode, absgrad=absgrad, backend=backend)
+                             render_mode=render_mode, rasterize_mode=self.rasterize_mode, absgrad=absgrad,
+                             backend=backend)
 
     def render(self, world_to_camera, K, width: int, height: int, time: float,
                background=(1.0, 1.0, 1.0), backend: str = "auto") -> dict[str, torch.Tensor]:
@@ -233,6 +235,7 @@ class GaussianModel4D(nn.Module):
             "version": MODEL_VERSION,
             "sh_degree": self.sh_degree,
             "temporal_opacity": self.temporal_opacity,
+            "rasterize_mode": self.rasterize_mode,
             "deformation": None if self.deformation is None else self.deformation.spec(),
             "box": None if box is None else {"center": box.center.cpu(), "half_size": box.half_size.cpu()},
             "splats": {k: v.detach().cpu() for k, v in self.splats.items()},
@@ -354,7 +357,7 @@ def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") 
     if deformation is not None and state.get("deformation_state") is not None:
         deformation.load_state_dict(state["deformation_state"])
     model = GaussianModel4D(splats_from_state(state["splats"]), deformation, state["sh_degree"],
-                            state["temporal_opacity"])
+                            state["temporal_opacity"], state.get("rasterize_mode", "classic"))   # absent before it existed
     return model.to(device)
 
 
@@ -371,6 +374,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Gaussian
         raise UserError("not a page4dgs 4D Gaussian model", path)
     if state.get("version", 0) > MODEL_VERSION:
         raise UserError(f"model version {state['version']} is newer than this page4dgs reads ({MODEL_VERSION})", path)
+    if state.get("rasterize_mode", "classic") not in ("classic", "antialiased"):
+        raise UserError(f"unknown rasterize_mode {state['rasterize_mode']!r} in the model", path)
     model = model_from_state(state, device)
     model.eval()
     return model

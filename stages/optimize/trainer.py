@@ -145,7 +145,7 @@ def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float,
                            is_dynamic, t(initial.anchor_times), cfg.sh_degree,
                            temporal_sigma=cfg.temporal_opacity_init * time_gap if temporal else None,
                            extra=deformation.per_gaussian_shapes() if deformation is not None else None)
-    return GaussianModel4D(splats, deformation, cfg.sh_degree, temporal).to(device)
+    return GaussianModel4D(splats, deformation, cfg.sh_degree, temporal, cfg.rasterize_mode).to(device)
 
 
 def splat_learning_rates(cfg: OptimizeConfig, scale: float) -> dict[str, float]:

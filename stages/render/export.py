@@ -226,7 +226,9 @@ def export_run(run_dir: Path, fmt: str, config, device: str = "cpu") -> Path:
                     dropped = write_gaussian_ply(tmp / name, model.gaussians_at(t))
                     frames = [c.name for c in cameras if float(c.time) == t]
                     index.append({"file": name, "time": t, "frames": frames, "dropped_non_finite": dropped})
-            write_json(tmp / "index.json", {"format": "3dgs-ply", "sh_degree": model.sh_degree, "files": index})
+            # rasterize_mode: how this model was trained and renders; 3DGS viewers draw the PLYs 'classic'.
+            write_json(tmp / "index.json", {"format": "3dgs-ply", "sh_degree": model.sh_degree,
+                                            "rasterize_mode": model.rasterize_mode, "files": index})
             if points_path.is_file():
                 shutil.copyfile(points_path, tmp / "points.ply")
         elif fmt in ("nerfstudio", "colmap"):

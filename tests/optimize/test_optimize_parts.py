@@ -462,6 +462,46 @@ def test_saved_model_loads_and_evaluates_identically(kind, tmp_path):
             torch.testing.assert_close(a[key], b[key])
 
 
+def test_a_model_renders_in_its_rasterize_mode_and_keeps_it_when_saved(tmp_path):
+    """An antialiased model's renders are the antialiased rasterization of its Gaussians (not the classic one,
+    which differs), the mode survives save / load, files without it read as classic, and a foreign value is a
+    one-line error."""
+    from pipeline.errors import UserError
+    from stages.optimize.rasterize import rasterization
+
+    model = _small_model()
+    model.rasterize_mode = "antialiased"
+    w2c = torch.eye(4)
+    w2c[2, 3] = 3.0                                       # the camera 3 units behind the origin, looking at it
+    K = torch.tensor([[40.0, 0.0, 16.0], [0.0, 40.0, 12.0], [0.0, 0.0, 1.0]])
+    t = 0.4
+    with torch.no_grad():
+        out = model.render(w2c, K, 32, 24, t, background=(1.0, 1.0, 1.0), backend="torch")
+        g = model.gaussians_at(t)
+        expected = {}
+        for mode in ("classic", "antialiased"):
+            colors, _, _ = rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"], w2c[None],
+                                         K[None], 32, 24, sh_degree=model.sh_degree, backgrounds=torch.ones(1, 3),
+                                         rasterize_mode=mode, backend="torch")
+            expected[mode] = colors[0].clamp(0, 1)
+    torch.testing.assert_close(out["rgb"], expected["antialiased"])
+    assert (expected["classic"] - expected["antialiased"]).abs().max() > 1e-3
+
+    model.save(tmp_path / "model.pt")
+    back = load_model(tmp_path / "model.pt")
+    assert back.rasterize_mode == "antialiased"
+    with torch.no_grad():
+        torch.testing.assert_close(back.render(w2c, K, 32, 24, t, backend="torch")["rgb"], out["rgb"])
+    state = model.to_state()
+    del state["rasterize_mode"]                           # a file written before the option existed
+    torch.save(state, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").rasterize_mode == "classic"
+    state["rasterize_mode"] = "blurry"
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="rasterize_mode"):
+        load_model(tmp_path / "bad.pt")
+
+
 def test_load_model_rejects_other_files(tmp_path):
     from pipeline.errors import UserError
 

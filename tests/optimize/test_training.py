@@ -537,3 +537,24 @@ def test_planes_with_bases_trains_holds_its_coefficients_resumes_and_loads_back(
     x, y = result.model.gaussians_at(0.6), back.gaussians_at(0.6)
     for key in x:
         torch.testing.assert_close(x[key], y[key])
+
+
+def test_the_rasterize_mode_of_the_config_reaches_the_model_and_its_training_renders(tiny, tmp_path, monkeypatch):
+    """optimize.rasterize_mode is the trained model's mode, and the training step renders with it."""
+    from stages.optimize import rasterize as rasterize_module
+
+    files, scene = tiny
+    seen = []
+    original = rasterize_module.rasterization
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("rasterize_mode"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rasterize_module, "rasterization", spy)
+    cfg = small_config(iterations=2, rasterize_mode="antialiased")
+    data, initial = _inputs(files, scene, cfg)
+    result = train(cfg, data, initial, tmp_path / "aa", seed=0)
+    assert result.model.rasterize_mode == "antialiased"
+    assert seen and set(seen) == {"antialiased"}
+    assert build_model(small_config(), initial, 0.1, 8, torch.device("cpu")).rasterize_mode == "classic"

@@ -28,6 +28,7 @@ class TinyModel:
     """A stand-in 4D Gaussian model (same interface as GaussianModel4D)."""
 
     sh_degree = 1
+    rasterize_mode = "classic"
 
     def __init__(self, seed: int = 0):
         rng = np.random.default_rng(seed)

@@ -83,6 +83,7 @@ def test_ply_export_of_a_run(fake_run, monkeypatch):
     index = json.loads((target / "index.json").read_text())
     cameras = json.loads((fake_run.run_dir / "geometry/cameras.json").read_text())["frames"]
     assert [f["time"] for f in index["files"]] == sorted(c["time"] for c in cameras)
+    assert index["rasterize_mode"] == "classic" and index["sh_degree"] == 1
     last = index["files"][-1]
     _, back = read_back(target / last["file"])
     assert np.allclose(back["means"], fake_run.model.gaussians_at(last["time"])["means"].numpy(), atol=1e-6)
