@@ -146,7 +146,7 @@ def gsplat_step_rate(gaussians: InitialGaussians, views: list[TrainView], device
     t = {k: torch.as_tensor(np.asarray(getattr(gaussians, k)), dtype=torch.float32, device=device).requires_grad_(True)
          for k in ("means", "quats", "opacity_logits", "log_scales", "sh")}
 
-    def step(i: int) -> None:
+    def step(i: int) -> None:     # classic rasterization, as every preset trains (rasterize_mode is not timed)
         v = views[i % len(views)]
         colors, _, _ = rasterization(t["means"], t["quats"], t["log_scales"].exp(), torch.sigmoid(t["opacity_logits"]),
                                      t["sh"], v.world_to_camera[None], v.K[None], v.width, v.height, sh_degree=0,

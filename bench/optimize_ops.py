@@ -121,6 +121,7 @@ def opaque_rasterization(counter: OpCounter) -> Callable:
     def rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, *, near_plane=0.01,
                       far_plane=1e10, eps2d=0.3, sh_degree=None, backgrounds=None, render_mode="RGB",
                       rasterize_mode="classic", absgrad=False, backend="auto"):
+        # the classic mode only (every preset's): the antialiased compensation is not replayed here
         assert render_mode in ("RGB", "RGB+ED") and sh_degree is not None and rasterize_mode == "classic"
 
         def project(means, quats, scales, opacities, viewmats, Ks):

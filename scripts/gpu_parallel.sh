@@ -16,8 +16,9 @@
 #
 # On a host with several GPUs the lines are dealt out round robin (line n on GPU (n-1) mod count, through
 # CUDA_VISIBLE_DEVICES), so 16 lines on four GPUs run four to a GPU. Unless CUDA_VISIBLE_DEVICES is set already.
-# At most 8 files come back from $OUT: when the calls wrote more than 7 result files, they come back as one archive,
-# $OUT/results.tar.gz (unpack it with `tar xzf results.tar.gz`: results/NAME.json).
+# At most 8 files come back from $OUT: when the calls left more than 8 files there (result files, and the two files of
+# a gsplat build that gpu_host.sh compiled), the result files come back as one archive, $OUT/results.tar.gz (unpack it
+# with `tar xzf results.tar.gz`: results/NAME.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "$#" -ne 1 ] || [ ! -f "$1" ]; then
@@ -44,7 +45,8 @@ while IFS= read -r line || [ -n "$line" ]; do
     scripts/gpu_host.sh "${args[@]}" >"$log" 2>&1 &
   fi
   pids+=($!) logs+=("$log")
-  echo "[$n] pid $! (GPU $(( (n - 1) % gpus )) of $gpus) : $line"
+  if [ "$gpus" -gt 1 ]; then where="GPU $(( (n - 1) % gpus )) of $gpus"; else where="CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-all}"; fi
+  echo "[$n] pid $! ($where) : $line"
 done <"$1"
 status=0
 for i in "${!pids[@]}"; do
@@ -53,7 +55,7 @@ for i in "${!pids[@]}"; do
   echo "===== [$((i + 1))] exit $code ====="
   grep -v '^\s*$' "${logs[$i]}" | grep -v 'it/s\]\|step/s\]' | tail -n 12
 done
-if [ -n "${OUT:-}" ] && [ -d "$OUT/results" ] && [ "$(find "$OUT/results" -type f | wc -l)" -gt 7 ]; then
+if [ -n "${OUT:-}" ] && [ -d "$OUT/results" ] && [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
   tar czf "$OUT/results.tar.gz" -C "$OUT" results && rm -rf "$OUT/results" && echo "results: \$OUT/results.tar.gz"
 fi
 exit "$status"

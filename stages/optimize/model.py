@@ -22,14 +22,17 @@ from pipeline.errors import UserError
 from pipeline.io import atomic_path
 from stages.optimize.deformation import POSITION, Box, Deformation, build_deformation
 from stages.optimize.gaussians import sh_coefficients, splats_from_state
+from stages.optimize.rasterize import RASTERIZE_MODES
 from stages.optimize.rasterize.projection import ALPHA_THRESHOLD
 
 MODEL_FORMAT = "page4dgs-gaussians-4d"
-MODEL_VERSION = 1
+MODEL_VERSION = 2       # the newest this code reads; 2 added rasterize_mode. Classic models are still written as
+                        # version 1 (what they are to an older reader); antialiased ones as 2, which it refuses.
 
 
 class GaussianModel4D(nn.Module):
-    """Per-Gaussian parameters (``splats``, see :mod:`stages.optimize.gaussians`) and an optional deformation."""
+    """Per-Gaussian parameters (``splats``, see :mod:`stages.optimize.gaussians`), an optional deformation, and the
+    ``rasterize_mode`` ("classic" or "antialiased") every render of the model uses."""
 
     def __init__(self, splats: nn.ParameterDict, deformation: Optional[Deformation], sh_degree: int,
                  temporal_opacity: bool, rasterize_mode: str = "classic"):
@@ -38,7 +41,9 @@ class GaussianModel4D(nn.Module):
         self.deformation = deformation
         self.sh_degree = int(sh_degree)
         self.temporal_opacity = bool(temporal_opacity and deformation is not None)
-        self.rasterize_mode = rasterize_mode    # every render of this model: "classic" or "antialiased"
+        if rasterize_mode not in RASTERIZE_MODES:
+            raise ValueError(f"rasterize_mode must be one of {RASTERIZE_MODES}, got {rasterize_mode!r}")
+        self.rasterize_mode = rasterize_mode
         self.deform_enabled = True          # the trainer switches it off during a static warm-up
         self._dynamic: Optional[tuple] = None   # (is_dynamic, anchor_times, their state, index, anchor times)
         self.compiled_state_at = None       # state_at through torch.compile (see :meth:`compile_deformation`), or None
@@ -232,7 +237,7 @@ class GaussianModel4D(nn.Module):
         box = getattr(self.deformation, "box", None)
         return {
             "format": MODEL_FORMAT,
-            "version": MODEL_VERSION,
+            "version": 1 if self.rasterize_mode == "classic" else 2,
             "sh_degree": self.sh_degree,
             "temporal_opacity": self.temporal_opacity,
             "rasterize_mode": self.rasterize_mode,
@@ -374,7 +379,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Gaussian
         raise UserError("not a page4dgs 4D Gaussian model", path)
     if state.get("version", 0) > MODEL_VERSION:
         raise UserError(f"model version {state['version']} is newer than this page4dgs reads ({MODEL_VERSION})", path)
-    if state.get("rasterize_mode", "classic") not in ("classic", "antialiased"):
+    if state.get("rasterize_mode", "classic") not in RASTERIZE_MODES:
         raise UserError(f"unknown rasterize_mode {state['rasterize_mode']!r} in the model", path)
     model = model_from_state(state, device)
     model.eval()

@@ -48,5 +48,5 @@ def render_dynamic_weight(model, view: PathView, backend: str = "auto") -> np.nd
     K = torch.as_tensor(view.K, dtype=torch.float32, device=device).reshape(1, 3, 3)
     colors, _, _ = rasterization(g["means"], g["quats"], g["scales"], g["opacities"], labels, viewmat, K,
                                  int(view.width), int(view.height), backgrounds=torch.zeros(1, 3, device=device),
-                                 render_mode="RGB", backend=backend)
+                                 render_mode="RGB", rasterize_mode=model.rasterize_mode, backend=backend)
     return np.clip(_numpy(colors[0, ..., 0]), 0.0, 1.0)

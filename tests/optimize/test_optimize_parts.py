@@ -490,6 +490,11 @@ def test_a_model_renders_in_its_rasterize_mode_and_keeps_it_when_saved(tmp_path)
     model.save(tmp_path / "model.pt")
     back = load_model(tmp_path / "model.pt")
     assert back.rasterize_mode == "antialiased"
+    # version 2, which an older page4dgs refuses rather than draw it classic; a classic model stays version 1
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["version"] == 2
+    assert _small_model().to_state()["version"] == 1
+    with pytest.raises(ValueError, match="rasterize_mode"):
+        GaussianModel4D(model.splats, model.deformation, 1, True, "blurry")
     with torch.no_grad():
         torch.testing.assert_close(back.render(w2c, K, 32, 24, t, backend="torch")["rgb"], out["rgb"])
     state = model.to_state()

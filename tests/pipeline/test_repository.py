@@ -29,4 +29,5 @@ def test_the_tracked_files_stay_under_48_mb_and_the_weights_under_32():
     largest = sorted(sizes, key=sizes.get, reverse=True)[:3]
     assert total < TREE_LIMIT, (f"tracked files total {total / 1e6:.1f} MB (limit 48); largest: "
                                 + ", ".join(f"{p.relative_to(ROOT)} {sizes[p] / 1e6:.1f} MB" for p in largest))
-    assert WEIGHTS in sizes and sizes[WEIGHTS] < WEIGHTS_LIMIT
+    assert WEIGHTS in sizes, f"the bundled weights {WEIGHTS.relative_to(ROOT)} are not tracked"
+    assert sizes[WEIGHTS] < WEIGHTS_LIMIT, f"bundled weights {sizes[WEIGHTS] / 1e6:.1f} MB (limit 32)"

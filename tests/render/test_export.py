@@ -77,13 +77,14 @@ def test_non_finite_rows_are_dropped_not_the_file():
 
 def test_ply_export_of_a_run(fake_run, monkeypatch):
     use_tiny_model(monkeypatch, fake_run.model)
+    monkeypatch.setattr(fake_run.model, "rasterize_mode", "antialiased")      # index.json names the model's mode
     config = config_from_dict(read_yaml(fake_run.run_dir / "config.yaml"))
     before = {p: p.read_bytes() for p in fake_run.run_dir.rglob("*") if p.is_file()}
     target = export_run(fake_run.run_dir, "ply", config)
     index = json.loads((target / "index.json").read_text())
     cameras = json.loads((fake_run.run_dir / "geometry/cameras.json").read_text())["frames"]
     assert [f["time"] for f in index["files"]] == sorted(c["time"] for c in cameras)
-    assert index["rasterize_mode"] == "classic" and index["sh_degree"] == 1
+    assert index["rasterize_mode"] == "antialiased" and index["sh_degree"] == 1
     last = index["files"][-1]
     _, back = read_back(target / last["file"])
     assert np.allclose(back["means"], fake_run.model.gaussians_at(last["time"])["means"].numpy(), atol=1e-6)

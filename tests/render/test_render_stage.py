@@ -65,6 +65,21 @@ def test_dynamic_weight_marks_the_moving_gaussian(fake_run):
     assert far and all(weight[int(p[1]), int(p[0])] < 0.05 for p in far)
 
 
+def test_dynamic_weight_renders_in_the_models_rasterize_mode(fake_run, monkeypatch):
+    """The dynamic-weight track is rasterized as the model's colours are (antialiased or classic)."""
+    from stages.optimize import rasterize as rasterize_module
+
+    seen = []
+    original = rasterize_module.rasterization
+    monkeypatch.setattr(rasterize_module, "rasterization",
+                        lambda *a, **k: seen.append(k.get("rasterize_mode")) or original(*a, **k))
+    monkeypatch.setattr(fake_run.model, "rasterize_mode", "antialiased")
+    camera = load_scene(config_from_dict(read_yaml(fake_run.run_dir / "config.yaml")).scene).frames[0].camera
+    render_dynamic_weight(fake_run.model, PathView(camera.world_to_camera, camera.K, camera.width, camera.height, 0.5),
+                          backend="torch")
+    assert seen == ["antialiased"]
+
+
 def test_render_command_writes_only_its_video(fake_run, monkeypatch):
     use_tiny_model(monkeypatch, fake_run.model)
     before = snapshot(fake_run.run_dir)
