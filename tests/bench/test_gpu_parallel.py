@@ -1,0 +1,69 @@
+"""scripts/gpu_parallel.sh without a GPU: a stand-in gpu_host.sh records the GPU each line was given and writes a
+result file per line; a stand-in nvidia-smi reports the host's GPUs. Checks the round-robin dealing, that a line
+keeps a GPU set by the caller, and that more than 8 files under $OUT come back as one archive."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FAKE_HOST = """#!/usr/bin/env bash
+# stand-in for scripts/gpu_host.sh: no arguments = the set-up; else record the GPU and write one result file
+[ "$#" -eq 0 ] && exit 0
+name=$(printf '%s\\n' "$@" | sed -n 's/^--name=//p;/^--name$/{n;p}')
+mkdir -p "$OUT/results"
+echo "${CUDA_VISIBLE_DEVICES:-unset}" > "$OUT/results/$name.json"
+"""
+
+
+def run_sweep(tmp_path: Path, lines: int, gpus: int, env_extra: dict[str, str] | None = None) -> Path:
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts/gpu_parallel.sh", repo / "scripts/gpu_parallel.sh")
+    (repo / "scripts/gpu_host.sh").write_text(FAKE_HOST)
+    (repo / "scripts/gpu_host.sh").chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\n" + "".join(
+        f"echo 'GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i})'\n" for i in range(gpus)))
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    sweep = repo / "sweep.txt"
+    sweep.write_text("# a comment\n\n" + "".join(f"e2e synthetic --name run{n}\n" for n in range(1, lines + 1)))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", OUT=str(out), **(env_extra or {}))
+    done = subprocess.run(["bash", "scripts/gpu_parallel.sh", "sweep.txt"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def gpus_given(out: Path) -> dict[str, str]:
+    archive = out / "results.tar.gz"
+    if archive.is_file():
+        with tarfile.open(archive) as tar:
+            return {Path(m.name).stem: tar.extractfile(m).read().decode().strip() for m in tar.getmembers() if m.isfile()}
+    return {p.stem: p.read_text().strip() for p in (out / "results").iterdir()}
+
+
+def test_lines_are_dealt_round_robin_over_the_gpus_and_many_results_come_back_as_one_archive(tmp_path):
+    out = run_sweep(tmp_path, lines=10, gpus=4)
+    assert sorted(p.name for p in out.iterdir()) == ["results.tar.gz"]          # 10 files > 8: archived
+    assert gpus_given(out) == {f"run{n}": str((n - 1) % 4) for n in range(1, 11)}
+
+
+def test_one_gpu_or_a_gpu_set_by_the_caller_is_left_alone_and_few_results_stay_files(tmp_path):
+    out = run_sweep(tmp_path / "one", lines=3, gpus=1)
+    assert not (out / "results.tar.gz").exists() and gpus_given(out) == {f"run{n}": "unset" for n in (1, 2, 3)}
+    out = run_sweep(tmp_path / "set", lines=3, gpus=4, env_extra={"CUDA_VISIBLE_DEVICES": "2"})
+    assert gpus_given(out) == {f"run{n}": "2" for n in (1, 2, 3)}
