@@ -67,3 +67,40 @@ def test_one_gpu_or_a_gpu_set_by_the_caller_is_left_alone_and_few_results_stay_f
     assert not (out / "results.tar.gz").exists() and gpus_given(out) == {f"run{n}": "unset" for n in (1, 2, 3)}
     out = run_sweep(tmp_path / "set", lines=3, gpus=4, env_extra={"CUDA_VISIBLE_DEVICES": "2"})
     assert gpus_given(out) == {f"run{n}": "2" for n in (1, 2, 3)}
+
+
+FAKE_BENCH = """import sys
+from pathlib import Path
+name = sys.argv[sys.argv.index("--json") + 1]
+Path("bench/results", name).write_text("old")      # the old tree's own results folder
+print("speed: old", Path(name).stem, " ".join(a for a in sys.argv[1:4]))
+"""
+
+
+def test_speed_ab_runs_the_two_trees_in_turn_and_collects_both(tmp_path):
+    """scripts/speed_ab.sh with stand-ins: new, old, new, old, each printing its speed line, the old tree's results
+    copied to $OUT/old/; without an old tree, a one-line error and exit 2."""
+    if shutil.which("bash") is None or shutil.which("python3") is None:
+        pytest.skip("no bash or python3")
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts/speed_ab.sh", repo / "scripts/speed_ab.sh")
+    host = repo / "scripts/gpu_host.sh"
+    host.write_text('#!/usr/bin/env bash\n[ "$#" -eq 0 ] && exit 0\nname=${@: -1}\n'
+                    'echo "speed: new $(basename "$name" .json) $2 $3 $4"\n')
+    host.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, OUT=str(out))
+    missing = subprocess.run(["bash", "scripts/speed_ab.sh"], cwd=repo, env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no old tree in ab_old/" in missing.stderr
+    (repo / "ab_old/bench").mkdir(parents=True)
+    (repo / "ab_old/bench/__init__.py").write_text("")
+    (repo / "ab_old/bench/optimize_bench.py").write_text(FAKE_BENCH)
+    done = subprocess.run(["bash", "scripts/speed_ab.sh"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    speed = [line for line in done.stdout.splitlines() if line.startswith("speed:")]
+    assert speed == ["speed: new ab_new_1 --gpu --only speed", "speed: old ab_old_1 --gpu --only speed",
+                     "speed: new ab_new_2 --gpu --only speed", "speed: old ab_old_2 --gpu --only speed"]
+    assert sorted(p.name for p in (out / "old").iterdir()) == ["ab_old_1.json", "ab_old_2.json"]
