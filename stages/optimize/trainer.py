@@ -694,7 +694,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             pick = random_rows(model.dynamic_index(), 2048, generator)
             group = torch.cat([pick[:, None], neighbors[pick]], dim=1)                 # (M, 1 + k)
             when = float(torch.rand((), generator=sampler.generator))                 # host-side: no sync
-            deformed = model.positions_at_time(when, group)                            # (count, 1 + k, 3)
+            deformed = model.positions_at_time(when, group)                            # (M, 1 + k, 3)
             canonical = model.splats["means"].index_select(0, group.reshape(-1)).view(*group.shape, 3)
             rigidity = rigidity_loss(deformed[:, 0], deformed[:, 1:], canonical[:, 0], canonical[:, 1:])
             loss = loss + cfg.rigidity_lambda * rigidity
