@@ -67,6 +67,10 @@ class OptimizeConfig:
     planes_resolution: list[int] = option([32, 64], "planes: spatial resolutions of the multi-resolution planes.")
     planes_time_resolution: int = option(0, "planes: time resolution (0 = half the number of distinct training "
                                          "times, at least 4).")
+    planes_level_time_resolution: list[int] = option([], "planes: one time resolution per level of "
+                                                     "planes_resolution, in its order, instead of "
+                                                     "planes_time_resolution for all (e.g. a coarse level coarse "
+                                                     "in time, a fine level finer); [] = off.")
     planes_features: int = option(16, "planes: feature channels per plane.")
     planes_head_width: int = option(64, "planes: hidden width of the MLP head.")
     field_embedding: int = option(0, "mlp/planes: channels of a learned per-Gaussian latent code that the field "

@@ -35,7 +35,7 @@ behind) share one velocity field there.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -365,7 +365,8 @@ class PlanesField(Deformation):
     """Multi-resolution space-time planes (HexPlane / K-planes layout) and a small MLP head.
 
     For each spatial resolution r: six feature planes (F channels) over (x, y), (x, z), (y, z) at r x r and
-    (x, t), (y, t), (z, t) at r x T (T cells along time). Bilinear samples are multiplied across the six planes; the
+    (x, t), (y, t), (z, t) at r x T (T cells along time; ``time_resolution`` one T for every level or one per
+    level, e.g. a coarse level coarse in time and a fine one finer). Bilinear samples are multiplied across the six planes; the
     products of all resolutions are concatenated (with the Gaussian's latent code ``field_embedding`` (E,) when
     ``embedding`` > 0) and decoded by Linear-ReLU-Linear (last layer zero: no motion at the start). Spatial planes
     start uniform in [0.1, 0.5], time planes at 1 (time-independent features). With ``anchor_time`` each level has
@@ -382,19 +383,24 @@ class PlanesField(Deformation):
 
     kind = "planes"
 
-    def __init__(self, box: Box | None = None, resolutions: tuple[int, ...] = (32, 64), time_resolution: int = 16,
-                 features: int = 16, head_width: int = 64, with_opacity: bool = False, embedding: int = 0,
-                 anchor_time: bool = False):
+    def __init__(self, box: Box | None = None, resolutions: tuple[int, ...] = (32, 64),
+                 time_resolution: int | Sequence[int] = 16, features: int = 16, head_width: int = 64,
+                 with_opacity: bool = False, embedding: int = 0, anchor_time: bool = False):
         super().__init__(with_opacity)
         self.box = box or Box()
-        self.resolutions, self.time_resolution = tuple(int(r) for r in resolutions), int(time_resolution)
+        self.resolutions = tuple(int(r) for r in resolutions)
+        if isinstance(time_resolution, (int, float)):
+            time_resolution = [time_resolution] * len(self.resolutions)
+        self.time_resolutions = tuple(int(t) for t in time_resolution)                   # T of each level
+        if len(self.time_resolutions) != len(self.resolutions) or min(self.time_resolutions) < 1:
+            raise ValueError(f"PlanesField: one time resolution >= 1 per level (resolutions {self.resolutions}, "
+                             f"time resolutions {self.time_resolutions})")
         self.features, self.head_width = features, head_width
         self.embedding = int(embedding)
         self.anchor_time = bool(anchor_time)
-        T = self.time_resolution
         blocks, shapes = [], []
         self._block_rows: list[tuple[int, int, int, int]] = []   # (first row, planes, H, W) of each level's blocks
-        for r in self.resolutions:
+        for r, T in zip(self.resolutions, self.time_resolutions):
             level = [torch.empty(3, features, r, r).uniform_(0.1, 0.5),                  # xy, xz, yz
                      torch.ones(3, features, T, r)]                                        # xt, yt, zt
             if self.anchor_time:
@@ -450,7 +456,9 @@ class PlanesField(Deformation):
         self.register_buffer("tv_weight", torch.cat(weight), persistent=False)
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "resolutions": list(self.resolutions), "time_resolution": self.time_resolution,
+        times = self.time_resolutions
+        return {"kind": self.kind, "resolutions": list(self.resolutions),
+                "time_resolution": times[0] if len(set(times)) == 1 else list(times),
                 "features": self.features, "head_width": self.head_width, "with_opacity": self.with_opacity,
                 **_embedding_spec(self.embedding), **_anchor_spec(self.anchor_time)}
 
@@ -606,6 +614,8 @@ def deformation_spec_from_config(cfg, n_times: int) -> dict[str, Any] | None:
                 **_anchor_spec(cfg.field_anchor_time)}
     if kind in ("planes", "planes_bases"):
         time_res = cfg.planes_time_resolution or max(4, n_times // 2)
+        if cfg.planes_level_time_resolution:
+            time_res = list(cfg.planes_level_time_resolution)
         planes = {"kind": "planes", "resolutions": list(cfg.planes_resolution), "time_resolution": time_res,
                   "features": cfg.planes_features, "head_width": cfg.planes_head_width,
                   "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),

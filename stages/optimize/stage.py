@@ -48,6 +48,10 @@ def check_config(cfg: OptimizeConfig) -> None:
     if not cfg.planes_resolution or min(cfg.planes_resolution) < 1:
         problems.append(f"planes_resolution must be a non-empty list of integers >= 1 "
                         f"(got {cfg.planes_resolution})")
+    if cfg.planes_level_time_resolution and (len(cfg.planes_level_time_resolution) != len(cfg.planes_resolution)
+                                             or min(cfg.planes_level_time_resolution) < 1):
+        problems.append(f"planes_level_time_resolution must be [] or one integer >= 1 per level of "
+                        f"planes_resolution {cfg.planes_resolution} (got {cfg.planes_level_time_resolution})")
     for name in [f.name for f in dataclasses.fields(cfg) if f.name.startswith("lr_") and f.name != "lr_final_factor"]:
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
             problems.append(f"{name} must be a finite number >= 0 (got {getattr(cfg, name):g})")

@@ -135,12 +135,13 @@ def test_a_zero_sample_keeps_the_other_planes_gradient():
     torch.testing.assert_close(grad[4:, 0], torch.zeros(4, dtype=F64))
 
 
-@pytest.mark.parametrize("anchor_time", [False, True])
-def test_field_offsets_and_gradients_equal_the_grid_sample_formulation(anchor_time):
-    """Also with the anchor-time planes (ten planes per level over five coordinates)."""
+@pytest.mark.parametrize("anchor_time,time_resolution", [(False, 5), (True, 5), (False, (3, 7)), (True, (7, 3))])
+def test_field_offsets_and_gradients_equal_the_grid_sample_formulation(anchor_time, time_resolution):
+    """Also with the anchor-time planes (ten planes per level over five coordinates) and with one time resolution
+    per level."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    field = PlanesField(Box(), (4, 8), 5, 3, 8, anchor_time=anchor_time).double()
+    field = PlanesField(Box(), (4, 8), time_resolution, 3, 8, anchor_time=anchor_time).double()
     with torch.no_grad():
         for p in field.parameters():
             p.add_(torch.randn(p.shape, generator=gen, dtype=F64) * 0.3)
@@ -165,6 +166,26 @@ def test_plane_views_are_the_table():
     with torch.no_grad():
         field.table[field.layout.offset[1] + 2 * 4 + 3, 1] = 7.0     # plane xz (second), row v = 2, column u = 3
     assert float(field.plane(0, 0)[1, 1, 2, 3].detach()) == 7.0
+
+
+def test_one_time_resolution_per_level_shapes_spec_and_config():
+    from stages.optimize.config import OptimizeConfig
+    from stages.optimize.deformation import build_deformation, deformation_spec_from_config
+
+    field = PlanesField(Box(), (4, 8), (3, 10), 2, 8, anchor_time=True)
+    assert field.plane(0, 1).shape == (3, 2, 3, 4) and field.plane(1, 1).shape == (3, 2, 10, 8)
+    assert field.plane(0, 2).shape == (3, 2, 3, 4) and field.plane(1, 3).shape == (1, 2, 10, 10)
+    assert field.table.shape[0] == (3 * 16 + 3 * 12 + 3 * 12 + 9) + (3 * 64 + 3 * 80 + 3 * 80 + 100)
+    assert field.spec()["time_resolution"] == [3, 10]
+    assert PlanesField(Box(), (4, 8), (6, 6), 2, 8).spec()["time_resolution"] == 6    # older readers' form
+    rebuilt = build_deformation(field.spec())
+    assert rebuilt.time_resolutions == (3, 10) and rebuilt.table.shape == field.table.shape
+    cfg = OptimizeConfig(deformation="planes", planes_resolution=[16, 32], planes_time_resolution=6)
+    assert deformation_spec_from_config(cfg, n_times=50)["time_resolution"] == 6
+    cfg.planes_level_time_resolution = [6, 25]
+    assert deformation_spec_from_config(cfg, n_times=50)["time_resolution"] == [6, 25]
+    with pytest.raises(ValueError, match="one time resolution >= 1 per level"):
+        PlanesField(Box(), (4, 8), (3,), 2, 8)
 
 
 def test_checkpoints_before_the_table_resume_except_for_planes(tmp_path):

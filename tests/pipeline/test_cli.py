@@ -77,6 +77,8 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     ("optimize.keep_checkpoints=0", "keep_checkpoints must be >= 1 (got 0)"),
     ("optimize.reset_every=-1", "reset_every must be >= 0 (got -1)"),
     ("optimize.planes_time_resolution=-1", "planes_time_resolution must be >= 0 (got -1)"),
+    ("optimize.planes_level_time_resolution=[6]", "planes_level_time_resolution must be [] or one integer >= 1 "
+                                                  "per level"),
     ("optimize.mlp_time_frequencies=-1", "mlp_time_frequencies must be >= 0 (got -1)"),
     ("optimize.mlp_position_frequencies=-2", "mlp_position_frequencies must be >= 0 (got -2)"),
     ("optimize.max_anisotropy=1", "max_anisotropy must be a finite number > 1 (got 1)"),
