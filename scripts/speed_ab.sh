@@ -10,7 +10,8 @@
 #
 # Default arguments: --gpu --only speed --variants eager --models mlp planes none --repeats 1. Results:
 # bench/results/sweeps/ab_new_{1,2}.json (copied to $OUT/results/ by gpu_host.sh) and ab_old_{1,2}.json (copied to
-# $OUT/old/); the `speed:` lines of each run are printed.
+# $OUT/old/); the `speed:` lines of each run are printed (the newer tree's bench prints them), then a table of both
+# (bench/speed_ab_table.py), also written to $OUT/ab_summary.json (without $OUT: bench/results/sweeps/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -d ab_old/bench ]; then
@@ -33,3 +34,7 @@ echo "== new 1"; new ab_new_1
 echo "== old 1"; old ab_old_1
 echo "== new 2"; new ab_new_2
 echo "== old 2"; old ab_old_2
+echo "== both, side by side"
+summary="${OUT:-bench/results/sweeps}/ab_summary.json"
+python3 -m bench.speed_ab_table --new bench/results/sweeps/ab_new_{1,2}.json \
+  --old ab_old/bench/results/sweeps/ab_old_{1,2}.json --out "$summary"

@@ -4,6 +4,7 @@ keeps a GPU set by the caller, and that more than 8 files under $OUT come back a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -69,11 +70,22 @@ def test_one_gpu_or_a_gpu_set_by_the_caller_is_left_alone_and_few_results_stay_f
     assert gpus_given(out) == {f"run{n}": "2" for n in (1, 2, 3)}
 
 
-FAKE_BENCH = """import sys
+FAKE_BENCH = """import json, sys
 from pathlib import Path
 name = sys.argv[sys.argv.index("--json") + 1]
-Path("bench/results", name).write_text("old")      # the old tree's own results folder
+run = int(Path(name).stem[-1])
+Path("bench/results", name).write_text(json.dumps({"environment": {"git_commit": "OLD"}, "speed": {"models": [
+    {"model": "mlp", "variant": "eager", "it_per_s": 50.0 + run, "it_per_s_runs": [50.0 + run]}]}}))
 print("speed: old", Path(name).stem, " ".join(a for a in sys.argv[1:4]))
+"""
+FAKE_SPEED_HOST = """#!/usr/bin/env bash
+[ "$#" -eq 0 ] && exit 0
+name=${@: -1}
+mkdir -p bench/results/sweeps
+run=$(basename "$name" .json); run=${run: -1}
+echo '{"environment": {"git_commit": "NEW"}, "speed": {"models": [{"model": "mlp", "variant": "eager", ' \\
+     '"it_per_s": 6'$run'.0, "it_per_s_runs": [6'$run'.0]}]}}' > "bench/results/$name"
+echo "speed: new $(basename "$name" .json) $2 $3 $4"
 """
 
 
@@ -85,9 +97,11 @@ def test_speed_ab_runs_the_two_trees_in_turn_and_collects_both(tmp_path):
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "scripts/speed_ab.sh", repo / "scripts/speed_ab.sh")
+    (repo / "bench").mkdir()
+    for name in ("__init__.py", "speed_ab_table.py"):
+        shutil.copy(ROOT / "bench" / name, repo / "bench" / name)
     host = repo / "scripts/gpu_host.sh"
-    host.write_text('#!/usr/bin/env bash\n[ "$#" -eq 0 ] && exit 0\nname=${@: -1}\n'
-                    'echo "speed: new $(basename "$name" .json) $2 $3 $4"\n')
+    host.write_text(FAKE_SPEED_HOST)
     host.chmod(0o755)
     out = tmp_path / "out"
     out.mkdir()
@@ -104,3 +118,20 @@ def test_speed_ab_runs_the_two_trees_in_turn_and_collects_both(tmp_path):
     assert speed == ["speed: new ab_new_1 --gpu --only speed", "speed: old ab_old_1 --gpu --only speed",
                      "speed: new ab_new_2 --gpu --only speed", "speed: old ab_old_2 --gpu --only speed"]
     assert sorted(p.name for p in (out / "old").iterdir()) == ["ab_old_1.json", "ab_old_2.json"]
+    table = done.stdout.split("== both, side by side\n")[1].splitlines()
+    assert table[0].startswith("new = NEW; old = OLD")
+    assert table[2].split() == ["mlp", "eager", "61.0", "/", "62.0", "51.0", "/", "52.0", "61.5", "51.5", "1.194"]
+    summary = json.loads((out / "ab_summary.json").read_text())
+    assert summary["rows"][0]["new_over_old"] == 1.194 and summary["old_commits"] == ["OLD", "OLD"]
+
+
+def test_speed_ab_table_names_a_missing_or_foreign_file(tmp_path, capsys):
+    from bench.speed_ab_table import main
+
+    other = tmp_path / "other.json"
+    other.write_text('{"quality": []}')
+    assert main(["--new", str(tmp_path / "absent.json"), "--old", str(other)]) == 2
+    assert main(["--new", str(other), "--old", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"speed_ab_table: no results file {tmp_path / 'absent.json'}",
+                   "speed_ab_table: not an optimize_bench speed result (KeyError: 'speed')"]
