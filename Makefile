@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 reconstruct: install
-	$(VENV)/bin/page4dgs reconstruct $(SCENE) --config $(CONFIG) $(if $(OUT),--out $(OUT)) $(ARGS)
+	$(VENV)/bin/page4dgs reconstruct "$(SCENE)" --config "$(CONFIG)" $(if $(OUT),--out "$(OUT)") $(ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -159,7 +159,8 @@ def summarize(runs: list[dict]) -> list[dict]:
     rows = []
     for kind in dict.fromkeys(r["kind"] for r in done):
         for model in dict.fromkeys(r["deformation"] for r in done if r["kind"] == kind):
-            mine = [r for r in done if r["kind"] == kind and r["deformation"] == model]
+            mine = sorted((r for r in done if r["kind"] == kind and r["deformation"] == model),
+                          key=lambda r: r["seed"])
             row = {"kind": kind, "deformation": model, "runs": len(mine), "seeds": [r["seed"] for r in mine]}
             for key in ("psnr", "ssim", "lpips_alex"):
                 values = [r["metrics"][key] for r in mine if r["metrics"].get(key) is not None]

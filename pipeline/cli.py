@@ -151,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, StageInterrupted):
         if debug:
             raise
-        print("page4dgs: interrupted; finished stages are kept, run the same command again to resume",
+        command = argv[0] if argv else ""
+        print("page4dgs: interrupted; no scene was written (its folder appears only when complete)"
+              if command == "make-scene" else
+              "page4dgs: interrupted; finished stages are kept, run the same command again to resume",
               file=sys.stderr)
         return 130
     finally:

@@ -50,15 +50,16 @@ def _scene_of_run(run_dir: Path) -> str | None:
     return canonical_source(scene_source_for(run_dir, source)) if isinstance(source, str) else None
 
 
-def check_run_folder(run_dir: Path, source: str, chosen: bool) -> None:
+def check_run_folder(run_dir: Path, source: str, chosen: bool) -> str | None:
     """Refuse a run folder whose files the stages would replace without being ours: a file, a folder holding other
     things and no manifest, or (``chosen`` False: the default runs/<name>) a run of another scene, since two scenes
     with the same name share a default folder. ``chosen``: the user named the folder with --out (then another
-    scene's run there is replaced, with a warning, as asked)."""
+    scene's run there is replaced, with a warning, as asked). Returns that warning, for the caller to log once the
+    scene has loaded (a scene that fails to load replaces nothing)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError("run folder is a file", run_dir)
     if not run_dir.is_dir():
-        return
+        return None
     entries = {p.name for p in run_dir.iterdir()}
     if not (run_dir / "manifest.json").exists() and entries - FIRST_RUN_ENTRIES:
         raise UserError("is not a page4dgs run folder and is not empty (the stages would replace parts of it); "
@@ -68,13 +69,15 @@ def check_run_folder(run_dir: Path, source: str, chosen: bool) -> None:
         if not chosen:
             raise UserError(f"holds the run of another scene ({previous}); choose a run folder for this one with "
                             "--out", run_dir)
-        log.warning(f"{run_dir} holds the run of another scene ({previous}): its outputs are replaced")
+        return f"{run_dir} holds the run of another scene ({previous}): its outputs are replaced"
+    return None
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from pipeline.runner import run_pipeline
+    from pipeline.runner import check_stage_range, run_pipeline
     from pipeline.scene import detect_format, load_scene
 
+    check_stage_range(args.from_stage, args.until_stage)      # before a video is decoded
     source = args.scene
     preset = args.config
     if preset == "auto":
@@ -83,8 +86,10 @@ def reconstruct(args: argparse.Namespace) -> int:
     config = load_config(preset, [f"scene.source={source}", *args.overrides])
     config.scene.source = source  # keep the path as a string even if it looks like a number
     run_dir = args.out or _default_run_dir(source)
-    check_run_folder(run_dir, source, chosen=args.out is not None)
+    replacing = check_run_folder(run_dir, source, chosen=args.out is not None)
     scene = load_scene(config.scene)
+    if replacing:
+        log.warning(replacing)
     log.info(f"scene '{scene.name}' ({scene.format}): {len(scene.frames)} frames, "
              f"{len(scene.train_frames)} train / {len(scene.test_frames)} test; preset '{preset}'; run folder {run_dir}")
     for note in scene.notes:

@@ -316,13 +316,22 @@ def check_stage_configs(config: Config, stages: tuple[StageSpec, ...] = STAGES) 
             _function(spec.check)(getattr(config, spec.name))
 
 
-def run_pipeline(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str] = None,
-                 until_stage: Optional[str] = None, stages: tuple[StageSpec, ...] = STAGES) -> dict[str, dict]:
-    """Run every stage that is out of date, in order. Returns each stage's manifest entry."""
+def check_stage_range(from_stage: Optional[str], until_stage: Optional[str],
+                      stages: tuple[StageSpec, ...] = STAGES) -> None:
+    """``--from`` and ``--until`` name stages, the first not after the second."""
     names = [s.name for s in stages]
     for option, value in (("--from", from_stage), ("--until", until_stage)):
         if value is not None and value not in names:
             raise UserError(f"{option}: unknown stage '{value}' (stages: {', '.join(names)})")
+    if from_stage is not None and until_stage is not None and names.index(from_stage) > names.index(until_stage):
+        raise UserError(f"--from {from_stage} comes after --until {until_stage}: no stage would run "
+                        f"(stages in order: {', '.join(names)})")
+
+
+def run_pipeline(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str] = None,
+                 until_stage: Optional[str] = None, stages: tuple[StageSpec, ...] = STAGES) -> dict[str, dict]:
+    """Run every stage that is out of date, in order. Returns each stage's manifest entry."""
+    check_stage_range(from_stage, until_stage, stages)
     check_stage_configs(config, stages)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = add_file_log(run_dir / "log.txt")

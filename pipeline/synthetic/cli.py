@@ -12,18 +12,22 @@ from pipeline.synthetic.writer import ObjectSceneOptions, RoomSceneOptions, make
 
 log = get_logger("synthetic")
 
+MAX_FRAMES = 2000    # frames (or test views) per scene: 200 x 200 x 2000 is ~1 GB of images
+MAX_RES = 4096       # image width in pixels
+
 
 def make_scene_command(args: argparse.Namespace) -> int:
     """Generate a scene. ``--frames``: room video frames (default 48) or object training frames (default 100, with
     20 test and 10 validation views; fewer for fewer frames); ``--res``: image width (rooms: 16:9; objects: square;
     defaults 256 and 200); ``--test-views``: objects' held-out views (issue #6's protocol: 50 frames, 20 views)."""
-    if args.frames is not None and args.frames < 2:
-        raise UserError(f"--frames must be at least 2, got {args.frames}")
-    if args.res is not None and args.res < 8:
-        raise UserError(f"--res must be at least 8 pixels, got {args.res}")
+    if args.frames is not None and not 2 <= args.frames <= MAX_FRAMES:
+        raise UserError(f"--frames must lie in [2, {MAX_FRAMES}], got {args.frames}")
+    if args.res is not None and not 8 <= args.res <= MAX_RES:
+        raise UserError(f"--res must lie in [8, {MAX_RES}] pixels, got {args.res}")
     test_views = getattr(args, "test_views", None)
-    if test_views is not None and (args.kind != "object" or test_views < 1):
-        raise UserError("--test-views is for object scenes and must be at least 1" if args.kind == "object"
+    if test_views is not None and (args.kind != "object" or not 1 <= test_views <= MAX_FRAMES):
+        raise UserError(f"--test-views is for object scenes and must lie in [1, {MAX_FRAMES}]"
+                        if args.kind == "object"
                         else "--test-views is for object scenes (a room holds out every 8th frame instead)")
     if not 0 <= args.seed < 2**63:
         raise UserError(f"--seed must lie in [0, 2^63), got {args.seed}")

@@ -157,6 +157,11 @@ def check_config(cfg: InitializeConfig) -> None:
         raise UserError("initialize: max_gaussians must be >= 1, init_opacity in (0, 1)")
     if not (math.isfinite(cfg.init_scale) and cfg.init_scale > 0):
         raise UserError(f"initialize.init_scale must be a finite number > 0, got {cfg.init_scale:g}")
+    if not 0.0 <= cfg.confidence_percentile <= 100.0:
+        raise UserError(f"initialize.confidence_percentile must be in [0, 100], got {cfg.confidence_percentile:g}")
+    for name in ("min_confidence", "max_depth_edge"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
+            raise UserError(f"initialize.{name} must be a finite number >= 0, got {getattr(cfg, name):g}")
 
 
 def run(ctx) -> dict:

@@ -21,7 +21,7 @@ from torch import nn
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
 from stages.optimize.deformation import POSITION, Box, Deformation, build_deformation
-from stages.optimize.gaussians import sh_coefficients, splats_from_state
+from stages.optimize.gaussians import num_sh_coefficients, sh_coefficients, splats_from_state
 from stages.optimize.rasterize import RASTERIZE_MODES
 from stages.optimize.rasterize.projection import ALPHA_THRESHOLD
 
@@ -354,20 +354,72 @@ def temporal_opacity(opacities: torch.Tensor, time: float | torch.Tensor, center
     return _TemporalOpacity.apply(opacities, time, centers, log_scales, is_dynamic)
 
 
+def check_splats(splats: Any, sh_degree: Any, deformation: Optional[Deformation], temporal_opacity: bool) -> None:
+    """Raise ValueError naming the first way saved per-Gaussian tensors ``splats`` do not make a model: every entry a
+    tensor of one row count N >= 1, the shapes of :mod:`stages.optimize.gaussians` (shN (N, (d + 1)^2 - 1, 3) for
+    ``sh_degree`` d in 0..3), the time entries with temporal opacity and the ``deformation``'s per-Gaussian ones."""
+    if not isinstance(splats, dict) or not all(isinstance(v, torch.Tensor) for v in splats.values()):
+        raise ValueError("its splats are not a dict of tensors")
+    if "means" not in splats or splats["means"].dim() == 0:
+        raise ValueError("no Gaussian means")
+    n = splats["means"].shape[0]
+    for key, value in splats.items():
+        if value.dim() == 0 or value.shape[0] != n:
+            rows = "a scalar" if value.dim() == 0 else f"{value.shape[0]} rows"
+            raise ValueError(f"the per-Gaussian tensors disagree on the Gaussian count: means has {n} rows, "
+                             f"{key} {rows}")
+    if n == 0:
+        raise ValueError("no Gaussians")
+    if isinstance(sh_degree, bool) or not isinstance(sh_degree, int) or not 0 <= sh_degree <= 3:
+        raise ValueError(f"sh_degree {sh_degree!r}, expected 0 to 3")
+    expected = {"means": (3,), "quats": (4,), "scales": (3,), "opacities": (), "sh0": (1, 3), "anchor_times": (),
+                "is_dynamic": ()}
+    if sh_degree > 0 or "shN" in splats:
+        expected["shN"] = (num_sh_coefficients(sh_degree) - 1, 3)
+    if deformation is not None:
+        expected.update({key: () for key in ("time_centers", "time_log_scales") if temporal_opacity})
+        expected.update(deformation.per_gaussian_shapes())
+    for key, trailing in expected.items():
+        if key not in splats:
+            raise ValueError(f"no {key} among the per-Gaussian tensors")
+        if tuple(splats[key].shape) != (n, *trailing):
+            raise ValueError(f"{key} has shape {list(splats[key].shape)}, expected {[n, *trailing]}"
+                             + (f" for sh_degree {sh_degree}" if key == "shN" else ""))
+        dtype = splats[key].dtype
+        if dtype != torch.bool if key == "is_dynamic" else not dtype.is_floating_point:
+            raise ValueError(f"{key} has dtype {str(dtype).replace('torch.', '')}")
+
+
 def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> GaussianModel4D:
+    """The model of a :meth:`GaussianModel4D.to_state` dict. Contents that do not make a model raise ValueError
+    (:func:`check_splats`) or whatever torch raises on them (a deformation state of other shapes: RuntimeError)."""
     box = None
     if state.get("box") is not None:
         box = Box(state["box"]["center"], state["box"]["half_size"])
     deformation = build_deformation(state["deformation"], box)
     if deformation is not None and state.get("deformation_state") is not None:
         deformation.load_state_dict(state["deformation_state"])
+    check_splats(state["splats"], state["sh_degree"], deformation, bool(state["temporal_opacity"]))
     model = GaussianModel4D(splats_from_state(state["splats"]), deformation, state["sh_degree"],
                             state["temporal_opacity"], state.get("rasterize_mode", "classic"))   # absent before it existed
     return model.to(device)
 
 
+def short_reason(err: BaseException) -> str:
+    """One line about ``err`` for a message: a missing key as such, else the first line of its text that says
+    something (the second of torch's "Error(s) in loading state_dict for X:" ...), at most 200 characters."""
+    if isinstance(err, KeyError):
+        return f"no {err.args[0]!r} entry" if err.args else "a missing entry"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines = lines[1:]
+    return (lines[0].rstrip(".")[:200] if lines else "") or type(err).__name__
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> GaussianModel4D:
-    """Read ``optimize/model.pt`` (no pickled code is executed: ``weights_only=True``)."""
+    """Read ``optimize/model.pt`` (no pickled code is executed: ``weights_only=True``). A file that is not a page4dgs
+    model, or one whose contents do not make a model (shapes, counts, an unknown deformation), is a one-line
+    :class:`UserError` naming ``path``."""
     path = Path(path)
     if not path.is_file():
         raise UserError("model file not found", path)
@@ -377,10 +429,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Gaussian
         raise UserError(f"not a readable page4dgs model ({type(err).__name__})", path) from None
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise UserError("not a page4dgs 4D Gaussian model", path)
-    if state.get("version", 0) > MODEL_VERSION:
-        raise UserError(f"model version {state['version']} is newer than this page4dgs reads ({MODEL_VERSION})", path)
+    version = state.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UserError(f"not a usable page4dgs model (version {version!r})", path)
+    if version > MODEL_VERSION:
+        raise UserError(f"model version {version} is newer than this page4dgs reads ({MODEL_VERSION})", path)
     if state.get("rasterize_mode", "classic") not in RASTERIZE_MODES:
         raise UserError(f"unknown rasterize_mode {state['rasterize_mode']!r} in the model", path)
-    model = model_from_state(state, device)
+    try:
+        model = model_from_state(state, device)
+    except (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise UserError(f"not a usable page4dgs model ({short_reason(err)})", path) from None
     model.eval()
     return model

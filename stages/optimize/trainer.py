@@ -36,12 +36,13 @@ from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_loss, depth_loss, opacity_loss,
                                     photometric_loss, psnr_from_mse, residual_loss, rigidity_loss)
-from stages.optimize.model import GaussianModel4D, accelerations, compile_function
+from stages.optimize.model import GaussianModel4D, accelerations, compile_function, short_reason
 
 log = get_logger("optimize")
 
 LOG_COLUMNS = ("step", "loss", "l1", "ssim", "depth", "motion", "rigidity", "scale", "psnr", "gaussians", "seconds")
 CHECKPOINT_FORMAT = "page4dgs-optimize-checkpoint"
+CHECKPOINT_KEYS = ("splats", "deformation", "cameras", "optimizer", "strategy_state", "loop", "sampler", "rng")
 CHECKPOINT_VERSION = 3        # 3: the planes field's planes as one table parameter (2: a parameter per level and
                               # kind; version 2 checkpoints of the other models resume unchanged); 2: one optimizer
                               # with a parameter group per name (1: an optimizer per name)
@@ -344,6 +345,73 @@ def restore(snapshot: dict[str, Any], cfg: OptimizeConfig, model: GaussianModel4
     return optimizer
 
 
+def check_fits(snapshot: dict[str, Any], model: GaussianModel4D, cameras: Optional[torch.nn.Parameter],
+               sampler: EpochSampler) -> None:
+    """Raise ValueError naming the first way a checkpoint's ``snapshot`` does not fit this run before
+    :func:`restore` loads it: its splats must be the model's entries, each (N, ...) with the model's trailing shape
+    and dtype, one N >= 1 for all (the strategy state's tensors too); its camera corrections and frame order those of
+    this run's ``cameras`` and ``sampler``."""
+    splats = snapshot["splats"]
+    if not isinstance(splats, dict) or set(splats) != set(model.splats.keys()):
+        have = sorted(splats) if isinstance(splats, dict) else type(splats).__name__
+        raise ValueError(f"its Gaussians have the entries {have}, this run's {sorted(model.splats.keys())}")
+    n = splats["means"].shape[0] if isinstance(splats["means"], torch.Tensor) and splats["means"].dim() else 0
+    if n == 0:
+        raise ValueError("no Gaussians")
+    for key, value in splats.items():
+        want = model.splats[key]
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"splats {key} is a {type(value).__name__}, not a tensor")
+        if value.dim() == 0 or value.shape[0] != n:
+            rows = "a scalar" if value.dim() == 0 else f"{value.shape[0]} rows"
+            raise ValueError(f"the per-Gaussian tensors disagree on the Gaussian count: means has {n} rows, "
+                             f"{key} {rows}")
+        if value.shape[1:] != want.shape[1:]:
+            raise ValueError(f"splats {key} has shape {list(value.shape)}, expected {[n, *want.shape[1:]]}")
+        if value.dtype != want.dtype:
+            raise ValueError(f"splats {key} is {str(value.dtype).replace('torch.', '')}, "
+                             f"expected {str(want.dtype).replace('torch.', '')}")
+    for key, value in snapshot["strategy_state"].items():
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] != n:
+            raise ValueError(f"the densification state {key} has {value.shape[0]} rows for {n} Gaussians")
+    saved = snapshot["cameras"]
+    if (saved is None) != (cameras is None) or (cameras is not None and saved.shape != cameras.shape):
+        describe = lambda c: "no camera corrections" if c is None else f"camera corrections {list(c.shape)}"
+        raise ValueError(f"{describe(saved)}, this run has {describe(cameras)}")
+    order = snapshot["sampler"]["order"]
+    if order.shape != (sampler.n,):
+        raise ValueError(f"a frame order of shape {list(order.shape)}, this run trains on {sampler.n} frames")
+    step = snapshot["loop"]["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step {step!r}")
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError when a restored optimizer's moments do not have the shapes of their parameters."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    raise ValueError(f"the optimizer's {key} of {group.get('name', 'a group')} has shape "
+                                     f"{list(value.shape)}, its parameter {list(param.shape)}")
+
+
+def resume_from(path: Path, snapshot: dict[str, Any], cfg: OptimizeConfig, model: GaussianModel4D, cameras,
+                strategy_state: dict[str, Any], loop: LoopState, sampler: EpochSampler, scale: float,
+                generator: Optional[torch.Generator]) -> torch.optim.Adam:
+    """:func:`restore` the checkpoint ``snapshot`` read from ``path``, random states included; returns the
+    optimizer. A checkpoint that does not fit this run (shapes, counts, entries) is a one-line :class:`UserError`."""
+    try:
+        check_fits(snapshot, model, cameras, sampler)
+        optimizer = restore(snapshot, cfg, model, cameras, strategy_state, loop, sampler, scale)
+        check_optimizer(optimizer)
+        _set_rng_state(snapshot["rng"], generator)
+    except (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise UserError(f"checkpoint does not fit this run ({short_reason(err)}); delete it to start over",
+                        path) from None
+    return optimizer
+
+
 def time_jitter_std(cfg: OptimizeConfig, step: int, gap: float) -> float:
     """Standard deviation of the render-time offset at ``step`` (units of time): ``cfg.time_jitter`` median gaps
     ``gap``, falling linearly to 0 at ``time_jitter_until`` (0: the last step, ``iterations``); 0 when off."""
@@ -410,18 +478,24 @@ class UnreadableCheckpoint(UserError):
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The state a checkpoint file holds: a dict of :data:`CHECKPOINT_FORMAT`, a version this code resumes and every
+    entry of :data:`CHECKPOINT_KEYS`, else a one-line :class:`UserError` (:class:`UnreadableCheckpoint` for a file
+    torch cannot load). Whether it fits the run is :func:`resume_from`'s to say."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UnreadableCheckpoint(f"unreadable checkpoint ({type(err).__name__}); delete it to start over",
                                    path) from None
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError("not an optimize checkpoint", path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError("not an optimize checkpoint; delete it to start over", path)
     version = state.get("version", 1)
     planes_before_table = any(re.match(r"planes\.\d", k) for k in (state.get("deformation") or {}))
     if version != CHECKPOINT_VERSION and not (version == 2 and not planes_before_table):
         raise UserError(f"checkpoint version {state.get('version', 1)}, this page4dgs resumes version "
                         f"{CHECKPOINT_VERSION}; delete it to start over", path)
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise UserError(f"incomplete checkpoint (no {', '.join(missing)}); delete it to start over", path)
     return state
 
 
@@ -601,9 +675,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     resumed_from = None
     latest, state = read_latest_checkpoint(ckpt_dir) if resume else (None, None)
     if latest is not None:
-        optimizer = restore(state, cfg, model, cameras, strategy_state, loop, sampler, scale)
+        optimizer = resume_from(latest, state, cfg, model, cameras, strategy_state, loop, sampler, scale, generator)
         splat_opts = splat_optimizers(optimizer, model)
-        _set_rng_state(state["rng"], generator)
         resumed_from = loop.step
         log.info(f"resuming from {latest.name} (step {loop.step})")
         kept = read_log_rows(log_path, loop.step)

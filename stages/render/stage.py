@@ -7,6 +7,7 @@ The same pieces serve ``page4dgs render`` on a finished run (:mod:`stages.render
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -125,10 +126,11 @@ def render_video(inputs: RunInputs, path_name: str, out_mp4: Path, n_views: Opti
     width, height = views[0].width, views[0].height
     inverse_depths, alphas = [], []       # the depth video's colour range needs every frame: float16 / uint8
     with contextlib.ExitStack() as stack:
+        # the frame folder first: it refuses to replace a folder of the user's before any encoder starts
+        frames = stack.enter_context(FrameFolderWriter(files["frames"])) if cfg.video_png_frames else None
         color = stack.enter_context(Mp4Writer(files["color"], width, height, cfg.video_fps))
         dynamic = (stack.enter_context(Mp4Writer(files["dynamic"], width, height, cfg.video_fps))
                    if cfg.video_dynamic else None)
-        frames = stack.enter_context(FrameFolderWriter(files["frames"])) if cfg.video_png_frames else None
         for view in progress(views, desc=f"video {path_name}", unit="frame"):
             out = render_view(inputs.model, view, inputs.background, cfg.backend)
             rgb = np.round(out.rgb * 255).astype(np.uint8)
@@ -170,6 +172,10 @@ def check_config(cfg: RenderConfig) -> None:
         problems.append("frozen_time must lie in [0, 1]")
     if cfg.export_timestamps < 0:
         problems.append("export_timestamps must be >= 0")
+    if not math.isfinite(cfg.bullet_arc_deg):
+        problems.append(f"bullet_arc_deg must be a finite number (got {cfg.bullet_arc_deg:g})")
+    if not math.isfinite(cfg.video_fps):
+        problems.append(f"video_fps must be a finite number (got {cfg.video_fps:g})")
     if problems:
         raise UserError("render: " + "; ".join(problems))
 

@@ -3,6 +3,7 @@ colouring depth and dynamic-weight maps for display."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -100,7 +101,15 @@ class Mp4Writer:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self._writer.close()
+            # imageio-ffmpeg warns when a writer closes before its first frame; here that file is discarded anyway
+            # (an error, or ValueError below), so the warning would only sit above the real message.
+            quiet = logging.getLogger("imageio_ffmpeg")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR if self.frames == 0 else level)
+            try:
+                self._writer.close()
+            finally:
+                quiet.setLevel(level)
             if exc_type is None:
                 if self.frames == 0:
                     raise ValueError("no frames to write")

@@ -366,6 +366,34 @@ def test_resuming_into_a_different_model_or_trainable_set_is_a_clear_error(tmp_p
         training.train(_config(tmp_path / "c", str(other)), resume=checkpoint, data=data)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"state": "step 2"}, r"its training state is a str, not a mapping of counters"),
+    ({"state": {"step": "2"}}, r"its training state has step '2', not an integer"),
+    ({"state": {"steps": 2}}, r"its training state has unknown entries steps"),
+    ({"config": ["lr"]}, r"its config is a list, not a mapping"),
+    ({"mask_step": "0"}, r"its mask_step is a str, not a number"),
+])
+def test_resuming_from_a_checkpoint_with_damaged_entries_is_a_one_line_error(tmp_path, micro_model, change,
+                                                                             message):
+    """A checkpoint whose counters (or config, mask step) are not what train-model wrote: a one-line error naming
+    the file, from --resume and from the same command in its folder, not a TypeError from TrainState(**state)."""
+    from pipeline.errors import UserError
+
+    data = PlaneScenes(height=28, width=28, frames=2, seed=6)
+    first = training.train(_config(tmp_path / "a", micro_model, stop_after=1), data=data)
+    checkpoint = first.out_dir / "checkpoint.pt"
+    payload = torch.load(checkpoint, weights_only=True)
+    damaged = tmp_path / "ck.pt"
+    torch.save({**payload, **change}, damaged)
+    pattern = rf"ck.pt: damaged training checkpoint \({message}\)$"
+    with pytest.raises(UserError, match=pattern) as caught:
+        training.train(_config(tmp_path / "b", micro_model), resume=damaged, data=data)
+    assert "\n" not in str(caught.value)
+    damaged.replace(checkpoint)                                            # the run folder's own checkpoint
+    with pytest.raises(UserError, match=pattern.replace("ck.pt", "checkpoint.pt")):
+        training.train(_config(tmp_path / "a", micro_model), data=data)
+
+
 def test_model_config_values_are_typed(tmp_path, micro_model):
     from pipeline.errors import UserError
 

@@ -518,6 +518,55 @@ def test_load_model_rejects_other_files(tmp_path):
         load_model(tmp_path / "junk.pt")
 
 
+def _damaged(state: dict, change: str) -> dict:
+    """A copy of a model's :meth:`to_state` with one kind of damage (what load_model must refuse in one line)."""
+    state = {**state, "splats": dict(state["splats"])}
+    splats = state["splats"]
+    if change == "kind":
+        state["deformation"] = {**state["deformation"], "kind": "warp"}
+    elif change == "deformation_state":
+        state["deformation_state"] = {k: torch.zeros(*v.shape[:-1], v.shape[-1] + 1)
+                                      for k, v in state["deformation_state"].items()}
+    elif change == "rows":
+        splats["means"] = splats["means"][:10]
+    elif change == "sh_degree":
+        state["sh_degree"] = 7
+    elif change == "shN":
+        splats["shN"] = splats["shN"][:, :2]
+    elif change == "empty":
+        state["splats"] = {k: v[:0] for k, v in splats.items()}
+    elif change == "missing":
+        del splats["quats"]
+    elif change == "no_splats":
+        del state["splats"]
+    elif change == "is_dynamic":
+        splats["is_dynamic"] = splats["is_dynamic"].float()
+    return state
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("kind", "unknown deformation kind 'warp'"),
+    ("deformation_state", "size mismatch for control"),
+    ("rows", r"the per-Gaussian tensors disagree on the Gaussian count: means has 10 rows, \w+ 12 rows"),
+    ("sh_degree", "sh_degree 7, expected 0 to 3"),
+    ("shN", r"shN has shape \[12, 2, 3\], expected \[12, 3, 3\] for sh_degree 1"),
+    ("empty", "no Gaussians"),
+    ("missing", "no quats among the per-Gaussian tensors"),
+    ("no_splats", "no 'splats' entry"),
+    ("is_dynamic", "is_dynamic has dtype float32"),
+])
+def test_a_model_file_with_wrong_contents_is_a_one_line_error(tmp_path, change, reason):
+    """A file that loads as a page4dgs model but cannot make one (what render and export read): a one-line
+    UserError naming the file and the reason, not a traceback from inside torch or the renderer."""
+    from pipeline.errors import UserError
+
+    path = tmp_path / "model.pt"
+    torch.save(_damaged(_small_model().to_state(), change), path)
+    with pytest.raises(UserError, match=rf"model.pt: not a usable page4dgs model \({reason}") as caught:
+        load_model(path)
+    assert "\n" not in str(caught.value)
+
+
 def test_rigidity_is_zero_for_rigid_motion_and_measures_stretch(rng):
     from scipy.spatial.transform import Rotation
 

@@ -190,11 +190,12 @@ def test_one_time_resolution_per_level_shapes_spec_and_config():
 
 def test_checkpoints_before_the_table_resume_except_for_planes(tmp_path):
     from pipeline.errors import UserError
-    from stages.optimize.trainer import CHECKPOINT_FORMAT, read_checkpoint
+    from stages.optimize.trainer import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, read_checkpoint
 
     def saved(name, deformation, version=2):
         path = tmp_path / name
-        torch.save({"format": CHECKPOINT_FORMAT, "version": version, "deformation": deformation}, path)
+        torch.save({**dict.fromkeys(CHECKPOINT_KEYS), "format": CHECKPOINT_FORMAT, "version": version,
+                    "deformation": deformation}, path)
         return path
 
     assert read_checkpoint(saved("bases.pt", {"control": torch.zeros(2)}))["version"] == 2

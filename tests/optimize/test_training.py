@@ -136,6 +136,58 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tiny, tmp_path,
         train(cfg, data, initial, tmp_path / "resumed", seed=3)
 
 
+def _damage(state: dict, change: str):
+    """A checkpoint's state with one kind of damage from outside (what resuming must refuse in one line)."""
+    if change == "list":
+        return [state]
+    state = dict(state)
+    splats = state["splats"] = dict(state["splats"])
+    if change == "no loop":
+        del state["loop"]
+    elif change == "rows":
+        splats["means"] = splats["means"][:10]
+    elif change == "shapes":
+        splats["quats"] = splats["quats"][:, :3]
+    elif change == "entries":
+        del splats["time_centers"]
+    elif change == "deformation":
+        state["deformation"] = {k: v[..., :1] for k, v in state["deformation"].items()}
+    elif change == "moments":
+        optimizer = state["optimizer"] = dict(state["optimizer"])
+        optimizer["state"] = {i: {k: v[:1] if v.dim() else v for k, v in s.items()}
+                              for i, s in optimizer["state"].items()}
+    elif change == "step":
+        state["loop"] = {**state["loop"], "step": "four"}
+    return state
+
+
+@pytest.mark.parametrize("change, message", [
+    ("list", "not an optimize checkpoint; delete it to start over"),
+    ("no loop", r"incomplete checkpoint \(no loop\); delete it to start over"),
+    ("rows", r"checkpoint does not fit this run \(the per-Gaussian tensors disagree on the Gaussian count: means "
+             r"has 10 rows, \w+ \d+ rows\)"),
+    ("shapes", r"checkpoint does not fit this run \(splats quats has shape \[\d+, 3\], expected \[\d+, 4\]\)"),
+    ("entries", r"checkpoint does not fit this run \(its Gaussians have the entries"),
+    ("deformation", r"checkpoint does not fit this run \(size mismatch for control"),
+    ("moments", r"checkpoint does not fit this run \(the optimizer's exp_avg of \w+ has shape \[1"),
+    ("step", r"checkpoint does not fit this run \(step 'four'\); delete it to start over"),
+])
+def test_a_checkpoint_that_does_not_fit_the_run_is_a_one_line_error(tiny, tmp_path, change, message):
+    """A damaged checkpoint (a list, an entry missing, tensors of other shapes or counts) refuses to resume with a
+    one-line error naming the file, before the loop, not with a traceback from inside it."""
+    from pipeline.errors import UserError
+
+    files, scene = tiny
+    cfg = small_config(iterations=8, checkpoint_every=4)
+    data, initial = _inputs(files, scene, cfg)
+    train(cfg, data, initial, tmp_path / "run", seed=3, stop_after=4)
+    path = tmp_path / "run/checkpoints/step_0000004.pt"
+    torch.save(_damage(torch.load(path, weights_only=True), change), path)
+    with pytest.raises(UserError, match=rf"step_0000004.pt: {message}") as caught:
+        train(cfg, data, initial, tmp_path / "run", seed=3)
+    assert "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("kind", ["bases", "planes"])
 def test_a_nan_or_exploding_loss_restores_the_last_good_state(tiny, tmp_path, monkeypatch, caplog, kind):
     """(planes: the NaN parameters reach the plane sampler's coordinates, which must give NaN, not an error.)"""

@@ -1,5 +1,6 @@
 """The command line: one-line errors with exit code 2 and no traceback."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,10 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     ("optimize.mlp_depth=0", "mlp_depth must be >= 1 (got 0)"),
     ("initialize.init_scale=.nan", "initialize.init_scale must be a finite number > 0, got nan"),
     ("initialize.init_scale=0", "initialize.init_scale must be a finite number > 0, got 0"),
+    ("initialize.confidence_percentile=150", "initialize.confidence_percentile must be in [0, 100], got 150"),
+    ("initialize.confidence_percentile=.nan", "initialize.confidence_percentile must be in [0, 100], got nan"),
+    ("initialize.min_confidence=.nan", "initialize.min_confidence must be a finite number >= 0, got nan"),
+    ("initialize.max_depth_edge=-1", "initialize.max_depth_edge must be a finite number >= 0, got -1"),
     ("optimize.lr_means=-1", "lr_means must be a finite number >= 0 (got -1)"),
     ("optimize.lr_planes=.nan", "lr_planes must be a finite number >= 0 (got nan)"),
     ("optimize.lr_cameras=.inf", "lr_cameras must be a finite number >= 0 (got inf)"),
@@ -88,6 +93,21 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     ("optimize.residual_lambda=-1", "residual_lambda must be a finite number >= 0 (got -1)"),
     ("optimize.residual_lambda=0.5", "residual_lambda applies to deformation=planes_bases only (deformation=bases)"),
     ("optimize.opacity_lambda=.nan", "opacity_lambda must be a finite number >= 0 (got nan)"),
+    ("render.bullet_arc_deg=.nan", "bullet_arc_deg must be a finite number (got nan)"),
+    ("render.video_fps=.inf", "video_fps must be a finite number (got inf)"),
+    ("optimize.explode_factor=-1", "explode_factor must be > 1 (got -1)"),
+    ("optimize.explode_factor=.nan", "explode_factor must be a finite number (got nan)"),
+    ("optimize.max_gaussians=-5", "max_gaussians must be >= 0 (got -5)"),
+    ("optimize.grow_grad2d=-1", "grow_grad2d must be >= 0 (got -1)"),
+    ("optimize.prune_opacity=.nan", "prune_opacity must be a finite number (got nan)"),
+    ("optimize.prune_opacity=1", "prune_opacity must be in [0, 1) (got 1)"),
+    ("optimize.prune_scale3d=-1", "prune_scale3d must be >= 0 (got -1)"),
+    ("optimize.refine_start=-5", "refine_start must be >= 0 (got -5)"),
+    ("optimize.deform_warmup=-1", "deform_warmup must be >= 0 (got -1)"),
+    ("optimize.rigidity_neighbors=0", "rigidity_neighbors must be >= 1 (got 0)"),
+    ("optimize.cpu_threads=-1", "cpu_threads must be >= 0 (got -1)"),
+    ("optimize.time_jitter=.inf", "time_jitter must be a finite number (got inf)"),
+    ("optimize.temporal_width_floor=.inf", "temporal_width_floor must be a finite number (got inf)"),
 ])
 def test_optimize_and_initialize_values_are_checked_when_the_config_is_read(override, message, capsys):
     assert main(["config", override]) == 2
@@ -158,4 +178,12 @@ def test_a_folder_that_is_not_a_run_or_holds_another_scene_is_refused(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert f"holds the run of another scene ({tmp_path / 'a' / 'S'})" in err[-1]
     assert main(["reconstruct", str(tmp_path / "a" / "S"), *quick]) == 0              # its own scene: fine
+    (tmp_path / "c" / "S").mkdir(parents=True)                                       # a scene that fails to load
+    shutil.copy(next((tmp_path / "a" / "S" / "train").glob("*.png")), tmp_path / "c" / "S")      # (one frame)
+    capsys.readouterr()
+    assert main(["reconstruct", str(tmp_path / "c" / "S"), "--out", "runs/S", *quick]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "replaced" not in err[0]                 # no warning of a replacement that never came
+    assert main(["reconstruct", "nowhere", "--from", "evaluate", "--until", "geometry"]) == 2   # before the scene
+    assert "--from evaluate comes after --until geometry" in capsys.readouterr().err
     assert main(["reconstruct", str(tmp_path / "b" / "S"), "--out", "runs/S", *quick]) == 0   # named: replaced

@@ -163,6 +163,8 @@ NOT_RIGID = r"transforms_train.json: transform_matrix of './train/r_001' is not 
     ("transform_matrix", [[0.0] * 4] * 4, NOT_RIGID),
     ("transform_matrix", np.eye(4)[:3].tolist() + [[0.0] * 4], NOT_RIGID),              # last row 0 0 0 0
     ("transform_matrix", (2 * np.eye(4)).tolist(), NOT_RIGID),                           # scaled
+    # Was read as a static scene (every time 0) when one frame lacked the key.
+    ("drop", "time", r"transforms_train.json: missing key 'time' in the frame './train/r_001' \(other frames"),
 ])
 def test_bad_dnerf_values_are_one_clear_error(tmp_path, field, value, message):
     path = make_dnerf(tmp_path / "scene")
@@ -171,6 +173,8 @@ def test_bad_dnerf_values_are_one_clear_error(tmp_path, field, value, message):
         meta[field] = value
     elif field == "frame":
         meta["frames"][1] = value
+    elif field == "drop":
+        del meta["frames"][1][value]
     else:
         meta["frames"][1][field] = value
     (path / "transforms_train.json").write_text(json.dumps(meta))

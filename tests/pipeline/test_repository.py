@@ -31,3 +31,16 @@ def test_the_tracked_files_stay_under_48_mb_and_the_weights_under_32():
                                 + ", ".join(f"{p.relative_to(ROOT)} {sizes[p] / 1e6:.1f} MB" for p in largest))
     assert WEIGHTS in sizes, f"the bundled weights {WEIGHTS.relative_to(ROOT)} are not tracked"
     assert sizes[WEIGHTS] < WEIGHTS_LIMIT, f"bundled weights {sizes[WEIGHTS] / 1e6:.1f} MB (limit 32)"
+
+
+def test_make_reconstruct_passes_paths_with_spaces_as_one_argument(tmp_path):
+    """`make reconstruct SCENE=... OUT=...` quotes both (a folder with a space in its name was split in two)."""
+    import shlex
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "-o", "install", "reconstruct", f"SCENE={tmp_path}/my scene",
+                          f"OUT={tmp_path}/my run", "CONFIG=dnerf"], cwd=ROOT, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    words = shlex.split(next(line for line in dry.stdout.splitlines() if "page4dgs reconstruct" in line))
+    assert words[1:] == ["reconstruct", f"{tmp_path}/my scene", "--config", "dnerf", "--out", f"{tmp_path}/my run"]

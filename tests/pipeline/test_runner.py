@@ -120,6 +120,14 @@ def test_an_unknown_stage_name_writes_nothing(tmp_path, scene):
     assert not (tmp_path / "run").exists()
 
 
+def test_from_after_until_is_refused_before_anything_is_written(tmp_path, scene):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="--from evaluate comes after --until geometry: no stage would run"):
+        run_pipeline(load_config("default"), tmp_path / "run", scene, from_stage="evaluate", until_stage="geometry")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_deleted_output_is_rebuilt(tmp_path, scene):
     run = tmp_path / "run"
     CALLS.clear()

@@ -66,3 +66,16 @@ def test_an_interrupted_writer_leaves_nothing(tmp_path):
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
     assert (tmp_path / "keep" / "00000.png").read_bytes() == b"previous"
+
+
+def test_a_writer_that_fails_before_its_first_frame_leaves_no_file_and_no_warning(tmp_path, caplog):
+    from stages.render.video import Mp4Writer
+
+    with pytest.raises(RuntimeError, match="failed"):
+        with Mp4Writer(tmp_path / "v.mp4", 32, 24):
+            raise RuntimeError("failed")
+    with pytest.raises(ValueError, match="no frames to write"):
+        with Mp4Writer(tmp_path / "w.mp4", 32, 24):
+            pass
+    assert list(tmp_path.iterdir()) == []
+    assert not [r for r in caplog.records if "No frames have been written" in r.getMessage()]

@@ -181,10 +181,26 @@ def test_make_scene_command(tmp_path, capsys):
     assert main(["make-scene", "object", "--out", str(tmp_path / "t"), "--frames", "3", "--res", "16",
                  "--test-views", "4"]) == 0
     assert len(load_scene(SceneConfig(source=str(tmp_path / "t"))).test_frames) == 4
-    for bad in (["room", "--test-views", "3"], ["object", "--test-views", "0"]):
+    capsys.readouterr()
+    for bad in (["room", "--test-views", "3"], ["object", "--test-views", "0"], ["object", "--test-views", "5000"],
+                ["object", "--res", "100000000"], ["room", "--frames", "100000000"], ["room", "--res", "7"]):
         assert main(["make-scene", bad[0], "--out", str(tmp_path / "bad"), *bad[1:]]) == 2
-        assert "--test-views" in capsys.readouterr().err
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and bad[1] in err[0]                # one line, before anything is allocated
+        assert "must lie in" in err[0] or "a room holds out" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_interrupted_make_scene_says_nothing_was_written(tmp_path, monkeypatch, capsys):
+    import pipeline.synthetic.cli as synthetic_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic_cli, "make_room_scene", interrupted)
+    assert main(["make-scene", "room", "--out", str(tmp_path / "r")]) == 130
+    assert capsys.readouterr().err.strip() == ("page4dgs: interrupted; no scene was written (its folder appears "
+                                               "only when complete)")
 
 
 def test_demo_is_generated_once_deterministically_and_loads_as_demo(tmp_path, monkeypatch):

@@ -106,6 +106,11 @@ def load(path: Path, config: SceneConfig) -> Scene:
     check_frame_count([r for r in raw if r[0] == "train"], path, "training frames")
 
     has_time = all("time" in r[1] for r in raw)
+    timeless = [r for r in raw if "time" not in r[1]]
+    if not has_time and len(timeless) < len(raw):       # some frames timed, others not: a damaged file, not a static scene
+        split, entry = timeless[0][0], timeless[0][1]
+        raise UserError(f"missing key 'time' in the frame '{entry.get('file_path')}' (other frames have one)",
+                        path / f"transforms_{split}.json")
     times = (normalise_times([_number(r[1]["time"], f"time of '{r[1].get('file_path')}'", path) for r in raw])
              if has_time else None)
     has_ground_truth = (path / "ground_truth").is_dir()

@@ -430,7 +430,38 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     missing = [k for k in ("config", "model", "optimizer", "state", "rng", "mask_step") if k not in payload]
     if missing:
         raise UserError(f"incomplete training checkpoint (no {', '.join(missing)})", path)
+    for key, kind in (("config", "a mapping"), ("model", "a mapping"), ("optimizer", "a mapping")):
+        if not isinstance(payload[key], dict):
+            raise UserError(f"damaged training checkpoint (its {key} is a {type(payload[key]).__name__}, not "
+                            f"{kind})", path)
+    if isinstance(payload["mask_step"], bool) or not isinstance(payload["mask_step"], (int, float)):
+        raise UserError(f"damaged training checkpoint (its mask_step is a {type(payload['mask_step']).__name__}, "
+                        f"not a number)", path)
+    train_state_from(payload["state"], path)
     return payload
+
+
+def train_state_from(saved: Any, path: Path) -> TrainState:
+    """The :class:`TrainState` of a checkpoint's (or exported weights') counters ``saved``: a mapping of its fields
+    (``step`` at least; one it lacks keeps its default) to numbers. Anything else is a one-line :class:`UserError`
+    naming ``path``."""
+    fields = {f.name: type(f.default) for f in dataclasses.fields(TrainState)}
+
+    def damaged(reason: str) -> UserError:
+        return UserError(f"damaged training checkpoint (its training state {reason})", path)
+
+    if not isinstance(saved, dict):
+        raise damaged(f"is a {type(saved).__name__}, not a mapping of counters")
+    unknown = sorted(str(k) for k in saved if k not in fields)
+    if unknown:
+        raise damaged(f"has unknown entries {', '.join(unknown)}")
+    if "step" not in saved:
+        raise damaged("has no step")
+    for key, value in saved.items():
+        kinds = (int,) if fields[key] is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise damaged(f"has {key} {value!r}, not {'an integer' if fields[key] is int else 'a number'}")
+    return TrainState(**saved)
 
 
 def compare_configs(saved: dict[str, Any], config: TrainConfig) -> list[str]:
@@ -760,7 +791,7 @@ def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig
                         "parameter groups (changed trainable=, param_groups= or decay_matrices_only=?); resume "
                         "from the run's exported weights instead (weights only)", path) from None
     model.aggregator.mask_step = payload["mask_step"]
-    restored = TrainState(**payload["state"])
+    restored = train_state_from(payload["state"], path)
     for f in dataclasses.fields(TrainState):
         setattr(state, f.name, getattr(restored, f.name))
     set_rng_state(payload["rng"])
@@ -775,7 +806,7 @@ def _resume_weights_only(path: Path, model, state: TrainState, config: TrainConf
     if "train_state" not in metadata:
         raise UserError("these weights carry no training state: use them as init_weights instead", path)
     load_state(model, {k: v.float() for k, v in tensors.items()}, str(path))
-    restored = TrainState(**metadata["train_state"])
+    restored = train_state_from(metadata["train_state"], path)
     for f in dataclasses.fields(TrainState):
         setattr(state, f.name, getattr(restored, f.name))
     state.weights_only_resumes += 1
