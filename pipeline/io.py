@@ -19,14 +19,30 @@ import numpy as np
 from pipeline.errors import UserError
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def with_default_mode(path: Path) -> Path:
+    """Give ``path``, made by :mod:`tempfile` (0600 for a file, 0700 for a folder), the mode that ``open`` or
+    ``mkdir`` would have given it (0666 / 0777 less the umask), so that outputs renamed into place are as readable
+    as any other file the user writes."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``, on failure delete it."""
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``, on failure delete it. The file
+    gets the user's default mode (:func:`with_default_mode`), not tempfile's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = with_default_mode(Path(tmp))
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -24,6 +24,7 @@ import torch
 
 from pipeline.cameras import opencv_w2c_to_opengl_c2w
 from pipeline.errors import UserError
+from pipeline.io import with_default_mode
 from pipeline.log import progress
 from pipeline.scene.loaders.common import holdout_split
 from pipeline.synthetic.cameras import intrinsics, sphere_viewpoints
@@ -124,7 +125,7 @@ def _staging(out: Path) -> Iterator[Path]:
     out = Path(out)
     _fresh_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    stage = with_default_mode(Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)))
     try:
         yield stage
         if out.exists():

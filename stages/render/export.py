@@ -29,7 +29,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from pipeline.cameras import opencv_w2c_to_opengl_c2w
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, with_default_mode
 
 OPACITY_EPS = 1e-6
 MIN_SCALE = 1e-12
@@ -212,7 +212,7 @@ def export_run(run_dir: Path, fmt: str, config, device: str = "cpu") -> Path:
     points_path = run_dir / "geometry" / "points.ply"
     export_dir = run_dir / "export"
     export_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{fmt}.", suffix=".tmp", dir=export_dir))
+    tmp = with_default_mode(Path(tempfile.mkdtemp(prefix=f".{fmt}.", suffix=".tmp", dir=export_dir)))
     try:
         if fmt == "ply":
             from stages.render.stage import load_run_model

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.io import write_png
+from pipeline.io import with_default_mode, write_png
 
 # Anchor colours of a perceptually ordered dark-blue -> green -> yellow map (viridis' end and quarter points),
 # interpolated linearly in RGB. Near = bright.
@@ -85,7 +85,7 @@ class Mp4Writer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.mp4", dir=self.path.parent)
         os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = with_default_mode(Path(tmp))
         self._writer = imageio_ffmpeg.write_frames(
             str(self._tmp), (self.shape[1], self.shape[0]), fps=self.fps, codec="libx264", quality=None,
             macro_block_size=2, ffmpeg_log_level="error", output_params=["-crf", str(self.crf), "-movflags",
@@ -130,7 +130,8 @@ class FrameFolderWriter:
     def __enter__(self) -> "FrameFolderWriter":
         self._check_replaceable()
         self.folder.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".tmp", dir=self.folder.parent))
+        self._tmp = with_default_mode(Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".tmp",
+                                                            dir=self.folder.parent)))
         return self
 
     @staticmethod

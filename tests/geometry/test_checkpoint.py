@@ -157,3 +157,19 @@ def test_our_format_roundtrips_config_and_flags(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(images)["depth"], model(images, mask=True)["depth"])
     assert isinstance(loaded, PAGE4D)
+
+
+def test_a_file_of_another_architecture_than_the_named_model_says_so(tmp_path, caplog):
+    """geometry.model=page4d-1b with a page4dgs file of a small model runs the file's model, with a warning (it once
+    ran silently, and the stage's summary named page4d-1b)."""
+    import dataclasses
+
+    from tests.geometry.test_page4d_model import SMALL, random_model
+
+    small = dataclasses.replace(SMALL, name="small-test")
+    path = tmp_path / "small.safetensors"
+    save_weights(random_model(small), path, dtype=torch.float32)
+    loaded, _ = load_model("page4d-1b", str(path))
+    assert loaded.config.name == "small-test"
+    assert any("geometry.model=page4d-1b, but" in r.getMessage() and "running small-test" in r.getMessage()
+               for r in caplog.records)

@@ -256,7 +256,11 @@ def load_model(model_name: str, checkpoint: str = "", mask: str = "auto", device
     if fmt == "page4dgs" and isinstance(metadata.get("model_config"), dict):
         # The file's architecture wins; fields it predates (inference preferences such as `window`) keep the
         # values of the named config.
+        requested = config.name
         config = dataclasses.replace(config, **metadata["model_config"])
+        if config.name != requested:
+            log.warning(f"geometry.model={model_name}, but {path} holds a {config.name}: running {config.name} "
+                        "(the file's architecture)")
     has_mask_head = any(k.startswith(MASK_HEAD_PREFIX) for k in state)
     config = replace(config, mask_head=has_mask_head)
     with torch.device("meta"):
