@@ -169,8 +169,11 @@ def summarize(runs: list[dict]) -> list[dict]:
             row["optimize_s"] = statistics.mean(r["stages"]["optimize"]["wall_s"] for r in mine)
             row["side_by_side"] = max(r.get("side_by_side", 1) for r in mine)    # > 1: times are not lone times
             static = {r["seed"]: r["metrics"]["psnr"] for r in done if r["kind"] == kind and r["deformation"] == "none"}
-            gains = [r["metrics"]["psnr"] - static[r["seed"]] for r in mine if r["seed"] in static]
-            row["psnr_over_static"] = statistics.mean(gains) if gains and model != "none" else None
+            gains = [(r["metrics"]["psnr"] - static[r["seed"]], r["seed"]) for r in mine if r["seed"] in static]
+            paired = bool(gains) and model != "none"
+            row["psnr_over_static"] = statistics.mean(g for g, _ in gains) if paired else None
+            # the smallest paired gain over the seeds, and its seed (a mean can hide one seed below a target)
+            row["psnr_over_static_min"], row["psnr_over_static_min_seed"] = min(gains) if paired else (None, None)
             rows.append(row)
     return rows
 

@@ -29,16 +29,17 @@ def speed_runs(paths: list[Path]) -> tuple[dict[tuple[str, str], list[float]], l
     return runs, commits
 
 
-def ab_rows(new: list[Path], old: list[Path]) -> list[dict]:
-    """One row per (model, variant) timed at both commits: runs, medians and the ratio of the medians."""
-    new_runs, _ = speed_runs(new)
-    old_runs, _ = speed_runs(old)
+def ab_rows(new_runs: dict[tuple[str, str], list[float]],
+            old_runs: dict[tuple[str, str], list[float]]) -> list[dict]:
+    """One row per (model, variant) timed at both commits: runs, medians and the ratio of the medians (None where
+    the old median is 0)."""
     rows = []
     for key in [k for k in new_runs if k in old_runs]:
         new_median, old_median = statistics.median(new_runs[key]), statistics.median(old_runs[key])
         rows.append({"model": key[0], "variant": key[1], "new_it_per_s": new_runs[key],
                      "old_it_per_s": old_runs[key], "new_median": round(new_median, 1),
-                     "old_median": round(old_median, 1), "new_over_old": round(new_median / old_median, 3)})
+                     "old_median": round(old_median, 1),
+                     "new_over_old": round(new_median / old_median, 3) if old_median else None})
     return rows
 
 
@@ -53,9 +54,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"speed_ab_table: no results file {path}", file=sys.stderr)
             return 2
     try:
-        rows = ab_rows(args.new, args.old)
-        new_commits, old_commits = speed_runs(args.new)[1], speed_runs(args.old)[1]
-    except (ValueError, KeyError, TypeError) as error:
+        (new_runs, new_commits), (old_runs, old_commits) = speed_runs(args.new), speed_runs(args.old)
+        rows = ab_rows(new_runs, old_runs)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         print(f"speed_ab_table: not an optimize_bench speed result ({type(error).__name__}: {error})",
               file=sys.stderr)
         return 2
@@ -63,10 +64,13 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"(it/s of the training step, runs in the order timed)")
     print(f"{'model':8} {'variant':18} {'new runs':>16} {'old runs':>16} {'new':>7} {'old':>7} {'new/old':>8}")
     for row in rows:
-        new_runs = " / ".join(f"{v:.1f}" for v in row["new_it_per_s"])
-        old_runs = " / ".join(f"{v:.1f}" for v in row["old_it_per_s"])
-        print(f"{row['model']:8} {row['variant']:18} {new_runs:>16} {old_runs:>16} {row['new_median']:7.1f} "
-              f"{row['old_median']:7.1f} {row['new_over_old']:8.3f}")
+        new_text = " / ".join(f"{v:.1f}" for v in row["new_it_per_s"])
+        old_text = " / ".join(f"{v:.1f}" for v in row["old_it_per_s"])
+        ratio = "-" if row["new_over_old"] is None else f"{row['new_over_old']:.3f}"
+        print(f"{row['model']:8} {row['variant']:18} {new_text:>16} {old_text:>16} {row['new_median']:7.1f} "
+              f"{row['old_median']:7.1f} {ratio:>8}")
+    for model, variant in [k for k in {**new_runs, **old_runs} if not (k in new_runs and k in old_runs)]:
+        print(f"{model:8} {variant:18} timed at one commit only: left out")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"new_commits": new_commits, "old_commits": old_commits,

@@ -690,9 +690,12 @@ def quality_rows(R: Results) -> list[Measured]:
             if summary is not MISSING else []
         least = figure(R, name, ("summary", gains[0], "psnr_over_static"), "{:+.2f}", "min",
                        [(name, ("summary", j, "psnr_over_static")) for j in gains[1:]]) if gains else None
+        per_seed = figure(R, name, ("summary", gains[0], "psnr_over_static_min"), "{:+.2f}", "min",
+                          [(name, ("summary", j, "psnr_over_static_min")) for j in gains[1:]]) if gains else None
         static = e2e_summary_index(R, name, kind, "none")
         rows.append(Measured(f"each deformation model ≥ 5 dB above static: {label}", least,
-                             [least, " dB (smallest over models)"], at_least(5.0),
+                             [least, " dB (mean over seeds, smallest over models; smallest on one seed ", per_seed,
+                              " dB)"], at_least(5.0),
                              ["static ", *unit(figure(R, name, ("summary", static, "psnr"), "{:.2f}"), " dB")]
                              if static is not None else None, runs_device(R, name, kind), name))
     return rows

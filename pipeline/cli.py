@@ -120,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_console(verbose="-v" in argv or "--verbose" in argv)
     previous = signal.signal(signal.SIGTERM, _sigterm)
+    args = None
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, StageInterrupted):
         if debug:
             raise
-        command = argv[0] if argv else ""
+        command = getattr(args, "command", None)
         print("page4dgs: interrupted; no scene was written (its folder appears only when complete)"
               if command == "make-scene" else
               "page4dgs: interrupted; finished stages are kept, run the same command again to resume",

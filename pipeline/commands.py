@@ -74,7 +74,7 @@ def check_run_folder(run_dir: Path, source: str, chosen: bool) -> str | None:
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from pipeline.runner import check_stage_range, run_pipeline
+    from pipeline.runner import check_stage_configs, check_stage_range, run_pipeline
     from pipeline.scene import detect_format, load_scene
 
     check_stage_range(args.from_stage, args.until_stage)      # before a video is decoded
@@ -85,6 +85,7 @@ def reconstruct(args: argparse.Namespace) -> int:
         preset = _auto_preset(source, fmt)
     config = load_config(preset, [f"scene.source={source}", *args.overrides])
     config.scene.source = source  # keep the path as a string even if it looks like a number
+    check_stage_configs(config)    # bad values before a video is decoded or a run folder is judged
     run_dir = args.out or _default_run_dir(source)
     replacing = check_run_folder(run_dir, source, chosen=args.out is not None)
     scene = load_scene(config.scene)

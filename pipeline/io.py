@@ -20,7 +20,14 @@ from pipeline.errors import UserError
 
 
 def current_umask() -> int:
-    """The process's file-mode creation mask (read by setting it and setting it back)."""
+    """The process's file-mode creation mask: Linux's /proc/self/status line, else by setting it and setting it back
+    (which, between the two calls, another thread could see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -29,8 +36,12 @@ def current_umask() -> int:
 def with_default_mode(path: Path) -> Path:
     """Give ``path``, made by :mod:`tempfile` (0600 for a file, 0700 for a folder), the mode that ``open`` or
     ``mkdir`` would have given it (0666 / 0777 less the umask), so that outputs renamed into place are as readable
-    as any other file the user writes."""
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
+    as any other file the user writes. Best effort: a file system without modes (FAT, some network shares) keeps
+    its own."""
+    try:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
+    except OSError:
+        pass
     return path
 
 

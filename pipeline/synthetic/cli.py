@@ -14,6 +14,7 @@ log = get_logger("synthetic")
 
 MAX_FRAMES = 2000    # frames (or test views) per scene: 200 x 200 x 2000 is ~1 GB of images
 MAX_RES = 4096       # image width in pixels
+MAX_PIXELS = 2**31   # frames x width^2 (an upper bound of the scene's pixels): ~8 GB of RGBA images
 
 
 def make_scene_command(args: argparse.Namespace) -> int:
@@ -24,6 +25,9 @@ def make_scene_command(args: argparse.Namespace) -> int:
         raise UserError(f"--frames must lie in [2, {MAX_FRAMES}], got {args.frames}")
     if args.res is not None and not 8 <= args.res <= MAX_RES:
         raise UserError(f"--res must lie in [8, {MAX_RES}] pixels, got {args.res}")
+    if (args.frames or 100) * (args.res or 256) ** 2 > MAX_PIXELS:
+        raise UserError(f"--frames {args.frames or 100} at --res {args.res or 256} is more than "
+                        f"{MAX_PIXELS / 1e9:.1f} G pixels of images; fewer frames or a smaller --res")
     test_views = getattr(args, "test_views", None)
     if test_views is not None and (args.kind != "object" or not 1 <= test_views <= MAX_FRAMES):
         raise UserError(f"--test-views is for object scenes and must lie in [1, {MAX_FRAMES}]"

@@ -260,7 +260,8 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
                              None if pred.world_points_conf is None else pred.world_points_conf[index])
 
     summary = {
-        "model": model.config.name, "model_requested": cfg.model, "checkpoint": info.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
+        "model": model.config.name, "model_requested": cfg.model, "checkpoint": info.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
         "device": device, "preprocessing": cfg.preprocessing, "network_size": list(prepared.net_size),
         "attention_kernels": sdpa.chosen_kernels(), "head_precision": cfg.head_precision,
         "windows": pred.windows, "timings": {k: round(v, 3) for k, v in timings.items()},

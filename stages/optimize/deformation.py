@@ -35,6 +35,7 @@ behind) share one velocity field there.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Sequence
 
 import torch
@@ -366,12 +367,12 @@ class PlanesField(Deformation):
 
     For each spatial resolution r: six feature planes (F channels) over (x, y), (x, z), (y, z) at r x r and
     (x, t), (y, t), (z, t) at r x T (T cells along time; ``time_resolution`` one T for every level or one per
-    level, e.g. a coarse level coarse in time and a fine one finer). Bilinear samples are multiplied across the six planes; the
-    products of all resolutions are concatenated (with the Gaussian's latent code ``field_embedding`` (E,) when
-    ``embedding`` > 0) and decoded by Linear-ReLU-Linear (last layer zero: no motion at the start). Spatial planes
-    start uniform in [0.1, 0.5], time planes at 1 (time-independent features). With ``anchor_time`` each level has
-    four more planes over the Gaussian's anchor time t_a (its per-Gaussian input ``anchor_times``): (x, t_a),
-    (y, t_a), (z, t_a) at T x r and (t, t_a) at T x T, starting at 1, multiplied in like the others.
+    level, e.g. a coarse level coarse in time and a fine one finer). Bilinear samples are multiplied across the six
+    planes; the products of all resolutions are concatenated (with the Gaussian's latent code ``field_embedding``
+    (E,) when ``embedding`` > 0) and decoded by Linear-ReLU-Linear (last layer zero: no motion at the start). Spatial
+    planes start uniform in [0.1, 0.5], time planes at 1 (time-independent features). With ``anchor_time`` each
+    level has four more planes over the Gaussian's anchor time t_a (its per-Gaussian input ``anchor_times``):
+    (x, t_a), (y, t_a), (z, t_a) at T x r and (t, t_a) at T x T, starting at 1, multiplied in like the others.
 
     All planes live in one channel-last parameter ``table`` (C, F), level by level, each level's planes in
     :data:`PLANE_AXES` (then :data:`ANCHOR_PLANE_AXES`) order; :meth:`plane` shows level l's three spatial, three
@@ -389,7 +390,7 @@ class PlanesField(Deformation):
         super().__init__(with_opacity)
         self.box = box or Box()
         self.resolutions = tuple(int(r) for r in resolutions)
-        if isinstance(time_resolution, (int, float)):
+        if isinstance(time_resolution, numbers.Real):
             time_resolution = [time_resolution] * len(self.resolutions)
         self.time_resolutions = tuple(int(t) for t in time_resolution)                   # T of each level
         if len(self.time_resolutions) != len(self.resolutions) or min(self.time_resolutions) < 1:

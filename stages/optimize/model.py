@@ -26,8 +26,18 @@ from stages.optimize.rasterize import RASTERIZE_MODES
 from stages.optimize.rasterize.projection import ALPHA_THRESHOLD
 
 MODEL_FORMAT = "page4dgs-gaussians-4d"
-MODEL_VERSION = 2       # the newest this code reads; 2 added rasterize_mode. Classic models are still written as
-                        # version 1 (what they are to an older reader); antialiased ones as 2, which it refuses.
+MODEL_VERSION = 3       # the newest this code reads; 2 added rasterize_mode, 3 planes with one time resolution per
+                        # level (a list). Each model is written as the oldest version that describes it, so that an
+                        # older reader refuses only what it would misread: classic models as 1, antialiased ones as 2,
+                        # per-level time resolutions as 3.
+
+
+def model_version(rasterize_mode: str, deformation_spec: dict[str, Any] | None) -> int:
+    """The version a model is written as (:data:`MODEL_VERSION`)."""
+    planes = (deformation_spec or {}).get("planes", deformation_spec or {})     # planes_bases nests its planes
+    if isinstance(planes.get("time_resolution"), list):
+        return 3
+    return 1 if rasterize_mode == "classic" else 2
 
 
 class GaussianModel4D(nn.Module):
@@ -235,13 +245,14 @@ class GaussianModel4D(nn.Module):
 
     def to_state(self) -> dict[str, Any]:
         box = getattr(self.deformation, "box", None)
+        spec = None if self.deformation is None else self.deformation.spec()
         return {
             "format": MODEL_FORMAT,
-            "version": 1 if self.rasterize_mode == "classic" else 2,
+            "version": model_version(self.rasterize_mode, spec),
             "sh_degree": self.sh_degree,
             "temporal_opacity": self.temporal_opacity,
             "rasterize_mode": self.rasterize_mode,
-            "deformation": None if self.deformation is None else self.deformation.spec(),
+            "deformation": spec,
             "box": None if box is None else {"center": box.center.cpu(), "half_size": box.half_size.cpu()},
             "splats": {k: v.detach().cpu() for k, v in self.splats.items()},
             "deformation_state": None if self.deformation is None
@@ -386,7 +397,8 @@ def check_splats(splats: Any, sh_degree: Any, deformation: Optional[Deformation]
             raise ValueError(f"{key} has shape {list(splats[key].shape)}, expected {[n, *trailing]}"
                              + (f" for sh_degree {sh_degree}" if key == "shN" else ""))
         dtype = splats[key].dtype
-        if dtype != torch.bool if key == "is_dynamic" else not dtype.is_floating_point:
+        wrong_dtype = (dtype != torch.bool) if key == "is_dynamic" else (not dtype.is_floating_point)
+        if wrong_dtype:
             raise ValueError(f"{key} has dtype {str(dtype).replace('torch.', '')}")
 
 
@@ -403,6 +415,11 @@ def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") 
     model = GaussianModel4D(splats_from_state(state["splats"]), deformation, state["sh_degree"],
                             state["temporal_opacity"], state.get("rasterize_mode", "classic"))   # absent before it existed
     return model.to(device)
+
+
+def is_device_error(err: BaseException) -> bool:
+    """Whether ``err`` is the GPU's (out of memory, a CUDA error) rather than a file's contents."""
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (isinstance(err, RuntimeError) and "CUDA" in str(err))
 
 
 def short_reason(err: BaseException) -> str:
@@ -437,8 +454,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Gaussian
     if state.get("rasterize_mode", "classic") not in RASTERIZE_MODES:
         raise UserError(f"unknown rasterize_mode {state['rasterize_mode']!r} in the model", path)
     try:
-        model = model_from_state(state, device)
+        model = model_from_state(state, "cpu")
     except (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError) as err:
         raise UserError(f"not a usable page4dgs model ({short_reason(err)})", path) from None
+    model = model.to(device)        # outside the try: a GPU out of memory is not the file's fault
     model.eval()
     return model

@@ -74,17 +74,18 @@ def check_config(cfg: OptimizeConfig) -> None:
         problems.append("temporal_width_floor must be >= 0")
     if cfg.temporal_width_floor > 0 and cfg.temporal_widen_until < cfg.temporal_widen_from:
         problems.append("temporal_widen_until must be >= temporal_widen_from")
-    floats = [f.name for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), float)]
-    for name in floats:
-        if not math.isfinite(getattr(cfg, name)) and not any(name in p for p in problems):
-            problems.append(f"{name} must be a finite number (got {getattr(cfg, name):g})")
     for name in ("grow_grad2d", "grow_scale3d", "prune_scale3d"):
         if getattr(cfg, name) < 0:
             problems.append(f"{name} must be >= 0 (got {getattr(cfg, name):g})")
-    if not 0.0 <= cfg.prune_opacity < 1.0:
+    if math.isfinite(cfg.prune_opacity) and not 0.0 <= cfg.prune_opacity < 1.0:
         problems.append(f"prune_opacity must be in [0, 1) (got {cfg.prune_opacity:g})")
-    if not cfg.explode_factor > 1.0:
+    if math.isfinite(cfg.explode_factor) and not cfg.explode_factor > 1.0:
         problems.append(f"explode_factor must be > 1 (got {cfg.explode_factor:g})")
+    # last: every float finite, for the options no check above has named already
+    named = {p.split(" ", 1)[0] for p in problems}
+    for name in [f.name for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), float)]:
+        if not math.isfinite(getattr(cfg, name)) and name not in named:
+            problems.append(f"{name} must be a finite number (got {getattr(cfg, name):g})")
     for name in ("max_gaussians", "refine_start", "refine_stop", "deform_warmup", "cpu_threads",
                  "temporal_widen_from", "temporal_widen_until"):
         if getattr(cfg, name) < 0:

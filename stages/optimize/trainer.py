@@ -36,7 +36,8 @@ from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_loss, depth_loss, opacity_loss,
                                     photometric_loss, psnr_from_mse, residual_loss, rigidity_loss)
-from stages.optimize.model import GaussianModel4D, accelerations, compile_function, short_reason
+from stages.optimize.model import (GaussianModel4D, accelerations, compile_function, is_device_error,
+                                   short_reason)
 
 log = get_logger("optimize")
 
@@ -280,7 +281,9 @@ def _rng_state(device: torch.device, generator: Optional[torch.Generator]) -> di
 def _set_rng_state(state: dict[str, Any], generator: Optional[torch.Generator]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU that was visible when it was saved; fewer may be visible now
+        for index, cuda_state in enumerate(list(state["cuda"])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     version, internal, gauss = state["python"]
@@ -407,8 +410,10 @@ def resume_from(path: Path, snapshot: dict[str, Any], cfg: OptimizeConfig, model
         check_optimizer(optimizer)
         _set_rng_state(snapshot["rng"], generator)
     except (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError) as err:
-        raise UserError(f"checkpoint does not fit this run ({short_reason(err)}); delete it to start over",
-                        path) from None
+        if is_device_error(err):       # the GPU's trouble (memory, a CUDA error), not the file's
+            raise
+        raise UserError(f"checkpoint does not fit this run ({short_reason(err)}); delete it to start over "
+                        "(an older one, if kept, is used next)", path) from None
     return optimizer
 
 
@@ -489,7 +494,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError("not an optimize checkpoint; delete it to start over", path)
     version = state.get("version", 1)
-    planes_before_table = any(re.match(r"planes\.\d", k) for k in (state.get("deformation") or {}))
+    deformation = state.get("deformation")
+    if deformation is not None and not (isinstance(deformation, dict) and all(isinstance(k, str) for k in deformation)):
+        raise UserError("damaged checkpoint (its deformation state is not a dict of named tensors); delete it to "
+                        "start over", path)
+    planes_before_table = any(re.match(r"planes\.\d", k) for k in (deformation or {}))
     if version != CHECKPOINT_VERSION and not (version == 2 and not planes_before_table):
         raise UserError(f"checkpoint version {state.get('version', 1)}, this page4dgs resumes version "
                         f"{CHECKPOINT_VERSION}; delete it to start over", path)

@@ -130,8 +130,12 @@ def test_speed_ab_table_names_a_missing_or_foreign_file(tmp_path, capsys):
 
     other = tmp_path / "other.json"
     other.write_text('{"quality": []}')
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
     assert main(["--new", str(tmp_path / "absent.json"), "--old", str(other)]) == 2
     assert main(["--new", str(other), "--old", str(other)]) == 2
+    assert main(["--new", str(listed), "--old", str(other)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"speed_ab_table: no results file {tmp_path / 'absent.json'}",
-                   "speed_ab_table: not an optimize_bench speed result (KeyError: 'speed')"]
+    assert err[:2] == [f"speed_ab_table: no results file {tmp_path / 'absent.json'}",
+                       "speed_ab_table: not an optimize_bench speed result (KeyError: 'speed')"]
+    assert err[2].startswith("speed_ab_table: not an optimize_bench speed result (AttributeError")

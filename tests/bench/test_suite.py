@@ -92,8 +92,11 @@ def test_e2e_summary_pairs_each_model_with_the_static_run_of_the_same_scene():
     bases = rows[("object", "bases")]
     assert bases["runs"] == 3 and bases["psnr"] == pytest.approx((30 + 28 + 40) / 3)
     assert bases["psnr_over_static"] == pytest.approx(((30 - 24) + (28 - 27)) / 2)
+    assert (bases["psnr_over_static_min"], bases["psnr_over_static_min_seed"]) == (pytest.approx(1.0), 1)
     assert bases["optimize_s"] == pytest.approx((10 + 20 + 10) / 3)
+    assert bases["seeds"] == [0, 1, 2]
     assert rows[("object", "none")]["psnr_over_static"] is None
+    assert rows[("object", "none")]["psnr_over_static_min"] is None
 
 
 def test_e2e_runs_keep_the_device_they_ran_on_when_a_later_call_continues_the_file(tmp_path, monkeypatch):

@@ -171,5 +171,5 @@ def test_a_file_of_another_architecture_than_the_named_model_says_so(tmp_path, c
     save_weights(random_model(small), path, dtype=torch.float32)
     loaded, _ = load_model("page4d-1b", str(path))
     assert loaded.config.name == "small-test"
-    assert any("geometry.model=page4d-1b, but" in r.getMessage() and "running small-test" in r.getMessage()
-               for r in caplog.records)
+    assert any(r.getMessage().startswith("geometry.model=page4d-1b, but") and "holds a small-test (" in r.getMessage()
+               and "running the file's architecture" in r.getMessage() for r in caplog.records)

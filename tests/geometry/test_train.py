@@ -372,6 +372,7 @@ def test_resuming_into_a_different_model_or_trainable_set_is_a_clear_error(tmp_p
     ({"state": {"steps": 2}}, r"its training state has unknown entries steps"),
     ({"config": ["lr"]}, r"its config is a list, not a mapping"),
     ({"mask_step": "0"}, r"its mask_step is a str, not a number"),
+    ({"rng": {"torch": "seed"}}, r"its random states: \w+Error"),
 ])
 def test_resuming_from_a_checkpoint_with_damaged_entries_is_a_one_line_error(tmp_path, micro_model, change,
                                                                              message):

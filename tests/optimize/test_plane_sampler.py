@@ -186,6 +186,14 @@ def test_one_time_resolution_per_level_shapes_spec_and_config():
     assert deformation_spec_from_config(cfg, n_times=50)["time_resolution"] == [6, 25]
     with pytest.raises(ValueError, match="one time resolution >= 1 per level"):
         PlanesField(Box(), (4, 8), (3,), 2, 8)
+    # A model with per-level time resolutions is written as version 3, which an older page4dgs refuses in one line
+    # (it would have failed on the list); one time resolution for all keeps the version of a model without them.
+    from stages.optimize.model import model_version
+
+    assert model_version("classic", field.spec()) == 3
+    assert model_version("classic", {"kind": "planes_bases", "planes": field.spec(), "bases": {}}) == 3
+    assert model_version("classic", PlanesField(Box(), (4, 8), 6, 2, 8).spec()) == 1
+    assert model_version("antialiased", None) == 2
 
 
 def test_checkpoints_before_the_table_resume_except_for_planes(tmp_path):

@@ -108,11 +108,21 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     ("optimize.cpu_threads=-1", "cpu_threads must be >= 0 (got -1)"),
     ("optimize.time_jitter=.inf", "time_jitter must be a finite number (got inf)"),
     ("optimize.temporal_width_floor=.inf", "temporal_width_floor must be a finite number (got inf)"),
+    ("optimize.grow_grad2d=-.inf", "grow_grad2d must be >= 0 (got -inf)"),
 ])
 def test_optimize_and_initialize_values_are_checked_when_the_config_is_read(override, message, capsys):
     assert main(["config", override]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("page4dgs: error:") and message in err[0]
+
+
+def test_each_bad_optimize_value_is_named_once(capsys):
+    # time_jitter is a prefix of time_jitter_until: both are named; -inf is not both "finite" and ">= 0"
+    assert main(["config", "optimize.time_jitter=.inf", "optimize.time_jitter_until=-1",
+                 "optimize.grow_grad2d=-.inf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "time_jitter must be a finite number (got inf)" in err and "time_jitter_until must be >= 0" in err
+    assert err.count("grow_grad2d") == 1
 
 
 def test_the_default_values_pass_every_check(capsys):

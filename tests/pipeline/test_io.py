@@ -39,3 +39,12 @@ def test_videos_frame_folders_and_scenes_get_the_default_mode(tmp_path, umask_02
     assert mode(tmp_path / "v.mp4") == 0o640 and mode(tmp_path / "v") == 0o750
     assert main(["make-scene", "object", "--out", str(tmp_path / "s"), "--frames", "2", "--res", "16"]) == 0
     assert mode(tmp_path / "s") == 0o750
+
+
+def test_a_file_system_without_modes_still_takes_the_write(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError("Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refuse)                 # as on FAT or some network shares
+    write_json(tmp_path / "metrics.json", {"psnr": 1.0})
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

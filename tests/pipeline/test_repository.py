@@ -39,7 +39,8 @@ def test_make_reconstruct_passes_paths_with_spaces_as_one_argument(tmp_path):
 
     if shutil.which("make") is None:
         pytest.skip("no make")
-    dry = subprocess.run(["make", "--no-print-directory", "-n", "-o", "install", "reconstruct", f"SCENE={tmp_path}/my scene",
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "-o", "install",
+                          "reconstruct", f"SCENE={tmp_path}/my scene",
                           f"OUT={tmp_path}/my run", "CONFIG=dnerf"], cwd=ROOT, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     words = shlex.split(next(line for line in dry.stdout.splitlines() if "page4dgs reconstruct" in line))

@@ -183,11 +183,12 @@ def test_make_scene_command(tmp_path, capsys):
     assert len(load_scene(SceneConfig(source=str(tmp_path / "t"))).test_frames) == 4
     capsys.readouterr()
     for bad in (["room", "--test-views", "3"], ["object", "--test-views", "0"], ["object", "--test-views", "5000"],
-                ["object", "--res", "100000000"], ["room", "--frames", "100000000"], ["room", "--res", "7"]):
+                ["object", "--res", "100000000"], ["room", "--frames", "100000000"], ["room", "--res", "7"],
+                ["room", "--frames", "2000", "--res", "4096"]):
         assert main(["make-scene", bad[0], "--out", str(tmp_path / "bad"), *bad[1:]]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and bad[1] in err[0]                # one line, before anything is allocated
-        assert "must lie in" in err[0] or "a room holds out" in err[0]
+        assert "must lie in" in err[0] or "a room holds out" in err[0] or "G pixels of images" in err[0]
     assert not (tmp_path / "bad").exists()
 
 
@@ -198,7 +199,7 @@ def test_an_interrupted_make_scene_says_nothing_was_written(tmp_path, monkeypatc
         raise KeyboardInterrupt
 
     monkeypatch.setattr(synthetic_cli, "make_room_scene", interrupted)
-    assert main(["make-scene", "room", "--out", str(tmp_path / "r")]) == 130
+    assert main(["-v", "make-scene", "room", "--out", str(tmp_path / "r")]) == 130      # after a global option too
     assert capsys.readouterr().err.strip() == ("page4dgs: interrupted; no scene was written (its folder appears "
                                                "only when complete)")
 

@@ -107,7 +107,7 @@ def load(path: Path, config: SceneConfig) -> Scene:
 
     has_time = all("time" in r[1] for r in raw)
     timeless = [r for r in raw if "time" not in r[1]]
-    if not has_time and len(timeless) < len(raw):       # some frames timed, others not: a damaged file, not a static scene
+    if not has_time and len(timeless) < len(raw):       # some frames timed, others not: damaged, not static
         split, entry = timeless[0][0], timeless[0][1]
         raise UserError(f"missing key 'time' in the frame '{entry.get('file_path')}' (other frames have one)",
                         path / f"transforms_{split}.json")

@@ -256,11 +256,13 @@ def load_model(model_name: str, checkpoint: str = "", mask: str = "auto", device
     if fmt == "page4dgs" and isinstance(metadata.get("model_config"), dict):
         # The file's architecture wins; fields it predates (inference preferences such as `window`) keep the
         # values of the named config.
-        requested = config.name
+        named = config.to_dict()
         config = dataclasses.replace(config, **metadata["model_config"])
-        if config.name != requested:
-            log.warning(f"geometry.model={model_name}, but {path} holds a {config.name}: running {config.name} "
-                        "(the file's architecture)")
+        differ = [k for k, v in metadata["model_config"].items() if k != "name" and named.get(k) != v]
+        if config.name != named["name"] or differ:
+            fields = f" ({', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''} differ)" if differ else ""
+            log.warning(f"geometry.model={model_name}, but {path} holds a {config.name}{fields}: running the file's "
+                        "architecture")
     has_mask_head = any(k.startswith(MASK_HEAD_PREFIX) for k in state)
     config = replace(config, mask_head=has_mask_head)
     with torch.device("meta"):

@@ -401,7 +401,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU that was visible when it was saved; fewer may be visible now
+        for index, cuda_state in enumerate(list(state["cuda"])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     random.setstate(_tuples(state["python"]))
@@ -448,7 +450,8 @@ def train_state_from(saved: Any, path: Path) -> TrainState:
     fields = {f.name: type(f.default) for f in dataclasses.fields(TrainState)}
 
     def damaged(reason: str) -> UserError:
-        return UserError(f"damaged training checkpoint (its training state {reason})", path)
+        what = "weights file" if Path(path).suffix == ".safetensors" else "training checkpoint"
+        return UserError(f"damaged {what} (its training state {reason})", path)
 
     if not isinstance(saved, dict):
         raise damaged(f"is a {type(saved).__name__}, not a mapping of counters")
@@ -786,7 +789,7 @@ def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig
                         "different model= than the run that wrote it?", path) from None
     try:
         optimizer.load_state_dict(payload["optimizer"])
-    except ValueError:
+    except (ValueError, KeyError, TypeError, IndexError):
         raise UserError("checkpoint's optimizer state does not fit this config's trainable parameters or "
                         "parameter groups (changed trainable=, param_groups= or decay_matrices_only=?); resume "
                         "from the run's exported weights instead (weights only)", path) from None
@@ -794,7 +797,10 @@ def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig
     restored = train_state_from(payload["state"], path)
     for f in dataclasses.fields(TrainState):
         setattr(state, f.name, getattr(restored, f.name))
-    set_rng_state(payload["rng"])
+    try:
+        set_rng_state(payload["rng"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise UserError(f"damaged training checkpoint (its random states: {type(err).__name__})", path) from None
     log.info(f"resumed from {path} at step {state.step} (exact: weights, optimizer, RNG states)")
     return state.step
 
