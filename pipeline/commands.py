@@ -102,6 +102,9 @@ def reconstruct(args: argparse.Namespace) -> int:
 
 def config_command(args: argparse.Namespace) -> int:
     if args.defaults:
+        if args.config != "default" or args.overrides:
+            raise UserError("config --defaults prints the built-in defaults; it takes no --config or key=value "
+                            "(drop --defaults to see a resolved config)")
         print(dump_yaml(default_config(), header=DEFAULTS_HEADER), end="")
     else:
         from pipeline.runner import check_stage_configs

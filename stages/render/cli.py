@@ -55,6 +55,9 @@ def render_command(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else args.run / "videos" / f"{args.path}.mp4"
     if out.suffix.lower() != ".mp4":
         raise UserError("--out must name an .mp4 file", out)
+    blocking = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise UserError(f"--out lies inside {blocking}, which is a file, not a folder", out)
     inputs = open_run(args.run, config.render, config.scene.background, resolve_device(config.device))
     for path in render_video(inputs, args.path, out, args.frames):
         log.info(f"wrote {path}")

@@ -125,6 +125,13 @@ def test_each_bad_optimize_value_is_named_once(capsys):
     assert err.count("grow_grad2d") == 1
 
 
+def test_config_defaults_takes_no_preset_or_overrides(capsys):
+    for extra in (["--config", "dnerf"], ["optimize.iterations=5"]):
+        assert main(["config", "--defaults", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "config --defaults prints the built-in defaults" in err[0]
+
+
 def test_the_default_values_pass_every_check(capsys):
     assert main(["config"]) == 0
 

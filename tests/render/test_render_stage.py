@@ -98,6 +98,8 @@ def test_render_command_writes_only_its_video(fake_run, monkeypatch):
     (["render", "{run}/missing", "--path", "input"], "run folder not found"),
     (["render", "{run}", "--path", "input", "--out", "{run}/clip.gif"], "--out must name an .mp4 file"),
     (["render", "{run}", "--path", "spiral", "--frames", "1"], "at least 2 frames"),
+    (["render", "{run}", "--path", "input", "--out", "{run}/config.yaml/clip.mp4"],
+     "config.yaml, which is a file, not a folder"),
     (["export", "{run}/missing", "--format", "ply"], "run folder not found"),
 ])
 def test_command_errors_are_one_line(fake_run, monkeypatch, capsys, argv, message):
