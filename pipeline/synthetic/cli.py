@@ -25,9 +25,6 @@ def make_scene_command(args: argparse.Namespace) -> int:
         raise UserError(f"--frames must lie in [2, {MAX_FRAMES}], got {args.frames}")
     if args.res is not None and not 8 <= args.res <= MAX_RES:
         raise UserError(f"--res must lie in [8, {MAX_RES}] pixels, got {args.res}")
-    if (args.frames or 100) * (args.res or 256) ** 2 > MAX_PIXELS:
-        raise UserError(f"--frames {args.frames or 100} at --res {args.res or 256} is more than "
-                        f"{MAX_PIXELS / 1e9:.1f} G pixels of images; fewer frames or a smaller --res")
     test_views = getattr(args, "test_views", None)
     if test_views is not None and (args.kind != "object" or not 1 <= test_views <= MAX_FRAMES):
         raise UserError(f"--test-views is for object scenes and must lie in [1, {MAX_FRAMES}]"
@@ -35,11 +32,10 @@ def make_scene_command(args: argparse.Namespace) -> int:
                         else "--test-views is for object scenes (a room holds out every 8th frame instead)")
     if not 0 <= args.seed < 2**63:
         raise UserError(f"--seed must lie in [0, 2^63), got {args.seed}")
-    start = time.perf_counter()
     if args.kind == "room":
         options = RoomSceneOptions()
         options = replace(options, frames=args.frames or options.frames, width=args.res or options.width)
-        make_room_scene(args.out, args.seed, options)
+        frames, width, make = options.frames, options.width, make_room_scene
     else:
         options = ObjectSceneOptions()
         frames = args.frames or options.frames
@@ -47,7 +43,12 @@ def make_scene_command(args: argparse.Namespace) -> int:
         options = replace(options, frames=frames, resolution=args.res or options.resolution,
                           test_views=test_views or min(options.test_views, max(2, frames // 5)),
                           val_views=min(options.val_views, max(1, frames // 10)))
-        make_object_scene(args.out, args.seed, options)
+        width, make = options.resolution, make_object_scene
+    if frames * width ** 2 > MAX_PIXELS:
+        raise UserError(f"--frames {frames} at --res {width} is more than {MAX_PIXELS / 1e9:.1f} G pixels of "
+                        "images; fewer frames or a smaller --res")
+    start = time.perf_counter()
+    make(args.out, args.seed, options)
     log.info(f"wrote the {args.kind} scene (seed {args.seed}) to {args.out} in {time.perf_counter() - start:.1f} s; "
              f"see {args.out}/README.md")
     return 0

@@ -365,10 +365,9 @@ def temporal_opacity(opacities: torch.Tensor, time: float | torch.Tensor, center
     return _TemporalOpacity.apply(opacities, time, centers, log_scales, is_dynamic)
 
 
-def check_splats(splats: Any, sh_degree: Any, deformation: Optional[Deformation], temporal_opacity: bool) -> None:
-    """Raise ValueError naming the first way saved per-Gaussian tensors ``splats`` do not make a model: every entry a
-    tensor of one row count N >= 1, the shapes of :mod:`stages.optimize.gaussians` (shN (N, (d + 1)^2 - 1, 3) for
-    ``sh_degree`` d in 0..3), the time entries with temporal opacity and the ``deformation``'s per-Gaussian ones."""
+def gaussian_count(splats: Any) -> int:
+    """N of saved per-Gaussian tensors ``splats`` (a dict of (N, ...) tensors with ``means``); ValueError naming the
+    first that is not a tensor or has another row count, or when N is 0."""
     if not isinstance(splats, dict) or not all(isinstance(v, torch.Tensor) for v in splats.values()):
         raise ValueError("its splats are not a dict of tensors")
     if "means" not in splats or splats["means"].dim() == 0:
@@ -381,6 +380,14 @@ def check_splats(splats: Any, sh_degree: Any, deformation: Optional[Deformation]
                              f"{key} {rows}")
     if n == 0:
         raise ValueError("no Gaussians")
+    return n
+
+
+def check_splats(splats: Any, sh_degree: Any, deformation: Optional[Deformation], temporal_opacity: bool) -> None:
+    """Raise ValueError naming the first way saved per-Gaussian tensors ``splats`` do not make a model: every entry a
+    tensor of one row count N >= 1, the shapes of :mod:`stages.optimize.gaussians` (shN (N, (d + 1)^2 - 1, 3) for
+    ``sh_degree`` d in 0..3), the time entries with temporal opacity and the ``deformation``'s per-Gaussian ones."""
+    n = gaussian_count(splats)
     if isinstance(sh_degree, bool) or not isinstance(sh_degree, int) or not 0 <= sh_degree <= 3:
         raise ValueError(f"sh_degree {sh_degree!r}, expected 0 to 3")
     expected = {"means": (3,), "quats": (4,), "scales": (3,), "opacities": (), "sh0": (1, 3), "anchor_times": (),

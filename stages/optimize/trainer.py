@@ -29,6 +29,7 @@ import torch
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_text
 from pipeline.log import get_logger, progress
+from pipeline.rng import set_cuda_rng_states
 from stages.optimize.config import OptimizeConfig
 from stages.optimize.deformation import Box, build_deformation, deformation_spec_from_config
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
@@ -36,8 +37,8 @@ from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_loss, depth_loss, opacity_loss,
                                     photometric_loss, psnr_from_mse, residual_loss, rigidity_loss)
-from stages.optimize.model import (GaussianModel4D, accelerations, compile_function, is_device_error,
-                                   short_reason)
+from stages.optimize.model import (GaussianModel4D, accelerations, compile_function, gaussian_count,
+                                   is_device_error, short_reason)
 
 log = get_logger("optimize")
 
@@ -281,9 +282,7 @@ def _rng_state(device: torch.device, generator: Optional[torch.Generator]) -> di
 def _set_rng_state(state: dict[str, Any], generator: Optional[torch.Generator]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
-        # one state per GPU that was visible when it was saved; fewer may be visible now
-        for index, cuda_state in enumerate(list(state["cuda"])[:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
+        set_cuda_rng_states(state["cuda"])
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     version, internal, gauss = state["python"]
@@ -358,17 +357,9 @@ def check_fits(snapshot: dict[str, Any], model: GaussianModel4D, cameras: Option
     if not isinstance(splats, dict) or set(splats) != set(model.splats.keys()):
         have = sorted(splats) if isinstance(splats, dict) else type(splats).__name__
         raise ValueError(f"its Gaussians have the entries {have}, this run's {sorted(model.splats.keys())}")
-    n = splats["means"].shape[0] if isinstance(splats["means"], torch.Tensor) and splats["means"].dim() else 0
-    if n == 0:
-        raise ValueError("no Gaussians")
+    n = gaussian_count(splats)
     for key, value in splats.items():
         want = model.splats[key]
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"splats {key} is a {type(value).__name__}, not a tensor")
-        if value.dim() == 0 or value.shape[0] != n:
-            rows = "a scalar" if value.dim() == 0 else f"{value.shape[0]} rows"
-            raise ValueError(f"the per-Gaussian tensors disagree on the Gaussian count: means has {n} rows, "
-                             f"{key} {rows}")
         if value.shape[1:] != want.shape[1:]:
             raise ValueError(f"splats {key} has shape {list(value.shape)}, expected {[n, *want.shape[1:]]}")
         if value.dtype != want.dtype:

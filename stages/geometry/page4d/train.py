@@ -42,6 +42,7 @@ from pipeline.config import CONFIG_DIR, _apply, option, parse_override, read_yam
 from pipeline.errors import StageInterrupted, UserError
 from pipeline.io import atomic_path, write_json
 from pipeline.log import get_logger, progress
+from pipeline.rng import set_cuda_rng_states
 from stages.geometry.page4d.losses import LossConfig, objective
 
 log = get_logger("train")
@@ -401,9 +402,7 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        # one state per GPU that was visible when it was saved; fewer may be visible now
-        for index, cuda_state in enumerate(list(state["cuda"])[:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
+        set_cuda_rng_states(state["cuda"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     random.setstate(_tuples(state["python"]))
