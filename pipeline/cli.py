@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--res", type=int, default=None, help="image width in pixels")
     p.add_argument("--test-views", type=int, default=None,
                    help="object: held-out views at new viewpoints (default 20, fewer below 100 frames)")
+    p.add_argument("--pan-scale", type=float, default=None,
+                   help="room: how far the handheld camera pans, as a multiple of the default (1; 4 turns about "
+                        "3x as far over the video)")
 
     p = sub.add_parser("render", help="render a camera path of a finished run to MP4 (and PNG frames)")
     p.add_argument("run", type=Path)

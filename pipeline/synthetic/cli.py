@@ -1,8 +1,10 @@
-"""``page4dgs make-scene {object,room} --out DIR [--seed N] [--frames F] [--res R] [--test-views V]``."""
+"""``page4dgs make-scene {object,room} --out DIR [--seed N] [--frames F] [--res R] [--test-views V]
+[--pan-scale P]``."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import replace
 
@@ -30,11 +32,16 @@ def make_scene_command(args: argparse.Namespace) -> int:
         raise UserError(f"--test-views is for object scenes and must lie in [1, {MAX_FRAMES}]"
                         if args.kind == "object"
                         else "--test-views is for object scenes (a room holds out every 8th frame instead)")
+    pan_scale = getattr(args, "pan_scale", None)
+    if pan_scale is not None and (args.kind != "room" or not (math.isfinite(pan_scale) and 0 <= pan_scale <= 10)):
+        raise UserError("--pan-scale must lie in [0, 10]" if args.kind == "room"
+                        else "--pan-scale is for room scenes (object cameras jump between viewpoints)")
     if not 0 <= args.seed < 2**63:
         raise UserError(f"--seed must lie in [0, 2^63), got {args.seed}")
     if args.kind == "room":
         options = RoomSceneOptions()
-        options = replace(options, frames=args.frames or options.frames, width=args.res or options.width)
+        options = replace(options, frames=args.frames or options.frames, width=args.res or options.width,
+                          pan_scale=options.pan_scale if pan_scale is None else pan_scale)
         frames, width, make = options.frames, options.width, make_room_scene
     else:
         options = ObjectSceneOptions()

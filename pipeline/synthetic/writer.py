@@ -48,6 +48,7 @@ class RoomSceneOptions:
     test_every: int = 8          # hold out every n-th frame (pipeline.scene.loaders.common.holdout_split)
     fov_deg: float = 65.0        # horizontal field of view
     textures: int = 40           # procedural textures in the bank (besides the 8 photographs)
+    pan_scale: float = 1.0       # multiplies the camera's pan amplitude (how far it turns over the video)
 
 
 @dataclass
@@ -166,7 +167,7 @@ def room_scene(seed: int = 0, options: RoomSceneOptions | None = None) -> Genera
                         f"{width} x {height}")
     generator = torch.Generator().manual_seed(seed)
     bank = make_texture_bank(generator, options.textures)
-    room = RoomOptions(fov_deg=(options.fov_deg, options.fov_deg), moving_light=0.0)
+    room = RoomOptions(fov_deg=(options.fov_deg, options.fov_deg), moving_light=0.0, pan_m=options.pan_scale)
     spec = sample_room(generator, 1, bank.count, width, height, room)
     fov_x = math.radians(options.fov_deg)  # sample_room's field of view is for the longer side; this is horizontal
     spec.fov_x = torch.full((1,), fov_x)

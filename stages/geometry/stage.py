@@ -95,6 +95,8 @@ def check_config(cfg: GeometryConfig) -> None:
         problems.append(f"overlap ({cfg.overlap}) must be smaller than window ({cfg.window})")
     if not 0.0 <= cfg.fusion_percentile <= 100.0:
         problems.append(f"fusion_percentile must be in [0, 100] (got {cfg.fusion_percentile:g})")
+    if cfg.refine_iterations < 1:
+        problems.append(f"refine_iterations must be >= 1 (got {cfg.refine_iterations})")
     if cfg.max_points < 1:
         problems.append("max_points must be >= 1")
     if cfg.consistency_neighbours < 0 or cfg.consistency_gap < 1:
@@ -232,6 +234,18 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
         score = torch.from_numpy(pred.mask_score)[:, None] + 0.5                      # (S, 1, h/p, w/p)
         head_probability = torch.nn.functional.interpolate(score, size=(h, w), mode="bilinear",
                                                            align_corners=False)[:, 0].numpy()
+    refinement_record = None
+    if dataset is None and cfg.refine_cameras and len(pred) > 1:
+        begin = time.perf_counter()
+        refined, refinement_record = refine_predicted_cameras(pred, prepared, head_probability, cfg, device)
+        pred = dataclasses.replace(pred, world_to_camera=refined)
+        timings["camera_refinement_s"] = time.perf_counter() - begin
+        t += timings["camera_refinement_s"]                                 # masks_s: the masks alone
+        change = refinement_record["rotation_change_deg"]
+        log.info(f"cameras refined photometrically: cost {refinement_record['cost_before']:.4f} -> "
+                 f"{refinement_record['cost_after']:.4f}" + ("" if refinement_record["kept"] else
+                                                            " (no better: the network's cameras kept)") +
+                 f", rotations changed by {change['mean']:.2f} deg on average, {change['max']:.2f} at most")
     alignment, alignment_record = None, None
     mask_depth, mask_K, mask_w2c = pred.depth, pred.intrinsics, pred.world_to_camera
     if dataset is not None:
@@ -271,7 +285,28 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
     }
     if alignment_record is not None:
         summary["dataset_alignment"] = alignment_record
+    if refinement_record is not None:
+        summary["camera_refinement"] = refinement_record
     return GeometrySource(len(scene.frames), get, summary, pred.world_to_camera, alignment)
+
+
+def refine_predicted_cameras(pred, prepared, head_probability: Optional[np.ndarray], cfg: GeometryConfig,
+                             device: str) -> tuple[np.ndarray, dict]:
+    """The network's cameras corrected by direct photometric alignment (:mod:`stages.geometry.photometric`) at the
+    network resolution. Source pixels: confidence at or above the frame's 30th percentile, not padding, and, where
+    the checkpoint's mask head is supervised, probability of moving below one half (the robust cost handles the
+    movers the head misses; the dynamic masks are computed afterwards, under the refined cameras)."""
+    from stages.geometry.photometric import PhotometricParams, refine_cameras
+
+    confidence = torch.from_numpy(pred.depth_conf)
+    floor = torch.quantile(confidence.flatten(1), 0.3, dim=1)[:, None, None]
+    allowed = (confidence >= floor) & torch.from_numpy(np.stack([m.network_coverage() for m in prepared.mappings]))
+    if head_probability is not None:
+        allowed &= torch.from_numpy(head_probability) < 0.5
+    params = PhotometricParams(iterations=cfg.refine_iterations, joint_iterations=cfg.refine_iterations)
+    images = prepared.batch(slice(None), device)                                    # (S, 3, h, w) in [0, 1]
+    return refine_cameras(images, torch.from_numpy(pred.depth).to(device), allowed.float().to(device),
+                          torch.from_numpy(pred.intrinsics).float().to(device), pred.world_to_camera, params)
 
 
 def shared_focal_length(intrinsics: np.ndarray) -> np.ndarray:

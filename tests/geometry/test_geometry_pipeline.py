@@ -520,3 +520,31 @@ def test_shared_frames_move_from_the_earlier_window_to_the_next_along_the_geodes
     assert max(totals) > 5.0                                              # the windows do disagree
     for i in set(range(S)) - shared:
         assert np.allclose(blended[i], runs[False].world_to_camera[i], atol=1e-6)
+
+
+def test_model_cameras_are_refined_photometrically_unless_switched_off(tmp_path, small_weights):
+    from pipeline.errors import UserError
+    from stages.geometry.stage import check_config
+
+    scene = raycast_scene.make_scene(frames=4, width=48, height=36)
+    records, cameras = {}, {}
+    for refine in (True, False):
+        _, out = run_stage(tmp_path / str(refine), scene, [f"geometry.checkpoint={small_weights}",
+                                                            "geometry.cameras=model",
+                                                            f"geometry.refine_cameras={str(refine).lower()}"])
+        records[refine] = json.loads((out / "geometry.json").read_text()).get("camera_refinement")
+        cameras[refine] = np.array([f["world_to_camera"] for f in json.loads((out / "cameras.json").read_text())
+                                    ["frames"]])
+    assert records[False] is None
+    record = records[True]
+    assert record["frames"] == 4 and record["pairs"] == 2 * (3 + 2)            # offsets 1 and 2 (4, 8 too long)
+    if record["kept"]:
+        assert record["cost_after"] < record["cost_before"]
+        assert not np.allclose(cameras[True][1:], cameras[False][1:])
+    else:
+        np.testing.assert_allclose(cameras[True], cameras[False], atol=1e-9)
+    np.testing.assert_allclose(cameras[True][0], cameras[False][0], atol=1e-9)  # frame 0 is the world
+    config = default_config()
+    apply_overrides(config, ["geometry.refine_iterations=0"])
+    with pytest.raises(UserError, match="refine_iterations"):
+        check_config(config.geometry)

@@ -184,12 +184,29 @@ def test_make_scene_command(tmp_path, capsys):
     capsys.readouterr()
     for bad in (["room", "--test-views", "3"], ["object", "--test-views", "0"], ["object", "--test-views", "5000"],
                 ["object", "--res", "100000000"], ["room", "--frames", "100000000"], ["room", "--res", "7"],
-                ["room", "--frames", "2000", "--res", "4096"]):
+                ["room", "--frames", "2000", "--res", "4096"], ["room", "--pan-scale", "nan"],
+                ["room", "--pan-scale", "-1"], ["object", "--pan-scale", "2"]):
         assert main(["make-scene", bad[0], "--out", str(tmp_path / "bad"), *bad[1:]]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and bad[1] in err[0]                # one line, before anything is allocated
-        assert "must lie in" in err[0] or "a room holds out" in err[0] or "G pixels of images" in err[0]
+        assert ("must lie in" in err[0] or "a room holds out" in err[0] or "G pixels of images" in err[0]
+                or "for room scenes" in err[0])
     assert not (tmp_path / "bad").exists()
+
+
+def test_pan_scale_widens_the_room_camera_path(tmp_path):
+    from pipeline.cameras import rotation_angle_deg
+
+    turns = {}
+    for pan in (None, "1", "4"):
+        out = tmp_path / f"pan{pan}"
+        assert main(["make-scene", "room", "--out", str(out), "--frames", "6", "--res", "32", "--seed", "3",
+                     *(["--pan-scale", pan] if pan else [])]) == 0
+        frames = sorted(load_scene(SceneConfig(source=str(out))).frames, key=lambda f: f.index)
+        first = frames[0].camera.world_to_camera[:3, :3]
+        turns[pan] = max(rotation_angle_deg(f.camera.world_to_camera[:3, :3] @ first.T) for f in frames)
+    assert turns[None] == turns["1"]                                  # the default is pan 1, bit for bit
+    assert turns["4"] > 2 * turns["1"]
 
 
 def test_an_interrupted_make_scene_says_nothing_was_written(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,318 @@
+"""Direct photometric refinement of predicted cameras: every frame's pose is corrected so that, through its own
+depth, its pixels land on the same colours in its neighbours.
+
+The network predicts each frame's camera from the images alone; on real footage those poses are inconsistent
+(docs/model-card-page4d-tiny.md: the static model fits lady-running's training views at only 15 dB). Given the
+depth maps, the relation between two frames is checkable pixel by pixel: a static point at pixel p of frame i, at
+depth d_i(p), seen from frame j through the relative pose j <- i must have the same colour there. This module finds
+the pose corrections that minimise that photometric error over many frame pairs at once (direct image alignment,
+as in direct visual odometry; poses only, depth held fixed, so the depth's scale stays the scale of the world):
+
+    xi_k (6,)            correction of frame k (k >= 1; frame 0 is the world and stays put): rotation vector
+                         omega (radians) and translation v (units of the median depth), applied on the left,
+                         world_to_camera_k <- [exp(omega) | v * median_depth] @ world_to_camera_k
+    X = d_i(p) K_i^-1 [p + 0.5, 1]^T        frame i's point (camera space, pixel centres)
+    q = K_j (R_ji X + t_ji)                 its projection in frame j
+    r = (a_j I_j(q) + b_j) - (a_i I_i(p) + b_i)      per colour channel; a = exp(gain), b: per-frame exposure
+    loss = mean over pairs of mean over p of log(1 + (r / c)^2)     (Cauchy: movers and occlusions weigh little)
+
+Pairs are (i, i + k) in both directions for every k in ``offsets`` (nearest first), so a frame is tied to several
+others and errors do not accumulate along the sequence as they would by chaining pairs. Solved by Adam from coarse
+to fine over an image pyramid (each level halves the resolution), on ``pixels_per_frame`` source pixels per frame
+and level, chosen among the allowed pixels (``weight`` > 0: confident depth, not marked moving) with an
+above-median image gradient (flat regions say nothing about pose), a fixed random draw for determinism.
+
+The refinement is kept only if it lowers the photometric error of the finest level on the same pixels; the record
+says which.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhotometricParams:
+    offsets: tuple[int, ...] = (1, 2, 4, 8)   # frame pairs (i, i + k), aligned in both directions
+    levels: int = 3                           # pyramid levels, each half the resolution of the one above
+    iterations: int = 30                      # Adam steps per level and frame while tracking
+    joint_iterations: int = 30                # Adam steps per level over all frames at once (0: tracking only)
+    pixels_per_frame: int = 2048              # source pixels per frame and level
+    learning_rate: float = 2e-3               # Adam step while tracking: radians, units of the median depth, log gain
+    joint_learning_rate: float = 1e-3         # Adam step of the joint pass (it starts near the solution)
+    robust_scale: float = 0.05                # Cauchy scale of colour residuals (colours in [0, 1])
+    exposure: bool = True                     # per-frame gain and bias of the colours (auto-exposure)
+    seed: int = 0                             # the random draw of source pixels
+
+
+def rotation_matrices(rotation_vectors: Tensor) -> Tensor:
+    """Rodrigues: rotation vectors (N, 3) in radians -> (N, 3, 3), smooth (differentiable) at zero."""
+    theta_sq = (rotation_vectors ** 2).sum(-1, keepdim=True)[..., None]          # (N, 1, 1)
+    theta = theta_sq.clamp_min(1e-12).sqrt()
+    small = theta_sq < 1e-8
+    a = torch.where(small, 1.0 - theta_sq / 6.0, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta_sq / 24.0, (1.0 - torch.cos(theta)) / theta_sq.clamp_min(1e-12))
+    x, y, z = rotation_vectors.unbind(-1)
+    zero = torch.zeros_like(x)
+    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(-1, 3, 3)
+    eye = torch.eye(3, dtype=rotation_vectors.dtype, device=rotation_vectors.device)
+    return eye + a * skew + b * (skew @ skew)
+
+
+def corrected_world_to_camera(world_to_camera: Tensor, corrections: Tensor, translation_unit: float) -> Tensor:
+    """world_to_camera (S, 4, 4) with corrections (S, 6) = (omega, v) applied on the left:
+    R <- exp(omega) R, t <- exp(omega) t + v * translation_unit."""
+    rotation = rotation_matrices(corrections[:, :3])                               # (S, 3, 3)
+    R = rotation @ world_to_camera[:, :3, :3]
+    t = (rotation @ world_to_camera[:, :3, 3:])[..., 0] + corrections[:, 3:] * translation_unit
+    top = torch.cat([R, t[..., None]], -1)                                         # (S, 3, 4)
+    bottom = world_to_camera[:, 3:, :]                                             # (S, 1, 4)
+    return torch.cat([top, bottom], 1)
+
+
+def frame_pairs(frames: int, offsets: tuple[int, ...]) -> np.ndarray:
+    """(E, 2) int64 (source, target) pairs: (i, i + k) and (i + k, i) for every k in offsets inside the sequence."""
+    pairs = [(i, i + k) for k in offsets for i in range(frames - k)]
+    pairs += [(j, i) for i, j in pairs]
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def pyramid_level(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, level: int):
+    """Level ``level`` of the pyramid: images (S, C, H, W) area-averaged; depth (S, H, W) averaged over its valid
+    (> 0) pixels, 0 where a block has none; weight (S, H, W) the block minimum (a block with one disallowed pixel
+    is disallowed); K (S, 3, 3) scaled (pixel corners at integers, so halving is exact)."""
+    if level == 0:
+        return images, depth, weight, K
+    factor = 2 ** level
+    images = F.avg_pool2d(images, factor, ceil_mode=True)
+    valid = (depth > 0).to(depth.dtype)[:, None]
+    depth_sum = F.avg_pool2d(depth[:, None] * valid, factor, ceil_mode=True)
+    count = F.avg_pool2d(valid, factor, ceil_mode=True)
+    depth = torch.where(count > 0, depth_sum / count.clamp_min(1e-12), torch.zeros_like(count))[:, 0]
+    weight = -F.max_pool2d(-weight[:, None], factor, ceil_mode=True)[:, 0]
+    scale = torch.tensor([1.0 / factor, 1.0 / factor, 1.0], dtype=K.dtype, device=K.device)
+    return images, depth, weight, K * scale[None, :, None]
+
+
+def select_pixels(images: Tensor, depth: Tensor, weight: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """(S, n) flat pixel indices per frame: a random draw (fixed by ``generator``) among the pixels that are allowed
+    (weight > 0, depth > 0) and whose image gradient is above their frame's median over allowed pixels; frames with
+    fewer such pixels repeat some (their loss is a mean, so repeats only reweight)."""
+    S, _, H, W = images.shape
+    gray = images.mean(1, keepdim=True)                                            # (S, 1, H, W)
+    gx = F.pad(gray[..., :, 2:] - gray[..., :, :-2], (1, 1, 0, 0))
+    gy = F.pad(gray[..., 2:, :] - gray[..., :-2, :], (0, 0, 1, 1))
+    gradient = (gx ** 2 + gy ** 2).sqrt()[:, 0].reshape(S, -1)                     # (S, H*W)
+    allowed = ((weight > 0) & (depth > 0)).reshape(S, -1)
+    chosen = []
+    for k in range(S):
+        candidates = torch.nonzero(allowed[k]).flatten()
+        if len(candidates) == 0:
+            chosen.append(torch.zeros(count, dtype=torch.long, device=images.device))
+            continue
+        g = gradient[k, candidates]
+        strong = candidates[g >= g.median()]
+        draw = torch.randint(len(strong), (count,), generator=generator).to(images.device)
+        chosen.append(strong[draw])
+    return torch.stack(chosen)                                                     # (S, n)
+
+
+def sample_bilinear(images_flat: Tensor, frame: Tensor, u: Tensor, v: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
+    """Bilinear samples of many frames at once.
+
+    images_flat (S*H*W, C); frame (E, n) int64; u, v (E, n) continuous pixel coordinates (pixel corners at
+    integers, centres at k + 0.5). Returns colours (E, n, C) and inside (E, n) bool (all four neighbours exist).
+    Differentiable in u and v (the weights carry the gradient).
+    """
+    x = u - 0.5
+    y = v - 0.5
+    inside = (x >= 0) & (y >= 0) & (x <= W - 1) & (y <= H - 1)             # False for NaN too
+    x = torch.where(inside, x, torch.zeros_like(x))
+    y = torch.where(inside, y, torch.zeros_like(y))
+    x0 = x.detach().floor().clamp(max=W - 2).long()
+    y0 = y.detach().floor().clamp(max=H - 2).long()
+    fx = (x - x0)[..., None]
+    fy = (y - y0)[..., None]
+    base = frame * (H * W) + y0 * W + x0                                           # (E, n)
+
+    def at(offset: int) -> Tensor:
+        return images_flat.index_select(0, (base + offset).flatten()).reshape(*base.shape, -1)
+
+    top = at(0) * (1 - fx) + at(1) * fx
+    bottom = at(W) * (1 - fx) + at(W + 1) * fx
+    return top * (1 - fy) + bottom * fy, inside
+
+
+def photometric_residuals(world_to_camera: Tensor, exposure: Tensor, images_flat: Tensor, depth: Tensor, K: Tensor,
+                          pairs: Tensor, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """Colour residuals of every pair's source pixels seen in its target.
+
+    world_to_camera (S, 4, 4); exposure (S, 2) log gain and bias; images_flat (S*H*W, C) channel-last;
+    depth (S, H, W); K (S, 3, 3); pairs (E, 2) (source, target); pixels (S, n) flat indices of each frame's
+    source pixels.
+    Returns residuals (E, n, C) and valid (E, n) bool (in front of the target camera and inside its image).
+    """
+    S, H, W = depth.shape
+    C = images_flat.shape[1]
+    source, target = pairs[:, 0], pairs[:, 1]
+    flat_pixels = pixels[source]                                                   # (E, n)
+    u = (flat_pixels % W).to(K.dtype) + 0.5
+    v = torch.div(flat_pixels, W, rounding_mode="floor").to(K.dtype) + 0.5
+    d = depth.reshape(S, -1).gather(1, pixels)[source]                             # (E, n)
+    Ks, Kt = K[source], K[target]
+    x = (u - Ks[:, 0, 2:3]) / Ks[:, 0, 0:1] * d                                    # (E, n) camera space of source
+    y = (v - Ks[:, 1, 2:3]) / Ks[:, 1, 1:2] * d
+    points = torch.stack([x, y, d], -1)                                            # (E, n, 3)
+    relative = world_to_camera[target] @ torch.linalg.inv(world_to_camera[source])  # (E, 4, 4) target <- source
+    seen = points @ relative[:, :3, :3].transpose(1, 2) + relative[:, None, :3, 3]  # (E, n, 3)
+    z = seen[..., 2]
+    in_front = z > 1e-3 * d.detach().clamp_min(1e-6)
+    z_safe = torch.where(in_front, z, torch.ones_like(z))
+    u_t = Kt[:, 0, 0:1] * seen[..., 0] / z_safe + Kt[:, 0, 2:3]
+    v_t = Kt[:, 1, 1:2] * seen[..., 1] / z_safe + Kt[:, 1, 2:3]
+    colour_t, inside = sample_bilinear(images_flat, target[:, None].expand_as(u_t), u_t, v_t, H, W)
+    colour_s = images_flat.index_select(0, (source[:, None] * (H * W) + flat_pixels).flatten()).reshape(*u.shape, C)
+    gain, bias = exposure[:, 0].exp(), exposure[:, 1]
+    residual = (gain[target, None, None] * colour_t + bias[target, None, None]
+                - gain[source, None, None] * colour_s - bias[source, None, None])
+    return residual, in_front & inside
+
+
+def robust_loss(residual: Tensor, valid: Tensor, scale: float) -> Tensor:
+    """Mean over pairs of the mean Cauchy cost log(1 + (r / scale)^2) over each pair's valid pixels and channels."""
+    cost = torch.log1p((residual / scale) ** 2).mean(-1)                           # (E, n)
+    per_pair = (cost * valid).sum(-1) / valid.sum(-1).clamp_min(1)
+    return per_pair.mean()
+
+
+class _Unknowns:
+    """The quantities solved for, one row per frame; frame 0's rows stay zero (it is the world, its exposure the
+    reference). corrections (S, 6) as in :func:`corrected_world_to_camera`; exposure (S, 2) log gain and bias."""
+
+    def __init__(self, frames: int, device) -> None:
+        self.corrections = torch.zeros(frames, 6, device=device)
+        self.exposure = torch.zeros(frames, 2, device=device)
+
+    def tensors(self) -> list[Tensor]:
+        return [self.corrections, self.exposure]
+
+
+class _Problem:
+    """The photometric cost of given pairs at one pyramid level, for the unknowns of all frames."""
+
+    def __init__(self, images, depth, weight, K, initial: Tensor, unit: float, params: PhotometricParams,
+                 generator: torch.Generator, level: int) -> None:
+        self.images, self.depth, _, self.K = pyramid_level(images, depth, weight, K, level)
+        self.pixels = select_pixels(self.images, self.depth, _, params.pixels_per_frame, generator)
+        S, C, H, W = self.images.shape
+        self.images_flat = self.images.permute(0, 2, 3, 1).reshape(S * H * W, C).contiguous()   # (S*H*W, C)
+        self.initial, self.unit, self.params, self.level = initial, unit, params, level
+
+    def loss(self, corrections: Tensor, exposure: Tensor, pairs: Tensor) -> Tensor:
+        world_to_camera = corrected_world_to_camera(self.initial, corrections.double(), self.unit).float()
+        residual, valid = photometric_residuals(
+            world_to_camera, exposure if self.params.exposure else torch.zeros_like(exposure), self.images_flat,
+            self.depth, self.K, pairs, self.pixels)
+        return robust_loss(residual, valid, self.params.robust_scale)
+
+
+def _solve(problem: _Problem, unknowns: _Unknowns, frames: Tensor, pairs: Tensor, iterations: int,
+           learning_rate: float) -> tuple[float, float]:
+    """Adam on the rows ``frames`` of every unknown (the others held), over the cost of ``pairs``; the unknowns are
+    updated in place. Returns the cost before and after."""
+    rows = [t[frames].clone().requires_grad_(True) for t in unknowns.tensors()]
+
+    def cost() -> Tensor:
+        full = [t.detach().index_put((frames,), row) for t, row in zip(unknowns.tensors(), rows)]
+        return problem.loss(*full, pairs)
+
+    with torch.no_grad():
+        before = float(cost())
+    optimizer = torch.optim.Adam(rows, lr=learning_rate)
+    for _ in range(iterations):
+        optimizer.zero_grad(set_to_none=True)
+        cost().backward()
+        optimizer.step()
+    with torch.no_grad():
+        for t, row in zip(unknowns.tensors(), rows):
+            t[frames] = row
+        return before, float(cost())
+
+
+def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, world_to_camera: np.ndarray,
+                   params: PhotometricParams = PhotometricParams()) -> tuple[np.ndarray, dict]:
+    """Refine the cameras of a frame sequence by direct photometric alignment (module docstring).
+
+    Two passes, each coarse to fine. Tracking: frames 1, 2, ... in turn, each started from its predecessor's
+    correction (so it keeps the network's motion between the two) and solved alone against the frames before it
+    that the pairs link it to, so a frame starts within a few pixels of its solution even where the network's
+    poses drift far over the sequence. Joint: all frames and all pairs at once, which spreads the remaining error.
+
+    images (S, C, H, W) float in [0, 1]; depth (S, H, W) (> 0 where valid); weight (S, H, W): > 0 where a pixel may
+    serve as a source (confident depth, static); K (S, 3, 3) in pixels of these images; world_to_camera (S, 4, 4)
+    OpenCV, frame 0's stays as it is. All tensors on one device; computed in float32 (poses composed in float64).
+    Returns the refined world_to_camera (S, 4, 4) float64 and a record (costs per pass and level, cost before /
+    after on the finest level, kept or not, rotation changes).
+    """
+    S = images.shape[0]
+    device = images.device
+    initial = torch.as_tensor(world_to_camera, dtype=torch.float64, device=device)
+    offsets = tuple(k for k in params.offsets if 0 < k < S)
+    pairs = torch.as_tensor(frame_pairs(S, offsets), device=device)
+    record = {"frames": S, "pairs": len(pairs), "params": {k: (list(v) if isinstance(v, tuple) else v)
+                                                           for k, v in params.__dict__.items()}}
+    if len(pairs) == 0:
+        return np.asarray(world_to_camera, dtype=np.float64), {**record, "kept": False, "reason": "one frame"}
+    valid_depth = depth[depth > 0]
+    unit = float(valid_depth.median()) if valid_depth.numel() else 1.0
+    generator = torch.Generator().manual_seed(params.seed)
+    levels = max(1, min(params.levels, int(math.log2(max(1, min(images.shape[2:]) // 8))) + 1))
+    problems = [_Problem(images, depth, weight, K.to(images.dtype), initial, unit, params, generator, level)
+                for level in reversed(range(levels))]              # coarse to fine; the coarsest >= 8 px a side
+    unknowns = _Unknowns(S, device)
+
+    record["tracking"] = []
+    for frame in range(1, S):
+        with torch.no_grad():
+            for t in unknowns.tensors():
+                t[frame] = t[frame - 1]
+        linked = pairs[(pairs.max(1).values == frame)]                            # with earlier frames only
+        for problem in problems:
+            before, after = _solve(problem, unknowns, torch.tensor([frame], device=device), linked,
+                                   params.iterations, params.learning_rate)
+        record["tracking"].append(after)
+    record["joint"] = []
+    everything = torch.arange(1, S, device=device)
+    for problem in problems:
+        if not params.joint_iterations:
+            break
+        before, after = _solve(problem, unknowns, everything, pairs, params.joint_iterations,
+                               params.joint_learning_rate)
+        record["joint"].append({"level": problem.level, "size": list(problem.images.shape[2:]),
+                                "cost_start": before, "cost_end": after})
+
+    finest = problems[-1]
+    with torch.no_grad():
+        after = float(finest.loss(*unknowns.tensors(), pairs))
+        before = float(finest.loss(*(torch.zeros_like(t) for t in unknowns.tensors()), pairs))
+        refined = corrected_world_to_camera(initial, unknowns.corrections.double(), unit)
+    kept = after < before
+    result = refined.cpu().numpy() if kept else np.asarray(world_to_camera, dtype=np.float64)
+    rotation_change = np.degrees(_angles(result[:, :3, :3] @ np.transpose(
+        np.asarray(world_to_camera, np.float64)[:, :3, :3], (0, 2, 1))))
+    record.update({"cost_before": before, "cost_after": after, "kept": kept, "translation_unit": unit,
+                   "rotation_change_deg": {"mean": float(rotation_change.mean()),
+                                           "max": float(rotation_change.max())},
+                   "exposure_gain": (unknowns.exposure[:, 0].exp().tolist() if params.exposure else None)})
+    return result, record
+
+
+def _angles(rotations: np.ndarray) -> np.ndarray:
+    cos = np.clip((np.trace(rotations, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
+    return np.arccos(cos)

@@ -1,0 +1,120 @@
+"""Direct photometric camera refinement (stages/geometry/photometric.py) on the ray-cast room with exact depth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from stages.evaluate.pose_metrics import pose_errors
+from stages.geometry.photometric import (PhotometricParams, corrected_world_to_camera, frame_pairs,
+                                         photometric_residuals, refine_cameras, rotation_matrices)
+from tests.geometry.raycast_scene import render
+
+FAST = PhotometricParams(levels=2, iterations=40, joint_iterations=40, pixels_per_frame=768)
+
+
+def perturbed(world_to_camera: np.ndarray, degrees: float, translation: float, seed: int = 0) -> np.ndarray:
+    """Every camera but the first moved by a random rotation of ``degrees`` and a random shift of ``translation``."""
+    generator = np.random.default_rng(seed)
+    out = world_to_camera.copy()
+    for k in range(1, len(out)):
+        axis = generator.normal(size=3)
+        rotation = Rotation.from_rotvec(np.radians(degrees) * axis / np.linalg.norm(axis)).as_matrix()
+        shift = generator.normal(size=3)
+        out[k, :3, :3] = rotation @ out[k, :3, :3]
+        out[k, :3, 3] = rotation @ out[k, :3, 3] + translation * shift / np.linalg.norm(shift)
+    return out
+
+
+def smooth_colours(depth: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray, moving: np.ndarray) -> np.ndarray:
+    """(S, H, W, 3) colours of a smooth pattern fixed on the room's walls (the ray-cast room's checker is aliased at
+    this size, which no bilinear sampling reproduces), the moving sphere plain red."""
+    S, H, W = depth.shape
+    v, u = np.mgrid[0:H, 0:W] + 0.5
+    rays = np.stack([(u - K[0, 0, 2]) / K[0, 0, 0], (v - K[0, 1, 2]) / K[0, 1, 1], np.ones_like(u)], -1)
+    camera_points = rays[None] * depth[..., None]                                  # (S, H, W, 3)
+    R, t = world_to_camera[:, :3, :3], world_to_camera[:, :3, 3]
+    world = np.einsum("sji,shwj->shwi", R, camera_points - t[:, None, None])      # R^T (x - t)
+    x, y, z = world[..., 0], world[..., 1], world[..., 2]
+    colours = np.stack([0.5 + 0.3 * np.sin(2.1 * x + 1.3 * z) * np.cos(1.7 * y),
+                        0.5 + 0.3 * np.cos(1.9 * y - 0.8 * x + 0.5 * z),
+                        0.5 + 0.2 * np.sin(1.3 * z + 2.3 * y) + 0.1 * np.cos(3.1 * x)], -1)
+    return np.where(moving[..., None], np.array([0.9, 0.15, 0.1]), colours).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def room():
+    depth, K, world_to_camera, moving, _ = render(frames=8, width=96, height=72)
+    rgb = smooth_colours(depth, K, world_to_camera, moving)
+    images = torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous()
+    return images, torch.from_numpy(depth), torch.from_numpy(K).float(), world_to_camera, moving
+
+
+def test_rotation_matrices_match_scipy():
+    vectors = torch.tensor([[0.0, 0.0, 0.0], [1e-5, -2e-5, 3e-5], [0.3, -0.2, 0.5], [2.0, 1.0, -1.5]],
+                           dtype=torch.float64)
+    expected = Rotation.from_rotvec(vectors.numpy()).as_matrix()
+    np.testing.assert_allclose(rotation_matrices(vectors).numpy(), expected, atol=1e-12)
+
+
+def test_corrections_apply_on_the_left():
+    world_to_camera = torch.from_numpy(perturbed(np.tile(np.eye(4), (2, 1, 1)), 10.0, 0.5))
+    correction = torch.tensor([[0.0] * 6, [0.1, -0.2, 0.05, 0.3, 0.0, -0.1]], dtype=torch.float64)
+    out = corrected_world_to_camera(world_to_camera, correction, translation_unit=2.0).numpy()
+    R = Rotation.from_rotvec(correction[1, :3].numpy()).as_matrix()
+    expected = np.eye(4)
+    expected[:3, :3] = R
+    expected[:3, 3] = 2.0 * correction[1, 3:].numpy()
+    np.testing.assert_allclose(out[1], expected @ world_to_camera[1].numpy(), atol=1e-12)
+    np.testing.assert_allclose(out[0], world_to_camera[0].numpy(), atol=1e-12)
+
+
+def test_frame_pairs_link_both_directions_inside_the_sequence():
+    pairs = frame_pairs(5, (1, 4, 8))
+    assert sorted(map(tuple, pairs)) == sorted([(0, 1), (1, 2), (2, 3), (3, 4), (0, 4),
+                                                (1, 0), (2, 1), (3, 2), (4, 3), (4, 0)])
+
+
+def test_true_cameras_give_near_zero_residuals_on_static_pixels(room):
+    images, depth, K, world_to_camera, moving = room
+    S, C, H, W = images.shape
+    pixels = torch.arange(H * W).reshape(1, -1).expand(S, -1)
+    flat = images.permute(0, 2, 3, 1).reshape(S * H * W, C)
+    pairs = torch.as_tensor(frame_pairs(S, (1,)))
+    residual, valid = photometric_residuals(torch.from_numpy(world_to_camera).float(), torch.zeros(S, 2), flat,
+                                            depth, K, pairs, pixels)
+    static = ~torch.from_numpy(moving).reshape(S, -1)[pairs[:, 0]]
+    assert residual.abs().amax(-1)[valid & static].median() < 0.01
+    wrong = perturbed(world_to_camera, 3.0, 0.0)
+    residual_wrong, valid_wrong = photometric_residuals(torch.from_numpy(wrong).float(), torch.zeros(S, 2), flat,
+                                                        depth, K, pairs, pixels)
+    assert residual_wrong.abs().amax(-1)[valid_wrong & static].mean() > 3 * residual.abs().amax(-1)[valid & static].mean()
+
+
+def test_refinement_recovers_perturbed_cameras_despite_a_mover(room):
+    images, depth, K, world_to_camera, moving = room
+    start = perturbed(world_to_camera, 2.0, 0.05)
+    weight = torch.ones_like(depth)                                # the moving sphere is left to the robust cost
+    refined, record = refine_cameras(images, depth, weight, K, start, FAST)
+    before, after = pose_errors(start, world_to_camera), pose_errors(refined, world_to_camera)
+    assert record["kept"] and record["cost_after"] < 0.5 * record["cost_before"]
+    assert before.rpe_rot_deg > 2.0
+    assert after.rpe_rot_deg < 0.2 and after.ate < 0.2 * before.ate
+    np.testing.assert_allclose(refined[0], start[0])               # frame 0 is the world
+
+
+def test_refinement_leaves_right_cameras_nearly_unchanged(room):
+    images, depth, K, world_to_camera, moving = room
+    weight = torch.from_numpy(~moving).float()
+    refined, record = refine_cameras(images, depth, weight, K, world_to_camera, FAST)
+    assert record["rotation_change_deg"]["max"] < 0.1
+    assert pose_errors(refined, world_to_camera).ate < 0.01
+
+
+def test_one_frame_is_returned_as_it_is(room):
+    images, depth, K, world_to_camera, _ = room
+    refined, record = refine_cameras(images[:1], depth[:1], torch.ones_like(depth[:1]), K[:1], world_to_camera[:1])
+    assert not record["kept"]
+    np.testing.assert_array_equal(refined, world_to_camera[:1])
