@@ -55,8 +55,9 @@ class GeometryConfig:
                                   "alignment - through its own depth, its pixels must land on the same colours in "
                                   "the frames 1, 2, 4 and 8 before and after it (robust to movers; depth and focal "
                                   "length kept). Scenes with their own cameras use theirs (docs/geometry.md).")
-    refine_iterations: int = option(30, "Camera refinement: optimizer steps per pyramid level, for each frame while "
-                                     "tracking the sequence and again for all frames together.")
+    refine_iterations: int = option(30, "Camera refinement: optimizer steps for each frame while tracking the "
+                                     "sequence (at the coarsest of three resolutions), then per resolution for all "
+                                     "frames together.")
     dpt_chunk: int = option(8, "Frames per pass through the depth/point heads (memory only; results are identical).")
     head_precision: str = option("float32", "Precision of the depth/point heads on CUDA ('float32' as in the "
                                  "official inference, or 'bfloat16'). The CPU always uses float32.",

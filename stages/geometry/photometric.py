@@ -14,26 +14,33 @@ as in direct visual odometry; poses only, depth held fixed, so the depth's scale
     X = d_i(p) K_i^-1 [p + 0.5, 1]^T        frame i's point (camera space, pixel centres)
     q = K_j (R_ji X + t_ji)                 its projection in frame j
     r = (a_j I_j(q) + b_j) - (a_i I_i(p) + b_i)      per colour channel; a = exp(gain), b: per-frame exposure
-    loss = mean over pairs of mean over p of log(1 + (r / c)^2)     (Cauchy: movers and occlusions weigh little)
+    cost = mean over pairs, pixels, channels of log(1 + (r / c)^2)   (Cauchy: movers and occlusions weigh little;
+                                            a pixel that leaves frame j counts as an outlier)
 
-Pairs are (i, i + k) in both directions for every k in ``offsets`` (nearest first), so a frame is tied to several
-others and errors do not accumulate along the sequence as they would by chaining pairs. Solved by Adam from coarse
-to fine over an image pyramid (each level halves the resolution), on ``pixels_per_frame`` source pixels per frame
-and level, chosen among the allowed pixels (``weight`` > 0: confident depth, not marked moving) with an
-above-median image gradient (flat regions say nothing about pose), a fixed random draw for determinism.
+Pairs are (i, i + k) in both directions for every k in ``offsets`` (1, 2, 4, 8), so a frame is tied to several
+others and errors do not accumulate along the sequence as they would by chaining pairs. Source pixels:
+``pixels_per_frame`` per frame and pyramid level (each level halves the resolution), drawn (fixed seed) among the
+allowed pixels (``weight`` > 0: confident depth, not marked moving) whose image gradient is above the frame's
+median (flat regions say nothing about pose).
 
-The refinement is kept only if it lowers the photometric error of the finest level on the same pixels; the record
-says which.
+Solved by Adam in two passes. Tracking, on the coarsest level: frames 1, 2, ... in turn, each solved alone against
+the earlier frames it is paired with, from the better of two starts (the network's motion from the frame before,
+or the last motion repeated), so that every frame starts within a pixel or two of its solution however far the
+network's poses drift over the sequence. Joint, coarse to fine: all frames and all pairs at once. The result is
+kept only if it lowers the cost of the finest level; the record says which. On synthetic rooms and the real clip:
+docs/geometry.md, "Camera refinement".
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial.transform import Rotation
 from torch import Tensor
 
 
@@ -41,9 +48,9 @@ from torch import Tensor
 class PhotometricParams:
     offsets: tuple[int, ...] = (1, 2, 4, 8)   # frame pairs (i, i + k), aligned in both directions
     levels: int = 3                           # pyramid levels, each half the resolution of the one above
-    iterations: int = 30                      # Adam steps per level and frame while tracking
+    iterations: int = 30                      # Adam steps per frame while tracking (on the coarsest level)
     joint_iterations: int = 30                # Adam steps per level over all frames at once (0: tracking only)
-    pixels_per_frame: int = 2048              # source pixels per frame and level
+    pixels_per_frame: int = 1024              # source pixels per frame and level
     learning_rate: float = 2e-3               # Adam step while tracking: radians, units of the median depth, log gain
     joint_learning_rate: float = 1e-3         # Adam step of the joint pass (it starts near the solution)
     robust_scale: float = 0.05                # Cauchy scale of colour residuals (colours in [0, 1])
@@ -184,11 +191,17 @@ def photometric_residuals(world_to_camera: Tensor, exposure: Tensor, images_flat
     return residual, in_front & inside
 
 
+OUTLIER_RESIDUAL = 0.25      # a source pixel that leaves the target image costs as much as a residual this large
+
+
 def robust_loss(residual: Tensor, valid: Tensor, scale: float) -> Tensor:
-    """Mean over pairs of the mean Cauchy cost log(1 + (r / scale)^2) over each pair's valid pixels and channels."""
+    """Mean Cauchy cost log(1 + (r / scale)^2) over all pairs, pixels and channels, where a pixel that does not land
+    in its target (behind it, outside its image) costs as much as a residual of ``OUTLIER_RESIDUAL``: otherwise
+    moving a camera away until nothing overlaps would cost nothing. (That constant has no gradient: it makes the
+    values of different poses comparable, as the choice of a starting pose and the final check need.)"""
     cost = torch.log1p((residual / scale) ** 2).mean(-1)                           # (E, n)
-    per_pair = (cost * valid).sum(-1) / valid.sum(-1).clamp_min(1)
-    return per_pair.mean()
+    outside = math.log1p((OUTLIER_RESIDUAL / scale) ** 2)
+    return torch.where(valid, cost, torch.full_like(cost, outside)).mean()
 
 
 class _Unknowns:
@@ -215,7 +228,15 @@ class _Problem:
         self.initial, self.unit, self.params, self.level = initial, unit, params, level
 
     def loss(self, corrections: Tensor, exposure: Tensor, pairs: Tensor) -> Tensor:
-        world_to_camera = corrected_world_to_camera(self.initial, corrections.double(), self.unit).float()
+        """The cost of ``pairs`` with every frame's correction (S, 6) and exposure (S, 2)."""
+        return self.loss_posed(self.posed(corrections), exposure, pairs)
+
+    def posed(self, corrections: Tensor, frames: Tensor | None = None) -> Tensor:
+        """world_to_camera (S, 4, 4) float32 of all frames (or (n, 4, 4) of ``frames``) with their corrections."""
+        initial = self.initial if frames is None else self.initial[frames]
+        return corrected_world_to_camera(initial, corrections.double(), self.unit).float()
+
+    def loss_posed(self, world_to_camera: Tensor, exposure: Tensor, pairs: Tensor) -> Tensor:
         residual, valid = photometric_residuals(
             world_to_camera, exposure if self.params.exposure else torch.zeros_like(exposure), self.images_flat,
             self.depth, self.K, pairs, self.pixels)
@@ -225,40 +246,63 @@ class _Problem:
 def _solve(problem: _Problem, unknowns: _Unknowns, frames: Tensor, pairs: Tensor, iterations: int,
            learning_rate: float) -> tuple[float, float]:
     """Adam on the rows ``frames`` of every unknown (the others held), over the cost of ``pairs``; the unknowns are
-    updated in place. Returns the cost before and after."""
-    rows = [t[frames].clone().requires_grad_(True) for t in unknowns.tensors()]
+    updated in place. Returns the cost before and after. The held frames' poses are composed once."""
+    held = problem.posed(unknowns.corrections)                                     # (S, 4, 4), no gradient
+    corrections, exposure = (t[frames].clone().requires_grad_(True) for t in unknowns.tensors())
 
     def cost() -> Tensor:
-        full = [t.detach().index_put((frames,), row) for t, row in zip(unknowns.tensors(), rows)]
-        return problem.loss(*full, pairs)
+        world_to_camera = held.index_put((frames,), problem.posed(corrections, frames))
+        return problem.loss_posed(world_to_camera, unknowns.exposure.index_put((frames,), exposure), pairs)
 
     with torch.no_grad():
         before = float(cost())
-    optimizer = torch.optim.Adam(rows, lr=learning_rate)
+    optimizer = torch.optim.Adam([corrections, exposure] if problem.params.exposure else [corrections],
+                                 lr=learning_rate)
     for _ in range(iterations):
         optimizer.zero_grad(set_to_none=True)
         cost().backward()
         optimizer.step()
     with torch.no_grad():
-        for t, row in zip(unknowns.tensors(), rows):
-            t[frames] = row
+        if not (bool(torch.isfinite(corrections).all()) and bool(torch.isfinite(exposure).all())):
+            return before, before                                                  # keep the start
+        unknowns.corrections[frames] = corrections
+        unknowns.exposure[frames] = exposure
         return before, float(cost())
+
+
+def _start_frame(problem: _Problem, unknowns: _Unknowns, frame: int, linked: Tensor, initial: Tensor,
+                 unit: float) -> None:
+    """Set frame ``frame``'s unknowns to the better (at the coarsest level) of two starts: the network's motion
+    from the frame before (its predecessor's correction), or the motion between the two frames before that,
+    repeated (constant velocity; a camera that pans faster than the network says)."""
+    with torch.no_grad():
+        for t in unknowns.tensors():
+            t[frame] = t[frame - 1]
+        if frame < 2:
+            return
+        keep = unknowns.corrections[frame].clone()
+        cost_keep = float(problem.loss(*unknowns.tensors(), linked))
+        posed = corrected_world_to_camera(initial, unknowns.corrections.double(), unit)      # (S, 4, 4)
+        motion = posed[frame - 1] @ torch.linalg.inv(posed[frame - 2])
+        wanted = motion @ posed[frame - 1] @ torch.linalg.inv(initial[frame])    # exp(correction) of the frame
+        if not bool(torch.isfinite(wanted).all()):
+            return
+        rotation = Rotation.from_matrix(wanted[:3, :3].cpu().numpy()).as_rotvec()
+        unknowns.corrections[frame, :3] = torch.as_tensor(rotation, dtype=unknowns.corrections.dtype)
+        unknowns.corrections[frame, 3:] = (wanted[:3, 3] / unit).to(unknowns.corrections.dtype)
+        if float(problem.loss(*unknowns.tensors(), linked)) >= cost_keep:
+            unknowns.corrections[frame] = keep
 
 
 def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, world_to_camera: np.ndarray,
                    params: PhotometricParams = PhotometricParams()) -> tuple[np.ndarray, dict]:
     """Refine the cameras of a frame sequence by direct photometric alignment (module docstring).
 
-    Two passes, each coarse to fine. Tracking: frames 1, 2, ... in turn, each started from its predecessor's
-    correction (so it keeps the network's motion between the two) and solved alone against the frames before it
-    that the pairs link it to, so a frame starts within a few pixels of its solution even where the network's
-    poses drift far over the sequence. Joint: all frames and all pairs at once, which spreads the remaining error.
-
     images (S, C, H, W) float in [0, 1]; depth (S, H, W) (> 0 where valid); weight (S, H, W): > 0 where a pixel may
     serve as a source (confident depth, static); K (S, 3, 3) in pixels of these images; world_to_camera (S, 4, 4)
     OpenCV, frame 0's stays as it is. All tensors on one device; computed in float32 (poses composed in float64).
-    Returns the refined world_to_camera (S, 4, 4) float64 and a record (costs per pass and level, cost before /
-    after on the finest level, kept or not, rotation changes).
+    Returns the refined world_to_camera (S, 4, 4) float64 and a record (costs per pass and level, seconds, cost
+    before / after on the finest level, kept or not, rotation changes, exposure gains).
     """
     S = images.shape[0]
     device = images.device
@@ -269,6 +313,9 @@ def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, wor
                                                            for k, v in params.__dict__.items()}}
     if len(pairs) == 0:
         return np.asarray(world_to_camera, dtype=np.float64), {**record, "kept": False, "reason": "one frame"}
+    if not all(bool(torch.isfinite(t).all()) for t in (initial, K)):
+        return (np.asarray(world_to_camera, dtype=np.float64),
+                {**record, "kept": False, "reason": "non-finite cameras or intrinsics"})
     valid_depth = depth[depth > 0]
     unit = float(valid_depth.median()) if valid_depth.numel() else 1.0
     generator = torch.Generator().manual_seed(params.seed)
@@ -278,16 +325,16 @@ def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, wor
     unknowns = _Unknowns(S, device)
 
     record["tracking"] = []
+    began = time.perf_counter()
     for frame in range(1, S):
-        with torch.no_grad():
-            for t in unknowns.tensors():
-                t[frame] = t[frame - 1]
         linked = pairs[(pairs.max(1).values == frame)]                            # with earlier frames only
-        for problem in problems:
-            before, after = _solve(problem, unknowns, torch.tensor([frame], device=device), linked,
-                                   params.iterations, params.learning_rate)
+        _start_frame(problems[0], unknowns, frame, linked, initial, unit)
+        before, after = _solve(problems[0], unknowns, torch.tensor([frame], device=device), linked,
+                               params.iterations, params.learning_rate)
         record["tracking"].append(after)
+    record["tracking_s"] = time.perf_counter() - began
     record["joint"] = []
+    began = time.perf_counter()
     everything = torch.arange(1, S, device=device)
     for problem in problems:
         if not params.joint_iterations:
@@ -296,7 +343,7 @@ def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, wor
                                params.joint_learning_rate)
         record["joint"].append({"level": problem.level, "size": list(problem.images.shape[2:]),
                                 "cost_start": before, "cost_end": after})
-
+    record["joint_s"] = time.perf_counter() - began
     finest = problems[-1]
     with torch.no_grad():
         after = float(finest.loss(*unknowns.tensors(), pairs))

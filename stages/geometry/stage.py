@@ -241,11 +241,16 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
         pred = dataclasses.replace(pred, world_to_camera=refined)
         timings["camera_refinement_s"] = time.perf_counter() - begin
         t += timings["camera_refinement_s"]                                 # masks_s: the masks alone
-        change = refinement_record["rotation_change_deg"]
-        log.info(f"cameras refined photometrically: cost {refinement_record['cost_before']:.4f} -> "
-                 f"{refinement_record['cost_after']:.4f}" + ("" if refinement_record["kept"] else
-                                                            " (no better: the network's cameras kept)") +
-                 f", rotations changed by {change['mean']:.2f} deg on average, {change['max']:.2f} at most")
+        if "reason" in refinement_record:
+            log.warning(f"camera refinement skipped: {refinement_record['reason']}")
+        elif not refinement_record["kept"]:
+            log.info(f"camera refinement found no better cameras (cost {refinement_record['cost_before']:.4f}): "
+                     "the network's are kept")
+        else:
+            change = refinement_record["rotation_change_deg"]
+            log.info(f"cameras refined photometrically: cost {refinement_record['cost_before']:.4f} -> "
+                     f"{refinement_record['cost_after']:.4f}, rotations changed by {change['mean']:.2f} deg on "
+                     f"average, {change['max']:.2f} at most")
     alignment, alignment_record = None, None
     mask_depth, mask_K, mask_w2c = pred.depth, pred.intrinsics, pred.world_to_camera
     if dataset is not None:

@@ -118,3 +118,13 @@ def test_one_frame_is_returned_as_it_is(room):
     refined, record = refine_cameras(images[:1], depth[:1], torch.ones_like(depth[:1]), K[:1], world_to_camera[:1])
     assert not record["kept"]
     np.testing.assert_array_equal(refined, world_to_camera[:1])
+
+
+def test_non_finite_intrinsics_leave_the_cameras_as_they_are(room):
+    images, depth, K, world_to_camera, _ = room
+    broken = K.clone()
+    broken[:, 1, 1] = float("inf")                  # a random network's field of view can overflow
+    start = perturbed(world_to_camera, 2.0, 0.05)
+    refined, record = refine_cameras(images, depth, torch.ones_like(depth), broken, start, FAST)
+    assert not record["kept"] and "non-finite" in record["reason"]
+    np.testing.assert_array_equal(refined, start)
