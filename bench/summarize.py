@@ -547,6 +547,30 @@ def section_tiny(doc: Doc, R: Results) -> None:
                    for i in range(len(attention))])
 
 
+def section_camera_refinement(doc: Doc, R: Results) -> None:
+    name = "camera_refinement.json"
+    if not R.has(name, "summary"):
+        return
+    doc.add("### Camera refinement (", Lit("geometry.refine_cameras"), ")")
+    doc.blank()
+    doc.add("Model cameras of held-out ", Lit("make-scene"), " rooms against their truth, the network's and after the "
+            "geometry stage's photometric refinement, beside identity (every camera at the first one's pose; its ATE "
+            "is a straight-line fit of the path); ", Lit("Sim(3)"), "-aligned ATE and RPE over consecutive frames, "
+            "metres and degrees; mask IoU pooled over frames (", Lit("bench/camera_refinement_bench.py"), "); ",
+            device(R, name), ", ", meta(R, name, "date", op="day"), ", ", Lit("source: " + name), ".")
+    doc.blank()
+    rows = []
+    for key in R.get(name, ("summary",)):
+        for which in ("identity", "network", "refined"):
+            path = ("summary", key, which)
+            rows.append([Lit(key.replace("pan", "pan x")), Lit(which),
+                         figure(R, name, path + ("ate_m",), "{:.4f}"),
+                         figure(R, name, path + ("rpe_trans_m",), "{:.4f}"),
+                         figure(R, name, path + ("rpe_rot_deg",), "{:.3f}"),
+                         figure(R, name, path + ("mask_iou",), "{:.3f}") if which != "identity" else Lit("—")])
+    doc.table(["rooms", "cameras", "ATE m", "RPE-trans m", "RPE-rot deg", "mask IoU"], rows)
+
+
 def rasterizer_cpu_row(R: Results, name: str) -> Measured:
     rows = R.get(name, ("rows",)) or []
     ours = next((i for i, r in enumerate(rows) if (r["width"], r["height"], r["n_gaussians"], r["threads"]) ==
@@ -948,6 +972,7 @@ def build(results: Optional[Results] = None) -> tuple[str, list, dict[str, str]]
     section_synthetic(doc, R)
     section_geometry(doc, R, svgs)
     section_tiny(doc, R)
+    section_camera_refinement(doc, R)
     section_rasterizer(doc, R)
     section_scaling(doc, R, svgs)
     section_e2e(doc, R, svgs)

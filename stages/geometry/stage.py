@@ -1,7 +1,8 @@
 """The geometry stage: cameras, depth, confidence, dynamic masks and a fused point cloud for every scene frame.
 
 Flow (``docs/geometry.md``): frames (scene order, train and test) -> preprocessing -> PAGE-4D (windowed for long
-scenes) -> dynamic masks from cross-frame consistency at the network resolution -> per frame: intrinsics mapped to
+scenes) -> with model cameras, their photometric refinement (``stages/geometry/photometric.py``) -> dynamic masks
+from cross-frame consistency at the network resolution -> per frame: intrinsics mapped to
 the stored resolution, depth/confidence/mask resampled to it, points unprojected -> optional Sim(3) into the
 dataset's world -> artifacts. ``model: oracle`` takes all of it from the scene's ground truth instead.
 """
