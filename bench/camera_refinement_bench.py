@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1000000, 1000001, 1000002])
     parser.add_argument("--pan-scales", type=float, nargs="+", default=[1.0, 4.0])
     parser.add_argument("--frames", type=int, default=48, help="frames per room (make-scene's default 48)")
+    parser.add_argument("--res", type=int, default=256, help="image width (make-scene's default 256)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", type=Path, default=RESULTS / "camera_refinement.json")
     args = parser.parse_args(argv)
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         for pan in args.pan_scales:
             for seed in args.seeds:
                 scene_dir = make_room_scene(work / f"room-{seed}-pan{pan:g}", seed,
-                                            RoomSceneOptions(frames=args.frames, pan_scale=pan))
+                                            RoomSceneOptions(frames=args.frames, width=args.res,
+                                                             pan_scale=pan))
                 scene = load_scene(SceneConfig(source=str(scene_dir)))
                 truth = np.stack([f.camera.world_to_camera for f in sorted(scene.frames, key=lambda f: f.index)])
                 identity = pose_errors(identity_trajectory(len(truth)), truth)
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                            "camera centres, ATE = RMSE of aligned centres (metres), RPE over consecutive frames "
                            "(RMSE of translation, metres, and of rotation angle, degrees); identity = every camera "
                            "at the first one's pose; mask IoU pooled over all frames"),
-              "seeds": args.seeds, "pan_scales": args.pan_scales, "frames": args.frames, "summary": summary,
+              "seeds": args.seeds, "pan_scales": args.pan_scales, "frames": args.frames, "width": args.res,
+              "summary": summary,
               "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
