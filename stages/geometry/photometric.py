@@ -13,7 +13,8 @@ as in direct visual odometry; poses only, depth held fixed, so the depth's scale
                          world_to_camera_k <- [exp(omega) | v * median_depth] @ world_to_camera_k
     X = d_i(p) K_i^-1 [p + 0.5, 1]^T        frame i's point (camera space, pixel centres)
     q = K_j (R_ji X + t_ji)                 its projection in frame j
-    r = (a_j I_j(q) + b_j) - (a_i I_i(p) + b_i)      per colour channel; a = exp(gain), b: per-frame exposure
+    r = sqrt(a_j / a_i) I_j(q) - sqrt(a_i / a_j) I_i(p) + b_j - b_i      per colour channel; a = exp(gain), b:
+                                            per-frame exposure (symmetric: noise does not shrink the gains)
     cost = mean over pairs, pixels, channels of log(1 + (r / c)^2)   (Cauchy: movers and occlusions weigh little;
                                             a pixel that leaves frame j counts as an outlier)
 
@@ -55,6 +56,7 @@ class PhotometricParams:
     joint_learning_rate: float = 1e-3         # Adam step of the joint pass (it starts near the solution)
     robust_scale: float = 0.05                # Cauchy scale of colour residuals (colours in [0, 1])
     exposure: bool = True                     # per-frame gain and bias of the colours (auto-exposure)
+    exposure_prior: float = 0.1               # weight of (log gain^2 + bias^2) per frame, towards no change
     seed: int = 0                             # the random draw of source pixels
 
 
@@ -107,10 +109,12 @@ def pyramid_level(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, leve
     return images, depth, weight, K * scale[None, :, None]
 
 
-def select_pixels(images: Tensor, depth: Tensor, weight: Tensor, count: int, generator: torch.Generator) -> Tensor:
+def select_pixels(images: Tensor, depth: Tensor, weight: Tensor, count: int,
+                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """(S, n) flat pixel indices per frame: a random draw (fixed by ``generator``) among the pixels that are allowed
     (weight > 0, depth > 0) and whose image gradient is above their frame's median over allowed pixels; frames with
-    fewer such pixels repeat some (their loss is a mean, so repeats only reweight)."""
+    fewer such pixels repeat some (their loss is a mean, so repeats only reweight). Also (S,) bool: the frame has
+    allowed pixels at all (a frame without any is no source; its indices are placeholders)."""
     S, _, H, W = images.shape
     gray = images.mean(1, keepdim=True)                                            # (S, 1, H, W)
     gx = F.pad(gray[..., :, 2:] - gray[..., :, :-2], (1, 1, 0, 0))
@@ -127,7 +131,7 @@ def select_pixels(images: Tensor, depth: Tensor, weight: Tensor, count: int, gen
         strong = candidates[g >= g.median()]
         draw = torch.randint(len(strong), (count,), generator=generator).to(images.device)
         chosen.append(strong[draw])
-    return torch.stack(chosen)                                                     # (S, n)
+    return torch.stack(chosen), allowed.any(1)                                     # (S, n), (S,)
 
 
 def sample_bilinear(images_flat: Tensor, frame: Tensor, u: Tensor, v: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
@@ -176,7 +180,7 @@ def photometric_residuals(world_to_camera: Tensor, exposure: Tensor, images_flat
     x = (u - Ks[:, 0, 2:3]) / Ks[:, 0, 0:1] * d                                    # (E, n) camera space of source
     y = (v - Ks[:, 1, 2:3]) / Ks[:, 1, 1:2] * d
     points = torch.stack([x, y, d], -1)                                            # (E, n, 3)
-    relative = world_to_camera[target] @ torch.linalg.inv(world_to_camera[source])  # (E, 4, 4) target <- source
+    relative = (world_to_camera[target] @ torch.linalg.inv(world_to_camera[source])).to(K.dtype)  # (E, 4, 4) t <- s
     seen = points @ relative[:, :3, :3].transpose(1, 2) + relative[:, None, :3, 3]  # (E, n, 3)
     z = seen[..., 2]
     in_front = z > 1e-3 * d.detach().clamp_min(1e-6)
@@ -185,9 +189,12 @@ def photometric_residuals(world_to_camera: Tensor, exposure: Tensor, images_flat
     v_t = Kt[:, 1, 1:2] * seen[..., 1] / z_safe + Kt[:, 1, 2:3]
     colour_t, inside = sample_bilinear(images_flat, target[:, None].expand_as(u_t), u_t, v_t, H, W)
     colour_s = images_flat.index_select(0, (source[:, None] * (H * W) + flat_pixels).flatten()).reshape(*u.shape, C)
-    gain, bias = exposure[:, 0].exp(), exposure[:, 1]
-    residual = (gain[target, None, None] * colour_t + bias[target, None, None]
-                - gain[source, None, None] * colour_s - bias[source, None, None])
+    # symmetric in the two frames: sqrt(a_t / a_s) I_t - sqrt(a_s / a_t) I_s. A one-sided a_t I_t - a_s I_s would let
+    # noise pull each gain below its predecessor's (a least-squares slope under noise is < 1), compounding.
+    half_log_ratio = (exposure[target, 0] - exposure[source, 0])[:, None, None] / 2       # (E, 1, 1)
+    bias = exposure[:, 1]
+    residual = (half_log_ratio.exp() * colour_t - (-half_log_ratio).exp() * colour_s
+                + (bias[target] - bias[source])[:, None, None])
     return residual, in_front & inside
 
 
@@ -222,7 +229,7 @@ class _Problem:
     def __init__(self, images, depth, weight, K, initial: Tensor, unit: float, params: PhotometricParams,
                  generator: torch.Generator, level: int) -> None:
         self.images, self.depth, _, self.K = pyramid_level(images, depth, weight, K, level)
-        self.pixels = select_pixels(self.images, self.depth, _, params.pixels_per_frame, generator)
+        self.pixels, self.has_source = select_pixels(self.images, self.depth, _, params.pixels_per_frame, generator)
         S, C, H, W = self.images.shape
         self.images_flat = self.images.permute(0, 2, 3, 1).reshape(S * H * W, C).contiguous()   # (S*H*W, C)
         self.initial, self.unit, self.params, self.level = initial, unit, params, level
@@ -232,15 +239,15 @@ class _Problem:
         return self.loss_posed(self.posed(corrections), exposure, pairs)
 
     def posed(self, corrections: Tensor, frames: Tensor | None = None) -> Tensor:
-        """world_to_camera (S, 4, 4) float32 of all frames (or (n, 4, 4) of ``frames``) with their corrections."""
+        """world_to_camera (S, 4, 4) float64 of all frames (or (n, 4, 4) of ``frames``) with their corrections."""
         initial = self.initial if frames is None else self.initial[frames]
-        return corrected_world_to_camera(initial, corrections.double(), self.unit).float()
+        return corrected_world_to_camera(initial, corrections.double(), self.unit)
 
     def loss_posed(self, world_to_camera: Tensor, exposure: Tensor, pairs: Tensor) -> Tensor:
         residual, valid = photometric_residuals(
             world_to_camera, exposure if self.params.exposure else torch.zeros_like(exposure), self.images_flat,
             self.depth, self.K, pairs, self.pixels)
-        return robust_loss(residual, valid, self.params.robust_scale)
+        return robust_loss(residual, valid & self.has_source[pairs[:, 0], None], self.params.robust_scale)
 
 
 def _solve(problem: _Problem, unknowns: _Unknowns, frames: Tensor, pairs: Tensor, iterations: int,
@@ -252,7 +259,10 @@ def _solve(problem: _Problem, unknowns: _Unknowns, frames: Tensor, pairs: Tensor
 
     def cost() -> Tensor:
         world_to_camera = held.index_put((frames,), problem.posed(corrections, frames))
-        return problem.loss_posed(world_to_camera, unknowns.exposure.index_put((frames,), exposure), pairs)
+        data = problem.loss_posed(world_to_camera, unknowns.exposure.index_put((frames,), exposure), pairs)
+        if not problem.params.exposure:
+            return data
+        return data + problem.params.exposure_prior * (exposure ** 2).sum(-1).mean()
 
     with torch.no_grad():
         before = float(cost())
@@ -272,26 +282,28 @@ def _solve(problem: _Problem, unknowns: _Unknowns, frames: Tensor, pairs: Tensor
 
 def _start_frame(problem: _Problem, unknowns: _Unknowns, frame: int, linked: Tensor, initial: Tensor,
                  unit: float) -> None:
-    """Set frame ``frame``'s unknowns to the better (at the coarsest level) of two starts: the network's motion
-    from the frame before (its predecessor's correction), or the motion between the two frames before that,
-    repeated (constant velocity; a camera that pans faster than the network says)."""
+    """Set frame ``frame``'s unknowns to the better (at the coarsest level) of two starts, each a motion from the
+    frame before applied to its refined pose: the network's motion between the two frames, or the motion between
+    the two frames before that, repeated (constant velocity; a camera that pans faster than the network says)."""
     with torch.no_grad():
-        for t in unknowns.tensors():
-            t[frame] = t[frame - 1]
-        if frame < 2:
-            return
-        keep = unknowns.corrections[frame].clone()
-        cost_keep = float(problem.loss(*unknowns.tensors(), linked))
+        unknowns.exposure[frame] = unknowns.exposure[frame - 1]
         posed = corrected_world_to_camera(initial, unknowns.corrections.double(), unit)      # (S, 4, 4)
-        motion = posed[frame - 1] @ torch.linalg.inv(posed[frame - 2])
-        wanted = motion @ posed[frame - 1] @ torch.linalg.inv(initial[frame])    # exp(correction) of the frame
-        if not bool(torch.isfinite(wanted).all()):
-            return
-        rotation = Rotation.from_matrix(wanted[:3, :3].cpu().numpy()).as_rotvec()
-        unknowns.corrections[frame, :3] = torch.as_tensor(rotation, dtype=unknowns.corrections.dtype)
-        unknowns.corrections[frame, 3:] = (wanted[:3, 3] / unit).to(unknowns.corrections.dtype)
-        if float(problem.loss(*unknowns.tensors(), linked)) >= cost_keep:
-            unknowns.corrections[frame] = keep
+        motions = [initial[frame] @ torch.linalg.inv(initial[frame - 1])]
+        if frame >= 2:
+            motions.append(posed[frame - 1] @ torch.linalg.inv(posed[frame - 2]))
+        best, best_cost = None, math.inf
+        for motion in motions:
+            wanted = motion @ posed[frame - 1] @ torch.linalg.inv(initial[frame])    # exp(correction) of the frame
+            if not bool(torch.isfinite(wanted).all()):
+                continue
+            rotation = Rotation.from_matrix(wanted[:3, :3].cpu().numpy()).as_rotvec()
+            candidate = torch.cat([torch.as_tensor(rotation), (wanted[:3, 3] / unit).cpu()]).to(
+                unknowns.corrections)
+            unknowns.corrections[frame] = candidate
+            cost = float(problem.loss(*unknowns.tensors(), linked))
+            if cost < best_cost:
+                best, best_cost = candidate, cost
+        unknowns.corrections[frame] = best if best is not None else unknowns.corrections[frame - 1]
 
 
 def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, world_to_camera: np.ndarray,
@@ -312,10 +324,17 @@ def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, wor
     record = {"frames": S, "pairs": len(pairs), "params": {k: (list(v) if isinstance(v, tuple) else v)
                                                            for k, v in params.__dict__.items()}}
     if len(pairs) == 0:
-        return np.asarray(world_to_camera, dtype=np.float64), {**record, "kept": False, "reason": "one frame"}
+        return (np.asarray(world_to_camera, dtype=np.float64),
+                {**record, "kept": False, "reason": "no frame pairs (fewer than 2 frames)"})
     if not all(bool(torch.isfinite(t).all()) for t in (initial, K)):
         return (np.asarray(world_to_camera, dtype=np.float64),
                 {**record, "kept": False, "reason": "non-finite cameras or intrinsics"})
+    if min(images.shape[2:]) < 2:
+        return (np.asarray(world_to_camera, dtype=np.float64),
+                {**record, "kept": False, "reason": "images smaller than 2 x 2 pixels"})
+    if not bool(((weight > 0) & (depth > 0)).any()):
+        return (np.asarray(world_to_camera, dtype=np.float64),
+                {**record, "kept": False, "reason": "no pixel may serve as a source (all masked or without depth)"})
     valid_depth = depth[depth > 0]
     unit = float(valid_depth.median()) if valid_depth.numel() else 1.0
     generator = torch.Generator().manual_seed(params.seed)
@@ -347,7 +366,11 @@ def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, wor
     finest = problems[-1]
     with torch.no_grad():
         after = float(finest.loss(*unknowns.tensors(), pairs))
-        before = float(finest.loss(*(torch.zeros_like(t) for t in unknowns.tensors()), pairs))
+        # the network's cameras with either exposure (none, or the one fitted here): the poses must win, not the
+        # exposure alone
+        zero = torch.zeros_like(unknowns.corrections)
+        before = min(float(finest.loss(zero, torch.zeros_like(unknowns.exposure), pairs)),
+                     float(finest.loss(zero, unknowns.exposure, pairs)))
         refined = corrected_world_to_camera(initial, unknowns.corrections.double(), unit)
     kept = after < before
     result = refined.cpu().numpy() if kept else np.asarray(world_to_camera, dtype=np.float64)

@@ -301,12 +301,14 @@ def refine_predicted_cameras(pred, prepared, head_probability: Optional[np.ndarr
     """The network's cameras corrected by direct photometric alignment (:mod:`stages.geometry.photometric`) at the
     network resolution. Source pixels: confidence at or above the frame's 30th percentile, not padding, and, where
     the checkpoint's mask head is supervised, probability of moving below one half (the robust cost handles the
-    movers the head misses; the dynamic masks are computed afterwards, under the refined cameras)."""
+    movers the head misses; the dynamic masks are computed afterwards, under the refined cameras). A source pixel
+    that lands on another frame's padding ('pad' preprocessing) is scored as image content there (a limitation)."""
     from stages.geometry.photometric import PhotometricParams, refine_cameras
 
     confidence = torch.from_numpy(pred.depth_conf)
-    floor = torch.quantile(confidence.flatten(1), 0.3, dim=1)[:, None, None]
-    allowed = (confidence >= floor) & torch.from_numpy(np.stack([m.network_coverage() for m in prepared.mappings]))
+    covered = torch.from_numpy(np.stack([m.network_coverage() for m in prepared.mappings]))   # (S, h, w): not padding
+    floor = torch.nanquantile(torch.where(covered, confidence, torch.nan).flatten(1), 0.3, dim=1)[:, None, None]
+    allowed = (confidence >= floor) & covered
     if head_probability is not None:
         allowed &= torch.from_numpy(head_probability) < 0.5
     params = PhotometricParams(iterations=cfg.refine_iterations, joint_iterations=cfg.refine_iterations)

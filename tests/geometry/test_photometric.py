@@ -128,3 +128,38 @@ def test_non_finite_intrinsics_leave_the_cameras_as_they_are(room):
     refined, record = refine_cameras(images, depth, torch.ones_like(depth), broken, start, FAST)
     assert not record["kept"] and "non-finite" in record["reason"]
     np.testing.assert_array_equal(refined, start)
+
+
+def noisy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (images + sigma * torch.randn(images.shape, generator=generator)).clamp(0, 1)
+
+
+def test_constant_exposure_keeps_gains_near_one_under_noise(room):
+    # a one-sided a_t I_t - a_s I_s residual let noise shrink every gain below its predecessor's (0.87 by frame 7)
+    images, depth, K, world_to_camera, _ = room
+    _, record = refine_cameras(noisy(images, 0.05), depth, torch.ones_like(depth), K,
+                               perturbed(world_to_camera, 2.0, 0.05), FAST)
+    assert np.allclose(record["exposure_gain"], 1.0, atol=0.03)
+
+
+def test_exposure_follows_a_brightening_video(room):
+    images, depth, K, world_to_camera, _ = room
+    brighter = (images * torch.linspace(1.0, 1.35, len(images))[:, None, None, None]).clamp(0, 1)
+    start = perturbed(world_to_camera, 2.0, 0.05)
+    refined, record = refine_cameras(brighter, depth, torch.ones_like(depth), K, start, FAST)
+    relative = 1.0 / np.asarray(record["exposure_gain"])             # the gain maps a frame back onto frame 0
+    assert relative[-1] > 1.15 and np.all(np.diff(relative[1:]) > 0)
+    assert pose_errors(refined, world_to_camera).rpe_rot_deg < 0.2
+
+
+def test_frames_without_source_pixels(room):
+    images, depth, K, world_to_camera, moving = room
+    start = perturbed(world_to_camera, 2.0, 0.05)
+    weight = torch.ones_like(depth)
+    weight[3] = 0.0                                      # frame 3 is no source, but still a target of the others
+    refined, record = refine_cameras(images, depth, weight, K, start, FAST)
+    assert record["kept"] and pose_errors(refined, world_to_camera).rpe_rot_deg < 0.3
+    refined, record = refine_cameras(images, depth, torch.zeros_like(depth), K, start, FAST)
+    assert not record["kept"] and "no pixel" in record["reason"]
+    np.testing.assert_array_equal(refined, start)
