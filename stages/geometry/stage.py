@@ -242,16 +242,7 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
         pred = dataclasses.replace(pred, world_to_camera=refined)
         timings["camera_refinement_s"] = time.perf_counter() - begin
         t += timings["camera_refinement_s"]                                 # masks_s: the masks alone
-        if "reason" in refinement_record:
-            log.warning(f"camera refinement skipped: {refinement_record['reason']}")
-        elif not refinement_record["kept"]:
-            log.info(f"camera refinement found no better cameras (cost {refinement_record['cost_before']:.4f}): "
-                     "the network's are kept")
-        else:
-            change = refinement_record["rotation_change_deg"]
-            log.info(f"cameras refined photometrically: cost {refinement_record['cost_before']:.4f} -> "
-                     f"{refinement_record['cost_after']:.4f}, rotations changed by {change['mean']:.2f} deg on "
-                     f"average, {change['max']:.2f} at most")
+        log_refinement(refinement_record)
     alignment, alignment_record = None, None
     mask_depth, mask_K, mask_w2c = pred.depth, pred.intrinsics, pred.world_to_camera
     if dataset is not None:
@@ -315,6 +306,19 @@ def refine_predicted_cameras(pred, prepared, head_probability: Optional[np.ndarr
     images = prepared.batch(slice(None), device)                                    # (S, 3, h, w) in [0, 1]
     return refine_cameras(images, torch.from_numpy(pred.depth).to(device), allowed.float().to(device),
                           torch.from_numpy(pred.intrinsics).float().to(device), pred.world_to_camera, params)
+
+
+def log_refinement(record: dict) -> None:
+    """One log line on what the camera refinement did (skipped, kept the network's cameras, or refined them)."""
+    if "reason" in record:
+        log.warning(f"camera refinement skipped: {record['reason']}")
+    elif not record["kept"]:
+        log.info(f"camera refinement found no better cameras (cost {record['cost_before']:.4f}): the network's "
+                 "are kept")
+    else:
+        change = record["rotation_change_deg"]
+        log.info(f"cameras refined photometrically: cost {record['cost_before']:.4f} -> {record['cost_after']:.4f}, "
+                 f"rotations changed by {change['mean']:.2f} deg on average, {change['max']:.2f} at most")
 
 
 def shared_focal_length(intrinsics: np.ndarray) -> np.ndarray:
