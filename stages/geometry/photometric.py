@@ -228,8 +228,9 @@ class _Problem:
 
     def __init__(self, images, depth, weight, K, initial: Tensor, unit: float, params: PhotometricParams,
                  generator: torch.Generator, level: int) -> None:
-        self.images, self.depth, _, self.K = pyramid_level(images, depth, weight, K, level)
-        self.pixels, self.has_source = select_pixels(self.images, self.depth, _, params.pixels_per_frame, generator)
+        self.images, self.depth, weight_level, self.K = pyramid_level(images, depth, weight, K, level)
+        self.pixels, self.has_source = select_pixels(self.images, self.depth, weight_level, params.pixels_per_frame,
+                                                     generator)
         S, C, H, W = self.images.shape
         self.images_flat = self.images.permute(0, 2, 3, 1).reshape(S * H * W, C).contiguous()   # (S*H*W, C)
         self.initial, self.unit, self.params, self.level = initial, unit, params, level
