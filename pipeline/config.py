@@ -246,6 +246,8 @@ def load_config(preset: str = "default", overrides: typing.Iterable[str] = ()) -
     config = default_config()
     if preset != "default":
         path = resolve_preset(preset)
+        if not path.read_bytes().strip():            # a truncated save or the wrong file, not a preset
+            raise UserError("empty config file (a preset that changes nothing can hold just a comment)", path)
         apply_mapping(config, read_yaml(path), str(path))
     config.preset = preset
     apply_overrides(config, overrides)

@@ -60,6 +60,14 @@ def test_preset_errors(tmp_path):
     typo.write_text("optimise:\n  iterations: 3\n")
     with pytest.raises(UserError, match="unknown config key 'optimise'"):
         load_config(str(typo))
+    empty = tmp_path / "empty.yaml"
+    for text in ("", "  \n\n"):
+        empty.write_text(text)
+        with pytest.raises(UserError, match="empty config file"):
+            load_config(str(empty))
+    comments = tmp_path / "comments.yaml"
+    comments.write_text("# changes nothing\n")
+    assert load_config(str(comments)).optimize == load_config("default").optimize
 
 
 def test_saved_config_round_trips():
