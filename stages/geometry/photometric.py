@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 from torch import Tensor
 
+from pipeline.cameras import rotation_angle_deg
+
 
 @dataclass(frozen=True, kw_only=True)
 class PhotometricParams:
@@ -375,15 +377,10 @@ def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, wor
         refined = corrected_world_to_camera(initial, unknowns.corrections.double(), unit)
     kept = after < before
     result = refined.cpu().numpy() if kept else np.asarray(world_to_camera, dtype=np.float64)
-    rotation_change = np.degrees(_angles(result[:, :3, :3] @ np.transpose(
-        np.asarray(world_to_camera, np.float64)[:, :3, :3], (0, 2, 1))))
+    original = np.asarray(world_to_camera, np.float64)
+    rotation_change = np.array([rotation_angle_deg(new[:3, :3] @ old[:3, :3].T) for new, old in zip(result, original)])
     record.update({"cost_before": before, "cost_after": after, "kept": kept, "translation_unit": unit,
                    "rotation_change_deg": {"mean": float(rotation_change.mean()),
                                            "max": float(rotation_change.max())},
                    "exposure_gain": (unknowns.exposure[:, 0].exp().tolist() if params.exposure else None)})
     return result, record
-
-
-def _angles(rotations: np.ndarray) -> np.ndarray:
-    cos = np.clip((np.trace(rotations, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
-    return np.arccos(cos)
