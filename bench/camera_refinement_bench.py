@@ -30,10 +30,22 @@ import numpy as np
 from bench.common import RESULTS, environment
 
 
+VARIANTS = {    # name -> geometry overrides (with geometry.cameras=model)
+    "network": ["geometry.refine_cameras=false"],
+    "refined": ["geometry.refine_cameras=true", "geometry.refine_focal=false"],
+    "refined_focal": ["geometry.refine_cameras=true", "geometry.refine_focal=true"],
+}
+
+
 def identity_trajectory(frames: int) -> np.ndarray:
     out = np.tile(np.eye(4), (frames, 1, 1))
     out[:, 0, 3] = -np.linspace(0.0, 1e-6, frames)          # centres x = +t: alignment needs a spread
     return out
+
+
+def horizontal_fov_deg(fx: float, width: int) -> float:
+    """Horizontal field of view (degrees) of a pinhole camera with focal length fx (pixels) and image width."""
+    return float(np.degrees(2.0 * np.arctan(width / (2.0 * fx))))
 
 
 def score(scene, run_dir: Path) -> dict[str, Any]:
@@ -46,6 +58,8 @@ def score(scene, run_dir: Path) -> dict[str, Any]:
     cameras, _ = read_cameras(run_dir / "geometry" / "cameras.json")
     by_name = {c.name: c for c in cameras}
     errors = pose_errors(np.stack([by_name[f.name].world_to_camera for f in frames]), truth)
+    fov_error = [abs(horizontal_fov_deg(by_name[f.name].K[0, 0], f.camera.width)
+                     - horizontal_fov_deg(f.camera.K[0, 0], f.camera.width)) for f in frames]
     inter = union = 0
     for f in frames:
         predicted = np.asarray(Image.open(run_dir / "geometry" / "dynamic_mask" / f"{f.name}.png")) > 0
@@ -54,7 +68,7 @@ def score(scene, run_dir: Path) -> dict[str, Any]:
         union += int((predicted | true).sum())
     geometry = json.loads((run_dir / "geometry" / "geometry.json").read_text())
     return {"ate_m": errors.ate, "rpe_trans_m": errors.rpe_trans, "rpe_rot_deg": errors.rpe_rot_deg,
-            "mask_iou": inter / max(union, 1),
+            "fov_error_deg": float(np.mean(fov_error)), "mask_iou": inter / max(union, 1),
             "refinement_s": geometry["timings"].get("camera_refinement_s"),
             "refinement": geometry.get("camera_refinement")}
 
@@ -66,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=48, help="frames per room (make-scene's default 48)")
     parser.add_argument("--res", type=int, default=256, help="image width (make-scene's default 256)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every variant (e.g. geometry.refine_iterations=60)")
     parser.add_argument("--out", type=Path, default=RESULTS / "camera_refinement.json")
     args = parser.parse_args(argv)
 
@@ -90,50 +107,55 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"seed": seed, "pan_scale": pan, "frames": len(truth),
                        "identity": {"ate_m": identity.ate, "rpe_trans_m": identity.rpe_trans,
                                     "rpe_rot_deg": identity.rpe_rot_deg}}
-                for refine in (False, True):
+                for variant in args.variants:
                     config = load_config("default", [f"device={args.device}", "geometry.cameras=model",
-                                                     f"geometry.refine_cameras={str(refine).lower()}"])
-                    run_dir = work / f"run-{seed}-pan{pan:g}-{refine}"
+                                                     *VARIANTS[variant], *args.set])
+                    run_dir = work / f"run-{seed}-pan{pan:g}-{variant}"
                     start = time.perf_counter()
                     run_pipeline(config, run_dir, scene, until_stage="geometry")
                     result = score(scene, run_dir)
                     result["geometry_s"] = time.perf_counter() - start
-                    row["refined" if refine else "network"] = result
+                    row[variant] = result
                     shutil.rmtree(run_dir)
                 rows.append(row)
-                n, r, i = row["network"], row["refined"], row["identity"]
-                print(f"room {seed} pan x{pan:g}: RPE-rot deg network {n['rpe_rot_deg']:.3f} refined "
-                      f"{r['rpe_rot_deg']:.3f} identity {i['rpe_rot_deg']:.3f} | ATE m {n['ate_m']:.4f} "
-                      f"{r['ate_m']:.4f} {i['ate_m']:.4f} | mask IoU {n['mask_iou']:.3f} {r['mask_iou']:.3f} | "
-                      f"refinement {r['refinement_s']:.1f} s", flush=True)
+                print(f"room {seed} pan x{pan:g}: identity RPE-rot {row['identity']['rpe_rot_deg']:.3f} deg, "
+                      f"ATE {row['identity']['ate_m']:.4f} m | " + " | ".join(
+                          f"{v}: RPE-rot {row[v]['rpe_rot_deg']:.3f}, ATE {row[v]['ate_m']:.4f}, "
+                          f"FoV error {row[v]['fov_error_deg']:.2f} deg, mask IoU {row[v]['mask_iou']:.3f}"
+                          for v in args.variants), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     summary = {}
     for pan in args.pan_scales:
         chosen = [r for r in rows if r["pan_scale"] == pan]
-        summary[f"pan{pan:g}"] = {
-            which: {key: float(np.mean([r[which][key] for r in chosen]))
-                    for key in ("ate_m", "rpe_trans_m", "rpe_rot_deg")}
-            for which in ("identity", "network", "refined")}
-        for which in ("network", "refined"):
-            summary[f"pan{pan:g}"][which]["mask_iou"] = float(np.mean([r[which]["mask_iou"] for r in chosen]))
-        summary[f"pan{pan:g}"]["refined"]["refinement_s"] = float(np.mean([r["refined"]["refinement_s"]
-                                                                           for r in chosen]))
-    print(f"\n| rooms | cameras | ATE (m) | RPE-trans (m) | RPE-rot (deg) | mask IoU |")
-    print("|---|---|---|---|---|---|")
+        groups = {"identity": {key: float(np.mean([r["identity"][key] for r in chosen]))
+                               for key in ("ate_m", "rpe_trans_m", "rpe_rot_deg")}}
+        for variant in args.variants:
+            groups[variant] = {key: float(np.mean([r[variant][key] for r in chosen]))
+                               for key in ("ate_m", "rpe_trans_m", "rpe_rot_deg", "fov_error_deg", "mask_iou")}
+            times = [r[variant]["refinement_s"] for r in chosen if r[variant]["refinement_s"] is not None]
+            if times:
+                groups[variant]["refinement_s"] = float(np.mean(times))
+        summary[f"pan{pan:g}"] = groups
+    print("\n| rooms | cameras | ATE (m) | RPE-trans (m) | RPE-rot (deg) | FoV error (deg) | mask IoU |")
+    print("|---|---|---|---|---|---|---|")
     for key, groups in summary.items():
         for which, values in groups.items():
+            fov = f"{values['fov_error_deg']:.2f}" if "fov_error_deg" in values else ""
             iou = f"{values['mask_iou']:.3f}" if "mask_iou" in values else ""
             print(f"| {key} x{len(args.seeds)} | {which} | {values['ate_m']:.4f} | {values['rpe_trans_m']:.4f} | "
-                  f"{values['rpe_rot_deg']:.3f} | {iou} |")
+                  f"{values['rpe_rot_deg']:.3f} | {fov} | {iou} |")
     record = {"benchmark": "camera_refinement", **environment(args.device),
               "protocol": ("make-scene rooms (seeds, pan scales, frames as listed), geometry stage with the bundled "
-                           "page4d-tiny and geometry.cameras=model, refine_cameras false / true; geometry/cameras.json "
+                           "page4d-tiny and geometry.cameras=model, each variant's overrides (variants) and the common ones "
+                           "(overrides); geometry/cameras.json "
                            "against the scene's cameras over all frames in time order: Sim(3) Umeyama alignment of "
                            "camera centres, ATE = RMSE of aligned centres (metres), RPE over consecutive frames "
                            "(RMSE of translation, metres, and of rotation angle, degrees); identity = every camera "
-                           "at the first one's pose; mask IoU pooled over all frames"),
+                           "at the first one's pose; FoV error = mean over frames of |horizontal field of view - "
+                           "the scene's| (degrees); mask IoU pooled over all frames"),
+              "variants": {v: VARIANTS[v] for v in args.variants}, "overrides": args.set,
               "seeds": args.seeds, "pan_scales": args.pan_scales, "frames": args.frames, "width": args.res,
               "summary": summary,
               "rows": rows}

@@ -556,19 +556,23 @@ def section_camera_refinement(doc: Doc, R: Results) -> None:
     doc.add("Model cameras of held-out ", Lit("make-scene"), " rooms against their truth, the network's and after the "
             "geometry stage's photometric refinement, beside identity (every camera at the first one's pose; its ATE "
             "is a straight-line fit of the path); ", Lit("Sim(3)"), "-aligned ATE and RPE over consecutive frames, "
-            "metres and degrees; mask IoU pooled over frames (", Lit("bench/camera_refinement_bench.py"), "); ",
+            "metres and degrees; the horizontal field of view's error, degrees (", Lit("refined_focal"), ": with ",
+            Lit("geometry.refine_focal"), "); mask IoU pooled over frames (", Lit("bench/camera_refinement_bench.py"),
+            "); ",
             device(R, name), ", ", meta(R, name, "date", op="day"), ", ", Lit("source: " + name), ".")
     doc.blank()
     rows = []
-    for key in R.get(name, ("summary",)):
-        for which in ("identity", "network", "refined"):
+    for key, groups in R.get(name, ("summary",)).items():
+        for which in groups:
             path = ("summary", key, which)
             rows.append([Lit(key.replace("pan", "pan x")), Lit(which),
                          figure(R, name, path + ("ate_m",), "{:.4f}"),
                          figure(R, name, path + ("rpe_trans_m",), "{:.4f}"),
                          figure(R, name, path + ("rpe_rot_deg",), "{:.3f}"),
+                         figure(R, name, path + ("fov_error_deg",), "{:.2f}") if R.has(name, *path, "fov_error_deg")
+                         else Lit("—"),
                          figure(R, name, path + ("mask_iou",), "{:.3f}") if which != "identity" else Lit("—")])
-    doc.table(["rooms", "cameras", "ATE m", "RPE-trans m", "RPE-rot deg", "mask IoU"], rows)
+    doc.table(["rooms", "cameras", "ATE m", "RPE-trans m", "RPE-rot deg", "FoV error deg", "mask IoU"], rows)
 
 
 def rasterizer_cpu_row(R: Results, name: str) -> Measured:

@@ -55,6 +55,8 @@ class GeometryConfig:
                                   "alignment - through its own depth, its pixels must land on the same colours in "
                                   "the frames 1, 2, 4 and 8 before and after it (robust to movers; depth and focal "
                                   "length kept). Scenes with their own cameras use theirs (docs/geometry.md).")
+    refine_focal: bool = option(False, "Camera refinement: also solve one factor on the focal length of every frame "
+                                "(the network's field of view can be off by several degrees; docs/geometry.md).")
     refine_iterations: int = option(30, "Camera refinement: optimizer steps for each frame while tracking the "
                                      "sequence (at the coarsest of three resolutions), then per resolution for all "
                                      "frames together.")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ class PhotometricParams:
     robust_scale: float = 0.05                # Cauchy scale of colour residuals (colours in [0, 1])
     exposure: bool = True                     # per-frame gain and bias of the colours (auto-exposure)
     exposure_prior: float = 0.1               # weight of (log gain^2 + bias^2) per frame, towards no change
+    focal: bool = False                       # also find one factor on every frame's focal length (a search)
+    focal_step: float = 1.12                  # focal search: factors tried are powers of this (1, 1.12, 1/1.12, ...)
+    focal_range: tuple[float, float] = (0.5, 2.0)   # focal search: the factors it may try
     seed: int = 0                             # the random draw of source pixels
 
 
@@ -213,16 +217,27 @@ def robust_loss(residual: Tensor, valid: Tensor, scale: float) -> Tensor:
     return torch.where(valid, cost, torch.full_like(cost, outside)).mean()
 
 
+def scaled_focal(K: Tensor, log_focal: Tensor) -> Tensor:
+    """K (S, 3, 3) with fx and fy multiplied by exp(log_focal) (a () or (1,) tensor); principal points kept."""
+    factor = log_focal.reshape(()).exp()
+    one = torch.ones((), dtype=K.dtype, device=K.device)
+    scale = torch.stack([factor, factor, one]).to(K.dtype)                         # (3,): rows of K
+    diagonal = torch.eye(3, dtype=torch.bool, device=K.device) & (torch.arange(3, device=K.device) < 2)[:, None]
+    return torch.where(diagonal, K * scale[:, None], K)
+
+
 class _Unknowns:
     """The quantities solved for, one row per frame; frame 0's rows stay zero (it is the world, its exposure the
-    reference). corrections (S, 6) as in :func:`corrected_world_to_camera`; exposure (S, 2) log gain and bias."""
+    reference). corrections (S, 6) as in :func:`corrected_world_to_camera`; exposure (S, 2) log gain and bias;
+    log_focal (1,): the log of one factor on every frame's focal length (0 unless ``PhotometricParams.focal``)."""
 
     def __init__(self, frames: int, device) -> None:
         self.corrections = torch.zeros(frames, 6, device=device)
         self.exposure = torch.zeros(frames, 2, device=device)
+        self.log_focal = torch.zeros(1, device=device)
 
     def tensors(self) -> list[Tensor]:
-        return [self.corrections, self.exposure]
+        return [self.corrections, self.exposure, self.log_focal]
 
 
 class _Problem:
@@ -237,46 +252,50 @@ class _Problem:
         self.images_flat = self.images.permute(0, 2, 3, 1).reshape(S * H * W, C).contiguous()   # (S*H*W, C)
         self.initial, self.unit, self.params, self.level = initial, unit, params, level
 
-    def loss(self, corrections: Tensor, exposure: Tensor, pairs: Tensor) -> Tensor:
-        """The cost of ``pairs`` with every frame's correction (S, 6) and exposure (S, 2)."""
-        return self.loss_posed(self.posed(corrections), exposure, pairs)
+    def loss(self, corrections: Tensor, exposure: Tensor, log_focal: Tensor, pairs: Tensor) -> Tensor:
+        """The cost of ``pairs`` with every frame's correction (S, 6), exposure (S, 2) and the focal factor (1,)."""
+        return self.loss_posed(self.posed(corrections), exposure, log_focal, pairs)
 
     def posed(self, corrections: Tensor, frames: Tensor | None = None) -> Tensor:
         """world_to_camera (S, 4, 4) float64 of all frames (or (n, 4, 4) of ``frames``) with their corrections."""
         initial = self.initial if frames is None else self.initial[frames]
         return corrected_world_to_camera(initial, corrections.double(), self.unit)
 
-    def loss_posed(self, world_to_camera: Tensor, exposure: Tensor, pairs: Tensor) -> Tensor:
+    def loss_posed(self, world_to_camera: Tensor, exposure: Tensor, log_focal: Tensor, pairs: Tensor) -> Tensor:
         residual, valid = photometric_residuals(
             world_to_camera, exposure if self.params.exposure else torch.zeros_like(exposure), self.images_flat,
-            self.depth, self.K, pairs, self.pixels)
+            self.depth, scaled_focal(self.K, log_focal), pairs, self.pixels)
         return robust_loss(residual, valid & self.has_source[pairs[:, 0], None], self.params.robust_scale)
 
 
 def _solve(problem: _Problem, unknowns: _Unknowns, frames: Tensor, pairs: Tensor, iterations: int,
            learning_rate: float) -> tuple[float, float]:
-    """Adam on the rows ``frames`` of every unknown (the others held), over the cost of ``pairs``; the unknowns are
-    updated in place. Returns the cost before and after. The held frames' poses are composed once."""
+    """Adam on the rows ``frames`` of the corrections and exposures (the other rows and the focal factor held),
+    over the cost of ``pairs``; the unknowns are updated in place. Returns the cost before and after. The held
+    frames' poses are composed once."""
     held = problem.posed(unknowns.corrections)                                     # (S, 4, 4), no gradient
-    corrections, exposure = (t[frames].clone().requires_grad_(True) for t in unknowns.tensors())
+    corrections, exposure = (t[frames].clone().requires_grad_(True)
+                             for t in (unknowns.corrections, unknowns.exposure))
+    log_focal = unknowns.log_focal
 
     def cost() -> Tensor:
         world_to_camera = held.index_put((frames,), problem.posed(corrections, frames))
-        data = problem.loss_posed(world_to_camera, unknowns.exposure.index_put((frames,), exposure), pairs)
+        data = problem.loss_posed(world_to_camera, unknowns.exposure.index_put((frames,), exposure), log_focal,
+                                  pairs)
         if not problem.params.exposure:
             return data
         return data + problem.params.exposure_prior * (exposure ** 2).sum(-1).mean()
 
     with torch.no_grad():
         before = float(cost())
-    optimizer = torch.optim.Adam([corrections, exposure] if problem.params.exposure else [corrections],
-                                 lr=learning_rate)
+    solved = [corrections] + ([exposure] if problem.params.exposure else [])
+    optimizer = torch.optim.Adam(solved, lr=learning_rate)
     for _ in range(iterations):
         optimizer.zero_grad(set_to_none=True)
         cost().backward()
         optimizer.step()
     with torch.no_grad():
-        if not (bool(torch.isfinite(corrections).all()) and bool(torch.isfinite(exposure).all())):
+        if not all(bool(torch.isfinite(t).all()) for t in solved):
             return before, before                                                  # keep the start
         unknowns.corrections[frames] = corrections
         unknowns.exposure[frames] = exposure
@@ -309,15 +328,95 @@ def _start_frame(problem: _Problem, unknowns: _Unknowns, frame: int, linked: Ten
         unknowns.corrections[frame] = best if best is not None else unknowns.corrections[frame - 1]
 
 
+class RefinedCameras(NamedTuple):
+    """What :func:`refine_cameras` returns: world_to_camera (S, 4, 4) float64 OpenCV; intrinsics (S, 3, 3) float64
+    in pixels of the images it was given (the input's, with fx and fy scaled by ``record["focal_scale"]``); record."""
+    world_to_camera: np.ndarray
+    intrinsics: np.ndarray
+    record: dict
+
+
+def _joint(problems: list[_Problem], unknowns: _Unknowns, frames: Tensor, pairs: Tensor,
+           params: PhotometricParams) -> list[dict]:
+    """The joint pass: all ``frames`` and all ``pairs`` at once, coarse to fine (the unknowns updated in place).
+    Returns each level's cost at its start and end."""
+    costs = []
+    for problem in problems:
+        if not params.joint_iterations:
+            break
+        before, after = _solve(problem, unknowns, frames, pairs, params.joint_iterations,
+                               params.joint_learning_rate)
+        costs.append({"level": problem.level, "size": list(problem.images.shape[2:]), "cost_start": before,
+                      "cost_end": after})
+    return costs
+
+
+def _track(problem: _Problem, unknowns: _Unknowns, pairs: Tensor, initial: Tensor, unit: float,
+           params: PhotometricParams) -> list[float]:
+    """The tracking pass: frames 1, 2, ... in turn, each solved alone against the earlier frames it is paired
+    with, from the better of two starts (:func:`_start_frame`). Returns each frame's final cost."""
+    costs = []
+    for frame in range(1, len(initial)):
+        linked = pairs[(pairs.max(1).values == frame)]                            # with earlier frames only
+        _start_frame(problem, unknowns, frame, linked, initial, unit)
+        _, after = _solve(problem, unknowns, torch.tensor([frame], device=initial.device), linked,
+                          params.iterations, params.learning_rate)
+        costs.append(after)
+    return costs
+
+
+def _search_focal(problems: list[_Problem], unknowns: _Unknowns, pairs: Tensor, initial: Tensor, unit: float,
+                  params: PhotometricParams) -> dict:
+    """The focal factor by profiling the cost. For a factor held, the whole refinement (tracking, then the joint
+    pass) runs, and its final cost is the profile's value there. Factors 1 and ``focal_step`` above and below are
+    tried, then further steps downhill until the cost rises again or ``focal_range`` ends; a parabola in log factor
+    through the cheapest and its two neighbours gives the factor. The unknowns are left at the cheapest trial's
+    solution, which a last joint pass on the finest level moves to that factor. (The gradient alone barely moves
+    the focal length: the cost falls by a few per cent over a 20 % change, and only once the poses have followed
+    it. Poses tracked under one factor bias the profile towards it, and the coarsest level alone does not tell the
+    factors apart: docs/geometry.md.) Returns the factors tried, their costs, the factor, and the cheapest trial's
+    tracking and joint records."""
+    everything = torch.arange(1, len(initial), device=initial.device)
+    step = math.log(params.focal_step)
+    low, high = (math.log(f) for f in params.focal_range)
+    trials: dict[int, tuple] = {}                   # k -> (cost, tracking, joint, unknowns) at factor step^k
+
+    def trial(k: int) -> float:
+        if k not in trials:
+            for tensor in unknowns.tensors():
+                tensor.zero_()
+            unknowns.log_focal.fill_(k * step)
+            tracking = _track(problems[0], unknowns, pairs, initial, unit, params)
+            joint = _joint(problems, unknowns, everything, pairs, params)
+            trials[k] = (joint[-1]["cost_end"], tracking, joint, [t.clone() for t in unknowns.tensors()])
+        return trials[k][0]
+
+    best = min((0, 1, -1), key=trial)
+    while best != 0 and low <= (best + np.sign(best)) * step <= high and trial(best + np.sign(best)) < trial(best):
+        best += int(np.sign(best))
+    cost, tracking, joint, solution = trials[best]
+    for tensor, value in zip(unknowns.tensors(), solution):
+        tensor.copy_(value)
+    if best - 1 in trials and best + 1 in trials:   # vertex of the parabola through the three (log factor, cost)
+        x = np.array([best - 1, best, best + 1]) * step
+        a, b, _ = np.polyfit(x, [trials[k][0] for k in (best - 1, best, best + 1)], 2)
+        if a > 0:
+            unknowns.log_focal.fill_(float(np.clip(-b / (2 * a), x[0], x[2])))
+            joint = joint + _joint(problems[-1:], unknowns, everything, pairs, params)
+    return {"factors": [math.exp(k * step) for k in sorted(trials)], "costs": [trials[k][0] for k in sorted(trials)],
+            "factor": float(unknowns.log_focal.exp()), "tracking": tracking, "joint": joint}
+
+
 def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, world_to_camera: np.ndarray,
-                   params: PhotometricParams = PhotometricParams()) -> tuple[np.ndarray, dict]:
+                   params: PhotometricParams = PhotometricParams()) -> RefinedCameras:
     """Refine the cameras of a frame sequence by direct photometric alignment (module docstring).
 
     images (S, C, H, W) float in [0, 1]; depth (S, H, W) (> 0 where valid); weight (S, H, W): > 0 where a pixel may
     serve as a source (confident depth, static); K (S, 3, 3) in pixels of these images; world_to_camera (S, 4, 4)
     OpenCV, frame 0's stays as it is. All tensors on one device; computed in float32 (poses composed in float64).
-    Returns the refined world_to_camera (S, 4, 4) float64 and a record (costs per pass and level, seconds, cost
-    before / after on the finest level, kept or not, rotation changes, exposure gains).
+    Returns the refined cameras (:class:`RefinedCameras`; the input's where the refinement is not kept) and a
+    record (costs per pass and level, seconds, cost before / after on the finest level, kept or not, rotation
+    changes, exposure gains, the focal factor).
     """
     S = images.shape[0]
     device = images.device
@@ -326,18 +425,19 @@ def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, wor
     pairs = torch.as_tensor(frame_pairs(S, offsets), device=device)
     record = {"frames": S, "pairs": len(pairs), "params": {k: (list(v) if isinstance(v, tuple) else v)
                                                            for k, v in params.__dict__.items()}}
+
+    def unchanged(reason: str) -> RefinedCameras:
+        return RefinedCameras(np.asarray(world_to_camera, dtype=np.float64), K.detach().double().cpu().numpy(),
+                              {**record, "kept": False, "focal_scale": 1.0, "reason": reason})
+
     if len(pairs) == 0:
-        return (np.asarray(world_to_camera, dtype=np.float64),
-                {**record, "kept": False, "reason": "no frame pairs (fewer than 2 frames)"})
+        return unchanged("no frame pairs (fewer than 2 frames)")
     if not all(bool(torch.isfinite(t).all()) for t in (initial, K)):
-        return (np.asarray(world_to_camera, dtype=np.float64),
-                {**record, "kept": False, "reason": "non-finite cameras or intrinsics"})
+        return unchanged("non-finite cameras or intrinsics")
     if min(images.shape[2:]) < 2:
-        return (np.asarray(world_to_camera, dtype=np.float64),
-                {**record, "kept": False, "reason": "images smaller than 2 x 2 pixels"})
+        return unchanged("images smaller than 2 x 2 pixels")
     if not bool(((weight > 0) & (depth > 0)).any()):
-        return (np.asarray(world_to_camera, dtype=np.float64),
-                {**record, "kept": False, "reason": "no pixel may serve as a source (all masked or without depth)"})
+        return unchanged("no pixel may serve as a source (all masked or without depth)")
     valid_depth = depth[depth > 0]
     unit = float(valid_depth.median()) if valid_depth.numel() else 1.0
     generator = torch.Generator().manual_seed(params.seed)
@@ -346,41 +446,38 @@ def refine_cameras(images: Tensor, depth: Tensor, weight: Tensor, K: Tensor, wor
                 for level in reversed(range(levels))]              # coarse to fine; the coarsest >= 8 px a side
     unknowns = _Unknowns(S, device)
 
-    record["tracking"] = []
-    began = time.perf_counter()
-    for frame in range(1, S):
-        linked = pairs[(pairs.max(1).values == frame)]                            # with earlier frames only
-        _start_frame(problems[0], unknowns, frame, linked, initial, unit)
-        before, after = _solve(problems[0], unknowns, torch.tensor([frame], device=device), linked,
-                               params.iterations, params.learning_rate)
-        record["tracking"].append(after)
-    record["tracking_s"] = time.perf_counter() - began
-    record["joint"] = []
-    began = time.perf_counter()
     everything = torch.arange(1, S, device=device)
-    for problem in problems:
-        if not params.joint_iterations:
-            break
-        before, after = _solve(problem, unknowns, everything, pairs, params.joint_iterations,
-                               params.joint_learning_rate)
-        record["joint"].append({"level": problem.level, "size": list(problem.images.shape[2:]),
-                                "cost_start": before, "cost_end": after})
-    record["joint_s"] = time.perf_counter() - began
+    if params.focal and params.joint_iterations:
+        began = time.perf_counter()
+        record["focal_search"] = _search_focal(problems, unknowns, pairs, initial, unit, params)
+        record["tracking"], record["joint"] = (record["focal_search"].pop(key) for key in ("tracking", "joint"))
+        record["focal_search_s"] = time.perf_counter() - began
+    else:
+        began = time.perf_counter()
+        record["tracking"] = _track(problems[0], unknowns, pairs, initial, unit, params)
+        record["tracking_s"] = time.perf_counter() - began
+        began = time.perf_counter()
+        record["joint"] = _joint(problems, unknowns, everything, pairs, params)
+        record["joint_s"] = time.perf_counter() - began
     finest = problems[-1]
     with torch.no_grad():
         after = float(finest.loss(*unknowns.tensors(), pairs))
         # the network's cameras with either exposure (none, or the one fitted here): the poses must win, not the
         # exposure alone
-        zero = torch.zeros_like(unknowns.corrections)
-        before = min(float(finest.loss(zero, torch.zeros_like(unknowns.exposure), pairs)),
-                     float(finest.loss(zero, unknowns.exposure, pairs)))
+        zero, no_focal = torch.zeros_like(unknowns.corrections), torch.zeros_like(unknowns.log_focal)
+        before = min(float(finest.loss(zero, torch.zeros_like(unknowns.exposure), no_focal, pairs)),
+                     float(finest.loss(zero, unknowns.exposure, no_focal, pairs)))
         refined = corrected_world_to_camera(initial, unknowns.corrections.double(), unit)
     kept = after < before
     result = refined.cpu().numpy() if kept else np.asarray(world_to_camera, dtype=np.float64)
+    focal_scale = float(unknowns.log_focal.exp()) if kept else 1.0
+    intrinsics = scaled_focal(K.detach().double(), torch.tensor(math.log(focal_scale), dtype=torch.float64,
+                                                                device=K.device))
     original = np.asarray(world_to_camera, np.float64)
     rotation_change = np.array([rotation_angle_deg(new[:3, :3] @ old[:3, :3].T) for new, old in zip(result, original)])
     record.update({"cost_before": before, "cost_after": after, "kept": kept, "translation_unit": unit,
                    "rotation_change_deg": {"mean": float(rotation_change.mean()),
                                            "max": float(rotation_change.max())},
-                   "exposure_gain": (unknowns.exposure[:, 0].exp().tolist() if params.exposure else None)})
-    return result, record
+                   "exposure_gain": (unknowns.exposure[:, 0].exp().tolist() if params.exposure else None),
+                   "focal_scale": focal_scale})
+    return RefinedCameras(result, intrinsics.cpu().numpy(), record)

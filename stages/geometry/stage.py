@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from pipeline.log import get_logger, progress
 from pipeline.scene import Scene
 from stages.geometry.config import GeometryConfig
 from stages.geometry.consistency import ConsistencyParams, consistency_scale, dynamic_masks
+
+if TYPE_CHECKING:
+    from stages.geometry.photometric import RefinedCameras
 
 log = get_logger("geometry")
 
@@ -238,8 +241,12 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
     refinement_record = None
     if dataset is None and cfg.refine_cameras and len(pred) > 1:
         begin = time.perf_counter()
-        refined, refinement_record = refine_predicted_cameras(pred, prepared, head_probability, cfg, device)
-        pred = dataclasses.replace(pred, world_to_camera=refined)
+        refined = refine_predicted_cameras(pred, prepared, head_probability, cfg, device)
+        refinement_record = refined.record
+        intrinsics = np.array(pred.intrinsics, copy=True)                   # network pixels
+        intrinsics[:, 0, 0] *= refined.record["focal_scale"]
+        intrinsics[:, 1, 1] *= refined.record["focal_scale"]
+        pred = dataclasses.replace(pred, world_to_camera=refined.world_to_camera, intrinsics=intrinsics)
         timings["camera_refinement_s"] = time.perf_counter() - begin
         t += timings["camera_refinement_s"]                                 # masks_s: the masks alone
         log_refinement(refinement_record)
@@ -288,7 +295,7 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
 
 
 def refine_predicted_cameras(pred, prepared, head_probability: Optional[np.ndarray], cfg: GeometryConfig,
-                             device: str) -> tuple[np.ndarray, dict]:
+                             device: str) -> RefinedCameras:
     """The network's cameras corrected by direct photometric alignment (:mod:`stages.geometry.photometric`) at the
     network resolution. Source pixels: confidence at or above the frame's 30th percentile, not padding, and, where
     the checkpoint's mask head is supervised, probability of moving below one half (the robust cost handles the
@@ -302,7 +309,8 @@ def refine_predicted_cameras(pred, prepared, head_probability: Optional[np.ndarr
     allowed = (confidence >= floor) & covered
     if head_probability is not None:
         allowed &= torch.from_numpy(head_probability) < 0.5
-    params = PhotometricParams(iterations=cfg.refine_iterations, joint_iterations=cfg.refine_iterations)
+    params = PhotometricParams(iterations=cfg.refine_iterations, joint_iterations=cfg.refine_iterations,
+                               focal=cfg.refine_focal)
     images = prepared.batch(slice(None), device)                                    # (S, 3, h, w) in [0, 1]
     return refine_cameras(images, torch.from_numpy(pred.depth).to(device), allowed.float().to(device),
                           torch.from_numpy(pred.intrinsics).float().to(device), pred.world_to_camera, params)

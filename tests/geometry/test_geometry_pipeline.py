@@ -546,32 +546,42 @@ def test_model_cameras_are_refined_photometrically_unless_switched_off(tmp_path,
 
 
 def test_refined_cameras_are_what_the_stage_writes(tmp_path, small_weights, monkeypatch):
-    """Whatever the refinement returns (here: every camera but the first turned by 2 degrees about y) is what
-    cameras.json holds, with the refinement's inputs at the network resolution."""
+    """Whatever the refinement returns (here: every camera but the first turned by 2 degrees about y, focal lengths
+    10 % longer) is what cameras.json holds, with the refinement's inputs at the network resolution."""
     import stages.geometry.photometric as photometric
 
     seen = {}
 
     def turned(images, depth, weight, K, world_to_camera, params):
-        seen.update(images=tuple(images.shape), depth=tuple(depth.shape), weight=weight, K=K.clone())
+        seen.update(images=tuple(images.shape), depth=tuple(depth.shape), weight=weight, K=K.clone(),
+                    focal=params.focal)
         out = np.array(world_to_camera, dtype=np.float64)
         angle = np.radians(2.0)
         turn = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
         out[1:, :3, :] = turn @ out[1:, :3, :]
-        return out, {"frames": len(out), "pairs": 0, "kept": True, "cost_before": 1.0, "cost_after": 0.5,
-                     "rotation_change_deg": {"mean": 1.5, "max": 2.0}}
+        longer = K.double().numpy().copy()
+        longer[:, 0, 0] *= 1.1
+        longer[:, 1, 1] *= 1.1
+        return photometric.RefinedCameras(out, longer, {
+            "frames": len(out), "pairs": 0, "kept": True, "cost_before": 1.0, "cost_after": 0.5,
+            "rotation_change_deg": {"mean": 1.5, "max": 2.0}, "focal_scale": 1.1})
 
     scene = raycast_scene.make_scene(frames=4, width=48, height=36)
     base = [f"geometry.checkpoint={small_weights}", "geometry.cameras=model"]
     _, plain = run_stage(tmp_path / "plain", scene, base + ["geometry.refine_cameras=false"])
     monkeypatch.setattr(photometric, "refine_cameras", turned)
-    _, out = run_stage(tmp_path / "refined", scene, base)
-    cameras = {name: np.array([f["world_to_camera"] for f in json.loads((folder / "cameras.json").read_text())
-                               ["frames"]]) for name, folder in (("plain", plain), ("refined", out))}
+    _, out = run_stage(tmp_path / "refined", scene, base + ["geometry.refine_focal=true"])
+    frames = {name: json.loads((folder / "cameras.json").read_text())["frames"]
+              for name, folder in (("plain", plain), ("refined", out))}
+    cameras = {name: np.array([f["world_to_camera"] for f in entries]) for name, entries in frames.items()}
+    for plain_frame, refined_frame in zip(frames["plain"], frames["refined"]):     # stored pixels
+        plain_K, refined_K = np.array(plain_frame["K"]), np.array(refined_frame["K"])
+        np.testing.assert_allclose(refined_K[[0, 1], [0, 1]], 1.1 * plain_K[[0, 1], [0, 1]], rtol=1e-6)
+        np.testing.assert_allclose(refined_K[:2, 2], plain_K[:2, 2], rtol=1e-9)   # principal points kept
     np.testing.assert_allclose(cameras["refined"][0], cameras["plain"][0], atol=1e-9)
     for k in range(1, 4):
         relative = cameras["refined"][k][:3, :3] @ cameras["plain"][k][:3, :3].T
         assert np.isclose(np.degrees(np.arccos((np.trace(relative) - 1) / 2)), 2.0, atol=1e-6)
-    assert seen["images"][:2] == (4, 3) and seen["depth"] == (4, *seen["images"][2:])
+    assert seen["images"][:2] == (4, 3) and seen["depth"] == (4, *seen["images"][2:]) and seen["focal"]
     assert 0.5 < float(seen["weight"].mean()) < 0.8          # the 30 % least confident are no source
     assert json.loads((out / "geometry.json").read_text())["camera_refinement"]["cost_after"] == 0.5

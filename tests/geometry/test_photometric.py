@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,8 @@ from scipy.spatial.transform import Rotation
 
 from stages.evaluate.pose_metrics import pose_errors
 from stages.geometry.photometric import (PhotometricParams, corrected_world_to_camera, frame_pairs,
-                                         photometric_residuals, refine_cameras, rotation_matrices)
+                                         photometric_residuals, refine_cameras, rotation_matrices,
+                                         scaled_focal)
 from tests.geometry.raycast_scene import render
 
 FAST = PhotometricParams(levels=2, iterations=40, joint_iterations=40, pixels_per_frame=768)
@@ -97,8 +100,10 @@ def test_refinement_recovers_perturbed_cameras_despite_a_mover(room):
     images, depth, K, world_to_camera, moving = room
     start = perturbed(world_to_camera, 2.0, 0.05)
     weight = torch.ones_like(depth)                                # the moving sphere is left to the robust cost
-    refined, record = refine_cameras(images, depth, weight, K, start, FAST)
+    refined, intrinsics, record = refine_cameras(images, depth, weight, K, start, FAST)
     before, after = pose_errors(start, world_to_camera), pose_errors(refined, world_to_camera)
+    assert record["focal_scale"] == 1.0 and "focal_search" not in record        # no focal search by default
+    np.testing.assert_array_equal(intrinsics, K.double().numpy())
     assert record["kept"] and record["cost_after"] < 0.5 * record["cost_before"]
     assert before.rpe_rot_deg > 2.0
     assert after.rpe_rot_deg < 0.2 and after.ate < 0.2 * before.ate
@@ -108,14 +113,14 @@ def test_refinement_recovers_perturbed_cameras_despite_a_mover(room):
 def test_refinement_leaves_right_cameras_nearly_unchanged(room):
     images, depth, K, world_to_camera, moving = room
     weight = torch.from_numpy(~moving).float()
-    refined, record = refine_cameras(images, depth, weight, K, world_to_camera, FAST)
+    refined, _, record = refine_cameras(images, depth, weight, K, world_to_camera, FAST)
     assert record["rotation_change_deg"]["max"] < 0.1
     assert pose_errors(refined, world_to_camera).ate < 0.01
 
 
 def test_one_frame_is_returned_as_it_is(room):
     images, depth, K, world_to_camera, _ = room
-    refined, record = refine_cameras(images[:1], depth[:1], torch.ones_like(depth[:1]), K[:1], world_to_camera[:1])
+    refined, _, record = refine_cameras(images[:1], depth[:1], torch.ones_like(depth[:1]), K[:1], world_to_camera[:1])
     assert not record["kept"]
     np.testing.assert_array_equal(refined, world_to_camera[:1])
 
@@ -125,7 +130,7 @@ def test_non_finite_intrinsics_leave_the_cameras_as_they_are(room):
     broken = K.clone()
     broken[:, 1, 1] = float("inf")                  # a random network's field of view can overflow
     start = perturbed(world_to_camera, 2.0, 0.05)
-    refined, record = refine_cameras(images, depth, torch.ones_like(depth), broken, start, FAST)
+    refined, _, record = refine_cameras(images, depth, torch.ones_like(depth), broken, start, FAST)
     assert not record["kept"] and "non-finite" in record["reason"]
     np.testing.assert_array_equal(refined, start)
 
@@ -138,7 +143,7 @@ def noisy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
 def test_constant_exposure_keeps_gains_near_one_under_noise(room):
     # a one-sided a_t I_t - a_s I_s residual let noise shrink every gain below its predecessor's (0.87 by frame 7)
     images, depth, K, world_to_camera, _ = room
-    _, record = refine_cameras(noisy(images, 0.05), depth, torch.ones_like(depth), K,
+    _, _, record = refine_cameras(noisy(images, 0.05), depth, torch.ones_like(depth), K,
                                perturbed(world_to_camera, 2.0, 0.05), FAST)
     assert np.allclose(record["exposure_gain"], 1.0, atol=0.03)
 
@@ -147,7 +152,7 @@ def test_exposure_follows_a_brightening_video(room):
     images, depth, K, world_to_camera, _ = room
     brighter = (images * torch.linspace(1.0, 1.35, len(images))[:, None, None, None]).clamp(0, 1)
     start = perturbed(world_to_camera, 2.0, 0.05)
-    refined, record = refine_cameras(brighter, depth, torch.ones_like(depth), K, start, FAST)
+    refined, _, record = refine_cameras(brighter, depth, torch.ones_like(depth), K, start, FAST)
     relative = 1.0 / np.asarray(record["exposure_gain"])             # the gain maps a frame back onto frame 0
     assert relative[-1] > 1.15 and np.all(np.diff(relative[1:]) > 0)
     assert pose_errors(refined, world_to_camera).rpe_rot_deg < 0.2
@@ -158,8 +163,35 @@ def test_frames_without_source_pixels(room):
     start = perturbed(world_to_camera, 2.0, 0.05)
     weight = torch.ones_like(depth)
     weight[3] = 0.0                                      # frame 3 is no source, but still a target of the others
-    refined, record = refine_cameras(images, depth, weight, K, start, FAST)
+    refined, _, record = refine_cameras(images, depth, weight, K, start, FAST)
     assert record["kept"] and pose_errors(refined, world_to_camera).rpe_rot_deg < 0.3
-    refined, record = refine_cameras(images, depth, torch.zeros_like(depth), K, start, FAST)
+    refined, _, record = refine_cameras(images, depth, torch.zeros_like(depth), K, start, FAST)
     assert not record["kept"] and "no pixel" in record["reason"]
     np.testing.assert_array_equal(refined, start)
+
+
+def test_scaled_focal_scales_fx_and_fy_only():
+    K = torch.tensor([[[100.0, 0.5, 40.0], [0.0, 90.0, 30.0], [0.0, 0.0, 1.0]]]).expand(2, 3, 3)
+    out = scaled_focal(K, torch.tensor([np.log(1.25)], dtype=torch.float32))
+    expected = K.clone()
+    expected[:, 0, 0] *= 1.25
+    expected[:, 1, 1] *= 1.25
+    torch.testing.assert_close(out, expected)
+
+
+def test_focal_search_recovers_a_wrong_focal_length(room):
+    # the network's field of view is off by several degrees (page4d-tiny: 8.5 on rooms); here every focal length
+    # is 20 % too long and the poses are perturbed: the search finds the factor, and the poses follow
+    images, depth, K, world_to_camera, _ = room
+    wrong = K.clone()
+    wrong[:, :2, :2] *= 1.2
+    start = perturbed(world_to_camera, 2.0, 0.05)
+    params = dataclasses.replace(FAST, focal=True, iterations=20, joint_iterations=20, pixels_per_frame=512)
+    refined, intrinsics, record = refine_cameras(images, depth, torch.ones_like(depth), wrong, start, params)
+    assert record["kept"] and 1.0 in [round(f, 6) for f in record["focal_search"]["factors"]]
+    assert abs(record["focal_scale"] * 1.2 - 1.0) < 0.05                      # 1/1.2 = 0.833 wanted
+    np.testing.assert_allclose(intrinsics[:, 0, 0], K[:, 0, 0].double().numpy() * 1.2 * record["focal_scale"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(intrinsics[:, :2, 2], K[:, :2, 2].double().numpy())
+    assert pose_errors(refined, world_to_camera).rpe_rot_deg < 0.5
+
