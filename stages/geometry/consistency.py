@@ -37,6 +37,8 @@ class ConsistencyParams:
     min_violations: int = 2        # ... and at least this many of them (pixels with few valid neighbours)
     min_confidence_quantile: float = 0.0   # pixels below this per-frame confidence quantile do not vote
     head_weight: float = 0.5       # weight of a supervised mask head's probability in the fused score
+    photometric_weight: float = 0.0    # weight of the photometric votes in the fused score (0: not computed)
+    colour_threshold: float = 0.15     # photometric vote: colour difference (max over channels, [0, 1]) after warping
     source: str = "fused"          # 'fused', 'head' (probability > 0.5 alone) or 'consistency' (votes alone)
 
 
@@ -120,15 +122,70 @@ def geometric_scores(depth: Tensor, intrinsics: Tensor, world_to_camera: Tensor,
     return score, counts
 
 
+def photometric_scores(images: Tensor, depth: Tensor, intrinsics: Tensor, world_to_camera: Tensor,
+                       params: ConsistencyParams) -> tuple[Tensor, Tensor]:
+    """(score (S, H, W) fraction of valid neighbours voting "moving", valid_count (S, H, W)) from colour.
+
+    A static point of frame i, seen through its depth from neighbour j, has the same colour there; where something
+    moved, j shows another surface. Pixel p of frame i votes "moving" in neighbour j when the largest colour-channel
+    difference between I_i(p) and I_j(project_j(p)) (bilinear) exceeds ``params.colour_threshold`` after one gain
+    per channel and pair (the ratio of the two frames' medians over the valid pixels: auto-exposure). Where j's own
+    depth there (the 3x3 maximum) lies in front of the point by more than ``params.threshold`` of its depth,
+    something occludes it in j (often the mover itself, passing in front of a static point): that neighbour does
+    not vote. Neighbours as for :func:`geometric_scores`. Unlike the free-space test it also sees movers in front of the background (a
+    hand over a table), and it needs texture: a mover coloured like what lies behind it does not vote.
+
+    images (S, C, H, W) in [0, 1]; depth (S, H, W); intrinsics (S, 3, 3); world_to_camera (S, 4, 4).
+    """
+    S, C, H, W = images.shape
+    images = images.float()
+    depth, intrinsics, world_to_camera = depth.double(), intrinsics.double(), world_to_camera.double()
+    votes = torch.zeros(S, H, W, dtype=torch.float32, device=depth.device)
+    counts = torch.zeros(S, H, W, dtype=torch.float32, device=depth.device)
+    clean = torch.where((depth > 0) & torch.isfinite(depth), depth, torch.zeros_like(depth))
+    farthest = F.max_pool2d(clean[:, None], 3, stride=1, padding=1)[:, 0]            # (S, H, W) 3x3 maximum
+    for i in range(S):
+        points_cam = _pixel_rays(intrinsics[i], H, W) * depth[i][..., None]         # (H, W, 3)
+        for offset in neighbour_offsets(i, S, params.neighbours, params.gap):
+            j = i + offset
+            i_to_j = world_to_camera[j] @ torch.linalg.inv(world_to_camera[i])       # (4, 4)
+            in_j = points_cam @ i_to_j[:3, :3].T + i_to_j[:3, 3]                     # (H, W, 3)
+            z = in_j[..., 2]
+            u = intrinsics[j, 0, 0] * in_j[..., 0] / z + intrinsics[j, 0, 2]          # pixels, corners at integers
+            v = intrinsics[j, 1, 1] * in_j[..., 1] / z + intrinsics[j, 1, 2]
+            valid = ((depth[i] > 0) & torch.isfinite(depth[i]) & (z > 1e-6) & (u >= 0.5) & (u <= W - 0.5)
+                     & (v >= 0.5) & (v <= H - 0.5))
+            col = torch.nan_to_num(u, nan=0.0).clamp(0, W - 1).long()
+            row = torch.nan_to_num(v, nan=0.0).clamp(0, H - 1).long()
+            behind = farthest[j][row, col]                                         # j's depth there
+            valid &= ~((behind > 0) & (behind < z * (1 - params.threshold)))         # occluded in j: no vote
+            if not bool(valid.any()):
+                continue
+            grid = torch.stack([u / W * 2 - 1, v / H * 2 - 1], -1).float()[None]     # (1, H, W, 2)
+            grid = torch.nan_to_num(grid, nan=0.0, posinf=0.0, neginf=0.0)
+            seen = F.grid_sample(images[j:j + 1], grid, mode="bilinear", align_corners=False)[0]   # (C, H, W)
+            own = images[i]
+            gain = own[:, valid].median(1).values / seen[:, valid].median(1).values.clamp_min(1e-3)  # (C,)
+            difference = (seen * gain[:, None, None] - own).abs().amax(0)               # (H, W)
+            votes[i] += (valid & (difference > params.colour_threshold)).float()
+            counts[i] += valid.float()
+    score = torch.where(counts > 0, votes / counts.clamp(min=1), torch.zeros_like(votes))
+    return score, counts
+
+
 def dynamic_masks(depth: np.ndarray, intrinsics: np.ndarray, world_to_camera: np.ndarray,
                   params: ConsistencyParams = ConsistencyParams(), confidence: Optional[np.ndarray] = None,
-                  head_probability: Optional[np.ndarray] = None, device: str | torch.device = "cpu") -> np.ndarray:
+                  head_probability: Optional[np.ndarray] = None, device: str | torch.device = "cpu",
+                  images: Optional[np.ndarray | Tensor] = None) -> np.ndarray:
     """(S, H, W) bool moving-pixel masks.
 
     head_probability: (S, H, W) in [0, 1] from a mask head trained with mask supervision, or None. ``params.source``
     says how it is used: 'fused' blends it with the geometric score (weight ``params.head_weight``; pixels without
     a valid neighbour use it alone) and thresholds the blend at ``params.vote_fraction``; 'head' thresholds it
     alone at 0.5 (the depth is not checked); 'consistency' ignores it. Without it every source gives the votes.
+    images (S, C, H, W) in [0, 1] at the depth's resolution: with ``params.photometric_weight`` > 0 and the
+    'fused' source, the photometric votes (:func:`photometric_scores`) join the blend with that weight, the blend
+    being divided by 1 + the weight (pixels without a valid neighbour for them leave them out).
     """
     as_tensor = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
     if head_probability is not None and params.source == "head":
@@ -136,9 +193,19 @@ def dynamic_masks(depth: np.ndarray, intrinsics: np.ndarray, world_to_camera: np
     score, counts = geometric_scores(as_tensor(depth), as_tensor(intrinsics), as_tensor(world_to_camera), params,
                                      None if confidence is None else as_tensor(confidence))
     moving = (score > params.vote_fraction) & (score * counts >= params.min_violations - 0.5)
-    if head_probability is not None and params.source == "fused":
+    if params.source != "fused":
+        return moving.cpu().numpy()
+    fused = None
+    if head_probability is not None:
         head = as_tensor(head_probability).float()
         fused = torch.where(counts > 0, (1 - params.head_weight) * score + params.head_weight * head, head)
+    if params.photometric_weight > 0 and images is not None:
+        photo, photo_counts = photometric_scores(torch.as_tensor(images, device=device), as_tensor(depth),
+                                                 as_tensor(intrinsics), as_tensor(world_to_camera), params)
+        base = fused if fused is not None else score
+        w = params.photometric_weight
+        fused = torch.where(photo_counts > 0, (base + w * photo) / (1 + w), base)
+    if fused is not None:
         moving = fused > params.vote_fraction
     return moving.cpu().numpy()
 

@@ -85,7 +85,9 @@ def consistency_params(cfg: GeometryConfig) -> ConsistencyParams:
     return ConsistencyParams(neighbours=cfg.consistency_neighbours, gap=cfg.consistency_gap,
                              threshold=cfg.consistency_threshold, vote_fraction=cfg.consistency_vote,
                              min_confidence_quantile=cfg.consistency_min_confidence,
-                             head_weight=cfg.mask_head_weight, source=cfg.mask_source)
+                             head_weight=cfg.mask_head_weight, source=cfg.mask_source,
+                             photometric_weight=cfg.mask_photometric_weight,
+                             colour_threshold=cfg.mask_colour_threshold)
 
 
 def check_config(cfg: GeometryConfig) -> None:
@@ -109,9 +111,11 @@ def check_config(cfg: GeometryConfig) -> None:
         problems.append("consistency_threshold must be > 0")
     if not 0.0 <= cfg.fov_x_deg < 180.0:
         problems.append(f"fov_x_deg must be in [0, 180) (0 = predicted; got {cfg.fov_x_deg:g})")
-    for name in ("consistency_vote", "consistency_min_confidence", "mask_head_weight"):
+    for name in ("consistency_vote", "consistency_min_confidence", "mask_head_weight", "mask_colour_threshold"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"{name} must be in [0, 1] (got {getattr(cfg, name):g})")
+    if not cfg.mask_photometric_weight >= 0.0:
+        problems.append(f"mask_photometric_weight must be >= 0 (got {cfg.mask_photometric_weight:g})")
     if problems:
         raise UserError("geometry: " + "; ".join(problems))
 
@@ -262,8 +266,9 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
         mask_depth, mask_K, mask_w2c = pred.depth * np.float32(alignment.scale), dataset_K, dataset_w2c
         timings["dataset_alignment_s"] = time.perf_counter() - begin
         t += timings["dataset_alignment_s"]                                 # masks_s: the masks alone
+    colours = prepared.batch(slice(None), device) if params.photometric_weight > 0 else None   # (S, 3, h, w)
     masks = dynamic_masks(mask_depth, mask_K, mask_w2c, params, pred.depth_conf,
-                          head_probability, device)                                     # (S, h, w) bool
+                          head_probability, device, colours)                            # (S, h, w) bool
     timings["masks_s"] = time.perf_counter() - t
 
     def get(index: int) -> FrameGeometry:

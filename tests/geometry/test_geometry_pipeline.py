@@ -11,7 +11,7 @@ import torch
 from pipeline.cameras import Sim3, umeyama_sim3
 from pipeline.config import apply_overrides, default_config
 from pipeline.runner import STAGES, StageContext
-from stages.geometry.consistency import ConsistencyParams, dynamic_masks, neighbour_offsets
+from stages.geometry.consistency import ConsistencyParams, dynamic_masks, neighbour_offsets, photometric_scores
 from stages.geometry.page4d.inference import Prediction, predict_sequence, unproject, window_starts
 from stages.geometry.page4d.preprocess import prepare_frames
 from tests.geometry import raycast_scene
@@ -130,10 +130,11 @@ def test_stage_passes_each_mask_option_to_its_parameter():
     from stages.geometry.stage import consistency_params
     cfg = GeometryConfig(consistency_neighbours=5, consistency_gap=3, consistency_threshold=0.07,
                          consistency_vote=0.3, consistency_min_confidence=0.15, mask_head_weight=0.8,
-                         mask_source="head")
+                         mask_source="head", mask_photometric_weight=1.5, mask_colour_threshold=0.12)
     assert consistency_params(cfg) == ConsistencyParams(neighbours=5, gap=3, threshold=0.07, vote_fraction=0.3,
                                                         min_confidence_quantile=0.15, head_weight=0.8,
-                                                        source="head")
+                                                        source="head", photometric_weight=1.5,
+                                                        colour_threshold=0.12)
     assert consistency_params(cfg).min_violations == ConsistencyParams().min_violations
 
 
@@ -585,3 +586,40 @@ def test_refined_cameras_are_what_the_stage_writes(tmp_path, small_weights, monk
     assert seen["images"][:2] == (4, 3) and seen["depth"] == (4, *seen["images"][2:]) and seen["focal"]
     assert 0.5 < float(seen["weight"].mean()) < 0.8          # the 30 % least confident are no source
     assert json.loads((out / "geometry.json").read_text())["camera_refinement"]["cost_after"] == 0.5
+
+
+def photometric_room(frames: int = 8, frozen: bool = False):
+    """The ray-cast room with smooth wall colours (tests/geometry/test_photometric.py), images (S, 3, H, W)."""
+    from tests.geometry.test_photometric import smooth_colours
+    kwargs = dict(start=(0.5, 0, 0), end=(0.5, 0, 0)) if frozen else {}
+    depth, K, w2c, moving, _ = raycast_scene.render(frames=frames, width=96, height=72, **kwargs)
+    images = np.ascontiguousarray(smooth_colours(depth, K, w2c, moving).transpose(0, 3, 1, 2))
+    return depth, K, w2c, moving, images
+
+
+def test_photometric_votes_find_the_mover_and_not_what_it_occludes():
+    depth, K, w2c, moving, images = photometric_room()
+    params = ConsistencyParams(gap=1, photometric_weight=2.0)
+    score, counts = photometric_scores(torch.from_numpy(images), torch.from_numpy(depth), torch.from_numpy(K),
+                                       torch.from_numpy(w2c), params)
+    score = score.numpy()
+    assert score[moving].mean() > 0.6 and score[~moving].mean() < 0.02
+    # static wall points that the sphere hides in a neighbour do not vote there: without that check (an occlusion
+    # threshold too large to fire) the photometric score alone marks the sphere's path in the other frames too
+    no_check, _ = photometric_scores(torch.from_numpy(images), torch.from_numpy(depth), torch.from_numpy(K),
+                                     torch.from_numpy(w2c), ConsistencyParams(gap=1, threshold=10.0))
+    assert (no_check.numpy()[~moving] > 0.3).sum() > 2 * (score[~moving] > 0.3).sum()
+    masks = dynamic_masks(depth, K, w2c, params, images=images)
+    assert (masks & moving).sum() / (masks | moving).sum() > 0.7 and (masks & ~moving).mean() < 0.02
+    # a brightening video (auto-exposure): one gain per pair and channel keeps the static walls quiet
+    brighter = np.clip(images * np.linspace(1.0, 1.3, len(images))[:, None, None, None], 0, 1).astype(np.float32)
+    masks_brighter = dynamic_masks(depth, K, w2c, params, images=brighter)
+    assert (masks_brighter & ~moving).mean() < 0.02 and (masks_brighter & moving).sum() > 0.7 * moving.sum()
+    # without images the votes are not computed and the masks are the depth test's
+    assert np.array_equal(dynamic_masks(depth, K, w2c, params), dynamic_masks(depth, K, w2c, ConsistencyParams(gap=1)))
+
+
+def test_photometric_votes_stay_quiet_on_a_static_scene():
+    depth, K, w2c, moving, images = photometric_room(frozen=True)
+    masks = dynamic_masks(depth, K, w2c, ConsistencyParams(gap=1, photometric_weight=2.0), images=images)
+    assert masks.mean() < 0.02            # a few silhouette pixels, where bilinear sampling mixes sphere and wall
