@@ -92,11 +92,11 @@ class GeometryConfig:
     mask_head_weight: float = option(0.5, "Weight of the mask head's probability in the dynamic masks, used only "
                                      "when the checkpoint records that its mask head was trained with mask "
                                      "supervision (the released PAGE-4D heads were not).")
-    mask_photometric_weight: float = option(2.0, "Dynamic masks ('fused'): weight of photometric votes - through "
-                                            "its depth, a pixel whose colour differs in a neighbouring frame by "
-                                            "more than mask_colour_threshold votes 'moving' - in the blend, which "
-                                            "is divided by 1 + this weight (0 = off; docs/geometry.md, 'Dynamic "
-                                            "masks').")
+    mask_photometric_weight: float = option(2.0, "Dynamic masks ('fused'), with refined model cameras only: weight "
+                                            "of photometric votes - through its depth, a pixel whose colour differs "
+                                            "in a neighbouring frame by more than mask_colour_threshold votes "
+                                            "'moving' - in the blend, which is divided by 1 + this weight (0 = off; "
+                                            "docs/geometry.md, 'Dynamic masks').")
     mask_colour_threshold: float = option(0.15, "Dynamic masks: the colour difference (largest channel, colours in "
                                           "[0, 1], after a per-pair gain) above which a photometric vote says "
                                           "'moving'.")

@@ -266,6 +266,11 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
         mask_depth, mask_K, mask_w2c = pred.depth * np.float32(alignment.scale), dataset_K, dataset_w2c
         timings["dataset_alignment_s"] = time.perf_counter() - begin
         t += timings["dataset_alignment_s"]                                 # masks_s: the masks alone
+    if params.photometric_weight > 0 and not (dataset is None and (refinement_record or {}).get("kept")):
+        # measured to help with refined model cameras only: under the network's own cameras colours disagree
+        # everywhere, and under a dataset's the network's depth errors do on the movers' outlines (docs/geometry.md)
+        params = dataclasses.replace(params, photometric_weight=0.0)
+        log.info("dynamic masks: no photometric votes (they need refined model cameras)")
     colours = prepared.batch(slice(None), device) if params.photometric_weight > 0 else None   # (S, 3, h, w)
     masks = dynamic_masks(mask_depth, mask_K, mask_w2c, params, pred.depth_conf,
                           head_probability, device, colours)                            # (S, h, w) bool
@@ -296,6 +301,7 @@ def network_geometry(scene: Scene, cfg: GeometryConfig, device: str,
         summary["dataset_alignment"] = alignment_record
     if refinement_record is not None:
         summary["camera_refinement"] = refinement_record
+    summary["mask_photometric_weight"] = params.photometric_weight          # 0: no photometric votes
     return GeometrySource(len(scene.frames), get, summary, pred.world_to_camera, alignment)
 
 

@@ -314,6 +314,7 @@ def test_network_geometry_with_dataset_cameras(tmp_path, small_weights):
     report = json.loads((out / "geometry.json").read_text())
     assert summary["cameras"] == "dataset" and len(report["windows"]) == 2
     assert report["dataset_alignment"]["scale"] == report["alignment_sim3"]["scale"] > 0
+    assert report["mask_photometric_weight"] == 0.0          # photometric mask votes: refined model cameras only
     cameras = json.loads((out / "cameras.json").read_text())["frames"]
     predicted = json.loads((out / "predicted_cameras.json").read_text())["frames"]
     for frame, cam, pred in zip(scene.frames, cameras, predicted):
@@ -528,15 +529,19 @@ def test_model_cameras_are_refined_photometrically_unless_switched_off(tmp_path,
     from stages.geometry.stage import check_config
 
     scene = raycast_scene.make_scene(frames=4, width=48, height=36)
-    records, cameras = {}, {}
+    records, cameras, photometric = {}, {}, {}
     for refine in (True, False):
         _, out = run_stage(tmp_path / str(refine), scene, [f"geometry.checkpoint={small_weights}",
                                                             "geometry.cameras=model",
                                                             f"geometry.refine_cameras={str(refine).lower()}"])
-        records[refine] = json.loads((out / "geometry.json").read_text()).get("camera_refinement")
+        summary = json.loads((out / "geometry.json").read_text())
+        records[refine] = summary.get("camera_refinement")
+        photometric[refine] = summary["mask_photometric_weight"]
         cameras[refine] = np.array([f["world_to_camera"] for f in json.loads((out / "cameras.json").read_text())
                                     ["frames"]])
     assert records[False] is None
+    assert photometric[False] == 0.0           # the masks' colour votes need refined cameras: off without
+    assert photometric[True] == (2.0 if records[True]["kept"] else 0.0)
     record = records[True]
     assert record["frames"] == 4 and record["pairs"] == 2 * (3 + 2)            # offsets 1 and 2 (4, 8 too long)
     np.testing.assert_allclose(cameras[True][0], cameras[False][0], atol=1e-9)  # frame 0 is the world
