@@ -28,8 +28,9 @@ Solved by Adam in two passes. Tracking, on the coarsest level: frames 1, 2, ... 
 the earlier frames it is paired with, from the better of two starts (the network's motion from the frame before,
 or the last motion repeated), so that every frame starts within a pixel or two of its solution however far the
 network's poses drift over the sequence. Joint, coarse to fine: all frames and all pairs at once. The result is
-kept only if it lowers the cost of the finest level; the record says which. On synthetic rooms and the real clip:
-docs/geometry.md, "Camera refinement".
+kept only if it lowers the cost of the finest level; the record says which. Optionally (``focal``) one factor
+on every frame's focal length is found by profiling the whole refinement over factors (:func:`_search_focal`).
+On synthetic rooms and the real clip: docs/geometry.md, "Camera refinement".
 """
 
 from __future__ import annotations
@@ -276,12 +277,11 @@ def _solve(problem: _Problem, unknowns: _Unknowns, frames: Tensor, pairs: Tensor
     held = problem.posed(unknowns.corrections)                                     # (S, 4, 4), no gradient
     corrections, exposure = (t[frames].clone().requires_grad_(True)
                              for t in (unknowns.corrections, unknowns.exposure))
-    log_focal = unknowns.log_focal
 
     def cost() -> Tensor:
         world_to_camera = held.index_put((frames,), problem.posed(corrections, frames))
-        data = problem.loss_posed(world_to_camera, unknowns.exposure.index_put((frames,), exposure), log_focal,
-                                  pairs)
+        data = problem.loss_posed(world_to_camera, unknowns.exposure.index_put((frames,), exposure),
+                                  unknowns.log_focal, pairs)
         if not problem.params.exposure:
             return data
         return data + problem.params.exposure_prior * (exposure ** 2).sum(-1).mean()
