@@ -64,6 +64,17 @@ def _pixel_rays(K: Tensor, H: int, W: int) -> Tensor:
     return torch.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], torch.ones_like(u)], dim=-1)
 
 
+def reproject(depth_i: Tensor, K_i: Tensor, w2c_i: Tensor, K_j: Tensor, w2c_j: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Frame i's pixels, unprojected through their depth (H, W) at the pixel centres, seen from frame j: their
+    depth z in j and pixel coordinates u, v there (corners at integers), each (H, W). K: (3, 3); w2c: (4, 4)."""
+    H, W = depth_i.shape
+    points_cam = _pixel_rays(K_i, H, W) * depth_i[..., None]                        # (H, W, 3)
+    i_to_j = w2c_j @ torch.linalg.inv(w2c_i)                                        # (4, 4)
+    in_j = points_cam @ i_to_j[:3, :3].T + i_to_j[:3, 3]                            # (H, W, 3)
+    z = in_j[..., 2]
+    return z, K_j[0, 0] * in_j[..., 0] / z + K_j[0, 2], K_j[1, 1] * in_j[..., 1] / z + K_j[1, 2]
+
+
 def violation_votes(depth_i: Tensor, K_i: Tensor, w2c_i: Tensor, depth_j: Tensor, K_j: Tensor, w2c_j: Tensor,
                     threshold: float, voting_i: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """(violates (H, W) bool, valid (H, W) bool) for frame i's pixels checked against frame j.
@@ -71,13 +82,7 @@ def violation_votes(depth_i: Tensor, K_i: Tensor, w2c_i: Tensor, depth_j: Tensor
     depth: (H, W) z-depth (<= 0 or non-finite = invalid); K: (3, 3); w2c: (4, 4) OpenCV world-to-camera.
     voting_i: (H, W) bool, the pixels of frame i allowed to vote (all when None).
     """
-    H, W = depth_i.shape
-    points_cam = _pixel_rays(K_i, H, W) * depth_i[..., None]                        # (H, W, 3)
-    i_to_j = w2c_j @ torch.linalg.inv(w2c_i)                                        # (4, 4)
-    in_j = points_cam @ i_to_j[:3, :3].T + i_to_j[:3, 3]                            # (H, W, 3)
-    z = in_j[..., 2]
-    u = K_j[0, 0] * in_j[..., 0] / z + K_j[0, 2]
-    v = K_j[1, 1] * in_j[..., 1] / z + K_j[1, 2]
+    z, u, v = reproject(depth_i, K_i, w2c_i, K_j, w2c_j)
     Hj, Wj = depth_j.shape
     valid = (depth_i > 0) & torch.isfinite(depth_i) & (z > 1e-6) & (u >= 0) & (u < Wj) & (v >= 0) & (v < Hj)
     if voting_i is not None:
@@ -145,14 +150,9 @@ def photometric_scores(images: Tensor, depth: Tensor, intrinsics: Tensor, world_
     clean = torch.where((depth > 0) & torch.isfinite(depth), depth, torch.zeros_like(depth))
     farthest = F.max_pool2d(clean[:, None], 3, stride=1, padding=1)[:, 0]            # (S, H, W) 3x3 maximum
     for i in range(S):
-        points_cam = _pixel_rays(intrinsics[i], H, W) * depth[i][..., None]         # (H, W, 3)
         for offset in neighbour_offsets(i, S, params.neighbours, params.gap):
             j = i + offset
-            i_to_j = world_to_camera[j] @ torch.linalg.inv(world_to_camera[i])       # (4, 4)
-            in_j = points_cam @ i_to_j[:3, :3].T + i_to_j[:3, 3]                     # (H, W, 3)
-            z = in_j[..., 2]
-            u = intrinsics[j, 0, 0] * in_j[..., 0] / z + intrinsics[j, 0, 2]          # pixels, corners at integers
-            v = intrinsics[j, 1, 1] * in_j[..., 1] / z + intrinsics[j, 1, 2]
+            z, u, v = reproject(depth[i], intrinsics[i], world_to_camera[i], intrinsics[j], world_to_camera[j])
             valid = ((depth[i] > 0) & torch.isfinite(depth[i]) & (z > 1e-6) & (u >= 0.5) & (u <= W - 0.5)
                      & (v >= 0.5) & (v <= H - 0.5))
             col = torch.nan_to_num(u, nan=0.0).clamp(0, W - 1).long()
