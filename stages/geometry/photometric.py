@@ -220,11 +220,11 @@ def robust_loss(residual: Tensor, valid: Tensor, scale: float) -> Tensor:
 
 def scaled_focal(K: Tensor, log_focal: Tensor) -> Tensor:
     """K (S, 3, 3) with fx and fy multiplied by exp(log_focal) (a () or (1,) tensor); principal points kept."""
-    factor = log_focal.reshape(()).exp()
-    one = torch.ones((), dtype=K.dtype, device=K.device)
-    scale = torch.stack([factor, factor, one]).to(K.dtype)                         # (3,): rows of K
-    diagonal = torch.eye(3, dtype=torch.bool, device=K.device) & (torch.arange(3, device=K.device) < 2)[:, None]
-    return torch.where(diagonal, K * scale[:, None], K)
+    factor = log_focal.reshape(()).exp().to(K.dtype)
+    scaled = K.clone()
+    scaled[:, 0, 0] = K[:, 0, 0] * factor
+    scaled[:, 1, 1] = K[:, 1, 1] * factor
+    return scaled
 
 
 class _Unknowns:
