@@ -2,6 +2,8 @@
 # One resumable training chunk of page4d-tiny (or another configs/train/ recipe) on a GPU host, under 10 minutes.
 #
 #   scripts/train_chunk.sh [CONFIG=page4d-tiny] [MINUTES=8] [key=value ...]
+#   GPUS=4 scripts/train_chunk.sh ...     data-parallel over 4 GPUs of the host (torchrun; data_parallel.py): each
+#                                         GPU draws its own batch of max_images frames, so a step sees 4x the frames
 #
 # Where it continues from, in this order:
 #   1. runs/train/CONFIG/checkpoint.pt  - left by the previous chunk on the same (still warm) machine: an exact resume
@@ -64,7 +66,13 @@ else
 fi
 
 # The budget covers the whole loop; setup and the copy below take well under a minute.
-"$PY" -m pipeline.cli train-model --config "$CONFIG" "${RESUME[@]}" "max_minutes=$MINUTES" "$@"
+GPUS="${GPUS:-1}"
+if [ "$GPUS" -gt 1 ]; then
+  "$PY" -m torch.distributed.run --standalone --nproc_per_node="$GPUS" -m pipeline.cli train-model \
+    --config "$CONFIG" "${RESUME[@]}" "max_minutes=$MINUTES" "$@"
+else
+  "$PY" -m pipeline.cli train-model --config "$CONFIG" "${RESUME[@]}" "max_minutes=$MINUTES" "$@"
+fi
 
 if [ -n "${OUT:-}" ]; then
   NAME=$("$PY" -c "import yaml,sys; print(yaml.safe_load(open('configs/train/$CONFIG.yaml')).get('model','page4d-tiny'))")
@@ -79,11 +87,11 @@ if [ -n "${OUT:-}" ]; then
   fi
 fi
 end=$(date +%s)
-"$PY" - "$start" "$end" "$CONFIG" "${OUT:-}" <<'PY'
+"$PY" - "$start" "$end" "$CONFIG" "${OUT:-}" "$GPUS" <<'PY'
 import json, sys, torch
-start, end, config, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+start, end, config, out, gpus = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 summary = json.load(open(f"runs/train/{config}/summary.json"))
-record = {"config": config, "chunk_wall_s": end - start, "train_s_this_chunk": summary["run_wall_s"],
+record = {"config": config, "chunk_wall_s": end - start, "train_s_this_chunk": summary["run_wall_s"], "gpus": gpus,
           "step": summary["state"]["step"], "finished": summary["finished"], "stop_reason": summary["stop_reason"],
           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 print(json.dumps(record))

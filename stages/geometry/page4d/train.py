@@ -27,6 +27,7 @@ import csv
 import dataclasses
 import fnmatch
 import json
+import logging
 import math
 import random
 import time
@@ -43,6 +44,8 @@ from pipeline.errors import StageInterrupted, UserError
 from pipeline.io import atomic_path, write_json
 from pipeline.log import get_logger, progress
 from pipeline.rng import set_cuda_rng_states
+from stages.geometry.page4d import data_parallel
+from stages.geometry.page4d.data_parallel import World
 from stages.geometry.page4d.losses import LossConfig, objective
 
 log = get_logger("train")
@@ -105,6 +108,10 @@ class TrainConfig:
                                  "(with 0 it would run on the old cosine's tail).")
     accum_steps: int = option(1, "Gradient accumulation: each step's batch is split into this many chunks, one "
                               "forward/backward each.")
+    draws_per_step: int = option(1, "Independent batches drawn per optimizer step and per process, their gradients "
+                                 "averaged: a step of one process with draws_per_step N computes what N data-parallel "
+                                 "processes compute with 1 (data_parallel.py), e.g. to continue a multi-GPU run on "
+                                 "one GPU with the same batch.")
     lr: float = option(3e-4, "Peak learning rate of trainable parameters that no param_group matches.")
     lr_start: float = option(3e-6, "Their learning rate at step 0.")
     lr_end: float = option(3e-6, "Their learning rate at the last step.")
@@ -244,6 +251,8 @@ def validate(config: TrainConfig) -> None:
         problems.append("schedule_start must lie in [0, steps)")
     if config.accum_steps < 1:
         problems.append("accum_steps must be >= 1")
+    if config.draws_per_step < 1:
+        problems.append("draws_per_step must be >= 1")
     if not 1 <= config.frames_min <= config.frames_max:
         problems.append("need 1 <= frames_min <= frames_max")
     if config.max_images < config.frames_max:
@@ -389,6 +398,7 @@ class TrainState:
     runs: int = 0                      # runs (chunks) that contributed
     weights_only_resumes: int = 0      # resumes that had to restart the optimizer moments
     rewarmup_from: int = -1            # step of the last weights-only resume (-1: none)
+    ranks: int = 1                     # data-parallel processes of the latest run (data_parallel.py)
 
 
 def rng_state() -> dict[str, Any]:
@@ -515,11 +525,18 @@ class TrainResult:
     stop_reason: str
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, world: World = data_parallel.SINGLE) -> torch.device:
+    """The training device; a data-parallel rank on CUDA takes the GPU of its ``local_rank``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but CUDA is not available")
+    if name == "cuda" and world.distributed:
+        if world.local_rank >= torch.cuda.device_count():
+            raise UserError(f"rank {world.rank} wants GPU {world.local_rank}, but this host has "
+                            f"{torch.cuda.device_count()}: start fewer processes per node")
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
 
 
@@ -555,11 +572,24 @@ class CsvLog:
 
 
 def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> TrainResult:
-    """Run (or continue) training. ``data`` replaces the configured data stream (tests)."""
+    """Run (or continue) training. ``data`` replaces the configured data stream (tests); its ``batch(index)`` is a
+    pure function of the draw index. Started by torchrun (``WORLD_SIZE`` > 1), this process is one rank of a
+    data-parallel run (``data_parallel.py``): every rank trains, rank 0 writes the files."""
+    world = data_parallel.world_from_environment()
+    device = _device(config.device, world)
+    data_parallel.join(world, device)
+    if not world.is_main:
+        log.setLevel(logging.WARNING)                      # rank 0 speaks for the run
+    try:
+        return _train(config, resume, data, world, device)
+    finally:
+        data_parallel.leave(world)
+
+
+def _train(config: TrainConfig, resume: Optional[Path], data, world: World, device: torch.device) -> TrainResult:
     from stages.geometry.page4d.train_data import TrainingData, targets_from_batch
 
     wall_start = time.perf_counter()
-    device = _device(config.device)
     out_dir = Path(config.out_dir)
     if resume is None and (out_dir / CHECKPOINT_NAME).exists():
         resume = _interrupted_run(out_dir, config)         # the same command again continues an unfinished run
@@ -581,19 +611,31 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
         if state.step >= config.steps:
             raise UserError(f"is at step {state.step}, the end of a {config.steps}-step schedule: nothing to train "
                             f"(pass steps=N with N > {state.step} to continue it)", resume)
+        if state.ranks != world.size:
+            log.warning(f"the run that wrote {resume} had {state.ranks} data-parallel process(es), this one has "
+                        f"{world.size}: each step now draws other batches (data_parallel.py), so the run goes on "
+                        f"but not as an exact continuation")
     state.runs += 1
+    state.ranks = world.size
     model.train()
+    # Every rank built and resumed the same model; rank 0's copy is the reference all the same.
+    data_parallel.broadcast_parameters(list(model.parameters()) + list(model.buffers()), world)
+    trainable_parameters = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     log.info(f"model {model.config.name}: {n_total:,} parameters, {n_trainable:,} trainable "
              f"({len(trainable)} tensors); groups: "
              + ", ".join(f"{g.name} (lr {g.lr:g}, wd {g.weight_decay:g})" for g in groups))
+    if world.distributed:
+        log.info(f"data parallel: {world.size} processes ({device.type}), {config.draws_per_step} draw(s) of "
+                 f"{config.max_images} frames each per step and process")
     data = data if data is not None else TrainingData(config, model.config, device)
-    write_json(out_dir / "config.json", config.to_dict())
+    if world.is_main:
+        write_json(out_dir / "config.json", config.to_dict())
 
     columns = (["step", "elapsed_s", "S", "B", "seq_per_s", "frames_per_s", "gpu_mem_gb", "skipped"]
                + [f"lr_{g.name}" for g in groups] + list(LOSS_COLUMNS) + [f"grad_{p}" for p in CLIP_GROUPS])
-    csv_log = CsvLog(out_dir / LOG_NAME, columns, resumed_at)
+    csv_log = CsvLog(out_dir / LOG_NAME, columns, resumed_at) if world.is_main else None
     mask_wanted = config.loss.mask_weight > 0
     use_autocast = device.type == "cuda" and config.autocast == "bf16"
     last_step = config.steps if config.stop_after <= 0 else min(config.steps, state.step + config.stop_after)
@@ -606,10 +648,17 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     stop_reason = ""
     checkpoint_path = out_dir / CHECKPOINT_NAME
 
-    def checkpoint() -> None:
+    def checkpoint(collective: bool = True) -> None:
+        """Rank 0 writes checkpoint.pt; with ``collective`` (every rank calls it) the ranks first check that they
+        hold rank 0's weights, and take them if not. An interrupted rank cannot count on the others and skips that."""
         nonlocal checkpoint_seconds
         t = time.perf_counter()
-        save_checkpoint(checkpoint_path, model, optimizer, state, config)
+        gap = data_parallel.resynchronize_weights(model, world) if collective else 0.0
+        if gap > 0:
+            log.warning(f"step {state.step}: the data-parallel ranks' weights differed by up to {gap:.3g}; every "
+                        f"rank now holds rank 0's")
+        if world.is_main:
+            save_checkpoint(checkpoint_path, model, optimizer, state, config)
         checkpoint_seconds = max(checkpoint_seconds, time.perf_counter() - t)
 
     last: dict[str, Any] = {}
@@ -623,23 +672,23 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
                "frames_per_s": window["frames"] / max(window["seconds"], 1e-9),
                "gpu_mem_gb": (torch.cuda.max_memory_allocated() / 2**30) if device.type == "cuda" else 0.0,
                "skipped": state.skipped_steps, **{k: v / n for k, v in window["terms"].items()}}
-        csv_log.write(row)
+        if csv_log is not None:
+            csv_log.write(row)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", fps=f"{row['frames_per_s']:.0f}")
         log.debug(f"step {state.step}: loss {row.get('loss', float('nan')):.4f}, {row['frames_per_s']:.1f} frames/s")
         window = {"seconds": 0.0, "sequences": 0, "frames": 0, "terms": {}, "count": 0}
 
-    bar = progress(range(state.step, last_step), desc=f"train {model.config.name}", total=last_step - state.step,
-                   unit="step")
+    bar = (progress(range(state.step, last_step), desc=f"train {model.config.name}", total=last_step - state.step,
+                    unit="step") if world.is_main else range(state.step, last_step))
     try:
         for _ in bar:
-            # Stop cleanly if one more step and a checkpoint might not fit in the budget.
-            if time.perf_counter() - wall_start + 1.5 * slowest_step + 2.0 * checkpoint_seconds + 5.0 > budget_s:
+            # Stop cleanly if one more step and a checkpoint might not fit in the budget (of any rank).
+            late = time.perf_counter() - wall_start + 1.5 * slowest_step + 2.0 * checkpoint_seconds + 5.0 > budget_s
+            if data_parallel.any_rank(late, world, device):
                 stop_reason = f"time budget of {config.max_minutes:g} min"
                 break
             step_start = time.perf_counter()
-            batch = data.batch(state.step)
-            B, S = batch["images"].shape[:2]
             lrs = {}
             for param_group, group in zip(optimizer.param_groups, groups):
                 lr = scheduled_lr(group, (state.step - config.schedule_start)
@@ -649,22 +698,44 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
                 param_group["lr"] = lrs[f"lr_{group.name}"] = lr
 
             optimizer.zero_grad(set_to_none=True)
-            chunks = split_batch(batch, config.accum_steps)
-            step_terms: dict[str, float] = {}
-            finite = True
-            for chunk in chunks:
-                targets = targets_from_batch(chunk)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                    predictions = model(chunk["images"], want_mask_score=mask_wanted)
-                if mask_wanted and "mask_logits" not in predictions:
-                    predictions["mask_logits"] = score_to_logit(predictions["mask_score"])
-                total, terms = objective(predictions, targets, config.loss)
-                if not torch.isfinite(total):
-                    finite = False
+            # This process's draws: forward, loss and backward per accumulation chunk; the loss terms of each draw
+            # are summed (and counted) for the log. The gradient is the mean over every rank's draws.
+            sequences, frames, finite = 0, 0, True
+            term_sums = torch.zeros(2, len(LOSS_COLUMNS), dtype=torch.float64)      # (sums, draws having it)
+            for draw in range(config.draws_per_step):
+                batch = data.batch(data_parallel.draw_index(state.step, world, config.draws_per_step, draw))
+                B, S = batch["images"].shape[:2]
+                sequences, frames = sequences + B, frames + B * S
+                chunks = split_batch(batch, config.accum_steps)
+                draw_terms: dict[str, float] = {}
+                for chunk in chunks:
+                    targets = targets_from_batch(chunk)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                        predictions = model(chunk["images"], want_mask_score=mask_wanted)
+                    if mask_wanted and "mask_logits" not in predictions:
+                        predictions["mask_logits"] = score_to_logit(predictions["mask_score"])
+                    total, terms = objective(predictions, targets, config.loss)
+                    if not torch.isfinite(total):
+                        finite = False
+                        break
+                    (total / (len(chunks) * config.draws_per_step)).backward()
+                    for key, value in terms.items():
+                        draw_terms[key] = draw_terms.get(key, 0.0) + float(value.detach()) / len(chunks)
+                if not finite:
                     break
-                (total / len(chunks)).backward()
-                for key, value in terms.items():
-                    step_terms[key] = step_terms.get(key, 0.0) + float(value.detach()) / len(chunks)
+                for i, key in enumerate(LOSS_COLUMNS):
+                    if key in draw_terms:
+                        term_sums[0, i] += draw_terms[key]
+                        term_sums[1, i] += 1
+            finite = data_parallel.every_rank(finite, world, device)
+            if finite:
+                data_parallel.average_gradients(trainable_parameters, world)
+            counters = data_parallel.sum_over_ranks(
+                torch.cat([torch.tensor([sequences, frames], dtype=torch.float64), term_sums.reshape(-1)]).to(device),
+                world).cpu()
+            sequences, frames = int(counters[0]), int(counters[1])
+            sums, counts = counters[2:].reshape(2, -1).tolist()
+            step_terms = {key: total_ / count for key, total_, count in zip(LOSS_COLUMNS, sums, counts) if count}
             grad_norms = clip_gradients(model, config.clip_grad_norm) if finite else {}
             if finite and all(math.isfinite(v) for v in grad_norms.values()):
                 optimizer.step()
@@ -675,8 +746,8 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
                 losses.append(float("nan"))
                 log.warning(f"step {state.step}: non-finite loss or gradient, step skipped")
             state.step += 1
-            state.sequences += B
-            state.frames += B * S
+            state.sequences += sequences
+            state.frames += frames
 
             if device.type == "cuda" and (state.step % config.log_every == 0):
                 torch.cuda.synchronize()
@@ -684,8 +755,8 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
             state.train_seconds += seconds
             slowest_step = max(slowest_step, seconds)
             window["seconds"] += seconds
-            window["sequences"] += B
-            window["frames"] += B * S
+            window["sequences"] += sequences
+            window["frames"] += frames
             window["count"] += 1
             for key, value in step_terms.items():
                 window["terms"][key] = window["terms"].get(key, 0.0) + value
@@ -697,7 +768,7 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
                 checkpoint()
     except (KeyboardInterrupt, StageInterrupted):
         log.warning(f"interrupted at step {state.step}: writing the checkpoint")
-        checkpoint()
+        checkpoint(collective=False)
         raise
     finally:
         if hasattr(bar, "close"):
@@ -708,6 +779,8 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     checkpoint()
     finished = state.step >= config.steps
     stop_reason = stop_reason or ("schedule complete" if finished else f"stop_after: {config.stop_after} steps")
+    if not world.is_main:
+        return TrainResult(out_dir, state, losses, finished, stop_reason)
     export_path = out_dir / "export" / f"{model.config.name}.safetensors"
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     extra = {"device": device_name, "finished": finished}
@@ -725,6 +798,7 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     summary = {"stop_reason": stop_reason, "finished": finished, "state": dataclasses.asdict(state),
                "run_wall_s": time.perf_counter() - wall_start, "device": device_name,
                "torch": torch.__version__, "parameters": n_total, "trainable_parameters": n_trainable,
+               "data_parallel_processes": world.size, "draws_per_step": config.draws_per_step,
                "checkpoint": str(checkpoint_path), "export": str(export_path),
                "final_export": final_export, "final_export_format": config.export_format if final_export else None,
                "resumed_from": str(resume) if resume else None}
@@ -832,6 +906,8 @@ def train_command(args: argparse.Namespace) -> int:
     """``page4dgs train-model --config NAME [--resume CKPT] [key=value ...]``."""
     config = load_train_config(args.config, getattr(args, "overrides", []) or [])
     result = train(config, resume=args.resume)
+    if not data_parallel.world_from_environment().is_main:
+        return 0
     print(json.dumps({"out_dir": str(result.out_dir), "step": result.state.step, "steps": config.steps,
                       "finished": result.finished, "stop_reason": result.stop_reason}))
     return 0

@@ -1,0 +1,159 @@
+"""Data-parallel PAGE-4D training (data_parallel.py) on the CPU: two gloo ranks against one process."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from stages.geometry.page4d import data_parallel
+from stages.geometry.page4d import train as training
+from stages.geometry.page4d.data_parallel import World
+from tests.geometry.test_train import PlaneScenes, _config, micro_model  # noqa: F401  (fixture)
+
+
+class RecordingScenes(PlaneScenes):
+    """PlaneScenes that remembers which draws were asked for."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.asked: list[int] = []
+
+    def batch(self, step: int):
+        self.asked.append(step)
+        return super().batch(step)
+
+
+def test_draw_indices_keep_the_single_process_stream_and_never_repeat():
+    one = World()
+    assert [data_parallel.draw_index(s, one, 1, 0) for s in range(4)] == [0, 1, 2, 3]
+    four = [World(rank=r, size=4, local_rank=r) for r in range(4)]
+    drawn = [data_parallel.draw_index(s, w, 2, d) for s in range(3) for w in four for d in range(2)]
+    assert sorted(drawn) == list(range(24))                   # every rank and draw its own batch, none twice
+    # A step of W ranks with 1 draw each takes the draws of one process's step with W draws.
+    assert ({data_parallel.draw_index(5, w, 1, 0) for w in four}
+            == {data_parallel.draw_index(5, one, 4, d) for d in range(4)})
+
+
+def test_draws_per_step_averages_independent_batches(tmp_path, micro_model):
+    data = RecordingScenes(height=28, width=28, frames=2, seed=5)
+    result = training.train(_config(tmp_path / "two", micro_model, steps=3, draws_per_step=2), data=data)
+    assert data.asked == [0, 1, 2, 3, 4, 5]
+    assert result.state.sequences == 3 * 2 * 2                # 3 steps x 2 draws x B = 2
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    assert summary["draws_per_step"] == 2 and summary["data_parallel_processes"] == 1
+    # One draw per step is the stream of every earlier run: draws 0, 1, 2.
+    single = RecordingScenes(height=28, width=28, frames=2, seed=5)
+    training.train(_config(tmp_path / "one", micro_model, steps=3), data=single)
+    assert single.asked == [0, 1, 2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, size: int, port: int, config: training.TrainConfig, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    result = training.train(config, data=PlaneScenes(height=28, width=28, frames=2, seed=7))
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": result.losses, "step": result.state.step,
+                                                         "frames": result.state.frames}))
+
+
+def test_two_ranks_compute_what_one_process_computes_with_two_draws(tmp_path, micro_model):
+    # Two gloo ranks (one draw each) against one process drawing both batches: the same losses and the same
+    # weights, bit for bit; both ranks report the averaged losses, and rank 0 alone writes the run's files.
+    # Bit for bit because a sum of two gradients, halved, rounds as the sum of the halves does (halving is exact
+    # in binary floating point); with more than two addends (accumulation chunks) the order of the additions
+    # differs and so may the last bit.
+    torch.set_num_threads(1)
+    steps = 3
+    reference = training.train(_config(tmp_path / "one", micro_model, steps=steps, draws_per_step=2),
+                               data=PlaneScenes(height=28, width=28, frames=2, seed=7))
+    config = _config(tmp_path / "two", micro_model, steps=steps)
+    mp.spawn(_rank, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["losses"] == ranks[1]["losses"] == reference.losses          # exact float equality
+    assert ranks[0]["step"] == steps and ranks[0]["frames"] == reference.state.frames
+    a = torch.load(reference.out_dir / "checkpoint.pt", weights_only=True)
+    b = torch.load(Path(config.out_dir) / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert b["state"]["ranks"] == 2 and a["state"]["ranks"] == 1
+    summary = json.loads((Path(config.out_dir) / "summary.json").read_text())
+    assert summary["data_parallel_processes"] == 2
+    rows = (Path(config.out_dir) / "train_log.csv").read_text().splitlines()
+    assert len(rows) == 1 + steps                                               # one writer: one row per step
+
+
+def test_a_rank_without_its_gpu_is_a_clear_error(monkeypatch):
+    from pipeline.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match="wants GPU 3"):
+        training._device("cuda", World(rank=3, size=4, local_rank=3))
+
+
+def _average(rank: int, size: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    world = World(rank=rank, size=size, local_rank=rank)
+    both, first_only, neither = (torch.nn.Parameter(torch.zeros(2, 3)) for _ in range(3))
+    both.grad = torch.full((2, 3), float(rank + 1))
+    if rank == 0:
+        first_only.grad = torch.full((2, 3), 4.0)
+    data_parallel.average_gradients([both, first_only, neither], world)
+    Path(out, f"avg{rank}.json").write_text(json.dumps({
+        "both": both.grad.tolist(), "first_only": first_only.grad.tolist(), "neither": neither.grad is None,
+        "any": data_parallel.any_rank(rank == 1, world, torch.device("cpu")),
+        "every": data_parallel.every_rank(rank == 1, world, torch.device("cpu"))}))
+    dist.destroy_process_group()
+
+
+def test_average_gradients_counts_a_missing_gradient_as_zero_and_keeps_unreached_ones_none(tmp_path):
+    mp.spawn(_average, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"avg{rank}.json").read_text())
+        assert got["both"] == [[1.5] * 3] * 2                  # (1 + 2) / 2
+        assert got["first_only"] == [[2.0] * 3] * 2           # (4 + 0) / 2
+        assert got["neither"] is True
+        assert got["any"] is True and got["every"] is False
+
+
+def _drift(rank: int, size: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    world = World(rank=rank, size=size, local_rank=rank)
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(0.25 * rank)                          # rank 1 drifted by 0.25
+    first = data_parallel.resynchronize_weights(model, world)
+    second = data_parallel.resynchronize_weights(model, world)
+    Path(out, f"drift{rank}.json").write_text(json.dumps({"first": first, "second": second,
+                                                          "bias": model.bias.tolist()}))
+    dist.destroy_process_group()
+
+
+def test_resynchronize_weights_reports_a_drift_and_hands_out_rank_0s_copy(tmp_path):
+    mp.spawn(_drift, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"drift{rank}.json").read_text())
+        assert got == {"first": 0.25, "second": 0.0, "bias": [0.0, 0.0]}
