@@ -579,7 +579,7 @@ def train(config: TrainConfig, resume: Optional[Path] = None, data=None) -> Trai
     device = _device(config.device, world)
     data_parallel.join(world, device)
     if not world.is_main:
-        log.setLevel(logging.WARNING)                      # rank 0 speaks for the run
+        log.setLevel(logging.ERROR)        # rank 0 speaks for the run (the ranks agree on every warning it gives)
     try:
         return _train(config, resume, data, world, device)
     finally:
