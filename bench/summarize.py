@@ -575,6 +575,30 @@ def section_camera_refinement(doc: Doc, R: Results) -> None:
     doc.table(["rooms", "cameras", "ATE m", "RPE-trans m", "RPE-rot deg", "FoV error deg", "mask IoU"], rows)
 
 
+def section_train_scaling(doc: Doc, R: Results) -> None:
+    name = "train_scaling_gpu.json"
+    if not R.has(name, "settings"):
+        return
+    doc.add("### Training on several GPUs (data parallel)")
+    doc.blank()
+    doc.add("Fresh ", Lit("page4d-tiny"), " runs from a random initialisation, one per setting, one after the other on "
+            "one host: frames per second of the whole run (every rank; median of the log's windows after the warm-up "
+            "steps), optimizer steps per second, and frames per second over the processes times one process's "
+            "(", Lit("bench/train_scaling_bench.py"), "; ", device(R, name), ", ", meta(R, name, "date", op="day"),
+            ", ", Lit("source: " + name), "). Sequence lengths differ from window to window, so one process's "
+            "windows spread more than several processes' and an efficiency above one is that spread.")
+    doc.blank()
+    rows = []
+    for i, _ in enumerate(R.get(name, ("settings",))):
+        path = ("settings", i)
+        rows.append([figure(R, name, path + ("processes",), "{:d}"),
+                     figure(R, name, path + ("frames_per_s",), "{:.1f}"),
+                     figure(R, name, path + ("steps_per_s",), "{:.2f}"),
+                     figure(R, name, path + ("efficiency",), "{:.2f}"),
+                     figure(R, name, path + ("peak_gpu_gb",), "{:.2f}")])
+    doc.table(["processes (GPUs)", "frames/s", "steps/s", "efficiency", "peak GPU GB per rank"], rows)
+
+
 def rasterizer_cpu_row(R: Results, name: str) -> Measured:
     rows = R.get(name, ("rows",)) or []
     ours = next((i for i, r in enumerate(rows) if (r["width"], r["height"], r["n_gaussians"], r["threads"]) ==
@@ -977,6 +1001,7 @@ def build(results: Optional[Results] = None) -> tuple[str, list, dict[str, str]]
     section_geometry(doc, R, svgs)
     section_tiny(doc, R)
     section_camera_refinement(doc, R)
+    section_train_scaling(doc, R)
     section_rasterizer(doc, R)
     section_scaling(doc, R, svgs)
     section_e2e(doc, R, svgs)
