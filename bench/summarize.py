@@ -587,6 +587,12 @@ def section_train_scaling(doc: Doc, R: Results) -> None:
             "(", Lit("bench/train_scaling_bench.py"), "; ", device(R, name), ", ", meta(R, name, "date", op="day"),
             ", ", Lit("source: " + name), "). Sequence lengths differ from window to window, so one process's "
             "windows spread more than several processes' and an efficiency above one is that spread.")
+    if not R.has(name, "launcher"):
+        doc.add("Measured before the bench launched every setting alike: here one process ran without ", Lit("torchrun"),
+                " and with the host's default CPU threads, several processes with one thread each, and a step's "
+                "timer started after the ranks' stop check, which waits for the previous step's GPU work when there "
+                "are several; how much of the efficiency above one that explains is not measured (rerun ",
+                Lit("python -m bench.train_scaling_bench --processes 1 2 4"), ").")
     doc.blank()
     rows = []
     for i, _ in enumerate(R.get(name, ("settings",))):

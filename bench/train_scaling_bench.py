@@ -3,12 +3,15 @@
     python -m bench.train_scaling_bench --processes 1 4            # a GPU host; ~1 min per setting
     python -m bench.train_scaling_bench --processes 1 2 --cpu      # the same measurement on the CPU (gloo), tiny
 
-Each setting is a fresh ``page4dgs train-model`` run of ``--steps`` steps from a random initialisation (one process, or
-``torchrun --standalone --nproc_per_node=N``; data_parallel.py), with the recipe's data (``--config`` and
-``--set`` overrides; by default the eighth session's continuation recipe, whose sequences are 2-16 frames). Its
+Each setting is a fresh ``page4dgs train-model`` run of ``--steps`` steps from a random initialisation, launched
+the same way for every number of processes (``torchrun --standalone --nproc_per_node=N``, N = 1 included, and
+``--threads`` CPU threads per process: torchrun itself sets 1 for N > 1 only), with the recipe's data
+(``--config`` and ``--set`` overrides; by default the eighth session's continuation recipe, whose sequences are 2-16
+frames). Its
 ``train_log.csv`` gives, per window of ``--log-every`` steps, the frames per second of the whole run (all ranks);
 the table reports the median over the windows after ``--warmup`` steps (the first windows include cuDNN planning and
-allocator growth), steps per second, and the scaling efficiency: frames/s of N processes / (N x frames/s of one).
+allocator growth), steps per second (frames/s over ``max_images`` x processes: every draw holds ``max_images``
+frames when ``frame_choices`` divide it, as in the recipes), and the scaling efficiency: frames/s of N processes / (N x frames/s of one).
 Writes bench/results/train_scaling_gpu.json (or _cpu) with the environment and every window.
 """
 
@@ -34,17 +37,14 @@ CONTINUATION = ["decay_matrices_only=true", "frame_choices=[2,2,4,4,8,16]", "obj
 
 
 def run_setting(processes: int, config: str, steps: int, log_every: int, overrides: list[str], device: str,
-                workdir: Path) -> dict:
+                workdir: Path, threads: int) -> dict:
     """One training run of ``steps`` steps with ``processes`` ranks; returns its log's windows and wall time."""
     out_dir = workdir / f"p{processes}"
-    args = ["-m", "pipeline.cli", "train-model", "--config", config, f"steps={steps}", f"log_every={log_every}",
-            f"checkpoint_every={steps + 1}", f"out_dir={out_dir}", "export=", f"device={device}", *overrides]
-    if processes > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
-    else:
-        cmd = [sys.executable, *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           "-m", "pipeline.cli", "train-model", "--config", config, f"steps={steps}", f"log_every={log_every}",
+           f"checkpoint_every={steps + 1}", f"out_dir={out_dir}", "export=", f"device={device}", *overrides]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     wall = time.perf_counter() - start
     with open(out_dir / "train_log.csv", newline="") as f:
         rows = [{"step": int(r["step"]), "frames_per_s": float(r["frames_per_s"]), "seq_per_s": float(r["seq_per_s"]),
@@ -70,23 +70,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--set", nargs="*", default=None, metavar="key=value",
                         help="recipe overrides (default: the continuation recipe's data and loss settings)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per process (OMP_NUM_THREADS), every setting")
     parser.add_argument("--cpu", action="store_true", help="on the CPU (gloo), e.g. to try the script")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/train_scaling_gpu.json)")
     args = parser.parse_args(argv)
     device = "cpu" if args.cpu else "cuda"
     overrides = CONTINUATION if args.set is None else args.set
-    if device == "cpu":
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
     from stages.geometry.page4d.train import load_train_config
 
     frames_per_step = load_train_config(args.config, overrides).max_images
     results = {"environment": environment(device), "config": args.config, "overrides": overrides,
                "steps": args.steps, "warmup_steps": args.warmup, "frames_per_step_and_process": frames_per_step,
+               "threads_per_process": args.threads, "launcher": "torchrun --standalone (every setting)",
                "settings": []}
     out = args.out or RESULTS / f"train_scaling_{'cpu' if args.cpu else 'gpu'}.json"
     with tempfile.TemporaryDirectory(prefix="train_scaling_") as tmp:
         for processes in args.processes:
-            setting = run_setting(processes, args.config, args.steps, args.log_every, overrides, device, Path(tmp))
+            setting = run_setting(processes, args.config, args.steps, args.log_every, overrides, device, Path(tmp),
+                                  args.threads)
             results["settings"].append({**summarize(setting, args.warmup, frames_per_step),
                                         "log": setting["windows"]})
     base = next((s["frames_per_s"] for s in results["settings"] if s["processes"] == 1), None)

@@ -48,8 +48,11 @@ def test_draws_per_step_averages_independent_batches(tmp_path, micro_model):
     assert summary["draws_per_step"] == 2 and summary["data_parallel_processes"] == 1
     # One draw per step is the stream of every earlier run: draws 0, 1, 2.
     single = RecordingScenes(height=28, width=28, frames=2, seed=5)
-    training.train(_config(tmp_path / "one", micro_model, steps=3), data=single)
+    one = training.train(_config(tmp_path / "one", micro_model, steps=3), data=single)
     assert single.asked == [0, 1, 2]
+    # The mask schedule's clock counts one rank's forwards: two draws per step advance it as one draw does.
+    clocks = [torch.load(r.out_dir / "checkpoint.pt", weights_only=True)["mask_step"] for r in (result, one)]
+    assert clocks == [3.0, 3.0]
 
 
 def _free_port() -> int:
@@ -58,13 +61,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, size: int, port: int, config: training.TrainConfig, out: str) -> None:
+class SignalledScenes(PlaneScenes):
+    """PlaneScenes whose process sends itself SIGTERM when it draws ``at`` (as torchrun forwards Ctrl-C)."""
+
+    def __init__(self, at: int, **kwargs):
+        super().__init__(**kwargs)
+        self.at = at
+
+    def batch(self, step: int):
+        if step == self.at:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().batch(step)
+
+
+def _rank(rank: int, size: int, port: int, config: training.TrainConfig, out: str, signal_at: int = -1) -> None:
     import os
 
+    from pipeline.errors import StageInterrupted
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank), PAGE4DGS_COLLECTIVE_TIMEOUT_S="120")
     torch.set_num_threads(1)
-    result = training.train(config, data=PlaneScenes(height=28, width=28, frames=2, seed=7))
+    data = SignalledScenes(signal_at, height=28, width=28, frames=2, seed=7)
+    try:
+        result = training.train(config, data=data)
+    except StageInterrupted:
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"interrupted": True}))
+        return
     Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": result.losses, "step": result.state.step,
                                                          "frames": result.state.frames}))
 
@@ -111,13 +137,16 @@ def _average(rank: int, size: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=size)
     world = World(rank=rank, size=size, local_rank=rank)
-    both, first_only, neither = (torch.nn.Parameter(torch.zeros(2, 3)) for _ in range(3))
+    both, first_only, neither, last = (torch.nn.Parameter(torch.zeros(2, 3)) for _ in range(4))
     both.grad = torch.full((2, 3), float(rank + 1))
+    last.grad = torch.arange(6.0).view(2, 3) * (rank + 1)
     if rank == 0:
         first_only.grad = torch.full((2, 3), 4.0)
-    data_parallel.average_gradients([both, first_only, neither], world)
+    # Buckets of at most 8 elements: every parameter (6 elements) travels in a bucket of its own.
+    data_parallel.average_gradients([both, first_only, neither, last], world, bucket_elements=8)
     Path(out, f"avg{rank}.json").write_text(json.dumps({
         "both": both.grad.tolist(), "first_only": first_only.grad.tolist(), "neither": neither.grad is None,
+        "last": last.grad.tolist(),
         "any": data_parallel.any_rank(rank == 1, world, torch.device("cpu")),
         "every": data_parallel.every_rank(rank == 1, world, torch.device("cpu"))}))
     dist.destroy_process_group()
@@ -130,6 +159,7 @@ def test_average_gradients_counts_a_missing_gradient_as_zero_and_keeps_unreached
         assert got["both"] == [[1.5] * 3] * 2                  # (1 + 2) / 2
         assert got["first_only"] == [[2.0] * 3] * 2           # (4 + 0) / 2
         assert got["neither"] is True
+        assert got["last"] == [[0.0, 1.5, 3.0], [4.5, 6.0, 7.5]]      # arange(6) x (1 + 2) / 2
         assert got["any"] is True and got["every"] is False
 
 
@@ -157,3 +187,32 @@ def test_resynchronize_weights_reports_a_drift_and_hands_out_rank_0s_copy(tmp_pa
     for rank in range(2):
         got = json.loads((tmp_path / f"drift{rank}.json").read_text())
         assert got == {"first": 0.25, "second": 0.0, "bias": [0.0, 0.0]}
+
+
+def test_a_two_rank_run_continues_on_one_process_with_two_draws_and_a_signal_stops_both_ranks(tmp_path, micro_model):
+    # Rank 1 is sent SIGTERM while it draws its batch of step 1 (draw 3): both ranks finish that step, stop together
+    # at the top of step 2 (neither hangs in a collective), rank 0 writes the checkpoint, and both report the
+    # interruption. The same command on one process with two draws per step then continues the run (W x D is
+    # the same) and ends where a one-process run with two draws ends, bit for bit.
+    torch.set_num_threads(1)
+    steps = 4
+    reference = training.train(_config(tmp_path / "one", micro_model, steps=steps, draws_per_step=2),
+                               data=PlaneScenes(height=28, width=28, frames=2, seed=7))
+    config = _config(tmp_path / "two", micro_model, steps=steps)
+    mp.spawn(_rank, args=(2, _free_port(), config, str(tmp_path), 3), nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)] == [{"interrupted": True}] * 2
+    saved = torch.load(Path(config.out_dir) / "checkpoint.pt", weights_only=True)
+    assert saved["state"]["step"] == 2 and saved["state"]["ranks"] == 2
+    resumed = training.train(_config(tmp_path / "two", micro_model, steps=steps, draws_per_step=2),
+                             data=PlaneScenes(height=28, width=28, frames=2, seed=7))
+    assert resumed.finished and resumed.losses == reference.losses[2:]
+    final = torch.load(Path(config.out_dir) / "checkpoint.pt", weights_only=True)["model"]
+    expected = torch.load(reference.out_dir / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_draws_changed_compares_processes_times_draws():
+    config = training.TrainConfig(draws_per_step=4)
+    assert training.draws_changed({"draws_per_step": 1}, 4, config, World()) is None
+    assert "8 draw(s) per step" in training.draws_changed({"draws_per_step": 2}, 4, config, World())
+    assert training.draws_changed({}, 1, training.TrainConfig(), World()) is None       # older files: 1 x 1

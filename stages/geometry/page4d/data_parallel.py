@@ -20,6 +20,7 @@ communicates and :data:`SINGLE` describes the one process.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -59,11 +60,14 @@ def world_from_environment() -> World:
 
 
 def join(world: World, device: torch.device) -> None:
-    """Join the process group of ``world`` (NCCL on CUDA, gloo on the CPU) unless already joined."""
+    """Join the process group of ``world`` (NCCL on CUDA, gloo on the CPU) unless already joined. A collective
+    that waits longer than ``PAGE4DGS_COLLECTIVE_TIMEOUT_S`` seconds (default: torch's) fails instead of hanging."""
     if world.distributed and not dist.is_initialized():
+        seconds = os.environ.get("PAGE4DGS_COLLECTIVE_TIMEOUT_S")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank,
                                 world_size=world.size,
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if device.type == "cuda" else None,
+                                timeout=datetime.timedelta(seconds=float(seconds)) if seconds else None)
 
 
 def leave(world: World) -> None:
@@ -76,13 +80,18 @@ def draw_index(step: int, world: World, draws_per_step: int, draw: int) -> int:
     return (step * world.size + world.rank) * draws_per_step + draw
 
 
+def max_over_ranks(value: float, world: World, device: torch.device) -> float:
+    """The largest of the ranks' ``value`` (e.g. a stop code: 0 go on, 1 time budget, 2 signal), on every rank."""
+    if not world.distributed:
+        return value
+    tensor = torch.tensor([float(value)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
 def any_rank(flag: bool, world: World, device: torch.device) -> bool:
     """True on every rank if ``flag`` is True on at least one (e.g. "the time budget is spent")."""
-    if not world.distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    return max_over_ranks(1.0 if flag else 0.0, world, device) > 0
 
 
 def every_rank(flag: bool, world: World, device: torch.device) -> bool:
@@ -90,12 +99,14 @@ def every_rank(flag: bool, world: World, device: torch.device) -> bool:
     return not any_rank(not flag, world, device)
 
 
-def average_gradients(parameters: Sequence[torch.nn.Parameter], world: World) -> None:
+def average_gradients(parameters: Sequence[torch.nn.Parameter], world: World,
+                      bucket_elements: int = 1 << 25) -> None:
     """Replace each parameter's gradient by its mean over the ranks, in place.
 
     A parameter without a gradient on some ranks counts as zero there; one without a gradient on every rank keeps
-    ``grad = None`` (AdamW then leaves it alone, as on one process). The gradients travel as one flat float32
-    buffer: sum, then a division by the number of ranks.
+    ``grad = None`` (AdamW then leaves it alone, as on one process). The gradients travel as flat float32 buffers of
+    at most ``bucket_elements`` elements (one parameter larger than that travels alone), so the extra memory is one
+    bucket, not a second copy of every gradient: sum, then a division by the number of ranks.
     """
     if not world.distributed or not parameters:
         return
@@ -103,14 +114,21 @@ def average_gradients(parameters: Sequence[torch.nn.Parameter], world: World) ->
     present = torch.tensor([0.0 if p.grad is None else 1.0 for p in parameters], device=device)   # (P,)
     dist.all_reduce(present, op=dist.ReduceOp.MAX)
     reached = [p for p, seen in zip(parameters, present.tolist()) if seen > 0]
-    if not reached:
-        return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
-                      for p in reached])                                                          # (sum of numel,)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world.size
-    for p, piece in zip(reached, flat.split([p.numel() for p in reached])):
-        p.grad = piece.view_as(p).to(p.dtype)
+    buckets: list[list[torch.nn.Parameter]] = []
+    size = 0
+    for p in reached:
+        if not buckets or size + p.numel() > bucket_elements:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p)
+        size += p.numel()
+    for bucket in buckets:
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                          for p in bucket])                                                   # (sum of numel,)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= world.size
+        for p, piece in zip(bucket, flat.split([p.numel() for p in bucket])):
+            p.grad = piece.view_as(p).to(p.dtype)
 
 
 def sum_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
@@ -130,7 +148,8 @@ def broadcast_parameters(tensors: Iterable[torch.Tensor], world: World) -> None:
 
 def resynchronize_weights(model: torch.nn.Module, world: World) -> float:
     """Copy rank 0's weights (parameters and buffers) to every rank and return the largest absolute difference
-    any rank had from them (0.0 when they agree, as they should). A collective: every rank must call it."""
+    any rank had from them (0.0 when they agree, as they should). A collective: every rank must call it. The
+    optimizer's moments are not sent: a safety net for the weights, not a repair of a run that drifted."""
     if not world.distributed:
         return 0.0
     largest = 0.0

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import random
+import signal
 import time
 import typing
 from dataclasses import dataclass, field
@@ -476,11 +477,26 @@ def train_state_from(saved: Any, path: Path) -> TrainState:
     return TrainState(**saved)
 
 
-def compare_configs(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    """Keys whose values differ between a checkpoint's config and the resuming one (bookkeeping ignored). A key the
-    saved config lacks (an option added since) counts as its default, which keeps the earlier behaviour."""
+def compare_configs(saved: dict[str, Any], config: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Keys whose values differ between a checkpoint's config and the resuming one (bookkeeping and ``ignore``
+    left out). A key the saved config lacks (an option added since) counts as its default, which keeps the earlier
+    behaviour."""
     current, defaults = config.to_dict(), TrainConfig().to_dict()
-    return sorted(k for k in current if k not in BOOKKEEPING_FIELDS and saved.get(k, defaults[k]) != current[k])
+    return sorted(k for k in current if k not in BOOKKEEPING_FIELDS + ignore
+                  and saved.get(k, defaults[k]) != current[k])
+
+
+def draws_changed(saved_config: dict[str, Any], saved_ranks: int, config: TrainConfig, world: World) -> Optional[str]:
+    """Why a resumed run's steps draw other batches than the run that wrote the checkpoint, or None. A step takes
+    (processes x draws_per_step) draws (data_parallel.py), so 4 processes with 1 draw each continue exactly as 1
+    process with 4 draws."""
+    saved_draws = int(saved_config.get("draws_per_step", 1)) if isinstance(saved_config, dict) else 1
+    before, now = saved_ranks * saved_draws, world.size * config.draws_per_step
+    if before == now:
+        return None
+    return (f"the run that wrote it took {before} draw(s) per step ({saved_ranks} process(es) x {saved_draws}), this "
+            f"one takes {now} ({world.size} x {config.draws_per_step}): each step now draws other batches, so the "
+            f"run goes on but not as an exact continuation")
 
 
 def export_weights(model, path: Path, config: TrainConfig, state: TrainState, extra: Optional[dict] = None,
@@ -607,14 +623,10 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
     state = TrainState()
     resumed_at: Optional[int] = None
     if resume is not None:
-        resumed_at = _resume(Path(resume), model, optimizer, state, config, device)
+        resumed_at = _resume(Path(resume), model, optimizer, state, config, device, world)
         if state.step >= config.steps:
             raise UserError(f"is at step {state.step}, the end of a {config.steps}-step schedule: nothing to train "
                             f"(pass steps=N with N > {state.step} to continue it)", resume)
-        if state.ranks != world.size:
-            log.warning(f"the run that wrote {resume} had {state.ranks} data-parallel process(es), this one has "
-                        f"{world.size}: each step now draws other batches (data_parallel.py), so the run goes on "
-                        f"but not as an exact continuation")
     state.runs += 1
     state.ranks = world.size
     model.train()
@@ -679,16 +691,31 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
         log.debug(f"step {state.step}: loss {row.get('loss', float('nan')):.4f}, {row['frames_per_s']:.1f} frames/s")
         window = {"seconds": 0.0, "sequences": 0, "frames": 0, "terms": {}, "count": 0}
 
+    # In a data-parallel run a signal (Ctrl-C, SIGTERM) reaches the ranks at different points, some inside a
+    # collective: it only sets a flag, and the ranks stop together at the top of the next step.
+    signalled = False
+
+    def on_signal(signum, frame) -> None:
+        nonlocal signalled
+        signalled = True
+
+    handlers = ({sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if world.distributed else {})
     bar = (progress(range(state.step, last_step), desc=f"train {model.config.name}", total=last_step - state.step,
                     unit="step") if world.is_main else range(state.step, last_step))
     try:
         for _ in bar:
-            # Stop cleanly if one more step and a checkpoint might not fit in the budget (of any rank).
+            step_start = time.perf_counter()
+            # Stop cleanly if one more step and a checkpoint might not fit in the budget (of any rank), or if a
+            # rank of a data-parallel run was signalled (the ranks stop together, at the top of a step).
             late = time.perf_counter() - wall_start + 1.5 * slowest_step + 2.0 * checkpoint_seconds + 5.0 > budget_s
-            if data_parallel.any_rank(late, world, device):
+            code = data_parallel.max_over_ranks(2.0 if signalled else 1.0 if late else 0.0, world, device)
+            if code == 2.0:
+                stop_reason = "interrupted"
+                break
+            if code == 1.0:
                 stop_reason = f"time budget of {config.max_minutes:g} min"
                 break
-            step_start = time.perf_counter()
             lrs = {}
             for param_group, group in zip(optimizer.param_groups, groups):
                 lr = scheduled_lr(group, (state.step - config.schedule_start)
@@ -702,7 +729,9 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
             # are summed (and counted) for the log. The gradient is the mean over every rank's draws.
             sequences, frames, finite = 0, 0, True
             term_sums = torch.zeros(2, len(LOSS_COLUMNS), dtype=torch.float64)      # (sums, draws having it)
+            mask_clock = model.aggregator.mask_step     # counts one rank's forwards: every draw starts from it
             for draw in range(config.draws_per_step):
+                model.aggregator.mask_step = mask_clock
                 batch = data.batch(data_parallel.draw_index(state.step, world, config.draws_per_step, draw))
                 B, S = batch["images"].shape[:2]
                 sequences, frames = sequences + B, frames + B * S
@@ -730,9 +759,9 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
             finite = data_parallel.every_rank(finite, world, device)
             if finite:
                 data_parallel.average_gradients(trainable_parameters, world)
-            counters = data_parallel.sum_over_ranks(
-                torch.cat([torch.tensor([sequences, frames], dtype=torch.float64), term_sums.reshape(-1)]).to(device),
-                world).cpu()
+            counters = torch.cat([torch.tensor([sequences, frames], dtype=torch.float64), term_sums.reshape(-1)])
+            if world.distributed:           # NCCL reduces CUDA tensors only; one process needs no copy at all
+                counters = data_parallel.sum_over_ranks(counters.to(device), world).cpu()
             sequences, frames = int(counters[0]), int(counters[1])
             sums, counts = counters[2:].reshape(2, -1).tolist()
             step_terms = {key: total_ / count for key, total_, count in zip(LOSS_COLUMNS, sums, counts) if count}
@@ -771,12 +800,17 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
         checkpoint(collective=False)
         raise
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         if hasattr(bar, "close"):
             bar.close()
 
     if window["count"]:
         write_row()                    # the steps since the last row (a run stopped by its time budget)
     checkpoint()
+    if stop_reason == "interrupted":
+        log.warning(f"interrupted at step {state.step}: checkpoint written")
+        raise StageInterrupted("interrupted")
     finished = state.step >= config.steps
     stop_reason = stop_reason or ("schedule complete" if finished else f"stop_after: {config.stop_after} steps")
     if not world.is_main:
@@ -830,7 +864,7 @@ def _interrupted_run(out_dir: Path, config: TrainConfig) -> Path:
     (bookkeeping fields aside). Anything else there is refused rather than overwritten."""
     checkpoint = out_dir / CHECKPOINT_NAME
     payload = load_checkpoint(checkpoint)
-    differing = compare_configs(payload["config"], config)
+    differing = compare_configs(payload["config"], config, ignore=("draws_per_step",))
     step = int(payload["state"].get("step", 0))
     if differing or step >= config.steps:
         why = (f"a run of another recipe (differs in {', '.join(differing)})" if differing
@@ -841,16 +875,17 @@ def _interrupted_run(out_dir: Path, config: TrainConfig) -> Path:
     return checkpoint
 
 
-def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig, device: torch.device) -> int:
+def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig, device: torch.device,
+            world: World = data_parallel.SINGLE) -> int:
     """Restore from a full checkpoint (exact) or from exported weights (weights only). Returns the step."""
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise UserError("checkpoint to resume from not found", path)
     if path.suffix == ".safetensors":
-        return _resume_weights_only(path, model, state, config)
+        return _resume_weights_only(path, model, state, config, world)
     payload = load_checkpoint(path)
-    differing = compare_configs(payload["config"], config)
+    differing = compare_configs(payload["config"], config, ignore=("draws_per_step",))
     if differing:
         log.warning(f"resuming with a different config ({', '.join(differing)}): the run is not an exact "
                     f"continuation")
@@ -874,11 +909,15 @@ def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig
         set_rng_state(payload["rng"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         raise UserError(f"damaged training checkpoint (its random states: {type(err).__name__})", path) from None
+    change = draws_changed(payload["config"], state.ranks, config, world)
+    if change:
+        log.warning(f"{path}: {change}")
     log.info(f"resumed from {path} at step {state.step} (exact: weights, optimizer, RNG states)")
     return state.step
 
 
-def _resume_weights_only(path: Path, model, state: TrainState, config: TrainConfig) -> int:
+def _resume_weights_only(path: Path, model, state: TrainState, config: TrainConfig,
+                         world: World = data_parallel.SINGLE) -> int:
     from stages.geometry.page4d.checkpoint import load_state, read_checkpoint
 
     tensors, fmt, metadata = read_checkpoint(path)
@@ -894,9 +933,12 @@ def _resume_weights_only(path: Path, model, state: TrainState, config: TrainConf
     if str(metadata.get("weights_format", "float16")).startswith("int8"):
         log.warning(f"{path} holds 8-bit weights: training continues from their dequantized values (each within "
                     f"half an 8-bit step of the trained ones), not from the float weights they were made from")
-    differing = compare_configs(metadata.get("train_config", {}), config)
+    differing = compare_configs(metadata.get("train_config", {}), config, ignore=("draws_per_step",))
     if differing:
         log.warning(f"resuming with a different config ({', '.join(differing)})")
+    change = draws_changed(metadata.get("train_config", {}), state.ranks, config, world)
+    if change:
+        log.warning(f"{path}: {change}")
     log.info(f"resumed weights only from {path} at step {state.step}: {metadata.get('weights_format', 'float16')} "
              f"weights, fresh AdamW moments, learning rates ramped up again over {config.rewarmup_steps} steps")
     return state.step
