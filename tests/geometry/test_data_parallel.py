@@ -95,19 +95,26 @@ def _rank(rank: int, size: int, port: int, config: training.TrainConfig, out: st
                                                          "frames": result.state.frames}))
 
 
+def _one_process_then_two_ranks(tmp_path, micro_model, steps: int, signal_at: int = -1):
+    """A one-process run with two draws per step (the reference), then the same recipe on two gloo ranks with one
+    draw each; returns the reference's result, the ranks' config and what each rank reported."""
+    torch.set_num_threads(1)
+    reference = training.train(_config(tmp_path / "one", micro_model, steps=steps, draws_per_step=2),
+                               data=PlaneScenes(height=28, width=28, frames=2, seed=7))
+    config = _config(tmp_path / "two", micro_model, steps=steps)
+    mp.spawn(_rank, args=(2, _free_port(), config, str(tmp_path), signal_at), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return reference, config, ranks
+
+
 def test_two_ranks_compute_what_one_process_computes_with_two_draws(tmp_path, micro_model):
     # Two gloo ranks (one draw each) against one process drawing both batches: the same losses and the same
     # weights, bit for bit; both ranks report the averaged losses, and rank 0 alone writes the run's files.
     # Bit for bit because a sum of two gradients, halved, rounds as the sum of the halves does (halving is exact
     # in binary floating point); with more than two addends (accumulation chunks) the order of the additions
     # differs and so may the last bit.
-    torch.set_num_threads(1)
     steps = 3
-    reference = training.train(_config(tmp_path / "one", micro_model, steps=steps, draws_per_step=2),
-                               data=PlaneScenes(height=28, width=28, frames=2, seed=7))
-    config = _config(tmp_path / "two", micro_model, steps=steps)
-    mp.spawn(_rank, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    reference, config, ranks = _one_process_then_two_ranks(tmp_path, micro_model, steps)
     assert ranks[0]["losses"] == ranks[1]["losses"] == reference.losses          # exact float equality
     assert ranks[0]["step"] == steps and ranks[0]["frames"] == reference.state.frames
     a = torch.load(reference.out_dir / "checkpoint.pt", weights_only=True)
@@ -194,13 +201,9 @@ def test_a_two_rank_run_continues_on_one_process_with_two_draws_and_a_signal_sto
     # at the top of step 2 (neither hangs in a collective), rank 0 writes the checkpoint, and both report the
     # interruption. The same command on one process with two draws per step then continues the run (W x D is
     # the same) and ends where a one-process run with two draws ends, bit for bit.
-    torch.set_num_threads(1)
     steps = 4
-    reference = training.train(_config(tmp_path / "one", micro_model, steps=steps, draws_per_step=2),
-                               data=PlaneScenes(height=28, width=28, frames=2, seed=7))
-    config = _config(tmp_path / "two", micro_model, steps=steps)
-    mp.spawn(_rank, args=(2, _free_port(), config, str(tmp_path), 3), nprocs=2, join=True)
-    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)] == [{"interrupted": True}] * 2
+    reference, config, ranks = _one_process_then_two_ranks(tmp_path, micro_model, steps, signal_at=3)
+    assert ranks == [{"interrupted": True}] * 2
     saved = torch.load(Path(config.out_dir) / "checkpoint.pt", weights_only=True)
     assert saved["state"]["step"] == 2 and saved["state"]["ranks"] == 2
     resumed = training.train(_config(tmp_path / "two", micro_model, steps=steps, draws_per_step=2),
