@@ -3,8 +3,9 @@
 Every rank holds the whole model and draws batches of its own; after the backward pass the gradients are summed
 over the ranks and divided by their number, so every rank clips and steps the same averaged gradient with the same
 optimizer state and the weights stay identical without being sent again (checked at every checkpoint, where
-rank 0's copy replaces any that differs, with a warning: :func:`resynchronize_weights`). There is no ``DistributedDataParallel`` wrapper: the step's communication is five
-explicit collectives (stop flag, finite flag, which parameters have gradients, the flat gradient, the step's
+rank 0's copy replaces any that differs, with a warning: :func:`resynchronize_weights`). There is no
+``DistributedDataParallel`` wrapper: a step's communication is a few explicit collectives (the stop code - time
+budget or signal -, the finite flag, which parameters have gradients, the gradients in flat buckets, the step's
 counters and loss terms), which keeps frozen parameters, parameters a batch does not reach and skipped steps exactly
 as they are on one process.
 
