@@ -26,6 +26,7 @@ import argparse
 import csv
 import dataclasses
 import fnmatch
+import functools
 import json
 import logging
 import math
@@ -45,7 +46,7 @@ from pipeline.errors import StageInterrupted, UserError
 from pipeline.io import atomic_path, write_json
 from pipeline.log import get_logger, progress
 from pipeline.rng import set_cuda_rng_states
-from stages.geometry.page4d import data_parallel
+from stages.geometry.page4d import data_parallel, prefetch
 from stages.geometry.page4d.data_parallel import World
 from stages.geometry.page4d.losses import LossConfig, objective
 
@@ -181,6 +182,10 @@ class TrainConfig:
                                 "change is measured by bench/quantization_bench.py). out_dir/export/ is always "
                                 "float16.", choices=("float16", "int8"))
     device: str = option("auto", "'auto' (CUDA if available), 'cpu' or 'cuda'.", choices=("auto", "cpu", "cuda"))
+    prefetch: int = option(-1, "Batches drawn ahead by a separate data process (stages/geometry/page4d/prefetch.py"
+                           "; the same batches, bit for bit); 0 = drawn by the training process when needed; -1 = "
+                           "2 on CUDA, 0 on the CPU. On a GPU the synthetic renderer's host work otherwise stalls "
+                           "every step.")
     loss: LossConfig = field(default_factory=LossConfig, metadata={"doc": "Loss weights (see losses.LossConfig)."})
 
     def groups(self) -> list[ParamGroupConfig]:
@@ -343,7 +348,11 @@ def apply_trainable(model: torch.nn.Module, patterns: list[str]) -> list[str]:
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.AdamW, list[ParamGroupConfig]]:
-    """AdamW over the trainable parameters, one optimizer group per non-empty ParamGroupConfig (in order)."""
+    """AdamW over the trainable parameters, one optimizer group per non-empty ParamGroupConfig (in order).
+
+    Fused (one kernel per group and step instead of a dozen multi-tensor launches per group): on a GPU the step is
+    bound by the host, and torch's default multi-tensor AdamW cost ~18 ms of it per step (``bench/profile_train.py``).
+    """
     groups = config.groups()
     if config.decay_matrices_only:       # each group, then its 1-D twin without decay (same schedule)
         groups = [twin for g in groups
@@ -359,7 +368,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.
     used = [(g, params) for g, params in zip(groups, members) if params]
     optimizer = torch.optim.AdamW([{"params": params, "lr": g.lr_start, "weight_decay": g.weight_decay,
                                     "name": g.name} for g, params in used],
-                                  betas=tuple(config.adam_betas), eps=1e-8)
+                                  betas=tuple(config.adam_betas), eps=1e-8, fused=True)
     return optimizer, [g for g, _ in used]
 
 
@@ -641,7 +650,6 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
     if world.distributed:
         log.info(f"data parallel: {world.size} processes ({device.type}), {config.draws_per_step} draw(s) of "
                  f"{config.max_images} frames each per step and process")
-    data = data if data is not None else TrainingData(config, model.config, device)
     if world.is_main:
         write_json(out_dir / "config.json", config.to_dict())
 
@@ -652,6 +660,15 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
     use_autocast = device.type == "cuda" and config.autocast == "bf16"
     last_step = config.steps if config.stop_after <= 0 else min(config.steps, state.step + config.stop_after)
     budget_s = config.max_minutes * 60.0 if config.max_minutes > 0 else float("inf")
+    # The batches of this run's draws, in order; drawn ahead in a separate process on a GPU (prefetch.py).
+    indices = (data_parallel.draw_index(step, world, config.draws_per_step, draw)
+               for step in range(state.step, last_step) for draw in range(config.draws_per_step))
+    if data is not None:                                  # a caller's stream (tests): drawn when asked for
+        stream = prefetch.batch_stream(lambda: data, indices, 0)
+    else:
+        depth = config.prefetch if config.prefetch >= 0 else (2 if device.type == "cuda" else 0)
+        stream = prefetch.batch_stream(functools.partial(TrainingData, config, model.config, device), indices,
+                                       depth, device)
 
     losses: list[float] = []
     window = {"seconds": 0.0, "sequences": 0, "frames": 0, "terms": {}, "count": 0}
@@ -732,7 +749,9 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
             mask_clock = model.aggregator.mask_step     # counts one rank's forwards: every draw starts from it
             for draw in range(config.draws_per_step):
                 model.aggregator.mask_step = mask_clock
-                batch = data.batch(data_parallel.draw_index(state.step, world, config.draws_per_step, draw))
+                index, batch = next(stream)
+                if index != data_parallel.draw_index(state.step, world, config.draws_per_step, draw):
+                    raise RuntimeError(f"step {state.step}: the data stream is out of order (batch {index})")
                 B, S = batch["images"].shape[:2]
                 sequences, frames = sequences + B, frames + B * S
                 chunks = split_batch(batch, config.accum_steps)
@@ -800,6 +819,8 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
         checkpoint(collective=False)
         raise
     finally:
+        batch = chunks = chunk = predictions = targets = None     # the data process's tensors, released first
+        stream.close()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         if hasattr(bar, "close"):
@@ -897,6 +918,8 @@ def _resume(path: Path, model, optimizer, state: TrainState, config: TrainConfig
                         "different model= than the run that wrote it?", path) from None
     try:
         optimizer.load_state_dict(payload["optimizer"])
+        for group in optimizer.param_groups:      # checkpoints before the fused optimizer saved fused=None
+            group["fused"], group["foreach"] = True, None
     except (ValueError, KeyError, TypeError, IndexError):
         raise UserError("checkpoint's optimizer state does not fit this config's trainable parameters or "
                         "parameter groups (changed trainable=, param_groups= or decay_matrices_only=?); resume "

@@ -1,0 +1,145 @@
+"""Training batches drawn ahead of time in a separate process, so that the training loop's host does not wait for them.
+
+On a GPU the training step of page4d-tiny is bound by the host: a step dispatches about 7,000 operators, of which
+2,300-2,900 render the synthetic batch (``bench/profile_train.py``), and the renderer synchronises with the device
+where it sorts rays by primitive kind. A data process takes all of that off the training process: it builds the same
+:class:`~stages.geometry.page4d.train_data.TrainingData`, renders ``depth`` batches ahead on the same device, and
+hands them over through ``torch.multiprocessing`` (CUDA tensors by inter-process handles, with the producer's event
+waited on by the consumer's stream; CPU tensors by shared memory). A batch is a pure function of its index, so the
+stream is the same batch for batch, bit for bit, whether it comes from the process or from the loop itself (tested).
+
+    stream = batch_stream(data_factory, indices, depth=2)     # indices: an iterator of batch indices, in order
+    index, batch = next(stream)
+    stream.close()
+
+``depth = 0`` draws each batch in the calling process, when asked for (no process, no handles).
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import traceback
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.multiprocessing as mp
+
+from pipeline.errors import UserError
+
+STOP = None
+POLL_S = 1.0                   # how often a waiting consumer checks that the producer is still alive
+
+
+def _produce(factory: Callable[[], object], device: str, requests, results) -> None:
+    """The data process: draw ``factory().batch(index)`` for each requested index until the first STOP; a failure is
+    sent as a traceback and ends the drawing. The process lives until the second STOP, since what it sent must
+    outlive the consumer's use of it (CUDA memory shared by handle; CPU tensors whose file descriptors the
+    consumer fetches from this process when it unpickles them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the training process's to handle
+    data, drawing, stops = None, True, 0
+    try:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+        data = factory()
+    except Exception:
+        results.put((None, None, traceback.format_exc()))
+        drawing = False
+    while stops < 2:
+        index = requests.get()
+        if index is STOP:
+            stops += 1
+        elif drawing and stops == 0:
+            try:
+                results.put((index, data.batch(index), None))
+            except Exception:                          # reported to the consumer, which raises it
+                results.put((None, None, traceback.format_exc()))
+                drawing = False
+
+
+class _InProcess:
+    """``depth = 0``: each batch drawn when asked for."""
+
+    def __init__(self, factory: Callable[[], object], indices: Iterator[int]):
+        self.data = factory()
+        self.indices = indices
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[int, dict]:
+        index = next(self.indices)
+        return index, self.data.batch(index)
+
+    def close(self) -> None:
+        pass
+
+
+class _Prefetching:
+    """A producer process kept ``depth`` batches ahead of the consumer."""
+
+    def __init__(self, factory: Callable[[], object], indices: Iterator[int], depth: int, device: str):
+        context = mp.get_context("spawn")             # CUDA cannot be used in a forked child
+        self.requests, self.results = context.Queue(), context.Queue()
+        self.process = context.Process(target=_produce, args=(factory, device, self.requests, self.results),
+                                       daemon=True, name="page4dgs-train-data")
+        self.process.start()
+        self.indices = indices
+        self.pending: list[int] = []
+        self.depth = depth
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self.pending) < self.depth:
+            index = next(self.indices, STOP)
+            if index is STOP:
+                return
+            self.requests.put(index)
+            self.pending.append(index)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[int, dict]:
+        if not self.pending:
+            raise StopIteration
+        expected = self.pending.pop(0)
+        self._fill()
+        while True:
+            try:
+                index, batch, error = self.results.get(timeout=POLL_S)
+                break
+            except queue.Empty:
+                if not self.process.is_alive():
+                    raise RuntimeError(f"the training-data process ended (exit code {self.process.exitcode}) "
+                                       f"before batch {expected}") from None
+        if error is not None:
+            raise RuntimeError(f"the training-data process failed on batch {expected}:\n{error}")
+        if index != expected:                          # cannot happen with one ordered queue; a cheap guard
+            raise RuntimeError(f"the training-data process sent batch {index}, expected {expected}")
+        return index, batch
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        try:
+            self.requests.put(STOP)                    # stop drawing ...
+            self.requests.put(STOP)                    # ... and release the batches sent
+            self.process.join(timeout=30)
+        finally:
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(timeout=5)
+            self.process = None
+
+
+def batch_stream(factory: Callable[[], object], indices: Iterator[int], depth: int,
+                 device: Optional[torch.device] = None):
+    """An iterator of ``(index, factory().batch(index))`` over ``indices``; with ``depth > 0`` the batches are drawn
+    that many ahead in a separate process on ``device``. ``factory`` must be picklable (a module-level callable or a
+    ``functools.partial`` of one). Call ``close()`` when done."""
+    if depth < 0:
+        raise UserError(f"prefetch depth must be >= 0, got {depth}")
+    if depth == 0:
+        return _InProcess(factory, indices)
+    return _Prefetching(factory, indices, depth, str(device) if device is not None else "cpu")

@@ -1,0 +1,56 @@
+"""The training-data process (stages/geometry/page4d/prefetch.py): the same batches as the loop draws itself, in
+order, and a failure in the process surfaces as an error naming the batch."""
+
+import functools
+
+import pytest
+import torch
+
+from stages.geometry.page4d import train as training
+from stages.geometry.page4d.config import ModelConfig
+from stages.geometry.page4d.prefetch import batch_stream
+from stages.geometry.page4d.train_data import TrainingData
+from tests.geometry.test_train import _config, micro_model  # noqa: F401 - the fixture
+
+
+class Failing:
+    """A data source whose third batch cannot be drawn."""
+
+    def batch(self, index: int) -> dict:
+        if index == 2:
+            raise ValueError("no scene for batch 2")
+        return {"index": torch.tensor([index])}
+
+
+def test_the_data_process_draws_the_batches_the_loop_would_draw(tmp_path, micro_model):
+    config = _config(tmp_path, micro_model, frames_max=3, max_images=6)
+    factory = functools.partial(TrainingData, config, ModelConfig.load(micro_model), torch.device("cpu"))
+    direct = batch_stream(factory, iter([5, 6, 7]), depth=0)
+    ahead = batch_stream(factory, iter([5, 6, 7]), depth=2)
+    try:
+        for (index_a, a), (index_b, b) in zip(direct, ahead, strict=True):
+            assert index_a == index_b
+            assert a.keys() == b.keys()
+            for key in a:
+                assert torch.equal(a[key], b[key]), (index_a, key)
+        with pytest.raises(StopIteration):
+            next(ahead)
+    finally:
+        ahead.close()
+
+
+def test_a_failure_in_the_data_process_names_the_batch():
+    stream = batch_stream(Failing, iter(range(5)), depth=2)
+    try:
+        assert [int(next(stream)[1]["index"]) for _ in range(2)] == [0, 1]
+        with pytest.raises(RuntimeError, match="failed on batch 2(.|\n)*no scene for batch 2"):
+            next(stream)
+    finally:
+        stream.close()
+
+
+def test_training_with_the_data_process_follows_the_same_losses(tmp_path, micro_model):
+    runs = [training.train(_config(tmp_path / f"prefetch{depth}", micro_model, steps=3, prefetch=depth))
+            for depth in (0, 2)]
+    assert runs[0].losses == runs[1].losses
+    assert all(loss == loss for loss in runs[0].losses)          # finite, so the comparison means something
