@@ -39,8 +39,8 @@ def _produce(factory: Callable[[], object], device: str, requests, results) -> N
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the training process's to handle
     data, drawing, stops = None, True, 0
     try:
-        if device.startswith("cuda"):
-            torch.cuda.set_device(torch.device(device))
+        if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+            torch.cuda.set_device(torch.device(device))        # a data-parallel rank's GPU
         data = factory()
     except Exception:
         results.put((None, None, traceback.format_exc()))
