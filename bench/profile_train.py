@@ -8,7 +8,8 @@ of the bench's scaling run, 2-16 frames per sequence, 32 frames per step):
 1. **data**: ``TrainingData.batch`` alone (the synthetic scenes rendered on the GPU, colour jitter), milliseconds per
    batch with a device synchronisation after each;
 2. **steps**: an unprofiled run of ``--steps`` steps after a short warm-up run (cuDNN plans, allocator pools):
-   seconds per step from the run's ``train_seconds``;
+   milliseconds per step, the median over the log's windows of 10 steps after ``--warmup`` steps (what a long run
+   sustains; the run's start - a data worker's start-up included - is left out), and the mean over the whole run;
 3. **profile**: a ``torch.profiler`` run of ``--profile-steps`` steps: the device time of all kernels per step
    (what the GPU had to do), the host's time per step, how many host synchronisations a step makes
    (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, ``cudaEventSynchronize`` and device-to-host copies), the
@@ -24,6 +25,7 @@ launches, synchronisations); otherwise by the GPU. Writes ``bench/results/profil
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import tempfile
@@ -113,7 +115,8 @@ def sync_sites(run, repo: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60, help="steps of the unprofiled run")
-    parser.add_argument("--profile-steps", type=int, default=20, help="steps of the profiled run")
+    parser.add_argument("--profile-steps", type=int, default=20, help="steps of the profiled run (0: none)")
+    parser.add_argument("--warmup", type=int, default=20, help="steps of the unprofiled run left out of its median")
     parser.add_argument("--data-batches", type=int, default=30)
     parser.add_argument("--config", default="page4d-tiny")
     parser.add_argument("--plain", action="store_true", help="the recipe as it is, without the continuation's "
@@ -124,14 +127,14 @@ def main() -> None:
     parser.add_argument("--out", default="")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    from stages.geometry.page4d.train import load_train_config, train
+    from stages.geometry.page4d.train import LOG_NAME, load_train_config, train
 
     overrides = ([] if args.plain else CONTINUATION) + list(args.overrides)
     work = Path(tempfile.mkdtemp(prefix="profile_train_"))
 
     def config_for(name: str, steps: int):
         return load_train_config(args.config, [f"out_dir={work / name}", "export=", f"steps={steps}",
-                                               "checkpoint_every=100000", *overrides])
+                                               "checkpoint_every=100000", "log_every=10", *overrides])
 
     data = time_data(config_for("data", 1), args.data_batches)
     print(f"data: {data['median_ms']:.1f} ms per batch (median of {args.data_batches})", flush=True)
@@ -139,8 +142,24 @@ def main() -> None:
     train(config_for("warm", 8))               # texture banks, cuDNN plans, allocator pools
     print(f"warm-up run: {time.perf_counter() - start:.1f} s", flush=True)
     result = train(config_for("plain", args.steps))
-    step_ms = result.state.train_seconds / result.state.step * 1e3
-    print(f"unprofiled: {step_ms:.1f} ms per step ({1e3 / step_ms:.2f} steps/s)", flush=True)
+    frames_per_step = result.state.frames / result.state.step
+    with open(result.out_dir / LOG_NAME) as handle:     # windows of log_every steps, after the warm-up
+        windows = [float(row["frames_per_s"]) for row in csv.DictReader(handle) if int(row["step"]) > args.warmup]
+    step_ms = statistics.median(frames_per_step / fps * 1e3 for fps in windows)
+    mean_ms = result.state.train_seconds / result.state.step * 1e3
+    print(f"unprofiled: {step_ms:.1f} ms per step ({1e3 / step_ms:.2f} steps/s; median of {len(windows)} windows "
+          f"after step {args.warmup}; {mean_ms:.1f} ms on average over the whole run)", flush=True)
+    record = {"environment": environment(), "config": args.config, "overrides": overrides, "data": data,
+              "unprofiled": {"steps": result.state.step, "ms_per_step": step_ms, "mean_ms_per_step": mean_ms,
+                             "window_ms": [frames_per_step / fps * 1e3 for fps in windows],
+                             "frames_per_step": frames_per_step}}
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    out = Path(args.out) if args.out else RESULTS / f"profile_train_{device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.profile_steps <= 0:
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
 
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
@@ -170,13 +189,7 @@ def main() -> None:
           f"time; {totals['host_syncs_per_step']:.1f} host synchronisations, "
           f"{totals['device_to_host_copies_per_step']:.1f} device-to-host copies, "
           f"{totals['launches_per_step']:.0f} launches; data {data['median_ms']:.1f} ms per batch")
-    device = "gpu" if torch.cuda.is_available() else "cpu"
-    out = Path(args.out) if args.out else RESULTS / f"profile_train_{device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"environment": environment(), "config": args.config, "overrides": overrides,
-              "data": data, "unprofiled": {"steps": result.state.step, "ms_per_step": step_ms,
-                                            "frames_per_step": result.state.frames / result.state.step},
-              "profile": {"steps": args.profile_steps, **totals}, "sync_sites": sites, "tables": tables}
+    record.update({"profile": {"steps": args.profile_steps, **totals}, "sync_sites": sites, "tables": tables})
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -22,11 +22,12 @@ class Failing:
         return {"index": torch.tensor([index])}
 
 
-def test_the_data_process_draws_the_batches_the_loop_would_draw(tmp_path, micro_model):
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_the_data_worker_draws_the_batches_the_loop_would_draw(tmp_path, micro_model, worker):
     config = _config(tmp_path, micro_model, frames_max=3, max_images=6)
     factory = functools.partial(TrainingData, config, ModelConfig.load(micro_model), torch.device("cpu"))
     direct = batch_stream(factory, iter([5, 6, 7]), depth=0)
-    ahead = batch_stream(factory, iter([5, 6, 7]), depth=2)
+    ahead = batch_stream(factory, iter([5, 6, 7]), depth=2, worker=worker)
     try:
         for (index_a, a), (index_b, b) in zip(direct, ahead, strict=True):
             assert index_a == index_b
@@ -39,18 +40,20 @@ def test_the_data_process_draws_the_batches_the_loop_would_draw(tmp_path, micro_
         ahead.close()
 
 
-def test_a_failure_in_the_data_process_names_the_batch():
-    stream = batch_stream(Failing, iter(range(5)), depth=2)
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_a_failure_in_the_data_worker_names_the_batch(worker):
+    stream = batch_stream(Failing, iter(range(5)), depth=2, worker=worker)
     try:
         assert [int(next(stream)[1]["index"]) for _ in range(2)] == [0, 1]
-        with pytest.raises(RuntimeError, match="failed on batch 2(.|\n)*no scene for batch 2"):
+        with pytest.raises(RuntimeError, match="failed on batch 2:(.|\n)*no scene for batch 2"):
             next(stream)
     finally:
         stream.close()
 
 
-def test_training_with_the_data_process_follows_the_same_losses(tmp_path, micro_model):
-    runs = [training.train(_config(tmp_path / f"prefetch{depth}", micro_model, steps=3, prefetch=depth))
-            for depth in (0, 2)]
-    assert runs[0].losses == runs[1].losses
+def test_training_with_a_data_worker_follows_the_same_losses(tmp_path, micro_model):
+    runs = [training.train(_config(tmp_path / f"prefetch{depth}{worker}", micro_model, steps=3, prefetch=depth,
+                                   prefetch_worker=worker))
+            for depth, worker in ((0, "thread"), (2, "thread"), (2, "process"))]
+    assert runs[0].losses == runs[1].losses == runs[2].losses
     assert all(loss == loss for loss in runs[0].losses)          # finite, so the comparison means something

@@ -17,8 +17,10 @@ stream is the same batch for batch, bit for bit, whether it comes from the proce
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
+import threading
 import traceback
 from typing import Callable, Iterator, Optional
 
@@ -73,6 +75,73 @@ class _InProcess:
 
     def close(self) -> None:
         pass
+
+
+class _Threaded:
+    """A producer thread of this process kept ``depth`` batches ahead, on its own CUDA stream: one CUDA context, so
+    its kernels run beside the training step's instead of taking turns with another process's context. The Python
+    of both shares the interpreter lock; PyTorch releases it while an operator runs (launches and waits included)."""
+
+    def __init__(self, factory: Callable[[], object], indices: Iterator[int], depth: int, device: str):
+        self.device = torch.device(device)
+        self.side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.results: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._produce, args=(factory, indices), daemon=True,
+                                       name="page4dgs-train-data")
+        self.thread.start()
+
+    def _produce(self, factory: Callable[[], object], indices: Iterator[int]) -> None:
+        index = None
+        try:
+            with torch.cuda.stream(self.side) if self.side is not None else contextlib.nullcontext():
+                data = factory()
+                for index in indices:
+                    batch = data.batch(index)
+                    ready = None
+                    if self.side is not None:
+                        ready = torch.cuda.Event()
+                        ready.record(self.side)
+                    while not self.stopping.is_set():
+                        try:
+                            self.results.put((index, batch, ready, None), timeout=POLL_S)
+                            break
+                        except queue.Full:
+                            pass
+                    if self.stopping.is_set():
+                        return
+        except Exception:                              # reported to the consumer, which raises it
+            self.results.put((index, None, None, traceback.format_exc()))
+            return
+        self.results.put((STOP, None, None, None))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[int, dict]:
+        index, batch, ready, error = self.results.get()
+        if error is not None:
+            where = "before its first batch" if index is None else f"on batch {index}"
+            raise RuntimeError(f"the training-data thread failed {where}:\n{error}")
+        if index is STOP:
+            self.results.put((STOP, None, None, None))
+            raise StopIteration
+        if ready is not None:
+            consumer = torch.cuda.current_stream(self.device)
+            consumer.wait_event(ready)
+            for tensor in batch.values():              # made on the side stream, used (and freed) on this one
+                if torch.is_tensor(tensor) and tensor.device.type == "cuda":
+                    tensor.record_stream(consumer)
+        return index, batch
+
+    def close(self) -> None:
+        self.stopping.set()
+        while self.thread.is_alive():
+            try:
+                self.results.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self.thread.join()
 
 
 class _Prefetching:
@@ -134,12 +203,18 @@ class _Prefetching:
 
 
 def batch_stream(factory: Callable[[], object], indices: Iterator[int], depth: int,
-                 device: Optional[torch.device] = None):
+                 device: Optional[torch.device] = None, worker: str = "thread"):
     """An iterator of ``(index, factory().batch(index))`` over ``indices``; with ``depth > 0`` the batches are drawn
-    that many ahead in a separate process on ``device``. ``factory`` must be picklable (a module-level callable or a
+    that many ahead by a ``worker``: a ``"thread"`` of this process (on its own CUDA stream) or a separate
+    ``"process"`` on ``device`` (then ``factory`` must be picklable: a module-level callable or a
     ``functools.partial`` of one). Call ``close()`` when done."""
     if depth < 0:
         raise UserError(f"prefetch depth must be >= 0, got {depth}")
     if depth == 0:
         return _InProcess(factory, indices)
-    return _Prefetching(factory, indices, depth, str(device) if device is not None else "cpu")
+    device_name = str(device) if device is not None else "cpu"
+    if worker == "thread":
+        return _Threaded(factory, indices, depth, device_name)
+    if worker == "process":
+        return _Prefetching(factory, indices, depth, device_name)
+    raise UserError(f"prefetch worker must be 'thread' or 'process', got {worker!r}")

@@ -186,6 +186,9 @@ class TrainConfig:
                            "; the same batches, bit for bit); 0 = drawn by the training process when needed; -1 = "
                            "2 on CUDA, 0 on the CPU. On a GPU the synthetic renderer's host work otherwise stalls "
                            "every step.")
+    prefetch_worker: str = option("thread", "What draws the batches ahead: a 'thread' of the training process (on "
+                                  "its own CUDA stream) or a separate 'process' (its own CUDA context).",
+                                  choices=("thread", "process"))
     loss: LossConfig = field(default_factory=LossConfig, metadata={"doc": "Loss weights (see losses.LossConfig)."})
 
     def groups(self) -> list[ParamGroupConfig]:
@@ -668,7 +671,7 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
     else:
         depth = config.prefetch if config.prefetch >= 0 else (2 if device.type == "cuda" else 0)
         stream = prefetch.batch_stream(functools.partial(TrainingData, config, model.config, device), indices,
-                                       depth, device)
+                                       depth, device, config.prefetch_worker)
 
     losses: list[float] = []
     window = {"seconds": 0.0, "sequences": 0, "frames": 0, "terms": {}, "count": 0}
