@@ -1,18 +1,24 @@
-"""Training batches drawn ahead of time in a separate process, so that the training loop's host does not wait for them.
+"""Training batches drawn ahead of time by a data worker, so that the training loop's host does not wait for them.
 
-On a GPU the training step of page4d-tiny is bound by the host: a step dispatches about 7,000 operators, of which
-2,300-2,900 render the synthetic batch (``bench/profile_train.py``), and the renderer synchronises with the device
-where it sorts rays by primitive kind. A data process takes all of that off the training process: it builds the same
-:class:`~stages.geometry.page4d.train_data.TrainingData`, renders ``depth`` batches ahead on the same device, and
-hands them over through ``torch.multiprocessing`` (CUDA tensors by inter-process handles, with the producer's event
-waited on by the consumer's stream; CPU tensors by shared memory). A batch is a pure function of its index, so the
-stream is the same batch for batch, bit for bit, whether it comes from the process or from the loop itself (tested).
+On a GPU the training step of page4d-tiny is bound by the host: a step dispatched about 7,900 kernels, 2,300-2,900
+operators of them the synthetic renderer's (``bench/profile_train.py``), and the renderer synchronises with the
+device where it sorts rays by primitive kind. A worker builds the same
+:class:`~stages.geometry.page4d.train_data.TrainingData` and draws ``depth`` batches ahead on the same device:
+
+- ``"process"`` (the training default): a separate process, its own CUDA context; batches are handed over through
+  ``torch.multiprocessing`` (CUDA tensors by inter-process handles, the producer's event waited on by the
+  consumer's stream; CPU tensors by shared memory). About 7 s to start (CUDA, texture banks).
+- ``"thread"``: a thread of this process on its own CUDA stream; the Python of both shares the interpreter lock.
+
+One H200, the continuation recipe, two calls: a step took 191-198 ms with the process, 208-222 with the thread and
+234-245 before (``bench/results/profiles/train_step_ab/summary.json``). A batch is a pure function of its index, so
+the stream is the same batch for batch, bit for bit, whoever draws it (tested).
 
     stream = batch_stream(data_factory, indices, depth=2)     # indices: an iterator of batch indices, in order
     index, batch = next(stream)
-    stream.close()
+    stream.close()                                            # after dropping the batches received
 
-``depth = 0`` draws each batch in the calling process, when asked for (no process, no handles).
+``depth = 0`` draws each batch in the calling process, when asked for (no worker).
 """
 
 from __future__ import annotations
@@ -203,7 +209,7 @@ class _Prefetching:
 
 
 def batch_stream(factory: Callable[[], object], indices: Iterator[int], depth: int,
-                 device: Optional[torch.device] = None, worker: str = "thread"):
+                 device: Optional[torch.device] = None, worker: str = "process"):
     """An iterator of ``(index, factory().batch(index))`` over ``indices``; with ``depth > 0`` the batches are drawn
     that many ahead by a ``worker``: a ``"thread"`` of this process (on its own CUDA stream) or a separate
     ``"process"`` on ``device`` (then ``factory`` must be picklable: a module-level callable or a

@@ -182,12 +182,13 @@ class TrainConfig:
                                 "change is measured by bench/quantization_bench.py). out_dir/export/ is always "
                                 "float16.", choices=("float16", "int8"))
     device: str = option("auto", "'auto' (CUDA if available), 'cpu' or 'cuda'.", choices=("auto", "cpu", "cuda"))
-    prefetch: int = option(-1, "Batches drawn ahead by a separate data process (stages/geometry/page4d/prefetch.py"
-                           "; the same batches, bit for bit); 0 = drawn by the training process when needed; -1 = "
-                           "2 on CUDA, 0 on the CPU. On a GPU the synthetic renderer's host work otherwise stalls "
-                           "every step.")
-    prefetch_worker: str = option("thread", "What draws the batches ahead: a 'thread' of the training process (on "
-                                  "its own CUDA stream) or a separate 'process' (its own CUDA context).",
+    prefetch: int = option(-1, "Batches drawn ahead by a data worker (stages/geometry/page4d/prefetch.py; the same "
+                           "batches, bit for bit); 0 = drawn by the training loop when needed; -1 = 2 on CUDA, 0 on "
+                           "the CPU. On a GPU the synthetic renderer's host work otherwise stalls every step: with a "
+                           "process worker a step took 0.81 of the time (docs/training.md, 'Throughput').")
+    prefetch_worker: str = option("process", "What draws the batches ahead: a separate 'process' (its own CUDA "
+                                  "context; ~7 s to start) or a 'thread' of the training process (on its own CUDA "
+                                  "stream; sharing the interpreter lock, it gained half as much).",
                                   choices=("thread", "process"))
     loss: LossConfig = field(default_factory=LossConfig, metadata={"doc": "Loss weights (see losses.LossConfig)."})
 
@@ -663,7 +664,7 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
     use_autocast = device.type == "cuda" and config.autocast == "bf16"
     last_step = config.steps if config.stop_after <= 0 else min(config.steps, state.step + config.stop_after)
     budget_s = config.max_minutes * 60.0 if config.max_minutes > 0 else float("inf")
-    # The batches of this run's draws, in order; drawn ahead in a separate process on a GPU (prefetch.py).
+    # The batches of this run's draws, in order; drawn ahead by a data worker on a GPU (prefetch.py).
     indices = (data_parallel.draw_index(step, world, config.draws_per_step, draw)
                for step in range(state.step, last_step) for draw in range(config.draws_per_step))
     if data is not None:                                  # a caller's stream (tests): drawn when asked for
