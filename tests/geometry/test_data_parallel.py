@@ -219,3 +219,24 @@ def test_draws_changed_compares_processes_times_draws():
     assert training.draws_changed({"draws_per_step": 1}, 4, config, World()) is None
     assert "8 draw(s) per step" in training.draws_changed({"draws_per_step": 2}, 4, config, World())
     assert training.draws_changed({}, 1, training.TrainConfig(), World()) is None       # older files: 1 x 1
+
+
+def _rank_with_a_data_worker(rank: int, size: int, port: int, config: training.TrainConfig, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
+                      LOCAL_RANK=str(rank), PAGE4DGS_COLLECTIVE_TIMEOUT_S="120")
+    torch.set_num_threads(1)
+    result = training.train(config)                       # the synthetic stream, drawn by each rank's worker
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": result.losses}))
+
+
+def test_each_rank_draws_its_own_batches_with_a_data_worker(tmp_path, micro_model):
+    # The recipe's own synthetic stream (no test data source): two ranks whose batches come from a data process
+    # each compute what one process drawing both batches in its loop computes.
+    torch.set_num_threads(1)
+    reference = training.train(_config(tmp_path / "one", micro_model, steps=2, draws_per_step=2, prefetch=0))
+    config = _config(tmp_path / "two", micro_model, steps=2, prefetch=2, prefetch_worker="process")
+    mp.spawn(_rank_with_a_data_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["losses"] == ranks[1]["losses"] == reference.losses

@@ -2,6 +2,7 @@
 order, and a failure in the process surfaces as an error naming the batch."""
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,3 +58,35 @@ def test_training_with_a_data_worker_follows_the_same_losses(tmp_path, micro_mod
             for depth, worker in ((0, "thread"), (2, "thread"), (2, "process"))]
     assert runs[0].losses == runs[1].losses == runs[2].losses
     assert all(loss == loss for loss in runs[0].losses)          # finite, so the comparison means something
+
+
+def test_the_data_process_ends_when_the_training_process_is_killed(tmp_path):
+    # A training process killed outright (SIGKILL: no STOP sent) must not leave its data process behind.
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time\n"
+              "from stages.geometry.page4d.prefetch import batch_stream\n"
+              "from tests.geometry.test_prefetch import Failing\n"
+              "stream = batch_stream(Failing, iter(range(2)), depth=1, worker='process')\n"
+              "next(stream)\n"
+              "print(stream.process.pid, flush=True)\n"
+              "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=str(Path(__file__).resolve().parents[2]))
+    try:
+        child = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)                        # still there?
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(child, 9)
+    raise AssertionError("the data process outlived the killed training process by 30 s")

@@ -24,6 +24,7 @@ the stream is the same batch for batch, bit for bit, whoever draws it (tested).
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import signal
 import threading
@@ -39,11 +40,12 @@ STOP = None
 POLL_S = 1.0                   # how often a waiting consumer checks that the producer is still alive
 
 
-def _produce(factory: Callable[[], object], device: str, requests, results) -> None:
+def _produce(factory: Callable[[], object], device: str, requests, results, parent: int) -> None:
     """The data process: draw ``factory().batch(index)`` for each requested index until the first STOP; a failure is
     sent as a traceback and ends the drawing. The process lives until the second STOP, since what it sent must
     outlive the consumer's use of it (CUDA memory shared by handle; CPU tensors whose file descriptors the
-    consumer fetches from this process when it unpickles them)."""
+    consumer fetches from this process when it unpickles them). It also ends when the training process ``parent``
+    is gone (killed, so that it could not say STOP), rather than hold its GPU memory as an orphan."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the training process's to handle
     data, drawing, stops = None, True, 0
     try:
@@ -54,7 +56,12 @@ def _produce(factory: Callable[[], object], device: str, requests, results) -> N
         results.put((None, None, traceback.format_exc()))
         drawing = False
     while stops < 2:
-        index = requests.get()
+        try:
+            index = requests.get(timeout=POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
         if index is STOP:
             stops += 1
         elif drawing and stops == 0:
@@ -156,7 +163,8 @@ class _Prefetching:
     def __init__(self, factory: Callable[[], object], indices: Iterator[int], depth: int, device: str):
         context = mp.get_context("spawn")             # CUDA cannot be used in a forked child
         self.requests, self.results = context.Queue(), context.Queue()
-        self.process = context.Process(target=_produce, args=(factory, device, self.requests, self.results),
+        self.process = context.Process(target=_produce, args=(factory, device, self.requests, self.results,
+                                                              os.getpid()),
                                        daemon=True, name="page4dgs-train-data")
         self.process.start()
         self.indices = indices
