@@ -354,8 +354,9 @@ def apply_trainable(model: torch.nn.Module, patterns: list[str]) -> list[str]:
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.AdamW, list[ParamGroupConfig]]:
     """AdamW over the trainable parameters, one optimizer group per non-empty ParamGroupConfig (in order).
 
-    Fused (one kernel per group and step instead of a dozen multi-tensor launches per group): on a GPU the step is
-    bound by the host, and torch's default multi-tensor AdamW cost ~18 ms of it per step (``bench/profile_train.py``).
+    Fused: one kernel per group and step instead of a dozen multi-tensor launches per group. On a GPU the step is
+    bound by the host; under the profiler torch's default multi-tensor AdamW took ~18 ms of host time per step
+    (``bench/profile_train.py``), but the fused one alone did not change a step measurably (docs/training.md).
     """
     groups = config.groups()
     if config.decay_matrices_only:       # each group, then its 1-D twin without decay (same schedule)
