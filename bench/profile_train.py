@@ -2,7 +2,7 @@
 
     python -m bench.profile_train [--steps 60] [--profile-steps 20] [--config page4d-tiny] [key=value ...]
 
-Three measurements of the same recipe (``--config`` plus ``key=value`` overrides, default: the continuation recipe
+Measurements of the same recipe (``--config`` plus ``key=value`` overrides, default: the continuation recipe
 of the bench's scaling run, 2-16 frames per sequence, 32 frames per step):
 
 1. **data**: ``TrainingData.batch`` alone (the synthetic scenes rendered on the GPU, colour jitter), milliseconds per
@@ -16,6 +16,11 @@ of the bench's scaling run, 2-16 frames per sequence, 32 frames per step):
    kernel launches per step, and the top operators by device time and by host time;
 4. **syncs**: a run of ``--sync-steps`` steps under CUDA's sync debug mode, counting the synchronising operations by
    the line of this repository's code that called them.
+
+``--count-ops`` instead counts, without a GPU, the aten operators each phase of a step dispatches (data, targets,
+forward, losses, backward, clipping, optimizer; ``bench.optimize_ops.OpCounter``, views excluded from ``kernels``),
+with the synthetic renderer tracing every frame at once as it does on CUDA (on the CPU it renders a frame at a
+time), over ``--count-batches`` steps after one uncounted step. Writes ``profile_train_ops_cpu.json``.
 
 If seconds per step is well above the kernels' device time per step, the step is bound by the host (Python,
 launches, synchronisations); otherwise by the GPU. Writes ``bench/results/profiles/profile_train_<device>.json``
@@ -112,6 +117,64 @@ def sync_sites(run, repo: Path) -> list[dict]:
     return [{"site": site, "count": count} for site, count in sorted(counts.items(), key=lambda kv: -kv[1])]
 
 
+PHASES = ("data", "targets", "forward", "losses", "backward", "clip", "optimizer")
+
+
+def operator_counts(config, batches: int) -> dict:
+    """Operators and kernels per phase of a training step on the CPU, each batch's counts listed (see the module
+    docstring); the loop's bookkeeping (logging, learning rates) is not counted."""
+    from unittest import mock
+
+    import pipeline.synthetic.render as render_module
+    from bench.optimize_ops import OpCounter
+    from stages.geometry.page4d.losses import objective
+    from stages.geometry.page4d.train import (apply_trainable, build_model, build_optimizer, clip_gradients,
+                                              score_to_logit)
+    from stages.geometry.page4d.train_data import TrainingData, targets_from_batch
+
+    device = torch.device("cpu")
+    model = build_model(config, device).train()
+    apply_trainable(model, config.trainable)
+    optimizer, _ = build_optimizer(model, config)
+    data = TrainingData(config, model.config, device)
+    traced = render_module.render
+
+    def render_all_frames(*args, **kwargs):        # CUDA's chunk: every frame of the batch at once
+        return traced(*args, **{**kwargs, "max_rays": kwargs.get("max_rays") or 1 << 24})
+
+    rows = []
+    with mock.patch.object(render_module, "render", render_all_frames):
+        import pipeline.synthetic.batch as batch_module
+        with mock.patch.object(batch_module, "render", render_all_frames):
+            for index in range(batches + 1):
+                counters = {phase: OpCounter() for phase in PHASES}
+                with counters["data"]:
+                    batch = data.batch(index)
+                with counters["targets"]:
+                    targets = targets_from_batch(batch)
+                with counters["forward"]:
+                    predictions = model(batch["images"], want_mask_score=config.loss.mask_weight > 0)
+                if "mask_score" in predictions and "mask_logits" not in predictions:
+                    predictions["mask_logits"] = score_to_logit(predictions["mask_score"])
+                with counters["losses"]:
+                    total, _ = objective(predictions, targets, config.loss)
+                with counters["backward"]:
+                    total.backward()
+                with counters["clip"]:
+                    clip_gradients(model, config.clip_grad_norm)
+                with counters["optimizer"]:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if index == 0:                         # texture banks and optimizer state are built once
+                    continue
+                row = {"shape": list(batch["images"].shape[:2]) + list(batch["images"].shape[-2:])}
+                row.update({phase: counter.summary() for phase, counter in counters.items()})
+                rows.append(row)
+    return {"batches": rows,
+            "median": {phase: {key: statistics.median(r[phase][key] for r in rows) for key in ("ops", "kernels", "syncs")}
+                       for phase in PHASES}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60, help="steps of the unprofiled run")
@@ -124,6 +187,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--sync-steps", type=int, default=5, help="steps of a run that counts host synchronisations "
                                                                   "by call site (CUDA only; 0: skip)")
+    parser.add_argument("--count-ops", action="store_true", help="count the operators of each phase of a step "
+                                                                   "on the CPU instead (no GPU needed)")
+    parser.add_argument("--count-batches", type=int, default=4, help="steps counted by --count-ops")
     parser.add_argument("--out", default="")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -136,6 +202,17 @@ def main() -> None:
         return load_train_config(args.config, [f"out_dir={work / name}", "export=", f"steps={steps}",
                                                "checkpoint_every=100000", "log_every=10", *overrides])
 
+    if args.count_ops:
+        counts = operator_counts(config_for("ops", 1), args.count_batches)
+        print("phase       ops  kernels  syncs  (median per step)")
+        for phase, median in counts["median"].items():
+            print(f"{phase:<10} {median['ops']:5.0f} {median['kernels']:8.0f} {median['syncs']:6.0f}")
+        out = Path(args.out) if args.out else RESULTS / "profile_train_ops_cpu.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"environment": environment("cpu"), "config": args.config, "overrides": overrides,
+                                   **counts}, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
     data = time_data(config_for("data", 1), args.data_batches)
     print(f"data: {data['median_ms']:.1f} ms per batch (median of {args.data_batches})", flush=True)
     start = time.perf_counter()

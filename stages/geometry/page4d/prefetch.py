@@ -1,8 +1,9 @@
 """Training batches drawn ahead of time by a data worker, so that the training loop's host does not wait for them.
 
-On a GPU the training step of page4d-tiny is bound by the host: a step dispatched about 7,900 kernels, 2,300-2,900
-operators of them the synthetic renderer's (``bench/profile_train.py``), and the renderer synchronises with the
-device where it sorts rays by primitive kind. A worker builds the same
+On a GPU the training step of page4d-tiny is bound by the host: a step launched about 7,900 kernels, 2,300-2,900 of
+them the synthetic renderer's (``bench/results/profiles/profile_train_gpu_6fc89e1.json`` and
+``profile_train_ops_cpu.json``), and the renderer synchronises with the device where it sorts rays by primitive
+kind. A worker builds the same
 :class:`~stages.geometry.page4d.train_data.TrainingData` and draws ``depth`` batches ahead on the same device:
 
 - ``"process"`` (the training default): a separate process, its own CUDA context; batches are handed over through
@@ -68,7 +69,7 @@ def _produce(factory: Callable[[], object], device: str, requests, results, pare
             try:
                 results.put((index, data.batch(index), None))
             except Exception:                          # reported to the consumer, which raises it
-                results.put((None, None, traceback.format_exc()))
+                results.put((index, None, traceback.format_exc()))
                 drawing = False
 
 
@@ -197,7 +198,8 @@ class _Prefetching:
                     raise RuntimeError(f"the training-data process ended (exit code {self.process.exitcode}) "
                                        f"before batch {expected}") from None
         if error is not None:
-            raise RuntimeError(f"the training-data process failed on batch {expected}:\n{error}")
+            where = "before its first batch" if index is None else f"on batch {index}"
+            raise RuntimeError(f"the training-data process failed {where}:\n{error}")
         if index != expected:                          # cannot happen with one ordered queue; a cheap guard
             raise RuntimeError(f"the training-data process sent batch {index}, expected {expected}")
         return index, batch
