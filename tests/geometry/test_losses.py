@@ -77,6 +77,63 @@ def test_camera_loss_with_no_valid_frame_is_a_differentiable_zero():
     assert out["loss_camera"].item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
 
 
+def _z_rotation(degrees: float) -> list[float]:
+    """Quaternion [x, y, z, w] of a rotation about z."""
+    half = math.radians(degrees) / 2
+    return [0.0, 0.0, math.sin(half), math.cos(half)]
+
+
+def test_relative_rotation_error_hand_computed():
+    # Truth: the camera turns 10 degrees about z per frame; prediction: 12 then 8 (right at the end, wrong between).
+    gt = torch.tensor([[_z_rotation(0), _z_rotation(10), _z_rotation(20)]], dtype=f64)       # (1, 3, 4)
+    pred = torch.tensor([[_z_rotation(0), _z_rotation(12), _z_rotation(20)]], dtype=f64)
+    pairs = torch.tensor([[True, True]])
+    s5, c5 = math.sin(math.radians(5)), math.cos(math.radians(5))
+    s6, c6 = math.sin(math.radians(6)), math.cos(math.radians(6))
+    s4, c4 = math.sin(math.radians(4)), math.cos(math.radians(4))
+    expected = (abs(s6 - s5) + abs(c6 - c5) + abs(s4 - s5) + abs(c4 - c5)) / 8        # 2 pairs x 4 components
+    assert losses.relative_rotation_error(pred, gt, pairs).item() == pytest.approx(expected, rel=1e-12)
+    # q and -q are one rotation, and the prediction is normalised first.
+    flipped = pred.clone()
+    flipped[0, 1] *= -3.0
+    assert losses.relative_rotation_error(flipped, gt, pairs).item() == pytest.approx(expected, rel=1e-12)
+    # Only valid pairs count: the second pair alone.
+    second = (abs(s4 - s5) + abs(c4 - c5)) / 4
+    only_second = torch.tensor([[False, True]])
+    assert losses.relative_rotation_error(pred, gt, only_second).item() == pytest.approx(second, rel=1e-12)
+
+
+def test_relative_rotation_error_ignores_a_rotation_of_the_world():
+    generator = torch.Generator().manual_seed(0)
+    gt = torch.nn.functional.normalize(torch.randn(2, 5, 4, dtype=f64, generator=generator), dim=-1)
+    world = torch.nn.functional.normalize(torch.randn(4, dtype=f64, generator=generator), dim=0)
+    pred = losses.quaternion_product(gt, world.expand(2, 5, 4))   # world-to-camera after turning the world
+    assert (pred - gt).abs().mean() > 0.01                       # the per-frame term sees the turn ...
+    assert losses.relative_rotation_error(pred, gt, torch.ones(2, 4, dtype=torch.bool)).item() < 1e-12  # ... not this
+
+
+def test_camera_loss_adds_the_weighted_relative_term_over_the_stages():
+    gt = torch.zeros(1, 3, 9, dtype=f64)
+    gt[0, :, 3:7] = torch.tensor([_z_rotation(0), _z_rotation(10), _z_rotation(20)], dtype=f64)
+    stage1, stage2 = gt.clone(), gt.clone()
+    stage1[0, 1, 3:7] = torch.tensor(_z_rotation(12), dtype=f64)
+    valid = torch.tensor([[True, True, False]])             # frame 2 invalid: only the pair (0, 1) counts
+    out = losses.camera_loss([stage1, stage2], gt, valid, stage_decay=0.6, weight_relative_rotation=3.0)
+    s5, c5 = math.sin(math.radians(5)), math.cos(math.radians(5))
+    s6, c6 = math.sin(math.radians(6)), math.cos(math.radians(6))
+    relative = 0.6 * (abs(s6 - s5) + abs(c6 - c5)) / 4 / 2           # stage 1 only (weight 0.6), 2 stages
+    absolute = 0.6 * (abs(s6 - s5) + abs(c6 - c5)) / 8 / 2            # frames 0 and 1, 4 components each
+    assert out["loss_Rrel"].item() == pytest.approx(relative, rel=1e-12)
+    assert out["loss_R"].item() == pytest.approx(absolute, rel=1e-12)
+    assert out["loss_camera"].item() == pytest.approx(absolute + 3.0 * relative, rel=1e-12)
+    assert "loss_Rrel" not in losses.camera_loss([stage1, stage2], gt, valid)      # off by default
+    # A single valid frame has no pair: the term is a differentiable zero.
+    pred = gt.clone().requires_grad_(True)
+    lone = losses.camera_loss([pred], gt, torch.tensor([[True, False, False]]), weight_relative_rotation=1.0)
+    lone["loss_camera"].backward()
+    assert lone["loss_Rrel"].item() == 0.0 and torch.isfinite(pred.grad).all()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Depth and points
 

@@ -103,6 +103,24 @@ def test_a_few_steps_of_page4d_tiny_lower_the_loss(tmp_path):
     assert np.mean(losses[-3:]) < 0.75 * losses[0], losses
 
 
+def test_relative_rotation_term_is_logged_only_when_weighted(tmp_path, micro_model):
+    data = PlaneScenes(height=28, width=28, frames=3, seed=3)
+    rows = {}
+    for weight in (0.0, 2.0):
+        config = _config(tmp_path / str(weight), micro_model, steps=2)
+        config.loss.camera_relative_rotation_weight = weight
+        result = training.train(config, data=data)
+        with open(result.out_dir / "train_log.csv", newline="") as f:
+            rows[weight] = list(csv.DictReader(f))
+    assert [r["loss_Rrel"] for r in rows[0.0]] == ["", ""]
+    relative = [float(r["loss_Rrel"]) for r in rows[2.0]]
+    assert all(math.isfinite(v) and v > 0 for v in relative)
+    # The camera loss grows by exactly the weighted term on the first step (same weights, same batch).
+    first_off, first_on = rows[0.0][0], rows[2.0][0]
+    assert float(first_on["loss_camera"]) == pytest.approx(float(first_off["loss_camera"]) + 2.0 * relative[0],
+                                                           rel=1e-4)
+
+
 def test_resume_continues_bit_for_bit(tmp_path, micro_model):
     data = PlaneScenes(height=28, width=28, frames=2, seed=3)
     straight = training.train(_config(tmp_path / "a", micro_model), data=data)

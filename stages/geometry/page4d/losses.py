@@ -74,34 +74,76 @@ def filter_by_quantile(values: Tensor, quantile: float, min_elements: int = QUAN
 # Camera
 
 
+def quaternion_product(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product a * b of quaternions (..., 4) in ``[x, y, z, w]`` order (the rotation b, then a)."""
+    ax, ay, az, aw = a.unbind(-1)
+    bx, by, bz, bw = b.unbind(-1)
+    return torch.stack([aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw,
+                        aw * bw - ax * bx - ay * by - az * bz], dim=-1)
+
+
+def relative_rotations(quaternions: Tensor) -> Tensor:
+    """Rotation from each frame's camera to the next one's: q_{s+1} * conj(q_s) for unit-normalised world-to-camera
+    quaternions (B, S, 4) ``[x, y, z, w]`` -> (B, S-1, 4)."""
+    q = F.normalize(quaternions, dim=-1)
+    conjugate = q * q.new_tensor([-1.0, -1.0, -1.0, 1.0])
+    return quaternion_product(q[:, 1:], conjugate[:, :-1])
+
+
+def relative_rotation_error(pred_quaternions: Tensor, gt_quaternions: Tensor, pair_valid: Tensor) -> Tensor:
+    """Mean absolute error of the consecutive frames' relative rotations, as quaternions (the per-frame drift that
+    RPE-rot measures, which the per-frame term leaves free).
+
+    pred_quaternions, gt_quaternions: (B, S, 4) ``[x, y, z, w]``; pair_valid: (B, S-1) bool, pairs (s, s+1) whose
+    frames are both valid. The prediction's sign is taken to agree with the truth's (q and -q are one rotation);
+    the mean runs over the valid pairs and the 4 components.
+    """
+    pred = relative_rotations(pred_quaternions)[pair_valid]                # (P, 4)
+    gt = relative_rotations(gt_quaternions)[pair_valid]                    # (P, 4)
+    sign = torch.where((pred * gt).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(pred.dtype)
+    return (pred * sign - gt).abs().mean()
+
+
 def camera_loss(pose_enc_list: list[Tensor], gt_pose_enc: Tensor, frame_valid: Tensor, stage_decay: float = 0.6,
                 weight_translation: float = 1.0, weight_rotation: float = 1.0,
-                weight_fov: float = 0.5) -> dict[str, Tensor]:
+                weight_fov: float = 0.5, weight_relative_rotation: float = 0.0) -> dict[str, Tensor]:
     """L1 pose-encoding loss over the refinement iterations of the camera head.
 
     pose_enc_list: K tensors (B, S, 9) ``[t (3), q_xyzw (4), fov_h, fov_w]``, iteration 1 first.
     gt_pose_enc: (B, S, 9) with q_w >= 0. frame_valid: (B, S) bool, frames that enter the loss.
 
-    L_cam = (1/K) sum_k decay^(K-k) (wt * L_T^k + wr * L_R^k + wf * L_FoV^k), where each term is the mean absolute
-    error over the valid frames and the components (translation errors clamped at 100 per element).
-    Returns ``loss_camera`` and the stage-averaged ``loss_T``, ``loss_R``, ``loss_FoV``.
+    L_cam = (1/K) sum_k decay^(K-k) (wt * L_T^k + wr * L_R^k + wf * L_FoV^k [+ wrr * L_Rrel^k]), where each term is
+    the mean absolute error over the valid frames and the components (translation errors clamped at 100 per
+    element). L_Rrel (only where ``weight_relative_rotation`` > 0; not in the official recipe) is
+    :func:`relative_rotation_error` over consecutive valid frames.
+    Returns ``loss_camera`` and the stage-averaged ``loss_T``, ``loss_R``, ``loss_FoV`` (and ``loss_Rrel``).
     """
     gt = gt_pose_enc[frame_valid]                                     # (F, 9)
+    pair_valid = frame_valid[:, 1:] & frame_valid[:, :-1]             # (B, S-1)
+    relative = weight_relative_rotation > 0
+    has_pairs = relative and gt_pose_enc.shape[1] > 1 and bool(pair_valid.any())   # one host sync per batch
     K = len(pose_enc_list)
-    terms = {"loss_T": 0.0, "loss_R": 0.0, "loss_FoV": 0.0}
+    terms = {"loss_T": 0.0, "loss_R": 0.0, "loss_FoV": 0.0, **({"loss_Rrel": 0.0} if relative else {})}
     for k, pose_enc in enumerate(pose_enc_list):
         weight = stage_decay ** (K - 1 - k)
-        if gt.shape[0] == 0:  # keep the graph (and DDP-style unused-parameter checks) alive with a zero
-            zero = pose_enc.sum() * 0.0
+        zero = pose_enc.sum() * 0.0   # keeps the graph (and DDP-style unused-parameter checks) alive
+        if gt.shape[0] == 0:
             errors = (zero, zero, zero)
         else:
             error = (pose_enc[frame_valid] - gt).abs()                # (F, 9)
             errors = (error[:, :3].clamp(max=HARD_MAX).mean(), error[:, 3:7].mean(), error[:, 7:].mean())
+        if relative:
+            errors += (relative_rotation_error(pose_enc[..., 3:7], gt_pose_enc[..., 3:7], pair_valid)
+                       if has_pairs else zero,)
         for name, value in zip(terms, errors):
             terms[name] = terms[name] + weight * value
     terms = {name: value / K for name, value in terms.items()}
     total = (weight_translation * terms["loss_T"] + weight_rotation * terms["loss_R"]
              + weight_fov * terms["loss_FoV"])
+    if relative:
+        total = total + weight_relative_rotation * terms["loss_Rrel"]
     return {"loss_camera": total, **terms}
 
 
@@ -274,6 +316,10 @@ class LossConfig:
     camera_translation_weight: float = option(1.0, "Camera loss: weight of the translation term.")
     camera_rotation_weight: float = option(1.0, "Camera loss: weight of the quaternion term.")
     camera_fov_weight: float = option(0.5, "Camera loss: weight of the field-of-view term.")
+    camera_relative_rotation_weight: float = option(
+        0.0, "Camera loss: weight of the consecutive frames' relative-rotation term (0 = off, as in the official "
+        "recipe): L1 of the quaternions of q_{s+1} q_s^-1 against the truth's, the frame-to-frame drift that "
+        "RPE-rot measures.")
     depth_gamma: float = option(0.3, "Depth: weight gamma of the confidence-weighted error gamma*e*c.")
     depth_alpha: float = option(0.06, "Depth: weight alpha of the confidence regulariser -alpha*log(c).")
     depth_grad_scales: int = option(4, "Depth: number of scales of the gradient-matching term.")
@@ -313,7 +359,8 @@ def objective(predictions: dict[str, Tensor], targets: dict[str, Tensor],
         frame_valid = valid.flatten(2).sum(-1) > MIN_FRAME_POINTS                  # (B, S)
         terms.update(camera_loss(predictions["pose_enc_list"], targets["pose_enc"], frame_valid,
                                  config.camera_stage_decay, config.camera_translation_weight,
-                                 config.camera_rotation_weight, config.camera_fov_weight))
+                                 config.camera_rotation_weight, config.camera_fov_weight,
+                                 config.camera_relative_rotation_weight))
         total = total + config.camera_weight * terms["loss_camera"]
     if config.depth_weight:
         d = depth_loss(predictions["depth"], predictions["depth_conf"], targets["depth"], valid, config.depth_gamma,

@@ -62,9 +62,9 @@ CLIP_GROUPS = ("aggregator", "camera_head", "depth_head", "point_head")
 # Fields that change nothing of what is computed: they may differ between a checkpoint and the resuming config.
 BOOKKEEPING_FIELDS = ("out_dir", "checkpoint_every", "log_every", "max_minutes", "stop_after", "export",
                       "export_format", "device", "description")
-LOSS_COLUMNS = ("loss", "loss_camera", "loss_T", "loss_R", "loss_FoV", "loss_depth", "loss_conf_depth",
-                "loss_reg_depth", "loss_grad_depth", "loss_point", "loss_conf_point", "loss_reg_point",
-                "loss_grad_point", "loss_mask")
+LOSS_COLUMNS = ("loss", "loss_camera", "loss_T", "loss_R", "loss_FoV", "loss_Rrel", "loss_depth",
+                "loss_conf_depth", "loss_reg_depth", "loss_grad_depth", "loss_point", "loss_conf_point",
+                "loss_reg_point", "loss_grad_point", "loss_mask")
 
 
 # ----------------------------------------------------------------------------------------------------------------
