@@ -462,7 +462,8 @@ def lady_running_picture(weights: str, out_png: Path, device: torch.device) -> d
     first = np.asarray(Image.fromarray((first * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)) / 255.0
     gap = np.ones((h, 6, 3))
     write_png(out_png, np.concatenate([first, gap, view_a, gap, view_b], axis=1))
-    return {"png": str(out_png.resolve().relative_to(REPO)), "frames": len(cameras), "points": int(len(points)),
+    png = out_png.resolve()
+    return {"png": str(png.relative_to(REPO) if png.is_relative_to(REPO) else png), "frames": len(cameras), "points": int(len(points)),
             "geometry_stage_s": round(seconds, 1), "command": " ".join(cmd[2:]),
             "trajectory": trajectory_statistics(w2c), "predicted_fx_px": predicted_fx,
             "fx_px_used": sorted({round(c["K"][0][0], 3) for c in cameras})}
