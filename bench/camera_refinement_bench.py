@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS, environment
+from pipeline.io import write_json
 
 
 VARIANTS = {    # name -> geometry overrides (with geometry.cameras=model)
@@ -159,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
               "seeds": args.seeds, "pan_scales": args.pan_scales, "frames": args.frames, "width": args.res,
               "summary": summary,
               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(args.out, record)
     print(f"wrote {args.out}")
     return 0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from bench import common
+from pipeline.io import write_json
 from stages.evaluate.image_metrics import psnr, ssim_3dgs
 from stages.evaluate.lpips_metric import LPIPS
 from stages.render.video import write_mp4
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
     }
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"evaluate_{'gpu' if args.gpu else 'cpu'}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(path, result)
     if os.environ.get("OUT"):
         shutil.copy(path, Path(os.environ["OUT"]) / path.name)
     print(f"wrote {path}")

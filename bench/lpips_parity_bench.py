@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, environment
+from pipeline.io import write_json
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lpips"
 TOLERANCE = 1e-4
@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
               "weights": {"alex": alex.source, "vgg": vgg.source}, "tolerance": TOLERANCE, "pairs": pairs,
               "max_abs_diff": worst, "meets_target": worst <= TOLERANCE, "vgg_I04": vgg_row,
               "seconds": round(time.perf_counter() - start, 2)}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.json, record)
     print(f"max |ours - official| = {worst:.1e} over {len(pairs)} pairs ({'<=' if worst <= TOLERANCE else '>'} "
           f"{TOLERANCE:g}); wrote {args.json}")
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from bench.common import RESULTS, environment
+from pipeline.io import write_json
 
 GRID = {"head_weight": (0.5, 0.75, 1.0), "photometric_weight": (0.0, 0.5, 1.0, 2.0),
         "colour_threshold": (0.1, 0.15), "vote_fraction": (0.2, 0.25, 0.3, 0.35, 0.4)}
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "mask_rule_sweep", **environment("cpu"), "grid": GRID,
               "validation_seeds": args.validation, "evaluation_seeds": args.evaluation,
               "cue_alone": cue_alone, "rules": rules}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(args.out, record)
     print(f"wrote {args.out}")
     return 0
 

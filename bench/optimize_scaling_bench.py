@@ -14,7 +14,6 @@ On a CPU the trainer's default of one torch thread applies (``optimize.cpu_threa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from bench.common import RESULTS, environment
 from bench.optimize_bench import orbit_views, random_gaussians, table, training_rate
+from pipeline.io import write_json
 
 SETTINGS = {  # device: (Gaussian counts, image side in pixels, SH degree, warm-up steps, timed steps)
     "cpu": ((2_500, 5_000, 10_000, 20_000, 40_000), 256, 1, 5, 20),
@@ -60,8 +60,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 record["rows"].append(row)
                 print(f"{n:>9} Gaussians  {model:<6} {row['it_per_s']:>8.1f} it/s  {row['ms_per_step']:>8.2f} ms/step",
                       flush=True)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(record, indent=2) + "\n")
+                write_json(out, record)
     table(f"Training step against Gaussian count ({size}x{size}, SH degree {sh_degree}, {device})",
           ["gaussians", "model", "it/s", "ms/step", "peak MiB"],
           [[r["gaussians"], r["model"], r["it_per_s"], r["ms_per_step"], r["peak_mib"]] for r in record["rows"]])

@@ -11,7 +11,6 @@ every block changes the output measurably. Reported per output: max |ours - offi
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 
 from bench.common import environment
 from bench.page4d_official import build_official, official_path, set_official_mask
+from pipeline.io import write_json
 from stages.geometry.page4d import PAGE4D, ModelConfig
 
 # (config overrides, frames, height, width)
@@ -130,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python -m bench.page4d_parity " + " ".join(argv if argv is not None else sys.argv[1:]),
               "device": f"cpu ({platform.machine()}), float32", "torch": torch.__version__,
               "tolerance": args.tolerance, "pass": ok, "results": results, "environment": environment("cpu")}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    write_json(Path(args.json), record)
     return 0 if ok else 1
 
 

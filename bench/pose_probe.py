@@ -30,7 +30,6 @@ Writes bench/results/page4d_tiny_pose_probe.json (device, versions, date, exact 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor
 
 from bench.common import RESULTS, command_line, device_name, environment, utc_now, versions
+from pipeline.io import write_json
 
 RESULT = RESULTS / "page4d_tiny_pose_probe.json"
 SEED_OFFSET = 200            # seeds EVAL_SEED_BASE + 200 + i: outside training, apart from the evaluation's
@@ -200,7 +200,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                            "points = Umeyama similarity of the unprojected depth onto the point map (pixels above the "
                            "median point confidence), identity = no rotation"),
               "rows": rows, "attention": [attention for _, attention in results]}
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    write_json(Path(args.out), record)
     return 0
 
 

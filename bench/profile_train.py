@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from bench.common import environment
+from pipeline.io import write_json
 
 RESULTS = Path(__file__).parent / "results" / "profiles"
 CONTINUATION = ["decay_matrices_only=true", "frame_choices=[2,2,4,4,8,16]", "object_fraction=0.2",
@@ -234,7 +235,7 @@ def main() -> None:
     out = Path(args.out) if args.out else RESULTS / f"profile_train_{device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.profile_steps <= 0:
-        out.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(out, record)
         print(f"wrote {out}")
         return
 
@@ -267,7 +268,7 @@ def main() -> None:
           f"{totals['device_to_host_copies_per_step']:.1f} device-to-host copies, "
           f"{totals['launches_per_step']:.0f} launches; data {data['median_ms']:.1f} ms per batch")
     record.update({"profile": {"steps": args.profile_steps, **totals}, "sync_sites": sites, "tables": tables})
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     print(f"wrote {out}")
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from bench import common
+from pipeline.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synthetic.json"
 
@@ -51,7 +52,7 @@ def _save(section: str, payload: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[section] = payload
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(RESULTS, results)
     print(f"wrote {RESULTS} [{section}]")
 
 

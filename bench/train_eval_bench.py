@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from bench.common import environment
+from pipeline.io import write_json
 from pipeline.cameras import camera_centres
 
 REPO = Path(__file__).resolve().parents[1]
@@ -522,7 +523,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         speeds = throughput(device, args.steps, warmup=5, overrides=args.train_overrides)
         record.update(benchmark="page4d_tiny_throughput", throughput=speeds,
                       note="bf16 autocast applies on CUDA only; on the CPU both rows run float32")
-        (RESULTS / "page4d_tiny_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_json((RESULTS / "page4d_tiny_throughput.json"), record)
         return 0
     weights = args.weights
     if not weights:
@@ -532,7 +533,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.lady_running:
         record.update(benchmark="page4d_tiny_lady_running", weights=weights,
                       picture=lady_running_picture(weights, args.picture, device, args.refined_cameras))
-        (args.out or RESULTS / "page4d_tiny_lady_running.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_json((args.out or RESULTS / "page4d_tiny_lady_running.json"), record)
         print(json.dumps(record["picture"], indent=2))
         return 0
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench.common import environment
+from pipeline.io import write_json
 
 RESULTS = Path(__file__).parent / "results"
 CONTINUATION = ["decay_matrices_only=true", "frame_choices=[2,2,4,4,8,16]", "object_fraction=0.2",
@@ -97,8 +97,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         eff = f"{s['efficiency']:.2f}" if s["efficiency"] is not None else "-"
         print(f"{s['processes']:>9} {s['frames_per_s']:>9.1f} {s['steps_per_s']:>8.2f} {eff:>10} "
               f"{s['peak_gpu_gb']:>8.2f} {s['wall_s']:>7.1f}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    write_json(out, results)
     print(f"wrote {out}")
     return 0
 
