@@ -128,7 +128,8 @@ def camera_loss(pose_enc_list: list[Tensor], gt_pose_enc: Tensor, frame_valid: T
     terms = {"loss_T": 0.0, "loss_R": 0.0, "loss_FoV": 0.0, **({"loss_Rrel": 0.0} if relative else {})}
     for k, pose_enc in enumerate(pose_enc_list):
         weight = stage_decay ** (K - 1 - k)
-        zero = pose_enc.sum() * 0.0   # keeps the graph (and DDP-style unused-parameter checks) alive
+        # A term without frames (or pairs) is a zero that keeps the graph (and unused-parameter checks) alive.
+        zero = pose_enc.sum() * 0.0 if gt.shape[0] == 0 or (relative and not has_pairs) else None
         if gt.shape[0] == 0:
             errors = (zero, zero, zero)
         else:
