@@ -319,7 +319,9 @@ def test_overrides_and_unknown_keys():
     ("fov_min_deg=100", "fov_min_deg"), ("fov_max_deg=200", "fov_min_deg"), ("input_width=-14", "input_width"),
     ("loss.mask_weight=0 mask_head_backprop=true", "mask_head_backprop needs"),
     ("room_pan_scale=[2,1]", "room_pan_scale"), ("room_pan_scale=[0,1]", "room_pan_scale"),
-    ("schedule_start=-1", "schedule_start"), ("steps=10 schedule_start=10", "schedule_start")])
+    ("schedule_start=-1", "schedule_start"), ("steps=10 schedule_start=10", "schedule_start"),
+    ("loss.camera_relative_rotation_weight=-1", "loss.camera_relative_rotation_weight: loss weights must be"),
+    ("loss.depth_weight=.nan", "loss.depth_weight: loss weights must be")])
 def test_bad_training_values_are_refused(override, message):
     from pipeline.errors import UserError
 

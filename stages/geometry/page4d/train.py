@@ -295,6 +295,11 @@ def validate(config: TrainConfig) -> None:
         problems.append("need 0 < fov_min_deg <= fov_max_deg < 180")
     if len(config.room_pan_scale) != 2 or not 0 < config.room_pan_scale[0] <= config.room_pan_scale[1]:
         problems.append("room_pan_scale needs two numbers 0 < low <= high")
+    weights = {f"loss.{f.name}": getattr(config.loss, f.name) for f in dataclasses.fields(config.loss)
+               if f.name.endswith("_weight")}
+    bad = [name for name, value in weights.items() if not (math.isfinite(value) and value >= 0)]
+    if bad:
+        problems.append(f"{', '.join(bad)}: loss weights must be numbers >= 0 (0 turns a term off)")
     if config.mask_head_backprop and not config.loss.mask_weight > 0:
         problems.append("mask_head_backprop needs loss.mask_weight > 0 (without a mask loss nothing flows back)")
     config.groups()  # validates the group mappings
