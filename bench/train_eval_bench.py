@@ -427,6 +427,15 @@ def trajectory_statistics(world_to_camera: np.ndarray) -> dict:
             "centre_step_max": float(steps.max()), "centre_step_median": float(np.median(steps))}
 
 
+def lady_running_command(weights: str, device: torch.device, refine_cameras: bool, out: Path) -> list[str]:
+    """The geometry stage on the clip, as the picture runs it: the model's cameras in windows of 16 frames (4
+    shared), refined photometrically only with ``refine_cameras``."""
+    return [sys.executable, "-m", "pipeline.cli", "reconstruct", str(LADY_RUNNING), "geometry.model=page4d-tiny",
+            f"geometry.checkpoint={weights}", "geometry.cameras=model", "geometry.window=16", "geometry.overlap=4",
+            f"geometry.refine_cameras={str(refine_cameras).lower()}", f"device={device.type}", "--out", str(out),
+            "--until", "geometry"]
+
+
 def lady_running_picture(weights: str, out_png: Path, device: torch.device, refine_cameras: bool = False) -> dict:
     """Geometry stage on the clip -> fused points + cameras -> PNG (first frame | behind-above view | top view).
 
@@ -437,10 +446,7 @@ def lady_running_picture(weights: str, out_png: Path, device: torch.device, refi
     from pipeline.io import write_png
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pipeline.cli", "reconstruct", str(LADY_RUNNING), "geometry.model=page4d-tiny",
-               f"geometry.checkpoint={weights}", "geometry.cameras=model", "geometry.window=16",
-               "geometry.overlap=4", f"geometry.refine_cameras={str(refine_cameras).lower()}",
-               f"device={device.type}", "--out", f"{tmp}/run", "--until", "geometry"]
+        cmd = lady_running_command(weights, device, refine_cameras, Path(tmp) / "run")
         t = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=REPO)
         seconds = time.perf_counter() - t

@@ -54,3 +54,18 @@ def test_the_mask_bound_keeps_a_patch_aligned_mask_and_loses_a_thin_one():
     assert out.dynamic[0][20:36, 34:50].all()                                       # bilinear: corners rounded
     assert 0.85 < (out.dynamic[0] & dynamic[0]).sum() / (out.dynamic[0] | dynamic[0]).sum() < 1.0
     assert not out.dynamic[1].any()
+
+
+def test_lady_running_picture_runs_the_network_cameras_unless_asked_for_refined_ones(tmp_path):
+    import torch
+
+    from pipeline.config import load_config
+
+    for refine in (False, True):
+        cmd = bench.lady_running_command("weights.safetensors", torch.device("cpu"), refine, tmp_path / "run")
+        overrides = cmd[cmd.index(str(bench.LADY_RUNNING)) + 1:cmd.index("--out")]
+        config = load_config("default", overrides)         # every override is a real key with a valid value
+        assert config.geometry.refine_cameras is refine
+        assert (config.geometry.cameras, config.geometry.checkpoint, config.device) == ("model", "weights.safetensors",
+                                                                                        "cpu")
+        assert cmd[cmd.index("--out") + 1] == str(tmp_path / "run") and cmd[-2:] == ["--until", "geometry"]
