@@ -30,10 +30,10 @@ device, bf16 autocast beside fp32 (the baseline), frames and sequences per secon
 
 Picture: runs the pipeline's geometry stage on ../shared/data/lady-running with the given weights (windows of 16
 frames, the longest sequence page4d-tiny trained on; the network's own cameras unless ``--refined-cameras``), then
-draws the fused point cloud and the camera trajectory
-from two viewpoints with a small numpy point rasterizer, beside the first input frame. The JSON also describes the
-camera path, which has no ground truth (:func:`trajectory_statistics`: rotations from the first frame and between
-consecutive frames, steps of the camera centre).
+draws the fused point cloud and the camera trajectory from two viewpoints with a small numpy point rasterizer,
+beside the first input frame. The JSON also describes the camera path, which has no ground truth
+(:func:`trajectory_statistics`: rotations from the first frame and between consecutive frames, steps of the camera
+centre).
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ import numpy as np
 import torch
 
 from bench.common import environment
-from pipeline.io import write_json
 from pipeline.cameras import camera_centres
+from pipeline.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -529,7 +529,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         speeds = throughput(device, args.steps, warmup=5, overrides=args.train_overrides)
         record.update(benchmark="page4d_tiny_throughput", throughput=speeds,
                       note="bf16 autocast applies on CUDA only; on the CPU both rows run float32")
-        write_json((RESULTS / "page4d_tiny_throughput.json"), record)
+        write_json(RESULTS / "page4d_tiny_throughput.json", record)
         return 0
     weights = args.weights
     if not weights:
@@ -539,7 +539,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.lady_running:
         record.update(benchmark="page4d_tiny_lady_running", weights=weights,
                       picture=lady_running_picture(weights, args.picture, device, args.refined_cameras))
-        write_json((args.out or RESULTS / "page4d_tiny_lady_running.json"), record)
+        write_json(args.out or RESULTS / "page4d_tiny_lady_running.json", record)
         print(json.dumps(record["picture"], indent=2))
         return 0
 
