@@ -31,13 +31,13 @@ def test_reconstruct_render_export_evaluate(tmp_path):
     assert {"protocol", "psnr", "ssim", "lpips_alex", "lpips_vgg", "per_view", "timing", "device"} <= set(metrics)
     test_names = [v["name"] for v in metrics["per_view"]]
     assert test_names and all((run / "render" / "test" / f"{n}.png").is_file() for n in test_names)
-    assert 10 < metrics["psnr"] < 60 and 0 < metrics["lpips_alex"] < 1
+    # 20 steps from the oracle's points reach about 20 dB here; one step leaves about 12 (an optimizer that does
+    # nothing stays there). The summary is the mean of the per-view values.
+    assert 16 < metrics["psnr"] < 60 and 0 < metrics["lpips_alex"] < 1
+    assert metrics["psnr"] == pytest.approx(np.mean([v["psnr"] for v in metrics["per_view"]]), rel=1e-6)
     assert metrics["geometry"]["ate"] < 1e-6                  # oracle geometry: the dataset's own cameras
     assert sorted(p.name for p in (run / "videos").glob("*.mp4")) == [
         "spiral-time.mp4", "spiral-time_depth.mp4", "spiral-time_dynamic.mp4"]
-    result = browser_check(run / "report.html")
-    assert all(item["ok"] for kind in ("images", "svgs", "videos") for item in result[kind])
-
     assert main(["render", str(run), "--path", "bullet", "--frames", "3"]) == 0
     assert (run / "videos" / "bullet.mp4").is_file()
     assert main(["export", str(run), "--format", "ply"]) == 0
@@ -53,6 +53,9 @@ def test_reconstruct_render_export_evaluate(tmp_path):
     assert entry["dropped_non_finite"] == int((~finite).sum())
     assert np.allclose(back["means"], expected["means"].numpy()[finite], atol=1e-5)
     assert np.allclose(back["opacities"], expected["opacities"].numpy()[finite].clip(1e-6, 1 - 1e-6), atol=1e-5)
+    # Last: without a browser (and no way to install one) this check skips, which must not skip the ones above.
+    result = browser_check(run / "report.html")
+    assert all(item["ok"] for kind in ("images", "svgs", "videos") for item in result[kind])
 
 
 @pytest.mark.slow
@@ -73,7 +76,7 @@ def test_the_demo_with_the_bundled_network(tmp_path):
     assert all((run / "geometry" / "dynamic_mask" / f"{n}.png").is_file() for n in names)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"]["cameras"] == "dataset" and len(metrics["per_view"]) == 6
-    assert metrics["geometry"]["depth_abs_rel"] < 0.3
+    assert metrics["geometry"]["depth_abs_rel"] < 0.25         # about 0.18 here; a constant depth gives 0.34
     # That metric is scale-free; the stored depth is in the dataset's world after the Sim(3) from the camera centres.
     # A collapsed alignment scale once gave depths of 1e-12 here. The demo's camera barely moves, so the scale from
     # the centres is only good to a factor of about 5 (median stored/true 4.3-5.2 over its frames, 5.2-6.0 with the

@@ -107,6 +107,47 @@ def test_depth_predictions_are_resized_to_the_ground_truth():
     assert result["scale"] == pytest.approx(2.0) and result["abs_rel"] < 1e-12
 
 
+def test_one_scale_per_sequence_not_per_frame():
+    """Frames off by different factors (2 and 4) share one scale, so the error a per-frame fit would hide remains:
+    median scale 1 / median(0.5, 0.25) = 8/3, aligned depths 4/3 and 2/3 of the truth, Abs Rel exactly 1/3, and
+    no pixel within 1.25."""
+    gt = [np.ones((3, 4)), np.ones((3, 4))]
+    prediction = [np.full((3, 4), 0.5), np.full((3, 4), 0.25)]
+    result = depth_errors(prediction, gt, "median")
+    assert result["scale"] == pytest.approx(8.0 / 3.0, rel=1e-12)
+    assert result["abs_rel"] == pytest.approx(1.0 / 3.0, rel=1e-12)
+    assert result["delta_1.25"] == 0.0
+
+
+def _keys_cubic(x, a=-0.75):
+    """The cubic convolution kernel of Keys (1981) with OpenCV's a = -0.75."""
+    x = abs(x)
+    if x <= 1:
+        return (a + 2) * x**3 - (a + 3) * x**2 + 1
+    if x < 2:
+        return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+    return 0.0
+
+
+def test_depth_resize_is_bicubic_with_half_pixel_centres():
+    """Interior pixels of a 2x upsampled quadratic against a direct evaluation of the Keys kernel (a = -0.75) at
+    half-pixel source coordinates x_src = (x + 0.5) / 2 - 0.5, the convention of cv2.INTER_CUBIC."""
+    from stages.evaluate.depth_metrics import resize_bicubic
+
+    columns = np.arange(8, dtype=np.float64)
+    source = np.tile(1.0 + 0.3 * columns + 0.05 * columns**2, (4, 1))              # (4, 8), constant per column
+    resized = resize_bicubic(source, 4, 16)
+    for x in range(4, 12):                                                          # four source taps inside
+        x_src = (x + 0.5) / 2 - 0.5
+        base = math.floor(x_src)
+        taps = range(base - 1, base + 3)
+        expected = sum(_keys_cubic(x_src - j) * source[0, j] for j in taps)
+        assert resized[1, x] == pytest.approx(expected, rel=1e-12), x
+    # Bicubic is not linear interpolation: on a quadratic the two differ inside the image.
+    linear = np.interp((np.arange(16) + 0.5) / 2 - 0.5, columns, source[0])
+    assert np.abs(resized[1, 4:12] - linear[4:12]).max() > 1e-3
+
+
 def test_mask_iou_pools_over_frames():
     a, b = np.zeros((10, 10), bool), np.zeros((10, 10), bool)
     a[0:4, 0:5] = True      # 20 pixels

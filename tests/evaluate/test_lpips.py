@@ -58,6 +58,34 @@ def test_lpips_vgg_standard_and_3dgs_convention():
 
 
 @weights_built
+def test_masked_lpips_sees_only_the_mask_and_averages_over_it(alex):
+    """DyCheck mLPIPS with a partial mask: differences outside the mask count for nothing (the inputs are masked
+    before the network), and the spatial map is averaged over the mask's pixels, not over the image."""
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0.0, 1.0, (64, 96, 3))
+    mask = np.zeros((64, 96))
+    mask[16:48, 24:72] = 1.0
+    outside = ref.copy()
+    outside[mask == 0] = rng.uniform(0.0, 1.0, (int((mask == 0).sum()), 3))
+    assert alex.masked(outside, ref, mask) == 0.0
+    assert alex(outside, ref) > 0.05                       # the unmasked distance does see them
+    inside = ref.copy()
+    inside[mask == 1] = np.clip(inside[mask == 1] + rng.normal(0.0, 0.2, (int(mask.sum()), 3)), 0.0, 1.0)
+    m = torch.from_numpy(mask).float()
+    a = torch.from_numpy(inside).float().permute(2, 0, 1)[None] * m
+    b = torch.from_numpy(ref).float().permute(2, 0, 1)[None] * m
+    alex.model.spatial = True
+    try:
+        with torch.no_grad():
+            spatial = alex.model(a, b, normalize=True)[0, 0]          # (H, W)
+    finally:
+        alex.model.spatial = False
+    over_mask = float(spatial[m > 0].mean())
+    assert alex.masked(inside, ref, mask) == pytest.approx(over_mask, rel=1e-5)
+    assert over_mask > 1.5 * float(spatial.mean())        # the image mean would be a different number
+
+
+@weights_built
 def test_converted_weights_are_verified_on_load(tmp_path, monkeypatch):
     monkeypatch.setenv("PAGE4DGS_LPIPS_DIR", str(tmp_path))
     (tmp_path / "alex.safetensors").write_bytes((REAL_LPIPS_DIR / "alex.safetensors").read_bytes())

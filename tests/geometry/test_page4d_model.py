@@ -181,6 +181,33 @@ def test_pose_encoding_roundtrip_is_exact():
         assert torch.allclose(quat_to_mat(mat_to_quat(quat_to_mat(quat))), quat_to_mat(quat), atol=1e-12)
 
 
+def test_pose_encoding_agrees_with_scipy_and_the_pinhole_formulas():
+    """Against an independent reference, not a round trip: a rotation of 90 degrees about z (x -> y) is the
+    quaternion xyzw (0, 0, sin 45, cos 45) in scipy's convention, and the encoding's intrinsics follow the
+    field-of-view formulas of the spec (fx = (W/2) / tan(fov_w/2), principal point at the image centre)."""
+    from scipy.spatial.transform import Rotation
+
+    R_z90 = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    half = math.sqrt(0.5)
+    assert torch.allclose(mat_to_quat(R_z90), torch.tensor([0.0, 0.0, half, half], dtype=torch.float64), atol=1e-12)
+    rotations = Rotation.random(20, random_state=3)
+    matrices = torch.from_numpy(rotations.as_matrix())
+    quats = torch.from_numpy(rotations.as_quat())                                # (20, 4) xyzw
+    quats = torch.where(quats[:, 3:] < 0, -quats, quats)                          # w >= 0, as ours
+    assert torch.allclose(mat_to_quat(matrices), quats, atol=1e-12)
+    assert torch.allclose(quat_to_mat(quats), matrices, atol=1e-12)
+    # The extrinsics map world to camera (x_cam = R x_world + t): the camera centre -R^T t maps to the origin.
+    t = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    encoding = torch.cat([t, quats[0], torch.tensor([0.8, 1.2], dtype=torch.float64)])[None, None]
+    extrinsics, intrinsics = pose_encoding_to_extri_intri(encoding, (140, 252))
+    centre = -matrices[0].T @ t
+    in_camera = extrinsics[0, 0, :, :3] @ centre + extrinsics[0, 0, :, 3]
+    assert torch.allclose(in_camera, torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    assert intrinsics[0, 0, 0, 0].item() == pytest.approx(126.0 / math.tan(0.6), rel=1e-12)
+    assert intrinsics[0, 0, 1, 1].item() == pytest.approx(70.0 / math.tan(0.4), rel=1e-12)
+    assert (intrinsics[0, 0, 0, 2].item(), intrinsics[0, 0, 1, 2].item()) == (126.0, 70.0)
+
+
 def test_mask_alpha_schedule():
     assert mask_alpha_factor(0, 0, 0) == 0.0            # nomask: off from the start
     assert mask_alpha_factor(0, 1, 1) == 1.0            # mask variant at inference (step 0)
