@@ -4,6 +4,8 @@
 #   scripts/gpu_host.sh gpu --only geometry          one step of the GPU suite (python -m bench.run --list)
 #   scripts/gpu_host.sh gpu                          the whole GPU suite (make bench)
 #   scripts/gpu_host.sh e2e synthetic --seeds 0      one bench script with its own arguments
+#   scripts/gpu_host.sh pytest [ARGS]                the test suite on the GPU host (the CUDA-only tests run there);
+#                                                    with $OUT set, its JUnit report comes back as $OUT/pytest.xml
 #   scripts/gpu_host.sh                              only the set-up
 #
 # - Installs the wheels carried in .whl/ (our dependencies the host lacks: gsplat, plyfile, lpips, ...) into a
@@ -56,7 +58,14 @@ fi
 status=0
 if [ "$#" -gt 0 ]; then
   left=$(( ${GPU_HOST_BUDGET_S:-570} - ($(date +%s) - start_s) ))
-  timeout --signal=INT --kill-after=30 "$(( left > 30 ? left : 30 ))" python3 -m bench.run "$@" || status=$?
+  if [ "$1" = pytest ]; then
+    shift
+    # The tests read the LPIPS weights from $PAGE4DGS_LPIPS_DIR (set above when .cache/lpips was carried).
+    timeout --signal=INT --kill-after=30 "$(( left > 30 ? left : 30 ))" python3 -m pytest -p no:cacheprovider -rfEs \
+      ${OUT:+--junitxml="$OUT/pytest.xml"} "$@" || status=$?
+  else
+    timeout --signal=INT --kill-after=30 "$(( left > 30 ? left : 30 ))" python3 -m bench.run "$@" || status=$?
+  fi
 fi
 if [ -n "${OUT:-}" ] && [ -d bench/results ]; then
   (cd bench && find results -type f -newer "$started" -exec cp --parents {} "$OUT/" \;)
