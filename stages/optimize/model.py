@@ -277,6 +277,11 @@ def compile_function(function, backend: str = "inductor", mode: Optional[str] = 
     import torch._inductor.config  # (not imported by `import torch`)
 
     compiled = torch.compile(function, backend=backend, mode=mode)
+    # The exceptions that mean "this backend cannot compile here". TritonUnavailableError is newer than some torch
+    # releases we support (torch 2.11 lacks it): naming it there would turn the one-line error into an AttributeError.
+    compile_errors = tuple(getattr(torch._dynamo.exc, name)
+                           for name in ("BackendCompilerFailed", "TritonUnavailableError")
+                           if hasattr(torch._dynamo.exc, name))
     # each new Gaussian count records a CUDA graph (mode reduce-overhead): expected, not worth inductor's warning
     quiet = ({"triton.cudagraph_dynamic_shape_warn_limit": None}
              if hasattr(torch._inductor.config.triton, "cudagraph_dynamic_shape_warn_limit") else {})
@@ -286,7 +291,7 @@ def compile_function(function, backend: str = "inductor", mode: Optional[str] = 
         try:
             with torch._dynamo.config.patch(force_parameter_static_shapes=False), torch._inductor.config.patch(quiet):
                 return compiled(*args, **kwargs)
-        except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.TritonUnavailableError) as err:
+        except compile_errors as err:
             cause = getattr(err, "inner_exception", None) or err
             first = (str(cause).strip().splitlines() or [""])[0][:200]
             raise UserError(f"optimize.compile: torch.compile ({backend}) failed on {function.__name__}: "

@@ -58,8 +58,10 @@ def sandbox(tmp_path_factory):
 
 
 def host_env(site: Path) -> dict[str, str]:
-    """The test's environment, gsplat from ``site``, and no CUDA toolkit to fall back to."""
-    env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{REPO}", CUDA_HOME=str(site / "no-cuda"),
+    """The test's environment, gsplat from ``site``, and no CUDA toolkit to fall back to. The paths already on
+    PYTHONPATH stay after it: on a GPU host they hold the carried wheels (gsplat's metadata and dependencies)."""
+    path = os.pathsep.join(p for p in (str(site), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, CUDA_HOME=str(site / "no-cuda"),
                PATH=os.pathsep.join(p for p in ("/usr/bin", "/bin") if Path(p).is_dir()))
     return env
 

@@ -162,6 +162,7 @@ def test_evaluate_command_rewrites_metrics_and_report(fake_run, monkeypatch):
     assert m["psnr"] > 20 and m["lpips_alex"] > 0
 
 
+@weights_built                    # the run with both backbones is the reference
 def test_lpips_alex_without_vgg_weights(fake_run, monkeypatch):
     """A host that holds AlexNet's weights but not VGG's (the GPU host carries alex only): LPIPS-alex is reported,
     LPIPS-vgg is null, and the result equals the LPIPS-alex of a run with both."""

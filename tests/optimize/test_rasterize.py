@@ -255,7 +255,8 @@ def test_a_degenerate_gaussian_is_culled_with_zero_not_nan_gradients(gsplat_orde
     p = project_gaussians(*params, torch.eye(4)[None], K, 64, 64, eps2d=0.0, antialiased=True,
                           gsplat_order=gsplat_order)
     assert p.radii[0, 0].tolist() == [0, 0] and (p.radii[0, 1] > 0).all()
-    assert p.compensations[0, 0] == 0 and p.compensations[0, 1] == 1
+    # (1 up to rounding: an H200 host's CPU kernels gave 1 - 6e-8 where this machine's give exactly 1)
+    assert p.compensations[0, 0] == 0 and p.compensations[0, 1].item() == pytest.approx(1.0, abs=1e-6)
     (p.opacities.sum() + p.conics.sum() + p.means2d.sum()).backward()
     assert all(torch.isfinite(t.grad).all() for t in params)
     assert params[3].grad[0] == 0                                              # the culled one's opacity

@@ -487,19 +487,26 @@ def test_skipping_invisible_gaussians_leaves_training_unchanged(tiny, tmp_path):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-8), (a["step"], key)
 
 
-def test_a_backend_that_cannot_compile_is_a_one_line_error(tiny, tmp_path):
+@pytest.mark.parametrize("older_torch", [False, True])
+def test_a_backend_that_cannot_compile_is_a_one_line_error(tiny, tmp_path, monkeypatch, older_torch):
+    """(older_torch: torch 2.11, the GPU hosts' version, has no TritonUnavailableError; naming it in the except
+    clause turned this error into an AttributeError there.)"""
     import torch._dynamo
     from torch._dynamo.backends.registry import register_backend
 
+    if older_torch:
+        monkeypatch.delattr(torch._dynamo.exc, "TritonUnavailableError", raising=False)
+
     from pipeline.errors import UserError
 
-    @register_backend(name="page4dgs_test_no_compiler")
+    @register_backend(name=f"page4dgs_test_no_compiler_{older_torch}")
     def _no_compiler(graph, example_inputs):
         raise RuntimeError("no C++ compiler found")
 
     torch._dynamo.reset()
     files, scene = tiny
-    cfg = small_config(iterations=2, checkpoint_every=0, compile="always", compile_backend="page4dgs_test_no_compiler")
+    cfg = small_config(iterations=2, checkpoint_every=0, compile="always",
+                       compile_backend=f"page4dgs_test_no_compiler_{older_torch}")
     data, initial = _inputs(files, scene, cfg)
     with pytest.raises(UserError, match=r"RuntimeError: no C\+\+ compiler found; set optimize.compile=never"):
         train(cfg, data, initial, tmp_path / "run", seed=0)
