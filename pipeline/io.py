@@ -115,6 +115,18 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
         iio.imwrite(tmp, image, extension=".png")
 
 
+def require_ffmpeg(what: str, fallback: str = ""):
+    """The ``imageio_ffmpeg`` module (the ffmpeg binary that video input and MP4 output use), or a one-line
+    :class:`UserError` naming ``what`` needed it, how to install it and ``fallback`` (another way round), if any."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        hint = f", or {fallback}" if fallback else ""
+        raise UserError(f"{what} needs imageio-ffmpeg, which is not installed: "
+                        f"pip install imageio-ffmpeg{hint}") from None
+    return imageio_ffmpeg
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.io import with_default_mode, write_png
+from pipeline.io import require_ffmpeg, with_default_mode, write_png
 
 # Anchor colours of a perceptually ordered dark-blue -> green -> yellow map (viridis' end and quarter points),
 # interpolated linearly in RGB. Near = bright.
@@ -80,7 +80,8 @@ class Mp4Writer:
         self.frames = 0
 
     def __enter__(self) -> "Mp4Writer":
-        import imageio_ffmpeg
+        imageio_ffmpeg = require_ffmpeg(f"writing {self.path.name}",
+                                        "set render.video_paths=[] to skip the camera-path videos")
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.mp4", dir=self.path.parent)

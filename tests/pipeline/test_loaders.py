@@ -89,6 +89,17 @@ def test_video(tmp_path):
     assert np.allclose(scene.rgb(scene.frames[2]).mean(), 80 / 255, atol=0.03)
 
 
+def test_a_video_without_imageio_ffmpeg_is_a_one_line_error(tmp_path, monkeypatch):
+    import sys
+
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "clip.mp4", np.zeros((3, 32, 48, 3), np.uint8), plugin="FFMPEG", fps=10)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)                  # import fails as if absent
+    with pytest.raises(UserError, match=r"decoding clip\.mp4 needs imageio-ffmpeg.*pass the folder"):
+        load_scene(SceneConfig(source=str(tmp_path / "clip.mp4")))
+
+
 def test_a_one_frame_video_error_names_the_video(tmp_path):
     import imageio.v3 as iio
 

@@ -24,6 +24,18 @@ def test_mp4_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"], "no temporary files are left behind"
 
 
+def test_without_imageio_ffmpeg_an_mp4_is_a_one_line_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """imageio-ffmpeg is a declared dependency, but an install can lack it (GPU hosts without it exist): a clear
+    error naming the file, the package and the way round, not a ModuleNotFoundError traceback."""
+    from pipeline.errors import UserError
+
+    monkeypatch.setitem(__import__("sys").modules, "imageio_ffmpeg", None)        # import fails as if absent
+    with pytest.raises(UserError, match=r"writing v\.mp4 needs imageio-ffmpeg.*pip install imageio-ffmpeg.*"
+                                        r"render\.video_paths=\[\]"):
+        write_mp4(tmp_path / "v.mp4", frames())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_mp4_rejects_odd_sizes_and_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="even"):
         write_mp4(tmp_path / "v.mp4", [np.zeros((5, 8, 3), np.uint8)])

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.io import require_ffmpeg
 from pipeline.log import progress
 from pipeline.paths import cache_dir
 from pipeline.scene.config import SceneConfig
@@ -51,6 +52,7 @@ def extract_frames(path: Path, out_dir: Path, stride: int = 1, max_frames: int =
     import imageio.v3 as iio
     from PIL import Image
 
+    require_ffmpeg(f"decoding {path.name}", "extract its frames into a folder and pass the folder")
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
