@@ -725,7 +725,9 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             else:
                 background, recomposite = scene_bg, False
             target = image
-            if recomposite:       # RGBA: the ground truth composited on this step's background instead
+            # RGBA: the ground truth composited on this step's background instead (a frame without alpha in an RGBA
+            # scene, e.g. a D-NeRF folder mixing RGB and RGBA PNGs, is opaque and stays as it is)
+            if recomposite and alpha is not None:
                 target = image + (background - scene_bg) * (1.0 - alpha[..., None])
             viewmat = view.world_to_camera if cameras is None else refined_world_to_camera(view.world_to_camera,
                                                                                            cameras[index])

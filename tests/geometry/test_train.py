@@ -17,8 +17,8 @@ from stages.geometry.page4d.config import ModelConfig
 from stages.geometry.page4d.model import PAGE4D
 from stages.geometry.page4d.train import (ParamGroupConfig, TrainConfig, apply_trainable, build_optimizer,
                                           load_train_config, scheduled_lr, split_batch)
-from stages.geometry.page4d.train_data import (EVAL_SEED_BASE, color_jitter, step_seed, targets_from_batch,
-                                               unproject_depth)
+from stages.geometry.page4d.train_data import (EVAL_SEED_BASE, TrainingData, color_jitter, step_seed,
+                                               targets_from_batch, unproject_depth)
 
 MICRO = dict(name="page4d-micro", patch_size=14, image_size=56, input_width=56, embed_dim=32, num_heads=2,
              mlp_ratio=2.0, num_register_tokens=4, dino_depth=1, dino_num_heads=2, depth=4, mask_head=True,
@@ -327,6 +327,14 @@ def test_bad_training_values_are_refused(override, message):
 
     with pytest.raises(UserError, match=message):
         load_train_config("page4d-tiny", override.split())
+
+
+def test_an_input_width_off_the_patch_grid_is_a_one_line_error():
+    from pipeline.errors import UserError
+
+    config = load_train_config("page4d-tiny", ["input_width=50"])
+    with pytest.raises(UserError, match="input_width 50 is not a multiple of the model's patch size 14"):
+        TrainingData(config, ModelConfig.load("page4d-tiny"), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("backprop", [False, True])

@@ -231,6 +231,20 @@ def test_optimization_raises_heldout_psnr_over_the_initialization(tiny, tmp_path
     assert after > before + 3.0, (before, after)
 
 
+@pytest.mark.parametrize("background", ["random", "black"])
+def test_an_rgb_frame_in_an_rgba_scene_trains_as_opaque(tiny, tmp_path, background):
+    """A D-NeRF folder may mix RGB and RGBA PNGs: the scene has alpha, one frame does not. Recompositing that frame
+    on another background raised a TypeError; it is opaque, so its ground truth stays as loaded."""
+    files, scene = tiny
+    cfg = small_config(iterations=4, checkpoint_every=0, densify=False, background=background)
+    data, initial = _inputs(files, scene, cfg)
+    assert all(v.has_alpha for v in data.views)
+    data.views[0].alpha = None                       # as the loader returns it for an RGB file
+    result = train(cfg, data, initial, tmp_path / "run", seed=0)
+    assert result.steps == 4
+    assert all(np.isfinite(float(r["loss"])) for r in _log(tmp_path / "run/log.csv"))
+
+
 def test_stages_run_through_the_runner_and_write_their_artifacts(tiny, tmp_path):
     files, scene = tiny
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.errors import UserError
 from stages.geometry.page4d.normalize import normalize_targets
 from stages.geometry.page4d.pose import extri_intri_to_pose_encoding
 
@@ -268,7 +269,8 @@ class TrainingData:
         self.patch_size = model_config.patch_size
         self.width = config.input_width or model_config.input_width
         if self.width % self.patch_size:
-            raise ValueError(f"input_width {self.width} is not a multiple of the patch size {self.patch_size}")
+            raise UserError(f"training config: input_width {self.width} is not a multiple of the model's patch size "
+                            f"{self.patch_size}")
         self.synthetic: Optional[SyntheticSource] = (SyntheticSource(config, device)
                                                      if config.scene_fraction < 1.0 else None)
         self.scenes: Optional[SceneSource] = (SceneSource(config.scenes, self.patch_size, self.width)
