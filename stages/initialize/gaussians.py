@@ -98,12 +98,12 @@ def write_gaussians_ply(path: str | Path, means: np.ndarray, sh: np.ndarray, opa
 def read_gaussians_ply(path: str | Path) -> dict[str, np.ndarray]:
     """Read a standard 3DGS PLY. Returns means (N, 3), sh (N, K, 3), opacity_logits (N,), log_scales (N, 3),
     quats (N, 4) (w, x, y, z), all float32, and ``sh_degree``."""
-    from plyfile import PlyData
+    from plyfile import PlyData, PlyParseError
 
     path = Path(path)
     try:
         vertex = PlyData.read(str(path))["vertex"]
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, EOFError, PlyParseError) as err:
         raise UserError(f"not a readable Gaussian PLY ({err})", path) from None
     names = [p.name for p in vertex.properties]
     needed = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",

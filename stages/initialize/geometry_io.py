@@ -76,7 +76,10 @@ def read_confidence(geometry_dir: Path, name: str, shape: tuple[int, int]) -> np
     path = geometry_dir / "confidence" / f"{name}.npy"
     if not path.is_file():
         return np.ones(shape, dtype=np.float32)
-    conf = np.load(path, allow_pickle=False).astype(np.float32)
+    try:
+        conf = np.load(path, allow_pickle=False).astype(np.float32)
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"unreadable confidence map ({err or type(err).__name__}); rerun from geometry", path) from None
     if conf.shape != shape:
         raise UserError(f"confidence map shape {conf.shape} differs from the depth map's {shape}", path)
     return np.where(np.isfinite(conf), conf, 0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zipfile
 
 import numpy as np
 import torch
@@ -99,8 +100,12 @@ def check_config(cfg: OptimizeConfig) -> None:
 def load_initial(ctx) -> InitialGaussians:
     ply = read_gaussians_ply(ctx.artifact("initialize/gaussians.ply"))
     labels_path = ctx.artifact("initialize/labels.npz")
-    with np.load(labels_path, allow_pickle=False) as labels:
-        is_dynamic, times = labels["is_dynamic"].astype(bool), labels["time"].astype(np.float32)
+    try:
+        with np.load(labels_path, allow_pickle=False) as labels:
+            is_dynamic, times = labels["is_dynamic"].astype(bool), labels["time"].astype(np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"unreadable Gaussian labels ({err or type(err).__name__}); rerun from initialize",
+                        labels_path) from None
     if len(is_dynamic) != len(ply["means"]):
         raise UserError(f"labels.npz has {len(is_dynamic)} rows, gaussians.ply {len(ply['means'])}", labels_path)
     return InitialGaussians(means=ply["means"], sh=ply["sh"], opacity_logits=ply["opacity_logits"],

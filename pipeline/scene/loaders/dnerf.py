@@ -53,8 +53,10 @@ def _ground_truth(root: Path, image: Path, size: tuple[int, int] | None):
     def load_depth() -> np.ndarray:
         try:
             depth = np.load(depth_path, allow_pickle=False).astype(np.float32)
-        except (OSError, ValueError) as err:
-            raise UserError(f"unreadable depth map ({err})", depth_path) from None
+        except (OSError, ValueError, EOFError) as err:
+            raise UserError(f"unreadable depth map ({err or type(err).__name__})", depth_path) from None
+        if depth.ndim != 2:
+            raise UserError(f"a depth map must be (H, W), got shape {depth.shape}", depth_path)
         return resize_array(depth, size, nearest=True) if size is not None else depth
 
     def load_mask() -> np.ndarray:
