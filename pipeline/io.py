@@ -115,6 +115,21 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
         iio.imwrite(tmp, image, extension=".png")
 
 
+def read_npy_map(path: str | Path, what: str) -> np.ndarray:
+    """An (H, W) float32 map from a ``.npy`` file (pickles refused; (H, W, 1) squeezed), or a one-line
+    :class:`UserError` naming the file: unreadable, empty, truncated or of another shape. ``what`` names the map in
+    the message ("depth map", "confidence map"). Non-finite values are kept; the caller decides what they mean."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"unreadable {what} ({str(err)[:120] or type(err).__name__})", path) from None
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+        raise UserError(f"{what} must be (H, W) numbers, got {array.dtype} of shape {array.shape}", path)
+    return array.astype(np.float32)
+
+
 def require_ffmpeg(what: str, fallback: str = ""):
     """The ``imageio_ffmpeg`` module (the ffmpeg binary that video input and MP4 output use), or a one-line
     :class:`UserError` naming ``what`` needed it, how to install it and ``fallback`` (another way round), if any."""

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.io import read_json
+from pipeline.io import read_json, read_npy_map
 
 
 @dataclass
@@ -60,14 +60,7 @@ def read_depth(geometry_dir: Path, name: str) -> np.ndarray:
     path = geometry_dir / "depth" / f"{name}.npy"
     if not path.is_file():
         raise UserError("missing depth map", path)
-    try:
-        depth = np.load(path, allow_pickle=False).astype(np.float32)
-    except (OSError, ValueError) as err:
-        raise UserError(f"unreadable depth map ({err})", path) from None
-    if depth.ndim == 3 and depth.shape[-1] == 1:
-        depth = depth[..., 0]
-    if depth.ndim != 2:
-        raise UserError(f"depth map must be (H, W), got shape {depth.shape}", path)
+    depth = read_npy_map(path, "depth map")
     return np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)
 
 
@@ -76,10 +69,7 @@ def read_confidence(geometry_dir: Path, name: str, shape: tuple[int, int]) -> np
     path = geometry_dir / "confidence" / f"{name}.npy"
     if not path.is_file():
         return np.ones(shape, dtype=np.float32)
-    try:
-        conf = np.load(path, allow_pickle=False).astype(np.float32)
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"unreadable confidence map ({err or type(err).__name__}); rerun from geometry", path) from None
+    conf = read_npy_map(path, "confidence map")
     if conf.shape != shape:
         raise UserError(f"confidence map shape {conf.shape} differs from the depth map's {shape}", path)
     return np.where(np.isfinite(conf), conf, 0.0)

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.io import write_npy, write_png
+from pipeline.io import read_npy_map, write_npy, write_png
 from pipeline.log import progress
 from stages.render.config import PATHS, RenderConfig
 from stages.render.paths import InputCamera, PathView, SceneLayout, camera_path, resized, scene_layout
@@ -57,7 +57,7 @@ def median_depths(geometry_dir: Path, names: Sequence[str]) -> Optional[list[flo
         if not path.is_file():
             values.append(float("nan"))
             continue
-        depth = np.load(path, allow_pickle=False)
+        depth = read_npy_map(path, "depth map")
         valid = depth[np.isfinite(depth) & (depth > 0)]
         values.append(float(np.median(valid)) if valid.size else float("nan"))
     return values if np.isfinite(values).any() else None

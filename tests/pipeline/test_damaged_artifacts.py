@@ -7,62 +7,86 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
+from pipeline.io import read_npy_map
+
+DAMAGED = {"empty": b"", "zero-filled": b"\0" * 300, "text": b"not an array\n"}
 
 
-@pytest.mark.parametrize("content", [b"", b"\0" * 300])
-def test_a_damaged_gaussian_ply_or_labels_file(tmp_path, content):
+@pytest.mark.parametrize("content", list(DAMAGED.values()), ids=list(DAMAGED))
+def test_an_unreadable_npy_map_names_the_file(tmp_path, content):
+    path = tmp_path / "f0.npy"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="unreadable depth map") as err:
+        read_npy_map(path, "depth map")
+    assert "f0.npy" in str(err.value)
+
+
+def test_npy_maps_are_2d_numbers_and_float32(tmp_path):
+    path = tmp_path / "m.npy"
+    np.save(path, np.arange(6, dtype=np.float64).reshape(2, 3, 1))           # (H, W, 1) is squeezed
+    out = read_npy_map(path, "depth map")
+    assert out.dtype == np.float32 and out.tolist() == [[0, 1, 2], [3, 4, 5]]
+    for bad in (np.zeros(3), np.zeros((2, 3, 4)), np.array([["a", "b"]])):
+        np.save(path, bad)
+        with pytest.raises(UserError, match=r"confidence map must be \(H, W\) numbers"):
+            read_npy_map(path, "confidence map")
+    np.save(path, np.array([[object()]], dtype=object), allow_pickle=True)    # pickles are refused
+    with pytest.raises(UserError, match="unreadable depth map"):
+        read_npy_map(path, "depth map")
+
+
+def test_a_damaged_gaussian_ply(tmp_path):
     from stages.initialize.gaussians import read_gaussians_ply
-    from stages.optimize.stage import load_initial
 
-    (tmp_path / "initialize").mkdir()
-    ply = tmp_path / "initialize" / "gaussians.ply"
-    ply.write_bytes(content)
+    ply = tmp_path / "gaussians.ply"
+    ply.write_bytes(DAMAGED["zero-filled"])
     with pytest.raises(UserError, match="not a readable Gaussian PLY") as err:
         read_gaussians_ply(ply)
     assert "gaussians.ply" in str(err.value)
+
+
+@pytest.mark.parametrize("content", list(DAMAGED.values()), ids=list(DAMAGED))
+def test_damaged_gaussian_labels(tmp_path, monkeypatch, content):
+    import stages.optimize.stage as stage
 
     class Ctx:
         @staticmethod
         def artifact(relative):
             return tmp_path / relative
 
-    import stages.optimize.stage as stage
-
-    good = {"means": np.zeros((2, 3), np.float32)}
+    (tmp_path / "initialize").mkdir()
     (tmp_path / "initialize" / "labels.npz").write_bytes(content)
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(stage, "read_gaussians_ply", lambda path: good)
-    try:
-        with pytest.raises(UserError, match="unreadable Gaussian labels") as err:
-            load_initial(Ctx)
-    finally:
-        monkey.undo()
+    monkeypatch.setattr(stage, "read_gaussians_ply", lambda path: {"means": np.zeros((2, 3), np.float32)})
+    with pytest.raises(UserError, match="unreadable Gaussian labels.*rerun from initialize") as err:
+        stage.load_initial(Ctx)
     assert "labels.npz" in str(err.value)
 
 
-@pytest.mark.parametrize("content", [b"", b"\0" * 300])
-def test_a_damaged_confidence_map(tmp_path, content):
-    from stages.initialize.geometry_io import read_confidence
+def test_a_damaged_geometry_depth_map_in_the_render_stage(tmp_path):
+    from stages.render.stage import median_depths
 
-    (tmp_path / "confidence").mkdir()
-    (tmp_path / "confidence" / "f0.npy").write_bytes(content)
-    with pytest.raises(UserError, match="unreadable confidence map") as err:
-        read_confidence(tmp_path, "f0", (4, 4))
-    assert "f0.npy" in str(err.value)
+    (tmp_path / "depth").mkdir()
+    np.save(tmp_path / "depth" / "a.npy", np.full((2, 2), 3.0, np.float32))
+    (tmp_path / "depth" / "b.npy").write_bytes(DAMAGED["zero-filled"])
+    assert median_depths(tmp_path, ["a"]) == [3.0]
+    with pytest.raises(UserError, match="unreadable depth map") as err:
+        median_depths(tmp_path, ["a", "b"])
+    assert "b.npy" in str(err.value)
 
 
-@pytest.mark.parametrize("write", [lambda p: p.write_bytes(b""), lambda p: np.save(p, np.zeros(3, np.float32))])
-def test_a_damaged_ground_truth_depth_of_a_dnerf_scene(tmp_path, write):
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_bytes(b""), "unreadable depth map"),
+    (lambda p: np.save(p, np.zeros(3, np.float32)), r"depth map must be \(H, W\)")], ids=["empty", "1-d"])
+def test_damaged_ground_truth_depth_of_a_dnerf_scene(tmp_path, write, message):
+    from pipeline.cli import main
     from pipeline.scene import load_scene
     from pipeline.scene.config import SceneConfig
-    from pipeline.cli import main
 
     scene_dir = tmp_path / "s"
     assert main(["make-scene", "object", "--out", str(scene_dir), "--frames", "4", "--res", "32", "--seed", "0"]) == 0
-    depth_file = next((scene_dir / "ground_truth" / "depth").rglob("*.npy"))
-    write(depth_file)
+    for depth_file in (scene_dir / "ground_truth" / "depth").rglob("*.npy"):
+        write(depth_file)
     scene = load_scene(SceneConfig(source=str(scene_dir)))
-    frame = next(f for f in scene.frames if depth_file.name.startswith(f.name) or f.name in depth_file.stem)
-    with pytest.raises(UserError, match="unreadable depth map|a depth map must be") as err:
-        frame.load_depth()
-    assert depth_file.name in str(err.value)
+    with pytest.raises(UserError, match=message) as err:
+        scene.frames[0].load_depth()
+    assert ".npy" in str(err.value)

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.cameras import intrinsics_from_fov, opengl_c2w_to_opencv_w2c
 from pipeline.errors import UserError
-from pipeline.io import read_json
+from pipeline.io import read_json, read_npy_map
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, read_mask, resize_array, scaled_size
 from pipeline.scene.loaders.common import (check_frame_count, image_loader, is_rigid_c2w, normalise_times,
@@ -51,12 +51,7 @@ def _ground_truth(root: Path, image: Path, size: tuple[int, int] | None):
     mask_path = root / "ground_truth" / "dynamic_mask" / relative.parent / f"{relative.name}.png"
 
     def load_depth() -> np.ndarray:
-        try:
-            depth = np.load(depth_path, allow_pickle=False).astype(np.float32)
-        except (OSError, ValueError, EOFError) as err:
-            raise UserError(f"unreadable depth map ({err or type(err).__name__})", depth_path) from None
-        if depth.ndim != 2:
-            raise UserError(f"a depth map must be (H, W), got shape {depth.shape}", depth_path)
+        depth = read_npy_map(depth_path, "depth map")
         return resize_array(depth, size, nearest=True) if size is not None else depth
 
     def load_mask() -> np.ndarray:

@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.io import read_json
+from pipeline.io import read_json, read_npy_map
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, read_mask, resize_array, scaled_size
 from pipeline.scene.loaders.common import (background_rgb, check_frame_count, finish_frames, image_loader, json_array,
@@ -199,15 +199,8 @@ def build_frames(root: Path, items: list[Item], factor: float, max_size: int, wo
 
 def _depth_loader(path: Path, scale: float, size: tuple[int, int]):
     def load() -> np.ndarray:
-        try:
-            depth = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
-            raise UserError(f"not a readable .npy depth map ({str(err)[:120]})", path) from None
-        if depth.ndim == 3 and depth.shape[-1] == 1:
-            depth = depth[..., 0]  # (H, W, 1) -> (H, W)
-        if depth.ndim != 2:
-            raise UserError(f"depth map must be (H, W) or (H, W, 1), got shape {depth.shape}", path)
-        depth = np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0) * np.float32(scale)
+        depth = read_npy_map(path, "depth map")
+        depth = np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0) * np.float32(scale)
         return resize_array(depth, size, nearest=True)
 
     return load
