@@ -310,7 +310,13 @@ def _function(name: str) -> Callable:
 
 
 def check_stage_configs(config: Config, stages: tuple[StageSpec, ...] = STAGES) -> None:
-    """Every stage's check of its own config section, so that a bad value fails before hours of earlier stages."""
+    """The run's seed, the scene options and every stage's check of its own config section, so that a bad value
+    fails before hours of earlier stages (and ``page4dgs config`` refuses what ``reconstruct`` would)."""
+    from pipeline.scene import check_scene_options
+
+    if not 0 <= config.seed < 2**32:       # numpy's and torch's generators take seeds in [0, 2**32)
+        raise UserError(f"seed must be an integer in [0, 2**32) (got {config.seed})")
+    check_scene_options(config.scene)
     for spec in stages:
         if spec.check:
             _function(spec.check)(getattr(config, spec.name))
@@ -381,10 +387,18 @@ def _write_run_config(config: Config, run_dir: Path) -> None:
                                                                   f"{__version__}). Rerun with --config this file."))
 
 
+def _read_marker(marker: Path) -> str | None:
+    """The input hash a work folder was started with; None if absent or unreadable (a fresh start, not an error)."""
+    try:
+        return marker.read_bytes().decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _run_stage(spec, func, config, run_dir, work_dir, scene, device, manifest, in_hash, upstream,
                fresh: bool) -> dict:
     marker = work_dir / ".input_hash"
-    resumed = work_dir.exists() and marker.exists() and marker.read_text() == in_hash and not fresh
+    resumed = not fresh and _read_marker(marker) == in_hash
     if not resumed:
         shutil.rmtree(work_dir, ignore_errors=True)
         work_dir.mkdir(parents=True)
@@ -399,7 +413,7 @@ def _run_stage(spec, func, config, run_dir, work_dir, scene, device, manifest, i
     try:
         with PeakMemory() as mem:
             summary = func(ctx) or {}
-    except BaseException:
+    except BaseException as err:
         # Leave the run folder as it was: finished outputs stay, this stage's work folder is kept for resuming.
         # A stage that had finished before keeps its "done" entry (its outputs are untouched and still match its
         # recorded inputs); the failed attempt is recorded beside it.
@@ -407,7 +421,14 @@ def _run_stage(spec, func, config, run_dir, work_dir, scene, device, manifest, i
         if entry.get("status") != "done":
             entry["status"] = "interrupted"
         entry["input_hash_attempted"] = in_hash
-        manifest.update(spec.name, **entry)
+        try:
+            manifest.update(spec.name, **entry)
+        except OSError:         # a full disk may refuse this too: the stage's own error is the one to report
+            pass
+        if isinstance(err, OSError) and not err.filename:
+            # e.g. a disk that filled during a write: the system names no path, so say where it happened
+            raise UserError(f"stage '{spec.name}' stopped: {err.strerror or err} (finished stages are kept; run "
+                            "the same command again to resume)", run_dir) from None
         raise
     wall = time.perf_counter() - start
     commit_outputs(spec, work_dir, run_dir)

@@ -51,6 +51,9 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if not any(path.iterdir()):
             raise UserError("folder is empty", path)
+        splits = [name for name in ("transforms_test.json", "transforms_val.json") if (path / name).is_file()]
+        if splits:
+            raise UserError(f"a D-NeRF scene needs transforms_train.json (found only {' and '.join(splits)})", path)
         raise UserError("unknown scene format: no video, images, transforms*.json, dataset.json, "
                         "poses_bounds.npy or sparse/0/cameras.txt found", path)
     if path.stat().st_size == 0:
@@ -69,7 +72,8 @@ def _video_extensions() -> tuple[str, ...]:
 MIN_MAX_SIZE = 16
 
 
-def _check_options(config: SceneConfig) -> None:
+def check_scene_options(config: SceneConfig) -> None:
+    """Refuse scene options no loader can honour (a :class:`UserError` naming each)."""
     problems = []
     if config.stride < 1:
         problems.append(f"scene.stride must be >= 1 (got {config.stride})")
@@ -85,7 +89,7 @@ def _check_options(config: SceneConfig) -> None:
 
 def load_scene(config: SceneConfig) -> Scene:
     """Load the scene named by ``config.source`` (a path or 'demo')."""
-    _check_options(config)
+    check_scene_options(config)
     if config.source == "demo" or config.format == "demo":
         from pipeline.synthetic.demo import demo_scene_path
 

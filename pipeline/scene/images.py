@@ -37,6 +37,8 @@ def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode in WIDE_MODES:
+                return _wide_to_rgb(im, size)
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
             elif im.mode != "RGB":
@@ -48,6 +50,26 @@ def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
         raise UserError("file not found", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UserError(f"corrupt or unreadable image ({_reason(err)})", path) from None
+
+
+# Single-channel modes wider than 8 bits, and the value of full white in each: PIL's convert("RGB") clips these at
+# 255, so a 16-bit greyscale PNG (mode I;16) would read almost white. (PIL reads 16-bit colour PNGs as 8-bit RGB.)
+WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
+def _wide_to_rgb(im, size: tuple[int, int] | None) -> np.ndarray:
+    """A 16-bit integer or 32-bit float greyscale image as float32 (H, W, 3) in [0, 1]: integers divided by
+    65535 (a 32-bit integer image holds 16-bit PNG values in PIL), floats taken as they are; both clipped."""
+    from PIL import Image
+
+    grey = np.asarray(im, dtype=np.float32) / WIDE_MODES[im.mode]
+    grey = np.clip(np.nan_to_num(grey), 0.0, 1.0)
+    if size is not None and (grey.shape[1], grey.shape[0]) != tuple(size):
+        shrink = size[0] < grey.shape[1]          # as read_image: area-averaging down, bicubic up
+        resized = Image.fromarray(grey, mode="F").resize(tuple(size), Image.Resampling.BOX if shrink
+                                                         else Image.Resampling.BICUBIC)
+        grey = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:

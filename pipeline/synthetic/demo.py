@@ -8,6 +8,7 @@ and two processes generating it at once both end up using one complete copy.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -22,8 +23,22 @@ DEMO_OPTIONS = RoomSceneOptions(frames=48, width=256)
 log = get_logger("synthetic")
 
 
+FILE_LIST = ".files.json"   # {relative path: size in bytes} of every file of the generated scene
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != FILE_LIST}
+
+
 def _complete(path: Path) -> bool:
-    return (path / "ground_truth" / "scene.json").is_file()
+    """Whether ``path`` holds every file the generator wrote, at its size (a deleted or truncated file of the
+    cache is regenerated, not reported as a damaged input the user never made)."""
+    try:
+        expected = json.loads((path / FILE_LIST).read_text(encoding="utf-8"))
+        return bool(expected) and all((path / name).stat().st_size == size for name, size in expected.items())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
 
 
 def demo_scene_path() -> Path:
@@ -32,12 +47,14 @@ def demo_scene_path() -> Path:
     path = scenes / f"demo-v{GENERATOR_VERSION}"
     if _complete(path):
         return path
-    if path.exists():  # not written by this code (generation is atomic): replace it
+    if path.exists():  # damaged, or not written by this code (generation is atomic): replace it
+        log.warning(f"the demo scene in {path} is incomplete or damaged: generating it again")
         shutil.rmtree(path)
     log.info(f"generating the demo scene (first use) into {path}")
     staging = Path(tempfile.mkdtemp(prefix=".demo.", dir=scenes))
     try:
         make_room_scene(staging / "scene", DEMO_SEED, DEMO_OPTIONS)
+        (staging / "scene" / FILE_LIST).write_text(json.dumps(_file_sizes(staging / "scene"), indent=0))
         try:
             os.rename(staging / "scene", path)
         except OSError:

@@ -507,7 +507,7 @@ def read_log_rows(path: Path, before_step: int) -> list[list[str]]:
     """Rows of an existing log.csv with step < before_step (what a resumed run keeps)."""
     if not path.is_file():
         return []
-    rows = list(csv.reader(path.read_text().splitlines()))
+    rows = list(csv.reader(path.read_text(encoding="utf-8", errors="replace").splitlines()))
     return [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < before_step]
 
 

@@ -102,6 +102,11 @@ def render_test_views(inputs: RunInputs, names: Sequence[str], out_dir: Path) ->
     return {"test_views": len(names), "test_view_s": round(seconds / max(len(names), 1), 4)}
 
 
+# Longest video a camera path may have: two minutes at 30 fps. The depth video's colour range needs every frame's
+# inverse depth in memory (float16, about 1.3 MB a frame at 800 x 800) before it is encoded.
+MAX_VIDEO_FRAMES = 3600
+
+
 def video_outputs(out_mp4: Path) -> dict[str, Path]:
     """Where one path's files go: the colour MP4 and, beside it, depth / dynamic MP4s and the PNG frame folder."""
     stem = out_mp4.with_suffix("")
@@ -115,14 +120,18 @@ def render_video(inputs: RunInputs, path_name: str, out_mp4: Path, n_views: Opti
     cfg = inputs.config
     if path_name not in PATHS:
         raise UserError(f"unknown camera path '{path_name}' (choose from {', '.join(PATHS)})")
-    if n_views is not None and n_views < 2:
-        raise UserError(f"a video needs at least 2 frames, got --frames {n_views}")
+    if n_views is not None and not 2 <= n_views <= MAX_VIDEO_FRAMES:
+        raise UserError(f"--frames must lie in [2, {MAX_VIDEO_FRAMES}] (got {n_views})")
+    files = video_outputs(out_mp4)
+    for key in ("color", "depth", "dynamic"):
+        if files[key].is_dir():     # checked before any file is written: no video of a set is left half made
+            raise UserError(f"a folder stands where the {key} video would be written; name an .mp4 file with --out",
+                            files[key])
     views = camera_path(path_name, inputs.input_cameras, inputs.layout, n_views, cfg.frozen_time,
                         cfg.bullet_arc_deg, cfg.video_frames)
     views = [resized(v, cfg.video_max_size) for v in views]
     # Views of the input path can differ in size (multi-camera datasets): one video needs one size.
     views = [v if (v.width, v.height) == (views[0].width, views[0].height) else _refit(v, views[0]) for v in views]
-    files = video_outputs(out_mp4)
     width, height = views[0].width, views[0].height
     inverse_depths, alphas = [], []       # the depth video's colour range needs every frame: float16 / uint8
     with contextlib.ExitStack() as stack:
@@ -162,8 +171,8 @@ def check_config(cfg: RenderConfig) -> None:
     """Refuse values this stage cannot run with (the runner calls it before any stage runs)."""
     problems = [f"unknown camera path '{p}' in video_paths (choose from {', '.join(PATHS)})"
                 for p in cfg.video_paths if p not in PATHS]
-    if cfg.video_frames < 2:
-        problems.append("video_frames must be >= 2")
+    if not 2 <= cfg.video_frames <= MAX_VIDEO_FRAMES:
+        problems.append(f"video_frames must lie in [2, {MAX_VIDEO_FRAMES}]")
     if not cfg.video_fps > 0:
         problems.append("video_fps must be > 0")
     if cfg.video_max_size < 0:

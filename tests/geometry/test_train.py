@@ -313,6 +313,18 @@ def test_overrides_and_unknown_keys():
         load_train_config("nope")
 
 
+def test_an_empty_training_config_file_is_refused(tmp_path):
+    # It used to train the defaults; a file that changes nothing on purpose can hold a comment.
+    from pipeline.errors import UserError
+
+    empty = tmp_path / "recipe.yaml"
+    empty.write_text("\n  \n")
+    with pytest.raises(UserError, match=f"^{empty}: empty training config file"):
+        load_train_config(str(empty))
+    empty.write_text("# the defaults\n")
+    assert load_train_config(str(empty)).steps == load_train_config().steps
+
+
 @pytest.mark.parametrize("override, message", [
     ("frame_choices=[0]", "frame_choices"), ("log_every=0", "log_every"), ("checkpoint_every=0", "log_every"),
     ("lr=.nan", "lr must be"), ("lr=-1", "lr must be"), ("warmup=2", "warmup"), ("stop_after=-1", "stop_after"),
@@ -320,6 +332,7 @@ def test_overrides_and_unknown_keys():
     ("loss.mask_weight=0 mask_head_backprop=true", "mask_head_backprop needs"),
     ("room_pan_scale=[2,1]", "room_pan_scale"), ("room_pan_scale=[0,1]", "room_pan_scale"),
     ("schedule_start=-1", "schedule_start"), ("steps=10 schedule_start=10", "schedule_start"),
+    ("seed=-1", r"seed must be an integer in \[0, 2\*\*32\)"), ("seed=4294967296", "seed must be an integer"),
     ("loss.camera_relative_rotation_weight=-1", "loss.camera_relative_rotation_weight: loss weights must be"),
     ("loss.depth_weight=.nan", "loss.depth_weight: loss weights must be")])
 def test_bad_training_values_are_refused(override, message):

@@ -21,6 +21,12 @@ REPO = Path(__file__).resolve().parents[2]
     (["reconstruct", "demo", "scene.stride=0", "--out", "/nonexistent/never-written"], "scene.stride must be"),
     (["reconstruct"], "reconstruct: the scene is required"),
     (["config", "initialize.init_opacity=2"], "init_opacity in (0, 1)"),
+    # `config` refuses what `reconstruct` would (these printed a config and exited 0)
+    (["config", "seed=-1"], "seed must be an integer in [0, 2**32) (got -1)"),
+    (["config", "seed=4294967296"], "seed must be an integer in [0, 2**32) (got 4294967296)"),
+    (["config", "scene.stride=0"], "scene.stride must be >= 1 (got 0)"),
+    (["config", "scene.max_size=3"], "scene.max_size must be 0 (keep) or >= 16 pixels (got 3)"),
+    (["reconstruct", "demo", "seed=-1", "--out", "/nonexistent/never-written"], "seed must be an integer in"),
     (["config", "render.video_paths=[spiral,nope]", "render.video_fps=0"], "render: unknown camera path 'nope'"),
     (["reconstruct", "--out", "/nonexistent/never-written", "seed=2"], "reconstruct: the scene is required"),
 ])

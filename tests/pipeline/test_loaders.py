@@ -89,6 +89,52 @@ def test_video(tmp_path):
     assert np.allclose(scene.rgb(scene.frames[2]).mean(), 80 / 255, atol=0.03)
 
 
+def test_a_damaged_frame_cache_is_decoded_again(tmp_path, monkeypatch, caplog):
+    # The cache's `.complete` marker used to be trusted: a deleted or garbled frame in it was reported as an error
+    # in a cache file the user never made, on every later run.
+    import imageio.v3 as iio
+
+    monkeypatch.setenv("PAGE4DGS_CACHE", str(tmp_path / "cache"))
+    frames = np.stack([np.full((32, 48, 3), 40 * i, dtype=np.uint8) for i in range(4)])
+    iio.imwrite(tmp_path / "clip.mp4", frames, plugin="FFMPEG", fps=10)
+    config = SceneConfig(source=str(tmp_path / "clip.mp4"))
+    cached = load_scene(config).frames[0].source_path.parent
+    pixels = [load_scene(config).rgb(f) for f in load_scene(config).frames]
+    for damage in (lambda: (cached / "00001.png").unlink(),
+                   lambda: (cached / "00002.png").write_bytes(b"not a png"),
+                   lambda: (cached / ".complete").write_text("many")):
+        damage()
+        with caplog.at_level("WARNING"):
+            scene = load_scene(config)
+        assert "decoded-frame cache" in caplog.text and "decoding clip.mp4 again" in caplog.text
+        caplog.clear()
+        assert len(scene.frames) == 4 and all(np.array_equal(scene.rgb(f), p) for f, p in zip(scene.frames, pixels))
+
+
+def test_16_bit_greyscale_pngs_keep_their_values(tmp_path):
+    # PIL's convert("RGB") clips 16-bit values at 255: such a PNG used to load almost white.
+    from PIL import Image
+
+    from pipeline.scene.images import read_image
+
+    ramp = np.linspace(0, 65535, 40 * 24).reshape(24, 40).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    Image.fromarray((ramp // 257).astype(np.uint8)).save(tmp_path / "grey8.png")
+    wide, narrow = read_image(tmp_path / "grey16.png"), read_image(tmp_path / "grey8.png")
+    assert wide.shape == (24, 40, 3) and wide.dtype == np.float32
+    assert np.allclose(wide[..., 0], ramp / 65535.0, atol=1e-6) and np.abs(wide - narrow).max() <= 1 / 255
+    half = read_image(tmp_path / "grey16.png", (20, 12))          # area-averaged like 8-bit images
+    assert np.abs(half - read_image(tmp_path / "grey8.png", (20, 12))).max() < 2 / 255
+
+
+def test_a_dnerf_folder_without_its_training_split_says_so(tmp_path):
+    make_dnerf(tmp_path / "d")
+    (tmp_path / "d" / "transforms_train.json").unlink()
+    with pytest.raises(UserError, match=r"D-NeRF scene needs transforms_train.json \(found only "
+                                        r"transforms_test.json\)"):
+        detect_format(tmp_path / "d")
+
+
 def test_a_video_without_imageio_ffmpeg_is_a_one_line_error(tmp_path, monkeypatch):
     import sys
 

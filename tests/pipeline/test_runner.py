@@ -176,6 +176,64 @@ def test_a_failed_attempt_with_a_new_config_keeps_the_run_as_it_was(tmp_path, sc
     assert CALLS[2:] == ["first", "second"] and "iterations: 7" in (run / "config.yaml").read_text()
 
 
+def test_a_full_disk_is_one_line_naming_the_run_and_the_manifest_is_not_left_running(tmp_path, scene,
+                                                                                      monkeypatch):
+    # A write that fails with ENOSPC names no file; the manifest write in the error path may fail too.
+    import errno
+
+    from pipeline import runner
+    from pipeline.errors import UserError
+
+    run = tmp_path / "run"
+    cfg = load_config("default")
+    run_pipeline(cfg, run, scene, stages=STAGES)
+
+    def disk_full(ctx):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    stages = (STAGES[0], StageSpec("second", disk_full, ("second",), ("first",), ("render",)))
+    with pytest.raises(UserError) as raised:
+        run_pipeline(load_config("default", ["seed=3"]), run, scene, stages=stages)
+    assert str(raised.value) == (f"{run}: stage 'second' stopped: No space left on device (finished stages are "
+                                 "kept; run the same command again to resume)")
+    entry = json.loads((run / "manifest.json").read_text())["stages"]["second"]
+    assert entry["status"] == "done" and "input_hash_attempted" in entry
+    # When the disk refuses the manifest as well, the stage's own error is still the one reported.
+    real_update = runner.Manifest.update
+    calls = []
+
+    def update_then_full(self, name, **entry):
+        if name == "second":
+            calls.append(entry.get("status"))
+        if name == "second" and entry.get("status") != "running":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_update(self, name, **entry)
+
+    monkeypatch.setattr(runner.Manifest, "update", update_then_full)
+    with pytest.raises(UserError, match="stage 'second' stopped: No space left on device"):
+        run_pipeline(load_config("default", ["seed=4"]), run, scene, stages=stages)
+    assert calls == ["running", "done"]      # the error path tried to write the manifest, and the disk refused it
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00binary", b"", None])
+def test_an_unreadable_resume_marker_means_a_fresh_start(tmp_path, scene, content):
+    run = tmp_path / "run"
+    cfg = load_config("default")
+    work = run / ".work" / "first"
+    work.mkdir(parents=True)
+    (work / "first").mkdir()
+    (work / "first" / "stale.txt").write_text("from an earlier attempt")    # would be committed if resumed
+    if content is None:
+        (work / ".input_hash").mkdir()               # not even a file
+    else:
+        (work / ".input_hash").write_bytes(content)
+    CALLS.clear()
+    run_pipeline(cfg, run, scene, stages=STAGES)
+    assert CALLS == ["first", "second"]
+    assert (run / "second/double.txt").read_text() == str(2 * cfg.optimize.iterations + cfg.seed)
+    assert not (run / "first" / "stale.txt").exists(), "a work folder of unknown inputs is not resumed"
+
+
 RESUMABLE = '''
 import sys, time
 from pathlib import Path

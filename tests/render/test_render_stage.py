@@ -97,7 +97,9 @@ def test_render_command_writes_only_its_video(fake_run, monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["render", "{run}/missing", "--path", "input"], "run folder not found"),
     (["render", "{run}", "--path", "input", "--out", "{run}/clip.gif"], "--out must name an .mp4 file"),
-    (["render", "{run}", "--path", "spiral", "--frames", "1"], "at least 2 frames"),
+    (["render", "{run}", "--path", "spiral", "--frames", "1"], "--frames must lie in [2, 3600] (got 1)"),
+    (["render", "{run}", "--path", "spiral", "--frames", "100000000"], "--frames must lie in [2, 3600]"),
+    (["render", "{run}", "--path", "input", "--out", "{run}/render"], "--out must name an .mp4 file"),
     (["render", "{run}", "--path", "input", "--out", "{run}/config.yaml/clip.mp4"],
      "config.yaml, which is a file, not a folder"),
     (["export", "{run}/missing", "--format", "ply"], "run folder not found"),
@@ -124,6 +126,22 @@ def test_render_never_replaces_a_folder_it_did_not_write(fake_run, monkeypatch, 
     for frames in ("3", "2"):
         assert main(["render", str(fake_run.run_dir), "--path", "sweep", "--frames", frames, "--out", str(clip)]) == 0
     assert sorted(p.name for p in (photos.parent / "clip").iterdir()) == ["00000.png", "00001.png"]
+
+
+def test_a_folder_named_like_a_video_is_refused_before_anything_is_written(fake_run, monkeypatch, capsys):
+    # `--out clip.mp4` where clip.mp4 (or clip_depth.mp4) is a folder: one line naming it, and no video of the set
+    # is written (the colour and dynamic videos used to be, then a temporary file's name was reported).
+    use_tiny_model(monkeypatch, fake_run.model)
+    for blocked in ("clip.mp4", "clip_depth.mp4"):
+        where = fake_run.run_dir.parent / blocked
+        where.mkdir()
+        assert main(["render", str(fake_run.run_dir), "--path", "sweep", "--frames", "2",
+                     "--out", str(fake_run.run_dir.parent / "clip.mp4")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "a folder stands where the" in err[0] and blocked in err[0]
+        assert ".tmp" not in err[0]
+        assert sorted(p.name for p in fake_run.run_dir.parent.iterdir() if p.name.startswith("clip")) == [blocked]
+        where.rmdir()
 
 
 def test_an_empty_run_config_is_refused(fake_run, capsys):

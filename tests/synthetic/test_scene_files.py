@@ -235,3 +235,22 @@ def test_demo_is_generated_once_deterministically_and_loads_as_demo(tmp_path, mo
     scene = load_scene(SceneConfig(source="demo"))
     assert scene.name == "demo" and len(scene.frames) == 6 and scene.has_depth
     assert [p.name for p in (tmp_path / "b" / "scenes").iterdir()] == [path.name]  # no staging left behind
+
+
+def test_a_damaged_demo_cache_is_generated_again(tmp_path, monkeypatch, caplog):
+    # A deleted or truncated file of the cached demo used to be reported as a damaged input on every later run.
+    monkeypatch.setattr(demo, "DEMO_OPTIONS", replace(demo.DEMO_OPTIONS, frames=6, width=48, textures=4))
+    monkeypatch.setenv("PAGE4DGS_CACHE", str(tmp_path))
+    path = demo.demo_scene_path()
+    original = files(path)
+    image = sorted((path / "train").glob("*.png"))[0]
+    depth = sorted((path / "ground_truth").rglob("*.npy"))[0]
+    for damage in (image.unlink, lambda: depth.write_bytes(depth.read_bytes()[:40]),
+                   lambda: (path / demo.FILE_LIST).write_text("{")):
+        damage()
+        assert not demo._complete(path)
+        with caplog.at_level("WARNING"):
+            assert demo.demo_scene_path() == path
+        assert "incomplete or damaged: generating it again" in caplog.text
+        caplog.clear()
+        assert files(path) == original and demo._complete(path)

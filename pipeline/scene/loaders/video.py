@@ -14,12 +14,14 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.io import require_ffmpeg
-from pipeline.log import progress
+from pipeline.log import get_logger, progress
 from pipeline.paths import cache_dir
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import scaled_size
 from pipeline.scene.loaders import frames as frame_folder
 from pipeline.scene.model import Scene
+
+log = get_logger("scene")
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 
@@ -86,13 +88,34 @@ def decoded_frames(path: Path, stride: int = 1, max_frames: int = 0, factor: flo
     if path.stat().st_size == 0:
         raise UserError("video file is empty", path)
     out_dir = cache_dir("videos") / f"{path.stem}-{_cache_key(path, stride, max_frames, factor, max_size)}"
-    if not (out_dir / ".complete").exists():
+    if not _cache_intact(out_dir):
+        if out_dir.exists():
+            log.warning(f"the decoded-frame cache {out_dir} is damaged (a frame missing, empty or unreadable); "
+                        f"decoding {path.name} again")
         count = extract_frames(path, out_dir, stride, max_frames, factor, max_size)
         if count == 0:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise UserError("video holds no decodable frames", path)
         (out_dir / ".complete").write_text(str(count))
     return out_dir
+
+
+def _cache_intact(out_dir: Path) -> bool:
+    """Whether a cache folder holds every frame its ``.complete`` marker counts, each a PNG whose header reads
+    (a cheap check: a frame damaged inside its pixel data is still reported, by name, when it is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        count = int((out_dir / ".complete").read_text(encoding="ascii").strip())
+        frames = sorted(out_dir.glob("*.png"))
+        if count < 1 or len(frames) != count:
+            return False
+        for frame in frames:
+            with Image.open(frame) as image:
+                image.verify()
+    except (OSError, ValueError, UnicodeDecodeError, UnidentifiedImageError, SyntaxError):
+        return False
+    return True
 
 
 def load(path: Path, config: SceneConfig) -> Scene:

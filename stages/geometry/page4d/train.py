@@ -236,6 +236,8 @@ def load_train_config(name_or_path: str = "", overrides: typing.Iterable[str] = 
     config = TrainConfig()
     if name_or_path:
         path = resolve_train_config(name_or_path)
+        if not path.read_bytes().strip():            # a truncated save or the wrong file, not a recipe
+            raise UserError("empty training config file (one that changes nothing can hold just a comment)", path)
         _update(config, read_yaml(path), str(path))
         if not config.out_dir:
             config.out_dir = str(Path("runs") / "train" / path.stem)
@@ -257,6 +259,8 @@ def validate(config: TrainConfig) -> None:
     problems = []
     if config.steps < 1:
         problems.append("steps must be >= 1")
+    if not 0 <= config.seed < 2**32:
+        problems.append("seed must be an integer in [0, 2**32)")
     if not 0 <= config.schedule_start < config.steps:
         problems.append("schedule_start must lie in [0, steps)")
     if config.accum_steps < 1:
