@@ -125,12 +125,21 @@ class SceneFiles:
 
 
 def make_scene(root: Path, run_dir: Path, n_train: int = 12, n_test: int = 4, size: int = 32, seed: int = 0,
-               samples: int = 2) -> SceneFiles:
-    """Write the D-NeRF folder ``root`` and the oracle geometry artifacts into ``run_dir``/geometry."""
+               samples: int = 2, views_per_time: int = 1, test_between: bool = False) -> SceneFiles:
+    """Write the D-NeRF folder ``root`` and the oracle geometry artifacts into ``run_dir``/geometry.
+
+    ``n_train`` training times evenly over [0, 1], each seen by ``views_per_time`` random cameras (1: monocular);
+    test views at random times in [0.05, 0.95], or with ``test_between`` halfway between training times (where only
+    motion, not a copy fitted at that time, can place the moving sphere)."""
     rng = np.random.default_rng(seed)
     K = intrinsics_from_fov(FOV_X, size, size)
-    train_times = np.linspace(0, 1, n_train)
-    test_times = rng.uniform(0.05, 0.95, n_test)
+    times = np.linspace(0, 1, n_train)
+    train_times = np.repeat(times, views_per_time)
+    if test_between:
+        halfway = (times[:-1] + times[1:]) / 2
+        test_times = halfway[np.arange(n_test) % len(halfway)]
+    else:
+        test_times = rng.uniform(0.05, 0.95, n_test)
     frames = []   # (split, name, time, w2c)
     for split, times in (("train", train_times), ("test", test_times)):
         for i, t in enumerate(times):
