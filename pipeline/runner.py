@@ -13,6 +13,7 @@ continues from its last checkpoint when the same command is run again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -340,12 +341,43 @@ def run_pipeline(config: Config, run_dir: Path, scene: Scene, from_stage: Option
     check_stage_range(from_stage, until_stage, stages)
     check_stage_configs(config, stages)
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = add_file_log(run_dir / "log.txt")
+    with run_folder_lock(run_dir):
+        handler = add_file_log(run_dir / "log.txt")
+        try:
+            return _run(config, run_dir, scene, from_stage, until_stage, stages)
+        finally:
+            get_logger().removeHandler(handler)
+            handler.close()
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` (``.work/lock``, flock) while its stages run: a second process on the same
+    folder would commit outputs under the first one's feet. The lock goes with the process, however it ends. Where
+    flock is missing (not POSIX) runs are not locked."""
     try:
-        return _run(config, run_dir, scene, from_stage, until_stage, stages)
-    finally:
-        get_logger().removeHandler(handler)
-        handler.close()
+        import fcntl
+    except ImportError:            # pragma: no cover - Windows
+        yield
+        return
+    lock_path = run_dir / ".work" / "lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise UserError(f"another page4dgs process{f' (pid {holder})' if holder.isdigit() else ''} is running "
+                            "in this run folder; wait for it to finish or choose another --out", run_dir) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _run(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str], until_stage: Optional[str],

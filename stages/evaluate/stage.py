@@ -223,12 +223,21 @@ def dynamic_mask_metrics(scene, run_dir: Path) -> tuple[dict, Optional[str]]:
 
 def timing(run_dir: Path, evaluate_s: float) -> tuple[dict, Optional[str]]:
     """Stage wall times from manifest.json; total_s adds this evaluation's own time. Also the training device."""
-    manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
-    stages = manifest.get("stages", {})
-    out = {f"{name}_s": stages.get(name, {}).get("wall_s") for name in STAGE_TIMES}
+    # The timings are optional: a missing, malformed or oddly shaped manifest means none (as the runner, which
+    # reruns its stages, treats it), not a failed evaluation.
+    try:
+        manifest = read_json(run_dir / "manifest.json")
+    except UserError:
+        manifest = {}
+    stages = manifest.get("stages") if isinstance(manifest, dict) else None
+    stages = {k: v for k, v in stages.items() if isinstance(v, dict)} if isinstance(stages, dict) else {}
+    out = {}
+    for name in STAGE_TIMES:
+        wall = stages.get(name, {}).get("wall_s")
+        out[f"{name}_s"] = float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None
     out["total_s"] = sum(v for v in out.values() if v is not None) + evaluate_s
     device = stages.get("optimize", {}).get("device")
-    return out, device
+    return out, device if isinstance(device, str) else None
 
 
 def _test_split(scene) -> str:

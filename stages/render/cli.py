@@ -28,6 +28,12 @@ def load_run_config(run_dir: Path) -> Config:
     if not data:
         raise UserError("the run's config.yaml is empty: it no longer says how the run was made", path)
     config = config_from_dict(data, str(path))
+    from pipeline.runner import check_stage_configs
+
+    try:      # an edited value that reconstruct would refuse is refused here too, naming the file
+        check_stage_configs(config)
+    except UserError as err:
+        raise UserError(str(err), path) from None
     config.scene.source = scene_source_for(run_dir, config.scene.source)
     return config
 

@@ -183,3 +183,18 @@ def test_lpips_alex_without_vgg_weights(fake_run, monkeypatch):
     assert m["lpips_vgg"] is None and m["lpips_alex"] == pytest.approx(both["lpips_alex"], abs=1e-7)
     assert both["lpips_vgg"] is not None
     assert "vgg weights missing" in m["protocol"]["lpips"], "the protocol says why lpips_vgg is null"
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"stages": 5}', '{"stages": {"optimize": 3, "render": {"wall_s": "x"}}}',
+                                  '{"stages": ', ""])
+def test_a_manifest_of_the_wrong_shape_means_no_timings(tmp_path, text):
+    # The timings are optional: `evaluate` on such a manifest was an AttributeError traceback.
+    from stages.evaluate.stage import timing
+
+    (tmp_path / "manifest.json").write_text(text)
+    out, device = timing(tmp_path, evaluate_s=2.5)
+    assert out == {"geometry_s": None, "initialize_s": None, "optimize_s": None, "render_s": None, "total_s": 2.5}
+    assert device is None
+    (tmp_path / "manifest.json").write_text('{"stages": {"optimize": {"wall_s": 12, "device": "cpu (x)"}}}')
+    assert timing(tmp_path, 1.0) == ({"geometry_s": None, "initialize_s": None, "optimize_s": 12.0, "render_s": None,
+                                      "total_s": 13.0}, "cpu (x)")

@@ -462,6 +462,11 @@ BAD_INPUTS = {
         "transforms.json: camera_model 'OPENCV_FISHEYE' is not supported"),
     "colmap_fisheye": (make_colmap, lambda p: (p / "sparse" / "0" / "cameras.txt").write_text(
         "1 OPENCV_FISHEYE 64 48 40 40 32 24 0 0 0 0\n"), "cameras.txt: line 1: camera model OPENCV_FISHEYE"),
+    "colmap_zero_focal": (make_colmap, lambda p: (p / "sparse" / "0" / "cameras.txt").write_text(
+        "1 PINHOLE 64 48 0 42 31 23\n2 PINHOLE 64 48 40 42 31 23\n"),
+        "cameras.txt: line 1: focal length must be positive, got 0, 42"),
+    "colmap_negative_focal": (make_colmap, lambda p: (p / "sparse" / "0" / "cameras.txt").write_text(
+        "1 SIMPLE_RADIAL 64 48 -40 31 23 0\n"), "cameras.txt: line 1: focal length must be positive, got -40"),
     "colmap_unknown_camera": (make_colmap, lambda p: (p / "sparse" / "0" / "cameras.txt").write_text(
         "1 PINHOLE 64 48 40 42 31 23\n"), "images.txt: image 'frame_5.png' uses camera 2"),
     "colmap_missing_image": (make_colmap, lambda p: (p / "images" / "frame_10.png").unlink(),

@@ -215,6 +215,26 @@ def test_a_full_disk_is_one_line_naming_the_run_and_the_manifest_is_not_left_run
     assert calls == ["running", "done"]      # the error path tried to write the manifest, and the disk refused it
 
 
+def test_a_second_run_in_the_same_folder_is_refused_while_the_first_runs(tmp_path, scene):
+    # Two reconstructs into one --out used to interleave: one committed geometry/ while the other's initialize read
+    # it ("missing depth map"). The folder is locked while its stages run; the lock goes with the run.
+    from pipeline.errors import UserError
+    from pipeline.runner import run_folder_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    CALLS.clear()
+    with run_folder_lock(run):
+        with pytest.raises(UserError, match=rf"^{run}: another page4dgs process \(pid {os.getpid()}\) is running in "
+                                            "this run folder; wait for it to finish or choose another --out$"):
+            run_pipeline(load_config("default"), run, scene, stages=STAGES)
+    assert CALLS == [] and not (run / "manifest.json").exists()
+    run_pipeline(load_config("default"), run, scene, stages=STAGES)
+    assert CALLS == ["first", "second"]
+    with run_folder_lock(run):      # released after the run, and after a failed one
+        pass
+
+
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00binary", b"", None])
 def test_an_unreadable_resume_marker_means_a_fresh_start(tmp_path, scene, content):
     run = tmp_path / "run"

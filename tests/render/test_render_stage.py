@@ -144,6 +144,24 @@ def test_a_folder_named_like_a_video_is_refused_before_anything_is_written(fake_
         where.rmdir()
 
 
+@pytest.mark.parametrize("edit, message", [("video_fps: .inf", "render: video_fps must be a finite number (got inf)"),
+                                           ("video_fps: 0.0", "render: video_fps must be > 0"),
+                                           ("video_frames: 1", "video_frames must lie in [2, 3600]")])
+def test_a_run_config_edited_to_a_bad_value_is_refused(fake_run, capsys, edit, message):
+    # render/export/evaluate check a run's config.yaml as reconstruct checks a preset (an infinite fps was an
+    # OverflowError traceback from the encoder, 0 fps silently wrote a 16-fps video).
+    import re
+
+    config = fake_run.run_dir / "config.yaml"
+    key = edit.split(":")[0]
+    config.write_text(re.sub(rf"(?m)^  {key}: .*$", f"  {edit}", config.read_text(), count=1))
+    for argv in (["render", str(fake_run.run_dir), "--path", "spiral", "--frames", "2"],
+                 ["export", str(fake_run.run_dir), "--format", "ply"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"page4dgs: error: {config}: ") and message in err[0], err
+
+
 def test_an_empty_run_config_is_refused(fake_run, capsys):
     config = fake_run.run_dir / "config.yaml"
     config.write_text("")

@@ -99,6 +99,10 @@ def read_cameras(path: Path) -> dict[int, ColmapCamera]:
             raise UserError(f"line {n}: {model} takes {CAMERA_MODELS[model][0]} parameters, got {len(params)}", path)
         if width <= 0 or height <= 0 or not np.all(np.isfinite(params)):
             raise UserError(f"line {n}: invalid image size or parameters", path)
+        focal_lengths = params[sorted(set(CAMERA_MODELS[model][1][:2]))]         # (fx, fy) or (f,)
+        if not np.all(focal_lengths > 0):
+            raise UserError(f"line {n}: focal length must be positive, got {', '.join(f'{f:g}' for f in focal_lengths)}",
+                            path)
         cameras[camera_id] = ColmapCamera(model, width, height, params)
     if not cameras:
         raise UserError("holds no cameras", path)
