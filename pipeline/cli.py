@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="(re)compute metrics.json and report.html of a run")
     p.add_argument("run", type=Path)
+    for p in (sub.choices["render"], sub.choices["export"], p):
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                       help="where to render (default: the run's config.yaml 'device')")
 
     p = sub.add_parser("train-model", help="train the PAGE-4D geometry network")
     p.add_argument("--config", required=True, help="training config name (configs/train/NAME.yaml) or path")
@@ -111,6 +114,13 @@ def _os_error_line(err: BaseException) -> str:
     """One line for an OSError or UnicodeDecodeError: what failed and on which path."""
     if isinstance(err, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({err.reason} at byte {err.start})"
+    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename:
+        # mkdir under or at a path that is a file: name the file in the way, not the system's "File exists".
+        wanted = Path(err.filename)
+        for blocking in [wanted, *wanted.parents]:
+            if blocking.exists() and not blocking.is_dir():
+                return (f"{wanted} is a file, not a folder" if blocking == wanted else
+                        f"{blocking} is a file, so the folder {wanted} cannot be made")
     text = err.strerror or str(err)
     paths = [p for p in (getattr(err, "filename", None), getattr(err, "filename2", None)) if p]
     return f"{text}: {' -> '.join(str(p) for p in paths)}" if paths else text
@@ -156,9 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         command = getattr(args, "command", None)
-        print("page4dgs: interrupted; no scene was written (its folder appears only when complete)"
-              if command == "make-scene" else
-              "page4dgs: interrupted; finished stages are kept, run the same command again to resume",
+        print({"make-scene": "page4dgs: interrupted; no scene was written (its folder appears only when complete)",
+               "train-model": "page4dgs: interrupted; run the same command again to resume from the last checkpoint",
+               }.get(command, "page4dgs: interrupted; finished stages are kept, run the same command again to resume"),
               file=sys.stderr)
         return 130
     finally:

@@ -169,13 +169,15 @@ def _torch_if_loaded():
     return sys.modules.get("torch")
 
 
-def resolve_device(name: str) -> str:
+def resolve_device(name: str, advice: str = "use device=auto or device=cpu") -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'; 'cuda' without CUDA is a user error ending in ``advice`` (the
+    option of the command at hand)."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda was requested but no CUDA device is available (use device=auto or cpu)")
+        raise UserError(f"device=cuda was requested but no CUDA device is available ({advice})")
     return name
 
 

@@ -17,7 +17,8 @@ class SceneConfig:
     source: str = option("demo", "The scene: a path, or 'demo' for the embedded synthetic scene (generated on first use).")
     format: str = option("auto", "Input format; 'auto' detects it from the files present.", choices=FORMATS)
     stride: int = option(1, "Keep every stride-th frame of a video, frame folder or N3DV capture.")
-    max_frames: int = option(0, "Keep at most this many frames (time steps for N3DV) after striding (0 = all).")
+    max_frames: int = option(0, "Keep at most this many frames of a video or frame folder (time steps of an N3DV "
+                                 "capture) after striding (0 = all); datasets with their own splits keep all.")
     max_size: int = option(0, "Downscale frames so that the longer side is at most this many pixels (0 = keep).")
     resolution: str = option("auto", "Dataset image resolution: 'auto' (the family's usual protocol), or a factor "
                              "such as '1x', '2x', '4x' (Nerfies/DyCheck folders; other formats are resized).")

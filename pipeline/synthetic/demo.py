@@ -48,7 +48,10 @@ def demo_scene_path() -> Path:
     if _complete(path):
         return path
     if path.exists():  # damaged, or not written by this code (generation is atomic): replace it
-        log.warning(f"the demo scene in {path} is incomplete or damaged: generating it again")
+        if (path / FILE_LIST).exists():
+            log.warning(f"the demo scene in {path} is incomplete or damaged: generating it again")
+        else:   # made before the cache kept its file list (or not by this code): checked by regenerating
+            log.info(f"the demo scene in {path} has no file list to check it by: generating it again")
         shutil.rmtree(path)
     log.info(f"generating the demo scene (first use) into {path}")
     staging = Path(tempfile.mkdtemp(prefix=".demo.", dir=scenes))

@@ -116,7 +116,9 @@ def _json(obj) -> bytes:
 
 
 def _fresh_output(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UserError("is a file, not a folder; choose another --out", out)
+    if out.exists() and any(out.iterdir()):
         raise UserError("exists and is not an empty folder; choose another --out or remove it", out)
 
 

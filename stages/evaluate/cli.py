@@ -10,14 +10,13 @@ log = get_logger("evaluate")
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from pipeline.runner import resolve_device
     from pipeline.scene import load_scene
     from stages.evaluate.stage import evaluate_run, write_outputs
-    from stages.render.cli import load_run_config
+    from stages.render.cli import load_run_config, run_device
 
     config = load_run_config(args.run)
     scene = load_scene(config.scene)
-    evaluation = evaluate_run(args.run, config, scene, resolve_device(config.device))
+    evaluation = evaluate_run(args.run, config, scene, run_device(args, config))
     write_outputs(evaluation, args.run, args.run, config, scene)
     m = evaluation.metrics
     summary = ", ".join(f"{k} {m[k]:.4g}" for k in ("psnr", "ssim", "lpips_alex", "lpips_vgg") if m.get(k) is not None)

@@ -87,7 +87,8 @@ def _read_render(run_dir: Path, name: str, shape: tuple[int, ...]) -> np.ndarray
 
     path = run_dir / "render" / "test" / f"{name}.png"
     if not path.is_file():
-        raise UserError(f"missing test render 'render/test/{name}.png' (rerun with --from render)", run_dir)
+        raise UserError(f"missing test render 'render/test/{name}.png' (make it again: page4dgs reconstruct "
+                        "SCENE --out RUN --from render)", run_dir)
     image = quantize_8bit(read_image(path)[..., :3])   # exact k / 255 in float64
     if image.shape != shape:
         raise UserError(f"render is {image.shape[1]}x{image.shape[0]} but the test frame is {shape[1]}x{shape[0]}",

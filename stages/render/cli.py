@@ -53,8 +53,16 @@ def scene_source_for(run_dir: Path, source: str) -> str:
     return source
 
 
-def render_command(args: argparse.Namespace) -> int:
+def run_device(args: argparse.Namespace, config: Config) -> str:
+    """The device of render/export/evaluate: ``--device``, else the run's config (checked: cuda needs CUDA)."""
     from pipeline.runner import resolve_device
+
+    if args.device is not None:
+        return resolve_device(args.device, "use --device auto or --device cpu")
+    return resolve_device(config.device, "the run's config.yaml says device: cuda; add --device cpu")
+
+
+def render_command(args: argparse.Namespace) -> int:
     from stages.render.stage import open_run, render_video
 
     config = load_run_config(args.run)
@@ -64,17 +72,16 @@ def render_command(args: argparse.Namespace) -> int:
     blocking = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
     if blocking is not None and not blocking.is_dir():
         raise UserError(f"--out lies inside {blocking}, which is a file, not a folder", out)
-    inputs = open_run(args.run, config.render, config.scene.background, resolve_device(config.device))
+    inputs = open_run(args.run, config.render, config.scene.background, run_device(args, config))
     for path in render_video(inputs, args.path, out, args.frames):
         log.info(f"wrote {path}")
     return 0
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from pipeline.runner import resolve_device
     from stages.render.export import export_run
 
     config = load_run_config(args.run)
-    target = export_run(args.run, args.format, config, resolve_device(config.device))
+    target = export_run(args.run, args.format, config, run_device(args, config))
     log.info(f"wrote {target}")
     return 0

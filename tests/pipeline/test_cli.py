@@ -163,7 +163,10 @@ def test_unwritable_or_unreadable_paths_are_one_line_errors(tmp_path, capsys):
     a_file.write_text("x")
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00 not text")
-    for argv, message in ((["make-scene", "room", "--out", str(a_file / "sub")], str(a_file)),
+    for argv, message in ((["make-scene", "room", "--out", str(a_file / "sub")], f"{a_file} is a file, not a folder"),
+                          (["make-scene", "room", "--out", str(a_file)], "is a file, not a folder"),
+                          (["train-model", "--config", "page4d-tiny", "out_dir=" + str(a_file / "run"), "steps=1"],
+                           f"{a_file} is a file, so the folder {a_file / 'run'} cannot be made"),
                           (["reconstruct", "demo", "--config", str(binary)], "not a UTF-8 text file")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -455,6 +455,9 @@ BAD_INPUTS = {
     "nerfstudio_singular_matrix": (make_nerfstudio, lambda p: write_json(p / "transforms.json", dict(
         fl_x=40, frames=[dict(file_path=f"images/frame_{i}.png", transform_matrix=np.eye(4)[:3].tolist() + [[0] * 4])
                          for i in (1, 2)])), "transforms.json: transform_matrix of .* is not a 4x4 rigid"),
+    "nerfstudio_nan_matrix": (make_nerfstudio, lambda p: write_json(p / "transforms.json", dict(
+        fl_x=40, frames=[dict(file_path=f"images/frame_{i}.png", transform_matrix=[[float("nan")] * 4] * 4)
+                         for i in (1, 2)])), "transforms.json: 'transform_matrix' has 16 non-finite entries"),
     "nerfstudio_missing_image": (make_nerfstudio, lambda p: (p / "images" / "frame_2.png").unlink(),
                                  "transforms.json: image 'images/frame_2.png' listed there does not exist"),
     "nerfstudio_fisheye": (make_nerfstudio, lambda p: write_json(p / "transforms.json", dict(

@@ -127,6 +127,27 @@ def test_16_bit_greyscale_pngs_keep_their_values(tmp_path):
     assert np.abs(half - read_image(tmp_path / "grey8.png", (20, 12))).max() < 2 / 255
 
 
+def test_32_bit_integer_and_float_greyscale_images(tmp_path):
+    # PIL mode "I" (32-bit integers holding 16-bit values) is divided by 65535; mode "F" is taken as [0, 1] and
+    # clipped there (NaN -> 0).
+    from PIL import Image
+
+    from pipeline.scene.images import read_image
+
+    ramp = np.linspace(0, 65535, 8 * 6).reshape(6, 8).astype(np.int32)
+    Image.fromarray(ramp).save(tmp_path / "grey32.tif")
+    floats = np.linspace(-0.5, 1.5, 8 * 6).reshape(6, 8).astype(np.float32)
+    floats[0, 0] = np.nan
+    Image.fromarray(floats).save(tmp_path / "float.tif")
+    with Image.open(tmp_path / "grey32.tif") as im, Image.open(tmp_path / "float.tif") as fm:
+        assert (im.mode, fm.mode) == ("I", "F")
+    integer, real = read_image(tmp_path / "grey32.tif"), read_image(tmp_path / "float.tif")
+    assert integer.shape == real.shape == (6, 8, 3)
+    np.testing.assert_allclose(integer[..., 1], ramp / 65535.0, atol=1e-6)
+    expected = np.clip(np.nan_to_num(floats), 0.0, 1.0)
+    np.testing.assert_allclose(real[..., 2], expected, atol=1e-7)
+
+
 def test_a_dnerf_folder_without_its_training_split_says_so(tmp_path):
     make_dnerf(tmp_path / "d")
     (tmp_path / "d" / "transforms_train.json").unlink()

@@ -1,5 +1,7 @@
 """The render stage on a finished (fake) run, and the `page4dgs render` / `export` commands."""
 
+import re
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -167,6 +169,22 @@ def test_an_empty_run_config_is_refused(fake_run, capsys):
     config.write_text("")
     assert main(["export", str(fake_run.run_dir), "--format", "nerfstudio"]) == 2
     assert "config.yaml is empty" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_run_made_on_cuda_is_rendered_here_with_device_cpu(fake_run, monkeypatch, capsys):
+    # A run folder copied from a GPU machine says device: cuda; render/export/evaluate take --device.
+    use_tiny_model(monkeypatch, fake_run.model)
+    config = fake_run.run_dir / "config.yaml"
+    config.write_text(re.sub(r"(?m)^device: .*$", "device: cuda", config.read_text()))
+    assert "device: cuda" in config.read_text()
+    for command in (["export", str(fake_run.run_dir), "--format", "ply"], ["evaluate", str(fake_run.run_dir)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert "config.yaml says device: cuda; add --device cpu" in err and "\n" not in err, err
+    assert main(["export", str(fake_run.run_dir), "--format", "ply", "--device", "cpu"]) == 0
+    assert main(["render", str(fake_run.run_dir), "--path", "sweep", "--frames", "2", "--device", "cuda"]) == 2
+    assert "use --device auto or --device cpu" in capsys.readouterr().err
 
 
 def test_export_command(fake_run):

@@ -254,3 +254,8 @@ def test_a_damaged_demo_cache_is_generated_again(tmp_path, monkeypatch, caplog):
         assert "incomplete or damaged: generating it again" in caplog.text
         caplog.clear()
         assert files(path) == original and demo._complete(path)
+    (path / demo.FILE_LIST).unlink()      # a cache made before the file list existed: regenerated, not "damaged"
+    with caplog.at_level("INFO"):
+        assert demo.demo_scene_path() == path
+    assert "has no file list to check it by" in caplog.text and "incomplete or damaged" not in caplog.text
+    assert files(path) == original and demo._complete(path)

@@ -141,7 +141,9 @@ def json_array(data: dict, key: str, shape: Optional[tuple[int, ...]], path: Pat
         array = np.asarray(data[key], dtype=np.float64)
     except (TypeError, ValueError):
         array = None
-    if array is None or (shape is not None and array.shape != shape) or not np.all(np.isfinite(array)):
+    if array is not None and (shape is None or array.shape == shape) and not np.all(np.isfinite(array)):
+        raise UserError(f"'{key}' has {int(np.sum(~np.isfinite(array)))} non-finite entries (NaN or infinity)", path)
+    if array is None or (shape is not None and array.shape != shape):
         want = ("a list of finite numbers" if shape is None else f"{shape[0]} finite numbers" if len(shape) == 1
                 else f"a {'x'.join(map(str, shape))} matrix of finite numbers")
         raise UserError(f"'{key}' must be {want}, got {data[key]!r}"[:200], path)
