@@ -143,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = list(args.overrides or []) + [a for a in extra if "=" in a and not a.startswith("-")]
             extra = [a for a in extra if not ("=" in a and not a.startswith("-"))]
         if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            dashed = next((a for a in extra if a.startswith("-") and Path(a).exists()), None)
+            hint = f" (a path that starts with '-' is written ./{dashed})" if dashed else ""
+            parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
         if args.command == "reconstruct" and args.scene and "=" in args.scene and not Path(args.scene).exists():
             args.overrides, args.scene = [args.scene] + args.overrides, None     # `reconstruct key=value`
         if args.command == "reconstruct" and not args.scene:

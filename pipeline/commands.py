@@ -56,6 +56,8 @@ def check_run_folder(run_dir: Path, source: str, chosen: bool) -> str | None:
     with the same name share a default folder. ``chosen``: the user named the folder with --out (then another
     scene's run there is replaced, with a warning, as asked). Returns that warning, for the caller to log once the
     scene has loaded (a scene that fails to load replaces nothing)."""
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise UserError("run folder is a symbolic link to nothing (dangling, or a loop)", run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError("run folder is a file", run_dir)
     if not run_dir.is_dir():

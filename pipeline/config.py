@@ -220,7 +220,8 @@ def resolve_preset(name_or_path: str) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
         if not candidate.is_file():
-            raise UserError("config file not found", candidate)
+            raise UserError("config file is a symbolic link to nothing" if candidate.is_symlink() else
+                            "config file not found", candidate)
         return candidate
     path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.is_file():

@@ -90,7 +90,10 @@ def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError("file not found", path)
-    text = path.read_text(encoding="utf-8", errors="replace")
+    raw = path.read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise UserError("is UTF-16 text; JSON files must be UTF-8 (save it again as UTF-8)", path)
+    text = raw.decode("utf-8-sig", errors="replace")      # -sig: a byte-order mark, as Windows editors write, is fine
     if not text.strip():
         raise UserError("file is empty", path)
     try:
@@ -115,17 +118,38 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
         iio.imwrite(tmp, image, extension=".png")
 
 
-def read_npy_map(path: str | Path, what: str) -> np.ndarray:
-    """An (H, W) float32 map from a ``.npy`` file (pickles refused; (H, W, 1) squeezed), or a one-line
-    :class:`UserError` naming the file: unreadable, empty, truncated or of another shape. ``what`` names the map in
-    the message ("depth map", "confidence map"). Non-finite values are kept; the caller decides what they mean."""
+def read_npy_numbers(path: str | Path, what: str) -> np.ndarray:
+    """The real-valued array of a ``.npy`` file, or a one-line :class:`UserError` naming the file and ``what`` it
+    should hold: missing, empty, truncated, not a ``.npy`` file (random bytes, text, an ``.npz`` archive), pickled
+    objects (refused, never loaded), or values that are not real numbers (text, complex)."""
     try:
-        array = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            magic = f.read(6)
+            if magic != b"\x93NUMPY":
+                kind = "is empty" if not magic else "is a .npz archive" if magic[:2] == b"PK" else "is not a .npy file"
+                raise UserError(f"unreadable {what}: the file {kind}", path)
+            f.seek(0)
+            array = np.load(f, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found", path) from None
     except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"unreadable {what} ({str(err)[:120] or type(err).__name__})", path) from None
+        pickled = "pickle" in str(err)
+        reason = "it holds pickled Python objects" if pickled else (str(err)[:120] or type(err).__name__)
+        raise UserError(f"unreadable {what} ({reason})", path) from None
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise UserError(f"{what} must hold real numbers, got an array of {array.dtype}", path)
+    return array
+
+
+def read_npy_map(path: str | Path, what: str) -> np.ndarray:
+    """An (H, W) float32 map from a ``.npy`` file ((H, W, 1) squeezed), or a one-line :class:`UserError` naming the
+    file: unreadable, empty, truncated, not numbers or of another shape (:func:`read_npy_numbers`). ``what`` names the
+    map in the message ("depth map", "confidence map"). Non-finite values are kept; the caller decides what they
+    mean."""
+    array = read_npy_numbers(path, what)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+    if array.ndim != 2:
         raise UserError(f"{what} must be (H, W) numbers, got {array.dtype} of shape {array.shape}", path)
     return array.astype(np.float32)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.errors import UserError
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.model import Camera, Frame, Scene
@@ -40,7 +42,8 @@ def _loader(fmt: str):
 def detect_format(path: Path) -> str:
     """The format of ``path``, or a :class:`UserError` that says what was found instead."""
     if not path.exists():
-        raise UserError("no such file or folder", path)
+        raise UserError("a symbolic link to nothing (dangling, or a loop)" if path.is_symlink() else
+                        "no such file or folder", path)
     for fmt in _LOADERS:
         try:
             module = _loader(fmt)
@@ -99,8 +102,36 @@ def load_scene(config: SceneConfig) -> Scene:
         path = Path(config.source).expanduser()
         fmt = detect_format(path) if config.format == "auto" else config.format
         if not path.exists():
-            raise UserError("no such file or folder", path)
+            raise UserError("a symbolic link to nothing (dangling, or a loop)" if path.is_symlink() else
+                        "no such file or folder", path)
     scene = _loader(fmt).load(path, config)
     if config.source == "demo":
         scene.name = "demo"
+    check_frames(scene, config)
     return scene
+
+
+MIN_IMAGE_SIDE = 11             # pixels: the SSIM loss's window (stages/optimize/losses.py) must fit in a frame
+FIELD_OF_VIEW_DEG = (0.1, 179.0)  # a pinhole camera's plausible fields of view, each axis
+
+
+def check_frames(scene: Scene, config: SceneConfig) -> None:
+    """Refuse frames too small to optimize (a later stage would fail after the earlier ones ran) and cameras whose
+    focal length makes no sense for their image (a field of view outside ``FIELD_OF_VIEW_DEG``: 1e-300 or 1e308
+    pixels passed as positive and came out as non-finite Gaussians), naming the frame."""
+    for frame in scene.frames:
+        where = frame.source_path or scene.source
+        if min(frame.width, frame.height) < MIN_IMAGE_SIDE:
+            made = f" (scene.max_size={config.max_size} scales them to this)" if config.max_size else ""
+            raise UserError(f"frame '{frame.name}' is {frame.width}x{frame.height} pixels: each side needs at least "
+                            f"{MIN_IMAGE_SIDE}{made}", where)
+        if frame.camera is None:
+            continue
+        fx, fy = frame.camera.K[0, 0], frame.camera.K[1, 1]
+        with np.errstate(all="ignore"):
+            fov = np.degrees(2 * np.arctan2([frame.width / 2, frame.height / 2], [fx, fy]))
+        lo, hi = FIELD_OF_VIEW_DEG
+        if not (np.all(np.isfinite(fov)) and np.all((fov >= lo) & (fov <= hi))):
+            raise UserError(f"the camera of frame '{frame.name}' has focal lengths {fx:.4g}, {fy:.4g} pixels for a "
+                            f"{frame.width}x{frame.height} image: a field of view of {fov[0]:.3g} x {fov[1]:.3g} "
+                            f"degrees, outside the {lo:g}-{hi:g} a pinhole camera can have", where)

@@ -116,6 +116,9 @@ def _json(obj) -> bytes:
 
 
 def _fresh_output(out: Path) -> None:
+    if out.is_symlink() and not out.exists():
+        raise UserError("is a symbolic link to nothing (dangling, or a loop); choose another --out or remove the link",
+                        out)
     if out.exists() and not out.is_dir():
         raise UserError("is a file, not a folder; choose another --out", out)
     if out.exists() and any(out.iterdir()):
@@ -127,6 +130,8 @@ def _staging(out: Path) -> Iterator[Path]:
     """A temporary folder next to ``out`` that becomes ``out`` on success (so a scene folder is never partial)."""
     out = Path(out)
     _fresh_output(out)
+    if out.is_symlink():        # a link to an empty folder: the scene goes into that folder, the link stays
+        out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = with_default_mode(Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)))
     try:

@@ -321,11 +321,13 @@ def evaluate_run(run_dir: Path, config, scene, device: str = "cpu") -> Evaluatio
 
 
 def write_outputs(evaluation: Evaluation, out_dir: Path, run_dir: Path, config, scene) -> None:
-    """metrics.json and report.html into ``out_dir`` (each atomically)."""
+    """metrics.json and report.html into ``out_dir`` (each atomically). The report, which reads the input images,
+    is built first: a failure there leaves both files as they were (``page4dgs evaluate`` writes into the run)."""
     from stages.evaluate.report import build_report
 
+    report = build_report(evaluation, run_dir, config, scene)
     write_json(out_dir / "metrics.json", evaluation.metrics)
-    write_text(out_dir / "report.html", build_report(evaluation, run_dir, config, scene))
+    write_text(out_dir / "report.html", report)
 
 
 def check_config(cfg: EvaluateConfig) -> None:

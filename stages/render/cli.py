@@ -71,7 +71,8 @@ def render_command(args: argparse.Namespace) -> int:
         raise UserError("--out must name an .mp4 file", out)
     blocking = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
     if blocking is not None and not blocking.is_dir():
-        raise UserError(f"--out lies inside {blocking}, which is a file, not a folder", out)
+        what = "a symbolic link to nothing" if not blocking.exists() else "a file"
+        raise UserError(f"--out lies inside {blocking}, which is {what}, not a folder", out)
     inputs = open_run(args.run, config.render, config.scene.background, run_device(args, config))
     for path in render_video(inputs, args.path, out, args.frames):
         log.info(f"wrote {path}")

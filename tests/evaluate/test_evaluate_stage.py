@@ -198,3 +198,27 @@ def test_a_manifest_of_the_wrong_shape_means_no_timings(tmp_path, text):
     (tmp_path / "manifest.json").write_text('{"stages": {"optimize": {"wall_s": 12, "device": "cpu (x)"}}}')
     assert timing(tmp_path, 1.0) == ({"geometry_s": None, "initialize_s": None, "optimize_s": 12.0, "render_s": None,
                                       "total_s": 13.0}, "cpu (x)")
+
+
+def test_a_report_that_fails_leaves_metrics_and_report_as_they_were(tmp_path, monkeypatch):
+    # `page4dgs evaluate RUN` with a damaged input image used to rewrite metrics.json, then fail in the report.
+    import types
+
+    import stages.evaluate.report as report
+    from pipeline.errors import UserError
+    from stages.evaluate.stage import write_outputs
+
+    (tmp_path / "metrics.json").write_text('{"psnr": 30}')
+    (tmp_path / "report.html").write_text("<html>old</html>")
+
+    def damaged(*args):
+        raise UserError("corrupt or unreadable image", tmp_path / "frame.png")
+
+    monkeypatch.setattr(report, "build_report", damaged)
+    with pytest.raises(UserError, match="corrupt"):
+        write_outputs(types.SimpleNamespace(metrics={"psnr": 12}), tmp_path, tmp_path, None, None)
+    assert (tmp_path / "metrics.json").read_text() == '{"psnr": 30}'
+    assert (tmp_path / "report.html").read_text() == "<html>old</html>"
+    monkeypatch.setattr(report, "build_report", lambda *args: "<html>new</html>")
+    write_outputs(types.SimpleNamespace(metrics={"psnr": 12}), tmp_path, tmp_path, None, None)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"psnr": 12}

@@ -213,3 +213,35 @@ def test_a_folder_that_is_not_a_run_or_holds_another_scene_is_refused(tmp_path, 
     assert main(["reconstruct", "nowhere", "--from", "evaluate", "--until", "geometry"]) == 2   # before the scene
     assert "--from evaluate comes after --until geometry" in capsys.readouterr().err
     assert main(["reconstruct", str(tmp_path / "b" / "S"), "--out", "runs/S", *quick]) == 0   # named: replaced
+
+
+def test_symbolic_links_as_output_folders(tmp_path, capsys):
+    # A dangling link or a loop as --out said "File exists" (reconstruct) or named a temporary folder (make-scene,
+    # after generating the whole scene); a link to an empty folder failed in make-scene though reconstruct took it.
+    (tmp_path / "dangle").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for link in ("dangle", "loop"):
+        for argv, message in ((["make-scene", "object", "--out", str(tmp_path / link), "--frames", "4", "--res", "16"],
+                               "is a symbolic link to nothing (dangling, or a loop)"),
+                              (["reconstruct", "demo", "--out", str(tmp_path / link)],
+                               "run folder is a symbolic link to nothing (dangling, or a loop)")):
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and message in err[0] and f"{tmp_path / link}:" in err[0], err
+    for argv, message in ((["reconstruct", str(tmp_path / "dangle"), "--out", str(tmp_path / "never")],
+                           "a symbolic link to nothing"),
+                          (["reconstruct", "demo", "--config", str(tmp_path / "loop")], "symbolic link to nothing")):
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["dangle", "loop"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    assert main(["make-scene", "object", "--out", str(tmp_path / "link"), "--frames", "4", "--res", "16"]) == 0
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "empty" / "transforms_train.json").is_file()
+
+
+def test_a_path_that_starts_with_a_dash_gets_a_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-clip").mkdir()
+    assert main(["reconstruct", "-clip"]) == 2
+    assert "unrecognized arguments: -clip (a path that starts with '-' is written ./-clip)" in capsys.readouterr().err

@@ -26,12 +26,23 @@ def test_npy_maps_are_2d_numbers_and_float32(tmp_path):
     np.save(path, np.arange(6, dtype=np.float64).reshape(2, 3, 1))           # (H, W, 1) is squeezed
     out = read_npy_map(path, "depth map")
     assert out.dtype == np.float32 and out.tolist() == [[0, 1, 2], [3, 4, 5]]
-    for bad in (np.zeros(3), np.zeros((2, 3, 4)), np.array([["a", "b"]])):
+    for bad in (np.zeros(3), np.zeros((2, 3, 4))):
         np.save(path, bad)
         with pytest.raises(UserError, match=r"confidence map must be \(H, W\) numbers"):
             read_npy_map(path, "confidence map")
+    for bad in (np.array([["a", "b"]]), np.ones((2, 2), np.complex64)):
+        np.save(path, bad)
+        with pytest.raises(UserError, match="confidence map must hold real numbers, got an array of"):
+            read_npy_map(path, "confidence map")
     np.save(path, np.array([[object()]], dtype=object), allow_pickle=True)    # pickles are refused
-    with pytest.raises(UserError, match="unreadable depth map"):
+    with pytest.raises(UserError, match=r"unreadable depth map \(it holds pickled Python objects\)"):
+        read_npy_map(path, "depth map")
+    with open(path, "wb") as f:                                               # an .npz under a .npy name
+        np.savez(f, depth=np.zeros((2, 2)))
+    with pytest.raises(UserError, match="unreadable depth map: the file is a .npz archive"):
+        read_npy_map(path, "depth map")
+    path.write_bytes(np.random.default_rng(0).bytes(100))                     # numpy called these "pickled"
+    with pytest.raises(UserError, match="unreadable depth map: the file is not a .npy file"):
         read_npy_map(path, "depth map")
 
 

@@ -445,8 +445,14 @@ BAD_INPUTS = {
                               "1_00002.png: image of item"),
     "dycheck_bad_depth": (_dycheck, lambda p: np.save(p / "depth" / "2x" / "0_00001.npy", np.zeros((2, 3, 4))),
                           "0_00001.npy: depth map must be"),
+    "dycheck_depth_size": (_dycheck, lambda p: np.save(p / "depth" / "2x" / "0_00001.npy", np.ones((7, 9))),
+                           r"0_00001.npy: depth map is 9x7 but its frame is \d+x\d+ \(aspect ratios differ\)"),
     "n3dv_wrong_shape": (lambda p: _n3dv(p, columns=15), None, r"poses_bounds.npy: expected an \(N_cameras, 17\)"),
     "n3dv_wrong_rows": (lambda p: _n3dv(p, rows=1), None, "poses_bounds.npy: has 1 rows but the folder holds 2"),
+    "n3dv_strings": (_n3dv, lambda p: np.save(p / "poses_bounds.npy", np.full((2, 17), "x")),
+                     "poses_bounds.npy: LLFF camera array must hold real numbers, got an array of <U1"),
+    "n3dv_npz": (_n3dv, lambda p: np.savez(open(p / "poses_bounds.npy", "wb"), np.zeros((2, 17))),
+                 "poses_bounds.npy: unreadable LLFF camera array: the file is a .npz archive"),
     "n3dv_one_video": (_n3dv, lambda p: (p / "cam01.mp4").unlink(), "needs at least 2 cam"),
     "nerfstudio_malformed": (make_nerfstudio, lambda p: (p / "transforms.json").write_text("{frames: []}"),
                              "transforms.json: malformed JSON"),
@@ -457,7 +463,19 @@ BAD_INPUTS = {
                          for i in (1, 2)])), "transforms.json: transform_matrix of .* is not a 4x4 rigid"),
     "nerfstudio_nan_matrix": (make_nerfstudio, lambda p: write_json(p / "transforms.json", dict(
         fl_x=40, frames=[dict(file_path=f"images/frame_{i}.png", transform_matrix=[[float("nan")] * 4] * 4)
-                         for i in (1, 2)])), "transforms.json: 'transform_matrix' has 16 non-finite entries"),
+                         for i in (1, 2)])),
+        r"transforms.json: 'transform_matrix' of frames\[0\] \('images/frame_1.png'\) has 16 non-finite entries"),
+    "nerfstudio_aspect": (make_nerfstudio, lambda p: write_json(p / "transforms.json", dict(
+        json.loads((p / "transforms.json").read_text()), w=640, h=100)),
+        r"transforms.json: the image of .* is 64x48 but 'w' and 'h' say 640x100 \(aspect ratios differ\)"),
+    "nerfies_repeated_id": (_nerfies, lambda p: write_json(p / "dataset.json", dict(
+        json.loads((p / "dataset.json").read_text()), ids=["000000", "000001", "000002", "000000"])),
+        "dataset.json: 'ids' lists '000000' more than once"),
+    "dycheck_val_without_train": (_dycheck, lambda p: (p / "splits" / "train.json").unlink(),
+                                  "splits: splits/ has val.json but no train.json"),
+    "nerfstudio_repeated_frame": (make_nerfstudio, lambda p: write_json(p / "transforms.json", dict(
+        (meta := json.loads((p / "transforms.json").read_text())), frames=meta["frames"] + meta["frames"][:1])),
+        r"frame_\d+.png: frame 'frame_\d+' is listed more than once"),
     "nerfstudio_missing_image": (make_nerfstudio, lambda p: (p / "images" / "frame_2.png").unlink(),
                                  "transforms.json: image 'images/frame_2.png' listed there does not exist"),
     "nerfstudio_fisheye": (make_nerfstudio, lambda p: write_json(p / "transforms.json", dict(

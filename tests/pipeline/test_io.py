@@ -48,3 +48,15 @@ def test_a_file_system_without_modes_still_takes_the_write(tmp_path, monkeypatch
     monkeypatch.setattr(os, "chmod", refuse)                 # as on FAT or some network shares
     write_json(tmp_path / "metrics.json", {"psnr": 1.0})
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_json_with_a_byte_order_mark_reads_and_utf16_is_named(tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.io import read_json
+
+    path = tmp_path / "a.json"
+    path.write_bytes(b"\xef\xbb\xbf" + '{"fl_x": 40, "name": "scène"}'.encode())    # UTF-8 with a BOM
+    assert read_json(path) == {"fl_x": 40, "name": "scène"}
+    path.write_bytes('{"fl_x": 40}'.encode("utf-16"))                                 # BOM + UTF-16
+    with pytest.raises(UserError, match="a.json: is UTF-16 text; JSON files must be UTF-8"):
+        read_json(path)

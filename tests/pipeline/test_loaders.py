@@ -127,6 +127,29 @@ def test_16_bit_greyscale_pngs_keep_their_values(tmp_path):
     assert np.abs(half - read_image(tmp_path / "grey8.png", (20, 12))).max() < 2 / 255
 
 
+def test_frames_too_small_to_optimize_are_refused_when_loaded(tmp_path):
+    # 10x10 frames went through geometry and initialize, then the SSIM loss's 11-pixel window failed (a traceback).
+    make_frames(tmp_path / "small", size=(10, 10))
+    with pytest.raises(UserError, match=r"frame '.*' is 10x10 pixels: each side needs at least 11$"):
+        load_scene(SceneConfig(source=str(tmp_path / "small")))
+    make_frames(tmp_path / "wide", size=(64, 36))                  # 16x9 after scene.max_size=16
+    with pytest.raises(UserError, match=r"is 16x9 pixels: .* \(scene.max_size=16 scales them to this\)"):
+        load_scene(SceneConfig(source=str(tmp_path / "wide"), max_size=16))
+    assert len(load_scene(SceneConfig(source=str(tmp_path / "wide"), max_size=20)).frames) == 5     # 20x11
+
+
+@pytest.mark.parametrize("fov, accepted", [(1e-12, False), (0.0018, True), (3.12, True), (3.1415, False)])
+def test_a_camera_with_an_absurd_focal_length_is_refused(tmp_path, fov, accepted):
+    # A positive but absurd focal length (1e-300 px) passed the loaders and came out as non-finite Gaussians.
+    make_dnerf(tmp_path / "d", fov=fov)
+    if accepted:
+        assert len(load_scene(SceneConfig(source=str(tmp_path / "d"))).frames) == 6
+        return
+    with pytest.raises(UserError, match=r"r_000.png: the camera of frame .train_r_000. has focal lengths .* a field of "
+                                        r"view of .* degrees, outside the 0.1-179"):
+        load_scene(SceneConfig(source=str(tmp_path / "d")))
+
+
 def test_32_bit_integer_and_float_greyscale_images(tmp_path):
     # PIL mode "I" (32-bit integers holding 16-bit values) is divided by 65535; mode "F" is taken as [0, 1] and
     # clipped there (NaN -> 0).

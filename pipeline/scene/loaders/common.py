@@ -35,6 +35,7 @@ def image_loader(path: Path, size: Optional[tuple[int, int]] = None):
 def unique_names(frames: list[Frame]) -> None:
     """Make frame names unique in place: a name used more than once keeps its stem in the test split and is
     prefixed with its split elsewhere ('train_r_000'); remaining clashes get the camera id."""
+    originals = {id(f): (f.name, f.source_path) for f in frames}
     counts = Counter(f.name for f in frames)
     for f in frames:
         if counts[f.name] > 1 and f.split != "test":
@@ -45,8 +46,9 @@ def unique_names(frames: list[Frame]) -> None:
             f.name = f"{f.name}_cam{f.camera_id:02d}"
     counts = Counter(f.name for f in frames)
     dupes = [n for n, c in counts.items() if c > 1]
-    if dupes:
-        raise UserError(f"frame name '{dupes[0]}' appears more than once")
+    if dupes:      # the same image listed twice in one split and camera: name it as the input does
+        name, source = originals[id(next(f for f in frames if f.name == dupes[0]))]
+        raise UserError(f"frame '{name}' is listed more than once", source)
 
 
 def check_frame_count(frames: list, source: Path, what: str = "frames") -> None:
@@ -131,8 +133,10 @@ def json_number(data: dict, key: str, path: Path, default=MISSING) -> float:
     return float(value)
 
 
-def json_array(data: dict, key: str, shape: Optional[tuple[int, ...]], path: Path, default=MISSING) -> np.ndarray:
-    """``data[key]`` as a float64 array of ``shape`` (any shape if None) with finite entries."""
+def json_array(data: dict, key: str, shape: Optional[tuple[int, ...]], path: Path, default=MISSING,
+               where: str = "") -> np.ndarray:
+    """``data[key]`` as a float64 array of ``shape`` (any shape if None) with finite entries. ``where`` names the
+    entry that holds ``data`` in messages ("frames[3]")."""
     if key not in data:
         if default is MISSING:
             raise UserError(f"missing key '{key}'", path)
@@ -142,11 +146,12 @@ def json_array(data: dict, key: str, shape: Optional[tuple[int, ...]], path: Pat
     except (TypeError, ValueError):
         array = None
     if array is not None and (shape is None or array.shape == shape) and not np.all(np.isfinite(array)):
-        raise UserError(f"'{key}' has {int(np.sum(~np.isfinite(array)))} non-finite entries (NaN or infinity)", path)
+        raise UserError(f"'{key}'{where and ' of ' + where} has {int(np.sum(~np.isfinite(array)))} non-finite "
+                        "entries (NaN or infinity)", path)
     if array is None or (shape is not None and array.shape != shape):
         want = ("a list of finite numbers" if shape is None else f"{shape[0]} finite numbers" if len(shape) == 1
                 else f"a {'x'.join(map(str, shape))} matrix of finite numbers")
-        raise UserError(f"'{key}' must be {want}, got {data[key]!r}"[:200], path)
+        raise UserError(f"'{key}'{where and ' of ' + where} must be {want}, got {data[key]!r}"[:200], path)
     return array
 
 

@@ -62,6 +62,11 @@ def _items(root: Path) -> tuple[list[Item], str]:
         if (splits / "val.json").is_file():
             items += read_split(splits / "val.json", "test")
         return items, "splits/train.json train, splits/val.json test"
+    if splits.is_dir() and any(splits.glob("*.json")):
+        # Some split files but not train.json: falling back to camera 0 would silently change the protocol.
+        found = ", ".join(sorted(p.name for p in splits.glob("*.json")))
+        raise UserError(f"splits/ has {found} but no train.json: add it, or remove splits/ to train on camera 0",
+                        splits)
     dataset_path = root / "dataset.json"
     ids = json_strings(json_object(read_json(dataset_path), dataset_path), "ids", dataset_path)
     metadata = read_metadata(root, ids)

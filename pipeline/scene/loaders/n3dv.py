@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.cameras import llff_c2w_to_opencv_w2c
 from pipeline.errors import UserError
+from pipeline.io import read_npy_numbers
 from pipeline.log import progress
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, natural_key
@@ -50,10 +51,7 @@ def read_poses_bounds(path: Path, n_cameras: int) -> tuple[np.ndarray, np.ndarra
 
     Returns world_to_camera (N, 4, 4) OpenCV and hwf (N, 3): image height, width and focal length in pixels of the
     capture each row describes."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"not a readable .npy file ({str(err)[:120]})", path) from None
+    array = read_npy_numbers(path, "LLFF camera array")
     if array.ndim != 2 or array.shape[1] != 17:
         raise UserError(f"expected an (N_cameras, 17) array, got shape {array.shape}", path)
     if array.shape[0] != n_cameras:

@@ -200,6 +200,10 @@ def build_frames(root: Path, items: list[Item], factor: float, max_size: int, wo
 def _depth_loader(path: Path, scale: float, size: tuple[int, int]):
     def load() -> np.ndarray:
         depth = read_npy_map(path, "depth map")
+        height, width = depth.shape
+        if abs(width / height - size[0] / size[1]) > 0.01 * size[0] / size[1]:
+            raise UserError(f"depth map is {width}x{height} but its frame is {size[0]}x{size[1]} "
+                            "(aspect ratios differ)", path)
         depth = np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0) * np.float32(scale)
         return resize_array(depth, size, nearest=True)
 
@@ -246,6 +250,10 @@ def load(path: Path, config: SceneConfig) -> Scene:
     dataset_path = path / "dataset.json"
     dataset = json_object(read_json(dataset_path), dataset_path)
     ids = json_strings(dataset, "ids", dataset_path)
+    if len(set(ids)) != len(ids):    # one image would be both a training and a test frame
+        seen: set[str] = set()
+        repeated = next(item for item in ids if item in seen or seen.add(item))
+        raise UserError(f"'ids' lists '{repeated}' more than once", dataset_path)
     val_ids = json_strings(dataset, "val_ids", dataset_path, default=[])
     if val_ids:
         train_ids = set(json_strings(dataset, "train_ids", dataset_path))

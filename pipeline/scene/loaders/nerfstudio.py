@@ -78,7 +78,7 @@ def frame_camera(meta: dict, entry: dict, image_wh: tuple[int, int], json_path: 
         raise UserError(f"focal lengths and image size must be positive in {where}", json_path)
     distorted = any(value(k, 0.0) != 0 for k in DISTORTION_KEYS)
 
-    c2w = json_array(entry, "transform_matrix", None, json_path)
+    c2w = json_array(entry, "transform_matrix", None, json_path, where=where)
     if c2w.shape == (3, 4):
         c2w = np.vstack([c2w, [0.0, 0.0, 0.0, 1.0]])
     if not is_rigid_c2w(c2w):
@@ -86,6 +86,9 @@ def frame_camera(meta: dict, entry: dict, image_wh: tuple[int, int], json_path: 
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     camera = Camera(K, opengl_c2w_to_opencv_w2c(c2w), int(round(width)), int(round(height)))
     if (camera.width, camera.height) != image_wh:
+        if abs(image_wh[0] / image_wh[1] - width / height) > 0.01 * width / height:
+            raise UserError(f"the image of {where} is {image_wh[0]}x{image_wh[1]} but 'w' and 'h' say "
+                            f"{width:g}x{height:g} (aspect ratios differ)", json_path)
         camera = camera.scaled(*image_wh)
     return camera, distorted
 
