@@ -119,12 +119,14 @@ def check_frames(scene: Scene, config: SceneConfig) -> None:
     """Refuse frames too small to optimize (a later stage would fail after the earlier ones ran) and cameras whose
     focal length makes no sense for their image (a field of view outside ``FIELD_OF_VIEW_DEG``: 1e-300 or 1e308
     pixels passed as positive and came out as non-finite Gaussians), naming the frame."""
+    decoded = scene.format in ("video", "n3dv")     # their frames' files are our cache: name the user's input
     for frame in scene.frames:
-        where = frame.source_path or scene.source
+        image = scene.source if decoded or frame.source_path is None else frame.source_path
         if min(frame.width, frame.height) < MIN_IMAGE_SIDE:
-            made = f" (scene.max_size={config.max_size} scales them to this)" if config.max_size else ""
+            scaled = config.max_size and abs(max(frame.width, frame.height) - config.max_size) <= 1
+            made = f" (scene.max_size={config.max_size} scales them to this)" if scaled else ""
             raise UserError(f"frame '{frame.name}' is {frame.width}x{frame.height} pixels: each side needs at least "
-                            f"{MIN_IMAGE_SIDE}{made}", where)
+                            f"{MIN_IMAGE_SIDE}{made}", image)
         if frame.camera is None:
             continue
         fx, fy = frame.camera.K[0, 0], frame.camera.K[1, 1]
@@ -132,6 +134,9 @@ def check_frames(scene: Scene, config: SceneConfig) -> None:
             fov = np.degrees(2 * np.arctan2([frame.width / 2, frame.height / 2], [fx, fy]))
         lo, hi = FIELD_OF_VIEW_DEG
         if not (np.all(np.isfinite(fov)) and np.all((fov >= lo) & (fov <= hi))):
-            raise UserError(f"the camera of frame '{frame.name}' has focal lengths {fx:.4g}, {fy:.4g} pixels for a "
-                            f"{frame.width}x{frame.height} image: a field of view of {fov[0]:.3g} x {fov[1]:.3g} "
-                            f"degrees, outside the {lo:g}-{hi:g} a pinhole camera can have", where)
+            # The focal length comes from the dataset's camera files, which differ per format: name the scene
+            # and the frame's image.
+            raise UserError(f"the camera of frame '{frame.name}' ({image}) has focal lengths {fx:.4g}, {fy:.4g} "
+                            f"pixels for a {frame.width}x{frame.height} image: a field of view of {fov[0]:.3g} x "
+                            f"{fov[1]:.3g} degrees, outside the {lo:g}-{hi:g} a pinhole camera can have",
+                            scene.source)

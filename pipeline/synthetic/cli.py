@@ -8,6 +8,7 @@ import math
 import time
 from dataclasses import replace
 
+from pipeline.scene import MIN_IMAGE_SIDE
 from pipeline.errors import UserError
 from pipeline.log import get_logger
 from pipeline.synthetic.writer import ObjectSceneOptions, RoomSceneOptions, make_object_scene, make_room_scene
@@ -25,8 +26,11 @@ def make_scene_command(args: argparse.Namespace) -> int:
     defaults 256 and 200); ``--test-views``: objects' held-out views (issue #6's protocol: 50 frames, 20 views)."""
     if args.frames is not None and not 2 <= args.frames <= MAX_FRAMES:
         raise UserError(f"--frames must lie in [2, {MAX_FRAMES}], got {args.frames}")
-    if args.res is not None and not 8 <= args.res <= MAX_RES:
-        raise UserError(f"--res must lie in [8, {MAX_RES}] pixels, got {args.res}")
+    # The smallest width whose frames the pipeline loads (each side >= MIN_IMAGE_SIDE; rooms are 16:9, height
+    # 2 round(9 w / 32): 12 pixels at width 20).
+    min_res = 20 if args.kind == "room" else MIN_IMAGE_SIDE
+    if args.res is not None and not min_res <= args.res <= MAX_RES:
+        raise UserError(f"--res must lie in [{min_res}, {MAX_RES}] pixels for {args.kind} scenes, got {args.res}")
     test_views = getattr(args, "test_views", None)
     if test_views is not None and (args.kind != "object" or not 1 <= test_views <= MAX_FRAMES):
         raise UserError(f"--test-views is for object scenes and must lie in [1, {MAX_FRAMES}]"

@@ -101,11 +101,13 @@ def load_initial(ctx) -> InitialGaussians:
     ply = read_gaussians_ply(ctx.artifact("initialize/gaussians.ply"))
     labels_path = ctx.artifact("initialize/labels.npz")
     try:
+        if not zipfile.is_zipfile(labels_path):     # np.load would take other bytes for a .npy or a pickle
+            raise ValueError("not a .npz archive")
         with np.load(labels_path, allow_pickle=False) as labels:
             is_dynamic, times = labels["is_dynamic"].astype(bool), labels["time"].astype(np.float32)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise UserError(f"unreadable Gaussian labels ({err or type(err).__name__}); rerun from initialize",
-                        labels_path) from None
+        reason = "it holds pickled Python objects" if "pickle" in str(err) else (err or type(err).__name__)
+        raise UserError(f"unreadable Gaussian labels ({reason}); rerun from initialize", labels_path) from None
     if len(is_dynamic) != len(ply["means"]):
         raise UserError(f"labels.npz has {len(is_dynamic)} rows, gaussians.ply {len(ply['means'])}", labels_path)
     return InitialGaussians(means=ply["means"], sh=ply["sh"], opacity_logits=ply["opacity_logits"],

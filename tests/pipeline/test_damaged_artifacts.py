@@ -3,13 +3,22 @@ naming the file, not a parser's traceback."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
 from pipeline.errors import UserError
 from pipeline.io import read_npy_map
 
-DAMAGED = {"empty": b"", "zero-filled": b"\0" * 300, "text": b"not an array\n"}
+DAMAGED = {"empty": b"", "zero-filled": b"\0" * 300, "text": b"not an array\n",
+           "random": np.random.default_rng(0).bytes(300)}
+
+
+def npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("content", list(DAMAGED.values()), ids=list(DAMAGED))
@@ -56,7 +65,7 @@ def test_a_damaged_gaussian_ply(tmp_path):
     assert "gaussians.ply" in str(err.value)
 
 
-@pytest.mark.parametrize("content", list(DAMAGED.values()), ids=list(DAMAGED))
+@pytest.mark.parametrize("content", [*DAMAGED.values(), npy_bytes(np.zeros(3))], ids=[*DAMAGED, "npy"])
 def test_damaged_gaussian_labels(tmp_path, monkeypatch, content):
     import stages.optimize.stage as stage
 
@@ -87,7 +96,9 @@ def test_a_damaged_geometry_depth_map_in_the_render_stage(tmp_path):
 
 @pytest.mark.parametrize("write, message", [
     (lambda p: p.write_bytes(b""), "unreadable depth map"),
-    (lambda p: np.save(p, np.zeros(3, np.float32)), r"depth map must be \(H, W\)")], ids=["empty", "1-d"])
+    (lambda p: np.save(p, np.zeros(3, np.float32)), r"depth map must be \(H, W\)"),
+    (lambda p: np.save(p, np.ones((7, 9), np.float32)), "depth map is 9x7 but its image is 32x32")],
+    ids=["empty", "1-d", "other size"])
 def test_damaged_ground_truth_depth_of_a_dnerf_scene(tmp_path, write, message):
     from pipeline.cli import main
     from pipeline.scene import load_scene

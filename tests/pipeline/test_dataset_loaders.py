@@ -379,6 +379,14 @@ def make_colmap(root, n=5, image_size=(64, 48), cameras_txt=None):
 COLMAP_INTRINSICS = {1: (40, 42, 31, 23), 2: (45, 45, 32, 24), 3: (40, 40, 32, 24)}
 
 
+def test_colmap_text_with_a_byte_order_mark(tmp_path):
+    make_colmap(tmp_path / "c")
+    cameras = tmp_path / "c" / "sparse" / "0" / "cameras.txt"
+    reference = [f.camera.K for f in load(tmp_path / "c").frames]
+    cameras.write_bytes(b"\xef\xbb\xbf" + cameras.read_bytes())     # as Windows editors save it
+    np.testing.assert_array_equal([f.camera.K for f in load(tmp_path / "c").frames], reference)
+
+
 def test_colmap_cameras_order_and_split(tmp_path):
     truth = make_colmap(tmp_path / "colmap")
     assert detect_format(tmp_path / "colmap") == "colmap"
@@ -451,7 +459,8 @@ BAD_INPUTS = {
     "n3dv_wrong_rows": (lambda p: _n3dv(p, rows=1), None, "poses_bounds.npy: has 1 rows but the folder holds 2"),
     "n3dv_strings": (_n3dv, lambda p: np.save(p / "poses_bounds.npy", np.full((2, 17), "x")),
                      "poses_bounds.npy: LLFF camera array must hold real numbers, got an array of <U1"),
-    "n3dv_npz": (_n3dv, lambda p: np.savez(open(p / "poses_bounds.npy", "wb"), np.zeros((2, 17))),
+    "n3dv_npz": (_n3dv, lambda p: np.savez(p / "poses_bounds.npz", np.zeros((2, 17))) or
+                 (p / "poses_bounds.npz").replace(p / "poses_bounds.npy"),
                  "poses_bounds.npy: unreadable LLFF camera array: the file is a .npz archive"),
     "n3dv_one_video": (_n3dv, lambda p: (p / "cam01.mp4").unlink(), "needs at least 2 cam"),
     "nerfstudio_malformed": (make_nerfstudio, lambda p: (p / "transforms.json").write_text("{frames: []}"),
@@ -475,7 +484,7 @@ BAD_INPUTS = {
                                   "splits: splits/ has val.json but no train.json"),
     "nerfstudio_repeated_frame": (make_nerfstudio, lambda p: write_json(p / "transforms.json", dict(
         (meta := json.loads((p / "transforms.json").read_text())), frames=meta["frames"] + meta["frames"][:1])),
-        r"frame_\d+.png: frame 'frame_\d+' is listed more than once"),
+        r"frame_\d+.png: this image is listed more than once \(frames 'frame_\d+' and 'frame_\d+'\)"),
     "nerfstudio_missing_image": (make_nerfstudio, lambda p: (p / "images" / "frame_2.png").unlink(),
                                  "transforms.json: image 'images/frame_2.png' listed there does not exist"),
     "nerfstudio_fisheye": (make_nerfstudio, lambda p: write_json(p / "transforms.json", dict(
@@ -488,6 +497,12 @@ BAD_INPUTS = {
         "cameras.txt: line 1: focal length must be positive, got 0, 42"),
     "colmap_negative_focal": (make_colmap, lambda p: (p / "sparse" / "0" / "cameras.txt").write_text(
         "1 SIMPLE_RADIAL 64 48 -40 31 23 0\n"), "cameras.txt: line 1: focal length must be positive, got -40"),
+    "colmap_repeated_camera": (make_colmap, lambda p: (p / "sparse" / "0" / "cameras.txt").write_text(
+        "1 PINHOLE 64 48 40 42 31 23\n2 PINHOLE 64 48 40 42 31 23\n1 PINHOLE 64 48 50 42 31 23\n"),
+        "cameras.txt: line 3: camera 1 is defined a second time"),
+    "colmap_aspect": (make_colmap, lambda p: (p / "sparse" / "0" / "cameras.txt").write_text(
+        "1 PINHOLE 64 16 40 42 31 8\n2 PINHOLE 64 16 40 42 31 8\n"),
+        r"frame_\d+.png: image is 64x48 but its camera \d in cameras.txt is 64x16 \(aspect ratios differ\)"),
     "colmap_unknown_camera": (make_colmap, lambda p: (p / "sparse" / "0" / "cameras.txt").write_text(
         "1 PINHOLE 64 48 40 42 31 23\n"), "images.txt: image 'frame_5.png' uses camera 2"),
     "colmap_missing_image": (make_colmap, lambda p: (p / "images" / "frame_10.png").unlink(),

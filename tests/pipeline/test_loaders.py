@@ -89,6 +89,16 @@ def test_video(tmp_path):
     assert np.allclose(scene.rgb(scene.frames[2]).mean(), 80 / 255, atol=0.03)
 
 
+def test_a_video_too_small_after_max_size_names_the_video(tmp_path, monkeypatch):
+    import imageio.v3 as iio
+
+    monkeypatch.setenv("PAGE4DGS_CACHE", str(tmp_path / "cache"))
+    iio.imwrite(tmp_path / "clip.mp4", np.zeros((3, 32, 64, 3), np.uint8), plugin="FFMPEG", fps=10)
+    with pytest.raises(UserError, match=r"clip.mp4: frame '00000' is 20x10 pixels: each side needs at least 11 "
+                                        r"\(scene.max_size=20 scales them to this\)$"):
+        load_scene(SceneConfig(source=str(tmp_path / "clip.mp4"), max_size=20))
+
+
 def test_a_damaged_frame_cache_is_decoded_again(tmp_path, monkeypatch, caplog):
     # The cache's `.complete` marker used to be trusted: a deleted or garbled frame in it was reported as an error
     # in a cache file the user never made, on every later run.
@@ -136,6 +146,8 @@ def test_frames_too_small_to_optimize_are_refused_when_loaded(tmp_path):
     with pytest.raises(UserError, match=r"is 16x9 pixels: .* \(scene.max_size=16 scales them to this\)"):
         load_scene(SceneConfig(source=str(tmp_path / "wide"), max_size=16))
     assert len(load_scene(SceneConfig(source=str(tmp_path / "wide"), max_size=20)).frames) == 5     # 20x11
+    with pytest.raises(UserError, match=r"is 10x10 pixels: each side needs at least 11$"):        # no hint: not scaled
+        load_scene(SceneConfig(source=str(tmp_path / "small"), max_size=4096))
 
 
 @pytest.mark.parametrize("fov, accepted", [(1e-12, False), (0.0018, True), (3.12, True), (3.1415, False)])
@@ -145,9 +157,33 @@ def test_a_camera_with_an_absurd_focal_length_is_refused(tmp_path, fov, accepted
     if accepted:
         assert len(load_scene(SceneConfig(source=str(tmp_path / "d"))).frames) == 6
         return
-    with pytest.raises(UserError, match=r"r_000.png: the camera of frame .train_r_000. has focal lengths .* a field of "
-                                        r"view of .* degrees, outside the 0.1-179"):
+    with pytest.raises(UserError, match=r"/d: the camera of frame .train_r_000. \(.*r_000.png\) has focal lengths "
+                                        r".* a field of view of .* degrees, outside the 0.1-179"):
         load_scene(SceneConfig(source=str(tmp_path / "d")))
+
+
+def test_an_image_in_both_the_train_and_test_lists_is_refused(tmp_path):
+    # It loaded as 'train_r_000' and 'r_000': the test view was trained on.
+    make_dnerf(tmp_path / "d")
+    test = json.loads((tmp_path / "d" / "transforms_test.json").read_text())
+    train = json.loads((tmp_path / "d" / "transforms_train.json").read_text())
+    test["frames"].append(train["frames"][0])
+    (tmp_path / "d" / "transforms_test.json").write_text(json.dumps(test))
+    with pytest.raises(UserError, match=r"train/r_000.png: this image is listed more than once \(as (train|test) "
+                                        r"frame .* a view cannot be both trained on and held out"):
+        load_scene(SceneConfig(source=str(tmp_path / "d")))
+
+
+def test_two_images_with_one_name_are_named(tmp_path):
+    make_frames(tmp_path / "f", n=3)
+    from pipeline.scene.loaders.common import unique_names
+    from pipeline.scene.model import Frame
+
+    frames = [Frame(name="x", index=i, time=0.0, split="train", width=4, height=4, load_image=None,
+                    source_path=tmp_path / "f" / f"frame{i}.png") for i in range(2)]
+    with pytest.raises(UserError, match=r"frame name 'x' is used by 2 images \(.*frame0.png, .*frame1.png\); "
+                                        r"rename one"):
+        unique_names(frames)
 
 
 def test_32_bit_integer_and_float_greyscale_images(tmp_path):

@@ -184,6 +184,7 @@ def test_make_scene_command(tmp_path, capsys):
     capsys.readouterr()
     for bad in (["room", "--test-views", "3"], ["object", "--test-views", "0"], ["object", "--test-views", "5000"],
                 ["object", "--res", "100000000"], ["room", "--frames", "100000000"], ["room", "--res", "7"],
+                ["room", "--res", "19"], ["object", "--res", "10"],     # frames the pipeline would refuse to load
                 ["room", "--frames", "2000", "--res", "4096"], ["room", "--pan-scale", "nan"],
                 ["room", "--pan-scale", "-1"], ["object", "--pan-scale", "2"]):
         assert main(["make-scene", bad[0], "--out", str(tmp_path / "bad"), *bad[1:]]) == 2
@@ -192,6 +193,8 @@ def test_make_scene_command(tmp_path, capsys):
         assert ("must lie in" in err[0] or "a room holds out" in err[0] or "G pixels of images" in err[0]
                 or "for room scenes" in err[0])
     assert not (tmp_path / "bad").exists()
+    assert main(["make-scene", "room", "--out", str(tmp_path / "r20"), "--frames", "2", "--res", "20"]) == 0
+    assert {(f.width, f.height) for f in load_scene(SceneConfig(source=str(tmp_path / "r20"))).frames} == {(20, 12)}
 
 
 def test_pan_scale_widens_the_room_camera_path(tmp_path):

@@ -77,7 +77,7 @@ def _data_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, text) of every line of ``path`` that is not a comment; blank lines are kept."""
     if not path.is_file():
         raise UserError("file not found", path)
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")     # -sig: a byte-order mark is fine
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if not line.lstrip().startswith("#")]
 
 
@@ -103,6 +103,8 @@ def read_cameras(path: Path) -> dict[int, ColmapCamera]:
         if not np.all(focal_lengths > 0):
             raise UserError(f"line {n}: focal length must be positive, got {', '.join(f'{f:g}' for f in focal_lengths)}",
                             path)
+        if camera_id in cameras:
+            raise UserError(f"line {n}: camera {camera_id} is defined a second time", path)
         cameras[camera_id] = ColmapCamera(model, width, height, params)
     if not cameras:
         raise UserError("holds no cameras", path)
@@ -185,6 +187,9 @@ def load(path: Path, config: SceneConfig) -> Scene:
         stored_wh = image_size(image)
         camera = Camera(colmap_camera.K(), im.world_to_camera, colmap_camera.width, colmap_camera.height)
         if stored_wh != (camera.width, camera.height):
+            if abs(stored_wh[0] / stored_wh[1] - camera.width / camera.height) > 0.01 * camera.width / camera.height:
+                raise UserError(f"image is {stored_wh[0]}x{stored_wh[1]} but its camera {im.camera_id} in cameras.txt "
+                                f"is {camera.width}x{camera.height} (aspect ratios differ)", image)
             camera = camera.scaled(*stored_wh)
             n_rescaled += 1
         width, height = scaled_size(*stored_wh, factor, config.max_size)

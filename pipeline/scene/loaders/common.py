@@ -35,7 +35,17 @@ def image_loader(path: Path, size: Optional[tuple[int, int]] = None):
 def unique_names(frames: list[Frame]) -> None:
     """Make frame names unique in place: a name used more than once keeps its stem in the test split and is
     prefixed with its split elsewhere ('train_r_000'); remaining clashes get the camera id."""
-    originals = {id(f): (f.name, f.source_path) for f in frames}
+    listed: dict[Path, Frame] = {}
+    for f in frames:     # one image as two frames (in the train and test lists): a test view would be trained on
+        if f.source_path is None:
+            continue
+        other = listed.setdefault(Path(f.source_path).resolve(), f)
+        if other is not f and "train" in (other.split, f.split):
+            raise UserError(f"this image is listed more than once (as {other.split} frame '{other.name}' and "
+                            f"{f.split} frame '{f.name}'); a view cannot be both trained on and held out"
+                            if other.split != f.split else f"this image is listed more than once (frames "
+                            f"'{other.name}' and '{f.name}')", f.source_path)
+    given = {id(f): f.name for f in frames}
     counts = Counter(f.name for f in frames)
     for f in frames:
         if counts[f.name] > 1 and f.split != "test":
@@ -46,9 +56,11 @@ def unique_names(frames: list[Frame]) -> None:
             f.name = f"{f.name}_cam{f.camera_id:02d}"
     counts = Counter(f.name for f in frames)
     dupes = [n for n, c in counts.items() if c > 1]
-    if dupes:      # the same image listed twice in one split and camera: name it as the input does
-        name, source = originals[id(next(f for f in frames if f.name == dupes[0]))]
-        raise UserError(f"frame '{name}' is listed more than once", source)
+    if dupes:      # two images with one name in one split and camera (images/x.png, images/sub/x.png)
+        clashing = [f for f in frames if f.name == dupes[0]]
+        paths = ", ".join(str(f.source_path) for f in clashing[:2])
+        raise UserError(f"frame name '{given[id(clashing[0])]}' is used by {len(clashing)} images ({paths}); "
+                        "rename one")
 
 
 def check_frame_count(frames: list, source: Path, what: str = "frames") -> None:

@@ -40,9 +40,9 @@ def _image_path(root: Path, file_path: str, json_path: Path) -> Path:
     raise UserError(f"image '{file_path}' listed there does not exist", json_path)
 
 
-def _ground_truth(root: Path, image: Path, size: tuple[int, int] | None):
-    """Loaders of the ground-truth depth and dynamic mask of ``image`` (None where absent); ``size`` = (W, H) to
-    resample to, or None."""
+def _ground_truth(root: Path, image: Path, stored: tuple[int, int], size: tuple[int, int] | None):
+    """Loaders of the ground-truth depth and dynamic mask of ``image`` (None where absent); ``stored`` = (W, H) of
+    the image file, which the depth map must have; ``size`` = (W, H) to resample to, or None."""
     try:
         relative = image.relative_to(root).with_suffix("")             # e.g. train/r_000
     except ValueError:                                                  # an image outside the scene folder
@@ -52,6 +52,9 @@ def _ground_truth(root: Path, image: Path, size: tuple[int, int] | None):
 
     def load_depth() -> np.ndarray:
         depth = read_npy_map(depth_path, "depth map")
+        if (depth.shape[1], depth.shape[0]) != tuple(stored):
+            raise UserError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but its image is "
+                            f"{stored[0]}x{stored[1]}", depth_path)
         return resize_array(depth, size, nearest=True) if size is not None else depth
 
     def load_mask() -> np.ndarray:
@@ -132,7 +135,7 @@ def load(path: Path, config: SceneConfig) -> Scene:
             camera = camera.scaled(width, height)
         time = times[k] if times is not None else 0.0
         resize = (width, height) if (width, height) != (w0, h0) else None
-        load_depth, load_mask = _ground_truth(path, image, resize) if has_ground_truth else (None, None)
+        load_depth, load_mask = _ground_truth(path, image, (w0, h0), resize) if has_ground_truth else (None, None)
         frames.append(Frame(name=image.stem, index=0, time=time, split=split, width=width, height=height,
                             load_image=image_loader(image, resize), camera=camera, source_path=image,
                             load_depth=load_depth, load_dynamic_mask=load_mask))
