@@ -39,11 +39,16 @@ def _loader(fmt: str):
         raise
 
 
+def _missing(path: Path) -> UserError:
+    """The error for a scene path that does not exist (or is a link to nothing)."""
+    return UserError("a symbolic link to nothing (dangling, or a loop)" if path.is_symlink() else
+                     "no such file or folder", path)
+
+
 def detect_format(path: Path) -> str:
     """The format of ``path``, or a :class:`UserError` that says what was found instead."""
     if not path.exists():
-        raise UserError("a symbolic link to nothing (dangling, or a loop)" if path.is_symlink() else
-                        "no such file or folder", path)
+        raise _missing(path)
     for fmt in _LOADERS:
         try:
             module = _loader(fmt)
@@ -102,8 +107,7 @@ def load_scene(config: SceneConfig) -> Scene:
         path = Path(config.source).expanduser()
         fmt = detect_format(path) if config.format == "auto" else config.format
         if not path.exists():
-            raise UserError("a symbolic link to nothing (dangling, or a loop)" if path.is_symlink() else
-                        "no such file or folder", path)
+            raise _missing(path)
     scene = _loader(fmt).load(path, config)
     if config.source == "demo":
         scene.name = "demo"

@@ -27,8 +27,8 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, natural_key, scaled_size
-from pipeline.scene.loaders.common import (background_rgb, check_frame_count, finish_frames, holdout_split,
-                                           image_loader, resolution_factor, split_counts)
+from pipeline.scene.loaders.common import (aspect_ratios_differ, background_rgb, check_frame_count, finish_frames,
+                                           holdout_split, image_loader, resolution_factor, split_counts)
 from pipeline.scene.model import Camera, Frame, Scene
 
 # model name -> (number of parameters, index of fx, fy, cx, cy in them; fy == fx for single-focal models)
@@ -187,7 +187,7 @@ def load(path: Path, config: SceneConfig) -> Scene:
         stored_wh = image_size(image)
         camera = Camera(colmap_camera.K(), im.world_to_camera, colmap_camera.width, colmap_camera.height)
         if stored_wh != (camera.width, camera.height):
-            if abs(stored_wh[0] / stored_wh[1] - camera.width / camera.height) > 0.01 * camera.width / camera.height:
+            if aspect_ratios_differ(stored_wh, (camera.width, camera.height)):
                 raise UserError(f"image is {stored_wh[0]}x{stored_wh[1]} but its camera {im.camera_id} in cameras.txt "
                                 f"is {camera.width}x{camera.height} (aspect ratios differ)", image)
             camera = camera.scaled(*stored_wh)

@@ -40,11 +40,13 @@ def unique_names(frames: list[Frame]) -> None:
         if f.source_path is None:
             continue
         other = listed.setdefault(Path(f.source_path).resolve(), f)
-        if other is not f and "train" in (other.split, f.split):
-            raise UserError(f"this image is listed more than once (as {other.split} frame '{other.name}' and "
-                            f"{f.split} frame '{f.name}'); a view cannot be both trained on and held out"
-                            if other.split != f.split else f"this image is listed more than once (frames "
-                            f"'{other.name}' and '{f.name}')", f.source_path)
+        if other is f or "train" not in (other.split, f.split):
+            continue
+        if other.split == f.split:
+            raise UserError(f"this image is listed more than once (frames '{other.name}' and '{f.name}')",
+                            f.source_path)
+        raise UserError(f"this image is listed more than once (as {other.split} frame '{other.name}' and {f.split} "
+                        f"frame '{f.name}'); a view cannot be both trained on and held out", f.source_path)
     given = {id(f): f.name for f in frames}
     counts = Counter(f.name for f in frames)
     for f in frames:
@@ -61,6 +63,12 @@ def unique_names(frames: list[Frame]) -> None:
         paths = ", ".join(str(f.source_path) for f in clashing[:2])
         raise UserError(f"frame name '{given[id(clashing[0])]}' is used by {len(clashing)} images ({paths}); "
                         "rename one")
+
+
+def aspect_ratios_differ(size: tuple[float, float], reference: tuple[float, float]) -> bool:
+    """Whether (W, H) ``size`` has another aspect ratio than ``reference`` (by more than 1 %): then no rescaling of
+    K or of a map between the two is right."""
+    return abs(size[0] / size[1] - reference[0] / reference[1]) > 0.01 * reference[0] / reference[1]
 
 
 def check_frame_count(frames: list, source: Path, what: str = "frames") -> None:

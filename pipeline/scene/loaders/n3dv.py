@@ -28,8 +28,8 @@ from pipeline.io import read_npy_numbers
 from pipeline.log import progress
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, natural_key
-from pipeline.scene.loaders.common import (MIN_FRAMES, background_rgb, finish_frames, image_loader,
-                                           resolution_factor, split_counts)
+from pipeline.scene.loaders.common import (MIN_FRAMES, aspect_ratios_differ, background_rgb, finish_frames,
+                                           image_loader, resolution_factor, split_counts)
 from pipeline.scene.loaders.video import decoded_frames, video_fps
 from pipeline.scene.model import Camera, Frame, Scene
 
@@ -92,7 +92,7 @@ def load(path: Path, config: SceneConfig) -> Scene:
     for camera_id, (video, images) in enumerate(zip(videos, frame_lists)):
         width, height = image_size(images[0])
         H0, W0, focal = hwf[camera_id]
-        if abs(width / height - W0 / H0) > 0.01 * W0 / H0:
+        if aspect_ratios_differ((width, height), (W0, H0)):
             raise UserError(f"decoded frames are {width}x{height} but poses_bounds.npy gives this camera "
                             f"{W0:.0f}x{H0:.0f} (aspect ratios differ)", video)
         K = np.array([[focal, 0.0, W0 / 2.0], [0.0, focal, H0 / 2.0], [0.0, 0.0, 1.0]])

@@ -39,9 +39,9 @@ from pipeline.errors import UserError
 from pipeline.io import read_json, read_npy_map
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, read_mask, resize_array, scaled_size
-from pipeline.scene.loaders.common import (background_rgb, check_frame_count, finish_frames, image_loader, json_array,
-                                           json_int, json_number, json_object, json_strings, resolution_factor,
-                                           split_counts)
+from pipeline.scene.loaders.common import (aspect_ratios_differ, background_rgb, check_frame_count, finish_frames,
+                                           image_loader, json_array, json_int, json_number, json_object, json_strings,
+                                           resolution_factor, split_counts)
 from pipeline.scene.model import Camera, Frame, Scene
 
 AUTO_FACTOR = 2  # 4DGaussians trains and evaluates HyperNeRF on rgb/2x
@@ -201,7 +201,7 @@ def _depth_loader(path: Path, scale: float, size: tuple[int, int]):
     def load() -> np.ndarray:
         depth = read_npy_map(path, "depth map")
         height, width = depth.shape
-        if abs(width / height - size[0] / size[1]) > 0.01 * size[0] / size[1]:
+        if aspect_ratios_differ((width, height), size):
             raise UserError(f"depth map is {width}x{height} but its frame is {size[0]}x{size[1]} "
                             "(aspect ratios differ)", path)
         depth = np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0) * np.float32(scale)

@@ -29,9 +29,10 @@ from pipeline.errors import UserError
 from pipeline.io import read_json
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, natural_key, scaled_size
-from pipeline.scene.loaders.common import (MISSING, background_rgb, check_frame_count, finish_frames, holdout_split,
-                                           image_loader, json_array, json_number, json_object, json_strings,
-                                           is_rigid_c2w, normalise_times, resolution_factor, split_counts)
+from pipeline.scene.loaders.common import (MISSING, aspect_ratios_differ, background_rgb, check_frame_count,
+                                           finish_frames, holdout_split, image_loader, is_rigid_c2w, json_array,
+                                           json_number, json_object, json_strings, normalise_times, resolution_factor,
+                                           split_counts)
 from pipeline.scene.model import Camera, Frame, Scene
 
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "OPENCV", "SIMPLE_RADIAL", "RADIAL")
@@ -86,7 +87,7 @@ def frame_camera(meta: dict, entry: dict, image_wh: tuple[int, int], json_path: 
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     camera = Camera(K, opengl_c2w_to_opencv_w2c(c2w), int(round(width)), int(round(height)))
     if (camera.width, camera.height) != image_wh:
-        if abs(image_wh[0] / image_wh[1] - width / height) > 0.01 * width / height:
+        if aspect_ratios_differ(image_wh, (width, height)):
             raise UserError(f"the image of {where} is {image_wh[0]}x{image_wh[1]} but 'w' and 'h' say "
                             f"{width:g}x{height:g} (aspect ratios differ)", json_path)
         camera = camera.scaled(*image_wh)
