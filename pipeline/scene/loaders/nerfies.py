@@ -29,6 +29,7 @@ folder; ``scene.max_size`` further downscales (K rescaled).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -250,9 +251,8 @@ def load(path: Path, config: SceneConfig) -> Scene:
     dataset_path = path / "dataset.json"
     dataset = json_object(read_json(dataset_path), dataset_path)
     ids = json_strings(dataset, "ids", dataset_path)
-    if len(set(ids)) != len(ids):    # one image would be both a training and a test frame
-        seen: set[str] = set()
-        repeated = next(item for item in ids if item in seen or seen.add(item))
+    repeated = next((item for item, count in Counter(ids).items() if count > 1), None)
+    if repeated is not None:    # one image would be both a training and a test frame
         raise UserError(f"'ids' lists '{repeated}' more than once", dataset_path)
     val_ids = json_strings(dataset, "val_ids", dataset_path, default=[])
     if val_ids:
