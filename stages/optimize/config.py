@@ -105,6 +105,15 @@ class OptimizeConfig:
     alpha_lambda: float = option(0.0, "Weight of the mask loss on RGBA scenes: the mean absolute difference of the "
                                  "rendered alpha and the dataset's alpha (object masks). Views without alpha skip "
                                  "it. Added to the loss; not a column of log.csv.")
+    drop_rate: float = option(0.0, "Largest fraction of Gaussians left out of each training render "
+                              "(DropGaussian, a regulariser for Gaussians seen by few views): the fraction rises "
+                              "linearly from 0 at step 0 to this at the last step, and the kept Gaussians' "
+                              "opacities are divided by (1 - fraction) so that a render stays as opaque on "
+                              "average; test renders, videos and exports keep every Gaussian; 0 = off.")
+    drop_unit: str = option("gaussian", "What drop_rate leaves out: 'gaussian' (each Gaussian on its own) or 'copy' "
+                            "(the dynamic Gaussians by the training time they were seen: a whole per-time copy of "
+                            "the moving parts at once, so that each copy must draw them without the others; static "
+                            "Gaussians are never left out).", choices=("gaussian", "copy"))
     max_anisotropy: float = option(10.0, "Largest ratio of a Gaussian's largest to smallest scale before the scale "
                                    "regulariser applies.")
     background: str = option("auto", "Render background: 'auto' (the scene's), 'white', 'black', or 'random' "

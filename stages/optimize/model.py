@@ -150,8 +150,8 @@ class GaussianModel4D(nn.Module):
         shift = self.deformation.displacement(means, when, anchor_times, self.deformation_inputs(flat))
         return (means + shift[:, POSITION]).view(*index.shape, 3)
 
-    def gaussians_at(self, time: float, sh_degree: Optional[int] = None,
-                     skip_invisible: bool = False) -> dict[str, torch.Tensor]:
+    def gaussians_at(self, time: float, sh_degree: Optional[int] = None, skip_invisible: bool = False,
+                     opacity_factors: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """The Gaussians at ``time``: means (N, 3), quats (N, 4) raw (w, x, y, z), scales (N, 3) post-activation,
         opacities (N,) post-sigmoid (temporal opacity included), sh (N, K, 3) with K = (d + 1)^2 for
         d = ``sh_degree`` (default: the model's), is_dynamic (N,) bool.
@@ -162,6 +162,9 @@ class GaussianModel4D(nn.Module):
         the same, for a fraction of the deformation's work: with temporal opacity, most dynamic Gaussians are
         invisible at any one time (~88 % in the speed benchmark). Costs one host synchronisation (the count).
         Only with temporal opacity and without an opacity deformation (else the opacity depends on the deformation).
+
+        opacity_factors: (N,) multiplies the opacities (training's dropped Gaussians), before ``skip_invisible``
+        decides who is visible; None = as they are.
         """
         s = self.splats
         dynamic = self.deformation is not None
@@ -172,6 +175,8 @@ class GaussianModel4D(nn.Module):
             # Gaussians left undeformed are exactly those the rasterizer gets below 1/255 (compiled or not).
             opacities = temporal_opacity(torch.sigmoid(s["opacities"]), float(time), s["time_centers"],
                                          s["time_log_scales"], s["is_dynamic"])
+            if opacity_factors is not None:
+                opacities, opacity_factors = opacities * opacity_factors, None    # applied here, not again below
             visible = s["is_dynamic"] & (opacities.detach() >= ALPHA_THRESHOLD)
             index = torch.nonzero(visible).reshape(-1)                                   # (M',): one sync
             anchor_times, cache = s["anchor_times"].index_select(0, index).detach(), False
@@ -193,6 +198,8 @@ class GaussianModel4D(nn.Module):
         else:
             means, quats, scales, opacities = state_at(self.deformation, state, temporal, index, anchor_times,
                                                        per_gaussian, float(time), cache, opacities)
+        if opacity_factors is not None:
+            opacities = opacities * opacity_factors
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
         sh = sh_coefficients(s)[:, : (degree + 1) ** 2]
         return {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
@@ -209,15 +216,17 @@ class GaussianModel4D(nn.Module):
     def rasterize(self, time: float, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int, *,
                   backgrounds: Optional[torch.Tensor] = None, render_mode: str = "RGB",
                   sh_degree: Optional[int] = None, backend: str = "auto", absgrad: bool = False,
-                  skip_invisible: bool = True):
+                  skip_invisible: bool = True, opacity_factors: Optional[torch.Tensor] = None):
         """Render C cameras at one time. viewmats (C, 4, 4) world-to-camera, Ks (C, 3, 3), backgrounds (C, 3).
         Returns (colors (C, H, W, X), alphas (C, H, W, 1), meta) as :func:`stages.optimize.rasterize.rasterization`.
         skip_invisible: see :meth:`gaussians_at` (the same render either way, for one host synchronisation). On by
-        default here, off there: the other callers of ``gaussians_at`` (exports) want every Gaussian deformed."""
+        default here, off there: the other callers of ``gaussians_at`` (exports) want every Gaussian deformed.
+        opacity_factors: (N,) multiplies the opacities at ``time`` (training's dropped Gaussians: 0, or the kept
+        ones' compensation; :func:`stages.optimize.trainer.drop_factors`), None = as they are."""
         from stages.optimize.rasterize import rasterization
 
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
-        g = self.gaussians_at(time, degree, skip_invisible=skip_invisible)
+        g = self.gaussians_at(time, degree, skip_invisible=skip_invisible, opacity_factors=opacity_factors)
         return rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"], viewmats, Ks,
                              int(width), int(height), sh_degree=degree, backgrounds=backgrounds,
                              render_mode=render_mode, rasterize_mode=self.rasterize_mode, absgrad=absgrad,

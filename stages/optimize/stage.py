@@ -61,6 +61,8 @@ def check_config(cfg: OptimizeConfig) -> None:
             problems.append(f"{name} must be a finite number >= 0 (got {getattr(cfg, name):g})")
     if cfg.residual_lambda > 0 and cfg.deformation != "planes_bases":
         problems.append(f"residual_lambda applies to deformation=planes_bases only (deformation={cfg.deformation})")
+    if math.isfinite(cfg.drop_rate) and not 0.0 <= cfg.drop_rate < 1.0:
+        problems.append(f"drop_rate must be in [0, 1) (got {cfg.drop_rate:g})")
     if not (math.isfinite(cfg.lr_final_factor) and cfg.lr_final_factor > 0):
         problems.append(f"lr_final_factor must be a finite number > 0 (got {cfg.lr_final_factor:g})")
     if not (math.isfinite(cfg.max_anisotropy) and cfg.max_anisotropy > 1):

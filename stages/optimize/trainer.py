@@ -579,6 +579,33 @@ def motion_penalty(deformation, means: torch.Tensor, per_gaussian: dict[str, tor
     return penalty if field is None else penalty + field
 
 
+def drop_rate_at(cfg: OptimizeConfig, step: int) -> float:
+    """DropGaussian's progressive rate: ``drop_rate`` x step / iterations (0 at the first step)."""
+    return cfg.drop_rate * step / max(cfg.iterations, 1)
+
+
+def drop_factors(rate: float, unit: str, is_dynamic: torch.Tensor, anchor_times: torch.Tensor,
+                 training_times: torch.Tensor, generator: torch.Generator) -> Optional[torch.Tensor]:
+    """Opacity factors (N,) that leave a random fraction ``rate`` out of one training render: 0 for a Gaussian left
+    out, 1 / (1 - rate) for one kept (so that the render stays as opaque on average); None at rate 0.
+
+    unit 'gaussian': each Gaussian on its own. 'copy': the dynamic Gaussians by their anchor time (is_dynamic (N,)
+    bool, anchor_times (N,)), each matched to the nearest of ``training_times`` (T,) sorted, one draw per training
+    time, so a per-time copy of the moving parts is kept or left out whole; static Gaussians keep factor 1. Draws
+    from ``generator`` (on the Gaussians' device) only: no host synchronisation, and a resumed run draws the same.
+    """
+    if rate <= 0:
+        return None
+    keep = 1.0 / (1.0 - rate)
+    if unit == "gaussian":
+        draw = torch.rand(is_dynamic.shape, device=is_dynamic.device, generator=generator)
+        return torch.where(draw >= rate, keep, 0.0)
+    midpoints = (training_times[1:] + training_times[:-1]) / 2                      # (T - 1,)
+    copy_index = torch.bucketize(anchor_times.detach(), midpoints)                  # (N,) in [0, T)
+    dropped = torch.rand(training_times.shape, device=is_dynamic.device, generator=generator) < rate   # (T,)
+    return torch.where(is_dynamic, torch.where(dropped[copy_index], 0.0, keep), 1.0)
+
+
 def random_rows(index: torch.Tensor, limit: int, generator: torch.Generator) -> torch.Tensor:
     """Up to ``limit`` entries of ``index`` (M,), drawn without replacement in a random order."""
     return index[torch.randperm(index.numel(), device=index.device, generator=generator)[:limit]]
@@ -657,6 +684,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     times = [v.time for v in views]
     gap = median_time_gap(times)
     time_range = (min(times), max(times))
+    training_times = torch.tensor(sorted(set(times)), dtype=torch.float32, device=device)   # (T,) for drop_unit copy
     model = build_model(cfg, initial, gap, len(np.unique(np.round(times, 9))), device)
     scale = scene_scale(views, model.splats["means"])
     cameras = torch.nn.Parameter(torch.zeros(len(views), 6, device=device)) if cfg.refine_cameras else None
@@ -732,10 +760,12 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             viewmat = view.world_to_camera if cameras is None else refined_world_to_camera(view.world_to_camera,
                                                                                            cameras[index])
             when = jittered_time(view.time, jitter_std, sampler.generator, time_range[0], time_range[1])
+            factors = drop_factors(drop_rate_at(cfg, step), cfg.drop_unit, model.splats["is_dynamic"],
+                                   model.splats["anchor_times"], training_times, generator)
             colors, alphas, info = model.rasterize(when, viewmat[None], view.K[None], view.width, view.height,
                                                    backgrounds=background[None], render_mode=render_mode,
                                                    sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad,
-                                                   skip_invisible=skip_invisible)
+                                                   skip_invisible=skip_invisible, opacity_factors=factors)
             strategy.step_pre_backward(model.splats, splat_opts, strategy_state, step, info)
             infos.append(info)
             rgb = colors[0, ..., :3]
@@ -856,6 +886,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                               "rng": _rng_state(device, generator),
                               "model": model.to_state()})
                 write_checkpoint(ckpt_dir, state, cfg.keep_checkpoints)
+                neighbors = None        # a run resumed from here finds them anew from these means: so does this one
                 tick = time.perf_counter()     # checkpoint writing is not training time
     bar.close()
     model.deform_enabled = True

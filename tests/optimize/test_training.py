@@ -631,3 +631,48 @@ def test_the_rasterize_mode_of_the_config_reaches_the_model_and_its_training_ren
     assert result.model.rasterize_mode == "antialiased"
     assert seen and set(seen) == {"antialiased"}
     assert build_model(small_config(), initial, 0.1, 8, torch.device("cpu")).rasterize_mode == "classic"
+
+
+def test_drop_factors_leave_out_single_gaussians_or_whole_per_time_copies():
+    """DropGaussian's factors: 0 for a Gaussian left out, 1 / (1 - rate) for one kept, from the generator's draws
+    alone; by copy, one draw per training time decides for every dynamic Gaussian seen then; the rate rises
+    linearly with the step."""
+    from stages.optimize.trainer import drop_factors, drop_rate_at
+
+    cfg = small_config(drop_rate=0.4, iterations=10)
+    assert [drop_rate_at(cfg, s) for s in (0, 5, 10)] == [0.0, 0.2, 0.4]
+    assert drop_rate_at(small_config(), 7) == 0.0                               # off by default
+    n = 20000
+    is_dynamic = torch.rand(n, generator=torch.Generator().manual_seed(5)) < 0.6
+    times = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    slot = torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(6))
+    anchor_times = times[slot] + 1e-6 * torch.randn(n, generator=torch.Generator().manual_seed(7))  # float noise
+    assert drop_factors(0.0, "gaussian", is_dynamic, anchor_times, times, torch.Generator()) is None
+
+    factors = drop_factors(0.25, "gaussian", is_dynamic, anchor_times, times, torch.Generator().manual_seed(0))
+    expected = torch.rand(n, generator=torch.Generator().manual_seed(0)) >= 0.25
+    assert torch.equal(factors, torch.where(expected, 4 / 3, 0.0))
+    assert abs(float((factors == 0).float().mean()) - 0.25) < 0.02                # the rate, static ones included
+    assert abs(float(factors.mean()) - 1.0) < 0.03                                # as opaque on average
+
+    for seed in range(4):
+        factors = drop_factors(0.5, "copy", is_dynamic, anchor_times, times, torch.Generator().manual_seed(seed))
+        dropped = torch.rand(5, generator=torch.Generator().manual_seed(seed)) < 0.5
+        assert torch.all(factors[~is_dynamic] == 1.0)                            # static: never left out
+        for k in range(5):
+            copy = is_dynamic & (slot == k)
+            assert torch.all(factors[copy] == (0.0 if dropped[k] else 2.0)), (seed, k)
+
+
+def test_dropping_gaussians_changes_the_training_renders_and_resumes_exactly(tiny, tmp_path):
+    files, scene = tiny
+    for unit in ("gaussian", "copy"):
+        cfg = small_config(drop_rate=0.6, drop_unit=unit)
+        data, initial = _inputs(files, scene, cfg)
+        straight = train(cfg, data, initial, tmp_path / unit / "straight", seed=3)
+        a, _ = resumed_run_matches(cfg, data, initial, tmp_path / unit, straight, "straight", seed=3)
+        plain = train(small_config(), data, initial, tmp_path / unit / "plain", seed=3)
+        b = _log(tmp_path / unit / "plain/log.csv")
+        assert a[0]["loss"] == b[0]["loss"]                                       # step 0: rate 0, nothing left out
+        assert a[-1]["loss"] != b[-1]["loss"], unit
+        assert plain.steps == straight.steps == 8
