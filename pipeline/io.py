@@ -91,8 +91,11 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise UserError("file not found", path)
     raw = path.read_bytes()
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise UserError("is UTF-16 text; JSON files must be UTF-8 (save it again as UTF-8)", path)
+    # Byte-order marks: UTF-32's little-endian one begins with UTF-16's, so it is tested first.
+    encoding = ("UTF-32" if raw[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff") else
+                "UTF-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else None)
+    if encoding:
+        raise UserError(f"is {encoding} text; JSON files must be UTF-8 (save it again as UTF-8)", path)
     text = raw.decode("utf-8-sig", errors="replace")      # -sig: a byte-order mark, as Windows editors write, is fine
     if not text.strip():
         raise UserError("file is empty", path)
@@ -118,6 +121,15 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
         iio.imwrite(tmp, image, extension=".png")
 
 
+def numpy_load_reason(err: BaseException) -> str:
+    """Why ``np.load(..., allow_pickle=False)`` failed, for a one-line error: numpy's "Object arrays cannot be loaded
+    when allow_pickle=False" (and its advice to allow pickles) becomes "it holds pickled Python objects"; other
+    errors their own text, cut at 120 characters, or their type's name."""
+    if "pickle" in str(err):
+        return "it holds pickled Python objects"
+    return str(err)[:120] or type(err).__name__
+
+
 def read_npy_numbers(path: str | Path, what: str) -> np.ndarray:
     """The real-valued array of a ``.npy`` file, or a one-line :class:`UserError` naming the file and ``what`` it
     should hold: missing, empty, truncated, not a ``.npy`` file (random bytes, text, an ``.npz`` archive), pickled
@@ -133,9 +145,7 @@ def read_npy_numbers(path: str | Path, what: str) -> np.ndarray:
     except FileNotFoundError:
         raise UserError(f"{what} not found", path) from None
     except (OSError, ValueError, EOFError) as err:
-        pickled = "pickle" in str(err)
-        reason = "it holds pickled Python objects" if pickled else (str(err)[:120] or type(err).__name__)
-        raise UserError(f"unreadable {what} ({reason})", path) from None
+        raise UserError(f"unreadable {what} ({numpy_load_reason(err)})", path) from None
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise UserError(f"{what} must hold real numbers, got an array of {array.dtype}", path)
     return array

@@ -123,9 +123,8 @@ def check_frames(scene: Scene, config: SceneConfig) -> None:
     """Refuse frames too small to optimize (a later stage would fail after the earlier ones ran) and cameras whose
     focal length makes no sense for their image (a field of view outside ``FIELD_OF_VIEW_DEG``: 1e-300 or 1e308
     pixels passed as positive and came out as non-finite Gaussians), naming the frame."""
-    decoded = scene.format in ("video", "n3dv")     # their frames' files are our cache: name the user's input
     for frame in scene.frames:
-        image = scene.source if decoded or frame.source_path is None else frame.source_path
+        image = scene.source if scene.frames_decoded or frame.source_path is None else frame.source_path
         if min(frame.width, frame.height) < MIN_IMAGE_SIDE:
             scaled = config.max_size and abs(max(frame.width, frame.height) - config.max_size) <= 1
             made = f" (scene.max_size={config.max_size} scales them to this)" if scaled else ""

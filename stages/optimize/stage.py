@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
+from pipeline.io import numpy_load_reason
 from pipeline.log import progress
 from stages.initialize.gaussians import read_gaussians_ply
 from stages.initialize.geometry_io import read_cameras, read_depth
@@ -108,8 +109,8 @@ def load_initial(ctx) -> InitialGaussians:
         with np.load(labels_path, allow_pickle=False) as labels:
             is_dynamic, times = labels["is_dynamic"].astype(bool), labels["time"].astype(np.float32)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        reason = "it holds pickled Python objects" if "pickle" in str(err) else (err or type(err).__name__)
-        raise UserError(f"unreadable Gaussian labels ({reason}); rerun from initialize", labels_path) from None
+        raise UserError(f"unreadable Gaussian labels ({numpy_load_reason(err)}); rerun from initialize",
+                        labels_path) from None
     if len(is_dynamic) != len(ply["means"]):
         raise UserError(f"labels.npz has {len(is_dynamic)} rows, gaussians.ply {len(ply['means'])}", labels_path)
     return InitialGaussians(means=ply["means"], sh=ply["sh"], opacity_logits=ply["opacity_logits"],

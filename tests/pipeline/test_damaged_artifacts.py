@@ -112,3 +112,20 @@ def test_damaged_ground_truth_depth_of_a_dnerf_scene(tmp_path, write, message):
     with pytest.raises(UserError, match=message) as err:
         scene.frames[0].load_depth()
     assert ".npy" in str(err.value)
+
+
+def test_gaussian_labels_holding_pickled_objects_say_so(tmp_path, monkeypatch):
+    """The labels reader and every .npy reader word numpy's allow_pickle refusal the same way (one helper)."""
+    import stages.optimize.stage as stage
+
+    class Ctx:
+        @staticmethod
+        def artifact(relative):
+            return tmp_path / relative
+
+    (tmp_path / "initialize").mkdir()
+    np.savez(tmp_path / "initialize" / "labels.npz", is_dynamic=np.array([{"a": 1}, None], dtype=object),
+             time=np.zeros(2, np.float32))
+    monkeypatch.setattr(stage, "read_gaussians_ply", lambda path: {"means": np.zeros((2, 3), np.float32)})
+    with pytest.raises(UserError, match=r"unreadable Gaussian labels \(it holds pickled Python objects\); rerun"):
+        stage.load_initial(Ctx)

@@ -233,6 +233,15 @@ def make_n3dv(root, n_cameras=3, n_frames=5, size=(64, 48), rows=None, columns=1
     return array
 
 
+def test_n3dv_frames_too_small_name_the_scene_folder_not_the_decoded_frames(tmp_path):
+    """N3DV frames are decoded from the videos into our cache: the error names the user's folder."""
+    make_n3dv(tmp_path / "n3dv", n_cameras=2, n_frames=2, size=(32, 16))
+    with pytest.raises(UserError) as err:
+        load(tmp_path / "n3dv")                                   # 'auto' resolution halves them: 16x8 pixels
+    assert "is 16x8 pixels: each side needs at least 11" in str(err.value)
+    assert str(err.value).startswith(str(tmp_path / "n3dv") + ":"), str(err.value)
+
+
 def llff_pixel(row: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, float]:
     """LLFF's definition: columns [down, right, back] of the camera in the world, centre t, principal point at the
     image centre: x = right.(X - t), y = down.(X - t), z = -back.(X - t); u = f x / z + W/2, v = f y / z + H/2."""
@@ -432,6 +441,12 @@ def _n3dv(path, **kwargs):
     make_n3dv(path, n_cameras=2, n_frames=2, **kwargs)
 
 
+def _npz_named_npy(path):
+    """Replace poses_bounds.npy by a .npz archive of the same array under the .npy name."""
+    np.savez(path / "poses_bounds.npz", np.zeros((2, 17)))
+    (path / "poses_bounds.npz").replace(path / "poses_bounds.npy")
+
+
 BAD_INPUTS = {
     "nerfies_malformed_dataset": (_nerfies, lambda p: (p / "dataset.json").write_text('{"ids": ['),
                                   "dataset.json: malformed JSON"),
@@ -453,15 +468,15 @@ BAD_INPUTS = {
                               "1_00002.png: image of item"),
     "dycheck_bad_depth": (_dycheck, lambda p: np.save(p / "depth" / "2x" / "0_00001.npy", np.zeros((2, 3, 4))),
                           "0_00001.npy: depth map must be"),
+    "dycheck_zero_fps": (_dycheck, lambda p: write_json(p / "extra.json", dict(factor=2, fps=0)),
+                         "extra.json: 'fps' must be positive, got 0"),
     "dycheck_depth_size": (_dycheck, lambda p: np.save(p / "depth" / "2x" / "0_00001.npy", np.ones((7, 9))),
                            r"0_00001.npy: depth map is 9x7 but its frame is \d+x\d+ \(aspect ratios differ\)"),
     "n3dv_wrong_shape": (lambda p: _n3dv(p, columns=15), None, r"poses_bounds.npy: expected an \(N_cameras, 17\)"),
     "n3dv_wrong_rows": (lambda p: _n3dv(p, rows=1), None, "poses_bounds.npy: has 1 rows but the folder holds 2"),
     "n3dv_strings": (_n3dv, lambda p: np.save(p / "poses_bounds.npy", np.full((2, 17), "x")),
                      "poses_bounds.npy: LLFF camera array must hold real numbers, got an array of <U1"),
-    "n3dv_npz": (_n3dv, lambda p: np.savez(p / "poses_bounds.npz", np.zeros((2, 17))) or
-                 (p / "poses_bounds.npz").replace(p / "poses_bounds.npy"),
-                 "poses_bounds.npy: unreadable LLFF camera array: the file is a .npz archive"),
+    "n3dv_npz": (_n3dv, _npz_named_npy, "poses_bounds.npy: unreadable LLFF camera array: the file is a .npz archive"),
     "n3dv_one_video": (_n3dv, lambda p: (p / "cam01.mp4").unlink(), "needs at least 2 cam"),
     "nerfstudio_malformed": (make_nerfstudio, lambda p: (p / "transforms.json").write_text("{frames: []}"),
                              "transforms.json: malformed JSON"),

@@ -60,3 +60,9 @@ def test_json_with_a_byte_order_mark_reads_and_utf16_is_named(tmp_path):
     path.write_bytes('{"fl_x": 40}'.encode("utf-16"))                                 # BOM + UTF-16
     with pytest.raises(UserError, match="a.json: is UTF-16 text; JSON files must be UTF-8"):
         read_json(path)
+    little_endian = '{"fl_x": 40}'.encode("utf-32")             # BOM FF FE 00 00: begins like UTF-16's FF FE
+    big_endian = b"\x00\x00\xfe\xff" + '{"fl_x": 40}'.encode("utf-32-be")
+    for content in (little_endian, big_endian):
+        path.write_bytes(content)
+        with pytest.raises(UserError, match="a.json: is UTF-32 text; JSON files must be UTF-8"):
+            read_json(path)

@@ -83,7 +83,10 @@ def _extra(root: Path) -> tuple[int, Optional[float]]:
     factor = json_int(data.get("factor", DEFAULT_FACTOR), "'factor'", path)
     if factor < 1:
         raise UserError(f"'factor' must be at least 1, got {factor}", path)
-    return factor, (json_number(data, "fps", path) if "fps" in data else None)
+    fps = json_number(data, "fps", path) if "fps" in data else None
+    if fps is not None and fps <= 0:
+        raise UserError(f"'fps' must be positive, got {fps:g}", path)
+    return factor, fps
 
 
 def load(path: Path, config: SceneConfig) -> Scene:

@@ -108,5 +108,5 @@ def load(path: Path, config: SceneConfig) -> Scene:
              f"stride {config.stride}, max_frames {config.max_frames or 'all'})"]
     if len(set(counts)) > 1:
         notes.append(f"videos have {min(counts)}..{max(counts)} decoded frames: the first {n} of each are used")
-    return Scene(name=path.name, format="n3dv", source=path, frames=frames,
+    return Scene(name=path.name, format="n3dv", source=path, frames=frames, frames_decoded=True,
                  background=background_rgb(config.background), fps=video_fps(videos[0]), notes=notes)

@@ -123,6 +123,6 @@ def load(path: Path, config: SceneConfig) -> Scene:
     # The cache already applied stride, max-frames and max-size.
     scene = frame_folder.load(out_dir, replace(config, stride=1, max_frames=0, max_size=0), fmt="video",
                               fps=video_fps(path), source=path)
-    scene.name, scene.source = path.stem, path
+    scene.name, scene.source, scene.frames_decoded = path.stem, path, True
     scene.notes.insert(0, f"decoded video frames cached in {out_dir}")
     return scene
