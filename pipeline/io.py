@@ -130,25 +130,64 @@ def numpy_load_reason(err: BaseException) -> str:
     return str(err)[:120] or type(err).__name__
 
 
+def _check_npy_magic(f, path: str | Path, what: str) -> None:
+    """Refuse a file ``f`` (opened binary, at its start) that does not begin as a ``.npy`` file; rewinds it."""
+    magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        kind = "is empty" if not magic else "is a .npz archive" if magic[:2] == b"PK" else "is not a .npy file"
+        raise UserError(f"unreadable {what}: the file {kind}", path)
+    f.seek(0)
+
+
+def _check_real_numbers(dtype: np.dtype, path: str | Path, what: str) -> None:
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise UserError(f"{what} must hold real numbers, got an array of {dtype}", path)
+
+
 def read_npy_numbers(path: str | Path, what: str) -> np.ndarray:
     """The real-valued array of a ``.npy`` file, or a one-line :class:`UserError` naming the file and ``what`` it
     should hold: missing, empty, truncated, not a ``.npy`` file (random bytes, text, an ``.npz`` archive), pickled
     objects (refused, never loaded), or values that are not real numbers (text, complex)."""
     try:
         with open(path, "rb") as f:
-            magic = f.read(6)
-            if magic != b"\x93NUMPY":
-                kind = "is empty" if not magic else "is a .npz archive" if magic[:2] == b"PK" else "is not a .npy file"
-                raise UserError(f"unreadable {what}: the file {kind}", path)
-            f.seek(0)
+            _check_npy_magic(f, path, what)
             array = np.load(f, allow_pickle=False)
     except FileNotFoundError:
         raise UserError(f"{what} not found", path) from None
     except (OSError, ValueError, EOFError) as err:
         raise UserError(f"unreadable {what} ({numpy_load_reason(err)})", path) from None
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise UserError(f"{what} must hold real numbers, got an array of {array.dtype}", path)
+    _check_real_numbers(array.dtype, path, what)
     return array
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def read_npy_shape(path: str | Path, what: str) -> tuple[int, ...] | None:
+    """The shape of a ``.npy`` file's array from its header alone (no data is read: cheap enough to check every
+    ground-truth map when a scene loads), or a one-line :class:`UserError` naming the file as
+    :func:`read_npy_numbers` would: missing, empty, not a ``.npy`` file, pickled objects, not real numbers, or
+    shorter than its header says (truncated). None for a format version without a public header reader (3.0: the
+    full read checks it)."""
+    try:
+        with open(path, "rb") as f:
+            _check_npy_magic(f, path, what)
+            reader = _NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
+            if reader is None:
+                return None
+            shape, _, dtype = reader(f)
+            needed = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise UserError(f"{what} not found", path) from None
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"unreadable {what} ({numpy_load_reason(err)})", path) from None
+    if dtype.hasobject:
+        raise UserError(f"unreadable {what} (it holds pickled Python objects)", path)
+    _check_real_numbers(dtype, path, what)
+    if size < needed:
+        raise UserError(f"unreadable {what}: the file is truncated ({size} of {needed} bytes)", path)
+    return tuple(shape)
 
 
 def read_npy_map(path: str | Path, what: str) -> np.ndarray:
@@ -162,6 +201,21 @@ def read_npy_map(path: str | Path, what: str) -> np.ndarray:
     if array.ndim != 2:
         raise UserError(f"{what} must be (H, W) numbers, got {array.dtype} of shape {array.shape}", path)
     return array.astype(np.float32)
+
+
+def read_npy_map_size(path: str | Path, what: str) -> tuple[int, int] | None:
+    """(W, H) of the (H, W) or (H, W, 1) map in a ``.npy`` file from its header alone (:func:`read_npy_shape`), with
+    :func:`read_npy_map`'s errors: a scene checks every ground-truth map this way when it loads, so that a damaged
+    one is named before hours of work rather than when the evaluation reads it. None where the header cannot be
+    read alone."""
+    shape = read_npy_shape(path, what)
+    if shape is None:
+        return None
+    if len(shape) == 3 and shape[-1] == 1:
+        shape = shape[:2]
+    if len(shape) != 2:
+        raise UserError(f"{what} must be (H, W) numbers, got an array of shape {shape}", path)
+    return shape[1], shape[0]
 
 
 def require_ffmpeg(what: str, fallback: str = ""):

@@ -94,24 +94,38 @@ def test_a_damaged_geometry_depth_map_in_the_render_stage(tmp_path):
     assert "b.npy" in str(err.value)
 
 
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-5])
+
+
 @pytest.mark.parametrize("write, message", [
-    (lambda p: p.write_bytes(b""), "unreadable depth map"),
+    (lambda p: p.write_bytes(b""), "unreadable depth map: the file is empty"),
+    (_truncate, r"unreadable depth map: the file is truncated \(\d+ of \d+ bytes\)"),
     (lambda p: np.save(p, np.zeros(3, np.float32)), r"depth map must be \(H, W\)"),
     (lambda p: np.save(p, np.ones((7, 9), np.float32)), "depth map is 9x7 but its image is 32x32")],
-    ids=["empty", "1-d", "other size"])
+    ids=["empty", "truncated", "1-d", "other size"])
 def test_damaged_ground_truth_depth_of_a_dnerf_scene(tmp_path, write, message):
+    """Named when the scene loads, from the map's header (before any stage runs, not when the evaluation reads it);
+    a map damaged after loading is still named when it is read."""
     from pipeline.cli import main
     from pipeline.scene import load_scene
     from pipeline.scene.config import SceneConfig
 
     scene_dir = tmp_path / "s"
     assert main(["make-scene", "object", "--out", str(scene_dir), "--frames", "4", "--res", "32", "--seed", "0"]) == 0
-    for depth_file in (scene_dir / "ground_truth" / "depth").rglob("*.npy"):
-        write(depth_file)
+    depth_files = sorted((scene_dir / "ground_truth" / "depth").rglob("*.npy"))
     scene = load_scene(SceneConfig(source=str(scene_dir)))
+    write(depth_files[-1])
     with pytest.raises(UserError, match=message) as err:
-        scene.frames[0].load_depth()
-    assert ".npy" in str(err.value)
+        load_scene(SceneConfig(source=str(scene_dir)))
+    assert depth_files[-1].name in str(err.value)
+    refused = []                                                  # the scene loaded before the damage
+    for frame in (f for f in scene.frames if f.load_depth is not None):
+        try:
+            frame.load_depth()
+        except UserError as late:
+            refused.append(str(late))
+    assert len(refused) == 1 and depth_files[-1].name in refused[0]
 
 
 def test_gaussian_labels_holding_pickled_objects_say_so(tmp_path, monkeypatch):

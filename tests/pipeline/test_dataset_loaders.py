@@ -543,6 +543,15 @@ def test_bad_dataset_input_is_one_clear_error(tmp_path, case):
                 f.load_depth()
 
 
+def test_dycheck_depth_maps_are_checked_when_the_scene_loads(tmp_path):
+    """From their headers, before any stage runs (they are read only by the evaluation, after the others)."""
+    make_dycheck(tmp_path / "d")
+    depth = tmp_path / "d" / "depth" / "2x" / "0_00001.npy"
+    depth.write_bytes(depth.read_bytes()[:-4])
+    with pytest.raises(UserError, match=r"0_00001.npy: unreadable depth map: the file is truncated"):
+        load(tmp_path / "d")
+
+
 @pytest.mark.parametrize("fmt,message", [
     ("nerfies", "dataset.json: file not found"),
     ("dycheck", "dataset.json: file not found"),

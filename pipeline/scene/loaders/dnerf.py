@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.cameras import intrinsics_from_fov, opengl_c2w_to_opencv_w2c
 from pipeline.errors import UserError
-from pipeline.io import read_json, read_npy_map
+from pipeline.io import read_json, read_npy_map, read_npy_map_size
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, read_mask, resize_array, scaled_size
 from pipeline.scene.loaders.common import (check_frame_count, image_loader, is_rigid_c2w, normalise_times,
@@ -50,17 +50,23 @@ def _ground_truth(root: Path, image: Path, stored: tuple[int, int], size: tuple[
     depth_path = root / "ground_truth" / "depth" / relative.parent / f"{relative.name}.npy"
     mask_path = root / "ground_truth" / "dynamic_mask" / relative.parent / f"{relative.name}.png"
 
+    def check_size(depth_size: tuple[int, int] | None) -> None:
+        if depth_size is not None and depth_size != tuple(stored):
+            raise UserError(f"depth map is {depth_size[0]}x{depth_size[1]} but its image is "
+                            f"{stored[0]}x{stored[1]}", depth_path)
+
     def load_depth() -> np.ndarray:
         depth = read_npy_map(depth_path, "depth map")
-        if (depth.shape[1], depth.shape[0]) != tuple(stored):
-            raise UserError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but its image is "
-                            f"{stored[0]}x{stored[1]}", depth_path)
+        check_size((depth.shape[1], depth.shape[0]))
         return resize_array(depth, size, nearest=True) if size is not None else depth
 
     def load_mask() -> np.ndarray:
         return read_mask(mask_path, size)
 
-    return (load_depth if depth_path.is_file() else None), (load_mask if mask_path.is_file() else None)
+    has_depth = depth_path.is_file()
+    if has_depth:                                  # now, from the header: not after the stages that come before
+        check_size(read_npy_map_size(depth_path, "depth map"))
+    return (load_depth if has_depth else None), (load_mask if mask_path.is_file() else None)
 
 
 def _get(mapping: dict, key: str, where: Path, context: str = ""):

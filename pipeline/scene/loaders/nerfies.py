@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.io import read_json, read_npy_map
+from pipeline.io import read_json, read_npy_map, read_npy_map_size
 from pipeline.scene.config import SceneConfig
 from pipeline.scene.images import image_size, read_mask, resize_array, scaled_size
 from pipeline.scene.loaders.common import (aspect_ratios_differ, background_rgb, check_frame_count, finish_frames,
@@ -199,15 +199,20 @@ def build_frames(root: Path, items: list[Item], factor: float, max_size: int, wo
 
 
 def _depth_loader(path: Path, scale: float, size: tuple[int, int]):
+    """The loader of a Lidar depth map, once its header has been checked (now, when the scene loads: a damaged map
+    is named before the stages run, not when the evaluation reads it)."""
+    def check_size(depth_size: tuple[int, int] | None) -> None:
+        if depth_size is not None and aspect_ratios_differ(depth_size, size):
+            raise UserError(f"depth map is {depth_size[0]}x{depth_size[1]} but its frame is {size[0]}x{size[1]} "
+                            "(aspect ratios differ)", path)
+
     def load() -> np.ndarray:
         depth = read_npy_map(path, "depth map")
-        height, width = depth.shape
-        if aspect_ratios_differ((width, height), size):
-            raise UserError(f"depth map is {width}x{height} but its frame is {size[0]}x{size[1]} "
-                            "(aspect ratios differ)", path)
+        check_size((depth.shape[1], depth.shape[0]))
         depth = np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0) * np.float32(scale)
         return resize_array(depth, size, nearest=True)
 
+    check_size(read_npy_map_size(path, "depth map"))
     return load
 
 
