@@ -121,12 +121,15 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
         iio.imwrite(tmp, image, extension=".png")
 
 
+PICKLED = "it holds pickled Python objects"     # why a .npy/.npz that numpy would only load with allow_pickle fails
+
+
 def numpy_load_reason(err: BaseException) -> str:
     """Why ``np.load(..., allow_pickle=False)`` failed, for a one-line error: numpy's "Object arrays cannot be loaded
     when allow_pickle=False" (and its advice to allow pickles) becomes "it holds pickled Python objects"; other
     errors their own text, cut at 120 characters, or their type's name."""
     if "pickle" in str(err):
-        return "it holds pickled Python objects"
+        return PICKLED
     return str(err)[:120] or type(err).__name__
 
 
@@ -183,7 +186,7 @@ def read_npy_shape(path: str | Path, what: str) -> tuple[int, ...] | None:
     except (OSError, ValueError, EOFError) as err:
         raise UserError(f"unreadable {what} ({numpy_load_reason(err)})", path) from None
     if dtype.hasobject:
-        raise UserError(f"unreadable {what} (it holds pickled Python objects)", path)
+        raise UserError(f"unreadable {what} ({PICKLED})", path)
     _check_real_numbers(dtype, path, what)
     if size < needed:
         raise UserError(f"unreadable {what}: the file is truncated ({size} of {needed} bytes)", path)

@@ -101,9 +101,11 @@ def _truncate(path):
 @pytest.mark.parametrize("write, message", [
     (lambda p: p.write_bytes(b""), "unreadable depth map: the file is empty"),
     (_truncate, r"unreadable depth map: the file is truncated \(\d+ of \d+ bytes\)"),
+    (lambda p: np.save(p, np.array([{}, None], dtype=object)), r"unreadable depth map \(it holds pickled Python"),
+    (lambda p: np.save(p, np.full((32, 32), "x")), "depth map must hold real numbers, got an array of <U1"),
     (lambda p: np.save(p, np.zeros(3, np.float32)), r"depth map must be \(H, W\)"),
     (lambda p: np.save(p, np.ones((7, 9), np.float32)), "depth map is 9x7 but its image is 32x32")],
-    ids=["empty", "truncated", "1-d", "other size"])
+    ids=["empty", "truncated", "pickled", "text", "1-d", "other size"])
 def test_damaged_ground_truth_depth_of_a_dnerf_scene(tmp_path, write, message):
     """Named when the scene loads, from the map's header (before any stage runs, not when the evaluation reads it);
     a map damaged after loading is still named when it is read."""
