@@ -95,7 +95,7 @@ class Scene:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     fps: Optional[float] = None
     notes: list[str] = field(default_factory=list)   # what the loader decided (split, resolution), for the log
-    frames_decoded: bool = False   # the frames' files are our cache of frames decoded from ``source`` (videos):
+    frames_decoded: bool = False   # the frames' files are our cache of frames decoded from ``source`` (video, N3DV):
                                    # errors about a frame name ``source``, the user's input, not the cache
 
     def split(self, name: str) -> list[Frame]:

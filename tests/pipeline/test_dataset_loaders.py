@@ -470,6 +470,8 @@ BAD_INPUTS = {
                           "0_00001.npy: depth map must be"),
     "dycheck_zero_fps": (_dycheck, lambda p: write_json(p / "extra.json", dict(factor=2, fps=0)),
                          "extra.json: 'fps' must be positive, got 0"),
+    "dycheck_nan_fps": (_dycheck, lambda p: write_json(p / "extra.json", dict(factor=2, fps=float("nan"))),
+                        "extra.json: 'fps' must be a finite number, got nan"),
     "dycheck_depth_size": (_dycheck, lambda p: np.save(p / "depth" / "2x" / "0_00001.npy", np.ones((7, 9))),
                            r"0_00001.npy: depth map is 9x7 but its frame is \d+x\d+ \(aspect ratios differ\)"),
     "n3dv_wrong_shape": (lambda p: _n3dv(p, columns=15), None, r"poses_bounds.npy: expected an \(N_cameras, 17\)"),
