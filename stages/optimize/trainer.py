@@ -684,8 +684,9 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     times = [v.time for v in views]
     gap = median_time_gap(times)
     time_range = (min(times), max(times))
-    training_times = torch.tensor(sorted(set(times)), dtype=torch.float32, device=device)   # (T,) for drop_unit copy
-    model = build_model(cfg, initial, gap, len(np.unique(np.round(times, 9))), device)
+    distinct_times = np.unique(np.round(times, 9))                                  # (T,) sorted
+    training_times = torch.tensor(distinct_times, dtype=torch.float32, device=device)   # for drop_unit 'copy'
+    model = build_model(cfg, initial, gap, len(distinct_times), device)
     scale = scene_scale(views, model.splats["means"])
     cameras = torch.nn.Parameter(torch.zeros(len(views), 6, device=device)) if cfg.refine_cameras else None
     optimizer = build_optimizer(cfg, model, cameras, scale)
