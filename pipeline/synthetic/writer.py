@@ -127,7 +127,9 @@ def _fresh_output(out: Path) -> None:
 
 @contextlib.contextmanager
 def _staging(out: Path) -> Iterator[Path]:
-    """A temporary folder next to ``out`` that becomes ``out`` on success (so a scene folder is never partial)."""
+    """A temporary folder next to ``out`` that becomes ``out`` on success (so a scene folder is never partial). An
+    ``out`` that exists (an empty folder, or a link to one) is kept and filled, not replaced: its permissions, owner
+    and mount stay the user's, and a link keeps pointing at it."""
     out = Path(out)
     _fresh_output(out)
     if out.is_symlink():        # a link to an empty folder: the scene goes into that folder, the link stays
@@ -136,9 +138,11 @@ def _staging(out: Path) -> Iterator[Path]:
     stage = with_default_mode(Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)))
     try:
         yield stage
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        stage.rename(out)
+        if out.is_dir():        # empty (checked above): the staged entries move in, a rename each
+            for entry in sorted(stage.iterdir()):
+                entry.rename(out / entry.name)
+        else:
+            stage.rename(out)
     finally:
         if stage.exists():
             shutil.rmtree(stage)

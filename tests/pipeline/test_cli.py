@@ -234,10 +234,16 @@ def test_symbolic_links_as_output_folders(tmp_path, capsys):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["dangle", "loop"]
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty").mkdir(mode=0o750)
+    (tmp_path / "empty").chmod(0o750)               # whatever the umask
+    inode = (tmp_path / "empty").stat().st_ino
     (tmp_path / "link").symlink_to(tmp_path / "empty")
     assert main(["make-scene", "object", "--out", str(tmp_path / "link"), "--frames", "4", "--res", "16"]) == 0
     assert (tmp_path / "link").is_symlink() and (tmp_path / "empty" / "transforms_train.json").is_file()
+    # the user's folder was filled, not replaced: the same inode, its own permissions, nothing staged left beside it
+    target = (tmp_path / "empty").stat()
+    assert target.st_ino == inode and target.st_mode & 0o777 == 0o750
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_a_path_that_starts_with_a_dash_gets_a_hint(tmp_path, monkeypatch, capsys):

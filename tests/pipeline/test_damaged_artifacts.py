@@ -130,6 +130,35 @@ def test_damaged_ground_truth_depth_of_a_dnerf_scene(tmp_path, write, message):
     assert len(refused) == 1 and depth_files[-1].name in refused[0]
 
 
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_bytes(b""), "not a readable image"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20), "not a readable image"),
+    (lambda p: _write_png(p, np.zeros((16, 32), np.uint8)), "dynamic mask is 32x16 but its image is 32x32")],
+    ids=["empty", "bad header", "other size"])
+def test_damaged_ground_truth_mask_of_a_dnerf_scene(tmp_path, write, message):
+    """Named when the scene loads, from the PNG's header (the geometry stage's oracle and the evaluation read the
+    masks only after earlier stages have run)."""
+    from pipeline.cli import main
+    from pipeline.scene import load_scene
+    from pipeline.scene.config import SceneConfig
+
+    scene_dir = tmp_path / "s"
+    assert main(["make-scene", "object", "--out", str(scene_dir), "--frames", "4", "--res", "32", "--seed", "0"]) == 0
+    mask_files = sorted((scene_dir / "ground_truth" / "dynamic_mask").rglob("*.png"))
+    scene = load_scene(SceneConfig(source=str(scene_dir)))
+    assert all(f.load_dynamic_mask().shape == (32, 32) for f in scene.frames)
+    write(mask_files[-1])
+    with pytest.raises(UserError, match=message) as err:
+        load_scene(SceneConfig(source=str(scene_dir)))
+    assert mask_files[-1].name in str(err.value)
+
+
+def _write_png(path, array):
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+
+
 def test_gaussian_labels_holding_pickled_objects_say_so(tmp_path, monkeypatch):
     """The labels reader and every .npy reader word numpy's allow_pickle refusal the same way (one helper)."""
     import stages.optimize.stage as stage

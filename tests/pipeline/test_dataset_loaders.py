@@ -554,6 +554,18 @@ def test_dycheck_depth_maps_are_checked_when_the_scene_loads(tmp_path):
         load(tmp_path / "d")
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(b""), "1_00002.png: not a readable image"),
+    (lambda p: write_png(p, np.zeros((24, 24), np.uint8)), "1_00002.png: covisibility mask is 24x24 but its frame is "
+                                                           r"32x24 \(aspect ratios differ\)")], ids=["empty", "square"])
+def test_dycheck_covisibility_masks_are_checked_when_the_scene_loads(tmp_path, damage, message):
+    """From their headers, before any stage runs (only the evaluation reads them, after the others)."""
+    make_dycheck(tmp_path / "d")
+    damage(tmp_path / "d" / "covisible" / "2x" / "val" / "1_00002.png")
+    with pytest.raises(UserError, match=message):
+        load(tmp_path / "d")
+
+
 @pytest.mark.parametrize("fmt,message", [
     ("nerfies", "dataset.json: file not found"),
     ("dycheck", "dataset.json: file not found"),

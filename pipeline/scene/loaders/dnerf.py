@@ -5,7 +5,9 @@
 
 Scenes written by ``page4dgs make-scene`` also hold ``ground_truth/depth/<split>/<stem>.npy`` (float32 z-depth, 0 =
 background) and ``ground_truth/dynamic_mask/<split>/<stem>.png`` (255 = moving); where present they are attached as
-``Frame.load_depth`` and ``Frame.load_dynamic_mask`` (nearest-resampled when the frames are resized).
+``Frame.load_depth`` and ``Frame.load_dynamic_mask`` (when the frames are resized, depth is resampled to the
+nearest pixel, masks area-averaged and thresholded at 0.5). Both are checked from their headers when the scene
+loads and must have their image's size.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from pipeline.cameras import intrinsics_from_fov, opengl_c2w_to_opencv_w2c
 from pipeline.errors import UserError
 from pipeline.io import read_json, read_npy_map, read_npy_map_size
 from pipeline.scene.config import SceneConfig
-from pipeline.scene.images import image_size, read_mask, resize_array, scaled_size
-from pipeline.scene.loaders.common import (check_frame_count, image_loader, is_rigid_c2w, normalise_times,
-                                           resolution_factor, unique_names)
+from pipeline.scene.images import image_size, resize_array, scaled_size
+from pipeline.scene.loaders.common import (check_frame_count, image_loader, is_rigid_c2w, mask_loader,
+                                           normalise_times, resolution_factor, unique_names)
 from pipeline.scene.model import Camera, Frame, Scene
 
 SPLITS = ("train", "val", "test")
@@ -60,13 +62,12 @@ def _ground_truth(root: Path, image: Path, stored: tuple[int, int], size: tuple[
         check_size((depth.shape[1], depth.shape[0]))
         return resize_array(depth, size, nearest=True) if size is not None else depth
 
-    def load_mask() -> np.ndarray:
-        return read_mask(mask_path, size)
-
     has_depth = depth_path.is_file()
     if has_depth:                                  # now, from the header: not after the stages that come before
         check_size(read_npy_map_size(depth_path, "depth map"))
-    return (load_depth if has_depth else None), (load_mask if mask_path.is_file() else None)
+    load_mask = (mask_loader(mask_path, size, stored, "dynamic mask", "image", same_size=True)
+                 if mask_path.is_file() else None)
+    return (load_depth if has_depth else None), load_mask
 
 
 def _get(mapping: dict, key: str, where: Path, context: str = ""):

@@ -39,10 +39,10 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.io import read_json, read_npy_map, read_npy_map_size
 from pipeline.scene.config import SceneConfig
-from pipeline.scene.images import image_size, read_mask, resize_array, scaled_size
+from pipeline.scene.images import image_size, resize_array, scaled_size
 from pipeline.scene.loaders.common import (aspect_ratios_differ, background_rgb, check_frame_count, finish_frames,
                                            image_loader, json_array, json_int, json_number, json_object, json_strings,
-                                           resolution_factor, split_counts)
+                                           mask_loader, resolution_factor, split_counts)
 from pipeline.scene.model import Camera, Frame, Scene
 
 AUTO_FACTOR = 2  # 4DGaussians trains and evaluates HyperNeRF on rgb/2x
@@ -184,7 +184,8 @@ def build_frames(root: Path, items: list[Item], factor: float, max_size: int, wo
         if item.split == "test":
             for folder in covisible_folders:
                 if (folder / f"{item.name}.png").is_file():
-                    frame.load_covisible = _mask_loader(folder / f"{item.name}.png", (width, height))
+                    frame.load_covisible = mask_loader(folder / f"{item.name}.png", (width, height), (width, height),
+                                                       "covisibility mask", "frame")
                     break
         frames.append(frame)
     finish_frames(frames)
@@ -213,13 +214,6 @@ def _depth_loader(path: Path, scale: float, size: tuple[int, int]):
         return resize_array(depth, size, nearest=True)
 
     check_size(read_npy_map_size(path, "depth map"))
-    return load
-
-
-def _mask_loader(path: Path, size: tuple[int, int]):
-    def load() -> np.ndarray:
-        return read_mask(path, size)
-
     return load
 
 
