@@ -93,6 +93,15 @@ class OptimizeConfig:
                                     "Gaussian and its rigidity_neighbors nearest neighbours of the same time slice "
                                     "keep their canonical values at other times (relative squared stretch).")
     rigidity_neighbors: int = option(6, "Neighbours per dynamic Gaussian for the rigidity regulariser.")
+    coherence_lambda: float = option(0.0, "Weight of the motion-coherence regulariser: at each step's render time, "
+                                     "up to 2048 dynamic Gaussians drawn from those within two temporal widths of "
+                                     "it, each with its coherence_neighbors nearest such Gaussians there of any "
+                                     "anchor time (so per-time copies of one part are coupled, where rigidity "
+                                     "couples only Gaussians of one copy), pay the squared difference of their "
+                                     "velocities over one frame gap, weighted by a Gaussian of their distance and "
+                                     "relative to the mean squared velocity (scale-free); 0 = off. Added to the "
+                                     "loss; not a column of log.csv.")
+    coherence_neighbors: int = option(8, "Neighbours per sampled dynamic Gaussian for the coherence regulariser.")
     scale_lambda: float = option(0.01, "Weight of the scale regulariser (anisotropy beyond max_anisotropy).")
     residual_lambda: float = option(0.0, "planes_bases: weight of the mean squared displacement that the dynamic "
                                     "Gaussians get from their own motion-bases coefficients (up to 4096 of them "

@@ -225,6 +225,23 @@ def acceleration_loss(acceleration: torch.Tensor, scene_scale: float) -> torch.T
     return acceleration.pow(2).sum() / (scene_scale**2 * len(acceleration))
 
 
+def coherence_loss(velocity: torch.Tensor, neighbor_velocity: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """Local coherence of motion: the squared difference of each Gaussian's velocity and its neighbours', weighted
+    by exp(-d^2 / (2 r^2)) with r the median neighbour distance, relative to the weighted mean squared velocity of
+    the Gaussians and their neighbours (detached: a scale-free measure that cannot be lowered by slowing
+    everything). 0 when every group moves as one translation.
+
+    velocity (M, 3), neighbor_velocity (M, k, 3): displacements over one time step; distance (M, k) to each
+    neighbour at the time they were taken (no gradient flows through it).
+    """
+    distance = distance.detach()
+    radius = distance.median().clamp_min(1e-12)
+    weight = torch.exp(-0.5 * (distance / radius) ** 2)                                  # (M, k)
+    mismatch = (neighbor_velocity - velocity[:, None]).square().sum(-1)                  # (M, k)
+    speed = 0.5 * (velocity[:, None].square().sum(-1) + neighbor_velocity.square().sum(-1)).detach()
+    return (weight * mismatch).sum() / (weight * speed).sum().clamp_min(1e-20)
+
+
 def rigidity_loss(deformed: torch.Tensor, deformed_neighbors: torch.Tensor, canonical: torch.Tensor,
                   canonical_neighbors: torch.Tensor) -> torch.Tensor:
     """Local isometry: sum of squared changes of the distances between each Gaussian and its neighbours, relative

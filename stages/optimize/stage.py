@@ -94,8 +94,9 @@ def check_config(cfg: OptimizeConfig) -> None:
                  "temporal_widen_from", "temporal_widen_until"):
         if getattr(cfg, name) < 0:
             problems.append(f"{name} must be >= 0 (got {getattr(cfg, name)})")
-    if cfg.rigidity_neighbors < 1:
-        problems.append(f"rigidity_neighbors must be >= 1 (got {cfg.rigidity_neighbors})")
+    for name in ("rigidity_neighbors", "coherence_neighbors"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name} must be >= 1 (got {getattr(cfg, name)})")
     if problems:
         raise UserError("optimize: " + "; ".join(problems))
 

@@ -35,8 +35,8 @@ from stages.optimize.deformation import Box, build_deformation, deformation_spec
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
-from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_loss, depth_loss, opacity_loss,
-                                    photometric_loss, psnr_from_mse, residual_loss, rigidity_loss)
+from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_loss, coherence_loss, depth_loss,
+                                    opacity_loss, photometric_loss, psnr_from_mse, residual_loss, rigidity_loss)
 from stages.optimize.model import (GaussianModel4D, accelerations, compile_function, gaussian_count,
                                    is_device_error, short_reason)
 
@@ -611,6 +611,45 @@ def random_rows(index: torch.Tensor, limit: int, generator: torch.Generator) -> 
     return index[torch.randperm(index.numel(), device=index.device, generator=generator)[:limit]]
 
 
+@torch.no_grad()
+def coherence_groups(model: GaussianModel4D, time: float, samples: int, k: int, generator: torch.Generator,
+                     chunk: int = 512) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Who the motion-coherence regulariser compares at ``time``: up to ``samples`` dynamic Gaussians drawn from
+    those within two temporal widths of ``time`` (all dynamic ones without temporal opacity), each with its ``k``
+    nearest among the same set by position at ``time``, whatever copy (anchor time) they belong to. Returns (group
+    (M, 1 + k) int64 model rows, the sampled one first; distance (M, k) to each neighbour, world units), or None
+    when there are k or fewer. One host synchronisation (the set's size); the distances in chunks of ``chunk``
+    rows, so that memory stays at chunk x the set's size."""
+    splats = model.splats
+    index = model.dynamic_index()
+    if model.temporal_opacity:
+        z = (time - splats["time_centers"][index]) / torch.exp(splats["time_log_scales"][index])
+        index = index[z.abs() <= 2.0]                                                   # (V,): one sync
+    count = index.numel()
+    if count <= k:
+        return None
+    positions = model.positions_at_time(time, index)                                  # (V, 3)
+    query = torch.randperm(count, device=index.device, generator=generator)[:samples]  # (M,)
+    nearest, distance = [], []
+    for lo in range(0, len(query), chunk):
+        rows = query[lo:lo + chunk]
+        d = torch.cdist(positions[rows], positions)                                    # (b, V)
+        d[torch.arange(len(rows), device=d.device), rows] = float("inf")               # not itself
+        values, columns = d.topk(k, dim=1, largest=False)                              # (b, k), nearest first
+        nearest.append(columns)
+        distance.append(values)
+    group = index[torch.cat([query[:, None], torch.cat(nearest)], dim=1)]              # (M, 1 + k)
+    return group, torch.cat(distance)
+
+
+def coherence_penalty(model: GaussianModel4D, group: torch.Tensor, distance: torch.Tensor, time: float,
+                      other_time: float) -> torch.Tensor:
+    """:func:`coherence_loss` of the Gaussians ``group`` (M, 1 + k) from :func:`coherence_groups`, their velocities
+    being their displacements from ``time`` to ``other_time`` (one frame gap away)."""
+    velocity = model.positions_at_time(other_time, group) - model.positions_at_time(time, group)   # (M, 1 + k, 3)
+    return coherence_loss(velocity[:, 0], velocity[:, 1:], distance)
+
+
 def residual_penalty(model: GaussianModel4D, pick: torch.Tensor, times: torch.Tensor,
                      scene_scale: float) -> torch.Tensor:
     """planes_bases: :func:`residual_loss` of the displacement that the Gaussians ``pick`` (M,) get from their own
@@ -721,6 +760,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     render_mode = "RGB+ED" if want_depth else "RGB"
     n_dynamic_model = model.deformation is not None
     use_rigidity = n_dynamic_model and cfg.rigidity_lambda > 0
+    use_coherence = n_dynamic_model and cfg.coherence_lambda > 0
     use_residual = n_dynamic_model and cfg.residual_lambda > 0 and model.deformation.kind == "planes_bases"
     neighbors: Optional[torch.Tensor] = None      # (N, k) same-slice neighbours, recomputed when the rows change
     zero = torch.zeros((), device=device)     # the value of a loss term that is off (made once, not per step)
@@ -761,6 +801,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             viewmat = view.world_to_camera if cameras is None else refined_world_to_camera(view.world_to_camera,
                                                                                            cameras[index])
             when = jittered_time(view.time, jitter_std, sampler.generator, time_range[0], time_range[1])
+            render_time = when
             factors = drop_factors(drop_rate_at(cfg, step), cfg.drop_unit, model.splats["is_dynamic"],
                                    model.splats["anchor_times"], training_times, generator)
             colors, alphas, info = model.rasterize(when, viewmat[None], view.K[None], view.width, view.height,
@@ -793,6 +834,11 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 motion = functions.motion(model.deformation, model.splats["means"], model.deformation_parameters(),
                                           pick, t, h, scale)
                 loss = loss + cfg.motion_lambda * motion
+        if use_coherence and model.deform_enabled:
+            found = coherence_groups(model, render_time, 2048, cfg.coherence_neighbors, generator)
+            if found is not None:
+                other_time = render_time + gap if render_time + gap <= time_range[1] else render_time - gap
+                loss = loss + cfg.coherence_lambda * coherence_penalty(model, *found, render_time, other_time)
         rigidity = zero
         if use_rigidity and model.deform_enabled and model.dynamic_index().numel() > 1:
             if neighbors is None:

@@ -581,6 +581,78 @@ def test_rigidity_is_zero_for_rigid_motion_and_measures_stretch(rng):
     assert float(stretched) == pytest.approx(0.01, rel=1e-9)          # every distance 10 % longer
 
 
+def test_coherence_is_zero_for_one_translation_and_measures_disagreement_relative_to_speed():
+    from stages.optimize.losses import coherence_loss
+
+    velocity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    same = velocity[:, None].expand(2, 3, 3)
+    distance = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    assert float(coherence_loss(velocity, same, distance)) == 0.0
+    # Hand-computed: r = median distance = 2, weights exp(-d^2 / 8) = (e^-1/8, e^-1/2, e^-9/8) per row. Row 0's
+    # neighbours all at rest: mismatch 1 each, speed 0.5; row 1's all at (0, 2, 2): mismatch 4, speed 0.5 (4 + 8) = 6.
+    neighbors = torch.stack([torch.zeros(3, 3), torch.tensor([[0.0, 2.0, 2.0]]).expand(3, 3)])
+    w = torch.exp(-torch.tensor([1.0, 4.0, 9.0]) / 8).sum()
+    expected = (w * 1 + w * 4) / (w * 0.5 + w * 6)
+    assert float(coherence_loss(velocity, neighbors, distance)) == pytest.approx(float(expected), rel=1e-6)
+    # Scale-free: the same motion twice as fast, or the distances doubled, gives the same value.
+    assert float(coherence_loss(2 * velocity, 2 * neighbors, 2 * distance)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_coherence_groups_pair_nearby_gaussians_of_any_copy_that_are_visible_at_the_time(rng):
+    from stages.optimize.trainer import coherence_groups
+
+    model = _small_model()
+    n = model.num_gaussians()
+    s = model.splats
+    with torch.no_grad():
+        s["motion_coefs"].zero_()                                   # positions at any time are the canonical ones
+        s["means"].copy_(torch.tensor(rng.normal(size=(n, 3)), dtype=torch.float32))
+        s["is_dynamic"].copy_(torch.arange(n) < 9)
+        s["anchor_times"].copy_(torch.tensor([0.0, 0.1, 0.2] * 3 + [0.0] * (n - 9)))
+        s["time_centers"].copy_(s["anchor_times"])
+        s["time_log_scales"].fill_(math.log(0.06))                  # within 2 widths of 0.1: 0.0-0.2
+        s["time_centers"][8] = 0.9                                  # except this one
+    group, distance = coherence_groups(model, 0.1, samples=100, k=3, generator=torch.Generator().manual_seed(0))
+    eligible = list(range(8))                                       # dynamic, within two widths of t = 0.1
+    assert sorted(group[:, 0].tolist()) == eligible                 # every one drawn (fewer than samples)
+    means = s["means"].detach()
+    for row, dist in zip(group.tolist(), distance):
+        i, neighbors = row[0], row[1:]
+        expected = sorted((j for j in eligible if j != i), key=lambda j: float((means[i] - means[j]).norm()))[:3]
+        assert neighbors == expected
+        torch.testing.assert_close(dist, (means[neighbors] - means[i]).norm(dim=-1))
+    assert len({float(s["anchor_times"][j]) for row in group.tolist() for j in row}) == 3    # across copies
+    assert coherence_groups(model, 0.9, samples=100, k=3, generator=torch.Generator()) is None   # only one there
+
+
+def test_descending_the_coherence_penalty_makes_neighbours_move_alike(rng):
+    """Its gradient reaches the motion coefficients of a Gaussian and of its neighbours: Adam on the coefficients
+    alone, from random ones, brings the relative disagreement of the velocities down to a fraction."""
+    from stages.optimize.trainer import coherence_groups, coherence_penalty
+
+    model = _small_model()
+    with torch.no_grad():
+        model.splats["is_dynamic"].fill_(True)
+        model.splats["time_log_scales"].fill_(math.log(10.0))       # every Gaussian visible at every time
+        model.splats["motion_coefs"].copy_(torch.tensor(rng.normal(size=model.splats["motion_coefs"].shape)))
+    coefs = model.splats["motion_coefs"]
+    optimizer = torch.optim.Adam([coefs], lr=0.02)
+    generator = torch.Generator().manual_seed(0)
+
+    def penalty(t: float) -> torch.Tensor:
+        return coherence_penalty(model, *coherence_groups(model, t, 64, 3, generator), t, t + 0.05)
+
+    with torch.no_grad():
+        before = float(np.mean([float(penalty(t)) for t in (0.2, 0.5, 0.8)]))
+    for step in range(150):
+        optimizer.zero_grad()
+        penalty(float(torch.rand((), generator=generator)) * 0.9).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(np.mean([float(penalty(t)) for t in (0.2, 0.5, 0.8)]))
+    assert before > 0.3 and after < 0.25 * before, (before, after)
+
+
 def test_same_time_neighbors_are_the_nearest_of_the_same_slice(rng):
     model = _small_model()
     n = model.num_gaussians()

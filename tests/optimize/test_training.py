@@ -329,6 +329,30 @@ def test_the_opacity_regulariser_adds_the_weighted_mean_opacity_and_lowers_opaci
     assert float(pulled_log[0]["loss"]) - float(plain_log[0]["loss"]) == pytest.approx(0.1, abs=1e-5)
 
 
+def test_the_coherence_regulariser_makes_copies_move_alike_and_resumes_exactly(tiny, tmp_path):
+    """Trained with a large weight, the dynamic Gaussians' velocities agree better with their neighbours' (of any
+    copy) than without it; the run (its random draws included) resumes bit for bit."""
+    from stages.optimize.trainer import coherence_groups, coherence_penalty
+
+    files, scene = tiny
+    measured = {}
+    for weight in (0.0, 10.0):
+        cfg = small_config(iterations=8, densify=False, rigidity_lambda=0.0, coherence_lambda=weight,
+                           lr_motion=0.05, checkpoint_every=4)
+        data, initial = _inputs(files, scene, cfg)
+        result = train(cfg, data, initial, tmp_path / f"w{weight}", seed=0)
+        model, values = result.model, []
+        times = sorted({v.time for v in data.views})
+        for t in times[:-1]:
+            found = coherence_groups(model, t, 512, 8, torch.Generator().manual_seed(1))
+            with torch.no_grad():
+                values.append(float(coherence_penalty(model, *found, t, t + (times[1] - times[0]))))
+        measured[weight] = float(np.mean(values))
+        if weight > 0:
+            resumed_run_matches(cfg, data, initial, tmp_path, result, f"w{weight}", seed=0)
+    assert measured[10.0] < measured[0.0], measured
+
+
 def test_the_mask_loss_is_the_mean_alpha_error_and_lowers_it_on_the_training_views(tiny, tmp_path):
     from stages.optimize.losses import alpha_loss
 
