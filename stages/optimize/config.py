@@ -100,7 +100,8 @@ class OptimizeConfig:
                                      "couples only Gaussians of one copy), pay the squared difference of their "
                                      "velocities over one frame gap, weighted by a Gaussian of their distance and "
                                      "relative to the mean squared velocity (scale-free); 0 = off. Added to the "
-                                     "loss; not a column of log.csv.")
+                                     "loss; not a column of log.csv. On object scenes it lost at every weight "
+                                     "tried, 0.001-1 (docs/gaussians.md, thirtieth session).")
     coherence_neighbors: int = option(8, "Neighbours per sampled dynamic Gaussian for the coherence regulariser.")
     scale_lambda: float = option(0.01, "Weight of the scale regulariser (anisotropy beyond max_anisotropy).")
     residual_lambda: float = option(0.0, "planes_bases: weight of the mean squared displacement that the dynamic "
