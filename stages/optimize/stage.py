@@ -164,13 +164,19 @@ def load_views(ctx, cfg: OptimizeConfig, device: torch.device) -> TrainData:
     return TrainData(views=views, scene_background=tuple(float(c) for c in ctx.scene.background))
 
 
+def random_background_unusable(cfg: OptimizeConfig, data: TrainData) -> bool:
+    """Whether ``background: random`` was asked for on frames without alpha (then the trainer uses the scene's
+    background). From ``has_alpha``: frames decoded at every use hold no alpha until then."""
+    return cfg.background == "random" and not any(v.has_alpha for v in data.views)
+
+
 def run(ctx) -> dict:
     cfg: OptimizeConfig = ctx.section
     check_config(cfg)
     device = torch.device(ctx.device)
     initial = load_initial(ctx)
     data = load_views(ctx, cfg, device)
-    if cfg.background == "random" and all(v.alpha is None for v in data.views):
+    if random_background_unusable(cfg, data):
         ctx.log.info("optimize.background=random needs RGBA frames; using the scene background")
     out_dir = ctx.out("optimize/model.pt").parent
     if device.type == "cuda":

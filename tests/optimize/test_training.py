@@ -279,6 +279,13 @@ def test_frames_decoded_at_every_use_train_identically(tiny, tmp_path, monkeypat
     monkeypatch.setattr(stage_module, "DEVICE_IMAGE_BUDGET", 0)
     lazy_data, _ = _inputs(files, scene, cfg)
     assert lazy_data.views[0].image is None and lazy_data.views[0].has_alpha
+    # ... and the stage does not log that random backgrounds need RGBA frames (it did, from the absent alpha)
+    assert not stage_module.random_background_unusable(cfg, lazy_data)
+    for view in eager_data.views:
+        view.has_alpha = False
+    assert stage_module.random_background_unusable(cfg, eager_data)
+    for view in eager_data.views:
+        view.has_alpha = True
     eager = train(cfg, eager_data, initial, tmp_path / "eager", seed=0)
     lazy = train(cfg, lazy_data, initial, tmp_path / "lazy", seed=0)
     assert [r["loss"] for r in _log(tmp_path / "eager/log.csv")] == [r["loss"] for r in _log(tmp_path / "lazy/log.csv")]
