@@ -35,10 +35,10 @@ def image_loader(path: Path, size: Optional[tuple[int, int]] = None):
 def mask_loader(path: Path, size: Optional[tuple[int, int]], reference: tuple[int, int], what: str,
                 reference_name: str, same_size: bool = False):
     """A lazy loader of the mask image ``path`` as (H, W) bool (:func:`read_mask`, at ``size`` = (W, H) or as
-    stored), once its header has been read now - when the scene loads, so that an unreadable mask, or one that does not fit
-    its frame, is named before the stages run rather than by the stage that reads it. ``reference`` (W, H): the
-    size of the ``reference_name`` the mask belongs to, which it must have (``same_size``) or whose aspect ratio it
-    must share; ``what`` names the mask in the message ('dynamic mask')."""
+    stored), once its header has been read now - when the scene loads, so that an unreadable mask, or one that does
+    not fit its frame, is named before the stages run rather than by the stage that reads it. ``reference`` (W, H):
+    the size of the ``reference_name`` the mask belongs to, which it must have (``same_size``) or whose aspect ratio
+    it must share; ``what`` names the mask in the message ('dynamic mask')."""
     stored = image_size(path)
     differs = tuple(stored) != tuple(reference) if same_size else aspect_ratios_differ(stored, reference)
     if differs:
