@@ -6,7 +6,8 @@ take the colour from the frame, and split by the dynamic mask. Static points of 
 voxel-downsampled; dynamic points are downsampled per time slice, so every dynamic Gaussian keeps the time it was
 seen. One voxel size serves both (the same density everywhere) unless the dynamic slices would then take more than
 their share of the budget (:func:`allocate_voxels`). Scales come from nearest-neighbour distances, colours become SH
-DC terms.
+DC terms. Depth maps of another size than their frame (a geometry folder from elsewhere) are unprojected with K
+scaled to them when the aspect ratio agrees, and refused otherwise.
 
 Writes ``initialize/gaussians.ply`` (standard 3DGS layout, SH degree 0) and ``initialize/labels.npz``
 (``is_dynamic`` bool (N,), ``time`` float32 (N,) = time seen (-1 for static), ``frame_index`` int32 (N,) = index in
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -70,6 +71,21 @@ def frame_points(camera: FrameCamera, depth: np.ndarray, rgb: np.ndarray, confid
         points = to_world.apply(points)
     dynamic = dynamic_mask[keep] if dynamic_mask is not None else np.zeros(len(points), dtype=bool)
     return FramePoints(camera, points, rgb[keep].astype(np.float64), dynamic)
+
+
+def camera_for_map(camera: FrameCamera, shape: tuple[int, int], path) -> FrameCamera:
+    """``camera`` with the intrinsics of a map of ``shape`` (H, W) of its frame: unchanged when the map has the
+    frame's size (the artifacts' contract, docs/artifacts.md); K's rows scaled by the size ratios when it has
+    another size but the frame's aspect ratio (pixel centres at +0.5 stay so: u' = s u); else a :class:`UserError`
+    naming ``path`` (no rescaling of K would be right)."""
+    height, width = shape
+    if (width, height) == (camera.width, camera.height):
+        return camera
+    if abs(width / height - camera.width / camera.height) > 0.01 * camera.width / camera.height:
+        raise UserError(f"map is {width}x{height} but its frame in cameras.json is {camera.width}x{camera.height} "
+                        "(aspect ratios differ)", path)
+    K = np.diag([width / camera.width, height / camera.height, 1.0]) @ camera.K
+    return replace(camera, K=K, width=width, height=height)
 
 
 def allocate_voxels(static_pts: np.ndarray, slice_pts: list[np.ndarray], budget: int,
@@ -200,6 +216,10 @@ def run(ctx) -> dict:
     for cam in progress(train, desc="initialize: unproject", unit="frame"):
         depth = read_depth(geometry_dir, cam.name)
         shape = depth.shape
+        depth_path = geometry_dir / "depth" / f"{cam.name}.npy"
+        camera = camera_for_map(cam, shape, depth_path)           # K at the depth map's resolution
+        unproject = unproject_cameras.get(cam.name)
+        unproject = None if unproject is None else camera_for_map(unproject, shape, depth_path)
         frame = ctx.scene.frame(cam.name)
         rgb, alpha = ctx.scene.rgb_alpha(frame)
         if rgb.shape[:2] != shape:
@@ -207,8 +227,8 @@ def run(ctx) -> dict:
             alpha = None if alpha is None else resize_array(alpha, (shape[1], shape[0]))
         mask = read_dynamic_mask(geometry_dir, cam.name, shape)
         n_masks += mask is not None
-        frames.append(frame_points(cam, depth, rgb, read_confidence(geometry_dir, cam.name, shape), mask, alpha,
-                                   cfg, unproject_cameras.get(cam.name), to_world))
+        confidence = read_confidence(geometry_dir, cam.name, shape)
+        frames.append(frame_points(camera, depth, rgb, confidence, mask, alpha, cfg, unproject, to_world))
     if n_masks == 0:
         ctx.log.info("no dynamic masks in geometry/: every Gaussian starts static")
 

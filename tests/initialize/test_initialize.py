@@ -193,6 +193,38 @@ def test_stage_puts_gaussians_on_the_surfaces_seen_at_their_time(spheres, tmp_pa
     assert np.allclose(g["quats"], [1, 0, 0, 0])
 
 
+def test_geometry_maps_at_another_resolution_unproject_with_their_own_intrinsics(spheres, tmp_path):
+    """Depth maps of half the frames' size (a geometry folder not written by our geometry stage) are unprojected with
+    K scaled to them, so the Gaussians still lie on the surfaces; a map of another aspect ratio is refused."""
+    from pipeline.errors import UserError
+    from pipeline.io import read_json, write_png
+    from tests.initialize.spheres import render
+
+    files, scene = spheres
+    run_dir = tmp_path / "run"
+    shutil.copytree(files.geometry / "geometry", run_dir / "geometry")
+    for entry in read_json(run_dir / "geometry" / "cameras.json")["frames"]:
+        half = np.diag([0.5, 0.5, 1.0]) @ np.asarray(entry["K"])
+        out = render(np.asarray(entry["world_to_camera"]), half, entry["width"] // 2, entry["height"] // 2,
+                     entry["time"])
+        write_npy(run_dir / "geometry" / "depth" / f"{entry['name']}.npy", out["depth"].astype(np.float32))
+        write_npy(run_dir / "geometry" / "confidence" / f"{entry['name']}.npy",
+                  np.ones_like(out["depth"], dtype=np.float32))
+        write_png(run_dir / "geometry" / "dynamic_mask" / f"{entry['name']}.png",
+                  (out["dynamic"] * 255).astype(np.uint8))
+    summary, work = run_stage("initialize", run_dir, scene, ["initialize.max_gaussians=1500"])
+    g = read_gaussians_ply(work / "initialize/gaussians.ply")
+    labels = np.load(work / "initialize/labels.npz")
+    assert summary["dynamic"] > 0
+    dist = surface_distance(g["means"].astype(np.float64), np.where(labels["is_dynamic"], labels["time"], 0.0))
+    assert np.quantile(dist, 0.95) < 3e-3 and dist.max() < 2e-2
+    name = scene.train_frames[0].name
+    write_npy(run_dir / "geometry" / "depth" / f"{name}.npy", np.ones((16, 8), np.float32))
+    with pytest.raises(UserError, match=rf"{name}.npy: map is 8x16 but its frame in cameras.json is 32x32 "
+                                        r"\(aspect ratios differ\)"):
+        run_stage("initialize", run_dir, scene, ["initialize.max_gaussians=1500"])
+
+
 def test_dynamic_time_stride_keeps_every_kth_slice_and_every_static_point(spheres, tmp_path):
     files, scene = spheres
     train_times = sorted({f.time for f in scene.train_frames})
