@@ -138,9 +138,10 @@ def _staging(out: Path) -> Iterator[Path]:
     stage = with_default_mode(Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)))
     try:
         yield stage
-        if out.is_dir():        # empty (checked above): the staged entries move in, a rename each
+        if out.is_dir():
+            # empty (checked above): the staged entries move in, a rename each (a copy where out is a mount point)
             for entry in sorted(stage.iterdir()):
-                entry.rename(out / entry.name)
+                shutil.move(str(entry), str(out / entry.name))
         else:
             stage.rename(out)
     finally:
