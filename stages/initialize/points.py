@@ -57,13 +57,18 @@ def voxel_keys(points: np.ndarray, voxel_size: float,
                bounds: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
     """(N,) int64 id of the cubic voxel of edge ``voxel_size`` holding each point (N, 3); equal ids = same voxel.
 
+    The grid starts at the points' lowest corner (not at the world origin), so a voxel larger than the points'
+    extent holds them all: a grid fixed to the origin splits points that straddle x = 0, y = 0 or z = 0 into 2-8
+    voxels at any size, and a budget below that could never be met (the budget search did not end).
+
     bounds: the points' per-axis (min (3,), max (3,)), when the caller has them (a bisection over voxel sizes reuses
-    them instead of two column reductions over all points per size; floor is monotonic, so the cells are the same).
+    them instead of two column reductions over all points per size). A subsample given its group's bounds gets the
+    group's grid.
     """
     lo, hi = bounds if bounds is not None else (points.min(axis=0), points.max(axis=0))
-    origin = np.floor(lo / voxel_size).astype(np.int64)              # (3,) the cell of the lowest corner
-    cells = np.floor(points / voxel_size).astype(np.int64) - origin   # (N, 3), >= 0 (in int64: exact)
-    dims = np.floor(hi / voxel_size).astype(np.int64) - origin + 1    # (3,)
+    # offsets in float64: float32 points far apart keep distinct cells (p - lo is exact there, not in float32)
+    cells = np.floor(np.subtract(points, lo, dtype=np.float64) / voxel_size).astype(np.int64)      # (N, 3), >= 0
+    dims = np.floor(np.subtract(hi, lo, dtype=np.float64) / voxel_size).astype(np.int64) + 1      # (3,)
     if float(dims[0]) * float(dims[1]) * float(dims[2]) < 2.0**62:
         return (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
     return np.unique(cells, axis=0, return_inverse=True)[1].reshape(-1)   # huge grids: rank the rows instead
@@ -133,15 +138,11 @@ def voxel_size_for_budget(groups: np.ndarray | Sequence[np.ndarray], budget: int
         # a subsample's points lie inside its group's bounds: the same cells, fewer of them occupied
         lo = voxel_size_for_budget([g[::stride] for g in groups], budget, tolerance, bounds) / tolerance
         hi = lo * 1.1
-        while not fits(hi):
+        while not fits(hi):             # ends: a voxel wider than every group's extent is one voxel per group
             lo, hi = hi, hi * 1.5
     else:
         extent = max(float(np.max(hi - lo)) for lo, hi in bounds)
-        hi = max(extent, 1e-12) * 2.0       # about one voxel per group
-        for _ in range(64):
-            if fits(hi):
-                break
-            hi *= 2.0
+        hi = max(extent, 1e-12) * 2.0   # one voxel per group, within the budget (checked above)
         lo = hi * 1e-6
     while hi / lo >= tolerance:             # invariant: hi fits; lo does not (or is the search's lower end)
         mid = math.sqrt(lo * hi)

@@ -101,7 +101,8 @@ def allocate_voxels(static_pts: np.ndarray, slice_pts: list[np.ndarray], budget:
         return sum(count_voxels(p, size, b) if size > 0 else len(p) for p, b in zip(slice_pts, slice_bounds))
 
     common = voxel_size_for_budget([static_pts, *slice_pts], budget, bounds=[static_bounds, *slice_bounds])
-    cap = max(int(dynamic_fraction * budget), budget - len(static_pts))
+    # at least one voxel per non-empty slice, whatever dynamic_fraction says (the caller checked that they fit)
+    cap = max(int(dynamic_fraction * budget), budget - len(static_pts), sum(len(p) > 0 for p in slice_pts))
     if n_voxels(common) <= cap:
         return common, common
     dynamic = voxel_size_for_budget(slice_pts, cap, bounds=slice_bounds)

@@ -112,8 +112,9 @@ def load_initial(ctx) -> InitialGaussians:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise UserError(f"unreadable Gaussian labels ({numpy_load_reason(err)}); rerun from initialize",
                         labels_path) from None
-    if len(is_dynamic) != len(ply["means"]):
-        raise UserError(f"labels.npz has {len(is_dynamic)} rows, gaussians.ply {len(ply['means'])}", labels_path)
+    if not len(is_dynamic) == len(times) == len(ply["means"]):
+        raise UserError(f"labels.npz has {len(is_dynamic)} is_dynamic and {len(times)} time rows, gaussians.ply "
+                        f"{len(ply['means'])} Gaussians", labels_path)
     return InitialGaussians(means=ply["means"], sh=ply["sh"], opacity_logits=ply["opacity_logits"],
                             log_scales=ply["log_scales"], quats=ply["quats"], is_dynamic=is_dynamic,
                             anchor_times=np.where(is_dynamic, times, 0.0).astype(np.float32))

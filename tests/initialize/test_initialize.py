@@ -67,8 +67,8 @@ def test_voxel_downsample_matches_a_dictionary_grouping(rng):
     colors = rng.uniform(size=(500, 3))
     size = 0.37
     groups = defaultdict(list)
-    for i, p in enumerate(points):
-        groups[tuple(np.floor(p / size).astype(int))].append(i)
+    for i, p in enumerate(points):      # the grid starts at the cloud's lowest corner
+        groups[tuple(np.floor((p - points.min(0)) / size).astype(int))].append(i)
     expected = sorted((tuple(points[idx].mean(0)), tuple(colors[idx].mean(0))) for idx in groups.values())
     got_p, got_c = voxel_downsample(points, colors, size)
     got = sorted(zip(map(tuple, got_p), map(tuple, got_c)))
@@ -286,6 +286,39 @@ def test_predicted_cameras_are_brought_into_the_dataset_world_by_sim3(spheres, t
     np.testing.assert_allclose(got["means"], ref["means"], atol=1e-4)
 
 
+@pytest.mark.parametrize("n_points", [1000, 100_000], ids=["bisection", "subsample bracket"])
+def test_voxel_budget_is_met_for_points_around_the_origin_down_to_one_voxel(rng, n_points):
+    """A grid fixed to the world origin split a cloud straddling x = y = z = 0 into 8 voxels at any size: a budget
+    of 3 was never met (the search grew the size to infinity and did not end). The grid starts at the cloud."""
+    points = rng.normal(size=(n_points, 3))
+    for budget in (1, 3, 8):
+        size = voxel_size_for_budget(points, budget)
+        assert np.isfinite(size) and count_voxels(points, size) <= budget
+        assert len(voxel_downsample(points, points, size)[0]) == count_voxels(points, size)
+    assert count_voxels(points, 2 * float(np.ptp(points, axis=0).max())) == 1
+
+
+def test_initialize_meets_a_budget_of_a_few_voxels_per_slice_and_any_dynamic_fraction(rng):
+    """Thirty time slices around the origin in a budget of 100 (the search did not end before), and a
+    dynamic_fraction of 0 or 0.01 (below one voxel per slice: a ValueError traceback before) still keep every
+    slice, one Gaussian or more each, within the budget."""
+    from stages.initialize.config import InitializeConfig
+    from stages.initialize.geometry_io import FrameCamera
+    from stages.initialize.stage import FramePoints, build_gaussians
+
+    frames = []
+    for t in range(30):
+        camera = FrameCamera(name=f"f{t}", index=t, time=t / 29, time_index=t, split="train", width=8, height=8,
+                             K=np.eye(3), world_to_camera=np.eye(4))
+        points = np.concatenate([rng.uniform(-1, 1, size=(200, 3)), rng.uniform(-1, 1, size=(300, 3)) + [0, 0, 5]])
+        dynamic = np.arange(500) < 200
+        frames.append(FramePoints(camera, points, np.full((500, 3), 0.5), dynamic))
+    for fraction in (0.3, 0.01, 0.0):
+        g = build_gaussians(frames, InitializeConfig(max_gaussians=100, dynamic_fraction=fraction))
+        assert len(g.means) <= 100
+        assert len(np.unique(g.time[g.is_dynamic])) == 30 and (~g.is_dynamic).sum() >= 1
+
+
 def test_budget_gives_one_density_unless_the_dynamic_share_is_exceeded(rng):
     from stages.initialize.stage import allocate_voxels
 
@@ -308,7 +341,8 @@ def test_budget_gives_one_density_unless_the_dynamic_share_is_exceeded(rng):
 
 
 def test_voxel_ids_are_exact_for_float32_points_far_apart():
-    """Cell indices are offset in int64, so float32 coordinates spanning more than 2**24 cells stay distinct."""
+    """Offsets from the grid's corner are taken in float64, so float32 coordinates spanning more than 2**24 cells
+    stay distinct."""
     points = np.array([[-3e7, 0, 0], [29999998, 0, 0], [3e7, 0, 0]], dtype=np.float32)
     assert count_voxels(points, 1.0) == 3
     assert count_voxels(points.astype(np.float64), 1.0) == 3

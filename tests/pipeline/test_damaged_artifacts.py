@@ -82,6 +82,23 @@ def test_damaged_gaussian_labels(tmp_path, monkeypatch, content):
     assert "labels.npz" in str(err.value)
 
 
+def test_gaussian_labels_with_a_time_column_of_another_length(tmp_path, monkeypatch):
+    """Named in one line (was a ValueError from numpy's broadcasting, outside the loader's error handling)."""
+    import stages.optimize.stage as stage
+
+    class Ctx:
+        @staticmethod
+        def artifact(relative):
+            return tmp_path / relative
+
+    (tmp_path / "initialize").mkdir()
+    np.savez(tmp_path / "initialize" / "labels.npz", is_dynamic=np.array([True, False]), time=np.zeros(3))
+    monkeypatch.setattr(stage, "read_gaussians_ply", lambda path: {"means": np.zeros((2, 3), np.float32)})
+    with pytest.raises(UserError, match=r"labels.npz: labels.npz has 2 is_dynamic and 3 time rows, gaussians.ply 2 "
+                                        "Gaussians"):
+        stage.load_initial(Ctx)
+
+
 def test_a_damaged_geometry_depth_map_in_the_render_stage(tmp_path):
     from stages.render.stage import median_depths
 
