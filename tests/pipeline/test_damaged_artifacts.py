@@ -65,38 +65,35 @@ def test_a_damaged_gaussian_ply(tmp_path):
     assert "gaussians.ply" in str(err.value)
 
 
-@pytest.mark.parametrize("content", [*DAMAGED.values(), npy_bytes(np.zeros(3))], ids=[*DAMAGED, "npy"])
-def test_damaged_gaussian_labels(tmp_path, monkeypatch, content):
+def _load_initial_of_two_gaussians(run_dir, monkeypatch):
+    """The optimize stage's load_initial on ``run_dir``/initialize/labels.npz beside a gaussians.ply of 2 Gaussians."""
     import stages.optimize.stage as stage
 
     class Ctx:
         @staticmethod
         def artifact(relative):
-            return tmp_path / relative
+            return run_dir / relative
 
+    monkeypatch.setattr(stage, "read_gaussians_ply", lambda path: {"means": np.zeros((2, 3), np.float32)})
+    return stage.load_initial(Ctx)
+
+
+@pytest.mark.parametrize("content", [*DAMAGED.values(), npy_bytes(np.zeros(3))], ids=[*DAMAGED, "npy"])
+def test_damaged_gaussian_labels(tmp_path, monkeypatch, content):
     (tmp_path / "initialize").mkdir()
     (tmp_path / "initialize" / "labels.npz").write_bytes(content)
-    monkeypatch.setattr(stage, "read_gaussians_ply", lambda path: {"means": np.zeros((2, 3), np.float32)})
     with pytest.raises(UserError, match="unreadable Gaussian labels.*rerun from initialize") as err:
-        stage.load_initial(Ctx)
+        _load_initial_of_two_gaussians(tmp_path, monkeypatch)
     assert "labels.npz" in str(err.value)
 
 
 def test_gaussian_labels_with_a_time_column_of_another_length(tmp_path, monkeypatch):
     """Named in one line (was a ValueError from numpy's broadcasting, outside the loader's error handling)."""
-    import stages.optimize.stage as stage
-
-    class Ctx:
-        @staticmethod
-        def artifact(relative):
-            return tmp_path / relative
-
     (tmp_path / "initialize").mkdir()
     np.savez(tmp_path / "initialize" / "labels.npz", is_dynamic=np.array([True, False]), time=np.zeros(3))
-    monkeypatch.setattr(stage, "read_gaussians_ply", lambda path: {"means": np.zeros((2, 3), np.float32)})
     with pytest.raises(UserError, match=r"labels.npz: labels.npz has 2 is_dynamic and 3 time rows, gaussians.ply 2 "
                                         "Gaussians"):
-        stage.load_initial(Ctx)
+        _load_initial_of_two_gaussians(tmp_path, monkeypatch)
 
 
 def test_a_damaged_geometry_depth_map_in_the_render_stage(tmp_path):
@@ -178,16 +175,8 @@ def _write_png(path, array):
 
 def test_gaussian_labels_holding_pickled_objects_say_so(tmp_path, monkeypatch):
     """The labels reader and every .npy reader word numpy's allow_pickle refusal the same way (one helper)."""
-    import stages.optimize.stage as stage
-
-    class Ctx:
-        @staticmethod
-        def artifact(relative):
-            return tmp_path / relative
-
     (tmp_path / "initialize").mkdir()
     np.savez(tmp_path / "initialize" / "labels.npz", is_dynamic=np.array([{"a": 1}, None], dtype=object),
              time=np.zeros(2, np.float32))
-    monkeypatch.setattr(stage, "read_gaussians_ply", lambda path: {"means": np.zeros((2, 3), np.float32)})
     with pytest.raises(UserError, match=r"unreadable Gaussian labels \(it holds pickled Python objects\); rerun"):
-        stage.load_initial(Ctx)
+        _load_initial_of_two_gaussians(tmp_path, monkeypatch)
