@@ -24,7 +24,8 @@ class InitializeConfig:
     min_confidence: float = option(0.0, "Drop pixels whose depth confidence is below this value (PAGE-4D "
                                    "confidences are >= 1; oracle geometry has confidence 1).")
     confidence_percentile: float = option(0.0, "Per frame, also drop the pixels below this percentile of "
-                                          "confidence (0 = keep all; ties at the threshold are kept).")
+                                          "confidence among the pixels with a valid depth (0 = keep all; ties at the "
+                                          "threshold are kept).")
     max_depth_edge: float = option(0.05, "Drop 'flying' pixels at depth discontinuities: a pixel whose depth "
                                    "differs from a 4-neighbour's by more than this fraction of its depth (0 = off).")
     points_from: str = option("cameras", "Which cameras unproject the depth maps: 'cameras' (geometry/cameras.json, "

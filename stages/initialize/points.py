@@ -45,11 +45,17 @@ def depth_edge_mask(depth: np.ndarray, max_relative_jump: float) -> np.ndarray:
     return keep
 
 
-def confidence_mask(confidence: np.ndarray, min_confidence: float = 0.0, percentile: float = 0.0) -> np.ndarray:
-    """(H, W) bool: confidence >= max(min_confidence, the given percentile of this map)."""
+def confidence_mask(confidence: np.ndarray, min_confidence: float = 0.0, percentile: float = 0.0,
+                    valid: Optional[np.ndarray] = None) -> np.ndarray:
+    """(H, W) bool: confidence >= max(min_confidence, the given percentile of this map's ``valid`` pixels).
+
+    valid: (H, W) bool, the pixels the percentile is taken over (those with a depth: a frame that is mostly
+    background would otherwise drop few or none of its points); None = all."""
     threshold = min_confidence
     if percentile > 0:
-        threshold = max(threshold, float(np.percentile(confidence, percentile)))
+        values = confidence if valid is None else confidence[valid]
+        if values.size:
+            threshold = max(threshold, float(np.percentile(values, percentile)))
     return confidence >= threshold
 
 

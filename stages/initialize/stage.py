@@ -61,7 +61,7 @@ def frame_points(camera: FrameCamera, depth: np.ndarray, rgb: np.ndarray, confid
     """Filter and unproject one frame. ``unproject_camera``/``to_world``: unproject with another camera (the
     network's own) and map the points into the cameras.json world by ``to_world``."""
     keep = (depth > 0) & np.isfinite(depth)
-    keep &= confidence_mask(confidence, cfg.min_confidence, cfg.confidence_percentile)
+    keep &= confidence_mask(confidence, cfg.min_confidence, cfg.confidence_percentile, valid=keep)
     keep &= depth_edge_mask(depth, cfg.max_depth_edge)
     if alpha is not None:
         keep &= alpha >= 0.5

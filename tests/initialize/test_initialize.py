@@ -112,6 +112,21 @@ def test_depth_edge_mask_drops_both_sides_of_a_jump_only():
 # gaussians.py
 
 
+def test_the_confidence_percentile_is_taken_over_the_pixels_with_depth():
+    """A frame mostly of background (no depth, confidence 1) with 10 depth pixels of confidence 2..11: the 50th
+    percentile keeps the 5 most confident of those 10 (over the whole map it was 1: nothing dropped)."""
+    from stages.initialize.points import confidence_mask
+
+    confidence = np.ones((10, 10))
+    valid = np.zeros((10, 10), bool)
+    valid[0] = True
+    confidence[0] = np.arange(2.0, 12.0)
+    kept = confidence_mask(confidence, percentile=50, valid=valid) & valid
+    assert kept[0].tolist() == [False] * 5 + [True] * 5
+    assert confidence_mask(confidence, percentile=50)[valid].all()              # the whole map's median: 1
+    assert confidence_mask(confidence, percentile=50, valid=np.zeros((10, 10), bool)).all()   # nothing valid
+
+
 def test_knn_distances_match_brute_force(rng):
     points = rng.normal(size=(200, 3))
     d = np.linalg.norm(points[:, None] - points[None], axis=-1)
