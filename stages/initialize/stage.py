@@ -26,6 +26,8 @@ from pipeline.cameras import Sim3, align_cameras_sim3
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
 from pipeline.log import progress
+from pipeline.scene.loaders.common import aspect_ratios_differ
+from pipeline.scene.model import Camera
 from stages.initialize.config import InitializeConfig
 from stages.initialize.gaussians import initial_log_scales, logit, rgb_to_sh_dc, write_gaussians_ply
 from stages.initialize.geometry_io import FrameCamera, read_cameras, read_confidence, read_depth, read_dynamic_mask
@@ -81,11 +83,11 @@ def camera_for_map(camera: FrameCamera, shape: tuple[int, int], path) -> FrameCa
     height, width = shape
     if (width, height) == (camera.width, camera.height):
         return camera
-    if abs(width / height - camera.width / camera.height) > 0.01 * camera.width / camera.height:
+    if aspect_ratios_differ((width, height), (camera.width, camera.height)):
         raise UserError(f"map is {width}x{height} but its frame in cameras.json is {camera.width}x{camera.height} "
                         "(aspect ratios differ)", path)
-    K = np.diag([width / camera.width, height / camera.height, 1.0]) @ camera.K
-    return replace(camera, K=K, width=width, height=height)
+    scaled = Camera(camera.K, camera.world_to_camera, camera.width, camera.height).scaled(width, height)
+    return replace(camera, K=scaled.K, width=width, height=height)
 
 
 def allocate_voxels(static_pts: np.ndarray, slice_pts: list[np.ndarray], budget: int,

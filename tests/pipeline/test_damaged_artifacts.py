@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.io import read_npy_map
+from pipeline.io import read_npy_map, write_png
 
 DAMAGED = {"empty": b"", "zero-filled": b"\0" * 300, "text": b"not an array\n",
            "random": np.random.default_rng(0).bytes(300)}
@@ -147,7 +147,7 @@ def test_damaged_ground_truth_depth_of_a_dnerf_scene(tmp_path, write, message):
 @pytest.mark.parametrize("write, message", [
     (lambda p: p.write_bytes(b""), "not a readable image"),
     (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20), "not a readable image"),
-    (lambda p: _write_png(p, np.zeros((16, 32), np.uint8)), "dynamic mask is 32x16 but its image is 32x32")],
+    (lambda p: write_png(p, np.zeros((16, 32), np.uint8)), "dynamic mask is 32x16 but its image is 32x32")],
     ids=["empty", "bad header", "other size"])
 def test_damaged_ground_truth_mask_of_a_dnerf_scene(tmp_path, write, message):
     """Named when the scene loads, from the PNG's header (the geometry stage's oracle and the evaluation read the
@@ -165,12 +165,6 @@ def test_damaged_ground_truth_mask_of_a_dnerf_scene(tmp_path, write, message):
     with pytest.raises(UserError, match=message) as err:
         load_scene(SceneConfig(source=str(scene_dir)))
     assert mask_files[-1].name in str(err.value)
-
-
-def _write_png(path, array):
-    from PIL import Image
-
-    Image.fromarray(array).save(path)
 
 
 def test_gaussian_labels_holding_pickled_objects_say_so(tmp_path, monkeypatch):
