@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pipeline.config import option
 
-DEFORMATIONS = ("bases", "mlp", "planes", "planes_bases", "none")
+DEFORMATIONS = ("bases", "rigid", "mlp", "planes", "planes_bases", "none")
 
 
 @dataclass
@@ -27,7 +27,8 @@ class OptimizeConfig:
                                  "draw classic.", choices=("classic", "antialiased"))
     # --- model ---
     deformation: str = option("bases", "Motion of the dynamic Gaussians: 'bases' (explicit: per-Gaussian "
-                              "coefficients of shared learned B-spline motion bases), 'mlp' (neural field: "
+                              "coefficients of shared learned B-spline motion bases), 'rigid' (explicit: a per-Gaussian "
+                              "blend of shared learned rigid motions, SE(3) bases), 'mlp' (neural field: "
                               "positional-encoded MLP over (x, t)), 'planes' (neural field: multi-resolution "
                               "space-time planes + small MLP head), 'planes_bases' (both summed: the planes "
                               "field shared by all Gaussians plus per-Gaussian motion-bases coefficients, held "
@@ -54,7 +55,9 @@ class OptimizeConfig:
     time_jitter_until: int = option(0, "Step where the time jitter reaches 0 (0 = the last step).")
     deform_opacity: bool = option(False, "The deformation also offsets the opacity logit.")
     bases_count: int = option(12, "bases: number of shared motion bases.")
-    bases_knots: int = option(16, "bases: B-spline control points per basis over t in [0, 1].")
+    bases_knots: int = option(16, "bases, rigid: B-spline control points per basis over t in [0, 1].")
+    rigid_count: int = option(16, "rigid: number of shared rigid motions (pivots at k-means centres of the dynamic "
+                              "Gaussians).")
     mlp_width: int = option(128, "mlp: hidden width.")
     mlp_depth: int = option(4, "mlp: hidden layers.")
     mlp_position_frequencies: int = option(8, "mlp: positional-encoding octaves of x (normalised to the dynamic "
@@ -155,6 +158,9 @@ class OptimizeConfig:
     lr_motion: float = option(8e-4, "bases: learning rate of the per-Gaussian motion coefficients, x scene "
                               "scale; decays like the positions (CPU object scene: 8e-4 beat 1.6e-4 and 4e-3).")
     lr_bases: float = option(1e-3, "bases: learning rate of the shared basis curves.")
+    lr_rigid: float = option(1e-3, "rigid: learning rate of the rigid motions' control points (rotation vectors in "
+                             "radians, shifts in half sizes of the dynamic points' box); decays like the positions.")
+    lr_rigid_weights: float = option(1e-2, "rigid: learning rate of the per-Gaussian blending logits.")
     lr_field: float = option(1e-3, "mlp/planes: learning rate of the network; decays like the positions.")
     lr_field_embedding: float = option(1e-3, "mlp/planes: learning rate of the per-Gaussian latent codes "
                                        "(field_embedding); decays like the positions.")

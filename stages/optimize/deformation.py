@@ -15,6 +15,9 @@ first order in t - t_a (and temporal opacity keeps dynamic Gaussians near their 
 Models:
 * :class:`MotionBases` (``bases``): B shared basis curves phi_b(t) (uniform cubic B-splines, learned), per-Gaussian
   coefficients c (N, B, D) in the parameter dict: offsets = sum_b c_b phi_b(t).
+* :class:`RigidBases` (``rigid``): K shared rigid motions (rotation about a pivot and a shift, B-splines in t,
+  learned) blended per Gaussian by softmax weights ``rigid_logits`` (N, K) (linear blend skinning; Shape of
+  Motion's SE(3) bases): the motion itself is shared, not only the curves' shapes.
 * :class:`MLPField` (``mlp``): positional-encoded MLP over (x normalised to the dynamic points' box, t).
 * :class:`PlanesField` (``planes``): multi-resolution space-time planes (xy, xz, yz, xt, yt, zt; features multiplied
   across planes, concatenated across resolutions, K-planes style) and a small MLP head.
@@ -107,6 +110,11 @@ class Deformation(nn.Module):
         """Model-specific regulariser (None if the model has none)."""
         return None
 
+    def initialize(self, means: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fit what the model derives from the dynamic Gaussians' initial positions means (M, 3) (its buffers) and
+        return initial values (M, ...) of its per-Gaussian parameters; those not returned start at zero."""
+        return {}
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Explicit: shared motion bases
@@ -130,67 +138,37 @@ def cubic_bspline(x: torch.Tensor) -> torch.Tensor:
     return ((2 - a).clamp_min(0) ** 3 - 4 * (1 - a).clamp_min(0) ** 3) / 6
 
 
-class MotionBases(Deformation):
-    """offsets(x, t) = sum_b c_b phi_b(t): B shared curves, per-Gaussian coefficients ``motion_coefs`` (N, B, D).
+class SplineInTime(Deformation):
+    """Shared base of the models whose learned curves are uniform cubic B-splines over t in [0, 1] with ``knots``
+    control points: the control points' weights W(t) (M, knots) at the anchor times and at each render time depend on
+    no learned value, so they are kept until their inputs change."""
 
-    phi (B curves) are uniform cubic B-splines with ``knots`` control points over t in [0, 1], initialised to the
-    cosines cos(pi b t), b = 1..B (a DCT basis), and learned. Positions are in world units (the coefficients carry
-    them); anchoring cancels any constant part of phi.
-
-    phi(t) = W(t) control^T with W(t) (M, knots) the control points' B-spline weights: a dense matrix, so that phi
-    and its gradient for the control points are matrix products (a gather of control[:, index] would scatter-add
-    4M gradients into B x knots entries). W does not depend on learned values, so W of the anchor times and of each
-    render time are kept until their inputs change.
-    """
-
-    kind = "bases"
     _CACHED_TIMES = 4096         # render times whose weights are kept (training uses one per training frame)
 
-    def __init__(self, count: int = 12, knots: int = 16, with_opacity: bool = False):
+    def __init__(self, knots: int, with_opacity: bool = False):
         super().__init__(with_opacity)
         if knots < 4:
             raise ValueError("a cubic B-spline needs at least 4 control points")
-        self.count, self.knots = count, knots
-        tau = (torch.arange(knots, dtype=torch.float32) - 1.0) / (knots - 3)       # control-point times
-        b = torch.arange(1, count + 1, dtype=torch.float32)[:, None]
-        self.control = nn.Parameter(torch.cos(math.pi * b * tau[None, :]))         # (B, knots)
+        self.knots = knots
         # Control point j sits at u = j - 1 in the knot coordinate u = t (knots - 3).
         self.register_buffer("knot_positions", torch.arange(knots, dtype=torch.float32) - 1.0, persistent=False)
         self._time_weights: dict[tuple, torch.Tensor] = {}            # (time, device, dtype) -> (1, knots)
         self._anchor_weights: tuple[torch.Tensor, int, torch.Tensor] | None = None   # (anchors, version, (M, knots))
 
-    def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "count": self.count, "knots": self.knots, "with_opacity": self.with_opacity}
-
-    def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"motion_coefs": (self.count, self.channels)}
-
     def basis_weights(self, times: torch.Tensor) -> torch.Tensor:
-        """W (M, knots) at times (M,) in [0, 1] (clamped): phi(t) = W control^T."""
+        """W (M, knots) at times (M,) in [0, 1] (clamped): a curve with control points C (knots, ...) is W C."""
         u = times.clamp(0.0, 1.0) * (self.knots - 3)
         return cubic_bspline(u[:, None] - self.knot_positions)
 
-    def basis(self, times: torch.Tensor) -> torch.Tensor:
-        """phi at times (M,) -> (M, B)."""
-        return self.basis_weights(times) @ self.control.t()
+    def weights_at(self, time: float | torch.Tensor, anchor_times: torch.Tensor) -> torch.Tensor:
+        """W at a render time: (1, knots) for a float (kept per time) or a () tensor, (M, knots) for times (M,)."""
+        if isinstance(time, torch.Tensor):
+            return self.basis_weights(time.to(anchor_times.dtype).reshape(-1))
+        return self._weights_at_time(float(time), anchor_times)
 
-    def offsets(self, means, times, coefs):
-        return _combine(coefs["motion_coefs"], self.basis(times))
-
-    def displacement(self, means, time, anchor_times, coefs, cache=True):
-        if isinstance(time, torch.Tensor):                # per-Gaussian times (M,), or one () for all
-            at = self.basis_weights(time.to(anchor_times.dtype).reshape(-1))      # (M or 1, knots)
-        else:                                             # a render time: (1, knots), kept per time
-            at = self._weights_at_time(float(time), anchor_times)
-        anchors = self._weights_at_anchors(anchor_times) if cache else self.basis_weights(anchor_times)
-        phi = (at - anchors) @ self.control.t()                                    # (M, B)
-        return _combine(coefs["motion_coefs"], phi)
-
-    def second_difference(self, means, times, step, coefs):
-        m = times.shape[0]
-        weights = self.basis_weights(torch.cat([times - step, times, times + step])).view(3, m, self.knots)
-        curvature = weights[0] - 2 * weights[1] + weights[2]                       # (M, knots)
-        return _combine(coefs["motion_coefs"], curvature @ self.control.t())
+    def anchor_weights(self, anchor_times: torch.Tensor, cache: bool = True) -> torch.Tensor:
+        """W (M, knots) at the anchor times (M,), kept while the same tensor is passed (``cache``)."""
+        return self._weights_at_anchors(anchor_times) if cache else self.basis_weights(anchor_times)
 
     def _weights_at_time(self, time: float, like: torch.Tensor) -> torch.Tensor:
         key = (time, like.device, like.dtype)
@@ -218,9 +196,210 @@ class MotionBases(Deformation):
         return weights
 
 
+class MotionBases(SplineInTime):
+    """offsets(x, t) = sum_b c_b phi_b(t): B shared curves, per-Gaussian coefficients ``motion_coefs`` (N, B, D).
+
+    phi (B curves) are uniform cubic B-splines with ``knots`` control points over t in [0, 1], initialised to the
+    cosines cos(pi b t), b = 1..B (a DCT basis), and learned. Positions are in world units (the coefficients carry
+    them); anchoring cancels any constant part of phi.
+
+    phi(t) = W(t) control^T with W(t) (M, knots) the control points' B-spline weights: a dense matrix, so that phi
+    and its gradient for the control points are matrix products (a gather of control[:, index] would scatter-add
+    4M gradients into B x knots entries). W does not depend on learned values, so W of the anchor times and of each
+    render time are kept until their inputs change.
+    """
+
+    kind = "bases"
+
+    def __init__(self, count: int = 12, knots: int = 16, with_opacity: bool = False):
+        super().__init__(knots, with_opacity)
+        self.count = count
+        tau = (torch.arange(knots, dtype=torch.float32) - 1.0) / (knots - 3)       # control-point times
+        b = torch.arange(1, count + 1, dtype=torch.float32)[:, None]
+        self.control = nn.Parameter(torch.cos(math.pi * b * tau[None, :]))         # (B, knots)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "count": self.count, "knots": self.knots, "with_opacity": self.with_opacity}
+
+    def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"motion_coefs": (self.count, self.channels)}
+
+    def basis(self, times: torch.Tensor) -> torch.Tensor:
+        """phi at times (M,) -> (M, B)."""
+        return self.basis_weights(times) @ self.control.t()
+
+    def offsets(self, means, times, coefs):
+        return _combine(coefs["motion_coefs"], self.basis(times))
+
+    def displacement(self, means, time, anchor_times, coefs, cache=True):
+        at = self.weights_at(time, anchor_times)                                   # (1 or M, knots)
+        phi = (at - self.anchor_weights(anchor_times, cache)) @ self.control.t()   # (M, B)
+        return _combine(coefs["motion_coefs"], phi)
+
+    def second_difference(self, means, times, step, coefs):
+        m = times.shape[0]
+        weights = self.basis_weights(torch.cat([times - step, times, times + step])).view(3, m, self.knots)
+        curvature = weights[0] - 2 * weights[1] + weights[2]                       # (M, knots)
+        return _combine(coefs["motion_coefs"], curvature @ self.control.t())
+
+
 def _combine(coefs: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     """sum_b coefs[m, b, :] phi[m, b]: coefs (M, B, D), phi (M, B) or (1, B) -> (M, D), as one batched product."""
     return torch.bmm(phi.expand(coefs.shape[0], -1).unsqueeze(1), coefs).squeeze(1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Explicit: a blend of shared rigid motions
+
+
+def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product a b of quaternions (..., 4) in gsplat's ``[w, x, y, z]`` order (the rotation b, then a)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
+                        aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
+
+
+def quaternion_conjugate(q: torch.Tensor) -> torch.Tensor:
+    """(..., 4) [w, x, y, z] -> [w, -x, -y, -z]: the inverse rotation of a unit quaternion."""
+    return q * q.new_tensor([1.0, -1.0, -1.0, -1.0])
+
+
+def quaternion_exp(rotation_vectors: torch.Tensor) -> torch.Tensor:
+    """Rotation vectors (..., 3) (axis times angle, radians) -> unit quaternions (..., 4) [w, x, y, z]:
+    (cos(theta / 2), sin(theta / 2) / theta * r), smooth through theta = 0 (sinc)."""
+    half = rotation_vectors.norm(dim=-1, keepdim=True) / 2                                   # (..., 1)
+    return torch.cat([torch.cos(half), 0.5 * torch.sinc(half / math.pi) * rotation_vectors], dim=-1)
+
+
+def quaternion_rotate(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Rotate vectors v (..., 3) by unit quaternions q (..., 4) [w, x, y, z] (broadcast): v + w t + u x t with
+    t = 2 u x v, u = q's vector part."""
+    w, u = q[..., :1], q[..., 1:]
+    t = 2 * torch.linalg.cross(u.expand_as(v), v, dim=-1)
+    return v + w * t + torch.linalg.cross(u.expand_as(t), t, dim=-1)
+
+
+def kmeans(points: torch.Tensor, count: int, iterations: int = 10) -> torch.Tensor:
+    """Deterministic k-means of points (M, 3): farthest-point seeds (from the point nearest the centroid), then
+    Lloyd iterations. Returns the centres (min(count, M), 3); a centre that loses all its points stays put."""
+    count = max(1, min(count, points.shape[0]))
+    first = (points - points.mean(0)).square().sum(1).argmin()
+    chosen = [int(first)]
+    distance = (points - points[first]).square().sum(1)                                      # (M,)
+    for _ in range(count - 1):
+        chosen.append(int(distance.argmax()))
+        distance = torch.minimum(distance, (points - points[chosen[-1]]).square().sum(1))
+    centres = points[chosen].clone()                                                         # (K, 3)
+    for _ in range(iterations):
+        label = torch.cdist(points, centres).argmin(1)                                       # (M,)
+        sums = torch.zeros_like(centres).index_add_(0, label, points)
+        counts = torch.bincount(label, minlength=count).to(points.dtype)[:, None]
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+    return centres
+
+
+class RigidBases(SplineInTime):
+    """A linear blend of K shared rigid motions (SE(3) motion bases, as in Shape of Motion).
+
+    Basis k moves space rigidly: at time t it rotates about its pivot p_k (K, 3) by R_k(t) and shifts by d_k(t), the
+    rotation vector and the shift (in units of ``unit``, world units per shift unit) being cubic B-splines of t with
+    ``knots`` control points, ``control`` (knots, K, 6), zero at the start (no motion). A Gaussian seen at its anchor
+    time t_a at x_a is carried to time t by each basis, from where that basis had moved space at t_a,
+
+        x_k(t) = R_k(t) R_k(t_a)^T (x_a - p_k - d_k(t_a)) + p_k + d_k(t),
+
+    and the Gaussian's position is the blend sum_k w_k x_k(t) with w = softmax(``rigid_logits``) (N, K), its own
+    (linear blend skinning); its rotation is turned by the normalised blend of the relative rotations
+    R_k(t) R_k(t_a)^T (quaternions on one hemisphere). Scales (and opacities) do not change.
+
+    Unlike the per-Gaussian coefficients of :class:`MotionBases`, the motion is shared: every Gaussian that one basis
+    carries - copies of one part seen at different times included - moves with it, so that what one view tells about
+    a part's motion moves all its copies. :meth:`initialize` puts the pivots at k-means centres of the dynamic
+    Gaussians and starts each Gaussian's weights on its nearest centres (the bases all start still; without an
+    uneven start, every basis would get the same gradient and they would stay equal).
+
+    The quaternion channels of :meth:`displacement` are R q - q with q the Gaussian's raw quaternion (its
+    per-Gaussian input ``quats``), so that q + displacement = R q, which normalises to the turned rotation.
+    """
+
+    kind = "rigid"
+
+    def __init__(self, count: int = 16, knots: int = 16, with_opacity: bool = False):
+        if with_opacity:
+            raise ValueError("rigid: rigid motions leave the opacity alone (set deform_opacity to false)")
+        super().__init__(knots, False)
+        self.count = count
+        self.control = nn.Parameter(torch.zeros(knots, count, 6))                  # (knots, K, 3 rotation + 3 shift)
+        self.register_buffer("pivots", torch.zeros(count, 3))                      # (K, 3) world
+        self.register_buffer("unit", torch.ones(()))                               # world units per shift unit
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "count": self.count, "knots": self.knots}
+
+    def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"rigid_logits": (self.count,)}
+
+    def per_gaussian_inputs(self) -> tuple[str, ...]:
+        return ("quats", "anchor_times")
+
+    @torch.no_grad()
+    def initialize(self, means: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pivots at the k-means centres of the dynamic Gaussians' positions means (M, 3); ``unit`` their box's half
+        size; logits -|x - p_k|^2 / (2 sigma^2), sigma a quarter of the median distance d between neighbouring
+        centres: a Gaussian at a centre starts with weight e^-8 (3e-4) on a neighbour d away, one halfway between
+        two centres on both alike."""
+        if means.shape[0] == 0:
+            return {}
+        means = means.to(self.pivots.dtype)
+        centres = kmeans(means, self.count)
+        pivots = means.new_zeros(self.count, 3)
+        pivots[:len(centres)] = centres
+        pivots[len(centres):] = centres[-1]
+        self.pivots.copy_(pivots)
+        self.unit.fill_(float(((means.max(0).values - means.min(0).values) / 2).max().clamp_min(1e-6)))
+        apart = torch.cdist(centres, centres) + torch.eye(len(centres), device=means.device) * 1e30
+        sigma = 0.25 * float(apart.min(1).values.median()) if len(centres) > 1 else float(self.unit)
+        squared = torch.cdist(means, self.pivots).square()                                     # (M, K)
+        return {"rigid_logits": -squared / (2 * max(sigma, 1e-6) ** 2)}
+
+    def motions(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each basis' rotation (T, K, 4) and shift (T, K, 3, world units) at the times whose B-spline weights are
+        ``weights`` (T, knots)."""
+        values = (weights @ self.control.flatten(1)).view(-1, self.count, 6)               # (T, K, 6)
+        return quaternion_exp(values[..., :3]), values[..., 3:] * self.unit
+
+    def carry(self, means: torch.Tensor, at: torch.Tensor, anchors: torch.Tensor,
+              logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (M, 3) and blended relative rotations (M, 4) at the times whose weights are ``at`` (1 or M,
+        knots), of Gaussians at means (M, 3) seen at the times whose weights are ``anchors`` (M, knots)."""
+        rotation_at, shift_at = self.motions(at)                                     # (1 or M, K, 4), (.., K, 3)
+        rotation_anchor, shift_anchor = self.motions(anchors)                        # (M, K, 4), (M, K, 3)
+        relative = quaternion_multiply(rotation_at, quaternion_conjugate(rotation_anchor))          # (M, K, 4)
+        relative = torch.where(relative[..., :1] < 0, -relative, relative)           # one hemisphere: blendable
+        local = means[:, None, :] - self.pivots - shift_anchor                       # (M, K, 3)
+        moved = quaternion_rotate(relative, local) + self.pivots + shift_at          # (M, K, 3)
+        weights = torch.softmax(logits, dim=-1)[..., None]                           # (M, K, 1)
+        return (weights * moved).sum(1), F.normalize((weights * relative).sum(1), dim=-1)
+
+    def displacement(self, means, time, anchor_times, coefs, cache=True):
+        at = self.weights_at(time, anchor_times)                                     # (1 or M, knots)
+        positions, turn = self.carry(means, at, self.anchor_weights(anchor_times, cache), coefs["rigid_logits"])
+        quats = coefs["quats"]
+        return torch.cat([positions - means, quaternion_multiply(turn, quats) - quats,
+                          means.new_zeros(len(means), 3)], dim=-1)                   # (M, 10)
+
+    def second_difference(self, means, times, step, coefs):
+        """Position channels: x(t - h) - 2 x(t) + x(t + h) of each Gaussian's trajectory; the others are zero (the
+        motion regulariser reads positions only)."""
+        m = times.shape[0]
+        at = self.basis_weights(torch.cat([times - step, times, times + step]))       # (3M, knots)
+        anchors = self.basis_weights(coefs["anchor_times"].to(times.dtype)).repeat(3, 1)
+        positions, _ = self.carry(means.repeat(3, 1), at, anchors, coefs["rigid_logits"].repeat(3, 1))
+        before, now, after = positions.view(3, m, 3).unbind(0)
+        return torch.cat([before - 2 * now + after, means.new_zeros(m, self.channels - 3)], dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -591,6 +770,8 @@ def build_deformation(spec: dict[str, Any] | None, box: Box | None = None) -> De
     kind = spec["kind"]
     if kind == "bases":
         return MotionBases(**args)
+    if kind == "rigid":
+        return RigidBases(**args)
     if kind == "mlp":
         return MLPField(box=box, **args)
     if kind == "planes":
@@ -608,6 +789,8 @@ def deformation_spec_from_config(cfg, n_times: int) -> dict[str, Any] | None:
         return None
     if kind == "bases":
         return {"kind": "bases", "count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}
+    if kind == "rigid":
+        return {"kind": "rigid", "count": cfg.rigid_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}
     if kind == "mlp":
         return {"kind": "mlp", "width": cfg.mlp_width, "depth": cfg.mlp_depth,
                 "position_octaves": cfg.mlp_position_frequencies, "time_octaves": cfg.mlp_time_frequencies,

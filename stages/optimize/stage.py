@@ -39,7 +39,7 @@ def check_config(cfg: OptimizeConfig) -> None:
         problems.append("ssim_lambda must be in [0, 1]")
     if cfg.bases_knots < 4:
         problems.append("bases_knots must be >= 4")
-    for name in ("batch_size", "sh_degree_interval", "bases_count", "mlp_width", "mlp_depth", "planes_features",
+    for name in ("batch_size", "sh_degree_interval", "bases_count", "rigid_count", "mlp_width", "mlp_depth", "planes_features",
                  "planes_head_width", "refine_every", "keep_checkpoints", "log_every"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be >= 1 (got {getattr(cfg, name)})")
@@ -62,6 +62,8 @@ def check_config(cfg: OptimizeConfig) -> None:
             problems.append(f"{name} must be a finite number >= 0 (got {getattr(cfg, name):g})")
     if cfg.residual_lambda > 0 and cfg.deformation != "planes_bases":
         problems.append(f"residual_lambda applies to deformation=planes_bases only (deformation={cfg.deformation})")
+    if cfg.deformation == "rigid" and cfg.deform_opacity:
+        problems.append("deform_opacity does not apply to deformation=rigid (rigid motions leave the opacity alone)")
     if math.isfinite(cfg.drop_rate) and not 0.0 <= cfg.drop_rate < 1.0:
         problems.append(f"drop_rate must be in [0, 1) (got {cfg.drop_rate:g})")
     if not (math.isfinite(cfg.lr_final_factor) and cfg.lr_final_factor > 0):

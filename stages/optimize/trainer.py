@@ -148,6 +148,10 @@ def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float,
                            is_dynamic, t(initial.anchor_times), cfg.sh_degree,
                            temporal_sigma=cfg.temporal_opacity_init * time_gap if temporal else None,
                            extra=deformation.per_gaussian_shapes() if deformation is not None else None)
+    if deformation is not None and bool(is_dynamic.any()):
+        deformation.to(device)
+        for key, value in deformation.initialize(means[is_dynamic]).items():     # (M, ...) for the dynamic rows
+            splats[key].data[is_dynamic] = value.to(splats[key].dtype)
     return GaussianModel4D(splats, deformation, cfg.sh_degree, temporal, cfg.rasterize_mode).to(device)
 
 
@@ -156,11 +160,11 @@ def splat_learning_rates(cfg: OptimizeConfig, scale: float) -> dict[str, float]:
     return {"means": cfg.lr_means * scale, "quats": cfg.lr_quats, "scales": cfg.lr_scales,
             "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "time_centers": cfg.lr_time,
             "time_log_scales": cfg.lr_time, "motion_coefs": cfg.lr_motion * scale,
-            "field_embedding": cfg.lr_field_embedding}
+            "field_embedding": cfg.lr_field_embedding, "rigid_logits": cfg.lr_rigid_weights}
 
 
 # Groups whose learning rate decays exponentially (to lr_final_factor of its start).
-DECAYING = {"means", "motion_coefs", "field_embedding", "field", "planes"}
+DECAYING = {"means", "motion_coefs", "field_embedding", "field", "planes", "rigid"}
 
 
 class GroupOptimizer:
@@ -175,7 +179,7 @@ class GroupOptimizer:
 def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Optional[torch.nn.Parameter],
                     scale: float) -> torch.optim.Adam:
     """One Adam over every trainable tensor, a parameter group per name: each trainable key of ``model.splats``,
-    then the deformation ('bases', 'field', 'planes') and 'cameras'. Fused on CUDA: a step is one kernel per group
+    then the deformation ('bases', 'rigid', 'field', 'planes') and 'cameras'. Fused on CUDA: a step is one kernel per group
     and one for all step counts (:class:`LeanFusedAdam`, ``cfg.lean_adam``; per-key optimizers cost a call each)."""
     rates = splat_learning_rates(cfg, scale)
     groups = [{"name": k, "params": [p], "lr": rates[k]} for k, p in model.splats.items() if p.requires_grad]
@@ -183,6 +187,8 @@ def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Option
     if deformation is not None:
         if deformation.kind == "bases":
             groups.append({"name": "bases", "params": [deformation.control], "lr": cfg.lr_bases})
+        elif deformation.kind == "rigid":
+            groups.append({"name": "rigid", "params": [deformation.control], "lr": cfg.lr_rigid})
         elif deformation.kind == "mlp":
             groups.append({"name": "field", "params": list(deformation.parameters()), "lr": cfg.lr_field})
         elif deformation.kind in ("planes", "planes_bases"):

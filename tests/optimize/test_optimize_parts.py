@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from stages.optimize.config import OptimizeConfig
-from stages.optimize.deformation import Box, MLPField, MotionBases, PlanesField, positional_encoding
+from stages.optimize.deformation import (Box, MLPField, MotionBases, PlanesField, RigidBases, kmeans,
+                                         positional_encoding, quaternion_exp, quaternion_multiply)
 from stages.optimize.densify import DensifyStrategy, make_strategy
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, fit_scale_shift, ssim,
@@ -97,13 +98,13 @@ def test_motion_bases_are_uniform_cubic_bsplines(rng):
     np.testing.assert_allclose(fresh[:, 0].detach().numpy(), np.cos(np.pi * np.linspace(0, 1, 11)), atol=0.01)
 
 
-@pytest.mark.parametrize("kind", ["bases", "mlp", "planes", "mlp-embedding", "planes-embedding", "mlp-anchor",
-                                  "planes-anchor"])
+@pytest.mark.parametrize("kind", ["bases", "rigid", "mlp", "planes", "mlp-embedding", "planes-embedding",
+                                  "mlp-anchor", "planes-anchor"])
 def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, rng):
     torch.manual_seed(0)
     means = torch.tensor(rng.normal(size=(64, 3)), dtype=torch.float32)
     box = Box.around(means)
-    model = {"bases": lambda: MotionBases(6, 10), "mlp": lambda: MLPField(box, 32, 3, 4, 3),
+    model = {"bases": lambda: MotionBases(6, 10), "rigid": lambda: RigidBases(4, 8), "mlp": lambda: MLPField(box, 32, 3, 4, 3),
              "planes": lambda: PlanesField(box, (8, 16), 6, 4, 16),
              "mlp-embedding": lambda: MLPField(box, 32, 3, 4, 3, embedding=5),
              "planes-embedding": lambda: PlanesField(box, (8, 16), 6, 4, 16, embedding=5),
@@ -111,15 +112,20 @@ def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, 
              "planes-anchor": lambda: PlanesField(box, (8, 16), 6, 4, 16, anchor_time=True)}[kind]()
     coefs = {k: torch.randn(64, *shape) for k, shape in model.per_gaussian_shapes().items()}
     assert sorted(coefs) == (["field_embedding"] if "embedding" in kind else ["motion_coefs"] if kind == "bases"
-                             else [])
-    assert model.per_gaussian_inputs() == (("anchor_times",) if "anchor" in kind else ())
-    for p in (model.out.weight, model.out.bias) if kind != "bases" else ():
+                             else ["rigid_logits"] if kind == "rigid" else [])
+    assert model.per_gaussian_inputs() == (("anchor_times",) if "anchor" in kind else
+                                           ("quats", "anchor_times") if kind == "rigid" else ())
+    if kind == "rigid":   # still at the start: give the motions some, and the Gaussians rotations
+        model.initialize(means)
+        torch.nn.init.normal_(model.control, std=0.3)
+        coefs["quats"] = torch.randn(64, 4)
+    for p in (model.out.weight, model.out.bias) if kind not in ("bases", "rigid") else ():
         torch.nn.init.normal_(p, std=0.1)   # the networks start at zero motion; give them some
     if kind.startswith("planes"):   # time planes start constant (time-independent features); with the anchor
         # planes ten samples are multiplied, so keep them near one there
         model.table.data.uniform_(*((0.5, 1.5) if "anchor" in kind else (0.1, 0.9)))
     anchors = torch.rand(64)
-    if "anchor" in kind:
+    if "anchor" in kind or kind == "rigid":
         coefs["anchor_times"] = anchors
     at_anchor = model.displacement(means, anchors, anchors, coefs)
     assert at_anchor.abs().max() < 1e-6
@@ -155,6 +161,107 @@ def test_planes_with_bases_is_the_sum_of_its_parts_and_rebuilds_from_its_spec(rn
     torch.testing.assert_close(rebuilt.displacement(means, 0.9, anchors, coefs), whole)
     with pytest.raises(ValueError, match="with_opacity"):
         PlanesWithBases({"with_opacity": True}, {"with_opacity": False}, box)
+
+
+def _rotation_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternion (4,) [w, x, y, z] -> (3, 3), the textbook formula (independent of the model's rotate)."""
+    w, x, y, z = q.tolist()
+    return torch.tensor([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                         [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                         [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]], dtype=q.dtype)
+
+
+def test_rigid_bases_carry_a_gaussian_by_the_rotation_about_the_pivot_and_the_shift():
+    """One basis, control points constant in time from t = 0.5 on: at t = 1 the basis has turned 90 degrees about z
+    around its pivot and shifted; a Gaussian seen at t = 0 (no motion yet) lands where that rigid motion puts it, and
+    its rotation is turned by 90 degrees."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = RigidBases(count=1, knots=4)
+        model.pivots.copy_(torch.tensor([[1.0, 0.0, 0.0]]))
+        model.unit.fill_(2.0)
+        with torch.no_grad():     # knots 4: the curve at t = 1 is (C1 + 4 C2 + C3) / 6, at t = 0 (C0 + 4 C1 + C2) / 6
+            model.control.zero_()
+            model.control[1:, 0, :3] = torch.tensor([0.0, 0.0, math.pi / 2])
+            model.control[1:, 0, 3:] = torch.tensor([0.1, 0.2, 0.3])      # x unit 2 = (0.2, 0.4, 0.6) world
+            model.control[0, 0] = -5 * model.control[1, 0]                 # so that the curve is 0 at t = 0
+        torch.testing.assert_close(model.weights_at(0.0, torch.zeros(1)) @ model.control.flatten(1).detach(),
+                                   torch.zeros(1, 6))
+        x = torch.tensor([[2.0, 1.0, 0.5]])
+        q = torch.tensor([[0.5, 0.5, 0.5, 0.5]]) * 3                        # raw quaternions need not be unit
+        coefs = {"rigid_logits": torch.zeros(1, 1), "quats": q, "anchor_times": torch.zeros(1)}
+        out = model.displacement(x, 1.0, torch.zeros(1), coefs)            # (1, 10)
+        turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        expected = turn @ (x[0] - torch.tensor([1.0, 0.0, 0.0])) + torch.tensor([1.0, 0.0, 0.0]) \
+            + torch.tensor([0.2, 0.4, 0.6])
+        torch.testing.assert_close(x[0] + out[0, :3], expected)
+        turned = q[0] + out[0, 3:7]
+        torch.testing.assert_close(turned.norm(), q[0].norm())
+        torch.testing.assert_close(_rotation_matrix(turned / turned.norm()),
+                                   turn @ _rotation_matrix(q[0] / q[0].norm()))
+        assert out[0, 7:].abs().max() == 0                                   # scales untouched
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_rigid_bases_blend_motions_and_keep_each_part_rigid(rng):
+    """Gaussians fully on one basis keep their distances (a rigid part) whatever the times; a Gaussian with weights
+    (a, 1 - a) on two bases lands at the blend of where each puts it (linear blend skinning)."""
+    torch.manual_seed(0)
+    model = RigidBases(count=2, knots=8).double()
+    means = torch.tensor(rng.normal(size=(40, 3)))
+    model.initialize(means)
+    torch.nn.init.normal_(model.control, std=0.5)
+    anchors = torch.tensor(rng.uniform(size=40))
+    quats = torch.tensor(rng.normal(size=(40, 4)))
+    on = lambda b: torch.full((40, 2), -1e9).index_fill_(1, torch.tensor([b]), 0.0)
+    moved = {}
+    for b in (0, 1):
+        out = model.displacement(means, 0.8, anchors, {"rigid_logits": on(b), "quats": quats, "anchor_times": anchors})
+        moved[b] = means + out[:, :3]
+    same_time = anchors.new_full((40,), 0.3)
+    one = means + model.displacement(means, 0.8, same_time, {"rigid_logits": on(0), "quats": quats,
+                                                             "anchor_times": same_time})[:, :3]
+    torch.testing.assert_close(torch.cdist(one, one), torch.cdist(means, means))     # one part, one time: rigid
+    a = torch.tensor(rng.uniform(size=(40, 1)))
+    logits = torch.cat([torch.log(a), torch.log(1 - a)], dim=1)
+    blend = means + model.displacement(means, 0.8, anchors, {"rigid_logits": logits, "quats": quats,
+                                                             "anchor_times": anchors})[:, :3]
+    torch.testing.assert_close(blend, a * moved[0] + (1 - a) * moved[1])
+
+
+def test_rigid_bases_second_difference_is_that_of_the_trajectory(rng):
+    model = RigidBases(count=3, knots=8).double()
+    means = torch.tensor(rng.normal(size=(20, 3)))
+    coefs = {"quats": torch.tensor(rng.normal(size=(20, 4))), "anchor_times": torch.tensor(rng.uniform(size=20))}
+    coefs.update(model.initialize(means))
+    torch.nn.init.normal_(model.control, std=0.5)
+    times, h = torch.tensor(rng.uniform(0.1, 0.9, size=20)), 0.05
+    at = lambda t: means + model.displacement(means, t, coefs["anchor_times"], coefs)[:, :3]
+    expected = at(times - h) - 2 * at(times) + at(times + h)
+    second = model.second_difference(means, times, h, coefs)
+    torch.testing.assert_close(second[:, :3], expected)
+    assert second[:, 3:].abs().max() == 0
+
+
+def test_rigid_bases_start_on_the_nearest_of_their_k_means_pivots():
+    """Two clusters far apart: the pivots are their means, each Gaussian's weights favour its own cluster's basis
+    by far, and the motion starts still."""
+    torch.manual_seed(0)
+    points = torch.cat([torch.randn(50, 3) * 0.1, torch.randn(30, 3) * 0.1 + torch.tensor([4.0, 0.0, 0.0])])
+    centres = kmeans(points, 2)
+    truth = torch.stack([points[:50].mean(0), points[50:].mean(0)])
+    order = centres[:, 0].argsort()
+    torch.testing.assert_close(centres[order], truth)
+    model = RigidBases(count=2, knots=6)
+    logits = model.initialize(points)["rigid_logits"]
+    weights = torch.softmax(logits, dim=1)[:, order]
+    assert weights[:50, 0].min() > 0.99 and weights[50:, 1].min() > 0.99
+    torch.testing.assert_close(model.unit, (points.max(0).values - points.min(0).values).max() / 2)
+    assert model.control.abs().max() == 0
+    assert quaternion_exp(torch.zeros(3)).tolist() == [1.0, 0.0, 0.0, 0.0]
+    q = torch.nn.functional.normalize(torch.randn(4), dim=0)
+    torch.testing.assert_close(_rotation_matrix(quaternion_multiply(q, q)), _rotation_matrix(q) @ _rotation_matrix(q))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "planes"])
@@ -424,11 +531,17 @@ def _small_model(kind: str = "bases") -> GaussianModel4D:
 
     torch.manual_seed(0)
     splats, _ = _tagged_splats(12)
-    deformation = build_deformation({"kind": "bases", "count": 2, "knots": 6} if kind == "bases" else
-                                    {"kind": "mlp", "width": 16, "depth": 2, "position_octaves": 2, "time_octaves": 2},
-                                    Box.around(splats["means"].detach()))
+    deformation = build_deformation({"bases": {"kind": "bases", "count": 2, "knots": 6},
+                                     "rigid": {"kind": "rigid", "count": 2, "knots": 6},
+                                     "mlp": {"kind": "mlp", "width": 16, "depth": 2, "position_octaves": 2,
+                                             "time_octaves": 2}}[kind], Box.around(splats["means"].detach()))
     if kind == "mlp":
         torch.nn.init.normal_(deformation.out.weight, std=0.1)
+    if kind == "rigid":      # pivots and logits from the dynamic Gaussians, then some motion
+        dynamic = splats["is_dynamic"]
+        splats["rigid_logits"] = torch.nn.Parameter(torch.zeros(12, 2))
+        splats["rigid_logits"].data[dynamic] = deformation.initialize(splats["means"].detach()[dynamic])["rigid_logits"]
+        torch.nn.init.normal_(deformation.control, std=0.3)
     return GaussianModel4D(splats, deformation, sh_degree=1, temporal_opacity=True)
 
 
@@ -450,7 +563,7 @@ def test_gaussians_at_moves_only_dynamic_gaussians_and_fades_them_in_time():
     torch.testing.assert_close(at_anchor["means"][i], s["means"][i])
 
 
-@pytest.mark.parametrize("kind", ["bases", "mlp"])
+@pytest.mark.parametrize("kind", ["bases", "mlp", "rigid"])
 def test_saved_model_loads_and_evaluates_identically(kind, tmp_path):
     model = _small_model(kind)
     model.save(tmp_path / "model.pt")

@@ -37,7 +37,7 @@ def _render_and_grads(model, time: float, skip: bool, factors=None):
     return colors.detach(), meta["radii"].clone(), grads, g
 
 
-@pytest.mark.parametrize("kind", ["bases", "mlp", "planes"])
+@pytest.mark.parametrize("kind", ["bases", "rigid", "mlp", "planes"])
 def test_skipping_invisible_gaussians_changes_neither_the_render_nor_its_gradients(kind):
     model = _model(kind, n=300, seed=1)
     with torch.no_grad():                                          # narrow windows: most are invisible at a time

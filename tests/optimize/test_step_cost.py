@@ -33,6 +33,7 @@ def _model(kind: str, n: int = 40, with_opacity: bool = False, seed: int = 0) ->
     gen = torch.Generator().manual_seed(seed)
     means = torch.randn(n, 3, generator=gen, dtype=F64)
     spec = {"bases": {"kind": "bases", "count": 3, "knots": 7, "with_opacity": with_opacity},
+            "rigid": {"kind": "rigid", "count": 3, "knots": 7},
             "mlp": {"kind": "mlp", "width": 16, "depth": 3, "position_octaves": 2, "time_octaves": 2,
                     "with_opacity": with_opacity},
             "planes": {"kind": "planes", "resolutions": [4, 8], "time_resolution": 5, "features": 3,
@@ -44,6 +45,7 @@ def _model(kind: str, n: int = 40, with_opacity: bool = False, seed: int = 0) ->
                            sh_degree=1, temporal_sigma=0.2, extra=deformation.per_gaussian_shapes())
     model = GaussianModel4D(splats, deformation, sh_degree=1, temporal_opacity=True).double()
     with torch.no_grad():
+        deformation.initialize(means[splats["is_dynamic"]])          # the rigid model's pivots
         for p in model.deformation.parameters():
             p.add_(torch.randn(p.shape, generator=gen, dtype=F64) * 0.2)
         for key in model.deformation.per_gaussian_shapes():

@@ -92,9 +92,10 @@ def resumed_run_matches(cfg, data, initial, tmp_path, straight, straight_dir: st
     return a, b
 
 
-def test_resume_after_a_checkpoint_continues_the_same_loss_sequence(tiny, tmp_path):
+@pytest.mark.parametrize("kind", ["bases", "rigid"])
+def test_resume_after_a_checkpoint_continues_the_same_loss_sequence(tiny, tmp_path, kind):
     files, scene = tiny
-    cfg = small_config()
+    cfg = small_config(deformation=kind)
     data, initial = _inputs(files, scene, cfg)
     straight = train(cfg, data, initial, tmp_path / "straight", seed=3)
     first = train(cfg, data, initial, tmp_path / "resumed", seed=3, stop_after=4)
