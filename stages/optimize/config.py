@@ -158,7 +158,7 @@ class OptimizeConfig:
     lr_motion: float = option(8e-4, "bases: learning rate of the per-Gaussian motion coefficients, x scene "
                               "scale; decays like the positions (CPU object scene: 8e-4 beat 1.6e-4 and 4e-3).")
     lr_bases: float = option(1e-3, "bases: learning rate of the shared basis curves.")
-    lr_rigid: float = option(1e-3, "rigid: learning rate of the rigid motions' control points (rotation vectors in "
+    lr_rigid: float = option(1e-2, "rigid: learning rate of the rigid motions' control points (rotation vectors in "
                              "radians, shifts in half sizes of the dynamic points' box); decays like the positions.")
     lr_rigid_weights: float = option(1e-2, "rigid: learning rate of the per-Gaussian blending logits.")
     lr_field: float = option(1e-3, "mlp/planes: learning rate of the network; decays like the positions.")

@@ -58,11 +58,10 @@ def moving_sphere_psnr(model, files, scene) -> float:
 
 def config(deformation: str, **overrides) -> OptimizeConfig:
     # bases_count 4: the D-NeRF preset's, for few training times (12 shared curves alias between 5 times); 4 rigid
-    # motions for a few hundred Gaussians, moved 10x faster than the default (as the positions are, 6x) to get
-    # anywhere in 200 steps
+    # motions for a few hundred Gaussians
     return OptimizeConfig(iterations=200, sh_degree=0, refine_start=60, refine_every=30, refine_stop=170,
                           reset_every=0, checkpoint_every=0, log_every=50, backend="torch", lr_means=1e-3,
-                          deformation=deformation, bases_count=4, rigid_count=4, lr_rigid=1e-2, **overrides)
+                          deformation=deformation, bases_count=4, rigid_count=4, **overrides)
 
 
 @pytest.fixture(scope="module")
