@@ -282,6 +282,14 @@ def quaternion_rotate(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return v + w * t + torch.linalg.cross(u.expand_as(t), t, dim=-1)
 
 
+def quaternion_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions (..., 4) [w, x, y, z] -> rotation matrices (..., 3, 3)."""
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], dim=-1).unflatten(-1, (3, 3))
+
+
 def kmeans(points: torch.Tensor, count: int, iterations: int = 10) -> torch.Tensor:
     """Deterministic k-means of points (M, 3): farthest-point seeds (from the point nearest the centroid), then
     Lloyd iterations. Returns the centres (min(count, M), 3); a centre that loses all its points stays put."""
@@ -335,6 +343,7 @@ class RigidBases(SplineInTime):
         self.control = nn.Parameter(torch.zeros(knots, count, 6))                  # (knots, K, 3 rotation + 3 shift)
         self.register_buffer("pivots", torch.zeros(count, 3))                      # (K, 3) world
         self.register_buffer("unit", torch.ones(()))                               # world units per shift unit
+        self._distinct: tuple | None = None         # (anchors, version, W at the distinct anchors, each one's row)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "count": self.count, "knots": self.knots}
@@ -371,22 +380,41 @@ class RigidBases(SplineInTime):
         values = (weights @ self.control.flatten(1)).view(-1, self.count, 6)               # (T, K, 6)
         return quaternion_exp(values[..., :3]), values[..., 3:] * self.unit
 
-    def carry(self, means: torch.Tensor, at: torch.Tensor, anchors: torch.Tensor,
+    def transforms(self, at: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """(R, K, 16): for each row r and basis k, the 3 x 4 matrix [A | b] (row-major, 12 values) that carries a
+        point seen at the time whose weights are anchors[r] (anchors (R, knots)) to the time whose weights are at[r]
+        (at (1 or R, knots)), A = R_k(t) R_k(t_a)^T and b = p_k + d_k(t) - A (p_k + d_k(t_a)); then A as a
+        quaternion on one hemisphere (4 values, so that blends of them do not cancel)."""
+        rotation_at, shift_at = self.motions(at)                                     # (1 or R, K, 4), (.., K, 3)
+        rotation_anchor, shift_anchor = self.motions(anchors)                        # (R, K, 4), (R, K, 3)
+        relative = quaternion_multiply(rotation_at, quaternion_conjugate(rotation_anchor))          # (R, K, 4)
+        relative = torch.where(relative[..., :1] < 0, -relative, relative)
+        matrix = quaternion_matrix(relative)                                         # (R, K, 3, 3)
+        offset = self.pivots + shift_at - (matrix @ (self.pivots + shift_anchor)[..., None])[..., 0]  # (R, K, 3)
+        return torch.cat([torch.cat([matrix, offset[..., None]], dim=-1).flatten(-2), relative], dim=-1)
+
+    @staticmethod
+    def blend(means: torch.Tensor, table: torch.Tensor, rows: torch.Tensor | None,
               logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions (M, 3) and blended relative rotations (M, 4) at the times whose weights are ``at`` (1 or M,
-        knots), of Gaussians at means (M, 3) seen at the times whose weights are ``anchors`` (M, knots)."""
-        rotation_at, shift_at = self.motions(at)                                     # (1 or M, K, 4), (.., K, 3)
-        rotation_anchor, shift_anchor = self.motions(anchors)                        # (M, K, 4), (M, K, 3)
-        relative = quaternion_multiply(rotation_at, quaternion_conjugate(rotation_anchor))          # (M, K, 4)
-        relative = torch.where(relative[..., :1] < 0, -relative, relative)           # one hemisphere: blendable
-        local = means[:, None, :] - self.pivots - shift_anchor                       # (M, K, 3)
-        moved = quaternion_rotate(relative, local) + self.pivots + shift_at          # (M, K, 3)
-        weights = torch.softmax(logits, dim=-1)[..., None]                           # (M, K, 1)
-        return (weights * moved).sum(1), F.normalize((weights * relative).sum(1), dim=-1)
+        """Positions (M, 3) and blended relative rotations (M, 4, unit) of Gaussians at means (M, 3) with blending
+        logits (M, K), carried by the rows ``rows`` (M,) of ``table`` (R, K, 16, :meth:`transforms`), or by its row m
+        each when ``rows`` is None (R = M). Blending the affine maps blends the points they move (linear blend
+        skinning): sum_k w_k (A_k x + b_k) = (sum_k w_k A_k) x + sum_k w_k b_k."""
+        weights = torch.softmax(logits, dim=-1).to(table.dtype)                      # (M, K)
+        per_gaussian = table if rows is None else table.index_select(0, rows)        # (M, K, 16)
+        mixed = torch.bmm(weights.unsqueeze(1), per_gaussian).squeeze(1)             # (M, 16)
+        affine = mixed[:, :12].view(-1, 3, 4)                                        # (M, 3, 4)
+        positions = (affine[..., :3] @ means[..., None])[..., 0] + affine[..., 3]    # (M, 3)
+        return positions, F.normalize(mixed[:, 12:], dim=-1)
 
     def displacement(self, means, time, anchor_times, coefs, cache=True):
         at = self.weights_at(time, anchor_times)                                     # (1 or M, knots)
-        positions, turn = self.carry(means, at, self.anchor_weights(anchor_times, cache), coefs["rigid_logits"])
+        if at.shape[0] == 1 and cache:     # one render time: the maps of the few distinct anchor times, gathered
+            distinct, rows = self._distinct_anchors(anchor_times)                    # (U, knots), (M,)
+            table = self.transforms(at, distinct)                                    # (U, K, 16)
+        else:
+            table, rows = self.transforms(at, self.anchor_weights(anchor_times, cache)), None     # (M, K, 16)
+        positions, turn = self.blend(means, table, rows, coefs["rigid_logits"])
         quats = coefs["quats"]
         return torch.cat([positions - means, quaternion_multiply(turn, quats) - quats,
                           means.new_zeros(len(means), 3)], dim=-1)                   # (M, 10)
@@ -397,9 +425,34 @@ class RigidBases(SplineInTime):
         m = times.shape[0]
         at = self.basis_weights(torch.cat([times - step, times, times + step]))       # (3M, knots)
         anchors = self.basis_weights(coefs["anchor_times"].to(times.dtype)).repeat(3, 1)
-        positions, _ = self.carry(means.repeat(3, 1), at, anchors, coefs["rigid_logits"].repeat(3, 1))
+        positions, _ = self.blend(means.repeat(3, 1), self.transforms(at, anchors), None,
+                                  coefs["rigid_logits"].repeat(3, 1))
         before, now, after = positions.view(3, m, 3).unbind(0)
         return torch.cat([before - 2 * now + after, means.new_zeros(m, self.channels - 3)], dim=-1)
+
+    def _distinct_anchors(self, anchor_times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W at the distinct anchor times (U, knots), each Gaussian's row among them (M,)): a host synchronisation
+        (``torch.unique``), so kept while the same anchor tensor is passed unchanged (as the anchor weights are)."""
+        cached = self._distinct
+        if cached is not None and cached[0] is anchor_times and cached[1] == anchor_times._version:
+            return cached[2], cached[3]
+        values, rows = torch.unique(anchor_times, return_inverse=True)
+        weights = self.basis_weights(values)
+        if not anchor_times.is_inference() and not torch.is_inference_mode_enabled():
+            self._distinct = (anchor_times, anchor_times._version, weights, rows)
+        return weights, rows
+
+
+def rigid_positions_reference(model: RigidBases, means: torch.Tensor, time: float, anchor_times: torch.Tensor,
+                              logits: torch.Tensor) -> torch.Tensor:
+    """:class:`RigidBases` positions (M, 3) written out point by point (each basis moves each point, then the
+    moved points are blended): the reference the matrix form is tested against."""
+    rotation_at, shift_at = model.motions(model.basis_weights(torch.full((1,), time, dtype=means.dtype)))
+    rotation_anchor, shift_anchor = model.motions(model.basis_weights(anchor_times))            # (M, K, ...)
+    relative = quaternion_multiply(rotation_at, quaternion_conjugate(rotation_anchor))          # (M, K, 4)
+    local = means[:, None, :] - model.pivots - shift_anchor                                      # (M, K, 3)
+    moved = quaternion_rotate(relative, local) + model.pivots + shift_at                         # (M, K, 3)
+    return (torch.softmax(logits, dim=-1)[..., None] * moved).sum(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import torch
 
 from stages.optimize.config import OptimizeConfig
 from stages.optimize.deformation import (Box, MLPField, MotionBases, PlanesField, RigidBases, kmeans,
-                                         positional_encoding, quaternion_exp, quaternion_multiply)
+                                         positional_encoding, quaternion_exp, quaternion_multiply,
+                                         rigid_positions_reference)
 from stages.optimize.densify import DensifyStrategy, make_strategy
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, anisotropy_loss, depth_loss, fit_scale_shift, ssim,
@@ -228,6 +229,27 @@ def test_rigid_bases_blend_motions_and_keep_each_part_rigid(rng):
     blend = means + model.displacement(means, 0.8, anchors, {"rigid_logits": logits, "quats": quats,
                                                              "anchor_times": anchors})[:, :3]
     torch.testing.assert_close(blend, a * moved[0] + (1 - a) * moved[1])
+
+
+def test_rigid_bases_matrix_form_equals_moving_each_point_by_each_basis(rng):
+    """The blended affine maps of the distinct anchor times (one render time) and of each Gaussian's own pair of
+    times (per-Gaussian times) put the Gaussians where moving each point by each basis and blending the points
+    does; the distinct anchors are found again when the anchor tensor changes in place."""
+    model = RigidBases(count=5, knots=9).double()
+    means = torch.tensor(rng.normal(size=(60, 3)))
+    anchors = torch.tensor(rng.integers(0, 7, size=60) / 6.0)
+    coefs = {"quats": torch.tensor(rng.normal(size=(60, 4))), "anchor_times": anchors}
+    coefs.update(model.initialize(means))
+    coefs["rigid_logits"] = coefs["rigid_logits"] + torch.tensor(rng.normal(size=(60, 5)))   # real blends
+    torch.nn.init.normal_(model.control, std=0.6)
+    for time in (0.15, 0.8):
+        expected = rigid_positions_reference(model, means, time, anchors, coefs["rigid_logits"])
+        for when in (time, torch.full((60,), time, dtype=torch.float64)):
+            moved = means + model.displacement(means, when, anchors, coefs)[:, :3]
+            torch.testing.assert_close(moved, expected)
+    anchors[:30] = 0.5                                                   # densification-like change in place
+    expected = rigid_positions_reference(model, means, 0.3, anchors, coefs["rigid_logits"])
+    torch.testing.assert_close(means + model.displacement(means, 0.3, anchors, coefs)[:, :3], expected)
 
 
 def test_rigid_bases_second_difference_is_that_of_the_trajectory(rng):
