@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pipeline.config import option
 
-DEFORMATIONS = ("bases", "rigid", "mlp", "planes", "planes_bases", "none")
+DEFORMATIONS = ("bases", "rigid", "mlp", "planes", "planes_bases", "rigid_bases", "none")
 
 
 @dataclass
@@ -27,12 +27,14 @@ class OptimizeConfig:
                                  "draw classic.", choices=("classic", "antialiased"))
     # --- model ---
     deformation: str = option("bases", "Motion of the dynamic Gaussians: 'bases' (explicit: per-Gaussian "
-                              "coefficients of shared learned B-spline motion bases), 'rigid' (explicit: a per-Gaussian "
-                              "blend of shared learned rigid motions, SE(3) bases), 'mlp' (neural field: "
+                              "coefficients of shared learned B-spline motion bases), 'rigid' (explicit: a "
+                              "per-Gaussian blend of shared learned rigid motions, SE(3) bases), 'mlp' (neural field: "
                               "positional-encoded MLP over (x, t)), 'planes' (neural field: multi-resolution "
                               "space-time planes + small MLP head), 'planes_bases' (both summed: the planes "
                               "field shared by all Gaussians plus per-Gaussian motion-bases coefficients, held "
-                              "small by residual_lambda), or 'none' (static 3DGS baseline: nothing moves).",
+                              "small by residual_lambda), 'rigid_bases' (the rigid motions plus per-Gaussian "
+                              "motion-bases coefficients, likewise), or 'none' (static 3DGS baseline: nothing "
+                              "moves).",
                               choices=DEFORMATIONS)
     sh_degree: int = option(3, "Maximum spherical-harmonic degree of the colours (0-3).")
     sh_degree_interval: int = option(500, "Add one SH band every this many steps (until sh_degree).")
@@ -107,11 +109,11 @@ class OptimizeConfig:
                                      "tried, 0.001-1 (docs/gaussians.md, thirtieth session).")
     coherence_neighbors: int = option(8, "Neighbours per sampled dynamic Gaussian for the coherence regulariser.")
     scale_lambda: float = option(0.01, "Weight of the scale regulariser (anisotropy beyond max_anisotropy).")
-    residual_lambda: float = option(0.0, "planes_bases: weight of the mean squared displacement that the dynamic "
-                                    "Gaussians get from their own motion-bases coefficients (up to 4096 of them "
-                                    "per step, at random times; positions in units of the scene scale), so that "
-                                    "the shared field carries the motion it can and the coefficients only the "
-                                    "rest; 0 = off. Added to the loss; not a column of log.csv.")
+    residual_lambda: float = option(0.0, "planes_bases, rigid_bases: weight of the mean squared displacement "
+                                    "that the dynamic Gaussians get from their own motion-bases coefficients (up "
+                                    "to 4096 of them per step, at random times; positions in units of the scene "
+                                    "scale), so that the shared part carries the motion it can and the "
+                                    "coefficients only the rest; 0 = off. Added to the loss; not a column of log.csv.")
     opacity_lambda: float = option(0.0, "Weight of the opacity regulariser: the mean opacity (post-sigmoid) of all "
                                    "Gaussians (3DGS-MCMC's L1 on opacity): Gaussians that no view needs fade and "
                                    "are pruned. Added to the loss; not a column of log.csv.")

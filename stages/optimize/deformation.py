@@ -21,8 +21,9 @@ Models:
 * :class:`MLPField` (``mlp``): positional-encoded MLP over (x normalised to the dynamic points' box, t).
 * :class:`PlanesField` (``planes``): multi-resolution space-time planes (xy, xz, yz, xt, yt, zt; features multiplied
   across planes, concatenated across resolutions, K-planes style) and a small MLP head.
-* :class:`PlanesWithBases` (``planes_bases``): the sum of the two, a shared planes field and per-Gaussian motion
-  bases (a hybrid: the field for the bulk of the motion, the coefficients for what it cannot follow).
+* :class:`PlanesWithBases` (``planes_bases``), :class:`RigidWithBases` (``rigid_bases``): a shared model (the planes
+  field, the rigid motions) plus per-Gaussian motion bases (hybrids: the shared part for the bulk of the motion, the
+  coefficients for what it cannot follow).
 
 Both fields can also read a per-Gaussian latent code ``field_embedding`` (N, E) beside (x, t) (``embedding`` > 0;
 per-Gaussian embeddings as in E-D3DGS): Gaussians at nearby positions may then move differently, as with the
@@ -285,9 +286,10 @@ def quaternion_rotate(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def quaternion_matrix(q: torch.Tensor) -> torch.Tensor:
     """Unit quaternions (..., 4) [w, x, y, z] -> rotation matrices (..., 3, 3)."""
     w, x, y, z = q.unbind(-1)
-    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], dim=-1).unflatten(-1, (3, 3))
+    rows = [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]
+    return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
 
 
 def kmeans(points: torch.Tensor, count: int, iterations: int = 10) -> torch.Tensor:
@@ -760,59 +762,86 @@ def planes_offsets_grid_sample(field: PlanesField, means: torch.Tensor, times: t
 # Hybrid: a shared field plus per-Gaussian motion bases
 
 
-class PlanesWithBases(Deformation):
-    """offsets(x, t) = planes(x, t) + sum_b c_b phi_b(t): the space-time planes field, shared by every Gaussian,
-    for the smooth bulk of the motion, plus the explicit model's per-Gaussian coefficients on shared B-spline
-    bases for what a field coarse in time cannot follow (small parts moving fast). Each part keeps its own
-    per-Gaussian entries (``motion_coefs``; the field's embedding / anchor times if asked for), its own anchoring
-    and caches; the trainer can hold the coefficients small (``optimize.residual_lambda``) so that the field, which
-    every copy of a moving surface shares, carries what it can.
-    """
+class FieldWithBases(Deformation):
+    """offsets = a shared model's + sum_b c_b phi_b(t): a motion model every Gaussian shares (the ``field_kind``
+    part, kept under that name) for the bulk of the motion, plus the explicit model's per-Gaussian coefficients on
+    shared B-spline bases for what it cannot follow. Each part keeps its own per-Gaussian entries (``motion_coefs``
+    for the bases), its own anchoring and caches; the trainer can hold the coefficients small
+    (``optimize.residual_lambda``) so that the shared part carries what it can."""
+
+    field_kind = ""
+
+    def __init__(self, field: dict[str, Any], bases: dict[str, Any], box: Box | None = None):
+        super().__init__(bool(field.get("with_opacity", False)))
+        if bool(bases.get("with_opacity", False)) != self.with_opacity:
+            raise ValueError(f"{self.kind}: both parts must agree on with_opacity")
+        self.add_module(self.field_kind, build_deformation({"kind": self.field_kind, **field}, box))
+        self.bases = build_deformation({"kind": "bases", **bases})
+
+    @property
+    def field(self) -> Deformation:
+        return getattr(self, self.field_kind)
+
+    def spec(self) -> dict[str, Any]:
+        part = lambda d: {k: v for k, v in d.spec().items() if k != "kind"}
+        return {"kind": self.kind, self.field_kind: part(self.field), "bases": part(self.bases)}
+
+    def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**self.field.per_gaussian_shapes(), **self.bases.per_gaussian_shapes()}
+
+    def per_gaussian_inputs(self) -> tuple[str, ...]:
+        return self.field.per_gaussian_inputs()
+
+    def initialize(self, means: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.field.initialize(means)
+
+    def _split(self, coefs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The entries each part reads: (the shared part's, the bases')."""
+        field_keys = (*self.field.per_gaussian_shapes(), *self.field.per_gaussian_inputs())
+        return {k: coefs[k] for k in field_keys}, {"motion_coefs": coefs["motion_coefs"]}
+
+    def offsets(self, means, times, coefs):
+        field, bases = self._split(coefs)
+        return self.field.offsets(means, times, field) + self.bases.offsets(means, times, bases)
+
+    def displacement(self, means, time, anchor_times, coefs, cache=True):
+        field, bases = self._split(coefs)
+        return (self.field.displacement(means, time, anchor_times, field, cache)
+                + self.bases.displacement(means, time, anchor_times, bases, cache))
+
+    def second_difference(self, means, times, step, coefs):
+        field, bases = self._split(coefs)
+        return (self.field.second_difference(means, times, step, field)
+                + self.bases.second_difference(means, times, step, bases))
+
+    def regularization(self) -> torch.Tensor | None:
+        return self.field.regularization()
+
+
+class PlanesWithBases(FieldWithBases):
+    """planes(x, t) + sum_b c_b phi_b(t): the space-time planes field for the smooth bulk of the motion, the
+    per-Gaussian coefficients for what a field coarse in time cannot follow (small parts moving fast)."""
 
     kind = "planes_bases"
+    field_kind = "planes"
 
     def __init__(self, planes: dict[str, Any], bases: dict[str, Any], box: Box | None = None):
-        super().__init__(bool(planes.get("with_opacity", False)))
-        if bool(bases.get("with_opacity", False)) != self.with_opacity:
-            raise ValueError("planes_bases: both parts must agree on with_opacity")
-        self.planes = build_deformation({"kind": "planes", **planes}, box)
-        self.bases = build_deformation({"kind": "bases", **bases})
+        super().__init__(planes, bases, box)
 
     @property
     def box(self) -> Box:
         return self.planes.box
 
-    def spec(self) -> dict[str, Any]:
-        part = lambda d: {k: v for k, v in d.spec().items() if k != "kind"}
-        return {"kind": self.kind, "planes": part(self.planes), "bases": part(self.bases)}
 
-    def per_gaussian_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {**self.planes.per_gaussian_shapes(), **self.bases.per_gaussian_shapes()}
+class RigidWithBases(FieldWithBases):
+    """The shared rigid motions (:class:`RigidBases`) plus per-Gaussian coefficients on shared B-spline bases: the
+    rigid blend for the articulated bulk, the coefficients for what it cannot make (a body that pulses, a cloth)."""
 
-    def per_gaussian_inputs(self) -> tuple[str, ...]:
-        return self.planes.per_gaussian_inputs()
+    kind = "rigid_bases"
+    field_kind = "rigid"
 
-    def _split(self, coefs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The entries each part reads: (the field's, the bases')."""
-        field_keys = (*self.planes.per_gaussian_shapes(), *self.planes.per_gaussian_inputs())
-        return {k: coefs[k] for k in field_keys}, {"motion_coefs": coefs["motion_coefs"]}
-
-    def offsets(self, means, times, coefs):
-        field, bases = self._split(coefs)
-        return self.planes.offsets(means, times, field) + self.bases.offsets(means, times, bases)
-
-    def displacement(self, means, time, anchor_times, coefs, cache=True):
-        field, bases = self._split(coefs)
-        return (self.planes.displacement(means, time, anchor_times, field, cache)
-                + self.bases.displacement(means, time, anchor_times, bases, cache))
-
-    def second_difference(self, means, times, step, coefs):
-        field, bases = self._split(coefs)
-        return (self.planes.second_difference(means, times, step, field)
-                + self.bases.second_difference(means, times, step, bases))
-
-    def regularization(self) -> torch.Tensor | None:
-        return self.planes.regularization()
+    def __init__(self, rigid: dict[str, Any], bases: dict[str, Any], box: Box | None = None):
+        super().__init__(rigid, bases, box)
 
 
 def build_deformation(spec: dict[str, Any] | None, box: Box | None = None) -> Deformation | None:
@@ -832,6 +861,8 @@ def build_deformation(spec: dict[str, Any] | None, box: Box | None = None) -> De
         return PlanesField(box=box, **args)
     if kind == "planes_bases":
         return PlanesWithBases(box=box, **args)
+    if kind == "rigid_bases":
+        return RigidWithBases(box=box, **args)
     raise ValueError(f"unknown deformation kind {kind!r}")
 
 
@@ -842,8 +873,13 @@ def deformation_spec_from_config(cfg, n_times: int) -> dict[str, Any] | None:
         return None
     if kind == "bases":
         return {"kind": "bases", "count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}
-    if kind == "rigid":
-        return {"kind": "rigid", "count": cfg.rigid_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}
+    if kind in ("rigid", "rigid_bases"):
+        rigid = {"kind": "rigid", "count": cfg.rigid_count, "knots": cfg.bases_knots,
+                 "with_opacity": cfg.deform_opacity}
+        if kind == "rigid":
+            return rigid
+        return {"kind": kind, "rigid": {k: v for k, v in rigid.items() if k != "kind"},
+                "bases": {"count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}}
     if kind == "mlp":
         return {"kind": "mlp", "width": cfg.mlp_width, "depth": cfg.mlp_depth,
                 "position_octaves": cfg.mlp_position_frequencies, "time_octaves": cfg.mlp_time_frequencies,

@@ -39,8 +39,8 @@ def check_config(cfg: OptimizeConfig) -> None:
         problems.append("ssim_lambda must be in [0, 1]")
     if cfg.bases_knots < 4:
         problems.append("bases_knots must be >= 4")
-    for name in ("batch_size", "sh_degree_interval", "bases_count", "rigid_count", "mlp_width", "mlp_depth", "planes_features",
-                 "planes_head_width", "refine_every", "keep_checkpoints", "log_every"):
+    for name in ("batch_size", "sh_degree_interval", "bases_count", "rigid_count", "mlp_width", "mlp_depth",
+                 "planes_features", "planes_head_width", "refine_every", "keep_checkpoints", "log_every"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be >= 1 (got {getattr(cfg, name)})")
     for name in ("checkpoint_every", "reset_every", "field_embedding", "planes_time_resolution",
@@ -60,10 +60,12 @@ def check_config(cfg: OptimizeConfig) -> None:
     for name in [f.name for f in dataclasses.fields(cfg) if f.name.endswith("_lambda") and f.name != "ssim_lambda"]:
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
             problems.append(f"{name} must be a finite number >= 0 (got {getattr(cfg, name):g})")
-    if cfg.residual_lambda > 0 and cfg.deformation != "planes_bases":
-        problems.append(f"residual_lambda applies to deformation=planes_bases only (deformation={cfg.deformation})")
-    if cfg.deformation == "rigid" and cfg.deform_opacity:
-        problems.append("deform_opacity does not apply to deformation=rigid (rigid motions leave the opacity alone)")
+    if cfg.residual_lambda > 0 and cfg.deformation not in ("planes_bases", "rigid_bases"):
+        problems.append(f"residual_lambda applies to deformation=planes_bases or rigid_bases only "
+                        f"(deformation={cfg.deformation})")
+    if cfg.deformation in ("rigid", "rigid_bases") and cfg.deform_opacity:
+        problems.append(f"deform_opacity does not apply to deformation={cfg.deformation} (rigid motions leave the "
+                        f"opacity alone)")
     if math.isfinite(cfg.drop_rate) and not 0.0 <= cfg.drop_rate < 1.0:
         problems.append(f"drop_rate must be in [0, 1) (got {cfg.drop_rate:g})")
     if not (math.isfinite(cfg.lr_final_factor) and cfg.lr_final_factor > 0):

@@ -179,16 +179,20 @@ class GroupOptimizer:
 def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Optional[torch.nn.Parameter],
                     scale: float) -> torch.optim.Adam:
     """One Adam over every trainable tensor, a parameter group per name: each trainable key of ``model.splats``,
-    then the deformation ('bases', 'rigid', 'field', 'planes') and 'cameras'. Fused on CUDA: a step is one kernel per group
-    and one for all step counts (:class:`LeanFusedAdam`, ``cfg.lean_adam``; per-key optimizers cost a call each)."""
+    then the deformation ('bases', 'rigid', 'field', 'planes') and 'cameras'. Fused on CUDA: a step is one kernel per
+    group and one for all step counts (:class:`LeanFusedAdam`, ``cfg.lean_adam``; per-key optimizers cost a call
+    each)."""
     rates = splat_learning_rates(cfg, scale)
     groups = [{"name": k, "params": [p], "lr": rates[k]} for k, p in model.splats.items() if p.requires_grad]
     deformation = model.deformation
     if deformation is not None:
         if deformation.kind == "bases":
             groups.append({"name": "bases", "params": [deformation.control], "lr": cfg.lr_bases})
-        elif deformation.kind == "rigid":
-            groups.append({"name": "rigid", "params": [deformation.control], "lr": cfg.lr_rigid})
+        elif deformation.kind in ("rigid", "rigid_bases"):
+            rigid = deformation.rigid if deformation.kind == "rigid_bases" else deformation
+            groups.append({"name": "rigid", "params": [rigid.control], "lr": cfg.lr_rigid})
+            if deformation.kind == "rigid_bases":
+                groups.append({"name": "bases", "params": [deformation.bases.control], "lr": cfg.lr_bases})
         elif deformation.kind == "mlp":
             groups.append({"name": "field", "params": list(deformation.parameters()), "lr": cfg.lr_field})
         elif deformation.kind in ("planes", "planes_bases"):
@@ -658,8 +662,8 @@ def coherence_penalty(model: GaussianModel4D, group: torch.Tensor, distance: tor
 
 def residual_penalty(model: GaussianModel4D, pick: torch.Tensor, times: torch.Tensor,
                      scene_scale: float) -> torch.Tensor:
-    """planes_bases: :func:`residual_loss` of the displacement that the Gaussians ``pick`` (M,) get from their own
-    motion-bases coefficients alone, between their anchor times and ``times`` (M,)."""
+    """planes_bases, rigid_bases: :func:`residual_loss` of the displacement that the Gaussians ``pick`` (M,) get from
+    their own motion-bases coefficients alone, between their anchor times and ``times`` (M,)."""
     splats = model.splats
     moved = model.deformation.bases.displacement(
         splats["means"].index_select(0, pick), times, splats["anchor_times"].index_select(0, pick),
@@ -767,7 +771,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     n_dynamic_model = model.deformation is not None
     use_rigidity = n_dynamic_model and cfg.rigidity_lambda > 0
     use_coherence = n_dynamic_model and cfg.coherence_lambda > 0
-    use_residual = n_dynamic_model and cfg.residual_lambda > 0 and model.deformation.kind == "planes_bases"
+    use_residual = (n_dynamic_model and cfg.residual_lambda > 0
+                    and model.deformation.kind in ("planes_bases", "rigid_bases"))
     neighbors: Optional[torch.Tensor] = None      # (N, k) same-slice neighbours, recomputed when the rows change
     zero = torch.zeros((), device=device)     # the value of a loss term that is off (made once, not per step)
     good = capture(model, optimizer, strategy_state, cameras, loop, sampler)

@@ -105,7 +105,8 @@ def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, 
     torch.manual_seed(0)
     means = torch.tensor(rng.normal(size=(64, 3)), dtype=torch.float32)
     box = Box.around(means)
-    model = {"bases": lambda: MotionBases(6, 10), "rigid": lambda: RigidBases(4, 8), "mlp": lambda: MLPField(box, 32, 3, 4, 3),
+    model = {"bases": lambda: MotionBases(6, 10), "rigid": lambda: RigidBases(4, 8),
+             "mlp": lambda: MLPField(box, 32, 3, 4, 3),
              "planes": lambda: PlanesField(box, (8, 16), 6, 4, 16),
              "mlp-embedding": lambda: MLPField(box, 32, 3, 4, 3, embedding=5),
              "planes-embedding": lambda: PlanesField(box, (8, 16), 6, 4, 16, embedding=5),
@@ -134,34 +135,46 @@ def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, 
     assert elsewhere.shape == (64, 10) and elsewhere[:, :3].abs().mean() > 1e-3
 
 
-def test_planes_with_bases_is_the_sum_of_its_parts_and_rebuilds_from_its_spec(rng):
-    from stages.optimize.deformation import PlanesWithBases, build_deformation
+@pytest.mark.parametrize("kind", ["planes_bases", "rigid_bases"])
+def test_a_shared_model_with_bases_is_the_sum_of_its_parts_and_rebuilds_from_its_spec(kind, rng):
+    from stages.optimize.deformation import PlanesWithBases, RigidWithBases, build_deformation
 
     torch.manual_seed(0)
     means = torch.tensor(rng.normal(size=(32, 3)), dtype=torch.float32)
     box = Box.around(means)
-    model = PlanesWithBases({"resolutions": [8, 16], "time_resolution": 6, "features": 4, "head_width": 16},
-                            {"count": 3, "knots": 10}, box)
-    torch.nn.init.normal_(model.planes.out.weight, std=0.1)         # the field starts at zero motion; give it some
-    model.planes.table.data.uniform_(0.1, 0.9)
-    assert model.per_gaussian_shapes() == {"motion_coefs": (3, 10)} and model.box is model.planes.box
     coefs = {"motion_coefs": torch.randn(32, 3, 10)}
-    anchors = torch.rand(32)
+    if kind == "planes_bases":
+        model = PlanesWithBases({"resolutions": [8, 16], "time_resolution": 6, "features": 4, "head_width": 16},
+                                {"count": 3, "knots": 10}, box)
+        shared = model.planes
+        torch.nn.init.normal_(shared.out.weight, std=0.1)           # the field starts at zero motion; give it some
+        shared.table.data.uniform_(0.1, 0.9)
+        assert model.box is shared.box
+    else:
+        model = RigidWithBases({"count": 4, "knots": 10}, {"count": 3, "knots": 10})
+        shared = model.rigid
+        coefs.update(model.initialize(means))                           # the rigid part's pivots and logits
+        coefs.update(quats=torch.randn(32, 4), anchor_times=torch.rand(32))
+        torch.nn.init.normal_(shared.control, std=0.3)
+    own = {k: coefs[k] for k in (*shared.per_gaussian_shapes(), *shared.per_gaussian_inputs())}
+    assert model.per_gaussian_shapes() == {**shared.per_gaussian_shapes(), "motion_coefs": (3, 10)}
+    assert model.per_gaussian_inputs() == shared.per_gaussian_inputs()
+    anchors = coefs.get("anchor_times", torch.rand(32))
     whole = model.displacement(means, 0.9, anchors, coefs)
-    parts = model.planes.displacement(means, 0.9, anchors, {}) + model.bases.displacement(means, 0.9, anchors, coefs)
+    parts = shared.displacement(means, 0.9, anchors, own) + model.bases.displacement(means, 0.9, anchors, coefs)
     torch.testing.assert_close(whole, parts)
-    assert model.planes.displacement(means, 0.9, anchors, {})[:, :3].abs().mean() > 1e-3     # both parts move
+    assert shared.displacement(means, 0.9, anchors, own)[:, :3].abs().mean() > 1e-3     # both parts move
     assert model.bases.displacement(means, 0.9, anchors, coefs)[:, :3].abs().mean() > 1e-3
-    assert model.displacement(means, anchors, anchors, coefs).abs().max() < 1e-6
+    assert model.displacement(means, anchors, anchors, coefs).abs().max() < 1e-5
     second = model.second_difference(means, torch.full((32,), 0.5), 0.1, coefs)
-    torch.testing.assert_close(second, model.planes.second_difference(means, torch.full((32,), 0.5), 0.1, {})
+    torch.testing.assert_close(second, shared.second_difference(means, torch.full((32,), 0.5), 0.1, own)
                                + model.bases.second_difference(means, torch.full((32,), 0.5), 0.1, coefs))
-    assert model.regularization() is not None
+    assert (model.regularization() is not None) == (kind == "planes_bases")
     rebuilt = build_deformation(model.spec(), box)
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt.displacement(means, 0.9, anchors, coefs), whole)
     with pytest.raises(ValueError, match="with_opacity"):
-        PlanesWithBases({"with_opacity": True}, {"with_opacity": False}, box)
+        type(model)({"with_opacity": True}, {"with_opacity": False}, box)
 
 
 def _rotation_matrix(q: torch.Tensor) -> torch.Tensor:

@@ -92,10 +92,10 @@ def resumed_run_matches(cfg, data, initial, tmp_path, straight, straight_dir: st
     return a, b
 
 
-@pytest.mark.parametrize("kind", ["bases", "rigid"])
+@pytest.mark.parametrize("kind", ["bases", "rigid", "rigid_bases"])
 def test_resume_after_a_checkpoint_continues_the_same_loss_sequence(tiny, tmp_path, kind):
     files, scene = tiny
-    cfg = small_config(deformation=kind)
+    cfg = small_config(deformation=kind, residual_lambda=1.0 if kind == "rigid_bases" else 0.0)
     data, initial = _inputs(files, scene, cfg)
     straight = train(cfg, data, initial, tmp_path / "straight", seed=3)
     first = train(cfg, data, initial, tmp_path / "resumed", seed=3, stop_after=4)
