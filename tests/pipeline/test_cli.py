@@ -97,7 +97,11 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     ("optimize.batch_size=0", "batch_size must be >= 1 (got 0)"),
     ("optimize.temporal_opacity_init=.nan", "temporal_opacity_init must be > 0"),
     ("optimize.residual_lambda=-1", "residual_lambda must be a finite number >= 0 (got -1)"),
-    ("optimize.residual_lambda=0.5", "residual_lambda applies to deformation=planes_bases only (deformation=bases)"),
+    ("optimize.residual_lambda=0.5", "residual_lambda applies to deformation=planes_bases or rigid_bases only "
+                                     "(deformation=bases)"),
+    ("optimize.deform_opacity=true optimize.deformation=rigid",             # two overrides
+     "deform_opacity does not apply to deformation=rigid"),
+    ("optimize.rigid_count=0", "rigid_count must be >= 1 (got 0)"),
     ("optimize.opacity_lambda=.nan", "opacity_lambda must be a finite number >= 0 (got nan)"),
     ("render.bullet_arc_deg=.nan", "bullet_arc_deg must be a finite number (got nan)"),
     ("render.video_fps=.inf", "video_fps must be a finite number (got inf)"),
@@ -117,7 +121,7 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     ("optimize.grow_grad2d=-.inf", "grow_grad2d must be >= 0 (got -inf)"),
 ])
 def test_optimize_and_initialize_values_are_checked_when_the_config_is_read(override, message, capsys):
-    assert main(["config", override]) == 2
+    assert main(["config", *override.split(" ")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("page4dgs: error:") and message in err[0]
 
