@@ -87,17 +87,16 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs CUDA")
     device = torch.device(args.device)
-    rows = []
-    for name in args.models:
-        seconds = time_model(name, args.gaussians, args.anchors, args.repeats, device)
-        rows.append({"model": name, "spec": SPECS[name], "ms_per_forward_backward": round(seconds * 1000, 3)})
-        print(f"{name:16s} {seconds * 1000:9.2f} ms")
     record = {"benchmark": "deformation", "environment": environment(args.device),
               "setting": {"gaussians": args.gaussians, "anchor_times": args.anchors, "repeats": args.repeats,
                           "torch_threads": torch.get_num_threads()},
-              "about": __doc__.split("\n\n")[0], "rows": rows}
+              "about": __doc__.split("\n\n")[0], "rows": []}
     out = RESULTS / (args.json or f"deformation_{args.device}.json")
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    for name in args.models:                          # the file is rewritten after each model: a stopped run keeps
+        seconds = time_model(name, args.gaussians, args.anchors, args.repeats, device)      # what it measured
+        record["rows"].append({"model": name, "spec": SPECS[name], "ms_per_forward_backward": round(seconds * 1000, 3)})
+        print(f"{name:16s} {seconds * 1000:9.2f} ms")
+        out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

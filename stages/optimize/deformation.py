@@ -449,7 +449,8 @@ def rigid_positions_reference(model: RigidBases, means: torch.Tensor, time: floa
                               logits: torch.Tensor) -> torch.Tensor:
     """:class:`RigidBases` positions (M, 3) written out point by point (each basis moves each point, then the
     moved points are blended): the reference the matrix form is tested against."""
-    rotation_at, shift_at = model.motions(model.basis_weights(torch.full((1,), time, dtype=means.dtype)))
+    rotation_at, shift_at = model.motions(model.basis_weights(torch.full((1,), time, dtype=means.dtype,
+                                                                         device=means.device)))
     rotation_anchor, shift_anchor = model.motions(model.basis_weights(anchor_times))            # (M, K, ...)
     relative = quaternion_multiply(rotation_at, quaternion_conjugate(rotation_anchor))          # (M, K, 4)
     local = means[:, None, :] - model.pivots - shift_anchor                                      # (M, K, 3)
