@@ -337,7 +337,7 @@ class RigidBases(SplineInTime):
 
     kind = "rigid"
 
-    def __init__(self, count: int = 16, knots: int = 16, with_opacity: bool = False):
+    def __init__(self, count: int = 32, knots: int = 16, with_opacity: bool = False):
         if with_opacity:
             raise ValueError("rigid: rigid motions leave the opacity alone (set deform_opacity to false)")
         super().__init__(knots, False)
