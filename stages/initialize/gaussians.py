@@ -28,6 +28,16 @@ def sh_dc_to_rgb(dc: np.ndarray) -> np.ndarray:
     return np.asarray(dc, dtype=np.float64) * SH_C0 + 0.5
 
 
+def unblend_background(rgb: np.ndarray, alpha: np.ndarray, background) -> np.ndarray:
+    """The surface's own colour of an image composited on a background: rgb (H, W, 3) = a c + (1 - a) background
+    with alpha a (H, W) -> c = (rgb - (1 - a) background) / a, clipped to [0, 1], where a > 0 (elsewhere rgb as
+    it is). A soft edge (0 < a < 1) would otherwise give its Gaussians the background's tint."""
+    a = np.asarray(alpha, dtype=np.float64)[..., None]
+    background = np.asarray(background, dtype=np.float64)
+    own = (np.asarray(rgb, dtype=np.float64) - (1.0 - a) * background) / np.maximum(a, 1e-6)
+    return np.where(a > 0, np.clip(own, 0.0, 1.0), rgb).astype(np.float32)
+
+
 def logit(p: float | np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     return np.log(p) - np.log1p(-p)

@@ -2,12 +2,13 @@
 
 Only training frames contribute (test images never touch optimization). Per training frame: unproject the depth at
 pixel centres, keep pixels with valid depth, enough confidence, no depth discontinuity and (RGBA scenes) alpha >= 0.5,
-take the colour from the frame, and split by the dynamic mask. Static points of all frames are pooled and
-voxel-downsampled; dynamic points are downsampled per time slice, so every dynamic Gaussian keeps the time it was
-seen. One voxel size serves both (the same density everywhere) unless the dynamic slices would then take more than
-their share of the budget (:func:`allocate_voxels`). Scales come from nearest-neighbour distances, colours become SH
-DC terms. Depth maps of another size than their frame (a geometry folder from elsewhere) are unprojected with K
-scaled to them when the aspect ratio agrees, and refused otherwise.
+take the colour from the frame (of RGBA frames, the surface's own colour: soft edges un-blended from the background),
+and split by the dynamic mask. Static points of all frames are pooled and voxel-downsampled; dynamic points are
+downsampled per time slice, so every dynamic Gaussian keeps the time it was seen. One voxel size serves both (the
+same density everywhere) unless the dynamic slices would then take more than their share of the budget
+(:func:`allocate_voxels`). Scales come from nearest-neighbour distances, colours become SH DC terms. Depth maps of
+another size than their frame (a geometry folder from elsewhere) are unprojected with K scaled to them when the
+aspect ratio agrees, and refused otherwise.
 
 Writes ``initialize/gaussians.ply`` (standard 3DGS layout, SH degree 0) and ``initialize/labels.npz``
 (``is_dynamic`` bool (N,), ``time`` float32 (N,) = time seen (-1 for static), ``frame_index`` int32 (N,) = index in
@@ -29,7 +30,8 @@ from pipeline.log import progress
 from pipeline.scene.loaders.common import aspect_ratios_differ
 from pipeline.scene.model import Camera
 from stages.initialize.config import InitializeConfig
-from stages.initialize.gaussians import initial_log_scales, logit, rgb_to_sh_dc, write_gaussians_ply
+from stages.initialize.gaussians import (initial_log_scales, logit, rgb_to_sh_dc, unblend_background,
+                                         write_gaussians_ply)
 from stages.initialize.geometry_io import FrameCamera, read_cameras, read_confidence, read_depth, read_dynamic_mask
 from stages.initialize.points import (confidence_mask, count_voxels, depth_edge_mask, point_bounds, unproject_depth,
                                       voxel_downsample, voxel_size_for_budget)
@@ -228,6 +230,8 @@ def run(ctx) -> dict:
         if rgb.shape[:2] != shape:
             rgb = resize_array(rgb, (shape[1], shape[0]))
             alpha = None if alpha is None else resize_array(alpha, (shape[1], shape[0]))
+        if alpha is not None:                     # colours of the surfaces, not of their blend at soft edges
+            rgb = unblend_background(rgb, alpha, ctx.scene.background)
         mask = read_dynamic_mask(geometry_dir, cam.name, shape)
         n_masks += mask is not None
         confidence = read_confidence(geometry_dir, cam.name, shape)

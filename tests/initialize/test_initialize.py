@@ -17,7 +17,7 @@ from pipeline.log import get_logger
 from pipeline.runner import STAGES, StageContext
 from pipeline.scene import Camera, SceneConfig, load_scene
 from stages.initialize.gaussians import (SH_C0, knn_distances, ply_property_names, read_gaussians_ply,
-                                         rgb_to_sh_dc, write_gaussians_ply)
+                                         rgb_to_sh_dc, unblend_background, write_gaussians_ply)
 from stages.initialize.points import (depth_edge_mask, downsample_to_budget, point_bounds, unproject_depth,
                                       voxel_downsample, voxel_size_for_budget, count_voxels)
 from tests.initialize.spheres import make_scene, surface_distance, texture, SPHERES
@@ -133,6 +133,20 @@ def test_knn_distances_match_brute_force(rng):
     np.fill_diagonal(d, np.inf)
     nearest = np.sort(d, axis=1)[:, :3]
     np.testing.assert_allclose(knn_distances(points, 3), np.sqrt((nearest**2).mean(1)), rtol=1e-12)
+
+
+def test_soft_edges_give_the_surface_colour_not_its_blend_with_the_background(rng):
+    """An RGBA frame composited on a background: where 0 < alpha, the surface's own colour comes back exactly;
+    where alpha is 0 (nothing there) the composited value stays."""
+    colour = rng.uniform(size=(6, 5, 3))
+    alpha = rng.uniform(0.05, 1.0, size=(6, 5))
+    alpha[0, 0] = 0.0
+    background = np.array([1.0, 0.5, 0.0])
+    composited = (alpha[..., None] * colour + (1 - alpha[..., None]) * background).astype(np.float32)
+    own = unblend_background(composited, alpha, background)
+    assert own.dtype == np.float32
+    np.testing.assert_allclose(own[alpha > 0], colour[alpha > 0], atol=2e-5 / 0.05)
+    np.testing.assert_array_equal(own[0, 0], composited[0, 0])
 
 
 def test_ply_layout_is_the_standard_3dgs_one(tmp_path, rng):
