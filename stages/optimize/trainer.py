@@ -31,7 +31,7 @@ from pipeline.io import atomic_path, write_text
 from pipeline.log import get_logger, progress
 from pipeline.rng import set_cuda_rng_states
 from stages.optimize.config import OptimizeConfig
-from stages.optimize.deformation import Box, build_deformation, deformation_spec_from_config
+from stages.optimize.deformation import Box, FieldWithBases, build_deformation, deformation_spec_from_config
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
@@ -186,22 +186,20 @@ def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Option
     groups = [{"name": k, "params": [p], "lr": rates[k]} for k, p in model.splats.items() if p.requires_grad]
     deformation = model.deformation
     if deformation is not None:
-        if deformation.kind == "bases":
-            groups.append({"name": "bases", "params": [deformation.control], "lr": cfg.lr_bases})
-        elif deformation.kind in ("rigid", "rigid_bases"):
-            rigid = deformation.rigid if deformation.kind == "rigid_bases" else deformation
-            groups.append({"name": "rigid", "params": [rigid.control], "lr": cfg.lr_rigid})
-            if deformation.kind == "rigid_bases":
-                groups.append({"name": "bases", "params": [deformation.bases.control], "lr": cfg.lr_bases})
-        elif deformation.kind == "mlp":
-            groups.append({"name": "field", "params": list(deformation.parameters()), "lr": cfg.lr_field})
-        elif deformation.kind in ("planes", "planes_bases"):
-            planes = deformation.planes if deformation.kind == "planes_bases" else deformation
-            groups.append({"name": "planes", "params": [planes.table], "lr": cfg.lr_planes})
-            groups.append({"name": "field", "params": [*planes.hidden.parameters(), *planes.out.parameters()],
+        # A hybrid's shared part gets the groups it would have alone, then its bases their own.
+        shared = deformation.field if isinstance(deformation, FieldWithBases) else deformation
+        if shared.kind == "bases":
+            groups.append({"name": "bases", "params": [shared.control], "lr": cfg.lr_bases})
+        elif shared.kind == "rigid":
+            groups.append({"name": "rigid", "params": [shared.control], "lr": cfg.lr_rigid})
+        elif shared.kind == "mlp":
+            groups.append({"name": "field", "params": list(shared.parameters()), "lr": cfg.lr_field})
+        elif shared.kind == "planes":
+            groups.append({"name": "planes", "params": [shared.table], "lr": cfg.lr_planes})
+            groups.append({"name": "field", "params": [*shared.hidden.parameters(), *shared.out.parameters()],
                            "lr": cfg.lr_field})
-            if deformation.kind == "planes_bases":
-                groups.append({"name": "bases", "params": [deformation.bases.control], "lr": cfg.lr_bases})
+        if isinstance(deformation, FieldWithBases):
+            groups.append({"name": "bases", "params": [deformation.bases.control], "lr": cfg.lr_bases})
     if cameras is not None:
         groups.append({"name": "cameras", "params": [cameras], "lr": cfg.lr_cameras})
     if model.device.type != "cuda":
@@ -771,8 +769,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     n_dynamic_model = model.deformation is not None
     use_rigidity = n_dynamic_model and cfg.rigidity_lambda > 0
     use_coherence = n_dynamic_model and cfg.coherence_lambda > 0
-    use_residual = (n_dynamic_model and cfg.residual_lambda > 0
-                    and model.deformation.kind in ("planes_bases", "rigid_bases"))
+    use_residual = n_dynamic_model and cfg.residual_lambda > 0 and isinstance(model.deformation, FieldWithBases)
     neighbors: Optional[torch.Tensor] = None      # (N, k) same-slice neighbours, recomputed when the rows change
     zero = torch.zeros((), device=device)     # the value of a loss term that is off (made once, not per step)
     good = capture(model, optimizer, strategy_state, cameras, loop, sampler)
