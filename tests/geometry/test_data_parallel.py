@@ -61,6 +61,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _then_exit(rank: int, work, *args) -> None:
+    """Run ``work(rank, *args)`` in a spawned rank, then leave the process at once (``os._exit(0)``).
+
+    A rank that has used gloo sometimes aborts while the interpreter shuts down ("terminate called without an
+    active exception", SIGABRT): a gloo thread still joinable when its C++ destructor runs. The rank's work and its
+    result file are complete by then, but mp.spawn reports the abort as a failure; leaving before the interpreter's
+    teardown skips that destructor. An exception in ``work`` still reaches mp.spawn as before.
+    """
+    import os
+    import sys
+
+    work(rank, *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 class SignalledScenes(PlaneScenes):
     """PlaneScenes whose process sends itself SIGTERM when it draws ``at`` (as torchrun forwards Ctrl-C)."""
 
@@ -102,7 +119,7 @@ def _one_process_then_two_ranks(tmp_path, micro_model, steps: int, signal_at: in
     reference = training.train(_config(tmp_path / "one", micro_model, steps=steps, draws_per_step=2),
                                data=PlaneScenes(height=28, width=28, frames=2, seed=7))
     config = _config(tmp_path / "two", micro_model, steps=steps)
-    mp.spawn(_rank, args=(2, _free_port(), config, str(tmp_path), signal_at), nprocs=2, join=True)
+    mp.spawn(_then_exit, args=(_rank, 2, _free_port(), config, str(tmp_path), signal_at), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     return reference, config, ranks
 
@@ -160,7 +177,7 @@ def _average(rank: int, size: int, port: int, out: str) -> None:
 
 
 def test_average_gradients_counts_a_missing_gradient_as_zero_and_keeps_unreached_ones_none(tmp_path):
-    mp.spawn(_average, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_then_exit, args=(_average, 2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         got = json.loads((tmp_path / f"avg{rank}.json").read_text())
         assert got["both"] == [[1.5] * 3] * 2                  # (1 + 2) / 2
@@ -190,7 +207,7 @@ def _drift(rank: int, size: int, port: int, out: str) -> None:
 
 
 def test_resynchronize_weights_reports_a_drift_and_hands_out_rank_0s_copy(tmp_path):
-    mp.spawn(_drift, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_then_exit, args=(_drift, 2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         got = json.loads((tmp_path / f"drift{rank}.json").read_text())
         assert got == {"first": 0.25, "second": 0.0, "bias": [0.0, 0.0]}
@@ -237,6 +254,6 @@ def test_each_rank_draws_its_own_batches_with_a_data_worker(tmp_path, micro_mode
     torch.set_num_threads(1)
     reference = training.train(_config(tmp_path / "one", micro_model, steps=2, draws_per_step=2, prefetch=0))
     config = _config(tmp_path / "two", micro_model, steps=2, prefetch=2, prefetch_worker="process")
-    mp.spawn(_rank_with_a_data_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_then_exit, args=(_rank_with_a_data_worker, 2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["losses"] == ranks[1]["losses"] == reference.losses
