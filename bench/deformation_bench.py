@@ -1,9 +1,14 @@
 """The cost of one deformation: forward and backward of ``displacement`` for every dynamic Gaussian at one render
-time, per model, beside the rigid model's point-by-point form (the baseline its matrix form replaced; positions only,
-so it does a little less than the model, which also turns the rotations).
+time, per model, beside the baselines of the rigid model's faster forms: its point-by-point form (positions only, so
+it does a little less than the model, which also turns the rotations) and the matrix form with one gather of K maps
+per Gaussian (``rigid-gather``, the thirty-first session's, replaced by the grouped product of
+``stages.optimize.deformation.AnchorGroups``); and the rigid model's motion regulariser (``rigid-motion``: the second
+differences of 4,096 Gaussians at random times, as the training step draws them) beside its earlier form, which
+composed the two times' affine maps (``rigid-motion-maps``).
 
     python -m bench.deformation_bench [--device cpu|cuda] [--gaussians 15000] [--anchors 50] [--repeats 20]
-                                      [--models bases rigid rigid-pointwise mlp planes] [--threads 1] [--json NAME]
+                                      [--models bases rigid rigid-gather rigid-pointwise rigid-motion ...]
+                                      [--threads 1] [--json NAME]
 
 Each model gets random per-Gaussian parameters and moved shared parameters, anchor times on ``--anchors`` training
 times, and a loss summing the squared displacement; the time per call is the median over ``--repeats`` calls after
@@ -22,12 +27,35 @@ import time
 import torch
 
 from bench.common import RESULTS, environment
-from stages.optimize.deformation import Box, build_deformation, rigid_positions_reference
+from stages.optimize.deformation import AnchorGroups, Box, RigidBases, build_deformation, rigid_positions_reference
+
+MOTION_SAMPLES = 4096                             # Gaussians per motion-regulariser term (stages/optimize/trainer.py)
+
+
+def gathered_mix(groups: AnchorGroups, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Baseline of :meth:`AnchorGroups.mix`: each Gaussian's K maps gathered (M, K, C), then blended."""
+    rows = torch.div(groups.slots, groups.width, rounding_mode="floor")                    # (M,) its group
+    return torch.bmm(weights.unsqueeze(1), table.index_select(0, rows)).squeeze(1)        # (M, C)
+
+
+def second_difference_by_maps(model: RigidBases, means, times, step, coefs) -> torch.Tensor:
+    """Baseline of :meth:`RigidBases.second_difference` (positions, (M, 3)): the affine maps from each Gaussian's
+    anchor time to t - h, t and t + h, blended, applied and differenced."""
+    m = times.shape[0]
+    at = model.basis_weights(torch.cat([times - step, times, times + step]))                 # (3M, knots)
+    anchors = model.basis_weights(coefs["anchor_times"].to(times.dtype)).repeat(3, 1)
+    positions, _ = model.blend(means.repeat(3, 1), model.transforms(at, anchors), None,
+                               coefs["rigid_logits"].repeat(3, 1))
+    before, now, after = positions.view(3, m, 3).unbind(0)
+    return before - 2 * now + after
 
 SPECS = {
     "bases": {"kind": "bases", "count": 4, "knots": 16},                      # configs/dnerf.yaml
     "rigid": {"kind": "rigid", "count": 32, "knots": 16},
+    "rigid-gather": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-pointwise": {"kind": "rigid", "count": 32, "knots": 16},
+    "rigid-motion": {"kind": "rigid", "count": 32, "knots": 16},
+    "rigid-motion-maps": {"kind": "rigid", "count": 32, "knots": 16},
     "mlp": {"kind": "mlp", "width": 256, "depth": 4, "position_octaves": 8, "time_octaves": 2},
     "planes": {"kind": "planes", "resolutions": [16, 32], "time_resolution": 6, "features": 16, "head_width": 64},
 }
@@ -49,11 +77,19 @@ def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: to
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=generator).to(device) * 0.1)
 
+    pick = torch.randperm(gaussians, generator=generator)[:MOTION_SAMPLES].to(device)
+
     def call(i: int) -> None:
         time_now = 0.3 + 0.4 * (i % 50) / 50                                     # another render time each call
         if name == "rigid-pointwise":
             loss = (rigid_positions_reference(model, means, time_now, anchor_times, coefs["rigid_logits"])
                     - means).square().sum()
+        elif name in ("rigid-motion", "rigid-motion-maps"):
+            times = torch.rand(len(pick), generator=generator).to(device) * 0.9 + 0.05
+            motion_coefs = {k: v[pick] for k, v in coefs.items()}                # as the step picks them
+            second = (model.second_difference(means[pick], times, 0.02, motion_coefs)[:, :3] if name == "rigid-motion"
+                      else second_difference_by_maps(model, means[pick], times, 0.02, motion_coefs))
+            loss = second.square().sum()
         else:
             loss = model.displacement(means, time_now, anchor_times, coefs).square().sum()
         loss.backward()
@@ -93,7 +129,13 @@ def main(argv=None) -> int:
               "about": __doc__.split("\n\n")[0], "rows": []}
     out = RESULTS / (args.json or f"deformation_{args.device}.json")
     for name in args.models:                          # the file is rewritten after each model: a stopped run keeps
-        seconds = time_model(name, args.gaussians, args.anchors, args.repeats, device)      # what it measured
+        mix = AnchorGroups.mix                                                               # what it measured
+        if name == "rigid-gather":
+            AnchorGroups.mix = gathered_mix
+        try:
+            seconds = time_model(name, args.gaussians, args.anchors, args.repeats, device)
+        finally:
+            AnchorGroups.mix = mix
         record["rows"].append({"model": name, "spec": SPECS[name], "ms_per_forward_backward": round(seconds * 1000, 3)})
         print(f"{name:16s} {seconds * 1000:9.2f} ms")
         out.write_text(json.dumps(record, indent=1) + "\n")

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -396,53 +397,99 @@ class RigidBases(SplineInTime):
         return torch.cat([torch.cat([matrix, offset[..., None]], dim=-1).flatten(-2), relative], dim=-1)
 
     @staticmethod
-    def blend(means: torch.Tensor, table: torch.Tensor, rows: torch.Tensor | None,
+    def blend(means: torch.Tensor, table: torch.Tensor, groups: AnchorGroups | None,
               logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions (M, 3) and blended relative rotations (M, 4, unit) of Gaussians at means (M, 3) with blending
-        logits (M, K), carried by the rows ``rows`` (M,) of ``table`` (R, K, 16, :meth:`transforms`), or by its row m
-        each when ``rows`` is None (R = M). Blending the affine maps blends the points they move (linear blend
-        skinning): sum_k w_k (A_k x + b_k) = (sum_k w_k A_k) x + sum_k w_k b_k."""
+        logits (M, K), carried by the maps of ``table`` (R, K, 16, :meth:`transforms`): of their anchor time's row
+        when ``groups`` (:class:`AnchorGroups`, R = its U distinct anchor times) is given, else row m each (R = M).
+        Blending the affine maps blends the points they move (linear blend skinning):
+        sum_k w_k (A_k x + b_k) = (sum_k w_k A_k) x + sum_k w_k b_k."""
         weights = torch.softmax(logits, dim=-1).to(table.dtype)                      # (M, K)
-        per_gaussian = table if rows is None else table.index_select(0, rows)        # (M, K, 16)
-        mixed = torch.bmm(weights.unsqueeze(1), per_gaussian).squeeze(1)             # (M, 16)
+        if groups is None:
+            mixed = (weights[..., None] * table).sum(1)                              # (M, 16)
+        else:
+            mixed = groups.mix(weights, table)                                       # (M, 16)
         affine = mixed[:, :12].view(-1, 3, 4)                                        # (M, 3, 4)
-        positions = (affine[..., :3] @ means[..., None])[..., 0] + affine[..., 3]    # (M, 3)
+        positions = (affine[..., :3] * means[:, None, :]).sum(-1) + affine[..., 3]   # (M, 3)
         return positions, F.normalize(mixed[:, 12:], dim=-1)
 
     def displacement(self, means, time, anchor_times, coefs, cache=True):
         at = self.weights_at(time, anchor_times)                                     # (1 or M, knots)
-        if at.shape[0] == 1 and cache:     # one render time: the maps of the few distinct anchor times, gathered
-            distinct, rows = self._distinct_anchors(anchor_times)                    # (U, knots), (M,)
-            table = self.transforms(at, distinct)                                    # (U, K, 16)
+        if at.shape[0] == 1 and cache:     # one render time: the maps of the few distinct anchor times
+            groups = self._anchor_groups(anchor_times)
+            table = self.transforms(at, groups.weights)                              # (U, K, 16)
         else:
-            table, rows = self.transforms(at, self.anchor_weights(anchor_times, cache)), None     # (M, K, 16)
-        positions, turn = self.blend(means, table, rows, coefs["rigid_logits"])
+            table, groups = self.transforms(at, self.anchor_weights(anchor_times, cache)), None   # (M, K, 16)
+        positions, turn = self.blend(means, table, groups, coefs["rigid_logits"])
         quats = coefs["quats"]
         return torch.cat([positions - means, quaternion_multiply(turn, quats) - quats,
                           means.new_zeros(len(means), 3)], dim=-1)                   # (M, 10)
 
     def second_difference(self, means, times, step, coefs):
         """Position channels: x(t - h) - 2 x(t) + x(t + h) of each Gaussian's trajectory; the others are zero (the
-        motion regulariser reads positions only)."""
+        motion regulariser reads positions only). Per basis, x_k(t) = R_k(t) y_k + p_k + d_k(t) with y_k the point
+        in the basis' frame at the anchor time, R_k(t_a)^T (x_a - p_k - d_k(t_a)), so the pivot cancels and each
+        basis contributes (R_k(t - h) - 2 R_k(t) + R_k(t + h)) y_k + (the shift's second difference)."""
         m = times.shape[0]
-        at = self.basis_weights(torch.cat([times - step, times, times + step]))       # (3M, knots)
-        anchors = self.basis_weights(coefs["anchor_times"].to(times.dtype)).repeat(3, 1)
-        positions, _ = self.blend(means.repeat(3, 1), self.transforms(at, anchors), None,
-                                  coefs["rigid_logits"].repeat(3, 1))
-        before, now, after = positions.view(3, m, 3).unbind(0)
-        return torch.cat([before - 2 * now + after, means.new_zeros(m, self.channels - 3)], dim=-1)
+        rotation_anchor, shift_anchor = self.motions(self.basis_weights(coefs["anchor_times"].to(times.dtype)))
+        local = quaternion_rotate(quaternion_conjugate(rotation_anchor),
+                                  means[:, None, :] - self.pivots - shift_anchor)                  # (M, K, 3)
+        rotation, shift = self.motions(self.basis_weights(torch.cat([times - step, times, times + step])))
+        moved = quaternion_rotate(rotation, local.repeat(3, 1, 1)) + shift           # (3M, K, 3), pivot left out
+        before, now, after = moved.view(3, m, self.count, 3).unbind(0)               # (M, K, 3) each
+        weights = torch.softmax(coefs["rigid_logits"], dim=-1).to(moved.dtype)       # (M, K)
+        second = (weights[..., None] * (before - 2 * now + after)).sum(1)            # (M, 3)
+        return torch.cat([second, means.new_zeros(m, self.channels - 3)], dim=-1)
 
-    def _distinct_anchors(self, anchor_times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W at the distinct anchor times (U, knots), each Gaussian's row among them (M,)): a host synchronisation
-        (``torch.unique``), so kept while the same anchor tensor is passed unchanged (as the anchor weights are)."""
+    def _anchor_groups(self, anchor_times: torch.Tensor) -> AnchorGroups:
+        """The Gaussians grouped by anchor time: a host synchronisation, so kept while the same anchor tensor is
+        passed unchanged (as the anchor weights are)."""
         cached = self._distinct
         if cached is not None and cached[0] is anchor_times and cached[1] == anchor_times._version:
-            return cached[2], cached[3]
-        values, rows = torch.unique(anchor_times, return_inverse=True)
-        weights = self.basis_weights(values)
+            return cached[2]
+        groups = AnchorGroups.of(anchor_times, self.basis_weights)
         if not anchor_times.is_inference() and not torch.is_inference_mode_enabled():
-            self._distinct = (anchor_times, anchor_times._version, weights, rows)
-        return weights, rows
+            self._distinct = (anchor_times, anchor_times._version, groups)
+        return groups
+
+
+@dataclass(frozen=True)
+class AnchorGroups:
+    """Gaussians grouped by their anchor time, so that blending each one's K maps of its anchor time is one batched
+    matrix product per group rather than a gather of K maps per Gaussian (whose backward, a scatter of M rows onto
+    the U rows of the table, was most of the rigid model's time; bench/deformation_bench.py).
+
+    Group u holds the Gaussians anchored at the u-th distinct anchor time; each Gaussian has a slot
+    u * ``width`` + (its rank in the group), ``width`` the largest group's size, so that U * width rows viewed as
+    (U, width, ...) put each group in its own batch (unused slots zero).
+
+    weights: (U, knots) B-spline weights of the distinct anchor times; slots: (M,) each Gaussian's slot.
+    """
+
+    weights: torch.Tensor
+    slots: torch.Tensor
+    width: int
+
+    @staticmethod
+    def of(anchor_times: torch.Tensor, basis_weights: Callable[[torch.Tensor], torch.Tensor]) -> AnchorGroups:
+        """Group anchor_times (M,); basis_weights maps times (U,) to their B-spline weights (U, knots)."""
+        values, rows = torch.unique(anchor_times, return_inverse=True)              # (U,), (M,)
+        counts = torch.bincount(rows, minlength=len(values))                         # (U,)
+        width = int(counts.max()) if len(counts) else 0
+        order = torch.argsort(rows, stable=True)                                     # (M,) group by group
+        sorted_rows = rows[order]
+        starts = torch.cumsum(counts, 0) - counts                                    # (U,) first of each group
+        rank = torch.arange(len(rows), device=rows.device) - starts[sorted_rows]     # (M,) rank in its group
+        slots = torch.empty_like(rows)
+        slots[order] = sorted_rows * width + rank
+        return AnchorGroups(basis_weights(values), slots, width)
+
+    def mix(self, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """sum_k weights[m, k] table[group of m, k]: (M, C) for weights (M, K) and table (U, K, C)."""
+        groups, count, channels = table.shape
+        padded = weights.new_zeros(groups * self.width, count).index_copy(0, self.slots, weights)  # (U P, K)
+        mixed = torch.bmm(padded.view(groups, self.width, count), table)            # (U, P, C)
+        return mixed.view(groups * self.width, channels).index_select(0, self.slots)  # (M, C)
 
 
 def rigid_positions_reference(model: RigidBases, means: torch.Tensor, time: float, anchor_times: torch.Tensor,

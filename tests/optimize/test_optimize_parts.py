@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stages.optimize.config import OptimizeConfig
-from stages.optimize.deformation import (Box, MLPField, MotionBases, PlanesField, RigidBases, kmeans,
+from stages.optimize.deformation import (AnchorGroups, Box, MLPField, MotionBases, PlanesField, RigidBases, kmeans,
                                          positional_encoding, quaternion_exp, quaternion_multiply,
                                          rigid_positions_reference)
 from stages.optimize.densify import DensifyStrategy, make_strategy
@@ -263,6 +263,24 @@ def test_rigid_bases_matrix_form_equals_moving_each_point_by_each_basis(rng):
     anchors[:30] = 0.5                                                   # densification-like change in place
     expected = rigid_positions_reference(model, means, 0.3, anchors, coefs["rigid_logits"])
     torch.testing.assert_close(means + model.displacement(means, 0.3, anchors, coefs)[:, :3], expected)
+
+
+def test_anchor_groups_mix_as_a_gather_of_each_gaussians_row_does_with_its_gradients(rng):
+    # Uneven groups (one large, one of a single Gaussian), anchors in no order: the grouped product gives each
+    # Gaussian the blend of its own anchor time's rows, and the same gradients as gathering the rows does.
+    anchors = torch.tensor(rng.permutation([0.2] * 9 + [0.7] * 3 + [0.9]))
+    groups = AnchorGroups.of(anchors, lambda values: values[:, None])
+    assert groups.width == 9 and groups.weights[:, 0].tolist() == [0.2, 0.7, 0.9]
+    assert sorted(groups.slots.tolist()) == list(range(9)) + [9, 10, 11] + [18]
+    weights = torch.tensor(rng.uniform(size=(13, 4)), requires_grad=True)
+    table = torch.tensor(rng.normal(size=(3, 4, 5)), requires_grad=True)
+    rows = torch.unique(anchors, return_inverse=True)[1]
+    gathered = (weights[..., None] * table[rows]).sum(1)                         # (13, 5)
+    mixed = groups.mix(weights, table)
+    torch.testing.assert_close(mixed, gathered)
+    upstream = torch.tensor(rng.normal(size=(13, 5)))
+    expected = torch.autograd.grad(gathered, (weights, table), upstream)
+    torch.testing.assert_close(torch.autograd.grad(mixed, (weights, table), upstream), expected)
 
 
 def test_rigid_bases_second_difference_is_that_of_the_trajectory(rng):

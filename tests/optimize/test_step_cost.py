@@ -90,7 +90,7 @@ def test_bases_displacement_keeps_weights_until_the_anchors_change():
 # the model
 
 
-@pytest.mark.parametrize("kind", ["bases", "mlp", "planes"])
+@pytest.mark.parametrize("kind", ["bases", "rigid", "mlp", "planes"])
 def test_accelerations_are_second_differences_of_positions(kind):
     model = _model(kind)
     index = model.dynamic_index()[:12]
