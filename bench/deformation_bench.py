@@ -61,7 +61,8 @@ SPECS = {
 }
 
 
-def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: torch.device) -> float:
+def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: torch.device,
+               profile: bool = False) -> float:
     """Median seconds of one forward + backward of the displacement of ``gaussians`` Gaussians."""
     generator = torch.Generator().manual_seed(0)
     means = torch.randn(gaussians, 3, generator=generator).to(device)
@@ -95,7 +96,13 @@ def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: to
         loss.backward()
 
     seconds = []
+    profiler = None
     for i in range(3 + repeats):
+        if profile and i == 3:
+            activities = [torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            profiler = torch.profiler.profile(activities=activities)
+            profiler.__enter__()
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -104,6 +111,10 @@ def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: to
             torch.cuda.synchronize()
         if i >= 3:
             seconds.append(time.perf_counter() - start)
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(profiler.key_averages().table(sort_by=key, row_limit=10))
     return statistics.median(seconds)
 
 
@@ -117,6 +128,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads on the CPU (1: what training on a CPU uses, optimize.cpu_threads)")
     parser.add_argument("--json", default="")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's ten costliest operators of each model's timed calls")
     args = parser.parse_args(argv)
     if args.device == "cpu" and args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -133,7 +146,7 @@ def main(argv=None) -> int:
         if name == "rigid-gather":
             AnchorGroups.mix = gathered_mix
         try:
-            seconds = time_model(name, args.gaussians, args.anchors, args.repeats, device)
+            seconds = time_model(name, args.gaussians, args.anchors, args.repeats, device, args.profile)
         finally:
             AnchorGroups.mix = mix
         record["rows"].append({"model": name, "spec": SPECS[name], "ms_per_forward_backward": round(seconds * 1000, 3)})
