@@ -2,12 +2,13 @@
 time, per model, beside the baselines of the rigid model's faster forms: its point-by-point form (positions only, so
 it does a little less than the model, which also turns the rotations) and the matrix form with one gather of K maps
 per Gaussian (``rigid-gather``, the thirty-first session's, replaced by the grouped product of
-``stages.optimize.deformation.AnchorGroups``); and the rigid model's motion regulariser (``rigid-motion``: the second
+``stages.optimize.deformation.AnchorGroups``); the rigid model with its tables compiled as training on a GPU computes
+them (``rigid-fused``, ``optimize.rigid_fused_tables``; ``rigid`` is the eager form); and the rigid model's motion regulariser (``rigid-motion``: the second
 differences of 4,096 Gaussians at random times, as the training step draws them) beside its earlier form, which
 composed the two times' affine maps (``rigid-motion-maps``).
 
     python -m bench.deformation_bench [--device cpu|cuda] [--gaussians 15000] [--anchors 50] [--repeats 20]
-                                      [--models bases rigid rigid-gather rigid-pointwise rigid-motion ...]
+                                      [--models bases rigid rigid-fused rigid-gather rigid-motion ...]
                                       [--threads 1] [--json NAME]
 
 Each model gets random per-Gaussian parameters and moved shared parameters, anchor times on ``--anchors`` training
@@ -52,6 +53,7 @@ def second_difference_by_maps(model: RigidBases, means, times, step, coefs) -> t
 SPECS = {
     "bases": {"kind": "bases", "count": 4, "knots": 16},                      # configs/dnerf.yaml
     "rigid": {"kind": "rigid", "count": 32, "knots": 16},
+    "rigid-fused": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-gather": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-pointwise": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-motion": {"kind": "rigid", "count": 32, "knots": 16},
@@ -77,6 +79,8 @@ def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: to
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=generator).to(device) * 0.1)
+    if name == "rigid-fused":
+        model.fuse_tables("inductor")                 # compiled in the warm-up calls
 
     pick = torch.randperm(gaussians, generator=generator)[:MOTION_SAMPLES].to(device)
 

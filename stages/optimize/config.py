@@ -185,6 +185,11 @@ class OptimizeConfig:
                           "sizes first change (the Gaussian count, the visible set), after which the graphs are "
                           "dynamic in them. Same losses and gradients as eager up to float rounding.",
                           choices=("never", "always", "cuda"))
+    rigid_fused_tables: bool = option(True, "rigid / rigid_bases, training on a GPU: compute the K motions' maps "
+                                      "with torch.compile (`compile_backend`), a few fused kernels instead of a few "
+                                      "hundred launches per step on tables of (anchor times x motions); sizes "
+                                      "independent of the Gaussian count, so compiled once, in a few seconds. "
+                                      "Same values as eager up to float rounding. Off: eager.")
     skip_invisible: bool = option(True, "Deform only the dynamic Gaussians whose opacity at the render time is at "
                                   "least 1/255: the rasterizer culls the others wherever they are, so renders and "
                                   "gradients are the same for less work (one host synchronisation per render). "

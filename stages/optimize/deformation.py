@@ -346,7 +346,8 @@ class RigidBases(SplineInTime):
         self.control = nn.Parameter(torch.zeros(knots, count, 6))                  # (knots, K, 3 rotation + 3 shift)
         self.register_buffer("pivots", torch.zeros(count, 3))                      # (K, 3) world
         self.register_buffer("unit", torch.ones(()))                               # world units per shift unit
-        self._distinct: tuple | None = None         # (anchors, version, W at the distinct anchors, each one's row)
+        self._distinct: tuple | None = None         # (anchors, version, their AnchorGroups)
+        self._fused_tables: Callable | None = None  # rigid_tables compiled (fuse_tables), or None: eager
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "count": self.count, "knots": self.knots}
@@ -380,21 +381,27 @@ class RigidBases(SplineInTime):
     def motions(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each basis' rotation (T, K, 4) and shift (T, K, 3, world units) at the times whose B-spline weights are
         ``weights`` (T, knots)."""
-        values = (weights @ self.control.flatten(1)).view(-1, self.count, 6)               # (T, K, 6)
-        return quaternion_exp(values[..., :3]), values[..., 3:] * self.unit
+        return rigid_motions(self.control, self.unit, weights)
 
     def transforms(self, at: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """(R, K, 16): for each row r and basis k, the 3 x 4 matrix [A | b] (row-major, 12 values) that carries a
         point seen at the time whose weights are anchors[r] (anchors (R, knots)) to the time whose weights are at[r]
         (at (1 or R, knots)), A = R_k(t) R_k(t_a)^T and b = p_k + d_k(t) - A (p_k + d_k(t_a)); then A as a
-        quaternion on one hemisphere (4 values, so that blends of them do not cancel)."""
-        rotation_at, shift_at = self.motions(at)                                     # (1 or R, K, 4), (.., K, 3)
-        rotation_anchor, shift_anchor = self.motions(anchors)                        # (R, K, 4), (R, K, 3)
-        relative = quaternion_multiply(rotation_at, quaternion_conjugate(rotation_anchor))          # (R, K, 4)
-        relative = torch.where(relative[..., :1] < 0, -relative, relative)
-        matrix = quaternion_matrix(relative)                                         # (R, K, 3, 3)
-        offset = self.pivots + shift_at - (matrix @ (self.pivots + shift_anchor)[..., None])[..., 0]  # (R, K, 3)
-        return torch.cat([torch.cat([matrix, offset[..., None]], dim=-1).flatten(-2), relative], dim=-1)
+        quaternion on one hemisphere (4 values, so that blends of them do not cancel). Through the compiled
+        :func:`rigid_tables` after :meth:`fuse_tables` while gradients are on (training)."""
+        fused = self._fused_tables
+        if fused is not None and torch.is_grad_enabled():
+            return fused(self.control, self.pivots, self.unit, at, anchors)
+        return rigid_tables(self.control, self.pivots, self.unit, at, anchors)
+
+    def fuse_tables(self, backend: str = "inductor") -> None:
+        """Compute the tables of :meth:`transforms` with ``torch.compile`` (``backend``) while gradients are on: a
+        few hundred operators on tables of U x K entries, each a kernel launch when eager (the rigid model's cost on
+        a GPU is launches, not arithmetic; docs/gaussians.md), become a few fused kernels. Their sizes do not depend
+        on the Gaussian count, so densification does not recompile them."""
+        from stages.optimize.model import compile_function
+
+        self._fused_tables = compile_function(rigid_tables, backend, option="optimize.rigid_fused_tables")
 
     @staticmethod
     def blend(means: torch.Tensor, table: torch.Tensor, groups: AnchorGroups | None,
@@ -490,6 +497,28 @@ class AnchorGroups:
         padded = weights.new_zeros(groups * self.width, count).index_copy(0, self.slots, weights)  # (U P, K)
         mixed = torch.bmm(padded.view(groups, self.width, count), table)            # (U, P, C)
         return mixed.view(groups * self.width, channels).index_select(0, self.slots)  # (M, C)
+
+
+def rigid_motions(control: torch.Tensor, unit: torch.Tensor,
+                  weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K rigid motions at T times: rotations (T, K, 4) and shifts (T, K, 3, world units) from the B-spline weights
+    (T, knots) of the times and the control points control (knots, K, 6: rotation vector, shift in ``unit``s)."""
+    values = (weights @ control.flatten(1)).view(weights.shape[0], control.shape[1], 6)   # (T, K, 6)
+    return quaternion_exp(values[..., :3]), values[..., 3:] * unit
+
+
+def rigid_tables(control: torch.Tensor, pivots: torch.Tensor, unit: torch.Tensor, at: torch.Tensor,
+                 anchors: torch.Tensor) -> torch.Tensor:
+    """:meth:`RigidBases.transforms` as a pure function of tensors (what :meth:`RigidBases.fuse_tables` compiles):
+    (R, K, 16) maps from the times whose weights are anchors (R, knots) to those whose weights are at (1 or R,
+    knots), for the motions of control (knots, K, 6) about pivots (K, 3)."""
+    rotation_at, shift_at = rigid_motions(control, unit, at)                     # (1 or R, K, 4), (.., K, 3)
+    rotation_anchor, shift_anchor = rigid_motions(control, unit, anchors)        # (R, K, 4), (R, K, 3)
+    relative = quaternion_multiply(rotation_at, quaternion_conjugate(rotation_anchor))          # (R, K, 4)
+    relative = torch.where(relative[..., :1] < 0, -relative, relative)
+    matrix = quaternion_matrix(relative)                                         # (R, K, 3, 3)
+    offset = pivots + shift_at - (matrix @ (pivots + shift_anchor)[..., None])[..., 0]          # (R, K, 3)
+    return torch.cat([torch.cat([matrix, offset[..., None]], dim=-1).flatten(-2), relative], dim=-1)
 
 
 def rigid_positions_reference(model: RigidBases, means: torch.Tensor, time: float, anchor_times: torch.Tensor,

@@ -274,15 +274,16 @@ class GaussianModel4D(nn.Module):
             torch.save(self.to_state(), tmp)
 
 
-def compile_function(function, backend: str = "inductor", mode: Optional[str] = None):
+def compile_function(function, backend: str = "inductor", mode: Optional[str] = None,
+                     option: str = "optimize.compile"):
     """``torch.compile(function)`` whose graphs become dynamic in the sizes that change between calls, parameters
     included: densification changes the Gaussian count every few hundred steps, and with parameters kept static
     (torch's default) each change was a recompilation, until torch gave up and ran the function eagerly.
 
     ``mode``: torch.compile's (``"reduce-overhead"``: replayed as CUDA graphs on a GPU; the caller marks each
     training step with ``torch.compiler.cudagraph_mark_step_begin``). A backend that cannot compile here (e.g.
-    inductor on a CPU machine without a C++ compiler) is a one-line :class:`UserError` that names the way out, not
-    a traceback."""
+    inductor on a CPU machine without a C++ compiler) is a one-line :class:`UserError` that names the way out
+    (setting ``option`` to never), not a traceback."""
     import torch._inductor.config  # (not imported by `import torch`)
 
     compiled = torch.compile(function, backend=backend, mode=mode)
@@ -303,8 +304,8 @@ def compile_function(function, backend: str = "inductor", mode: Optional[str] = 
         except compile_errors as err:
             cause = getattr(err, "inner_exception", None) or err
             first = (str(cause).strip().splitlines() or [""])[0][:200]
-            raise UserError(f"optimize.compile: torch.compile ({backend}) failed on {function.__name__}: "
-                            f"{type(cause).__name__}: {first}; set optimize.compile=never") from err
+            raise UserError(f"{option}: torch.compile ({backend}) failed on {function.__name__}: "
+                            f"{type(cause).__name__}: {first}; set {option}=never") from err
 
     return call
 

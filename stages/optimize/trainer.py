@@ -31,7 +31,8 @@ from pipeline.io import atomic_path, write_text
 from pipeline.log import get_logger, progress
 from pipeline.rng import set_cuda_rng_states
 from stages.optimize.config import OptimizeConfig
-from stages.optimize.deformation import Box, FieldWithBases, build_deformation, deformation_spec_from_config
+from stages.optimize.deformation import (Box, FieldWithBases, RigidBases, build_deformation,
+                                         deformation_spec_from_config)
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
@@ -143,6 +144,10 @@ def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float,
     deformation = build_deformation(spec, box)
     if deformation is not None and deformation.kind == "mlp":
         deformation.bf16 = cfg.mlp_bf16 and device.type == "cuda"    # bf16 on a CPU: slower, not faster
+    if deformation is not None and cfg.rigid_fused_tables and device.type == "cuda":
+        for part in deformation.modules():
+            if isinstance(part, RigidBases):
+                part.fuse_tables(cfg.compile_backend)
     temporal = cfg.temporal_opacity and deformation is not None
     splats = create_splats(means, t(initial.sh), t(initial.opacity_logits), t(initial.log_scales), t(initial.quats),
                            is_dynamic, t(initial.anchor_times), cfg.sh_degree,

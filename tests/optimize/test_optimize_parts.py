@@ -283,6 +283,38 @@ def test_anchor_groups_mix_as_a_gather_of_each_gaussians_row_does_with_its_gradi
     torch.testing.assert_close(torch.autograd.grad(mixed, (weights, table), upstream), expected)
 
 
+def test_rigid_tables_compiled_give_the_eager_positions_and_gradients(rng):
+    # fuse_tables (optimize.rigid_fused_tables on a GPU) through the aot_eager backend, which traces the graph as
+    # inductor would without generating code: the same displacement and gradients; without gradients (renders,
+    # exports) the eager tables.
+    model = RigidBases(count=4, knots=8).double()
+    means = torch.tensor(rng.normal(size=(30, 3)))
+    anchors = torch.tensor(rng.integers(0, 5, size=30) / 4.0)
+    coefs = {"quats": torch.tensor(rng.normal(size=(30, 4))), "anchor_times": anchors}
+    coefs.update(model.initialize(means))
+    coefs["rigid_logits"].requires_grad_()
+    torch.nn.init.normal_(model.control, std=0.5)
+
+    def forward_backward():
+        model.zero_grad()
+        coefs["rigid_logits"].grad = None
+        moved = model.displacement(means, 0.6, anchors, coefs)
+        moved.square().sum().backward()
+        return moved.detach(), model.control.grad.clone(), coefs["rigid_logits"].grad.clone()
+
+    eager = forward_backward()
+    model.fuse_tables("aot_eager")
+    calls = []
+    compiled = model._fused_tables
+    model._fused_tables = lambda *args: calls.append(1) or compiled(*args)
+    for got, expected in zip(forward_backward(), eager):
+        torch.testing.assert_close(got, expected)
+    assert calls
+    with torch.no_grad():
+        model.displacement(means, 0.6, anchors, coefs)
+    assert len(calls) == 1
+
+
 def test_rigid_bases_second_difference_is_that_of_the_trajectory(rng):
     model = RigidBases(count=3, knots=8).double()
     means = torch.tensor(rng.normal(size=(20, 3)))
