@@ -286,7 +286,7 @@ def test_anchor_groups_mix_as_a_gather_of_each_gaussians_row_does_with_its_gradi
 def test_rigid_tables_compiled_give_the_eager_positions_and_gradients(rng):
     # fuse_tables (optimize.rigid_fused_tables on a GPU) through the aot_eager backend, which traces the graph as
     # inductor would without generating code: the same displacement and gradients; without gradients (renders,
-    # exports) the eager tables.
+    # exports) and for per-Gaussian times (sizes that follow the Gaussian count) the eager tables.
     model = RigidBases(count=4, knots=8).double()
     means = torch.tensor(rng.normal(size=(30, 3)))
     anchors = torch.tensor(rng.integers(0, 5, size=30) / 4.0)
@@ -312,6 +312,7 @@ def test_rigid_tables_compiled_give_the_eager_positions_and_gradients(rng):
     assert calls
     with torch.no_grad():
         model.displacement(means, 0.6, anchors, coefs)
+    model.displacement(means, torch.full((30,), 0.6, dtype=torch.float64), anchors, coefs)    # per-Gaussian times
     assert len(calls) == 1
 
 
