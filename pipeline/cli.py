@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -127,6 +129,22 @@ def _os_error_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``page4dgs`` command: its exit code (0 done, 2 a user error, 130 interrupted).
+
+    A process that torchrun launched (``WORLD_SIZE`` > 1: a rank of data-parallel ``train-model``) leaves through
+    ``os._exit`` once its output is flushed: a rank that has used gloo sometimes aborts in gloo's teardown at
+    interpreter exit (SIGABRT, "terminate called without an active exception"; seen in the data-parallel tests),
+    which torchrun would report as a failed rank after a finished run. Its files are complete by then."""
+    code = _main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     from pipeline.log import setup_console

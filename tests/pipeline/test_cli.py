@@ -255,3 +255,26 @@ def test_a_path_that_starts_with_a_dash_gets_a_hint(tmp_path, monkeypatch, capsy
     (tmp_path / "-clip").mkdir()
     assert main(["reconstruct", "-clip"]) == 2
     assert "unrecognized arguments: -clip (a path that starts with '-' is written ./-clip)" in capsys.readouterr().err
+
+
+def test_a_torchrun_rank_leaves_through_os_exit_with_its_code_and_output_flushed(monkeypatch, capsys):
+    # Under torchrun (WORLD_SIZE > 1) the command's code goes to os._exit after its output, skipping the interpreter
+    # teardown where gloo can abort; a plain process returns its code as before.
+    import pipeline.cli as cli
+
+    left = []
+
+    def fake_exit(code):
+        left.append((code, capsys.readouterr()))
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    assert main(["config", "seed=3"]) == 0 and not left
+    capsys.readouterr()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv, code in ((["config", "seed=3"], 0), (["config", "seed=-1"], 2)):
+        with pytest.raises(SystemExit):
+            main(argv)
+        got, output = left.pop()
+        assert got == code
+        assert ("seed: 3" in output.out) if code == 0 else ("seed must be an integer" in output.err)
