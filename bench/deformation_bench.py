@@ -1,14 +1,18 @@
 """The cost of one deformation: forward and backward of ``displacement`` for every dynamic Gaussian at one render
-time, per model, beside the baselines of the rigid model's faster forms: its point-by-point form (positions only, so
-it does a little less than the model, which also turns the rotations) and the matrix form with one gather of K maps
-per Gaussian (``rigid-gather``, the thirty-first session's, replaced by the grouped product of
-``stages.optimize.deformation.AnchorGroups``); the rigid model with its tables compiled as training on a GPU computes
-them (``rigid-fused``, ``optimize.rigid_fused_tables``; ``rigid`` is the eager form); and the rigid model's motion regulariser (``rigid-motion``: the second
-differences of 4,096 Gaussians at random times, as the training step draws them) beside its earlier form, which
-composed the two times' affine maps (``rigid-motion-maps``).
+time, per model, beside the baselines of the rigid model's faster forms:
+
+- ``rigid``: all Gaussians, anchor groups kept (``AnchorGroups``), eager; ``rigid-fused`` the same with the tables
+  compiled (``optimize.rigid_fused_tables``, as training on a GPU computes them); baselines ``rigid-gather`` (one
+  gather of K maps per Gaussian, the thirty-first session's form) and ``rigid-pointwise`` (each point moved by each
+  basis, positions only, so a little less work than the model, which also turns the rotations);
+- ``rigid-visible`` / ``rigid-visible-fused``: as training renders call it, a random ``--visible`` fraction of the
+  Gaussians (those ``optimize.skip_invisible`` deforms; a new tensor every step, whose distinct anchor times are
+  found at each call); baseline ``rigid-visible-rows`` (one table row per Gaussian, the thirty-first session's);
+- ``rigid-motion``: the motion regulariser (second differences of 4,096 Gaussians at random times, as the step
+  draws them); baseline ``rigid-motion-maps`` (composing the two times' affine maps, the thirty-first session's).
 
     python -m bench.deformation_bench [--device cpu|cuda] [--gaussians 15000] [--anchors 50] [--repeats 20]
-                                      [--models bases rigid rigid-fused rigid-gather rigid-motion ...]
+                                      [--models bases rigid rigid-fused rigid-visible ...] [--visible 0.12]
                                       [--threads 1] [--json NAME]
 
 Each model gets random per-Gaussian parameters and moved shared parameters, anchor times on ``--anchors`` training
@@ -31,6 +35,7 @@ from bench.common import RESULTS, environment
 from stages.optimize.deformation import AnchorGroups, Box, RigidBases, build_deformation, rigid_positions_reference
 
 MOTION_SAMPLES = 4096                             # Gaussians per motion-regulariser term (stages/optimize/trainer.py)
+VISIBLE = 0.12         # share of dynamic Gaussians visible at one time in the speed setting (docs/gaussians.md)
 
 
 def gathered_mix(groups: AnchorGroups, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -54,6 +59,9 @@ SPECS = {
     "bases": {"kind": "bases", "count": 4, "knots": 16},                      # configs/dnerf.yaml
     "rigid": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-fused": {"kind": "rigid", "count": 32, "knots": 16},
+    "rigid-visible": {"kind": "rigid", "count": 32, "knots": 16},
+    "rigid-visible-fused": {"kind": "rigid", "count": 32, "knots": 16},
+    "rigid-visible-rows": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-gather": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-pointwise": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-motion": {"kind": "rigid", "count": 32, "knots": 16},
@@ -64,8 +72,9 @@ SPECS = {
 
 
 def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: torch.device,
-               profile: bool = False) -> float:
-    """Median seconds of one forward + backward of the displacement of ``gaussians`` Gaussians."""
+               profile: bool = False, visible: float = VISIBLE) -> float:
+    """Median seconds of one forward + backward of the displacement of ``gaussians`` Gaussians (the ``*-visible``
+    rows: of a random ``visible`` fraction of them, a new subset each call)."""
     generator = torch.Generator().manual_seed(0)
     means = torch.randn(gaussians, 3, generator=generator).to(device)
     anchor_times = (torch.randint(0, anchors, (gaussians,), generator=generator) / max(anchors - 1, 1)).to(device)
@@ -79,7 +88,7 @@ def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: to
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=generator).to(device) * 0.1)
-    if name == "rigid-fused":
+    if name in ("rigid-fused", "rigid-visible-fused"):
         model.fuse_tables("inductor")                 # compiled in the warm-up calls
 
     pick = torch.randperm(gaussians, generator=generator)[:MOTION_SAMPLES].to(device)
@@ -95,6 +104,12 @@ def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: to
             second = (model.second_difference(means[pick], times, 0.02, motion_coefs)[:, :3] if name == "rigid-motion"
                       else second_difference_by_maps(model, means[pick], times, 0.02, motion_coefs))
             loss = second.square().sum()
+        elif name.startswith("rigid-visible"):         # as training renders with skip_invisible: a subset, no cache
+            count = int(visible * gaussians) + i % 3                      # sizes vary, as the visible set does
+            rows = torch.randperm(gaussians, generator=generator)[:count].to(device)
+            when = torch.full((count,), time_now, device=device) if name == "rigid-visible-rows" else time_now
+            loss = model.displacement(means[rows], when, anchor_times[rows], {k: v[rows] for k, v in coefs.items()},
+                                      cache=False).square().sum()
         else:
             loss = model.displacement(means, time_now, anchor_times, coefs).square().sum()
         loss.backward()
@@ -132,6 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads on the CPU (1: what training on a CPU uses, optimize.cpu_threads)")
     parser.add_argument("--json", default="")
+    parser.add_argument("--visible", type=float, default=VISIBLE,
+                        help="the fraction of the Gaussians the *-visible rows deform per call")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler's ten costliest operators of each model's timed calls")
     args = parser.parse_args(argv)
@@ -150,7 +167,8 @@ def main(argv=None) -> int:
         if name == "rigid-gather":
             AnchorGroups.mix = gathered_mix
         try:
-            seconds = time_model(name, args.gaussians, args.anchors, args.repeats, device, args.profile)
+            seconds = time_model(name, args.gaussians, args.anchors, args.repeats, device, args.profile,
+                                 args.visible)
         finally:
             AnchorGroups.mix = mix
         record["rows"].append({"model": name, "spec": SPECS[name], "ms_per_forward_backward": round(seconds * 1000, 3)})

@@ -387,23 +387,19 @@ class RigidBases(SplineInTime):
         """(R, K, 16): for each row r and basis k, the 3 x 4 matrix [A | b] (row-major, 12 values) that carries a
         point seen at the time whose weights are anchors[r] (anchors (R, knots)) to the time whose weights are at[r]
         (at (1 or R, knots)), A = R_k(t) R_k(t_a)^T and b = p_k + d_k(t) - A (p_k + d_k(t_a)); then A as a
-        quaternion on one hemisphere (4 values, so that blends of them do not cancel)."""
-        return rigid_tables(self.control, self.pivots, self.unit, at, anchors)
-
-    def _group_tables(self, at: torch.Tensor, groups: AnchorGroups) -> torch.Tensor:
-        """:meth:`transforms` from the distinct anchor times to one render time (at (1, knots)): (U, K, 16), through
-        the compiled :func:`rigid_tables` after :meth:`fuse_tables` while gradients are on (training)."""
+        quaternion on one hemisphere (4 values, so that blends of them do not cancel). Through the compiled
+        :func:`rigid_tables` after :meth:`fuse_tables` while gradients are on (training)."""
         fused = self._fused_tables
         if fused is not None and torch.is_grad_enabled():
-            return fused(self.control, self.pivots, self.unit, at, groups.weights)
-        return self.transforms(at, groups.weights)
+            return fused(self.control, self.pivots, self.unit, at, anchors)
+        return rigid_tables(self.control, self.pivots, self.unit, at, anchors)
 
     def fuse_tables(self, backend: str = "inductor") -> None:
         """Compute the tables of one render time with ``torch.compile`` (``backend``) while gradients are on: a
         few hundred operators on tables of U x K entries, each a kernel launch when eager (the rigid model's cost on
-        a GPU is launches, not arithmetic; docs/gaussians.md), become a few fused kernels. Their sizes, (1, knots) and
-        (U, knots) in, (U, K, 16) out, do not depend on the Gaussian count, so densification does not recompile them
-        (per-Gaussian times, as in the regularisers, stay eager)."""
+        a GPU is launches, not arithmetic; docs/gaussians.md), become a few fused kernels. Training renders deform
+        only the Gaussians visible at the render time (``optimize.skip_invisible``), one table row each, a count that
+        changes every step: the graph becomes dynamic in it at the second size (:func:`compile_function`)."""
         from stages.optimize.model import compile_function
 
         self._fused_tables = compile_function(rigid_tables, backend, option="optimize.rigid_fused_tables")
@@ -427,11 +423,15 @@ class RigidBases(SplineInTime):
 
     def displacement(self, means, time, anchor_times, coefs, cache=True):
         at = self.weights_at(time, anchor_times)                                     # (1 or M, knots)
-        if at.shape[0] == 1 and cache:     # one render time: the maps of the few distinct anchor times
+        groups = None
+        if at.shape[0] == 1 and cache:     # one render time: the maps of the few distinct anchor times, kept groups
             groups = self._anchor_groups(anchor_times)
-            table = self._group_tables(at, groups)                                   # (U, K, 16)
-        else:
-            table, groups = self.transforms(at, self.anchor_weights(anchor_times, cache)), None   # (M, K, 16)
+            table = self.transforms(at, groups.weights)                              # (U, K, 16)
+        elif at.shape[0] == 1:             # ... of a tensor seen once (training's visible subset): gathered
+            values, rows = torch.unique(anchor_times, return_inverse=True)          # (U,), (M,): a host sync
+            table = self.transforms(at, self.basis_weights(values)).index_select(0, rows)          # (M, K, 16)
+        else:                              # a time per Gaussian: a map each
+            table = self.transforms(at, self.anchor_weights(anchor_times, cache))   # (M, K, 16)
         positions, turn = self.blend(means, table, groups, coefs["rigid_logits"])
         quats = coefs["quats"]
         return torch.cat([positions - means, quaternion_multiply(turn, quats) - quats,

@@ -245,9 +245,10 @@ def test_rigid_bases_blend_motions_and_keep_each_part_rigid(rng):
 
 
 def test_rigid_bases_matrix_form_equals_moving_each_point_by_each_basis(rng):
-    """The blended affine maps of the distinct anchor times (one render time) and of each Gaussian's own pair of
-    times (per-Gaussian times) put the Gaussians where moving each point by each basis and blending the points
-    does; the distinct anchors are found again when the anchor tensor changes in place."""
+    """The blended affine maps of the distinct anchor times (one render time; grouped when kept, gathered when not)
+    and of each Gaussian's own pair of times (per-Gaussian times) put the Gaussians where moving each point by each
+    basis and blending the points does; the distinct anchors are found again when the anchor tensor changes in
+    place."""
     model = RigidBases(count=5, knots=9).double()
     means = torch.tensor(rng.normal(size=(60, 3)))
     anchors = torch.tensor(rng.integers(0, 7, size=60) / 6.0)
@@ -257,8 +258,8 @@ def test_rigid_bases_matrix_form_equals_moving_each_point_by_each_basis(rng):
     torch.nn.init.normal_(model.control, std=0.6)
     for time in (0.15, 0.8):
         expected = rigid_positions_reference(model, means, time, anchors, coefs["rigid_logits"])
-        for when in (time, torch.full((60,), time, dtype=torch.float64)):
-            moved = means + model.displacement(means, when, anchors, coefs)[:, :3]
+        for when, cache in ((time, True), (time, False), (torch.full((60,), time, dtype=torch.float64), True)):
+            moved = means + model.displacement(means, when, anchors, coefs, cache)[:, :3]
             torch.testing.assert_close(moved, expected)
     anchors[:30] = 0.5                                                   # densification-like change in place
     expected = rigid_positions_reference(model, means, 0.3, anchors, coefs["rigid_logits"])
@@ -285,8 +286,9 @@ def test_anchor_groups_mix_as_a_gather_of_each_gaussians_row_does_with_its_gradi
 
 def test_rigid_tables_compiled_give_the_eager_positions_and_gradients(rng):
     # fuse_tables (optimize.rigid_fused_tables on a GPU) through the aot_eager backend, which traces the graph as
-    # inductor would without generating code: the same displacement and gradients; without gradients (renders,
-    # exports) and for per-Gaussian times (sizes that follow the Gaussian count) the eager tables.
+    # inductor would without generating code: the same displacement and gradients, with the anchor groups kept
+    # (cache on) and found again each call (cache off: training's visible subset, a new tensor each step); without
+    # gradients (renders, exports) the eager tables.
     model = RigidBases(count=4, knots=8).double()
     means = torch.tensor(rng.normal(size=(30, 3)))
     anchors = torch.tensor(rng.integers(0, 5, size=30) / 4.0)
@@ -295,25 +297,27 @@ def test_rigid_tables_compiled_give_the_eager_positions_and_gradients(rng):
     coefs["rigid_logits"].requires_grad_()
     torch.nn.init.normal_(model.control, std=0.5)
 
-    def forward_backward():
+    def forward_backward(cache, rows=slice(None)):
         model.zero_grad()
         coefs["rigid_logits"].grad = None
-        moved = model.displacement(means, 0.6, anchors, coefs)
+        subset = {k: v[rows] for k, v in coefs.items()}
+        moved = model.displacement(means[rows], 0.6, anchors[rows], subset, cache)
         moved.square().sum().backward()
         return moved.detach(), model.control.grad.clone(), coefs["rigid_logits"].grad.clone()
 
-    eager = forward_backward()
+    eager = [forward_backward(True), forward_backward(False), forward_backward(False, slice(3, 20))]
     model.fuse_tables("aot_eager")
     calls = []
     compiled = model._fused_tables
-    model._fused_tables = lambda *args: calls.append(1) or compiled(*args)
-    for got, expected in zip(forward_backward(), eager):
-        torch.testing.assert_close(got, expected)
-    assert calls
+    model._fused_tables = lambda *args: calls.append(args[-1].shape[0]) or compiled(*args)
+    fused = [forward_backward(True), forward_backward(False), forward_backward(False, slice(3, 20))]
+    for got, expected in zip(fused, eager):
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+    assert calls == [5, 5, len(torch.unique(anchors[3:20]))]        # tables of the distinct anchor times only
     with torch.no_grad():
         model.displacement(means, 0.6, anchors, coefs)
-    model.displacement(means, torch.full((30,), 0.6, dtype=torch.float64), anchors, coefs)    # per-Gaussian times
-    assert len(calls) == 1
+    assert len(calls) == 3
 
 
 def test_rigid_bases_second_difference_is_that_of_the_trajectory(rng):
