@@ -40,7 +40,7 @@ VISIBLE = 0.12         # share of dynamic Gaussians visible at one time in the s
 
 def gathered_mix(groups: AnchorGroups, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Baseline of :meth:`AnchorGroups.mix`: each Gaussian's K maps gathered (M, K, C), then blended."""
-    rows = torch.div(groups.slots, groups.width, rounding_mode="floor")                    # (M,) its group
+    rows = torch.div(groups.slots, max(groups.width, 1), rounding_mode="floor")            # (M,) its group
     return torch.bmm(weights.unsqueeze(1), table.index_select(0, rows)).squeeze(1)        # (M, C)
 
 

@@ -131,17 +131,27 @@ def _os_error_line(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``page4dgs`` command: its exit code (0 done, 2 a user error, 130 interrupted).
 
-    A process that torchrun launched (``WORLD_SIZE`` > 1: a rank of data-parallel ``train-model``) leaves through
-    ``os._exit`` once its output is flushed: a rank that has used gloo sometimes aborts in gloo's teardown at
-    interpreter exit (SIGABRT, "terminate called without an active exception"; seen in the data-parallel tests),
-    which torchrun would report as a failed rank after a finished run. Its files are complete by then."""
+    Run as the console command (``argv`` None) by torchrun as a rank of data-parallel ``train-model``
+    (``WORLD_SIZE`` > 1), the process leaves through ``os._exit`` once its output is flushed: a rank that has used
+    gloo sometimes aborts in gloo's teardown at interpreter exit (SIGABRT, "terminate called without an active
+    exception"; seen in the data-parallel tests), which torchrun would report as a failed rank after a finished
+    run. Its files are complete by then. In-process callers (``argv`` given) always get the code back."""
     code = _main(argv)
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if argv is None and _torchrun_rank_of("train-model", sys.argv[1:]):
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _torchrun_rank_of(command: str, argv: Sequence[str]) -> bool:
+    """Whether this process is one of several that torchrun started (``WORLD_SIZE`` > 1) to run ``command``."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return False
+    return size > 1 and command in argv
 
 
 def _main(argv: Sequence[str] | None) -> int:

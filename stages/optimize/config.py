@@ -187,8 +187,8 @@ class OptimizeConfig:
                           choices=("never", "always", "cuda"))
     rigid_fused_tables: bool = option(True, "rigid / rigid_bases, training on a GPU: compute the K motions' maps "
                                       "with torch.compile (`compile_backend`), a few fused kernels instead of a few "
-                                      "hundred launches per step on tables of (anchor times x motions); sizes "
-                                      "independent of the Gaussian count, so compiled once, in a few seconds. "
+                                      "hundred launches per step on tables of (anchor times x motions), at the "
+                                      "first steps (compiled twice: once, then dynamic in the anchor-time count). "
                                       "Same values as eager up to float rounding. Off: eager.")
     skip_invisible: bool = option(True, "Deform only the dynamic Gaussians whose opacity at the render time is at "
                                   "least 1/255: the rasterizer culls the others wherever they are, so renders and "
@@ -205,8 +205,9 @@ class OptimizeConfig:
     lean_adam: bool = option(True, "On CUDA, step Adam through stages.optimize.fused_adam.LeanFusedAdam: the same "
                              "fused kernels and updates, bit for bit, as torch.optim.Adam(fused=True), without its "
                              "per-group Python (the step is bound by the host); off: torch's (for comparison).")
-    compile_backend: str = option("inductor", "torch.compile backend for `compile` ('inductor'; the tests use "
-                                  "'aot_eager', which checks the traced graphs without generating code).")
+    compile_backend: str = option("inductor", "torch.compile backend for `compile` and `rigid_fused_tables` "
+                                  "('inductor'; the tests use 'aot_eager', which checks the traced graphs without "
+                                  "generating code).")
     # --- bookkeeping ---
     checkpoint_every: int = option(1000, "Write a resumable checkpoint every this many steps (0 = only at the end).")
     keep_checkpoints: int = option(2, "Keep this many most recent checkpoints.")

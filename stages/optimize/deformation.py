@@ -388,21 +388,23 @@ class RigidBases(SplineInTime):
         point seen at the time whose weights are anchors[r] (anchors (R, knots)) to the time whose weights are at[r]
         (at (1 or R, knots)), A = R_k(t) R_k(t_a)^T and b = p_k + d_k(t) - A (p_k + d_k(t_a)); then A as a
         quaternion on one hemisphere (4 values, so that blends of them do not cancel). Through the compiled
-        :func:`rigid_tables` after :meth:`fuse_tables` while gradients are on (training)."""
+        :func:`rigid_tables` after :meth:`fuse_tables` while gradients are on (training), unless this call is being
+        traced itself (``optimize.compile`` compiles the whole deformed state)."""
         fused = self._fused_tables
-        if fused is not None and torch.is_grad_enabled():
+        if fused is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return fused(self.control, self.pivots, self.unit, at, anchors)
         return rigid_tables(self.control, self.pivots, self.unit, at, anchors)
 
     def fuse_tables(self, backend: str = "inductor") -> None:
         """Compute the tables of one render time with ``torch.compile`` (``backend``) while gradients are on: a
         few hundred operators on tables of U x K entries, each a kernel launch when eager (the rigid model's cost on
-        a GPU is launches, not arithmetic; docs/gaussians.md), become a few fused kernels. Training renders deform
-        only the Gaussians visible at the render time (``optimize.skip_invisible``), one table row each, a count that
-        changes every step: the graph becomes dynamic in it at the second size (:func:`compile_function`)."""
+        a GPU is launches, not arithmetic; docs/gaussians.md), become a few fused kernels. Their rows are the distinct
+        anchor times of the Gaussians deformed (training's visible subset: a count that changes from step to step, so
+        the graph becomes dynamic in it at the second size, :func:`compile_function`), or one per Gaussian for
+        per-Gaussian times."""
         from stages.optimize.model import compile_function
 
-        self._fused_tables = compile_function(rigid_tables, backend, option="optimize.rigid_fused_tables")
+        self._fused_tables = compile_function(rigid_tables, backend, way_out="optimize.rigid_fused_tables=false")
 
     @staticmethod
     def blend(means: torch.Tensor, table: torch.Tensor, groups: AnchorGroups | None,
@@ -427,7 +429,8 @@ class RigidBases(SplineInTime):
         if at.shape[0] == 1 and cache:     # one render time: the maps of the few distinct anchor times, kept groups
             groups = self._anchor_groups(anchor_times)
             table = self.transforms(at, groups.weights)                              # (U, K, 16)
-        elif at.shape[0] == 1:             # ... of a tensor seen once (training's visible subset): gathered
+        elif at.shape[0] == 1 and not torch.compiler.is_compiling():   # ... of a tensor seen once (training's
+            # visible subset): found at each call, gathered. (torch.unique cannot be traced: compiled, a row each.)
             values, rows = torch.unique(anchor_times, return_inverse=True)          # (U,), (M,): a host sync
             table = self.transforms(at, self.basis_weights(values)).index_select(0, rows)          # (M, K, 16)
         else:                              # a time per Gaussian: a map each
@@ -465,7 +468,7 @@ class RigidBases(SplineInTime):
         return groups
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AnchorGroups:
     """Gaussians grouped by their anchor time, so that blending each one's K maps of its anchor time is one batched
     matrix product per group rather than a gather of K maps per Gaussian (whose backward, a scatter of M rows onto
@@ -497,8 +500,12 @@ class AnchorGroups:
         return AnchorGroups(basis_weights(values), slots, width)
 
     def mix(self, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """sum_k weights[m, k] table[group of m, k]: (M, C) for weights (M, K) and table (U, K, C)."""
+        """sum_k weights[m, k] table[group of m, k]: (M, C) for weights (M, K) and table (U, K, C). Groups so uneven
+        that the padded layout would hold more than twice M rows gather each Gaussian's K rows instead."""
         groups, count, channels = table.shape
+        if groups * self.width > 2 * max(len(self.slots), 1):
+            rows = torch.div(self.slots, self.width, rounding_mode="floor")                  # (M,) its group
+            return (weights[..., None] * table.index_select(0, rows)).sum(1)                # (M, C)
         padded = weights.new_zeros(groups * self.width, count).index_copy(0, self.slots, weights)  # (U P, K)
         mixed = torch.bmm(padded.view(groups, self.width, count), table)            # (U, P, C)
         return mixed.view(groups * self.width, channels).index_select(0, self.slots)  # (M, C)

@@ -147,7 +147,7 @@ class GaussianModel4D(nn.Module):
         anchor_times = self.splats["anchor_times"].index_select(0, flat)
         # A 0-dim tensor, not a float: these times are random (rigidity), so they must not fill the render-time cache.
         when = torch.full((), float(time), dtype=anchor_times.dtype, device=anchor_times.device)
-        shift = self.deformation.displacement(means, when, anchor_times, self.deformation_inputs(flat))
+        shift = self.deformation.displacement(means, when, anchor_times, self.deformation_inputs(flat), False)
         return (means + shift[:, POSITION]).view(*index.shape, 3)
 
     def gaussians_at(self, time: float, sh_degree: Optional[int] = None, skip_invisible: bool = False,
@@ -275,7 +275,7 @@ class GaussianModel4D(nn.Module):
 
 
 def compile_function(function, backend: str = "inductor", mode: Optional[str] = None,
-                     option: str = "optimize.compile"):
+                     way_out: str = "optimize.compile=never"):
     """``torch.compile(function)`` whose graphs become dynamic in the sizes that change between calls, parameters
     included: densification changes the Gaussian count every few hundred steps, and with parameters kept static
     (torch's default) each change was a recompilation, until torch gave up and ran the function eagerly.
@@ -283,7 +283,7 @@ def compile_function(function, backend: str = "inductor", mode: Optional[str] = 
     ``mode``: torch.compile's (``"reduce-overhead"``: replayed as CUDA graphs on a GPU; the caller marks each
     training step with ``torch.compiler.cudagraph_mark_step_begin``). A backend that cannot compile here (e.g.
     inductor on a CPU machine without a C++ compiler) is a one-line :class:`UserError` that names the way out
-    (setting ``option`` to never), not a traceback."""
+    (``way_out``, the setting that turns this compilation off), not a traceback."""
     import torch._inductor.config  # (not imported by `import torch`)
 
     compiled = torch.compile(function, backend=backend, mode=mode)
@@ -304,8 +304,8 @@ def compile_function(function, backend: str = "inductor", mode: Optional[str] = 
         except compile_errors as err:
             cause = getattr(err, "inner_exception", None) or err
             first = (str(cause).strip().splitlines() or [""])[0][:200]
-            raise UserError(f"{option}: torch.compile ({backend}) failed on {function.__name__}: "
-                            f"{type(cause).__name__}: {first}; set {option}=never") from err
+            raise UserError(f"{way_out.split('=')[0]}: torch.compile ({backend}) failed on {function.__name__}: "
+                            f"{type(cause).__name__}: {first}; set {way_out}") from err
 
     return call
 

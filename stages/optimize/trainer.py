@@ -147,6 +147,7 @@ def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float,
     if deformation is not None and cfg.rigid_fused_tables and device.type == "cuda":
         for part in deformation.modules():
             if isinstance(part, RigidBases):
+                check_compile_backend(cfg.compile_backend)
                 part.fuse_tables(cfg.compile_backend)
     temporal = cfg.temporal_opacity and deformation is not None
     splats = create_splats(means, t(initial.sh), t(initial.opacity_logits), t(initial.log_scales), t(initial.quats),
@@ -685,6 +686,13 @@ class StepFunctions:
     cuda_graphs: bool = False
 
 
+def check_compile_backend(name: str) -> None:
+    """A one-line :class:`UserError` for a ``optimize.compile_backend`` that torch.compile does not know."""
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if name not in known:
+        raise UserError(f"optimize.compile_backend: unknown torch.compile backend {name!r} (known: {', '.join(known)})")
+
+
 def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.device) -> StepFunctions:
     """Eager functions, or compiled ones when ``cfg.compile`` asks for it on this device (then also
     :meth:`GaussianModel4D.compile_deformation`)."""
@@ -694,10 +702,7 @@ def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.de
                         f"compile_backend={cfg.compile_backend})")
     if not (cfg.compile == "always" or (cfg.compile == "cuda" and device.type == "cuda")):
         return StepFunctions(photometric=photometric_loss, motion=motion_penalty)
-    known = torch._dynamo.list_backends(exclude_tags=())
-    if cfg.compile_backend not in known:
-        raise UserError(f"optimize.compile_backend: unknown torch.compile backend {cfg.compile_backend!r} "
-                        f"(known: {', '.join(known)})")
+    check_compile_backend(cfg.compile_backend)
     graphs = cfg.cuda_graphs and device.type == "cuda"
     mode = "reduce-overhead" if graphs else None
     model.compile_deformation(cfg.compile_backend, mode)

@@ -266,22 +266,43 @@ def test_rigid_bases_matrix_form_equals_moving_each_point_by_each_basis(rng):
     torch.testing.assert_close(means + model.displacement(means, 0.3, anchors, coefs)[:, :3], expected)
 
 
-def test_anchor_groups_mix_as_a_gather_of_each_gaussians_row_does_with_its_gradients(rng):
-    # Uneven groups (one large, one of a single Gaussian), anchors in no order: the grouped product gives each
-    # Gaussian the blend of its own anchor time's rows, and the same gradients as gathering the rows does.
-    anchors = torch.tensor(rng.permutation([0.2] * 9 + [0.7] * 3 + [0.9]))
+@pytest.mark.parametrize("sizes,width,padded", [((5, 4, 4), 5, True), ((9, 3, 1), 9, False)])
+def test_anchor_groups_mix_as_a_gather_of_each_gaussians_row_does_with_its_gradients(rng, sizes, width, padded):
+    # Three groups, anchors in no order: the grouped product (or, for groups so uneven that the padded layout would
+    # exceed 2 M rows, the gather) gives each Gaussian the blend of its own anchor time's rows, with the same
+    # gradients as gathering the rows does.
+    anchors = torch.tensor(rng.permutation(sum(([t] * n for t, n in zip((0.2, 0.7, 0.9), sizes)), [])))
+    m = len(anchors)
     groups = AnchorGroups.of(anchors, lambda values: values[:, None])
-    assert groups.width == 9 and groups.weights[:, 0].tolist() == [0.2, 0.7, 0.9]
-    assert sorted(groups.slots.tolist()) == list(range(9)) + [9, 10, 11] + [18]
-    weights = torch.tensor(rng.uniform(size=(13, 4)), requires_grad=True)
+    assert groups.width == width and groups.weights[:, 0].tolist() == [0.2, 0.7, 0.9]
+    assert sorted(groups.slots.tolist()) == [u * width + r for u, n in enumerate(sizes) for r in range(n)]
+    assert (3 * width <= 2 * m) == padded
+    weights = torch.tensor(rng.uniform(size=(m, 4)), requires_grad=True)
     table = torch.tensor(rng.normal(size=(3, 4, 5)), requires_grad=True)
     rows = torch.unique(anchors, return_inverse=True)[1]
-    gathered = (weights[..., None] * table[rows]).sum(1)                         # (13, 5)
+    gathered = (weights[..., None] * table[rows]).sum(1)                         # (M, 5)
     mixed = groups.mix(weights, table)
     torch.testing.assert_close(mixed, gathered)
-    upstream = torch.tensor(rng.normal(size=(13, 5)))
+    upstream = torch.tensor(rng.normal(size=(m, 5)))
     expected = torch.autograd.grad(gathered, (weights, table), upstream)
     torch.testing.assert_close(torch.autograd.grad(mixed, (weights, table), upstream), expected)
+
+
+def test_rigid_displacement_traces_without_graph_breaks_under_compile(rng):
+    # optimize.compile traces the deformed state with the cache off and a tensor time: the rigid model must then
+    # neither call torch.unique (untraceable) nor its own compiled tables (a nested compile), or the graph breaks.
+    model = RigidBases(count=3, knots=7).double()
+    means = torch.tensor(rng.normal(size=(20, 3)))
+    anchors = torch.tensor(rng.integers(0, 4, size=20) / 3.0)
+    coefs = {"quats": torch.tensor(rng.normal(size=(20, 4))), "anchor_times": anchors}
+    coefs.update(model.initialize(means))
+    torch.nn.init.normal_(model.control, std=0.5)
+    model.fuse_tables("aot_eager")
+    when = torch.tensor(0.4, dtype=torch.float64)
+    explained = torch._dynamo.explain(lambda x, t: model.displacement(x, t, anchors, coefs, False))(means, when)
+    assert explained.graph_break_count == 0
+    torch.testing.assert_close(model.displacement(means, when, anchors, coefs, False),
+                               model.displacement(means, 0.4, anchors, coefs))
 
 
 def test_rigid_tables_compiled_give_the_eager_positions_and_gradients(rng):
@@ -869,3 +890,13 @@ def test_same_time_neighbors_are_the_nearest_of_the_same_slice(rng):
         expected = sorted(same, key=lambda j: float((means[i] - means[j]).norm()))[:3]
         got = [j for j in nbr[i].tolist() if j != i]
         assert got == expected[: len(got)] and len(got) == min(3, len(same))
+
+
+def test_an_unknown_compile_backend_is_a_one_line_error():
+    # Checked before the rigid tables are fused (on a GPU, with optimize.compile off too) as before compiling.
+    from pipeline.errors import UserError
+    from stages.optimize.trainer import check_compile_backend
+
+    check_compile_backend("aot_eager")
+    with pytest.raises(UserError, match="unknown torch.compile backend 'nope'"):
+        check_compile_backend("nope")

@@ -257,9 +257,10 @@ def test_a_path_that_starts_with_a_dash_gets_a_hint(tmp_path, monkeypatch, capsy
     assert "unrecognized arguments: -clip (a path that starts with '-' is written ./-clip)" in capsys.readouterr().err
 
 
-def test_a_torchrun_rank_leaves_through_os_exit_with_its_code_and_output_flushed(monkeypatch, capsys):
-    # Under torchrun (WORLD_SIZE > 1) the command's code goes to os._exit after its output, skipping the interpreter
-    # teardown where gloo can abort; a plain process returns its code as before.
+def test_a_torchrun_rank_of_train_model_leaves_through_os_exit_with_its_code_and_output_flushed(monkeypatch, capsys):
+    # The console command (argv from sys.argv) under torchrun (WORLD_SIZE > 1) running train-model hands its code to
+    # os._exit after its output, skipping the interpreter teardown where gloo can abort. Any other command, a plain
+    # process, and every in-process call (argv given, as here and in tests run inside a torchrun job) return it.
     import pipeline.cli as cli
 
     left = []
@@ -269,12 +270,19 @@ def test_a_torchrun_rank_leaves_through_os_exit_with_its_code_and_output_flushed
         raise SystemExit(code)
 
     monkeypatch.setattr(cli.os, "_exit", fake_exit)
-    assert main(["config", "seed=3"]) == 0 and not left
-    capsys.readouterr()
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    train = ["train-model", "--config", "no-such-recipe"]
+    monkeypatch.setattr(sys, "argv", ["page4dgs", *train])
+    assert main() == 2 and not left                                  # a plain process
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for argv, code in ((["config", "seed=3"], 0), (["config", "seed=-1"], 2)):
-        with pytest.raises(SystemExit):
-            main(argv)
-        got, output = left.pop()
-        assert got == code
-        assert ("seed: 3" in output.out) if code == 0 else ("seed must be an integer" in output.err)
+    assert main(train) == 2 and not left                             # in process
+    monkeypatch.setattr(sys, "argv", ["page4dgs", "config", "seed=3"])
+    assert main() == 0 and not left                                  # another command
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["page4dgs", *train])
+    with pytest.raises(SystemExit):
+        main()
+    code, output = left.pop()
+    assert code == 2 and "no-such-recipe" in output.err
+    monkeypatch.setenv("WORLD_SIZE", "two")                          # not torchrun's: no early exit
+    assert main() == 2 and not left
