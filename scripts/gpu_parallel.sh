@@ -14,6 +14,9 @@
 # `--workdir DIR`. Lines are split on spaces (no quoting). Prints the last lines of each call's output; exits
 # non-zero if any call failed.
 #
+# With GPU_SEQUENTIAL=1 the lines run one after another instead (timings of lone runs), each with what is left of
+# GPU_HOST_BUDGET_S since the sweep began.
+#
 # On a host with several GPUs the lines are dealt out round robin (line n on GPU (n-1) mod count, through
 # CUDA_VISIBLE_DEVICES), so 16 lines on four GPUs run four to a GPU. Unless CUDA_VISIBLE_DEVICES is set already.
 # At most 8 files come back from $OUT: when the calls left more than 8 files there (result files, and the two files of
@@ -31,14 +34,28 @@ if [ -z "${CUDA_VISIBLE_DEVICES:-}" ] && command -v nvidia-smi >/dev/null; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   [ "$gpus" -ge 1 ] 2>/dev/null || gpus=1
 fi
-pids=() logs=()
+pids=() logs=() codes=()
+sweep_start=$(date +%s)
 n=0
 while IFS= read -r line || [ -n "$line" ]; do
   case "$line" in ''|'#'*) continue ;; esac
   n=$((n + 1))
   log=$(mktemp "/tmp/parallel.$n.XXXXXX.log")
   read -r -a args <<<"$line"
-  case " $line " in *" --workdir "*) ;; *) args+=(--workdir "/tmp/parallel.$n") ;; esac
+  case " $line " in
+    *" --workdir "*) ;;
+    *) # only scripts that take one (e2e, optimize, geometry_ablation; not e.g. deformation)
+       if cat "bench/${args[0]}_bench.py" "bench/${args[0]}.py" 2>/dev/null | grep -q -- '"--workdir"'; then
+         args+=(--workdir "/tmp/parallel.$n")
+       fi ;;
+  esac
+  if [ -n "${GPU_SEQUENTIAL:-}" ]; then          # one after another, each with what is left of the budget
+    left=$(( ${GPU_HOST_BUDGET_S:-570} - ($(date +%s) - sweep_start) ))
+    echo "[$n] (sequential, ${left} s left) : $line"
+    GPU_HOST_BUDGET_S=$left scripts/gpu_host.sh "${args[@]}" >"$log" 2>&1
+    codes+=($?) logs+=("$log")
+    continue
+  fi
   if [ "$gpus" -gt 1 ]; then
     CUDA_VISIBLE_DEVICES=$(( (n - 1) % gpus )) scripts/gpu_host.sh "${args[@]}" >"$log" 2>&1 &
   else
@@ -49,8 +66,8 @@ while IFS= read -r line || [ -n "$line" ]; do
   echo "[$n] pid $! ($where) : $line"
 done <"$1"
 status=0
-for i in "${!pids[@]}"; do
-  wait "${pids[$i]}"; code=$?
+for i in "${!logs[@]}"; do
+  if [ -n "${GPU_SEQUENTIAL:-}" ]; then code=${codes[$i]}; else wait "${pids[$i]}"; code=$?; fi
   [ "$code" -eq 0 ] || status=1
   echo "===== [$((i + 1))] exit $code ====="
   grep -v '^\s*$' "${logs[$i]}" | grep -v 'it/s\]\|step/s\]' | tail -n 12

@@ -1,6 +1,6 @@
 """scripts/gpu_parallel.sh without a GPU: a stand-in gpu_host.sh records the GPU each line was given and writes a
 result file per line; a stand-in nvidia-smi reports the host's GPUs. Checks the round-robin dealing, that a line
-keeps a GPU set by the caller, and that more than 8 files under $OUT come back as one archive."""
+keeps a GPU set by the caller, that more than 8 files under $OUT come back as one archive, and GPU_SEQUENTIAL."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ FAKE_HOST = """#!/usr/bin/env bash
 # stand-in for scripts/gpu_host.sh: no arguments = the set-up; else record the GPU and write one result file
 [ "$#" -eq 0 ] && exit 0
 name=$(printf '%s\\n' "$@" | sed -n 's/^--name=//p;/^--name$/{n;p}')
+[ -n "${ORDER_LOG:-}" ] && echo "start $name ${GPU_HOST_BUDGET_S:-unset}" >> "$ORDER_LOG" && sleep 0.3
 mkdir -p "$OUT/results"
 echo "${CUDA_VISIBLE_DEVICES:-unset}" > "$OUT/results/$name.json"
+[ -n "${ORDER_LOG:-}" ] && echo "end $name" >> "$ORDER_LOG"
+exit 0
 """
 
 
@@ -68,6 +71,17 @@ def test_one_gpu_or_a_gpu_set_by_the_caller_is_left_alone_and_few_results_stay_f
     assert not (out / "results.tar.gz").exists() and gpus_given(out) == {f"run{n}": "unset" for n in (1, 2, 3)}
     out = run_sweep(tmp_path / "set", lines=3, gpus=4, env_extra={"CUDA_VISIBLE_DEVICES": "2"})
     assert gpus_given(out) == {f"run{n}": "2" for n in (1, 2, 3)}
+
+
+def test_sequential_lines_run_one_after_another_on_what_is_left_of_the_budget(tmp_path):
+    order = tmp_path / "order.log"
+    out = run_sweep(tmp_path, lines=3, gpus=1, env_extra={"GPU_SEQUENTIAL": "1", "GPU_HOST_BUDGET_S": "500",
+                                                          "ORDER_LOG": str(order)})
+    events = [line.split() for line in order.read_text().splitlines()]
+    assert [e[:2] for e in events] == [[k, f"run{n}"] for n in (1, 2, 3) for k in ("start", "end")]
+    budgets = [int(e[2]) for e in events if e[0] == "start"]
+    assert 490 <= budgets[-1] <= budgets[1] <= budgets[0] <= 500
+    assert gpus_given(out) == {f"run{n}": "unset" for n in (1, 2, 3)}
 
 
 FAKE_BENCH = """import json, sys
