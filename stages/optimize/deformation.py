@@ -472,7 +472,8 @@ class RigidBases(SplineInTime):
 class AnchorGroups:
     """Gaussians grouped by their anchor time, so that blending each one's K maps of its anchor time is one batched
     matrix product per group rather than a gather of K maps per Gaussian (whose backward, a scatter of M rows onto
-    the U rows of the table, was most of the rigid model's time; bench/deformation_bench.py).
+    the U rows of the table, was most of the rigid model's time on the CPU; on a GPU the two cost the same:
+    bench/deformation_bench.py, rows rigid and rigid-gather).
 
     Group u holds the Gaussians anchored at the u-th distinct anchor time; each Gaussian has a slot
     u * ``width`` + (its rank in the group), ``width`` the largest group's size, so that U * width rows viewed as

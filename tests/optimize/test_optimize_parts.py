@@ -288,15 +288,22 @@ def test_anchor_groups_mix_as_a_gather_of_each_gaussians_row_does_with_its_gradi
     torch.testing.assert_close(torch.autograd.grad(mixed, (weights, table), upstream), expected)
 
 
+def _moving_rigid_bases(rng, count: int, knots: int, gaussians: int, anchor_times: int):
+    """A float64 RigidBases with random motions, and random Gaussians (means, anchors on ``anchor_times`` evenly
+    spaced times, coefs with quats, anchor times and the initial logits)."""
+    model = RigidBases(count=count, knots=knots).double()
+    means = torch.tensor(rng.normal(size=(gaussians, 3)))
+    anchors = torch.tensor(rng.integers(0, anchor_times, size=gaussians) / (anchor_times - 1.0))
+    coefs = {"quats": torch.tensor(rng.normal(size=(gaussians, 4))), "anchor_times": anchors}
+    coefs.update(model.initialize(means))
+    torch.nn.init.normal_(model.control, std=0.5)
+    return model, means, anchors, coefs
+
+
 def test_rigid_displacement_traces_without_graph_breaks_under_compile(rng):
     # optimize.compile traces the deformed state with the cache off and a tensor time: the rigid model must then
     # neither call torch.unique (untraceable) nor its own compiled tables (a nested compile), or the graph breaks.
-    model = RigidBases(count=3, knots=7).double()
-    means = torch.tensor(rng.normal(size=(20, 3)))
-    anchors = torch.tensor(rng.integers(0, 4, size=20) / 3.0)
-    coefs = {"quats": torch.tensor(rng.normal(size=(20, 4))), "anchor_times": anchors}
-    coefs.update(model.initialize(means))
-    torch.nn.init.normal_(model.control, std=0.5)
+    model, means, anchors, coefs = _moving_rigid_bases(rng, count=3, knots=7, gaussians=20, anchor_times=4)
     model.fuse_tables("aot_eager")
     when = torch.tensor(0.4, dtype=torch.float64)
     explained = torch._dynamo.explain(lambda x, t: model.displacement(x, t, anchors, coefs, False))(means, when)
@@ -310,13 +317,8 @@ def test_rigid_tables_compiled_give_the_eager_positions_and_gradients(rng):
     # inductor would without generating code: the same displacement and gradients, with the anchor groups kept
     # (cache on) and found again each call (cache off: training's visible subset, a new tensor each step); without
     # gradients (renders, exports) the eager tables.
-    model = RigidBases(count=4, knots=8).double()
-    means = torch.tensor(rng.normal(size=(30, 3)))
-    anchors = torch.tensor(rng.integers(0, 5, size=30) / 4.0)
-    coefs = {"quats": torch.tensor(rng.normal(size=(30, 4))), "anchor_times": anchors}
-    coefs.update(model.initialize(means))
+    model, means, anchors, coefs = _moving_rigid_bases(rng, count=4, knots=8, gaussians=30, anchor_times=5)
     coefs["rigid_logits"].requires_grad_()
-    torch.nn.init.normal_(model.control, std=0.5)
 
     def forward_backward(cache, rows=slice(None)):
         model.zero_grad()
