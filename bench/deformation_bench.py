@@ -133,7 +133,10 @@ def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: to
     if profiler is not None:
         profiler.__exit__(None, None, None)
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(profiler.key_averages().table(sort_by=key, row_limit=10))
+        events = profiler.key_averages()
+        calls = sum(e.count for e in events if e.key.startswith("aten::")) / repeats
+        print(events.table(sort_by=key, row_limit=10))
+        print(f"{name}: {calls:.0f} aten operator calls per forward and backward")
     return statistics.median(seconds)
 
 
@@ -150,7 +153,8 @@ def main(argv=None) -> int:
     parser.add_argument("--visible", type=float, default=VISIBLE,
                         help="the fraction of the Gaussians the *-visible rows deform per call")
     parser.add_argument("--profile", action="store_true",
-                        help="also print torch.profiler's ten costliest operators of each model's timed calls")
+                        help="also print torch.profiler's ten costliest operators of each model's timed calls and "
+                             "the operator calls per call")
     args = parser.parse_args(argv)
     if args.device == "cpu" and args.threads > 0:
         torch.set_num_threads(args.threads)
