@@ -7,9 +7,12 @@ time, per model, beside the baselines of the rigid model's faster forms:
   basis, positions only, so a little less work than the model, which also turns the rotations);
 - ``rigid-visible`` / ``rigid-visible-fused``: as training renders call it, a random ``--visible`` fraction of the
   Gaussians (those ``optimize.skip_invisible`` deforms; a new tensor every step, whose distinct anchor times are
-  found at each call); baseline ``rigid-visible-rows`` (one table row per Gaussian, the thirty-first session's);
-- ``rigid-motion``: the motion regulariser (second differences of 4,096 Gaussians at random times, as the step
-  draws them); baseline ``rigid-motion-maps`` (composing the two times' affine maps, the thirty-first session's).
+  found at each call), eager / compiled (tables, gather and blend in one function since the thirty-third session;
+  the thirty-second's compiled the tables only); baseline ``rigid-visible-rows`` (one table row per Gaussian, the
+  thirty-first session's);
+- ``rigid-motion`` / ``rigid-motion-fused``: the motion regulariser (second differences of 4,096 Gaussians at random
+  times, as the step draws them), eager / compiled; baseline ``rigid-motion-maps`` (composing the two times' affine
+  maps, the thirty-first session's).
 
     python -m bench.deformation_bench [--device cpu|cuda] [--gaussians 15000] [--anchors 50] [--repeats 20]
                                       [--models bases rigid rigid-fused rigid-visible ...] [--visible 0.12]
@@ -65,6 +68,7 @@ SPECS = {
     "rigid-gather": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-pointwise": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-motion": {"kind": "rigid", "count": 32, "knots": 16},
+    "rigid-motion-fused": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-motion-maps": {"kind": "rigid", "count": 32, "knots": 16},
     "mlp": {"kind": "mlp", "width": 256, "depth": 4, "position_octaves": 8, "time_octaves": 2},
     "planes": {"kind": "planes", "resolutions": [16, 32], "time_resolution": 6, "features": 16, "head_width": 64},
@@ -88,7 +92,7 @@ def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: to
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=generator).to(device) * 0.1)
-    if name in ("rigid-fused", "rigid-visible-fused"):
+    if name in ("rigid-fused", "rigid-visible-fused", "rigid-motion-fused"):
         model.fuse_tables("inductor")                 # compiled in the warm-up calls
 
     pick = torch.randperm(gaussians, generator=generator)[:MOTION_SAMPLES].to(device)
@@ -98,11 +102,12 @@ def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: to
         if name == "rigid-pointwise":
             loss = (rigid_positions_reference(model, means, time_now, anchor_times, coefs["rigid_logits"])
                     - means).square().sum()
-        elif name in ("rigid-motion", "rigid-motion-maps"):
+        elif name in ("rigid-motion", "rigid-motion-fused", "rigid-motion-maps"):
             times = torch.rand(len(pick), generator=generator).to(device) * 0.9 + 0.05
             motion_coefs = {k: v[pick] for k, v in coefs.items()}                # as the step picks them
-            second = (model.second_difference(means[pick], times, 0.02, motion_coefs)[:, :3] if name == "rigid-motion"
-                      else second_difference_by_maps(model, means[pick], times, 0.02, motion_coefs))
+            second = (second_difference_by_maps(model, means[pick], times, 0.02, motion_coefs)
+                      if name == "rigid-motion-maps" else model.second_difference(means[pick], times, 0.02,
+                                                                                  motion_coefs)[:, :3])
             loss = second.square().sum()
         elif name.startswith("rigid-visible"):         # as training renders with skip_invisible: a subset, no cache
             count = int(visible * gaussians) + i % 3                      # sizes vary, as the visible set does

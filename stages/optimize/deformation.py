@@ -140,6 +140,13 @@ def cubic_bspline(x: torch.Tensor) -> torch.Tensor:
     return ((2 - a).clamp_min(0) ** 3 - 4 * (1 - a).clamp_min(0) ** 3) / 6
 
 
+def spline_weights(times: torch.Tensor, knot_positions: torch.Tensor) -> torch.Tensor:
+    """B-spline weights W (M, knots) at times (M,) in [0, 1] (clamped) for control points at knot_positions (knots,)
+    = -1, 0, ..., knots - 2 in the knot coordinate u = t (knots - 3): a pure function (what torch.compile traces)."""
+    u = times.clamp(0.0, 1.0) * (knot_positions.shape[0] - 3)                    # (M,)
+    return cubic_bspline(u[:, None] - knot_positions)                            # (M, knots)
+
+
 class SplineInTime(Deformation):
     """Shared base of the models whose learned curves are uniform cubic B-splines over t in [0, 1] with ``knots``
     control points: the control points' weights W(t) (M, knots) at the anchor times and at each render time depend on
@@ -159,8 +166,7 @@ class SplineInTime(Deformation):
 
     def basis_weights(self, times: torch.Tensor) -> torch.Tensor:
         """W (M, knots) at times (M,) in [0, 1] (clamped): a curve with control points C (knots, ...) is W C."""
-        u = times.clamp(0.0, 1.0) * (self.knots - 3)
-        return cubic_bspline(u[:, None] - self.knot_positions)
+        return spline_weights(times, self.knot_positions)
 
     def weights_at(self, time: float | torch.Tensor, anchor_times: torch.Tensor) -> torch.Tensor:
         """W at a render time: (1, knots) for a float (kept per time) or a () tensor, (M, knots) for times (M,)."""
@@ -347,7 +353,10 @@ class RigidBases(SplineInTime):
         self.register_buffer("pivots", torch.zeros(count, 3))                      # (K, 3) world
         self.register_buffer("unit", torch.ones(()))                               # world units per shift unit
         self._distinct: tuple | None = None         # (anchors, version, their AnchorGroups)
-        self._fused_tables: Callable | None = None  # rigid_tables compiled (fuse_tables), or None: eager
+        # rigid_tables, rigid_moved and rigid_second_difference compiled (fuse_tables), or None: eager
+        self._fused_tables: Callable | None = None
+        self._fused_moved: Callable | None = None
+        self._fused_second: Callable | None = None
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "count": self.count, "knots": self.knots}
@@ -390,21 +399,32 @@ class RigidBases(SplineInTime):
         quaternion on one hemisphere (4 values, so that blends of them do not cancel). Through the compiled
         :func:`rigid_tables` after :meth:`fuse_tables` while gradients are on (training), unless this call is being
         traced itself (``optimize.compile`` compiles the whole deformed state)."""
-        fused = self._fused_tables
+        return self._fused_or_eager(self._fused_tables, rigid_tables)(self.control, self.pivots, self.unit, at, anchors)
+
+    @staticmethod
+    def _fused_or_eager(fused: Callable | None, eager: Callable) -> Callable:
+        """The compiled form of a pure function while gradients are on (training) and this call is not being
+        traced itself (``optimize.compile`` compiles the whole deformed state: no nested compile), else the eager."""
         if fused is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return fused(self.control, self.pivots, self.unit, at, anchors)
-        return rigid_tables(self.control, self.pivots, self.unit, at, anchors)
+            return fused
+        return eager
 
     def fuse_tables(self, backend: str = "inductor") -> None:
-        """Compute the tables of one render time with ``torch.compile`` (``backend``) while gradients are on: a
-        few hundred operators on tables of U x K entries, each a kernel launch when eager (the rigid model's cost on
-        a GPU is launches, not arithmetic; docs/gaussians.md), become a few fused kernels. Their rows are the distinct
-        anchor times of the Gaussians deformed (training's visible subset: a count that changes from step to step, so
-        the graph becomes dynamic in it at the second size, :func:`compile_function`), or one per Gaussian for
-        per-Gaussian times."""
+        """Compute the motions with ``torch.compile`` (``backend``) while gradients are on: a few hundred operators
+        on tables of U x K entries, each a kernel launch when eager (the rigid model's cost on a GPU is launches, not
+        arithmetic; docs/gaussians.md), become a few fused kernels. Three pure functions: the tables of one render
+        time (:func:`rigid_tables`, with the anchor groups kept); the whole displacement of training's visible subset
+        (:func:`rigid_moved`: tables of its distinct anchor times, each Gaussian's row gathered and blended); and the
+        motion regulariser's second differences (:func:`rigid_second_difference`). Their sizes (Gaussians, distinct
+        anchor times) change from step to step, so each is compiled dynamic in every size from the first call: one
+        compilation each, not a static one and then a dynamic one (22 s instead of 29 s for the three on this
+        project's 2-core CPU machine)."""
         from stages.optimize.model import compile_function
 
-        self._fused_tables = compile_function(rigid_tables, backend, way_out="optimize.rigid_fused_tables=false")
+        way_out = "optimize.rigid_fused_tables=false"
+        self._fused_tables, self._fused_moved, self._fused_second = (
+            compile_function(function, backend, way_out=way_out, dynamic=True)
+            for function in (rigid_tables, rigid_moved, rigid_second_difference))
 
     @staticmethod
     def blend(means: torch.Tensor, table: torch.Tensor, groups: AnchorGroups | None,
@@ -432,29 +452,21 @@ class RigidBases(SplineInTime):
         elif at.shape[0] == 1 and not torch.compiler.is_compiling():   # ... of a tensor seen once (training's
             # visible subset): found at each call, gathered. (torch.unique cannot be traced: compiled, a row each.)
             values, rows = torch.unique(anchor_times, return_inverse=True)          # (U,), (M,): a host sync
-            table = self.transforms(at, self.basis_weights(values)).index_select(0, rows)          # (M, K, 16)
+            moved = self._fused_or_eager(self._fused_moved, rigid_moved)
+            return moved(self.control, self.pivots, self.unit, self.knot_positions, at, values, rows, means,
+                         coefs["rigid_logits"], coefs["quats"])                     # (M, 10)
         else:                              # a time per Gaussian: a map each
             table = self.transforms(at, self.anchor_weights(anchor_times, cache))   # (M, K, 16)
         positions, turn = self.blend(means, table, groups, coefs["rigid_logits"])
-        quats = coefs["quats"]
-        return torch.cat([positions - means, quaternion_multiply(turn, quats) - quats,
-                          means.new_zeros(len(means), 3)], dim=-1)                   # (M, 10)
+        return rigid_channels(means, positions, turn, coefs["quats"])              # (M, 10)
 
     def second_difference(self, means, times, step, coefs):
-        """Position channels: x(t - h) - 2 x(t) + x(t + h) of each Gaussian's trajectory; the others are zero (the
-        motion regulariser reads positions only). Per basis, x_k(t) = R_k(t) y_k + p_k + d_k(t) with y_k the point
-        in the basis' frame at the anchor time, R_k(t_a)^T (x_a - p_k - d_k(t_a)), so the pivot cancels and each
-        basis contributes (R_k(t - h) - 2 R_k(t) + R_k(t + h)) y_k + (the shift's second difference)."""
-        m = times.shape[0]
-        rotation_anchor, shift_anchor = self.motions(self.basis_weights(coefs["anchor_times"].to(times.dtype)))
-        local = quaternion_rotate(quaternion_conjugate(rotation_anchor),
-                                  means[:, None, :] - self.pivots - shift_anchor)                  # (M, K, 3)
-        rotation, shift = self.motions(self.basis_weights(torch.cat([times - step, times, times + step])))
-        moved = quaternion_rotate(rotation, local.repeat(3, 1, 1)) + shift           # (3M, K, 3), pivot left out
-        before, now, after = moved.view(3, m, self.count, 3).unbind(0)               # (M, K, 3) each
-        weights = torch.softmax(coefs["rigid_logits"], dim=-1).to(moved.dtype)       # (M, K)
-        second = (weights[..., None] * (before - 2 * now + after)).sum(1)            # (M, 3)
-        return torch.cat([second, means.new_zeros(m, self.channels - 3)], dim=-1)
+        """Position channels: x(t - h) - 2 x(t) + x(t + h) of each Gaussian's trajectory
+        (:func:`rigid_second_difference`); the others are zero (the motion regulariser reads positions only)."""
+        second = self._fused_or_eager(self._fused_second, rigid_second_difference)(
+            self.control, self.pivots, self.unit, self.knot_positions, coefs["anchor_times"].to(times.dtype), times,
+            step, means, coefs["rigid_logits"])                                       # (M, 3)
+        return torch.cat([second, means.new_zeros(times.shape[0], self.channels - 3)], dim=-1)
 
     def _anchor_groups(self, anchor_times: torch.Tensor) -> AnchorGroups:
         """The Gaussians grouped by anchor time: a host synchronisation, so kept while the same anchor tensor is
@@ -532,6 +544,49 @@ def rigid_tables(control: torch.Tensor, pivots: torch.Tensor, unit: torch.Tensor
     matrix = quaternion_matrix(relative)                                         # (R, K, 3, 3)
     offset = pivots + shift_at - (matrix @ (pivots + shift_anchor)[..., None])[..., 0]          # (R, K, 3)
     return torch.cat([torch.cat([matrix, offset[..., None]], dim=-1).flatten(-2), relative], dim=-1)
+
+
+def rigid_channels(means: torch.Tensor, positions: torch.Tensor, turn: torch.Tensor,
+                   quats: torch.Tensor) -> torch.Tensor:
+    """The displacement channels (M, 10) of Gaussians at means (M, 3) carried to positions (M, 3) and turned by the
+    unit quaternions turn (M, 4): position offsets, then R q - q for their raw quaternions quats (M, 4) (so that
+    q + displacement = R q), then zero log-scale offsets."""
+    return torch.cat([positions - means, quaternion_multiply(turn, quats) - quats,
+                      means.new_zeros(len(means), 3)], dim=-1)
+
+
+def rigid_moved(control: torch.Tensor, pivots: torch.Tensor, unit: torch.Tensor, knot_positions: torch.Tensor,
+                at: torch.Tensor, anchor_values: torch.Tensor, rows: torch.Tensor, means: torch.Tensor,
+                logits: torch.Tensor, quats: torch.Tensor) -> torch.Tensor:
+    """:meth:`RigidBases.displacement` (M, 10) at one render time (B-spline weights at (1, knots)) of Gaussians at
+    means (M, 3) with raw quaternions quats (M, 4) and blending logits (M, K), anchored at anchor_values[rows]
+    (distinct anchor times (U,), rows (M,) int64): the tables of the U anchor times, each Gaussian's row gathered
+    and blended. A pure function (what :meth:`RigidBases.fuse_tables` compiles, gather and blend fused in one
+    kernel instead of an (M, K, 16) table in memory)."""
+    anchors = spline_weights(anchor_values, knot_positions)                        # (U, knots)
+    table = rigid_tables(control, pivots, unit, at, anchors).index_select(0, rows)  # (M, K, 16)
+    positions, turn = RigidBases.blend(means, table, None, logits)
+    return rigid_channels(means, positions, turn, quats)
+
+
+def rigid_second_difference(control: torch.Tensor, pivots: torch.Tensor, unit: torch.Tensor,
+                            knot_positions: torch.Tensor, anchor_times: torch.Tensor, times: torch.Tensor, step: float,
+                            means: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """x(t - h) - 2 x(t) + x(t + h) (M, 3) of the trajectories of Gaussians seen at means (M, 3) at anchor_times (M,)
+    with blending logits (M, K), at times (M,), h = ``step``. Per basis, x_k(t) = R_k(t) y_k + p_k + d_k(t) with
+    y_k the point in the basis' frame at the anchor time, R_k(t_a)^T (x_a - p_k - d_k(t_a)), so the pivot cancels
+    and each basis contributes (R_k(t - h) - 2 R_k(t) + R_k(t + h)) y_k + (the shift's second difference). A pure
+    function (what :meth:`RigidBases.fuse_tables` compiles)."""
+    m, count = times.shape[0], control.shape[1]
+    rotation_anchor, shift_anchor = rigid_motions(control, unit, spline_weights(anchor_times, knot_positions))
+    local = quaternion_rotate(quaternion_conjugate(rotation_anchor),
+                              means[:, None, :] - pivots - shift_anchor)                           # (M, K, 3)
+    around = torch.cat([times - step, times, times + step])                                         # (3M,)
+    rotation, shift = rigid_motions(control, unit, spline_weights(around, knot_positions))          # (3M, K, ...)
+    moved = quaternion_rotate(rotation, local.repeat(3, 1, 1)) + shift           # (3M, K, 3), pivot left out
+    before, now, after = moved.view(3, m, count, 3).unbind(0)                    # (M, K, 3) each
+    weights = torch.softmax(logits, dim=-1).to(moved.dtype)                      # (M, K)
+    return (weights[..., None] * (before - 2 * now + after)).sum(1)              # (M, 3)
 
 
 def rigid_positions_reference(model: RigidBases, means: torch.Tensor, time: float, anchor_times: torch.Tensor,

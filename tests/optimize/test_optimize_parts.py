@@ -314,33 +314,47 @@ def test_rigid_displacement_traces_without_graph_breaks_under_compile(rng):
 
 def test_rigid_tables_compiled_give_the_eager_positions_and_gradients(rng):
     # fuse_tables (optimize.rigid_fused_tables on a GPU) through the aot_eager backend, which traces the graph as
-    # inductor would without generating code: the same displacement and gradients, with the anchor groups kept
-    # (cache on) and found again each call (cache off: training's visible subset, a new tensor each step); without
-    # gradients (renders, exports) the eager tables.
+    # inductor would without generating code: the same displacement, second differences and gradients, with the
+    # anchor groups kept (cache on: the compiled tables) and found again each call (cache off: training's visible
+    # subset, a new tensor each step: the compiled displacement); without gradients (renders, exports) eager.
     model, means, anchors, coefs = _moving_rigid_bases(rng, count=4, knots=8, gaussians=30, anchor_times=5)
     coefs["rigid_logits"].requires_grad_()
+    times = torch.tensor(rng.uniform(0.1, 0.9, size=30))
 
     def forward_backward(cache, rows=slice(None)):
         model.zero_grad()
         coefs["rigid_logits"].grad = None
         subset = {k: v[rows] for k, v in coefs.items()}
-        moved = model.displacement(means[rows], 0.6, anchors[rows], subset, cache)
+        if cache == "second":
+            moved = model.second_difference(means[rows], times[rows], 0.05, subset)
+        else:
+            moved = model.displacement(means[rows], 0.6, anchors[rows], subset, cache)
         moved.square().sum().backward()
         return moved.detach(), model.control.grad.clone(), coefs["rigid_logits"].grad.clone()
 
-    eager = [forward_backward(True), forward_backward(False), forward_backward(False, slice(3, 20))]
+    settings = [(True,), (False,), (False, slice(3, 20)), ("second",), ("second", slice(5, 25))]
+    eager = [forward_backward(*setting) for setting in settings]
     model.fuse_tables("aot_eager")
     calls = []
-    compiled = model._fused_tables
-    model._fused_tables = lambda *args: calls.append(args[-1].shape[0]) or compiled(*args)
-    fused = [forward_backward(True), forward_backward(False), forward_backward(False, slice(3, 20))]
+
+    def counted(name, index):
+        compiled = getattr(model, name)
+        return lambda *args: calls.append((name, args[index].shape[0])) or compiled(*args)
+
+    model._fused_tables = counted("_fused_tables", -1)        # anchors (U, knots)
+    model._fused_moved = counted("_fused_moved", 5)           # the distinct anchor times (U,)
+    model._fused_second = counted("_fused_second", 5)         # times (M,)
+    fused = [forward_backward(*setting) for setting in settings]
     for got, expected in zip(fused, eager):
         for a, b in zip(got, expected):
             torch.testing.assert_close(a, b)
-    assert calls == [5, 5, len(torch.unique(anchors[3:20]))]        # tables of the distinct anchor times only
+    assert calls == [("_fused_tables", 5), ("_fused_moved", 5), ("_fused_moved", len(torch.unique(anchors[3:20]))),
+                     ("_fused_second", 30), ("_fused_second", 20)]
     with torch.no_grad():
         model.displacement(means, 0.6, anchors, coefs)
-    assert len(calls) == 3
+        model.displacement(means[3:20], 0.6, anchors[3:20], {k: v[3:20] for k, v in coefs.items()}, False)
+        model.second_difference(means, times, 0.05, coefs)
+    assert len(calls) == 5
 
 
 def test_rigid_bases_second_difference_is_that_of_the_trajectory(rng):
