@@ -7,12 +7,12 @@ time, per model, beside the baselines of the rigid model's faster forms:
   basis, positions only, so a little less work than the model, which also turns the rotations);
 - ``rigid-visible`` / ``rigid-visible-fused``: as training renders call it, a random ``--visible`` fraction of the
   Gaussians (those ``optimize.skip_invisible`` deforms; a new tensor every step, whose distinct anchor times are
-  found at each call), eager / compiled (tables, gather and blend in one function since the thirty-third session;
-  the thirty-second's compiled the tables only); baseline ``rigid-visible-rows`` (one table row per Gaussian, the
-  thirty-first session's);
+  found at each call), eager / with the tables compiled (``optimize.rigid_fused_tables``, the default) / with the
+  whole displacement compiled (``rigid-visible-fused-all``, ``optimize.rigid_fused_all``); baseline
+  ``rigid-visible-rows`` (one table row per Gaussian, the thirty-first session's);
 - ``rigid-motion`` / ``rigid-motion-fused``: the motion regulariser (second differences of 4,096 Gaussians at random
-  times, as the step draws them), eager / compiled; baseline ``rigid-motion-maps`` (composing the two times' affine
-  maps, the thirty-first session's).
+  times, as the step draws them), eager / compiled (``optimize.rigid_fused_all``); baseline ``rigid-motion-maps``
+  (composing the two times' affine maps, the thirty-first session's).
 
     python -m bench.deformation_bench [--device cpu|cuda] [--gaussians 15000] [--anchors 50] [--repeats 20]
                                       [--models bases rigid rigid-fused rigid-visible ...] [--visible 0.12]
@@ -64,6 +64,7 @@ SPECS = {
     "rigid-fused": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-visible": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-visible-fused": {"kind": "rigid", "count": 32, "knots": 16},
+    "rigid-visible-fused-all": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-visible-rows": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-gather": {"kind": "rigid", "count": 32, "knots": 16},
     "rigid-pointwise": {"kind": "rigid", "count": 32, "knots": 16},
@@ -92,8 +93,9 @@ def time_model(name: str, gaussians: int, anchors: int, repeats: int, device: to
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=generator).to(device) * 0.1)
-    if name in ("rigid-fused", "rigid-visible-fused", "rigid-motion-fused"):
-        model.fuse_tables("inductor")                 # compiled in the warm-up calls
+    if name in ("rigid-fused", "rigid-visible-fused", "rigid-visible-fused-all", "rigid-motion-fused"):
+        model.fuse_tables("inductor", everything=name.endswith("-all") or name == "rigid-motion-fused")
+        # (compiled in the warm-up calls)
 
     pick = torch.randperm(gaussians, generator=generator)[:MOTION_SAMPLES].to(device)
 

@@ -190,6 +190,11 @@ class OptimizeConfig:
                                       "hundred launches per step on tables of (anchor times x motions), at the "
                                       "first steps (compiled twice: once, then dynamic in the anchor-time count). "
                                       "Same values as eager up to float rounding. Off: eager.")
+    rigid_fused_all: bool = option(False, "With `rigid_fused_tables`: also compile the visible Gaussians' whole "
+                                   "displacement and the motion regulariser. About 40 % less time per step on an "
+                                   "H200 (14 against 24 ms, object scene, rigid), about a minute more compilation "
+                                   "on a fresh host: a loss for the dnerf preset's 8000 steps there, a gain for "
+                                   "longer runs (docs/gaussians.md, thirty-third session).")
     skip_invisible: bool = option(True, "Deform only the dynamic Gaussians whose opacity at the render time is at "
                                   "least 1/255: the rasterizer culls the others wherever they are, so renders and "
                                   "gradients are the same for less work (one host synchronisation per render). "

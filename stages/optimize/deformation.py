@@ -38,6 +38,7 @@ behind) share one velocity field there.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -409,22 +410,22 @@ class RigidBases(SplineInTime):
             return fused
         return eager
 
-    def fuse_tables(self, backend: str = "inductor") -> None:
+    def fuse_tables(self, backend: str = "inductor", everything: bool = False) -> None:
         """Compute the motions with ``torch.compile`` (``backend``) while gradients are on: a few hundred operators
         on tables of U x K entries, each a kernel launch when eager (the rigid model's cost on a GPU is launches, not
-        arithmetic; docs/gaussians.md), become a few fused kernels. Three pure functions: the tables of one render
-        time (:func:`rigid_tables`, with the anchor groups kept); the whole displacement of training's visible subset
-        (:func:`rigid_moved`: tables of its distinct anchor times, each Gaussian's row gathered and blended); and the
-        motion regulariser's second differences (:func:`rigid_second_difference`). Their sizes (Gaussians, distinct
-        anchor times) change from step to step, so each is compiled dynamic in every size from the first call: one
-        compilation each, not a static one and then a dynamic one (22 s instead of 29 s for the three on this
-        project's 2-core CPU machine)."""
+        arithmetic; docs/gaussians.md), become a few fused kernels. The tables of one render time
+        (:func:`rigid_tables`); with ``everything`` (``optimize.rigid_fused_all``) also the whole displacement of
+        training's visible subset (:func:`rigid_moved`: the tables of its distinct anchor times, each Gaussian's row
+        gathered and blended) and the motion regulariser's second differences (:func:`rigid_second_difference`),
+        which take about 40 % less time per step on an H200 and about a minute more of compilation on a fresh host.
+        Sizes (Gaussians, distinct anchor times) change from step to step, so each graph becomes dynamic in them at
+        the second size (:func:`compile_function`)."""
         from stages.optimize.model import compile_function
 
-        way_out = "optimize.rigid_fused_tables=false"
-        self._fused_tables, self._fused_moved, self._fused_second = (
-            compile_function(function, backend, way_out=way_out, dynamic=True)
-            for function in (rigid_tables, rigid_moved, rigid_second_difference))
+        fuse = functools.partial(compile_function, backend=backend, way_out="optimize.rigid_fused_tables=false")
+        self._fused_tables = fuse(rigid_tables)
+        self._fused_moved = fuse(rigid_moved) if everything else None
+        self._fused_second = fuse(rigid_second_difference) if everything else None
 
     @staticmethod
     def blend(means: torch.Tensor, table: torch.Tensor, groups: AnchorGroups | None,
@@ -452,9 +453,12 @@ class RigidBases(SplineInTime):
         elif at.shape[0] == 1 and not torch.compiler.is_compiling():   # ... of a tensor seen once (training's
             # visible subset): found at each call, gathered. (torch.unique cannot be traced: compiled, a row each.)
             values, rows = torch.unique(anchor_times, return_inverse=True)          # (U,), (M,): a host sync
-            moved = self._fused_or_eager(self._fused_moved, rigid_moved)
-            return moved(self.control, self.pivots, self.unit, self.knot_positions, at, values, rows, means,
-                         coefs["rigid_logits"], coefs["quats"])                     # (M, 10)
+            arguments = (self.control, self.pivots, self.unit, self.knot_positions, at, values, rows, means,
+                         coefs["rigid_logits"], coefs["quats"])
+            fused = self._fused_or_eager(self._fused_moved, None)
+            if fused is not None:
+                return fused(*arguments)                                             # (M, 10)
+            return rigid_moved(*arguments, tables=self._fused_or_eager(self._fused_tables, rigid_tables))
         else:                              # a time per Gaussian: a map each
             table = self.transforms(at, self.anchor_weights(anchor_times, cache))   # (M, K, 16)
         positions, turn = self.blend(means, table, groups, coefs["rigid_logits"])
@@ -557,14 +561,15 @@ def rigid_channels(means: torch.Tensor, positions: torch.Tensor, turn: torch.Ten
 
 def rigid_moved(control: torch.Tensor, pivots: torch.Tensor, unit: torch.Tensor, knot_positions: torch.Tensor,
                 at: torch.Tensor, anchor_values: torch.Tensor, rows: torch.Tensor, means: torch.Tensor,
-                logits: torch.Tensor, quats: torch.Tensor) -> torch.Tensor:
+                logits: torch.Tensor, quats: torch.Tensor, tables: Callable = rigid_tables) -> torch.Tensor:
     """:meth:`RigidBases.displacement` (M, 10) at one render time (B-spline weights at (1, knots)) of Gaussians at
     means (M, 3) with raw quaternions quats (M, 4) and blending logits (M, K), anchored at anchor_values[rows]
-    (distinct anchor times (U,), rows (M,) int64): the tables of the U anchor times, each Gaussian's row gathered
-    and blended. A pure function (what :meth:`RigidBases.fuse_tables` compiles, gather and blend fused in one
-    kernel instead of an (M, K, 16) table in memory)."""
+    (distinct anchor times (U,), rows (M,) int64): the tables of the U anchor times (``tables``: rigid_tables or
+    its compiled form), each Gaussian's row gathered and blended. A pure function (what
+    :meth:`RigidBases.fuse_tables` compiles with ``everything``, gather and blend then fused in one kernel instead
+    of an (M, K, 16) table in memory)."""
     anchors = spline_weights(anchor_values, knot_positions)                        # (U, knots)
-    table = rigid_tables(control, pivots, unit, at, anchors).index_select(0, rows)  # (M, K, 16)
+    table = tables(control, pivots, unit, at, anchors).index_select(0, rows)       # (M, K, 16)
     positions, turn = RigidBases.blend(means, table, None, logits)
     return rigid_channels(means, positions, turn, quats)
 

@@ -275,7 +275,7 @@ class GaussianModel4D(nn.Module):
 
 
 def compile_function(function, backend: str = "inductor", mode: Optional[str] = None,
-                     way_out: str = "optimize.compile=never", dynamic: Optional[bool] = None):
+                     way_out: str = "optimize.compile=never"):
     """``torch.compile(function)`` whose graphs become dynamic in the sizes that change between calls, parameters
     included: densification changes the Gaussian count every few hundred steps, and with parameters kept static
     (torch's default) each change was a recompilation, until torch gave up and ran the function eagerly.
@@ -283,11 +283,10 @@ def compile_function(function, backend: str = "inductor", mode: Optional[str] = 
     ``mode``: torch.compile's (``"reduce-overhead"``: replayed as CUDA graphs on a GPU; the caller marks each
     training step with ``torch.compiler.cudagraph_mark_step_begin``). A backend that cannot compile here (e.g.
     inductor on a CPU machine without a C++ compiler) is a one-line :class:`UserError` that names the way out
-    (``way_out``, the setting that turns this compilation off), not a traceback. ``dynamic``: torch.compile's (True:
-    dynamic in every size from the first call, one compilation instead of two for sizes known to change each call)."""
+    (``way_out``, the setting that turns this compilation off), not a traceback."""
     import torch._inductor.config  # (not imported by `import torch`)
 
-    compiled = torch.compile(function, backend=backend, mode=mode, dynamic=dynamic)
+    compiled = torch.compile(function, backend=backend, mode=mode)
     # The exceptions that mean "this backend cannot compile here". TritonUnavailableError is newer than some torch
     # releases we support (torch 2.11 lacks it): naming it there would turn the one-line error into an AttributeError.
     compile_errors = tuple(getattr(torch._dynamo.exc, name)

@@ -148,7 +148,7 @@ def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float,
         for part in deformation.modules():
             if isinstance(part, RigidBases):
                 check_compile_backend(cfg.compile_backend)
-                part.fuse_tables(cfg.compile_backend)
+                part.fuse_tables(cfg.compile_backend, everything=cfg.rigid_fused_all)
     temporal = cfg.temporal_opacity and deformation is not None
     splats = create_splats(means, t(initial.sh), t(initial.opacity_logits), t(initial.log_scales), t(initial.quats),
                            is_dynamic, t(initial.anchor_times), cfg.sh_degree,

@@ -316,7 +316,8 @@ def test_rigid_tables_compiled_give_the_eager_positions_and_gradients(rng):
     # fuse_tables (optimize.rigid_fused_tables on a GPU) through the aot_eager backend, which traces the graph as
     # inductor would without generating code: the same displacement, second differences and gradients, with the
     # anchor groups kept (cache on: the compiled tables) and found again each call (cache off: training's visible
-    # subset, a new tensor each step: the compiled displacement); without gradients (renders, exports) eager.
+    # subset, a new tensor each step: the compiled tables of its distinct anchor times, or with everything
+    # (optimize.rigid_fused_all) the compiled displacement); without gradients (renders, exports) eager.
     model, means, anchors, coefs = _moving_rigid_bases(rng, count=4, knots=8, gaussians=30, anchor_times=5)
     coefs["rigid_logits"].requires_grad_()
     times = torch.tensor(rng.uniform(0.1, 0.9, size=30))
@@ -334,7 +335,16 @@ def test_rigid_tables_compiled_give_the_eager_positions_and_gradients(rng):
 
     settings = [(True,), (False,), (False, slice(3, 20)), ("second",), ("second", slice(5, 25))]
     eager = [forward_backward(*setting) for setting in settings]
-    model.fuse_tables("aot_eager")
+    model.fuse_tables("aot_eager")                             # the default: the tables only
+    assert model._fused_moved is None and model._fused_second is None
+    tables = []
+    compiled_tables = model._fused_tables
+    model._fused_tables = lambda *args: tables.append(args[-1].shape[0]) or compiled_tables(*args)
+    for got, expected in zip([forward_backward(*setting) for setting in settings[:3]], eager):
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+    assert tables == [5, 5, len(torch.unique(anchors[3:20]))]  # the visible subset: its distinct anchor times
+    model.fuse_tables("aot_eager", everything=True)            # optimize.rigid_fused_all
     calls = []
 
     def counted(name, index):
