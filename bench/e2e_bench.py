@@ -118,6 +118,8 @@ def collect(run_dir: Path) -> dict[str, Any]:
                                                        "timing", "device")}
         out["metrics"]["test_views"] = len(metrics.get("per_view") or [])
         out["metrics"]["ssim_valid"] = (metrics.get("extra") or {}).get("ssim_valid")
+        if metrics.get("moving"):                 # where the held-out error lies (scenes with test-view masks)
+            out["metrics"]["moving"] = {k: v for k, v in metrics["moving"].items() if k != "per_view"}
     if (run_dir / "config.yaml").is_file():
         import yaml
 

@@ -1,4 +1,5 @@
-"""Image metrics: PSNR, SSIM (3DGS and "valid" conventions) and DyCheck's masked mPSNR / mSSIM.
+"""Image metrics: PSNR, SSIM (3DGS and "valid" conventions), DyCheck's masked mPSNR / mSSIM, and where the squared
+error lies relative to the moving pixels (:func:`moving_region_errors`).
 
 Definitions follow ``../shared/spec/metrics-and-data.md`` §1, §2 and §5. Every function takes images as float arrays
 (H, W, 3) in [0, 1] (NumPy or torch) and returns a Python float. Renders are quantised to 8 bit before scoring
@@ -55,6 +56,22 @@ def masked_psnr(prediction: Image, target: Image, mask: Image) -> float:
         return math.nan
     mse = float((((a - b) ** 2) * m[..., None]).sum() / weight)
     return math.inf if mse == 0.0 else -10.0 * math.log10(mse)
+
+
+def moving_region_errors(prediction: Image, target: Image, moving: Image, border_px: int = 3) -> dict[str, float]:
+    """Where a view's squared error lies, for a ground-truth dynamic mask ``moving`` (H, W; True = moving): the
+    summed squared error (over the 3 channels, float64) on the moving pixels, on the ``border_px``-pixel border
+    outside them (Chebyshev distance 1 to ``border_px`` from the mask: silhouettes drawn in the wrong place) and
+    over the whole image, with the pixel counts of the first two. Keys: ``sse_moving``, ``sse_border``,
+    ``sse_total``, ``moving_pixels``, ``border_pixels``."""
+    a, b = _numpy(prediction), _numpy(target)
+    _check_pair(a, b)
+    m = _mask(moving, a) > 0.5
+    near = ndimage.binary_dilation(m, structure=np.ones((3, 3), bool), iterations=border_px) if border_px else m
+    border = near & ~m
+    squared = ((a - b) ** 2).sum(-1)                                              # (H, W)
+    return {"sse_moving": float(squared[m].sum()), "sse_border": float(squared[border].sum()),
+            "sse_total": float(squared.sum()), "moving_pixels": int(m.sum()), "border_pixels": int(border.sum())}
 
 
 def gaussian_window_1d(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA) -> np.ndarray:

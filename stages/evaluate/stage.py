@@ -27,7 +27,8 @@ from pipeline.io import read_json, write_json, write_text
 from pipeline.log import get_logger, progress
 from stages.evaluate.config import EvaluateConfig
 from stages.evaluate.depth_metrics import depth_errors
-from stages.evaluate.image_metrics import (masked_psnr, masked_ssim, psnr, quantize_8bit, ssim_3dgs, ssim_valid)
+from stages.evaluate.image_metrics import (masked_psnr, masked_ssim, moving_region_errors, psnr, quantize_8bit,
+                                           ssim_3dgs, ssim_valid)
 from stages.evaluate.mask_metrics import mask_iou
 from stages.evaluate.pose_metrics import camera_to_world, pose_errors
 
@@ -96,10 +97,11 @@ def _read_render(run_dir: Path, name: str, shape: tuple[int, ...]) -> np.ndarray
     return image
 
 
-def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tuple[list[dict], dict, dict,
-                                                                                   list[ViewImages], str]:
-    """Per-view metrics (DESIGN keys), per-view extras, per-view masked metrics, the views kept for the report and
-    a description of the LPIPS weights."""
+def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig,
+                  device: str) -> tuple[list[dict], list[dict], list[dict], list[dict], list[ViewImages], str]:
+    """Per-view metrics (DESIGN keys), per-view extras, per-view masked metrics, per-view errors on and around the
+    moving pixels (test frames with ground-truth dynamic masks), the views kept for the report and a description
+    of the LPIPS weights."""
     from stages.evaluate.lpips_metric import get_lpips
 
     frames = scene.test_frames
@@ -119,7 +121,7 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tup
                             "place")
     alex, vgg = nets["alex"], nets["vgg"]
     unavailable = missing.get("alex", "")
-    per_view, extra, masked, kept = [], [], [], []
+    per_view, extra, masked, moving, kept = [], [], [], [], []
     for frame in progress(frames, desc="metrics", unit="view"):
         gt = quantize_8bit(scene.rgb(frame))
         render = _read_render(run_dir, frame.name, gt.shape)
@@ -135,13 +137,49 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig, device: str) -> tup
                            "mssim": masked_ssim(render, gt, mask),
                            "mlpips_alex": alex.masked(render, gt, mask) if alex else None,
                            "covisible_fraction": float(mask.mean())})
+        if frame.load_dynamic_mask is not None:
+            moving.append(moving_view(frame, render, gt))
         if frame.name in keep:
             kept.append(ViewImages(frame.name, gt, render, row))
     source = (alex.source if alex else f"not computed ({unavailable})" if unavailable
               else "not computed (no test views)" if cfg.lpips else "not computed (evaluate.lpips = false)")
     if "vgg" in missing and alex:
         source += f"; lpips_vgg not computed ({missing['vgg']})"
-    return per_view, extra, masked, kept, source
+    return per_view, extra, masked, moving, kept, source
+
+
+MOVING_BORDER_PX = 3           # the border around the moving pixels whose error the 'moving' section reports
+
+
+def moving_view(frame, render: np.ndarray, gt: np.ndarray) -> dict:
+    """One test view's figures for the ``moving`` section: PSNR over its moving and its other pixels, and its
+    squared error on the moving pixels, on the border around them and in all (ground-truth dynamic mask, resized
+    to the test image by nearest neighbour where it differs)."""
+    from pipeline.scene.images import resize_array
+
+    mask = np.asarray(frame.load_dynamic_mask(), dtype=bool)
+    if mask.shape != gt.shape[:2]:
+        mask = resize_array(mask.astype(np.float32), (gt.shape[1], gt.shape[0]), nearest=True) > 0.5
+    errors = moving_region_errors(render, gt, mask, MOVING_BORDER_PX)
+    total = errors["sse_total"]
+    return {"name": frame.name, "psnr_moving": masked_psnr(render, gt, mask),
+            "psnr_static": masked_psnr(render, gt, ~mask), "moving_fraction": float(mask.mean()),
+            "error_share_moving": errors["sse_moving"] / total if total else None,
+            "error_share_border": errors["sse_border"] / total if total else None, "_errors": errors}
+
+
+def moving_summary(views: list[dict]) -> dict:
+    """The ``moving`` section from :func:`moving_view` rows: PSNRs as means over views (as the headline PSNR; a view
+    without moving pixels has no psnr_moving and is left out of its mean), error shares pooled over all views (the
+    squared error summed over views on the moving pixels / border, over the total)."""
+    sums = {key: sum(v["_errors"][key] for v in views) for key in ("sse_moving", "sse_border", "sse_total")}
+    total = sums["sse_total"]
+    return {"psnr_moving": _mean(v["psnr_moving"] for v in views if not math.isnan(v["psnr_moving"])),
+            "psnr_static": _mean(v["psnr_static"] for v in views if not math.isnan(v["psnr_static"])),
+            "error_share_moving": sums["sse_moving"] / total if total else None,
+            "error_share_border": sums["sse_border"] / total if total else None,
+            "moving_fraction": _mean(v["moving_fraction"] for v in views),
+            "per_view": [{k: v for k, v in view.items() if k != "_errors"} for view in views]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,7 +297,8 @@ def evaluate_run(run_dir: Path, config, scene, device: str = "cpu") -> Evaluatio
 
     start = time.perf_counter()
     cfg: EvaluateConfig = config.evaluate
-    per_view, extra_views, masked_views, kept, lpips_source = image_metrics(scene, run_dir, cfg, device)
+    per_view, extra_views, masked_views, moving_views, kept, lpips_source = image_metrics(scene, run_dir, cfg,
+                                                                                          device)
     _, camera_source = read_cameras(run_dir / "geometry" / "cameras.json")
 
     metrics: dict = {}
@@ -314,6 +353,15 @@ def evaluate_run(run_dir: Path, config, scene, device: str = "cpu") -> Evaluatio
     if masked_views:
         metrics["masked"] = {key: _mean(v[key] for v in masked_views) for key in ("mpsnr", "mssim", "mlpips_alex")}
         metrics["masked"]["per_view"] = masked_views
+    if moving_views:
+        metrics["moving"] = moving_summary(moving_views)
+        metrics["protocol"]["moving"] = (
+            f"where the test views' ground-truth dynamic masks exist ({len(moving_views)} views; True = moving at "
+            f"that time): psnr_moving / psnr_static = -10 log10 of the MSE over the moving / the other pixels (x 3 "
+            f"channels, the 8-bit images of psnr), mean over views that have such pixels; error_share_moving / "
+            f"error_share_border = the squared error summed over all test views on the moving pixels / on the "
+            f"{MOVING_BORDER_PX}-pixel border outside them (Chebyshev distance 1-{MOVING_BORDER_PX}: silhouettes "
+            f"drawn out of place), over the total; moving_fraction = mean share of moving pixels per view")
     times, train_device = timing(run_dir, time.perf_counter() - start)
     metrics["timing"] = times
     metrics["device"] = train_device or device_name(device)
@@ -348,7 +396,10 @@ def run(ctx) -> dict:
     evaluation = evaluate_run(ctx.run_dir, ctx.config, ctx.scene, ctx.device)
     write_outputs(evaluation, ctx.work_dir, ctx.run_dir, ctx.config, ctx.scene)
     m = evaluation.metrics
-    return {k: m[k] for k in IMAGE_METRICS if m.get(k) is not None}
+    summary = {k: m[k] for k in IMAGE_METRICS if m.get(k) is not None}
+    if m.get("moving", {}).get("psnr_moving") is not None:     # where the error lies, for sweeps to record
+        summary["psnr_moving"] = m["moving"]["psnr_moving"]
+    return summary
 
 
 def read_training_log(run_dir: Path) -> dict[str, np.ndarray]:

@@ -57,7 +57,7 @@ def test_metrics_json(fake_run, monkeypatch):
     evaluation = evaluate_run(run_dir, config, scene, "cpu")
     write_outputs(evaluation, run_dir, run_dir, config, scene)
     m = json.loads((run_dir / "metrics.json").read_text())
-    assert DESIGN_KEYS | {"geometry", "extra", "masked"} == set(m)
+    assert DESIGN_KEYS | {"geometry", "extra", "masked", "moving"} == set(m)
     assert [v["name"] for v in m["per_view"]] == fake_run.test_names
     assert all(set(v) == {"name", "psnr", "ssim", "lpips_alex", "lpips_vgg"} for v in m["per_view"])
 
@@ -79,6 +79,36 @@ def test_metrics_json(fake_run, monkeypatch):
     render = read_image(run_dir / "render" / "test" / f"{first.name}.png").astype(np.float64)
     assert m["masked"]["per_view"][0]["mpsnr"] == pytest.approx(masked_psnr(render, gt, first.load_covisible()))
     assert m["masked"]["per_view"][0]["covisible_fraction"] == pytest.approx(0.6, abs=0.03)
+
+    # The moving pixels of each test view (its ground-truth dynamic mask): PSNR on them and off them, and the share
+    # of the squared error summed over views on them and on the 3-pixel border outside them.
+    mask = first.load_dynamic_mask()
+    assert m["moving"]["per_view"][0]["psnr_moving"] == pytest.approx(masked_psnr(render, gt, mask))
+    assert m["moving"]["per_view"][0]["psnr_static"] == pytest.approx(masked_psnr(render, gt, ~mask))
+    squared, totals = [], np.zeros(3)
+    for view in m["moving"]["per_view"]:
+        frame = scene.frame(view["name"])
+        gt_view = np.round(scene.rgb(frame).astype(np.float64) * 255) / 255
+        error = ((read_image(run_dir / "render" / "test" / f"{frame.name}.png") - gt_view) ** 2).sum(-1)
+        moving = frame.load_dynamic_mask()
+        near = np.zeros_like(moving)
+        for dy in range(-3, 4):            # Chebyshev distance <= 3, written out (no padding: rolls wrap, so mask
+            for dx in range(-3, 4):        # the wrapped rows and columns off)
+                shifted = np.roll(moving, (dy, dx), axis=(0, 1))
+                if dy > 0:
+                    shifted[:dy] = False
+                if dy < 0:
+                    shifted[dy:] = False
+                if dx > 0:
+                    shifted[:, :dx] = False
+                if dx < 0:
+                    shifted[:, dx:] = False
+                near |= shifted
+        totals += [error[moving].sum(), error[near & ~moving].sum(), error.sum()]
+    assert m["moving"]["error_share_moving"] == pytest.approx(totals[0] / totals[2])
+    assert m["moving"]["error_share_border"] == pytest.approx(totals[1] / totals[2])
+    assert 0 < m["moving"]["error_share_moving"] < 1 and 0 < m["moving"]["error_share_border"] < 1
+    assert "3-pixel border" in m["protocol"]["moving"]
 
     geometry = m["geometry"]
     reference = np.stack([f.camera.world_to_camera for f in sorted(scene.frames, key=lambda f: f.index)])

@@ -9,7 +9,8 @@ import pytest
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from stages.evaluate.image_metrics import (masked_psnr, masked_ssim, psnr, quantize_8bit, ssim_3dgs, ssim_valid)
+from stages.evaluate.image_metrics import (masked_psnr, masked_ssim, moving_region_errors, psnr, quantize_8bit,
+                                           ssim_3dgs, ssim_valid)
 from tests.conftest import LPIPS_FIXTURES, requires
 
 PAIRS = ("I03", "I04", "I06", "I08", "I19")
@@ -65,6 +66,26 @@ def test_masked_psnr_equals_psnr_of_the_selected_pixels(rng):
     mask[2:7, 3:9] = True
     assert masked_psnr(a, b, mask) == pytest.approx(psnr(a[2:7, 3:9], b[2:7, 3:9]), abs=1e-10)
     assert math.isnan(masked_psnr(a, b, np.zeros((12, 10))))
+
+
+def test_moving_region_errors_split_the_squared_error_by_hand():
+    # A 9 x 9 image, one moving pixel at (4, 4); errors placed by hand: 0.5 in one channel on the moving pixel, 0.1
+    # in all three channels at (4, 6) (Chebyshev distance 2: the border of 2 px, outside that of 1 px) and 0.2 in
+    # one channel at the corner (0, 0) (distance 4: neither).
+    target = np.zeros((9, 9, 3))
+    prediction = target.copy()
+    prediction[4, 4, 0] = 0.5
+    prediction[4, 6] = 0.1
+    prediction[0, 0, 2] = 0.2
+    moving = np.zeros((9, 9), bool)
+    moving[4, 4] = True
+    two = moving_region_errors(prediction, target, moving, border_px=2)
+    assert two["sse_moving"] == pytest.approx(0.25) and two["sse_border"] == pytest.approx(0.03)
+    assert two["sse_total"] == pytest.approx(0.25 + 0.03 + 0.04)
+    assert two["moving_pixels"] == 1 and two["border_pixels"] == 5 * 5 - 1
+    one = moving_region_errors(prediction, target, moving, border_px=1)
+    assert one["sse_border"] == 0.0 and one["border_pixels"] == 3 * 3 - 1
+    assert moving_region_errors(prediction, target, moving, border_px=0)["border_pixels"] == 0
 
 
 def test_ssim_matches_slow_reference(rng):
