@@ -1,5 +1,5 @@
 """What compiling the rigid model's motions costs and saves in training: the optimize stage's own clock on a real
-object scene, per way of computing them, side by side in one run.
+object scene, per way of computing them, one after another in one run.
 
     python -m bench.rigid_fused_bench [--variants eager tables all] [--steps 3000] [--seed 0] [--json NAME]
 
@@ -15,7 +15,7 @@ per variant, as on a fresh host). From the trainer's ``log.csv`` (training secon
 checkpoints excluded): the seconds at every 500 steps, so that the first window shows the compilation and the
 later ones the cost per step; and the dynamo recompilations logged. Needs CUDA for the compiled variants to differ
 (the fusion is a GPU-only path). Writes ``bench/results/rigid_fused_<device>.json`` (or ``--json``), prints a
-table.
+table. Exits 1 when a variant's run failed (its row keeps the return code).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def cli(*args: str) -> list[str]:
 
 def seconds_at(log_csv: Path, window: int) -> dict[int, float]:
     """Training seconds after every ``window`` steps (and at the last step) from a trainer's log.csv."""
-    rows = list(csv.DictReader(open(log_csv)))
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
     seconds = {int(r["step"]) + 1: float(r["seconds"]) for r in rows}       # steps done -> training seconds
     last = max(seconds)
     return {steps: round(value, 2) for steps, value in sorted(seconds.items()) if steps % window == 0 or steps == last}
@@ -61,16 +62,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="")
     parser.add_argument("--workdir", type=Path, default=None, help="scene and runs (default: a temporary folder)")
     args = parser.parse_args(argv)
-    device = environment()["device_type"]
+    where = environment()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rigid-fused-"))
     scene = work / f"object-s{args.seed}"
     if not (scene / "transforms_train.json").is_file():
         subprocess.run(cli("make-scene", "object", "--out", str(scene), "--seed", str(args.seed), "--frames", "50",
                            "--test-views", "20"), check=True, cwd=REPO)
-    record = {"benchmark": "rigid_fused", "environment": environment(), "about": __doc__.split("\n\n")[0],
+    record = {"benchmark": "rigid_fused", "environment": where, "about": __doc__.split("\n\n")[0],
               "setting": {"scene": f"make-scene object --seed {args.seed} --frames 50 --test-views 20",
                           "steps": args.steps, "window": WINDOW}, "rows": []}
-    out = RESULTS / (args.json or f"rigid_fused_{device}.json")
+    out = RESULTS / (args.json or f"rigid_fused_{where['device_type']}.json")
     for name in args.variants:
         run = work / f"run-{name}"
         shutil.rmtree(run, ignore_errors=True)
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
         print(f"{row['variant']:8s} {first:18.1f} {'/'.join(f'{x:g}' for x in row['ms_per_step_by_window']):>28s} "
               f"{max(at.values(), default=float('nan')):8.1f} {row['recompilations']:10d}")
     print(f"wrote {out}")
-    return 0
+    return 1 if any(row["returncode"] != 0 for row in record["rows"]) else 0
 
 
 if __name__ == "__main__":

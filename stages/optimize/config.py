@@ -192,9 +192,10 @@ class OptimizeConfig:
                                       "Same values as eager up to float rounding. Off: eager.")
     rigid_fused_all: bool = option(False, "With `rigid_fused_tables`: also compile the visible Gaussians' whole "
                                    "displacement and the motion regulariser. About 40 % less time per step on an "
-                                   "H200 (14 against 24 ms, object scene, rigid), about a minute more compilation "
-                                   "on a fresh host: a loss for the dnerf preset's 8000 steps there, a gain for "
-                                   "longer runs (docs/gaussians.md, thirty-third session).")
+                                   "H200 (14 against 21-27 ms, object scene, rigid), about a minute more "
+                                   "compilation on a fresh host: 29 s behind after 3000 steps, about level by the "
+                                   "dnerf preset's 8000 (projected, not measured), ahead in longer runs "
+                                   "(docs/gaussians.md, thirty-third session).")
     skip_invisible: bool = option(True, "Deform only the dynamic Gaussians whose opacity at the render time is at "
                                   "least 1/255: the rasterizer culls the others wherever they are, so renders and "
                                   "gradients are the same for less work (one host synchronisation per render). "
@@ -210,7 +211,8 @@ class OptimizeConfig:
     lean_adam: bool = option(True, "On CUDA, step Adam through stages.optimize.fused_adam.LeanFusedAdam: the same "
                              "fused kernels and updates, bit for bit, as torch.optim.Adam(fused=True), without its "
                              "per-group Python (the step is bound by the host); off: torch's (for comparison).")
-    compile_backend: str = option("inductor", "torch.compile backend for `compile` and `rigid_fused_tables` "
+    compile_backend: str = option("inductor", "torch.compile backend for `compile`, `rigid_fused_tables` and "
+                                  "`rigid_fused_all` "
                                   "('inductor'; the tests use 'aot_eager', which checks the traced graphs without "
                                   "generating code).")
     # --- bookkeeping ---

@@ -417,15 +417,17 @@ class RigidBases(SplineInTime):
         (:func:`rigid_tables`); with ``everything`` (``optimize.rigid_fused_all``) also the whole displacement of
         training's visible subset (:func:`rigid_moved`: the tables of its distinct anchor times, each Gaussian's row
         gathered and blended) and the motion regulariser's second differences (:func:`rigid_second_difference`),
-        which take about 40 % less time per step on an H200 and about a minute more of compilation on a fresh host.
+        which take about 40 % less time per step on an H200 and about a minute more of compilation on a fresh host
+        (about level by 8000 steps, docs/gaussians.md).
         Sizes (Gaussians, distinct anchor times) change from step to step, so each graph becomes dynamic in them at
         the second size (:func:`compile_function`)."""
         from stages.optimize.model import compile_function
 
-        fuse = functools.partial(compile_function, backend=backend, way_out="optimize.rigid_fused_tables=false")
-        self._fused_tables = fuse(rigid_tables)
-        self._fused_moved = fuse(rigid_moved) if everything else None
-        self._fused_second = fuse(rigid_second_difference) if everything else None
+        fuse = functools.partial(compile_function, backend=backend)
+        self._fused_tables = fuse(rigid_tables, way_out="optimize.rigid_fused_tables=false")
+        self._fused_moved, self._fused_second = (
+            (fuse(rigid_moved, way_out="optimize.rigid_fused_all=false"),
+             fuse(rigid_second_difference, way_out="optimize.rigid_fused_all=false")) if everything else (None, None))
 
     @staticmethod
     def blend(means: torch.Tensor, table: torch.Tensor, groups: AnchorGroups | None,

@@ -304,9 +304,12 @@ def test_rigid_displacement_traces_without_graph_breaks_under_compile(rng):
     # optimize.compile traces the deformed state with the cache off and a tensor time: the rigid model must then
     # neither call torch.unique (untraceable) nor its own compiled tables (a nested compile), or the graph breaks.
     model, means, anchors, coefs = _moving_rigid_bases(rng, count=3, knots=7, gaussians=20, anchor_times=4)
-    model.fuse_tables("aot_eager")
+    model.fuse_tables("aot_eager", everything=True)     # all three compiled functions in place (rigid_fused_all)
     when = torch.tensor(0.4, dtype=torch.float64)
     explained = torch._dynamo.explain(lambda x, t: model.displacement(x, t, anchors, coefs, False))(means, when)
+    assert explained.graph_break_count == 0
+    times = torch.full((20,), 0.5, dtype=torch.float64)
+    explained = torch._dynamo.explain(lambda x, t: model.second_difference(x, t, 0.05, coefs))(means, times)
     assert explained.graph_break_count == 0
     torch.testing.assert_close(model.displacement(means, when, anchors, coefs, False),
                                model.displacement(means, 0.4, anchors, coefs))
