@@ -1,0 +1,80 @@
+"""bench/oracle_motion.py: the scene's true motion carries surface points of one frame onto the moving silhouettes of
+another (checked in that frame's camera against its ground-truth dynamic mask), and the rotation conversion is the
+inverse of the model's quaternion_matrix."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from bench.oracle_motion import OracleMotion, rotation_to_quaternion
+from pipeline.scene import load_scene
+from pipeline.scene.config import SceneConfig
+from pipeline.synthetic.writer import ObjectSceneOptions, make_object_scene
+from stages.optimize.deformation import quaternion_matrix
+
+
+def test_rotation_to_quaternion_inverts_quaternion_matrix(rng):
+    q = torch.nn.functional.normalize(torch.tensor(rng.normal(size=(64, 4))), dim=-1)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    torch.testing.assert_close(rotation_to_quaternion(quaternion_matrix(q)), q)
+
+
+def on_moving_silhouette(points: np.ndarray, frame) -> float:
+    """Share of points (N, 3) that project into frame's ground-truth dynamic mask, grown by one pixel (a point on a
+    part's outline may fall on the pixel beside it)."""
+    mask = ndimage.binary_dilation(np.asarray(frame.load_dynamic_mask(), bool), np.ones((3, 3), bool))
+    world_to_camera, K = frame.camera.world_to_camera, frame.camera.K
+    camera = points @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]
+    pixels = np.floor((camera @ K.T)[:, :2] / camera[:, 2:]).astype(int)
+    inside = (pixels[:, 0] >= 0) & (pixels[:, 0] < mask.shape[1]) & (pixels[:, 1] >= 0) & (pixels[:, 1] < mask.shape[0])
+    assert inside.all() and (camera[:, 2] > 0).all()
+    return float(mask[pixels[:, 1], pixels[:, 0]].mean())
+
+
+def test_true_motion_carries_points_onto_the_moving_parts(tmp_path):
+    out = make_object_scene(tmp_path / "object", 3, ObjectSceneOptions(frames=6, resolution=48, test_views=1,
+                                                                       val_views=0, supersample=1))
+    scene = load_scene(SceneConfig(source=str(out)))
+    frames = sorted((f for f in scene.frames if f.split == "train"), key=lambda f: f.time)
+    points = np.load(out / "ground_truth" / "points.npz")
+    motion = OracleMotion(str(out))
+    for a, b in ((0, 3), (1, 5), (2, 3)):
+        seen = (np.abs(points["time"] - frames[a].time) < 1e-4) & points["is_dynamic"]
+        means = torch.tensor(points["xyz"][seen])
+        count = len(means)
+        anchors = torch.full((count,), frames[a].time)
+        coefs = {"oracle_slot": torch.tensor(points["slot"][seen], dtype=torch.float32),
+                 "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(count, 1), "anchor_times": anchors}
+        moved = means + motion.displacement(means, torch.tensor(frames[b].time), anchors, coefs)[:, :3]
+        assert count > 100
+        carried, left = on_moving_silhouette(moved.numpy(), frames[b]), on_moving_silhouette(means.numpy(), frames[b])
+        assert carried >= 0.99 and left < carried - 0.05, (a, b, carried, left)
+    at_anchor = motion.displacement(means, anchors, anchors, coefs)
+    assert at_anchor.abs().max() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_motion_error_of_a_model_that_has_not_moved_equals_leaving_it_still(tmp_path):
+    # A bases model straight from its initialization (zero coefficients: no motion) on the scene's own surface
+    # points: motion_error must find its Gaussians exactly where "left still" puts them, and both well away from the
+    # true positions (the scene moves).
+    from bench.oracle_motion import motion_error
+    from stages.optimize.config import OptimizeConfig
+    from stages.optimize.trainer import InitialGaussians, build_model
+
+    out = make_object_scene(tmp_path / "object", 5, ObjectSceneOptions(frames=6, resolution=48, test_views=1,
+                                                                       val_views=0, supersample=1))
+    points = np.load(out / "ground_truth" / "points.npz")
+    count = len(points["xyz"])
+    initial = InitialGaussians(means=points["xyz"].astype(np.float64), sh=np.zeros((count, 1, 3)),
+                               opacity_logits=np.zeros(count), log_scales=np.full((count, 3), -4.0),
+                               quats=np.tile([1.0, 0.0, 0.0, 0.0], (count, 1)), is_dynamic=points["is_dynamic"],
+                               anchor_times=points["time"].astype(np.float64))
+    model = build_model(OptimizeConfig(deformation="bases", sh_degree=0), initial, 0.2, 6, torch.device("cpu"))
+    (tmp_path / "run" / "optimize").mkdir(parents=True)
+    model.save(tmp_path / "run" / "optimize" / "model.pt")
+    errors = motion_error(tmp_path / "run", out, gaps=(1, 2))
+    assert errors["gaussians"] == int(points["is_dynamic"].sum()) > 100
+    assert errors["learned_median"] == pytest.approx(errors["still_median"], abs=1e-6)
+    assert errors["learned_p90"] == pytest.approx(errors["still_p90"], abs=1e-6)
+    assert min(errors["still_median"]) > 0.005 and errors["still_p90"][1] > errors["still_p90"][0]
