@@ -37,7 +37,8 @@ from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state
 from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_loss, coherence_loss, depth_loss,
-                                    opacity_loss, photometric_loss, psnr_from_mse, residual_loss, rigidity_loss)
+                                    opacity_loss, photometric_loss, psnr_from_mse, residual_loss, rigidity_loss,
+                                    silhouette_loss)
 from stages.optimize.model import (GaussianModel4D, accelerations, compile_function, gaussian_count,
                                    is_device_error, short_reason)
 
@@ -656,6 +657,41 @@ def coherence_groups(model: GaussianModel4D, time: float, samples: int, k: int, 
     return group, torch.cat(distance)
 
 
+def outside_distance(alpha: torch.Tensor) -> torch.Tensor:
+    """(H, W) distance in pixels from each pixel to the nearest pixel of the object mask alpha > 0.5 (alpha (H, W));
+    0 inside. Everything outside when the mask is empty (the distances are then 0 too: no pull)."""
+    from scipy import ndimage
+
+    inside = alpha.detach().cpu().numpy() > 0.5
+    if not inside.any():
+        return torch.zeros_like(alpha)
+    return torch.as_tensor(ndimage.distance_transform_edt(~inside), dtype=alpha.dtype, device=alpha.device)
+
+
+def silhouette_penalty(model: GaussianModel4D, time: float, world_to_camera: torch.Tensor, K: torch.Tensor,
+                       outside: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+    """:func:`silhouette_loss` of up to ``samples`` dynamic Gaussians drawn from those within two temporal widths of
+    ``time`` (all dynamic ones without temporal opacity), carried to it, weighted by their opacity at ``time``
+    (detached: the term moves Gaussians, it does not fade them). world_to_camera (4, 4) OpenCV, K (3, 3); outside
+    (H, W) from :func:`outside_distance`. One host synchronisation (the set's size)."""
+    splats = model.splats
+    index = model.dynamic_index()
+    if model.temporal_opacity:
+        z = (time - splats["time_centers"][index]) / torch.exp(splats["time_log_scales"][index])
+        index = index[z.abs() <= 2.0]                                                   # (V,): one sync
+    if index.numel() == 0:
+        return outside.new_zeros(())
+    pick = random_rows(index, samples, generator)                                       # (M,)
+    with torch.no_grad():
+        weights = torch.sigmoid(splats["opacities"][pick])
+        if model.temporal_opacity:
+            z = (time - splats["time_centers"][pick]) / torch.exp(splats["time_log_scales"][pick])
+            weights = weights * torch.exp(-0.5 * z.square())
+    positions = model.positions_at_time(time, pick)                                     # (M, 3) world
+    camera = positions @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]            # (M, 3)
+    return silhouette_loss(camera, K, outside, weights)
+
+
 def coherence_penalty(model: GaussianModel4D, group: torch.Tensor, distance: torch.Tensor, time: float,
                       other_time: float) -> torch.Tensor:
     """:func:`coherence_loss` of the Gaussians ``group`` (M, 1 + k) from :func:`coherence_groups`, their velocities
@@ -779,6 +815,8 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     n_dynamic_model = model.deformation is not None
     use_rigidity = n_dynamic_model and cfg.rigidity_lambda > 0
     use_coherence = n_dynamic_model and cfg.coherence_lambda > 0
+    use_silhouette = n_dynamic_model and cfg.silhouette_lambda > 0
+    outside_by_view: dict[int, torch.Tensor] = {}     # silhouette loss: each RGBA view's distance map, made once
     use_residual = n_dynamic_model and cfg.residual_lambda > 0 and isinstance(model.deformation, FieldWithBases)
     neighbors: Optional[torch.Tensor] = None      # (N, k) same-slice neighbours, recomputed when the rows change
     zero = torch.zeros((), device=device)     # the value of a loss term that is off (made once, not per step)
@@ -837,6 +875,11 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 loss = loss + cfg.depth_lambda * d_loss
             if cfg.alpha_lambda > 0 and alpha is not None:
                 loss = loss + cfg.alpha_lambda * alpha_loss(alphas[0, ..., 0], alpha)
+            if use_silhouette and alpha is not None and model.deform_enabled:
+                if index not in outside_by_view:
+                    outside_by_view[index] = outside_distance(alpha)
+                loss = loss + cfg.silhouette_lambda * silhouette_penalty(
+                    model, float(render_time), viewmat, view.K, outside_by_view[index], 4096, generator)
             losses.append(loss)
             with torch.no_grad():       # for the log: l1, ssim, depth, mean squared error (-> PSNR at the flush)
                 view_terms.append([l1, ssim_value, d_loss, (rgb - target).square().mean()])

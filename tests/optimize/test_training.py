@@ -393,6 +393,46 @@ def test_the_mask_loss_is_the_mean_alpha_error_and_lowers_it_on_the_training_vie
     assert float(losses[2.0][0]["loss"]) > float(losses[0.0][0]["loss"]) + 1e-4
 
 
+def test_the_silhouette_loss_by_hand_and_it_pulls_moving_gaussians_into_the_masks(tiny, tmp_path):
+    from stages.optimize.losses import silhouette_loss
+    from stages.optimize.trainer import outside_distance, silhouette_penalty
+
+    # A 10 x 5 view whose mask is its first three columns: the distance outside is c - 2 at column c. With K = I a
+    # point (x, y, 1) lands on pixel coordinates (x, y); pixel centres sit at c + 0.5.
+    alpha = torch.zeros(5, 10, dtype=torch.float64)
+    alpha[:, :3] = 1.0
+    outside = outside_distance(alpha)
+    assert torch.equal(outside[2], torch.tensor([0, 0, 0, 1, 2, 3, 4, 5, 6, 7], dtype=torch.float64))
+    points = torch.tensor([[6.5, 2.5, 1.0], [1.5, 2.5, 1.0], [6.5, 2.5, -1.0]], dtype=torch.float64,
+                          requires_grad=True)
+    value = silhouette_loss(points, torch.eye(3, dtype=torch.float64), outside, torch.ones(3, dtype=torch.float64))
+    value.backward()
+    assert float(value.detach()) == pytest.approx(0.4**2 / 2)     # 4 px = 0.4 widths; the point behind is left out
+    # d/dx of (d / 10)^2 / 2 at d = 4, dd/dx = 1; nothing along y (the distance is constant along columns); the
+    # point inside the mask and the one behind the camera get no gradient.
+    assert points.grad[0, 0] == pytest.approx(0.04) and points.grad[0, 1] == pytest.approx(0.0, abs=1e-12)
+    assert torch.equal(points.grad[1:], torch.zeros(2, 3, dtype=torch.float64))
+
+    # Trained with the term (same seed, views and backgrounds as without it), the dynamic Gaussians sit closer to
+    # the training views' masks at the views' times.
+    files, scene = tiny
+    cameras, _ = read_cameras(files.geometry / "geometry/cameras.json")
+    measured = {}
+    for weight in (0.0, 20.0):
+        cfg = small_config(iterations=30, densify=False, rigidity_lambda=0.0, silhouette_lambda=weight,
+                           background="random")
+        data, initial = _inputs(files, scene, cfg)
+        model = train(cfg, data, initial, tmp_path / f"w{weight}", seed=0).model
+        with torch.no_grad():
+            measured[weight] = float(np.mean([
+                float(silhouette_penalty(model, cam.time, torch.as_tensor(cam.world_to_camera).float(),
+                                         torch.as_tensor(cam.K).float(),
+                                         outside_distance(torch.from_numpy(scene.alpha(scene.frame(cam.name))).float()),
+                                         10**6, torch.Generator().manual_seed(0)))
+                for cam in cameras if cam.split == "train"]))
+    assert measured[20.0] < 0.9 * measured[0.0], measured
+
+
 @pytest.mark.parametrize("kind", ["mlp", "planes"])
 def test_field_latent_codes_train_follow_densification_and_load_back(tiny, tmp_path, kind):
     """``field_embedding`` E: every Gaussian has a code (N, E) that starts at zero, is trained at its own rate (a
