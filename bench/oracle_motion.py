@@ -118,8 +118,10 @@ def primitive_slots(means: np.ndarray, anchors: np.ndarray, dynamic: np.ndarray,
     for time in np.unique(anchors[dynamic]):
         here = dynamic & (np.abs(anchors - time) < 1e-6)
         near = (np.abs(points["time"] - time) < 1e-4) & points["is_dynamic"]
-        if near.any():
-            slots[here] = points["slot"][near][cKDTree(points["xyz"][near]).query(means[here])[1]]
+        if not near.any():
+            raise SystemExit(f"{scene_dir}: no moving ground-truth point at time {time:.6f}, where "
+                             f"{int(here.sum())} dynamic Gaussians are anchored")
+        slots[here] = points["slot"][near][cKDTree(points["xyz"][near]).query(means[here])[1]]
     return slots
 
 
@@ -138,7 +140,8 @@ MOTION_GAPS = (1, 3, 6)            # frame gaps at which motion_error compares t
 @torch.no_grad()
 def motion_error(run_dir: Path, scene_dir: Path, gaps=MOTION_GAPS, min_opacity: float = 0.05) -> dict:
     """How far a trained model's dynamic Gaussians are from where the true motion puts them, ``gaps`` training-frame
-    gaps before and after their anchor times (times clamped to [0, 1]): the median and 90th-percentile distance in
+    gaps before and after their anchor times (those times that fall outside [0, 1] left out): the median and
+    90th-percentile distance in
     world units over the dynamic Gaussians whose opacity is at least ``min_opacity``, beside the same for Gaussians
     left where they were (no motion) and the median distance of those Gaussians from their centroid (the moving
     object's size)."""
@@ -159,14 +162,17 @@ def motion_error(run_dir: Path, scene_dir: Path, gaps=MOTION_GAPS, min_opacity: 
     for k in gaps:
         learned, still = [], []
         for sign in (-1, 1):
-            when = (anchors + sign * k * gap).clamp(0, 1)                                               # (M,)
-            true = means + truth.displacement(means, when, anchors, coefs)[:, :3]
-            ours = torch.empty_like(means)
-            for value in torch.unique(when):                   # positions_at_time takes one time per call
-                rows_at = torch.nonzero(when == value).squeeze(1)
-                ours[rows_at] = model.positions_at_time(float(value), chosen[rows_at])
+            when = anchors + sign * k * gap                                                             # (M,)
+            inside = (when >= 0) & (when <= 1)
+            kept = torch.nonzero(inside).squeeze(1)
+            part = {key: value[kept] for key, value in coefs.items()}
+            true = means[kept] + truth.displacement(means[kept], when[kept], anchors[kept], part)[:, :3]
+            ours = torch.empty_like(true)
+            for value in torch.unique(when[kept]):             # positions_at_time takes one time per call
+                at = torch.nonzero(when[kept] == value).squeeze(1)
+                ours[at] = model.positions_at_time(float(value), chosen[kept[at]])
             learned.append((ours - true).norm(dim=-1))
-            still.append((means - true).norm(dim=-1))
+            still.append((means[kept] - true).norm(dim=-1))
         for name, values in (("learned", torch.cat(learned)), ("still", torch.cat(still))):
             rows[f"{name}_median"].append(float(values.median()))
             rows[f"{name}_p90"].append(float(torch.quantile(values.double(), 0.9)))
@@ -188,8 +194,9 @@ def reconstruct(scene_dir: Path, run_dir: Path, overrides: list[str]) -> dict:
             "optimize": manifest.get("stages", {}).get("optimize", {}).get("summary")}
 
 
-def use_true_motion(scene_dir: Path) -> None:
-    """Patch the scene's true motion into this process's optimize stage (training, saving and loading)."""
+def use_true_motion(scene_dir: Path, patch=setattr) -> None:
+    """Patch the scene's true motion into this process's optimize stage (training, saving and loading); ``patch``
+    (object, name, value) sets each attribute (pytest's ``monkeypatch.setattr`` undoes them after a test)."""
     import stages.optimize.model as model_module
     import stages.optimize.trainer as trainer
 
@@ -200,18 +207,20 @@ def use_true_motion(scene_dir: Path) -> None:
             return OracleMotion(spec["scene_dir"])
         return build(spec, box)
 
-    model_module.build_deformation = trainer.build_deformation = build_deformation
-    trainer.deformation_spec_from_config = lambda cfg, n_times: {"kind": "oracle", "scene_dir": str(scene_dir)}
-    build_model = trainer.build_model
+    build_model, rates = trainer.build_model, trainer.splat_learning_rates
 
     def build_model_with_slots(*args, **kwargs):
         model = build_model(*args, **kwargs)
         assign_slots(model, scene_dir)
         return model
 
-    trainer.build_model = build_model_with_slots
-    rates = trainer.splat_learning_rates
-    trainer.splat_learning_rates = lambda cfg, scale: {**rates(cfg, scale), "oracle_slot": 0.0}   # not learned
+    patch(model_module, "build_deformation", build_deformation)
+    patch(trainer, "build_deformation", build_deformation)
+    patch(trainer, "deformation_spec_from_config",
+          lambda cfg, n_times: {"kind": "oracle", "scene_dir": str(scene_dir)})
+    patch(trainer, "build_model", build_model_with_slots)
+    patch(trainer, "splat_learning_rates",
+          lambda cfg, scale: {**rates(cfg, scale), "oracle_slot": 0.0})                 # the slots are not learned
 
 
 def main(argv=None) -> int:

@@ -123,8 +123,9 @@ class OptimizeConfig:
     silhouette_lambda: float = option(0.0, "Weight of the silhouette loss on RGBA scenes: up to 4096 dynamic "
                                       "Gaussians drawn from those within two temporal widths of the render time, "
                                       "carried to it, pay their squared distance (in image widths) outside the "
-                                      "view's object mask, weighted by their opacity there - a pull on the motion "
-                                      "from anywhere, where the photometric loss pulls only within a Gaussian's "
+                                      "view's object mask, weighted by their opacity there - a pull on the moving "
+                                      "Gaussians from anywhere (off the image too), where the photometric loss "
+                                      "pulls only within a Gaussian's "
                                       "footprint. Views without alpha skip it. Experimental (thirty-third session; "
                                       "docs/gaussians.md). Not a column of log.csv.")
     drop_rate: float = option(0.0, "Largest fraction of Gaussians left out of each training render "

@@ -213,17 +213,20 @@ def silhouette_loss(points_camera: torch.Tensor, K: torch.Tensor, outside: torch
     """Silhouette loss: how far moving points project outside a view's object mask. points_camera (M, 3) in the
     view's camera frame (OpenCV, z forward); K (3, 3) in pixels; outside (H, W) the distance in pixels from each
     pixel centre to the nearest pixel inside the mask (0 inside, a Euclidean distance transform); weights (M,) >= 0.
-    Each point's distance is read at its projection (bilinear, pixel centres at integer + 0.5, clamped at the
-    border) in image widths and squared; the loss is their weighted mean. Points less than 1e-3 in front of the
-    camera are left out. Unlike the photometric loss, whose pull on a misplaced point vanishes beyond its own
-    footprint, the distance keeps pulling it towards the nearest part of the object from anywhere."""
+    Each point's distance is read at its projection (bilinear, pixel centres at integer + 0.5), a projection off
+    the image at the nearest point of the image plus its distance from there; in image widths, squared; the loss
+    is their weighted mean. Points less than 1e-3 in front of the camera are left out. Unlike the photometric
+    loss, whose pull on a misplaced point vanishes beyond its own footprint, the distance keeps pulling it towards
+    the nearest part of the object from anywhere."""
     height, width = outside.shape
     depth = points_camera[:, 2]
     ahead = depth > 1e-3
     pixels = (points_camera @ K.T)[:, :2] / depth.clamp_min(1e-3)[:, None]                     # (M, 2) x, y
-    grid = torch.stack([pixels[:, 0] / width, pixels[:, 1] / height], dim=-1) * 2 - 1           # (M, 2) in [-1, 1]
+    on_image = torch.stack([pixels[:, 0].clamp(0, width), pixels[:, 1].clamp(0, height)], dim=-1)
+    beyond = (pixels - on_image).norm(dim=-1)                                                   # (M,) pixels
+    grid = torch.stack([on_image[:, 0] / width, on_image[:, 1] / height], dim=-1) * 2 - 1      # (M, 2) in [-1, 1]
     distance = F.grid_sample(outside[None, None].to(grid.dtype), grid[None, None], mode="bilinear",
-                             padding_mode="border", align_corners=False)[0, 0, 0]              # (M,) pixels
+                             padding_mode="border", align_corners=False)[0, 0, 0] + beyond     # (M,) pixels
     weights = weights * ahead
     return (weights * (distance / width).square()).sum() / weights.sum().clamp_min(1e-12)
 

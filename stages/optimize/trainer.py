@@ -876,10 +876,13 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             if cfg.alpha_lambda > 0 and alpha is not None:
                 loss = loss + cfg.alpha_lambda * alpha_loss(alphas[0, ..., 0], alpha)
             if use_silhouette and alpha is not None and model.deform_enabled:
-                if index not in outside_by_view:
-                    outside_by_view[index] = outside_distance(alpha)
-                loss = loss + cfg.silhouette_lambda * silhouette_penalty(
-                    model, float(render_time), viewmat, view.K, outside_by_view[index], 4096, generator)
+                outside = outside_by_view.get(index)
+                if outside is None:
+                    outside = outside_distance(alpha).half()   # kept (half precision) unless decoded at each use
+                    if view.image is not None:
+                        outside_by_view[index] = outside
+                loss = loss + cfg.silhouette_lambda * silhouette_penalty(      # moves Gaussians, not the cameras
+                    model, float(render_time), viewmat.detach(), view.K, outside.float(), 4096, generator)
             losses.append(loss)
             with torch.no_grad():       # for the log: l1, ssim, depth, mean squared error (-> PSNR at the flush)
                 view_terms.append([l1, ssim_value, d_loss, (rgb - target).square().mean()])

@@ -54,13 +54,15 @@ def test_true_motion_carries_points_onto_the_moving_parts(tmp_path):
     assert at_anchor.abs().max() == pytest.approx(0.0, abs=1e-5)
 
 
-def test_motion_error_of_a_model_that_has_not_moved_equals_leaving_it_still(tmp_path):
+def test_motion_error_is_that_of_leaving_still_for_no_motion_and_zero_for_the_true_one(tmp_path, monkeypatch):
     # A bases model straight from its initialization (zero coefficients: no motion) on the scene's own surface
     # points: motion_error must find its Gaussians exactly where "left still" puts them, and both well away from the
-    # true positions (the scene moves).
-    from bench.oracle_motion import motion_error
+    # true positions (the scene moves). The same Gaussians moved by the true motion (the model that the
+    # true-motion run trains) must be found where the truth puts them.
+    from bench.oracle_motion import motion_error, use_true_motion
+    import stages.optimize.trainer as trainer
     from stages.optimize.config import OptimizeConfig
-    from stages.optimize.trainer import InitialGaussians, build_model
+    from stages.optimize.trainer import InitialGaussians
 
     out = make_object_scene(tmp_path / "object", 5, ObjectSceneOptions(frames=6, resolution=48, test_views=1,
                                                                        val_views=0, supersample=1))
@@ -70,11 +72,19 @@ def test_motion_error_of_a_model_that_has_not_moved_equals_leaving_it_still(tmp_
                                opacity_logits=np.zeros(count), log_scales=np.full((count, 3), -4.0),
                                quats=np.tile([1.0, 0.0, 0.0, 0.0], (count, 1)), is_dynamic=points["is_dynamic"],
                                anchor_times=points["time"].astype(np.float64))
-    model = build_model(OptimizeConfig(deformation="bases", sh_degree=0), initial, 0.2, 6, torch.device("cpu"))
-    (tmp_path / "run" / "optimize").mkdir(parents=True)
-    model.save(tmp_path / "run" / "optimize" / "model.pt")
-    errors = motion_error(tmp_path / "run", out, gaps=(1, 2))
+    cfg = OptimizeConfig(deformation="bases", sh_degree=0)
+    model = trainer.build_model(cfg, initial, 0.2, 6, torch.device("cpu"))
+    (tmp_path / "still" / "optimize").mkdir(parents=True)
+    model.save(tmp_path / "still" / "optimize" / "model.pt")
+    errors = motion_error(tmp_path / "still", out, gaps=(1, 2))
     assert errors["gaussians"] == int(points["is_dynamic"].sum()) > 100
     assert errors["learned_median"] == pytest.approx(errors["still_median"], abs=1e-6)
     assert errors["learned_p90"] == pytest.approx(errors["still_p90"], abs=1e-6)
     assert min(errors["still_median"]) > 0.005 and errors["still_p90"][1] > errors["still_p90"][0]
+
+    use_true_motion(out, monkeypatch.setattr)
+    moving = trainer.build_model(cfg, initial, 0.2, 6, torch.device("cpu"))
+    (tmp_path / "true" / "optimize").mkdir(parents=True)
+    moving.save(tmp_path / "true" / "optimize" / "model.pt")
+    errors = motion_error(tmp_path / "true", out, gaps=(1, 2))
+    assert max(errors["learned_p90"]) < 1e-5 and min(errors["still_median"]) > 0.005

@@ -412,6 +412,13 @@ def test_the_silhouette_loss_by_hand_and_it_pulls_moving_gaussians_into_the_mask
     # point inside the mask and the one behind the camera get no gradient.
     assert points.grad[0, 0] == pytest.approx(0.04) and points.grad[0, 1] == pytest.approx(0.0, abs=1e-12)
     assert torch.equal(points.grad[1:], torch.zeros(2, 3, dtype=torch.float64))
+    # Off the image: the distance at the nearest point of the image plus the way there, and a pull back. x = 12.5
+    # is 2.5 px right of the image, whose right edge reads column 9's 7 px: 9.5 px; x = -5 is 5 px left of the mask.
+    for x, expected, sign in ((12.5, 0.95**2, 1.0), (-5.0, 0.5**2, -1.0)):
+        point = torch.tensor([[x, 2.5, 1.0]], dtype=torch.float64, requires_grad=True)
+        value = silhouette_loss(point, torch.eye(3, dtype=torch.float64), outside, torch.ones(1, dtype=torch.float64))
+        value.backward()
+        assert float(value.detach()) == pytest.approx(expected) and float(point.grad[0, 0]) * sign > 0
 
     # Trained with the term (same seed, views and backgrounds as without it), the dynamic Gaussians sit closer to
     # the training views' masks at the views' times.
