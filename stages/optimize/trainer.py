@@ -627,6 +627,18 @@ def random_rows(index: torch.Tensor, limit: int, generator: torch.Generator) -> 
 
 
 @torch.no_grad()
+def dynamic_near_time(model: GaussianModel4D, time: float) -> torch.Tensor:
+    """Model rows (V,) of the dynamic Gaussians within two temporal widths of ``time`` (all dynamic ones without
+    temporal opacity). One host synchronisation (the count)."""
+    splats = model.splats
+    index = model.dynamic_index()
+    if model.temporal_opacity:
+        z = (time - splats["time_centers"][index]) / torch.exp(splats["time_log_scales"][index])
+        index = index[z.abs() <= 2.0]
+    return index
+
+
+@torch.no_grad()
 def coherence_groups(model: GaussianModel4D, time: float, samples: int, k: int, generator: torch.Generator,
                      chunk: int = 512) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """Who the motion-coherence regulariser compares at ``time``: up to ``samples`` dynamic Gaussians drawn from
@@ -635,11 +647,7 @@ def coherence_groups(model: GaussianModel4D, time: float, samples: int, k: int, 
     (M, 1 + k) int64 model rows, the sampled one first; distance (M, k) to each neighbour, world units), or None
     when there are k or fewer. One host synchronisation (the set's size); the distances in chunks of ``chunk``
     rows, so that memory stays at chunk x the set's size."""
-    splats = model.splats
-    index = model.dynamic_index()
-    if model.temporal_opacity:
-        z = (time - splats["time_centers"][index]) / torch.exp(splats["time_log_scales"][index])
-        index = index[z.abs() <= 2.0]                                                   # (V,): one sync
+    index = dynamic_near_time(model, time)                                             # (V,): one sync
     count = index.numel()
     if count <= k:
         return None
@@ -675,10 +683,7 @@ def silhouette_penalty(model: GaussianModel4D, time: float, world_to_camera: tor
     (detached: the term moves Gaussians, it does not fade them). world_to_camera (4, 4) OpenCV, K (3, 3); outside
     (H, W) from :func:`outside_distance`. One host synchronisation (the set's size)."""
     splats = model.splats
-    index = model.dynamic_index()
-    if model.temporal_opacity:
-        z = (time - splats["time_centers"][index]) / torch.exp(splats["time_log_scales"][index])
-        index = index[z.abs() <= 2.0]                                                   # (V,): one sync
+    index = dynamic_near_time(model, time)                                             # (V,): one sync
     if index.numel() == 0:
         return outside.new_zeros(())
     pick = random_rows(index, samples, generator)                                       # (M,)
