@@ -19,7 +19,8 @@ From its run folder: ``manifest.json`` (per stage: wall time, peak resident memo
 ``metrics.json`` (PSNR / SSIM / LPIPS on the held-out views, geometry errors where ground truth exists, timings).
 The JSON is rewritten after every run; a later invocation with the same suite skips the runs already recorded
 (``--fresh`` starts over), so a suite cut short by a time limit continues where it stopped. Scenes and run folders
-live in ``--workdir`` (default /tmp/page4dgs-e2e/SUITE); finished run folders are deleted unless ``--keep``.
+live in ``--workdir`` (default /tmp/page4dgs-e2e/NAME, one per result name); finished run folders are deleted
+unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -234,7 +235,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="lady-running: the clip's folder (default $PAGE4DGS_LADY_RUNNING or ../shared/data/...)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="the runs' device= override (auto: CUDA where available)")
-    parser.add_argument("--workdir", type=Path, help="scenes and run folders (default /tmp/page4dgs-e2e/SUITE)")
+    parser.add_argument("--workdir", type=Path, help="scenes and run folders (default "
+                        "/tmp/page4dgs-e2e/NAME, NAME as --name)")
     parser.add_argument("--name", help="result name (default e2e_SUITE): bench/results/NAME.json")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per reconstruction (default: none)")
     parser.add_argument("--fresh", action="store_true", help="forget the runs already recorded in the results file")
@@ -261,8 +263,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if importlib.util.find_spec("imageio_ffmpeg") is None and not any(o.startswith("render.video") for o in extra):
         extra.append("render.video_paths=[]")          # no ffmpeg binary on this host: test views only, no videos
         notes.append("imageio-ffmpeg is not installed here: render.video_paths=[] (no camera-path videos)")
-    workdir = args.workdir or Path("/tmp/page4dgs-e2e") / args.suite
-    out = RESULTS / f"{args.name or 'e2e_' + args.suite.replace('-', '_')}.json"
+    name = args.name or "e2e_" + args.suite.replace("-", "_")
+    # one folder per result name: calls side by side on one host (same scene, other overrides) do not share runs
+    workdir = args.workdir or Path("/tmp/page4dgs-e2e") / name
+    out = RESULTS / f"{name}.json"
     previous = json.loads(out.read_text()) if out.is_file() and not args.fresh else {}
     recorded = {r["id"]: r for r in previous.get("runs", []) if r.get("returncode") == 0}
     scenes: dict[str, dict] = previous.get("scenes", {}) if not args.fresh else {}

@@ -128,6 +128,10 @@ class OptimizeConfig:
                                       "pulls only within a Gaussian's "
                                       "footprint. Views without alpha skip it. Experimental (thirty-third session; "
                                       "docs/gaussians.md). Not a column of log.csv.")
+    silhouette_views: int = option(1, "Training views whose masks the silhouette loss reads per step: the step's "
+                                   "own view and silhouette_views - 1 others drawn at random, each at its own time "
+                                   "and camera (no render: a projection per view); the loss is their mean. More "
+                                   "views constrain more of the copies' motion per step.")
     drop_rate: float = option(0.0, "Largest fraction of Gaussians left out of each training render "
                               "(DropGaussian, a regulariser for Gaussians seen by few views): the fraction rises "
                               "linearly from 0 at step 0 to this at the last step, and the kept Gaussians' "

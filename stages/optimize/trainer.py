@@ -676,6 +676,17 @@ def outside_distance(alpha: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(ndimage.distance_transform_edt(~inside), dtype=alpha.dtype, device=alpha.device)
 
 
+def outside_map(cache: dict[int, torch.Tensor], index: int, view: TrainView, alpha: torch.Tensor) -> torch.Tensor:
+    """View ``index``'s :func:`outside_distance` map (H, W), half precision, from ``cache`` or made from its alpha
+    (H, W) and kept there (not for views decoded at each use, to keep their memory bound)."""
+    outside = cache.get(index)
+    if outside is None:
+        outside = outside_distance(alpha).half()
+        if view.image is not None:
+            cache[index] = outside
+    return outside
+
+
 def silhouette_penalty(model: GaussianModel4D, time: float, world_to_camera: torch.Tensor, K: torch.Tensor,
                        outside: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
     """:func:`silhouette_loss` of up to ``samples`` dynamic Gaussians drawn from those within two temporal widths of
@@ -881,13 +892,21 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             if cfg.alpha_lambda > 0 and alpha is not None:
                 loss = loss + cfg.alpha_lambda * alpha_loss(alphas[0, ..., 0], alpha)
             if use_silhouette and alpha is not None and model.deform_enabled:
-                outside = outside_by_view.get(index)
-                if outside is None:
-                    outside = outside_distance(alpha).half()   # kept (half precision) unless decoded at each use
-                    if view.image is not None:
-                        outside_by_view[index] = outside
-                loss = loss + cfg.silhouette_lambda * silhouette_penalty(      # moves Gaussians, not the cameras
-                    model, float(render_time), viewmat.detach(), view.K, outside.float(), 4096, generator)
+                # this view at its render time, then silhouette_views - 1 others at their own times; the cameras
+                # are detached: the term moves Gaussians, not the cameras
+                masks = [(render_time, viewmat, view.K, outside_map(outside_by_view, index, view, alpha))]
+                for other in torch.randint(len(views), (cfg.silhouette_views - 1,), generator=sampler.generator):
+                    other_view = views[int(other)]
+                    other_alpha = other_view.alpha if other_view.image is not None else other_view.load()[1]
+                    if other_alpha is None:
+                        continue
+                    other_viewmat = other_view.world_to_camera if cameras is None else refined_world_to_camera(
+                        other_view.world_to_camera, cameras[int(other)])
+                    masks.append((other_view.time, other_viewmat, other_view.K,
+                                  outside_map(outside_by_view, int(other), other_view, other_alpha.to(device))))
+                penalty = torch.stack([silhouette_penalty(model, float(t), w2c.detach(), K, outside.float(), 4096,
+                                                          generator) for t, w2c, K, outside in masks]).mean()
+                loss = loss + cfg.silhouette_lambda * penalty
             losses.append(loss)
             with torch.no_grad():       # for the log: l1, ssim, depth, mean squared error (-> PSNR at the flush)
                 view_terms.append([l1, ssim_value, d_loss, (rgb - target).square().mean()])

@@ -421,23 +421,23 @@ def test_the_silhouette_loss_by_hand_and_it_pulls_moving_gaussians_into_the_mask
         assert float(value.detach()) == pytest.approx(expected) and float(point.grad[0, 0]) * sign > 0
 
     # Trained with the term (same seed, views and backgrounds as without it), the dynamic Gaussians sit closer to
-    # the training views' masks at the views' times.
+    # the training views' masks at the views' times; also when each step reads three views' masks.
     files, scene = tiny
     cameras, _ = read_cameras(files.geometry / "geometry/cameras.json")
     measured = {}
-    for weight in (0.0, 20.0):
+    for weight, views in ((0.0, 1), (20.0, 1), (20.0, 3)):
         cfg = small_config(iterations=30, densify=False, rigidity_lambda=0.0, silhouette_lambda=weight,
-                           background="random")
+                           silhouette_views=views, background="random")
         data, initial = _inputs(files, scene, cfg)
-        model = train(cfg, data, initial, tmp_path / f"w{weight}", seed=0).model
+        model = train(cfg, data, initial, tmp_path / f"w{weight}v{views}", seed=0).model
         with torch.no_grad():
-            measured[weight] = float(np.mean([
+            measured[weight, views] = float(np.mean([
                 float(silhouette_penalty(model, cam.time, torch.as_tensor(cam.world_to_camera).float(),
                                          torch.as_tensor(cam.K).float(),
                                          outside_distance(torch.from_numpy(scene.alpha(scene.frame(cam.name))).float()),
                                          10**6, torch.Generator().manual_seed(0)))
                 for cam in cameras if cam.split == "train"]))
-    assert measured[20.0] < 0.9 * measured[0.0], measured
+    assert measured[20.0, 1] < 0.9 * measured[0.0, 1] and measured[20.0, 3] < 0.9 * measured[0.0, 1], measured
 
 
 @pytest.mark.parametrize("kind", ["mlp", "planes"])
