@@ -45,7 +45,9 @@ while IFS= read -r line || [ -n "$line" ]; do
   case " $line " in
     *" --workdir "*) ;;
     *) # only scripts that take one (e2e, optimize, geometry_ablation; not e.g. deformation)
-       if cat "bench/${args[0]}_bench.py" "bench/${args[0]}.py" 2>/dev/null | grep -q -- '"--workdir"'; then
+       # (grep -qs, not cat | grep: under pipefail cat's missing second file failed the test, and e2e lines
+       # side by side shared a work folder)
+       if grep -qs -- '"--workdir"' "bench/${args[0]}_bench.py" "bench/${args[0]}.py"; then
          args+=(--workdir "/tmp/parallel.$n")
        fi ;;
   esac
