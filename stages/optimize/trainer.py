@@ -676,15 +676,28 @@ def outside_distance(alpha: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(ndimage.distance_transform_edt(~inside), dtype=alpha.dtype, device=alpha.device)
 
 
-def outside_map(cache: dict[int, torch.Tensor], index: int, view: TrainView, alpha: torch.Tensor) -> torch.Tensor:
-    """View ``index``'s :func:`outside_distance` map (H, W), half precision, from ``cache`` or made from its alpha
-    (H, W) and kept there (not for views decoded at each use, to keep their memory bound)."""
+def outside_map(cache: dict[int, torch.Tensor], index: int, view: TrainView, device: torch.device,
+                alpha: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """View ``index``'s :func:`outside_distance` map (H, W), half precision, on ``device``: from ``cache``, else
+    made from ``alpha`` (H, W) (the view's own, decoded when not given) and kept in ``cache`` unless the view is
+    decoded at each use (so that their memory stays bounded). The view must have alpha."""
     outside = cache.get(index)
     if outside is None:
-        outside = outside_distance(alpha).half()
+        if alpha is None:
+            alpha = view.alpha if view.image is not None else view.load()[1]
+        outside = outside_distance(alpha.float()).to(device, torch.float16)
         if view.image is not None:
             cache[index] = outside
     return outside
+
+
+def other_views(count: int, index: int, draws: int, generator: torch.Generator) -> list[int]:
+    """``draws`` view indices drawn uniformly, with replacement, from the ``count`` views other than ``index``
+    (none when there is no other view). Draws nothing from ``generator`` when ``draws`` is 0."""
+    if draws <= 0 or count < 2:
+        return []
+    picks = torch.randint(count - 1, (draws,), generator=generator).tolist()
+    return [k + (k >= index) for k in picks]                  # skip the view itself
 
 
 def silhouette_penalty(model: GaussianModel4D, time: float, world_to_camera: torch.Tensor, K: torch.Tensor,
@@ -892,20 +905,21 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             if cfg.alpha_lambda > 0 and alpha is not None:
                 loss = loss + cfg.alpha_lambda * alpha_loss(alphas[0, ..., 0], alpha)
             if use_silhouette and alpha is not None and model.deform_enabled:
-                # this view at its render time, then silhouette_views - 1 others at their own times; the cameras
-                # are detached: the term moves Gaussians, not the cameras
-                masks = [(render_time, viewmat, view.K, outside_map(outside_by_view, index, view, alpha))]
-                for other in torch.randint(len(views), (cfg.silhouette_views - 1,), generator=sampler.generator):
-                    other_view = views[int(other)]
-                    other_alpha = other_view.alpha if other_view.image is not None else other_view.load()[1]
-                    if other_alpha is None:
+                # this view at its render time, then up to silhouette_views - 1 other views at their own times
+                # (drawn from the sampler's generator); the cameras are detached: the term moves Gaussians only
+                own = outside_map(outside_by_view, index, view, device, alpha)
+                masks = [(render_time, viewmat.detach(), view.K, own)]
+                for other in other_views(len(views), index, cfg.silhouette_views - 1, sampler.generator):
+                    other_view = views[other]
+                    if not other_view.has_alpha:
                         continue
-                    other_viewmat = other_view.world_to_camera if cameras is None else refined_world_to_camera(
-                        other_view.world_to_camera, cameras[int(other)])
+                    with torch.no_grad():
+                        other_viewmat = other_view.world_to_camera if cameras is None else refined_world_to_camera(
+                            other_view.world_to_camera, cameras[other])
                     masks.append((other_view.time, other_viewmat, other_view.K,
-                                  outside_map(outside_by_view, int(other), other_view, other_alpha.to(device))))
-                penalty = torch.stack([silhouette_penalty(model, float(t), w2c.detach(), K, outside.float(), 4096,
-                                                          generator) for t, w2c, K, outside in masks]).mean()
+                                  outside_map(outside_by_view, other, other_view, device)))
+                penalty = torch.stack([silhouette_penalty(model, float(t), w2c, K, outside.float(), 4096, generator)
+                                       for t, w2c, K, outside in masks]).mean()
                 loss = loss + cfg.silhouette_lambda * penalty
             losses.append(loss)
             with torch.no_grad():       # for the log: l1, ssim, depth, mean squared error (-> PSNR at the flush)

@@ -19,6 +19,7 @@ FAKE_HOST = """#!/usr/bin/env bash
 # stand-in for scripts/gpu_host.sh: no arguments = the set-up; else record the GPU and write one result file
 [ "$#" -eq 0 ] && exit 0
 name=$(printf '%s\\n' "$@" | sed -n 's/^--name=//p;/^--name$/{n;p}')
+[ -n "${ARGS_LOG:-}" ] && echo "$*" >> "$ARGS_LOG"
 [ -n "${ORDER_LOG:-}" ] && echo "start $name ${GPU_HOST_BUDGET_S:-unset}" >> "$ORDER_LOG" && sleep 0.3
 mkdir -p "$OUT/results"
 echo "${CUDA_VISIBLE_DEVICES:-unset}" > "$OUT/results/$name.json"
@@ -27,11 +28,16 @@ exit 0
 """
 
 
-def run_sweep(tmp_path: Path, lines: int, gpus: int, env_extra: dict[str, str] | None = None) -> Path:
+def run_sweep(tmp_path: Path, lines: int, gpus: int, env_extra: dict[str, str] | None = None,
+              scripts: dict[str, str] | None = None, command: str = "e2e synthetic") -> Path:
+    """scripts: stand-in bench scripts (file name under bench/ -> text) that gpu_parallel.sh reads."""
     if shutil.which("bash") is None:
         pytest.skip("no bash")
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
+    (repo / "bench").mkdir()
+    for name, text in (scripts or {}).items():
+        (repo / "bench" / name).write_text(text)
     shutil.copy(ROOT / "scripts/gpu_parallel.sh", repo / "scripts/gpu_parallel.sh")
     (repo / "scripts/gpu_host.sh").write_text(FAKE_HOST)
     (repo / "scripts/gpu_host.sh").chmod(0o755)
@@ -41,7 +47,7 @@ def run_sweep(tmp_path: Path, lines: int, gpus: int, env_extra: dict[str, str] |
         f"echo 'GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i})'\n" for i in range(gpus)))
     (bin_dir / "nvidia-smi").chmod(0o755)
     sweep = repo / "sweep.txt"
-    sweep.write_text("# a comment\n\n" + "".join(f"e2e synthetic --name run{n}\n" for n in range(1, lines + 1)))
+    sweep.write_text("# a comment\n\n" + "".join(f"{command} --name run{n}\n" for n in range(1, lines + 1)))
     out = tmp_path / "out"
     out.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
@@ -153,3 +159,18 @@ def test_speed_ab_table_names_a_missing_or_foreign_file(tmp_path, capsys):
     assert err[:2] == [f"speed_ab_table: no results file {tmp_path / 'absent.json'}",
                        "speed_ab_table: not an optimize_bench speed result (KeyError: 'speed')"]
     assert err[2].startswith("speed_ab_table: not an optimize_bench speed result (AttributeError")
+
+
+def test_lines_of_a_script_that_takes_a_work_folder_get_one_each(tmp_path):
+    """A script with a --workdir option (e2e_bench.py here) gets /tmp/parallel.N per line, so that lines side by
+    side never share scenes or run folders; a script without one (deformation_bench.py) gets none. (Under the
+    script's pipefail, the test once failed for a script with no second file to read, and e2e lines shared one.)"""
+    args_log = tmp_path / "args.log"
+    run_sweep(tmp_path / "e2e", lines=2, gpus=1, env_extra={"ARGS_LOG": str(args_log)},
+              scripts={"e2e_bench.py": 'parser.add_argument("--workdir")\n'})
+    assert args_log.read_text().splitlines() == [f"e2e synthetic --name run{n} --workdir /tmp/parallel.{n}"
+                                                 for n in (1, 2)]
+    args_log.unlink()
+    run_sweep(tmp_path / "deformation", lines=1, gpus=1, env_extra={"ARGS_LOG": str(args_log)},
+              scripts={"deformation_bench.py": "# no work folder\n"}, command="deformation --gpu")
+    assert args_log.read_text().splitlines() == ["deformation --gpu --name run1"]

@@ -361,6 +361,40 @@ def test_the_coherence_regulariser_makes_copies_move_alike_and_resumes_exactly(t
     assert measured[10.0] < measured[0.0], measured
 
 
+def test_silhouette_views_reads_other_views_masks_at_their_times_and_resumes_exactly(tiny, tmp_path, monkeypatch):
+    """silhouette_views 3: each step's silhouette term reads its own view at the render time and two other views
+    (never itself) at their own times, with their detached cameras; refined cameras get no gradient from it; the
+    run resumes bit for bit. other_views draws nothing for 0 draws, so silhouette_views 1 keeps the frame order."""
+    import stages.optimize.trainer as trainer_module
+    from stages.optimize.trainer import other_views
+
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state().clone()
+    assert other_views(5, 2, 0, generator) == [] and torch.equal(state, generator.get_state())
+    assert other_views(1, 0, 3, generator) == []
+    drawn = other_views(5, 2, 400, generator)
+    assert set(drawn) == {0, 1, 3, 4}
+
+    files, scene = tiny
+    calls = []
+    original = trainer_module.silhouette_penalty
+
+    def counting(model, time, world_to_camera, K, outside, samples, generator):
+        calls.append((time, world_to_camera.requires_grad))
+        return original(model, time, world_to_camera, K, outside, samples, generator)
+
+    monkeypatch.setattr(trainer_module, "silhouette_penalty", counting)
+    cfg = small_config(iterations=8, densify=False, rigidity_lambda=0.0, silhouette_lambda=20.0, silhouette_views=3,
+                       background="random", checkpoint_every=4, refine_cameras=True, lr_cameras=0.0)
+    data, initial = _inputs(files, scene, cfg)
+    straight = train(cfg, data, initial, tmp_path / "straight", seed=0)
+    assert len(calls) == 3 * 8 and not any(grad for _, grad in calls)
+    own_times = [calls[3 * step][0] for step in range(8)]
+    assert all(calls[3 * step + k][0] != own_times[step] for step in range(8) for k in (1, 2))   # one view per time
+    assert {t for t, _ in calls} <= {v.time for v in data.views}
+    resumed_run_matches(cfg, data, initial, tmp_path, straight, "straight", seed=0)
+
+
 def test_the_mask_loss_is_the_mean_alpha_error_and_lowers_it_on_the_training_views(tiny, tmp_path):
     from stages.optimize.losses import alpha_loss
 

@@ -69,6 +69,7 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     ("optimize.planes_resolution=[]", "planes_resolution must be a non-empty list of integers >= 1"),
     ("optimize.planes_resolution=[32,0]", "planes_resolution must be a non-empty list of integers >= 1"),
     ("optimize.mlp_depth=0", "mlp_depth must be >= 1 (got 0)"),
+    ("optimize.silhouette_views=0", "silhouette_views must be >= 1 (got 0)"),
     ("initialize.init_scale=.nan", "initialize.init_scale must be a finite number > 0, got nan"),
     ("initialize.init_scale=0", "initialize.init_scale must be a finite number > 0, got 0"),
     ("initialize.confidence_percentile=150", "initialize.confidence_percentile must be in [0, 100], got 150"),
