@@ -154,7 +154,8 @@ class GaussianModel4D(nn.Module):
                      opacity_factors: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """The Gaussians at ``time``: means (N, 3), quats (N, 4) raw (w, x, y, z), scales (N, 3) post-activation,
         opacities (N,) post-sigmoid (temporal opacity included), sh (N, K, 3) with K = (d + 1)^2 for
-        d = ``sh_degree`` (default: the model's), is_dynamic (N,) bool.
+        d = ``sh_degree`` (default: the model's), is_dynamic (N,) bool, deformed (M',) int64 the rows carried to
+        ``time`` by the deformation (None when none were).
 
         skip_invisible: deform only the dynamic Gaussians whose opacity at ``time`` is at least 1/255; the others
         keep their canonical means, quats and scales. A rasterizer culls every Gaussian below 1/255 whatever its
@@ -203,7 +204,8 @@ class GaussianModel4D(nn.Module):
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
         sh = sh_coefficients(s)[:, : (degree + 1) ** 2]
         return {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
-                "sh": sh, "is_dynamic": s["is_dynamic"] if dynamic else torch.zeros_like(s["is_dynamic"])}
+                "sh": sh, "is_dynamic": s["is_dynamic"] if dynamic else torch.zeros_like(s["is_dynamic"]),
+                "deformed": index}
 
     def compile_deformation(self, backend: str = "inductor", mode: Optional[str] = None) -> None:
         """Let training renders (``gaussians_at`` with gradients on) run :func:`state_at` through ``torch.compile``
@@ -216,9 +218,12 @@ class GaussianModel4D(nn.Module):
     def rasterize(self, time: float, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int, *,
                   backgrounds: Optional[torch.Tensor] = None, render_mode: str = "RGB",
                   sh_degree: Optional[int] = None, backend: str = "auto", absgrad: bool = False,
-                  skip_invisible: bool = True, opacity_factors: Optional[torch.Tensor] = None):
+                  skip_invisible: bool = True, opacity_factors: Optional[torch.Tensor] = None,
+                  gaussians: Optional[dict[str, torch.Tensor]] = None):
         """Render C cameras at one time. viewmats (C, 4, 4) world-to-camera, Ks (C, 3, 3), backgrounds (C, 3).
         Returns (colors (C, H, W, X), alphas (C, H, W, 1), meta) as :func:`stages.optimize.rasterize.rasterization`.
+        gaussians: the Gaussians at ``time`` as :meth:`gaussians_at` returned them for the same ``sh_degree``
+        (a caller that also reads them, e.g. training's silhouette loss); None = computed here.
         skip_invisible: see :meth:`gaussians_at` (the same render either way, for one host synchronisation). On by
         default here, off there: the other callers of ``gaussians_at`` (exports) want every Gaussian deformed.
         opacity_factors: (N,) multiplies the opacities at ``time`` (training's dropped Gaussians: 0, or the kept
@@ -226,7 +231,8 @@ class GaussianModel4D(nn.Module):
         from stages.optimize.rasterize import rasterization
 
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
-        g = self.gaussians_at(time, degree, skip_invisible=skip_invisible, opacity_factors=opacity_factors)
+        g = gaussians if gaussians is not None else self.gaussians_at(time, degree, skip_invisible=skip_invisible,
+                                                                      opacity_factors=opacity_factors)
         return rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"], viewmats, Ks,
                              int(width), int(height), sh_degree=degree, backgrounds=backgrounds,
                              render_mode=render_mode, rasterize_mode=self.rasterize_mode, absgrad=absgrad,

@@ -721,6 +721,22 @@ def silhouette_penalty(model: GaussianModel4D, time: float, world_to_camera: tor
     return silhouette_loss(camera, K, outside, weights)
 
 
+def rendered_silhouette_penalty(gaussians: dict[str, torch.Tensor], world_to_camera: torch.Tensor, K: torch.Tensor,
+                                outside: torch.Tensor) -> torch.Tensor:
+    """:func:`silhouette_loss` of every Gaussian a training render carried to its time (``gaussians`` as
+    :meth:`GaussianModel4D.gaussians_at` returned them: the rows ``deformed``, with skip_invisible the dynamic ones
+    visible then), weighted by their opacity in that render (detached). No deformation of its own and no host
+    synchronisation: the render's means and graph are reused. world_to_camera (4, 4) OpenCV, K (3, 3); outside
+    (H, W) from :func:`outside_distance`. Zero when no row was deformed."""
+    rows = gaussians["deformed"]
+    if rows is None:
+        return outside.new_zeros(())
+    positions = gaussians["means"].index_select(0, rows)                              # (M, 3) world
+    weights = gaussians["opacities"].index_select(0, rows).detach()
+    camera = positions @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]            # (M, 3)
+    return silhouette_loss(camera, K, outside, weights)
+
+
 def coherence_penalty(model: GaussianModel4D, group: torch.Tensor, distance: torch.Tensor, time: float,
                       other_time: float) -> torch.Tensor:
     """:func:`coherence_loss` of the Gaussians ``group`` (M, 1 + k) from :func:`coherence_groups`, their velocities
@@ -845,6 +861,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     use_rigidity = n_dynamic_model and cfg.rigidity_lambda > 0
     use_coherence = n_dynamic_model and cfg.coherence_lambda > 0
     use_silhouette = n_dynamic_model and cfg.silhouette_lambda > 0
+    silhouette_from_render = use_silhouette and cfg.silhouette_source == "render"
     outside_by_view: dict[int, torch.Tensor] = {}     # silhouette loss: each RGBA view's distance map, made once
     use_residual = n_dynamic_model and cfg.residual_lambda > 0 and isinstance(model.deformation, FieldWithBases)
     neighbors: Optional[torch.Tensor] = None      # (N, k) same-slice neighbours, recomputed when the rows change
@@ -889,10 +906,14 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             render_time = when
             factors = drop_factors(drop_rate_at(cfg, step), cfg.drop_unit, model.splats["is_dynamic"],
                                    model.splats["anchor_times"], training_times, generator)
+            gaussians = None          # the silhouette loss's 'render' source reads the render's Gaussians too
+            if silhouette_from_render and alpha is not None and model.deform_enabled:
+                gaussians = model.gaussians_at(when, sh_degree, skip_invisible=skip_invisible, opacity_factors=factors)
             colors, alphas, info = model.rasterize(when, viewmat[None], view.K[None], view.width, view.height,
                                                    backgrounds=background[None], render_mode=render_mode,
                                                    sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad,
-                                                   skip_invisible=skip_invisible, opacity_factors=factors)
+                                                   skip_invisible=skip_invisible, opacity_factors=factors,
+                                                   gaussians=gaussians)
             strategy.step_pre_backward(model.splats, splat_opts, strategy_state, step, info)
             infos.append(info)
             rgb = colors[0, ..., :3]
@@ -918,8 +939,11 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                             other_view.world_to_camera, cameras[other])
                     masks.append((other_view.time, other_viewmat, other_view.K,
                                   outside_map(outside_by_view, other, other_view, device)))
-                penalty = torch.stack([silhouette_penalty(model, float(t), w2c, K, outside.float(), 4096, generator)
-                                       for t, w2c, K, outside in masks]).mean()
+                penalties = [silhouette_penalty(model, float(t), w2c, K, outside.float(), 4096, generator)
+                             for t, w2c, K, outside in masks[1 if gaussians is not None else 0:]]
+                if gaussians is not None:
+                    penalties.insert(0, rendered_silhouette_penalty(gaussians, masks[0][1], view.K, own.float()))
+                penalty = torch.stack(penalties).mean()
                 loss = loss + cfg.silhouette_lambda * penalty
             losses.append(loss)
             with torch.no_grad():       # for the log: l1, ssim, depth, mean squared error (-> PSNR at the flush)

@@ -429,7 +429,7 @@ def test_the_mask_loss_is_the_mean_alpha_error_and_lowers_it_on_the_training_vie
 
 def test_the_silhouette_loss_by_hand_and_it_pulls_moving_gaussians_into_the_masks(tiny, tmp_path):
     from stages.optimize.losses import silhouette_loss
-    from stages.optimize.trainer import outside_distance, silhouette_penalty
+    from stages.optimize.trainer import outside_distance, rendered_silhouette_penalty, silhouette_penalty
 
     # A 10 x 5 view whose mask is its first three columns: the distance outside is c - 2 at column c. With K = I a
     # point (x, y, 1) lands on pixel coordinates (x, y); pixel centres sit at c + 0.5.
@@ -459,19 +459,40 @@ def test_the_silhouette_loss_by_hand_and_it_pulls_moving_gaussians_into_the_mask
     files, scene = tiny
     cameras, _ = read_cameras(files.geometry / "geometry/cameras.json")
     measured = {}
-    for weight, views in ((0.0, 1), (20.0, 1), (20.0, 3)):
+    for weight, views, source in ((0.0, 1, "sample"), (20.0, 1, "sample"), (20.0, 3, "sample"),
+                                  (20.0, 1, "render")):
         cfg = small_config(iterations=30, densify=False, rigidity_lambda=0.0, silhouette_lambda=weight,
-                           silhouette_views=views, background="random")
+                           silhouette_views=views, silhouette_source=source, background="random")
         data, initial = _inputs(files, scene, cfg)
-        model = train(cfg, data, initial, tmp_path / f"w{weight}v{views}", seed=0).model
+        model = train(cfg, data, initial, tmp_path / f"w{weight}v{views}{source}", seed=0).model
         with torch.no_grad():
-            measured[weight, views] = float(np.mean([
+            measured[weight, views, source] = float(np.mean([
                 float(silhouette_penalty(model, cam.time, torch.as_tensor(cam.world_to_camera).float(),
                                          torch.as_tensor(cam.K).float(),
                                          outside_distance(torch.from_numpy(scene.alpha(scene.frame(cam.name))).float()),
                                          10**6, torch.Generator().manual_seed(0)))
                 for cam in cameras if cam.split == "train"]))
-    assert measured[20.0, 1] < 0.9 * measured[0.0, 1] and measured[20.0, 3] < 0.9 * measured[0.0, 1], measured
+    assert all(measured[key] < 0.9 * measured[0.0, 1, "sample"] for key in measured if key[0] > 0), measured
+
+    # The 'render' source reads the render's own Gaussians: with every dynamic Gaussian visible and within two
+    # temporal widths (widths made huge), it is the sampled form over all of them, value and gradient alike.
+    cfg = small_config(iterations=1, densify=False)
+    data, initial = _inputs(files, scene, cfg)
+    model = build_model(cfg, initial, 0.1, 8, torch.device("cpu"))
+    with torch.no_grad():
+        model.splats["time_log_scales"].fill_(5.0)
+        model.splats["opacities"].clamp_(min=-2.0)
+    cam = next(c for c in cameras if c.split == "train")
+    w2c, K = torch.as_tensor(cam.world_to_camera).float(), torch.as_tensor(cam.K).float()
+    outside = outside_distance(torch.from_numpy(scene.alpha(scene.frame(cam.name))).float())
+    from_render = rendered_silhouette_penalty(model.gaussians_at(cam.time, skip_invisible=True), w2c, K, outside)
+    from_render.backward()
+    grad_render = model.splats["means"].grad.clone()
+    model.splats["means"].grad = None
+    sampled = silhouette_penalty(model, cam.time, w2c, K, outside, 10**6, torch.Generator().manual_seed(0))
+    sampled.backward()
+    assert float(from_render.detach()) > 0 and float(from_render.detach()) == pytest.approx(float(sampled.detach()))
+    assert torch.allclose(grad_render, model.splats["means"].grad, rtol=1e-4, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "planes"])
