@@ -440,8 +440,9 @@ def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") 
     if deformation is not None and state.get("deformation_state") is not None:
         deformation.load_state_dict(state["deformation_state"])
     check_splats(state["splats"], state["sh_degree"], deformation, bool(state["temporal_opacity"]))
+    rasterize_mode = state.get("rasterize_mode", "classic")         # absent from models saved before it existed
     model = GaussianModel4D(splats_from_state(state["splats"]), deformation, state["sh_degree"],
-                            state["temporal_opacity"], state.get("rasterize_mode", "classic"))   # absent before it existed
+                            state["temporal_opacity"], rasterize_mode)
     return model.to(device)
 
 
