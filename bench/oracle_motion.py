@@ -134,6 +134,14 @@ def assign_slots(model, scene_dir: Path) -> None:
         splats["oracle_slot"].copy_(torch.as_tensor(slots, dtype=splats["oracle_slot"].dtype))
 
 
+def orbiter_slots() -> list[int]:
+    """Slots of the object scene's orbiting rigid parts (the rest that moves is the articulated figure)."""
+    from pipeline.synthetic.scenes import ORBITERS, object_layout
+
+    layout = object_layout()
+    return [layout.index(name) for name, _ in ORBITERS]
+
+
 MOTION_GAPS = (1, 3, 6)            # frame gaps at which motion_error compares the positions (6: the width floor)
 
 
@@ -141,10 +149,10 @@ MOTION_GAPS = (1, 3, 6)            # frame gaps at which motion_error compares t
 def motion_error(run_dir: Path, scene_dir: Path, gaps=MOTION_GAPS, min_opacity: float = 0.05) -> dict:
     """How far a trained model's dynamic Gaussians are from where the true motion puts them, ``gaps`` training-frame
     gaps before and after their anchor times (those times that fall outside [0, 1] left out): the median and
-    90th-percentile distance in
-    world units over the dynamic Gaussians whose opacity is at least ``min_opacity``, beside the same for Gaussians
-    left where they were (no motion) and the median distance of those Gaussians from their centroid (the moving
-    object's size)."""
+    90th-percentile distance in world units over the dynamic Gaussians whose opacity is at least ``min_opacity``,
+    beside the same for Gaussians left where they were (no motion), the medians again per part under ``parts``
+    ('orbiters': the rigid parts circling the figure; 'figure': the articulated figure), and the median distance of
+    those Gaussians from their centroid (the moving object's size)."""
     from stages.optimize.model import load_model
 
     model = load_model(run_dir / "optimize" / "model.pt")
@@ -159,8 +167,11 @@ def motion_error(run_dir: Path, scene_dir: Path, gaps=MOTION_GAPS, min_opacity: 
     gap = float(torch.diff(distinct).median()) if len(distinct) > 1 else 1.0
     rows = {"gaps": list(gaps), "learned_median": [], "still_median": [], "learned_p90": [], "still_p90": [],
             "gaussians": int(len(chosen))}
+    orbiting = torch.as_tensor(np.isin(slots, orbiter_slots()))                                        # (M,) bool
+    parts = {name: {"gaussians": int(mask.sum()), "learned_median": [], "still_median": []}
+             for name, mask in (("orbiters", orbiting), ("figure", ~orbiting))}
     for k in gaps:
-        learned, still = [], []
+        learned, still, orbiter_rows = [], [], []
         for sign in (-1, 1):
             when = anchors + sign * k * gap                                                             # (M,)
             inside = (when >= 0) & (when <= 1)
@@ -173,9 +184,14 @@ def motion_error(run_dir: Path, scene_dir: Path, gaps=MOTION_GAPS, min_opacity: 
                 ours[at] = model.positions_at_time(float(value), chosen[kept[at]])
             learned.append((ours - true).norm(dim=-1))
             still.append((means[kept] - true).norm(dim=-1))
+            orbiter_rows.append(orbiting[kept])
+        on_orbiter = torch.cat(orbiter_rows)
         for name, values in (("learned", torch.cat(learned)), ("still", torch.cat(still))):
             rows[f"{name}_median"].append(float(values.median()))
             rows[f"{name}_p90"].append(float(torch.quantile(values.double(), 0.9)))
+            for part, mask in (("orbiters", on_orbiter), ("figure", ~on_orbiter)):
+                parts[part][f"{name}_median"].append(float(values[mask].median()) if mask.any() else float("nan"))
+    rows["parts"] = parts
     rows["object_size"] = float((means - means.mean(0)).norm(dim=-1).median())
     rows["unit"] = "world units (the scene's); object_size: median distance of these Gaussians from their centroid"
     return rows

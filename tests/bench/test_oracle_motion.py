@@ -81,6 +81,11 @@ def test_motion_error_is_that_of_leaving_still_for_no_motion_and_zero_for_the_tr
     assert errors["learned_median"] == pytest.approx(errors["still_median"], abs=1e-6)
     assert errors["learned_p90"] == pytest.approx(errors["still_p90"], abs=1e-6)
     assert min(errors["still_median"]) > 0.005 and errors["still_p90"][1] > errors["still_p90"][0]
+    parts = errors["parts"]                      # both kinds of moving part, each left where it was
+    assert parts["orbiters"]["gaussians"] > 10 and parts["figure"]["gaussians"] > 10
+    assert parts["orbiters"]["gaussians"] + parts["figure"]["gaussians"] == errors["gaussians"]
+    for part in parts.values():
+        assert part["learned_median"] == pytest.approx(part["still_median"], abs=1e-6)
 
     use_true_motion(out, monkeypatch.setattr)
     moving = trainer.build_model(cfg, initial, 0.2, 6, torch.device("cpu"))
@@ -88,3 +93,4 @@ def test_motion_error_is_that_of_leaving_still_for_no_motion_and_zero_for_the_tr
     moving.save(tmp_path / "true" / "optimize" / "model.pt")
     errors = motion_error(tmp_path / "true", out, gaps=(1, 2))
     assert max(errors["learned_p90"]) < 1e-5 and min(errors["still_median"]) > 0.005
+    assert all(max(part["learned_median"]) < 1e-5 for part in errors["parts"].values())
