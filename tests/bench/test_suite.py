@@ -113,6 +113,23 @@ def test_e2e_runs_keep_the_device_they_ran_on_when_a_later_call_continues_the_fi
     assert record["environment"]["device"] == "GPU B"
 
 
+def test_e2e_calls_with_other_result_names_use_other_work_folders(tmp_path, monkeypatch):
+    """Two calls side by side on one host (one scene, other overrides, other --name) must not share scenes or run
+    folders: the default work folder is /tmp/page4dgs-e2e/NAME (once /tmp/page4dgs-e2e/SUITE for every call)."""
+    monkeypatch.setattr(e2e_bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(e2e_bench, "environment", lambda device: {"device": "here"})
+    where = []
+    monkeypatch.setattr(e2e_bench, "make_scene", lambda kind, seed, folder: (where.append(folder) or folder, {}))
+    monkeypatch.setattr(e2e_bench, "reconstruct", lambda run, folder, extra, timeout, keep: (
+        where.append(folder) or run_entry(run.kind, run.seed, run.deformation, 20.0)))
+    for name in ("e2e_control", "e2e_variant"):
+        assert e2e_bench.main(["synthetic", "--kinds", "object", "--seeds", "0", "--models", "bases", "--name",
+                               name]) == 0
+    base = Path("/tmp/page4dgs-e2e")
+    assert where == [base / "e2e_control" / "scenes", base / "e2e_control" / "runs",
+                     base / "e2e_variant" / "scenes", base / "e2e_variant" / "runs"]
+
+
 def test_e2e_merge_puts_the_runs_of_side_by_side_calls_into_the_suite_file(tmp_path, monkeypatch):
     monkeypatch.setattr(e2e_bench, "RESULTS", tmp_path)
     monkeypatch.setattr(e2e_bench, "environment", lambda device: {"device": "here"})
