@@ -168,8 +168,9 @@ def test_lines_of_a_script_that_takes_a_work_folder_get_one_each(tmp_path):
     args_log = tmp_path / "args.log"
     run_sweep(tmp_path / "e2e", lines=2, gpus=1, env_extra={"ARGS_LOG": str(args_log)},
               scripts={"e2e_bench.py": 'parser.add_argument("--workdir")\n'})
-    assert args_log.read_text().splitlines() == [f"e2e synthetic --name run{n} --workdir /tmp/parallel.{n}"
-                                                 for n in (1, 2)]
+    # the lines run side by side: they append to the log in either order
+    assert sorted(args_log.read_text().splitlines()) == [f"e2e synthetic --name run{n} --workdir /tmp/parallel.{n}"
+                                                         for n in (1, 2)]
     args_log.unlink()
     run_sweep(tmp_path / "deformation", lines=1, gpus=1, env_extra={"ARGS_LOG": str(args_log)},
               scripts={"deformation_bench.py": "# no work folder\n"}, command="deformation --gpu")
