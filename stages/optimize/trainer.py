@@ -40,7 +40,7 @@ from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_lo
                                     opacity_loss, photometric_loss, psnr_from_mse, residual_loss, rigidity_loss,
                                     silhouette_loss)
 from stages.optimize.model import (GaussianModel4D, accelerations, compile_function, gaussian_count,
-                                   is_device_error, short_reason)
+                                   is_device_error, short_reason, temporal_opacity)
 
 log = get_logger("optimize")
 
@@ -714,8 +714,8 @@ def silhouette_penalty(model: GaussianModel4D, time: float, world_to_camera: tor
     with torch.no_grad():
         weights = torch.sigmoid(splats["opacities"][pick])
         if model.temporal_opacity:
-            z = (time - splats["time_centers"][pick]) / torch.exp(splats["time_log_scales"][pick])
-            weights = weights * torch.exp(-0.5 * z.square())
+            weights = temporal_opacity(weights, time, splats["time_centers"][pick], splats["time_log_scales"][pick],
+                                       splats["is_dynamic"][pick])
     positions = model.positions_at_time(time, pick)                                     # (M, 3) world
     camera = positions @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]            # (M, 3)
     return silhouette_loss(camera, K, outside, weights)
@@ -928,8 +928,11 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             if use_silhouette and alpha is not None and model.deform_enabled:
                 # this view at its render time, then up to silhouette_views - 1 other views at their own times
                 # (drawn from the sampler's generator); the cameras are detached: the term moves Gaussians only
-                own = outside_map(outside_by_view, index, view, device, alpha)
-                masks = [(render_time, viewmat.detach(), view.K, own)]
+                own = outside_map(outside_by_view, index, view, device, alpha).float()
+                penalties = [rendered_silhouette_penalty(gaussians, viewmat.detach(), view.K, own)
+                             if gaussians is not None else
+                             silhouette_penalty(model, float(render_time), viewmat.detach(), view.K, own, 4096,
+                                                generator)]
                 for other in other_views(len(views), index, cfg.silhouette_views - 1, sampler.generator):
                     other_view = views[other]
                     if not other_view.has_alpha:
@@ -937,14 +940,10 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                     with torch.no_grad():
                         other_viewmat = other_view.world_to_camera if cameras is None else refined_world_to_camera(
                             other_view.world_to_camera, cameras[other])
-                    masks.append((other_view.time, other_viewmat, other_view.K,
-                                  outside_map(outside_by_view, other, other_view, device)))
-                penalties = [silhouette_penalty(model, float(t), w2c, K, outside.float(), 4096, generator)
-                             for t, w2c, K, outside in masks[1 if gaussians is not None else 0:]]
-                if gaussians is not None:
-                    penalties.insert(0, rendered_silhouette_penalty(gaussians, masks[0][1], view.K, own.float()))
-                penalty = torch.stack(penalties).mean()
-                loss = loss + cfg.silhouette_lambda * penalty
+                    penalties.append(silhouette_penalty(
+                        model, float(other_view.time), other_viewmat, other_view.K,
+                        outside_map(outside_by_view, other, other_view, device).float(), 4096, generator))
+                loss = loss + cfg.silhouette_lambda * torch.stack(penalties).mean()
             losses.append(loss)
             with torch.no_grad():       # for the log: l1, ssim, depth, mean squared error (-> PSNR at the flush)
                 view_terms.append([l1, ssim_value, d_loss, (rgb - target).square().mean()])
