@@ -385,7 +385,8 @@ def test_silhouette_views_reads_other_views_masks_at_their_times_and_resumes_exa
 
     monkeypatch.setattr(trainer_module, "silhouette_penalty", counting)
     cfg = small_config(iterations=8, densify=False, rigidity_lambda=0.0, silhouette_lambda=20.0, silhouette_views=3,
-                       background="random", checkpoint_every=4, refine_cameras=True, lr_cameras=0.0)
+                       silhouette_source="sample", background="random", checkpoint_every=4, refine_cameras=True,
+                       lr_cameras=0.0)
     data, initial = _inputs(files, scene, cfg)
     straight = train(cfg, data, initial, tmp_path / "straight", seed=0)
     assert len(calls) == 3 * 8 and not any(grad for _, grad in calls)
