@@ -94,6 +94,15 @@ class OptimizeConfig:
                                  "stage's depth of the training frames (0 = off).")
     motion_lambda: float = option(0.01, "Weight of the motion smoothness regulariser (squared acceleration of "
                                   "dynamic Gaussians, in units of the scene scale per squared frame gap).")
+    motion_parts: str = option("all", "Whose motion the motion regulariser penalises in the hybrids (planes_bases, "
+                               "rigid_bases): 'all' (the summed offsets) or 'coefficients' (only the per-Gaussian "
+                               "coefficients' part, the field's planes and total variation aside: a field coarse "
+                               "in time is smooth already, and its second differences cost a second evaluation "
+                               "of it per step, 38 % of a planes_bases step's operators). CPU stand-in, object "
+                               "seeds 0-2: 25.80 dB against 25.75 in half the training time; not yet checked on "
+                               "a GPU (docs/gaussians.md, thirty-fifth session). Other models regularise all "
+                               "their motion either way.",
+                               choices=("all", "coefficients"))
     rigidity_lambda: float = option(0.0, "Weight of the local rigidity regulariser: distances between a dynamic "
                                     "Gaussian and its rigidity_neighbors nearest neighbours of the same time slice "
                                     "keep their canonical values at other times (relative squared stretch).")

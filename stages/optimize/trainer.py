@@ -585,11 +585,16 @@ def cuda_tf32(enabled: bool):
 
 
 def motion_penalty(deformation, means: torch.Tensor, per_gaussian: dict[str, torch.Tensor], pick: torch.Tensor,
-                   times: torch.Tensor, step: float, scene_scale: float) -> torch.Tensor:
+                   times: torch.Tensor, step: float, scene_scale: float, parts: str = "all") -> torch.Tensor:
     """The motion regulariser: :func:`acceleration_loss` of the Gaussians ``pick`` (M,) at times (M,) with time
     step ``step``, plus the deformation's own regulariser (planes: total variation). means (N, 3); per_gaussian:
-    the deformation's per-Gaussian parameters, all N rows. A pure function of tensors (what torch.compile traces)."""
-    penalty = acceleration_loss(accelerations(deformation, means, per_gaussian, pick, times, step), scene_scale)
+    the deformation's per-Gaussian parameters, all N rows. parts ('all' | 'coefficients',
+    ``optimize.motion_parts``): for a hybrid (:class:`FieldWithBases`), 'coefficients' takes the accelerations of
+    its per-Gaussian bases alone. A pure function of tensors (what torch.compile traces)."""
+    moving = deformation
+    if parts == "coefficients" and isinstance(deformation, FieldWithBases):
+        moving, per_gaussian = deformation.bases, {"motion_coefs": per_gaussian["motion_coefs"]}
+    penalty = acceleration_loss(accelerations(moving, means, per_gaussian, pick, times, step), scene_scale)
     field = deformation.regularization()
     return penalty if field is None else penalty + field
 
@@ -957,7 +962,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 h = gap
                 t = torch.rand(len(pick), device=device, generator=generator) * max(1 - 2 * h, 0.0) + min(h, 0.5)
                 motion = functions.motion(model.deformation, model.splats["means"], model.deformation_parameters(),
-                                          pick, t, h, scale)
+                                          pick, t, h, scale, cfg.motion_parts)
                 loss = loss + cfg.motion_lambda * motion
         if use_coherence and model.deform_enabled:
             found = coherence_groups(model, render_time, 2048, cfg.coherence_neighbors, generator)

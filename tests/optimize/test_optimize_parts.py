@@ -177,6 +177,50 @@ def test_a_shared_model_with_bases_is_the_sum_of_its_parts_and_rebuilds_from_its
         type(model)({"with_opacity": True}, {"with_opacity": False}, box)
 
 
+@pytest.mark.parametrize("kind", ["planes_bases", "rigid_bases"])
+def test_motion_parts_coefficients_penalises_only_the_hybrids_per_gaussian_motion(kind, rng):
+    """optimize.motion_parts 'coefficients': the regulariser is the mean squared second difference of the bases'
+    offsets sum_b c_b phi_b(t) alone (by hand from the basis curves), plus the field's own regulariser; the shared
+    part gets no gradient from the accelerations. 'all' also counts the shared part's motion, and models that are
+    not hybrids regularise all their motion either way."""
+    from stages.optimize.deformation import PlanesWithBases, RigidWithBases
+    from stages.optimize.trainer import motion_penalty
+
+    torch.manual_seed(0)
+    means = torch.tensor(rng.normal(size=(32, 3)), dtype=torch.float32)
+    box = Box.around(means)
+    coefs = {"motion_coefs": torch.randn(32, 3, 10)}
+    if kind == "planes_bases":
+        model = PlanesWithBases({"resolutions": [8], "time_resolution": 6, "features": 4, "head_width": 16},
+                                {"count": 3, "knots": 10}, box)
+        torch.nn.init.normal_(model.planes.out.weight, std=0.1)
+        model.planes.table.data.uniform_(0.1, 0.9)
+        moving_shared = [model.planes.out.weight, model.planes.hidden.weight]      # only the accelerations reach
+    else:
+        model = RigidWithBases({"count": 4, "knots": 10}, {"count": 3, "knots": 10})
+        coefs.update(model.initialize(means))
+        coefs.update(quats=torch.randn(32, 4), anchor_times=torch.rand(32))
+        torch.nn.init.normal_(model.rigid.control, std=0.3)
+        moving_shared = [model.rigid.control]
+    pick, times, h, scale = torch.tensor([3, 7, 11, 20]), torch.tensor([0.2, 0.4, 0.5, 0.8]), 0.05, 2.0
+    c = coefs["motion_coefs"][pick]                                                  # (4, 3, 10)
+    phi = [model.bases.basis(times + d) for d in (-h, 0.0, h)]                       # (4, 3) each
+    second = torch.einsum("mb,mbd->md", phi[0] - 2 * phi[1] + phi[2], c)[:, :3]      # positions' second difference
+    field = model.regularization()
+    by_hand = second.square().sum() / (scale**2 * 4) + (0.0 if field is None else field)
+    only = motion_penalty(model, means, coefs, pick, times, h, scale, "coefficients")
+    torch.testing.assert_close(only, by_hand)
+    everything = motion_penalty(model, means, coefs, pick, times, h, scale, "all")
+    assert abs(float(everything.detach()) - float(only.detach())) > 1e-5             # the shared part moves too
+    grads = torch.autograd.grad(only, moving_shared, allow_unused=True)
+    assert all(g is None or float(g.abs().max()) == 0.0 for g in grads)
+    grads = torch.autograd.grad(everything, moving_shared, allow_unused=True)
+    assert any(g is not None and float(g.abs().max()) > 0 for g in grads)
+    bases = MotionBases(count=3, knots=10)
+    torch.testing.assert_close(motion_penalty(bases, means, coefs, pick, times, h, scale, "coefficients"),
+                               motion_penalty(bases, means, coefs, pick, times, h, scale, "all"))
+
+
 def _rotation_matrix(q: torch.Tensor) -> torch.Tensor:
     """Unit quaternion (4,) [w, x, y, z] -> (3, 3), the textbook formula (independent of the model's rotate)."""
     w, x, y, z = q.tolist()

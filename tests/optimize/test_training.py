@@ -719,6 +719,25 @@ def test_the_residual_loss_is_the_scaled_mean_squared_displacement():
     assert float(residual_loss(moved[:0], 2.0)) == 0.0
 
 
+def test_motion_parts_reaches_the_motion_regulariser(tiny, tmp_path, monkeypatch):
+    """optimize.motion_parts is what each step's motion regulariser is called with (its effect:
+    test_motion_parts_coefficients_penalises_only_the_hybrids_per_gaussian_motion)."""
+    files, scene = tiny
+    seen = []
+    original = trainer_module.motion_penalty
+
+    def spy(*args):
+        seen.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(trainer_module, "motion_penalty", spy)
+    cfg = small_config(iterations=3, densify=False, deformation="planes_bases", planes_resolution=[4],
+                       bases_count=3, rigidity_lambda=0.0, motion_parts="coefficients")
+    data, initial = _inputs(files, scene, cfg)
+    train(cfg, data, initial, tmp_path / "run", seed=0)
+    assert seen == ["coefficients"] * 3
+
+
 def test_planes_with_bases_trains_holds_its_coefficients_resumes_and_loads_back(tiny, tmp_path):
     """The hybrid model: its optimizer has a group per part, residual_lambda pulls the per-Gaussian coefficients
     towards zero (a smaller norm than without it), a checkpoint resumes to the same loss sequence through
