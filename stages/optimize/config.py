@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pipeline.config import option
 
-DEFORMATIONS = ("bases", "rigid", "mlp", "planes", "planes_bases", "rigid_bases", "none")
+DEFORMATIONS = ("bases", "rigid", "mlp", "planes", "planes_bases", "mlp_bases", "rigid_bases", "none")
 
 
 @dataclass
@@ -32,7 +32,8 @@ class OptimizeConfig:
                               "positional-encoded MLP over (x, t)), 'planes' (neural field: multi-resolution "
                               "space-time planes + small MLP head), 'planes_bases' (both summed: the planes "
                               "field shared by all Gaussians plus per-Gaussian motion-bases coefficients, held "
-                              "small by residual_lambda), 'rigid_bases' (the rigid motions plus per-Gaussian "
+                              "small by residual_lambda), 'mlp_bases' (the mlp field plus per-Gaussian motion-bases "
+                              "coefficients, likewise), 'rigid_bases' (the rigid motions plus per-Gaussian "
                               "motion-bases coefficients, likewise), or 'none' (static 3DGS baseline: nothing "
                               "moves).",
                               choices=DEFORMATIONS)
@@ -95,8 +96,8 @@ class OptimizeConfig:
     motion_lambda: float = option(0.01, "Weight of the motion smoothness regulariser (squared acceleration of "
                                   "dynamic Gaussians, in units of the scene scale per squared frame gap).")
     motion_parts: str = option("all", "Whose motion the motion regulariser penalises in the hybrids (planes_bases, "
-                               "rigid_bases): 'all' (the summed offsets) or 'coefficients' (only the per-Gaussian "
-                               "coefficients' part, the field's planes and total variation aside: a field coarse "
+                               "mlp_bases, rigid_bases): 'all' (the summed offsets) or 'coefficients' (only the "
+                               "per-Gaussian coefficients' part, the field's total variation aside: a field coarse "
                                "in time is smooth already, and its second differences cost a second evaluation "
                                "of it per step, 38 % of a planes_bases step's operators). CPU stand-in, object "
                                "seeds 0-2: 25.80 dB against 25.75 in half the training time; not yet checked on "
@@ -118,8 +119,9 @@ class OptimizeConfig:
                                      "tried, 0.001-1 (docs/gaussians.md, thirtieth session).")
     coherence_neighbors: int = option(8, "Neighbours per sampled dynamic Gaussian for the coherence regulariser.")
     scale_lambda: float = option(0.01, "Weight of the scale regulariser (anisotropy beyond max_anisotropy).")
-    residual_lambda: float = option(0.0, "planes_bases, rigid_bases: weight of the mean squared displacement "
-                                    "that the dynamic Gaussians get from their own motion-bases coefficients (up "
+    residual_lambda: float = option(0.0, "planes_bases, mlp_bases, rigid_bases: weight of the mean squared "
+                                    "displacement that the dynamic Gaussians get from their own motion-bases "
+                                    "coefficients (up "
                                     "to 4096 of them per step, at random times; positions in units of the scene "
                                     "scale), so that the shared part carries the motion it can and the "
                                     "coefficients only the rest; 0 = off. Added to the loss; not a column of log.csv.")

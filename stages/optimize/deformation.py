@@ -21,9 +21,9 @@ Models:
 * :class:`MLPField` (``mlp``): positional-encoded MLP over (x normalised to the dynamic points' box, t).
 * :class:`PlanesField` (``planes``): multi-resolution space-time planes (xy, xz, yz, xt, yt, zt; features multiplied
   across planes, concatenated across resolutions, K-planes style) and a small MLP head.
-* :class:`PlanesWithBases` (``planes_bases``), :class:`RigidWithBases` (``rigid_bases``): a shared model (the planes
-  field, the rigid motions) plus per-Gaussian motion bases (hybrids: the shared part for the bulk of the motion, the
-  coefficients for what it cannot follow).
+* :class:`PlanesWithBases` (``planes_bases``), :class:`MLPWithBases` (``mlp_bases``), :class:`RigidWithBases`
+  (``rigid_bases``): a shared model (the planes field, the mlp field, the rigid motions) plus per-Gaussian motion
+  bases (hybrids: the shared part for the bulk of the motion, the coefficients for what it cannot follow).
 
 Both fields can also read a per-Gaussian latent code ``field_embedding`` (N, E) beside (x, t) (``embedding`` > 0;
 per-Gaussian embeddings as in E-D3DGS): Gaussians at nearby positions may then move differently, as with the
@@ -985,6 +985,21 @@ class PlanesWithBases(FieldWithBases):
         return self.planes.box
 
 
+class MLPWithBases(FieldWithBases):
+    """mlp(x, t) + sum_b c_b phi_b(t): the positional-encoded MLP field (smooth in space, so neighbouring Gaussians
+    share its motion) for the bulk of the motion, the per-Gaussian coefficients for what it cannot follow."""
+
+    kind = "mlp_bases"
+    field_kind = "mlp"
+
+    def __init__(self, mlp: dict[str, Any], bases: dict[str, Any], box: Box | None = None):
+        super().__init__(mlp, bases, box)
+
+    @property
+    def box(self) -> Box:
+        return self.mlp.box
+
+
 class RigidWithBases(FieldWithBases):
     """The shared rigid motions (:class:`RigidBases`) plus per-Gaussian coefficients on shared B-spline bases: the
     rigid blend for the articulated bulk, the coefficients for what it cannot make (a body that pulses, a cloth)."""
@@ -1013,6 +1028,8 @@ def build_deformation(spec: dict[str, Any] | None, box: Box | None = None) -> De
         return PlanesField(box=box, **args)
     if kind == "planes_bases":
         return PlanesWithBases(box=box, **args)
+    if kind == "mlp_bases":
+        return MLPWithBases(box=box, **args)
     if kind == "rigid_bases":
         return RigidWithBases(box=box, **args)
     raise ValueError(f"unknown deformation kind {kind!r}")
@@ -1032,11 +1049,15 @@ def deformation_spec_from_config(cfg, n_times: int) -> dict[str, Any] | None:
             return rigid
         return {"kind": kind, "rigid": {k: v for k, v in rigid.items() if k != "kind"},
                 "bases": {"count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}}
-    if kind == "mlp":
-        return {"kind": "mlp", "width": cfg.mlp_width, "depth": cfg.mlp_depth,
-                "position_octaves": cfg.mlp_position_frequencies, "time_octaves": cfg.mlp_time_frequencies,
-                "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
-                **_anchor_spec(cfg.field_anchor_time)}
+    if kind in ("mlp", "mlp_bases"):
+        mlp = {"kind": "mlp", "width": cfg.mlp_width, "depth": cfg.mlp_depth,
+               "position_octaves": cfg.mlp_position_frequencies, "time_octaves": cfg.mlp_time_frequencies,
+               "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
+               **_anchor_spec(cfg.field_anchor_time)}
+        if kind == "mlp":
+            return mlp
+        return {"kind": kind, "mlp": {k: v for k, v in mlp.items() if k != "kind"},
+                "bases": {"count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}}
     if kind in ("planes", "planes_bases"):
         time_res = cfg.planes_time_resolution or max(4, n_times // 2)
         if cfg.planes_level_time_resolution:

@@ -31,7 +31,7 @@ from pipeline.io import atomic_path, write_text
 from pipeline.log import get_logger, progress
 from pipeline.rng import set_cuda_rng_states
 from stages.optimize.config import OptimizeConfig
-from stages.optimize.deformation import (Box, FieldWithBases, RigidBases, build_deformation,
+from stages.optimize.deformation import (Box, FieldWithBases, MLPField, RigidBases, build_deformation,
                                          deformation_spec_from_config)
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.fused_adam import LeanFusedAdam
@@ -140,11 +140,12 @@ def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float,
     means, is_dynamic = t(initial.means), t(initial.is_dynamic, torch.bool)
     spec = deformation_spec_from_config(cfg, n_times)
     box = None
-    if spec is not None and spec["kind"] in ("mlp", "planes", "planes_bases"):
+    if spec is not None and spec["kind"] in ("mlp", "planes", "planes_bases", "mlp_bases"):
         box = Box.around(means[is_dynamic] if bool(is_dynamic.any()) else means).to(device)
     deformation = build_deformation(spec, box)
-    if deformation is not None and deformation.kind == "mlp":
-        deformation.bf16 = cfg.mlp_bf16 and device.type == "cuda"    # bf16 on a CPU: slower, not faster
+    for part in deformation.modules() if deformation is not None else ():
+        if isinstance(part, MLPField):
+            part.bf16 = cfg.mlp_bf16 and device.type == "cuda"          # bf16 on a CPU: slower, not faster
     if deformation is not None and cfg.rigid_fused_tables and device.type == "cuda":
         for part in deformation.modules():
             if isinstance(part, RigidBases):
@@ -752,8 +753,8 @@ def coherence_penalty(model: GaussianModel4D, group: torch.Tensor, distance: tor
 
 def residual_penalty(model: GaussianModel4D, pick: torch.Tensor, times: torch.Tensor,
                      scene_scale: float) -> torch.Tensor:
-    """planes_bases, rigid_bases: :func:`residual_loss` of the displacement that the Gaussians ``pick`` (M,) get from
-    their own motion-bases coefficients alone, between their anchor times and ``times`` (M,)."""
+    """planes_bases, mlp_bases, rigid_bases: :func:`residual_loss` of the displacement that the Gaussians ``pick``
+    (M,) get from their own motion-bases coefficients alone, between their anchor times and ``times`` (M,)."""
     splats = model.splats
     moved = model.deformation.bases.displacement(
         splats["means"].index_select(0, pick), times, splats["anchor_times"].index_select(0, pick),

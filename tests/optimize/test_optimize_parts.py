@@ -135,9 +135,9 @@ def test_every_deformation_is_zero_at_the_anchor_time_and_moves_elsewhere(kind, 
     assert elsewhere.shape == (64, 10) and elsewhere[:, :3].abs().mean() > 1e-3
 
 
-@pytest.mark.parametrize("kind", ["planes_bases", "rigid_bases"])
+@pytest.mark.parametrize("kind", ["planes_bases", "mlp_bases", "rigid_bases"])
 def test_a_shared_model_with_bases_is_the_sum_of_its_parts_and_rebuilds_from_its_spec(kind, rng):
-    from stages.optimize.deformation import PlanesWithBases, RigidWithBases, build_deformation
+    from stages.optimize.deformation import MLPWithBases, PlanesWithBases, RigidWithBases, build_deformation
 
     torch.manual_seed(0)
     means = torch.tensor(rng.normal(size=(32, 3)), dtype=torch.float32)
@@ -149,6 +149,12 @@ def test_a_shared_model_with_bases_is_the_sum_of_its_parts_and_rebuilds_from_its
         shared = model.planes
         torch.nn.init.normal_(shared.out.weight, std=0.1)           # the field starts at zero motion; give it some
         shared.table.data.uniform_(0.1, 0.9)
+        assert model.box is shared.box
+    elif kind == "mlp_bases":
+        model = MLPWithBases({"width": 16, "depth": 2, "position_octaves": 2, "time_octaves": 2},
+                             {"count": 3, "knots": 10}, box)
+        shared = model.mlp
+        torch.nn.init.normal_(shared.out.weight, std=0.1)
         assert model.box is shared.box
     else:
         model = RigidWithBases({"count": 4, "knots": 10}, {"count": 3, "knots": 10})
@@ -170,6 +176,7 @@ def test_a_shared_model_with_bases_is_the_sum_of_its_parts_and_rebuilds_from_its
     torch.testing.assert_close(second, shared.second_difference(means, torch.full((32,), 0.5), 0.1, own)
                                + model.bases.second_difference(means, torch.full((32,), 0.5), 0.1, coefs))
     assert (model.regularization() is not None) == (kind == "planes_bases")
+    assert model.spec()["kind"] == kind
     rebuilt = build_deformation(model.spec(), box)
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt.displacement(means, 0.9, anchors, coefs), whole)
@@ -177,13 +184,13 @@ def test_a_shared_model_with_bases_is_the_sum_of_its_parts_and_rebuilds_from_its
         type(model)({"with_opacity": True}, {"with_opacity": False}, box)
 
 
-@pytest.mark.parametrize("kind", ["planes_bases", "rigid_bases"])
+@pytest.mark.parametrize("kind", ["planes_bases", "mlp_bases", "rigid_bases"])
 def test_motion_parts_coefficients_penalises_only_the_hybrids_per_gaussian_motion(kind, rng):
     """optimize.motion_parts 'coefficients': the regulariser is the mean squared second difference of the bases'
     offsets sum_b c_b phi_b(t) alone (by hand from the basis curves), plus the field's own regulariser; the shared
     part gets no gradient from the accelerations. 'all' also counts the shared part's motion, and models that are
     not hybrids regularise all their motion either way."""
-    from stages.optimize.deformation import PlanesWithBases, RigidWithBases
+    from stages.optimize.deformation import MLPWithBases, PlanesWithBases, RigidWithBases
     from stages.optimize.trainer import motion_penalty
 
     torch.manual_seed(0)
@@ -196,6 +203,11 @@ def test_motion_parts_coefficients_penalises_only_the_hybrids_per_gaussian_motio
         torch.nn.init.normal_(model.planes.out.weight, std=0.1)
         model.planes.table.data.uniform_(0.1, 0.9)
         moving_shared = [model.planes.out.weight, model.planes.hidden.weight]      # only the accelerations reach
+    elif kind == "mlp_bases":
+        model = MLPWithBases({"width": 16, "depth": 2, "position_octaves": 2, "time_octaves": 2},
+                             {"count": 3, "knots": 10}, box)
+        torch.nn.init.normal_(model.mlp.out.weight, std=0.1)
+        moving_shared = list(model.mlp.parameters())
     else:
         model = RigidWithBases({"count": 4, "knots": 10}, {"count": 3, "knots": 10})
         coefs.update(model.initialize(means))

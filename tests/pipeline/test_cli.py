@@ -98,8 +98,8 @@ def test_geometry_and_evaluate_values_are_checked_before_any_stage_runs(override
     ("optimize.batch_size=0", "batch_size must be >= 1 (got 0)"),
     ("optimize.temporal_opacity_init=.nan", "temporal_opacity_init must be > 0"),
     ("optimize.residual_lambda=-1", "residual_lambda must be a finite number >= 0 (got -1)"),
-    ("optimize.residual_lambda=0.5", "residual_lambda applies to deformation=planes_bases or rigid_bases only "
-                                     "(deformation=bases)"),
+    ("optimize.residual_lambda=0.5", "residual_lambda applies to deformation=planes_bases, mlp_bases or "
+                                     "rigid_bases only (deformation=bases)"),
     ("optimize.deform_opacity=true optimize.deformation=rigid",             # two overrides
      "deform_opacity does not apply to deformation=rigid"),
     ("optimize.rigid_count=0", "rigid_count must be >= 1 (got 0)"),
