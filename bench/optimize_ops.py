@@ -1,6 +1,7 @@
 """Operators per optimize-stage training step, counted on the CPU: the host-side cost a GPU step pays.
 
-    python -m bench.optimize_ops [--models bases mlp planes none] [--densify] [--json optimize_ops_cpu.json]
+    python -m bench.optimize_ops [--models bases mlp planes none] [--densify] [--set optimize.KEY=VALUE ...]
+                                 [--json optimize_ops_cpu.json]
 
 On an H100/H200 a training step at 400x400 with 100k Gaussians is bound by the host (Python and ~400 kernel
 launches), so what a change to the trainer buys shows in the number of operators a step dispatches and the host
@@ -22,7 +23,9 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import json
+import sys
 import shutil
 import tempfile
 from pathlib import Path
@@ -211,20 +214,46 @@ def count_step_ops(kind: str, *, gaussians: int = 2000, size: int = 48, densify:
     return {"model": kind, **counter.summary(per_step), "by_op": per_step}
 
 
+def optimize_overrides(texts: list[str]) -> dict[str, Any]:
+    """``optimize.KEY=VALUE`` overrides (checked and typed as the pipeline's config does) -> the OptimizeConfig
+    fields they change, for :func:`count_step_ops`."""
+    from pipeline.config import apply_overrides, default_config
+    from pipeline.errors import UserError
+    from stages.optimize.config import OptimizeConfig
+
+    for text in texts:
+        if not text.startswith("optimize."):
+            raise UserError(f"--set {text}: only optimize.KEY=VALUE settings apply to a training step")
+    config, base = default_config(), OptimizeConfig()
+    apply_overrides(config, texts)
+    return {f.name: getattr(config.optimize, f.name) for f in dataclasses.fields(base)
+            if getattr(config.optimize, f.name) != getattr(base, f.name)}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["bases", "mlp", "planes", "none"])
     parser.add_argument("--densify", action="store_true", help="count steps inside the densification window")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="optimize.KEY=VALUE",
+                        help="change a training setting for every model counted (repeatable), e.g. "
+                             "optimize.motion_parts=coefficients")
     parser.add_argument("--top", type=int, default=12, help="operators listed per model")
     parser.add_argument("--json", default="", help="also write bench/results/<name>")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = [count_step_ops(kind, densify=args.densify) for kind in args.models]
-    print(f"\nOperators per training step (speed setting{', densification statistics on' if args.densify else ''}; "
-          "rasterizer = 2 forward + 2 backward stand-ins, not counted)")
-    print(f"{'model':8s} {'ops':>7s} {'kernels':>8s} {'syncs':>6s}")
+    from pipeline.errors import UserError
+
+    try:
+        overrides = optimize_overrides(args.overrides)
+    except UserError as err:
+        print(f"optimize_ops: {err}", file=sys.stderr)
+        return 2
+    rows = [count_step_ops(kind, densify=args.densify, **overrides) for kind in args.models]
+    print(f"\nOperators per training step (speed setting{', densification statistics on' if args.densify else ''}"
+          f"{''.join(', ' + o for o in args.overrides)}; rasterizer = 2 forward + 2 backward stand-ins, not counted)")
+    print(f"{'model':12s} {'ops':>7s} {'kernels':>8s} {'syncs':>6s}")
     for r in rows:
-        print(f"{r['model']:8s} {r['ops']:7.1f} {r['kernels']:8.1f} {r['syncs']:6.1f}  "
+        print(f"{r['model']:12s} {r['ops']:7.1f} {r['kernels']:8.1f} {r['syncs']:6.1f}  "
               + ", ".join(f"{k} {v:g}" for k, v in r["sync_ops"].items()))
     for r in rows:
         print(f"\n{r['model']}: " + ", ".join(f"{k} {v:g}" for k, v in list(r["by_op"].items())[:args.top]))
@@ -232,8 +261,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         from bench.common import RESULTS, environment
 
         out = RESULTS / args.json
-        out.write_text(json.dumps({"environment": environment("cpu"), "densify": args.densify, "models": rows},
-                                  indent=1) + "\n")
+        out.write_text(json.dumps({"environment": environment("cpu"), "densify": args.densify,
+                                   "overrides": args.overrides, "models": rows}, indent=1) + "\n")
         print(f"\nwrote {out}")
     return 0
 

@@ -31,6 +31,27 @@ def test_a_training_step_has_one_host_synchronisation_and_its_op_count_does_not_
         assert 100 < small["kernels"] < small["ops"]
 
 
+def test_motion_parts_coefficients_drops_the_planes_second_evaluation_from_a_hybrid_step():
+    """optimize_ops --set: the overrides are typed and checked as the pipeline's, only optimize.* apply; with
+    motion_parts=coefficients a planes_bases step no longer evaluates its field for the motion regulariser (a
+    forward and backward through the planes and their head: over 100 operators fewer)."""
+    import pytest
+
+    from bench.optimize_ops import optimize_overrides
+    from pipeline.errors import UserError
+
+    assert optimize_overrides(["optimize.motion_parts=coefficients", "optimize.motion_lambda=0.5"]) == {
+        "motion_parts": "coefficients", "motion_lambda": 0.5}
+    with pytest.raises(UserError, match="only optimize"):
+        optimize_overrides(["scene.max_size=3"])
+    with pytest.raises(UserError, match="must be one of"):
+        optimize_overrides(["optimize.motion_parts=some"])
+    full = count_step_ops("planes_bases", gaussians=150, size=16)
+    lean = count_step_ops("planes_bases", gaussians=150, size=16, motion_parts="coefficients")
+    assert lean["ops"] < full["ops"] - 100, (lean["ops"], full["ops"])
+    assert lean["sync_ops"] == full["sync_ops"] == {"nonzero": 1}
+
+
 def test_the_speed_section_runs_on_a_cpu_and_times_windows_on_self_rendered_targets(tmp_path):
     from bench.optimize_bench import bench_speed, orbit_views, own_render_views, random_gaussians, speed_config
 
