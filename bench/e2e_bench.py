@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bench.common import REPO, RESULTS, environment, git_state, utc_now
-from stages.optimize.config import DEFORMATIONS            # bases | mlp | planes | planes_bases | none (static)
+from stages.optimize.config import DEFORMATIONS            # bases, rigid, the fields, the hybrids, none (static)
 
 # The real clip: $PAGE4DGS_LADY_RUNNING (e.g. a copy carried to a GPU host), else the shared data beside the checkout.
 LADY_RUNNING = Path(os.environ.get("PAGE4DGS_LADY_RUNNING") or REPO.parent / "shared" / "data" / "lady-running")

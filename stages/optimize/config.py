@@ -61,12 +61,12 @@ class OptimizeConfig:
     bases_knots: int = option(16, "bases, rigid: B-spline control points per basis over t in [0, 1].")
     rigid_count: int = option(32, "rigid: number of shared rigid motions (pivots at k-means centres of the dynamic "
                               "Gaussians; on object scenes 32 beat 16 and 64).")
-    mlp_width: int = option(128, "mlp: hidden width.")
-    mlp_depth: int = option(4, "mlp: hidden layers.")
-    mlp_position_frequencies: int = option(8, "mlp: positional-encoding octaves of x (normalised to the dynamic "
-                                           "points' bounding box).")
-    mlp_time_frequencies: int = option(6, "mlp: positional-encoding octaves of t.")
-    mlp_bf16: bool = option(False, "mlp: on CUDA, run the hidden layers in bfloat16 (autocast; float32 "
+    mlp_width: int = option(128, "mlp, mlp_bases: hidden width.")
+    mlp_depth: int = option(4, "mlp, mlp_bases: hidden layers.")
+    mlp_position_frequencies: int = option(8, "mlp, mlp_bases: positional-encoding octaves of x (normalised to the "
+                                           "dynamic points' bounding box).")
+    mlp_time_frequencies: int = option(6, "mlp, mlp_bases: positional-encoding octaves of t.")
+    mlp_bf16: bool = option(False, "mlp, mlp_bases: on CUDA, run the hidden layers in bfloat16 (autocast; float32 "
                             "accumulation), the encoding and the output layer in float32. Halves the memory "
                             "traffic of the network's activations; a training-time setting, not saved with the "
                             "model (renders after training evaluate it in float32).")
@@ -97,12 +97,14 @@ class OptimizeConfig:
                                   "dynamic Gaussians, in units of the scene scale per squared frame gap).")
     motion_parts: str = option("all", "Whose motion the motion regulariser penalises in the hybrids (planes_bases, "
                                "mlp_bases, rigid_bases): 'all' (the summed offsets) or 'coefficients' (only the "
-                               "per-Gaussian coefficients' part, the field's total variation aside: a field coarse "
-                               "in time is smooth already, and its second differences cost a second evaluation "
-                               "of it per step, 38 % of a planes_bases step's operators). CPU stand-in, object "
-                               "seeds 0-2: 25.80 dB against 25.75 in half the training time; not yet checked on "
-                               "a GPU (docs/gaussians.md, thirty-fifth session). Other models regularise all "
-                               "their motion either way.",
+                               "part the per-Gaussian motion-bases coefficients make). For planes_bases: the "
+                               "planes, six cells coarse in time, are nearly piecewise linear in t already and "
+                               "keep their total variation, while their second differences cost a second "
+                               "evaluation of the field per step, 24 % of its operators; on the CPU stand-in, "
+                               "object seeds 0-2, 25.80 dB against 25.75 with 482 operators per step against "
+                               "637 (docs/gaussians.md, thirty-fifth session; not checked on a GPU). mlp_bases "
+                               "and rigid_bases have no other regulariser on their shared part, which then "
+                               "moves unregularised. Other models regularise all their motion either way.",
                                choices=("all", "coefficients"))
     rigidity_lambda: float = option(0.0, "Weight of the local rigidity regulariser: distances between a dynamic "
                                     "Gaussian and its rigidity_neighbors nearest neighbours of the same time slice "
@@ -131,28 +133,31 @@ class OptimizeConfig:
     alpha_lambda: float = option(0.0, "Weight of the mask loss on RGBA scenes: the mean absolute difference of the "
                                  "rendered alpha and the dataset's alpha (object masks). Views without alpha skip "
                                  "it. Added to the loss; not a column of log.csv.")
-    silhouette_lambda: float = option(0.0, "Weight of the silhouette loss on RGBA scenes: up to 4096 dynamic "
-                                      "Gaussians drawn from those within two temporal widths of the render time, "
-                                      "carried to it, pay their squared distance (in image widths) outside the "
-                                      "view's object mask, weighted by their opacity there - a pull on the moving "
-                                      "Gaussians from anywhere (off the image too), where the photometric loss "
-                                      "pulls only within a Gaussian's "
-                                      "footprint. Views without alpha skip it. Experimental (thirty-third session; "
-                                      "docs/gaussians.md). Not a column of log.csv.")
+    silhouette_lambda: float = option(0.0, "Weight of the silhouette loss on RGBA scenes: the dynamic Gaussians "
+                                      "at a view's time (which ones: silhouette_source) pay their squared "
+                                      "distance (in image widths) outside the view's object mask, weighted by their "
+                                      "opacity there - a pull on the moving Gaussians from anywhere (off the image "
+                                      "too), where the photometric loss pulls only within a Gaussian's footprint. "
+                                      "Views without alpha skip it. On in the dnerf preset (thirty-third to "
+                                      "thirty-fifth sessions; docs/gaussians.md). Not a column of log.csv.")
     silhouette_views: int = option(1, "Training views whose masks the silhouette loss reads per step: the step's "
                                    "own view and silhouette_views - 1 other views drawn at random (with the frame "
                                    "sampler's generator, so the frame order differs from a run with 1), each at "
                                    "its own time and camera (no render: a projection per view); the loss is their "
-                                   "mean. Each view adds a host synchronisation: on an H200 four views took 2.2x "
-                                   "the training time for the same held-out PSNR (docs/gaussians.md).")
+                                   "mean. Each other view samples (up to 4096 Gaussians within two temporal widths "
+                                   "of its time, carried there) and adds a host synchronisation: on an H200 four "
+                                   "views, all sampled then, took 2.2x the training time for the same held-out "
+                                   "PSNR (docs/gaussians.md).")
     silhouette_source: str = option("render", "Which Gaussians the silhouette loss reads at the step's own view: "
                                     "'render' (every dynamic Gaussian the render carried to its time, weighted by "
-                                    "its opacity there: no second deformation and no host synchronisation) or "
-                                    "'sample' (up to 4096 drawn from the dynamic Gaussians within two temporal "
-                                    "widths of the render time, carried to it once more). On an H200 'render' gave "
-                                    "25.33 dB on object seeds 0-3 against 25.01 and trained lone in 80 s against "
-                                    "109 s (docs/gaussians.md, thirty-fifth session). Other views "
-                                    "(silhouette_views) always sample.", choices=("sample", "render"))
+                                    "its opacity there, as rendered: DropGaussian's factors and a deformed opacity "
+                                    "included; with skip_invisible off, as under cuda_graphs, every dynamic "
+                                    "Gaussian, the far ones weighted near zero. No second deformation and no host "
+                                    "synchronisation) or 'sample' (up to 4096 drawn from the dynamic Gaussians "
+                                    "within two temporal widths of the render time, carried to it once more). On "
+                                    "an H200 'render' gave 25.33 dB on object seeds 0-3 against 25.01 and trained "
+                                    "lone in 80 s against 109 s (docs/gaussians.md, thirty-fifth session). Other "
+                                    "views (silhouette_views) always sample.", choices=("sample", "render"))
     drop_rate: float = option(0.0, "Largest fraction of Gaussians left out of each training render "
                               "(DropGaussian, a regulariser for Gaussians seen by few views): the fraction rises "
                               "linearly from 0 at step 0 to this at the last step, and the kept Gaussians' "

@@ -1011,6 +1011,14 @@ class RigidWithBases(FieldWithBases):
         super().__init__(rigid, bases, box)
 
 
+def set_mlp_bf16(deformation: Deformation | None, enabled: bool) -> None:
+    """Run the hidden layers of every mlp field in ``deformation`` (an ``mlp``, or the shared part of an
+    ``mlp_bases``) in bfloat16 or not: a training-time setting (``optimize.mlp_bf16``, CUDA only)."""
+    for part in deformation.modules() if deformation is not None else ():
+        if isinstance(part, MLPField):
+            part.bf16 = enabled
+
+
 def build_deformation(spec: dict[str, Any] | None, box: Box | None = None) -> Deformation | None:
     """A deformation model from its :meth:`Deformation.spec` (None or kind 'none' = static)."""
     if spec is None or spec.get("kind") in (None, "none"):

@@ -13,7 +13,7 @@ bases, camera corrections) lives outside, with its own optimizer.
 | shN              | (N, K-1, 3) | higher SH bands            | yes     | sh_degree > 0                |
 | time_centers     | (N,)        | centre of temporal opacity | yes     | dynamic model, temporal opacity |
 | time_log_scales  | (N,)        | log width of temporal opacity | yes  | dynamic model, temporal opacity |
-| motion_coefs     | (N, B, D)   | motion-basis coefficients  | yes     | deformation = bases          |
+| motion_coefs     | (N, B, D)   | motion-basis coefficients  | yes     | bases and the hybrids (*_bases) |
 | rigid_logits     | (N, K)      | blending logits of the rigid motions | yes | deformation = rigid  |
 | field_embedding  | (N, E)      | latent code the field reads | yes    | mlp/planes, field_embedding > 0 |
 | anchor_times     | (N,)        | time the Gaussian was seen | no      | dynamic model                |

@@ -187,9 +187,9 @@ def anisotropy_loss(log_scales: torch.Tensor, max_ratio: float) -> torch.Tensor:
 def residual_loss(displacement: torch.Tensor, scene_scale: float) -> torch.Tensor:
     """Mean over Gaussians of the squared displacement their own motion-bases coefficients give them; displacement
     (M, D) with the position channels (the first 3, world units) divided by ``scene_scale`` and the rest
-    (quaternion, log-scale, opacity offsets) as they are. The planes_bases model's hold on its per-Gaussian part:
-    a displacement, not the coefficients, so that scaling the shared curves up and the coefficients down (the same
-    motion) does not evade it."""
+    (quaternion, log-scale, opacity offsets) as they are. The hybrids' (planes_bases, mlp_bases, rigid_bases) hold
+    on their per-Gaussian part: a displacement, not the coefficients, so that scaling the shared curves up and the
+    coefficients down (the same motion) does not evade it."""
     position = displacement[:, :3].square().sum(1) / scene_scale ** 2
     rest = displacement[:, 3:].square().sum(1)
     return (position + rest).mean() if displacement.shape[0] else displacement.sum()

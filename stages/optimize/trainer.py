@@ -31,8 +31,8 @@ from pipeline.io import atomic_path, write_text
 from pipeline.log import get_logger, progress
 from pipeline.rng import set_cuda_rng_states
 from stages.optimize.config import OptimizeConfig
-from stages.optimize.deformation import (Box, FieldWithBases, MLPField, RigidBases, build_deformation,
-                                         deformation_spec_from_config)
+from stages.optimize.deformation import (Box, FieldWithBases, RigidBases, build_deformation,
+                                         deformation_spec_from_config, set_mlp_bf16)
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
@@ -143,9 +143,7 @@ def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float,
     if spec is not None and spec["kind"] in ("mlp", "planes", "planes_bases", "mlp_bases"):
         box = Box.around(means[is_dynamic] if bool(is_dynamic.any()) else means).to(device)
     deformation = build_deformation(spec, box)
-    for part in deformation.modules() if deformation is not None else ():
-        if isinstance(part, MLPField):
-            part.bf16 = cfg.mlp_bf16 and device.type == "cuda"          # bf16 on a CPU: slower, not faster
+    set_mlp_bf16(deformation, cfg.mlp_bf16 and device.type == "cuda")     # bf16 on a CPU: slower, not faster
     if deformation is not None and cfg.rigid_fused_tables and device.type == "cuda":
         for part in deformation.modules():
             if isinstance(part, RigidBases):

@@ -578,15 +578,30 @@ def test_mlp_in_bf16_keeps_float32_offsets_within_bf16_rounding(rng):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in field.parameters())
 
 
-def test_mlp_bf16_is_set_for_cuda_training_only(rng):
+def test_mlp_bf16_is_set_for_cuda_training_only(rng, monkeypatch):
+    """set_mlp_bf16 reaches the mlp field alone or inside mlp_bases (and leaves other models be); build_model asks
+    for it only on CUDA."""
+    import stages.optimize.trainer as trainer_module
+    from stages.optimize.deformation import MLPWithBases, PlanesWithBases, set_mlp_bf16
     from stages.optimize.trainer import InitialGaussians, build_model
 
+    alone, hybrid = MLPField(width=8, depth=2), MLPWithBases({"width": 8, "depth": 2}, {"count": 2})
+    for enabled in (True, False):
+        set_mlp_bf16(alone, enabled)
+        set_mlp_bf16(hybrid, enabled)
+        assert alone.bf16 is enabled and hybrid.mlp.bf16 is enabled
+    set_mlp_bf16(PlanesWithBases({"resolutions": [4]}, {"count": 2}), True)
+    set_mlp_bf16(None, True)
+    asked = []
+    monkeypatch.setattr(trainer_module, "set_mlp_bf16", lambda deformation, enabled: asked.append(
+        (deformation.kind, enabled)))
     n = 20
     initial = InitialGaussians(means=rng.normal(size=(n, 3)), sh=np.zeros((n, 1, 3)), opacity_logits=np.zeros(n),
                                log_scales=np.full((n, 3), -3.0), quats=np.tile([1.0, 0, 0, 0], (n, 1)),
                                is_dynamic=np.arange(n) % 2 == 0, anchor_times=np.linspace(0, 1, n))
-    model = build_model(OptimizeConfig(deformation="mlp", mlp_bf16=True), initial, 0.1, 5, torch.device("cpu"))
-    assert model.deformation.bf16 is False
+    for kind in ("mlp", "mlp_bases"):
+        build_model(OptimizeConfig(deformation=kind, mlp_bf16=True), initial, 0.1, 5, torch.device("cpu"))
+    assert asked == [("mlp", False), ("mlp_bases", False)]
 
 
 def test_positional_encoding_layout():

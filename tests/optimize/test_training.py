@@ -361,10 +361,13 @@ def test_the_coherence_regulariser_makes_copies_move_alike_and_resumes_exactly(t
     assert measured[10.0] < measured[0.0], measured
 
 
-def test_silhouette_views_reads_other_views_masks_at_their_times_and_resumes_exactly(tiny, tmp_path, monkeypatch):
-    """silhouette_views 3: each step's silhouette term reads its own view at the render time and two other views
-    (never itself) at their own times, with their detached cameras; refined cameras get no gradient from it; the
-    run resumes bit for bit. other_views draws nothing for 0 draws, so silhouette_views 1 keeps the frame order."""
+@pytest.mark.parametrize("source", ["sample", "render"])
+def test_silhouette_views_reads_other_views_masks_at_their_times_and_resumes_exactly(source, tiny, tmp_path,
+                                                                                     monkeypatch):
+    """silhouette_views 3: each step's silhouette term reads its own view at the render time (sampled, or from the
+    render's Gaussians) and two other views (never itself, always sampled) at their own times, with their detached
+    cameras; refined cameras get no gradient from it; the run resumes bit for bit. other_views draws nothing for 0
+    draws, so silhouette_views 1 keeps the frame order."""
     import stages.optimize.trainer as trainer_module
     from stages.optimize.trainer import other_views
 
@@ -385,13 +388,15 @@ def test_silhouette_views_reads_other_views_masks_at_their_times_and_resumes_exa
 
     monkeypatch.setattr(trainer_module, "silhouette_penalty", counting)
     cfg = small_config(iterations=8, densify=False, rigidity_lambda=0.0, silhouette_lambda=20.0, silhouette_views=3,
-                       silhouette_source="sample", background="random", checkpoint_every=4, refine_cameras=True,
+                       silhouette_source=source, background="random", checkpoint_every=4, refine_cameras=True,
                        lr_cameras=0.0)
     data, initial = _inputs(files, scene, cfg)
     straight = train(cfg, data, initial, tmp_path / "straight", seed=0)
-    assert len(calls) == 3 * 8 and not any(grad for _, grad in calls)
-    own_times = [calls[3 * step][0] for step in range(8)]
-    assert all(calls[3 * step + k][0] != own_times[step] for step in range(8) for k in (1, 2))   # one view per time
+    sampled = 3 if source == "sample" else 2                  # the render source samples only the other views
+    assert len(calls) == sampled * 8 and not any(grad for _, grad in calls)
+    if source == "sample":
+        own_times = [calls[3 * step][0] for step in range(8)]
+        assert all(calls[3 * step + k][0] != own_times[step] for step in range(8) for k in (1, 2))  # one per time
     assert {t for t, _ in calls} <= {v.time for v in data.views}
     resumed_run_matches(cfg, data, initial, tmp_path, straight, "straight", seed=0)
 
@@ -755,8 +760,12 @@ def test_a_field_with_bases_trains_holds_its_coefficients_resumes_and_loads_back
         with torch.no_grad():     # how far the Gaussians' own coefficients move them, shared curves included
             moved[weight] = float(trainer_module.residual_penalty(result.model, index, times, 1.0))
     assert moved[0.0] > 0 and moved[100.0] < 0.5 * moved[0.0]
-    names = {g["name"] for g in trainer_module.build_optimizer(cfg, result.model, None, 1.0).param_groups}
-    assert {"field", "bases", "motion_coefs"} | ({"planes"} if kind == "planes_bases" else set()) <= names
+    groups = {g["name"]: g["params"] for g in trainer_module.build_optimizer(cfg, result.model, None, 1.0).param_groups}
+    assert {"field", "bases", "motion_coefs"} <= set(groups) and ("planes" in groups) == (kind == "planes_bases")
+    field = result.model.deformation.field
+    expected = ([*field.hidden.parameters(), *field.out.parameters()] if kind == "planes_bases"
+                else [*field.parameters()])
+    assert [id(p) for p in groups["field"]] == [id(p) for p in expected]
     a, _ = resumed_run_matches(cfg, data, initial, tmp_path, result, "w100.0", seed=0)
     assert int(a[-1]["gaussians"]) != int(a[0]["gaussians"]), "densification happened"
     result.model.save(tmp_path / "model.pt")
