@@ -934,6 +934,11 @@ class FieldWithBases(Deformation):
     def field(self) -> Deformation:
         return getattr(self, self.field_kind)
 
+    @property
+    def box(self) -> Box:
+        """The shared field's box (planes_bases, mlp_bases; the rigid motions have none)."""
+        return self.field.box
+
     def spec(self) -> dict[str, Any]:
         part = lambda d: {k: v for k, v in d.spec().items() if k != "kind"}
         return {"kind": self.kind, self.field_kind: part(self.field), "bases": part(self.bases)}
@@ -980,10 +985,6 @@ class PlanesWithBases(FieldWithBases):
     def __init__(self, planes: dict[str, Any], bases: dict[str, Any], box: Box | None = None):
         super().__init__(planes, bases, box)
 
-    @property
-    def box(self) -> Box:
-        return self.planes.box
-
 
 class MLPWithBases(FieldWithBases):
     """mlp(x, t) + sum_b c_b phi_b(t): the positional-encoded MLP field (smooth in space, so neighbouring Gaussians
@@ -994,10 +995,6 @@ class MLPWithBases(FieldWithBases):
 
     def __init__(self, mlp: dict[str, Any], bases: dict[str, Any], box: Box | None = None):
         super().__init__(mlp, bases, box)
-
-    @property
-    def box(self) -> Box:
-        return self.mlp.box
 
 
 class RigidWithBases(FieldWithBases):
