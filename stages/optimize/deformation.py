@@ -1041,38 +1041,37 @@ def build_deformation(spec: dict[str, Any] | None, box: Box | None = None) -> De
 
 
 def deformation_spec_from_config(cfg, n_times: int) -> dict[str, Any] | None:
-    """The deformation spec an :class:`~stages.optimize.config.OptimizeConfig` asks for."""
+    """The deformation spec an :class:`~stages.optimize.config.OptimizeConfig` asks for: a hybrid ('<shared>_bases')
+    nests its shared part's spec under that part's kind, beside its bases'."""
     kind = cfg.deformation
     if kind == "none":
         return None
+    bases = {"count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}
     if kind == "bases":
-        return {"kind": "bases", "count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}
-    if kind in ("rigid", "rigid_bases"):
-        rigid = {"kind": "rigid", "count": cfg.rigid_count, "knots": cfg.bases_knots,
-                 "with_opacity": cfg.deform_opacity}
-        if kind == "rigid":
-            return rigid
-        return {"kind": kind, "rigid": {k: v for k, v in rigid.items() if k != "kind"},
-                "bases": {"count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}}
-    if kind in ("mlp", "mlp_bases"):
-        mlp = {"kind": "mlp", "width": cfg.mlp_width, "depth": cfg.mlp_depth,
-               "position_octaves": cfg.mlp_position_frequencies, "time_octaves": cfg.mlp_time_frequencies,
-               "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
-               **_anchor_spec(cfg.field_anchor_time)}
-        if kind == "mlp":
-            return mlp
-        return {"kind": kind, "mlp": {k: v for k, v in mlp.items() if k != "kind"},
-                "bases": {"count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}}
-    if kind in ("planes", "planes_bases"):
+        return {"kind": "bases", **bases}
+    shared_kind = kind.removesuffix("_bases")
+    shared = _shared_spec(cfg, shared_kind, n_times)
+    if kind == shared_kind:
+        return shared
+    return {"kind": kind, shared_kind: {k: v for k, v in shared.items() if k != "kind"}, "bases": bases}
+
+
+def _shared_spec(cfg, kind: str, n_times: int) -> dict[str, Any]:
+    """The spec of a model that can stand alone or be a hybrid's shared part: 'rigid', 'mlp' or 'planes'."""
+    if kind == "rigid":
+        return {"kind": "rigid", "count": cfg.rigid_count, "knots": cfg.bases_knots,
+                "with_opacity": cfg.deform_opacity}
+    if kind == "mlp":
+        return {"kind": "mlp", "width": cfg.mlp_width, "depth": cfg.mlp_depth,
+                "position_octaves": cfg.mlp_position_frequencies, "time_octaves": cfg.mlp_time_frequencies,
+                "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
+                **_anchor_spec(cfg.field_anchor_time)}
+    if kind == "planes":
         time_res = cfg.planes_time_resolution or max(4, n_times // 2)
         if cfg.planes_level_time_resolution:
             time_res = list(cfg.planes_level_time_resolution)
-        planes = {"kind": "planes", "resolutions": list(cfg.planes_resolution), "time_resolution": time_res,
-                  "features": cfg.planes_features, "head_width": cfg.planes_head_width,
-                  "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
-                  **_anchor_spec(cfg.field_anchor_time)}
-        if kind == "planes":
-            return planes
-        return {"kind": kind, "planes": {k: v for k, v in planes.items() if k != "kind"},
-                "bases": {"count": cfg.bases_count, "knots": cfg.bases_knots, "with_opacity": cfg.deform_opacity}}
-    raise ValueError(f"unknown deformation {kind!r}")
+        return {"kind": "planes", "resolutions": list(cfg.planes_resolution), "time_resolution": time_res,
+                "features": cfg.planes_features, "head_width": cfg.planes_head_width,
+                "with_opacity": cfg.deform_opacity, **_embedding_spec(cfg.field_embedding),
+                **_anchor_spec(cfg.field_anchor_time)}
+    raise ValueError(f"unknown deformation {cfg.deformation!r}")
