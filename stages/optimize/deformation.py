@@ -1016,8 +1016,14 @@ def set_mlp_bf16(deformation: Deformation | None, enabled: bool) -> None:
             part.bf16 = enabled
 
 
+KINDS_WITH_BOX = frozenset({"mlp", "planes", "planes_bases", "mlp_bases"})
+"""The deformation kinds whose field reads positions normalised to a :class:`Box` (the dynamic points' box, made by
+the caller of :func:`build_deformation` and saved with the model); the others take no box."""
+
+
 def build_deformation(spec: dict[str, Any] | None, box: Box | None = None) -> Deformation | None:
-    """A deformation model from its :meth:`Deformation.spec` (None or kind 'none' = static)."""
+    """A deformation model from its :meth:`Deformation.spec` (None or kind 'none' = static); ``box`` is read by the
+    kinds in :data:`KINDS_WITH_BOX` (None = the unit box)."""
     if spec is None or spec.get("kind") in (None, "none"):
         return None
     args = {k: v for k, v in spec.items() if k != "kind"}

@@ -31,7 +31,7 @@ from pipeline.io import atomic_path, write_text
 from pipeline.log import get_logger, progress
 from pipeline.rng import set_cuda_rng_states
 from stages.optimize.config import OptimizeConfig
-from stages.optimize.deformation import (Box, FieldWithBases, RigidBases, build_deformation,
+from stages.optimize.deformation import (KINDS_WITH_BOX, Box, FieldWithBases, RigidBases, build_deformation,
                                          deformation_spec_from_config, set_mlp_bf16)
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.fused_adam import LeanFusedAdam
@@ -140,7 +140,7 @@ def build_model(cfg: OptimizeConfig, initial: InitialGaussians, time_gap: float,
     means, is_dynamic = t(initial.means), t(initial.is_dynamic, torch.bool)
     spec = deformation_spec_from_config(cfg, n_times)
     box = None
-    if spec is not None and spec["kind"] in ("mlp", "planes", "planes_bases", "mlp_bases"):
+    if spec is not None and spec["kind"] in KINDS_WITH_BOX:
         box = Box.around(means[is_dynamic] if bool(is_dynamic.any()) else means).to(device)
     deformation = build_deformation(spec, box)
     set_mlp_bf16(deformation, cfg.mlp_bf16 and device.type == "cuda")     # bf16 on a CPU: slower, not faster

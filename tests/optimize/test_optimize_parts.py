@@ -1000,3 +1000,27 @@ def test_an_unknown_compile_backend_is_a_one_line_error():
     check_compile_backend("aot_eager")
     with pytest.raises(UserError, match="unknown torch.compile backend 'nope'"):
         check_compile_backend("nope")
+
+
+@pytest.mark.parametrize("kind", ["bases", "rigid", "mlp", "planes", "planes_bases", "mlp_bases", "rigid_bases"])
+def test_build_model_boxes_the_dynamic_points_for_the_kinds_that_read_a_box(kind, rng):
+    """The kinds in KINDS_WITH_BOX get the dynamic Gaussians' box (not the static ones', not the unit box); the others
+    have no box at all."""
+    from stages.optimize.deformation import KINDS_WITH_BOX
+    from stages.optimize.trainer import InitialGaussians, build_model
+
+    n = 40
+    means = rng.normal(size=(n, 3))
+    is_dynamic = np.arange(n) % 2 == 0
+    means[~is_dynamic] *= 100.0          # static points far out: a box around all points would be 100x larger
+    initial = InitialGaussians(means=means, sh=np.zeros((n, 1, 3)), opacity_logits=np.zeros(n),
+                               log_scales=np.full((n, 3), -3.0), quats=np.tile([1.0, 0, 0, 0], (n, 1)),
+                               is_dynamic=is_dynamic, anchor_times=np.linspace(0, 1, n))
+    model = build_model(OptimizeConfig(deformation=kind), initial, 0.1, 5, torch.device("cpu"))
+    box = getattr(model.deformation, "box", None)
+    if kind not in KINDS_WITH_BOX:
+        assert box is None
+        return
+    normalized = box.normalize(torch.as_tensor(means[is_dynamic], dtype=torch.float32))
+    # the dynamic points fill the box but for Box.around's 20 % margin (a static point would lie ~100x outside)
+    assert normalized.abs().max().item() == pytest.approx(1 / 1.2, rel=1e-5)
