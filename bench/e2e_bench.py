@@ -171,6 +171,10 @@ def summarize(runs: list[dict]) -> list[dict]:
             row["wall_s"] = statistics.mean(r["wall_s"] for r in mine)
             row["optimize_s"] = statistics.mean(r["stages"]["optimize"]["wall_s"] for r in mine)
             row["side_by_side"] = max(r.get("side_by_side", 1) for r in mine)    # > 1: times are not lone times
+            # the runs that had the host to themselves: their optimize stage's mean time is a lone time (None: none)
+            lone = [r for r in mine if r.get("side_by_side", 1) <= 1]
+            row["lone_seeds"] = [r["seed"] for r in lone]
+            row["lone_optimize_s"] = statistics.mean(r["stages"]["optimize"]["wall_s"] for r in lone) if lone else None
             static = {r["seed"]: r["metrics"]["psnr"] for r in done if r["kind"] == kind and r["deformation"] == "none"}
             gains = [(r["metrics"]["psnr"] - static[r["seed"]], r["seed"]) for r in mine if r["seed"] in static]
             paired = bool(gains) and model != "none"

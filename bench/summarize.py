@@ -722,24 +722,47 @@ def optimize_quality_rows(R: Results) -> list[Measured]:
     return rows
 
 
+def e2e_quality_row(R: Results, synthetic: str, i: Optional[int], model: str, label: str) -> Measured:
+    """The issue's headline target for one model of the end-to-end object suite: its PSNR is the mean over every
+    seed; its time the mean optimize stage of the runs that had the host to themselves (``lone_optimize_s``), else
+    the mean over all runs, marked as not a lone time where runs shared the host (then it judges the target only
+    when it is met even so)."""
+    at = (lambda key: ("summary", i, key))
+    psnr = figure(R, synthetic, at("psnr"), "{:.2f}") if i is not None else None
+    lone = figure(R, synthetic, at("lone_optimize_s"), "{:.0f}") if i is not None else None
+    seconds = lone or (figure(R, synthetic, at("optimize_s"), "{:.0f}") if i is not None else None)
+    together = R.get(synthetic, at("side_by_side")) if i is not None else MISSING
+    shared = lone is None and together is not MISSING and together > 1    # no lone run: not a lone run's time
+    seeds = figure(R, synthetic, at("seeds"), "{}", "join") if i is not None else None
+    if lone is not None:
+        time_note = [" s, lone runs (seeds ", figure(R, synthetic, at("lone_seeds"), "{}", "join"),
+                     "; PSNR: mean over seeds ", seeds, ")"]
+    else:
+        time_note = [" s (mean over seeds ", seeds,
+                     *([", ", figure(R, synthetic, at("side_by_side"), "{}"), " runs side by side: not a lone "
+                        "run's time"] if shared else []), ")"]
+    if psnr is None or seconds is None:
+        status = "not measured"
+    elif psnr.value < 25.5 or (seconds.value > 140 and not shared):
+        status = "missed"
+    elif seconds.value <= 140:      # runs side by side only slow each other down: a shared time bounds a lone one
+        status = "met"
+    else:
+        status = "not judged: no lone run"
+    return Measured(f"held-out PSNR ≥ 25.5 dB within 140 s of optimization on a 200×200 object scene (H100; 50 "
+                    f"training views, page4d-tiny geometry, whole pipeline; {label})",
+                    psnr, [psnr, " dB after ", seconds, *time_note], None, None,
+                    runs_device(R, synthetic, "object", model), synthetic, status=status)
+
+
 def quality_rows(R: Results) -> list[Measured]:
     rows = []
     synthetic = "e2e_synthetic.json"
-    i = e2e_summary_index(R, synthetic, "object", "bases")
-    psnr = figure(R, synthetic, ("summary", i, "psnr"), "{:.2f}") if i is not None else None
-    seconds = figure(R, synthetic, ("summary", i, "optimize_s"), "{:.0f}") if i is not None else None
-    together = R.get(synthetic, ("summary", i, "side_by_side")) if i is not None else MISSING
-    shared = together is not MISSING and together > 1         # runs sharing a host: not a lone run's time
-    rows.append(Measured("held-out PSNR ≥ 25.5 dB within 140 s of optimization on a 200×200 object scene "
-                         "(H100; 50 training views, page4d-tiny geometry, whole pipeline)",
-                         psnr, [psnr, " dB after ", seconds, " s (mean over seeds ",
-                                figure(R, synthetic, ("summary", i, "seeds"), "{}", "join") if i is not None
-                                else None,
-                                *([", ", figure(R, synthetic, ("summary", i, "side_by_side"), "{}"),
-                                   " runs side by side: not a lone run's time"] if shared else []), ")"],
-                         None, None, runs_device(R, synthetic, "object", "bases"), synthetic,
-                         status=None if psnr is None or seconds is None or (shared and psnr.value >= 25.5) else
-                         ("met" if psnr.value >= 25.5 and seconds.value <= 140 else "missed")))
+    for model, label in (("bases", "the preset's model"), ("planes_bases", "optimize.deformation=planes_bases")):
+        i = e2e_summary_index(R, synthetic, "object", model)
+        if i is None and model != "bases":
+            continue
+        rows.append(e2e_quality_row(R, synthetic, i, model, label))
     rows += optimize_quality_rows(R)
     for name, kind, label in ((synthetic, "object", "object scenes (H100)"), (synthetic, "room", "room scenes (H100)"),
                               ("e2e_demo.json", "demo", "the demo scene, CPU preset")):
@@ -893,15 +916,23 @@ def section_e2e(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
         if summary is not MISSING and summary:
             f = lambda i, key, fmt: figure(R, name, ("summary", i, key), fmt)
             together = any("side_by_side" in row for row in summary)       # files since the column exists
+            lone = together and any(row.get("side_by_side", 1) > 1 and row.get("lone_optimize_s") is not None
+                                    for row in summary)                   # lone runs beside shared ones
             doc.table(["scene", "deformation model", "runs", "PSNR", "dB over static", "SSIM", "LPIPS-alex",
-                       "optimize s", "total s"] + (["runs side by side"] if together else []),
+                       "optimize s", "total s"] + (["runs side by side"] if together else [])
+                      + (["optimize s, lone runs (seeds)"] if lone else []),
                       [[f(i, "kind", "{}"), f(i, "deformation", "{}"), f(i, "runs", "{}"), f(i, "psnr", "{:.2f}"),
                         f(i, "psnr_over_static", "{:+.2f}"), f(i, "ssim", "{:.3f}"), f(i, "lpips_alex", "{:.3f}"),
                         f(i, "optimize_s", "{:.1f}"), f(i, "wall_s", "{:.1f}")]
-                       + ([f(i, "side_by_side", "{}")] if together else []) for i in range(len(summary))])
+                       + ([f(i, "side_by_side", "{}")] if together else [])
+                       + ([[f(i, "lone_optimize_s", "{:.1f}"), " (", figure(R, name, ("summary", i, "lone_seeds"), "{}", "join"), ")"]
+                           if summary[i].get("lone_optimize_s") is not None else None] if lone else [])
+                       for i in range(len(summary))])
             if any(row.get("side_by_side", 1) > 1 for row in summary):
-                doc.add("Where more than one run shared the GPU host (the last column), the times are not lone "
-                        "times; the quality figures are unaffected.")
+                doc.add("Where more than one run shared the GPU host ('runs side by side': the most of any of the "
+                        "model's runs), the times are not lone times; the quality figures are unaffected."
+                        + (" 'optimize s, lone runs': the mean optimize stage of the runs that had the host to "
+                           "themselves, and their seeds." if lone else ""))
                 doc.blank()
         stem = name.removesuffix(".json")
         labels = [r["id"] for r in runs]

@@ -99,6 +99,18 @@ def test_e2e_summary_pairs_each_model_with_the_static_run_of_the_same_scene():
     assert rows[("object", "none")]["psnr_over_static_min"] is None
 
 
+def test_e2e_summary_keeps_the_lone_runs_time_apart_from_runs_that_shared_the_host():
+    shared = [dict(run_entry("object", seed, "bases", 25.0, optimize_s=300.0), side_by_side=4) for seed in (0, 1)]
+    lone = [run_entry("object", 10, "bases", 24.0, optimize_s=150.0),
+            dict(run_entry("object", 11, "bases", 24.0, optimize_s=130.0), side_by_side=1)]
+    alone = [dict(run_entry("object", 0, "none", 17.0), side_by_side=4)]
+    rows = {r["deformation"]: r for r in e2e_bench.summarize(shared + lone + alone)}
+    bases = rows["bases"]
+    assert bases["side_by_side"] == 4 and bases["optimize_s"] == pytest.approx((300 + 300 + 150 + 130) / 4)
+    assert bases["lone_seeds"] == [10, 11] and bases["lone_optimize_s"] == pytest.approx(140.0)
+    assert rows["none"]["lone_seeds"] == [] and rows["none"]["lone_optimize_s"] is None
+
+
 def test_e2e_runs_keep_the_device_they_ran_on_when_a_later_call_continues_the_file(tmp_path, monkeypatch):
     old = run_entry("object", 0, "bases", 30.0)                        # recorded before runs had a device
     (tmp_path / "e2e_synthetic.json").write_text(json.dumps({"environment": {"device": "GPU A"}, "runs": [old]}))
