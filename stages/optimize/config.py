@@ -97,12 +97,11 @@ class OptimizeConfig:
                                   "dynamic Gaussians, in units of the scene scale per squared frame gap).")
     motion_parts: str = option("all", "Whose motion the motion regulariser penalises in the hybrids (planes_bases, "
                                "mlp_bases, rigid_bases): 'all' (the summed offsets) or 'coefficients' (only the "
-                               "part the per-Gaussian motion-bases coefficients make). For planes_bases: the "
-                               "planes, six cells coarse in time, are nearly piecewise linear in t already and "
-                               "keep their total variation, while their second differences cost a second "
-                               "evaluation of the field per step, 24 % of its operators; on the CPU stand-in, "
-                               "object seeds 0-2, 25.80 dB against 25.75 with 482 operators per step against "
-                               "637 (docs/gaussians.md, thirty-fifth session; not checked on a GPU). mlp_bases "
+                               "part the per-Gaussian motion-bases coefficients make), which skips the second "
+                               "evaluation of the shared field per step (planes_bases: 482 operators against "
+                               "637). On an H200, planes_bases on object seeds 0-3: 25.80 dB against 25.96 "
+                               "with 'all', 4-11 % faster (the CPU stand-in had the same quality; "
+                               "docs/gaussians.md, thirty-fifth and thirty-sixth sessions). mlp_bases "
                                "and rigid_bases have no other regulariser on their shared part, which then "
                                "moves unregularised. Other models regularise all their motion either way.",
                                choices=("all", "coefficients"))
