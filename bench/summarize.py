@@ -730,7 +730,7 @@ def e2e_quality_row(R: Results, synthetic: str, i: Optional[int], model: str, la
     at = (lambda key: ("summary", i, key))
     psnr = figure(R, synthetic, at("psnr"), "{:.2f}") if i is not None else None
     lone = figure(R, synthetic, at("lone_optimize_s"), "{:.0f}") if i is not None else None
-    seconds = lone or (figure(R, synthetic, at("optimize_s"), "{:.0f}") if i is not None else None)
+    seconds = lone if lone is not None else figure(R, synthetic, at("optimize_s"), "{:.0f}") if i is not None else None
     together = R.get(synthetic, at("side_by_side")) if i is not None else MISSING
     shared = lone is None and together is not MISSING and together > 1    # no lone run: not a lone run's time
     seeds = figure(R, synthetic, at("seeds"), "{}", "join") if i is not None else None
@@ -925,7 +925,8 @@ def section_e2e(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
                         f(i, "psnr_over_static", "{:+.2f}"), f(i, "ssim", "{:.3f}"), f(i, "lpips_alex", "{:.3f}"),
                         f(i, "optimize_s", "{:.1f}"), f(i, "wall_s", "{:.1f}")]
                        + ([f(i, "side_by_side", "{}")] if together else [])
-                       + ([[f(i, "lone_optimize_s", "{:.1f}"), " (", figure(R, name, ("summary", i, "lone_seeds"), "{}", "join"), ")"]
+                       + ([[f(i, "lone_optimize_s", "{:.1f}"), " (",
+                            figure(R, name, ("summary", i, "lone_seeds"), "{}", "join"), ")"]
                            if summary[i].get("lone_optimize_s") is not None else None] if lone else [])
                        for i in range(len(summary))])
             if any(row.get("side_by_side", 1) > 1 for row in summary):

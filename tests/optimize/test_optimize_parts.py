@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.optimize.config import OptimizeConfig
+from stages.optimize.config import DEFORMATIONS, OptimizeConfig
 from stages.optimize.deformation import (AnchorGroups, Box, MLPField, MotionBases, PlanesField, RigidBases, kmeans,
                                          positional_encoding, quaternion_exp, quaternion_multiply,
                                          rigid_positions_reference)
@@ -1002,7 +1002,7 @@ def test_an_unknown_compile_backend_is_a_one_line_error():
         check_compile_backend("nope")
 
 
-@pytest.mark.parametrize("kind", ["bases", "rigid", "mlp", "planes", "planes_bases", "mlp_bases", "rigid_bases"])
+@pytest.mark.parametrize("kind", [kind for kind in DEFORMATIONS if kind != "none"])
 def test_build_model_boxes_the_dynamic_points_for_the_kinds_that_read_a_box(kind, rng):
     """The kinds in KINDS_WITH_BOX get the dynamic Gaussians' box (not the static ones', not the unit box); the others
     have no box at all."""
