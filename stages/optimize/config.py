@@ -95,6 +95,10 @@ class OptimizeConfig:
                                  "stage's depth of the training frames (0 = off).")
     motion_lambda: float = option(0.01, "Weight of the motion smoothness regulariser (squared acceleration of "
                                   "dynamic Gaussians, in units of the scene scale per squared frame gap).")
+    motion_every: int = option(1, "Compute the motion regulariser (with the deformation's own: the planes' total "
+                               "variation) every this many steps only, weighted this many times as much: the same "
+                               "penalty on average, on a random sample of dynamic Gaussians as every step's, for "
+                               "fewer operators per step on average (a GPU step is bound by the host).")
     motion_parts: str = option("all", "Whose motion the motion regulariser penalises in the hybrids (planes_bases, "
                                "mlp_bases, rigid_bases): 'all' (the summed offsets) or 'coefficients' (only the "
                                "part the per-Gaussian motion-bases coefficients make), which skips the second "

@@ -41,7 +41,7 @@ def check_config(cfg: OptimizeConfig) -> None:
         problems.append("bases_knots must be >= 4")
     for name in ("batch_size", "sh_degree_interval", "bases_count", "rigid_count", "mlp_width", "mlp_depth",
                  "planes_features", "planes_head_width", "refine_every", "keep_checkpoints", "log_every",
-                 "silhouette_views"):
+                 "silhouette_views", "motion_every"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be >= 1 (got {getattr(cfg, name)})")
     for name in ("checkpoint_every", "reset_every", "field_embedding", "planes_time_resolution",

@@ -954,7 +954,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
         motion = zero
-        if n_dynamic_model and model.deform_enabled and cfg.motion_lambda > 0:
+        if n_dynamic_model and model.deform_enabled and cfg.motion_lambda > 0 and step % cfg.motion_every == 0:
             index = model.dynamic_index()
             if index.numel() > 0:
                 pick = random_rows(index, 4096, generator)
@@ -962,7 +962,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 t = torch.rand(len(pick), device=device, generator=generator) * max(1 - 2 * h, 0.0) + min(h, 0.5)
                 motion = functions.motion(model.deformation, model.splats["means"], model.deformation_parameters(),
                                           pick, t, h, scale, cfg.motion_parts)
-                loss = loss + cfg.motion_lambda * motion
+                loss = loss + cfg.motion_lambda * cfg.motion_every * motion
         if use_coherence and model.deform_enabled:
             found = coherence_groups(model, render_time, 2048, cfg.coherence_neighbors, generator)
             if found is not None:

@@ -743,6 +743,24 @@ def test_motion_parts_reaches_the_motion_regulariser(tiny, tmp_path, monkeypatch
     assert seen == ["coefficients"] * 3
 
 
+def test_motion_every_regularises_every_kth_step_at_k_times_the_weight(tiny, tmp_path, monkeypatch):
+    """optimize.motion_every 3: the motion regulariser runs at steps 0, 3, 6 only, and there adds 3 x motion_lambda x
+    its value to the loss (the same penalty on average); 1 is every step at the weight itself."""
+    files, scene = tiny
+    monkeypatch.setattr(trainer_module, "motion_penalty", lambda *args: torch.tensor(5.0))   # a known value
+    rows = {}
+    for every in (1, 3):
+        cfg = small_config(iterations=7, densify=False, deformation="bases", bases_count=3, rigidity_lambda=0.0,
+                           motion_lambda=0.01, motion_every=every, log_every=1)
+        data, initial = _inputs(files, scene, cfg)
+        train(cfg, data, initial, tmp_path / f"every{every}", seed=0)
+        rows[every] = _log(tmp_path / f"every{every}" / "log.csv")
+    assert [float(r["motion"]) for r in rows[1]] == [5.0] * 7
+    assert [float(r["motion"]) for r in rows[3]] == [5.0, 0, 0, 5.0, 0, 0, 5.0]
+    # step 0 is the same model and view in both runs: the losses differ by the extra weight only
+    assert float(rows[3][0]["loss"]) - float(rows[1][0]["loss"]) == pytest.approx(0.01 * (3 - 1) * 5.0, rel=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["planes_bases", "mlp_bases"])
 def test_a_field_with_bases_trains_holds_its_coefficients_resumes_and_loads_back(kind, tiny, tmp_path):
     """The hybrid models: the optimizer has a group per part, residual_lambda pulls the per-Gaussian coefficients
