@@ -98,7 +98,8 @@ class OptimizeConfig:
     motion_every: int = option(1, "Compute the motion regulariser (with the deformation's own: the planes' total "
                                "variation) every this many steps only, weighted this many times as much: the same "
                                "penalty on average, on a random sample of dynamic Gaussians as every step's, for "
-                               "fewer operators per step on average (a GPU step is bound by the host).")
+                               "fewer operators per step on average (a GPU step is bound by the host). The log's "
+                               "motion column is the unweighted value, 0 on the steps without it.")
     motion_parts: str = option("all", "Whose motion the motion regulariser penalises in the hybrids (planes_bases, "
                                "mlp_bases, rigid_bases): 'all' (the summed offsets) or 'coefficients' (only the "
                                "part the per-Gaussian motion-bases coefficients make), which skips the second "
