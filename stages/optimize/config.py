@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pipeline.config import option
 
 DEFORMATIONS = ("bases", "rigid", "mlp", "planes", "planes_bases", "mlp_bases", "rigid_bases", "none")
+HYBRIDS = tuple(kind for kind in DEFORMATIONS if kind.endswith("_bases"))   # a shared model + per-Gaussian bases
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pipeline.io import numpy_load_reason
 from pipeline.log import progress
 from stages.initialize.gaussians import read_gaussians_ply
 from stages.initialize.geometry_io import read_cameras, read_depth
-from stages.optimize.config import OptimizeConfig
+from stages.optimize.config import HYBRIDS, OptimizeConfig
 from stages.optimize.trainer import InitialGaussians, TrainData, TrainView, train
 
 # Keep training images on the device in float32 up to this many bytes; beyond, decode each frame when it is used.
@@ -61,8 +61,8 @@ def check_config(cfg: OptimizeConfig) -> None:
     for name in [f.name for f in dataclasses.fields(cfg) if f.name.endswith("_lambda") and f.name != "ssim_lambda"]:
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
             problems.append(f"{name} must be a finite number >= 0 (got {getattr(cfg, name):g})")
-    if cfg.residual_lambda > 0 and cfg.deformation not in ("planes_bases", "mlp_bases", "rigid_bases"):
-        problems.append(f"residual_lambda applies to deformation=planes_bases, mlp_bases or rigid_bases only "
+    if cfg.residual_lambda > 0 and cfg.deformation not in HYBRIDS:
+        problems.append(f"residual_lambda applies to deformation={', '.join(HYBRIDS[:-1])} or {HYBRIDS[-1]} only "
                         f"(deformation={cfg.deformation})")
     if cfg.deformation in ("rigid", "rigid_bases") and cfg.deform_opacity:
         problems.append(f"deform_opacity does not apply to deformation={cfg.deformation} (rigid motions leave the "
