@@ -755,14 +755,28 @@ def e2e_quality_row(R: Results, synthetic: str, i: Optional[int], model: str, la
                     runs_device(R, synthetic, "object", model), synthetic, status=status)
 
 
+def preset_deformation(configs: Path = BENCH.parent / "configs", preset: str = "dnerf") -> str:
+    """The deformation model the object suite's preset (``configs/<preset>.yaml``, which ``--config auto`` picks for
+    make-scene's D-NeRF folders) trains: its ``optimize.deformation``, else the one of ``configs/default.yaml``."""
+    import yaml
+    for name in (preset, "default"):
+        optimize = (yaml.safe_load((configs / f"{name}.yaml").read_text()) or {}).get("optimize") or {}
+        if "deformation" in optimize:
+            return optimize["deformation"]
+    raise ValueError(f"neither {configs}/{preset}.yaml nor default.yaml sets optimize.deformation")
+
+
 def quality_rows(R: Results) -> list[Measured]:
     rows = []
     synthetic = "e2e_synthetic.json"
-    for model, label in (("bases", "the preset's model"), ("planes_bases", "optimize.deformation=planes_bases")):
+    preset = preset_deformation()
+    others = [m for m in ("bases", "planes_bases") if m != preset]
+    for model, label in ((preset, "the dnerf preset's model"),
+                         *((m, f"optimize.deformation={m}") for m in others)):
         i = e2e_summary_index(R, synthetic, "object", model)
-        if i is None and model != "bases":
+        if i is None and model != preset:
             continue
-        rows.append(e2e_quality_row(R, synthetic, i, model, label))
+        rows.append(e2e_quality_row(R, synthetic, i, model, f"{label}, {model}" if model == preset else label))
     rows += optimize_quality_rows(R)
     for name, kind, label in ((synthetic, "object", "object scenes (H100)"), (synthetic, "room", "room scenes (H100)"),
                               ("e2e_demo.json", "demo", "the demo scene, CPU preset")):

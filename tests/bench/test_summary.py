@@ -220,3 +220,17 @@ def test_the_headline_quality_target_is_judged_on_the_lone_runs_time(tmp_path):
     assert row(rows, 2).state() == "met"
     rows[2]["psnr"] = 25.4
     assert row(rows, 2).state() == "missed"
+
+
+def test_the_headline_row_follows_the_dnerf_preset_s_model(tmp_path):
+    """The 'preset's model' row of the headline target is whichever model configs/dnerf.yaml trains, falling back to
+    the default's; the repository's own preset is read the same way."""
+    (tmp_path / "default.yaml").write_text("optimize:\n  deformation: bases\n  iterations: 100\n")
+    (tmp_path / "dnerf.yaml").write_text("optimize:\n  deformation: mlp\n")
+    assert summarize.preset_deformation(tmp_path) == "mlp"
+    (tmp_path / "dnerf.yaml").write_text("optimize:\n  iterations: 8000\n")
+    assert summarize.preset_deformation(tmp_path) == "bases"
+    import yaml
+    repo = summarize.BENCH.parent / "configs"
+    preset = yaml.safe_load((repo / "dnerf.yaml").read_text())["optimize"]
+    assert summarize.preset_deformation() == preset["deformation"]
