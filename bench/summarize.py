@@ -626,6 +626,16 @@ def rasterizer_cpu_row(R: Results, name: str) -> Measured:
                     device(R, name), name)
 
 
+def scene_model(R: Results, name: str) -> list[Piece]:
+    """Which deformation model the scene section's run trained: recorded since the dnerf preset changed model (the
+    thirty-seventh session); older files name the commit whose preset they ran (the bases until then)."""
+    model = figure(R, name, ("scene", "deformation"), "{}")
+    if model is not None:
+        return [model]
+    commit = figure(R, name, ("scene", "environment", "git_commit"), "{}", "short")
+    return ["the dnerf preset's model", *([" at commit ", commit] if commit is not None else [])]
+
+
 def optimize_rows(R: Results) -> list[Measured]:
     name = "optimize.json"
     dev = device(R, name)
@@ -649,8 +659,8 @@ def optimize_rows(R: Results) -> list[Measured]:
                                                " it/s")] if static is not None else None, speed_dev, name))
     scene = figure(R, name, ("scene", "optimize_s"), "{:.0f}")
     rows.append(Measured("100-frame 400×400 object scene optimized in ≤ 2 min (H100)", scene,
-                         [scene, " s, ", figure(R, name, ("scene", "psnr"), "{:.2f}"), " dB held out"],
-                         at_most(120.0), None, device(R, name, "scene") or dev, name))
+                         [scene, " s, ", figure(R, name, ("scene", "psnr"), "{:.2f}"), " dB held out (",
+                          *scene_model(R, name), ")"], at_most(120.0), None, device(R, name, "scene") or dev, name))
     render = R.get(name, ("render", "models")) if R.has(name, "render", "models") else []
     moving = [i for i, m in enumerate(render) if m["model"] != "none"]
     static = next((i for i, m in enumerate(render) if m["model"] == "none"), None)

@@ -234,3 +234,16 @@ def test_the_headline_row_follows_the_dnerf_preset_s_model(tmp_path):
     repo = summarize.BENCH.parent / "configs"
     preset = yaml.safe_load((repo / "dnerf.yaml").read_text())["optimize"]
     assert summarize.preset_deformation() == preset["deformation"]
+
+
+def test_the_scene_row_names_the_model_it_trained(tmp_path):
+    """The 100-frame scene's run records its deformation model; older files without it name the commit whose
+    preset they ran."""
+    def model_text(scene):
+        (tmp_path / "optimize.json").write_text(json.dumps({"scene": scene}))
+        pieces = summarize.scene_model(summarize.Results(tmp_path), "optimize.json")
+        return "".join(p if isinstance(p, str) else p.text for p in pieces)
+
+    assert model_text({"optimize_s": 90.0, "deformation": "planes_bases"}) == "planes_bases"
+    old = {"optimize_s": 86.0, "environment": {"git_commit": "948449f8b64a75a9fed9ea13dd4ada0aa0272fbc"}}
+    assert model_text(old) == "the dnerf preset's model at commit 948449f"
