@@ -429,18 +429,21 @@ def test_metrics(run_dir: Path, scene, device: str) -> dict[str, Any]:
     return {**mean, "test_views": len(per_view), "cameras": source}
 
 
-def bench_scene_time(workdir: Path, geometry: str, quick: bool) -> dict[str, Any]:
+def bench_scene_time(workdir: Path, geometry: str, quick: bool, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The issue's 100-frame 400x400 object scene through geometry, initialize and optimize with the dnerf preset
+    (``overrides``: config ``KEY=VALUE`` on top, recorded), timed alone."""
     missing = synthetic_available()
     if missing:
         print(f"\n[scene] {missing}")
         return {"skipped": missing}
     frames = 30 if quick else 100
     scene = make_object(workdir / f"object_{frames}x400", seed=0, frames=frames, resolution=400, test_views=20)
-    row = run_scene(scene, workdir / "run_object_400", "dnerf", [f"geometry.model={geometry}"])
+    row = run_scene(scene, workdir / "run_object_400", "dnerf", [f"geometry.model={geometry}", *overrides])
     table(f"Optimize a {frames}-frame 400x400 synthetic object scene (configs/dnerf.yaml, {geometry} geometry)",
           ["optimize s", "train s", "gaussians", "test PSNR", "peak MiB"],
           [[row["optimize_s"], row["train_s"], row["gaussians"], row["psnr"], row["peak_gpu_mib"]]])
-    return {"frames": frames, "resolution": 400, "preset": "dnerf", "geometry": geometry, **row, "target_s": 120}
+    return {"frames": frames, "resolution": 400, "preset": "dnerf", "geometry": geometry, "overrides": list(overrides),
+            **row, "target_s": 120}
 
 
 QUALITY_PROTOCOL = {"object": "50 monocular training views at random viewpoints (one per time), 20 test views at new "
@@ -590,8 +593,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "median (a host's drift over the call then spreads over every row)")
     parser.add_argument("--json", default="", help="results file name in bench/results (default optimize.json)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="quality: a config override for every run, repeatable (a sweep: one call per setting, "
-                             "each with its own --json)")
+                        help="quality and scene: a config override for every run, repeatable (a sweep: one call per "
+                             "setting, each with its own --json)")
     parser.add_argument("--workdir", type=Path, default=None, help="scenes and runs (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.merge_quality:
@@ -618,7 +621,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      models=tuple(dict.fromkeys([*args.models, "none"])),
                                      repeats=args.repeats),
         "render": lambda: bench_render(device, args.quick, tuple(args.models)),
-        "scene": lambda: bench_scene_time(workdir, args.geometry, args.quick),
+        "scene": lambda: bench_scene_time(workdir, args.geometry, args.quick, tuple(args.overrides)),
         "quality": lambda: bench_quality(workdir, args.geometry, args.seeds, args.models, args.quick,
                                          lambda partial: write({**result, "quality": partial}),
                                          tuple(args.kinds), tuple(args.overrides)),

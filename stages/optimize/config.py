@@ -138,6 +138,11 @@ class OptimizeConfig:
     opacity_lambda: float = option(0.0, "Weight of the opacity regulariser: the mean opacity (post-sigmoid) of all "
                                    "Gaussians (3DGS-MCMC's L1 on opacity): Gaussians that no view needs fade and "
                                    "are pruned. Added to the loss; not a column of log.csv.")
+    opacity_weighting: str = option("all", "Whose opacity the opacity regulariser's mean weighs fully: 'all' (every "
+                                    "Gaussian, every step) or 'time' (a dynamic Gaussian by its temporal window at "
+                                    "the step's render times, detached; static ones fully), so that a moving copy "
+                                    "feels the pull about as often as the views that can hold it up, whatever the "
+                                    "number of training times.", choices=("all", "time"))
     alpha_lambda: float = option(0.0, "Weight of the mask loss on RGBA scenes: the mean absolute difference of the "
                                  "rendered alpha and the dataset's alpha (object masks). Views without alpha skip "
                                  "it. Added to the loss; not a column of log.csv.")

@@ -9,6 +9,7 @@ sigma=1.5, use_sample_covariance=False, data_range=1)``); ``padding="same"`` zer
 from __future__ import annotations
 
 import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -195,10 +196,23 @@ def residual_loss(displacement: torch.Tensor, scene_scale: float) -> torch.Tenso
     return (position + rest).mean() if displacement.shape[0] else displacement.sum()
 
 
-def opacity_loss(opacity_logits: torch.Tensor) -> torch.Tensor:
+def opacity_loss(opacity_logits: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean opacity, sigmoid(logit), over Gaussians; opacity_logits (N,). Its gradient is 1/N in every Gaussian's
-    opacity: a steady pull towards transparency that only Gaussians the renders need resist."""
-    return torch.sigmoid(opacity_logits).mean()
+    opacity: a steady pull towards transparency that only Gaussians the renders need resist. weights (N,), if
+    given, scale each Gaussian's term (and pull) and are not differentiated; the mean still divides by N."""
+    opacity = torch.sigmoid(opacity_logits)
+    return opacity.mean() if weights is None else (opacity * weights.detach()).mean()
+
+
+def temporal_weights(times: Sequence[float], centers: torch.Tensor, log_scales: torch.Tensor,
+                     is_dynamic: torch.Tensor) -> torch.Tensor:
+    """Each Gaussian's temporal window exp(-((t - mu) / sigma)^2 / 2) averaged over ``times`` (on the renders' time
+    axis), sigma = exp(log_scales); 1 for static Gaussians. centers, log_scales,
+    is_dynamic (N,); returns (N,) in [0, 1], without gradient."""
+    with torch.no_grad():
+        t = torch.as_tensor(list(times), dtype=centers.dtype, device=centers.device)[:, None]      # (T, 1)
+        window = torch.exp(-0.5 * ((t - centers[None]) / torch.exp(log_scales)[None]) ** 2).mean(0)   # (N,)
+        return torch.where(is_dynamic, window, torch.ones_like(window))
 
 
 def alpha_loss(rendered_alpha: torch.Tensor, target_alpha: torch.Tensor) -> torch.Tensor:

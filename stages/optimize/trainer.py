@@ -38,7 +38,7 @@ from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_loss, coherence_loss, depth_loss,
                                     opacity_loss, photometric_loss, psnr_from_mse, residual_loss, rigidity_loss,
-                                    silhouette_loss)
+                                    silhouette_loss, temporal_weights)
 from stages.optimize.model import (GaussianModel4D, accelerations, compile_function, gaussian_count,
                                    is_device_error, short_reason, temporal_opacity)
 
@@ -889,7 +889,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
         jitter_std = time_jitter_std(cfg, step, gap) if n_dynamic_model else 0.0
 
-        infos, losses, view_terms = [], [], []
+        infos, losses, view_terms, render_times = [], [], [], []
         for index in sampler.next(cfg.batch_size):
             view = views[index]
             image, alpha = view.pixels(device)
@@ -908,6 +908,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                                                                                            cameras[index])
             when = jittered_time(view.time, jitter_std, sampler.generator, time_range[0], time_range[1])
             render_time = when
+            render_times.append(float(when))
             factors = drop_factors(drop_rate_at(cfg, step), cfg.drop_unit, model.splats["is_dynamic"],
                                    model.splats["anchor_times"], training_times, generator)
             gaussians = None          # the silhouette loss's 'render' source reads the render's Gaussians too
@@ -990,7 +991,10 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             scale_reg = anisotropy_loss(model.splats["scales"], cfg.max_anisotropy)
             loss = loss + cfg.scale_lambda * scale_reg
         if cfg.opacity_lambda > 0:
-            loss = loss + cfg.opacity_lambda * opacity_loss(model.splats["opacities"])
+            s = model.splats
+            weights = temporal_weights(render_times, s["time_centers"], s["time_log_scales"], s["is_dynamic"]) \
+                if cfg.opacity_weighting == "time" and model.temporal_opacity else None
+            loss = loss + cfg.opacity_lambda * opacity_loss(s["opacities"], weights)
 
         loss.backward()
         optimizer.step()

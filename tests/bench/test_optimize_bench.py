@@ -137,3 +137,20 @@ def test_results_name_the_commit_given_by_whoever_sent_the_tree(monkeypatch):
                            "git_commit_source": "PAGE4DGS_GIT_COMMIT"}
     monkeypatch.delenv("PAGE4DGS_GIT_COMMIT")
     assert "git_commit_source" not in git_state()
+
+
+def test_the_scene_section_passes_its_overrides_to_the_run_and_records_them(tmp_path, monkeypatch):
+    import bench.optimize_bench as ob
+
+    seen = {}
+
+    def fake_run_scene(scene_dir, run_dir, preset, overrides):
+        seen.update(preset=preset, overrides=list(overrides))
+        return {"optimize_s": 1.0, "train_s": 0.9, "gaussians": 10, "psnr": 20.0, "peak_gpu_mib": None,
+                "deformation": "bases"}
+
+    monkeypatch.setattr(ob, "make_object", lambda out, **_: out)
+    monkeypatch.setattr(ob, "run_scene", fake_run_scene)
+    row = ob.bench_scene_time(tmp_path, "oracle", quick=True, overrides=("optimize.opacity_lambda=0",))
+    assert seen == {"preset": "dnerf", "overrides": ["geometry.model=oracle", "optimize.opacity_lambda=0"]}
+    assert row["overrides"] == ["optimize.opacity_lambda=0"] and row["frames"] == 30 and row["target_s"] == 120

@@ -247,3 +247,19 @@ def test_the_scene_row_names_the_model_it_trained(tmp_path):
     assert model_text({"optimize_s": 90.0, "deformation": "planes_bases"}) == "planes_bases"
     old = {"optimize_s": 86.0, "environment": {"git_commit": "948449f8b64a75a9fed9ea13dd4ada0aa0272fbc"}}
     assert model_text(old) == "the dnerf preset's model at commit 948449f"
+
+
+def test_the_scene_row_shows_the_bases_beside_another_preset_model(tmp_path):
+    """Where the preset's scene run trained another model, the bases' run of the same scene is the baseline."""
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / summarize.SCENE_BASES_RUN).write_text(json.dumps(
+        {"environment": {"git_commit": "948449f8b64a75a9fed9ea13dd4ada0aa0272fbc"},
+         "scene": {"optimize_s": 86.4, "psnr": 27.28, "deformation": "bases"}}))
+
+    def baseline(model):
+        (tmp_path / "optimize.json").write_text(json.dumps({"scene": {"optimize_s": 121.8, "deformation": model}}))
+        pieces = summarize.scene_baseline(summarize.Results(tmp_path))
+        return None if pieces is None else "".join(p if isinstance(p, str) else p.text for p in pieces)
+
+    assert baseline("planes_bases") == "bases 86 s, 27.28 dB (the preset at commit 948449f, another host)"
+    assert baseline("bases") is None

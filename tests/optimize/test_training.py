@@ -337,6 +337,34 @@ def test_the_opacity_regulariser_adds_the_weighted_mean_opacity_and_lowers_opaci
     assert float(pulled_log[0]["loss"]) - float(plain_log[0]["loss"]) == pytest.approx(0.1, abs=1e-5)
 
 
+def test_the_time_weighted_opacity_regulariser_pulls_a_moving_copy_by_its_window_at_the_render_times(tiny,
+                                                                                                    tmp_path):
+    """opacity_weighting=time: a dynamic Gaussian's term is weighted by its temporal window averaged over the step's
+    render times (hand-computed here), a static one's fully, the weights without gradient; trained, the moving
+    copies keep more opacity than under 'all' while the loss is still the same mean over N."""
+    from stages.optimize.losses import opacity_loss, temporal_weights
+
+    centers = torch.tensor([0.0, 0.5, 0.2])
+    log_scales = torch.log(torch.tensor([0.1, 0.2, 0.3]))
+    dynamic = torch.tensor([True, True, False])
+    weights = temporal_weights([0.1, 0.3], centers, log_scales, dynamic)
+    by_hand = [(math.exp(-0.5) + math.exp(-4.5)) / 2, (math.exp(-0.5 * 2**2) + math.exp(-0.5)) / 2, 1.0]
+    assert torch.allclose(weights, torch.tensor(by_hand), atol=1e-6) and not weights.requires_grad
+    logits = torch.zeros(3, requires_grad=True)
+    opacity_loss(logits, weights).backward()
+    assert torch.allclose(logits.grad, 0.25 * weights / 3)                             # w s (1 - s) / N
+    files, scene = tiny
+    kept = {}
+    for weighting in ("all", "time"):
+        cfg = small_config(iterations=6, densify=False, rigidity_lambda=0.0, opacity_lambda=1.0,
+                           opacity_weighting=weighting)
+        data, initial = _inputs(files, scene, cfg)
+        result = train(cfg, data, initial, tmp_path / weighting, seed=0)
+        splats = result.model.splats
+        kept[weighting] = float(torch.sigmoid(splats["opacities"].detach()[splats["is_dynamic"]]).mean())
+    assert kept["time"] > kept["all"]
+
+
 def test_the_coherence_regulariser_makes_copies_move_alike_and_resumes_exactly(tiny, tmp_path):
     """Trained with a large weight, the dynamic Gaussians' velocities agree better with their neighbours' (of any
     copy) than without it; the run (its random draws included) resumes bit for bit."""
