@@ -206,13 +206,14 @@ def opacity_loss(opacity_logits: torch.Tensor, weights: Optional[torch.Tensor] =
 
 def temporal_weights(times: Sequence[float], centers: torch.Tensor, log_scales: torch.Tensor,
                      is_dynamic: torch.Tensor) -> torch.Tensor:
-    """Each Gaussian's temporal window exp(-((t - mu) / sigma)^2 / 2) averaged over ``times`` (on the renders' time
-    axis), sigma = exp(log_scales); 1 for static Gaussians. centers, log_scales,
+    """Each Gaussian's temporal window (the factor :func:`~stages.optimize.model.temporal_opacity` applies to its
+    opacity) averaged over ``times`` (on the renders' time axis); 1 for static Gaussians. centers, log_scales,
     is_dynamic (N,); returns (N,) in [0, 1], without gradient."""
+    from stages.optimize.model import temporal_opacity
+
     with torch.no_grad():
-        t = torch.as_tensor(list(times), dtype=centers.dtype, device=centers.device)[:, None]      # (T, 1)
-        window = torch.exp(-0.5 * ((t - centers[None]) / torch.exp(log_scales)[None]) ** 2).mean(0)   # (N,)
-        return torch.where(is_dynamic, window, torch.ones_like(window))
+        ones = torch.ones_like(centers)
+        return torch.stack([temporal_opacity(ones, t, centers, log_scales, is_dynamic) for t in times]).mean(0)
 
 
 def alpha_loss(rendered_alpha: torch.Tensor, target_alpha: torch.Tensor) -> torch.Tensor:

@@ -991,10 +991,11 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             scale_reg = anisotropy_loss(model.splats["scales"], cfg.max_anisotropy)
             loss = loss + cfg.scale_lambda * scale_reg
         if cfg.opacity_lambda > 0:
-            s = model.splats
-            weights = temporal_weights(render_times, s["time_centers"], s["time_log_scales"], s["is_dynamic"]) \
+            splats = model.splats
+            weights = temporal_weights(render_times, splats["time_centers"], splats["time_log_scales"],
+                                       splats["is_dynamic"]) \
                 if cfg.opacity_weighting == "time" and model.temporal_opacity else None
-            loss = loss + cfg.opacity_lambda * opacity_loss(s["opacities"], weights)
+            loss = loss + cfg.opacity_lambda * opacity_loss(splats["opacities"], weights)
 
         loss.backward()
         optimizer.step()

@@ -236,13 +236,17 @@ def test_the_headline_row_follows_the_dnerf_preset_s_model(tmp_path):
     assert summarize.preset_deformation() == preset["deformation"]
 
 
+def _joined(pieces) -> str:
+    """The text of a row's pieces (plain strings, figures and typed text)."""
+    return "".join(p if isinstance(p, str) else p.text for p in pieces)
+
+
 def test_the_scene_row_names_the_model_it_trained(tmp_path):
     """The 100-frame scene's run records its deformation model; older files without it name the commit whose
     preset they ran."""
     def model_text(scene):
         (tmp_path / "optimize.json").write_text(json.dumps({"scene": scene}))
-        pieces = summarize.scene_model(summarize.Results(tmp_path), "optimize.json")
-        return "".join(p if isinstance(p, str) else p.text for p in pieces)
+        return _joined(summarize.scene_model(summarize.Results(tmp_path), "optimize.json"))
 
     assert model_text({"optimize_s": 90.0, "deformation": "planes_bases"}) == "planes_bases"
     old = {"optimize_s": 86.0, "environment": {"git_commit": "948449f8b64a75a9fed9ea13dd4ada0aa0272fbc"}}
@@ -259,7 +263,7 @@ def test_the_scene_row_shows_the_bases_beside_another_preset_model(tmp_path):
     def baseline(model):
         (tmp_path / "optimize.json").write_text(json.dumps({"scene": {"optimize_s": 121.8, "deformation": model}}))
         pieces = summarize.scene_baseline(summarize.Results(tmp_path))
-        return None if pieces is None else "".join(p if isinstance(p, str) else p.text for p in pieces)
+        return None if pieces is None else _joined(pieces)
 
     assert baseline("planes_bases") == "bases 86 s, 27.28 dB (the preset at commit 948449f, another host)"
     assert baseline("bases") is None
