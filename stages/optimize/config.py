@@ -138,11 +138,17 @@ class OptimizeConfig:
     opacity_lambda: float = option(0.0, "Weight of the opacity regulariser: the mean opacity (post-sigmoid) of all "
                                    "Gaussians (3DGS-MCMC's L1 on opacity): Gaussians that no view needs fade and "
                                    "are pruned. Added to the loss; not a column of log.csv.")
-    opacity_weighting: str = option("all", "Whose opacity the opacity regulariser's mean weighs fully: 'all' (every "
+    opacity_weighting: str = option("auto", "Whose opacity the opacity regulariser's mean weighs fully: 'all' (every "
                                     "Gaussian, every step) or 'time' (a dynamic Gaussian by its temporal window at "
                                     "the step's render times, detached; static ones fully), so that a moving copy "
                                     "feels the pull about as often as the views that can hold it up, whatever the "
-                                    "number of training times.", choices=("all", "time"))
+                                    "number of training times; 'auto': 'time' for scenes with opacity_time_from "
+                                    "or more distinct training times, else 'all' (the run's log and the optimize "
+                                    "stage's summary name the choice).", choices=("all", "time", "auto"))
+    opacity_time_from: int = option(64, "opacity_weighting 'auto': the number of distinct training times from which "
+                                    "the regulariser is time-weighted. Measured with the dnerf preset "
+                                    "(docs/gaussians.md): 'all' is better at 50 times, 'time' at 75 (CPU) and 100 "
+                                    "(GPU, by 4 dB).")
     alpha_lambda: float = option(0.0, "Weight of the mask loss on RGBA scenes: the mean absolute difference of the "
                                  "rendered alpha and the dataset's alpha (object masks). Views without alpha skip "
                                  "it. Added to the loss; not a column of log.csv.")

@@ -41,7 +41,7 @@ def check_config(cfg: OptimizeConfig) -> None:
         problems.append("bases_knots must be >= 4")
     for name in ("batch_size", "sh_degree_interval", "bases_count", "rigid_count", "mlp_width", "mlp_depth",
                  "planes_features", "planes_head_width", "refine_every", "keep_checkpoints", "log_every",
-                 "silhouette_views", "motion_every"):
+                 "silhouette_views", "motion_every", "opacity_time_from"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be >= 1 (got {getattr(cfg, name)})")
     for name in ("checkpoint_every", "reset_every", "field_embedding", "planes_time_resolution",
@@ -199,6 +199,8 @@ def run(ctx) -> dict:
         "train_psnr": round(result.train_psnr, 3),
         "nan_restores": result.restores,
     }
+    if cfg.opacity_lambda > 0:
+        summary["opacity_weighting"] = result.opacity_weighting      # 'auto' resolved by the training times
     if result.resumed_from is not None:
         summary["resumed_from_step"] = result.resumed_from
     if device.type == "cuda":

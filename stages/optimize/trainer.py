@@ -122,6 +122,14 @@ def scene_scale(views: list[TrainView], means: torch.Tensor) -> float:
     return 1.1 * max(radius, points, 1e-6)
 
 
+def opacity_weighting_for(cfg: OptimizeConfig, n_times: int) -> str:
+    """The opacity regulariser's weighting for a scene of ``n_times`` distinct training times: 'all' or 'time'
+    as configured, and for 'auto' 'time' from ``cfg.opacity_time_from`` times on, else 'all'."""
+    if cfg.opacity_weighting != "auto":
+        return cfg.opacity_weighting
+    return "time" if n_times >= cfg.opacity_time_from else "all"
+
+
 def median_time_gap(times: list[float]) -> float:
     """Median gap between distinct training times (1 if there is only one time)."""
     distinct = np.unique(np.round(np.asarray(times, dtype=np.float64), 9))
@@ -552,6 +560,7 @@ class TrainResult:
     train_psnr: float
     restores: int
     resumed_from: Optional[int]
+    opacity_weighting: str = "all"      # the opacity regulariser's weighting as trained ('auto' resolved)
 
 
 @contextlib.contextmanager
@@ -829,6 +838,10 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     distinct_times = np.unique(np.round(times, 9))                                  # (T,) sorted
     training_times = torch.tensor(distinct_times, dtype=torch.float32, device=device)   # for drop_unit 'copy'
     model = build_model(cfg, initial, gap, len(distinct_times), device)
+    opacity_weighting = opacity_weighting_for(cfg, len(distinct_times))
+    if cfg.opacity_lambda > 0 and cfg.opacity_weighting == "auto":
+        log.info(f"opacity regulariser weighted by '{opacity_weighting}' (auto: {len(distinct_times)} training "
+                 f"times; 'time' from {cfg.opacity_time_from})")
     scale = scene_scale(views, model.splats["means"])
     cameras = torch.nn.Parameter(torch.zeros(len(views), 6, device=device)) if cfg.refine_cameras else None
     optimizer = build_optimizer(cfg, model, cameras, scale)
@@ -994,7 +1007,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             splats = model.splats
             weights = temporal_weights(render_times, splats["time_centers"], splats["time_log_scales"],
                                        splats["is_dynamic"]) \
-                if cfg.opacity_weighting == "time" and model.temporal_opacity else None
+                if opacity_weighting == "time" and model.temporal_opacity else None
             loss = loss + cfg.opacity_lambda * opacity_loss(splats["opacities"], weights)
 
         loss.backward()
@@ -1072,4 +1085,5 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     bar.close()
     model.deform_enabled = True
     return TrainResult(model=model, steps=loop.step, seconds=loop.elapsed_s, train_psnr=last_psnr,
-                       restores=loop.guard.total_restores, resumed_from=resumed_from)
+                       restores=loop.guard.total_restores, resumed_from=resumed_from,
+                       opacity_weighting=opacity_weighting)

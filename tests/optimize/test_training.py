@@ -4,6 +4,7 @@ restores, and the stages run through the real runner."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import logging
 import shutil
@@ -324,7 +325,8 @@ def test_the_opacity_regulariser_adds_the_weighted_mean_opacity_and_lowers_opaci
     files, scene = tiny
     runs = {}
     for weight in (0.0, 1.0):
-        cfg = small_config(iterations=6, densify=False, rigidity_lambda=0.0, opacity_lambda=weight)
+        cfg = small_config(iterations=6, densify=False, rigidity_lambda=0.0, opacity_lambda=weight,
+                           opacity_weighting="all")
         data, initial = _inputs(files, scene, cfg)
         result = train(cfg, data, initial, tmp_path / f"w{weight}", seed=0)
         opacities = torch.sigmoid(result.model.splats["opacities"]).detach()
@@ -354,15 +356,30 @@ def test_the_time_weighted_opacity_regulariser_pulls_a_moving_copy_by_its_window
     opacity_loss(logits, weights).backward()
     assert torch.allclose(logits.grad, 0.25 * weights / 3)                             # w s (1 - s) / N
     files, scene = tiny
-    kept = {}
-    for weighting in ("all", "time"):
+    kept, opacities, chosen = {}, {}, {}
+    # 'auto' is 'time' from opacity_time_from training times on (the tiny scene has fewer than 1000), else 'all'
+    for name, weighting, time_from in (("all", "all", 64), ("time", "time", 64), ("auto-1", "auto", 1),
+                                       ("auto-1000", "auto", 1000)):
         cfg = small_config(iterations=6, densify=False, rigidity_lambda=0.0, opacity_lambda=1.0,
-                           opacity_weighting=weighting)
+                           opacity_weighting=weighting, opacity_time_from=time_from)
         data, initial = _inputs(files, scene, cfg)
-        result = train(cfg, data, initial, tmp_path / weighting, seed=0)
+        result = train(cfg, data, initial, tmp_path / name, seed=0)
         splats = result.model.splats
-        kept[weighting] = float(torch.sigmoid(splats["opacities"].detach()[splats["is_dynamic"]]).mean())
+        opacities[name], chosen[name] = splats["opacities"].detach(), result.opacity_weighting
+        kept[name] = float(torch.sigmoid(opacities[name][splats["is_dynamic"]]).mean())
     assert kept["time"] > kept["all"]
+    assert chosen == {"all": "all", "time": "time", "auto-1": "time", "auto-1000": "all"}
+    assert torch.equal(opacities["auto-1"], opacities["time"]) and torch.equal(opacities["auto-1000"], opacities["all"])
+
+
+def test_auto_opacity_weighting_follows_the_number_of_distinct_training_times():
+    from stages.optimize.trainer import opacity_weighting_for
+
+    cfg = OptimizeConfig(opacity_weighting="auto", opacity_time_from=64)
+    assert [opacity_weighting_for(cfg, n) for n in (1, 50, 63, 64, 100)] == ["all", "all", "all", "time", "time"]
+    for fixed in ("all", "time"):
+        assert opacity_weighting_for(dataclasses.replace(cfg, opacity_weighting=fixed), 100) == fixed
+        assert opacity_weighting_for(dataclasses.replace(cfg, opacity_weighting=fixed), 10) == fixed
 
 
 def test_the_coherence_regulariser_makes_copies_move_alike_and_resumes_exactly(tiny, tmp_path):
