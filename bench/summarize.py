@@ -636,17 +636,32 @@ def scene_model(R: Results, name: str) -> list[Piece]:
     return ["the dnerf preset's model", *([" at commit ", commit] if commit is not None else [])]
 
 
-# The scene section's figure before the dnerf preset trained planes_bases: the bases, on another H200 host.
-SCENE_BASES_RUN = "sweeps/optimize_scene_bases_948449f.json"
+# The bases on the 100-frame scene, beside the preset's planes_bases: the same sweep, one after the other on one H200
+# (bench/sweeps/optimize_scene_auto38.txt, the thirty-eighth session).
+SCENE_BASES_RUN = "sweeps/optimize_scene_auto38_bases.json"
+
+
+def same_call(R: Results, name: str, other: str) -> bool:
+    """Whether two results files' scene runs came from one call: the same commit, started within an hour."""
+    from datetime import datetime
+
+    commits = [R.get(name, ("scene", "environment", "git_commit")), R.get(other, ("environment", "git_commit"))]
+    dates = [R.get(name, ("scene", "environment", "date")), R.get(other, ("environment", "date"))]
+    if MISSING in commits + dates or commits[0] != commits[1]:
+        return False
+    first, second = (datetime.fromisoformat(d) for d in dates)
+    return abs((second - first).total_seconds()) < 3600
 
 
 def scene_baseline(R: Results) -> Optional[list[Piece]]:
     """The bases' time on the same scene, beside the preset's, where the preset trains another model."""
-    if not R.has(SCENE_BASES_RUN, "scene", "optimize_s") or R.get("optimize.json", ("scene", "deformation")) == "bases":
+    name = "optimize.json"
+    if not R.has(SCENE_BASES_RUN, "scene", "optimize_s") or R.get(name, ("scene", "deformation")) == "bases":
         return None
+    where = "the same call" if same_call(R, name, SCENE_BASES_RUN) else "another call"
     return ["bases ", figure(R, SCENE_BASES_RUN, ("scene", "optimize_s"), "{:.0f}"), " s, ",
-            figure(R, SCENE_BASES_RUN, ("scene", "psnr"), "{:.2f}"), " dB (the preset at commit ",
-            figure(R, SCENE_BASES_RUN, ("environment", "git_commit"), "{}", "short"), ", another host)"]
+            figure(R, SCENE_BASES_RUN, ("scene", "psnr"), "{:.2f}"), " dB (commit ",
+            figure(R, SCENE_BASES_RUN, ("environment", "git_commit"), "{}", "short"), ", ", where, ")"]
 
 
 def optimize_rows(R: Results) -> list[Measured]:

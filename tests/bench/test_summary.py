@@ -254,16 +254,23 @@ def test_the_scene_row_names_the_model_it_trained(tmp_path):
 
 
 def test_the_scene_row_shows_the_bases_beside_another_preset_model(tmp_path):
-    """Where the preset's scene run trained another model, the bases' run of the same scene is the baseline."""
+    """Where the preset's scene run trained another model, the bases' run of the same scene is the baseline, said
+    to come from the same call when both ran at one commit within the hour."""
     (tmp_path / "sweeps").mkdir()
+    commit = "f818721f44e66dd1708a25407fccbeda02ad70a9"
     (tmp_path / summarize.SCENE_BASES_RUN).write_text(json.dumps(
-        {"environment": {"git_commit": "948449f8b64a75a9fed9ea13dd4ada0aa0272fbc"},
-         "scene": {"optimize_s": 86.4, "psnr": 27.28, "deformation": "bases"}}))
+        {"environment": {"git_commit": commit, "date": "2026-11-29T19:14:23+00:00"},
+         "scene": {"optimize_s": 103.3, "psnr": 28.32, "deformation": "bases"}}))
 
-    def baseline(model):
-        (tmp_path / "optimize.json").write_text(json.dumps({"scene": {"optimize_s": 121.8, "deformation": model}}))
+    def baseline(model, date="2026-11-29T19:10:46+00:00", at=commit):
+        environment = {"git_commit": at, "date": date}
+        (tmp_path / "optimize.json").write_text(json.dumps(
+            {"scene": {"optimize_s": 151.5, "deformation": model, "environment": environment}}))
         pieces = summarize.scene_baseline(summarize.Results(tmp_path))
         return None if pieces is None else _joined(pieces)
 
-    assert baseline("planes_bases") == "bases 86 s, 27.28 dB (the preset at commit 948449f, another host)"
+    assert baseline("planes_bases") == "bases 103 s, 28.32 dB (commit f818721, the same call)"
+    assert baseline("planes_bases", date="2026-11-28T19:10:46+00:00") == \
+        "bases 103 s, 28.32 dB (commit f818721, another call)"
+    assert baseline("planes_bases", at="948449f8b64a75a9fed9ea13dd4ada0aa0272fbc").endswith("another call)")
     assert baseline("bases") is None
