@@ -129,7 +129,8 @@ def perturb_deformation(model) -> None:
     gen = torch.Generator(device="cpu").manual_seed(0)
     with torch.no_grad():
         for name, p in model.deformation.named_parameters():
-            if name.split(".")[-2] == "out":           # the networks' output layer (planes_bases: planes.out.*)
+            path = name.split(".")                     # e.g. 'out.weight', 'planes.out.bias'; the bases: 'control'
+            if len(path) >= 2 and path[-2] == "out":   # the networks' output layer (planes_bases: planes.out.*)
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
         for key in model.deformation.per_gaussian_shapes():
             model.splats[key].copy_(torch.randn(model.splats[key].shape, generator=gen).to(model.device) * 0.01)

@@ -154,3 +154,25 @@ def test_the_scene_section_passes_its_overrides_to_the_run_and_records_them(tmp_
     row = ob.bench_scene_time(tmp_path, "oracle", quick=True, overrides=("optimize.opacity_lambda=0",))
     assert seen == {"preset": "dnerf", "overrides": ["geometry.model=oracle", "optimize.opacity_lambda=0"]}
     assert row["overrides"] == ["optimize.opacity_lambda=0"] and row["frames"] == 30 and row["target_s"] == 120
+
+
+def test_perturb_deformation_gives_every_model_motion_with_seeded_output_weights():
+    """The render and speed sections time real motion: every deformation kind (the bases, whose only parameter is
+    named 'control', included) gets random output-layer weights and per-Gaussian motion parameters, the same on
+    every call."""
+    from bench.optimize_bench import perturb_deformation, random_gaussians
+    from stages.optimize.config import DEFORMATIONS, OptimizeConfig
+    from stages.optimize.trainer import build_model
+
+    for kind in (k for k in DEFORMATIONS if k != "none"):
+        perturbed = []
+        for _ in range(2):
+            model = build_model(OptimizeConfig(deformation=kind, sh_degree=0), random_gaussians(64), 0.01, 10,
+                                torch.device("cpu"))
+            perturb_deformation(model)
+            outputs = [p.detach().clone() for n, p in model.deformation.named_parameters() if ".out." in f".{n}"]
+            extras = [model.splats[k].detach().clone() for k in model.deformation.per_gaussian_shapes()]
+            assert outputs or extras, kind
+            assert all(float(t.abs().max()) > 0 for t in outputs + extras), kind
+            perturbed.append(outputs + extras)
+        assert all(torch.equal(a, b) for a, b in zip(*perturbed)), kind
