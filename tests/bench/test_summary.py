@@ -274,3 +274,23 @@ def test_the_scene_row_shows_the_bases_beside_another_preset_model(tmp_path):
         "bases 103 s, 28.32 dB (commit f818721, another call)"
     assert baseline("planes_bases", at="948449f8b64a75a9fed9ea13dd4ada0aa0272fbc").endswith("another call)")
     assert baseline("bases") is None
+
+
+def test_the_preset_models_speed_rows_show_the_bases_of_the_same_call(tmp_path):
+    """planes_bases' it/s from the preset's speed files, one row per variant, judged against 150 it/s, the bases'
+    it/s of the same variant and file beside it."""
+    (tmp_path / "sweeps").mkdir()
+    eager, graphs = summarize.PRESET_SPEED_RUNS
+    models = [{"model": "bases", "variant": "eager", "it_per_s": 123.7},
+              {"model": "planes_bases", "variant": "eager", "it_per_s": 79.8},
+              {"model": "none", "variant": "eager", "it_per_s": 229.5}]
+    (tmp_path / eager).write_text(json.dumps({"environment": {"device": "GPU A"}, "speed": {"models": models}}))
+    rows = summarize.preset_speed_rows(summarize.Results(tmp_path))
+    assert len(rows) == 1                                        # the second file is missing: no row for it
+    row = rows[0]
+    assert "variant eager" in row.target and row.value.value == 79.8 and row.state() == "missed"
+    assert _joined(row.baseline) == "bases 124 it/s (the same call)" and row.device.text == "GPU A"
+    (tmp_path / graphs).write_text(json.dumps({"speed": {"models": [
+        {"model": "planes_bases", "variant": "compiled-graphs", "it_per_s": 151.0}]}}))
+    rows = summarize.preset_speed_rows(summarize.Results(tmp_path))
+    assert [r.state() for r in rows] == ["missed", "met"] and rows[1].baseline is None
