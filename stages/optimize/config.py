@@ -147,8 +147,8 @@ class OptimizeConfig:
                                     "stage's summary name the choice).", choices=("all", "time", "auto"))
     opacity_time_from: int = option(64, "opacity_weighting 'auto': the number of distinct training times from which "
                                     "the regulariser is time-weighted. Measured with the dnerf preset "
-                                    "(docs/gaussians.md): 'all' is better at 50 times, 'time' at 75 (CPU) and 100 "
-                                    "(GPU, by 4 dB).")
+                                    "(docs/gaussians.md): 'all' is better at 50 times, 'time' at 64 and 75 (CPU "
+                                    "stand-ins) and at 100 (GPU, by 4 dB).")
     alpha_lambda: float = option(0.0, "Weight of the mask loss on RGBA scenes: the mean absolute difference of the "
                                  "rendered alpha and the dataset's alpha (object masks). Views without alpha skip "
                                  "it. Added to the loss; not a column of log.csv.")
