@@ -24,6 +24,7 @@ import re
 import statistics
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -643,8 +644,6 @@ SCENE_BASES_RUN = "sweeps/optimize_scene_auto38_bases.json"
 
 def same_call(R: Results, name: str, other: str) -> bool:
     """Whether two results files' scene runs came from one call: the same commit, started within an hour."""
-    from datetime import datetime
-
     commits = [R.get(name, ("scene", "environment", "git_commit")), R.get(other, ("environment", "git_commit"))]
     dates = [R.get(name, ("scene", "environment", "date")), R.get(other, ("environment", "date"))]
     if MISSING in commits + dates or commits[0] != commits[1]:
