@@ -2,8 +2,9 @@
 
     python -m bench.speed_ab_table --new NEW_1.json NEW_2.json --old OLD_1.json OLD_2.json [--out SUMMARY.json]
 
-Each file is an ``optimize_bench --only speed`` result. Per model and variant the table has every run's it/s of
-either commit (in the order given: speed_ab.sh alternates new, old, new, old), their medians, and new / old. The
+Each file is an ``optimize_bench --only speed`` result (or ``--only render``, or both). Per model and variant the
+table has every run's it/s of either commit (in the order given: speed_ab.sh alternates new, old, new, old), their
+medians, and new / old; a render section's frames per second at 800x800 come as the variant ``render-fps``. The
 summary JSON holds the same rows, both commits and the files they came from.
 """
 
@@ -18,14 +19,20 @@ from typing import Optional
 
 
 def speed_runs(paths: list[Path]) -> tuple[dict[tuple[str, str], list[float]], list[str]]:
-    """it/s of every run in ``paths`` keyed by (model, variant), in file order, and each file's commit."""
+    """it/s of every run in ``paths`` keyed by (model, variant), in file order, and each file's commit; a render
+    section's fps keyed by (model, 'render-fps'). A file with neither section raises KeyError."""
     runs: dict[tuple[str, str], list[float]] = {}
     commits = []
     for path in paths:
         data = json.loads(path.read_text())
         commits.append(str(data.get("environment", {}).get("git_commit")))
-        for row in data["speed"]["models"]:
+        speed, render = data.get("speed"), data.get("render")
+        if speed is None and render is None:
+            raise KeyError("speed")
+        for row in speed["models"] if speed is not None else ():
             runs.setdefault((row["model"], row["variant"]), []).extend(row.get("it_per_s_runs") or [row["it_per_s"]])
+        for row in render["models"] if render is not None else ():
+            runs.setdefault((row["model"], "render-fps"), []).append(row["fps"])
     return runs, commits
 
 
@@ -61,7 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               file=sys.stderr)
         return 2
     print(f"new = {', '.join(sorted(set(new_commits)))}; old = {', '.join(sorted(set(old_commits)))} "
-          f"(it/s of the training step, runs in the order timed)")
+          f"(it/s of the training step, render-fps rows frames per second; runs in the order timed)")
     print(f"{'model':8} {'variant':18} {'new runs':>16} {'old runs':>16} {'new':>7} {'old':>7} {'new/old':>8}")
     for row in rows:
         new_text = " / ".join(f"{v:.1f}" for v in row["new_it_per_s"])

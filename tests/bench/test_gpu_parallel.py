@@ -175,3 +175,26 @@ def test_lines_of_a_script_that_takes_a_work_folder_get_one_each(tmp_path):
     run_sweep(tmp_path / "deformation", lines=1, gpus=1, env_extra={"ARGS_LOG": str(args_log)},
               scripts={"deformation_bench.py": "# no work folder\n"}, command="deformation --gpu")
     assert args_log.read_text().splitlines() == ["deformation --gpu --name run1"]
+
+
+def test_speed_ab_table_reads_render_sections_as_fps_rows(tmp_path, capsys):
+    """An A/B of ``--only render``: each model's frames per second as the variant 'render-fps', medians and ratio
+    as for training speed; a model rendered at one commit only is left out and said to be."""
+    from bench.speed_ab_table import main
+
+    def render_file(name, commit, fps):
+        path = tmp_path / name
+        path.write_text(json.dumps({"environment": {"git_commit": commit},
+                                    "render": {"models": [{"model": m, "fps": v} for m, v in fps.items()]}}))
+        return str(path)
+
+    new = [render_file("n1.json", "NEW", {"bases": 493.1}), render_file("n2.json", "NEW", {"bases": 486.3})]
+    old = [render_file("o1.json", "OLD", {"bases": 442.8, "mlp": 369.6}),
+           render_file("o2.json", "OLD", {"bases": 555.9, "mlp": 411.3})]
+    assert main(["--new", *new, "--old", *old, "--out", str(tmp_path / "summary.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["bases", "render-fps", "493.1", "/", "486.3", "442.8", "/", "555.9", "489.7",
+                                "499.4", "0.981"]
+    assert lines[3].split()[:2] == ["mlp", "render-fps"] and lines[3].endswith("timed at one commit only: left out")
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert [(r["model"], r["variant"], r["new_over_old"]) for r in rows] == [("bases", "render-fps", 0.981)]
