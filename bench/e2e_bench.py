@@ -202,7 +202,9 @@ def print_table(runs: list[dict]) -> None:
 def merge(record: dict, names: list[str], note: str, save, out: Path, side_by_side: int = 1) -> int:
     """Put the successful runs of the named result files into ``record`` (same ids replaced) and save it.
     side_by_side: how many runs shared the GPU host, recorded with each merged run (above 1 its times are not a lone
-    run's; the summary and bench/README.md say so)."""
+    run's; the summary and bench/README.md say so). A file run with overrides beyond the suite's is merged too (a
+    run id names only scene and model, so such a run replaces the suite's): the merge names them and each of its runs
+    records them as ``extra_overrides``."""
     merged = []
     for name in names:
         path = RESULTS / f"{name}.json"
@@ -213,11 +215,17 @@ def merge(record: dict, names: list[str], note: str, save, out: Path, side_by_si
         if part.get("suite") != record["suite"]:
             print(f"e2e_bench: {path.name} is suite '{part.get('suite')}', not '{record['suite']}'", file=sys.stderr)
             return 2
+        extra = [o for o in part.get("overrides", []) if o not in record.get("overrides", [])]
+        if extra:      # the runs keep them (their commands hold them too); the summary pools runs by kind and model
+            print(f"e2e_bench: {path.name} ran with overrides beyond the suite's: {' '.join(extra)} (recorded with "
+                  "its runs as extra_overrides)")
         for run in part.get("runs", []):
             if run.get("returncode") == 0:
                 run.setdefault("device", part.get("environment", {}).get("device"))
                 if side_by_side > 1:
                     run["side_by_side"] = side_by_side
+                if extra:
+                    run["extra_overrides"] = extra
                 record["runs"] = [r for r in record["runs"] if r["id"] != run["id"]] + [run]
                 merged.append(run["id"])
         record["scenes"].update(part.get("scenes", {}))

@@ -142,7 +142,7 @@ def test_e2e_calls_with_other_result_names_use_other_work_folders(tmp_path, monk
                      base / "e2e_variant" / "scenes", base / "e2e_variant" / "runs"]
 
 
-def test_e2e_merge_puts_the_runs_of_side_by_side_calls_into_the_suite_file(tmp_path, monkeypatch):
+def test_e2e_merge_puts_the_runs_of_side_by_side_calls_into_the_suite_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(e2e_bench, "RESULTS", tmp_path)
     monkeypatch.setattr(e2e_bench, "environment", lambda device: {"device": "here"})
     main = {"suite": "synthetic", "environment": {"device": "GPU A"}, "notes": ["earlier"],
@@ -165,6 +165,20 @@ def test_e2e_merge_puts_the_runs_of_side_by_side_calls_into_the_suite_file(tmp_p
     gains = {(r["kind"], r["deformation"]): r["psnr_over_static"] for r in record["summary"]}
     assert gains[("object", "bases")] == pytest.approx(5.0)
     assert {(r["kind"], r["side_by_side"]) for r in record["summary"]} == {("object", 8), ("room", 1)}
+    assert not any("extra_overrides" in r for r in record["runs"])
+    # a part run with overrides beyond the suite's: merged, its runs marked with them, and the merge says so
+    record["overrides"] = ["render.video_paths=[]"]
+    (tmp_path / "e2e_synthetic.json").write_text(json.dumps(record))
+    part.update(overrides=["optimize.opacity_weighting=time", "render.video_paths=[]"],
+                runs=[run_entry("object", 0, "bases", 22.0)])
+    (tmp_path / "e2e_time.json").write_text(json.dumps(part))
+    assert e2e_bench.main(["synthetic", "--merge", "e2e_time"]) == 0
+    assert "e2e_time.json ran with overrides beyond the suite's: optimize.opacity_weighting=time" in \
+        capsys.readouterr().out
+    record = json.loads((tmp_path / "e2e_synthetic.json").read_text())
+    marked = {r["id"]: r.get("extra_overrides") for r in record["runs"]}
+    assert marked == {"object-s0-bases": ["optimize.opacity_weighting=time"], "object-s0-none": None,
+                      "room-s0-bases": None}
     (tmp_path / "e2e_lady.json").write_text(json.dumps({"suite": "lady-running", "runs": []}))
     assert e2e_bench.main(["synthetic", "--merge", "e2e_lady"]) == 2               # another suite: refused
     assert e2e_bench.main(["synthetic", "--merge", "e2e_missing"]) == 2
