@@ -122,11 +122,14 @@ def scene_scale(views: list[TrainView], means: torch.Tensor) -> float:
     return 1.1 * max(radius, points, 1e-6)
 
 
-def opacity_weighting_for(cfg: OptimizeConfig, n_times: int) -> str:
+def opacity_weighting_for(cfg: OptimizeConfig, n_times: int, temporal_opacity: bool = True) -> str:
     """The opacity regulariser's weighting for a scene of ``n_times`` distinct training times: 'all' or 'time'
-    as configured, and for 'auto' 'time' from ``cfg.opacity_time_from`` times on, else 'all'."""
-    if cfg.opacity_weighting != "auto":
-        return cfg.opacity_weighting
+    as configured, and for 'auto' 'time' from ``cfg.opacity_time_from`` times on, else 'all'. A model without
+    temporal opacity (the static one) has no windows to weigh by: always 'all'."""
+    if not temporal_opacity or cfg.opacity_weighting == "all":
+        return "all"
+    if cfg.opacity_weighting == "time":
+        return "time"
     return "time" if n_times >= cfg.opacity_time_from else "all"
 
 
@@ -838,7 +841,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     distinct_times = np.unique(np.round(times, 9))                                  # (T,) sorted
     training_times = torch.tensor(distinct_times, dtype=torch.float32, device=device)   # for drop_unit 'copy'
     model = build_model(cfg, initial, gap, len(distinct_times), device)
-    opacity_weighting = opacity_weighting_for(cfg, len(distinct_times))
+    opacity_weighting = opacity_weighting_for(cfg, len(distinct_times), model.temporal_opacity)
     if cfg.opacity_lambda > 0 and cfg.opacity_weighting == "auto":
         log.info(f"opacity regulariser weighted by '{opacity_weighting}' (auto: {len(distinct_times)} training "
                  f"times; 'time' from {cfg.opacity_time_from})")
@@ -1006,8 +1009,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         if cfg.opacity_lambda > 0:
             splats = model.splats
             weights = temporal_weights(render_times, splats["time_centers"], splats["time_log_scales"],
-                                       splats["is_dynamic"]) \
-                if opacity_weighting == "time" and model.temporal_opacity else None
+                                       splats["is_dynamic"]) if opacity_weighting == "time" else None
             loss = loss + cfg.opacity_lambda * opacity_loss(splats["opacities"], weights)
 
         loss.backward()

@@ -380,6 +380,9 @@ def test_auto_opacity_weighting_follows_the_number_of_distinct_training_times():
     for fixed in ("all", "time"):
         assert opacity_weighting_for(dataclasses.replace(cfg, opacity_weighting=fixed), 100) == fixed
         assert opacity_weighting_for(dataclasses.replace(cfg, opacity_weighting=fixed), 10) == fixed
+        # no temporal windows (the static model): nothing to weigh by, whatever the setting
+        assert opacity_weighting_for(dataclasses.replace(cfg, opacity_weighting=fixed), 100, False) == "all"
+    assert opacity_weighting_for(cfg, 100, temporal_opacity=False) == "all"
 
 
 def test_the_coherence_regulariser_makes_copies_move_alike_and_resumes_exactly(tiny, tmp_path):
