@@ -25,6 +25,7 @@ and are skipped.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import platform
@@ -399,7 +400,34 @@ def run_scene(scene_dir: Path, run_dir: Path, preset: str, overrides: list[str])
             "optimize_s": optimize["wall_s"], "train_s": optimize["summary"].get("train_seconds"),
             "gaussians": optimize["summary"]["gaussians"], "train_psnr": optimize["summary"]["train_psnr"],
             "peak_gpu_mib": optimize.get("peak_gpu_mb"), "deformation": config.optimize.deformation,
-            "opacity_weighting": optimize["summary"].get("opacity_weighting"), **metrics}
+            "opacity_weighting": optimize["summary"].get("opacity_weighting"),
+            "rate_windows": training_windows(run_dir / "optimize/log.csv"), **metrics}
+
+
+def training_windows(log_path: Path, window: int = 1000) -> list[dict[str, Any]]:
+    """Where a run's training time went, from its ``log.csv`` (one row per step; ``seconds`` is the training time
+    when that step's row was flushed, rows flushed together share it): for each ``window`` steps, the steps per
+    second and the Gaussian count at its end. A window ends at the flush that completes its last step (or the
+    last flush), so its rate counts exactly the steps between two flushes; the first flush (warm-up) only starts
+    the first window. [] when the log is missing or has fewer than two
+    flushes."""
+    if not log_path.is_file():
+        return []
+    with log_path.open(newline="", encoding="utf-8") as f:
+        rows = [(int(r["step"]), float(r["seconds"]), int(float(r["gaussians"]))) for r in csv.DictReader(f)]
+    flushes: dict[float, tuple[int, int]] = {}
+    for step, seconds, count in rows:                      # the last step of each flush
+        flushes[seconds] = (step, count)
+    marks = [(step, seconds, count) for seconds, (step, count) in flushes.items()]   # in step order
+    windows, start = [], marks[0] if marks else None
+    for mark in marks[1:]:                                 # steps s count as done after row s: s + 1
+        if (mark[0] + 1) // window > (start[0] + 1) // window or mark is marks[-1]:
+            steps, seconds = mark[0] - start[0], mark[1] - start[1]
+            if steps > 0 and seconds > 0:
+                windows.append({"from_step": start[0], "to_step": mark[0], "steps_per_s": round(steps / seconds, 2),
+                                "gaussians": mark[2]})
+            start = mark
+    return windows
 
 
 def test_metrics(run_dir: Path, scene, device: str) -> dict[str, Any]:

@@ -19,9 +19,10 @@
 #
 # On a host with several GPUs the lines are dealt out round robin (line n on GPU (n-1) mod count, through
 # CUDA_VISIBLE_DEVICES), so 16 lines on four GPUs run four to a GPU. Unless CUDA_VISIBLE_DEVICES is set already.
-# At most 8 files come back from $OUT: when the calls left more than 8 files there (result files, and the two files of
-# a gsplat build that gpu_host.sh compiled), the result files come back as one archive, $OUT/results.tar.gz (unpack it
-# with `tar xzf results.tar.gz`: results/NAME.json).
+# Each call's whole output (progress bars left out) lands in $OUT/logs/call_N.log. At most 8 files come back from
+# $OUT: when the calls left more than 8 files there (result files, logs, and the two files of a gsplat build that
+# gpu_host.sh compiled), the result files and logs come back as one archive, $OUT/results.tar.gz (unpack it with
+# `tar xzf results.tar.gz`: results/NAME.json, logs/call_N.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "$#" -ne 1 ] || [ ! -f "$1" ]; then
@@ -73,8 +74,13 @@ for i in "${!logs[@]}"; do
   [ "$code" -eq 0 ] || status=1
   echo "===== [$((i + 1))] exit $code ====="
   grep -v '^\s*$' "${logs[$i]}" | grep -v 'it/s\]\|step/s\]' | tail -n 12
+  if [ -n "${OUT:-}" ]; then                      # the whole output too (a profile's tables are longer than 12 lines)
+    mkdir -p "$OUT/logs" && grep -v 'it/s\]\|step/s\]' "${logs[$i]}" >"$OUT/logs/call_$((i + 1)).log"
+  fi
 done
-if [ -n "${OUT:-}" ] && [ -d "$OUT/results" ] && [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
-  tar czf "$OUT/results.tar.gz" -C "$OUT" results && rm -rf "$OUT/results" && echo "results: \$OUT/results.tar.gz"
+if [ -n "${OUT:-}" ] && [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
+  parts=$(cd "$OUT" && ls -d results logs 2>/dev/null | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  tar czf "$OUT/results.tar.gz" -C "$OUT" $parts && (cd "$OUT" && rm -rf $parts) && echo "results: \$OUT/results.tar.gz"
 fi
 exit "$status"

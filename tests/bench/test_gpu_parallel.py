@@ -1,6 +1,7 @@
 """scripts/gpu_parallel.sh without a GPU: a stand-in gpu_host.sh records the GPU each line was given and writes a
 result file per line; a stand-in nvidia-smi reports the host's GPUs. Checks the round-robin dealing, that a line
-keeps a GPU set by the caller, that more than 8 files under $OUT come back as one archive, and GPU_SEQUENTIAL."""
+keeps a GPU set by the caller, that each call's output comes back as a log, that more than 8 files under $OUT come
+back as one archive, and GPU_SEQUENTIAL."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def gpus_given(out: Path) -> dict[str, str]:
     archive = out / "results.tar.gz"
     if archive.is_file():
         with tarfile.open(archive) as tar:
-            return {Path(m.name).stem: tar.extractfile(m).read().decode().strip() for m in tar.getmembers() if m.isfile()}
+            return {Path(m.name).stem: tar.extractfile(m).read().decode().strip() for m in tar.getmembers()
+                    if m.isfile() and m.name.startswith("results/")}
     return {p.stem: p.read_text().strip() for p in (out / "results").iterdir()}
 
 
@@ -70,11 +72,15 @@ def test_lines_are_dealt_round_robin_over_the_gpus_and_many_results_come_back_as
     out = run_sweep(tmp_path, lines=10, gpus=4)
     assert sorted(p.name for p in out.iterdir()) == ["results.tar.gz"]          # 10 files > 8: archived
     assert gpus_given(out) == {f"run{n}": str((n - 1) % 4) for n in range(1, 11)}
+    with tarfile.open(out / "results.tar.gz") as tar:                            # each call's whole output
+        assert sorted(m.name for m in tar.getmembers() if m.name.startswith("logs/")) == sorted(
+            f"logs/call_{n}.log" for n in range(1, 11))
 
 
 def test_one_gpu_or_a_gpu_set_by_the_caller_is_left_alone_and_few_results_stay_files(tmp_path):
     out = run_sweep(tmp_path / "one", lines=3, gpus=1)
     assert not (out / "results.tar.gz").exists() and gpus_given(out) == {f"run{n}": "unset" for n in (1, 2, 3)}
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["call_1.log", "call_2.log", "call_3.log"]
     out = run_sweep(tmp_path / "set", lines=3, gpus=4, env_extra={"CUDA_VISIBLE_DEVICES": "2"})
     assert gpus_given(out) == {f"run{n}": "2" for n in (1, 2, 3)}
 

@@ -176,3 +176,20 @@ def test_perturb_deformation_gives_every_model_motion_with_seeded_output_weights
             assert all(float(t.abs().max()) > 0 for t in outputs + extras), kind
             perturbed.append(outputs + extras)
         assert all(torch.equal(a, b) for a, b in zip(*perturbed)), kind
+
+
+def test_training_windows_give_steps_per_second_between_flushes_and_the_count_at_each_end(tmp_path):
+    from bench.optimize_bench import training_windows
+
+    log = tmp_path / "log.csv"
+    rows = ["step,loss,psnr,gaussians,seconds"]
+    for step in range(60):                        # flushed every 10 steps: 2 s per flush until step 29, then 4 s
+        flush = step // 10 + 1
+        seconds = 2.0 * flush if flush <= 3 else 6.0 + 4.0 * (flush - 3)
+        rows.append(f"{step},0.1,20,{100 + 10 * (step // 30)},{seconds}")
+    log.write_text("\n".join(rows) + "\n")
+    windows = training_windows(log, window=30)
+    # marks at steps 9, 19, ..., 59 (2, 4, 6, 10, 14, 18 s): steps 9 -> 29 in 4 s, 29 -> 59 in 12 s
+    assert windows == [{"from_step": 9, "to_step": 29, "steps_per_s": 5.0, "gaussians": 100},
+                       {"from_step": 29, "to_step": 59, "steps_per_s": 2.5, "gaussians": 110}]
+    assert training_windows(tmp_path / "missing.csv") == []
