@@ -98,47 +98,81 @@ def _exclusive_products(samples: Tensor) -> Tensor:
     return before * after
 
 
+METHODS = ("embedding_bag", "embedding_bag_sorted", "gather")
+"""How :func:`sample_plane_products` gathers (the same values and gradients to rounding; ``embedding_bag`` is the
+default): ``gather`` materialises the four corner rows of every plane at every point (M, P, 4, F) and sums them
+with their weights (the earlier formulation: on an H200 its two gathers of ~1M rows took about 2 ms of a training
+step, bench/plane_sampler_bench.py); ``embedding_bag`` gives each (point, plane) a bag of its four corner rows with
+their bilinear weights as per-sample weights, so the weighted sum is one fused kernel that writes (M, P, F), and the
+corner weights' gradient (what the coordinates' gradient is made of) another that never writes the corners; the
+table's gradient is one ``index_add`` of the per-corner products; ``embedding_bag_sorted`` takes the table's
+gradient from embedding_bag's own backward (indices sorted, then segment sums: no atomic adds)."""
+
+
 class _PlaneProducts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table: Tensor, coords: Tensor, axes: Tensor, half_extent: Tensor, last: Tensor, stride: Tensor,
-                offset: Tensor, corner_steps: Tensor, levels: int) -> Tensor:
+                offset: Tensor, corner_steps: Tensor, levels: int, method: str) -> Tensor:
         layout = PlaneLayout(axes, half_extent, last, stride, offset, corner_steps, levels)
         M, P, F = coords.shape[0], offset.shape[0], table.shape[1]
         rows, sides = _corners(coords, layout)                                        # (M, P, 4), (M, P, 2, 2)
-        corners = table.index_select(0, rows.view(-1)).view(M, P, 4, F)
-        samples = (_bilinear_weights(sides) * corners).sum(2).view(M, levels, P // levels, F)   # (M, L, Q, F)
+        bags = extra = None
+        if method == "gather":
+            corners = table.index_select(0, rows.view(-1)).view(M, P, 4, F)
+            samples = (_bilinear_weights(sides) * corners).sum(2)                      # (M, P, F)
+        else:                                      # one bag of 4 weighted rows per (point, plane)
+            bags = torch.arange(0, 4 * M * P, 4, device=rows.device)                   # (M P,) bag starts
+            samples, offset2bag, bag_size, max_rows = torch.embedding_bag(
+                table, rows.view(-1), bags, False, 0, False, _bilinear_weights(sides).view(-1), False, None)
+            extra = (offset2bag, bag_size, max_rows)                                   # (M P 4,), (M P,), ...
+        samples = samples.view(M, levels, P // levels, F)                              # (M, L, Q, F)
         ctx.rows_count = table.shape[0]
         ctx.coord_columns = coords.shape[1]
-        ctx.save_for_backward(table, rows, sides, samples, axes, half_extent)
+        ctx.method = method
+        ctx.save_for_backward(table, rows, sides, samples, axes, half_extent, bags, *(extra or (None,) * 3))
         return samples.prod(2)                                                         # (M, L, F)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_products: Tensor):
-        table, rows, sides, samples, axes, half_extent = ctx.saved_tensors
+        table, rows, sides, samples, axes, half_extent, bags, offset2bag, bag_size, max_rows = ctx.saved_tensors
         M, L, Q, F = samples.shape
         grad_samples = (grad_products.unsqueeze(2) * _exclusive_products(samples)).reshape(M, L * Q, 1, F)
+        weights = _bilinear_weights(sides)                                              # (M, P, 4, 1)
         grad_table = grad_coords = None
         if ctx.needs_input_grad[0]:
-            per_corner = _bilinear_weights(sides) * grad_samples                        # (M, P, 4, F)
-            grad_table = table.new_zeros(ctx.rows_count, F).index_add_(0, rows.view(-1), per_corner.view(-1, F))
+            if ctx.method == "embedding_bag_sorted":
+                grad_table = torch.ops.aten._embedding_bag_backward(
+                    grad_samples.view(M * L * Q, F), rows.view(-1), bags, offset2bag, bag_size, max_rows,
+                    ctx.rows_count, False, 0, False, weights.view(-1), -1)              # (C, F)
+            else:
+                per_corner = weights * grad_samples                                     # (M, P, 4, F)
+                grad_table = table.new_zeros(ctx.rows_count, F).index_add_(0, rows.view(-1), per_corner.view(-1, F))
         if ctx.needs_input_grad[1]:
-            corners = table.index_select(0, rows.view(-1)).view(M, L * Q, 4, F)
-            dots = (corners * grad_samples).sum(-1).view(M, L * Q, 2, 2)               # [v side][u side]
+            if ctx.method == "gather":
+                corners = table.index_select(0, rows.view(-1)).view(M, L * Q, 4, F)
+                dots = (corners * grad_samples).sum(-1)                                 # (M, P, 4)
+            else:                                   # d(loss)/d(corner weight) = <grad sample, corner row>, fused
+                dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                    grad_samples.view(M * L * Q, F), table, rows.view(-1), bags, offset2bag, 0, -1)
+            dots = dots.view(M, L * Q, 2, 2)                                            # [v side][u side]
             grad_u = ((dots[..., 1] - dots[..., 0]) * sides[:, :, 1]).sum(-1)            # (M, P): d/du
             grad_v = ((dots[:, :, 1] - dots[:, :, 0]) * sides[:, :, 0]).sum(-1)          # d/dv
             grad_uv = torch.stack([grad_u, grad_v], dim=-1) * half_extent                # (M, P, 2): d/d(a, b)
             grad_coords = grad_uv.new_zeros(M, ctx.coord_columns).index_add_(1, axes, grad_uv.view(M, 2 * L * Q))
-        return grad_table, grad_coords, None, None, None, None, None, None, None
+        return grad_table, grad_coords, None, None, None, None, None, None, None, None
 
 
-def sample_plane_products(table: Tensor, coords: Tensor, layout: PlaneLayout) -> Tensor:
+def sample_plane_products(table: Tensor, coords: Tensor, layout: PlaneLayout, method: str = "embedding_bag") -> Tensor:
     """Per level, the product of the bilinear samples of its planes.
 
     table (C, F): every plane's cells, channel last (:class:`PlaneLayout` says where); coords (M, K) in [-1, 1]
     (K = 4: x, y, z, t; a field may add columns, such as an anchor time, that its planes' axes name)
     (clamp first: outside, the nearest cells are read but the weights are not those of a clamped point; a NaN
-    coordinate gives NaN samples, as ``grid_sample`` does, so that a training step's NaN guard sees it). Returns
-    (M, L, F), differentiable once with respect to the table and the coordinates."""
+    coordinate gives NaN samples, as ``grid_sample`` does, so that a training step's NaN guard sees it). method:
+    one of :data:`METHODS` (how the corners are gathered; the same result). Returns (M, L, F), differentiable once
+    with respect to the table and the coordinates."""
+    if method not in METHODS:
+        raise ValueError(f"sample_plane_products: method must be one of {METHODS}, not {method!r}")
     return _PlaneProducts.apply(table, coords, layout.axes, layout.half_extent, layout.last, layout.stride,
-                                layout.offset, layout.corner_steps, layout.levels)
+                                layout.offset, layout.corner_steps, layout.levels, method)

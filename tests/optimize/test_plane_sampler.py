@@ -9,9 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from stages.optimize.deformation import PLANE_AXES, Box, PlanesField, planes_offsets_grid_sample
-from stages.optimize.plane_sampler import PlaneLayout, sample_plane_products
+from stages.optimize.plane_sampler import METHODS, PlaneLayout, sample_plane_products
 
 F64 = torch.float64
+
+
+@pytest.fixture(params=METHODS)
+def method(request) -> str:
+    """Every way the sampler gathers its corners (the same values and gradients)."""
+    return request.param
 
 
 def _planes(gen: torch.Generator, shapes: list[tuple[int, int]], features: int) -> list[torch.Tensor]:
@@ -31,7 +37,7 @@ def _table(planes: list[torch.Tensor]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_samples_and_gradients_equal_grid_sample(seed):
+def test_samples_and_gradients_equal_grid_sample(seed, method):
     gen = torch.Generator().manual_seed(seed)
     shapes = [(5, 5), (5, 5), (5, 5), (3, 5), (3, 5), (3, 5), (9, 9), (9, 9), (9, 9), (3, 9), (3, 9), (3, 9)]
     axes = list(PLANE_AXES) * 2
@@ -44,7 +50,7 @@ def test_samples_and_gradients_equal_grid_sample(seed):
 
     table = _table([p.detach() for p in planes]).requires_grad_(True)
     layout = PlaneLayout.build(shapes, axes, levels=2)
-    got = sample_plane_products(table, coords, layout)
+    got = sample_plane_products(table, coords, layout, method=method)
     grad_coords, grad_table = torch.autograd.grad((got * upstream).sum(), [coords, table])
 
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
@@ -52,7 +58,7 @@ def test_samples_and_gradients_equal_grid_sample(seed):
     torch.testing.assert_close(grad_table, _table(list(expected_grads[1:])), rtol=1e-10, atol=1e-10)
 
 
-def test_edges_corners_and_clamped_points():
+def test_edges_corners_and_clamped_points(method):
     """Points on cell boundaries, on the last row/column and clamped from outside: the same values; coordinate
     gradients agree wherever grid_sample's do not read its zero padding (the clamp passes none from outside)."""
     gen = torch.Generator().manual_seed(2)
@@ -62,7 +68,8 @@ def test_edges_corners_and_clamped_points():
     raw = torch.tensor([[-1.0, -1.0, 0, 0], [1.0, 1.0, 0, 0], [-0.6, 1 / 3, 0, 0], [0.2, -1 / 3, 0, 0],
                         [1.7, 0.3, 0, 0], [-2.0, -5.0, 0, 0], [0.999, 0.2, 0, 0]], dtype=F64, requires_grad=True)
     coords = raw.clamp(-1, 1)
-    got = sample_plane_products(table, coords, PlaneLayout.build(shapes, [(0, 1)], levels=1))[:, 0]   # (M, F)
+    layout = PlaneLayout.build(shapes, [(0, 1)], levels=1)
+    got = sample_plane_products(table, coords, layout, method=method)[:, 0]           # (M, F)
     want = _grid_sample_products(planes, coords.detach(), [(0, 1)], levels=1)[:, 0]
     torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
     (grad_raw,) = torch.autograd.grad(got.sum(), raw)
@@ -73,7 +80,7 @@ def test_edges_corners_and_clamped_points():
     torch.testing.assert_close(grad_raw[[2, 3, 6]], want_grad, rtol=1e-12, atol=1e-12)
 
 
-def test_gradient_on_the_first_and_last_cell_edges():
+def test_gradient_on_the_first_and_last_cell_edges(method):
     """Unclamped coordinates exactly at -1 and 1: at -1 the gradient is grid_sample's (the cell inside); at 1 it is
     zero by design (grid_sample's is taken against its zero padding)."""
     gen = torch.Generator().manual_seed(3)
@@ -81,7 +88,8 @@ def test_gradient_on_the_first_and_last_cell_edges():
     table = _table(planes)
     coords = torch.tensor([[-1.0, 0.3, 0, 0], [0.3, -1.0, 0, 0], [1.0, 0.3, 0, 0], [0.3, 1.0, 0, 0]], dtype=F64,
                           requires_grad=True)
-    got = sample_plane_products(table, coords, PlaneLayout.build([(4, 6)], [(0, 1)], levels=1))[:, 0]
+    layout = PlaneLayout.build([(4, 6)], [(0, 1)], levels=1)
+    got = sample_plane_products(table, coords, layout, method=method)[:, 0]
     (grad,) = torch.autograd.grad(got.sum(), coords)
     first = coords.detach()[:2].requires_grad_(True)
     (want,) = torch.autograd.grad(_grid_sample_products(planes, first, [(0, 1)], levels=1).sum(), first)
@@ -91,21 +99,21 @@ def test_gradient_on_the_first_and_last_cell_edges():
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (1, 5), (2, 2)])
-def test_planes_of_one_or_two_cells(shape):
+def test_planes_of_one_or_two_cells(shape, method):
     gen = torch.Generator().manual_seed(4)
     planes = [p.requires_grad_(True) for p in _planes(gen, [shape], 3)]
     coords = (torch.rand(40, 4, generator=gen, dtype=F64) * 1.98 - 0.99).requires_grad_(True)
     want = _grid_sample_products(planes, coords, [(0, 1)], levels=1)
     want_grads = torch.autograd.grad(want.sum(), [coords, planes[0]])
     table = _table([p.detach() for p in planes]).requires_grad_(True)
-    got = sample_plane_products(table, coords, PlaneLayout.build([shape], [(0, 1)], levels=1))
+    got = sample_plane_products(table, coords, PlaneLayout.build([shape], [(0, 1)], levels=1), method=method)
     got_grads = torch.autograd.grad(got.sum(), [coords, table])
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got_grads[1], _table([want_grads[1]]), rtol=1e-12, atol=1e-12)
 
 
-def test_nan_and_far_outside_coordinates_neither_raise_nor_leave_their_plane():
+def test_nan_and_far_outside_coordinates_neither_raise_nor_leave_their_plane(method):
     """A NaN coordinate (a training step gone bad) gives NaN samples, as grid_sample does, so the NaN guard sees it;
     coordinates far outside [-1, 1] read only their own plane's cells."""
     shapes = [(3, 3), (3, 3)]
@@ -113,22 +121,23 @@ def test_nan_and_far_outside_coordinates_neither_raise_nor_leave_their_plane():
     layout = PlaneLayout.build(shapes, [(0, 1), (2, 3)], levels=2)
     coords = torch.tensor([[float("nan"), 0.0, 0.0, 0.0], [-50.0, 50.0, 50.0, -50.0], [0.5, -7.0, 3.0, 0.2]],
                           dtype=F64)
-    out = sample_plane_products(table, coords, layout)[:, :, 0]                      # (3, L = 2)
+    out = sample_plane_products(table, coords, layout, method=method)[:, :, 0]        # (3, L = 2)
     assert torch.isnan(out[0, 0]) and out[0, 1] == 5.0
     torch.autograd.grad(out.sum(), table)                                            # runs (NaN where NaN was read)
-    outside = sample_plane_products(table, coords[1:], layout)[:, :, 0]
+    outside = sample_plane_products(table, coords[1:], layout, method=method)[:, :, 0]
     assert torch.isfinite(outside).all()
     (grad,) = torch.autograd.grad(outside.sum(), table)
     assert torch.isfinite(grad).all()
 
 
-def test_a_zero_sample_keeps_the_other_planes_gradient():
+def test_a_zero_sample_keeps_the_other_planes_gradient(method):
     """The product's gradient is formed without division: a plane sampled at exactly zero still passes gradient
     to itself (the product of the others)."""
     shapes = [(2, 2), (2, 2)]
     table = torch.tensor([[0.0], [0.0], [0.0], [0.0], [2.0], [2.0], [2.0], [2.0]], dtype=F64, requires_grad=True)
     coords = torch.zeros(1, 4, dtype=F64)
-    out = sample_plane_products(table, coords, PlaneLayout.build(shapes, [(0, 1), (0, 2)], levels=1))
+    layout = PlaneLayout.build(shapes, [(0, 1), (0, 2)], levels=1)
+    out = sample_plane_products(table, coords, layout, method=method)
     assert float(out.detach()) == 0.0
     (grad,) = torch.autograd.grad(out.sum(), table)
     torch.testing.assert_close(grad[:4, 0], torch.full((4,), 0.5, dtype=F64))        # 2 x bilinear weight 1/4
