@@ -78,6 +78,8 @@ GROUPS: dict[str, tuple[Step, ...]] = {
              results="optimize.json"),
         Step("optimize-scaling", "optimize_scaling_bench", ("--gpu",), "training step cost against Gaussian count",
              results="optimize_scaling_gpu.json"),
+        Step("plane-sampler", "plane_sampler_bench", (), "the planes field's sampler, forward + backward, each way of "
+             "gathering its corners beside the earlier gather", results="plane_sampler_cuda.json"),
         Step("synthetic", "synthetic_bench", ("--gpu",), "training-batch generator throughput",
              results="synthetic.json:gpu"),
         Step("page4d-tiny", "train_eval_bench", ("--gpu",), "page4d-tiny held-out evaluation beside two baselines",

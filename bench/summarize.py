@@ -637,9 +637,10 @@ def scene_model(R: Results, name: str) -> list[Piece]:
     return ["the dnerf preset's model", *([" at commit ", commit] if commit is not None else [])]
 
 
-# The bases on the 100-frame scene, beside the preset's planes_bases: the same sweep, one after the other on one H200
-# (bench/sweeps/optimize_scene_auto38.txt, the thirty-eighth session).
-SCENE_BASES_RUN = "sweeps/optimize_scene_auto38_bases.json"
+# The bases on the 100-frame scene, beside the preset's planes_bases: one after the other on one H200 with
+# planes_bases (bench/sweeps/scene_windows39.txt, the thirty-ninth session; planes_bases there 175.4 s, and with the
+# current sampler 174.7 s in optimize.json on another host of the same speed).
+SCENE_BASES_RUN = "sweeps/optimize_scene_bases_windows39.json"
 
 
 def same_call(R: Results, name: str, other: str) -> bool:
@@ -962,6 +963,27 @@ def section_scaling(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
     doc.blank()
 
 
+def section_plane_sampler(doc: Doc, R: Results) -> None:
+    """The planes field's sampler alone: each way of gathering its corners beside the earlier gather."""
+    name = "plane_sampler_cuda.json"
+    doc.add("## The planes field's sampler")
+    doc.blank()
+    if not R.has(name, "rows"):
+        doc.add("Not measured (", Lit("python -m bench.plane_sampler_bench"), " on a GPU).")
+        doc.blank()
+        return
+    rows = R.get(name, ("rows",))
+    doc.add("Forward + backward of `sample_plane_products` (the dnerf preset's planes: ", Lit("12"), " planes, ",
+            Lit("16"), " features; CUDA events, median of rounds), each method of `plane_sampler.METHODS`; ",
+            device(R, name), ", ", meta(R, name, "date", op="day"), " (", Lit(name), "):")
+    doc.blank()
+    doc.table(["points", "method", "ms", "speed-up over gather", "peak MiB"],
+              [[figure(R, name, ("rows", i, "points"), "{:,}"), figure(R, name, ("rows", i, "method"), "{}"),
+                figure(R, name, ("rows", i, "ms_forward_backward"), "{:.2f}"),
+                figure(R, name, ("rows", i, "speedup_over_gather"), "{:.2f}"),
+                figure(R, name, ("rows", i, "peak_extra_mib"), "{:.0f}")] for i in range(len(rows))])
+
+
 def section_e2e(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
     doc.add("## End to end (`page4dgs reconstruct`)")
     doc.blank()
@@ -1123,6 +1145,7 @@ def build(results: Optional[Results] = None) -> tuple[str, list, dict[str, str]]
     section_train_scaling(doc, R)
     section_rasterizer(doc, R)
     section_scaling(doc, R, svgs)
+    section_plane_sampler(doc, R)
     section_e2e(doc, R, svgs)
     section_evaluate(doc, R)
     section_suite(doc, R)
