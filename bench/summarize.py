@@ -932,6 +932,12 @@ def section_rasterizer(doc: Doc, R: Results) -> None:
                     f(i, "load_average_1min", fmt="{:.1f}")] for i in range(len(rows))])
 
 
+def rows_table(doc: Doc, R: Results, name: str, header: Sequence[str], columns: Sequence[tuple[str, str]]) -> None:
+    """A table with one line per entry of ``name``'s ``rows`` list: each column a (key, format) of that entry."""
+    doc.table(header, [[figure(R, name, ("rows", i, key), fmt) for key, fmt in columns]
+                       for i in range(len(R.get(name, ("rows",))))])
+
+
 def section_scaling(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
     doc.add("## Training cost against the number of Gaussians")
     doc.blank()
@@ -952,11 +958,9 @@ def section_scaling(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
                 figure(R, name, ("resolution", 0), "{}"), " × ", figure(R, name, ("resolution", 1), "{}"),
                 ", SH degree ", figure(R, name, ("sh_degree",), "{}"), " (", Lit(name), "):")
         doc.blank()
-        doc.table(["Gaussians", "deformation model", "it/s", "ms per step", "peak GPU MiB"],
-                  [[figure(R, name, ("rows", i, "gaussians"), "{:,}"), figure(R, name, ("rows", i, "model"), "{}"),
-                    figure(R, name, ("rows", i, "it_per_s"), "{:.1f}"),
-                    figure(R, name, ("rows", i, "ms_per_step"), "{:.1f}"),
-                    figure(R, name, ("rows", i, "peak_mib"), "{}")] for i in range(len(rows))])
+        rows_table(doc, R, name, ["Gaussians", "deformation model", "it/s", "ms per step", "peak GPU MiB"],
+                   [("gaussians", "{:,}"), ("model", "{}"), ("it_per_s", "{:.1f}"), ("ms_per_step", "{:.1f}"),
+                    ("peak_mib", "{}")])
     svgs["optimize_gaussians.svg"] = plots.line_chart(series, "Training step cost against the number of Gaussians",
                                                       "Gaussians", "ms per step", log_x=True, log_y=True)
     doc.add("![training step cost against Gaussians](plots/optimize_gaussians.svg)")
@@ -972,16 +976,13 @@ def section_plane_sampler(doc: Doc, R: Results) -> None:
         doc.add("Not measured (", Lit("python -m bench.plane_sampler_bench"), " on a GPU).")
         doc.blank()
         return
-    rows = R.get(name, ("rows",))
     doc.add("Forward + backward of `sample_plane_products` (the dnerf preset's planes: ", Lit("12"), " planes, ",
             Lit("16"), " features; CUDA events, median of rounds), each method of `plane_sampler.METHODS`; ",
             device(R, name), ", ", meta(R, name, "date", op="day"), " (", Lit(name), "):")
     doc.blank()
-    doc.table(["points", "method", "ms", "speed-up over gather", "peak MiB"],
-              [[figure(R, name, ("rows", i, "points"), "{:,}"), figure(R, name, ("rows", i, "method"), "{}"),
-                figure(R, name, ("rows", i, "ms_forward_backward"), "{:.2f}"),
-                figure(R, name, ("rows", i, "speedup_over_gather"), "{:.2f}"),
-                figure(R, name, ("rows", i, "peak_extra_mib"), "{:.0f}")] for i in range(len(rows))])
+    rows_table(doc, R, name, ["points", "method", "ms", "speed-up over gather", "peak MiB"],
+               [("points", "{:,}"), ("method", "{}"), ("ms_forward_backward", "{:.2f}"),
+                ("speedup_over_gather", "{:.2f}"), ("peak_extra_mib", "{:.0f}")])
 
 
 def section_e2e(doc: Doc, R: Results, svgs: dict[str, str]) -> None:
