@@ -409,8 +409,7 @@ def training_windows(log_path: Path, window: int = 1000) -> list[dict[str, Any]]
     when that step's row was flushed, rows flushed together share it): for each ``window`` steps, the steps per
     second and the Gaussian count at its end. A window ends at the flush that completes its last step (or the
     last flush), so its rate counts exactly the steps between two flushes; the first flush (warm-up) only starts
-    the first window. [] when the log is missing or has fewer than two
-    flushes."""
+    the first window. [] when the log is missing or has fewer than two flushes."""
     if not log_path.is_file():
         return []
     with log_path.open(newline="", encoding="utf-8") as f:

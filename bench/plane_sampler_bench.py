@@ -3,14 +3,15 @@ one run (``stages.optimize.plane_sampler.METHODS``; ``gather``, the earlier form
 
     python -m bench.plane_sampler_bench [--points 23000 70000 200000] [--repeats 50] [--json NAME]
 
-The layout is the dnerf preset's planes field (``configs/dnerf.yaml``: spatial planes of 16 and 32 cells, 6 cells
-in time, 16 features: 12 planes, 4704 table rows); points uniform in [-1, 1]^4, an upstream gradient of ones-scale
+The layout is the dnerf preset's planes field (``configs/dnerf.yaml``: spatial planes of 16 and 32 cells, 6 cells in
+time, 16 features: 12 planes, 4704 table rows); points uniform in [-1, 1]^4, an upstream gradient of standard normal
 noise. Times: CUDA events around ``repeats`` calls of forward + backward (table and coordinate gradients), after 5
 warm-up calls, median of 5 rounds; on the CPU the wall clock. The values and gradients of every method are checked
-against the first method's before timing (float32: 1e-4 relative). Writes ``bench/results/plane_sampler_<device>.json``
-(or ``--json``), prints a table. The training step evaluates the sampler twice per step (the displacement over
-2 M points - M visible dynamic Gaussians at the render time and at their anchor time - and the motion regulariser
-over 3 x its sample), so its cost per step is about two rows of this table.
+against the first method's before timing (float32: 1e-4 relative). Writes
+``bench/results/plane_sampler_<device>.json`` (or ``--json``), prints a table. The training step evaluates the
+sampler twice per step (the displacement over 2 M points - M visible dynamic Gaussians at the render time and at
+their anchor time - and the motion regulariser over 3 x its sample), so its cost per step is about two rows of this
+table.
 """
 
 from __future__ import annotations

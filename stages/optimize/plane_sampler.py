@@ -7,18 +7,18 @@ The field (:class:`~stages.optimize.deformation.PlanesField`) keeps all its plan
 u = (a + 1) / 2 (W_p - 1), bilinear between the four surrounding cells. The samples of the planes of one level are
 multiplied (K-planes' Hadamard product).
 
-:func:`sample_plane_products` does this as one autograd node with its gradient written out: a gather of the four
-corners of every plane, their weighted sum, a product over the planes; backward one ``index_add`` into the table
-and the coordinates' gradient from the corner differences. Weighted sums are elementwise products and sums: as
-batched matrix products of (1, 4) by (4, F) they became ~140k tiny cuBLAS products per call, 1.9 ms of GPU time
-per training step on an H200 (`bench.profile_optimize`, docs/gaussians.md).
+:func:`sample_plane_products` does this as one autograd node with its gradient written out: the four corner rows
+of every plane and their bilinear weights, the weighted sum (one ``embedding_bag`` of four weighted rows per point
+and plane: no (M, P, 4, F) corner tensor, :data:`METHODS`), a product over the planes; backward one ``index_add``
+into the table and the coordinates' gradient from the corner weights' gradient (a second fused kernel). The earlier
+formulation, which gathered the corners into a tensor, is kept as the ``gather`` method (the baseline of
+``bench.plane_sampler_bench``: half the speed and about twice the memory on an H200, ``plane_sampler_cuda.json``).
 
-Exactness: values equal ``grid_sample``'s to rounding (float64 tests to 1e-12), and so do the gradients, except
-for the coordinate gradient exactly on a plane's last row or column: ``grid_sample`` takes it against a
-zero-padded cell beyond the edge, this sampler has no cell there and gives zero (the clamp in front passes no
-gradient for points beyond the box anyway). Memory: backward keeps the corner rows (M, P, 4) int64, the per-axis
-weights (M, P, 2, 2) and the samples (M, P, F): more than autograd kept for ``grid_sample`` (planes' peak in the speed
-benchmark 772 -> 907 MiB eager, one call, at 499a300, which also kept the corner weights).
+Exactness: values equal ``grid_sample``'s to rounding (float64 tests to 1e-12, every method), and so do the
+gradients, except for the coordinate gradient exactly on a plane's last row or column: ``grid_sample`` takes it
+against a zero-padded cell beyond the edge, this sampler has no cell there and gives zero (the clamp in front passes
+no gradient for points beyond the box anyway). Memory: backward keeps the corner rows (M, P, 4) int64 and
+embedding_bag's row-to-bag map of the same size, the per-axis weights (M, P, 2, 2) and the samples (M, P, F).
 """
 
 from __future__ import annotations
@@ -100,13 +100,14 @@ def _exclusive_products(samples: Tensor) -> Tensor:
 
 METHODS = ("embedding_bag", "embedding_bag_sorted", "gather")
 """How :func:`sample_plane_products` gathers (the same values and gradients to rounding; ``embedding_bag`` is the
-default): ``gather`` materialises the four corner rows of every plane at every point (M, P, 4, F) and sums them
-with their weights (the earlier formulation: on an H200 its two gathers of ~1M rows took about 2 ms of a training
-step, bench/plane_sampler_bench.py); ``embedding_bag`` gives each (point, plane) a bag of its four corner rows with
-their bilinear weights as per-sample weights, so the weighted sum is one fused kernel that writes (M, P, F), and the
-corner weights' gradient (what the coordinates' gradient is made of) another that never writes the corners; the
-table's gradient is one ``index_add`` of the per-corner products; ``embedding_bag_sorted`` takes the table's
-gradient from embedding_bag's own backward (indices sorted, then segment sums: no atomic adds)."""
+default): ``gather`` materialises the four corner rows of every plane at every point (M, P, 4, F) and sums them with
+their weights (the earlier formulation: in a profile of planes_bases on an H200 its gathers took about 2 ms of a
+training step, bench/results/sweeps/scene_windows39_profile.log); ``embedding_bag`` gives each (point, plane) a bag
+of its four corner rows with their bilinear weights as per-sample weights, so the weighted sum is one fused kernel
+that writes (M, P, F), and the corner weights' gradient (what the coordinates' gradient is made of) another that
+never writes the corners; the table's gradient is one ``index_add`` of the per-corner products;
+``embedding_bag_sorted`` takes the table's gradient from embedding_bag's own backward (indices sorted, then segment
+sums: no atomic adds)."""
 
 
 class _PlaneProducts(torch.autograd.Function):
