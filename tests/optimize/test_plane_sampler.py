@@ -221,3 +221,26 @@ def test_checkpoints_before_the_table_resume_except_for_planes(tmp_path):
         read_checkpoint(saved("planes.pt", {"planes.0": torch.zeros(3, 2, 4, 4)}))
     with pytest.raises(UserError, match="checkpoint version 1"):
         read_checkpoint(saved("old.pt", None, version=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_every_method_agrees_on_cuda_including_points_on_the_box_faces():
+    """The CUDA kernels of embedding_bag (forward, per-sample-weight backward, sorted table backward) against the
+    gather formulation, float32, with a third of the points clamped onto the faces of the box (last cells: bags
+    that repeat a row)."""
+    from stages.optimize.plane_sampler import METHODS as methods
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    field = PlanesField(Box(), resolutions=(16, 32), time_resolution=6, features=16).cuda()
+    with torch.no_grad():
+        field.table.uniform_(0.1, 1.0, generator=gen)
+    raw = torch.rand(30_000, 4, generator=gen, device="cuda") * 3 - 1.5                 # a third outside [-1, 1]
+    coords = raw.clamp(-1, 1).requires_grad_(True)
+    upstream = torch.randn(30_000, 2, 16, generator=gen, device="cuda")
+    results = {}
+    for name in methods:
+        out = sample_plane_products(field.table, coords, field.layout, method=name)
+        results[name] = (out, *torch.autograd.grad(out, [field.table, coords], upstream))
+    for name in methods:
+        for got, want in zip(results[name], results["gather"]):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.detach().abs().max()))
