@@ -38,6 +38,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -200,16 +201,22 @@ def own_render_views(cfg: OptimizeConfig, gaussians: InitialGaussians, views: li
 
 def visible_per_view(model, views: list[TrainView], backend: str) -> dict[str, float]:
     """Mean over ``views`` of the Gaussians that survive the rasterizer's culling (opacity >= 1/255, temporal
-    opacity included, in the frustum) and, for gsplat, of their tile intersections: the rasterizer's work."""
-    visible, isects = [], []
+    opacity included, in the frustum), of the dynamic ones among them, and, for gsplat, of their tile intersections:
+    the rasterizer's work. ``views``: objects with time, world_to_camera (4, 4), K (3, 3), width and height."""
+    visible, dynamic, isects = [], [], []
+    is_dynamic = model.splats["is_dynamic"].bool() if "is_dynamic" in model.splats else None
     with torch.no_grad():
         for v in views:
             _, _, meta = model.rasterize(v.time, v.world_to_camera[None], v.K[None], v.width, v.height,
                                          backend=backend)
-            visible.append(float((meta["radii"] > 0).all(-1).sum()))
+            seen = (meta["radii"] > 0).all(-1)[0]                                           # (N,)
+            visible.append(float(seen.sum()))
+            if is_dynamic is not None and seen.shape == is_dynamic.shape:
+                dynamic.append(float((seen & is_dynamic).sum()))
             if meta.get("isect_ids") is not None:
                 isects.append(float(meta["isect_ids"].numel()))
     return {"visible_per_view": round(statistics.mean(visible)),
+            "dynamic_visible_per_view": round(statistics.mean(dynamic)) if dynamic else None,
             "tile_intersections_per_view": round(statistics.mean(isects)) if isects else None}
 
 
@@ -455,7 +462,12 @@ def test_metrics(run_dir: Path, scene, device: str) -> dict[str, Any]:
                              "ssim_valid": ssim_valid(render, target),
                              "lpips_alex": lpips(render, target) if lpips is not None else math.nan})
     mean = {k: float(np.mean([v[k] for v in per_view])) for k in per_view[0]}
-    return {**mean, "test_views": len(per_view), "cameras": source}
+    as_tensor = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)       # noqa: E731
+    test_views = [SimpleNamespace(time=c.time, width=c.width, height=c.height,
+                                  world_to_camera=as_tensor(c.world_to_camera), K=as_tensor(c.K))
+                  for c in cameras if c.split == "test"]
+    return {**mean, "test_views": len(per_view), "cameras": source,
+            **visible_per_view(model, test_views, "auto")}             # the rasterizer's work per view
 
 
 def bench_scene_time(workdir: Path, geometry: str, quick: bool, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -469,8 +481,9 @@ def bench_scene_time(workdir: Path, geometry: str, quick: bool, overrides: tuple
     scene = make_object(workdir / f"object_{frames}x400", seed=0, frames=frames, resolution=400, test_views=20)
     row = run_scene(scene, workdir / "run_object_400", "dnerf", [f"geometry.model={geometry}", *overrides])
     table(f"Optimize a {frames}-frame 400x400 synthetic object scene (configs/dnerf.yaml, {geometry} geometry)",
-          ["optimize s", "train s", "gaussians", "test PSNR", "peak MiB"],
-          [[row["optimize_s"], row["train_s"], row["gaussians"], row["psnr"], row["peak_gpu_mib"]]])
+          ["optimize s", "train s", "gaussians", "test PSNR", "peak MiB", "visible / view (dynamic)"],
+          [[row["optimize_s"], row["train_s"], row["gaussians"], row["psnr"], row["peak_gpu_mib"],
+            f"{row.get('visible_per_view')} ({row.get('dynamic_visible_per_view')})"]])
     return {"frames": frames, "resolution": 400, "preset": "dnerf", "geometry": geometry, "overrides": list(overrides),
             **row, "target_s": 120}
 

@@ -3,6 +3,8 @@ the self-rendered targets, and an operator counter that sees host synchronisatio
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from bench.optimize_ops import OpCounter, count_step_ops
@@ -193,3 +195,29 @@ def test_training_windows_give_steps_per_second_between_flushes_and_the_count_at
     assert windows == [{"from_step": 9, "to_step": 29, "steps_per_s": 5.0, "gaussians": 100},
                        {"from_step": 29, "to_step": 59, "steps_per_s": 2.5, "gaussians": 110}]
     assert training_windows(tmp_path / "missing.csv") == []
+
+
+def test_visible_per_view_counts_the_dynamic_gaussians_among_the_visible_ones():
+    """Half of the random Gaussians dynamic: the dynamic count is the visible ones that are dynamic, and a view
+    that sees nothing counts zero of both."""
+    from bench.optimize_bench import orbit_views, random_gaussians, speed_config, visible_per_view
+    from stages.optimize.trainer import build_model
+
+    gaussians, views = random_gaussians(200, dynamic_fraction=0.5), orbit_views(2, 16, "cpu")
+    model = build_model(speed_config("bases", 1, backend="torch"), gaussians, 0.5, 2, torch.device("cpu"))
+    counts = visible_per_view(model, views, "torch")
+    seen = []
+    with torch.no_grad():
+        for v in views:
+            _, _, meta = model.rasterize(v.time, v.world_to_camera[None], v.K[None], v.width, v.height,
+                                         backend="torch")
+            seen.append((meta["radii"] > 0).all(-1)[0])
+    dynamic = torch.as_tensor(gaussians.is_dynamic)
+    assert counts["visible_per_view"] == round(sum(float(s.sum()) for s in seen) / 2)
+    assert counts["dynamic_visible_per_view"] == round(sum(float((s & dynamic).sum()) for s in seen) / 2)
+    assert 0 < counts["dynamic_visible_per_view"] < counts["visible_per_view"]
+    away = [SimpleNamespace(time=v.time, width=v.width, height=v.height, K=v.K,
+                            world_to_camera=torch.diag(torch.tensor([1.0, 1.0, -1.0, 1.0])) @ v.world_to_camera)
+            for v in views]                                # camera z flipped: everything behind the camera
+    behind = visible_per_view(model, away, "torch")
+    assert behind["visible_per_view"] == 0 and behind["dynamic_visible_per_view"] == 0
