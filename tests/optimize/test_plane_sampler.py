@@ -223,6 +223,18 @@ def test_checkpoints_before_the_table_resume_except_for_planes(tmp_path):
         read_checkpoint(saved("old.pt", None, version=1))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_no_points_give_empty_samples_and_a_zero_table_gradient(method, device):
+    """No visible dynamic Gaussian at a render time: (0, L, F) samples, and the backward still runs."""
+    field = PlanesField(Box(), resolutions=(4, 8), time_resolution=3, features=4).to(device)
+    coords = torch.zeros(0, 4, device=device, requires_grad=True)
+    out = sample_plane_products(field.table, coords, field.layout, method=method)
+    grad_table, grad_coords = torch.autograd.grad(out.sum(), [field.table, coords])
+    assert out.shape == (0, 2, 4) and grad_coords.shape == (0, 4)
+    assert grad_table.shape == field.table.shape and not grad_table.any()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_every_method_agrees_on_cuda_including_points_on_the_box_faces():
     """The CUDA kernels of embedding_bag (forward, per-sample-weight backward, sorted table backward) against the
