@@ -405,6 +405,7 @@ def run_scene(scene_dir: Path, run_dir: Path, preset: str, overrides: list[str])
     optimize = results["optimize"]
     return {"geometry_s": results["geometry"]["wall_s"], "initialize_s": results["initialize"]["wall_s"],
             "optimize_s": optimize["wall_s"], "train_s": optimize["summary"].get("train_seconds"),
+            "load_s": optimize["summary"].get("load_seconds"), "save_s": optimize["summary"].get("save_seconds"),
             "gaussians": optimize["summary"]["gaussians"], "train_psnr": optimize["summary"]["train_psnr"],
             "peak_gpu_mib": optimize.get("peak_gpu_mb"), "deformation": config.optimize.deformation,
             "opacity_weighting": optimize["summary"].get("opacity_weighting"),

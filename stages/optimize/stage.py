@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import zipfile
 
 import numpy as np
@@ -180,19 +181,26 @@ def run(ctx) -> dict:
     cfg: OptimizeConfig = ctx.section
     check_config(cfg)
     device = torch.device(ctx.device)
+    started = time.perf_counter()
     initial = load_initial(ctx)
     data = load_views(ctx, cfg, device)
+    load_seconds = time.perf_counter() - started
     if random_background_unusable(cfg, data):
         ctx.log.info("optimize.background=random needs RGBA frames; using the scene background")
     out_dir = ctx.out("optimize/model.pt").parent
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = train(cfg, data, initial, out_dir, device=device, seed=ctx.config.seed, resume=True)
+    saving = time.perf_counter()
     result.model.save(out_dir / "model.pt")
+    save_seconds = time.perf_counter() - saving
     model = result.model
     summary = {
         "steps": result.steps,
         "train_seconds": round(result.seconds, 2),
+        "load_seconds": round(load_seconds, 2),         # the initial Gaussians and the frames (onto the device)
+        "save_seconds": round(save_seconds, 2),         # model.pt; the rest of the stage's time beyond these
+                                                        # three is training's set-up and checkpoints
         "gaussians": model.num_gaussians(),
         "dynamic": int(model.splats["is_dynamic"].sum()) if model.deformation is not None else 0,
         "deformation": cfg.deformation,
