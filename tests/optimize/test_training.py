@@ -261,6 +261,8 @@ def test_stages_run_through_the_runner_and_write_their_artifacts(tiny, tmp_path)
                                      "optimize.backend=torch"])
     results = run_pipeline(config, tmp_path / "run", scene, stages=stages)
     assert results["optimize"]["summary"]["steps"] == 4
+    parts = [results["optimize"]["summary"][k] for k in ("train_seconds", "load_seconds", "save_seconds")]
+    assert all(p >= 0 for p in parts) and sum(parts) <= results["optimize"]["wall_s"] + 0.03   # parts of the stage
     run = tmp_path / "run"
     assert (run / "initialize/gaussians.ply").is_file() and (run / "initialize/labels.npz").is_file()
     model = load_model(run / "optimize/model.pt")
