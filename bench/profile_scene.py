@@ -1,6 +1,6 @@
 """Where the optimize stage's steps spend their time on a real scene: torch.profiler over the stage itself, not the
-speed setting (``bench.profile_optimize`` profiles that one; on the 100-frame scene the two differ by 5-8 ms a
-step, docs/gaussians.md "The cost of a training step", item 12).
+speed setting (``bench.profile_optimize`` profiles that one; on the 100-frame scene the two differ by about 6 ms
+a step, docs/gaussians.md "The cost of a training step", item 12).
 
     python -m bench.profile_scene [--frames 100] [--resolution 400] [--steps 200] [--rows 25]
                                   [--set optimize.KEY=VALUE ...] [--json NAME] [--workdir DIR]

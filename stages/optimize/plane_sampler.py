@@ -101,11 +101,12 @@ def _exclusive_products(samples: Tensor) -> Tensor:
 METHODS = ("embedding_bag", "embedding_bag_sorted", "gather")
 """How :func:`sample_plane_products` gathers (the same values and gradients to rounding; ``embedding_bag`` is the
 default): ``gather`` materialises the four corner rows of every plane at every point (M, P, 4, F) and sums them with
-their weights (the earlier formulation: in a profile of planes_bases on an H200 its gathers took about 2 ms of a
-training step, bench/results/sweeps/scene_windows39_profile.log); ``embedding_bag`` gives each (point, plane) a bag
-of its four corner rows with their bilinear weights as per-sample weights, so the weighted sum is one fused kernel
-that writes (M, P, F), and the corner weights' gradient (what the coordinates' gradient is made of) another that
-never writes the corners; the table's gradient is one ``index_add`` of the per-corner products;
+their weights (the earlier formulation: in profiles of the speed setting's planes_bases step on an H200 the sampler
+took 3.3 ms of GPU time per step with it and 1.7 ms with ``embedding_bag``,
+bench/results/sweeps/scene_windows39_profile.log and plane_sampler39_profile.log); ``embedding_bag`` gives each
+(point, plane) a bag of its four corner rows with their bilinear weights as per-sample weights, so the weighted sum
+is one fused kernel that writes (M, P, F), and the corner weights' gradient (what the coordinates' gradient is made
+of) another that never writes the corners; the table's gradient is one ``index_add`` of the per-corner products;
 ``embedding_bag_sorted`` takes the table's gradient from embedding_bag's own backward (indices sorted, then segment
 sums: no atomic adds)."""
 

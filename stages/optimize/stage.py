@@ -198,9 +198,8 @@ def run(ctx) -> dict:
     summary = {
         "steps": result.steps,
         "train_seconds": round(result.seconds, 2),
-        "load_seconds": round(load_seconds, 2),         # the initial Gaussians and the frames (onto the device)
-        "save_seconds": round(save_seconds, 2),         # model.pt; the rest of the stage's time beyond these
-                                                        # three is training's set-up and checkpoints
+        "load_seconds": round(load_seconds, 2),      # the initial Gaussians and the frames (onto the device)
+        "save_seconds": round(save_seconds, 2),      # model.pt (the rest: training's set-up and checkpoints)
         "gaussians": model.num_gaussians(),
         "dynamic": int(model.splats["is_dynamic"].sum()) if model.deformation is not None else 0,
         "deformation": cfg.deformation,
