@@ -18,7 +18,8 @@ Every reconstruction is a separate ``python -m pipeline.cli reconstruct`` proces
 From its run folder: ``manifest.json`` (per stage: wall time, peak resident memory, peak CUDA memory, summary) and
 ``metrics.json`` (PSNR / SSIM / LPIPS on the held-out views, geometry errors where ground truth exists, timings).
 The JSON is rewritten after every run; a later invocation with the same suite skips the runs already recorded
-(``--fresh`` starts over), so a suite cut short by a time limit continues where it stopped. Scenes and run folders
+(``--fresh`` starts over), so a suite cut short by a time limit continues where it stopped; a run's id does not name
+its overrides, so a call whose overrides differ from the file's stops with an error instead. Scenes and run folders
 live in ``--workdir`` (default /tmp/page4dgs-e2e/NAME, one per result name); finished run folders are deleted
 unless ``--keep``.
 """
@@ -237,6 +238,16 @@ def merge(record: dict, names: list[str], note: str, save, out: Path, side_by_si
     return 0
 
 
+def changed_overrides(previous: dict, extra: list[str]) -> Optional[tuple[str, str]]:
+    """A results file's runs are skipped by id, and an id does not name the overrides: None when ``previous``
+    (a results file) was run with the same overrides as ``extra``, else both as text. ``render.video_paths=[]``
+    does not count: it is added on hosts without ffmpeg, and a file continued on another host keeps its runs."""
+    def norm(overrides: list[str]) -> list[str]:
+        return sorted(o for o in overrides if o != "render.video_paths=[]")
+    before, now = norm(previous.get("overrides", [])), norm(extra)
+    return None if before == now else (" ".join(before), " ".join(now))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=list(SUITE_DEFAULTS))
@@ -301,6 +312,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         record.update(environment=previous.get("environment", here), notes=previous.get("notes", []),
                       overrides=previous.get("overrides", extra))
         return merge(record, args.merge, args.note, save, out, args.side_by_side)
+    changed = changed_overrides(previous, extra) if recorded else None
+    if changed is not None:
+        print(f"e2e_bench: {out.name} records runs made with overrides {changed[0] or '(none)'}, this call has "
+              f"{changed[1] or '(none)'}: pass --fresh to start over or --name for a file of its own", file=sys.stderr)
+        return 2
     failures = ran = 0
     for run in runs:
         if run.id in recorded:

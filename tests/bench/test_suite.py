@@ -125,6 +125,28 @@ def test_e2e_runs_keep_the_device_they_ran_on_when_a_later_call_continues_the_fi
     assert record["environment"]["device"] == "GPU B"
 
 
+def test_e2e_a_call_with_other_overrides_does_not_continue_the_file(tmp_path, monkeypatch, capsys):
+    """Runs are skipped by id, and the id does not name the overrides: a call whose overrides differ from the
+    file's stops with one line (and leaves the file as it was); the same overrides continue it; --fresh starts
+    over."""
+    path = tmp_path / "e2e_synthetic.json"
+    text = json.dumps({"overrides": ["optimize.iterations=100", "render.video_paths=[]"],
+                       "runs": [run_entry("object", 0, "bases", 30.0)]})
+    path.write_text(text)
+    monkeypatch.setattr(e2e_bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(e2e_bench, "environment", lambda device: {"device": "here"})
+    monkeypatch.setattr(e2e_bench, "make_scene", lambda kind, seed, where: (tmp_path / f"{kind}{seed}", {}))
+    ran = []
+    monkeypatch.setattr(e2e_bench, "reconstruct", lambda run, where, extra, timeout, keep: (
+        ran.append(run.id) or run_entry(run.kind, run.seed, run.deformation, 20.0)))
+    call = ["--kinds", "object", "--seeds", "0", "--models", "bases", "none"]
+    assert e2e_bench.main(["synthetic", "optimize.iterations=200", *call]) == 2
+    assert "optimize.iterations=100" in capsys.readouterr().err and path.read_text() == text and ran == []
+    assert e2e_bench.main(["synthetic", "optimize.iterations=100", *call]) == 0 and ran == ["object-s0-none"]
+    assert e2e_bench.main(["synthetic", "optimize.iterations=200", "--fresh", *call]) == 0
+    assert ran == ["object-s0-none", "object-s0-bases", "object-s0-none"]
+
+
 def test_e2e_calls_with_other_result_names_use_other_work_folders(tmp_path, monkeypatch):
     """Two calls side by side on one host (one scene, other overrides, other --name) must not share scenes or run
     folders: the default work folder is /tmp/page4dgs-e2e/NAME (once /tmp/page4dgs-e2e/SUITE for every call)."""
