@@ -15,7 +15,9 @@
 # non-zero if any call failed.
 #
 # With GPU_SEQUENTIAL=1 the lines run one after another instead (timings of lone runs), each with what is left of
-# GPU_HOST_BUDGET_S since the sweep began.
+# GPU_HOST_BUDGET_S since the sweep began; a line with less than GPU_MIN_LINE_S (default 60) seconds left is skipped
+# (exit 3 in its log): a benchmark stopped by the budget may take up to 30 s more to end, and a call that overran
+# its 10 minutes would bring back neither logs nor the other lines' results.
 #
 # On a host with several GPUs the lines are dealt out round robin (line n on GPU (n-1) mod count, through
 # CUDA_VISIBLE_DEVICES), so 16 lines on four GPUs run four to a GPU. Unless CUDA_VISIBLE_DEVICES is set already.
@@ -54,6 +56,12 @@ while IFS= read -r line || [ -n "$line" ]; do
   esac
   if [ -n "${GPU_SEQUENTIAL:-}" ]; then          # one after another, each with what is left of the budget
     left=$(( ${GPU_HOST_BUDGET_S:-570} - ($(date +%s) - sweep_start) ))
+    if [ "$left" -lt "${GPU_MIN_LINE_S:-60}" ]; then   # too little left to start (see the header)
+      echo "[$n] skipped (${left} s left, under ${GPU_MIN_LINE_S:-60}) : $line"
+      echo "skipped: ${left} s of the budget left, under GPU_MIN_LINE_S=${GPU_MIN_LINE_S:-60}" >"$log"
+      codes+=(3) logs+=("$log")
+      continue
+    fi
     echo "[$n] (sequential, ${left} s left) : $line"
     GPU_HOST_BUDGET_S=$left scripts/gpu_host.sh "${args[@]}" >"$log" 2>&1
     codes+=($?) logs+=("$log")

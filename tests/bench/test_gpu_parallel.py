@@ -30,7 +30,7 @@ exit 0
 
 
 def run_sweep(tmp_path: Path, lines: int, gpus: int, env_extra: dict[str, str] | None = None,
-              scripts: dict[str, str] | None = None, command: str = "e2e synthetic") -> Path:
+              scripts: dict[str, str] | None = None, command: str = "e2e synthetic", returncode: int = 0) -> Path:
     """scripts: stand-in bench scripts (file name under bench/ -> text) that gpu_parallel.sh reads."""
     if shutil.which("bash") is None:
         pytest.skip("no bash")
@@ -55,7 +55,7 @@ def run_sweep(tmp_path: Path, lines: int, gpus: int, env_extra: dict[str, str] |
     env.update(PATH=f"{bin_dir}:{env['PATH']}", OUT=str(out), **(env_extra or {}))
     done = subprocess.run(["bash", "scripts/gpu_parallel.sh", "sweep.txt"], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == returncode, done.stdout + done.stderr
     return out
 
 
@@ -95,6 +95,19 @@ def test_sequential_lines_run_one_after_another_on_what_is_left_of_the_budget(tm
     assert 490 <= budgets[-1] <= budgets[1] <= budgets[0] <= 500
     assert gpus_given(out) == {f"run{n}": "unset" for n in (1, 2, 3)}
 
+
+
+def test_sequential_lines_with_too_little_budget_left_are_skipped(tmp_path):
+    """A line that would start with less than GPU_MIN_LINE_S seconds left does not start (a stopped benchmark
+    takes up to 30 s more, and a call past its 10 minutes brings nothing back): its log says so, the sweep fails."""
+    order = tmp_path / "order.log"
+    out = run_sweep(tmp_path, lines=2, gpus=1, returncode=1, env_extra={
+        "GPU_SEQUENTIAL": "1", "GPU_HOST_BUDGET_S": "100", "GPU_MIN_LINE_S": "101", "ORDER_LOG": str(order)})
+    assert not order.exists() and not (out / "results").exists()
+    assert [(out / "logs" / f"call_{n}.log").read_text().split(":")[0] for n in (1, 2)] == ["skipped", "skipped"]
+    out = run_sweep(tmp_path / "enough", lines=2, gpus=1, env_extra={
+        "GPU_SEQUENTIAL": "1", "GPU_HOST_BUDGET_S": "100", "GPU_MIN_LINE_S": "90"})
+    assert gpus_given(out) == {"run1": "unset", "run2": "unset"}
 
 FAKE_BENCH = """import json, sys
 from pathlib import Path
