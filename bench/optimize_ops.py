@@ -1,7 +1,7 @@
 """Operators per optimize-stage training step, counted on the CPU: the host-side cost a GPU step pays.
 
     python -m bench.optimize_ops [--models bases mlp planes none] [--densify] [--set optimize.KEY=VALUE ...]
-                                 [--json optimize_ops_cpu.json]
+                                 [--preset dnerf --rgba] [--parts] [--json optimize_ops_cpu.json]
 
 On an H100/H200 a training step at 400x400 with 100k Gaussians is bound by the host (Python and ~400 kernel
 launches), so what a change to the trainer buys shows in the number of operators a step dispatches and the host
@@ -16,6 +16,11 @@ The rasterizer is the same for every model and is gsplat's on the GPU, so it is 
 (projection, and colour + compositing; the torch backend inside, not counted) mirroring gsplat's structure:
 ``meta["means2d"]`` is an intermediate with a gradient, so densification statistics work unchanged. Counts do not
 depend on the number of Gaussians or the resolution; optimizer steps take the CUDA path (fused Adam) even on the CPU.
+
+``--preset NAME --rgba`` counts a preset's step instead (its losses and regularisers, on views with alpha masks:
+what a D-NeRF-style scene trains with), and ``--parts`` what each part of the step costs (the step with the part on
+minus with it off). On an H200 a step costs about 29 us of host time per device launch in both the speed setting
+and the 100-frame scene (docs/gaussians.md, "The cost of a training step").
 """
 
 from __future__ import annotations
@@ -172,15 +177,45 @@ def cuda_optimizer_path() -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def rgba_views(n: int, size: int) -> list:
+    """:func:`bench.optimize_bench.orbit_views` with an alpha mask each (a centred square, half the image wide), so
+    that the terms of RGBA scenes (random background, silhouette and mask losses) run."""
+    from bench.optimize_bench import orbit_views
+
+    alpha = torch.zeros(size, size)
+    alpha[size // 4:3 * size // 4, size // 4:3 * size // 4] = 1.0
+    return [dataclasses.replace(v, alpha=alpha.clone(), has_alpha=True) for v in orbit_views(n, size, "cpu")]
+
+
+def preset_step_config(preset: str, kind: Optional[str], iterations: int, log_every: int, **overrides):
+    """A preset's training settings (``configs/NAME.yaml``; its deformation unless ``kind``), with the speed
+    setting's bookkeeping: SH degree 3 from step 3, no densification, no checkpoint before the end."""
+    from pipeline.config import load_config
+
+    cfg = load_config(preset).optimize
+    settings = dict(iterations=iterations, log_every=log_every, sh_degree=3, sh_degree_interval=1, densify=False,
+                    checkpoint_every=0, backend="auto", **({"deformation": kind} if kind else {}))
+    return dataclasses.replace(cfg, **{**settings, **overrides})
+
+
+# The parts of a step --parts measures: (name, the override that turns the part off).
+PARTS = (("motion regulariser", "motion_lambda", 0.0), ("silhouette loss", "silhouette_lambda", 0.0),
+         ("D-SSIM", "ssim_lambda", 0.0), ("scale regulariser", "scale_lambda", 0.0),
+         ("opacity regulariser", "opacity_lambda", 0.0), ("random background", "background", "white"),
+         ("mask loss", "alpha_lambda", 0.0), ("depth loss", "depth_lambda", 0.0))
+
+
 def count_step_ops(kind: str, *, gaussians: int = 2000, size: int = 48, densify: bool = False,
-                   log_every: int = 10, **overrides) -> dict[str, Any]:
+                   log_every: int = 10, preset: Optional[str] = None, rgba: bool = False,
+                   **overrides) -> dict[str, Any]:
     """Operators per training step of ``kind``: the ops of a run of 3 x ``log_every`` steps minus those of a run of
     2 x ``log_every`` steps, divided by ``log_every`` (set-up cancels; one log flush is included, as in training).
     The counted steps come after the first epoch over the 20 views (``log_every`` >= 10), so that what is computed
     once per view time is not counted.
 
     densify: count steps inside the densification window (statistics every step; no growth or pruning falls in
-    the counted steps, whose count depends on the data)."""
+    the counted steps, whose count depends on the data). preset: the training settings of that preset instead of
+    the speed setting's defaults (``kind`` '' keeps the preset's deformation); rgba: views with alpha masks."""
     from bench.optimize_bench import orbit_views, random_gaussians, speed_config
     from stages.optimize import rasterize as rasterize_module
     from stages.optimize.trainer import TrainData, train
@@ -188,16 +223,22 @@ def count_step_ops(kind: str, *, gaussians: int = 2000, size: int = 48, densify:
     if log_every < 10:
         raise ValueError("log_every must be at least 10: the counted steps must follow the first epoch")
     initial = random_gaussians(gaussians)
-    views = orbit_views(20, size, "cpu")
+    views = rgba_views(20, size) if rgba else orbit_views(20, size, "cpu")
+
+    def config(iterations: int, **extra):
+        if preset is None:
+            return speed_config(kind, iterations, **extra)
+        return preset_step_config(preset, kind, iterations, extra.pop("log_every", 10), **extra)
+
     counter = OpCounter()
     runs: list[dict[str, int]] = []
     workdir = Path(tempfile.mkdtemp(prefix="optimize_ops_"))
     try:
         with cuda_optimizer_path():       # fills process-wide caches (the SSIM window) before counting
-            train(speed_config(kind, 2), TrainData(views=views), initial, workdir / "warm-up", device="cpu",
+            train(config(2, **overrides), TrainData(views=views), initial, workdir / "warm-up", device="cpu",
                   resume=False)
         for iterations in (2 * log_every, 3 * log_every):
-            cfg = speed_config(kind, iterations, log_every=log_every, **overrides)
+            cfg = config(iterations, log_every=log_every, **overrides)
             if densify:      # statistics every step from step 0, refinement only after the counted steps
                 cfg.densify, cfg.refine_start, cfg.refine_stop, cfg.reset_every = True, 10**6 - 1, 10**6, 0
             counter.counts.clear()
@@ -211,7 +252,27 @@ def count_step_ops(kind: str, *, gaussians: int = 2000, size: int = 48, densify:
     short, long = runs
     per_step = {k: (long.get(k, 0) - short.get(k, 0)) / log_every for k in set(short) | set(long)}
     per_step = {k: v for k, v in sorted(per_step.items(), key=lambda kv: (-kv[1], kv[0])) if v}
-    return {"model": kind, **counter.summary(per_step), "by_op": per_step}
+    return {"model": kind or config(1).deformation, **counter.summary(per_step), "by_op": per_step}
+
+
+def count_parts(kind: str, **settings) -> list[dict[str, Any]]:
+    """What each part of a step (:data:`PARTS`) costs: the step's operators with the part on minus with it off,
+    for the parts that are on in the setting (``settings`` as :func:`count_step_ops` takes them)."""
+    from bench.optimize_bench import speed_config
+
+    preset = settings.get("preset")
+    overrides = {k: v for k, v in settings.items() if k not in ("gaussians", "size", "densify", "log_every",
+                                                                 "preset", "rgba")}
+    base = (preset_step_config(preset, kind, 1, 10, **overrides) if preset else speed_config(kind, 1, **overrides))
+    whole = count_step_ops(kind, **settings)
+    rows = []
+    for name, key, off in PARTS:
+        if getattr(base, key) == off:
+            continue
+        without = count_step_ops(kind, **{**settings, key: off})
+        rows.append({"part": name, "off": f"optimize.{key}={off}", "ops": round(whole["ops"] - without["ops"], 1),
+                     "kernels": round(whole["kernels"] - without["kernels"], 1)})
+    return [{"part": "whole step", "off": "", "ops": whole["ops"], "kernels": whole["kernels"]}, *rows]
 
 
 def optimize_overrides(texts: list[str]) -> dict[str, Any]:
@@ -237,6 +298,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="optimize.KEY=VALUE",
                         help="change a training setting for every model counted (repeatable), e.g. "
                              "optimize.motion_parts=coefficients")
+    parser.add_argument("--preset", help="the training settings of configs/NAME.yaml instead of the speed "
+                        "setting's (e.g. dnerf); --models '' keeps the preset's deformation")
+    parser.add_argument("--rgba", action="store_true", help="views with alpha masks (the terms of RGBA scenes run)")
+    parser.add_argument("--parts", action="store_true", help="also what each part of the step costs (the step "
+                        "with the part on minus with it off: motion regulariser, silhouette, D-SSIM, ...)")
     parser.add_argument("--top", type=int, default=12, help="operators listed per model")
     parser.add_argument("--json", default="", help="also write bench/results/<name>")
     args = parser.parse_args(argv)
@@ -248,13 +314,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as err:
         print(f"optimize_ops: {err}", file=sys.stderr)
         return 2
-    rows = [count_step_ops(kind, densify=args.densify, **overrides) for kind in args.models]
-    print(f"\nOperators per training step (speed setting{', densification statistics on' if args.densify else ''}"
+    settings = dict(densify=args.densify, preset=args.preset, rgba=args.rgba, **overrides)
+    try:
+        rows = [count_step_ops(kind, **settings) for kind in args.models]
+    except UserError as err:                                           # an unknown preset
+        print(f"optimize_ops: {err}", file=sys.stderr)
+        return 2
+    parts = {row["model"]: count_parts(kind, **settings) for kind, row in zip(args.models, rows)} if args.parts \
+        else {}
+    setting = f"the {args.preset} preset's settings" if args.preset else "speed setting"
+    print(f"\nOperators per training step ({setting}{', RGBA views' if args.rgba else ''}"
+          f"{', densification statistics on' if args.densify else ''}"
           f"{''.join(', ' + o for o in args.overrides)}; rasterizer = 2 forward + 2 backward stand-ins, not counted)")
     print(f"{'model':12s} {'ops':>7s} {'kernels':>8s} {'syncs':>6s}")
     for r in rows:
         print(f"{r['model']:12s} {r['ops']:7.1f} {r['kernels']:8.1f} {r['syncs']:6.1f}  "
               + ", ".join(f"{k} {v:g}" for k, v in r["sync_ops"].items()))
+    for model, table in parts.items():
+        print(f"\n{model}, by part (the step with the part on minus with it off)")
+        print(f"{'part':22s} {'ops':>7s} {'kernels':>8s}  turned off by")
+        for p in table:
+            print(f"{p['part']:22s} {p['ops']:7.1f} {p['kernels']:8.1f}  {p['off']}")
     for r in rows:
         print(f"\n{r['model']}: " + ", ".join(f"{k} {v:g}" for k, v in list(r["by_op"].items())[:args.top]))
     if args.json:
@@ -262,7 +342,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         out = RESULTS / args.json
         out.write_text(json.dumps({"environment": environment("cpu"), "densify": args.densify,
-                                   "overrides": args.overrides, "models": rows}, indent=1) + "\n")
+                                   "preset": args.preset, "rgba": args.rgba, "overrides": args.overrides,
+                                   "models": rows, "parts": parts}, indent=1) + "\n")
         print(f"\nwrote {out}")
     return 0
 

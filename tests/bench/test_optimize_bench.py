@@ -54,6 +54,32 @@ def test_motion_parts_coefficients_drops_the_planes_second_evaluation_from_a_hyb
     assert lean["sync_ops"] == full["sync_ops"] == {"nonzero": 1}
 
 
+def test_a_presets_step_on_rgba_views_counts_the_terms_of_rgba_scenes():
+    """optimize_ops --preset dnerf --rgba: the preset's silhouette loss and random background run only on views
+    with alpha masks, so its step costs more there than on the same views without masks, and turning the silhouette
+    loss off there takes away the operators of a projection and a bilinear read (forward and backward)."""
+    from bench.optimize_ops import PARTS, preset_step_config
+
+    settings = dict(gaussians=150, size=16, preset="dnerf")
+    rgb = count_step_ops("", **settings)
+    rgba = count_step_ops("", rgba=True, **settings)
+    quiet = count_step_ops("", rgba=True, silhouette_lambda=0.0, **settings)
+    assert rgb["model"] == rgba["model"] == "planes_bases"                      # the preset's own deformation
+    assert rgba["kernels"] > quiet["kernels"] + 40 and quiet["kernels"] > rgb["kernels"]   # + random background
+    assert rgba["by_op"].get("grid_sampler_2d", 0) == quiet["by_op"].get("grid_sampler_2d", 0) + 1
+    # --parts: the parts that are on in the setting, each with what turning it off takes away
+    from bench.optimize_ops import count_parts
+
+    table = count_parts("bases", gaussians=150, size=16)
+    parts = {row["part"]: row["kernels"] for row in table}
+    assert list(parts) == ["whole step", "motion regulariser", "D-SSIM", "scale regulariser", "random background"]
+    assert all(0 < parts[name] < parts["whole step"] for name in list(parts)[1:4])
+    assert parts["random background"] == 0                          # on views without alpha it changes nothing
+    cfg = preset_step_config("dnerf", "bases", 30, 10)
+    assert (cfg.deformation, cfg.iterations, cfg.densify, cfg.silhouette_lambda) == ("bases", 30, False, 10.0)
+    assert {key for _, key, _ in PARTS} <= set(vars(cfg))
+
+
 def test_the_speed_section_runs_on_a_cpu_and_times_windows_on_self_rendered_targets(tmp_path):
     from bench.optimize_bench import bench_speed, orbit_views, own_render_views, random_gaussians, speed_config
 
