@@ -42,9 +42,17 @@ def profiled_run(kind: str, gaussians, views, device: str, steps: int, out: Path
     return prof
 
 
+def is_device_activity(event) -> bool:
+    """Whether a profiler event (or key average) is work on the GPU: a kernel, copy or memset. Not a CPU operator
+    (whose self device time is its kernels') and not a user annotation's range on the device timeline (the
+    optimizer's ``Optimizer.step#...``, whose span covers its kernels): counting either counts kernels twice."""
+    return (event.device_type == torch.autograd.DeviceType.CUDA
+            and not getattr(event, "is_user_annotation", False))
+
+
 def device_launches(prof: torch.profiler.profile) -> int:
     """Kernels, copies and memsets the profiled run put on the GPU."""
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return sum(1 for e in prof.events() if is_device_activity(e))
 
 
 def main() -> None:
@@ -75,8 +83,8 @@ def main() -> None:
             per_step = (device_launches(prof) - device_launches(short)) / args.profile_steps
             # kernels, copies and memsets only: an operator's self device time is its kernels' (counting both
             # doubled this figure until the thirty-ninth session)
-            gpu_ms = sum(e.self_device_time_total for e in table
-                         if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3 / (2 * args.profile_steps)
+            gpu_ms = sum(e.self_device_time_total for e in table if is_device_activity(e)) / 1e3 / (
+                2 * args.profile_steps)
             print(f"    {per_step:.0f} device launches per step; GPU busy {gpu_ms:.2f} ms per step (profiled run, "
                   f"set-up included)")
             print(table.table(sort_by="self_device_time_total", row_limit=args.rows, max_name_column_width=60))

@@ -29,6 +29,7 @@ import torch
 
 from bench.common import RESULTS, environment
 from bench.optimize_bench import make_object
+from bench.profile_optimize import device_launches, is_device_activity
 
 
 def optimize_run(scene_dir: Path, run_dir: Path, steps: int, overrides: list[str],
@@ -61,12 +62,12 @@ def optimize_run(scene_dir: Path, run_dir: Path, steps: int, overrides: list[str
 
 def operator_totals(prof) -> dict[str, dict[str, float]]:
     """Per name: calls, self CPU and self device microseconds over the profiled run, and whether the name is a
-    device activity (a kernel, copy or memset) rather than an operator that launched some: an operator's self
-    device time is its kernels', so only device activities add up to the device's busy time."""
-    on_device = torch.autograd.DeviceType.CUDA
+    device activity (a kernel, copy or memset) rather than an operator that launched some or a user annotation's
+    range: an operator's self device time is its kernels', so only device activities add up to the device's busy
+    time (:func:`bench.profile_optimize.is_device_activity`)."""
     return {e.key: {"calls": e.count, "self_cpu_us": e.self_cpu_time_total,
                     "self_device_us": getattr(e, "self_device_time_total", 0.0),
-                    "device_activity": e.device_type == on_device} for e in prof.key_averages()}
+                    "device_activity": is_device_activity(e)} for e in prof.key_averages()}
 
 
 def per_step(short: dict, long: dict, steps: int) -> list[dict[str, Any]]:
@@ -80,10 +81,6 @@ def per_step(short: dict, long: dict, steps: int) -> list[dict[str, Any]]:
                      "self_device_ms": round(max(after["self_device_us"] - before["self_device_us"], 0.0)
                                              / steps / 1e3, 4)})
     return rows
-
-
-def device_launches(prof) -> int:
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
 def main(argv=None) -> int:
