@@ -109,6 +109,23 @@ class Deformation(nn.Module):
         before, now, after = three.view(3, m, -1).unbind(0)
         return before - 2 * now + after
 
+    def displacement_and_second_difference(self, means: torch.Tensor, time: float | torch.Tensor,
+                                           anchor_times: torch.Tensor, coefs: dict[str, torch.Tensor], cache: bool,
+                                           other_means: torch.Tensor, other_times: torch.Tensor, step: float,
+                                           other_coefs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(:meth:`displacement` of ``means`` (M, 3) ..., :meth:`second_difference` of ``other_means`` (K, 3) at
+        ``other_times`` (K,) ...): (M, D), (K, D). Here, where both are offsets, one evaluation of :meth:`offsets`
+        over the 2M + 3K rows: a training step that renders and regularises the motion launches a network's
+        operators once instead of twice (the launches bound a step on a GPU). Models that override either
+        method override this one too."""
+        m, k = means.shape[0], other_means.shape[0]
+        times = _times_like(time, anchor_times)
+        rows = self.offsets(torch.cat([means, means, other_means, other_means, other_means]),
+                            torch.cat([times, anchor_times, other_times - step, other_times, other_times + step]),
+                            {key: torch.cat([v, v, *[other_coefs[key]] * 3]) for key, v in coefs.items()})
+        before, now, after = rows[2 * m:].view(3, k, -1).unbind(0)                     # (K, D) each
+        return rows[:m] - rows[m:2 * m], before - 2 * now + after
+
     def regularization(self) -> torch.Tensor | None:
         """Model-specific regulariser (None if the model has none)."""
         return None
@@ -154,6 +171,12 @@ class SplineInTime(Deformation):
     no learned value, so they are kept until their inputs change."""
 
     _CACHED_TIMES = 4096         # render times whose weights are kept (training uses one per training frame)
+
+    def displacement_and_second_difference(self, means, time, anchor_times, coefs, cache, other_means, other_times,
+                                           step, other_coefs):
+        """The two separately: neither is a network evaluation here."""
+        return (self.displacement(means, time, anchor_times, coefs, cache),
+                self.second_difference(other_means, other_times, step, other_coefs))
 
     def __init__(self, knots: int, with_opacity: bool = False):
         super().__init__(with_opacity)
@@ -970,6 +993,14 @@ class FieldWithBases(Deformation):
         field, bases = self._split(coefs)
         return (self.field.second_difference(means, times, step, field)
                 + self.bases.second_difference(means, times, step, bases))
+
+    def displacement_and_second_difference(self, means, time, anchor_times, coefs, cache, other_means, other_times,
+                                           step, other_coefs):
+        (field, bases), (other_field, other_bases) = self._split(coefs), self._split(other_coefs)
+        shift, second = self.field.displacement_and_second_difference(means, time, anchor_times, field, cache,
+                                                                       other_means, other_times, step, other_field)
+        return (shift + self.bases.displacement(means, time, anchor_times, bases, cache),
+                second + self.bases.second_difference(other_means, other_times, step, other_bases))
 
     def regularization(self) -> torch.Tensor | None:
         return self.field.regularization()

@@ -151,8 +151,8 @@ class GaussianModel4D(nn.Module):
         return (means + shift[:, POSITION]).view(*index.shape, 3)
 
     def gaussians_at(self, time: float, sh_degree: Optional[int] = None, skip_invisible: bool = False,
-                     opacity_factors: Optional[torch.Tensor] = None,
-                     pad_visible: bool = False) -> dict[str, torch.Tensor]:
+                     opacity_factors: Optional[torch.Tensor] = None, pad_visible: bool = False,
+                     motion: Optional[tuple[torch.Tensor, torch.Tensor, float]] = None) -> dict[str, torch.Tensor]:
         """The Gaussians at ``time``: means (N, 3), quats (N, 4) raw (w, x, y, z), scales (N, 3) post-activation,
         opacities (N,) post-sigmoid (temporal opacity included), sh (N, K, 3) with K = (d + 1)^2 for
         d = ``sh_degree`` (default: the model's), is_dynamic (N,) bool, deformed (M',) int64 the rows carried to
@@ -172,6 +172,11 @@ class GaussianModel4D(nn.Module):
         Gaussians first, then invisible dynamic ones (the same render: those are culled too), so that the sizes the
         deformation sees come from a short ladder (CUDA graphs replay the sizes they recorded; a visible count that
         changes with every optimizer step would record a graph at every step). ``deformed`` stays the visible rows.
+
+        motion: (rows (K,) of dynamic Gaussians, times (K,), step h): also their second differences in time (K, D)
+        as ``second_difference`` (:meth:`accelerations` reads their position channels), from the same evaluation
+        of the deformation as the render's (:func:`state_at`); the entry is there only with ``motion`` and a
+        deformation that is on.
         """
         s = self.splats
         dynamic = self.deformation is not None
@@ -203,23 +208,24 @@ class GaussianModel4D(nn.Module):
             index = shown = None
         state = (s["means"], s["quats"], s["scales"], s["opacities"])
         temporal = (s["time_centers"], s["time_log_scales"], s["is_dynamic"]) if self.temporal_opacity else None
-        per_gaussian = self.deformation_parameters() if index is not None else {}
+        motion = motion if deform else None
+        per_gaussian = self.deformation_parameters() if index is not None or motion is not None else {}
         if self.compiled_state_at is not None and torch.is_grad_enabled():
             # A tensor time: a float would be a constant of the compiled graph (one compilation per time).
             when = torch.full((), float(time), dtype=s["means"].dtype, device=s["means"].device)
-            means, quats, scales, opacities = self.compiled_state_at(self.deformation, state, temporal, index,
-                                                                     anchor_times, per_gaussian, when, False,
-                                                                     opacities)
+            means, quats, scales, opacities, second = self.compiled_state_at(
+                self.deformation, state, temporal, index, anchor_times, per_gaussian, when, False, opacities, motion)
         else:
-            means, quats, scales, opacities = state_at(self.deformation, state, temporal, index, anchor_times,
-                                                       per_gaussian, float(time), cache, opacities)
+            means, quats, scales, opacities, second = state_at(self.deformation, state, temporal, index, anchor_times,
+                                                               per_gaussian, float(time), cache, opacities, motion)
         if opacity_factors is not None:
             opacities = opacities * opacity_factors
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
         sh = sh_coefficients(s)[:, : (degree + 1) ** 2]
-        return {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
-                "sh": sh, "is_dynamic": s["is_dynamic"] if dynamic else torch.zeros_like(s["is_dynamic"]),
-                "deformed": shown}
+        out = {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
+               "sh": sh, "is_dynamic": s["is_dynamic"] if dynamic else torch.zeros_like(s["is_dynamic"]),
+               "deformed": shown}
+        return out if motion is None else {**out, "second_difference": second}
 
     def compile_deformation(self, backend: str = "inductor", mode: Optional[str] = None) -> None:
         """Let training renders (``gaussians_at`` with gradients on) run :func:`state_at` through ``torch.compile``
@@ -356,7 +362,8 @@ def accelerations(deformation: Deformation, means: torch.Tensor, per_gaussian: d
 def state_at(deformation: Optional[Deformation], state: tuple[torch.Tensor, ...],
              temporal: Optional[tuple[torch.Tensor, ...]], index: Optional[torch.Tensor],
              anchor_times: Optional[torch.Tensor], per_gaussian: dict[str, torch.Tensor], time: float | torch.Tensor,
-             cache: bool, opacities: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
+             cache: bool, opacities: Optional[torch.Tensor] = None,
+             motion: Optional[tuple[torch.Tensor, torch.Tensor, float]] = None) -> tuple[Optional[torch.Tensor], ...]:
     """The activated Gaussians at ``time``: the core of :meth:`GaussianModel4D.gaussians_at`, a pure function of
     tensors (what ``torch.compile`` traces).
 
@@ -365,13 +372,26 @@ def state_at(deformation: Optional[Deformation], state: tuple[torch.Tensor, ...]
     anchor_times (M,): the dynamic Gaussians, or None for no deformation; per_gaussian: the deformation's
     per-Gaussian parameters, all N rows; time: a float, or a () tensor; cache: let the deformation keep what it
     derives from times (eager only); opacities: the activated opacities (N,) at ``time`` when the caller has them
-    (only without an opacity deformation), else computed here. Returns means (N, 3), quats (N, 4), scales (N, 3),
-    opacities (N,).
+    (only without an opacity deformation), else computed here; motion: (rows (K,) int64 of dynamic Gaussians,
+    times (K,), step h) for the motion regulariser, whose second differences come from the same evaluation of the
+    deformation (:meth:`Deformation.displacement_and_second_difference`). Returns means (N, 3), quats (N, 4), scales
+    (N, 3), opacities (N,), and the second differences (K, D) of the ``motion`` rows (None without ``motion``).
     """
     means, quats, log_scales, logits = state
+    second = None
+    if motion is not None:
+        rows, motion_times, step = motion
+        motion_args = (means.index_select(0, rows), motion_times, step,
+                       {k: v.index_select(0, rows) for k, v in per_gaussian.items()})
+        if index is None:
+            second = deformation.second_difference(*motion_args)
     if index is not None:
         coefs = {k: v.index_select(0, index) for k, v in per_gaussian.items()}
-        shift = deformation.displacement(means.index_select(0, index), time, anchor_times, coefs, cache)   # (M, D)
+        if motion is None:
+            shift = deformation.displacement(means.index_select(0, index), time, anchor_times, coefs, cache)   # (M, D)
+        else:
+            shift, second = deformation.displacement_and_second_difference(
+                means.index_select(0, index), time, anchor_times, coefs, cache, *motion_args)
         # All channels scattered at once into (N, D), zero for static Gaussians, then plain additions.
         shift = shift.new_zeros(len(means), shift.shape[1]).index_add_(0, index, shift)
         d_means, d_quats, d_scales, d_logits = shift.split([3, 4, 3, shift.shape[1] - 10], dim=1)
@@ -382,7 +402,7 @@ def state_at(deformation: Optional[Deformation], state: tuple[torch.Tensor, ...]
         opacities = torch.sigmoid(logits)
         if temporal is not None:
             opacities = temporal_opacity(opacities, time, *temporal)
-    return means, quats, torch.exp(log_scales), opacities
+    return means, quats, torch.exp(log_scales), opacities, second
 
 
 class _TemporalOpacity(torch.autograd.Function):

@@ -31,8 +31,8 @@ from pipeline.io import atomic_path, write_text
 from pipeline.log import get_logger, progress
 from pipeline.rng import set_cuda_rng_states
 from stages.optimize.config import OptimizeConfig
-from stages.optimize.deformation import (KINDS_WITH_BOX, Box, FieldWithBases, RigidBases, build_deformation,
-                                         deformation_spec_from_config, set_mlp_bf16)
+from stages.optimize.deformation import (KINDS_WITH_BOX, POSITION, Box, FieldWithBases, RigidBases,
+                                         build_deformation, deformation_spec_from_config, set_mlp_bf16)
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
 from stages.optimize.fused_adam import LeanFusedAdam
 from stages.optimize.gaussians import create_splats
@@ -605,7 +605,14 @@ def motion_penalty(deformation, means: torch.Tensor, per_gaussian: dict[str, tor
     moving = deformation
     if parts == "coefficients" and isinstance(deformation, FieldWithBases):
         moving, per_gaussian = deformation.bases, {"motion_coefs": per_gaussian["motion_coefs"]}
-    penalty = acceleration_loss(accelerations(moving, means, per_gaussian, pick, times, step), scene_scale)
+    return motion_penalty_from(accelerations(moving, means, per_gaussian, pick, times, step), deformation, scene_scale)
+
+
+def motion_penalty_from(acceleration: torch.Tensor, deformation, scene_scale: float) -> torch.Tensor:
+    """The motion regulariser from second differences of positions (K, 3) already at hand (the training step's
+    render computes them with its own deformation, ``GaussianModel4D.gaussians_at(motion=...)``):
+    :func:`acceleration_loss` plus the deformation's own regulariser (planes: total variation)."""
+    penalty = acceleration_loss(acceleration, scene_scale)
     field = deformation.regularization()
     return penalty if field is None else penalty + field
 
@@ -907,6 +914,18 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
         jitter_std = time_jitter_std(cfg, step, gap) if n_dynamic_model else 0.0
 
+        # The motion regulariser's rows and times, drawn first: their second differences come from the first
+        # view's deformation (one evaluation of a field for both). motion_parts 'coefficients' reads the bases alone.
+        motion_query = None
+        if n_dynamic_model and model.deform_enabled and cfg.motion_lambda > 0 and step % cfg.motion_every == 0:
+            dynamic = model.dynamic_index()
+            if dynamic.numel() > 0:
+                pick = random_rows(dynamic, 4096, generator)
+                t = torch.rand(len(pick), device=device, generator=generator) * max(1 - 2 * gap, 0.0) + min(gap, 0.5)
+                motion_query = (pick, t, gap)
+        fuse_motion = motion_query is not None and cfg.motion_parts == "all"
+        second = None                   # (K, D): the motion rows' second differences, from the first render
+
         infos, losses, view_terms, render_times = [], [], [], []
         for index in sampler.next(cfg.batch_size):
             view = views[index]
@@ -930,9 +949,12 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             factors = drop_factors(drop_rate_at(cfg, step), cfg.drop_unit, model.splats["is_dynamic"],
                                    model.splats["anchor_times"], training_times, generator)
             gaussians = None          # the silhouette loss's 'render' source reads the render's Gaussians too
-            if silhouette_from_render and alpha is not None and model.deform_enabled:
+            with_motion = fuse_motion and second is None
+            if with_motion or (silhouette_from_render and alpha is not None and model.deform_enabled):
                 gaussians = model.gaussians_at(when, sh_degree, skip_invisible=skip_invisible,
-                                               opacity_factors=factors, pad_visible=pad_visible)
+                                               opacity_factors=factors, pad_visible=pad_visible,
+                                               motion=motion_query if with_motion else None)
+                second = gaussians["second_difference"] if with_motion else second
             colors, alphas, info = model.rasterize(when, viewmat[None], view.K[None], view.width, view.height,
                                                    backgrounds=background[None], render_mode=render_mode,
                                                    sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad,
@@ -954,7 +976,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 # (drawn from the sampler's generator); the cameras are detached: the term moves Gaussians only
                 own = outside_map(outside_by_view, index, view, device, alpha).float()
                 penalties = [rendered_silhouette_penalty(gaussians, viewmat.detach(), view.K, own)
-                             if gaussians is not None else
+                             if silhouette_from_render else
                              silhouette_penalty(model, float(render_time), viewmat.detach(), view.K, own, 4096,
                                                 generator)]
                 for other in other_views(len(views), index, cfg.silhouette_views - 1, sampler.generator):
@@ -974,15 +996,13 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
         motion = zero
-        if n_dynamic_model and model.deform_enabled and cfg.motion_lambda > 0 and step % cfg.motion_every == 0:
-            index = model.dynamic_index()
-            if index.numel() > 0:
-                pick = random_rows(index, 4096, generator)
-                h = gap
-                t = torch.rand(len(pick), device=device, generator=generator) * max(1 - 2 * h, 0.0) + min(h, 0.5)
-                motion = functions.motion(model.deformation, model.splats["means"], model.deformation_parameters(),
-                                          pick, t, h, scale, cfg.motion_parts)
-                loss = loss + cfg.motion_lambda * cfg.motion_every * motion
+        if fuse_motion:
+            motion = motion_penalty_from(second[:, POSITION], model.deformation, scale)
+        elif motion_query is not None:
+            motion = functions.motion(model.deformation, model.splats["means"], model.deformation_parameters(),
+                                      *motion_query, scale, cfg.motion_parts)
+        if motion_query is not None:
+            loss = loss + cfg.motion_lambda * cfg.motion_every * motion
         if use_coherence and model.deform_enabled:
             found = coherence_groups(model, render_time, 2048, cfg.coherence_neighbors, generator)
             if found is not None:

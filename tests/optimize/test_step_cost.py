@@ -37,7 +37,12 @@ def _model(kind: str, n: int = 40, with_opacity: bool = False, seed: int = 0) ->
             "mlp": {"kind": "mlp", "width": 16, "depth": 3, "position_octaves": 2, "time_octaves": 2,
                     "with_opacity": with_opacity},
             "planes": {"kind": "planes", "resolutions": [4, 8], "time_resolution": 5, "features": 3,
-                       "head_width": 8, "with_opacity": with_opacity}}[kind]
+                       "head_width": 8, "with_opacity": with_opacity}}
+    spec = {**spec, "planes_bases": {"kind": "planes_bases", "planes": {k: v for k, v in spec["planes"].items()
+                                                                        if k != "kind"},
+                                     "bases": {k: v for k, v in spec["bases"].items() if k != "kind"}},
+            "rigid_bases": {"kind": "rigid_bases", "rigid": {"count": 3, "knots": 7},
+                            "bases": {"count": 3, "knots": 7}}}[kind]
     deformation = build_deformation(spec, Box.around(means))
     splats = create_splats(means, torch.randn(n, 4, 3, generator=gen, dtype=F64), torch.randn(n, generator=gen),
                            torch.randn(n, 3, generator=gen) * 0.3 - 3, torch.randn(n, 4, generator=gen),
@@ -102,6 +107,41 @@ def test_accelerations_are_second_differences_of_positions(kind):
                             + model.positions_at_time(float(t) + h, i[None])[0] for t, i in zip(times, index)])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
     assert got.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["bases", "rigid", "mlp", "planes", "planes_bases", "rigid_bases"])
+def test_the_render_and_the_motion_regulariser_share_one_deformation(kind):
+    """gaussians_at(motion=(rows, times, h)): the same Gaussians as without, plus the rows' second differences
+    (their position channels: accelerations), values and gradients of both as computed apart; also when no
+    dynamic Gaussian is visible (the second differences alone)."""
+    model = _model(kind, n=60)
+    gen = torch.Generator().manual_seed(5)
+    dynamic = model.dynamic_index()
+    rows = dynamic[torch.randperm(len(dynamic), generator=gen)[:15]]
+    times, h = torch.rand(15, generator=gen, dtype=F64) * 0.8 + 0.1, 0.07
+    weights = {key: torch.randn(value.shape, generator=gen, dtype=F64)
+               for key, value in model.gaussians_at(0.4).items() if value is not None and value.is_floating_point()}
+
+    def loss_and_grads(shared: bool, skip: bool):
+        model.zero_grad(set_to_none=True)
+        g = model.gaussians_at(0.4, skip_invisible=skip, motion=(rows, times, h) if shared else None)
+        second = g.pop("second_difference")[:, :3] if shared else model.accelerations(times, h, rows)
+        loss = sum((g[key] * w).sum() for key, w in weights.items()) + (second * second).sum()
+        loss.backward()
+        return second.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    for skip in (False, True):
+        second, grads = loss_and_grads(True, skip)
+        second_apart, grads_apart = loss_and_grads(False, skip)
+        assert second.abs().max() > 1e-4 and set(grads) == set(grads_apart)
+        torch.testing.assert_close(second, second_apart, rtol=0, atol=1e-13)
+        for name, grad in grads_apart.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-12, atol=1e-13, msg=name)
+    with torch.no_grad():
+        model.splats["opacities"].fill_(-30.0)                     # nothing visible: no render deformation
+    g = model.gaussians_at(0.4, skip_invisible=True, motion=(rows, times, h))
+    assert g["deformed"] is None
+    torch.testing.assert_close(g["second_difference"][:, :3], model.accelerations(times, h, rows), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind,with_opacity", [("bases", True), ("mlp", True), ("planes", False)])

@@ -793,11 +793,46 @@ def test_motion_parts_reaches_the_motion_regulariser(tiny, tmp_path, monkeypatch
     assert seen == ["coefficients"] * 3
 
 
+def test_the_motion_regulariser_reads_the_first_renders_deformation(tiny, tmp_path, monkeypatch):
+    """A step's motion regulariser takes its second differences from the first view's gaussians_at (one evaluation
+    of the field for both): at every step they are the accelerations of the drawn rows at the drawn times, as
+    computed on their own, and the regulariser (with the planes' total variation) is made from them."""
+    from stages.optimize.model import GaussianModel4D
+
+    files, scene = tiny
+    asked, given = [], []
+    original = GaussianModel4D.gaussians_at
+
+    def gaussians_at(self, *args, motion=None, **kwargs):
+        out = original(self, *args, motion=motion, **kwargs)
+        if motion is not None:
+            with torch.no_grad():
+                asked.append((self.accelerations(motion[1], motion[2], motion[0]), out["second_difference"]))
+        return out
+
+    def motion_penalty_from(acceleration, deformation, scene_scale):
+        given.append(acceleration.detach().clone())
+        return trainer_module.acceleration_loss(acceleration, scene_scale) + deformation.regularization()
+
+    monkeypatch.setattr(GaussianModel4D, "gaussians_at", gaussians_at)
+    monkeypatch.setattr(trainer_module, "motion_penalty_from", motion_penalty_from)
+    cfg = small_config(iterations=4, densify=False, deformation="planes_bases", planes_resolution=[4],
+                       bases_count=3, rigidity_lambda=0.0, log_every=1)
+    data, initial = _inputs(files, scene, cfg)
+    train(cfg, data, initial, tmp_path / "run", seed=0)
+    assert len(asked) == len(given) == 4
+    assert asked[-1][0].abs().max() > 0                 # (the motion starts at zero: the last layers are zero)
+    for (alone, shared), used in zip(asked, given):
+        torch.testing.assert_close(shared[:, :3].detach(), alone, rtol=1e-5, atol=1e-7)
+        assert torch.equal(used, shared[:, :3].detach())
+
+
 def test_motion_every_regularises_every_kth_step_at_k_times_the_weight(tiny, tmp_path, monkeypatch):
     """optimize.motion_every 3: the motion regulariser runs at steps 0, 3, 6 only, and there adds 3 x motion_lambda x
     its value to the loss (the same penalty on average); 1 is every step at the weight itself."""
     files, scene = tiny
-    monkeypatch.setattr(trainer_module, "motion_penalty", lambda *args: torch.tensor(5.0))   # a known value
+    for name in ("motion_penalty", "motion_penalty_from"):     # a known value, fused with the render or not
+        monkeypatch.setattr(trainer_module, name, lambda *args: torch.tensor(5.0))
     rows = {}
     for every in (1, 3):
         cfg = small_config(iterations=7, densify=False, deformation="bases", bases_count=3, rigidity_lambda=0.0,
