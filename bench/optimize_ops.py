@@ -15,7 +15,8 @@ training steps of the speed benchmark's setting (``bench.optimize_bench.speed_co
 The rasterizer is the same for every model and is gsplat's on the GPU, so it is replaced by two opaque stand-ins
 (projection, and colour + compositing; the torch backend inside, not counted) mirroring gsplat's structure:
 ``meta["means2d"]`` is an intermediate with a gradient, so densification statistics work unchanged. Counts do not
-depend on the number of Gaussians or the resolution; optimizer steps take the CUDA path (fused Adam) even on the CPU.
+depend on the number of Gaussians or the resolution; optimizer steps take the CUDA path (fused Adam) even on the CPU,
+and so does the motion regulariser (``optimize.shared_motion`` 'always', what its default 'cuda' does on a GPU).
 
 ``--preset NAME --rgba`` counts a preset's step instead (its losses and regularisers, on views with alpha masks:
 what a D-NeRF-style scene trains with), and ``--parts`` what each part of the step costs (the step with the part on
@@ -226,6 +227,7 @@ def count_step_ops(kind: str, *, gaussians: int = 2000, size: int = 48, densify:
     views = rgba_views(20, size) if rgba else orbit_views(20, size, "cpu")
 
     def config(iterations: int, **extra):
+        extra.setdefault("shared_motion", "always")               # as on a GPU ('cuda', the default, there)
         if preset is None:
             return speed_config(kind, iterations, **extra)
         return preset_step_config(preset, kind, iterations, extra.pop("log_every", 10), **extra)

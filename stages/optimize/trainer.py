@@ -861,6 +861,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     functions = step_functions(cfg, model, device)
     skip_invisible = cfg.skip_invisible
     pad_visible = functions.cuda_graphs             # graphs replay the sizes they recorded: a ladder of sizes
+    share_motion = cfg.shared_motion == "always" or (cfg.shared_motion == "cuda" and device.type == "cuda")
     strategy = make_strategy(cfg)
     strategy.check_sanity(model.splats, splat_opts)
     strategy_state = strategy.initialize_state(scene_scale=scale)
@@ -923,7 +924,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 pick = random_rows(dynamic, 4096, generator)
                 t = torch.rand(len(pick), device=device, generator=generator) * max(1 - 2 * gap, 0.0) + min(gap, 0.5)
                 motion_query = (pick, t, gap)
-        fuse_motion = motion_query is not None and cfg.motion_parts == "all"
+        fuse_motion = motion_query is not None and cfg.motion_parts == "all" and share_motion
         second = None                   # (K, D): the motion rows' second differences, from the first render
 
         infos, losses, view_terms, render_times = [], [], [], []

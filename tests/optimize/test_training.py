@@ -794,9 +794,10 @@ def test_motion_parts_reaches_the_motion_regulariser(tiny, tmp_path, monkeypatch
 
 
 def test_the_motion_regulariser_reads_the_first_renders_deformation(tiny, tmp_path, monkeypatch):
-    """A step's motion regulariser takes its second differences from the first view's gaussians_at (one evaluation
-    of the field for both): at every step they are the accelerations of the drawn rows at the drawn times, as
-    computed on their own, and the regulariser (with the planes' total variation) is made from them."""
+    """optimize.shared_motion: a step's motion regulariser takes its second differences from the first view's
+    gaussians_at (one evaluation of the field for both): at every step they are the accelerations of the drawn rows
+    at the drawn times, as computed on their own, and the regulariser (with the planes' total variation) is made
+    from them. Its default, 'cuda', leaves a CPU run on the regulariser's own call."""
     from stages.optimize.model import GaussianModel4D
 
     files, scene = tiny
@@ -817,12 +818,18 @@ def test_the_motion_regulariser_reads_the_first_renders_deformation(tiny, tmp_pa
     monkeypatch.setattr(GaussianModel4D, "gaussians_at", gaussians_at)
     monkeypatch.setattr(trainer_module, "motion_penalty_from", motion_penalty_from)
     cfg = small_config(iterations=4, densify=False, deformation="planes_bases", planes_resolution=[4],
-                       bases_count=3, rigidity_lambda=0.0, log_every=1)
+                       bases_count=3, rigidity_lambda=0.0, log_every=1, shared_motion="always")
     data, initial = _inputs(files, scene, cfg)
     train(cfg, data, initial, tmp_path / "run", seed=0)
     assert len(asked) == len(given) == 4
-    assert asked[-1][0].abs().max() > 0                 # (the motion starts at zero: the last layers are zero)
-    for (alone, shared), used in zip(asked, given):
+    pairs = list(zip(asked, given))
+    asked.clear()
+    given.clear()
+    cfg.shared_motion = "cuda"                          # on the CPU: the regulariser's own call, as before
+    train(cfg, data, initial, tmp_path / "apart", seed=0)
+    assert asked == [] and len(given) == 4              # (motion_penalty reads motion_penalty_from too)
+    assert pairs[-1][0][0].abs().max() > 0              # (the motion starts at zero: the last layers are zero)
+    for (alone, shared), used in pairs:
         torch.testing.assert_close(shared[:, :3].detach(), alone, rtol=1e-5, atol=1e-7)
         assert torch.equal(used, shared[:, :3].detach())
 
