@@ -110,8 +110,7 @@ class OptimizeConfig:
                                "evaluation of the shared field per step (planes_bases: 482 operators against "
                                "637, before shared_motion). On an H200, planes_bases on object seeds 0-3: "
                                "25.80 dB against 25.96 with 'all', 4-11 % faster (the CPU stand-in had the same "
-                               "quality; "
-                               "docs/gaussians.md, thirty-fifth and thirty-sixth sessions). mlp_bases "
+                               "quality; docs/gaussians.md, thirty-fifth and thirty-sixth sessions). mlp_bases "
                                "and rigid_bases have no other regulariser on their shared part, which then "
                                "moves unregularised. Other models regularise all their motion either way.",
                                choices=("all", "coefficients"))
@@ -119,7 +118,7 @@ class OptimizeConfig:
                                 "evaluation of the deformation as the step's first render (one call of a field "
                                 "over both sets of rows instead of two: 79 fewer kernels per planes_bases step, "
                                 "which matters where launches bound a step) or from a call of their own. 'cuda': "
-                                "on a GPU only (on the CPU the one larger call measured 15-20 % slower than two); "
+                                "on a GPU only (on the CPU the one larger call made a step 7 % slower); "
                                 "'always'; 'never'. The same values either way; the random draws' order differs. "
                                 "Fields and hybrids only (the spline models compute the two apart anyway); not with "
                                 "motion_parts 'coefficients' (docs/gaussians.md, \"The cost of a training step\").",

@@ -172,12 +172,6 @@ class SplineInTime(Deformation):
 
     _CACHED_TIMES = 4096         # render times whose weights are kept (training uses one per training frame)
 
-    def displacement_and_second_difference(self, means, time, anchor_times, coefs, cache, other_means, other_times,
-                                           step, other_coefs):
-        """The two separately: neither is a network evaluation here."""
-        return (self.displacement(means, time, anchor_times, coefs, cache),
-                self.second_difference(other_means, other_times, step, other_coefs))
-
     def __init__(self, knots: int, with_opacity: bool = False):
         super().__init__(with_opacity)
         if knots < 4:
@@ -187,6 +181,12 @@ class SplineInTime(Deformation):
         self.register_buffer("knot_positions", torch.arange(knots, dtype=torch.float32) - 1.0, persistent=False)
         self._time_weights: dict[tuple, torch.Tensor] = {}            # (time, device, dtype) -> (1, knots)
         self._anchor_weights: tuple[torch.Tensor, int, torch.Tensor] | None = None   # (anchors, version, (M, knots))
+
+    def displacement_and_second_difference(self, means, time, anchor_times, coefs, cache, other_means, other_times,
+                                           step, other_coefs):
+        """The two separately: neither is a network evaluation here."""
+        return (self.displacement(means, time, anchor_times, coefs, cache),
+                self.second_difference(other_means, other_times, step, other_coefs))
 
     def basis_weights(self, times: torch.Tensor) -> torch.Tensor:
         """W (M, knots) at times (M,) in [0, 1] (clamped): a curve with control points C (knots, ...) is W C."""
