@@ -236,10 +236,12 @@ def silhouette_loss(points_camera: torch.Tensor, K: torch.Tensor, outside: torch
     height, width = outside.shape
     depth = points_camera[:, 2]
     ahead = depth > 1e-3
-    pixels = (points_camera @ K.T)[:, :2] / depth.clamp_min(1e-3)[:, None]                     # (M, 2) x, y
-    on_image = torch.stack([pixels[:, 0].clamp(0, width), pixels[:, 1].clamp(0, height)], dim=-1)
+    pixels = (points_camera @ K[:2].T) / depth.clamp_min(1e-3)[:, None]                        # (M, 2) x, y
+    size = pixels.new_full((2,), float(width))                      # (W, H) filled on the device: no host copy
+    size[1:].fill_(height)
+    on_image = torch.minimum(pixels.clamp_min(0), size)                                         # (M, 2)
     beyond = (pixels - on_image).norm(dim=-1)                                                   # (M,) pixels
-    grid = torch.stack([on_image[:, 0] / width, on_image[:, 1] / height], dim=-1) * 2 - 1      # (M, 2) in [-1, 1]
+    grid = on_image * (2 / size) - 1                                                            # (M, 2) in [-1, 1]
     distance = F.grid_sample(outside[None, None].to(grid.dtype), grid[None, None], mode="bilinear",
                              padding_mode="border", align_corners=False)[0, 0, 0] + beyond     # (M,) pixels
     weights = weights * ahead

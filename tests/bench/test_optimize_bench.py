@@ -67,6 +67,7 @@ def test_a_presets_step_on_rgba_views_counts_the_terms_of_rgba_scenes():
     rgba = count_step_ops("", rgba=True, **settings)
     quiet = count_step_ops("", rgba=True, silhouette_lambda=0.0, **settings)
     assert rgb["model"] == rgba["model"] == "planes_bases"                      # the preset's own deformation
+    assert rgba["sync_ops"] == {"nonzero": 1}          # the silhouette loss and backgrounds add no host sync
     assert rgba["kernels"] > quiet["kernels"] + 40 and quiet["kernels"] > rgb["kernels"]   # + random background
     assert rgba["by_op"].get("grid_sampler_2d", 0) == quiet["by_op"].get("grid_sampler_2d", 0) + 1
     # --parts: the parts that are on in the setting, each with what turning it off takes away
