@@ -406,6 +406,8 @@ def run_scene(scene_dir: Path, run_dir: Path, preset: str, overrides: list[str])
     return {"geometry_s": results["geometry"]["wall_s"], "initialize_s": results["initialize"]["wall_s"],
             "optimize_s": optimize["wall_s"], "train_s": optimize["summary"].get("train_seconds"),
             "load_s": optimize["summary"].get("load_seconds"), "save_s": optimize["summary"].get("save_seconds"),
+            "setup_s": optimize["summary"].get("setup_seconds"),
+            "checkpoint_s": optimize["summary"].get("checkpoint_seconds"),
             "gaussians": optimize["summary"]["gaussians"], "train_psnr": optimize["summary"]["train_psnr"],
             "peak_gpu_mib": optimize.get("peak_gpu_mb"), "deformation": config.optimize.deformation,
             "opacity_weighting": optimize["summary"].get("opacity_weighting"),
@@ -482,8 +484,10 @@ def bench_scene_time(workdir: Path, geometry: str, quick: bool, overrides: tuple
     scene = make_object(workdir / f"object_{frames}x400", seed=0, frames=frames, resolution=400, test_views=20)
     row = run_scene(scene, workdir / "run_object_400", "dnerf", [f"geometry.model={geometry}", *overrides])
     table(f"Optimize a {frames}-frame 400x400 synthetic object scene (configs/dnerf.yaml, {geometry} geometry)",
-          ["optimize s", "train s", "gaussians", "test PSNR", "peak MiB", "visible / view (dynamic)"],
-          [[row["optimize_s"], row["train_s"], row["gaussians"], row["psnr"], row["peak_gpu_mib"],
+          ["optimize s", "train s", "set-up s", "checkpoints s", "gaussians", "test PSNR", "peak MiB",
+           "visible / view (dynamic)"],
+          [[row["optimize_s"], row["train_s"], row.get("setup_s"), row.get("checkpoint_s"), row["gaussians"],
+            row["psnr"], row["peak_gpu_mib"],
             f"{row.get('visible_per_view')} ({row.get('dynamic_visible_per_view')})"]])
     return {"frames": frames, "resolution": 400, "preset": "dnerf", "geometry": geometry, "overrides": list(overrides),
             **row, "target_s": 120}

@@ -199,7 +199,9 @@ def run(ctx) -> dict:
         "steps": result.steps,
         "train_seconds": round(result.seconds, 2),
         "load_seconds": round(load_seconds, 2),      # the initial Gaussians and the frames (onto the device)
-        "save_seconds": round(save_seconds, 2),      # model.pt (the rest: training's set-up and checkpoints)
+        "save_seconds": round(save_seconds, 2),      # model.pt
+        "setup_seconds": round(result.setup_seconds, 2),            # training's set-up (model, optimizer, resume)
+        "checkpoint_seconds": round(result.checkpoint_seconds, 2),  # its checkpoint writes, the final one included
         "gaussians": model.num_gaussians(),
         "dynamic": int(model.splats["is_dynamic"].sum()) if model.deformation is not None else 0,
         "deformation": cfg.deformation,

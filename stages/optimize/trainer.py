@@ -564,6 +564,8 @@ class TrainResult:
     restores: int
     resumed_from: Optional[int]
     opacity_weighting: str = "all"      # the opacity regulariser's weighting as trained ('auto' resolved)
+    setup_seconds: float = 0.0          # this call's set-up before its first step (model, optimizer, resume)
+    checkpoint_seconds: float = 0.0     # this call's checkpoint writes (state to the CPU, torch.save); not in seconds
 
 
 @contextlib.contextmanager
@@ -833,6 +835,7 @@ def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_d
 def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path, device: torch.device,
            seed: int, resume: bool, stop_after: Optional[int]) -> TrainResult:
     # -------- setup --------
+    setup_started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
@@ -904,6 +907,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     end_step = cfg.iterations if stop_after is None else min(cfg.iterations, start_step + stop_after)
     bar = progress(None, desc="optimize", total=end_step, initial=start_step, unit="step")
     tick = time.perf_counter()
+    setup_seconds, checkpoint_seconds = tick - setup_started, 0.0
 
     # -------- the loop --------
     while loop.step < end_step:
@@ -1101,15 +1105,18 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             buffer_meta.clear()
             good = capture(model, optimizer, strategy_state, cameras, loop, sampler)
             if is_checkpoint or loop.step == end_step:
+                writing = time.perf_counter()
                 state = capture(model, optimizer, strategy_state, cameras, loop, sampler, device=torch.device("cpu"))
                 state.update({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                               "rng": _rng_state(device, generator),
                               "model": model.to_state()})
                 write_checkpoint(ckpt_dir, state, cfg.keep_checkpoints)
                 neighbors = None        # a run resumed from here finds them anew from these means: so does this one
+                checkpoint_seconds += time.perf_counter() - writing
                 tick = time.perf_counter()     # checkpoint writing is not training time
     bar.close()
     model.deform_enabled = True
     return TrainResult(model=model, steps=loop.step, seconds=loop.elapsed_s, train_psnr=last_psnr,
                        restores=loop.guard.total_restores, resumed_from=resumed_from,
-                       opacity_weighting=opacity_weighting)
+                       opacity_weighting=opacity_weighting, setup_seconds=setup_seconds,
+                       checkpoint_seconds=checkpoint_seconds)

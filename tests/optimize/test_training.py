@@ -245,6 +245,7 @@ def test_an_rgb_frame_in_an_rgba_scene_trains_as_opaque(tiny, tmp_path, backgrou
     result = train(cfg, data, initial, tmp_path / "run", seed=0)
     assert result.steps == 4
     assert all(np.isfinite(float(r["loss"])) for r in _log(tmp_path / "run/log.csv"))
+    assert result.setup_seconds > 0 and result.checkpoint_seconds > 0      # the final checkpoint is always written
 
 
 def test_stages_run_through_the_runner_and_write_their_artifacts(tiny, tmp_path):
@@ -261,7 +262,8 @@ def test_stages_run_through_the_runner_and_write_their_artifacts(tiny, tmp_path)
                                      "optimize.backend=torch"])
     results = run_pipeline(config, tmp_path / "run", scene, stages=stages)
     assert results["optimize"]["summary"]["steps"] == 4
-    parts = [results["optimize"]["summary"][k] for k in ("train_seconds", "load_seconds", "save_seconds")]
+    parts = [results["optimize"]["summary"][k] for k in ("train_seconds", "load_seconds", "save_seconds",
+                                                          "setup_seconds", "checkpoint_seconds")]
     assert all(p >= 0 for p in parts) and sum(parts) <= results["optimize"]["wall_s"] + 0.03   # parts of the stage
     run = tmp_path / "run"
     assert (run / "initialize/gaussians.ply").is_file() and (run / "initialize/labels.npz").is_file()
