@@ -151,7 +151,7 @@ class GaussianModel4D(nn.Module):
         return (means + shift[:, POSITION]).view(*index.shape, 3)
 
     def gaussians_at(self, time: float, sh_degree: Optional[int] = None, skip_invisible: bool = False,
-                     opacity_factors: Optional[torch.Tensor] = None, pad_visible: bool = False,
+                     opacity_factors: Optional[torch.Tensor] = None,
                      motion: Optional[tuple[torch.Tensor, torch.Tensor, float]] = None) -> dict[str, torch.Tensor]:
         """The Gaussians at ``time``: means (N, 3), quats (N, 4) raw (w, x, y, z), scales (N, 3) post-activation,
         opacities (N,) post-sigmoid (temporal opacity included), sh (N, K, 3) with K = (d + 1)^2 for
@@ -167,11 +167,6 @@ class GaussianModel4D(nn.Module):
 
         opacity_factors: (N,) multiplies the opacities (training's dropped Gaussians), before ``skip_invisible``
         decides who is visible; None = as they are.
-
-        pad_visible: with ``skip_invisible``, deform :func:`padded_size` of the visible count instead, the visible
-        Gaussians first, then invisible dynamic ones (the same render: those are culled too), so that the sizes the
-        deformation sees come from a short ladder (CUDA graphs replay the sizes they recorded; a visible count that
-        changes with every optimizer step would record a graph at every step). ``deformed`` stays the visible rows.
 
         motion: (rows (K,) of dynamic Gaussians, times (K,), step h): also their second differences in time (K, D)
         as ``second_difference`` (:meth:`accelerations` reads their position channels), from the same evaluation
@@ -190,22 +185,14 @@ class GaussianModel4D(nn.Module):
             if opacity_factors is not None:
                 opacities, opacity_factors = opacities * opacity_factors, None    # applied here, not again below
             visible = s["is_dynamic"] & (opacities.detach() >= ALPHA_THRESHOLD)
-            if pad_visible:
-                # visible (dynamic) first, then invisible dynamic, then static, each in index order as nonzero's
-                rank = (~visible).to(torch.uint8) + (~s["is_dynamic"]).to(torch.uint8)        # (N,) 0, 1 or 2
-                count = int(visible.sum())                                                   # one sync
-                index = torch.argsort(rank, stable=True)[:padded_size(count, len(self.dynamic_index()))]
-                shown = index[:count]                                                      # (M',) the visible
-            else:
-                index = shown = torch.nonzero(visible).reshape(-1)                       # (M',): one sync
+            index = torch.nonzero(visible).reshape(-1)                                   # (M',): one sync
             anchor_times, cache = s["anchor_times"].index_select(0, index).detach(), False
         elif deform:
             index, anchor_times = self.dynamic_set()
-            shown = index
         else:
-            index = shown = anchor_times = None
+            index, anchor_times = None, None
         if index is not None and index.numel() == 0:
-            index = shown = None
+            index = None
         state = (s["means"], s["quats"], s["scales"], s["opacities"])
         temporal = (s["time_centers"], s["time_log_scales"], s["is_dynamic"]) if self.temporal_opacity else None
         motion = motion if deform else None
@@ -224,7 +211,7 @@ class GaussianModel4D(nn.Module):
         sh = sh_coefficients(s)[:, : (degree + 1) ** 2]
         out = {"means": means, "quats": quats, "scales": scales, "opacities": opacities,
                "sh": sh, "is_dynamic": s["is_dynamic"] if dynamic else torch.zeros_like(s["is_dynamic"]),
-               "deformed": shown}
+               "deformed": index}
         return out if motion is None else {**out, "second_difference": second}
 
     def compile_deformation(self, backend: str = "inductor", mode: Optional[str] = None) -> None:
@@ -239,22 +226,20 @@ class GaussianModel4D(nn.Module):
                   backgrounds: Optional[torch.Tensor] = None, render_mode: str = "RGB",
                   sh_degree: Optional[int] = None, backend: str = "auto", absgrad: bool = False,
                   skip_invisible: bool = True, opacity_factors: Optional[torch.Tensor] = None,
-                  gaussians: Optional[dict[str, torch.Tensor]] = None, pad_visible: bool = False):
+                  gaussians: Optional[dict[str, torch.Tensor]] = None):
         """Render C cameras at one time. viewmats (C, 4, 4) world-to-camera, Ks (C, 3, 3), backgrounds (C, 3).
         Returns (colors (C, H, W, X), alphas (C, H, W, 1), meta) as :func:`stages.optimize.rasterize.rasterization`.
         gaussians: the Gaussians at ``time`` as :meth:`gaussians_at` returned them for the same ``sh_degree``
         (a caller that also reads them, e.g. training's silhouette loss); None = computed here.
-        skip_invisible, pad_visible: see :meth:`gaussians_at` (the same render either way, for one host
-        synchronisation). skip_invisible is on by default here, off there: the other callers of ``gaussians_at``
-        (exports) want every Gaussian deformed.
+        skip_invisible: see :meth:`gaussians_at` (the same render either way, for one host synchronisation). On by
+        default here, off there: the other callers of ``gaussians_at`` (exports) want every Gaussian deformed.
         opacity_factors: (N,) multiplies the opacities at ``time`` (training's dropped Gaussians: 0, or the kept
         ones' compensation; :func:`stages.optimize.trainer.drop_factors`), None = as they are."""
         from stages.optimize.rasterize import rasterization
 
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
         g = gaussians if gaussians is not None else self.gaussians_at(time, degree, skip_invisible=skip_invisible,
-                                                                      opacity_factors=opacity_factors,
-                                                                      pad_visible=pad_visible)
+                                                                      opacity_factors=opacity_factors)
         return rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"], viewmats, Ks,
                              int(width), int(height), sh_degree=degree, backgrounds=backgrounds,
                              render_mode=render_mode, rasterize_mode=self.rasterize_mode, absgrad=absgrad,
@@ -300,17 +285,6 @@ class GaussianModel4D(nn.Module):
         """Write the model (atomically) in the format :func:`load_model` reads."""
         with atomic_path(path) as tmp:
             torch.save(self.to_state(), tmp)
-
-
-def padded_size(count: int, total: int) -> int:
-    """The size a set of ``count`` visible Gaussians is padded to (:meth:`GaussianModel4D.gaussians_at`'s
-    ``pad_visible``): the smallest multiple of max(256, 2^(floor(log2 count) - 4)) that holds it, at most ``total``
-    (the dynamic Gaussians there are to pad with). At most 1/16 of the count (or 256) more, and 16 sizes per
-    doubling of the count; 0 for 0."""
-    if count <= 0:
-        return 0
-    step = max(256, 1 << max(count.bit_length() - 5, 0))
-    return min(-(-count // step) * step, total)
 
 
 def compile_function(function, backend: str = "inductor", mode: Optional[str] = None,

@@ -785,8 +785,8 @@ def residual_penalty(model: GaussianModel4D, pick: torch.Tensor, times: torch.Te
 class StepFunctions:
     """The parts of a training step that may run through torch.compile (``optimize.compile``): the model's
     ``state_at`` (set on the model), the photometric loss and the motion regulariser. ``cuda_graphs``: they replay
-    as CUDA graphs (``optimize.cuda_graphs`` on a GPU), so each step is marked and its visible set is padded to a
-    ladder of sizes (``GaussianModel4D.gaussians_at``'s ``pad_visible``)."""
+    as CUDA graphs (``optimize.cuda_graphs`` on a GPU), so each step is marked and deforms every dynamic Gaussian
+    (graphs replay the sizes they recorded; the visible set changes its size at every step)."""
 
     photometric: Callable
     motion: Callable
@@ -862,8 +862,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     initial_rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
     splat_opts = splat_optimizers(optimizer, model)
     functions = step_functions(cfg, model, device)
-    skip_invisible = cfg.skip_invisible
-    pad_visible = functions.cuda_graphs             # graphs replay the sizes they recorded: a ladder of sizes
+    skip_invisible = cfg.skip_invisible and not functions.cuda_graphs       # graphs replay fixed sizes
     share_motion = cfg.shared_motion == "always" or (cfg.shared_motion == "cuda" and device.type == "cuda")
     strategy = make_strategy(cfg)
     strategy.check_sanity(model.splats, splat_opts)
@@ -957,14 +956,14 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
             with_motion = fuse_motion and second is None
             if with_motion or (silhouette_from_render and alpha is not None and model.deform_enabled):
                 gaussians = model.gaussians_at(when, sh_degree, skip_invisible=skip_invisible,
-                                               opacity_factors=factors, pad_visible=pad_visible,
+                                               opacity_factors=factors,
                                                motion=motion_query if with_motion else None)
                 second = gaussians["second_difference"] if with_motion else second
             colors, alphas, info = model.rasterize(when, viewmat[None], view.K[None], view.width, view.height,
                                                    backgrounds=background[None], render_mode=render_mode,
                                                    sh_degree=sh_degree, backend=cfg.backend, absgrad=cfg.absgrad,
                                                    skip_invisible=skip_invisible, opacity_factors=factors,
-                                                   gaussians=gaussians, pad_visible=pad_visible)
+                                                   gaussians=gaussians)
             strategy.step_pre_backward(model.splats, splat_opts, strategy_state, step, info)
             infos.append(info)
             rgb = colors[0, ..., :3]

@@ -20,9 +20,9 @@ def _camera(width: int = 48, height: int = 40) -> tuple[torch.Tensor, torch.Tens
     return world_to_camera, K
 
 
-def _render_and_grads(model, time: float, skip: bool, factors=None, pad: bool = False):
+def _render_and_grads(model, time: float, skip: bool, factors=None):
     model.zero_grad(set_to_none=True)
-    g = model.gaussians_at(time, skip_invisible=skip, opacity_factors=factors, pad_visible=pad)
+    g = model.gaussians_at(time, skip_invisible=skip, opacity_factors=factors)
     world_to_camera, K = _camera()
     colors, alphas, meta = rasterization(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"],
                                          world_to_camera[None], K[None], 48, 40, sh_degree=1, backend="torch",
@@ -96,57 +96,3 @@ def test_with_an_opacity_deformation_every_dynamic_gaussian_is_deformed():
     part = model.gaussians_at(0.5, skip_invisible=True)
     for key in ("means", "quats", "scales", "opacities"):
         assert torch.equal(full[key], part[key]), key
-
-
-def test_padded_sizes_hold_the_count_within_a_sixteenth_and_form_a_short_ladder():
-    from stages.optimize.model import padded_size
-
-    assert padded_size(0, 1000) == 0 and padded_size(1, 1000) == 256 and padded_size(300, 1000) == 512
-    assert padded_size(19_000, 60_000) == 19_456                     # 19 x 1024: steps of 1024 from 16384
-    assert padded_size(59_000, 60_000) == 59_392                     # 29 x 2048: steps of 2048 from 32768
-    assert padded_size(59_900, 60_000) == 60_000                     # never more than there are to pad with
-    sizes = {padded_size(count, 10**6) for count in range(1, 200_001)}
-    for count in (1, 255, 256, 4097, 33_333, 199_999):
-        size = padded_size(count, 10**6)
-        assert count <= size <= count + max(256, count / 16)
-    assert len(sizes) <= 16 * 9                                      # 16 per doubling from 4096 up, fewer below
-
-
-@pytest.mark.parametrize("kind", ["bases", "planes"])
-def test_padding_the_visible_set_changes_neither_the_render_nor_its_gradients(kind):
-    """pad_visible (under CUDA graphs): the deformation sees the visible Gaussians and then invisible dynamic ones
-    up to a ladder size; the padding rows are culled, so image, radii and every gradient are those of the visible
-    set alone, and ``deformed`` still names the visible rows only."""
-    model = _model(kind, n=600, seed=2)
-    with torch.no_grad():
-        model.splats["time_log_scales"].fill_(math.log(0.05))
-        model.splats["opacities"].fill_(2.0)
-    time = 0.47
-
-    def run(pad: bool):
-        seen = {}
-        original = model.deformation.displacement
-
-        def displacement(means, *args, **kwargs):           # the rows the deformation is asked for
-            seen["rows"] = means.shape[0]
-            return original(means, *args, **kwargs)
-
-        model.deformation.displacement = displacement
-        try:
-            return (*_render_and_grads(model, time, skip=True, pad=pad), seen["rows"])
-        finally:
-            del model.deformation.displacement
-
-    plain, radii, grads, g_plain, rows_plain = run(False)
-    padded, radii_padded, grads_padded, g_padded, rows_padded = run(True)
-    visible = int(g_plain["deformed"].numel())
-    dynamic = int(model.splats["is_dynamic"].sum())
-    from stages.optimize.model import padded_size
-
-    assert 10 < visible < dynamic - 256 and rows_plain == visible
-    assert rows_padded == padded_size(visible, dynamic) > visible                  # the padding is real
-    assert torch.equal(g_padded["deformed"], g_plain["deformed"])
-    torch.testing.assert_close(padded, plain, rtol=0, atol=1e-12)
-    assert float(plain.std()) > 0.01 and torch.equal(radii_padded, radii)
-    for name, grad in grads.items():
-        torch.testing.assert_close(grads_padded[name], grad, rtol=1e-10, atol=1e-12, msg=name)
