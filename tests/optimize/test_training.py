@@ -742,27 +742,36 @@ def test_cuda_graph_steps_follow_the_compiled_loss_sequence(tiny, tmp_path, kind
     """optimize.cuda_graphs replays the kernels torch.compile generates: against the same compiled functions run
     without graphs (every dynamic Gaussian deformed in both) on the GPU, the same Gaussian counts and losses step for
     step, through densifications that change the count (new graphs), also with two views per step (each compiled
-    function replayed twice per step). What is left is the float noise of gsplat's atomic adds; stale inputs or
-    overwritten outputs would be far off. (Compiled against eager: the CPU test above.)"""
+    function replayed twice per step). What is left is float noise (gsplat's and the plane sampler's atomic adds),
+    measured here as the difference between two compiled runs: graphs stay within three times that noise, or 1e-3,
+    whichever is larger; stale inputs or overwritten outputs would be far off. (Compiled against eager: the CPU test
+    above.)"""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     files, scene = tiny
-    for name, settings in (("compiled", {"compile": "always", "skip_invisible": False}),
-                           ("graphs", {"compile": "always", "cuda_graphs": True})):
+    runs = (("compiled", {"compile": "always", "skip_invisible": False}),
+            ("compiled_again", {"compile": "always", "skip_invisible": False}),
+            ("graphs", {"compile": "always", "cuda_graphs": True}))
+    for name, settings in runs:
         torch._dynamo.reset()
         counters.clear()
         cfg = small_config(deformation=kind, iterations=16, checkpoint_every=0, log_every=4, refine_start=2,
                            refine_every=3, refine_stop=16, backend="auto", batch_size=batch_size, **settings)
         data, initial = _inputs(files, scene, cfg, "cuda")
         train(cfg, data, initial, tmp_path / name, device="cuda", seed=5)
-    compiled, graphs = (_log(tmp_path / m / "log.csv") for m in ("compiled", "graphs"))
+    compiled, again, graphs = (_log(tmp_path / name / "log.csv") for name, _ in runs)
     assert counters["inductor"]["cudagraph_skips"] == 0, "inductor ran the graphs without CUDA graphs"
     assert [r["gaussians"] for r in graphs] == [r["gaussians"] for r in compiled]
     assert len({r["gaussians"] for r in compiled}) >= 4, "the count changed several times inside the run"
-    worst = max(abs(float(b[k]) - float(a[k])) / max(abs(float(a[k])), 1e-6)
-                for a, b in zip(compiled, graphs) for k in ("loss", "l1", "ssim", "motion"))
-    assert worst <= 1e-3, f"largest relative difference {worst:.2e}"
+
+    def worst(rows):
+        return max((abs(float(b[k]) - float(a[k])) / max(abs(float(a[k])), 1e-6), int(a["step"]), k)
+                   for a, b in zip(compiled, rows) for k in ("loss", "l1", "ssim", "motion"))
+
+    noise, graphed = worst(again), worst(graphs)
+    print(f"{kind}-{batch_size}: compiled twice {noise}, graphs {graphed}")
+    assert graphed[0] <= max(1e-3, 3 * noise[0]), f"graphs {graphed} against two compiled runs' {noise}"
 
 
 def test_the_residual_loss_is_the_scaled_mean_squared_displacement():
