@@ -407,6 +407,7 @@ def run_scene(scene_dir: Path, run_dir: Path, preset: str, overrides: list[str])
             "optimize_s": optimize["wall_s"], "train_s": optimize["summary"].get("train_seconds"),
             "load_s": optimize["summary"].get("load_seconds"), "save_s": optimize["summary"].get("save_seconds"),
             "setup_s": optimize["summary"].get("setup_seconds"),
+            "setup_parts_s": optimize["summary"].get("setup_parts"),
             "checkpoint_s": optimize["summary"].get("checkpoint_seconds"),
             "gaussians": optimize["summary"]["gaussians"], "train_psnr": optimize["summary"]["train_psnr"],
             "peak_gpu_mib": optimize.get("peak_gpu_mb"), "deformation": config.optimize.deformation,
@@ -489,6 +490,9 @@ def bench_scene_time(workdir: Path, geometry: str, quick: bool, overrides: tuple
           [[row["optimize_s"], row["train_s"], row.get("setup_s"), row.get("checkpoint_s"), row["gaussians"],
             row["psnr"], row["peak_gpu_mib"],
             f"{row.get('visible_per_view')} ({row.get('dynamic_visible_per_view')})"]])
+    if row.get("setup_parts_s"):
+        parts = row["setup_parts_s"].items()
+        print("set-up by phase: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts))
     return {"frames": frames, "resolution": 400, "preset": "dnerf", "geometry": geometry, "overrides": list(overrides),
             **row, "target_s": 120}
 

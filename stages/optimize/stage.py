@@ -201,7 +201,8 @@ def run(ctx) -> dict:
         "load_seconds": round(load_seconds, 2),      # the initial Gaussians and the frames (onto the device)
         "save_seconds": round(save_seconds, 2),      # model.pt
         "setup_seconds": round(result.setup_seconds, 2),            # training's set-up (model, optimizer, resume)
-        "checkpoint_seconds": round(result.checkpoint_seconds, 2),  # its checkpoint writes, the final one included
+        "setup_parts": result.setup_parts,                          # the set-up's seconds by phase
+        "checkpoint_seconds": round(result.checkpoint_seconds, 2),  # the training thread's time on checkpoints
         "gaussians": model.num_gaussians(),
         "dynamic": int(model.splats["is_dynamic"].sum()) if model.deformation is not None else 0,
         "deformation": cfg.deformation,

@@ -18,6 +18,7 @@ import csv
 import math
 import random
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -493,6 +494,57 @@ def write_checkpoint(directory: Path, state: dict[str, Any], keep: int) -> Path:
     return path
 
 
+class PhaseClock:
+    """Seconds of the named phases of a piece of work (training's set-up), each from the mark before; on a GPU each
+    mark first waits for the device, so a phase's queued device work counts in that phase."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, {}
+        self._last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
+
+
+class CheckpointWriter:
+    """Writes checkpoints (:func:`write_checkpoint`) on a background thread, one at a time, so that training goes on
+    while ``torch.save`` writes (about 176 MB at 113k Gaussians of planes_bases; ~0.3 s each on an H200 host).
+
+    ``submit(state)`` takes a state that shares no tensor with the live training state (:func:`capture` with
+    ``device=cpu``: clones, already copied off the GPU); it first waits for the write before it. ``wait()`` blocks
+    until the last write is on disk and raises what a write raised (an ``OSError`` such as a full disk), in the
+    training thread. The thread is not a daemon: an interrupted run still finishes the file it is writing (files
+    appear whole, by rename, either way)."""
+
+    def __init__(self, directory: Path, keep: int):
+        self.directory, self.keep = directory, keep
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def submit(self, state: dict[str, Any]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(state,), name="optimize-checkpoint")
+        self._thread.start()
+
+    def _write(self, state: dict[str, Any]) -> None:
+        try:
+            write_checkpoint(self.directory, state, self.keep)
+        except BaseException as err:        # raised again by wait(), in the training thread
+            self._error = err
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 class UnreadableCheckpoint(UserError):
     """A checkpoint file that torch cannot load (truncated or damaged); :func:`read_latest_checkpoint` passes over
     it to the one before."""
@@ -565,7 +617,9 @@ class TrainResult:
     resumed_from: Optional[int]
     opacity_weighting: str = "all"      # the opacity regulariser's weighting as trained ('auto' resolved)
     setup_seconds: float = 0.0          # this call's set-up before its first step (model, optimizer, resume)
-    checkpoint_seconds: float = 0.0     # this call's checkpoint writes (state to the CPU, torch.save); not in seconds
+    checkpoint_seconds: float = 0.0     # the training thread's time on checkpoints (state to the CPU, handing it to
+                                        # the writer thread, waiting for the write before it); not in seconds
+    setup_parts: dict[str, float] = field(default_factory=dict)   # setup_seconds by phase (model, optimizer, ...)
 
 
 @contextlib.contextmanager
@@ -836,6 +890,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
            seed: int, resume: bool, stop_after: Optional[int]) -> TrainResult:
     # -------- setup --------
     setup_started = time.perf_counter()
+    clock = PhaseClock(device)          # the set-up's phases, for the summary
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
@@ -852,6 +907,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     distinct_times = np.unique(np.round(times, 9))                                  # (T,) sorted
     training_times = torch.tensor(distinct_times, dtype=torch.float32, device=device)   # for drop_unit 'copy'
     model = build_model(cfg, initial, gap, len(distinct_times), device)
+    clock.mark("model")
     opacity_weighting = opacity_weighting_for(cfg, len(distinct_times), model.temporal_opacity)
     if cfg.opacity_lambda > 0 and cfg.opacity_weighting == "auto":
         log.info(f"opacity regulariser weighted by '{opacity_weighting}' (auto: {len(distinct_times)} training "
@@ -861,7 +917,9 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     optimizer = build_optimizer(cfg, model, cameras, scale)
     initial_rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
     splat_opts = splat_optimizers(optimizer, model)
+    clock.mark("optimizer")
     functions = step_functions(cfg, model, device)
+    clock.mark("step functions")
     skip_invisible = cfg.skip_invisible and not functions.cuda_graphs       # graphs replay fixed sizes
     share_motion = cfg.shared_motion == "always" or (cfg.shared_motion == "cuda" and device.type == "cuda")
     strategy = make_strategy(cfg)
@@ -870,6 +928,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     sampler = EpochSampler(len(views), seed)
     generator = torch.Generator(device=device).manual_seed(seed + 1)     # on-device randomness (backgrounds, regs)
     loop = LoopState()
+    clock.mark("strategy")
 
     resumed_from = None
     latest, state = read_latest_checkpoint(ckpt_dir) if resume else (None, None)
@@ -882,6 +941,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
         write_text(log_path, ",".join(LOG_COLUMNS) + "\n" + "".join(",".join(r) + "\n" for r in kept))
     elif log_path.exists():
         log_path.unlink()
+    clock.mark("resume")
 
     scene_bg = torch.tensor(data.scene_background, dtype=torch.float32, device=device)
     fixed_color = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}.get(cfg.background)
@@ -905,8 +965,10 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     start_step = loop.step
     end_step = cfg.iterations if stop_after is None else min(cfg.iterations, start_step + stop_after)
     bar = progress(None, desc="optimize", total=end_step, initial=start_step, unit="step")
+    clock.mark("the rest")
     tick = time.perf_counter()
     setup_seconds, checkpoint_seconds = tick - setup_started, 0.0
+    writer = CheckpointWriter(ckpt_dir, cfg.keep_checkpoints)
 
     # -------- the loop --------
     while loop.step < end_step:
@@ -1107,15 +1169,17 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
                 writing = time.perf_counter()
                 state = capture(model, optimizer, strategy_state, cameras, loop, sampler, device=torch.device("cpu"))
                 state.update({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                              "rng": _rng_state(device, generator),
-                              "model": model.to_state()})
-                write_checkpoint(ckpt_dir, state, cfg.keep_checkpoints)
+                              "rng": _rng_state(device, generator)})
+                writer.submit(state)            # written on a thread while training goes on
                 neighbors = None        # a run resumed from here finds them anew from these means: so does this one
                 checkpoint_seconds += time.perf_counter() - writing
                 tick = time.perf_counter()     # checkpoint writing is not training time
     bar.close()
+    waiting = time.perf_counter()
+    writer.wait()                           # the last checkpoint is on disk before the stage goes on
+    checkpoint_seconds += time.perf_counter() - waiting
     model.deform_enabled = True
     return TrainResult(model=model, steps=loop.step, seconds=loop.elapsed_s, train_psnr=last_psnr,
                        restores=loop.guard.total_restores, resumed_from=resumed_from,
                        opacity_weighting=opacity_weighting, setup_seconds=setup_seconds,
-                       checkpoint_seconds=checkpoint_seconds)
+                       checkpoint_seconds=checkpoint_seconds, setup_parts=clock.seconds)

@@ -114,6 +114,43 @@ def test_resume_after_a_checkpoint_continues_the_same_loss_sequence(tiny, tmp_pa
         assert torch.equal(value, second.model.deformation.state_dict()[key]), key
 
 
+def test_checkpoints_are_written_on_a_thread_whose_errors_reach_the_training_thread(tiny, tmp_path, monkeypatch):
+    """The trainer hands each checkpoint to a writer thread and waits for the last before it returns; what a write
+    raises (a full disk, a folder that is a file) is raised again in the training thread."""
+    import threading
+
+    from stages.optimize.trainer import CheckpointWriter, read_checkpoint
+
+    files, scene = tiny
+    cfg = small_config(iterations=6, checkpoint_every=2, keep_checkpoints=2, densify=False)
+    data, initial = _inputs(files, scene, cfg)
+    writers = []
+    original = trainer_module.write_checkpoint
+
+    def spy(directory, state, keep):
+        writers.append((threading.current_thread().name, state["loop"]["step"]))
+        return original(directory, state, keep)
+
+    monkeypatch.setattr(trainer_module, "write_checkpoint", spy)
+    result = train(cfg, data, initial, tmp_path / "run", seed=0)
+    assert writers == [("optimize-checkpoint", 2), ("optimize-checkpoint", 4), ("optimize-checkpoint", 6)]
+    kept = sorted((tmp_path / "run/checkpoints").glob("step_*.pt"))
+    assert [p.name for p in kept] == ["step_0000004.pt", "step_0000006.pt"]          # written whole, then pruned
+    assert read_checkpoint(kept[-1])["loop"]["step"] == 6 and "model" not in read_checkpoint(kept[-1])
+    assert result.checkpoint_seconds > 0 and list(result.setup_parts) == [
+        "model", "optimizer", "step functions", "strategy", "resume", "the rest"]
+    assert sum(result.setup_parts.values()) <= result.setup_seconds + 0.01
+
+    monkeypatch.setattr(trainer_module, "write_checkpoint", original)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the checkpoint folder should be")
+    writer = CheckpointWriter(blocked / "checkpoints", keep=2)
+    writer.submit(read_checkpoint(kept[-1]))
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.wait()                                                       # raised once, then clear
+
+
 def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tiny, tmp_path, caplog):
     from pipeline.errors import UserError
 
