@@ -42,6 +42,7 @@ from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_lo
                                     silhouette_loss, temporal_weights)
 from stages.optimize.model import (GaussianModel4D, accelerations, compile_function, gaussian_count,
                                    is_device_error, short_reason, temporal_opacity)
+from stages.optimize.photometric_graphs import GraphedPhotometricLoss
 
 log = get_logger("optimize")
 
@@ -846,6 +847,13 @@ class StepFunctions:
     motion: Callable
     cuda_graphs: bool = False
 
+    def start_step(self) -> None:
+        """Call at the start of every training step: graphs' outputs of the last step may be reused from here."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        if isinstance(self.photometric, GraphedPhotometricLoss):
+            self.photometric.start_step()
+
 
 def check_compile_backend(name: str) -> None:
     """A one-line :class:`UserError` for a ``optimize.compile_backend`` that torch.compile does not know."""
@@ -861,8 +869,14 @@ def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.de
         raise UserError("optimize.cuda_graphs needs optimize.compile=always or cuda and "
                         f"optimize.compile_backend=inductor (not compile={cfg.compile}, "
                         f"compile_backend={cfg.compile_backend})")
-    if not (cfg.compile == "always" or (cfg.compile == "cuda" and device.type == "cuda")):
-        return StepFunctions(photometric=photometric_loss, motion=motion_penalty)
+    compiled = cfg.compile == "always" or (cfg.compile == "cuda" and device.type == "cuda")
+    graphed_loss = cfg.photometric_graphs == "cuda" and device.type == "cuda"
+    if compiled and graphed_loss:
+        raise UserError(f"optimize.photometric_graphs=cuda and optimize.compile={cfg.compile} both apply on this "
+                        "device: choose one (set optimize.photometric_graphs=never or optimize.compile=never)")
+    if not compiled:
+        photometric = GraphedPhotometricLoss(cfg.ssim_lambda) if graphed_loss else photometric_loss
+        return StepFunctions(photometric=photometric, motion=motion_penalty)
     check_compile_backend(cfg.compile_backend)
     graphs = cfg.cuda_graphs and device.type == "cuda"
     mode = "reduce-overhead" if graphs else None
@@ -973,8 +987,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     # -------- the loop --------
     while loop.step < end_step:
         step = loop.step
-        if functions.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()      # the graphs' outputs of the last step may be reused
+        functions.start_step()          # CUDA graphs: the outputs of the last step's replays may be reused now
         set_learning_rates(optimizer, initial_rates, step, cfg)
         model.deform_enabled = step >= cfg.deform_warmup
         sh_degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)

@@ -1,0 +1,76 @@
+"""The photometric loss replayed as CUDA graphs (``optimize.photometric_graphs``).
+
+On an H200 a training step at 100k Gaussians is bound by the host, at about 29 us per kernel launch
+(docs/gaussians.md, "The cost of a training step"). The photometric loss - L1 plus D-SSIM - is one of the few parts
+of a step whose shapes never change: an (H, W, 3) render against an (H, W, 3) target. Its ~60 forward and backward
+kernels (five separable Gaussian filterings, their adjoints, the elementwise algebra) can therefore be recorded once
+as a pair of CUDA graphs (``torch.cuda.make_graphed_callables``) and replayed as two launches plus the copies of the
+inputs and of the incoming gradient into the graphs' static buffers. No compiler is involved: the graphs replay the
+same kernels eager mode launches, so the values are eager's.
+
+Graphs own static memory, so a graph pair serves one image size and one position in the step's batch (a step with
+two views calls the loss twice before its backward: each call needs buffers of its own). At most ``max_graphs``
+pairs are recorded; other calls run eagerly. What a graphed call returns lives in the graphs' buffers until the
+next replay of the same pair: the trainer reads it within the step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from stages.optimize.losses import photometric_loss
+
+
+class GraphedPhotometricLoss:
+    """``photometric_loss(render, target, ssim_lambda)`` for CUDA tensors, through CUDA graphs per image shape.
+
+    Call :meth:`start_step` at the start of every training step (it restarts the count of calls in the step); then
+    ``loss, l1, ssim = graphed(render, target, ssim_lambda)`` as :func:`stages.optimize.losses.photometric_loss`, with
+    render (H, W, 3) requiring grad and target (H, W, 3) not. ``ssim_lambda`` is fixed per instance (a constant of
+    the recorded graphs); another value, CPU tensors, a target that requires grad, a render that does not, or a
+    shape beyond ``max_graphs`` pairs run eagerly. ``graphed_calls`` / ``eager_calls`` count what ran how.
+    """
+
+    def __init__(self, ssim_lambda: float, max_graphs: int = 8):
+        self.ssim_lambda = float(ssim_lambda)
+        self.max_graphs = max_graphs
+        self._graphs: dict[tuple, Callable] = {}
+        self._position = 0
+        self.graphed_calls = 0
+        self.eager_calls = 0
+
+    def start_step(self) -> None:
+        self._position = 0
+
+    def __call__(self, render: torch.Tensor, target: torch.Tensor,
+                 ssim_lambda: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position, self._position = self._position, self._position + 1
+        if (float(ssim_lambda) != self.ssim_lambda or render.device.type != "cuda" or not render.requires_grad
+                or target.requires_grad or not torch.is_grad_enabled()):
+            self.eager_calls += 1
+            return photometric_loss(render, target, ssim_lambda)
+        key = (position, tuple(render.shape), tuple(target.shape), render.dtype, target.dtype, render.device)
+        graphed = self._graphs.get(key)
+        if graphed is None:
+            if len(self._graphs) >= self.max_graphs:
+                self.eager_calls += 1
+                return photometric_loss(render, target, ssim_lambda)
+            graphed = self._record(render, target)
+            self._graphs[key] = graphed
+        self.graphed_calls += 1
+        return graphed(render, target)
+
+    def _record(self, render: torch.Tensor, target: torch.Tensor) -> Callable:
+        """Record the forward and backward graphs on sample inputs shaped like these (warm-up on a side stream, then
+        capture; the live tensors are not touched)."""
+        weight = self.ssim_lambda
+
+        def loss(render_sample: torch.Tensor, target_sample: torch.Tensor):
+            total, l1, ssim_value = photometric_loss(render_sample, target_sample, weight)
+            return total, l1.detach(), ssim_value.detach()         # only the total carries a gradient
+
+        samples = (render.detach().clone().contiguous().requires_grad_(True), target.detach().clone().contiguous())
+        with torch.cuda.device(render.device):
+            return torch.cuda.make_graphed_callables(loss, samples)
