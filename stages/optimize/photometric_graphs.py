@@ -28,7 +28,8 @@ class GraphedPhotometricLoss:
 
     Call :meth:`start_step` at the start of every training step (it restarts the count of calls in the step); then
     ``loss, l1, ssim = graphed(render, target, ssim_lambda)`` as :func:`stages.optimize.losses.photometric_loss`, with
-    render (H, W, 3) requiring grad and target (H, W, 3) not. ``ssim_lambda`` is fixed per instance (a constant of
+    render (H, W, 3) requiring grad and target (H, W, 3) not; on the graphed path only ``loss`` carries a gradient
+    (l1 and ssim come back detached, for the log). ``ssim_lambda`` is fixed per instance (a constant of
     the recorded graphs); another value, CPU tensors, a target that requires grad, a render that does not, or a
     shape beyond ``max_graphs`` pairs run eagerly. ``graphed_calls`` / ``eager_calls`` count what ran how.
     """
@@ -60,7 +61,9 @@ class GraphedPhotometricLoss:
             graphed = self._record(render, target)
             self._graphs[key] = graphed
         self.graphed_calls += 1
-        return graphed(render, target)
+        total, l1, ssim_value = graphed(render, target)
+        # The graphs give l1 and ssim no gradient of their own (they are read for the log): say so, detached.
+        return total, l1.detach(), ssim_value.detach()
 
     def _record(self, render: torch.Tensor, target: torch.Tensor) -> Callable:
         """Record the forward and backward graphs on sample inputs shaped like these (warm-up on a side stream, then

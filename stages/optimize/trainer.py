@@ -545,6 +545,13 @@ class CheckpointWriter:
             error, self._error = self._error, None
             raise error
 
+    def wait_quietly(self) -> None:
+        """:meth:`wait`, logging a write's error instead of raising it (while another error is on its way out)."""
+        try:
+            self.wait()
+        except Exception as err:
+            log.warning(f"optimize: writing a checkpoint failed too ({type(err).__name__}: {err})")
+
 
 class UnreadableCheckpoint(UserError):
     """A checkpoint file that torch cannot load (truncated or damaged); :func:`read_latest_checkpoint` passes over
@@ -896,12 +903,17 @@ def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_d
     """
     device = torch.device(device)
     precision = cuda_tf32(cfg.tf32) if device.type == "cuda" else contextlib.nullcontext()
+    writer = CheckpointWriter(Path(out_dir) / "checkpoints", cfg.keep_checkpoints)
     with torch_threads(cfg.cpu_threads if device.type == "cpu" else 0), precision:
-        return _train(cfg, data, initial, out_dir, device, seed, resume, stop_after)
+        try:
+            return _train(cfg, data, initial, out_dir, device, seed, resume, stop_after, writer)
+        except BaseException:
+            writer.wait_quietly()       # no write goes on behind a caller that handles the error (and resumes)
+            raise
 
 
 def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path, device: torch.device,
-           seed: int, resume: bool, stop_after: Optional[int]) -> TrainResult:
+           seed: int, resume: bool, stop_after: Optional[int], writer: CheckpointWriter) -> TrainResult:
     # -------- setup --------
     setup_started = time.perf_counter()
     clock = PhaseClock(device)          # the set-up's phases, for the summary
@@ -982,7 +994,6 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     clock.mark("the rest")
     tick = time.perf_counter()
     setup_seconds, checkpoint_seconds = tick - setup_started, 0.0
-    writer = CheckpointWriter(ckpt_dir, cfg.keep_checkpoints)
 
     # -------- the loop --------
     while loop.step < end_step:

@@ -56,18 +56,21 @@ def test_a_step_restarts_the_count_of_calls_that_picks_each_graph_pair():
 
 @needs_cuda
 def test_graphed_values_and_gradients_are_eagers_per_shape_and_batch_position():
+    """Three calls per step, as a step with three views makes them: all forwards first, then one backward through
+    their sum (so each position must keep its own buffers), two of one image size and one of another."""
     graphed = GraphedPhotometricLoss(0.2)
     for step in range(3):
         graphed.start_step()
-        for position, size in enumerate([(24, 32), (24, 32), (16, 20)]):
-            render, target = _images("cuda", seed=10 * step + position, size=size)
-            loss, l1, ssim_value = graphed(render, target, 0.2)
-            values = [float(loss), float(l1), float(ssim_value)]          # read before the next replay
-            (grad,) = torch.autograd.grad(loss, render)
+        inputs = [_images("cuda", seed=10 * step + position, size=size)
+                  for position, size in enumerate([(24, 32), (24, 32), (16, 20)])]
+        outputs = [graphed(render, target, 0.2) for render, target in inputs]
+        assert not outputs[0][1].requires_grad and not outputs[0][2].requires_grad   # l1, ssim: for the log
+        grads = torch.autograd.grad(sum(loss for loss, _, _ in outputs), [render for render, _ in inputs])
+        for (render, target), got, grad in zip(inputs, outputs, grads):
             eager_render = render.detach().clone().requires_grad_(True)
             eager = photometric_loss(eager_render, target, 0.2)
             (eager_grad,) = torch.autograd.grad(eager[0], eager_render)
-            assert values == pytest.approx([float(x) for x in eager], rel=1e-6, abs=1e-7)
+            assert [float(x) for x in got] == pytest.approx([float(x) for x in eager], rel=1e-6, abs=1e-7)
             torch.testing.assert_close(grad, eager_grad, rtol=1e-5, atol=1e-9)
     assert graphed.graphed_calls == 9 and graphed.eager_calls == 0 and len(graphed._graphs) == 3
     render, target = _images("cuda")
@@ -100,6 +103,7 @@ def test_training_with_the_graphed_loss_follows_the_eager_loss_sequence(tiny, tm
         data, initial = _inputs(files, scene, cfg, "cuda")
         train(cfg, data, initial, tmp_path / name, device="cuda", seed=5)
     eager, again, graphed = (_log(tmp_path / name / "log.csv") for name, _ in runs)
+    assert [r["gaussians"] for r in again] == [r["gaussians"] for r in eager]      # the noise is float noise
     assert len(made) == 1 and made[0].graphed_calls == 12 * batch_size and made[0].eager_calls == 0
     assert len(made[0]._graphs) == batch_size                   # one pair per position in the step's batch
     assert [r["gaussians"] for r in graphed] == [r["gaussians"] for r in eager]
@@ -108,4 +112,5 @@ def test_training_with_the_graphed_loss_follows_the_eager_loss_sequence(tiny, tm
         return max(abs(float(b[k]) - float(a[k])) / max(abs(float(a[k])), 1e-6)
                    for a, b in zip(eager, rows) for k in ("loss", "l1", "ssim"))
 
+    assert worst(again) < 1e-2, "two eager runs apart: no reference to compare with"
     assert worst(graphed) <= max(1e-4, 3 * worst(again)), (worst(graphed), worst(again))
