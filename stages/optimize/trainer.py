@@ -513,7 +513,7 @@ class PhaseClock:
 
 class CheckpointWriter:
     """Writes checkpoints (:func:`write_checkpoint`) on a background thread, one at a time, so that training goes on
-    while ``torch.save`` writes (about 176 MB at 113k Gaussians of planes_bases; ~0.3 s each on an H200 host).
+    while ``torch.save`` writes (eight in line took 2.7 s of the 100-frame scene's 127.7 s on an H200 host).
 
     ``submit(state)`` takes a state that shares no tensor with the live training state (:func:`capture` with
     ``device=cpu``: clones, already copied off the GPU); it first waits for the write before it. ``wait()`` blocks
