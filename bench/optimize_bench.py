@@ -224,6 +224,8 @@ def visible_per_view(model, views: list[TrainView], backend: str) -> dict[str, f
 SPEED_VARIANTS = {
     "eager": {"compile": "never", "skip_invisible": True, "cuda_graphs": False},   # the default configuration
     "eager-deform-all": {"compile": "never", "skip_invisible": False, "cuda_graphs": False},   # deform all
+    "eager-loss-graphs": {"compile": "never", "skip_invisible": True, "cuda_graphs": False,   # the photometric
+                          "photometric_graphs": "cuda"},                    # loss replayed as CUDA graphs
     "compiled": {"compile": "always", "skip_invisible": True, "cuda_graphs": False},   # torch.compile (inductor)
     "compiled-deform-all": {"compile": "always", "skip_invisible": False, "cuda_graphs": False},
     "compiled-graphs": {"compile": "always", "skip_invisible": False, "cuda_graphs": True},   # CUDA graphs replayed
