@@ -254,10 +254,11 @@ class OptimizeConfig:
     photometric_graphs: str = option("never", "Replay the photometric loss (L1 + D-SSIM, whose shapes never "
                                      "change) as CUDA graphs recorded once per image size and position in the "
                                      "step's batch (torch.cuda.make_graphed_callables; the same kernels as eager, no "
-                                     "compiler): 'cuda' on a GPU, or 'never'. About 60 launches fewer per step, "
-                                     "which bound a step on an H200 at about 29 us each (docs/gaussians.md, \"The "
-                                     "cost of a training step\"); not timed on a GPU yet. Not with `compile` on the "
-                                     "same device (a one-line error).",
+                                     "compiler): 'cuda' on a GPU, or 'never'. About 60 launches fewer per step by "
+                                     "the CPU count (D-SSIM alone 55, bench/results/optimize_ops_dnerf_rgba_shared"
+                                     ".json), which bound a step on an H200 at about 29 us each "
+                                     "(docs/gaussians.md, \"The cost of a training step\"); not timed on a GPU yet. "
+                                     "Not with `compile` on the same device (a one-line error).",
                                      choices=("never", "cuda"))
     rigid_fused_tables: bool = option(True, "rigid / rigid_bases, training on a GPU: compute the K motions' maps "
                                       "with torch.compile (`compile_backend`), a few fused kernels instead of a few "

@@ -915,11 +915,10 @@ def train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_d
 def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_dir: Path, device: torch.device,
            seed: int, resume: bool, stop_after: Optional[int], writer: CheckpointWriter) -> TrainResult:
     # -------- setup --------
-    setup_started = time.perf_counter()
     clock = PhaseClock(device)          # the set-up's phases, for the summary
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = writer.directory         # out_dir / "checkpoints"
     log_path = out_dir / "log.csv"
     views = data.views
     if not views:
@@ -993,7 +992,7 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     bar = progress(None, desc="optimize", total=end_step, initial=start_step, unit="step")
     clock.mark("the rest")
     tick = time.perf_counter()
-    setup_seconds, checkpoint_seconds = tick - setup_started, 0.0
+    checkpoint_seconds = 0.0
 
     # -------- the loop --------
     while loop.step < end_step:
@@ -1205,5 +1204,6 @@ def _train(cfg: OptimizeConfig, data: TrainData, initial: InitialGaussians, out_
     model.deform_enabled = True
     return TrainResult(model=model, steps=loop.step, seconds=loop.elapsed_s, train_psnr=last_psnr,
                        restores=loop.guard.total_restores, resumed_from=resumed_from,
-                       opacity_weighting=opacity_weighting, setup_seconds=setup_seconds,
+                       opacity_weighting=opacity_weighting,
+                       setup_seconds=sum(clock.seconds.values()),
                        checkpoint_seconds=checkpoint_seconds, setup_parts=clock.seconds)

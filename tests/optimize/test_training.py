@@ -139,7 +139,7 @@ def test_checkpoints_are_written_on_a_thread_whose_errors_reach_the_training_thr
     assert read_checkpoint(kept[-1])["loop"]["step"] == 6 and "model" not in read_checkpoint(kept[-1])
     assert result.checkpoint_seconds > 0 and list(result.setup_parts) == [
         "model", "optimizer", "step functions", "strategy", "resume", "the rest"]
-    assert sum(result.setup_parts.values()) <= result.setup_seconds + 0.01
+    assert sum(result.setup_parts.values()) == result.setup_seconds > 0
 
     monkeypatch.setattr(trainer_module, "write_checkpoint", original)
     blocked = tmp_path / "blocked"
