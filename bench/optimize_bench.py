@@ -222,9 +222,11 @@ def visible_per_view(model, views: list[TrainView], backend: str) -> dict[str, f
 
 # Training-step variants the speed section times side by side: the optimize config each one sets.
 SPEED_VARIANTS = {
-    "eager": {"compile": "never", "skip_invisible": True, "cuda_graphs": False},   # the default configuration
-    "eager-deform-all": {"compile": "never", "skip_invisible": False, "cuda_graphs": False},   # deform all
-    "eager-loss-graphs": {"compile": "never", "skip_invisible": True, "cuda_graphs": False,   # the photometric
+    "eager": {"compile": "never", "skip_invisible": True, "cuda_graphs": False,      # eager throughout (the
+              "photometric_graphs": "never"},                                       # default until 2026-11-30)
+    "eager-deform-all": {"compile": "never", "skip_invisible": False, "cuda_graphs": False,   # deform all
+                         "photometric_graphs": "never"},
+    "eager-loss-graphs": {"compile": "never", "skip_invisible": True, "cuda_graphs": False,   # the default: the
                           "photometric_graphs": "cuda"},                    # loss replayed as CUDA graphs
     "compiled": {"compile": "always", "skip_invisible": True, "cuda_graphs": False},   # torch.compile (inductor)
     "compiled-deform-all": {"compile": "always", "skip_invisible": False, "cuda_graphs": False},
@@ -238,7 +240,7 @@ SPEED_VARIANTS = {
 
 def training_rate(kind: str, gaussians: InitialGaussians, views: list[TrainView], device: str, warmup: int,
                   steps: int, workdir: Path, sh_degree: int = 3, window: Optional[int] = None,
-                  variant: str = "eager") -> dict[str, Any]:
+                  variant: str = "eager-loss-graphs") -> dict[str, Any]:
     """Iterations per second of the full training step, from the trainer's own log: the ``steps`` after ``warmup``
     divided by the wall time they took (log.csv 'seconds' is the cumulative training time at each flush, which
     excludes set-up and checkpoint writing). The targets are the model's own renders (:func:`own_render_views`).

@@ -3,7 +3,7 @@ speed benchmark's setting exactly (100k Gaussians, all dynamic, 100 orbit views 
 own renders as targets: ``bench.optimize_bench.training_rate``).
 
     python -m bench.profile_optimize [--models bases mlp planes none] [--steps 200] [--gaussians 100000]
-                                     [--variant eager|eager-deform-all|compiled]
+                                     [--variant eager-loss-graphs|eager|compiled|...]
 
 For each model: steps per second (unprofiled, from the trainer's log over ``--steps`` steps after a warm-up, as the
 speed benchmark measures them), the device kernels launched per step (the difference of two profiled runs, so the
@@ -27,7 +27,7 @@ from stages.optimize.trainer import TrainData, train
 
 
 def profiled_run(kind: str, gaussians, views, device: str, steps: int, out: Path,
-                 variant: str = "eager") -> torch.profiler.profile:
+                 variant: str = "eager-loss-graphs") -> torch.profiler.profile:
     """A training run of ``steps`` steps on ``views`` (set-up and the final checkpoint included) under
     torch.profiler, in the training-step ``variant`` of the speed benchmark (``SPEED_VARIANTS``)."""
     cfg = speed_config(kind, steps, log_every=steps, **SPEED_VARIANTS[variant])
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--gaussians", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=400)
     parser.add_argument("--rows", type=int, default=18)
-    parser.add_argument("--variant", default="eager", choices=list(SPEED_VARIANTS),
+    parser.add_argument("--variant", default="eager-loss-graphs", choices=list(SPEED_VARIANTS),
                         help="training-step variant (optimize_bench's speed section)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -251,14 +251,14 @@ class OptimizeConfig:
                           "sizes first change (the Gaussian count, the visible set), after which the graphs are "
                           "dynamic in them. Same losses and gradients as eager up to float rounding.",
                           choices=("never", "always", "cuda"))
-    photometric_graphs: str = option("never", "Replay the photometric loss (L1 + D-SSIM, whose shapes never "
+    photometric_graphs: str = option("cuda", "Replay the photometric loss (L1 + D-SSIM, whose shapes never "
                                      "change) as CUDA graphs recorded once per image size and position in the "
                                      "step's batch (torch.cuda.make_graphed_callables; the same kernels as eager, no "
-                                     "compiler): 'cuda' on a GPU, or 'never'. About 60 launches fewer per step by "
-                                     "the CPU count (D-SSIM alone 55, bench/results/optimize_ops_dnerf_rgba_shared"
-                                     ".json), which bound a step on an H200 at about 29 us each "
-                                     "(docs/gaussians.md, \"The cost of a training step\"); not timed on a GPU yet. "
-                                     "Not with `compile` on the same device (a one-line error).",
+                                     "compiler): 'cuda' on a GPU, or 'never'. About 60 kernel launches fewer per "
+                                     "step, which bound a step on an H200: the 100-frame scene 97.3 s against "
+                                     "116.3 s eager on one host, the speed setting's bases 176.6 against 147.7 it/s "
+                                     "(bench/sweeps/scene_setup42.txt, gpu_tests42.txt). With `compile` on the same "
+                                     "device the compiled loss is used instead (logged).",
                                      choices=("never", "cuda"))
     rigid_fused_tables: bool = option(True, "rigid / rigid_bases, training on a GPU: compute the K motions' maps "
                                       "with torch.compile (`compile_backend`), a few fused kernels instead of a few "

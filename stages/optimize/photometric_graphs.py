@@ -16,6 +16,7 @@ next replay of the same pair: the trainer reads it within the step.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -75,5 +76,9 @@ class GraphedPhotometricLoss:
             return total, l1.detach(), ssim_value.detach()         # only the total carries a gradient
 
         samples = (render.detach().clone().contiguous().requires_grad_(True), target.detach().clone().contiguous())
-        with torch.cuda.device(render.device):
+        with torch.cuda.device(render.device), warnings.catch_warnings():
+            # The warm-up's backward on make_graphed_callables' side stream reaches the sample render's gradient
+            # accumulator, made on this stream; torch warns of the stream mismatch. The samples are ours and
+            # dropped after recording, so the warning says nothing about training.
+            warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
             return torch.cuda.make_graphed_callables(loss, samples)

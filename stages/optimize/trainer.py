@@ -877,10 +877,10 @@ def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.de
                         f"optimize.compile_backend=inductor (not compile={cfg.compile}, "
                         f"compile_backend={cfg.compile_backend})")
     compiled = cfg.compile == "always" or (cfg.compile == "cuda" and device.type == "cuda")
-    graphed_loss = cfg.photometric_graphs == "cuda" and device.type == "cuda"
-    if compiled and graphed_loss:
-        raise UserError(f"optimize.photometric_graphs=cuda and optimize.compile={cfg.compile} both apply on this "
-                        "device: choose one (set optimize.photometric_graphs=never or optimize.compile=never)")
+    graphed_loss = cfg.photometric_graphs == "cuda" and device.type == "cuda" and not compiled
+    if compiled and cfg.photometric_graphs == "cuda" and device.type == "cuda":
+        log.info(f"optimize.compile={cfg.compile}: the photometric loss is compiled, not replayed as CUDA graphs "
+                 "(optimize.photometric_graphs applies to eager training)")
     if not compiled:
         photometric = GraphedPhotometricLoss(cfg.ssim_lambda) if graphed_loss else photometric_loss
         return StepFunctions(photometric=photometric, motion=motion_penalty)

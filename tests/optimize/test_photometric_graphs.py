@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import UserError
+from stages.optimize.config import OptimizeConfig
 from stages.optimize.losses import photometric_loss
 from stages.optimize.photometric_graphs import GraphedPhotometricLoss
 from stages.optimize.trainer import StepFunctions, step_functions, train
@@ -40,8 +40,21 @@ def test_the_setting_applies_on_a_gpu_without_compile_only():
     assert isinstance(step_functions(small_config(photometric_graphs="cuda"), model, cuda).photometric,
                       GraphedPhotometricLoss)
     assert step_functions(small_config(photometric_graphs="never"), model, cuda).photometric is photometric_loss
-    with pytest.raises(UserError, match="photometric_graphs=cuda and optimize.compile=cuda both apply"):
-        step_functions(small_config(photometric_graphs="cuda", compile="cuda"), model, cuda)
+    assert OptimizeConfig().photometric_graphs == "cuda"             # the default: on a GPU, eager training
+
+
+def test_with_compile_on_the_same_device_the_loss_is_compiled_not_graphed():
+    class Model:                # what step_functions touches when it compiles: compile_deformation
+        def compile_deformation(self, backend, mode):
+            self.compiled = (backend, mode)
+
+    model = Model()
+    cfg = small_config(photometric_graphs="cuda", compile="cuda", compile_backend="aot_eager")
+    functions = step_functions(cfg, model, torch.device("cuda"))
+    assert not isinstance(functions.photometric, GraphedPhotometricLoss)
+    assert functions.photometric is not photometric_loss and model.compiled == ("aot_eager", None)
+    # compile 'cuda' does not apply on the CPU: eager, and graphs do not apply there either
+    assert step_functions(cfg, Model(), torch.device("cpu")).photometric is photometric_loss
 
 
 def test_a_step_restarts_the_count_of_calls_that_picks_each_graph_pair():
@@ -70,7 +83,7 @@ def test_graphed_values_and_gradients_are_eagers_per_shape_and_batch_position():
             eager_render = render.detach().clone().requires_grad_(True)
             eager = photometric_loss(eager_render, target, 0.2)
             (eager_grad,) = torch.autograd.grad(eager[0], eager_render)
-            assert [float(x) for x in got] == pytest.approx([float(x) for x in eager], rel=1e-6, abs=1e-7)
+            assert [float(x.detach()) for x in got] == pytest.approx([float(x.detach()) for x in eager], rel=1e-6, abs=1e-7)
             torch.testing.assert_close(grad, eager_grad, rtol=1e-5, atol=1e-9)
     assert graphed.graphed_calls == 9 and graphed.eager_calls == 0 and len(graphed._graphs) == 3
     render, target = _images("cuda")
