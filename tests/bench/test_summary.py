@@ -276,11 +276,35 @@ def test_the_scene_row_shows_the_bases_beside_another_preset_model(tmp_path):
     assert baseline("bases") is None
 
 
+def test_the_default_scene_row_is_judged_on_the_newest_default_with_the_eager_loss_beside(tmp_path):
+    """The forty-second session's scene row: the graphed loss's run against 120 s, the eager loss's run of the same
+    call (one commit, within the hour) beside it; no row without the file."""
+    assert summarize.scene_default_row(summarize.Results(tmp_path)) is None
+    (tmp_path / "sweeps").mkdir()
+    graphed, eager = summarize.SCENE_DEFAULT_RUNS
+    commit = "6f6ee05761744486dc92554eab64da22c66a92d5"
+
+    def write(name, seconds, psnr, date):
+        (tmp_path / name).write_text(json.dumps(
+            {"environment": {"git_commit": commit, "date": date, "device": "GPU A"},
+             "scene": {"optimize_s": seconds, "psnr": psnr, "deformation": "planes_bases"}}))
+
+    write(graphed, 121.0, 29.9, "2026-11-30T02:09:55+00:00")
+    write(eager, 116.3, 29.87, "2026-11-30T02:07:00+00:00")
+    row = summarize.scene_default_row(summarize.Results(tmp_path))
+    assert row.state() == "missed" and row.value.value == 121.0 and row.device.text == "GPU A"
+    assert _joined(row.shown) == "121 s, 29.90 dB held out (planes_bases)"
+    assert _joined(row.baseline) == "eager loss 116 s, 29.87 dB (the same call)"
+    write(graphed, 97.3, 29.92, "2026-11-30T04:09:55+00:00")
+    row = summarize.scene_default_row(summarize.Results(tmp_path))
+    assert row.state() == "met" and _joined(row.baseline).endswith("(another call)")
+
+
 def test_the_preset_models_speed_rows_show_the_bases_of_the_same_call(tmp_path):
     """planes_bases' it/s from the preset's speed files, one row per variant, judged against 150 it/s, the bases'
     it/s of the same variant and file beside it."""
     (tmp_path / "sweeps").mkdir()
-    eager, graphs = summarize.PRESET_SPEED_RUNS
+    eager, graphs = summarize.PRESET_SPEED_RUNS[:2]
     models = [{"model": "bases", "variant": "eager", "it_per_s": 123.7},
               {"model": "planes_bases", "variant": "eager", "it_per_s": 79.8},
               {"model": "none", "variant": "eager", "it_per_s": 229.5}]
