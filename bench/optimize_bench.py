@@ -405,6 +405,8 @@ def run_scene(scene_dir: Path, run_dir: Path, preset: str, overrides: list[str])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     results = run_pipeline(config, run_dir, scene, until_stage="optimize")
+    # Whether geometry -> optimize imported the compiler (1-4 s; stages/optimize/fused_adam.py avoids it)
+    dynamo_imported = "torch._dynamo" in sys.modules
     metrics = test_metrics(run_dir, scene, device)
     optimize = results["optimize"]
     return {"geometry_s": results["geometry"]["wall_s"], "initialize_s": results["initialize"]["wall_s"],
@@ -416,7 +418,8 @@ def run_scene(scene_dir: Path, run_dir: Path, preset: str, overrides: list[str])
             "gaussians": optimize["summary"]["gaussians"], "train_psnr": optimize["summary"]["train_psnr"],
             "peak_gpu_mib": optimize.get("peak_gpu_mb"), "deformation": config.optimize.deformation,
             "opacity_weighting": optimize["summary"].get("opacity_weighting"),
-            "rate_windows": training_windows(run_dir / "optimize/log.csv"), **metrics}
+            "rate_windows": training_windows(run_dir / "optimize/log.csv"), "torch_dynamo_imported": dynamo_imported,
+            **metrics}
 
 
 def training_windows(log_path: Path, window: int = 1000) -> list[dict[str, Any]]:
@@ -496,7 +499,8 @@ def bench_scene_time(workdir: Path, geometry: str, quick: bool, overrides: tuple
             f"{row.get('visible_per_view')} ({row.get('dynamic_visible_per_view')})"]])
     if row.get("setup_parts_s"):
         parts = row["setup_parts_s"].items()
-        print("set-up by phase: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts))
+        print("set-up by phase: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts)
+              + f"; torch._dynamo imported by the stages: {row.get('torch_dynamo_imported')}")
     return {"frames": frames, "resolution": 400, "preset": "dnerf", "geometry": geometry, "overrides": list(overrides),
             **row, "target_s": 120}
 

@@ -11,11 +11,38 @@ work unchanged.
 
 Only the plain case takes the lean path: fused, no amsgrad, no maximize, no closure, and every parameter of a group
 of one device and dtype; anything else falls back to ``torch.optim.Adam.step``.
+
+It also never imports ``torch._dynamo``. torch wraps ``Optimizer.add_param_group``, ``zero_grad``, ``state_dict`` and
+``load_state_dict`` in ``torch._disable_dynamo`` (so that a compiled region does not trace them), whose first call
+imports the compiler: about 1 s on a CPU, and the 3.2-3.9 s that training's set-up spent building the optimizer on
+an H200 host (bench/sweeps/scene_setup42.txt). Training calls these methods outside any compiled region, so
+:class:`LeanFusedAdam` calls the functions inside those wrappers (:func:`without_dynamo_guard`); the lean step itself
+skips ``Adam.step``'s wrapper, which imports it too.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+# The code object of the wrapper torch._disable_dynamo puts around a method (the same for every method it wraps).
+_DISABLE_DYNAMO_WRAPPER = torch._disable_dynamo(lambda: None).__code__
+
+
+def without_dynamo_guard(method: Callable) -> Callable:
+    """``method`` without torch._disable_dynamo's wrapper, if that wrapper is the one around it; else ``method``
+    unchanged (another torch version, another decorator)."""
+    inner = getattr(method, "__wrapped__", None)
+    if inner is not None and getattr(method, "__code__", None) is _DISABLE_DYNAMO_WRAPPER:
+        return inner
+    return method
+
+
+_ADD_PARAM_GROUP = without_dynamo_guard(torch.optim.Optimizer.add_param_group)
+_ZERO_GRAD = without_dynamo_guard(torch.optim.Optimizer.zero_grad)
+_STATE_DICT = without_dynamo_guard(torch.optim.Optimizer.state_dict)
+_LOAD_STATE_DICT = without_dynamo_guard(torch.optim.Optimizer.load_state_dict)
 
 
 class LeanFusedAdam(torch.optim.Adam):
@@ -24,6 +51,19 @@ class LeanFusedAdam(torch.optim.Adam):
     def __init__(self, params, **kwargs):
         kwargs["fused"] = True
         super().__init__(params, **kwargs)
+
+    # torch.optim.Optimizer's, less the torch._disable_dynamo wrapper (the module's docstring says why)
+    def add_param_group(self, param_group: dict) -> None:
+        _ADD_PARAM_GROUP(self, param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        _ZERO_GRAD(self, set_to_none)
+
+    def state_dict(self) -> dict:
+        return _STATE_DICT(self)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        _LOAD_STATE_DICT(self, state_dict)
 
     def _lean(self) -> bool:
         return all(not g["amsgrad"] and not g["maximize"] and not g["differentiable"]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import sys
+import textwrap
+
+import pytest
 import torch
 
-from stages.optimize.fused_adam import LeanFusedAdam
+from stages.optimize.fused_adam import LeanFusedAdam, without_dynamo_guard
 
 
 def _groups(seed: int) -> list[dict]:
@@ -68,3 +74,36 @@ def test_unusual_settings_fall_back_to_torch():
         optimizer.step()
     assert torch.equal(params[0], reference.param_groups[0]["params"][0])
     assert "max_exp_avg_sq" in lean.state[params[0]]
+
+
+def test_the_optimizer_never_imports_the_compiler():
+    """Building, stepping, zeroing, saving and loading a LeanFusedAdam leaves torch._dynamo unimported (a fresh
+    interpreter: the test session has imported it); torch.optim.Adam's own methods import it."""
+    script = textwrap.dedent("""
+        import sys, torch
+        from stages.optimize.fused_adam import LeanFusedAdam
+        p, q = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.ones(2))
+        optimizer = LeanFusedAdam([{"params": [p], "lr": 0.1}], eps=1e-15)
+        optimizer.add_param_group({"params": [q], "lr": 0.2})
+        p.grad, q.grad = torch.ones(3), torch.ones(2)
+        optimizer.step()
+        optimizer.zero_grad()
+        optimizer.load_state_dict(optimizer.state_dict())
+        print(int("torch._dynamo" in sys.modules), float(p[0]), float(q[0]))
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        print(int("torch._dynamo" in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "0" and out[3] == "1"
+    assert [float(out[1]), float(out[2])] == pytest.approx([-0.1, 0.8], rel=1e-6)   # Adam's first step: -lr
+
+
+def test_only_the_disable_dynamo_wrapper_is_taken_off():
+    def plain(x):
+        return x + 1
+
+    wrapped = torch._disable_dynamo(plain)
+    assert without_dynamo_guard(wrapped) is plain and without_dynamo_guard(plain) is plain
+    other = functools.wraps(plain)(lambda x: x + 2)       # another decorator keeps its wrapper
+    assert without_dynamo_guard(other) is other
+    assert without_dynamo_guard(torch.optim.Optimizer.zero_grad) is not torch.optim.Optimizer.zero_grad
