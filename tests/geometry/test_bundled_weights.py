@@ -8,6 +8,8 @@ and that result exist.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -28,6 +30,18 @@ def test_bundled_weights_file_and_metadata():
     assert sum(p.numel() for p in model.parameters()) <= 30_000_000
     assert info.metadata["train_state"]["step"] == info.metadata["train_config"]["steps"]  # a finished schedule
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_loading_the_model_does_not_import_the_compiler():
+    """The model is built on the meta device and filled from the file: no initialiser runs there, since torch's
+    meta kernels for them import torch._dynamo at their first call (1-7 s of the geometry stage). A fresh
+    interpreter: the test session has imported it."""
+    script = ("import sys\nfrom stages.geometry.page4d.checkpoint import load_model\n"
+              "model, _ = load_model('page4d-tiny')\n"
+              "print(int('torch._dynamo' in sys.modules), float(model.aggregator.camera_token.abs().sum()) > 0)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=WEIGHTS.parents[4]).stdout.split()
+    assert out == ["0", "True"]                       # the tokens come from the file, not left at zeros
 
 
 @pytest.mark.slow

@@ -83,7 +83,8 @@ def test_graphed_values_and_gradients_are_eagers_per_shape_and_batch_position():
             eager_render = render.detach().clone().requires_grad_(True)
             eager = photometric_loss(eager_render, target, 0.2)
             (eager_grad,) = torch.autograd.grad(eager[0], eager_render)
-            assert [float(x.detach()) for x in got] == pytest.approx([float(x.detach()) for x in eager], rel=1e-6, abs=1e-7)
+            got_values, eager_values = [float(x.detach()) for x in got], [float(x.detach()) for x in eager]
+            assert got_values == pytest.approx(eager_values, rel=1e-6, abs=1e-7)
             torch.testing.assert_close(grad, eager_grad, rtol=1e-5, atol=1e-9)
     assert graphed.graphed_calls == 9 and graphed.eager_calls == 0 and len(graphed._graphs) == 3
     render, target = _images("cuda")

@@ -53,8 +53,11 @@ class Aggregator(nn.Module):
                                                  layerscale_init=c.layerscale_init) for _ in range(c.depth)])
         self.global_blocks = nn.ModuleList([Block(c.embed_dim, c.num_heads, c.mlp_ratio, qk_norm=True,
                                                   layerscale_init=c.layerscale_init) for _ in range(c.depth)])
-        self.camera_token = nn.Parameter(torch.randn(1, 2, 1, c.embed_dim) * 1e-6)
-        self.register_token = nn.Parameter(torch.randn(1, 2, c.num_register_tokens, c.embed_dim) * 1e-6)
+        self.camera_token = nn.Parameter(torch.zeros(1, 2, 1, c.embed_dim))                        # (1, 2, 1, C)
+        self.register_token = nn.Parameter(torch.zeros(1, 2, c.num_register_tokens, c.embed_dim))  # (1, 2, R, C)
+        if self.camera_token.device.type != "meta":      # (on meta a checkpoint gives the values: DinoPatchEmbed)
+            nn.init.normal_(self.camera_token, std=1e-6)
+            nn.init.normal_(self.register_token, std=1e-6)
         self.spatial_mask_head = SpatialMaskHead(c.embed_dim, c.mask_head_hidden) if c.mask_head else None
         self.mask_enabled = False        # inference: bias on (alpha = mask_alpha) or off (alpha = 0, plain VGGT)
         self.mask_step = 0.0             # training forwards seen (the alpha schedule's clock; not saved)

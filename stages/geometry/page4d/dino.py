@@ -43,9 +43,12 @@ class DinoPatchEmbed(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qk_norm=False, layerscale_init=layerscale_init, norm_eps=1e-6)
             for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
-        nn.init.normal_(self.register_tokens, std=1e-6)
+        if self.pos_embed.device.type != "meta":
+            # (a model built on the meta device gets its values from a checkpoint; there these initialisers run
+            # torch's Python reference kernels, whose first call imports torch._dynamo: 1-7 s)
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.normal_(self.cls_token, std=1e-6)
+            nn.init.normal_(self.register_tokens, std=1e-6)
 
     def position_embedding(self, grid_h: int, grid_w: int) -> Tensor:
         """(1, 1 + grid_h * grid_w, C) float32: the table, resampled when the grid differs from it."""
