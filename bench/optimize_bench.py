@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import math
 import platform
@@ -655,7 +656,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="quality and scene: a config override for every run, repeatable (a sweep: one call per "
                              "setting, each with its own --json)")
     parser.add_argument("--workdir", type=Path, default=None, help="scenes and runs (default: a temporary folder)")
+    parser.add_argument("--import-compiler", action="store_true",
+                        help="import torch._dynamo before any section (the stages no longer do): an A/B of whether "
+                             "the import itself changes a training step's speed; recorded in the environment")
     args = parser.parse_args(argv)
+    if args.import_compiler:
+        importlib.import_module("torch._dynamo")     # (the A/B's point: its side effects, if any)
     if args.merge_quality:
         return merge_command(args)
     if not (args.gpu or args.cpu):
@@ -667,7 +673,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="optimize_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"environment": environment(device)}
+    here = {**environment(device), "compiler_imported_up_front": args.import_compiler}
+    result: dict[str, Any] = {"environment": here}
     print(json.dumps(result["environment"], indent=1))
     out = RESULTS / (args.json or ("optimize.json" if args.gpu else "optimize_cpu.json"))
 

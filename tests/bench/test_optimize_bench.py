@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import json
+
 import torch
 
 from bench.optimize_ops import OpCounter, count_step_ops
@@ -185,6 +187,21 @@ def test_the_scene_section_passes_its_overrides_to_the_run_and_records_them(tmp_
     row = ob.bench_scene_time(tmp_path, "oracle", quick=True, overrides=("optimize.opacity_lambda=0",))
     assert seen == {"preset": "dnerf", "overrides": ["geometry.model=oracle", "optimize.opacity_lambda=0"]}
     assert row["overrides"] == ["optimize.opacity_lambda=0"] and row["frames"] == 30 and row["target_s"] == 120
+
+
+def test_import_compiler_records_itself_in_the_environment(tmp_path, monkeypatch):
+    """--import-compiler (the A/B of the torch._dynamo import) is written into the results file's environment."""
+    import bench.optimize_bench as ob
+
+    monkeypatch.setattr(ob.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ob, "environment", lambda device: {"device": device})
+    monkeypatch.setattr(ob, "bench_scene_time", lambda *a, **k: {"optimize_s": 1.0})
+    monkeypatch.setattr(ob, "RESULTS", tmp_path)
+    for flag, want in (([], False), (["--import-compiler"], True)):
+        assert ob.main(["--gpu", "--only", "scene", "--json", "a.json", "--workdir", str(tmp_path), *flag]) == 0
+        record = json.loads((tmp_path / "a.json").read_text())
+        assert record["environment"] == {"device": "cuda", "compiler_imported_up_front": want}
+        assert record["scene"]["optimize_s"] == 1.0
 
 
 def test_perturb_deformation_gives_every_model_motion_with_seeded_output_weights():
