@@ -406,7 +406,7 @@ def run_scene(scene_dir: Path, run_dir: Path, preset: str, overrides: list[str])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     results = run_pipeline(config, run_dir, scene, until_stage="optimize")
-    # Whether geometry -> optimize imported the compiler (1-4 s; stages/optimize/fused_adam.py avoids it)
+    # Whether geometry -> optimize imported the compiler (seconds on a fresh host; stages/optimize/fused_adam.py)
     dynamo_imported = "torch._dynamo" in sys.modules
     metrics = test_metrics(run_dir, scene, device)
     optimize = results["optimize"]

@@ -877,8 +877,8 @@ def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.de
                         f"optimize.compile_backend=inductor (not compile={cfg.compile}, "
                         f"compile_backend={cfg.compile_backend})")
     compiled = cfg.compile == "always" or (cfg.compile == "cuda" and device.type == "cuda")
-    graphed_loss = cfg.photometric_graphs == "cuda" and device.type == "cuda" and not compiled
-    if compiled and cfg.photometric_graphs == "cuda" and device.type == "cuda":
+    graphed_loss = cfg.photometric_graphs == "cuda" and device.type == "cuda"
+    if compiled and graphed_loss:
         log.info(f"optimize.compile={cfg.compile}: the photometric loss is compiled, not replayed as CUDA graphs "
                  "(optimize.photometric_graphs applies to eager training)")
     if not compiled:

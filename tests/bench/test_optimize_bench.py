@@ -3,9 +3,8 @@ the self-rendered targets, and an operator counter that sees host synchronisatio
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import json
+from types import SimpleNamespace
 
 import torch
 

@@ -34,7 +34,7 @@ def test_bundled_weights_file_and_metadata():
 
 def test_loading_the_model_does_not_import_the_compiler():
     """The model is built on the meta device and filled from the file: no initialiser runs there, since torch's
-    meta kernels for them import torch._dynamo at their first call (1-7 s of the geometry stage). A fresh
+    meta kernels for them import torch._dynamo at their first call (7.6 s on a fresh H200 host). A fresh
     interpreter: the test session has imported it."""
     script = ("import sys\nfrom stages.geometry.page4d.checkpoint import load_model\n"
               "model, _ = load_model('page4d-tiny')\n"
