@@ -406,7 +406,8 @@ def run_scene(scene_dir: Path, run_dir: Path, preset: str, overrides: list[str])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     results = run_pipeline(config, run_dir, scene, until_stage="optimize")
-    # Whether geometry -> optimize imported the compiler (seconds on a fresh host; stages/optimize/fused_adam.py)
+    # Whether this process has imported the compiler by now (seconds on a fresh host; stages/optimize/fused_adam.py):
+    # the stages' doing only in a fresh `--only scene` call without --import-compiler
     dynamo_imported = "torch._dynamo" in sys.modules
     metrics = test_metrics(run_dir, scene, device)
     optimize = results["optimize"]
@@ -419,7 +420,7 @@ def run_scene(scene_dir: Path, run_dir: Path, preset: str, overrides: list[str])
             "gaussians": optimize["summary"]["gaussians"], "train_psnr": optimize["summary"]["train_psnr"],
             "peak_gpu_mib": optimize.get("peak_gpu_mb"), "deformation": config.optimize.deformation,
             "opacity_weighting": optimize["summary"].get("opacity_weighting"),
-            "rate_windows": training_windows(run_dir / "optimize/log.csv"), "torch_dynamo_imported": dynamo_imported,
+            "rate_windows": training_windows(run_dir / "optimize/log.csv"), "torch_dynamo_in_process": dynamo_imported,
             **metrics}
 
 
@@ -501,7 +502,7 @@ def bench_scene_time(workdir: Path, geometry: str, quick: bool, overrides: tuple
     if row.get("setup_parts_s"):
         parts = row["setup_parts_s"].items()
         print("set-up by phase: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts)
-              + f"; torch._dynamo imported by the stages: {row.get('torch_dynamo_imported')}")
+              + f"; torch._dynamo imported in this process: {row.get('torch_dynamo_in_process')}")
     return {"frames": frames, "resolution": 400, "preset": "dnerf", "geometry": geometry, "overrides": list(overrides),
             **row, "target_s": 120}
 

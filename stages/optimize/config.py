@@ -257,8 +257,9 @@ class OptimizeConfig:
                                      "compiler): 'cuda' on a GPU, or 'never'. About 60 kernel launches fewer per "
                                      "step, which bound a step on an H200: the 100-frame scene 97.3 s against "
                                      "116.3 s eager on one host, the speed setting's bases 176.6 against 147.7 it/s "
-                                     "(bench/sweeps/scene_setup42.txt, gpu_tests42.txt). With `compile` on the same "
-                                     "device the compiled loss is used instead (logged).",
+                                     "(bench/sweeps/scene_setup42.txt, gpu_tests42.txt). Images above a megapixel "
+                                     "run eagerly (each graph pair keeps the loss's memory for the run). With "
+                                     "`compile` on the same device the compiled loss is used instead.",
                                      choices=("never", "cuda"))
     rigid_fused_tables: bool = option(True, "rigid / rigid_bases, training on a GPU: compute the K motions' maps "
                                       "with torch.compile (`compile_backend`), a few fused kernels instead of a few "

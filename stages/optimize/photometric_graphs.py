@@ -9,19 +9,26 @@ inputs and of the incoming gradient into the graphs' static buffers. No compiler
 same kernels eager mode launches, so the values are eager's.
 
 Graphs own static memory, so a graph pair serves one image size and one position in the step's batch (a step with
-two views calls the loss twice before its backward: each call needs buffers of its own). At most ``max_graphs``
-pairs are recorded; other calls run eagerly. What a graphed call returns lives in the graphs' buffers until the
-next replay of the same pair: the trainer reads it within the step.
+two views calls the loss twice before its backward: each call needs buffers of its own). A pair keeps the loss's
+working set for the whole run, where eager training would reuse that memory: a few MiB at 400x400 (the 100-frame
+scene peaked at 1162 MiB against 1159 eager), hundreds of MiB at 1920x1080 (the forward saves 235 MiB for the
+backward there, a CPU count with saved_tensors_hooks). So images above ``max_pixels`` run eagerly (larger images
+make longer kernels, so the launches the graphs save weigh less), at most ``max_graphs`` pairs are recorded, and a
+recording that fails (out of memory, say) is logged and its calls run eagerly. What a graphed call returns lives in
+the graphs' buffers until the next replay of the same pair: the trainer reads it within the step.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
+from pipeline.log import get_logger
 from stages.optimize.losses import photometric_loss
+
+log = get_logger("optimize")
 
 
 class GraphedPhotometricLoss:
@@ -31,14 +38,16 @@ class GraphedPhotometricLoss:
     ``loss, l1, ssim = graphed(render, target, ssim_lambda)`` as :func:`stages.optimize.losses.photometric_loss`, with
     render (H, W, 3) requiring grad and target (H, W, 3) not; on the graphed path only ``loss`` carries a gradient
     (l1 and ssim come back detached, for the log). ``ssim_lambda`` is fixed per instance (a constant of
-    the recorded graphs); another value, CPU tensors, a target that requires grad, a render that does not, or a
-    shape beyond ``max_graphs`` pairs run eagerly. ``graphed_calls`` / ``eager_calls`` count what ran how.
+    the recorded graphs); another value, CPU tensors, a target that requires grad, a render that does not, an image
+    of more than ``max_pixels`` pixels, a shape beyond ``max_graphs`` pairs or one whose recording failed run
+    eagerly. ``graphed_calls`` / ``eager_calls`` count what ran how.
     """
 
-    def __init__(self, ssim_lambda: float, max_graphs: int = 8):
+    def __init__(self, ssim_lambda: float, max_graphs: int = 8, max_pixels: int = 1024 * 1024):
         self.ssim_lambda = float(ssim_lambda)
         self.max_graphs = max_graphs
-        self._graphs: dict[tuple, Callable] = {}
+        self.max_pixels = max_pixels
+        self._graphs: dict[tuple, Optional[Callable]] = {}      # None: this key runs eagerly (recording failed)
         self._position = 0
         self.graphed_calls = 0
         self.eager_calls = 0
@@ -54,17 +63,30 @@ class GraphedPhotometricLoss:
             self.eager_calls += 1
             return photometric_loss(render, target, ssim_lambda)
         key = (position, tuple(render.shape), tuple(target.shape), render.dtype, target.dtype, render.device)
-        graphed = self._graphs.get(key)
+        graphed = self._graph_for(key, render, target)
         if graphed is None:
-            if len(self._graphs) >= self.max_graphs:
-                self.eager_calls += 1
-                return photometric_loss(render, target, ssim_lambda)
-            graphed = self._record(render, target)
-            self._graphs[key] = graphed
+            self.eager_calls += 1
+            return photometric_loss(render, target, ssim_lambda)
         self.graphed_calls += 1
         total, l1, ssim_value = graphed(render, target)
         # The graphs give l1 and ssim no gradient of their own (they are read for the log): say so, detached.
         return total, l1.detach(), ssim_value.detach()
+
+    def _graph_for(self, key: tuple, render: torch.Tensor, target: torch.Tensor) -> Optional[Callable]:
+        """The graph pair for ``key``, recorded at its first call; None where the call runs eagerly."""
+        if key in self._graphs:
+            return self._graphs[key]
+        if render.shape[:-1].numel() > self.max_pixels or \
+                sum(g is not None for g in self._graphs.values()) >= self.max_graphs:
+            return None
+        try:
+            graphed = self._record(render, target)
+        except RuntimeError as error:          # torch.OutOfMemoryError included
+            log.warning(f"optimize: recording the photometric loss as CUDA graphs failed for images of shape "
+                        f"{tuple(render.shape)} ({str(error).splitlines()[0]}); it runs eagerly for them")
+            graphed = None
+        self._graphs[key] = graphed
+        return graphed
 
     def _record(self, render: torch.Tensor, target: torch.Tensor) -> Callable:
         """Record the forward and backward graphs on sample inputs shaped like these (warm-up on a side stream, then

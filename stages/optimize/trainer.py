@@ -879,8 +879,8 @@ def step_functions(cfg: OptimizeConfig, model: GaussianModel4D, device: torch.de
     compiled = cfg.compile == "always" or (cfg.compile == "cuda" and device.type == "cuda")
     graphed_loss = cfg.photometric_graphs == "cuda" and device.type == "cuda"
     if compiled and graphed_loss:
-        log.info(f"optimize.compile={cfg.compile}: the photometric loss is compiled, not replayed as CUDA graphs "
-                 "(optimize.photometric_graphs applies to eager training)")
+        log.debug(f"optimize.compile={cfg.compile}: the photometric loss is compiled, not replayed as CUDA graphs "
+                  "(optimize.photometric_graphs applies to eager training)")
     if not compiled:
         photometric = GraphedPhotometricLoss(cfg.ssim_lambda) if graphed_loss else photometric_loss
         return StepFunctions(photometric=photometric, motion=motion_penalty)

@@ -54,6 +54,21 @@ def test_official_1b_key_layout_matches_the_spec(layout):
     assert sum(p.numel() for p in model.parameters()) == n_params
 
 
+def test_a_model_built_on_a_real_device_gets_its_initial_tokens_and_position_table():
+    """Training from scratch: the camera/register tokens draw N(0, 1e-6) and the patch embedding's position table
+    N(0, 0.02) truncated, on a real device (on meta they are skipped: a checkpoint gives the values there)."""
+    torch.manual_seed(0)
+    model = PAGE4D(replace(SMALL, embed_dim=192, num_heads=3))
+    aggregator = model.aggregator
+    for token in (aggregator.camera_token, aggregator.register_token, aggregator.patch_embed.cls_token,
+                  aggregator.patch_embed.register_tokens):
+        assert 0.5e-6 < float(token.detach().std()) < 1.5e-6
+    assert 0.018 < float(aggregator.patch_embed.pos_embed.detach().std()) < 0.022   # bounds +-2, not +-2 std
+    with torch.device("meta"):
+        on_meta = PAGE4D(SMALL)
+    assert on_meta.aggregator.camera_token.device.type == "meta"
+
+
 def test_small_spec_state_loads_strictly_and_runs():
     spec = official_shapes(Dims.of(SMALL), "page4d")
     generator = torch.Generator().manual_seed(1)

@@ -6,6 +6,7 @@ import functools
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,7 +94,8 @@ def test_the_optimizer_never_imports_the_compiler():
         torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
         print(int("torch._dynamo" in sys.modules))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
     assert out[0] == "0" and out[3] == "1"
     assert [float(out[1]), float(out[2])] == pytest.approx([-0.1, 0.8], rel=1e-6)   # Adam's first step: -lr
 

@@ -67,6 +67,31 @@ def test_a_step_restarts_the_count_of_calls_that_picks_each_graph_pair():
     assert graphed._position == 0
 
 
+def test_large_images_a_full_set_of_pairs_and_failed_recordings_run_eagerly(monkeypatch, caplog):
+    """Which calls get a graph pair (the key-level decision, on CPU tensors with the recording stubbed): images above
+    max_pixels never; at most max_graphs pairs; a recording that raises is logged once and its key runs eagerly."""
+    graphed = GraphedPhotometricLoss(0.2, max_graphs=2, max_pixels=24 * 32)
+    recorded = []
+
+    def record(render, target):
+        if render.shape[0] == 13:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        recorded.append(tuple(render.shape))
+        return lambda *a: None
+
+    monkeypatch.setattr(graphed, "_record", record)
+    small, large, failing = (_images("cpu", size=size) for size in [(24, 32), (25, 32), (13, 20)])
+    assert graphed._graph_for((0, "large"), *large) is None and recorded == []          # 800 > 768 pixels
+    with caplog.at_level("WARNING"):
+        assert graphed._graph_for((0, "failing"), *failing) is None
+        assert graphed._graph_for((0, "failing"), *failing) is None                     # not tried again
+    assert sum("runs eagerly" in r.getMessage() for r in caplog.records) == 1
+    assert graphed._graph_for((0, "small"), *small) is not None
+    assert graphed._graph_for((1, "small"), *small) is not None
+    assert graphed._graph_for((2, "small"), *small) is None                             # max_graphs pairs made
+    assert recorded == [(24, 32, 3), (24, 32, 3)]
+
+
 @needs_cuda
 def test_graphed_values_and_gradients_are_eagers_per_shape_and_batch_position():
     """Three calls per step, as a step with three views makes them: all forwards first, then one backward through
