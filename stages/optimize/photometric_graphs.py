@@ -12,7 +12,8 @@ Graphs own static memory, so a graph pair serves one image size and one position
 two views calls the loss twice before its backward: each call needs buffers of its own). A pair keeps the loss's
 working set for the whole run, where eager training would reuse that memory: a few MiB at 400x400 (the 100-frame
 scene peaked at 1162 MiB against 1159 eager), hundreds of MiB at 1920x1080 (the forward saves 235 MiB for the
-backward there, a CPU count with saved_tensors_hooks). So images above ``max_pixels`` run eagerly (larger images
+backward there: the bytes torch.autograd.graph.saved_tensors_hooks sees in one photometric_loss on random
+(1080, 1920, 3) CPU images). So images above ``max_pixels`` run eagerly (larger images
 make longer kernels, so the launches the graphs save weigh less), at most ``max_graphs`` pairs are recorded, and a
 recording that fails (out of memory, say) is logged and its calls run eagerly. What a graphed call returns lives in
 the graphs' buffers until the next replay of the same pair: the trainer reads it within the step.
