@@ -285,9 +285,11 @@ class OptimizeConfig:
                                "against 131 s eager on the 100-frame scene); a new graph is recorded whenever the "
                                "Gaussian count changes (densification). Needs `compile` 'always' or 'cuda' and the "
                                "'inductor' backend; training on a CPU runs without graphs.")
-    lean_adam: bool = option(True, "On CUDA, step Adam through stages.optimize.fused_adam.LeanFusedAdam: the same "
-                             "fused kernels and updates, bit for bit, as torch.optim.Adam(fused=True), without its "
-                             "per-group Python (the step is bound by the host); off: torch's (for comparison).")
+    lean_adam: bool = option(True, "Step Adam through stages.optimize.fused_adam.LeanFusedAdam: the same fused "
+                             "kernels and updates, bit for bit, as torch.optim.Adam(fused=True), without its "
+                             "per-group Python (on a GPU the step is bound by the host) and without importing the "
+                             "compiler; off: torch's fused Adam (for comparison). On a CPU too: the fused kernel "
+                             "steps 40k Gaussians' groups in 1.0 ms against torch.optim.Adam's default 8.2 ms.")
     compile_backend: str = option("inductor", "torch.compile backend for `compile`, `rigid_fused_tables` and "
                                   "`rigid_fused_all` "
                                   "('inductor'; the tests use 'aot_eager', which checks the traced graphs without "

@@ -198,9 +198,9 @@ class GroupOptimizer:
 def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Optional[torch.nn.Parameter],
                     scale: float) -> torch.optim.Adam:
     """One Adam over every trainable tensor, a parameter group per name: each trainable key of ``model.splats``,
-    then the deformation ('bases', 'rigid', 'field', 'planes') and 'cameras'. Fused on CUDA: a step is one kernel per
-    group and one for all step counts (:class:`LeanFusedAdam`, ``cfg.lean_adam``; per-key optimizers cost a call
-    each)."""
+    then the deformation ('bases', 'rigid', 'field', 'planes') and 'cameras'. Fused on every device: a step is one
+    kernel per group and one for all step counts (:class:`LeanFusedAdam`, ``cfg.lean_adam``; per-key optimizers cost
+    a call each)."""
     rates = splat_learning_rates(cfg, scale)
     groups = [{"name": k, "params": [p], "lr": rates[k]} for k, p in model.splats.items() if p.requires_grad]
     deformation = model.deformation
@@ -221,8 +221,6 @@ def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Option
             groups.append({"name": "bases", "params": [deformation.bases.control], "lr": cfg.lr_bases})
     if cameras is not None:
         groups.append({"name": "cameras", "params": [cameras], "lr": cfg.lr_cameras})
-    if model.device.type != "cuda":
-        return torch.optim.Adam(groups, eps=1e-15)
     return LeanFusedAdam(groups, eps=1e-15) if cfg.lean_adam else torch.optim.Adam(groups, eps=1e-15, fused=True)
 
 

@@ -319,7 +319,7 @@ def test_one_adam_with_a_group_per_key_steps_like_one_adam_per_key():
     params = {**{k: [p] for k, p in models[1].splats.items() if p.requires_grad},
               "planes": [deformation.table],
               "field": [*deformation.hidden.parameters(), *deformation.out.parameters()]}
-    separate = [torch.optim.Adam(ps, lr=rates[k], eps=1e-15) for k, ps in params.items()]
+    separate = [torch.optim.Adam(ps, lr=rates[k], eps=1e-15, fused=True) for k, ps in params.items()]
     assert [g["name"] for g in shared.param_groups] == list(params)
     for step in range(3):
         for model in models:
@@ -332,6 +332,18 @@ def test_one_adam_with_a_group_per_key_steps_like_one_adam_per_key():
             model.zero_grad(set_to_none=True)
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         assert torch.equal(a, b)
+
+
+def test_the_cpu_steps_the_lean_fused_adam_unless_lean_adam_is_off():
+    from stages.optimize.config import OptimizeConfig
+    from stages.optimize.fused_adam import LeanFusedAdam
+    from stages.optimize.trainer import build_optimizer
+
+    model = _model("bases", n=30).float()
+    lean = build_optimizer(OptimizeConfig(), model, None, scale=1.0)
+    assert isinstance(lean, LeanFusedAdam) and all(g["fused"] for g in lean.param_groups)
+    plain = build_optimizer(OptimizeConfig(lean_adam=False), model, None, scale=1.0)
+    assert type(plain) is torch.optim.Adam and all(g["fused"] for g in plain.param_groups)
 
 
 def test_gsplat_strategy_replaces_parameters_inside_the_shared_optimizer():
