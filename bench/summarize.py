@@ -697,7 +697,7 @@ def scene_default_row(R: Results) -> Optional[Measured]:
     if repeats:
         path = ("scene", "optimize_s")
         more = [(r, path) for r in repeats[1:]]
-        spread = ["; ", Lit(str(len(repeats))), " later runs on another host: ",
+        spread = ["; later runs on another host: ",
                   figure(R, repeats[0], path, "{:.0f}", "min", more), "-",
                   figure(R, repeats[0], path, "{:.0f}", "max", more), " s"]
     return Measured("100-frame 400×400 object scene optimized in ≤ 2 min (H100; the default since the "
