@@ -157,8 +157,15 @@ def reconstruct(run: Run, runs_dir: Path, extra: list[str], timeout: Optional[fl
     return entry
 
 
+# The object suite's settings (the dnerf preset's) were chosen on make-scene seeds 0-9; every other seed is held out.
+# Issue #6's headline target is checked on unseen scenes, so it is judged on the held-out seeds' mean
+# (bench/summarize.py), with the mean over all seeds beside it.
+TUNING_SEEDS = frozenset(range(10))
+
+
 def summarize(runs: list[dict]) -> list[dict]:
-    """Per (kind, deformation): means over seeds, and the PSNR gain over the static model on the same scenes."""
+    """Per (kind, deformation): means over seeds, the mean PSNR of the held-out seeds (not in
+    :data:`TUNING_SEEDS`), and the PSNR gain over the static model on the same scenes."""
     done = [r for r in runs if r.get("returncode") == 0 and (r.get("metrics") or {}).get("psnr") is not None]
     rows = []
     for kind in dict.fromkeys(r["kind"] for r in done):
@@ -169,6 +176,9 @@ def summarize(runs: list[dict]) -> list[dict]:
             for key in ("psnr", "ssim", "lpips_alex"):
                 values = [r["metrics"][key] for r in mine if r["metrics"].get(key) is not None]
                 row[key] = statistics.mean(values) if values else None
+            held = [r for r in mine if r["seed"] not in TUNING_SEEDS]
+            row["held_out_seeds"] = [r["seed"] for r in held]
+            row["held_out_psnr"] = statistics.mean(r["metrics"]["psnr"] for r in held) if held else None
             row["wall_s"] = statistics.mean(r["wall_s"] for r in mine)
             row["optimize_s"] = statistics.mean(r["stages"]["optimize"]["wall_s"] for r in mine)
             row["side_by_side"] = max(r.get("side_by_side", 1) for r in mine)    # > 1: times are not lone times

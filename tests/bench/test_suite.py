@@ -111,6 +111,17 @@ def test_e2e_summary_keeps_the_lone_runs_time_apart_from_runs_that_shared_the_ho
     assert rows["none"]["lone_seeds"] == [] and rows["none"]["lone_optimize_s"] is None
 
 
+def test_e2e_summary_keeps_the_held_out_seeds_mean_apart_from_the_tuning_seeds():
+    runs = [run_entry("object", 0, "bases", 26.0), run_entry("object", 9, "bases", 25.0),
+            run_entry("object", 10, "bases", 24.0), run_entry("object", 13, "bases", 23.0),
+            run_entry("object", 1, "none", 17.0)]
+    rows = {r["deformation"]: r for r in e2e_bench.summarize(runs)}
+    assert rows["bases"]["psnr"] == pytest.approx(24.5)
+    assert rows["bases"]["held_out_seeds"] == [10, 13] and rows["bases"]["held_out_psnr"] == pytest.approx(23.5)
+    assert rows["none"]["held_out_seeds"] == [] and rows["none"]["held_out_psnr"] is None
+    assert e2e_bench.TUNING_SEEDS == frozenset(range(10))
+
+
 def test_e2e_runs_keep_the_device_they_ran_on_when_a_later_call_continues_the_file(tmp_path, monkeypatch):
     old = run_entry("object", 0, "bases", 30.0)                        # recorded before runs had a device
     (tmp_path / "e2e_synthetic.json").write_text(json.dumps({"environment": {"device": "GPU A"}, "runs": [old]}))
