@@ -98,6 +98,13 @@ class TrainConfig:
                                   "frozen (requires_grad False, never given to the optimizer).")
     gradient_checkpointing: bool = option(False, "Recompute aggregator activations in the backward pass (memory "
                                           "for compute; needed for the 1B model).")
+    compile_blocks: bool = option(False, "Compile every transformer block (stages.geometry.page4d.layers."
+                                  "compile_blocks: torch.compile with dynamic shapes, backend `compile_backend`): "
+                                  "fused kernels for a step that is bound by its ~7,900 launches (docs/training.md, "
+                                  "'Throughput of a step'). Each new shape family pays its compilation once per "
+                                  "process; names, weights and checkpoints are unchanged.")
+    compile_backend: str = option("inductor", "torch.compile backend of `compile_blocks` ('inductor'; the tests use "
+                                  "'aot_eager', which traces the same graphs without generating code).")
     mask_head_backprop: bool = option(False, "Let the supervised mask loss reach the backbone: the mask head reads "
                                       "the tokens after frame block mask_head_after without the official detach, "
                                       "so the blocks below it learn motion cues too (a training choice; the "
@@ -326,7 +333,12 @@ def build_model(config: TrainConfig, device: torch.device):
         load_initial_weights(model, config.init_weights, config.model)
     model.aggregator.gradient_checkpointing = config.gradient_checkpointing
     model.aggregator.mask_head_detached = not config.mask_head_backprop
-    return model.to(device)
+    model = model.to(device)
+    if config.compile_blocks:
+        from stages.geometry.page4d.layers import compile_blocks
+        compiled = compile_blocks(model, config.compile_backend)
+        log.info(f"compiled {compiled} transformer blocks (backend {config.compile_backend}, dynamic shapes)")
+    return model
 
 
 def load_initial_weights(model: torch.nn.Module, spec: str, model_name: str) -> None:
