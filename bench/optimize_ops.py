@@ -169,8 +169,9 @@ def _cuda_adam(params, **kwargs):
 
 @contextlib.contextmanager
 def cuda_optimizer_path() -> Iterator[None]:
-    """Adam optimizers built meanwhile take the CUDA path: LeanFusedAdam's fused kernels (torch has a fused CPU Adam
-    too)."""
+    """Adam optimizers built meanwhile are LeanFusedAdam, as build_optimizer's default makes them on CUDA. Since
+    the forty-third session it makes them on the CPU too; the patch still covers ``lean_adam=false`` and any other
+    ``torch.optim.Adam`` built while it is active."""
     with mock.patch.object(torch.optim, "Adam", _cuda_adam):
         yield
 

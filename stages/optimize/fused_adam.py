@@ -45,6 +45,13 @@ _STATE_DICT = without_dynamo_guard(torch.optim.Optimizer.state_dict)
 _LOAD_STATE_DICT = without_dynamo_guard(torch.optim.Optimizer.load_state_dict)
 
 
+def fused_adam_supported(device: torch.device) -> bool:
+    """Whether torch has a fused Adam kernel for ``device``: CUDA, and the CPU since torch 2.4."""
+    from torch.utils import _foreach_utils
+    devices = getattr(_foreach_utils, "_get_fused_kernels_supported_devices", lambda: ["cuda"])()
+    return device.type in devices
+
+
 class LeanFusedAdam(torch.optim.Adam):
     """``torch.optim.Adam(params, fused=True, ...)`` whose ``step()`` skips torch.optim's per-step Python."""
 

@@ -35,7 +35,7 @@ from stages.optimize.config import OptimizeConfig
 from stages.optimize.deformation import (KINDS_WITH_BOX, POSITION, Box, FieldWithBases, RigidBases,
                                          build_deformation, deformation_spec_from_config, set_mlp_bf16)
 from stages.optimize.densify import DensifyEvents, make_strategy, strategy_state_tensors
-from stages.optimize.fused_adam import LeanFusedAdam
+from stages.optimize.fused_adam import LeanFusedAdam, fused_adam_supported
 from stages.optimize.gaussians import create_splats
 from stages.optimize.losses import (acceleration_loss, alpha_loss, anisotropy_loss, coherence_loss, depth_loss,
                                     opacity_loss, photometric_loss, psnr_from_mse, residual_loss, rigidity_loss,
@@ -221,6 +221,8 @@ def build_optimizer(cfg: OptimizeConfig, model: GaussianModel4D, cameras: Option
             groups.append({"name": "bases", "params": [deformation.bases.control], "lr": cfg.lr_bases})
     if cameras is not None:
         groups.append({"name": "cameras", "params": [cameras], "lr": cfg.lr_cameras})
+    if not fused_adam_supported(model.device):
+        return torch.optim.Adam(groups, eps=1e-15)
     return LeanFusedAdam(groups, eps=1e-15) if cfg.lean_adam else torch.optim.Adam(groups, eps=1e-15, fused=True)
 
 
@@ -361,7 +363,10 @@ def restore(snapshot: dict[str, Any], cfg: OptimizeConfig, model: GaussianModel4
     if cameras is not None:
         cameras.data.copy_(snapshot["cameras"].to(device))
     optimizer = build_optimizer(cfg, model, cameras, scale)
+    kernels = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
     optimizer.load_state_dict(_clone(snapshot["optimizer"]))
+    for group, (fused, foreach) in zip(optimizer.param_groups, kernels):   # a checkpoint of the unfused CPU Adam
+        group["fused"], group["foreach"] = fused, foreach                   # (before lean_adam) keeps the kernel here
     strategy_state.clear()
     strategy_state.update(_clone(snapshot["strategy_state"], device))
     saved = snapshot["loop"]

@@ -145,6 +145,33 @@ def test_compiled_blocks_train_like_the_eager_network(tmp_path, micro_model):
                                          compile_backend="aot_eager"), torch.device("cpu"))
     blocks = [m for m in model.modules() if isinstance(m, Block)]
     assert blocks and all(m._compiled_call_impl is not None for m in blocks)
+    # Switching it on continues an interrupted run as the same recipe, with the same losses.
+    first = training.train(_config(tmp_path / "switch", micro_model, steps=3, stop_after=2), data=Alternating())
+    rest = training.train(_config(tmp_path / "switch", micro_model, steps=3, compile_blocks=True,
+                                  compile_backend="aot_eager"), data=Alternating())
+    assert rest.finished and first.losses + rest.losses == pytest.approx(eager.losses, rel=1e-5, abs=1e-6)
+
+
+def test_compiled_blocks_leave_the_blocks_with_a_ramping_mask_bias_eager(tmp_path):
+    # A graph is specialised on the bias's alpha, which the mask schedule changes at every training forward
+    # between mask_hold_start and mask_hold_end: those global blocks stay eager, every other block is compiled.
+    from stages.geometry.page4d.layers import COMPILED_GRAPHS_PER_BLOCK_CODE, Block
+
+    path = tmp_path / "ramp.yaml"
+    path.write_text(yaml.safe_dump({**MICRO, "mask_hold_start": 2, "mask_hold_end": 6}))
+    model = training.build_model(_config(tmp_path, str(path), compile_blocks=True, compile_backend="aot_eager"),
+                                 torch.device("cpu"))
+    ramped = [model.aggregator.global_blocks[i] for i in model.aggregator.config.biased_blocks]
+    assert ramped and model.aggregator.scheduled_bias_blocks() == ramped
+    assert all(m._compiled_call_impl is None for m in ramped)
+    others = [m for m in model.modules() if isinstance(m, Block) and all(m is not r for r in ramped)]
+    assert others and all(m._compiled_call_impl is not None for m in others)
+    assert torch._dynamo.config.recompile_limit >= COMPILED_GRAPHS_PER_BLOCK_CODE
+    # Without the ramp (the micro model holds alpha at 0 from the start) nothing is left out.
+    path.write_text(yaml.safe_dump(MICRO))
+    plain = training.build_model(_config(tmp_path, str(path), compile_blocks=True, compile_backend="aot_eager"),
+                                 torch.device("cpu"))
+    assert plain.aggregator.scheduled_bias_blocks() == []
 
 
 def test_resume_continues_bit_for_bit(tmp_path, micro_model):
@@ -360,7 +387,8 @@ def test_an_empty_training_config_file_is_refused(tmp_path):
     ("schedule_start=-1", "schedule_start"), ("steps=10 schedule_start=10", "schedule_start"),
     ("seed=-1", r"seed must be an integer in \[0, 2\*\*32\)"), ("seed=4294967296", "seed must be an integer"),
     ("loss.camera_relative_rotation_weight=-1", "loss.camera_relative_rotation_weight: loss weights must be"),
-    ("loss.depth_weight=.nan", "loss.depth_weight: loss weights must be")])
+    ("loss.depth_weight=.nan", "loss.depth_weight: loss weights must be"),
+    ("compile_blocks=true attention=auto", "compile_blocks needs attention")])
 def test_bad_training_values_are_refused(override, message):
     from pipeline.errors import UserError
 

@@ -346,6 +346,31 @@ def test_the_cpu_steps_the_lean_fused_adam_unless_lean_adam_is_off():
     assert type(plain) is torch.optim.Adam and all(g["fused"] for g in plain.param_groups)
 
 
+def test_a_checkpoint_of_the_unfused_cpu_adam_resumes_into_the_fused_one():
+    # Checkpoints written before the CPU used the fused kernel hold param groups with fused None: restoring one keeps
+    # the kernel chosen now (torch's Adam would otherwise quietly run unfused), and the step continues.
+    from stages.optimize.config import OptimizeConfig
+    from stages.optimize.trainer import build_optimizer, restore, LoopState
+
+    cfg = OptimizeConfig(lean_adam=False)
+    model = _model("bases", n=30).float()
+    old = torch.optim.Adam([{"name": g["name"], "params": g["params"], "lr": g["lr"]}
+                            for g in build_optimizer(cfg, model, None, scale=1.0).param_groups], eps=1e-15)
+    model.gaussians_at(0.5)["means"].sum().backward()
+    old.step()
+    assert all(not g["fused"] for g in old.param_groups)
+    snapshot = {"splats": {k: v.detach().clone() for k, v in model.splats.items()},
+                "deformation": model.deformation.state_dict(), "optimizer": old.state_dict(), "strategy_state": {},
+                "loop": {"step": 1, "elapsed_s": 0.0, "guard": {}}}
+    optimizer = restore(snapshot, cfg, model, None, {}, LoopState(), None, scale=1.0)
+    assert all(g["fused"] for g in optimizer.param_groups)
+    stepped = [p for g in optimizer.param_groups for p in g["params"] if p in optimizer.state]
+    assert stepped and all(int(optimizer.state[p]["step"]) == 1 for p in stepped)
+    model.gaussians_at(0.5)["means"].sum().backward()
+    optimizer.step()
+    assert all(int(optimizer.state[p]["step"]) == 2 for p in stepped)
+
+
 def test_gsplat_strategy_replaces_parameters_inside_the_shared_optimizer():
     from stages.optimize.config import OptimizeConfig
     from stages.optimize.densify import DensifyStrategy

@@ -76,6 +76,14 @@ class Aggregator(nn.Module):
         enabled = self.mask_enabled if mask is None else mask
         return c.mask_alpha if enabled else 0.0
 
+    def scheduled_bias_blocks(self) -> list[Block]:
+        """The global blocks whose special-query bias changes from one training forward to the next (the mask
+        schedule ramps alpha between mask_hold_start and mask_hold_end); empty when alpha is constant in training."""
+        c = self.config
+        if self.spatial_mask_head is None or c.mask_hold_end <= c.mask_hold_start:
+            return []
+        return [self.global_blocks[i] for i in c.biased_blocks]
+
     def special_tokens(self, B: int, S: int) -> Tensor:
         """(B*S, 1 + R, C): frame 0 gets index 0 of the tables, the other frames index 1."""
         tables = torch.cat([self.camera_token, self.register_token], dim=2)       # (1, 2, 1 + R, C)

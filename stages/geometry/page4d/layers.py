@@ -196,14 +196,30 @@ class Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
-def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
-    """Compile every :class:`Block` of ``model`` in place (``nn.Module.compile``, dynamic shapes); returns how many.
+# Compiled graphs one code object (Block.forward) may hold before torch falls back to eager for new cases: the blocks
+# of the patch embed, the aggregator and the camera head differ in RoPE, qk-norm and bias, and batches of one
+# sequence specialise on size 1, so torch's default of 8 can be reached by page4d-tiny's training alone.
+COMPILED_GRAPHS_PER_BLOCK_CODE = 32
+
+
+def compile_blocks(model: nn.Module, backend: str = "inductor", skip: tuple[nn.Module, ...] = ()) -> int:
+    """Compile every :class:`Block` of ``model`` but ``skip`` in place (``nn.Module.compile``, dynamic shapes);
+    returns how many.
 
     One block is ~35 small operators (norms, RoPE, LayerScale, residuals around the matmuls and the attention), most
-    of a step's kernel launches; compiled, their elementwise parts fuse. The blocks share one compiled graph per
-    shape family (torch inlines modules, so parameters are graph inputs), and names, parameters and state dicts are
-    unchanged: checkpoints and exported weights do not see it."""
-    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    of a step's kernel launches; compiled, their elementwise parts fuse. Blocks of the same kind share a compiled
+    graph (torch inlines modules, so parameters are graph inputs), and names, parameters and state dicts are
+    unchanged: checkpoints and exported weights do not see it. A graph is specialised on the Python values it reads,
+    so blocks given a :class:`SpecialQueryBias` whose ``alpha`` changes from call to call (the mask schedule's ramp
+    in training) belong in ``skip``. Raises torch's recompile limit to :data:`COMPILED_GRAPHS_PER_BLOCK_CODE`
+    (a process-wide torch setting; never lowered)."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"    # torch < 2.7
+    setattr(config, name, max(getattr(config, name), COMPILED_GRAPHS_PER_BLOCK_CODE))
+    skipped = {id(m) for m in skip}
+    blocks = [m for m in model.modules() if isinstance(m, Block) and id(m) not in skipped]
     for block in blocks:
         block.compile(backend=backend, dynamic=True)
     return len(blocks)

@@ -61,7 +61,7 @@ CHECKPOINT_VERSION = 1
 CLIP_GROUPS = ("aggregator", "camera_head", "depth_head", "point_head")
 # Fields that change nothing of what is computed: they may differ between a checkpoint and the resuming config.
 BOOKKEEPING_FIELDS = ("out_dir", "checkpoint_every", "log_every", "max_minutes", "stop_after", "export",
-                      "export_format", "device", "description")
+                      "export_format", "device", "description", "compile_blocks", "compile_backend")
 LOSS_COLUMNS = ("loss", "loss_camera", "loss_T", "loss_R", "loss_FoV", "loss_Rrel", "loss_depth",
                 "loss_conf_depth", "loss_reg_depth", "loss_grad_depth", "loss_point", "loss_conf_point",
                 "loss_reg_point", "loss_grad_point", "loss_mask")
@@ -311,6 +311,9 @@ def validate(config: TrainConfig) -> None:
     bad = [name for name, value in weights.items() if not (math.isfinite(value) and value >= 0)]
     if bad:
         problems.append(f"{', '.join(bad)}: loss weights must be numbers >= 0 (0 turns a term off)")
+    if config.compile_blocks and config.attention == "auto":
+        problems.append("compile_blocks needs attention 'default' or a named kernel ('auto' times kernels per shape "
+                        "class on the host, which a compiled block cannot do)")
     if config.mask_head_backprop and not config.loss.mask_weight > 0:
         problems.append("mask_head_backprop needs loss.mask_weight > 0 (without a mask loss nothing flows back)")
     config.groups()  # validates the group mappings
@@ -336,8 +339,10 @@ def build_model(config: TrainConfig, device: torch.device):
     model = model.to(device)
     if config.compile_blocks:
         from stages.geometry.page4d.layers import compile_blocks
-        compiled = compile_blocks(model, config.compile_backend)
-        log.info(f"compiled {compiled} transformer blocks (backend {config.compile_backend}, dynamic shapes)")
+        eager = model.aggregator.scheduled_bias_blocks()     # alpha ramps: a graph would be specialised per value
+        compiled = compile_blocks(model, config.compile_backend, skip=tuple(eager))
+        log.info(f"compiled {compiled} transformer blocks (backend {config.compile_backend}, dynamic shapes)"
+                 + (f"; {len(eager)} global blocks with the scheduled mask bias stay eager" if eager else ""))
     return model
 
 
