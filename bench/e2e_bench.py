@@ -122,6 +122,11 @@ def collect(run_dir: Path) -> dict[str, Any]:
         out["metrics"]["ssim_valid"] = (metrics.get("extra") or {}).get("ssim_valid")
         if metrics.get("moving"):                 # where the held-out error lies (scenes with test-view masks)
             out["metrics"]["moving"] = {k: v for k, v in metrics["moving"].items() if k != "per_view"}
+            # per test view: PSNR, on the moving pixels, and the distance of its time to the nearest training time
+            psnr_by_name = {v["name"]: v["psnr"] for v in metrics.get("per_view") or []}
+            out["metrics"]["moving"]["views"] = [
+                {"name": v["name"], "psnr": psnr_by_name.get(v["name"]), "psnr_moving": v.get("psnr_moving"),
+                 "time_to_train": v.get("time_to_train")} for v in metrics["moving"].get("per_view") or []]
     if (run_dir / "config.yaml").is_file():
         import yaml
 

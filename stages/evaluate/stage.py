@@ -121,6 +121,7 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig,
                             "place")
     alex, vgg = nets["alex"], nets["vgg"]
     unavailable = missing.get("alex", "")
+    train_times = np.array([f.time for f in scene.train_frames], dtype=np.float64)
     per_view, extra, masked, moving, kept = [], [], [], [], []
     for frame in progress(frames, desc="metrics", unit="view"):
         gt = quantize_8bit(scene.rgb(frame))
@@ -138,7 +139,7 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig,
                            "mlpips_alex": alex.masked(render, gt, mask) if alex else None,
                            "covisible_fraction": float(mask.mean())})
         if frame.load_dynamic_mask is not None:
-            moving.append(moving_view(frame, render, gt))
+            moving.append(moving_view(frame, render, gt, train_times))
         if frame.name in keep:
             kept.append(ViewImages(frame.name, gt, render, row))
     source = (alex.source if alex else f"not computed ({unavailable})" if unavailable
@@ -151,10 +152,12 @@ def image_metrics(scene, run_dir: Path, cfg: EvaluateConfig,
 MOVING_BORDER_PX = 3           # the border around the moving pixels whose error the 'moving' section reports
 
 
-def moving_view(frame, render: np.ndarray, gt: np.ndarray) -> dict:
-    """One test view's figures for the ``moving`` section: PSNR over its moving and its other pixels, and its
-    squared error on the moving pixels, on the border around them and in all (ground-truth dynamic mask, resized
-    to the test image by nearest neighbour where it differs)."""
+def moving_view(frame, render: np.ndarray, gt: np.ndarray, train_times: np.ndarray) -> dict:
+    """One test view's figures for the ``moving`` section: PSNR over its moving and its other pixels, its squared
+    error on the moving pixels, on the border around them and in all (ground-truth dynamic mask, resized to the
+    test image by nearest neighbour where it differs), and its time with the distance to the nearest training time
+    (``time_to_train``, scene time in [0, 1]; None without training frames): whether the moving error grows
+    between training times or with the new viewpoint alone."""
     from pipeline.scene.images import resize_array
 
     mask = np.asarray(frame.load_dynamic_mask(), dtype=bool)
@@ -162,7 +165,9 @@ def moving_view(frame, render: np.ndarray, gt: np.ndarray) -> dict:
         mask = resize_array(mask.astype(np.float32), (gt.shape[1], gt.shape[0]), nearest=True) > 0.5
     errors = moving_region_errors(render, gt, mask, MOVING_BORDER_PX)
     total = errors["sse_total"]
-    return {"name": frame.name, "psnr_moving": masked_psnr(render, gt, mask),
+    gap = float(np.abs(train_times - frame.time).min()) if train_times.size else None
+    return {"name": frame.name, "time": float(frame.time), "time_to_train": gap,
+            "psnr_moving": masked_psnr(render, gt, mask),
             "psnr_static": masked_psnr(render, gt, ~mask), "moving_fraction": float(mask.mean()),
             "error_share_moving": errors["sse_moving"] / total if total else None,
             "error_share_border": errors["sse_border"] / total if total else None, "_errors": errors}
@@ -361,7 +366,9 @@ def evaluate_run(run_dir: Path, config, scene, device: str = "cpu") -> Evaluatio
             f"channels, the 8-bit images of psnr), mean over views that have such pixels; error_share_moving / "
             f"error_share_border = the squared error summed over all test views on the moving pixels / on the "
             f"{MOVING_BORDER_PX}-pixel border outside them (Chebyshev distance 1-{MOVING_BORDER_PX}: silhouettes "
-            f"drawn out of place), over the total; moving_fraction = mean share of moving pixels per view")
+            f"drawn out of place), over the total; moving_fraction = mean share of moving pixels per view; per "
+            f"view also its time and time_to_train, the distance to the nearest training time (scene time in "
+            f"[0, 1])")
     times, train_device = timing(run_dir, time.perf_counter() - start)
     metrics["timing"] = times
     metrics["device"] = train_device or device_name(device)

@@ -111,6 +111,18 @@ def test_e2e_summary_keeps_the_lone_runs_time_apart_from_runs_that_shared_the_ho
     assert rows["none"]["lone_seeds"] == [] and rows["none"]["lone_optimize_s"] is None
 
 
+def test_e2e_runs_keep_each_test_view_s_psnr_and_time_gap_beside_the_moving_section(tmp_path):
+    metrics = {"psnr": 25.0, "per_view": [{"name": "r_000", "psnr": 24.0}, {"name": "r_001", "psnr": 26.0}],
+               "moving": {"psnr_moving": 18.0, "per_view": [
+                   {"name": "r_000", "time": 0.31, "time_to_train": 0.0106, "psnr_moving": 17.0, "psnr_static": 27},
+                   {"name": "r_001", "time": 0.5, "time_to_train": 0.0, "psnr_moving": 19.0, "psnr_static": 29}]}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    moving = e2e_bench.collect(tmp_path)["metrics"]["moving"]
+    assert moving["psnr_moving"] == 18.0 and "per_view" not in moving
+    assert moving["views"] == [{"name": "r_000", "psnr": 24.0, "psnr_moving": 17.0, "time_to_train": 0.0106},
+                               {"name": "r_001", "psnr": 26.0, "psnr_moving": 19.0, "time_to_train": 0.0}]
+
+
 def test_e2e_summary_keeps_the_held_out_seeds_mean_apart_from_the_tuning_seeds():
     runs = [run_entry("object", 0, "bases", 26.0), run_entry("object", 9, "bases", 25.0),
             run_entry("object", 10, "bases", 24.0), run_entry("object", 13, "bases", 23.0),

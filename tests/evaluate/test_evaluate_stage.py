@@ -85,6 +85,11 @@ def test_metrics_json(fake_run, monkeypatch):
     mask = first.load_dynamic_mask()
     assert m["moving"]["per_view"][0]["psnr_moving"] == pytest.approx(masked_psnr(render, gt, mask))
     assert m["moving"]["per_view"][0]["psnr_static"] == pytest.approx(masked_psnr(render, gt, ~mask))
+    train_times = [f.time for f in scene.train_frames]
+    for view in m["moving"]["per_view"]:          # each view's time and its distance to the nearest training time
+        time = scene.frame(view["name"]).time
+        assert view["time"] == time and view["time_to_train"] == min(abs(time - t) for t in train_times)
+    assert any(view["time_to_train"] > 0 for view in m["moving"]["per_view"])
     squared, totals = [], np.zeros(3)
     for view in m["moving"]["per_view"]:
         frame = scene.frame(view["name"])
