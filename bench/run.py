@@ -101,6 +101,8 @@ GROUPS: dict[str, tuple[Step, ...]] = {
         Step("synthetic", "synthetic_bench", ("--cpu",), "demo scene generation time", results="synthetic.json:cpu"),
         Step("optimize-scaling", "optimize_scaling_bench", ("--cpu",), "training step cost against Gaussian count",
              results="optimize_scaling_cpu.json"),
+        Step("adam-cpu", "adam_cpu_bench", (), "the optimize stage's Adam step on the CPU, fused against torch's "
+             "default", results="adam_cpu.json"),
         Step("lpips-parity", "lpips_parity_bench", (), "LPIPS-alex against the official values, 5 fixture pairs",
              results="lpips_parity.json"),
         Step("page4d-parity", "page4d_parity", (), "our PAGE-4D against the official code, float32",

@@ -836,9 +836,9 @@ def e2e_quality_row(R: Results, synthetic: str, i: Optional[int], model: str, la
     """The issue's headline target for one model of the end-to-end object suite: its PSNR is the mean over the
     held-out seeds (``held_out_psnr``: seeds no setting was chosen on; the issue checks unseen scenes) with the mean
     over every seed beside it (without held-out seeds that mean is shown and the target not judged); its time the
-    mean optimize stage
-    of the runs that had the host to themselves (``lone_optimize_s``), else the mean over all runs, marked as not a
-    lone time where runs shared the host (then it judges the target only when it is met even so)."""
+    mean optimize stage of the runs that had the host to themselves (``lone_optimize_s``), else the mean over all
+    runs, marked as not a lone time where runs shared the host (then it judges the target only when it is met even
+    so)."""
     at = (lambda key: ("summary", i, key))
     every = figure(R, synthetic, at("psnr"), "{:.2f}") if i is not None else None
     held = figure(R, synthetic, at("held_out_psnr"), "{:.2f}") if i is not None else None

@@ -289,7 +289,8 @@ class OptimizeConfig:
                              "kernels and updates, bit for bit, as torch.optim.Adam(fused=True), without its "
                              "per-group Python (on a GPU the step is bound by the host) and without importing the "
                              "compiler; off: torch's fused Adam (for comparison). On a CPU too: the fused kernel "
-                             "steps 40k Gaussians' groups in 1.0 ms against torch.optim.Adam's default 8.2 ms.")
+                             "steps 40k Gaussians' groups in 1.5 ms against torch.optim.Adam's default 11.4 ms "
+                             "(bench/adam_cpu_bench.py).")
     compile_backend: str = option("inductor", "torch.compile backend for `compile`, `rigid_fused_tables` and "
                                   "`rigid_fused_all` "
                                   "('inductor'; the tests use 'aot_eager', which checks the traced graphs without "
