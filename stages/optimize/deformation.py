@@ -116,8 +116,12 @@ class Deformation(nn.Module):
         """(:meth:`displacement` of ``means`` (M, 3) ..., :meth:`second_difference` of ``other_means`` (K, 3) at
         ``other_times`` (K,) ...): (M, D), (K, D). Here, where both are offsets, one evaluation of :meth:`offsets`
         over the 2M + 3K rows: a training step that renders and regularises the motion launches a network's
-        operators once instead of twice (the launches bound a step on a GPU). Models that override either
-        method override this one too."""
+        operators once instead of twice (the launches bound a step on a GPU). A model that defines either method
+        itself (and not this one) gets the two calls, so that its own definitions hold on every path."""
+        if (type(self).displacement is not Deformation.displacement
+                or type(self).second_difference is not Deformation.second_difference):
+            return (self.displacement(means, time, anchor_times, coefs, cache),
+                    self.second_difference(other_means, other_times, step, other_coefs))
         m, k = means.shape[0], other_means.shape[0]
         times = _times_like(time, anchor_times)
         rows = self.offsets(torch.cat([means, means, other_means, other_means, other_means]),

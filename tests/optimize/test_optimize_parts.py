@@ -440,6 +440,32 @@ def test_rigid_bases_second_difference_is_that_of_the_trajectory(rng):
     assert second[:, 3:].abs().max() == 0
 
 
+def test_a_model_with_its_own_displacement_gets_it_on_the_regularised_path_too(rng):
+    """A step that renders and regularises the motion asks for both at once (displacement_and_second_difference);
+    a model that defines displacement and second_difference itself, without offsets (bench.oracle_motion's true
+    motion), must get its own definitions there, not the base class's offsets (which it cannot give)."""
+    from stages.optimize.deformation import Deformation
+
+    class Shift(Deformation):
+        """Moves every Gaussian by (t - t_a) along x; its second difference is 7 (a marker)."""
+
+        def displacement(self, means, time, anchor_times, coefs, cache=True):
+            out = means.new_zeros(len(means), self.channels)
+            out[:, 0] = torch.as_tensor(time, dtype=means.dtype) - anchor_times
+            return out
+
+        def second_difference(self, means, times, step, coefs):
+            return means.new_full((len(means), self.channels), 7.0)
+
+    model = Shift()
+    means, anchors = torch.tensor(rng.normal(size=(5, 3))), torch.tensor(rng.uniform(size=5))
+    others = torch.tensor(rng.normal(size=(3, 3)))
+    shift, second = model.displacement_and_second_difference(means, 0.75, anchors, {}, True, others,
+                                                             torch.full((3,), 0.5), 0.1, {})
+    torch.testing.assert_close(shift, model.displacement(means, 0.75, anchors, {}))
+    assert second.shape == (3, model.channels) and bool((second == 7).all())
+
+
 def test_rigid_bases_start_on_the_nearest_of_their_k_means_pivots():
     """Two clusters far apart: the pivots are their means, each Gaussian's weights favour its own cluster's basis
     by far, and the motion starts still."""
