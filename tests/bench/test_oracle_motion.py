@@ -94,3 +94,23 @@ def test_motion_error_is_that_of_leaving_still_for_no_motion_and_zero_for_the_tr
     errors = motion_error(tmp_path / "true", out, gaps=(1, 2))
     assert max(errors["learned_p90"]) < 1e-5 and min(errors["still_median"]) > 0.005
     assert all(max(part["learned_median"]) < 1e-5 for part in errors["parts"].values())
+
+
+def test_a_stopped_run_is_reported_without_metrics(tmp_path, monkeypatch, capsys):
+    """A true-motion run cut short (by a time budget, return code 130) has no metrics: the summary names it and its
+    return code instead of failing on the missing figures, and the exit code is the worst run's."""
+    import bench.oracle_motion as oracle
+
+    rows = {"learned": {"returncode": 0, "psnr": 26.15, "ssim": 0.957, "lpips_alex": 0.076, "lpips_vgg": None,
+                        "moving": {"psnr_moving": 19.7, "error_share_moving": 0.4, "error_share_border": 0.5},
+                        "optimize": None},
+            "true-motion": {"returncode": 130, "psnr": None, "ssim": None, "lpips_alex": None, "lpips_vgg": None,
+                            "moving": {}, "optimize": None}}
+    monkeypatch.setattr(oracle, "reconstruct", lambda scene, run, overrides: rows[run.name])
+    monkeypatch.setattr(oracle, "use_true_motion", lambda scene: None)
+    assert oracle.main([str(tmp_path / "scene"), str(tmp_path / "out")]) == 130
+    printed = capsys.readouterr().out
+    assert "learned      PSNR 26.15" in printed and "true-motion  no metrics (return code 130)" in printed
+    assert oracle.main([str(tmp_path / "scene"), str(tmp_path / "out2"), "--arms", "true-motion"]) == 130
+    printed = capsys.readouterr().out
+    assert "true-motion  no metrics" in printed and "learned" not in printed
