@@ -25,7 +25,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line and exit code 2 like every other user error."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("page4dgs").strip()     # main() prints "page4dgs: error: " before it
+        raise UserError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,12 +155,17 @@ def _torchrun_rank_of(command: str, argv: Sequence[str]) -> bool:
     return size > 1 and command in argv
 
 
+GLOBAL_FLAGS = ("--debug", "-v", "--verbose")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    # The global flags count wherever they stand (`page4dgs reconstruct demo --debug` too): read, then taken out.
+    debug, verbose = "--debug" in argv, "-v" in argv or "--verbose" in argv
+    argv = [a for a in argv if a not in GLOBAL_FLAGS]
     from pipeline.log import setup_console
 
-    setup_console(verbose="-v" in argv or "--verbose" in argv)
+    setup_console(verbose=verbose)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     args = None
     try:
@@ -172,7 +178,10 @@ def _main(argv: Sequence[str] | None) -> int:
             extra = [a for a in extra if not ("=" in a and not a.startswith("-"))]
         if extra:
             dashed = next((a for a in extra if a.startswith("-") and Path(a).exists()), None)
-            hint = f" (a path that starts with '-' is written ./{dashed})" if dashed else ""
+            dotted = next((a for a in extra if "." in a and not a.startswith(("-", ".", "/")) and not Path(a).exists()),
+                          None) if hasattr(args, "overrides") else None
+            hint = (f" (a path that starts with '-' is written ./{dashed})" if dashed else
+                    f" (a config override is written key=value, e.g. {dotted}=...)" if dotted else "")
             parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
         if args.command == "reconstruct" and args.scene and "=" in args.scene and not Path(args.scene).exists():
             args.overrides, args.scene = [args.scene] + args.overrides, None     # `reconstruct key=value`
@@ -196,6 +205,11 @@ def _main(argv: Sequence[str] | None) -> int:
         if debug:
             raise
         command = getattr(args, "command", None)
+        if command == "reconstruct" and getattr(args, "from_stage", None):
+            # --from forces its stage to start over, so the same command would not resume it
+            print(f"page4dgs: interrupted; finished stages are kept, run the command again without --from "
+                  f"{args.from_stage} to resume ('--from' starts that stage over)", file=sys.stderr)
+            return 130
         print({"make-scene": "page4dgs: interrupted; no scene was written (its folder appears only when complete)",
                "train-model": "page4dgs: interrupted; run the same command again to resume from the last checkpoint",
                }.get(command, "page4dgs: interrupted; finished stages are kept, run the same command again to resume"),

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pipeline import __version__
-from pipeline.config import Config, dump_yaml
+from pipeline.config import Config, dump_yaml, read_yaml
 from pipeline.errors import UserError
 from pipeline.io import read_json, sha256_file, sha256_json, write_json, write_text
 from pipeline.log import add_file_log, get_logger
@@ -291,6 +291,41 @@ def is_current(spec: StageSpec, run_dir: Path, manifest: Manifest, in_hash: str)
     return expected == tree_files(run_dir, spec.outputs)
 
 
+def stale_stages(entries: dict[str, Any], stages: tuple[StageSpec, ...] = STAGES) -> dict[str, str]:
+    """Finished stages whose outputs were made from upstream outputs that have been replaced since (a later
+    ``reconstruct --until`` ran an earlier stage again): stage -> the upstream stage it is stale against (directly,
+    or through a stale upstream stage). From the manifest's per-stage ``entries`` (recorded hashes) alone."""
+    stale: dict[str, str] = {}
+    entry_of = lambda name: entries.get(name) if isinstance(entries.get(name), dict) else {}      # noqa: E731
+    for spec in stages:
+        entry = entry_of(spec.name)
+        recorded = entry.get("upstream_hashes")
+        if entry.get("status") != "done" or not isinstance(recorded, dict):
+            continue
+        for name in spec.upstream:
+            if name in stale:
+                stale[spec.name] = stale[name]
+                break
+            if name in recorded and recorded[name] != entry_of(name).get("output_hash"):
+                stale[spec.name] = name
+                break
+    return stale
+
+
+def check_not_stale(run_dir: Path, stages: tuple[StageSpec, ...] = STAGES) -> None:
+    """Refuse a run folder whose later stages were made from earlier outputs than it now holds (render, export and
+    evaluate read those stages' outputs as they are)."""
+    try:
+        entries = read_json(run_dir / "manifest.json").get("stages")
+    except (UserError, AttributeError):         # no manifest, or not one: the commands' own checks speak
+        return
+    stale = stale_stages(entries, stages) if isinstance(entries, dict) else {}
+    if stale:
+        first = next(iter(stale))
+        raise UserError(f"its {', '.join(stale)} outputs were made before its {stale[first]} stage ran again: "
+                        "run `page4dgs reconstruct` on this run folder to bring them up to date", run_dir)
+
+
 def commit_outputs(spec: StageSpec, work_dir: Path, run_dir: Path) -> None:
     """Move the stage's outputs from its work folder into the run folder (each entry by an atomic rename)."""
     for out in spec.outputs:
@@ -342,6 +377,7 @@ def run_pipeline(config: Config, run_dir: Path, scene: Scene, from_stage: Option
     """Run every stage that is out of date, in order. Returns each stage's manifest entry."""
     check_stage_range(from_stage, until_stage, stages)
     check_stage_configs(config, stages)
+    resolve_device(config.device)               # device=cuda without CUDA: refused before the folder is made
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(run_dir):
         handler = add_file_log(run_dir / "log.txt")
@@ -413,12 +449,29 @@ def _run(config: Config, run_dir: Path, scene: Scene, from_stage: Optional[str],
             _write_run_config(config, run_dir)
         if spec.name == until_stage:
             break
+    if not _readable_config(run_dir):
+        # every stage was up to date (else config.yaml was written after it ran), so this config describes them
+        log.warning("config.yaml was unreadable; written again from this run's config")
+        _write_run_config(config, run_dir)
+    stale = stale_stages(manifest.data["stages"], stages)
+    if stale:
+        log.warning(f"the {', '.join(stale)} outputs in this run folder predate what it now holds upstream: "
+                    "render, export and evaluate refuse them until `reconstruct` runs those stages again")
     return results
 
 
 def _write_run_config(config: Config, run_dir: Path) -> None:
     write_text(run_dir / "config.yaml", dump_yaml(config, header=f"Resolved config of this run (page4dgs "
                                                                   f"{__version__}). Rerun with --config this file."))
+
+
+def _readable_config(run_dir: Path) -> bool:
+    """Whether ``run_dir/config.yaml`` parses to a non-empty mapping."""
+    try:
+        data = read_yaml(run_dir / "config.yaml")
+    except (UserError, OSError):
+        return False
+    return isinstance(data, dict) and bool(data)
 
 
 def _read_marker(marker: Path) -> str | None:

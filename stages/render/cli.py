@@ -24,12 +24,13 @@ def load_run_config(run_dir: Path) -> Config:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError("not a page4dgs run folder (no config.yaml)", run_dir)
+    from pipeline.runner import check_not_stale, check_stage_configs
+
+    check_not_stale(run_dir)
     data = read_yaml(path)
     if not data:
         raise UserError("the run's config.yaml is empty: it no longer says how the run was made", path)
     config = config_from_dict(data, str(path))
-    from pipeline.runner import check_stage_configs
-
     try:      # an edited value that reconstruct would refuse is refused here too, naming the file
         check_stage_configs(config)
     except UserError as err:

@@ -287,3 +287,48 @@ def test_a_torchrun_rank_of_train_model_leaves_through_os_exit_with_its_code_and
     assert code == 2 and "no-such-recipe" in output.err
     monkeypatch.setenv("WORLD_SIZE", "two")                          # not torchrun's: no early exit
     assert main() == 2 and not left
+
+
+def test_the_global_flags_count_after_the_command_too(tmp_path, capsys):
+    """`--debug` and `-v` may follow the command: `-v` is not an unknown argument there, and `--debug` shows the
+    error's traceback (raises) instead of failing on itself."""
+    from pipeline.errors import UserError
+
+    assert main(["reconstruct", str(tmp_path / "nope"), "-v"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized" not in err and "nope" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(UserError, match="nope"):
+        main(["reconstruct", str(tmp_path / "nope"), "--debug"])
+
+
+@pytest.mark.parametrize("extra, advice", [([], "run the same command again to resume"),
+                                           (["--from", "optimize"], "run the command again without --from optimize")])
+def test_an_interrupted_reconstruct_says_how_to_resume(extra, advice, monkeypatch, capsys):
+    """`--from` makes its stage start over, so after Ctrl-C the same command would not resume: the message says to
+    drop it."""
+    import pipeline.commands
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.commands, "reconstruct", interrupted)
+    assert main(["reconstruct", "demo", *extra]) == 130
+    assert advice in capsys.readouterr().err
+
+
+def test_usage_errors_name_the_command_once_and_hint_at_key_value(capsys):
+    assert main(["make-scene", "blob"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("page4dgs: error: make-scene: argument kind: invalid choice: 'blob'")
+    assert main(["reconstruct", "demo", "--until", "geometry", "optimize.iterations"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("page4dgs") == 1 and "written key=value, e.g. optimize.iterations=..." in err
+    assert main(["render", "runs/x", "optimize.iterations"]) == 2          # render takes no overrides: no hint
+    assert capsys.readouterr().err.strip() == "page4dgs: error: unrecognized arguments: optimize.iterations"
+
+
+def test_train_model_with_a_missing_checkpoint_makes_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "train"
+    assert main(["train-model", "--config", "page4d-tiny", f"out_dir={out}", "export=",
+                 "--resume", str(tmp_path / "nope.pt")]) == 2
+    assert "checkpoint to resume from not found" in capsys.readouterr().err and not out.exists()

@@ -121,6 +121,33 @@ def test_a_damaged_frame_cache_is_decoded_again(tmp_path, monkeypatch, caplog):
         assert len(scene.frames) == 4 and all(np.array_equal(scene.rgb(f), p) for f, p in zip(scene.frames, pixels))
 
 
+def test_a_video_cut_short_is_used_with_a_warning_naming_the_missing_frames(tmp_path, monkeypatch, caplog):
+    # A file cut short after a header that declares the whole clip (moov atom first, as web videos are written):
+    # ffmpeg decodes what is there and stops quietly, so the scene would have used part of the clip unnoticed.
+    import imageio.v3 as iio
+
+    monkeypatch.setenv("PAGE4DGS_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(32, 48, 64, 3), dtype=np.uint8)        # noise: every frame costs bytes
+    whole = tmp_path / "whole.mp4"
+    iio.imwrite(whole, frames, plugin="FFMPEG", fps=8, output_params=["-movflags", "+faststart"])
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
+    with caplog.at_level("WARNING"):
+        full = load_scene(SceneConfig(source=str(whole)))
+    assert len(full.frames) == 32 and "declares" not in caplog.text
+    with caplog.at_level("WARNING"):
+        scene = load_scene(SceneConfig(source=str(cut)))
+    decoded = len(scene.frames)
+    assert 2 <= decoded < 30
+    assert f"cut.mp4: decoded {decoded} of the 32 frames its header declares" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again = load_scene(SceneConfig(source=str(cut)))          # from the cache: still said
+    assert len(again.frames) == decoded and "of the 32 frames its header declares" in caplog.text
+    assert any("of the 32 frames" in note for note in again.notes)
+
+
 def test_16_bit_greyscale_pngs_keep_their_values(tmp_path):
     # PIL's convert("RGB") clips 16-bit values at 255: such a PNG used to load almost white.
     from PIL import Image

@@ -66,6 +66,69 @@ def test_skip_rerun_and_from(tmp_path, scene):
     assert manifest["working_directory"] == os.getcwd()     # a relative scene.source is relative to it
 
 
+def third(ctx):
+    ctx.out("third/copy.txt").write_text(ctx.artifact("second/double.txt").read_text())
+    return {}
+
+
+def test_later_stages_made_before_an_earlier_stage_ran_again_are_stale_and_refused(tmp_path, scene, caplog):
+    """``reconstruct --until`` that runs an earlier stage again leaves the later stages' outputs from the old run:
+    the runner says so, and render / export / evaluate (``load_run_config``) refuse the run folder in one line
+    until the later stages run again. Staleness passes down the chain (third reads second, which read first)."""
+    from pipeline.errors import UserError
+    from pipeline.runner import check_not_stale, stale_stages
+    from stages.render.cli import load_run_config
+
+    stages = (*STAGES, StageSpec("third", third, ("third",), ("second",), ()))
+    run = tmp_path / "run"
+    run_pipeline(load_config("default", ["optimize.iterations=5"]), run, scene, stages=stages)
+    manifest = lambda: json.loads((run / "manifest.json").read_text())["stages"]      # noqa: E731
+    assert stale_stages(manifest(), stages) == {}
+    check_not_stale(run, stages)
+    run_pipeline(load_config("default", ["optimize.iterations=7"]), run, scene, stages=stages, until_stage="first")
+    assert stale_stages(manifest(), stages) == {"second": "first", "third": "first"}
+    assert "second, third outputs in this run folder predate" in caplog.text
+    with pytest.raises(UserError, match="its second, third outputs were made before its first stage ran again"):
+        check_not_stale(run, stages)
+    run_pipeline(load_config("default", ["optimize.iterations=7"]), run, scene, stages=stages)
+    assert stale_stages(manifest(), stages) == {} and (run / "third/copy.txt").read_text() == "14"
+    check_not_stale(run, stages)
+    # The same first stage run again with the same inputs gives the same outputs: nothing downstream is stale.
+    run_pipeline(load_config("default", ["optimize.iterations=7"]), run, scene, stages=stages, from_stage="first",
+                 until_stage="first")
+    assert stale_stages(manifest(), stages) == {}
+    # The commands that read a finished run (render, export, evaluate) check it first, with the pipeline's stages.
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "config.yaml").write_text("seed: 0\n")
+    entries = {"geometry": {"status": "done", "output_hash": "new"},
+               "initialize": {"status": "done", "output_hash": "i", "upstream_hashes": {"geometry": "new"}},
+               "optimize": {"status": "done", "output_hash": "o", "upstream_hashes": {"geometry": "old",
+                                                                                      "initialize": "i"}}}
+    (real / "manifest.json").write_text(json.dumps({"stages": entries}))
+    with pytest.raises(UserError, match="its optimize outputs were made before its geometry stage ran again"):
+        load_run_config(real)
+
+
+def test_an_unreadable_config_yaml_is_written_again_when_every_stage_is_up_to_date(tmp_path, scene, caplog):
+    run = tmp_path / "run"
+    run_pipeline(load_config("default", ["optimize.iterations=5"]), run, scene, stages=STAGES)
+    (run / "config.yaml").write_text("optimize: [\n")
+    CALLS.clear()
+    run_pipeline(load_config("default", ["optimize.iterations=5"]), run, scene, stages=STAGES)
+    assert CALLS == [] and "config.yaml was unreadable" in caplog.text
+    assert load_config(str(run / "config.yaml")).optimize.iterations == 5
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_refused_before_the_run_folder_is_made(tmp_path, scene):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="CUDA"):
+        run_pipeline(load_config("default", ["device=cuda"]), tmp_path / "run", scene, stages=STAGES)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_same_scene_named_relatively_or_absolutely_reuses_the_stages(tmp_path, monkeypatch):
     """The scene's source enters every stage's input hash as an absolute path: `reconstruct frames` and
     `reconstruct /abs/frames` (or through a symlink) find the same run up to date; another folder does not."""

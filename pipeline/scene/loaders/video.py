@@ -46,6 +46,23 @@ def video_fps(path: Path) -> float | None:
         return None
 
 
+def declared_frames(path: Path) -> int | None:
+    """The frame count the container's header implies (duration x frame rate), or None where it says neither."""
+    import imageio.v3 as iio
+
+    try:
+        meta = iio.immeta(path, plugin="FFMPEG")
+        fps, duration = float(meta.get("fps") or 0), float(meta.get("duration") or 0)
+    except Exception:
+        return None
+    count = fps * duration
+    return int(round(count)) if np.isfinite(count) and count >= 1 else None
+
+
+# Written beside the decoded frames when the file ended early, read by every load of that cache.
+SHORT_NOTE = ".short"
+
+
 def extract_frames(path: Path, out_dir: Path, stride: int = 1, max_frames: int = 0, factor: float = 1.0,
                    max_size: int = 0) -> int:
     """Decode ``path`` into ``out_dir/00000.png ...`` (PNG names are the video's frame numbers), keeping every
@@ -59,10 +76,11 @@ def extract_frames(path: Path, out_dir: Path, stride: int = 1, max_frames: int =
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     stride = max(1, stride)
-    written = 0
+    written, decoded, stopped_early = 0, 0, False
     try:
         for index, frame in enumerate(progress(iio.imiter(path, plugin="FFMPEG"), f"decode {path.name}",
                                                unit="frame")):
+            decoded = index + 1
             if index % stride:
                 continue
             image = Image.fromarray(np.asarray(frame)[..., :3])
@@ -72,11 +90,17 @@ def extract_frames(path: Path, out_dir: Path, stride: int = 1, max_frames: int =
             image.save(tmp / f"{index:05d}.png")
             written += 1
             if max_frames and written >= max_frames:
+                stopped_early = True
                 break
     except (OSError, RuntimeError, ValueError, StopIteration) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot decode video ({first})", path) from None
+    declared = None if stopped_early or not written else declared_frames(path)
+    if declared is not None and decoded < declared - max(2, 0.05 * declared):
+        # ffmpeg stops quietly where a file was cut short or damaged; say so rather than use part of it unnoticed
+        (tmp / SHORT_NOTE).write_text(f"{path.name}: decoded {decoded} of the {declared} frames its header declares "
+                                      "(the file may be cut short or damaged); the scene uses those decoded")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return written
@@ -125,4 +149,9 @@ def load(path: Path, config: SceneConfig) -> Scene:
                               fps=video_fps(path), source=path)
     scene.name, scene.source, scene.frames_decoded = path.stem, path, True
     scene.notes.insert(0, f"decoded video frames cached in {out_dir}")
+    short = out_dir / SHORT_NOTE
+    if short.is_file():
+        note = short.read_text(errors="replace").strip()
+        log.warning(note)
+        scene.notes.insert(1, note)
     return scene

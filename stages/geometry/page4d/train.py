@@ -649,6 +649,8 @@ def _train(config: TrainConfig, resume: Optional[Path], data, world: World, devi
     out_dir = Path(config.out_dir)
     if resume is None and (out_dir / CHECKPOINT_NAME).exists():
         resume = _interrupted_run(out_dir, config)         # the same command again continues an unfinished run
+    if resume is not None and not (resume / CHECKPOINT_NAME if resume.is_dir() else resume).is_file():
+        raise UserError("checkpoint to resume from not found", resume)      # before out_dir is made
     out_dir.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
