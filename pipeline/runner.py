@@ -312,14 +312,16 @@ def stale_stages(entries: dict[str, Any], stages: tuple[StageSpec, ...] = STAGES
     return stale
 
 
-def check_not_stale(run_dir: Path, stages: tuple[StageSpec, ...] = STAGES) -> None:
-    """Refuse a run folder whose later stages were made from earlier outputs than it now holds (render, export and
-    evaluate read those stages' outputs as they are)."""
+def check_not_stale(run_dir: Path, reads: Optional[tuple[str, ...]] = None,
+                    stages: tuple[StageSpec, ...] = STAGES) -> None:
+    """Refuse a run folder in which a stage whose outputs a command ``reads`` (None: every stage) was made from
+    earlier upstream outputs than the folder now holds (render, export and evaluate use those outputs as they are)."""
     try:
         entries = read_json(run_dir / "manifest.json").get("stages")
     except (UserError, AttributeError):         # no manifest, or not one: the commands' own checks speak
         return
     stale = stale_stages(entries, stages) if isinstance(entries, dict) else {}
+    stale = {name: upstream for name, upstream in stale.items() if reads is None or name in reads}
     if stale:
         first = next(iter(stale))
         raise UserError(f"its {', '.join(stale)} outputs were made before its {stale[first]} stage ran again: "

@@ -14,7 +14,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from stages.evaluate.stage import evaluate_run, write_outputs
     from stages.render.cli import load_run_config, run_device
 
-    config = load_run_config(args.run)
+    config = load_run_config(args.run, reads=("geometry", "initialize", "optimize", "render"))
     scene = load_scene(config.scene)
     evaluation = evaluate_run(args.run, config, scene, run_device(args, config))
     write_outputs(evaluation, args.run, args.run, config, scene)

@@ -17,8 +17,9 @@ from pipeline.log import get_logger
 log = get_logger("render")
 
 
-def load_run_config(run_dir: Path) -> Config:
-    """The resolved config a run was made with (``RUN/config.yaml``)."""
+def load_run_config(run_dir: Path, reads: tuple[str, ...] = ("geometry", "optimize")) -> Config:
+    """The resolved config a run was made with (``RUN/config.yaml``); refused when a stage whose outputs the caller
+    ``reads`` is stale (:func:`pipeline.runner.stale_stages`)."""
     if not run_dir.is_dir():
         raise UserError("run folder not found", run_dir)
     path = run_dir / "config.yaml"
@@ -26,7 +27,7 @@ def load_run_config(run_dir: Path) -> Config:
         raise UserError("not a page4dgs run folder (no config.yaml)", run_dir)
     from pipeline.runner import check_not_stale, check_stage_configs
 
-    check_not_stale(run_dir)
+    check_not_stale(run_dir, reads)
     data = read_yaml(path)
     if not data:
         raise UserError("the run's config.yaml is empty: it no longer says how the run was made", path)

@@ -84,15 +84,15 @@ def test_later_stages_made_before_an_earlier_stage_ran_again_are_stale_and_refus
     run_pipeline(load_config("default", ["optimize.iterations=5"]), run, scene, stages=stages)
     manifest = lambda: json.loads((run / "manifest.json").read_text())["stages"]      # noqa: E731
     assert stale_stages(manifest(), stages) == {}
-    check_not_stale(run, stages)
+    check_not_stale(run, stages=stages)
     run_pipeline(load_config("default", ["optimize.iterations=7"]), run, scene, stages=stages, until_stage="first")
     assert stale_stages(manifest(), stages) == {"second": "first", "third": "first"}
     assert "second, third outputs in this run folder predate" in caplog.text
     with pytest.raises(UserError, match="its second, third outputs were made before its first stage ran again"):
-        check_not_stale(run, stages)
+        check_not_stale(run, stages=stages)
     run_pipeline(load_config("default", ["optimize.iterations=7"]), run, scene, stages=stages)
     assert stale_stages(manifest(), stages) == {} and (run / "third/copy.txt").read_text() == "14"
-    check_not_stale(run, stages)
+    check_not_stale(run, stages=stages)
     # The same first stage run again with the same inputs gives the same outputs: nothing downstream is stale.
     run_pipeline(load_config("default", ["optimize.iterations=7"]), run, scene, stages=stages, from_stage="first",
                  until_stage="first")
@@ -108,6 +108,13 @@ def test_later_stages_made_before_an_earlier_stage_ran_again_are_stale_and_refus
     (real / "manifest.json").write_text(json.dumps({"stages": entries}))
     with pytest.raises(UserError, match="its optimize outputs were made before its geometry stage ran again"):
         load_run_config(real)
+    # A command that reads only fresh stages is not refused for a stale one it does not read.
+    entries["optimize"]["upstream_hashes"]["geometry"] = "new"
+    entries["render"] = {"status": "done", "output_hash": "r", "upstream_hashes": {"geometry": "new", "optimize": "o0"}}
+    (real / "manifest.json").write_text(json.dumps({"stages": entries}))
+    check_not_stale(real, reads=("geometry", "optimize"))
+    with pytest.raises(UserError, match="its render outputs were made before its optimize stage ran again"):
+        check_not_stale(real, reads=("geometry", "initialize", "optimize", "render"))
 
 
 def test_an_unreadable_config_yaml_is_written_again_when_every_stage_is_up_to_date(tmp_path, scene, caplog):
