@@ -220,7 +220,9 @@ def resolve_preset(name_or_path: str) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
         if not candidate.is_file():
-            raise UserError("config file is a symbolic link to nothing" if candidate.is_symlink() else
+            raise UserError("config file is a symbolic link to nothing" if candidate.is_symlink() and
+                            not candidate.exists() else
+                            "is a folder, not a config file (a YAML file is needed)" if candidate.is_dir() else
                             "config file not found", candidate)
         return candidate
     path = CONFIG_DIR / f"{name_or_path}.yaml"

@@ -332,3 +332,10 @@ def test_train_model_with_a_missing_checkpoint_makes_no_output_folder(tmp_path, 
     assert main(["train-model", "--config", "page4d-tiny", f"out_dir={out}", "export=",
                  "--resume", str(tmp_path / "nope.pt")]) == 2
     assert "checkpoint to resume from not found" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_folder_given_as_config_says_it_is_a_folder(tmp_path, capsys):
+    (tmp_path / "presets").mkdir()
+    assert main(["config", "--config", str(tmp_path / "presets")]) == 2
+    assert capsys.readouterr().err.strip() == (f"page4dgs: error: {tmp_path / 'presets'}: is a folder, not a config "
+                                               "file (a YAML file is needed)")

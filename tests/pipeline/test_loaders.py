@@ -263,6 +263,14 @@ def test_a_one_frame_video_error_names_the_video(tmp_path):
     assert str(err.value).startswith(f"{clip}: ") and "cache" not in str(err.value)
 
 
+def test_too_few_frames_after_stride_or_max_frames_names_the_settings(tmp_path):
+    folder = make_frames(tmp_path / "frames", n=8)
+    with pytest.raises(UserError, match=r"needs at least 2 frames, found 1 \(scene.max_frames=1 keep 1 of its 8\)$"):
+        load_scene(SceneConfig(source=str(folder), max_frames=1))
+    with pytest.raises(UserError, match=r"found 1 \(scene.stride=100 keep 1 of its 8\)$"):
+        load_scene(SceneConfig(source=str(folder), stride=100))
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing", "no such file or folder"),
     ("empty_dir", "folder is empty"),

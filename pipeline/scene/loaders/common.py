@@ -91,9 +91,11 @@ def aspect_ratios_differ(size: tuple[float, float], reference: tuple[float, floa
     return abs(size[0] / size[1] - reference[0] / reference[1]) > 0.01 * reference[0] / reference[1]
 
 
-def check_frame_count(frames: list, source: Path, what: str = "frames") -> None:
+def check_frame_count(frames: list, source: Path, what: str = "frames", why: str = "") -> None:
+    """At least MIN_FRAMES ``frames``; ``why``: what reduced them, if something did (named in the error)."""
     if len(frames) < MIN_FRAMES:
-        raise UserError(f"needs at least {MIN_FRAMES} {what}, found {len(frames)}", source)
+        raise UserError(f"needs at least {MIN_FRAMES} {what}, found {len(frames)}" + (f" ({why})" if why else ""),
+                        source)
 
 
 def normalise_times(times: list[float]) -> list[float]:

@@ -29,7 +29,10 @@ def load(path: Path, config: SceneConfig, fmt: str = "frames", fps: float | None
     kept = images[:: max(1, config.stride)]
     if config.max_frames > 0:
         kept = kept[: config.max_frames]
-    check_frame_count(kept, source or path)
+    settings = [f"scene.{key}={value}" for key, value in (("stride", config.stride), ("max_frames", config.max_frames))
+                if (key == "stride" and value > 1) or (key == "max_frames" and value > 0)]
+    why = f"{' and '.join(settings)} keep {len(kept)} of its {len(images)}" if len(kept) < len(images) else ""
+    check_frame_count(kept, source or path, why=why)
 
     first_size = image_size(kept[0])
     for p in kept[1:]:
