@@ -295,8 +295,11 @@ def stale_stages(entries: dict[str, Any], stages: tuple[StageSpec, ...] = STAGES
     """Finished stages whose outputs were made from upstream outputs that have been replaced since (a later
     ``reconstruct --until`` ran an earlier stage again): stage -> the upstream stage it is stale against (directly,
     or through a stale upstream stage). From the manifest's per-stage ``entries`` (recorded hashes) alone."""
+    def entry_of(name: str) -> dict[str, Any]:
+        entry = entries.get(name)
+        return entry if isinstance(entry, dict) else {}
+
     stale: dict[str, str] = {}
-    entry_of = lambda name: entries.get(name) if isinstance(entries.get(name), dict) else {}      # noqa: E731
     for spec in stages:
         entry = entry_of(spec.name)
         recorded = entry.get("upstream_hashes")

@@ -29,8 +29,8 @@ def load(path: Path, config: SceneConfig, fmt: str = "frames", fps: float | None
     kept = images[:: max(1, config.stride)]
     if config.max_frames > 0:
         kept = kept[: config.max_frames]
-    settings = [f"scene.{key}={value}" for key, value in (("stride", config.stride), ("max_frames", config.max_frames))
-                if (key == "stride" and value > 1) or (key == "max_frames" and value > 0)]
+    settings = ([f"scene.stride={config.stride}"] if config.stride > 1 else []) + \
+        ([f"scene.max_frames={config.max_frames}"] if config.max_frames > 0 else [])
     why = f"{' and '.join(settings)} keep {len(kept)} of its {len(images)}" if len(kept) < len(images) else ""
     check_frame_count(kept, source or path, why=why)
 

@@ -36,26 +36,28 @@ def _cache_key(path: Path, stride: int, max_frames: int, factor: float, max_size
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def video_fps(path: Path) -> float | None:
+def _header(path: Path) -> dict:
+    """The container's metadata as imageio's ffmpeg plugin reads it ({} where it cannot)."""
     import imageio.v3 as iio
 
     try:
-        meta = iio.immeta(path, plugin="FFMPEG")
-        return float(meta.get("fps")) if meta.get("fps") else None
+        return dict(iio.immeta(path, plugin="FFMPEG"))
     except Exception:
-        return None
+        return {}
+
+
+def video_fps(path: Path) -> float | None:
+    fps = _header(path).get("fps")
+    return float(fps) if fps else None
 
 
 def declared_frames(path: Path) -> int | None:
     """The frame count the container's header implies (duration x frame rate), or None where it says neither."""
-    import imageio.v3 as iio
-
+    meta = _header(path)
     try:
-        meta = iio.immeta(path, plugin="FFMPEG")
-        fps, duration = float(meta.get("fps") or 0), float(meta.get("duration") or 0)
-    except Exception:
+        count = float(meta.get("fps") or 0) * float(meta.get("duration") or 0)
+    except (TypeError, ValueError):
         return None
-    count = fps * duration
     return int(round(count)) if np.isfinite(count) and count >= 1 else None
 
 
